@@ -1,0 +1,5 @@
+import sys
+
+from covfuse.cli.main import main
+
+sys.exit(main())

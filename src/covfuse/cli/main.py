@@ -1,0 +1,57 @@
+"""The `covfuse` command: dispatches to one module per sub-command, imported lazily.
+
+Each sub-command module exposes ``main(argv: list[str]) -> int``. Any :class:`UserError`
+(or ``FileNotFoundError``) that escapes becomes one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from covfuse.errors import UserError, suggest
+
+# name -> (module, one-line help). Modules are imported only when their command runs,
+# so `covfuse --help` and `covfuse data info` start without importing Lightning.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("covfuse.cli.data", "inspect, verify, cache or synthesise CelebA-format data"),
+    "describe": ("covfuse.cli.describe", "print a model's layer table and draw its diagram"),
+    "fit": ("covfuse.cli.fit", "train a model from a YAML config into runs/<name>/"),
+    "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
+    "predict": ("covfuse.cli.predict", "predict probabilities for images with covariates"),
+    "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: covfuse COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `covfuse COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from covfuse import __version__
+
+        print(f"covfuse {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    try:
+        if name not in COMMANDS:
+            raise UserError(f"unknown command {name!r}{suggest(name, COMMANDS)}; run `covfuse --help`")
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except (UserError, FileNotFoundError) as exc:
+        print(f"covfuse {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"covfuse {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

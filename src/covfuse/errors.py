@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI turns these into one line on stderr and exit status 2."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class UserError(ValueError):
+    """A problem with the user's input (file, name, value, shape) that they can fix."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean X?)' for the closest spelling of ``name`` in ``choices``, or ''."""
+    choices = list(choices)
+    lower = {c.lower(): c for c in choices}
+    match = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.5)
+    return f" (did you mean {lower[match[0]]!r}?)" if match else ""
