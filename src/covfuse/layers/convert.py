@@ -1,0 +1,91 @@
+"""Turn chosen convs of an unmodified model into hybrid convs, without touching its ``forward``.
+
+The convs are replaced in place (same module names, so the original state-dict keys still load);
+the returned :class:`CovariateModel` takes ``forward(x, covariates)`` and runs the original
+``forward(x)`` with the covariates visible to every conditioned layer through
+:mod:`covfuse.layers.context`.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Sequence
+
+from torch import Tensor, nn
+
+from covfuse.layers.context import check_covariates, use_covariates
+from covfuse.layers.hybrid import HYBRID_FOR_CONV
+
+LayerSpec = str | Sequence[str | int]
+SELECTORS = ("first", "last", "all")
+
+
+def conv_names(model: nn.Module) -> list[str]:
+    """Names of the model's plain Conv1d/2d/3d modules, in definition order."""
+    return [name for name, m in model.named_modules() if type(m) in HYBRID_FOR_CONV]
+
+
+def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
+    """Module names for ``layers``: "first"/"last"/"all", or a list of names or conv-list indices."""
+    convs = conv_names(model)
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no Conv1d/Conv2d/Conv3d to convert")
+    if isinstance(layers, str):
+        if layers not in SELECTORS:
+            # A single module name is accepted too, for convenience.
+            layers = [layers]
+        else:
+            return {"first": convs[:1], "last": convs[-1:], "all": convs}[layers]
+    names: list[str] = []
+    for item in layers:
+        if isinstance(item, int):
+            if not -len(convs) <= item < len(convs):
+                raise ValueError(f"conv index {item} is out of range: the model has {len(convs)} convs")
+            name = convs[item]
+        elif item in convs:
+            name = item
+        else:
+            close = difflib.get_close_matches(str(item), convs, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{item!r} is not a convolution of {type(model).__name__}{hint}; convs: {', '.join(convs[:6])}...")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+class CovariateModel(nn.Module):
+    """Wraps a model whose conditioned layers read covariates from the context: ``forward(x, covariates)``."""
+
+    def __init__(self, model: nn.Module, num_covariates: int) -> None:
+        super().__init__()
+        self.model = model
+        self.num_covariates = num_covariates
+
+    def forward(self, x: Tensor, covariates: Tensor, *args: Any, **kwargs: Any) -> Any:
+        check_covariates(covariates, x.shape[0], self.num_covariates, x.device)
+        with use_covariates(covariates):
+            return self.model(x, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"num_covariates={self.num_covariates}"
+
+
+def convert(
+    model: nn.Module,
+    layers: LayerSpec,
+    num_covariates: int,
+    init: str = "zeros",
+    backend: str = "auto",
+) -> CovariateModel:
+    """Replace the chosen convs of ``model`` (in place) by hybrid convs and return a
+    :class:`CovariateModel` whose ``forward(x, covariates)`` equals ``model.forward(x)`` with those
+    convs made hybrid. With ``init="zeros"`` the result computes exactly what ``model`` did.
+
+    ``layers``: "first", "last", "all", a module name, or a list of names / indices into
+    :func:`conv_names`. Works inside ``nn.Sequential`` and on unmodified torchvision models.
+    """
+    for name in resolve_layers(model, layers):
+        conv = model.get_submodule(name)
+        hybrid = HYBRID_FOR_CONV[type(conv)].from_conv(conv, num_covariates, init=init, backend=backend)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, hybrid)
+    return CovariateModel(model, num_covariates)

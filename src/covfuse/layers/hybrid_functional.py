@@ -1,0 +1,135 @@
+"""Functional core of the hybrid convolution: sample i is convolved with W_0 + sum_j s_ij W_j.
+
+Four exact back-ends compute the same function (outputs and gradients):
+
+- ``reference``: the per-sample loop, kept as the ground truth for tests.
+- ``expand``: linearity, conv(x, W_0 + sum s W) = conv(x, W_0) + sum s conv(x, W_j); one dense conv
+  with (K+1)x output channels, then a per-sample weighted sum. (K+1)x FLOPs, no batch loop.
+- ``grouped``: per-sample kernels mixed by a matmul and applied by one grouped conv with
+  ``groups = N * groups`` (CondConv's trick, Yang et al. 2019). 1x FLOPs; speed depends on how well
+  the library handles large group counts.
+- ``pattern``: one dense conv per distinct covariate row (binary covariates give at most 2**K
+  patterns), the batch permuted so each pattern is contiguous. 1x FLOPs, P small convs.
+
+``auto`` picks one by the rule in :func:`choose_backend` (measured in benchmarks/layers.py,
+written down in docs/performance.md).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("reference", "expand", "grouped", "pattern", "auto")
+_CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+# `auto` uses `pattern` when the batch has at most this many distinct covariate rows
+# (2**3 binary covariates) and each pattern gets a few samples on average.
+MAX_AUTO_PATTERNS = 8
+
+
+def _mix(base: Tensor, covariate_part: Tensor, coefficients: Tensor) -> Tensor:
+    """base + sum_j coefficients[..., j] * covariate_part[j], for a (K,) or (N, K) coefficient tensor."""
+    mixed = (coefficients @ covariate_part.flatten(1)).view(*coefficients.shape[:-1], *base.shape)
+    return base + mixed
+
+
+def _reference(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
+    outs = []
+    for i in range(x.shape[0]):
+        bias = None if b is None else _mix(b, cb, c[i])
+        outs.append(conv(x[i : i + 1], _mix(w, cw, c[i]), bias, **kwargs))
+    return torch.cat(outs)
+
+
+def _expand(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
+    k, groups = cw.shape[0], kwargs["groups"]
+    out_ch = w.shape[0]
+    # Stack [W_0, W_1..W_K] so each conv group keeps its own K+1 blocks of O/groups filters.
+    stacked = torch.cat([w.unsqueeze(0), cw]).unflatten(1, (groups, out_ch // groups))
+    weight = stacked.transpose(0, 1).reshape((k + 1) * out_ch, *w.shape[1:])
+    bias = None
+    if b is not None:
+        bias = torch.cat([b.unsqueeze(0), cb]).unflatten(1, (groups, out_ch // groups)).transpose(0, 1).flatten()
+    y = conv(x, weight, bias, **kwargs)
+    y = y.unflatten(1, (groups, k + 1, out_ch // groups))  # (N, g, K+1, O/g, *spatial)
+    coef = torch.cat([c.new_ones(c.shape[0], 1), c], dim=1).to(y.dtype)
+    coef = coef.view(c.shape[0], 1, k + 1, *([1] * (y.dim() - 3)))
+    return (y * coef).sum(dim=2).flatten(1, 2)
+
+
+def _grouped(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
+    n, groups = x.shape[0], kwargs["groups"]
+    weights = _mix(w, cw, c)  # (N, O, C/g, *k)
+    y = conv(x.reshape(1, -1, *x.shape[2:]), weights.flatten(0, 1), None, **{**kwargs, "groups": n * groups})
+    y = y.view(n, w.shape[0], *y.shape[2:])
+    if b is not None:
+        y = y + _mix(b, cb, c).view(n, -1, *([1] * (y.dim() - 2))).to(y.dtype)
+    return y
+
+
+def _pattern(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
+    patterns, inverse, counts = torch.unique(c, dim=0, return_inverse=True, return_counts=True)
+    if patterns.shape[0] == 1:
+        return conv(x, _mix(w, cw, patterns[0]), None if b is None else _mix(b, cb, patterns[0]), **kwargs)
+    order = torch.argsort(inverse, stable=True)
+    chunks = x.index_select(0, order).split(counts.tolist())
+    outs = [
+        conv(chunk, _mix(w, cw, p), None if b is None else _mix(b, cb, p), **kwargs)
+        for p, chunk in zip(patterns, chunks)
+    ]
+    return torch.cat(outs).index_select(0, torch.argsort(order))
+
+
+_IMPLEMENTATIONS = {"reference": _reference, "expand": _expand, "grouped": _grouped, "pattern": _pattern}
+
+
+def count_patterns(covariates: Tensor) -> int:
+    """Number of distinct covariate rows in the batch."""
+    return int(torch.unique(covariates, dim=0).shape[0])
+
+
+def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int) -> str:
+    """The exact back-end expected to be fastest for this call (the `auto` rule).
+
+    Few distinct covariate rows (binary covariates, K <= 3): `pattern`, about 1x a plain conv at
+    every VGG shape. Continuous covariates: `grouped` while the per-sample convs are small
+    (few input channels, where the library's grouped kernels are at least as fast as a dense conv),
+    `expand` otherwise (dense (K+1)x FLOPs beat poorly-optimised grouped convs at wide layers).
+    See docs/performance.md for the measurements behind the thresholds.
+    """
+    n = x.shape[0]
+    if n > 1 and count_patterns(covariates) <= min(MAX_AUTO_PATTERNS, max(1, n // 2)):
+        return "pattern"
+    channels_per_group = weight.shape[1]
+    return "grouped" if channels_per_group * groups <= 16 else "expand"
+
+
+def hybrid_conv(
+    x: Tensor,
+    covariates: Tensor,
+    weight: Tensor,
+    covariate_weight: Tensor,
+    bias: Tensor | None = None,
+    covariate_bias: Tensor | None = None,
+    stride: tuple[int, ...] | int = 1,
+    padding: tuple[int, ...] | int | str = 0,
+    dilation: tuple[int, ...] | int = 1,
+    groups: int = 1,
+    backend: str = "auto",
+) -> Tensor:
+    """Convolve sample i of ``x`` with ``weight + sum_j covariates[i, j] * covariate_weight[j]``.
+
+    ``weight`` is (O, C/groups, *k), ``covariate_weight`` (K, O, C/groups, *k); biases (O,) and
+    (K, O) or None. The number of spatial dims (1, 2, 3) follows from ``weight``.
+    """
+    dims = weight.dim() - 2
+    if backend == "auto":
+        backend = choose_backend(x, covariates, weight, groups)
+    elif backend not in _IMPLEMENTATIONS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    c = covariates.to(weight.dtype)
+    return _IMPLEMENTATIONS[backend](x, c, weight, covariate_weight, bias, covariate_bias, _CONV[dims], kwargs)
