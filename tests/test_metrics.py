@@ -1,0 +1,157 @@
+"""Metrics, bootstrap CIs, subgroup tables and paired tests against sklearn and hand computation."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from covfuse.studies.stats import align, mcnemar, paired_bootstrap
+from covfuse.training.metrics import bootstrap_ci, group_table, log_loss, scores, split_metrics
+
+
+def _fixed(n=257, seed=3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = np.round(np.clip(0.5 * y + rng.normal(0.25, 0.25, n), 0, 1), 2)  # rounding makes ties
+    return y, p
+
+
+def _sklearn(y, p):
+    pred = p >= 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "accuracy": skm.accuracy_score(y, pred),
+            "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
+            "f1": skm.f1_score(y, pred, zero_division=0),
+            "f1_macro": skm.f1_score(y, pred, average="macro", labels=[0, 1], zero_division=0),
+            "auroc": skm.roc_auc_score(y, p) if len(set(y)) == 2 else float("nan"),
+        }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scores_match_sklearn(seed):
+    y, p = _fixed(seed=seed)
+    ours = {k: float(v[0]) for k, v in scores(y, p).items()}
+    for name, value in _sklearn(y, p).items():
+        assert ours[name] == pytest.approx(value, abs=1e-12), name
+    tn, fp, fn, tp = skm.confusion_matrix(y, p >= 0.5).ravel()
+    assert ours["tpr"] == pytest.approx(tp / (tp + fn))
+    assert ours["fpr"] == pytest.approx(fp / (fp + tn))
+
+
+def test_scores_rows_are_independent_and_edge_cases_follow_sklearn():
+    y, p = _fixed(40)
+    rows_y = np.stack([y, np.ones_like(y), np.zeros_like(y)])
+    rows_p = np.stack([p, p, np.zeros_like(p)])  # row 2: all negative, all predicted negative
+    batch = scores(rows_y, rows_p)
+    for i in range(3):
+        ref = _sklearn(rows_y[i], rows_p[i])
+        for name, value in ref.items():
+            if math.isnan(value):
+                assert math.isnan(batch[name][i]), (i, name)
+            else:
+                assert batch[name][i] == pytest.approx(value), (i, name)
+
+
+def test_bootstrap_ci_equals_a_sklearn_loop_over_the_same_resamples():
+    y, p = _fixed(120)
+    ours = bootstrap_ci(y, p, ["accuracy", "auroc", "f1"], n_boot=200, seed=7)
+    idx = np.random.default_rng(7).integers(0, len(y), size=(200, len(y)))  # same draws, one chunk
+    ref_acc = [skm.accuracy_score(y[i], p[i] >= 0.5) for i in idx]
+    ref_auc = [skm.roc_auc_score(y[i], p[i]) for i in idx]
+    ref_f1 = [skm.f1_score(y[i], p[i] >= 0.5) for i in idx]
+    assert ours["accuracy"] == pytest.approx(list(np.quantile(ref_acc, [0.025, 0.975])))
+    assert ours["auroc"] == pytest.approx(list(np.quantile(ref_auc, [0.025, 0.975])))
+    assert ours["f1"] == pytest.approx(list(np.quantile(ref_f1, [0.025, 0.975])))
+
+
+def test_bootstrap_ci_is_seeded_covers_the_estimate_and_narrows_with_n():
+    y, p = _fixed(400)
+    a = bootstrap_ci(y, p, ["accuracy"], n_boot=300, seed=1)["accuracy"]
+    assert a == bootstrap_ci(y, p, ["accuracy"], n_boot=300, seed=1)["accuracy"]
+    acc = skm.accuracy_score(y, p >= 0.5)
+    assert a[0] < acc < a[1]
+    small = bootstrap_ci(y[:50], p[:50], ["accuracy"], n_boot=300, seed=1)["accuracy"]
+    assert (small[1] - small[0]) > (a[1] - a[0])
+    assert bootstrap_ci(y[:0], p[:0], ["accuracy"])["accuracy"] == [None, None]
+
+
+def test_group_table_on_a_hand_made_example():
+    #            0    1    2    3    4    5    6    7
+    y = np.array([1, 0, 1, 0, 1, 1, 0, 0])
+    p = np.array([.9, .2, .4, .6, .8, .7, .1, .3])  # pred: 1 0 0 1 1 1 0 0
+    male = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    young = np.array([1, 0, 1, 0, 1, 1, 1, 0])
+    groups, gaps = group_table(y, p, {"Male": male, "Young": young}, n_boot=50)
+    m1 = groups["Male=1"]  # samples 0-3: right, right, wrong (fn), wrong (fp)
+    assert (m1["count"], m1["positives"], m1["accuracy"], m1["tpr"], m1["fpr"]) == (4, 2, 0.5, 0.5, 0.5)
+    assert m1["auroc"] == pytest.approx(skm.roc_auc_score(y[:4], p[:4]))  # 0.75
+    m0 = groups["Male=0"]  # samples 4-7: all right
+    assert (m0["count"], m0["accuracy"], m0["tpr"], m0["fpr"]) == (4, 1.0, 1.0, 0.0)
+    assert gaps["Male"] == {"accuracy": 0.5, "tpr": 0.5, "fpr": 0.5}
+    # intersections: Male=0&Young=1 = samples 4,5,6; Male=1&Young=0 = samples 1,3 (both negative)
+    both = groups["Male=1&Young=0"]
+    assert (both["count"], both["positives"], both["accuracy"], both["tpr"], both["fpr"]) == (2, 0, 0.5, None, 0.5)
+    assert both["auroc"] is None  # one class only: no AUROC (torchmetrics would say 0.0)
+    assert groups["Male=0&Young=1"]["count"] == 3 and groups["Male=0&Young=1"]["accuracy"] == 1.0
+    assert set(groups) == {"Male=0", "Male=1", "Young=0", "Young=1",
+                           "Male=0&Young=0", "Male=0&Young=1", "Male=1&Young=0", "Male=1&Young=1"}
+    assert sum(groups[k]["count"] for k in groups if "&" in k) == 8
+    lo, hi = m1["accuracy_ci"]
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+
+
+def test_continuous_covariates_are_not_grouped():
+    y, p = _fixed(100)
+    groups, gaps = group_table(y, p, {"Age": np.linspace(0, 1, 100)}, n_boot=10)
+    assert groups == {} and gaps == {}
+
+
+def test_split_metrics_is_strict_json_and_consistent():
+    y, p = _fixed(200)
+    cov = {"Male": (np.arange(200) % 2).astype(float)}
+    m = split_metrics(y, p, cov, loss=log_loss(y, p), n_boot=100)
+    json.dumps(m, allow_nan=False)
+    assert m["count"] == 200
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, p >= 0.5))
+    assert m["loss"] == pytest.approx(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)))
+    for name in ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc"):
+        lo, hi = m[f"{name}_ci"]
+        assert lo <= m[name] <= hi, name
+    assert {"Male=0", "Male=1"} <= set(m["groups"]) and "Male" in m["gaps"]
+
+
+def test_paired_bootstrap_difference_and_null():
+    y, p = _fixed(300)
+    worse = np.where(np.arange(300) % 3 == 0, 1 - p, p)  # flips a third of the predictions
+    r = paired_bootstrap(y, p, worse, n_boot=500, seed=0)
+    assert r["difference"] == pytest.approx(skm.accuracy_score(y, p >= .5) - skm.accuracy_score(y, worse >= .5))
+    assert r["ci"][0] > 0 and r["p_value"] < 0.01
+    same = paired_bootstrap(y, p, p, n_boot=200)
+    assert same["difference"] == 0 and same["ci"] == [0.0, 0.0] and same["p_value"] == 1.0
+
+
+def test_mcnemar_matches_the_exact_binomial_by_hand():
+    y = np.array([1] * 20)
+    pa = np.array([0.9] * 14 + [0.1] * 6)  # right on 0-13
+    pb = np.array([0.1] * 4 + [0.9] * 12 + [0.1] * 4)  # right on 4-15
+    r = mcnemar(y, pa, pb)
+    a_only, b_only = 4, 2  # a right only on 0-3; b right only on 14-15
+    n = a_only + b_only
+    tail = sum(math.comb(n, k) for k in range(0, min(a_only, b_only) + 1)) / 2**n
+    assert (r["a_only"], r["b_only"]) == (a_only, b_only)
+    assert r["p_value"] == pytest.approx(min(1.0, 2 * tail))
+
+
+def test_align_pairs_ids_and_rejects_different_sets():
+    ia, ib = align(["c", "a", "b"], ["b", "c", "a"])
+    assert list(np.array(["c", "a", "b"])[ia]) == list(np.array(["b", "c", "a"])[ib])
+    from covfuse.errors import UserError
+
+    with pytest.raises(UserError):
+        align(["a", "b"], ["a", "c"])
