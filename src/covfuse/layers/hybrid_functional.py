@@ -94,17 +94,22 @@ def count_patterns(covariates: Tensor) -> int:
 def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int) -> str:
     """The exact back-end expected to be fastest for this call (the `auto` rule).
 
-    Few distinct covariate rows (binary covariates, K <= 3): `pattern`, about 1x a plain conv at
-    every VGG shape. Continuous covariates: `grouped` while the per-sample convs are small
-    (few input channels, where the library's grouped kernels are at least as fast as a dense conv),
-    `expand` otherwise (dense (K+1)x FLOPs beat poorly-optimised grouped convs at wide layers).
-    See docs/performance.md for the measurements behind the thresholds.
+    Measured on CPU (benchmarks/layers.py, docs/performance.md): the grouped conv is the fastest
+    exact form whenever the input has few channels (0.7x a plain conv at VGG's 3->64 layer) and
+    within ~1.25x elsewhere; with few distinct covariate rows (binary covariates, K <= 3) the
+    pattern form is about 1x at wide layers. On GPUs, grouped convs with thousands of groups are
+    known to be slow in cuDNN for wide layers, so there `auto` prefers pattern, then expand (dense
+    (K+1)x FLOPs); this GPU rule is not yet measured here.
     """
     n = x.shape[0]
+    narrow = weight.shape[1] * groups <= 16
+    if x.device.type == "cpu" and narrow:
+        return "grouped"
     if n > 1 and count_patterns(covariates) <= min(MAX_AUTO_PATTERNS, max(1, n // 2)):
         return "pattern"
-    channels_per_group = weight.shape[1]
-    return "grouped" if channels_per_group * groups <= 16 else "expand"
+    if x.device.type == "cpu" or narrow:
+        return "grouped"
+    return "expand"
 
 
 def hybrid_conv(
