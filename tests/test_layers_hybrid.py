@@ -204,3 +204,18 @@ def test_from_conv_rejects_the_wrong_conv_type():
 def test_extra_repr_names_the_options():
     text = repr(HybridConv2d(3, 8, 3, 2, padding=1, groups=1, bias=False, backend="pattern"))
     assert "num_covariates=2" in text and "padding=(1, 1)" in text and "bias=False" in text and "pattern" in text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_autocast_and_channels_last_inputs(backend):
+    torch.manual_seed(7)
+    layer = HybridConv2d(3, 4, 3, 2, padding=1, backend=backend, covariate_init="kaiming")
+    x, c = torch.randn(6, 3, 8, 8), torch.randint(0, 2, (6, 2)).float()
+    want = per_sample_reference(layer, x, c)
+    torch.testing.assert_close(layer(x.to(memory_format=torch.channels_last), c), want, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x, c)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+    got.float().sum().backward()
+    assert layer.covariate_weight.grad is not None
