@@ -1,0 +1,117 @@
+"""``covfuse.models.build``: the one function that turns names into a model (the models contract)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from covfuse.errors import UserError, suggest
+from covfuse.models.backbones import apply_regime, build_backbone
+from covfuse.models.fusion import (
+    CovariateClassifier, FusionModel, apply_concat, apply_daft, apply_film, apply_hybrid,
+    conditioned_layers,
+)
+from covfuse.models.registry import HEADS, REGIMES, backbone_spec, check_choice, fusion_spec
+
+# Options of `build(**options)`, with their defaults; anything else is an error.
+OPTIONS: dict[str, Any] = {
+    "film_layers": None,        # BatchNorm names / indices / first|last|all; None = "last"
+    "film_hidden": None,        # None: gamma, beta linear in z; int: hidden width of the FiLM generator
+    "daft_layer": None,         # module name or stage index; None = input of the last stage
+    "daft_reduction": 7.0,      # DAFT bottleneck: (C + K) / reduction hidden units
+    "concat_hidden": 64,        # hidden width of concat-2fc
+    "covariates_hidden": None,  # covariates-only: None = logistic regression, int = MLP width
+    "hybrid_init": "zeros",     # "zeros" (start as the image-only model) or "kaiming" (the research's random W_j)
+    "frozen_norm": "eval",      # frozen regimes: "eval" keeps frozen BatchNorm statistics fixed, "train" updates them
+}
+_CHOICES = {"hybrid_init": ("zeros", "kaiming"), "frozen_norm": ("eval", "train")}
+_OPTIONAL_INTS = ("film_hidden", "covariates_hidden")
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    for key in options:
+        if key not in OPTIONS:
+            raise UserError(f"unknown model option {key!r}{suggest(key, OPTIONS)}; options: {', '.join(OPTIONS)}")
+    merged = {**OPTIONS, **options}
+    for key, choices in _CHOICES.items():
+        if merged[key] not in choices:
+            raise UserError(f"{key} must be one of {', '.join(choices)}, got {merged[key]!r}")
+    for key in (*_OPTIONAL_INTS, "concat_hidden"):
+        value = merged[key]
+        if (value is not None or key == "concat_hidden") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{key} must be a positive integer{' or None' if key in _OPTIONAL_INTS else ''}, got {value!r}")
+    if isinstance(merged["daft_reduction"], bool) or not isinstance(merged["daft_reduction"], (int, float)) or merged["daft_reduction"] <= 0:
+        raise UserError(f"daft_reduction must be a positive number, got {merged['daft_reduction']!r}")
+    return merged
+
+
+def build(
+    backbone: str,
+    fusion: str,
+    num_covariates: int,
+    *,
+    hybrid_layers: str | int | list[str | int] = "first",
+    weights: str | os.PathLike | None = None,
+    regime: str = "finetune",
+    head: str = "binary",
+    **options: Any,
+) -> FusionModel:
+    """A model whose ``forward(x, covariates)`` returns logits (N,) (``head="two-class"``: (N, 2)).
+
+    ``backbone``: see :func:`list_backbones`. ``fusion``: see :func:`list_fusions`, or a '+' join of
+    hybrid, film, daft and one of concat / concat-2fc. ``hybrid_layers``: conv names, indices into
+    the backbone's conv list, a comma-separated string of either, or first/last/all (vgg16_bn: the
+    research's placements are ``features.0``, ``features.7`` (third conv, index 2), ``features.14``,
+    ``features.40``). ``weights``: None, "imagenet" (from the torch hub cache only) or a state-dict
+    path. ``regime``: finetune, features-frozen, linear-probe, scratch (weights must be None).
+    ``options``: see :data:`OPTIONS`; options of fusion components not used are ignored.
+    The conditioning starts at zero: the model equals its image-only form. ``model.config`` holds
+    the arguments, with placements resolved to module names, for :func:`build_from_config`.
+    """
+    spec = backbone_spec(backbone)
+    fspec = fusion_spec(fusion)
+    check_choice("regime", regime, REGIMES)
+    out_features = HEADS[check_choice("head", head, HEADS)]
+    opts = _check_options(options)
+    uses_covariates = fspec.name != "image-only"
+    if isinstance(num_covariates, bool) or not isinstance(num_covariates, int) or num_covariates < int(uses_covariates):
+        raise UserError(f"num_covariates must be an integer >= {int(uses_covariates)} for fusion {fusion!r}, got {num_covariates!r}")
+    if regime == "scratch" and weights is not None:
+        raise UserError(f"regime 'scratch' trains from random initialisation, but weights={str(weights)!r} was given; "
+                        "use regime 'finetune' to start from weights")
+    config: dict[str, Any] = {
+        "backbone": backbone, "fusion": fusion, "num_covariates": num_covariates,
+        "hybrid_layers": hybrid_layers if isinstance(hybrid_layers, (str, int)) else list(hybrid_layers),
+        "weights": None if weights is None else str(weights), "regime": regime, "head": head, **opts,
+    }
+    if not fspec.uses_image:  # covariates-only: no backbone is built, weights and regime do not apply
+        network = CovariateClassifier(num_covariates, out_features, opts["covariates_hidden"])
+        return FusionModel(network, num_covariates, out_features=out_features, config=config)
+
+    network = build_backbone(backbone, weights=weights, head=head)
+    for component in fspec.components:  # the registry orders them: hybrid, film, daft, concat
+        if component == "hybrid":
+            config["hybrid_layers"] = apply_hybrid(network, spec, hybrid_layers, num_covariates, opts["hybrid_init"])
+        elif component == "film":
+            config["film_layers"] = apply_film(network, spec, opts["film_layers"], num_covariates, opts["film_hidden"])
+        elif component == "daft":
+            config["daft_layer"] = apply_daft(network, spec, opts["daft_layer"], num_covariates, opts["daft_reduction"])
+        else:
+            hidden = opts["concat_hidden"] if component == "concat-2fc" else None
+            apply_concat(network, spec, num_covariates, out_features, hidden)
+    frozen = apply_regime(network, spec, regime, list(conditioned_layers(network)))
+    return FusionModel(network, num_covariates, out_features=out_features, uses_covariates=uses_covariates,
+                       frozen_norms=frozen if opts["frozen_norm"] == "eval" else [], config=config)
+
+
+def build_from_config(config: dict[str, Any]) -> FusionModel:
+    """Rebuild a model from ``model.config`` (as saved in a checkpoint) with random weights, ready for
+    ``load_state_dict``; weights named in the config are not read again."""
+    config = dict(config)
+    config["weights"] = None
+    try:
+        return build(config.pop("backbone"), config.pop("fusion"), config.pop("num_covariates"), **config)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"model config is incomplete or has unknown keys: {exc}") from None
+
+
+__all__ = ["OPTIONS", "build", "build_from_config"]

@@ -1,0 +1,245 @@
+"""Fusion methods: where and how covariates enter a backbone, each starting as the image-only model.
+
+Every method edits an unmodified backbone in place (hybrid convs via :func:`covfuse.layers.convert`,
+:class:`FiLMAfter` behind BatchNorm layers, :class:`DAFTAfter` behind a stage, a
+:class:`ConcatHead` instead of the last Linear) and :class:`FusionModel` runs the edited backbone's
+own ``forward(x)`` with the covariates visible to those layers through the covariate context.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from covfuse.errors import UserError, suggest
+from covfuse.layers import HybridConv1d, HybridConv2d, HybridConv3d, convert, resolve_layers
+from covfuse.layers.context import check_covariates, current_covariates, use_covariates
+from covfuse.layers.daft import DAFT, DAFTAfter
+from covfuse.layers.film import FiLM, FiLMAfter
+from covfuse.models.backbones import CONV_TYPES, norm_names, set_submodule, stage_ends
+from covfuse.models.registry import BackboneSpec
+
+HYBRID_TYPES = (HybridConv1d, HybridConv2d, HybridConv3d)
+SELECTORS = ("first", "last", "all")
+
+
+class ConcatHead(nn.Module):
+    """Last layer(s) on [features ⊕ covariates]: the concat-1FC / concat-2FC baselines of Pölsterl et al. 2021.
+
+    ``Linear(F + K, ·)`` is kept as two blocks, ``image`` (F columns) and ``covariates`` (K columns,
+    zero at init, no bias), so the head starts as an image-only head and the covariate-specific
+    parameters are separate tensors. ``hidden=None``: one FC layer; an int: FC-ReLU-FC.
+    Covariates come from the context.
+    """
+
+    def __init__(self, in_features: int, num_covariates: int, out_features: int, hidden: int | None = None,
+                 image: nn.Linear | None = None) -> None:
+        super().__init__()
+        width = out_features if hidden is None else hidden
+        self.image = image if image is not None and hidden is None else nn.Linear(in_features, width)
+        self.covariates = nn.Linear(num_covariates, width, bias=False)
+        nn.init.zeros_(self.covariates.weight)
+        self.out = None if hidden is None else nn.Sequential(nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
+
+    def forward(self, features: Tensor) -> Tensor:
+        z = current_covariates("ConcatHead").to(self.covariates.weight.dtype)
+        y = self.image(features) + self.covariates(z)
+        return y if self.out is None else self.out(y)
+
+
+class CovariateClassifier(nn.Module):
+    """Logistic regression (``hidden=None``) or a one-hidden-layer MLP on the covariates; ignores the image."""
+
+    def __init__(self, num_covariates: int, out_features: int, hidden: int | None = None) -> None:
+        super().__init__()
+        if hidden is None:
+            self.net = nn.Linear(num_covariates, out_features)
+        else:
+            self.net = nn.Sequential(nn.Linear(num_covariates, hidden), nn.ReLU(inplace=True),
+                                     nn.Linear(hidden, out_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(current_covariates("CovariateClassifier").to(next(self.parameters()).dtype))
+
+
+# Module types that make a layer covariate-conditioned, and the word describe/report use for them.
+CONDITIONING_KINDS: dict[type[nn.Module], str] = {
+    **{t: "hybrid" for t in HYBRID_TYPES}, FiLM: "film", DAFT: "daft", ConcatHead: "concat",
+    CovariateClassifier: "covariates",
+}
+
+
+def conditioned_layers(network: nn.Module) -> dict[str, str]:
+    """{module name: kind} for every conditioning module inside ``network`` (kinds: CONDITIONING_KINDS)."""
+    return {name: CONDITIONING_KINDS[type(m)] for name, m in network.named_modules() if type(m) in CONDITIONING_KINDS}
+
+
+class FusionModel(nn.Module):
+    """``forward(x, covariates)`` → logits (N,) (one output) or (N, outputs); the built model.
+
+    ``network`` is the edited backbone; its conditioned layers read the covariates from the context
+    this ``forward`` opens. ``uses_covariates=False`` (image-only) ignores covariates entirely.
+    BatchNorm layers listed in ``frozen_norms`` (frozen by the training regime) stay in eval mode
+    whatever ``train()`` says: with frozen affine parameters, updating their running statistics
+    would change the frozen features under the classifier's feet.
+    """
+
+    def __init__(self, network: nn.Module, num_covariates: int, *, out_features: int, uses_covariates: bool = True,
+                 frozen_norms: list[str] | None = None, config: dict | None = None) -> None:
+        super().__init__()
+        self.network = network
+        self.num_covariates, self.out_features, self.uses_covariates = num_covariates, out_features, uses_covariates
+        self.frozen_norms = list(frozen_norms or [])
+        self.config = dict(config or {})
+        self.train(self.training)
+
+    @property
+    def conditioned(self) -> dict[str, str]:
+        """{name inside ``network``: kind} of the conditioned layers."""
+        return conditioned_layers(self.network)
+
+    def forward(self, x: Tensor, covariates: Tensor | None = None) -> Tensor:
+        if not self.uses_covariates:
+            out = self.network(x)
+        else:
+            if covariates is None:
+                raise ValueError(f"this {self.config.get('fusion', 'fusion')} model needs covariates: call model(x, covariates)")
+            check_covariates(covariates, x.shape[0], self.num_covariates, x.device)
+            with use_covariates(covariates):
+                out = self.network(x)
+        return out.squeeze(-1) if self.out_features == 1 else out
+
+    def train(self, mode: bool = True) -> "FusionModel":
+        super().train(mode)
+        for name in self.frozen_norms:
+            self.network.get_submodule(name).train(False)
+        return self
+
+    def extra_repr(self) -> str:
+        keys = ("backbone", "fusion", "regime", "head")
+        return ", ".join(f"{k}={self.config[k]!r}" for k in keys if k in self.config) + f", num_covariates={self.num_covariates}"
+
+
+def as_layer_list(value: str | int | list | tuple | None) -> str | list[str | int] | None:
+    """Normalise a placement: None, a selector ("first"/"last"/"all"), or a list of names / indices.
+
+    Accepts a comma-separated string ("features.0,features.40") and digit strings ("0,2,-1") as indices.
+    """
+    if value is None or (isinstance(value, str) and value in SELECTORS):
+        return value
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+    out: list[str | int] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise UserError(f"layer {item!r} must be a module name or an integer index")
+        item = item.strip() if isinstance(item, str) else item
+        out.append(int(item) if isinstance(item, str) and item.lstrip("-").isdigit() else item)
+    if not out or any(item == "" for item in out):
+        raise UserError(f"empty layer name in {value!r}")
+    return out
+
+
+def pick(candidates: list[str], layers: str | list[str | int], what: str, backbone: str) -> list[str]:
+    """Resolve a selector or a list of names / indices against ``candidates`` (a UserError if not found)."""
+    if not candidates:
+        raise UserError(f"{backbone} has no {what}")
+    if isinstance(layers, str):
+        return {"first": candidates[:1], "last": candidates[-1:], "all": list(candidates)}[layers]
+    names: list[str] = []
+    for item in layers:
+        if isinstance(item, int):
+            if not -len(candidates) <= item < len(candidates):
+                raise UserError(f"{what} index {item} is out of range: {backbone} has {len(candidates)} ({', '.join(candidates)})")
+            item = candidates[item]
+        elif item not in candidates:
+            raise UserError(f"{item!r} is not one of the {what} of {backbone}{suggest(item, candidates)}; "
+                            f"choose from {', '.join(candidates)}")
+        if item not in names:
+            names.append(item)
+    return names
+
+
+def apply_hybrid(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, init: str = "zeros") -> list[str]:
+    """Make the chosen convs hybrid (W_0, b_0 copied; covariate weights zero by default); their names."""
+    layers = as_layer_list(layers)
+    if layers is None:
+        raise UserError("hybrid_layers is empty: give conv names, indices or first/last/all")
+    try:
+        names = resolve_layers(network, layers)
+        convert(network, names, num_covariates, init=init)
+    except ValueError as exc:
+        raise UserError(f"hybrid_layers for {spec.name}: {exc}") from None
+    return names
+
+
+def channels_of(module: nn.Module) -> int | None:
+    """Output channels of a conv / hybrid conv / BatchNorm, None for other modules."""
+    for attr in ("num_features", "out_channels"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    return None
+
+
+def film_candidates(network: nn.Module) -> list[str]:
+    """Where FiLM may go: the BatchNorm layers, or the convs of a backbone without BatchNorm."""
+    return norm_names(network) or [n for n, m in network.named_modules() if isinstance(m, CONV_TYPES + HYBRID_TYPES)]
+
+
+def apply_film(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, hidden: int | None = None) -> list[str]:
+    """Wrap each chosen BatchNorm (default: the last one) in :class:`FiLMAfter`; their names."""
+    names = pick(film_candidates(network), as_layer_list(layers) or "last", "film layers (BatchNorm layers)", spec.name)
+    for name in names:
+        module = network.get_submodule(name)
+        set_submodule(network, name, FiLMAfter(module, channels_of(module), num_covariates, hidden))
+    return names
+
+
+def output_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64) -> int:
+    """Channels of module ``name``'s output, read from a dry run on a zero image in eval mode."""
+    module = network.get_submodule(name)
+    if channels_of(module) is not None:
+        return channels_of(module)
+    seen: list[int] = []
+    handle = module.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    modes = {m: m.training for m in network.modules()}
+    try:
+        network.eval()
+        first = next(network.parameters())
+        x = torch.zeros(1, 3, size, size, dtype=first.dtype, device=first.device)
+        with torch.no_grad(), use_covariates(torch.zeros(1, num_covariates, dtype=first.dtype, device=first.device)):
+            network(x)
+    finally:
+        handle.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return seen[0]
+
+
+def apply_daft(network: nn.Module, spec: BackboneSpec, layer, num_covariates: int, reduction: float = 7.0) -> str:
+    """Wrap one module in :class:`DAFTAfter`; its name.
+
+    ``layer``: a module name, an index into the stage ends (VGG max-pools, ResNet ``layer1..4``), or
+    None for the paper's placement, the input of the last stage (ResNet ``layer3``, VGG the max-pool
+    before the last conv stage: ``features.33`` in vgg16_bn).
+    """
+    stages = stage_ends(network, spec)
+    if layer is None:
+        name = stages[-2]
+    elif isinstance(layer, int) or (isinstance(layer, str) and layer.lstrip("-").isdigit()):
+        name = pick(stages, [int(layer)], "stage ends", spec.name)[0]
+    else:
+        modules = dict(network.named_modules())
+        if layer not in modules or layer == "":
+            raise UserError(f"daft_layer {layer!r} is not a module of {spec.name}{suggest(layer, stages)}; "
+                            f"stage ends: {', '.join(stages)}")
+        name = layer
+    channels = output_channels(network, name, num_covariates)
+    set_submodule(network, name, DAFTAfter(network.get_submodule(name), channels, num_covariates, reduction))
+    return name
+
+
+def apply_concat(network: nn.Module, spec: BackboneSpec, num_covariates: int, out_features: int,
+                 hidden: int | None = None) -> str:
+    """Replace the head by a :class:`ConcatHead` (1 FC reuses the head's weights; 2 FC starts fresh)."""
+    head = network.get_submodule(spec.head)
+    set_submodule(network, spec.head, ConcatHead(head.in_features, num_covariates, out_features, hidden, image=head))
+    return spec.head
