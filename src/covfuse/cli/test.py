@@ -1,0 +1,33 @@
+"""`covfuse test RUN`: evaluate a run's best checkpoint on valid and test; rewrites metrics.json."""
+from __future__ import annotations
+
+import argparse
+
+from covfuse.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors become one UserError line (exit 2) instead of usage plus a message."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see `{self.prog} --help`")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="covfuse test", description=__doc__.split(": ", 1)[1])
+    p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
+    p.add_argument("--runs_dir", default="runs", help="folder holding run folders (default: runs)")
+    p.add_argument("--ckpt", default="best", help="best, last, or a path to a .ckpt (default: best)")
+    p.add_argument("--root", default=None, help="data folder, if it moved since the run (default: the run's data.root)")
+    p.add_argument("--accelerator", default="auto", help="auto, cpu, gpu (default: auto; one device)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from covfuse.training.run import evaluate_run, summary
+
+    run_dir = evaluate_run(args.run, runs_dir=args.runs_dir, which=args.ckpt, accelerator=args.accelerator, root=args.root)
+    print(f"{run_dir}: {summary(run_dir)}")
+    return 0

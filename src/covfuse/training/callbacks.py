@@ -1,0 +1,168 @@
+"""Callbacks: line-based progress (readable in log files and SLURM output) and the loss plot of a run."""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _value(metrics: dict, key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None else float(value)
+
+
+class LineProgress(Callback):
+    """Print one line every ``every`` seconds during training and one per validation: no carriage returns."""
+
+    def __init__(self, name: str, every: float = 10.0):
+        self.name, self.every = name, every
+        self._last = self._epoch_start = self._fit_start = 0.0
+        self._seen = 0
+
+    def _say(self, text: str) -> None:
+        rank_zero_only(print)(f"[{self.name}] {text}", flush=True)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.monotonic()
+        self._say(f"training: {trainer.num_devices} {trainer.accelerator.__class__.__name__.replace('Accelerator', '')} "
+                  f"device(s) x {trainer.num_nodes} node(s), precision {trainer.precision}, max_epochs {trainer.max_epochs}")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = self._last = time.monotonic()
+        self._seen = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._seen += len(batch["target"])
+        now = time.monotonic()
+        total = trainer.num_training_batches
+        last = isinstance(total, int) and batch_idx + 1 >= total
+        if now - self._last < self.every and not last:
+            return
+        self._last = now
+        elapsed = now - self._epoch_start
+        done = batch_idx + 1
+        loss = _value(trainer.callback_metrics, "train/loss_step")
+        eta = elapsed / done * (total - done) if isinstance(total, int) and math.isfinite(total) else float("nan")
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",
+                 f"step {done}/{total}" if isinstance(total, int) else f"step {done}",
+                 f"loss {loss:.4f}" if loss is not None else "",
+                 f"{self._seen / max(elapsed, 1e-9):.0f} img/s",
+                 f"eta {_clock(eta)}" if math.isfinite(eta) else ""]
+        self._say(" | ".join(p for p in parts if p))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        loss, acc = _value(m, "val/loss"), _value(m, "val/acc")
+        train = _value(m, "train/loss_epoch")
+        text = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} validated"
+        if train is not None:
+            text += f" | train loss {train:.4f}"
+        if loss is not None:
+            text += f" | val loss {loss:.4f}"
+        if acc is not None:
+            text += f" | val acc {acc:.4f}"
+        self._say(text + f" | {_clock(time.monotonic() - self._fit_start)} elapsed")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.monotonic()
+        splits = getattr(pl_module, "eval_splits", ["test"])
+        self._say(f"evaluating on {', '.join(splits)}")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._say(f"evaluated in {_clock(time.monotonic() - self._epoch_start)}")
+
+
+class LossPlot(Callback):
+    """Write ``plots/loss.png`` from metrics.csv when training ends."""
+
+    def __init__(self, run_dir: str | Path, title: str = ""):
+        self.run_dir, self.title = Path(run_dir), title
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.logger is not None:
+            trainer.logger.save()
+        plot_losses(self.run_dir / "metrics.csv", self.run_dir / "plots" / "loss.png", self.title)
+
+
+def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a Lightning metrics.csv with empty cells dropped and numbers parsed."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return rows
+
+
+def smooth(values: list[float], weight: float | None = None) -> list[float]:
+    """Debiased exponential moving average (as TensorBoard's smoothing); weight from the length if None."""
+    if not values:
+        return []
+    if weight is None:
+        weight = min(0.98, max(0.0, 1 - 10 / len(values)))
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i) if weight > 0 else v)
+    return out
+
+
+def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Path | None:
+    """Train loss per step (raw and smoothed) with val loss per epoch; val accuracy per epoch beside it."""
+    metrics_csv, out = Path(metrics_csv), Path(out)
+    if not metrics_csv.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics_csv(metrics_csv)
+    train = [(r["step"], r["train/loss_step"]) for r in rows if "train/loss_step" in r]
+    val = [(r["step"], r.get("epoch", math.nan), r["val/loss"], r.get("val/acc", math.nan)) for r in rows if "val/loss" in r]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train:
+        steps, losses = zip(*train)
+        ax_loss.plot(steps, losses, color="C0", alpha=0.25, lw=0.8, label="train (per step)")
+        ax_loss.plot(steps, smooth(list(losses)), color="C0", lw=1.8, label="train (smoothed)")
+    if val:
+        ax_loss.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C1", label="valid (per epoch)")
+        ax_acc.plot([v[1] + 1 for v in val], [v[3] for v in val], "o-", color="C2", label="valid accuracy")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(fontsize=8)
+    ax_loss.grid(alpha=0.3)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.grid(alpha=0.3)
+    if val:
+        ax_acc.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def trainer_callbacks(name: str, run_dir: Path, progress: str, every: float) -> list[L.Callback]:
+    """The callbacks every run gets besides checkpointing."""
+    callbacks: list[L.Callback] = [LossPlot(run_dir, title=name)]
+    if progress == "lines":
+        callbacks.append(LineProgress(name, every))
+    return callbacks

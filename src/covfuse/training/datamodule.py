@@ -1,0 +1,158 @@
+"""The LightningDataModule: CelebA-format folder -> splits -> datasets -> loaders, with the covariate controls.
+
+``covariates_mode`` replaces what the model sees as covariates, in every split, without touching
+the images or the labels: ``zeros`` / ``ones`` (constant covariates: the model cannot use them),
+``shuffled`` (each split's covariate rows permuted, seeded: right marginals, no link to the image).
+The real values are still what predictions.csv and the subgroup tables use.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from covfuse.errors import UserError
+from covfuse.training.config import DataConfig
+
+SPLITS = ("train", "valid", "test")
+MODES = ("real", "zeros", "ones", "shuffled")
+
+
+def control_covariates(real: np.ndarray, mode: str, seed: int = 0) -> np.ndarray:
+    """What the model is fed instead of ``real`` (n, K) covariates under ``mode``."""
+    if mode == "real":
+        return real
+    if mode == "zeros":
+        return np.zeros_like(real)
+    if mode == "ones":
+        return np.ones_like(real)
+    if mode == "shuffled":
+        return real[np.random.default_rng(seed).permutation(len(real))]
+    raise UserError(f"unknown covariates_mode {mode!r}; choose from {', '.join(MODES)}")
+
+
+class ControlledCovariates(Dataset):
+    """A dataset whose samples' ``covariates`` are looked up, by metadata row, in ``table`` (N, K)."""
+
+    def __init__(self, dataset: Dataset, table: np.ndarray):
+        self.dataset = dataset
+        self.table = torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        sample = dict(self.dataset[i])
+        sample["covariates"] = self.table[int(sample["index"])]
+        return sample
+
+    def __repr__(self) -> str:
+        return f"ControlledCovariates({self.dataset!r})"
+
+
+class CovfuseDataModule(L.LightningDataModule):
+    """Reads the folder once per process, splits it, and serves train/valid/test loaders."""
+
+    def __init__(self, data: DataConfig | dict[str, Any], seed: int = 0, pin_memory: bool = False):
+        super().__init__()
+        self.cfg = data if isinstance(data, DataConfig) else DataConfig(**data)
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.meta = None
+        self.indices: dict[str, np.ndarray] = {}
+        self.datasets: dict[str, Dataset] = {}
+        self.covariate_names: list[str] = []
+        self.target_name = self.cfg.target
+        self.covariates_real: np.ndarray | None = None  # (N, K) float32, metadata order
+        self.labels: np.ndarray | None = None  # (N,) float32
+
+    # -- preparation -----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.meta is not None:
+            return
+        from covfuse.data import read_celeba
+        from covfuse.data.dataset import CelebADataset
+
+        cfg = self.cfg
+        if not cfg.root:
+            raise UserError("no data folder: set data.root in the config or pass --data.root DIR")
+        if cfg.covariates_mode not in MODES:
+            raise UserError(f"unknown covariates_mode {cfg.covariates_mode!r}; choose from {', '.join(MODES)}")
+        meta = read_celeba(cfg.root)
+        labels, real, selection = meta.select(cfg.target, cfg.covariates)
+        self.meta, self.labels, self.covariates_real = meta, labels, real
+        self.target_name, self.covariate_names = selection.target, list(selection.covariates)
+        self.indices = self._split_indices(meta)
+        cache = self._cache(meta)
+        for offset, split in enumerate(SPLITS):
+            idx = self.indices[split]
+            dataset = CelebADataset(
+                meta, idx, self.target_name, self.covariate_names, image_size=cfg.image_size, preset=cfg.preset,
+                train=(split == "train" and cfg.augment), cache=cache,
+            )
+            if cfg.covariates_mode != "real":
+                table = np.zeros_like(real)
+                table[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
+                dataset = ControlledCovariates(dataset, table)
+            self.datasets[split] = dataset
+
+    def _split_indices(self, meta) -> dict[str, np.ndarray]:
+        from covfuse.data import splits
+
+        cfg = self.cfg
+        if cfg.folds == 0:
+            out = {split: np.asarray(splits.official_indices(meta, split)) for split in SPLITS}
+        else:
+            if cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds:
+                raise UserError(f"data.folds must be 0 or >= 2 and data.fold in 0..folds-1, got folds={cfg.folds}, fold={cfg.fold}")
+            folds = list(splits.kfold_indices(meta, cfg.folds, self.seed, cfg.target))
+            train, valid = folds[cfg.fold]
+            out = {"train": np.asarray(train), "valid": np.asarray(valid),
+                   "test": np.asarray(splits.official_indices(meta, "test"))}
+        for split, idx in out.items():
+            if len(idx) == 0:
+                raise UserError(f"{meta.root}: the {split} split is empty; every split needs images")
+        return out
+
+    def _cache(self, meta):
+        if not self.cfg.cache:
+            return None
+        from covfuse.data.cache import open_cache
+
+        return open_cache(meta, self.cfg.image_size, self.cfg.preset)
+
+    # -- loaders ---------------------------------------------------------------------------
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        cfg = self.cfg
+        dataset = self.datasets[split]
+        batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=train,
+            # A last batch of one sample breaks BatchNorm in training; dropping it loses < 1 batch per epoch.
+            drop_last=train and len(dataset) > batch,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def eval_dataloaders(self, splits: tuple[str, ...] = ("valid", "test")) -> list[DataLoader]:
+        return [self._loader(split) for split in splits]
+
+    def filenames(self, index: np.ndarray) -> list[str]:
+        return [self.meta.filenames[int(i)] for i in index]

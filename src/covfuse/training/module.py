@@ -1,0 +1,172 @@
+"""The LightningModule: a model built by covfuse.models.build, its loss, optimiser and per-sample outputs.
+
+Training, validation and test share :meth:`CovfuseModule._common_step`. Images arrive as uint8 and
+are normalised on the device (a quarter of the host-to-device bytes of float32). The checkpoint
+carries everything needed to rebuild the model and feed it: the build arguments, the covariate
+names, the target, the image preset and size (``save_hyperparameters``), so ``covfuse test`` and
+``covfuse predict`` need nothing but the .ckpt file.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryAccuracy
+
+
+class CovfuseModule(L.LightningModule):
+    """Wraps ``covfuse.models.build(**model, num_covariates=len(covariates))`` for training.
+
+    Args:
+        model: keyword arguments of covfuse.models.build except num_covariates (backbone, fusion, ...).
+        covariates: covariate names, in the order of the model's covariate vector.
+        target: name of the predicted attribute.
+        preset: image preset, for covfuse.data.transforms.normalize.
+        image_size: input side in pixels (for predict).
+        optim: OptimConfig fields as a dict.
+        channels_last: convert model and inputs to NHWC memory format.
+        covariates_mode: the data control the model was trained under (recorded for predict).
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        covariates: list[str],
+        target: str = "Attractive",
+        preset: str = "center-crop",
+        image_size: int = 64,
+        optim: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        covariates_mode: str = "real",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from covfuse.models import build  # imported here: training must not pull models in at import time
+
+        options = dict(model)
+        extra = options.pop("options", None) or {}
+        self.model = build(num_covariates=len(covariates), **options, **extra)
+        self.head = options.get("head", "binary")
+        self.optim = dict(optim or {})
+        self.channels_last = channels_last
+        self.train_acc = BinaryAccuracy()
+        self.val_acc = BinaryAccuracy()
+        self.eval_splits: list[str] = ["valid"]  # names of the test dataloaders, in order
+        self.outputs: dict[str, dict[str, torch.Tensor]] = {}
+        self._collect: dict[str, list[dict[str, torch.Tensor]]] = {}
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # -- forward ---------------------------------------------------------------------------
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, S, S) on the device -> normalised float input."""
+        from covfuse.data.transforms import normalize
+
+        x = normalize(images, self.hparams.preset)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, images: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
+        """Logits for uint8 images and float covariates."""
+        return self.model(self.prepare(images), covariates.float())
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(target = 1) per sample, in float32."""
+        logits = logits.float()
+        return torch.softmax(logits, dim=1)[:, 1] if self.head == "two-class" else torch.sigmoid(logits)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.head == "two-class":
+            return F.cross_entropy(logits, target.long())
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+
+    # -- steps -----------------------------------------------------------------------------
+    def _common_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["image"], batch["covariates"])
+        target = batch["target"]
+        loss = self.loss(logits, target)
+        prob = self.probability(logits).detach()
+        n = len(target)
+        if stage == "train":
+            self.train_acc(prob, target.long())
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
+        elif stage == "val":
+            self.val_acc(prob, target.long())
+            self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=n, sync_dist=True)
+            self.log("val/acc", self.val_acc, prog_bar=True, on_epoch=True, batch_size=n)
+        else:
+            self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True, add_dataloader_idx=False)
+            self._collect.setdefault(stage, []).append(
+                {"index": batch["index"].detach(), "probability": prob, "target": target.detach().float()}
+            )
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._common_step(batch, "val")
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._common_step(batch, self.eval_splits[dataloader_idx])
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return self.probability(self(batch["image"], batch["covariates"]))
+
+    def on_test_epoch_start(self) -> None:
+        self._collect = {}
+        self.outputs = {}
+
+    def on_test_epoch_end(self) -> None:
+        """Gather the per-sample outputs of every process; drop the duplicates a distributed sampler pads with."""
+        for stage, parts in self._collect.items():
+            out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+            if self.trainer.world_size > 1:
+                out = {key: value.reshape(-1) for key, value in self.all_gather(out).items()}
+            out = {key: value.cpu() for key, value in out.items()}
+            _, first = np.unique(out["index"].numpy(), return_index=True)
+            self.outputs[stage] = {key: value[torch.from_numpy(first)] for key, value in out.items()}
+        self._collect = {}
+
+    # -- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        name, lr, wd = o.get("optimizer", "adam"), o.get("lr", 1e-3), o.get("weight_decay", 0.0)
+        if name == "adam":
+            optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        elif name == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        else:
+            optimizer = torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=o.get("momentum", 0.9))
+        schedule, warmup = o.get("schedule", "none"), int(o.get("warmup_steps", 0))
+        if schedule == "none" and warmup == 0:
+            return optimizer
+        if schedule == "step":
+            # Per-epoch decay; a warm-up, if any, is applied per step by the lambda below as well.
+            step_size, gamma = int(o.get("step_size", 1)), float(o.get("gamma", 0.1))
+            steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
+            fn = lambda step: _warm(step, warmup) * gamma ** ((step // steps_per_epoch) // step_size)  # noqa: E731
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            cosine = schedule == "cosine"
+            fn = lambda step: _warm(step, warmup) * (_cosine(step - warmup, total - warmup) if cosine else 1.0)  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _warm(step: int, warmup: int) -> float:
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _cosine(step: int, total: int) -> float:
+    if step <= 0:
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))

@@ -1,0 +1,362 @@
+"""One named run end to end: run folder, Trainer, fit, evaluation of the best checkpoint, files.
+
+``fit_run(config)`` writes ``<runs_dir>/<name>/``: config.yaml, log.txt, metrics.csv,
+checkpoints/{best,last}.ckpt, plots/loss.png, then predictions.csv and metrics.json from the
+best checkpoint on valid and test. ``evaluate_run(run_dir)`` redoes the last two (``covfuse test``).
+Devices, nodes and strategy go straight to ``lightning.Trainer``; in a distributed run every
+process runs this function and only global rank 0 touches the folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from covfuse.errors import UserError
+from covfuse.training import config as cfgmod
+from covfuse.training import runlog
+from covfuse.training.callbacks import LineProgress, plot_losses, trainer_callbacks
+from covfuse.training.config import RunConfig, TrainerConfig
+from covfuse.training.datamodule import CovfuseDataModule
+from covfuse.training.metrics import log_loss, split_metrics
+from covfuse.training.module import CovfuseModule
+
+log = logging.getLogger("covfuse.training")
+
+CHECKPOINTS = "checkpoints"
+EVAL_SPLITS = ("valid", "test")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$")
+
+
+# -- hardware ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Hardware:
+    """Trainer settings that depend on the machine, with the "None: choose for me" defaults resolved."""
+
+    gpu: bool
+    precision: str
+    channels_last: bool
+    deterministic: bool | str
+
+
+def resolve_hardware(t: TrainerConfig) -> Hardware:
+    gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    if t.precision is not None:
+        precision = t.precision
+    elif gpu:
+        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    else:
+        precision = "32-true"  # bf16 autocast on CPU is opt-in: measured slower on small CPUs (docs/performance.md)
+    channels_last = gpu if t.channels_last is None else t.channels_last
+    # GPU: VGG's adaptive pooling backward has no deterministic CUDA kernel, so "warn" rather than raise.
+    deterministic = ("warn" if gpu else True) if t.deterministic is None else t.deterministic
+    return Hardware(gpu, precision, channels_last, deterministic)
+
+
+def global_rank() -> int:
+    """This process's global rank, known before the Trainer exists (from RANK / SLURM_PROCID / ...)."""
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+# -- run folder ----------------------------------------------------------------------------
+def check_name(name: str) -> str:
+    if not _NAME.match(name) or name in {".", ".."}:
+        raise UserError(f"run name {name!r} must be a plain folder name (letters, digits, . _ = + , -)")
+    return name
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -> Path | None:
+    """Create the run folder (or check it for --resume); returns the checkpoint to resume from."""
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
+    if resume:
+        last = run_dir / CHECKPOINTS / "last.ckpt"
+        if not last.is_file():
+            raise UserError(f"{last}: no checkpoint to resume from; start the run without --resume")
+        return last
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if not overwrite:
+            raise UserError(
+                f"{run_dir} already exists; pass --overwrite to replace it, --resume to continue it, "
+                "or choose another --name"
+            )
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir} is not a covfuse run folder (no config.yaml); refusing to delete it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write via a temporary name and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class _ResumingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing metrics.csv is continued (``--resume``), not deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = f.readline().strip()
+            self.metrics_keys = sorted(k for k in header.split(",") if k)
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger writing ``<run_dir>/metrics.csv`` itself (no name/version subfolders, no hparams.yaml)."""
+
+    def __init__(self, run_dir: str | Path, flush_logs_every_n_steps: int = 50):
+        super().__init__(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=flush_logs_every_n_steps)
+
+    @property
+    def log_dir(self) -> str:
+        return self.save_dir
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._experiment = _ResumingWriter(log_dir=self.save_dir)
+        return self._experiment
+
+    def log_hyperparams(self, params: Any = None, *args: Any, **kwargs: Any) -> None:
+        """The resolved config.yaml already records them."""
+
+
+# -- fit -----------------------------------------------------------------------------------
+def build_module(config: RunConfig, data: CovfuseDataModule, hw: Hardware) -> CovfuseModule:
+    return CovfuseModule(
+        model=dataclasses.asdict(config.model),
+        covariates=data.covariate_names,
+        target=data.target_name,
+        preset=config.data.preset,
+        image_size=config.data.image_size,
+        optim=dataclasses.asdict(config.optim),
+        channels_last=hw.channels_last,
+        covariates_mode=config.data.covariates_mode,
+    )
+
+
+class _DropNoise(logging.Filter):
+    """Drop Lightning's advertising tip and its note on the default validation interval."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("\U0001f4a1 Tip") or "was configured so validation will run" in message)
+
+
+_NOISY_WARNINGS = (
+    r"The number of training batches .* is smaller than the logging interval",  # tiny runs; we log per epoch too
+    r".*isinstance\(treespec, LeafSpec\)",  # Lightning 2.6 against torch >= 2.9, harmless
+)
+
+
+def quiet_lightning() -> None:
+    """Silence messages that say nothing about the run (idempotent)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropNoise) for f in logger.filters):
+        logger.addFilter(_DropNoise())
+    for pattern in _NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoch: int | None = None) -> L.Trainer:
+    t = config.trainer
+    quiet_lightning()
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINTS,
+        filename="best",
+        monitor=config.monitor,
+        mode="min" if config.monitor.endswith("loss") else "max",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    optional = {k: v for k, v in {"limit_train_batches": t.limit_train_batches,
+                                  "limit_val_batches": t.limit_val_batches}.items() if v is not None}
+    return L.Trainer(
+        default_root_dir=run_dir,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=hw.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        deterministic=hw.deterministic,
+        log_every_n_steps=max(1, min(t.log_every_n_steps, steps_per_epoch or t.log_every_n_steps)),
+        val_check_interval=t.val_check_interval,
+        logger=RunCSVLogger(run_dir),
+        callbacks=[checkpoint, *trainer_callbacks(config.name, run_dir, t.progress, t.progress_every)],
+        enable_progress_bar=t.progress == "bar",
+        enable_model_summary=True,
+        **optional,
+    )
+
+
+def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Train one named run and evaluate its best checkpoint; returns the run folder."""
+    check_name(config.name)
+    run_dir = config.run_dir
+    rank0 = global_rank() == 0
+    ckpt_path = run_dir / CHECKPOINTS / "last.ckpt" if resume else None
+    if rank0:
+        ckpt_path = prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
+        write_text(run_dir / "config.yaml", cfgmod.dump(config))
+    with runlog.capture(run_dir / "log.txt", enabled=rank0):
+        start = time.monotonic()
+        log.info("run %s in %s%s", config.name, run_dir, f", resuming from {ckpt_path}" if ckpt_path else "")
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        hw = resolve_hardware(config.trainer)
+        data = CovfuseDataModule(config.data, seed=config.seed, pin_memory=hw.gpu)
+        data.setup("fit")  # the module needs the covariate names
+        log.info("data %s: train/valid/test = %s; target %s, covariates %s (%s)", config.data.root,
+                 "/".join(str(len(data.indices[s])) for s in ("train", "valid", "test")),
+                 data.target_name, ", ".join(data.covariate_names) or "none", config.data.covariates_mode)
+        module = build_module(config, data, hw)
+        steps = len(data.datasets["train"]) // config.data.batch_size // config.trainer.accumulate_grad_batches
+        trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        fit_seconds = time.monotonic() - start
+        checkpoint = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
+        best = checkpoint.best_model_path or checkpoint.last_model_path
+        module.eval_splits = list(EVAL_SPLITS)
+        trainer.test(module, dataloaders=data.eval_dataloaders(EVAL_SPLITS), ckpt_path=best, verbose=False)
+        if rank0:
+            extra = {"checkpoint": os.path.relpath(best, run_dir), "global_step": trainer.global_step,
+                     "epochs": trainer.current_epoch, "fit_seconds": round(fit_seconds, 2)}
+            write_results(run_dir, config, data, module.outputs, extra)
+            log.info("run %s done in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
+    return run_dir
+
+
+# -- evaluation ----------------------------------------------------------------------------
+def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
+                  outputs: dict[str, dict[str, torch.Tensor]], extra: dict | None = None) -> dict:
+    """predictions.csv and metrics.json from the per-sample outputs of valid and test."""
+    header = ["id", "split", "label", "probability", *data.covariate_names]
+    lines = [",".join(header)]
+    metrics: dict[str, Any] = {
+        "run": config.name,
+        "target": data.target_name,
+        "covariates": data.covariate_names,
+        "covariates_mode": config.data.covariates_mode,
+        **(extra or {}),
+    }
+    for split, out in outputs.items():
+        index = out["index"].numpy().astype(np.int64)
+        prob = out["probability"].numpy().astype(np.float64)
+        label = data.labels[index].astype(np.int64)
+        real = data.covariates_real[index]
+        names = data.filenames(index)
+        for i in range(len(index)):
+            covs = ",".join(f"{v:g}" for v in real[i])
+            lines.append(f"{names[i]},{split},{label[i]},{prob[i]:.6f}" + (f",{covs}" if covs else ""))
+        groups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
+        metrics[split] = split_metrics(label, prob, groups, loss=log_loss(label, prob),
+                                       n_boot=config.bootstrap, seed=config.seed)
+    write_text(run_dir / "predictions.csv", "\n".join(lines) + "\n")
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    return metrics
+
+
+def summary(run_dir: Path) -> str:
+    """One line: accuracy with CI per split, from metrics.json."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    parts = []
+    for split in EVAL_SPLITS:
+        if split in m:
+            s = m[split]
+            lo, hi = s["accuracy_ci"]
+            ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+            auroc = f", auroc {s['auroc']:.3f}" if s.get("auroc") is not None else ""
+            parts.append(f"{split} accuracy {s['accuracy']:.3f}{ci}{auroc}")
+    return "; ".join(parts)
+
+
+def find_run(run: str, runs_dir: str | Path = "runs") -> Path:
+    """A run folder from a name (under runs_dir) or a path."""
+    for candidate in (Path(run), Path(runs_dir) / run):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise UserError(f"no run {run!r}: neither {run}/config.yaml nor {Path(runs_dir) / run}/config.yaml exists")
+
+
+def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
+    path = run_dir / CHECKPOINTS / f"{which}.ckpt" if which in ("best", "last") else Path(which)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found (has the run finished an epoch?)")
+    return path
+
+
+def load_module(path: Path, map_location: str | torch.device = "cpu") -> CovfuseModule:
+    """Rebuild the module from a checkpoint's hyper-parameters and load its weights.
+
+    The model is built with ``weights=None``: the checkpoint holds the trained weights, and the
+    ImageNet file the run may have started from need not exist on this machine.
+    """
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        hparams = dict(ckpt["hyper_parameters"])
+        hparams["model"] = {**hparams["model"], "weights": None}
+        module = CovfuseModule(**hparams)
+        module.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError, TypeError, EOFError, OSError) as exc:
+        raise UserError(f"{path}: not a readable covfuse checkpoint ({' '.join(str(exc).split())[:200]})") from None
+    return module
+
+
+def evaluate_run(run: str | Path, *, runs_dir: str | Path = "runs", which: str = "best",
+                 splits: Sequence[str] = EVAL_SPLITS, accelerator: str = "auto", root: str | None = None) -> Path:
+    """Evaluate a run's checkpoint on ``splits`` and rewrite its predictions.csv and metrics.json."""
+    run_dir = find_run(str(run), runs_dir)
+    config = cfgmod.load(run_dir / "config.yaml")
+    if root:
+        config.data.root = root
+    ckpt = checkpoint_path(run_dir, which)
+    with runlog.capture(run_dir / "log.txt"):
+        start = time.monotonic()
+        log.info("evaluating %s on %s", ckpt, ", ".join(splits))
+        module = load_module(ckpt)
+        data = CovfuseDataModule(config.data, seed=config.seed)
+        data.setup("test")
+        if data.covariate_names != list(module.hparams.covariates):
+            raise UserError(f"{ckpt} was trained with covariates {module.hparams.covariates}, the config says "
+                            f"{data.covariate_names}")
+        module.eval_splits = list(splits)
+        hw = resolve_hardware(dataclasses.replace(config.trainer, accelerator=accelerator))
+        quiet_lightning()
+        trainer = L.Trainer(accelerator=accelerator, devices=1, precision=hw.precision, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[LineProgress(config.name)], deterministic=hw.deterministic)
+        trainer.test(module, dataloaders=data.eval_dataloaders(tuple(splits)), verbose=False)
+        previous = {}
+        if (run_dir / "metrics.json").is_file():
+            previous = {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items()
+                        if k in ("global_step", "epochs", "fit_seconds")}
+        write_results(run_dir, config, data, module.outputs,
+                      {"checkpoint": os.path.relpath(ckpt, run_dir), **previous})
+        plot_losses(run_dir / "metrics.csv", run_dir / "plots" / "loss.png", config.name)
+        log.info("evaluated %s in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
+    return run_dir
