@@ -1,0 +1,79 @@
+"""`covfuse describe`: build a model by name, print its layer table and parameter counts, draw its diagram."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from covfuse.errors import UserError
+
+
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, null, lists), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def parser() -> argparse.ArgumentParser:
+    from covfuse.models.registry import HEADS, REGIMES, list_backbones, list_fusions
+
+    p = argparse.ArgumentParser(prog="covfuse describe", description=__doc__)
+    p.add_argument("--backbone", required=True, help=f"one of {', '.join(list_backbones())}")
+    p.add_argument("--fusion", default="image-only", help=f"one of {', '.join(list_fusions())} (default image-only)")
+    p.add_argument("--num-covariates", type=int, default=1, help="K, the number of covariates (default 1)")
+    p.add_argument("--hybrid-layers", default="first",
+                   help="conv names or indices, comma-separated (features.0,features.40 or 0,-1), or first/last/all")
+    p.add_argument("--weights", default=None, help="imagenet (from the torch hub cache) or a state-dict file")
+    p.add_argument("--regime", default="finetune", help=", ".join(REGIMES))
+    p.add_argument("--head", default="binary", help=", ".join(HEADS))
+    p.add_argument("--option", "-o", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="model option, e.g. film_layers=all, daft_layer=layer3, concat_hidden=32 (repeatable)")
+    p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the backbone's, 224 or 64)")
+    p.add_argument("--diagram", type=Path, default=None, help="write an architecture diagram to this PNG file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --diagram file")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="text table or JSON")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.input_size is not None and args.input_size < 16:
+        raise UserError(f"--input-size must be at least 16 pixels, got {args.input_size}")
+    if args.diagram is not None:
+        if args.diagram.suffix.lower() != ".png":
+            raise UserError(f"--diagram must name a .png file, got {str(args.diagram)!r}")
+        if args.diagram.exists() and not args.overwrite:
+            raise UserError(f"{str(args.diagram)!r} exists; pass --overwrite to replace it")
+        if not args.diagram.parent.is_dir():
+            raise UserError(f"folder {str(args.diagram.parent)!r} for --diagram does not exist")
+
+    from covfuse.models import build
+    from covfuse.models.describe import describe, draw_diagram, format_table
+
+    model = build(args.backbone, args.fusion, args.num_covariates, hybrid_layers=args.hybrid_layers,
+                  weights=args.weights, regime=args.regime, head=args.head, **dict(args.option))
+    try:
+        desc = describe(model, args.input_size)
+    except RuntimeError as exc:  # e.g. an input too small for the backbone's pooling
+        raise UserError(f"dry run at input size {args.input_size} failed: {str(exc).splitlines()[0]}") from None
+    if args.format == "json":
+        print(json.dumps({
+            "config": desc.config,
+            "input_shape": list(desc.input_shape),
+            "layers": [{"name": r.name, "type": r.type, "output": None if r.output is None else list(r.output),
+                        "params": r.params, "trainable": r.trainable, "conditioning": r.conditioning or None}
+                       for r in desc.rows],
+            "parameters": {"total": desc.total, "trainable": desc.trainable, "covariate": desc.covariate},
+        }, indent=2))
+    else:
+        print(format_table(desc))
+    if args.diagram is not None:
+        draw_diagram(model, desc, args.diagram)
+        if args.format == "text":
+            print(f"diagram: {args.diagram}")
+    return 0

@@ -1,0 +1,307 @@
+"""What a built model is: a layer table (shapes from a dry run, parameters, conditioning) and a diagram.
+
+:func:`describe` runs the model once on a zero image (eval mode, no gradients) with forward hooks to
+read each layer's output shape; :func:`format_table` prints it; :func:`draw_diagram` draws the
+network as a column of blocks with the conditioned layers coloured (matplotlib, imported lazily).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from covfuse.layers.daft import DAFT, DAFTAfter
+from covfuse.layers.film import FiLM, FiLMAfter
+from covfuse.models.fusion import CONDITIONING_KINDS, HYBRID_TYPES, ConcatHead, CovariateClassifier, FusionModel
+
+KIND_COLOURS = {"hybrid": "#f28e2b", "film": "#59a14f", "daft": "#b07aa1", "concat": "#4e79a7", "covariates": "#e15759"}
+KIND_LABELS = {"hybrid": "hybrid conv", "film": "FiLM", "daft": "DAFT", "concat": "concat head", "covariates": "covariates only"}
+
+
+@dataclass
+class LayerRow:
+    """One layer of the table; ``output`` excludes the batch dimension (None: not called in the dry run)."""
+
+    name: str
+    type: str
+    output: tuple[int, ...] | None
+    params: int
+    trainable: int
+    conditioning: str = ""
+
+
+@dataclass
+class Description:
+    rows: list[LayerRow]
+    total: int
+    trainable: int
+    covariate: int
+    input_shape: tuple[int, ...]
+    config: dict = field(default_factory=dict)
+
+
+def covariate_parameters(module: nn.Module) -> int:
+    """Parameters that exist only because of the covariates (hybrid W_j and b_j, FiLM/DAFT generators,
+    the concat head's covariate columns, a covariates-only classifier)."""
+    if isinstance(module, HYBRID_TYPES):
+        return sum(p.numel() for p in (module.covariate_weight, module.covariate_bias) if p is not None)
+    if isinstance(module, ConcatHead):
+        return module.covariates.weight.numel()
+    if isinstance(module, (FiLM, DAFT, CovariateClassifier)):
+        return sum(p.numel() for p in module.parameters())
+    return 0
+
+
+def atomic_modules(network: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Leaves of the module tree, with conditioning modules kept whole (their inner Linears are theirs)."""
+    out: list[tuple[str, nn.Module]] = []
+
+    def walk(module: nn.Module, name: str) -> None:
+        if type(module) in CONDITIONING_KINDS or not any(True for _ in module.children()):
+            out.append((name, module))
+            return
+        for child_name, child in module.named_children():
+            walk(child, f"{name}.{child_name}" if name else child_name)
+
+    walk(network, "")
+    return out
+
+
+def dry_run_shapes(model: FusionModel, modules: list[tuple[str, nn.Module]], input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Output shape (without batch) of each module in one eval-mode call on zeros; modes restored after."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+               for name, m in modules]
+    modes = {m: m.training for m in model.modules()}
+    first = next(model.parameters())
+    try:
+        model.eval()
+        x = torch.zeros(1, *input_shape, dtype=first.dtype, device=first.device)
+        z = torch.zeros(1, max(model.num_covariates, 0), dtype=first.dtype, device=first.device)
+        with torch.no_grad():
+            model(x, z if model.uses_covariates else None)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return shapes
+
+
+def describe(model: FusionModel, input_size: int | None = None, in_channels: int = 3) -> Description:
+    """The layer table and parameter counts of ``model`` for a square input of side ``input_size``."""
+    from covfuse.models.registry import BACKBONES
+
+    backbone = model.config.get("backbone")
+    size = input_size or (BACKBONES[backbone].input_size if backbone in BACKBONES else 224)
+    input_shape = (in_channels, size, size)
+    modules = atomic_modules(model.network)
+    shapes = dry_run_shapes(model, modules, input_shape)
+    rows = [
+        LayerRow(name or "(covariates)", type(m).__name__, shapes.get(name),
+                 sum(p.numel() for p in m.parameters()), sum(p.numel() for p in m.parameters() if p.requires_grad),
+                 CONDITIONING_KINDS.get(type(m), ""))
+        for name, m in modules
+    ]
+    return Description(
+        rows=rows,
+        total=sum(p.numel() for p in model.parameters()),
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        covariate=sum(covariate_parameters(m) for m in model.modules()),
+        input_shape=input_shape,
+        config=dict(model.config),
+    )
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "-" if shape is None else "x".join(map(str, shape))
+
+
+def _train_flag(row: LayerRow) -> str:
+    if row.params == 0:
+        return ""
+    return "yes" if row.trainable == row.params else "no" if row.trainable == 0 else "part"
+
+
+def summary_line(desc: Description) -> str:
+    c = desc.config
+    return (f"{c.get('backbone')} + {c.get('fusion')}, {c.get('num_covariates')} covariate(s), regime {c.get('regime')}, "
+            f"head {c.get('head')}, input {_shape(desc.input_shape)}")
+
+
+def format_table(desc: Description) -> str:
+    """The layer table followed by the parameter counts, as plain text."""
+    header = ("name", "type", "output", "params", "trains", "conditioning")
+    lines = [(r.name, r.type, _shape(r.output), f"{r.params:,}", _train_flag(r), r.conditioning) for r in desc.rows]
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:{'>' if i == 3 else '<'}{w}}}" for i, w in enumerate(widths))
+    out = [summary_line(desc), "", fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*row).rstrip() for row in lines]
+    conditioned = [f"{r.name} ({r.conditioning})" for r in desc.rows if r.conditioning]
+    out += [
+        "",
+        f"conditioned layers: {', '.join(conditioned) if conditioned else 'none'}",
+        f"parameters: total {desc.total:,}; trainable {desc.trainable:,}; covariate-specific {desc.covariate:,}",
+    ]
+    return "\n".join(out)
+
+
+# ---- diagram -------------------------------------------------------------------------------------
+
+_SECONDARY = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.Dropout, nn.Flatten, FiLM)
+
+
+def _units(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    """Blocks to draw: children of Sequentials and of FiLM/DAFT wrappers are opened one level."""
+    if type(module) in CONDITIONING_KINDS or not any(True for _ in module.children()):
+        return [(prefix, module)]
+    out: list[tuple[str, nn.Module]] = []
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, nn.Sequential):
+            out += _units(child, full)
+        elif isinstance(child, (FiLMAfter, DAFTAfter)):
+            out += _units(child.module, f"{full}.module") if isinstance(child.module, nn.Sequential) else [(f"{full}.module", child.module)]
+            out.append((f"{full}.film" if isinstance(child, FiLMAfter) else f"{full}.daft", child.film if isinstance(child, FiLMAfter) else child.daft))
+        else:
+            out.append((full, child))
+    return out
+
+
+def _label(m: nn.Module) -> str:
+    if isinstance(m, (nn.Conv2d, *HYBRID_TYPES)):
+        k = "x".join(map(str, m.kernel_size))
+        stride = f", stride {m.stride[0]}" if max(m.stride) > 1 else ""
+        return f"{'Hybrid conv' if isinstance(m, HYBRID_TYPES) else 'Conv'} {k}, {m.in_channels}->{m.out_channels}{stride}"
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return "BN"
+    if isinstance(m, FiLM):
+        return "FiLM"
+    if isinstance(m, DAFT):
+        return f"DAFT: pooled features + z -> scale, shift ({m.num_channels} ch)"
+    if isinstance(m, ConcatHead):
+        two = m.out is not None
+        return f"Concat head [{m.image.in_features} + {m.covariates.in_features} covariates] -> {'FC-ReLU-FC' if two else 'FC'}"
+    if isinstance(m, CovariateClassifier):
+        return "Logistic regression on covariates" if isinstance(m.net, nn.Linear) else "MLP on covariates"
+    if isinstance(m, nn.Linear):
+        return f"Linear {m.in_features}->{m.out_features}"
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        return f"{type(m).__name__[:3]}Pool /{m.stride if isinstance(m.stride, int) else m.stride[0]}"
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return f"AdaptiveAvgPool -> {m.output_size}"
+    convs = [c for c in m.modules() if isinstance(c, (nn.Conv2d, *HYBRID_TYPES))]
+    if convs:  # a residual block
+        return f"{type(m).__name__} {convs[0].in_channels}->{convs[-1].out_channels}"
+    return type(m).__name__
+
+
+def diagram_blocks(model: FusionModel, desc: Description) -> list[dict]:
+    """Blocks of the diagram: a main layer with the BN / ReLU / FiLM / Dropout after it folded in."""
+    shapes = {r.name: r.output for r in desc.rows}
+    blocks: list[dict] = []
+    for name, m in _units(model.network, ""):
+        inner = [(f"{name}.{n}" if n else name, c) for n, c in m.named_modules() if type(c) in CONDITIONING_KINDS]
+        kinds = [CONDITIONING_KINDS[type(c)] for _, c in inner]
+        params = list(m.parameters())
+        frozen = bool(params) and not any(p.requires_grad for p in params)
+        key = name or "(covariates)"
+        out = [s for n, s in shapes.items() if s is not None and (n == key or n.startswith(key + "."))]
+        if isinstance(m, _SECONDARY) and blocks:
+            block = blocks[-1]
+            block["label"] += f" + {_label(m)}"
+        else:
+            block = {"name": name or "(covariates)", "label": _label(m), "kinds": [], "notes": [], "frozen": frozen,
+                     "output": None}
+            blocks.append(block)
+        block["kinds"] = list(dict.fromkeys(block["kinds"] + kinds))
+        block["notes"] += [n.rsplit(".", 1)[0] if isinstance(c, (FiLM, DAFT)) else n for n, c in inner if n != name]
+        block["output"] = out[-1] if out else block["output"]
+    return blocks
+
+
+def draw_diagram(model: FusionModel, desc: Description, path: str | os.PathLike) -> Path:
+    """Draw ``model`` as a column of blocks (conditioned ones coloured, covariates wired in) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
+
+    blocks = diagram_blocks(model, desc)
+    step = 1.0
+    height = (len(blocks) + 4) * step
+    fig, ax = plt.subplots(figsize=(13, 1.6 + 0.42 * (len(blocks) + 4)))
+    ax.set_xlim(0, 14.2)
+    ax.set_ylim(-height, 1.2)
+    ax.axis("off")
+    ax.set_title(f"covfuse model: {summary_line(desc)}", fontsize=10, loc="left")
+    x0, w, bh = 2.4, 7.0, 0.72
+
+    def box(y, text, colour="#f0f0f0", edge="#555555", bold=False, hatch=None):
+        ax.add_patch(FancyBboxPatch((x0, y - bh / 2), w, bh, boxstyle="round,pad=0.02,rounding_size=0.12",
+                                    fc=colour, ec=edge, lw=1.6 if bold else 0.8, hatch=hatch))
+        ax.text(x0 + 0.15, y, text, va="center", ha="left", fontsize=8.5, fontweight="bold" if bold else "normal")
+
+    def arrow(y_from, y_to, x=x0 + w / 2):
+        ax.add_patch(FancyArrowPatch((x, y_from), (x, y_to), arrowstyle="-|>", mutation_scale=8, lw=0.7, color="#555555"))
+
+    uses_image = desc.config.get("fusion") != "covariates-only"
+    y = 0.0
+    box(y, f"image {_shape(desc.input_shape)}" if uses_image else "image (ignored)", colour="#ffffff")
+    ys = []
+    for i, block in enumerate(blocks):
+        y_prev, y = y, -(i + 1) * step
+        arrow(y_prev - bh / 2, y + bh / 2)
+        kind = block["kinds"][0] if block["kinds"] else None
+        colour = KIND_COLOURS[kind] if kind else ("#e4e4e4" if block["frozen"] else "#f7f7f7")
+        text = f"{block['name']}:  {block['label']}"
+        if block["notes"]:
+            more = len(block["notes"]) - 2
+            text += f"   [{', '.join(block['notes'][:2])}{f' +{more}' if more > 0 else ''}]"
+        if block["frozen"]:
+            text += "   (frozen)"
+        box(y, text, colour=colour + ("" if not kind else "55"), edge=KIND_COLOURS.get(kind, "#555555"), bold=bool(kind))
+        for j, k in enumerate(block["kinds"]):  # one tag per kind, beside the box
+            ax.text(x0 + w + 0.15 + 1.2 * j, y, KIND_LABELS[k], ha="left", va="center", fontsize=7, color="white",
+                    fontweight="bold", bbox={"boxstyle": "round,pad=0.25", "fc": KIND_COLOURS[k], "ec": "none"})
+        ax.text(x0 + w + 2.5, y, _shape(block["output"]), va="center", ha="left", fontsize=8, color="#333333")
+        if kind:
+            ys.append((y, block["kinds"]))
+    y_out = y - step
+    arrow(y - bh / 2, y_out + bh / 2)
+    outputs = "logit (N,)" if model.out_features == 1 else f"logits (N, {model.out_features})"
+    box(y_out, outputs, colour="#ffffff")
+
+    if ys:  # the covariate input and its wires to every conditioned block
+        k = desc.config.get("num_covariates")
+        ax.add_patch(FancyBboxPatch((0.1, -0.36), 1.9, 0.72, boxstyle="round,pad=0.02", fc="#fff4d6", ec="#b8860b", lw=1.4))
+        ax.text(1.05, 0.0, f"covariates z\n(N, {k})", ha="center", va="center", fontsize=8.5, fontweight="bold")
+        bus = 1.05
+        ax.plot([bus, bus], [-0.36, ys[-1][0]], color="#b8860b", lw=1.2)
+        for yy, kinds in ys:
+            ax.add_patch(FancyArrowPatch((bus, yy), (x0, yy), arrowstyle="-|>", mutation_scale=10, lw=1.2, color=KIND_COLOURS[kinds[0]]))
+    used = sorted({k for _, kinds in ys for k in kinds})
+    handles = [Patch(fc=KIND_COLOURS[k] + "55", ec=KIND_COLOURS[k], label=KIND_LABELS[k]) for k in used]
+    if any(block["frozen"] for block in blocks):
+        handles.append(Patch(fc="#e4e4e4", ec="#555555", label="frozen by the regime"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8, frameon=False, bbox_to_anchor=(1.0, 0.0))
+    ax.text(0.1, y_out - 0.9, f"parameters: total {desc.total:,}   trainable {desc.trainable:,}   "
+            f"covariate-specific {desc.covariate:,}", fontsize=9, va="center")
+    ax.set_ylim(y_out - 1.3, 1.2)
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
