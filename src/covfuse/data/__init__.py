@@ -1,0 +1,39 @@
+"""CelebA-format data: the release reader, splits, image presets, the memmap cache, a synthetic twin.
+
+Names are re-exported lazily (PEP 562), so ``from covfuse.data import read_celeba`` and
+``covfuse data info`` do not pay for importing torch (~3 s) when they do not need it.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ATTR_NAMES": "celeba", "SPLIT_NAMES": "celeba", "CelebAMeta": "celeba", "Selection": "celeba",
+    "find_root": "celeba", "read_celeba": "celeba",
+    "kfold_indices": "splits", "official_indices": "splits",
+    "PRESETS": "presets", "load_image": "transforms", "normalize": "transforms",
+    "CelebADataset": "dataset",
+    "ImageCache": "cache", "build_cache": "cache", "open_cache": "cache",
+    "bayes_accuracies": "synth", "generate_labels": "synth", "write_synth": "synth",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from covfuse.data.cache import ImageCache, build_cache, open_cache
+    from covfuse.data.celeba import ATTR_NAMES, SPLIT_NAMES, CelebAMeta, Selection, find_root, read_celeba
+    from covfuse.data.dataset import CelebADataset
+    from covfuse.data.splits import kfold_indices, official_indices
+    from covfuse.data.synth import bayes_accuracies, generate_labels, write_synth
+    from covfuse.data.presets import PRESETS
+    from covfuse.data.transforms import load_image, normalize
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"covfuse.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'covfuse.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

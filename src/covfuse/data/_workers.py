@@ -15,6 +15,12 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers(num_items: int, per_worker: int = 20_000) -> int:
+    """Processes worth starting for ``num_items``: spawning one costs ~2 s (importing torch), so
+    small jobs run in-process and big ones use every available CPU."""
+    return max(1, min(available_cpus(), num_items // per_worker))
+
+
 def run_chunks(fn: Callable[..., Any], tasks: Sequence[tuple], workers: int) -> Iterator[tuple[int, Any]]:
     """Yield ``(i, fn(*tasks[i]))`` for every task, in completion order.
 

@@ -1,0 +1,294 @@
+"""`covfuse data info|synth|cache|verify`: inspect, synthesise, cache and verify CelebA-format folders."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from covfuse.errors import UserError
+
+# The release's md5 checksums, as listed in torchvision's CelebA.file_list
+# (torchvision/datasets/celeba.py, torchvision 0.19-0.29); the text files are the CRLF originals.
+OFFICIAL_MD5 = {
+    "img_align_celeba.zip": "00d2c5bc6d35e252742224ab0c1e8fcb",
+    "list_attr_celeba.txt": "75e246fa4810816ffd6ee81facbd244c",
+    "identity_CelebA.txt": "32bd1bd63d3c78cd57e08160ec5ed1e2",
+    "list_bbox_celeba.txt": "00566efa6fedff7a56946cd1c10f1c16",
+    "list_landmarks_align_celeba.txt": "cc24ecafdb5b50baae59b03474781f8c",
+    "list_eval_partition.txt": "d32c9cbf5e040fd4025c592c306e6668",
+}
+OPTIONAL_MD5 = ("img_align_celeba.zip", "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt")
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else []
+
+
+# ---------------------------------------------------------------------------------------- info
+def info_summary(meta, target: str | None = None, covariates: list[str] | None = None) -> dict:
+    """The `data info` JSON: num_images, splits, attributes (+ target/covariates when asked)."""
+    from covfuse.data.celeba import SPLIT_NAMES
+
+    counts = np.bincount(meta.split, minlength=3)
+    rates = meta.attrs.mean(axis=0) if len(meta) else np.zeros(len(meta.attr_names))
+    out: dict = {
+        "num_images": len(meta),
+        "splits": {name: int(c) for name, c in zip(SPLIT_NAMES, counts)},
+        "attributes": {name: round(float(r), 6) for name, r in zip(meta.attr_names, rates)},
+    }
+    if target is None and not covariates:
+        return out
+    if target is None:
+        raise UserError("--covariates needs --target (the covariates are summarised against the target)")
+    y, c, sel = meta.select(target, covariates or [])
+
+    def rate(values, mask=None):
+        values = values if mask is None else values[mask]
+        return round(float(values.mean()), 6) if len(values) else None
+
+    out["identities"] = int(len(np.unique(meta.identity)))
+    out["target"] = {
+        "name": sel.target,
+        "positive_rate": {"all": rate(y), **{s: rate(y, meta.split == i) for i, s in enumerate(SPLIT_NAMES)}},
+    }
+    out["covariates"] = {
+        name: {
+            "positive_rate": rate(c[:, j]),
+            "target_rate_given": {str(v): rate(y, c[:, j] == v) for v in (0, 1)},
+            "count_given": {str(v): int((c[:, j] == v).sum()) for v in (0, 1)},
+        }
+        for j, name in enumerate(sel.covariates)
+    }
+    return out
+
+
+def _print_info(meta, summary: dict) -> None:
+    from covfuse.data.celeba import SPLIT_NAMES
+
+    n, sp = summary["num_images"], summary["splits"]
+    print(f"CelebA folder {meta.root}: {n:,} images, {len(np.unique(meta.identity)):,} identities")
+    print("splits: " + " | ".join(f"{s} {sp[s]:,} ({sp[s] / max(n, 1):.1%})" for s in SPLIT_NAMES))
+    role = {}
+    if "target" in summary:
+        role[summary["target"]["name"]] = "target"
+        role.update({c: "covariate" for c in summary["covariates"]})
+    print()
+    print(f"{'attribute':<22}{'all':>7}{'train':>8}{'valid':>8}{'test':>8}")
+    for j, name in enumerate(meta.attr_names):
+        per = [meta.attrs[meta.split == i, j].mean() if sp[s] else float("nan") for i, s in enumerate(SPLIT_NAMES)]
+        mark = f"  <- {role[name]}" if name in role else ""
+        print(f"{name:<22}{summary['attributes'][name]:>7.3f}" + "".join(f"{p:>8.3f}" for p in per) + mark)
+    if "target" in summary:
+        t = summary["target"]
+        print()
+        print(f"target {t['name']}: positive rate {t['positive_rate']['all']:.3f}")
+        for name, cv in summary["covariates"].items():
+            given = ", ".join(
+                f"{name}={v}: {cv['target_rate_given'][v] if cv['target_rate_given'][v] is not None else float('nan'):.3f}"
+                f" (n={cv['count_given'][v]:,})"
+                for v in ("0", "1")
+            )
+            print(f"  {t['name']} rate given {given}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from covfuse.data.celeba import read_celeba
+
+    meta = read_celeba(args.root, check_images=not args.skip_images)
+    summary = info_summary(meta, args.target, _names(args.covariates))
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_info(meta, summary)
+    return 0
+
+
+# --------------------------------------------------------------------------------------- synth
+def cmd_synth(args: argparse.Namespace) -> int:
+    from covfuse.data.synth import parse_image_size, write_synth
+
+    if args.n < 3:
+        raise UserError(f"--n must be at least 3 (one image per split), got {args.n}")
+    start = time.perf_counter()
+    out = write_synth(
+        args.out, n=args.n, seed=args.seed, effect=args.effect, image_size=parse_image_size(args.image_size),
+        noise=args.noise, images=not args.labels_only, overwrite=args.overwrite, workers=args.workers,
+    )
+    card = json.loads((out / "synth.json").read_text())
+    acc = card["bayes_accuracy"]
+    print(f"wrote {args.n:,} synthetic images to {out} in {time.perf_counter() - start:.1f} s ({out / 'README.txt'})")
+    print(f"rule: {card['rule']}")
+    print(
+        "Bayes accuracy: image+covariates {image_and_covariates:.3f}, image only {image_only:.3f}, "
+        "covariates only {covariates_only:.3f}".format(**acc)
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------- cache
+def cmd_cache(args: argparse.Namespace) -> int:
+    from covfuse.data.cache import build_cache
+    from covfuse.data.celeba import read_celeba
+
+    _setup_logging()
+    meta = read_celeba(args.root)
+    start = time.perf_counter()
+    cache = build_cache(meta, args.size, args.preset, cache_dir=args.cache_dir, workers=args.workers, rebuild=args.rebuild)
+    took = time.perf_counter() - start
+    gib = cache.path.stat().st_size / 2**30
+    print(f"cache {cache.path}: {len(cache):,} images, {cache.size} px, {cache.preset}, {gib:.2f} GiB ({took:.1f} s)")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- verify
+def _decode_chunk(files: list[str]) -> list[tuple[str, str]]:
+    """Worker: fully decode each file; return (file, error) for those that fail."""
+    from PIL import Image
+
+    bad = []
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                img.load()
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a finding, not a crash
+            bad.append((file, f"{type(exc).__name__}: {exc}"))
+    return bad
+
+
+def verify_checksums(base: Path) -> list[str]:
+    """Compare the text files (and the zip, when present) with the release's md5; return problems."""
+    from covfuse.data.cache import md5sum
+
+    problems = []
+    for name, expected in OFFICIAL_MD5.items():
+        path = base / name
+        if not path.is_file():
+            if name in OPTIONAL_MD5:
+                print(f"  {name:<34} absent (optional)")
+                continue
+            problems.append(f"{path} is missing")
+            print(f"  {name:<34} MISSING")
+            continue
+        got = md5sum(path)
+        if got == expected:
+            print(f"  {name:<34} ok (md5 {got})")
+            continue
+        note = ""
+        if path.suffix == ".txt":
+            data = path.read_bytes()
+            import hashlib
+
+            if hashlib.md5(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")).hexdigest() == expected:
+                note = " (same content with LF line endings; torchvision rejects LF copies, covfuse accepts them)"
+        print(f"  {name:<34} MISMATCH (md5 {got}, official {expected}){note}")
+        problems.append(f"{path} differs from the official release{note}")
+    return problems
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from covfuse.data._workers import default_workers, run_chunks
+    from covfuse.data.celeba import read_celeba
+
+    meta = read_celeba(args.root)
+    print(f"{meta.root}: format ok ({len(meta):,} images listed, all present)")
+    print("checksums (official values from torchvision.datasets.CelebA.file_list):")
+    problems = verify_checksums(meta.root)
+    files = [str(meta.image_dir / f) for f in meta.filenames]
+    chunk = 512
+    tasks = [(files[i : i + chunk],) for i in range(0, len(files), chunk)]
+    workers = default_workers(len(files)) if args.workers is None else args.workers
+    bad: list[tuple[str, str]] = []
+    with tqdm(total=len(files), desc="decoding images", unit="img") as bar:
+        for i, failures in run_chunks(_decode_chunk, tasks, workers):
+            bad += failures
+            bar.update(len(tasks[i][0]))
+    for file, err in sorted(bad)[:20]:
+        print(f"  cannot decode {file}: {err}")
+    if len(bad) > 20:
+        print(f"  ... and {len(bad) - 20} more")
+    print(f"images: {len(files) - len(bad):,} of {len(files):,} decode")
+    if bad:
+        problems.append(f"{len(bad)} image(s) do not decode (first: {sorted(bad)[0][0]})")
+    if problems:
+        raise UserError(f"verification failed: {problems[0]}" + (f" (+{len(problems) - 1} more above)" if len(problems) > 1 else ""))
+    print("verified: the official release, intact")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- parser
+def _parser() -> argparse.ArgumentParser:
+    from covfuse.data.synth import EFFECTS
+    from covfuse.data.presets import DEFAULT_PRESET, PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="covfuse data",
+        description="Inspect, verify, cache or synthesise CelebA-format data. ROOT is a folder holding "
+        "img_align_celeba/ and the text files, or holding celeba/ with them (torchvision's layout). "
+        "Formats: docs/data.md.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("info", help="validate a CelebA folder and summarise it",
+                       description="Validate a CelebA folder (every problem is reported with its file and line) "
+                       "and print image counts, splits and each attribute's positive rate.")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--target", metavar="NAME", help="also summarise this attribute as the target")
+    p.add_argument("--covariates", metavar="A,B", help="comma-separated covariates to summarise against the target")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    p.add_argument("--skip-images", action="store_true", help="do not require every listed image to exist")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("synth", help="write a synthetic CelebA twin with a planted effect",
+                       description="Write a synthetic twin in the release's exact format to OUT/celeba/, with a "
+                       "data card OUT/README.txt and OUT/synth.json stating the rule and the exact Bayes accuracies.")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--n", type=int, default=10_000, help="number of images (default: 10000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
+    p.add_argument("--effect", choices=EFFECTS, default="planted",
+                   help="planted: Attractive = Smiling if Young else not Eyeglasses; null: Attractive = Smiling")
+    p.add_argument("--image-size", default="178x218", metavar="WxH", help="JPEG size (default: the release's 178x218)")
+    p.add_argument("--noise", type=float, default=0.05, help="label flip probability (default: 0.05)")
+    p.add_argument("--labels-only", action="store_true", help="write the text files but no JPEGs (fast; for statistics)")
+    p.add_argument("--workers", type=int, default=1, help="processes drawing images (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("cache", help="decode all images once into a uint8 memmap for fast epochs",
+                       description="Decode, crop and resize every image into a uint8 (N,3,S,S) memmap under "
+                       "ROOT/.covfuse-cache/ (or --cache-dir). Atomic and resumable: rerun after an interruption.")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--size", type=int, required=True, help="side S of the square images in pixels")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, help=f"image preset (default: {DEFAULT_PRESET})")
+    p.add_argument("--cache-dir", metavar="DIR", help="where to write the cache (default: ROOT/.covfuse-cache)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 20,000 images, up to the available CPUs)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("verify", help="check the official md5 checksums and that every image decodes",
+                       description="Validate the format, compare the files with the official release's md5 "
+                       "checksums (as listed by torchvision) and fully decode every image.")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 20,000 images, up to the available CPUs)")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed the message
+        return int(exc.code or 0)
+    return int(args.func(args) or 0)

@@ -1,0 +1,64 @@
+"""Image presets: JPEG → uint8 (3, S, S) on the CPU, flips on uint8, normalisation on the device.
+
+Presets (both normalise with mean = std = 0.5 per channel, i.e. x / 127.5 - 1):
+
+* ``"center-crop"`` (default): the central square of side min(W, H) (178×178 for the release's
+  178×218 images, which keeps the whole aligned face and drops the background above and below),
+  resized to S×S. Square pixels: faces keep their proportions.
+* ``"research"``: the whole image resized to S×S without cropping, like the original research's
+  ``Resize((224, 224))``; faces are squeezed vertically by 178/218.
+
+Why 0.5/0.5 rather than ImageNet's statistics for pretrained backbones: the original research
+used it (so its numbers stay comparable), CelebA's channel means (≈0.50/0.42/0.38) are no closer to
+ImageNet's (0.485/0.456/0.406) than 0.5 is in the ways that matter once fine-tuning with
+BatchNorm adapts the first layers, and one convention for every preset keeps cached uint8
+images independent of the backbone. Normalisation happens on the device, so changing it later
+costs nothing in the cache.
+
+Decoding uses PIL with ``Image.draft``: libjpeg decodes at 1/2, 1/4 or 1/8 scale when the target
+is that much smaller, which is most of the cost saved at 64 px (see docs/performance.md).
+torchvision.io's JPEG decoder is deprecated in torchvision 0.29, so we do not use it.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from covfuse.data.presets import DEFAULT_PRESET, PRESETS, check_preset, check_size, crop_box
+
+__all__ = ["DEFAULT_PRESET", "PRESETS", "check_preset", "check_size", "crop_box", "hflip", "load_image", "normalize"]
+
+
+def load_image(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> torch.Tensor:
+    """Decode a JPEG (or any PIL image) into a uint8 tensor (3, size, size) per ``preset``."""
+    with Image.open(path) as img:
+        width, height = img.size
+        left, top, right, bottom = crop_box(width, height, preset)
+        # Ask libjpeg for the smallest power-of-two reduction that keeps the crop >= size pixels.
+        need_w = math.ceil(size * width / (right - left))
+        need_h = math.ceil(size * height / (bottom - top))
+        img.draft("RGB", (need_w, need_h))
+        fx, fy = img.size[0] / width, img.size[1] / height
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        out = img.resize((size, size), Image.BILINEAR, box=(left * fx, top * fy, right * fx, bottom * fy))
+    return torch.from_numpy(np.asarray(out).transpose(2, 0, 1).copy())
+
+
+def hflip(images: torch.Tensor) -> torch.Tensor:
+    """Mirror uint8 images (…, H, W) left-right (training augmentation, before normalising)."""
+    return images.flip(-1)
+
+
+def normalize(images: torch.Tensor, preset: str = DEFAULT_PRESET, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) or (3, H, W), on any device → float ``(x / 255 - mean) / std``."""
+    p = PRESETS[check_preset(preset)]
+    x = images.to(dtype)
+    shape = (3, 1, 1)
+    mean = torch.tensor(p["mean"], dtype=dtype, device=x.device).view(shape) * 255
+    std = torch.tensor(p["std"], dtype=dtype, device=x.device).view(shape) * 255
+    return (x - mean) / std
