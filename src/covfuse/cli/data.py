@@ -230,7 +230,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------- parser
 def _parser() -> argparse.ArgumentParser:
     from covfuse.data.synth import EFFECTS
-    from covfuse.data.presets import DEFAULT_PRESET, PRESETS
+    from covfuse.data.decode import DEFAULT_PRESET, PRESETS
 
     parser = argparse.ArgumentParser(
         prog="covfuse data",
@@ -272,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, required=True, help="side S of the square images in pixels")
     p.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, help=f"image preset (default: {DEFAULT_PRESET})")
     p.add_argument("--cache-dir", metavar="DIR", help="where to write the cache (default: ROOT/.covfuse-cache)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 20,000 images, up to the available CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
     p.set_defaults(func=cmd_cache)
 
@@ -280,7 +280,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Validate the format, compare the files with the official release's md5 "
                        "checksums (as listed by torchvision) and fully decode every image.")
     p.add_argument("root", metavar="ROOT")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 20,000 images, up to the available CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
     p.set_defaults(func=cmd_verify)
     return parser
 

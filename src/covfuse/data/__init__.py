@@ -12,7 +12,7 @@ _EXPORTS = {
     "ATTR_NAMES": "celeba", "SPLIT_NAMES": "celeba", "CelebAMeta": "celeba", "Selection": "celeba",
     "find_root": "celeba", "read_celeba": "celeba",
     "kfold_indices": "splits", "official_indices": "splits",
-    "PRESETS": "presets", "load_image": "transforms", "normalize": "transforms",
+    "PRESETS": "decode", "load_image": "transforms", "normalize": "transforms",
     "CelebADataset": "dataset",
     "ImageCache": "cache", "build_cache": "cache", "open_cache": "cache",
     "bayes_accuracies": "synth", "generate_labels": "synth", "write_synth": "synth",
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from covfuse.data.dataset import CelebADataset
     from covfuse.data.splits import kfold_indices, official_indices
     from covfuse.data.synth import bayes_accuracies, generate_labels, write_synth
-    from covfuse.data.presets import PRESETS
+    from covfuse.data.decode import PRESETS
     from covfuse.data.transforms import load_image, normalize
 
 

@@ -26,7 +26,8 @@ import torch
 
 from covfuse.data._workers import default_workers, run_chunks
 from covfuse.data.celeba import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
-from covfuse.data.transforms import PRESETS, check_preset, check_size, load_image
+from covfuse.data.decode import PRESETS, check_preset, check_size
+from covfuse.data.decode import fill_chunk as _fill_chunk  # module-level name: tests patch it
 from covfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -134,19 +135,6 @@ def open_cache(
     return ImageCache(data, info)
 
 
-def _fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int, preset: str) -> int:
-    """Worker: decode ``files`` into rows ``start...`` of the partial memmap; returns the count."""
-    array = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
-    for i, file in enumerate(files):
-        try:
-            array[start + i] = load_image(file, size, preset).numpy()
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated/corrupt files
-            raise UserError(f"{file}: cannot decode the image ({exc}); `covfuse data verify` lists all such files") from None
-    array.flush()
-    del array
-    return len(files)
-
-
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -166,7 +154,7 @@ def build_cache(
 ) -> ImageCache:
     """Decode every image of ``meta`` into the cache (resuming an interrupted build); return it.
 
-    ``workers`` processes decode chunks of ``chunk`` images in parallel (default: one per 20,000
+    ``workers`` processes decode chunks of ``chunk`` images in parallel (default: one per 5,000
     images up to the available CPUs, so small folders run in-process; 0 or 1: in this process).
     An existing valid cache is returned as is unless ``rebuild``.
     """

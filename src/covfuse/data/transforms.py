@@ -21,32 +21,21 @@ torchvision.io's JPEG decoder is deprecated in torchvision 0.29, so we do not us
 """
 from __future__ import annotations
 
-import math
 import os
 
-import numpy as np
 import torch
-from PIL import Image
 
-from covfuse.data.presets import DEFAULT_PRESET, PRESETS, check_preset, check_size, crop_box
+from covfuse.data.decode import DEFAULT_PRESET, PRESETS, check_preset, check_size, crop_box, decode_image
 
-__all__ = ["DEFAULT_PRESET", "PRESETS", "check_preset", "check_size", "crop_box", "hflip", "load_image", "normalize"]
+__all__ = [
+    "DEFAULT_PRESET", "PRESETS", "check_preset", "check_size", "crop_box", "decode_image", "hflip", "load_image",
+    "normalize",
+]
 
 
 def load_image(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> torch.Tensor:
     """Decode a JPEG (or any PIL image) into a uint8 tensor (3, size, size) per ``preset``."""
-    with Image.open(path) as img:
-        width, height = img.size
-        left, top, right, bottom = crop_box(width, height, preset)
-        # Ask libjpeg for the smallest power-of-two reduction that keeps the crop >= size pixels.
-        need_w = math.ceil(size * width / (right - left))
-        need_h = math.ceil(size * height / (bottom - top))
-        img.draft("RGB", (need_w, need_h))
-        fx, fy = img.size[0] / width, img.size[1] / height
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        out = img.resize((size, size), Image.BILINEAR, box=(left * fx, top * fy, right * fx, bottom * fy))
-    return torch.from_numpy(np.asarray(out).transpose(2, 0, 1).copy())
+    return torch.from_numpy(decode_image(path, size, preset))
 
 
 def hflip(images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,126 @@
+"""The uint8 memmap cache: equal to decoding the JPEGs, atomic, resumable, invalidated by new labels."""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from covfuse.cli.main import main as cli
+from covfuse.data import cache as cache_mod
+from covfuse.data.cache import build_cache, cache_paths, open_cache
+from covfuse.data.celeba import read_celeba
+from covfuse.data.dataset import CelebADataset
+from covfuse.data.transforms import load_image
+from covfuse.errors import UserError
+
+try:
+    from data_fixtures import copy_twin
+except ImportError:  # tests/ imported as a package
+    from tests.data_fixtures import copy_twin
+
+
+@pytest.fixture
+def twin(tmp_path_factory, tmp_path):
+    return copy_twin(tmp_path_factory, tmp_path / "twin")
+
+
+def test_cache_equals_decoding_and_feeds_the_dataset(twin, caplog):
+    meta = read_celeba(twin)
+    assert open_cache(meta, 32, "research") is None
+    built = build_cache(meta, 32, "research", chunk=64, progress=False)
+    data, info = cache_paths(meta, 32, "research")
+    assert data.parent == meta.root / ".covfuse-cache" and built.path == data
+    assert data.stat().st_size == len(meta) * 3 * 32 * 32
+    decoded = torch.stack([load_image(meta.image_dir / f, 32, "research") for f in meta.filenames])
+    assert torch.equal(built.get_batch(np.arange(len(meta))), decoded)
+    with caplog.at_level(logging.INFO, logger="covfuse.data.cache"):
+        cache = open_cache(meta, 32, "research")
+    assert f"using image cache at {data}" in caplog.text
+    rows = np.array([17, 3, 150, 3, 0])
+    assert torch.equal(cache.get_batch(rows), decoded[rows]) and torch.equal(cache[42], decoded[42])
+    # The dataset gives identical samples from the cache, item by item and batch by batch.
+    idx = np.arange(10, 60)
+    plain = CelebADataset(meta, idx, "Attractive", ["Young"], image_size=32, preset="research")
+    cached = CelebADataset(meta, idx, "Attractive", ["Young"], image_size=32, preset="research", cache=cache)
+    for i in (0, 7, 49):
+        a, b = plain[i], cached[i]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    batch = cached.__getitems__([5, 1, 30])
+    assert all(torch.equal(s["image"], plain[i]["image"]) and int(s["index"]) == idx[i] for s, i in zip(batch, [5, 1, 30]))
+    assert len(pickle.dumps(cache)) < 10_000  # DataLoader workers reopen the memmap, nothing is copied
+    json_info = json.loads(info.read_text())
+    assert json_info["count"] == len(meta) and json_info["shape"] == [len(meta), 3, 32, 32]
+    assert set(json_info["sources"]) == {"list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt"}
+    with pytest.raises(UserError, match="needs 200 at 64 px"):
+        CelebADataset(meta, idx, "Attractive", image_size=64, preset="research", cache=cache)
+
+
+def test_cached_training_batches_flip_like_decoded_ones(twin):
+    meta = read_celeba(twin)
+    cache = build_cache(meta, 24, chunk=100, progress=False)
+    ds = CelebADataset(meta, np.arange(8), "Smiling", image_size=24, train=True, cache=cache)
+    torch.manual_seed(0)
+    flips = 0
+    for _ in range(10):
+        for j, s in enumerate(ds.__getitems__(list(range(8)))):
+            plain = cache[j]
+            assert torch.equal(s["image"], plain) or torch.equal(s["image"], plain.flip(-1))
+            flips += not torch.equal(s["image"], plain)
+    assert 20 < flips < 60
+
+
+def test_stale_cache_is_ignored(twin, caplog):
+    meta = read_celeba(twin)
+    build_cache(meta, 16, progress=False)
+    attr = meta.root / "list_attr_celeba.txt"
+    attr.write_bytes(attr.read_bytes().replace(b"000001.jpg -1", b"000001.jpg  1", 1))
+    with caplog.at_level(logging.WARNING, logger="covfuse.data.cache"):
+        assert open_cache(read_celeba(twin), 16) is None
+    assert "sources" in caplog.text and "covfuse data cache" in caplog.text
+
+
+def test_interrupted_build_leaves_no_cache_and_resumes(twin, monkeypatch):
+    meta = read_celeba(twin)
+    real_fill = cache_mod._fill_chunk
+    calls: list[int] = []
+
+    def failing_fill(path, shape, start, files, size, preset):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(start)
+        return real_fill(path, shape, start, files, size, preset)
+
+    monkeypatch.setattr(cache_mod, "_fill_chunk", failing_fill)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(meta, 20, chunk=50, workers=0, progress=False)
+    data, info = cache_paths(meta, 20, "center-crop")
+    assert not data.exists() and not info.exists() and open_cache(meta, 20) is None
+    assert json.loads(data.with_name("celeba-center-crop-20.progress.json").read_text())["done"] == [0, 50]
+
+    calls.clear()
+    monkeypatch.setattr(cache_mod, "_fill_chunk", lambda *a: (calls.append(a[2]), real_fill(*a))[1])
+    resumed = build_cache(meta, 20, chunk=50, workers=0, progress=False)
+    assert calls == [100, 150]  # only the chunks not done before
+    assert not data.with_name("celeba-center-crop-20.progress.json").exists()
+    decoded = torch.stack([load_image(meta.image_dir / f, 20) for f in meta.filenames])
+    assert torch.equal(resumed.get_batch(np.arange(len(meta))), decoded)
+
+
+def test_worker_processes_build_the_same_cache(twin, tmp_path):
+    meta = read_celeba(twin)
+    one = build_cache(meta, 16, chunk=80, workers=0, progress=False, cache_dir=tmp_path / "a")
+    two = build_cache(meta, 16, chunk=80, workers=2, progress=False, cache_dir=tmp_path / "b")
+    assert one.path.read_bytes() == two.path.read_bytes()
+
+
+def test_cache_command(twin, capsys, tmp_path):
+    assert cli(["data", "cache", str(twin), "--size", "16", "--preset", "research", "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "200 images, 16 px, research" in out and (tmp_path / "c" / "celeba-research-16.json").is_file()
+    (read_celeba(twin).image_dir / "000007.jpg").write_bytes(b"not a jpeg")
+    assert cli(["data", "cache", str(twin), "--size", "16"]) == 2
+    assert "000007.jpg: cannot decode the image" in capsys.readouterr().err
