@@ -119,13 +119,20 @@ def load_state(model: nn.Module, spec: BackboneSpec, state: Mapping[str, Tensor]
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
         raise UserError(f"weights {source!r} do not fit {spec.name} ({'; '.join(parts)}); "
                         "is it a state dict of another backbone?")
-    model.load_state_dict(state, strict=False)
+    state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    for name, buffer in list(model.named_buffers()):  # num_batches_tracked absent from old checkpoints
+        if buffer.is_meta:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, torch.zeros_like(buffer, device="cpu"))
+    if any(p.is_meta for p in model.parameters()):  # pragma: no cover - load_state checked the keys
+        raise RuntimeError(f"parameters of {spec.name} were left unloaded")
 
 
 def replace_head(model: nn.Module, spec: BackboneSpec, out_features: int) -> None:
     """Swap the backbone's last Linear for a fresh ``Linear(in_features, out_features)``."""
     old = model.get_submodule(spec.head)
-    set_submodule(model, spec.head, nn.Linear(old.in_features, out_features))
+    set_submodule(model, spec.head, nn.Linear(old.in_features, out_features, device="cpu"))
 
 
 def build_backbone(name: str, *, weights: str | os.PathLike | None = None, head: str = "binary") -> nn.Module:
@@ -133,11 +140,17 @@ def build_backbone(name: str, *, weights: str | os.PathLike | None = None, head:
     "two-class": 2 outputs, as the research's ``classifier[6] = Linear(4096, 2)``)."""
     spec = backbone_spec(name)
     out_features = HEADS[check_choice("head", head, HEADS)]
-    state = None if weights is None else read_state_dict(weights, spec)
-    model = instantiate(spec)
+    if weights is None:
+        model = instantiate(spec)
+        replace_head(model, spec, out_features)
+        return model
+    state = read_state_dict(weights, spec)
+    # Built on the meta device, so no time goes into a random init that the weights overwrite;
+    # the fresh head is created for real and the loaded tensors are assigned in place.
+    with torch.device("meta"):
+        model = instantiate(spec)
     replace_head(model, spec, out_features)
-    if state is not None:
-        load_state(model, spec, state, str(weights))
+    load_state(model, spec, state, str(weights))
     return model
 
 
