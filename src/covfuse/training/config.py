@@ -29,7 +29,7 @@ class DataConfig:
         batch_size: Images per training batch (per device).
         eval_batch_size: Images per batch for valid/test/predict; None: same as batch_size.
         num_workers: Data-loading worker processes (0: load in the main process).
-        cache: Read images from the uint8 memmap cache (`covfuse data cache`) when one exists.
+        cache: auto: read images from the uint8 memmap cache (`covfuse data cache`) when one exists; build: build it first if missing; off: decode the JPEGs every epoch.
         augment: Training-time augmentation of the dataset (random horizontal flips).
         covariates_mode: Controls: real covariates, all zeros, all ones, or shuffled within each split (seeded).
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
@@ -44,7 +44,7 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: Optional[int] = None
     num_workers: int = 0
-    cache: bool = True
+    cache: Literal["auto", "build", "off"] = "auto"
     augment: bool = False
     covariates_mode: CovariatesMode = "real"
     folds: int = 0
@@ -121,6 +121,7 @@ class TrainerConfig:
         limit_val_batches: Same for validation during fit.
         progress: lines (a timestamped line every few seconds; good in log files and SLURM), bar (tqdm) or none.
         progress_every: Seconds between progress lines.
+        summary: Print the model's layer table when training starts.
     """
 
     max_epochs: int = 1
@@ -140,6 +141,7 @@ class TrainerConfig:
     limit_val_batches: Optional[Union[int, float]] = None
     progress: Literal["lines", "bar", "none"] = "lines"
     progress_every: float = 10.0
+    summary: bool = True
 
 
 @dataclass
@@ -173,7 +175,7 @@ def parser(prog: str = "covfuse fit", description: str | None = None):
     """A jsonargparse parser for :class:`RunConfig` with ``--config FILE`` and ``--print_config``."""
     from jsonargparse import ArgumentParser
 
-    p = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_meta=False)
+    p = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     p.add_argument("--config", action="config", help="YAML file of overrides (may be given more than once)")
     p.add_class_arguments(RunConfig, nested_key=None, as_group=False)
     return p
@@ -185,7 +187,7 @@ def parse(argv: list[str], extra=None, prog: str = "covfuse fit") -> tuple[RunCo
     if extra is not None:
         extra(p)
     try:
-        values = p.parse_args(argv).as_dict()
+        values = p.parse_args(argv).clone(with_meta=False).as_dict()
     except Exception as exc:  # jsonargparse raises ArgumentError/TypeError/ValueError with a readable message
         raise UserError(" ".join(str(exc).split())) from None
     values.pop("config", None)

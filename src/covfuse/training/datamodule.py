@@ -44,10 +44,19 @@ class ControlledCovariates(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        sample = dict(self.dataset[i])
+    def _replace(self, sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        sample = dict(sample)
         sample["covariates"] = self.table[int(sample["index"])]
         return sample
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self._replace(self.dataset[i])
+
+    def __getitems__(self, items: list[int]) -> list[dict[str, torch.Tensor]]:
+        """Keep the wrapped dataset's batched read (one memmap read per batch)."""
+        getitems = getattr(self.dataset, "__getitems__", None)
+        samples = getitems(items) if getitems is not None else [self.dataset[i] for i in items]
+        return [self._replace(s) for s in samples]
 
     def __repr__(self) -> str:
         return f"ControlledCovariates({self.dataset!r})"
@@ -70,6 +79,19 @@ class CovfuseDataModule(L.LightningDataModule):
         self.labels: np.ndarray | None = None  # (N,) float32
 
     # -- preparation -----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """With ``cache: build``, decode every image into the uint8 memmap cache once (rank 0)."""
+        if self.cfg.cache != "build":
+            return
+        from covfuse.data import build_cache, read_celeba
+
+        build_cache(read_celeba(self._root()), self.cfg.image_size, self.cfg.preset)
+
+    def _root(self) -> str:
+        if not self.cfg.root:
+            raise UserError("no data folder: set data.root in the config or pass --data.root DIR")
+        return self.cfg.root
+
     def setup(self, stage: str | None = None) -> None:
         if self.meta is not None:
             return
@@ -77,11 +99,10 @@ class CovfuseDataModule(L.LightningDataModule):
         from covfuse.data.dataset import CelebADataset
 
         cfg = self.cfg
-        if not cfg.root:
-            raise UserError("no data folder: set data.root in the config or pass --data.root DIR")
+        root = self._root()
         if cfg.covariates_mode not in MODES:
             raise UserError(f"unknown covariates_mode {cfg.covariates_mode!r}; choose from {', '.join(MODES)}")
-        meta = read_celeba(cfg.root)
+        meta = read_celeba(root)
         labels, real, selection = meta.select(cfg.target, cfg.covariates)
         self.meta, self.labels, self.covariates_real = meta, labels, real
         self.target_name, self.covariate_names = selection.target, list(selection.covariates)
@@ -118,7 +139,7 @@ class CovfuseDataModule(L.LightningDataModule):
         return out
 
     def _cache(self, meta):
-        if not self.cfg.cache:
+        if self.cfg.cache == "off":
             return None
         from covfuse.data.cache import open_cache
 

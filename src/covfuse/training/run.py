@@ -210,7 +210,7 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
         logger=RunCSVLogger(run_dir),
         callbacks=[checkpoint, *trainer_callbacks(config.name, run_dir, t.progress, t.progress_every)],
         enable_progress_bar=t.progress == "bar",
-        enable_model_summary=True,
+        enable_model_summary=t.summary,
         **optional,
     )
 
@@ -230,6 +230,8 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False)
         L.seed_everything(config.seed, workers=True, verbose=False)
         hw = resolve_hardware(config.trainer)
         data = CovfuseDataModule(config.data, seed=config.seed, pin_memory=hw.gpu)
+        if rank0:
+            data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
         data.setup("fit")  # the module needs the covariate names
         log.info("data %s: train/valid/test = %s; target %s, covariates %s (%s)", config.data.root,
                  "/".join(str(len(data.indices[s])) for s in ("train", "valid", "test")),

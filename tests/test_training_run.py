@@ -1,0 +1,154 @@
+"""`covfuse fit` end to end on a tiny synthetic twin: every file of the run folder, --overwrite, --resume."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn import metrics as skm
+
+from covfuse.cli.main import main as covfuse
+from covfuse.data import read_celeba, write_synth
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("twin") / "synth"
+    write_synth(out, n=200, seed=0, effect="planted", image_size=(44, 54), progress=False)
+    return out / "celeba"
+
+
+def fit_args(root, runs, name="tiny", *extra):
+    return ["fit", "--data.root", str(root), "--data.image_size", "32", "--data.covariates", "[Young,Male]",
+            "--data.batch_size", "32", "--trainer.max_epochs", "1", "--runs_dir", str(runs), "--name", name,
+            "--bootstrap", "50", "--trainer.summary", "false", "--trainer.progress_every", "0", *extra]
+
+
+@pytest.fixture(scope="module")
+def run(twin, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    assert covfuse(fit_args(twin, runs)) == 0
+    return runs / "tiny"
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_has_every_file(run):
+    for name in ("config.yaml", "log.txt", "metrics.csv", "metrics.json", "predictions.csv",
+                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "plots/loss.png"):
+        assert (run / name).is_file(), name
+    assert (run / "plots/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(run.glob("*.tmp")) and not (run / "hparams.yaml").exists()
+
+
+def test_config_yaml_is_resolved_and_reloads(run, twin):
+    from covfuse.training import config
+
+    values = yaml.safe_load((run / "config.yaml").read_text())
+    assert values["data"]["covariates"] == ["Young", "Male"] and values["data"]["image_size"] == 32
+    assert values["optim"]["lr"] == 1e-3 and values["trainer"]["max_epochs"] == 1  # defaults written out
+    cfg = config.load(run / "config.yaml")
+    assert cfg.data.root == str(twin) and cfg.name == "tiny"
+
+
+def test_log_is_timestamped_and_holds_progress_and_lightning_messages(run):
+    lines = (run / "log.txt").read_text().splitlines()
+    stamped = [line for line in lines if re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)]
+    assert len(stamped) >= 0.8 * len(lines)
+    text = "\n".join(lines)
+    assert "[tiny] epoch 1/1 | step" in text  # progress printed on stdout, teed
+    assert "[tiny] epoch 1/1 validated" in text
+    assert "GPU available" in text  # Lightning's own logger, through the file handler
+    assert "run tiny done" in text
+
+
+def test_metrics_csv_has_step_and_epoch_rows(run):
+    rows = _rows(run / "metrics.csv")
+    assert any(r.get("train/loss_step") for r in rows)
+    assert any(r.get("val/loss") for r in rows) and any(r.get("train/loss_epoch") for r in rows)
+
+
+def test_predictions_and_metrics_agree_with_the_data_and_sklearn(run, twin):
+    meta = read_celeba(twin)
+    rows = _rows(run / "predictions.csv")
+    assert list(rows[0]) == ["id", "split", "label", "probability", "Young", "Male"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    lookup = {name: i for i, name in enumerate(meta.filenames)}
+    young, male, target = meta.column("Young"), meta.column("Male"), meta.column("Attractive")
+    for split, code in (("valid", 1), ("test", 2)):
+        part = [r for r in rows if r["split"] == split]
+        assert sorted(r["id"] for r in part) == sorted(np.array(meta.filenames)[meta.split == code])
+        idx = np.array([lookup[r["id"]] for r in part])
+        y = np.array([int(r["label"]) for r in part])
+        p = np.array([float(r["probability"]) for r in part])
+        assert (y == meta.attrs[idx, target]).all()
+        assert [int(r["Young"]) for r in part] == meta.attrs[idx, young].tolist()
+        assert [int(r["Male"]) for r in part] == meta.attrs[idx, male].tolist()
+        m = metrics[split]
+        assert m["count"] == len(part)
+        assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, p >= 0.5))
+        assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-5)
+        g = m["groups"]["Young=1"]
+        sel = meta.attrs[idx, young] == 1
+        assert g["count"] == sel.sum() and g["accuracy"] == pytest.approx(skm.accuracy_score(y[sel], p[sel] >= 0.5))
+        expected = {f"Young={a}" for a in meta.attrs[idx, young]} | {f"Male={a}" for a in meta.attrs[idx, male]}
+        expected |= {f"Young={a}&Male={b}" for a, b in zip(meta.attrs[idx, young], meta.attrs[idx, male])}
+        assert set(m["groups"]) == expected and set(m["gaps"]) == {"Young", "Male", "Young&Male"}
+
+
+def test_checkpoints_carry_what_rebuilds_the_model(run):
+    from covfuse.training.run import load_module
+
+    ckpt = torch.load(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    assert hp["covariates"] == ["Young", "Male"] and hp["target"] == "Attractive"
+    assert hp["model"]["backbone"] == "vgg-mini" and hp["model"]["fusion"] == "hybrid"
+    assert hp["image_size"] == 32 and hp["preset"] == "center-crop"
+    module = load_module(run / "checkpoints/best.ckpt")
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][key]), key
+
+
+def test_existing_run_is_not_overwritten_without_flag(run, twin, capsys):
+    before = (run / "metrics.json").read_text()
+    assert covfuse(fit_args(twin, run.parent)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and "Traceback" not in err[0]
+    assert (run / "metrics.json").read_text() == before
+    assert covfuse(fit_args(twin, run.parent, "tiny", "--resume", "--overwrite")) == 2
+
+
+def test_overwrite_replaces_the_run(twin, tmp_path):
+    assert covfuse(fit_args(twin, tmp_path, "x", "--trainer.limit_train_batches", "2")) == 0
+    (tmp_path / "x" / "stale.txt").write_text("from before")
+    assert covfuse(fit_args(twin, tmp_path, "x", "--trainer.limit_train_batches", "2", "--overwrite")) == 0
+    assert not (tmp_path / "x" / "stale.txt").exists() and (tmp_path / "x" / "metrics.json").is_file()
+
+
+def test_resume_continues_from_last_ckpt(twin, tmp_path):
+    assert covfuse(fit_args(twin, tmp_path, "r")) == 0
+    run = tmp_path / "r"
+    steps = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert steps == 161 // 32  # 161 training images, last partial batch dropped
+    first_rows = _rows(run / "metrics.csv")
+    assert covfuse(fit_args(twin, tmp_path, "r", "--resume", "--trainer.max_epochs", "2")) == 0
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 2 * steps and last["epoch"] == 1
+    rows = _rows(run / "metrics.csv")
+    key = lambda r: (r["epoch"], r["step"], r.get("val/loss", ""), r.get("train/loss_step", ""))  # noqa: E731
+    assert [key(r) for r in rows[: len(first_rows)]] == [key(r) for r in first_rows]  # kept, then continued
+    assert {r["epoch"] for r in rows if r.get("val/loss")} == {"0", "1"}
+    assert "resuming from" in (run / "log.txt").read_text()
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 2 * steps
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(twin, tmp_path, capsys):
+    assert covfuse(fit_args(twin, tmp_path, "none", "--resume")) == 2
+    assert "last.ckpt" in capsys.readouterr().err
