@@ -58,6 +58,7 @@ class CovfuseModule(L.LightningModule):
         self.eval_splits: list[str] = ["valid"]  # names of the test dataloaders, in order
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
         self._collect: dict[str, list[dict[str, torch.Tensor]]] = {}
+        self.loaded_from: dict[str, int] = {}
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -134,6 +135,11 @@ class CovfuseModule(L.LightningModule):
             _, first = np.unique(out["index"].numpy(), return_index=True)
             self.outputs[stage] = {key: value[torch.from_numpy(first)] for key, value in out.items()}
         self._collect = {}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Remember which training step the loaded weights come from (written into metrics.json)."""
+        self.loaded_from = {"checkpoint_step": int(checkpoint.get("global_step", -1)),
+                            "checkpoint_epoch": int(checkpoint.get("epoch", -1)) + 1}
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self):

@@ -166,6 +166,7 @@ class _DropNoise(logging.Filter):
 _NOISY_WARNINGS = (
     r"The number of training batches .* is smaller than the logging interval",  # tiny runs; we log per epoch too
     r".*isinstance\(treespec, LeafSpec\)",  # Lightning 2.6 against torch >= 2.9, harmless
+    r"Checkpoint directory .* exists and is not empty",  # --resume writes into its own checkpoints/
 )
 
 
@@ -246,8 +247,9 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False)
         module.eval_splits = list(EVAL_SPLITS)
         trainer.test(module, dataloaders=data.eval_dataloaders(EVAL_SPLITS), ckpt_path=best, verbose=False)
         if rank0:
-            extra = {"checkpoint": os.path.relpath(best, run_dir), "global_step": trainer.global_step,
-                     "epochs": trainer.current_epoch, "fit_seconds": round(fit_seconds, 2)}
+            extra = {"checkpoint": os.path.relpath(best, run_dir), **module.loaded_from,
+                     "global_step": trainer.global_step, "epochs": trainer.current_epoch,
+                     "fit_seconds": round(fit_seconds, 2)}
             write_results(run_dir, config, data, module.outputs, extra)
             log.info("run %s done in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
     return run_dir
@@ -324,6 +326,7 @@ def load_module(path: Path, map_location: str | torch.device = "cpu") -> Covfuse
         hparams["model"] = {**hparams["model"], "weights": None}
         module = CovfuseModule(**hparams)
         module.load_state_dict(ckpt["state_dict"])
+        module.on_load_checkpoint(ckpt)
     except (KeyError, RuntimeError, TypeError, EOFError, OSError) as exc:
         raise UserError(f"{path}: not a readable covfuse checkpoint ({' '.join(str(exc).split())[:200]})") from None
     return module
@@ -358,7 +361,7 @@ def evaluate_run(run: str | Path, *, runs_dir: str | Path = "runs", which: str =
             previous = {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items()
                         if k in ("global_step", "epochs", "fit_seconds")}
         write_results(run_dir, config, data, module.outputs,
-                      {"checkpoint": os.path.relpath(ckpt, run_dir), **previous})
+                      {"checkpoint": os.path.relpath(ckpt, run_dir), **module.loaded_from, **previous})
         plot_losses(run_dir / "metrics.csv", run_dir / "plots" / "loss.png", config.name)
         log.info("evaluated %s in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
     return run_dir

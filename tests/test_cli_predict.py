@@ -1,0 +1,111 @@
+"""`covfuse predict` and `covfuse test` against the probabilities a finished run wrote."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from covfuse.cli.main import main as covfuse
+from covfuse.data import write_synth
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("predict")
+    write_synth(base / "synth", n=200, seed=2, effect="planted", image_size=(44, 54), progress=False)
+    root = base / "synth" / "celeba"
+    args = ["fit", "--data.root", str(root), "--data.image_size", "32", "--data.covariates", "[Young,Male]",
+            "--data.batch_size", "32", "--trainer.max_epochs", "1", "--runs_dir", str(base / "runs"),
+            "--name", "p", "--bootstrap", "50", "--trainer.summary", "false", "--data.cache", "build"]
+    assert covfuse(args) == 0
+    return base / "runs" / "p", root
+
+
+def _predictions(run_dir, split="test"):
+    with open(run_dir / "predictions.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["split"] == split]
+
+
+def _parse_stdout(text):
+    rows = list(csv.reader(text.strip().splitlines()))
+    return rows[0], rows[1:]
+
+
+def test_predict_gives_the_probabilities_test_wrote(run, capsys):
+    run_dir, root = run
+    rows = _predictions(run_dir)[:6]
+    capsys.readouterr()
+    for r in rows:  # one call per covariate combination, as a user would
+        image = root / "img_align_celeba" / r["id"]
+        assert covfuse(["predict", str(run_dir), str(image), "--covariates", f"Male={r['Male']},young={r['Young']}"]) == 0
+        header, out = _parse_stdout(capsys.readouterr().out)
+        assert header == ["image", "Young", "Male", "P(Attractive)"]
+        assert float(out[0][3]) == pytest.approx(float(r["probability"]), abs=2e-6)
+
+
+def test_predict_csv_batch_matches_too(run, tmp_path, capsys):
+    run_dir, root = run
+    rows = _predictions(run_dir, "valid")
+    table = tmp_path / "batch.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Male", "image", "Young", "note"])  # any column order, extra columns ignored
+        for r in rows:
+            w.writerow([r["Male"], str(root / "img_align_celeba" / r["id"]), r["Young"], "x"])
+    capsys.readouterr()
+    assert covfuse(["predict", "p", "--runs_dir", str(run_dir.parent), "--csv", str(table), "--batch_size", "7"]) == 0
+    _, out = _parse_stdout(capsys.readouterr().out)
+    assert len(out) == len(rows)
+    for r, o in zip(rows, out):
+        assert o[0].endswith(r["id"]) and float(o[3]) == pytest.approx(float(r["probability"]), abs=2e-6)
+
+
+def test_covariates_change_the_prediction_of_a_hybrid_model(run, capsys):
+    run_dir, root = run
+    image = root / "img_align_celeba" / _predictions(run_dir)[0]["id"]
+    capsys.readouterr()
+    probs = []
+    for young in (0, 1):
+        assert covfuse(["predict", str(run_dir), str(image), "--covariates", f"Young={young},Male=0"]) == 0
+        probs.append(float(_parse_stdout(capsys.readouterr().out)[1][0][3]))
+    assert probs[0] != probs[1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--covariates", "Male=1"], "missing Young"),
+    (["--covariates", "Male=1,Yung=0"], "did you mean 'Young'"),
+    (["--covariates", "Male=1,Young=nan"], "finite"),
+    (["--covariates", "Male=1,Young"], "NAME=VALUE"),
+])
+def test_predict_bad_covariates_are_one_line_errors(run, capsys, args, message):
+    run_dir, root = run
+    image = root / "img_align_celeba" / _predictions(run_dir)[0]["id"]
+    capsys.readouterr()
+    assert covfuse(["predict", str(run_dir), str(image), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_predict_missing_image_and_missing_run(run, capsys, tmp_path):
+    run_dir, _ = run
+    assert covfuse(["predict", str(run_dir), str(tmp_path / "no.jpg"), "--covariates", "Male=1,Young=1"]) == 2
+    assert "no such image" in capsys.readouterr().err
+    assert covfuse(["predict", "nope", "x.jpg", "--runs_dir", str(tmp_path)]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_test_command_rewrites_the_same_metrics(run, capsys):
+    run_dir, _ = run
+    before = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").unlink()
+    assert covfuse(["test", str(run_dir)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    after = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        for key in ("accuracy", "auroc", "f1", "balanced_accuracy", "count", "groups"):
+            assert after[split][key] == pytest.approx(before[split][key]) if not isinstance(before[split][key], dict) \
+                else after[split][key] == before[split][key]
+    assert after["checkpoint_step"] == before["checkpoint_step"] == 161 // 32
+    assert after["checkpoint_epoch"] == 1
+    assert covfuse(["test", str(run_dir), "--ckpt", "last"]) == 0
