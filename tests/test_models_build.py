@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 
 from covfuse.errors import UserError
 from covfuse.models import build, build_from_config, list_backbones, list_fusions
-from covfuse.models.fusion import as_layer_list
+from covfuse.models.fusion import apply_film, as_layer_list
+from covfuse.models.registry import backbone_spec
 
 FUSIONS = list_fusions() + ["hybrid+film+daft+concat-2fc"]
 # Fusions whose model, at init and with the same backbone weights, computes the image-only function.
@@ -83,7 +85,9 @@ def test_default_placements_per_backbone():
     assert build("resnet18", "film", 1).config["film_layers"] == ["layer4.1.bn2"]
     assert build("resnet18", "daft", 1).config["daft_layer"] == "layer3"  # input of the last stage, as in DAFT
     assert build("vgg-mini", "daft", 1).config["daft_layer"] == "features.11"
-    assert build("vgg11", "film", 1).config["film_layers"] == ["features.18"]  # no BatchNorm: after the last conv
+    with torch.device("meta"):  # vgg11 without BatchNorm, built without the cost of a random init
+        vgg11 = torchvision.models.vgg11()
+    assert apply_film(vgg11, backbone_spec("vgg11"), None, 1) == ["features.18"]  # no BatchNorm: after the last conv
 
 
 def test_placements_by_name_index_and_selector():

@@ -7,8 +7,9 @@ path to a state-dict file. The task head replaces the backbone's last Linear aft
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlparse
 
 import torch
@@ -93,7 +94,7 @@ def read_state_dict(weights: str | os.PathLike, spec: BackboneSpec) -> dict[str,
             raise UserError(f"weights file {str(path)!r} not found; give a state-dict file, 'imagenet' or None")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated download, a pickle of objects, not a torch file ...
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated, not torch, objects
         raise UserError(f"cannot read weights from {str(path)!r} ({type(exc).__name__}: {exc}); "
                         "fetch the file again or save it with torch.save(model.state_dict(), path)") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):

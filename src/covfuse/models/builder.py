@@ -7,7 +7,12 @@ from typing import Any
 from covfuse.errors import UserError, suggest
 from covfuse.models.backbones import apply_regime, build_backbone
 from covfuse.models.fusion import (
-    CovariateClassifier, FusionModel, apply_concat, apply_daft, apply_film, apply_hybrid,
+    CovariateClassifier,
+    FusionModel,
+    apply_concat,
+    apply_daft,
+    apply_film,
+    apply_hybrid,
     conditioned_layers,
 )
 from covfuse.models.registry import HEADS, REGIMES, backbone_spec, check_choice, fusion_spec

@@ -289,10 +289,11 @@ def draw_diagram(model: FusionModel, desc: Description, path: str | os.PathLike)
     handles = [Patch(fc=KIND_COLOURS[k] + "55", ec=KIND_COLOURS[k], label=KIND_LABELS[k]) for k in used]
     if any(block["frozen"] for block in blocks):
         handles.append(Patch(fc="#e4e4e4", ec="#555555", label="frozen by the regime"))
-    ax.legend(handles=handles, loc="lower right", fontsize=8, frameon=False, bbox_to_anchor=(1.0, 0.0))
     ax.text(0.1, y_out - 0.9, f"parameters: total {desc.total:,}   trainable {desc.trainable:,}   "
             f"covariate-specific {desc.covariate:,}", fontsize=9, va="center")
-    ax.set_ylim(y_out - 1.3, 1.2)
+    ax.legend(handles=handles, loc="center left", fontsize=8, frameon=False, ncol=len(handles),
+              bbox_to_anchor=(0.1, y_out - 1.6), bbox_transform=ax.transData)
+    ax.set_ylim(y_out - 2.0, 1.2)
 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent if str(path.parent) else ".")

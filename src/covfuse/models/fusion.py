@@ -108,7 +108,7 @@ class FusionModel(nn.Module):
                 out = self.network(x)
         return out.squeeze(-1) if self.out_features == 1 else out
 
-    def train(self, mode: bool = True) -> "FusionModel":
+    def train(self, mode: bool = True) -> FusionModel:
         super().train(mode)
         for name in self.frozen_norms:
             self.network.get_submodule(name).train(False)
