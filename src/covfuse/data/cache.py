@@ -99,12 +99,19 @@ class ImageCache:
     def __getitem__(self, row: int) -> torch.Tensor:
         return torch.from_numpy(np.array(self.array[row]))
 
-    def get_batch(self, rows: np.ndarray) -> torch.Tensor:
-        """uint8 (B, 3, S, S) for ``rows`` in the given order, read from the memmap in sorted order."""
+    def get_batch(self, rows: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+        """uint8 (B, 3, S, S) for ``rows`` in the given order; rows where ``flip`` is true are mirrored.
+
+        One copy per image straight from the memmap, visited in file order (sequential reads when
+        the file is not in the page cache); mirroring happens in that same copy. A plain loop of
+        row copies beats ``np.take`` at 224 px (2x) and is within 30% of it at 64 px.
+        """
         rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows),) + self.shape[1:], dtype=np.uint8)
-        out[order] = self.array[rows[order]]
+        flips = np.zeros(len(rows), dtype=bool) if flip is None else np.asarray(flip, dtype=bool)
+        out = np.empty((len(rows),) + tuple(self.shape[1:]), dtype=np.uint8)
+        array = self.array
+        for j in np.argsort(rows, kind="stable").tolist():
+            out[j] = array[rows[j], :, :, ::-1] if flips[j] else array[rows[j]]
         return torch.from_numpy(out)
 
 

@@ -89,8 +89,6 @@ class CelebADataset(Dataset):
         if self.cache is None:
             return [self[i] for i in items]
         pos = np.asarray(items, dtype=np.int64)
-        images = self.cache.get_batch(self.indices[pos])
-        if self.train:
-            flip = torch.rand(len(pos)) < 0.5
-            images[flip] = hflip(images[flip])
+        flip = (torch.rand(len(pos)) < 0.5).numpy() if self.train else None
+        images = self.cache.get_batch(self.indices[pos], flip=flip)
         return [self._sample(int(p), images[j]) for j, p in enumerate(pos)]
