@@ -67,11 +67,11 @@ def test_handwritten_files_match_torchvision_and_the_table(tmp_path, torchvision
     assert read_celeba(root).root == root  # the folder itself works as ROOT too
 
 
-def test_trailing_spaces_blank_lines_and_no_header_space(tmp_path):
+def test_trailing_spaces_blank_lines_bom_and_no_header_space(tmp_path):
     root = write_handmade(tmp_path, newline="\n", header_space=False)
     for name in ("list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt"):
         text = (root / name).read_text()
-        (root / name).write_text("".join(line + "  \n" for line in text.splitlines()) + "\n\n")
+        (root / name).write_text("\ufeff" + "".join(line + "  \n" for line in text.splitlines()) + "\n\n")
     meta = read_celeba(root)
     assert np.array_equal(meta.attrs, expected_attrs()) and meta.identity.tolist() == [r[2] for r in ROWS]
 
@@ -133,6 +133,8 @@ MALFORMED = {
                           "found '000009.jpg'"]),
     "fewer identity rows": (lambda r: _replace_line(r / "identity_CelebA.txt", 7, ""), [],
                             ["identity_CelebA.txt", "has 6 rows", "has 7"]),
+    "lone CR line ends": (lambda r: (r / "identity_CelebA.txt").write_bytes((r / "identity_CelebA.txt").read_bytes().replace(b"\r\n", b"\r")),
+                          [], ["identity_CelebA.txt: lines end in a lone CR"]),
     "missing image": (lambda r: (r / "img_align_celeba" / "000003.jpg").unlink(), [],
                       ["img_align_celeba/000003.jpg: image is missing", "line 5 of", "list_attr_celeba.txt"]),
     "missing file": (lambda r: (r / "identity_CelebA.txt").unlink(), [],

@@ -60,6 +60,11 @@ def find_root(root: str | os.PathLike) -> Path:
     )
 
 
+def _clip(text: str, limit: int = 70) -> str:
+    """Shorten ``text`` for an error message (a whole line may hold millions of characters)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Tokens:
     """The whitespace-separated tokens of one text file, each with its 1-based line number."""
 
@@ -69,8 +74,12 @@ class _Tokens:
             self.data = path.read_bytes()
         except FileNotFoundError:
             raise UserError(f"{path}: required file is missing") from None
+        if b"\r" in self.data and b"\n" not in self.data:
+            raise UserError(f"{path}: lines end in a lone CR (classic Mac); convert them to LF or CRLF")
         b = self.bytes = np.frombuffer(self.data, dtype=np.uint8)
         blank = _BLANK[b]
+        if self.data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors add
+            blank[:3] = True
         # Token boundaries are where blank/non-blank flips; pad so every token has a start and an end.
         edges = np.flatnonzero(blank[1:] != blank[:-1]) + 1
         if len(b) and not blank[0]:
@@ -110,7 +119,7 @@ class _Tokens:
         if len(bad):
             line = first_line + int(bad[0])
             found = " ".join(self.line_text(line))
-            found = f"{counts[bad[0]]}: {found!r}" if found else "an empty line"
+            found = f"{counts[bad[0]]}: {_clip(found)!r}" if found else "an empty line"
             raise self.error(line, f"expected {width} fields ({what}), found {found}")
         return int(self.per_line[: first_line - 1].sum()), len(counts)
 
@@ -131,7 +140,7 @@ class _Tokens:
         """The declared number of rows on line 1."""
         fields = self.line_text(1)
         if len(fields) != 1 or not fields[0].isdigit():
-            raise self.error(1, f"expected the number of images, found {' '.join(fields)!r}")
+            raise self.error(1, f"expected the number of images, found {_clip(' '.join(fields))!r}")
         return int(fields[0])
 
 
