@@ -51,14 +51,15 @@ def write_handmade(root: Path, newline: str = "\r\n", spacing: str = "release", 
                    header_space: bool = True, images: bool = True) -> Path:
     """Write the five CelebA text files (and tiny JPEGs) for ``rows`` into ``root``.
 
-    spacing: "release" (values right-aligned in 3 characters), "single" (one space), or
-    "irregular" (runs of 1-4 spaces and tabs between fields).
+    spacing: "release" (values right-aligned in 3 characters), "single" (one space),
+    "irregular" (runs of 1-4 spaces between fields) or "tabs" (spaces and tabs mixed).
     """
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
 
     def gap() -> str:
-        return {"single": " ", "release": " ", "irregular": rng.choice([" ", "  ", "   ", "    ", " \t "])}[spacing]
+        runs = {"single": [" "], "release": [" "], "irregular": [" ", "  ", "   ", "    "], "tabs": ["\t", " \t ", "  "]}
+        return str(rng.choice(runs[spacing]))
 
     def values(vals, width: int = 3) -> str:
         if spacing == "release":

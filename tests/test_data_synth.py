@@ -17,7 +17,6 @@ from covfuse.cli.main import main as cli
 from covfuse.data import synth
 from covfuse.data.celeba import ATTR_NAMES, read_celeba
 from covfuse.data.synth import bayes_accuracies, draw_face, generate_labels, split_sizes, write_synth
-from covfuse.errors import UserError
 
 try:
     from data_fixtures import make_twin
