@@ -155,12 +155,20 @@ def build_module(config: RunConfig, data: CovfuseDataModule, hw: Hardware) -> Co
     )
 
 
+_NOISE = (
+    "\U0001f4a1 Tip",  # advertising
+    "was configured so validation will run",  # the default
+    "to estimate number of stepping batches",  # the cosine schedule asks for it
+    "`Trainer.fit` stopped: `max_epochs",  # the normal end
+)
+
+
 class _DropNoise(logging.Filter):
-    """Drop Lightning's advertising tip and its note on the default validation interval."""
+    """Drop Lightning's messages that say nothing about this run."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
-        return not (message.startswith("\U0001f4a1 Tip") or "was configured so validation will run" in message)
+        return not any(part in message for part in _NOISE)
 
 
 _NOISY_WARNINGS = (
@@ -217,7 +225,11 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
 
 
 def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Train one named run and evaluate its best checkpoint; returns the run folder."""
+    """Train one named run and evaluate its best checkpoint; returns the run folder.
+
+    A user error found before the first checkpoint (a misspelt attribute, a missing data folder,
+    an unknown backbone) removes the folder this call created, so nothing half-made is left.
+    """
     check_name(config.name)
     run_dir = config.run_dir
     rank0 = global_rank() == 0
@@ -225,34 +237,43 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False)
     if rank0:
         ckpt_path = prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
         write_text(run_dir / "config.yaml", cfgmod.dump(config))
-    with runlog.capture(run_dir / "log.txt", enabled=rank0):
-        start = time.monotonic()
-        log.info("run %s in %s%s", config.name, run_dir, f", resuming from {ckpt_path}" if ckpt_path else "")
-        L.seed_everything(config.seed, workers=True, verbose=False)
-        hw = resolve_hardware(config.trainer)
-        data = CovfuseDataModule(config.data, seed=config.seed, pin_memory=hw.gpu)
-        if rank0:
-            data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
-        data.setup("fit")  # the module needs the covariate names
-        log.info("data %s: train/valid/test = %s; target %s, covariates %s (%s)", config.data.root,
-                 "/".join(str(len(data.indices[s])) for s in ("train", "valid", "test")),
-                 data.target_name, ", ".join(data.covariate_names) or "none", config.data.covariates_mode)
-        module = build_module(config, data, hw)
-        steps = len(data.datasets["train"]) // config.data.batch_size // config.trainer.accumulate_grad_batches
-        trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps)
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-        fit_seconds = time.monotonic() - start
-        checkpoint = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
-        best = checkpoint.best_model_path or checkpoint.last_model_path
-        module.eval_splits = list(EVAL_SPLITS)
-        trainer.test(module, dataloaders=data.eval_dataloaders(EVAL_SPLITS), ckpt_path=best, verbose=False)
-        if rank0:
-            extra = {"checkpoint": os.path.relpath(best, run_dir), **module.loaded_from,
-                     "global_step": trainer.global_step, "epochs": trainer.current_epoch,
-                     "fit_seconds": round(fit_seconds, 2)}
-            write_results(run_dir, config, data, module.outputs, extra)
-            log.info("run %s done in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
+    try:
+        with runlog.capture(run_dir / "log.txt", enabled=rank0):
+            _fit(config, run_dir, ckpt_path, rank0)
+    except UserError:
+        if rank0 and not resume and not (run_dir / CHECKPOINTS).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return run_dir
+
+
+def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool) -> None:
+    start = time.monotonic()
+    log.info("run %s in %s%s", config.name, run_dir, f", resuming from {ckpt_path}" if ckpt_path else "")
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    hw = resolve_hardware(config.trainer)
+    data = CovfuseDataModule(config.data, seed=config.seed, pin_memory=hw.gpu)
+    if rank0:
+        data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
+    data.setup("fit")  # the module needs the covariate names
+    log.info("data %s: train/valid/test = %s; target %s, covariates %s (%s)", config.data.root,
+             "/".join(str(len(data.indices[s])) for s in ("train", "valid", "test")),
+             data.target_name, ", ".join(data.covariate_names) or "none", config.data.covariates_mode)
+    module = build_module(config, data, hw)
+    steps = len(data.datasets["train"]) // config.data.batch_size // config.trainer.accumulate_grad_batches
+    trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    fit_seconds = time.monotonic() - start
+    checkpoint = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    module.eval_splits = list(EVAL_SPLITS)
+    trainer.test(module, dataloaders=data.eval_dataloaders(EVAL_SPLITS), ckpt_path=best, verbose=False)
+    if rank0:
+        extra = {"checkpoint": os.path.relpath(best, run_dir), **module.loaded_from,
+                 "global_step": trainer.global_step, "epochs": trainer.current_epoch,
+                 "fit_seconds": round(fit_seconds, 2)}
+        write_results(run_dir, config, data, module.outputs, extra)
+        log.info("run %s done in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
 
 
 # -- evaluation ----------------------------------------------------------------------------

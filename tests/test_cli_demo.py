@@ -1,0 +1,91 @@
+"""`covfuse demo` at toy scale: the contract shape of results.json, the report, the output-folder policy."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from covfuse.cli.main import main as covfuse
+
+DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory):
+    """configs/demo.yaml at 32 px and batch 32, so the toy demo takes seconds."""
+    text = DEMO_YAML.read_text().replace("image_size: 64", "image_size: 32").replace("batch_size: 64", "batch_size: 32")
+    assert "image_size: 32" in text
+    path = tmp_path_factory.mktemp("cfg") / "demo.yaml"
+    path.write_text(text)
+    return path
+
+
+def demo_args(out, data, config, *extra):
+    return ["demo", "--out", str(out), "--data", str(data), "--config", str(config), "--n", "300", "--epochs", "1",
+            "--image-size", "44x54", "--bootstrap", "100", *extra]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, small_config):
+    base = tmp_path_factory.mktemp("demo")
+    assert covfuse(demo_args(base / "out", base / "twin", small_config)) == 0
+    return base
+
+
+def test_results_json_has_the_contract_shape(demo):
+    results = json.loads((demo / "out" / "results.json").read_text())
+    assert list(results) == ["methods"]
+    assert list(results["methods"]) == ["image-only", "covariates-only", "concat", "hybrid"]
+    for method, entry in results["methods"].items():
+        assert set(entry) == {"valid", "test"}, method
+        for split in ("valid", "test"):
+            s = entry[split]
+            for key in ("accuracy", "f1", "auroc", "balanced_accuracy"):
+                assert isinstance(s[key], float), (method, key)
+            lo, hi = s["accuracy_ci"]
+            assert lo <= s["accuracy"] <= hi
+            assert isinstance(s["groups"], dict) and any(k.startswith("Young=") for k in s["groups"])
+            assert any(k.startswith("Young=") and "&Male=" in k for k in s["groups"])
+        run = json.loads((demo / "out" / "runs" / method / "metrics.json").read_text())
+        assert entry["test"] == run["test"]  # copied from the run, not recomputed differently
+
+
+def test_report_figures_and_comparisons(demo):
+    out = demo / "out"
+    report = (out / "report.md").read_text()
+    for text in ("Bayes", "image-only", "covariates-only", "concat", "hybrid", "figures/results.png",
+                 "figures/loss_curves.png", "runs/hybrid/plots/loss.png", "McNemar", "gap over Young"):
+        assert text in report, text
+    for png in ("figures/results.png", "figures/loss_curves.png", "runs/hybrid/plots/loss.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG", png
+    summary = json.loads((out / "demo.json").read_text())
+    results = json.loads((out / "results.json").read_text())["methods"]
+    synth = json.loads((demo / "twin" / "synth.json").read_text())
+    assert summary["bayes_accuracy"] == synth["bayes_accuracy"]
+    diff = results["hybrid"]["test"]["accuracy"] - results["image-only"]["test"]["accuracy"]
+    assert summary["comparisons"]["hybrid"]["difference"] == pytest.approx(diff)
+    assert summary["wall_seconds"] > 0 and "hybrid" in summary["timings"]
+    assert "[demo] [4/4] hybrid" in (out / "log.txt").read_text()
+
+
+def test_demo_replaces_its_own_output_and_reuses_the_twin(demo, small_config, capsys):
+    out = demo / "out"
+    (out / "stale.txt").write_text("old")
+    capsys.readouterr()
+    assert covfuse(demo_args(out, demo / "twin", small_config, "--methods", "image-only,covariates-only")) == 0
+    assert "reusing the synthetic twin" in capsys.readouterr().out
+    assert not (out / "stale.txt").exists()
+    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["image-only", "covariates-only"]
+
+
+def test_demo_refuses_a_foreign_folder_and_bad_options(tmp_path, small_config, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    assert covfuse(demo_args(foreign, tmp_path / "twin", small_config)) == 2
+    assert "--overwrite" in capsys.readouterr().err and (foreign / "thesis.tex").exists()
+    assert covfuse(demo_args(tmp_path / "o", tmp_path / "twin", small_config, "--methods", "hybrid,resnet")) == 2
+    assert "unknown demo method 'resnet'" in capsys.readouterr().err
+    assert covfuse(["demo", "--effect", "strong"]) == 2
+    assert "invalid choice" in capsys.readouterr().err

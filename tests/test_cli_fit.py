@@ -1,0 +1,74 @@
+"""`covfuse fit` argument handling: configs, overrides, --print_config, unknown keys, bad values."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from covfuse.cli.main import main as covfuse
+from covfuse.training import config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_print_config_shows_the_resolved_config(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  covariates: [Young]\nmodel:\n  fusion: concat\n")
+    with pytest.raises(SystemExit) as exc:
+        covfuse(["fit", "--config", str(f), "--optim.lr", "1e-4", "--name", "x", "--print_config"])
+    assert exc.value.code == 0
+    values = yaml.safe_load(capsys.readouterr().out)
+    assert values["name"] == "x" and values["optim"]["lr"] == 1e-4
+    assert values["model"]["fusion"] == "concat" and values["data"]["covariates"] == ["Young"]
+    assert values["trainer"]["max_epochs"] == 1  # defaults are shown too
+
+
+def test_later_configs_and_flags_override_earlier_ones():
+    cfg, flags = config.parse(["--config", str(CONFIGS / "research/baseline.yaml"),
+                               "--config", str(CONFIGS / "research/hybrid.yaml"),
+                               "--data.covariates", "[Smiling,Young,High_Cheekbones]",
+                               "--model.hybrid_layers", "[features.40]", "--optim.lr", "1e-3"])
+    assert cfg.model.backbone == "vgg16_bn" and cfg.model.head == "two-class" and cfg.model.weights == "imagenet"
+    assert cfg.model.fusion == "hybrid" and cfg.model.hybrid_layers == ["features.40"]
+    assert cfg.data.covariates == ["Smiling", "Young", "High_Cheekbones"] and cfg.optim.lr == 1e-3
+    assert cfg.name == "hybrid-male-first" and flags == {}
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")))
+def test_shipped_configs_parse(path):
+    cfg = config.load(CONFIGS / path)
+    assert cfg.model.fusion and cfg.data.covariates
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg, _ = config.parse(["--config", str(CONFIGS / "demo.yaml"), "--trainer.devices", "[0,1]"])
+    (tmp_path / "c.yaml").write_text(config.dump(cfg))
+    assert config.load(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--optim.lrr", "1"], "optim.lrr"),
+    (["--model.head", "three"], "model.head"),
+    (["--trainer.max_epochs", "many"], "max_epochs"),
+    (["--config", "/nonexistent/c.yaml"], "does not exist"),
+])
+def test_bad_arguments_are_one_line_errors(args, message, capsys):
+    assert covfuse(["fit", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("covfuse fit: error:")
+
+
+def test_unknown_key_in_a_config_file_is_an_error(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  learning_rate: 0.1\n")
+    assert covfuse(["fit", "--config", str(f)]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_missing_data_root_and_bad_run_name(tmp_path, capsys):
+    assert covfuse(["fit", "--runs_dir", str(tmp_path)]) == 2
+    assert "data.root" in capsys.readouterr().err
+    assert covfuse(["fit", "--runs_dir", str(tmp_path), "--name", "../escape"]) == 2
+    assert "plain folder name" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path.parent / "escape").exists()
