@@ -36,9 +36,10 @@ def test_predict_gives_the_probabilities_test_wrote(run, capsys):
     run_dir, root = run
     rows = _predictions(run_dir)[:6]
     capsys.readouterr()
-    for r in rows:  # one call per covariate combination, as a user would
+    for r in rows:  # one call per covariate combination, as a user would; options anywhere
         image = root / "img_align_celeba" / r["id"]
-        assert covfuse(["predict", str(run_dir), str(image), "--covariates", f"Male={r['Male']},young={r['Young']}"]) == 0
+        assert covfuse(["predict", "p", "--runs_dir", str(run_dir.parent), str(image),
+                        "--covariates", f"Male={r['Male']},young={r['Young']}"]) == 0
         header, out = _parse_stdout(capsys.readouterr().out)
         assert header == ["image", "Young", "Male", "P(Attractive)"]
         assert float(out[0][3]) == pytest.approx(float(r["probability"]), abs=2e-6)

@@ -87,15 +87,17 @@ def read_csv(path: Path, names: list[str]) -> tuple[list[Path], list[list[float]
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)  # options may come between RUN and the images
     if not args.images and not args.csv_file:
         raise UserError("give IMAGE files (with --covariates) or --csv FILE; see `covfuse predict --help`")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    from covfuse.training import config as cfgmod
     from covfuse.training.predict import predict_images
     from covfuse.training.run import checkpoint_path, find_run, load_module
 
     run_dir = find_run(args.run, args.runs_dir)
+    precision = cfgmod.load(run_dir / "config.yaml").trainer.precision  # as `covfuse test` evaluates
     module = load_module(checkpoint_path(run_dir, args.ckpt))
     names = list(module.hparams.covariates)
     images: list[Path] = []
@@ -110,7 +112,8 @@ def main(argv: list[str]) -> int:
         more_images, more_rows = read_csv(Path(args.csv_file), names)
         images += more_images
         rows += more_rows
-    probs = predict_images(module, images, rows, batch_size=args.batch_size, accelerator=args.accelerator)
+    probs = predict_images(module, images, rows, batch_size=args.batch_size, accelerator=args.accelerator,
+                           precision=precision)
     out = csv.writer(sys.stdout, lineterminator="\n")
     out.writerow(["image", *names, f"P({module.hparams.target})"])
     for image, row, p in zip(images, rows, probs):

@@ -57,6 +57,11 @@ def _num(value, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _p(p: float, n_boot: int) -> str:
+    """A bootstrap p-value: its resolution is 1 / n_boot."""
+    return f"< {1 / n_boot:.0e}".replace("e-0", "e-") if p <= 1 / n_boot else f"{p:.3f}"
+
+
 def overlap(a, b) -> bool:
     return not (a[1] < b[0] or b[1] < a[0])
 
@@ -193,7 +198,7 @@ def write_demo_report(out: Path, methods: Sequence[str], synth: dict, config, ti
         t = results["methods"][m]["test"]
         mc = c["mcnemar"]
         lines.append(
-            f"| {m} | {c['difference']:+.3f}{_ci(c['ci'])} | {c['p_value']:.4f} | {mc['a_only']} / {mc['b_only']}: "
+            f"| {m} | {c['difference']:+.3f}{_ci(c['ci'])} | {_p(c['p_value'], c['n_boot'])} | {mc['a_only']} / {mc['b_only']}: "
             f"{mc['p_value']:.2g} | {'yes' if overlap(t['accuracy_ci'], base['accuracy_ci']) else 'no'} |"
         )
     lines += ["", "Verdict (test accuracy, 95% CIs):", ""]

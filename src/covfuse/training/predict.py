@@ -51,14 +51,14 @@ def model_covariates(module: CovfuseModule, rows: np.ndarray) -> np.ndarray:
 
 
 def predict_images(module: CovfuseModule, paths: Sequence[Path], rows: Sequence[Sequence[float]], *,
-                   batch_size: int = 64, accelerator: str = "auto") -> np.ndarray:
-    """P(target = 1) per image, in input order."""
-    from covfuse.training.run import quiet_lightning, resolve_hardware
+                   batch_size: int = 64, accelerator: str = "auto", precision: str | None = None) -> np.ndarray:
+    """P(target = 1) per image, in input order; ``precision`` as in the run's trainer config."""
     from covfuse.training.config import TrainerConfig
+    from covfuse.training.run import quiet_lightning, resolve_hardware
 
     values = np.asarray(rows, dtype=np.float32).reshape(len(paths), len(module.hparams.covariates))
     dataset = ImageFiles(paths, model_covariates(module, values), module.hparams.image_size, module.hparams.preset)
-    hw = resolve_hardware(TrainerConfig(accelerator=accelerator))
+    hw = resolve_hardware(TrainerConfig(accelerator=accelerator, precision=precision))
     quiet_lightning()
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=hw.precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
