@@ -171,7 +171,7 @@ def write_demo_report(out: Path, methods: Sequence[str], synth: dict, config, ti
         "",
         "## Test results (95% bootstrap CIs)",
         "",
-        "| method | accuracy | balanced acc. | F1 | F1 macro | AUROC | valid accuracy | Bayes bound |",
+        "| method | accuracy | balanced acc. | F1 | F1 macro | AUROC | valid accuracy | Bayes bound of its inputs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for m in methods:

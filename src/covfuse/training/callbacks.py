@@ -111,7 +111,7 @@ def smooth(values: list[float], weight: float | None = None) -> list[float]:
     if not values:
         return []
     if weight is None:
-        weight = min(0.98, max(0.0, 1 - 10 / len(values)))
+        weight = min(0.98, max(0.0, 1 - 5 / len(values)))
     out, avg = [], 0.0
     for i, v in enumerate(values, 1):
         avg = weight * avg + (1 - weight) * v
@@ -128,6 +128,7 @@ def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics_csv(metrics_csv)
     train = [(r["step"], r["train/loss_step"]) for r in rows if "train/loss_step" in r]
@@ -145,6 +146,7 @@ def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Pa
     ax_loss.legend(fontsize=8)
     ax_loss.grid(alpha=0.3)
     ax_acc.set_xlabel("epoch")
+    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.set_ylabel("accuracy")
     ax_acc.grid(alpha=0.3)
     if val:

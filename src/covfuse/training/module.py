@@ -60,7 +60,7 @@ class CovfuseModule(L.LightningModule):
         self._collect: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.loaded_from: dict[str, int] = {}
         if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            to_channels_last(self.model)
 
     # -- forward ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -166,6 +166,18 @@ class CovfuseModule(L.LightningModule):
             fn = lambda step: _warm(step, warmup) * (_cosine(step - warmup, total - warmup) if cosine else 1.0)  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """NHWC layout for every 4-D parameter and buffer, in place.
+
+    ``model.to(memory_format=torch.channels_last)`` fails on hybrid convolutions, whose
+    ``covariate_weight`` is 5-D (K, O, C, kh, kw); those keep their layout.
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return model
 
 
 def _warm(step: int, warmup: int) -> float:
