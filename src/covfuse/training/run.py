@@ -62,7 +62,7 @@ def resolve_hardware(t: TrainerConfig) -> Hardware:
     elif gpu:
         precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     else:
-        precision = "32-true"  # bf16 autocast on CPU is opt-in: measured slower on small CPUs (docs/performance.md)
+        precision = "32-true"  # bf16 autocast on CPU is opt-in: 15% slower on the 2-core dev machine (docs/performance.md)
     channels_last = gpu if t.channels_last is None else t.channels_last
     # GPU: VGG's adaptive pooling backward has no deterministic CUDA kernel, so "warn" rather than raise.
     deterministic = ("warn" if gpu else True) if t.deterministic is None else t.deterministic
