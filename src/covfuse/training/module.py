@@ -96,7 +96,7 @@ class CovfuseModule(L.LightningModule):
         n = len(target)
         if stage == "train":
             self.train_acc(prob, target.long())
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
         elif stage == "val":
             self.val_acc(prob, target.long())

@@ -175,6 +175,8 @@ _NOISY_WARNINGS = (
     r"The number of training batches .* is smaller than the logging interval",  # tiny runs; we log per epoch too
     r".*isinstance\(treespec, LeafSpec\)",  # Lightning 2.6 against torch >= 2.9, harmless
     r"Checkpoint directory .* exists and is not empty",  # --resume writes into its own checkpoints/
+    r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`",  # we drop the padded repeats
+    r"torch.distributed.nn.functional.all_gather is deprecated",  # inside Lightning's all_gather
 )
 
 

@@ -1,0 +1,36 @@
+"""Two CPU processes with strategy ddp: one writer, gathered and de-duplicated valid/test predictions."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from covfuse.data import read_celeba, write_synth
+
+
+def test_ddp_on_two_cpu_processes_writes_one_complete_run(tmp_path):
+    write_synth(tmp_path / "synth", n=200, seed=3, image_size=(44, 54), progress=False)
+    root = tmp_path / "synth" / "celeba"
+    # Lightning re-runs this command for rank 1, as it would under `srun` or on a multi-GPU machine.
+    cmd = [sys.executable, "-m", "covfuse.cli", "fit", "--data.root", str(root), "--data.image_size", "32",
+           "--data.covariates", "[Young,Male]", "--data.batch_size", "16", "--trainer.max_epochs", "1",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.summary", "false", "--runs_dir", str(tmp_path / "runs"), "--name", "ddp", "--bootstrap", "20"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "runs" / "ddp"
+    meta = read_celeba(root)
+    with open(run / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids))  # the distributed sampler's padding is gone
+    expected = np.array(meta.filenames)[meta.split > 0]
+    assert sorted(ids) == sorted(expected)  # every valid and test image, from both processes
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["valid"]["count"] + metrics["test"]["count"] == len(expected)
+    log = (run / "log.txt").read_text()
+    assert log.count("[ddp] training: 2 CPU device(s)") == 1  # only rank 0 writes the log
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "plots" / "loss.png").is_file()
