@@ -8,7 +8,9 @@ process runs this function and only global rank 0 touches the folder.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -282,8 +284,9 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool) 
 def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
                   outputs: dict[str, dict[str, torch.Tensor]], extra: dict | None = None) -> dict:
     """predictions.csv and metrics.json from the per-sample outputs of valid and test."""
-    header = ["id", "split", "label", "probability", *data.covariate_names]
-    lines = [",".join(header)]
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["id", "split", "label", "probability", *data.covariate_names])
     metrics: dict[str, Any] = {
         "run": config.name,
         "target": data.target_name,
@@ -296,14 +299,12 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         prob = out["probability"].numpy().astype(np.float64)
         label = data.labels[index].astype(np.int64)
         real = data.covariates_real[index]
-        names = data.filenames(index)
-        for i in range(len(index)):
-            covs = ",".join(f"{v:g}" for v in real[i])
-            lines.append(f"{names[i]},{split},{label[i]},{prob[i]:.6f}" + (f",{covs}" if covs else ""))
+        for name, y, p, covs in zip(data.filenames(index), label, prob, real):
+            writer.writerow([name, split, int(y), f"{p:.6f}", *(f"{v:g}" for v in covs)])
         groups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
         metrics[split] = split_metrics(label, prob, groups, loss=log_loss(label, prob),
                                        n_boot=config.bootstrap, seed=config.seed)
-    write_text(run_dir / "predictions.csv", "\n".join(lines) + "\n")
+    write_text(run_dir / "predictions.csv", table.getvalue())
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics
 
