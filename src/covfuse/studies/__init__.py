@@ -1,0 +1,1 @@
+"""Studies across runs: statistics (bootstrap CIs, paired tests), reports, the demo."""
