@@ -70,17 +70,66 @@ def _grouped(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
     return y
 
 
+class _GatherChunks(torch.autograd.Function):
+    """Split ``x`` into the row sets ``index[k]`` (one gather per chunk, one copy of ``x`` in all).
+
+    Written by hand because autograd's backward of ``index_select`` zero-fills a full-size tensor
+    per chunk and scatter-adds into it; here the row sets partition the batch, so backward writes
+    each chunk's gradient straight into its rows of one uninitialised tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *index: Tensor):
+        ctx.save_for_backward(*index)
+        ctx.shape = x.shape
+        return tuple(x.index_select(0, i) for i in index)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        out = grads[0].new_empty(ctx.shape)
+        for i, g in zip(ctx.saved_tensors, grads):
+            out.index_copy_(0, i, g)
+        return (out, *([None] * len(grads)))
+
+
+class _ScatterChunks(torch.autograd.Function):
+    """Inverse of :class:`_GatherChunks`: place chunk k at rows ``index[k]`` of one output tensor."""
+
+    @staticmethod
+    def forward(ctx, index: tuple[Tensor, ...], *chunks: Tensor) -> Tensor:
+        ctx.index = index
+        n = sum(c.shape[0] for c in chunks)
+        out = torch.empty((n, *chunks[0].shape[1:]), dtype=chunks[0].dtype, device=chunks[0].device,
+                          memory_format=_memory_format(chunks[0]))
+        for i, c in zip(index, chunks):
+            out.index_copy_(0, i, c)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return (None, *(grad.index_select(0, i) for i in ctx.index))
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _pattern(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
     patterns, inverse, counts = torch.unique(c, dim=0, return_inverse=True, return_counts=True)
-    if patterns.shape[0] == 1:
-        return conv(x, _mix(w, cw, patterns[0]), None if b is None else _mix(b, cb, patterns[0]), **kwargs)
-    order = torch.argsort(inverse, stable=True)
-    chunks = x.index_select(0, order).split(counts.tolist())
-    outs = [
-        conv(chunk, _mix(w, cw, p), None if b is None else _mix(b, cb, p), **kwargs)
-        for p, chunk in zip(patterns, chunks)
-    ]
-    return torch.cat(outs).index_select(0, torch.argsort(order))
+    # All pattern kernels in one matmul; unbind's backward stacks the P gradients in one op.
+    weights = _mix(w, cw, patterns).unbind(0)
+    biases = [None] * len(weights) if b is None else _mix(b, cb, patterns).unbind(0)
+    if len(weights) == 1:
+        return conv(x, weights[0], biases[0], **kwargs)
+    if bool((inverse[1:] >= inverse[:-1]).all()):  # rows already grouped by pattern: no copies
+        chunks = x.split(counts.tolist())
+        return torch.cat([conv(chunk, wp, bp, **kwargs) for chunk, wp, bp in zip(chunks, weights, biases)])
+    rows = tuple(torch.argsort(inverse, stable=True).split(counts.tolist()))
+    chunks = _GatherChunks.apply(x, *rows)
+    outs = [conv(chunk, wp, bp, **kwargs) for chunk, wp, bp in zip(chunks, weights, biases)]
+    return _ScatterChunks.apply(rows, *outs)
 
 
 _IMPLEMENTATIONS = {"reference": _reference, "expand": _expand, "grouped": _grouped, "pattern": _pattern}
@@ -94,20 +143,17 @@ def count_patterns(covariates: Tensor) -> int:
 def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int) -> str:
     """The exact back-end expected to be fastest for this call (the `auto` rule).
 
-    Measured on CPU (benchmarks/layers.py, docs/performance.md): the grouped conv is the fastest
-    exact form whenever the input has few channels (0.7x a plain conv at VGG's 3->64 layer) and
-    within ~1.25x elsewhere; with few distinct covariate rows (binary covariates, K <= 3) the
-    pattern form is about 1x at wide layers. On GPUs, grouped convs with thousands of groups are
-    known to be slow in cuDNN for wide layers, so there `auto` prefers pattern, then expand (dense
-    (K+1)x FLOPs); this GPU rule is not yet measured here.
+    Measured on CPU (benchmarks/layers.py, docs/performance.md): with few distinct covariate rows
+    (binary covariates, K <= 3) the pattern form is 0.7-1.2x a plain conv at every VGG16 shape.
+    With continuous covariates every row is distinct; then the grouped conv (CondConv's trick) is
+    fastest on CPU (0.7x at 3->64, ~1.2x at 128 channels, ~2x at 256). On GPUs grouped convs with
+    thousands of groups are known to be slow in cuDNN for wide layers, so there `auto` uses expand
+    (dense, (K+1)x FLOPs) beyond narrow inputs; that GPU rule is not yet measured here.
     """
     n = x.shape[0]
-    narrow = weight.shape[1] * groups <= 16
-    if x.device.type == "cpu" and narrow:
-        return "grouped"
     if n > 1 and count_patterns(covariates) <= min(MAX_AUTO_PATTERNS, max(1, n // 2)):
         return "pattern"
-    if x.device.type == "cpu" or narrow:
+    if x.device.type == "cpu" or weight.shape[1] * groups <= 16:
         return "grouped"
     return "expand"
 
