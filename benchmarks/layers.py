@@ -54,7 +54,7 @@ def main() -> None:
     torch.manual_seed(0)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     kind = "continuous" if args.continuous else "binary"
-    print(f"# HybridConv2d fwd+bwd / nn.Conv2d, batch {args.batch}, K={args.k} {kind}, {device}, "
+    print(f"HybridConv2d fwd+bwd / nn.Conv2d, batch {args.batch}, K={args.k} {kind}, {device}, "
           f"{dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| shape | plain ms | " + " | ".join(BACKENDS) + " | auto picks | loop / auto |")
     print("|---|---|" + "---|" * len(BACKENDS) + "---|---|")
