@@ -6,6 +6,7 @@ Each sub-command module exposes ``main(argv: list[str]) -> int``. Any :class:`Us
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from covfuse.errors import UserError, suggest
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as exc:
         print(f"covfuse {name}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`covfuse data info ... | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"covfuse {name}: interrupted", file=sys.stderr)
         return 130

@@ -116,8 +116,8 @@ def _memory_format(t: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _pattern(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
-    patterns, inverse, counts = torch.unique(c, dim=0, return_inverse=True, return_counts=True)
+def _pattern(x, c, w, cw, b, cb, conv, kwargs, rows: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    patterns, inverse, counts = unique_rows(c) if rows is None else rows
     # All pattern kernels in one matmul; unbind's backward stacks the P gradients in one op.
     weights = _mix(w, cw, patterns).unbind(0)
     biases = [None] * len(weights) if b is None else _mix(b, cb, patterns).unbind(0)
@@ -135,9 +135,9 @@ def _pattern(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
 _IMPLEMENTATIONS = {"reference": _reference, "expand": _expand, "grouped": _grouped, "pattern": _pattern}
 
 
-def count_patterns(covariates: Tensor) -> int:
-    """Number of distinct covariate rows in the batch."""
-    return int(torch.unique(covariates, dim=0).shape[0])
+def unique_rows(covariates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct covariate rows, each sample's row number among them, and how often each occurs."""
+    return torch.unique(covariates, dim=0, return_inverse=True, return_counts=True)
 
 
 def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int) -> str:
@@ -150,8 +150,12 @@ def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int) -
     thousands of groups are known to be slow in cuDNN for wide layers, so there `auto` uses expand
     (dense, (K+1)x FLOPs) beyond narrow inputs; that GPU rule is not yet measured here.
     """
+    return _choose(x, unique_rows(covariates)[0].shape[0], weight, groups)
+
+
+def _choose(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> str:
     n = x.shape[0]
-    if n > 1 and count_patterns(covariates) <= min(MAX_AUTO_PATTERNS, max(1, n // 2)):
+    if n > 1 and num_patterns <= min(MAX_AUTO_PATTERNS, max(1, n // 2)):
         return "pattern"
     if x.device.type == "cpu" or weight.shape[1] * groups <= 16:
         return "grouped"
@@ -177,10 +181,14 @@ def hybrid_conv(
     (K, O) or None. The number of spatial dims (1, 2, 3) follows from ``weight``.
     """
     dims = weight.dim() - 2
-    if backend == "auto":
-        backend = choose_backend(x, covariates, weight, groups)
-    elif backend not in _IMPLEMENTATIONS:
+    if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     c = covariates.to(weight.dtype)
-    return _IMPLEMENTATIONS[backend](x, c, weight, covariate_weight, bias, covariate_bias, _CONV[dims], kwargs)
+    args = (x, c, weight, covariate_weight, bias, covariate_bias, _CONV[dims], kwargs)
+    if backend == "auto":
+        rows = unique_rows(c)  # computed once: the rule needs the count, `pattern` the rows
+        backend = _choose(x, rows[0].shape[0], weight, groups)
+        if backend == "pattern":
+            return _pattern(*args, rows=rows)
+    return _IMPLEMENTATIONS[backend](*args)
