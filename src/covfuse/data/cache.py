@@ -205,10 +205,19 @@ def build_cache(
     workers = default_workers(len(todo) * chunk) if workers is None else workers
     with tqdm(total=n, initial=sum(min(chunk, n - s) for s in done), desc=f"caching {size}px", unit="img",
               disable=not progress) as bar:
-        for i, count in run_chunks(_fill_chunk, tasks, workers):
-            done.add(todo[i])
-            _write_json(marker, {"description": desc, "chunk": chunk, "done": sorted(done)})
-            bar.update(count)
+        try:
+            for i, count in run_chunks(_fill_chunk, tasks, workers):
+                done.add(todo[i])
+                _write_json(marker, {"description": desc, "chunk": chunk, "done": sorted(done)})
+                bar.update(count)
+        except UserError as exc:
+            if not done:  # nothing worth resuming: leave nothing behind
+                partial.unlink(missing_ok=True)
+                marker.unlink(missing_ok=True)
+                raise
+            # The chunks already decoded stay valid: say so, rather than leave an unexplained file.
+            raise UserError(f"{exc} (the {len(done)} finished chunks stay in {partial.name}; the next "
+                            "`covfuse data cache` resumes from them)") from None
     os.replace(partial, data)
     _write_json(info_path, desc)
     marker.unlink(missing_ok=True)
