@@ -7,13 +7,13 @@ network as a column of blocks with the conditioned layers coloured (matplotlib, 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from covfuse.io import atomic_path
 from covfuse.layers.daft import DAFT, DAFTAfter
 from covfuse.layers.film import FiLM, FiLMAfter
 from covfuse.models.fusion import CONDITIONING_KINDS, HYBRID_TYPES, ConcatHead, CovariateClassifier, FusionModel
@@ -291,18 +291,15 @@ def draw_diagram(model: FusionModel, desc: Description, path: str | os.PathLike)
         handles.append(Patch(fc="#e4e4e4", ec="#555555", label="frozen by the regime"))
     ax.text(0.1, y_out - 0.9, f"parameters: total {desc.total:,}   trainable {desc.trainable:,}   "
             f"covariate-specific {desc.covariate:,}", fontsize=9, va="center")
-    ax.legend(handles=handles, loc="center left", fontsize=8, frameon=False, ncol=len(handles),
-              bbox_to_anchor=(0.1, y_out - 1.6), bbox_transform=ax.transData)
+    if handles:  # an image-only model has no conditioned or frozen blocks, hence no legend
+        ax.legend(handles=handles, loc="center left", fontsize=8, frameon=False, ncol=len(handles),
+                  bbox_to_anchor=(0.1, y_out - 1.6), bbox_transform=ax.transData)
     ax.set_ylim(y_out - 2.0, 1.2)
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
