@@ -10,6 +10,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+from covfuse.io import atomic_path
+
 
 def _clock(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -155,10 +157,11 @@ def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Pa
         fig.suptitle(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return out
 
 

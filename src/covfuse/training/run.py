@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from covfuse.errors import UserError
+from covfuse.io import atomic_write_text
 from covfuse.training import config as cfgmod
 from covfuse.training import runlog
 from covfuse.training.callbacks import LineProgress, plot_losses, trainer_callbacks
@@ -108,9 +109,7 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = Fa
 def write_text(path: Path, text: str) -> None:
     """Write via a temporary name and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 class _ResumingWriter(ExperimentWriter):
