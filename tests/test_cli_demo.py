@@ -89,3 +89,21 @@ def test_demo_refuses_a_foreign_folder_and_bad_options(tmp_path, small_config, c
     assert "unknown demo method 'resnet'" in capsys.readouterr().err
     assert covfuse(["demo", "--effect", "strong"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["missing", "unknown-key"])
+def test_a_bad_config_fails_before_the_output_or_the_twin_is_touched(tmp_path, small_config, capsys, bad):
+    out = tmp_path / "d"
+    out.mkdir()
+    for name, text in ((".covfuse-demo", "marker\n"), ("results.json", "{}\n"), ("report.md", "# old\n")):
+        (out / name).write_text(text)
+    config = tmp_path / "missing.yaml"
+    if bad == "unknown-key":
+        config.write_text(small_config.read_text() + "\nno_such_setting: 1\n")
+    twin = tmp_path / "tw"
+    assert covfuse(demo_args(out, twin, config)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [".covfuse-demo", "report.md", "results.json"]
+    assert (out / "report.md").read_text() == "# old\n"
+    assert not twin.exists()

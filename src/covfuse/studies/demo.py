@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covfuse.errors import UserError
+from covfuse.io import atomic_write_text
 from covfuse.training import config as cfgmod
 from covfuse.training import runlog
 
@@ -54,24 +55,37 @@ def twin_folder(o: DemoOptions) -> Path:
     return o.data if o.data is not None else cache_home() / f"synth-{o.effect}-n{o.n}-s{o.seed}-{w}x{h}"
 
 
+def twin_reusable(o: DemoOptions) -> bool:
+    """True when the twin folder already holds the wanted twin, False when it is to be written;
+    a UserError when it may not be written (another twin under --data, or a foreign folder). Writes nothing."""
+    folder = twin_folder(o)
+    info = folder / "synth.json"
+    wanted = {"effect": o.effect, "n": o.n, "seed": o.seed, "image_size": list(o.image_size), "images": True}
+    if info.is_file():
+        try:
+            have = json.loads(info.read_text())
+        except (OSError, ValueError):
+            have = {}
+        if isinstance(have, dict) and all(have.get(k) == v for k, v in wanted.items()):
+            return True
+        if o.data is not None:
+            have = have if isinstance(have, dict) else {}
+            raise UserError(f"{folder} holds a different twin ({', '.join(f'{k}={have.get(k)}' for k in wanted)}); "
+                            "choose another --data folder or remove it")
+    elif folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UserError(f"{folder} exists and is not a synthetic twin (no synth.json); choose another --data folder")
+    return False
+
+
 def ensure_twin(o: DemoOptions) -> Path:
     """The twin for these options: reused when its synth.json matches, written otherwise."""
     from covfuse.data import write_synth
     from covfuse.data._workers import available_cpus
 
     folder = twin_folder(o)
-    info = folder / "synth.json"
-    wanted = {"effect": o.effect, "n": o.n, "seed": o.seed, "image_size": list(o.image_size), "images": True}
-    if info.is_file():
-        have = json.loads(info.read_text())
-        if all(have.get(k) == v for k, v in wanted.items()):
-            say(f"reusing the synthetic twin in {folder}")
-            return folder
-        if o.data is not None:
-            raise UserError(f"{folder} holds a different twin ({', '.join(f'{k}={have.get(k)}' for k in wanted)}); "
-                            "choose another --data folder or remove it")
-    elif folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder} exists and is not a synthetic twin (no synth.json); choose another --data folder")
+    if twin_reusable(o):
+        say(f"reusing the synthetic twin in {folder}")
+        return folder
     say(f"writing a synthetic twin ({o.n} images, effect {o.effect}, {o.image_size[0]}x{o.image_size[1]} px) to {folder}")
     write_synth(folder, n=o.n, seed=o.seed, effect=o.effect, image_size=o.image_size, overwrite=True,
                 workers=available_cpus(), progress=True)
@@ -114,11 +128,14 @@ def run_demo(o: DemoOptions) -> dict:
         raise UserError(f"unknown demo method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     if "image-only" not in o.methods:
         raise UserError("the demo compares every method with image-only; keep image-only in --methods")
+    # Every check that can fail on the user's input runs before anything is deleted or written:
+    # the configs, the twin folder, then the output folder's policy.
+    configs = {m: method_config(o, twin_folder(o), m) for m in o.methods}
+    twin_reusable(o)
     start = time.monotonic()
     prepare_out(o.out, o.overwrite)
     with runlog.capture(o.out / "log.txt"):
         root = ensure_twin(o)
-        configs = {m: method_config(o, root, m) for m in o.methods}  # fail on a bad config before training
         timings: dict[str, float] = {"twin": round(time.monotonic() - start, 1)}
         for i, method in enumerate(o.methods, 1):
             say(f"[{i}/{len(o.methods)}] {method}: training ({_clock(time.monotonic() - start)} elapsed)")
@@ -132,7 +149,7 @@ def run_demo(o: DemoOptions) -> dict:
                                     seed=o.seed, n_boot=max(o.bootstrap, 1000))
         wall = time.monotonic() - start
         summary["wall_seconds"] = round(wall, 1)
-        (o.out / "demo.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(o.out / "demo.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
         say(f"done in {_clock(wall)}: {o.out / 'report.md'}")
     return summary
 

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from covfuse.io import atomic_path, atomic_write_text
 from covfuse.studies.stats import align, mcnemar, paired_bootstrap
 
 # Which Bayes accuracy of the synthetic twin bounds each method (covfuse.data.synth.bayes_accuracies).
@@ -93,8 +94,11 @@ def plot_results(results: dict, bayes: dict | None, out: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -126,8 +130,11 @@ def plot_loss_curves(runs_dir: Path, methods: Sequence[str], out: Path) -> Path:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -151,7 +158,7 @@ def write_demo_report(out: Path, methods: Sequence[str], synth: dict, config, ti
     """results.json, figures/*.png and report.md for a finished demo; returns the comparison summary."""
     runs = out / "runs"
     results = collect(runs, methods)
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
     bayes = synth.get("bayes_accuracy", {})
     comparisons = {m: compare(runs / m, runs / BASELINE, n_boot=n_boot, seed=seed) for m in methods if m != BASELINE}
     plot_results(results, bayes, out / "figures" / "results.png")
@@ -231,7 +238,7 @@ def write_demo_report(out: Path, methods: Sequence[str], synth: dict, config, ti
         "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + ".",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     return {"bayes_accuracy": bayes, "comparisons": comparisons, "timings": timings,
             "test_accuracy": {m: [results["methods"][m]["test"]["accuracy"], results["methods"][m]["test"]["accuracy_ci"]]
                               for m in methods}}
