@@ -73,11 +73,21 @@ def test_diagram_is_a_readable_png_and_not_overwritten(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["arch.png"]  # no temporary files left behind
 
 
+def test_diagram_of_an_image_only_model_has_no_legend_to_crash_on(tmp_path, capsys):
+    path = tmp_path / "plain.png"  # no conditioned and no frozen layers: an empty legend
+    assert cli(["describe", "--backbone", "vgg-mini", "--diagram", str(path)]) == 0
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 200 and image.height > 200
+    assert [p.name for p in tmp_path.iterdir()] == ["plain.png"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--backbone", "vgg16bn"], "did you mean 'vgg16_bn'"),
     (["--backbone", "vgg-mini", "--fusion", "daft", "-o", "daft_reduce=2"], "did you mean 'daft_reduction'"),
     (["--backbone", "vgg-mini", "--input-size", "8"], "at least 16"),
     (["--backbone", "vgg-mini", "--diagram", "out.svg"], "png"),
+    (["--backbone", "vgg-mini", "--bogus"], "unrecognized arguments: --bogus"),
+    ([], "--backbone"),
 ])
 def test_describe_user_errors(argv, message, capsys):
     assert cli(["describe", *argv]) == 2

@@ -10,21 +10,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from covfuse.cli._common import Parser
 from covfuse.errors import UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors become one UserError line (exit 2) instead of usage plus a message."""
-
-    def error(self, message: str):
-        raise UserError(f"{message}; see `{self.prog} --help`")
 
 
 def _parser() -> argparse.ArgumentParser:
     from covfuse.studies.demo import CONFIG, METHODS
 
-    p = _Parser(prog="covfuse demo", description=__doc__.split(": ", 1)[1],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="covfuse demo", description=__doc__.split(": ", 1)[1],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("--effect", default="planted", choices=["planted", "null"],
                    help="planted: the target needs the covariate Young; null: covariates carry nothing")

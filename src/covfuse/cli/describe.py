@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from covfuse.cli._common import Parser
 from covfuse.errors import UserError
 
 
@@ -22,7 +23,7 @@ def _option(text: str) -> tuple[str, object]:
 def parser() -> argparse.ArgumentParser:
     from covfuse.models.registry import HEADS, REGIMES, list_backbones, list_fusions
 
-    p = argparse.ArgumentParser(prog="covfuse describe", description=__doc__)
+    p = Parser(prog="covfuse describe", description=__doc__)
     p.add_argument("--backbone", required=True, help=f"one of {', '.join(list_backbones())}")
     p.add_argument("--fusion", default="image-only", help=f"one of {', '.join(list_fusions())} (default image-only)")
     p.add_argument("--num-covariates", type=int, default=1, help="K, the number of covariates (default 1)")

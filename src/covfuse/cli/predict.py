@@ -12,18 +12,12 @@ import math
 import sys
 from pathlib import Path
 
+from covfuse.cli._common import Parser
 from covfuse.errors import UserError, suggest
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors become one UserError line (exit 2) instead of usage plus a message."""
-
-    def error(self, message: str):
-        raise UserError(f"{message}; see `{self.prog} --help`")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="covfuse predict", description="Print P(target = 1) for images with given covariates.")
+    p = Parser(prog="covfuse predict", description="Print P(target = 1) for images with given covariates.")
     p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--covariates", default="", help="covariate values for the IMAGE arguments, e.g. Male=1,Young=0")

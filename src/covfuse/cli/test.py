@@ -3,18 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from covfuse.errors import UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors become one UserError line (exit 2) instead of usage plus a message."""
-
-    def error(self, message: str):
-        raise UserError(f"{message}; see `{self.prog} --help`")
+from covfuse.cli._common import Parser
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="covfuse test", description=__doc__.split(": ", 1)[1])
+    p = Parser(prog="covfuse test", description=__doc__.split(": ", 1)[1])
     p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
     p.add_argument("--runs_dir", default="runs", help="folder holding run folders (default: runs)")
     p.add_argument("--ckpt", default="best", help="best, last, or a path to a .ckpt (default: best)")
