@@ -6,7 +6,7 @@ Writes a synthetic twin at the release's 178x218 into a temporary folder, then, 
 process with torch limited to one thread:
 
 * JPEG -> uint8 (3, S, S) with ``covfuse.data.transforms.load_image`` (PIL with libjpeg's
-  reduced-scale ``draft`` decoding) and, for comparison, the same crop+resize after a full decode;
+  reduced-scale DCT decoding: simplejpeg for colour JPEGs, PIL `draft` otherwise) and, for comparison, the same crop+resize after a full decode;
 * the memmap cache read as random batches of 256 (``ImageCache.get_batch``), and through
   ``CelebADataset.__getitems__`` + DataLoader's default collate (what training sees);
 * parsing a 202,599-row label set (the release's size) and drawing 10,000 synthetic faces.
@@ -98,7 +98,7 @@ def main() -> None:
     print(f"Data loading, images per CPU-second in one process (torch.set_num_threads(1)), best of {args.repeats}; "
           f"JPEGs are the twin's 178x218, preset center-crop, {args.n} images:")
     print()
-    print("| size | JPEG decode+transform (draft) | same, full decode | speed-up | cache `get_batch` (256) "
+    print("| size | JPEG decode+transform (scaled DCT) | same, full decode | speed-up | cache `get_batch` (256) "
           "| cache via dataset + collate |")
     print("|---:|---:|---:|---:|---:|---:|")
     for size, jpeg, naive, cached, loader in rows:
