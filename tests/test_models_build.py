@@ -127,7 +127,7 @@ def test_rebuild_from_config_round_trip():
     ({"regime": "fine-tune"}, "did you mean 'finetune'"),
     ({"head": "binary-class"}, "unknown head"),
     ({"film_layer": "all"}, "did you mean 'film_layers'"),
-    ({"hybrid_layers": "features.1"}, "not a convolution"),
+    ({"hybrid_layers": "features.1"}, "not one of the convolutions"),
     ({"hybrid_layers": [40]}, "out of range"),
     ({"film_layers": ["features.0"]}, "not one of the film layers"),
     ({"daft_layer": "layer9"}, "not a module"),

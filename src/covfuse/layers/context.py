@@ -51,3 +51,12 @@ def check_covariates(covariates: torch.Tensor, batch: int, num_covariates: int, 
         raise ValueError(f"covariates are on {covariates.device} but the input is on {device}; move them with .to({str(device)!r})")
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(covariates).all()):
         raise ValueError("covariates contain NaN or infinite values; impute or drop those samples first")
+
+
+def layer_covariates(covariates: torch.Tensor | None, layer: str, x: torch.Tensor, num_covariates: int) -> torch.Tensor:
+    """The covariates a conditioned layer uses: the ones passed in (validated against ``x``), or
+    those of the enclosing converted-model call (already validated there)."""
+    if covariates is None:
+        return current_covariates(layer)
+    check_covariates(covariates, x.shape[0], num_covariates, x.device)
+    return covariates

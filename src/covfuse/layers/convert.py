@@ -24,32 +24,37 @@ def conv_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if type(m) in HYBRID_FOR_CONV]
 
 
-def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
-    """Module names for ``layers``: "first"/"last"/"all", or a list of names or conv-list indices."""
-    convs = conv_names(model)
-    if not convs:
-        raise ValueError(f"{type(model).__name__} has no Conv1d/Conv2d/Conv3d to convert")
+def select_names(candidates: Sequence[str], layers: LayerSpec, what: str, owner: str) -> list[str]:
+    """Resolve "first"/"last"/"all", a name, or a list of names / indices against ``candidates``.
+
+    Shared by :func:`convert` (convs) and the model builder (BatchNorm layers, stages); a
+    ``ValueError`` says what is wrong and suggests the closest name.
+    """
+    if not candidates:
+        raise ValueError(f"{owner} has no {what}")
     if isinstance(layers, str):
-        if layers not in SELECTORS:
-            # A single module name is accepted too, for convenience.
-            layers = [layers]
-        else:
-            return {"first": convs[:1], "last": convs[-1:], "all": convs}[layers]
+        if layers in SELECTORS:
+            return {"first": list(candidates[:1]), "last": list(candidates[-1:]), "all": list(candidates)}[layers]
+        layers = [layers]  # a single module name
     names: list[str] = []
     for item in layers:
         if isinstance(item, int):
-            if not -len(convs) <= item < len(convs):
-                raise ValueError(f"conv index {item} is out of range: the model has {len(convs)} convs")
-            name = convs[item]
-        elif item in convs:
-            name = item
-        else:
-            close = difflib.get_close_matches(str(item), convs, n=1, cutoff=0.5)
+            if not -len(candidates) <= item < len(candidates):
+                raise ValueError(f"{what} index {item} is out of range: {owner} has {len(candidates)}")
+            item = candidates[item]
+        elif item not in candidates:
+            close = difflib.get_close_matches(str(item), list(candidates), n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{item!r} is not a convolution of {type(model).__name__}{hint}; convs: {', '.join(convs[:6])}...")
-        if name not in names:
-            names.append(name)
+            shown = ", ".join(candidates[:8]) + (", ..." if len(candidates) > 8 else "")
+            raise ValueError(f"{item!r} is not one of the {what} of {owner}{hint}; choose from {shown}")
+        if item not in names:
+            names.append(item)
     return names
+
+
+def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
+    """Module names for ``layers``: "first"/"last"/"all", or a list of names or conv-list indices."""
+    return select_names(conv_names(model), layers, "convolutions", type(model).__name__)
 
 
 class CovariateModel(nn.Module):

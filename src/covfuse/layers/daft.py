@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from covfuse.layers.context import check_covariates, current_covariates
+from covfuse.layers.context import current_covariates, layer_covariates
 from covfuse.layers.film import film, zero_last_linear
 
 
@@ -68,10 +68,7 @@ class DAFT(nn.Module):
     def forward(self, x: Tensor, covariates: Tensor | None = None) -> Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"DAFT expects input (N, {self.num_channels}, ...), got {tuple(x.shape)}")
-        if covariates is None:
-            covariates = current_covariates("DAFT")
-        else:
-            check_covariates(covariates, x.shape[0], self.num_covariates, x.device)
+        covariates = layer_covariates(covariates, "DAFT", x, self.num_covariates)
         return daft(x, covariates, self.mlp)
 
     def extra_repr(self) -> str:

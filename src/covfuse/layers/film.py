@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from covfuse.layers.context import check_covariates, current_covariates
+from covfuse.layers.context import current_covariates, layer_covariates
 
 
 def film(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
@@ -75,10 +75,7 @@ class FiLM(nn.Module):
     def forward(self, x: Tensor, covariates: Tensor | None = None) -> Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"FiLM expects input (N, {self.num_channels}, ...), got {tuple(x.shape)}")
-        if covariates is None:
-            covariates = current_covariates("FiLM")
-        else:
-            check_covariates(covariates, x.shape[0], self.num_covariates, x.device)
+        covariates = layer_covariates(covariates, "FiLM", x, self.num_covariates)
         delta_gamma, beta = self.generator(covariates.to(self.generator_dtype)).chunk(2, dim=1)
         return film(x, 1 + delta_gamma, beta)
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from covfuse.layers.context import check_covariates, current_covariates
+from covfuse.layers.context import layer_covariates
 from covfuse.layers.helpers import IntOrTuple, normalize_padding, to_ntuple
 from covfuse.layers.hybrid_functional import BACKENDS, hybrid_conv
 
@@ -93,10 +93,7 @@ class _HybridConvNd(nn.Module):
                 f"{type(self).__name__} expects input (N, {self.in_channels}, {', '.join('*' * self._dims)}), "
                 f"got {tuple(x.shape)}"
             )
-        if covariates is None:
-            covariates = current_covariates(type(self).__name__)  # validated by the converted model
-        else:
-            check_covariates(covariates, x.shape[0], self.num_covariates, x.device)
+        covariates = layer_covariates(covariates, type(self).__name__, x, self.num_covariates)
         return hybrid_conv(
             x, covariates, self.weight, self.covariate_weight, self.bias, self.covariate_bias,
             self.stride, self.padding, self.dilation, self.groups, self.backend,

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from covfuse.errors import UserError, suggest
 from covfuse.layers import HybridConv1d, HybridConv2d, HybridConv3d, convert, resolve_layers
+from covfuse.layers.convert import select_names
 from covfuse.layers.context import check_covariates, current_covariates, use_covariates
 from covfuse.layers.daft import DAFT, DAFTAfter
 from covfuse.layers.film import FiLM, FiLMAfter
@@ -140,22 +141,10 @@ def as_layer_list(value: str | int | list | tuple | None) -> str | list[str | in
 
 def pick(candidates: list[str], layers: str | list[str | int], what: str, backbone: str) -> list[str]:
     """Resolve a selector or a list of names / indices against ``candidates`` (a UserError if not found)."""
-    if not candidates:
-        raise UserError(f"{backbone} has no {what}")
-    if isinstance(layers, str):
-        return {"first": candidates[:1], "last": candidates[-1:], "all": list(candidates)}[layers]
-    names: list[str] = []
-    for item in layers:
-        if isinstance(item, int):
-            if not -len(candidates) <= item < len(candidates):
-                raise UserError(f"{what} index {item} is out of range: {backbone} has {len(candidates)} ({', '.join(candidates)})")
-            item = candidates[item]
-        elif item not in candidates:
-            raise UserError(f"{item!r} is not one of the {what} of {backbone}{suggest(item, candidates)}; "
-                            f"choose from {', '.join(candidates)}")
-        if item not in names:
-            names.append(item)
-    return names
+    try:
+        return select_names(candidates, layers, what, backbone)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def apply_hybrid(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, init: str = "zeros") -> list[str]:
