@@ -40,3 +40,18 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding=encoding)
     return Path(path)
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix, PNG by default), then close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"dpi": 110, "format": path.suffix.lstrip(".") or "png", **savefig_kwargs}
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **options)
+    finally:
+        import matplotlib.pyplot as plt  # only here: io stays importable without matplotlib
+
+        plt.close(fig)
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from covfuse.io import atomic_path
+from covfuse.io import save_figure
 from covfuse.layers.daft import DAFT, DAFTAfter
 from covfuse.layers.film import FiLM, FiLMAfter
 from covfuse.models.fusion import CONDITIONING_KINDS, HYBRID_TYPES, ConcatHead, CovariateClassifier, FusionModel
@@ -296,10 +296,4 @@ def draw_diagram(model: FusionModel, desc: Description, path: str | os.PathLike)
                   bbox_to_anchor=(0.1, y_out - 1.6), bbox_transform=ax.transData)
     ax.set_ylim(y_out - 2.0, 1.2)
 
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, Path(path), bbox_inches="tight", format="png")

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from covfuse.io import atomic_path, atomic_write_text
+from covfuse.io import atomic_write_text, save_figure
 from covfuse.studies.stats import align, mcnemar, paired_bootstrap
 
 # Which Bayes accuracy of the synthetic twin bounds each method (covfuse.data.synth.bayes_accuracies).
@@ -93,13 +93,7 @@ def plot_results(results: dict, bayes: dict | None, out: Path) -> Path:
     ax.set_ylabel("test accuracy (95% bootstrap CI)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_loss_curves(runs_dir: Path, methods: Sequence[str], out: Path) -> Path:
@@ -129,13 +123,7 @@ def plot_loss_curves(runs_dir: Path, methods: Sequence[str], out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _group_rows(results: dict, split: str = "test") -> list[str]:

@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from covfuse.io import atomic_path
+from covfuse.io import save_figure
 
 
 def _clock(seconds: float) -> str:
@@ -156,13 +156,7 @@ def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Pa
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def trainer_callbacks(name: str, run_dir: Path, progress: str, every: float) -> list[L.Callback]:
