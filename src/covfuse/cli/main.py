@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
     "predict": ("covfuse.cli.predict", "predict probabilities for images with covariates"),
     "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),
+    "explain": ("covfuse.cli.explain", "what each covariate changes in a trained run: numbers and maps"),
 }
 
 
