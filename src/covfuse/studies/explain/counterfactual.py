@@ -32,6 +32,13 @@ class Change:
             return f"{self.name}: {self.lo:g} <-> {self.hi:g}"
         return f"{self.name} {self.amount:+.3g}"
 
+    @property
+    def column(self) -> str:
+        """Its column in counterfactuals.csv: ``probability_<name>`` (flip) or ``probability_<name>+1sd`` / ``-1sd``."""
+        if self.kind == "flip":
+            return f"probability_{self.name}"
+        return f"probability_{self.name}{'+' if self.amount >= 0 else '-'}1sd"
+
     def apply(self, rows: np.ndarray) -> np.ndarray:
         """A copy of ``rows`` (n, K) with this covariate changed."""
         out = np.array(rows, dtype=np.float32, copy=True)

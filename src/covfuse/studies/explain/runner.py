@@ -111,6 +111,23 @@ def score_split(module, data, split: str, plan: dict[str, list[cf.Change]], devi
     )
 
 
+def counterfactual_table(scored: Scored, plan: dict[str, list[cf.Change]], names: list[str], filenames: list[str],
+                         split: str) -> str:
+    """counterfactuals.csv: per sample its id, group, label, P with the real covariates and with each edit."""
+    import csv
+    import io
+
+    edits = [e for per in plan.values() for e in per]
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["id", "split", "group", "label", "probability", *names, *(e.column for e in edits)])
+    changed = [scored.changed[e.name][plan[e.name].index(e)] for e in edits]
+    for i, row in enumerate(scored.index):
+        writer.writerow([filenames[int(row)], split, int(scored.groups[i]), int(scored.labels[i]), f"{scored.prob[i]:.6f}",
+                         *(f"{v:g}" for v in scored.real_rows[i]), *(f"{c[i]:.6f}" for c in changed)])
+    return table.getvalue()
+
+
 def pick_examples(scored: Scored, name: str, count: int, seed: int) -> np.ndarray:
     """Positions of ``count`` samples for the maps: half whose decision the edit flips, half it does not."""
     first = scored.changed[name][0]
@@ -257,6 +274,7 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
             "twin": truth.describe() if truth is not None else None,
             "figures": figs, "seconds": round(time.monotonic() - start, 1),
         }
+        atomic_write_text(tmp / "counterfactuals.csv", counterfactual_table(scored, plan, names, data.meta.filenames, split))
         atomic_write_text(tmp / "explain.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
         atomic_write_text(tmp / "explain.md", report.markdown(result))
         if out_dir.exists():
