@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("covfuse.cli.fit", "train a model from a YAML config into runs/<name>/"),
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
     "predict": ("covfuse.cli.predict", "predict probabilities for images with covariates"),
+    "sweep": ("covfuse.cli.sweep", "train a study: a grid of settings x seeds, locally or as a SLURM array"),
+    "cv": ("covfuse.cli.cv", "k-fold cross-validation by identity, one run per fold"),
+    "report": ("covfuse.cli.report", "compare a study's cells with a baseline: CIs, paired tests, figures"),
     "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),
     "explain": ("covfuse.cli.explain", "what each covariate changes in a trained run: numbers and maps"),
 }

@@ -177,3 +177,7 @@ class CovfuseDataModule(L.LightningDataModule):
 
     def filenames(self, index: np.ndarray) -> list[str]:
         return [self.meta.filenames[int(i)] for i in index]
+
+    def groups(self, index: np.ndarray) -> np.ndarray:
+        """The person behind each row (CelebA identity): the unit every interval resamples."""
+        return self.meta.identity[np.asarray(index, dtype=np.int64)]

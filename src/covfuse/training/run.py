@@ -285,7 +285,7 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
     """predictions.csv and metrics.json from the per-sample outputs of valid and test."""
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["id", "split", "label", "probability", *data.covariate_names])
+    writer.writerow(["id", "group", "split", "label", "probability", *data.covariate_names])
     metrics: dict[str, Any] = {
         "run": config.name,
         "target": data.target_name,
@@ -298,10 +298,11 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         prob = out["probability"].numpy().astype(np.float64)
         label = data.labels[index].astype(np.int64)
         real = data.covariates_real[index]
-        for name, y, p, covs in zip(data.filenames(index), label, prob, real):
-            writer.writerow([name, split, int(y), f"{p:.6f}", *(f"{v:g}" for v in covs)])
-        groups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
-        metrics[split] = split_metrics(label, prob, groups, loss=log_loss(label, prob),
+        clusters = data.groups(index)  # identity / subject: intervals resample people, not images
+        for name, group, y, p, covs in zip(data.filenames(index), clusters, label, prob, real):
+            writer.writerow([name, group, split, int(y), f"{p:.6f}", *(f"{v:g}" for v in covs)])
+        subgroups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
+        metrics[split] = split_metrics(label, prob, subgroups, clusters=clusters, loss=log_loss(label, prob),
                                        n_boot=config.bootstrap, seed=config.seed)
     write_text(run_dir / "predictions.csv", table.getvalue())
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
