@@ -12,7 +12,7 @@ import torch
 from covfuse.cli.main import main as covfuse
 from covfuse.studies.explain import explain_run
 from covfuse.studies.explain.attribution import box_share, input_boxes
-from covfuse.studies.explain.counterfactual import cluster_mean, plan_changes
+from covfuse.studies.explain.counterfactual import plan_changes
 from covfuse.studies.explain.kernels import AffineRecorder, weight_summaries
 from data_fixtures import make_twin
 
@@ -154,22 +154,6 @@ def test_affine_recorder_sees_what_the_generator_predicts(fusion):
     assert d["scale"] == pytest.approx(np.abs(scale[ones].mean(0) - scale[~ones].mean(0)).mean(), rel=1e-6)
 
 
-def test_cluster_mean_resamples_groups_not_samples():
-    rng = np.random.default_rng(1)
-    singles = rng.normal(size=4000)
-    est = cluster_mean(singles, np.arange(4000), n_boot=2000, seed=0)
-    se = singles.std() / np.sqrt(4000)  # one sample per group: the ordinary bootstrap, close to the normal interval
-    assert est["estimate"] == pytest.approx(singles.mean())
-    assert est["ci"] == pytest.approx([singles.mean() - 1.96 * se, singles.mean() + 1.96 * se], abs=0.3 * se)
-    # 50 groups of 80 identical values: the information is in the 50 groups, the interval ~sqrt(80) times wider
-    per_group = rng.normal(size=50)
-    values, groups = np.repeat(per_group, 80), np.repeat(np.arange(50), 80)
-    clustered = cluster_mean(values, groups, n_boot=2000, seed=0)
-    se_g = per_group.std() / np.sqrt(50)
-    width = clustered["ci"][1] - clustered["ci"][0]
-    assert clustered["clusters"] == 50 and width == pytest.approx(2 * 1.96 * se_g, rel=0.2)
-
-
 def test_plan_flips_binary_and_shifts_continuous_covariates():
     train = np.array([[0, 1.0, 3.0], [1, 1.0, 5.0], [1, 0.0, 7.0]], dtype=np.float32)
     plan = plan_changes(["a", "b", "c"], train)
@@ -190,3 +174,40 @@ def test_box_share_counts_pixel_centres_and_boxes_follow_the_crop():
     np.testing.assert_allclose(box_share(maps, boxes), [0.5, 0.5])
     # a 40x60 image, centre crop 40x40 from y=10, resized to 20x20: halve, after shifting y by 10
     np.testing.assert_allclose(input_boxes(np.array([[4, 14, 20, 30]]), (0, 10, 40, 50), 20), [[2, 2, 10, 10]])
+
+
+def _pattern_backward_works() -> bool:
+    from covfuse.layers.hybrid_functional import hybrid_conv
+
+    c = torch.tensor([[0.0], [1.0], [0.0], [1.0]], requires_grad=True)
+    try:
+        hybrid_conv(torch.ones(4, 1, 3), c, torch.ones(1, 1, 1), torch.ones(1, 1, 1, 1), backend="pattern").sum().backward()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("backend", ["auto", "pattern", "grouped", "expand"])
+def test_covariate_gradients_of_a_run_model_match_the_reference_backend(runs, backend):
+    """Attribution to the covariates themselves: d log-odds / d covariates through the run's model."""
+    if backend in ("auto", "pattern") and not _pattern_backward_works():
+        pytest.xfail("the pattern back-end has no backward w.r.t. covariates yet (torch.unique); being fixed in layers")
+    from covfuse.layers.hybrid import hybrid_layers
+    from covfuse.studies.explain.attribution import LogOdds
+    from covfuse.training.run import checkpoint_path, load_module
+
+    runs_dir, root, _ = runs
+    module = load_module(checkpoint_path(runs_dir / "hyb")).eval()
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+    z = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]] * 2, dtype=torch.float32)  # repeated rows: auto picks pattern
+    f = LogOdds(module.model, module.head)
+    layers = [layer for _, layer in hybrid_layers(module.model)]
+    grads = {}
+    for name in (backend, "reference"):
+        for layer in layers:
+            layer.backend = name
+        c = z.clone().requires_grad_(True)
+        grads[name], = torch.autograd.grad(f(x, c).sum(), c)
+    assert grads["reference"].abs().max() > 0
+    torch.testing.assert_close(grads[backend], grads["reference"], rtol=1e-4, atol=1e-6)

@@ -3,7 +3,8 @@
 Binary covariates (two distinct values) are swapped; continuous ones move by plus and minus one
 standard deviation (of the training split). Per covariate we report the mean absolute change of
 P(target) and the share of decisions (threshold 0.5) that flip, overall and per subgroup, each with
-an interval that resamples groups of samples (people), never single images.
+an interval that resamples groups of samples (people), never single images
+(:func:`covfuse.studies.stats.cluster_bootstrap_mean`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from covfuse.studies.stats import cluster_bootstrap_mean
 from covfuse.training.metrics import MAX_GROUP_VALUES
 
 
@@ -72,30 +74,6 @@ def score(forward, images: torch.Tensor, rows: np.ndarray, device: torch.device)
     return forward(images.to(device), covariates).float().cpu().numpy().astype(np.float64)
 
 
-def cluster_mean(values: np.ndarray, groups: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean of ``values`` with a 95% percentile interval that resamples whole groups.
-
-    Written here because ``covfuse.studies.stats.cluster_bootstrap`` scores classifications and a
-    mean change of probability is not one; resampled groups are weighted by multinomial counts, so
-    all resamples are one matrix product. Returns the contract's shape ``{"estimate", "ci", "clusters"}``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return {"estimate": None, "ci": [None, None], "clusters": 0}
-    _, group = np.unique(np.asarray(groups), return_inverse=True)
-    sums = np.bincount(group, weights=values)
-    counts = np.bincount(group).astype(np.float64)
-    g = len(sums)
-    estimate = float(values.mean())
-    if g < 2 or n_boot < 1:
-        return {"estimate": estimate, "ci": [None, None], "clusters": int(g)}
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(g, np.full(g, 1.0 / g), size=n_boot).astype(np.float64)
-    boot = (weights @ sums) / (weights @ counts)
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    return {"estimate": estimate, "ci": [float(lo), float(hi)], "clusters": int(g)}
-
-
 def summarise(real: np.ndarray, changed: list[np.ndarray], groups: np.ndarray, *, threshold: float = 0.5,
               n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean absolute change, mean signed change and decision flip rate, with group-resampled CIs.
@@ -106,9 +84,9 @@ def summarise(real: np.ndarray, changed: list[np.ndarray], groups: np.ndarray, *
     delta = np.concatenate([c - real for c in changed])
     flips = np.concatenate([(c >= threshold) != (real >= threshold) for c in changed]).astype(np.float64)
     g = np.concatenate([groups] * len(changed))
-    mac = cluster_mean(np.abs(delta), g, n_boot=n_boot, seed=seed)
-    flip = cluster_mean(flips, g, n_boot=n_boot, seed=seed)
-    signed = cluster_mean(delta, g, n_boot=n_boot, seed=seed)
+    mac = cluster_bootstrap_mean(np.abs(delta), g, n_boot=n_boot, seed=seed)
+    flip = cluster_bootstrap_mean(flips, g, n_boot=n_boot, seed=seed)
+    signed = cluster_bootstrap_mean(delta, g, n_boot=n_boot, seed=seed)
     return {
         "count": int(len(real)),
         "clusters": mac["clusters"],

@@ -169,8 +169,8 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
                 mass_images: int = 512, accelerator: str = "auto", root: str | None = None,
                 overwrite: bool = False, progress: bool = True) -> Path:
     """Explain one run; returns the output folder (written whole, or not at all)."""
-    if examples < 0 or n_boot < 0 or n_steps < 1 or mass_images < 0:
-        raise UserError("--examples, --n-boot and --mass-images must be >= 0 and --steps >= 1")
+    if examples < 0 or mass_images < 0 or n_boot < 1 or n_steps < 1:
+        raise UserError("--examples and --mass-images must be >= 0, --n-boot and --steps >= 1")
     start = time.monotonic()
     run_dir, module, data = load(run, runs_dir, ckpt, root, split)
     out_dir = Path(out) if out else run_dir / "explain"
@@ -238,6 +238,7 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
                 if examples == 0:
                     break
                 pos = pick_examples(scored, name, examples, seed)
+                log.info("attribution maps for %s: %d images, real and counterfactual", name, len(pos))
                 rows = scored.real_rows[pos]
                 images = _images(data, split, scored.index[pos])
                 real_maps = _maps(module, target_layer, images, rows, device, n_steps)
@@ -258,6 +259,8 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
                     rows = scored.real_rows[pos].copy()
                     lo_rows, hi_rows = rows.copy(), rows.copy()
                     lo_rows[:, edits[0].index], hi_rows[:, edits[0].index] = edits[0].lo, edits[0].hi
+                    log.info("cue-box mass for %s: %d images at %s=%g and %g", name, len(pos), name, edits[0].lo,
+                             edits[0].hi)
                     lo = _maps(module, target_layer, images, lo_rows, device, n_steps)
                     hi = _maps(module, target_layer, images, hi_rows, device, n_steps)
                     attribution["cue_mass"][name] = truth.mass_shift(scored.index[pos], scored.groups[pos], edits[0], lo, hi,

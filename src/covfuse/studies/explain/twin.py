@@ -17,7 +17,7 @@ import numpy as np
 from covfuse.data.decode import crop_box
 from covfuse.data.synth import CUE_FILE, read_cue_boxes
 from covfuse.studies.explain.attribution import METHODS, box_share, input_boxes
-from covfuse.studies.explain.counterfactual import cluster_mean
+from covfuse.studies.stats import cluster_bootstrap_mean
 
 
 @dataclass
@@ -55,7 +55,7 @@ class TwinTruth:
                 contrast[label] = shares["mouth"] - shares["eyes"]
             shift = contrast["high"] - contrast["low"]
             ok = np.isfinite(shift)
-            stat = cluster_mean(shift[ok], groups[ok], n_boot=n_boot, seed=seed)
+            stat = cluster_bootstrap_mean(shift[ok], groups[ok], n_boot=n_boot, seed=seed)
             entry["mouth_minus_eyes_shift"] = stat["estimate"]
             entry["ci"] = stat["ci"]
             entry["share_positive"] = float((shift[ok] > 0).mean()) if ok.any() else None
