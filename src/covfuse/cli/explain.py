@@ -24,8 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", dest="n_boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed for examples and bootstrap (default: 0)")
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps (default: 32)")
-    p.add_argument("--mass-images", dest="mass_images", type=int, default=512,
-                   help="twin only: images for the attribution-in-cue-box numbers (default: 512)")
+    p.add_argument("--mass-images", dest="mass_images", type=int, default=256,
+                   help="twin only: images for the attribution-in-cue-box numbers (default: 256)")
     p.add_argument("--root", default=None, help="the data folder, if it moved since training")
     p.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: auto; one device)")
     return p

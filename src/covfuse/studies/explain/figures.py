@@ -136,11 +136,11 @@ def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_ma
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    legend = ("  boxes: mouth (orange), eyes (cyan)" if boxes is not None else "")
-    fig.suptitle(f"Where the model looks with the real and the counterfactual {name}{legend}\n"
-                 "maps of each row share one colour scale; red labels: the decision flips", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (1.5 * n + 0.9)))
-    save_figure(fig, path, dpi=80)
+    legend = "; boxes: mouth (orange), eyes (cyan)" if boxes is not None else ""
+    fig.suptitle(f"Where the model looks with the real and the counterfactual {name}\n"
+                 f"each row's maps share one colour scale; red row labels: the decision flips{legend}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (1.5 * n + 0.9)), h_pad=0.3, w_pad=0.2)
+    save_figure(fig, path, dpi=100)
     return _rel(path)
 
 

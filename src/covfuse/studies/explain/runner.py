@@ -166,7 +166,7 @@ def _maps(module, layer, images: torch.Tensor, rows: np.ndarray, device, n_steps
 def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = "test", examples: int = 16,
                 out: str | os.PathLike | None = None, ckpt: str = "best", layer: str | None = None,
                 by: Sequence[str] = (), n_boot: int = 2000, seed: int = 0, n_steps: int = 32,
-                mass_images: int = 512, accelerator: str = "auto", root: str | None = None,
+                mass_images: int = 256, accelerator: str = "auto", root: str | None = None,
                 overwrite: bool = False, progress: bool = True) -> Path:
     """Explain one run; returns the output folder (written whole, or not at all)."""
     if examples < 0 or mass_images < 0 or n_boot < 1 or n_steps < 1:
