@@ -147,7 +147,7 @@ def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_ma
 def plot_cue_mass(path: Path, cue_mass: dict, truth) -> str:
     """Share of the attribution inside each cue box, with each binary covariate at its low and high value."""
     plt = _plt()
-    methods = [m for m in next(iter(cue_mass.values())) if isinstance(next(iter(cue_mass.values()))[m], dict)]
+    methods = [m for m, v in next(iter(cue_mass.values())).items() if isinstance(v, dict) and "low" in v]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.2), squeeze=False)
     for ax, method in zip(axes[0], methods):
         labels, x = [], 0
@@ -160,10 +160,14 @@ def plot_cue_mass(path: Path, cue_mass: dict, truth) -> str:
                 labels.append((x + 0.19, f"{name}={entry[level]:g}"))
                 x += 1
             x += 0.5
+        area = next(iter(cue_mass.values())).get("area", {})
+        for cue, share in area.items():
+            ax.axhline(share, color=CUE_COLOURS.get(cue), ls=":", lw=1, label=f"{cue} box area share")
         ax.set_xticks([p for p, _ in labels], [t for _, t in labels], fontsize=8)
         ax.set_ylabel("share of the map inside the box")
         ax.set_title(method, fontsize=9)
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.35)
+        ax.legend(fontsize=7, ncol=2, loc="upper center")
     fig.suptitle(f"Attribution inside the cue boxes (twin: {truth.card.get('effect')})", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

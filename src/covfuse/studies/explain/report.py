@@ -76,7 +76,10 @@ def markdown(r: dict) -> str:
                         f"| {name} {e['low']:g}→{e['high']:g} | {method} | {e['images']} | {m['low']['mouth']:.3f} → "
                         f"{m['high']['mouth']:.3f} | {m['low']['eyes']:.3f} → {m['high']['eyes']:.3f} | "
                         f"{_num(m['mouth_minus_eyes_shift'], '+.3f')}{_ci(m['ci'])} | {_num(m['share_positive'])} |")
-            lines += ["", f"![cue mass]({r['figures']['cue_mass']})", ""]
+            area = next(iter(a["cue_mass"].values()))["area"]
+            lines += ["", "A map spread evenly over the image would put " + " and ".join(
+                f"{v:.3f} in the {k} box" for k, v in area.items()) + ".", "",
+                f"![cue mass]({r['figures']['cue_mass']})", ""]
     lines += ["## Inside the conditioning layers", ""]
     if not r["layers"]:
         lines += ["No conditioning layer with weights to summarise.", ""]
