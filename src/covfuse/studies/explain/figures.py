@@ -58,10 +58,10 @@ def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str]
     kind = summary["kind"]
     if kind == "hybrid":
         fig, ax = plt.subplots(figsize=(6.4, 2.8))
-        for name, per in summary["relative_norm_per_channel"].items():
-            ax.plot(np.arange(len(per)), per, marker=".", lw=0.8,
-                    label=f"{name} (layer {summary['relative_norm'][name] or 0:.3f})")
-        ax.set_xlabel("output channel")
+        for name, per in summary["relative_norm_per_channel"].items():  # each sorted: a profile, not channel ids
+            ax.plot(np.arange(len(per)), sorted(per, reverse=True), lw=1.5,
+                    label=f"{name} (whole layer {summary['relative_norm'][name] or 0:.3f})")
+        ax.set_xlabel("output channels, sorted by the ratio (each covariate separately)")
         ax.set_ylabel("||W_j|| / ||W_0||")
         ax.set_title(f"{lname}: size of each covariate's kernel relative to the base kernel", fontsize=9)
         ax.legend(fontsize=8)
