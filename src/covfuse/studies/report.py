@@ -220,8 +220,19 @@ def _p(p) -> str:
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
+def json_safe(value):
+    """NaN/inf (an undefined test, e.g. across one run) become null; strict JSON otherwise."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def to_json(report: dict) -> str:
-    return json.dumps(report, indent=2, allow_nan=False, default=lambda v: None) + "\n"
+    return json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n"
 
 
 def to_csv(report: dict) -> str:

@@ -299,7 +299,7 @@ def write_study(study: Study, *, overwrite: bool = False) -> None:
             raise UserError(f"{folder} holds a different study; pass --overwrite to replace it or choose another --name")
         if not same:
             shutil.rmtree(folder)
-    elif folder.exists() and any(folder.iterdir()):
+    elif folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir()):  # hidden markers are fine
         if not overwrite:
             raise UserError(f"{folder} exists and is not a covfuse study (no {STUDY_FILE}); choose another --name")
         raise UserError(f"{folder} is not a covfuse study (no {STUDY_FILE}); refusing to delete it")

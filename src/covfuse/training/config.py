@@ -175,7 +175,7 @@ def parser(prog: str = "covfuse fit", description: str | None = None):
     """A jsonargparse parser for :class:`RunConfig` with ``--config FILE`` and ``--print_config``."""
     from jsonargparse import ArgumentParser
 
-    p = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    p = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
     p.add_argument("--config", action="config", help="YAML file of overrides (may be given more than once)")
     p.add_class_arguments(RunConfig, nested_key=None, as_group=False)
     return p
