@@ -85,6 +85,17 @@ def test_a_study_file_holds_cells_grid_seeds_tune_and_baseline(base, tmp_path):
     assert (c.optim.lr, c.optim.weight_decay, c.model.hybrid_layers, c.data.covariates_mode) == (0.01, 0.01, "first", "shuffled")
 
 
+@pytest.mark.parametrize("files, cells, runs", [
+    (["research/baseline.yaml", "studies/research-celeba.yaml"], 14, 42),
+    (["demo.yaml", "studies/twin.yaml"], 6, 18),
+])
+def test_the_shipped_studies_plan(files, cells, runs, tmp_path):
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    study = plan_study(name="s", configs=[str(configs / f) for f in files], runs_dir=tmp_path,
+                       overrides=["--data.root", str(tmp_path)])
+    assert (len(study.cells), len(study.runs)) == (cells, runs)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--grid", "model.fusoin=image-only,hybrid"], "fusoin"),
     (["--grid", "model.fusion"], "KEY=V1,V2"),
