@@ -186,6 +186,12 @@ def hybrid_conv(
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     c = covariates.to(weight.dtype)
     args = (x, c, weight, covariate_weight, bias, covariate_bias, _CONV[dims], kwargs)
+    if backend in ("pattern", "auto") and c.requires_grad and torch.is_grad_enabled():
+        # Grouping rows (torch.unique) has no derivative in the covariates, and a per-pattern kernel
+        # would pool the gradients of all samples sharing a row. When gradients w.r.t. the
+        # covariates are asked for (attribution), compute the same function with a back-end that
+        # treats each row on its own; the ordinary (covariates without grad) path is unchanged.
+        backend = _choose(x, x.shape[0], weight, groups)
     if backend == "auto":
         rows = unique_rows(c)  # computed once: the rule needs the count, `pattern` the rows
         backend = _choose(x, rows[0].shape[0], weight, groups)
