@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
     "predict": ("covfuse.cli.predict", "predict probabilities for images with covariates"),
     "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),
+    "bench": ("covfuse.cli.bench", "measure layer, model and data-loading speed ratios (tables + JSON)"),
 }
 
 
