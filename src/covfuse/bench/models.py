@@ -26,6 +26,7 @@ VARIANTS = [
     ("film K=3", "film", "first", 3),
     ("daft K=3", "daft", "first", 3),
 ]
+CELEBA_TRAIN = 162_770  # images in CelebA's official training split: one epoch
 
 
 def _saved_bytes(model, x, c) -> int:
@@ -90,15 +91,18 @@ def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, a
         echo(f"\n{backbone}, {size} px, batch {batch}, {'bf16 autocast' if autocast else 'float32'}"
              f"{', channels_last' if channels_last else ''}: one optimiser step, ratio to image-only, "
              f"median [min-max] of {rounds} interleaved rounds\n")
-        echo(f"| variant | step ms | ratio | {what} |")
-        echo("|---|---|---|---|")
+        echo(f"| variant | step ms | ratio | {what} | min per CelebA epoch |")
+        echo("|---|---|---|---|---|")
         for label, *_ in chosen:
             r = ratio(samples, label, base)
-            echo(f"| {label} | {median_ms(samples[label]):.0f} | {r.spread()} | {memory[label] / 2**20:.0f} |")
+            epoch_min = CELEBA_TRAIN / batch * median_ms(samples[label]) / 60_000
+            echo(f"| {label} | {median_ms(samples[label]):.0f} | {r.spread()} | {memory[label] / 2**20:.0f} | "
+                 f"{epoch_min:,.1f} |")
             rows.append({"backbone": backbone, "variant": label, "size": size, "batch": batch, "device": dev.type,
                          "autocast_bf16": autocast, "channels_last": channels_last,
                          "step_ms": round(median_ms(samples[label]), 2), "ratio_to_image_only": r.as_dict(),
-                         "memory_bytes": memory[label], "memory_kind": what})
+                         "memory_bytes": memory[label], "memory_kind": what,
+                         "projected_minutes_per_celeba_epoch": round(epoch_min, 2)})
         choices = sorted({f"{ch.signature.split(',')[0]}: {ch.backend} ({ch.how})" for ch in auto_choices()})
         if choices:
             echo("\nauto back-ends chosen: " + "; ".join(choices))
