@@ -103,7 +103,7 @@ def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, a
                          "step_ms": round(median_ms(samples[label]), 2), "ratio_to_image_only": r.as_dict(),
                          "memory_bytes": memory[label], "memory_kind": what,
                          "projected_minutes_per_celeba_epoch": round(epoch_min, 2)})
-        choices = sorted({f"{ch.signature.split(',')[0]}: {ch.backend} ({ch.how})" for ch in auto_choices()})
+        choices = [f"{ch.signature}: {ch.backend} ({ch.how})" for ch in auto_choices() if f"batch {batch}," in ch.signature]
         if choices:
-            echo("\nauto back-ends chosen: " + "; ".join(choices))
+            echo("\nauto back-ends chosen:\n" + "\n".join(f"- {line}" for line in choices))
     return rows

@@ -171,8 +171,10 @@ def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> s
 def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int) -> str:
     dims = w.dim() - 2
     spatial = "x".join(map(str, x.shape[2:]))
+    stride = kwargs["stride"] if isinstance(kwargs["stride"], (tuple, list)) else (kwargs["stride"],) * dims
     text = (f"HybridConv{dims}d {w.shape[1] * kwargs['groups']}->{w.shape[0]} k{'x'.join(map(str, w.shape[2:]))}"
-            f" stride {kwargs['stride']} @{spatial}, batch {x.shape[0]}, {num_patterns} distinct rows, "
+            f"{'' if set(stride) == {1} else ' stride ' + 'x'.join(map(str, stride))} @{spatial}, "
+            f"batch {x.shape[0]}, {num_patterns} distinct rows, "
             f"{x.device.type} {str(x.dtype).removeprefix('torch.')}")
     if torch.is_autocast_enabled(x.device.type):
         text += f" autocast {str(torch.get_autocast_dtype(x.device.type)).removeprefix('torch.')}"
@@ -227,6 +229,8 @@ def _auto(args: tuple) -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
         signature = _signature(x, w, kwargs, num_patterns)
         if autotune.autotune_enabled(x.device):
             candidates = ["expand", "grouped"] + (["pattern"] if num_patterns < x.shape[0] else [])
+            if x.device.type == "cpu":  # batch-1 convs are efficient on CPU: at tiny maps the loop can win
+                candidates.append("reference")
             times = _tune(args, rows, candidates)
             choice = autotune.AutoChoice(min(times, key=times.get), "tuned", signature, times)
         else:
