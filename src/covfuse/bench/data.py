@@ -75,7 +75,7 @@ def run(n: int, sizes: list[int], cores: list[int], rounds: int, echo=print) -> 
                 variants = {name: (lambda ld, norm: lambda: _drain(ld, norm))(ld, name != "torchvision")
                             for name, ld in loaders.items()}
                 variants["get_batch"] = lambda: [normalize(cache.get_batch(np.sort(b))) for b in batches]
-                samples = interleaved(variants, rounds)
+                samples = interleaved(variants, rounds, cpu_time=False)  # workers are other processes
                 count = {name: len(meta) for name in variants}
                 count["get_batch"] = BATCH * len(batches)
                 rate = {name: count[name] / float(np.median(v)) for name, v in samples.items()}

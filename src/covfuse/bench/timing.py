@@ -40,9 +40,19 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def cpu_clock(device: torch.device | str) -> bool:
+    """Whether to time with this process's CPU time: on a CPU with one torch thread, CPU time is the
+    work done and leaves out the time other jobs on a shared machine hold the core."""
+    return torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+
+
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: torch.device | str = "cpu",
-                warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each variant, one sample per round, the variants interleaved."""
+                warmup: int = 1, cpu_time: bool | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each variant, one sample per round, the variants interleaved.
+
+    ``cpu_time`` (default: :func:`cpu_clock`) measures process CPU time instead of wall time; never
+    use it when work happens in other processes (DataLoader workers)."""
+    clock = time.process_time if (cpu_clock(device) if cpu_time is None else cpu_time) else time.perf_counter
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -50,10 +60,10 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: 
     for _ in range(rounds):
         for name, fn in variants.items():
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync(device)
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return samples
 
 
@@ -77,6 +87,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_time": cpu_clock(device),
     }
     try:
         env["load_average"] = [round(v, 2) for v in os.getloadavg()]
@@ -88,4 +99,5 @@ def environment(device: torch.device | str = "cpu") -> dict:
 def header(env: dict) -> str:
     load = env.get("load_average")
     return (f"{env['device']}, torch {env['torch']}, {env['torch_threads']} threads of {env['cpu_cores']} cores"
-            + (f", load average {load[0]:.1f} at start" if load else ""))
+            + (f", load average {load[0]:.1f} at start" if load else "")
+            + ("; layer/model times are this process's CPU time (1 thread)" if env.get("cpu_time") else ""))
