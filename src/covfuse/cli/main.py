@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cv": ("covfuse.cli.cv", "k-fold cross-validation by identity, one run per fold"),
     "report": ("covfuse.cli.report", "compare a study's cells with a baseline: CIs, paired tests, figures"),
     "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),
+    "bench": ("covfuse.cli.bench", "measure layer, model and data-loading speed ratios (tables + JSON)"),
 }
 
 
