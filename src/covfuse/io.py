@@ -1,11 +1,38 @@
-"""Atomic writes: a file appears whole under its name or not at all (write a temp name, then rename)."""
+"""Atomic writes: a file appears whole under its name or not at all (write a temp name, then rename).
+
+The finished file gets the permissions a plain ``open(path, "w")`` would give (0666 minus the
+user's umask): ``tempfile.mkstemp`` creates 0600 files, which collaborators could not read.
+A full disk (or quota) becomes a :class:`~covfuse.errors.UserError` naming the file.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from covfuse.errors import UserError
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it; there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new regular file gets from ``open()`` under the current umask."""
+    return 0o666 & ~current_umask()
+
+
+def disk_full(path: str | os.PathLike, exc: OSError) -> UserError:
+    """The one-line answer to ENOSPC/EDQUOT while writing ``path``."""
+    return UserError(f"{path}: the disk is full ({exc.strerror or exc}); free some space and run the command again")
 
 
 @contextlib.contextmanager
@@ -17,12 +44,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=folder)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise disk_full(path, exc) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise disk_full(path, exc) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
