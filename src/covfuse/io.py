@@ -92,3 +92,34 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
 
         plt.close(fig)
     return path
+
+
+def load_trusted(path: str | os.PathLike, what: str = "file", map_location="cpu"):
+    """``torch.load`` with ``weights_only=True``: tensors and plain values only, so no code in the file runs.
+
+    A file that carries other pickled objects (which could execute code when unpickled) is refused
+    with one line; so is a truncated or non-torch file.
+    """
+    import pickle
+
+    import torch  # here, not at module level: io stays importable without torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):  # a pickled object, not a tensor
+            raise UserError(f"{path}: refused: this {what} carries pickled Python objects besides tensors (code could "
+                            "run on loading); covfuse loads only weights (weights_only=True); re-save it as a "
+                            "state dict from a source you trust") from None
+        raise UserError(f"{path}: not a readable {what} (corrupt, truncated or not written by torch.save); "
+                        "copy it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as exc:
+        raise UserError(f"{path}: not a readable {what} ({_first_line(exc)}); copy it again") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[0].split())
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:160]
