@@ -28,6 +28,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from covfuse.errors import RunInterrupted
 from covfuse.io import atomic_path, load_trusted
 
 
@@ -103,14 +104,6 @@ class SeededBatches(Dataset):
         return f"SeededBatches({self.dataset!r})"
 
 
-class RunInterrupted(Exception):
-    """Raised after an interrupt's checkpoint is saved; ``str()`` is the line to show, ``code`` the exit status."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
 class Interruption(Callback):
     """Seed each step, keep the loader's consumed count, and turn SIGINT/SIGTERM into a checkpoint and a stop."""
 
@@ -148,13 +141,17 @@ class Interruption(Callback):
         loader = trainer.train_dataloader
         if isinstance(loader, ResumableLoader):
             loader.consumed = batch_idx + 1
-        if self.received is None:
+        received = self.received is not None
+        if trainer.world_size > 1:  # one process's signal stops them all, at the same batch
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received:
             return
+        signum = self.received or signal.SIGTERM
         # Every process checkpoints collectively (save_checkpoint is a collective call), rank 0 writes.
         trainer.save_checkpoint(self.last)
-        code = 128 + int(self.received)
+        code = 128 + int(signum)
         raise RunInterrupted(
-            f"interrupted by {signal.Signals(self.received).name} in epoch {trainer.current_epoch + 1}, "
+            f"interrupted by {signal.Signals(signum).name} in epoch {trainer.current_epoch + 1}, "
             f"after step {trainer.global_step}; saved {self.last}; continue with: {self.resume_hint}", code)
 
 
