@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-from covfuse.errors import UserError, suggest
+from covfuse.errors import RunInterrupted, UserError, suggest
 
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `covfuse --help` and `covfuse data info` start without importing Lightning.
@@ -51,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
     except (UserError, FileNotFoundError) as exc:
-        print(f"covfuse {name}: error: {exc}", file=sys.stderr)
+        print(f"covfuse {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:
+        print(f"covfuse {name}: {exc}", file=sys.stderr)
+        return exc.code
     except BrokenPipeError:
         # The reader went away (`covfuse data info ... | head`): not an error. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.
