@@ -156,6 +156,7 @@ class RunConfig:
         seed: Seed for weights, shuffling, augmentation, shuffled covariates and bootstrap.
         monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest) or val/acc (highest).
         bootstrap: Bootstrap resamples for the 95% CIs in metrics.json (0: no intervals).
+        bootstrap_unit: What the bootstrap resamples: group (the person: CelebA identity, MRI subject; images of one person are not independent) or image (only for data without repeated people).
     """
 
     name: str = "run"
@@ -163,6 +164,7 @@ class RunConfig:
     seed: int = 0
     monitor: Literal["val/loss", "val/acc"] = "val/loss"
     bootstrap: int = 1000
+    bootstrap_unit: Literal["group", "image"] = "group"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

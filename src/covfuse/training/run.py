@@ -449,7 +449,8 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         for name, group, y, p, covs in zip(data.filenames(index), clusters, label, prob, real):
             writer.writerow([name, group, split, int(y), f"{p:.6f}", *(f"{v:g}" for v in covs)])
         subgroups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
-        metrics[split] = split_metrics(label, prob, subgroups, clusters=clusters, loss=log_loss(label, prob),
+        metrics[split] = split_metrics(label, prob, subgroups, loss=log_loss(label, prob),
+                                       clusters=clusters if config.bootstrap_unit == "group" else None,
                                        n_boot=config.bootstrap, seed=config.seed)
     write_text(run_dir / "predictions.csv", table.getvalue())
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
