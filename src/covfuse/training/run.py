@@ -39,6 +39,7 @@ from covfuse.training.config import RunConfig, TrainerConfig
 from covfuse.training.datamodule import CovfuseDataModule
 from covfuse.training.metrics import log_loss, split_metrics
 from covfuse.training.module import CovfuseModule
+from covfuse.training.volume_datamodule import STATE_FILE, make_datamodule, read_state
 
 log = logging.getLogger("covfuse.training")
 
@@ -255,10 +256,13 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool) 
     log.info("run %s in %s%s", config.name, run_dir, f", resuming from {ckpt_path}" if ckpt_path else "")
     L.seed_everything(config.seed, workers=True, verbose=False)
     hw = resolve_hardware(config.trainer)
-    data = CovfuseDataModule(config.data, seed=config.seed, pin_memory=hw.gpu)
+    data = make_datamodule(config.data, seed=config.seed, pin_memory=hw.gpu,
+                           state=read_state(run_dir) if ckpt_path else None)
     if rank0:
         data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
     data.setup("fit")  # the module needs the covariate names
+    if rank0 and hasattr(data, "state"):  # volumes: the training-split covariate statistics, reused by test
+        write_text(run_dir / STATE_FILE, json.dumps(data.state(), indent=1) + "\n")
     log.info("data %s: train/valid/test = %s; target %s, covariates %s (%s)", config.data.root,
              "/".join(str(len(data.indices[s])) for s in ("train", "valid", "test")),
              data.target_name, ", ".join(data.covariate_names) or "none", config.data.covariates_mode)
@@ -367,7 +371,7 @@ def evaluate_run(run: str | Path, *, runs_dir: str | Path = "runs", which: str =
         start = time.monotonic()
         log.info("evaluating %s on %s", ckpt, ", ".join(splits))
         module = load_module(ckpt)
-        data = CovfuseDataModule(config.data, seed=config.seed)
+        data = make_datamodule(config.data, seed=config.seed, state=read_state(run_dir))
         data.setup("test")
         if data.covariate_names != list(module.hparams.covariates):
             raise UserError(f"{ckpt} was trained with covariates {module.hparams.covariates}, the config says "
