@@ -21,7 +21,7 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        root: CelebA-format folder (ROOT holding the files, or ROOT/celeba/ as torchvision lays it out).
+        root: CelebA-format folder (ROOT holding the files, or ROOT/celeba/ as torchvision lays it out), or a volume manifest CSV.
         target: Attribute to predict, by name.
         covariates: Attributes fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
         image_size: Side of the square model input, in pixels.
@@ -35,6 +35,11 @@ class DataConfig:
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
         fold: Which fold is the validation fold when folds >= 2.
         skip_corrupt: Leave out images that do not decode (counted, listed in the log and in skipped.txt) instead of stopping.
+        categorical: Volumes: covariate columns to one-hot even if their values are numbers (others are inferred).
+        classes: Volumes: the target's class values in order (binary: [negative, positive]); None: sorted values.
+        intensity: Volumes: zscore (over the nonzero, in-brain voxels) or minmax (to [0, 1]).
+        geometry: Volumes: resize (whole field of view to image_size^3) or crop-pad (centre crop / zero pad).
+        spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
     """
 
     root: str = ""
@@ -51,6 +56,12 @@ class DataConfig:
     folds: int = 0
     fold: int = 0
     skip_corrupt: bool = False
+    # Volumes only (data.root is a manifest CSV; see docs/volumes.md).
+    categorical: list[str] = field(default_factory=list)
+    classes: Optional[list[str]] = None
+    intensity: Literal["zscore", "minmax"] = "zscore"
+    geometry: Literal["resize", "crop-pad"] = "resize"
+    spacing: Optional[float] = None
 
 
 @dataclass
