@@ -22,6 +22,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--metric", default="accuracy", choices=SCORES, help="score to compare (default: accuracy)")
     p.add_argument("--format", default="md", choices=["md", "json", "csv"], help="what to print (default: md)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--unit", default="group", choices=["group", "image"],
+                   help="what the bootstrap resamples: group (people; default) or image (data without repeated people)")
     args = p.parse_args(argv)
     if args.bootstrap < 100:
         raise UserError(f"--bootstrap must be at least 100, got {args.bootstrap}")
@@ -29,7 +31,7 @@ def main(argv: list[str]) -> int:
     from covfuse.studies.sweep import load_study
 
     study = load_study(args.study, args.runs_dir)
-    report = build_report(study, baseline=args.baseline, metric=args.metric, n_boot=args.bootstrap)
+    report = build_report(study, baseline=args.baseline, metric=args.metric, n_boot=args.bootstrap, unit=args.unit)
     write_report(study, report)
     text = {"md": lambda: to_markdown(report, study), "json": lambda: to_json(report), "csv": lambda: to_csv(report)}
     print(text[args.format](), end="")

@@ -134,8 +134,13 @@ def check_finished(study: Study) -> None:
 
 
 def build_report(study: Study, *, baseline: str | None = None, metric: str = "accuracy", n_boot: int = 2000,
-                 seed: int = 0) -> dict:
-    """The report as a dict: the **contract** keys (baseline, metric, rows) plus details."""
+                 seed: int = 0, unit: str = "group") -> dict:
+    """The report as a dict: the **contract** keys (baseline, metric, rows) plus details.
+
+    ``unit="image"`` resamples images instead of people: only for data without repeated people.
+    """
+    if unit not in ("group", "image"):
+        raise UserError(f"unknown resampling unit {unit!r}; choose group or image")
     if metric not in SCORES:
         raise UserError(f"unknown metric {metric!r}{suggest(metric, SCORES)}; choose one of {', '.join(SCORES)}")
     baseline = baseline or study.baseline
@@ -144,6 +149,9 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str = "ac
                         f"cells: {', '.join(study.cells)}")
     check_finished(study)
     cells = {name: load_cell(study, name, metric) for name in study.cells}
+    if unit == "image":
+        for c in cells.values():
+            c.groups = c.ids
     base = cells[baseline]
     for c in cells.values():
         if not np.array_equal(c.ids, base.ids):
@@ -185,7 +193,7 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str = "ac
         r["verdict"] = ("better" if r["difference"] > 0 else "worse") if adj < ALPHA else "no evidence"
     base_row = next(r for r in rows if r["setting"] == baseline)
     base_row.update(p_adjusted=1.0, verdict="baseline")
-    return {"study": study.name, "kind": study.kind, "baseline": baseline, "metric": metric,
+    return {"study": study.name, "kind": study.kind, "baseline": baseline, "metric": metric, "unit": unit,
             "split": "out-of-fold (valid of each fold)" if study.kind == "cv" else "test",
             "samples": pool, "clusters": int(len(np.unique(base.groups))), "seeds": study.seeds, "folds": study.folds,
             "n_boot": n_boot, "rows": rows}
@@ -220,8 +228,19 @@ def _p(p) -> str:
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
+def json_safe(value):
+    """NaN/inf (an undefined test, e.g. across one run) become null; strict JSON otherwise."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def to_json(report: dict) -> str:
-    return json.dumps(report, indent=2, allow_nan=False, default=lambda v: None) + "\n"
+    return json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n"
 
 
 def to_csv(report: dict) -> str:

@@ -152,10 +152,23 @@ def read_base(configs: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
                 raise UserError(f"{p}: unknown key {sorted(unknown)[0]!r} in '{STUDY_SECTION}:' "
                                 "(known: grid, cells, seeds, tune, baseline)")
             study.update(section)
-            args += ["--config", yaml.safe_dump(data, sort_keys=False)] if data else []
+            args += flatten(data)  # the file's run settings, as flags in the file's place
         else:
             args += ["--config", str(p)]
     return args, study
+
+
+def flatten(values: dict[str, Any]) -> list[str]:
+    """A run config mapping as flags: ``{"optim": {"lr": 0.01}}`` -> ``["--optim.lr", "0.01"]``."""
+    sections = {key.split(".", 1)[0] for key in cfgmod.config_keys() if "." in key}  # data, model, optim, trainer
+    out: list[str] = []
+    for key, value in values.items():
+        if key in sections and isinstance(value, dict):
+            for sub, v in value.items():
+                out += [f"--{key}.{sub}", cli_value(v)]
+        else:
+            out += [f"--{key}", cli_value(value)]
+    return out
 
 
 def _dotted(mapping: dict, where: str) -> dict[str, Any]:
@@ -299,7 +312,7 @@ def write_study(study: Study, *, overwrite: bool = False) -> None:
             raise UserError(f"{folder} holds a different study; pass --overwrite to replace it or choose another --name")
         if not same:
             shutil.rmtree(folder)
-    elif folder.exists() and any(folder.iterdir()):
+    elif folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir()):  # hidden markers are fine
         if not overwrite:
             raise UserError(f"{folder} exists and is not a covfuse study (no {STUDY_FILE}); choose another --name")
         raise UserError(f"{folder} is not a covfuse study (no {STUDY_FILE}); refusing to delete it")

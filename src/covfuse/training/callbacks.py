@@ -66,15 +66,20 @@ class LineProgress(Callback):
             return
         m = trainer.callback_metrics
         loss, acc = _value(m, "val/loss"), _value(m, "val/acc")
-        train = _value(m, "train/loss_epoch")
+        # Validation at the end of an epoch runs before the epoch's train loss is reduced, so the
+        # train loss has its own line (on_train_epoch_end) rather than showing the previous epoch's here.
         text = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} validated"
-        if train is not None:
-            text += f" | train loss {train:.4f}"
         if loss is not None:
             text += f" | val loss {loss:.4f}"
         if acc is not None:
             text += f" | val acc {acc:.4f}"
         self._say(text + f" | {_clock(time.monotonic() - self._fit_start)} elapsed")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        train = _value(trainer.callback_metrics, "train/loss_epoch")
+        if train is not None:
+            self._say(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} trained | train loss {train:.4f} "
+                      f"(mean over the epoch) | {_clock(time.monotonic() - self._fit_start)} elapsed")
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.monotonic()
