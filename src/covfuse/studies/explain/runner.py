@@ -43,6 +43,17 @@ class Scored:
     changed: dict[str, list[np.ndarray]] = field(default_factory=dict)  # covariate -> P per edit
 
 
+def finite(value):
+    """``value`` with every NaN / infinite float replaced by None (undefined: e.g. an all-zero map has no shares)."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
 def _device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
@@ -278,6 +289,7 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
             "figures": figs, "seconds": round(time.monotonic() - start, 1),
         }
         atomic_write_text(tmp / "counterfactuals.csv", counterfactual_table(scored, plan, names, data.meta.filenames, split))
+        result = finite(result)
         atomic_write_text(tmp / "explain.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
         atomic_write_text(tmp / "explain.md", report.markdown(result))
         if out_dir.exists():

@@ -54,7 +54,7 @@ class TwinTruth:
             contrast = {}
             for label, maps in (("low", lo[method]), ("high", hi[method])):
                 shares = {cue: box_share(maps, b) for cue, b in boxes.items()}
-                entry[label] = {cue: float(np.nanmean(s)) for cue, s in shares.items()}
+                entry[label] = {cue: float(np.nanmean(s)) if np.isfinite(s).any() else None for cue, s in shares.items()}
                 contrast[label] = shares["mouth"] - shares["eyes"]
             shift = contrast["high"] - contrast["low"]
             ok = np.isfinite(shift)
