@@ -32,7 +32,7 @@ class Change:
     def label(self) -> str:
         if self.kind == "flip":
             return f"{self.name}: {self.lo:g} <-> {self.hi:g}"
-        return f"{self.name} {self.amount:+.3g}"
+        return f"{self.name} {'+' if self.amount >= 0 else '-'}1 SD ({self.amount:+.3g})"
 
     @property
     def column(self) -> str:

@@ -86,8 +86,24 @@ def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str]
     return _rel(path)
 
 
-def _grey(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.float64).mean(0) / 255.0
+def middle_slice(maps: np.ndarray) -> np.ndarray:
+    """(n, H, W) maps unchanged; (n, D, H, W) volume maps -> their middle slice along D."""
+    return maps[:, maps.shape[1] // 2] if maps.ndim == 4 else maps
+
+
+def to_display(images) -> np.ndarray:
+    """(n, H, W, 3) floats in [0, 1]: uint8 photos scaled, float volumes sliced in the middle and min-max scaled."""
+    a = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+    if a.dtype == np.uint8:
+        return a.transpose(0, 2, 3, 1).astype(np.float64) / 255.0
+    a = a.astype(np.float64)
+    if a.ndim == 5:  # (n, C, D, H, W)
+        a = a[:, :, a.shape[2] // 2]
+    a = a.mean(1)
+    lo = a.reshape(len(a), -1).min(1)[:, None, None]
+    hi = a.reshape(len(a), -1).max(1)[:, None, None]
+    a = (a - lo) / np.where(hi > lo, hi - lo, 1)
+    return np.repeat(a[..., None], 3, axis=3)
 
 
 def _boxes(ax, boxes: dict | None, i: int) -> None:
@@ -102,10 +118,14 @@ def _boxes(ax, boxes: dict | None, i: int) -> None:
 
 
 def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_maps: dict, cf_maps: dict,
-              boxes: dict | None, filenames: list[str]) -> str:
+              boxes: dict | None) -> str:
     """Rows: examples. Columns: the image, then per method the map with the real covariates, with the
-    counterfactual, and their difference (counterfactual - real; red = more attribution)."""
+    counterfactual, and their difference (counterfactual - real; red = more attribution). Volumes
+    show their middle slice."""
     plt = _plt()
+    shown = to_display(images)
+    real_maps = {m: middle_slice(v) for m, v in real_maps.items()}
+    cf_maps = {m: middle_slice(v) for m, v in cf_maps.items()}
     methods = list(real_maps)
     n = len(images)
     cols = 1 + 3 * len(methods)
@@ -116,9 +136,9 @@ def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_ma
         titles += [f"{m}\nreal {name}", f"{m}\nflipped {name}" if change.kind == "flip" else f"{m}\n{change.label}",
                    f"{m}\ndifference"]
     for i in range(n):
-        grey = _grey(images[i])
+        grey = shown[i].mean(2)
         ax = axes[i, 0]
-        ax.imshow(np.asarray(images[i]).transpose(1, 2, 0))
+        ax.imshow(shown[i])
         _boxes(ax, boxes, i)
         new = change.apply(rows[i : i + 1])[0, k]
         ax.set_ylabel(f"{name} {rows[i, k]:g}→{new:g}\nP {p_real[i]:.2f}→{p_cf[i]:.2f}", fontsize=7.5,
