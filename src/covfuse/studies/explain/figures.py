@@ -141,7 +141,7 @@ def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_ma
         ax.imshow(shown[i])
         _boxes(ax, boxes, i)
         new = change.apply(rows[i : i + 1])[0, k]
-        ax.set_ylabel(f"{name} {rows[i, k]:g}→{new:g}\nP {p_real[i]:.2f}→{p_cf[i]:.2f}", fontsize=7.5,
+        ax.set_ylabel(f"{name} {rows[i, k]:.3g}→{new:.3g}\nP {p_real[i]:.2f}→{p_cf[i]:.2f}", fontsize=7.5,
                       color="#d62728" if (p_real[i] >= 0.5) != (p_cf[i] >= 0.5) else "k")
         for j, m in enumerate(methods):
             a, b = real_maps[m][i], cf_maps[m][i]
