@@ -23,8 +23,9 @@ def markdown(r: dict) -> str:
         f"# What the covariates change: {r['run']}",
         "",
         f"Split `{r['split']}`: {r['count']} samples from {r['clusters']} identities; target {r['target']}, "
-        f"fusion `{r['fusion']}`, accuracy {r['accuracy']:.3f} with the real covariates. Intervals are 95% "
-        f"percentile intervals from {r['n_boot']} bootstrap resamples of identities (never of single images).",
+        f"fusion `{r['fusion']}`, accuracy {r['accuracy']:.3f} with the real covariates. 95% intervals come "
+        f"from {r['n_boot']} bootstrap resamples of whole {r['resampled'].split()[0]}s, never of single images "
+        "(bootstrap standard error, t with G − 1 degrees of freedom; covfuse.studies.stats).",
     ]
     if r["covariates_mode"] != "real":
         lines += ["", f"**Note:** this run was trained with `covariates_mode: {r['covariates_mode']}` (a control); "
