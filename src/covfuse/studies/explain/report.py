@@ -24,7 +24,7 @@ def markdown(r: dict) -> str:
         "",
         f"Split `{r['split']}`: {r['count']} samples from {r['clusters']} identities; target {r['target']}, "
         f"fusion `{r['fusion']}`, accuracy {r['accuracy']:.3f} with the real covariates. 95% intervals come "
-        f"from {r['n_boot']} bootstrap resamples of whole {r['resampled'].split()[0]}s, never of single images "
+        f"from {r['n_boot']} bootstrap resamples of whole {r['resampled'].split()[0]}, never of single images "
         "(bootstrap standard error, t with G − 1 degrees of freedom; covfuse.studies.stats).",
     ]
     if r["covariates_mode"] != "real":

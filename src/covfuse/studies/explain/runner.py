@@ -174,6 +174,52 @@ def _maps(module, layer, images: torch.Tensor, rows: np.ndarray, device, n_steps
     return {m: np.concatenate(v) for m, v in out.items()}
 
 
+def _attribution(module, data, split: str, scored: Scored, plan: dict[str, list[cf.Change]], truth, layer_name,
+                 uses_image: bool, tmp: Path, figs: dict, *, examples: int, mass_images: int, n_steps: int, n_boot: int,
+                 seed: int, device) -> dict:
+    """Attribution grids per covariate and, on a twin, the cue-box shares; figures go into ``tmp/figures``."""
+    attribution: dict = {"layer": layer_name, "methods": list(attr.METHODS), "steps": n_steps}
+    if layer_name is None:
+        attribution["skipped"] = ("the model does not look at the image (covariates-only)" if not uses_image
+                                  else "--examples 0 and --mass-images 0")
+    else:
+        target_layer = module.model.network.get_submodule(layer_name)
+        attribution["examples"] = {}
+        for name, edits in plan.items():
+            if examples == 0:
+                break
+            pos = pick_examples(scored, name, examples, seed)
+            log.info("attribution maps for %s: %d images, real and counterfactual", name, len(pos))
+            rows = scored.real_rows[pos]
+            images = _images(data, split, scored.index[pos])
+            real_maps = _maps(module, target_layer, images, rows, device, n_steps)
+            cf_maps = _maps(module, target_layer, images, edits[0].apply(rows), device, n_steps)
+            boxes = truth.input_boxes(scored.index[pos]) if truth is not None else None
+            rel = f"figures/maps_{name}.png"
+            figures.plot_maps(tmp / rel, name, edits[0], images, rows, scored.prob[pos], scored.changed[name][0][pos],
+                              real_maps, cf_maps, boxes)
+            attribution["examples"][name] = {"figure": rel, "images": data.filenames(scored.index[pos])}
+        if truth is not None and mass_images > 0:
+            rng = np.random.default_rng(seed)
+            pos = np.sort(rng.choice(len(scored.index), min(mass_images, len(scored.index)), replace=False))
+            images = _images(data, split, scored.index[pos])
+            attribution["cue_mass"] = {}
+            for name, edits in plan.items():
+                if edits[0].kind != "flip":
+                    continue
+                rows = scored.real_rows[pos].copy()
+                lo_rows, hi_rows = rows.copy(), rows.copy()
+                lo_rows[:, edits[0].index], hi_rows[:, edits[0].index] = edits[0].lo, edits[0].hi
+                log.info("cue-box mass for %s: %d images at %s=%g and %g", name, len(pos), name, edits[0].lo,
+                         edits[0].hi)
+                lo = _maps(module, target_layer, images, lo_rows, device, n_steps)
+                hi = _maps(module, target_layer, images, hi_rows, device, n_steps)
+                attribution["cue_mass"][name] = truth.mass_shift(scored.index[pos], scored.groups[pos], edits[0], lo, hi,
+                                                                 n_boot=n_boot, seed=seed)
+            figs["cue_mass"] = figures.plot_cue_mass(tmp / "figures" / "cue_mass.png", attribution["cue_mass"], truth)
+    return attribution
+
+
 def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = "test", examples: int = 16,
                 out: str | os.PathLike | None = None, ckpt: str = "best", layer: str | None = None,
                 by: Sequence[str] = (), n_boot: int = 2000, seed: int = 0, n_steps: int = 32,
@@ -242,49 +288,13 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
                                       scored.real_rows)
             if path:
                 summary["figure"] = path
-        attribution: dict = {"layer": layer_name, "methods": list(attr.METHODS), "steps": n_steps}
-        if layer_name is None:
-            attribution["skipped"] = ("the model does not look at the image (covariates-only)" if not uses_image
-                                      else "--examples 0 and --mass-images 0")
-        else:
-            target_layer = network.get_submodule(layer_name)
-            attribution["examples"] = {}
-            for name, edits in plan.items():
-                if examples == 0:
-                    break
-                pos = pick_examples(scored, name, examples, seed)
-                log.info("attribution maps for %s: %d images, real and counterfactual", name, len(pos))
-                rows = scored.real_rows[pos]
-                images = _images(data, split, scored.index[pos])
-                real_maps = _maps(module, target_layer, images, rows, device, n_steps)
-                cf_maps = _maps(module, target_layer, images, edits[0].apply(rows), device, n_steps)
-                boxes = truth.input_boxes(scored.index[pos]) if truth is not None else None
-                rel = f"figures/maps_{name}.png"
-                figures.plot_maps(tmp / rel, name, edits[0], images, rows, scored.prob[pos], scored.changed[name][0][pos],
-                                  real_maps, cf_maps, boxes)
-                attribution["examples"][name] = {"figure": rel, "images": data.filenames(scored.index[pos])}
-            if truth is not None and mass_images > 0:
-                rng = np.random.default_rng(seed)
-                pos = np.sort(rng.choice(len(scored.index), min(mass_images, len(scored.index)), replace=False))
-                images = _images(data, split, scored.index[pos])
-                attribution["cue_mass"] = {}
-                for name, edits in plan.items():
-                    if edits[0].kind != "flip":
-                        continue
-                    rows = scored.real_rows[pos].copy()
-                    lo_rows, hi_rows = rows.copy(), rows.copy()
-                    lo_rows[:, edits[0].index], hi_rows[:, edits[0].index] = edits[0].lo, edits[0].hi
-                    log.info("cue-box mass for %s: %d images at %s=%g and %g", name, len(pos), name, edits[0].lo,
-                             edits[0].hi)
-                    lo = _maps(module, target_layer, images, lo_rows, device, n_steps)
-                    hi = _maps(module, target_layer, images, hi_rows, device, n_steps)
-                    attribution["cue_mass"][name] = truth.mass_shift(scored.index[pos], scored.groups[pos], edits[0], lo, hi,
-                                                                     n_boot=n_boot, seed=seed)
-                figs["cue_mass"] = figures.plot_cue_mass(tmp / "figures" / "cue_mass.png", attribution["cue_mass"], truth)
+        attribution = _attribution(module, data, split, scored, plan, truth, layer_name, uses_image, tmp, figs,
+                                   examples=examples, mass_images=mass_images, n_steps=n_steps, n_boot=n_boot,
+                                   seed=seed, device=device)
         result = {
             "run": str(run_dir), "checkpoint": ckpt, "split": split, "count": int(len(scored.prob)),
             "clusters": int(len(np.unique(scored.groups))),
-            "resampled": "identity (identity_CelebA.txt)" if celeba else "subject (the manifest's subject column)",
+            "resampled": "identities (identity_CelebA.txt)" if celeba else "subjects (the manifest's subject column)",
             "volume_slices": None if celeba else "maps show the middle slice along the first spatial axis",
             "n_boot": n_boot, "seed": seed, "threshold": 0.5,
             "target": module.hparams.target, "fusion": module.hparams.model.get("fusion"),
