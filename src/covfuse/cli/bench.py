@@ -37,6 +37,7 @@ def parser() -> Parser:
     g.add_argument("--k", default="3", help="numbers of covariates, e.g. 1,3,8 (default 3)")
     g.add_argument("--kinds", default="binary,continuous", help="binary and/or continuous covariates")
     g.add_argument("--dtypes", default=None, help="float32 and/or bfloat16 (autocast) (default float32 CPU, bfloat16 GPU)")
+    g.add_argument("--shapes", default=None, help="keep shapes whose label contains one of these, e.g. '512->512 k3x3 @14'")
     g.add_argument("--no-loop", action="store_true", help="skip the per-sample loop (slow on large shapes)")
     g.add_argument("--autotune", choices=("default", "on", "off"), default="default",
                    help="how `auto` chooses: default (tunes on CUDA, rule on CPU), on, off")
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
             nets, args.size or (224 if gpu else 56), args.batch or (64 if gpu else 32), _list(args.k, int),
             _list(args.kinds), _list(args.dtypes or ("bfloat16" if gpu else "float32")), device,
             args.rounds or (3 if gpu else 5), args.batch3d or (8 if gpu else 4), args.size3d or (96 if gpu else 32),
-            loop=not args.no_loop, echo=echo)
+            loop=not args.no_loop, only=_list(args.shapes) if args.shapes else None, echo=echo)
     if "models" in what:
         from covfuse.bench import models
 
