@@ -47,9 +47,10 @@ def test_describe_research_placements_on_vgg16_bn_json(capsys):
     assert info["parameters"]["trainable"] == 4 * (first + last) + 4096 * 2 + 2
     assert info["config"]["hybrid_layers"] == ["features.0", "features.40"]
     # What `auto` picks at batch 32 on this CPU, by the rule: binary K=3 -> 8 patterns -> pattern;
-    # continuous -> the per-sample loop, at the 3-channel input and at 512 channels on 2x2 maps.
+    # continuous -> the per-sample loop at the 3-channel input, dense expand at 512 channels on 2x2 maps.
     assert info["hybrid_backends"] == {
-        name: {"backend": "auto", "binary": "pattern", "continuous": "reference"} for name in ("features.0", "features.40")
+        "features.0": {"backend": "auto", "binary": "pattern", "continuous": "reference"},
+        "features.40": {"backend": "auto", "binary": "pattern", "continuous": "expand"},
     }
 
 
