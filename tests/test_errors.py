@@ -195,6 +195,9 @@ CASES = [
          "cannot decode the image (empty file, 0 bytes)", lambda work: first_train_image(work).write_bytes(b"")),
     Case("disk-full", "the disk fills up while writing", [*FIT, "--name", "full"], "the disk is full",
          lambda work, mp: disk_full(mp)),
+    Case("weights-pickle", "a weights file carrying a pickle payload", [*FIT, "--model.weights", "evil.pt"],
+         "evil.pt: refused: this weights file carries pickled Python objects",
+         lambda work: torch.save({"features.0.weight": torch.zeros(1), "x": Payload()}, work / "evil.pt")),
     # -- evaluating and predicting --
     Case("test-no-run", "test a run that does not exist", ["test", "nope"], "no run 'nope'"),
     Case("ckpt-other-model", "a checkpoint from another model", ["test", "tiny", "--ckpt", "other.ckpt"],
@@ -272,3 +275,24 @@ def test_catalogue(case, base, tmp_path, monkeypatch, capsys):
         row = next((line for line in DOC.read_text().splitlines() if line.startswith(f"| `{case.id}` |")), None)
         assert row is not None, f"docs/errors.md has no row for {case.id}"
         assert case.expect.replace("|", "\\|") in row, f"docs/errors.md row for {case.id} lacks its message"
+
+
+def test_skip_corrupt_counts_and_lists_the_images_it_leaves_out(base, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(base, work, symlinks=True)
+    monkeypatch.chdir(work)
+    partition = (work / ROOT / "list_eval_partition.txt").read_text().split()
+    names = dict(zip(partition[::2], partition[1::2]))
+    bad_train = next(n for n, s in names.items() if s == "0")
+    bad_test = next(n for n, s in names.items() if s == "2")
+    (work / ROOT / "img_align_celeba" / bad_train).write_bytes(b"")
+    (work / ROOT / "img_align_celeba" / bad_test).write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    assert covfuse([*FIT, "--name", "skip", "--data.cache", "off", "--trainer.limit_train_batches", "1",
+                    "--skip-corrupt"]) == 0
+    run = work / "runs/skip"
+    assert (run / "skipped.txt").read_text().split() == sorted([bad_train, bad_test])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["skipped_images"] == 2
+    predicted = {line.split(",")[0] for line in (run / "predictions.csv").read_text().splitlines()[1:]}
+    assert bad_test not in predicted and len(predicted) == sum(s != "0" for s in names.values()) - 1
+    assert "skipped 2 image(s) that do not decode" in (run / "log.txt").read_text()
