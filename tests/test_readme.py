@@ -40,7 +40,7 @@ def python_snippets() -> list[str]:
 
 def test_the_readme_commands_chain_in_order(tmp_path, monkeypatch, capsys):
     commands = readme_commands()
-    assert [c[0] for c in commands] == ["data", "data", "describe", "fit", "test", "predict", "demo"]
+    assert [c[0] for c in commands] == ["data", "data", "describe", "fit", "test", "predict", "explain", "demo"]
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     small = (REPO / "configs/demo.yaml").read_text().replace("image_size: 64", "image_size: 16")
     (tmp_path / "small-demo.yaml").write_text(small)

@@ -14,12 +14,17 @@ from covfuse.errors import RunInterrupted, UserError, suggest
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `covfuse --help` and `covfuse data info` start without importing Lightning.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("covfuse.cli.data", "inspect, verify, cache or synthesise CelebA-format data"),
+    "data": ("covfuse.cli.data", "inspect, verify, cache or synthesise data (CelebA folders, volume manifests)"),
     "describe": ("covfuse.cli.describe", "print a model's layer table and draw its diagram"),
     "fit": ("covfuse.cli.fit", "train a model from a YAML config into runs/<name>/"),
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
     "predict": ("covfuse.cli.predict", "predict probabilities for images with covariates"),
+    "sweep": ("covfuse.cli.sweep", "train a study: a grid of settings x seeds, locally or as a SLURM array"),
+    "cv": ("covfuse.cli.cv", "k-fold cross-validation by identity, one run per fold"),
+    "report": ("covfuse.cli.report", "compare a study's cells with a baseline: CIs, paired tests, figures"),
     "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),
+    "bench": ("covfuse.cli.bench", "measure layer, model and data-loading speed ratios (tables + JSON)"),
+    "explain": ("covfuse.cli.explain", "what each covariate changes in a trained run: numbers and maps"),
 }
 
 

@@ -61,6 +61,10 @@ class VGGMini(nn.Module):
 
 def instantiate(spec: BackboneSpec) -> nn.Module:
     """The backbone with random weights and its original 1000-class head."""
+    if spec.spatial_dims == 3:
+        from covfuse.models.volumetric import instantiate_3d
+
+        return instantiate_3d(spec.name)
     if spec.torchvision is None:
         return VGGMini()
     import torchvision

@@ -21,7 +21,7 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        root: CelebA-format folder (ROOT holding the files, or ROOT/celeba/ as torchvision lays it out).
+        root: CelebA-format folder (ROOT holding the files, or ROOT/celeba/ as torchvision lays it out), or a volume manifest CSV.
         target: Attribute to predict, by name.
         covariates: Attributes fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
         image_size: Side of the square model input, in pixels.
@@ -35,6 +35,11 @@ class DataConfig:
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
         fold: Which fold is the validation fold when folds >= 2.
         skip_corrupt: Leave out images that do not decode (counted, listed in the log and in skipped.txt) instead of stopping.
+        categorical: Volumes: covariate columns to one-hot even if their values are numbers (others are inferred).
+        classes: Volumes: the target's class values in order (binary: [negative, positive]); None: sorted values.
+        intensity: Volumes: zscore (over the nonzero, in-brain voxels) or minmax (to [0, 1]).
+        geometry: Volumes: resize (whole field of view to image_size^3) or crop-pad (centre crop / zero pad).
+        spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
     """
 
     root: str = ""
@@ -51,6 +56,12 @@ class DataConfig:
     folds: int = 0
     fold: int = 0
     skip_corrupt: bool = False
+    # Volumes only (data.root is a manifest CSV; see docs/volumes.md).
+    categorical: list[str] = field(default_factory=list)
+    classes: Optional[list[str]] = None
+    intensity: Literal["zscore", "minmax"] = "zscore"
+    geometry: Literal["resize", "crop-pad"] = "resize"
+    spacing: Optional[float] = None
 
 
 @dataclass
@@ -156,6 +167,7 @@ class RunConfig:
         seed: Seed for weights, shuffling, augmentation, shuffled covariates and bootstrap.
         monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest) or val/acc (highest).
         bootstrap: Bootstrap resamples for the 95% CIs in metrics.json (0: no intervals).
+        bootstrap_unit: What the bootstrap resamples: group (the person: CelebA identity, MRI subject; images of one person are not independent) or image (only for data without repeated people).
     """
 
     name: str = "run"
@@ -163,6 +175,7 @@ class RunConfig:
     seed: int = 0
     monitor: Literal["val/loss", "val/acc"] = "val/loss"
     bootstrap: int = 1000
+    bootstrap_unit: Literal["group", "image"] = "group"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -177,7 +190,7 @@ def parser(prog: str = "covfuse fit", description: str | None = None):
     """A jsonargparse parser for :class:`RunConfig` with ``--config FILE`` and ``--print_config``."""
     from jsonargparse import ArgumentParser
 
-    p = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    p = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
     p.add_argument("--config", action="config", help="YAML file of overrides (may be given more than once)")
     p.add_class_arguments(RunConfig, nested_key=None, as_group=False)
     return p

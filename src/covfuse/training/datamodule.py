@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from covfuse.data.dataset import SampleBatch, collate
 from covfuse.errors import UserError
 from covfuse.training.config import DataConfig
 
@@ -52,10 +53,14 @@ class ControlledCovariates(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self._replace(self.dataset[i])
 
-    def __getitems__(self, items: list[int]) -> list[dict[str, torch.Tensor]]:
-        """Keep the wrapped dataset's batched read (one memmap read per batch)."""
+    def __getitems__(self, items: list[int]):
+        """Keep the wrapped dataset's batched read (one memmap read per batch) and its batch form."""
         getitems = getattr(self.dataset, "__getitems__", None)
         samples = getitems(items) if getitems is not None else [self.dataset[i] for i in items]
+        if isinstance(samples, SampleBatch):
+            tensors = dict(samples.tensors)
+            tensors["covariates"] = self.table[tensors["index"]]
+            return SampleBatch(tensors)
         return [self._replace(s) for s in samples]
 
     def __repr__(self) -> str:
@@ -195,6 +200,7 @@ class CovfuseDataModule(L.LightningDataModule):
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
             pin_memory=self.pin_memory,
+            collate_fn=collate,  # batches come ready-made from CelebADataset.__getitems__
         )
 
     def _resumable_loader(self, dataset: Dataset, batch: int) -> DataLoader:
@@ -229,3 +235,7 @@ class CovfuseDataModule(L.LightningDataModule):
 
     def filenames(self, index: np.ndarray) -> list[str]:
         return [self.meta.filenames[int(i)] for i in index]
+
+    def groups(self, index: np.ndarray) -> np.ndarray:
+        """The person behind each row (CelebA identity): the unit every interval resamples."""
+        return self.meta.identity[np.asarray(index, dtype=np.int64)]

@@ -67,9 +67,11 @@ class CovfuseModule(L.LightningModule):
 
     # -- forward ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, S, S) on the device -> normalised float input."""
+        """uint8 (N, 3, S, S) on the device -> normalised float input; volumes come normalised (float16)."""
         from covfuse.data.transforms import normalize
 
+        if images.is_floating_point():  # covfuse.data.volume_io already normalised the intensities
+            return images.float()
         x = normalize(images, self.hparams.preset)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

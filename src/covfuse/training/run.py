@@ -43,6 +43,7 @@ from covfuse.training.lock import LOCK_NAME, RunLock
 from covfuse.training.metrics import log_loss, split_metrics
 from covfuse.training.module import CovfuseModule
 from covfuse.training.resume import AtomicCheckpointIO, Interruption
+from covfuse.training.volume_datamodule import STATE_FILE, make_datamodule, read_state
 
 log = logging.getLogger("covfuse.training")
 
@@ -348,7 +349,7 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False)
         ckpt_path = run_dir / CHECKPOINTS / "last.ckpt"
     created = False
     try:
-        prepared = _prepare(config, run_dir, rank0)
+        prepared = _prepare(config, run_dir, rank0, resume=ckpt_path is not None)
         if rank0:
             created = not resume
             lock, backup = commit_run_dir(run_dir, lock, overwrite=overwrite, resume=resume, ckpt=ckpt_path)
@@ -381,11 +382,12 @@ class _Prepared:
     interruption: Interruption
 
 
-def _prepare(config: RunConfig, run_dir: Path, rank0: bool) -> _Prepared:
+def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False) -> _Prepared:
     """Data, module and trainer, built and checked without writing into the run folder."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     hw = resolve_hardware(config.trainer)
-    data = CovfuseDataModule(config.data, seed=config.seed, pin_memory=hw.gpu)
+    data = make_datamodule(config.data, seed=config.seed, pin_memory=hw.gpu,
+                           state=read_state(run_dir) if resume else None)
     if rank0:
         data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
     data.setup("fit")  # the module needs the covariate names
@@ -401,6 +403,8 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
     start = time.monotonic()
     data, module, trainer = p.data, p.module, p.trainer
     log.info("run %s in %s%s", config.name, run_dir, f", resuming from {ckpt_path}" if ckpt_path else "")
+    if rank0 and hasattr(data, "state"):  # volumes: the training-split covariate statistics, reused by test
+        write_text(run_dir / STATE_FILE, json.dumps(data.state(), indent=1) + "\n")
     log.info("data %s: train/valid/test = %s; target %s, covariates %s (%s)", config.data.root,
              "/".join(str(len(data.indices[s])) for s in ("train", "valid", "test")),
              data.target_name, ", ".join(data.covariate_names) or "none", config.data.covariates_mode)
@@ -432,7 +436,7 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
     """predictions.csv and metrics.json from the per-sample outputs of valid and test."""
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["id", "split", "label", "probability", *data.covariate_names])
+    writer.writerow(["id", "group", "split", "label", "probability", *data.covariate_names])
     metrics: dict[str, Any] = {
         "run": config.name,
         "target": data.target_name,
@@ -445,10 +449,12 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         prob = out["probability"].numpy().astype(np.float64)
         label = data.labels[index].astype(np.int64)
         real = data.covariates_real[index]
-        for name, y, p, covs in zip(data.filenames(index), label, prob, real):
-            writer.writerow([name, split, int(y), f"{p:.6f}", *(f"{v:g}" for v in covs)])
-        groups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
-        metrics[split] = split_metrics(label, prob, groups, loss=log_loss(label, prob),
+        clusters = data.groups(index)  # identity / subject: intervals resample people, not images
+        for name, group, y, p, covs in zip(data.filenames(index), clusters, label, prob, real):
+            writer.writerow([name, group, split, int(y), f"{p:.6f}", *(f"{v:g}" for v in covs)])
+        subgroups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
+        metrics[split] = split_metrics(label, prob, subgroups, loss=log_loss(label, prob),
+                                       clusters=clusters if config.bootstrap_unit == "group" else None,
                                        n_boot=config.bootstrap, seed=config.seed)
     write_text(run_dir / "predictions.csv", table.getvalue())
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
@@ -528,7 +534,7 @@ def evaluate_run(run: str | Path, *, runs_dir: str | Path = "runs", which: str =
     with RunLock(run_dir):
         start = time.monotonic()
         module = load_module(ckpt)
-        data = CovfuseDataModule(config.data, seed=config.seed)
+        data = make_datamodule(config.data, seed=config.seed, state=read_state(run_dir))
         data.setup("test")
         if data.covariate_names != list(module.hparams.covariates):
             raise UserError(f"{ckpt} was trained with covariates {list(module.hparams.covariates)}, the run's config "
