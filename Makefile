@@ -21,9 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile
 
+# `make bench WHAT=layers` (or models, data); the JSON record goes to bench.json.
+WHAT ?= all
 bench: $(STAMP)
-	$(PY) benchmarks/layers.py
-	$(PY) benchmarks/data.py
+	$(VENV)/bin/covfuse bench $(WHAT) --json bench.json --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

@@ -1,5 +1,6 @@
-"""`covfuse demo [--out DIR]`: the main job. Trains image-only, covariates-only, concat and hybrid on a
-synthetic CelebA twin with a planted interaction and writes DIR/results.json, report.md and figures.
+"""`covfuse demo [--out DIR]`: the main job. A study of image-only, covariates-only, concat, FiLM, DAFT
+and hybrid on a synthetic CelebA twin with a planted interaction; writes DIR/results.json, report.md
+(CIs and paired tests that resample people) and figures, with each run in DIR/<method>/s<seed>/.
 
 DIR (default demo-out/) is replaced when it holds a previous demo's output; any other existing,
 non-empty folder needs --overwrite. The twin is written once into ~/.cache/covfuse/ (or --data DIR)
@@ -51,9 +52,11 @@ def main(argv: list[str]) -> int:
     )
     summary = run_demo(options)
     print()
-    print(f"{'method':<16} test accuracy [95% CI]")
+    print(f"{'method':<16} test accuracy [95% CI]   vs image-only [95% CI]   verdict (Holm)")
     for method, (acc, (lo, hi)) in summary["test_accuracy"].items():
-        print(f"{method:<16} {acc:.3f} [{lo:.3f}, {hi:.3f}]")
+        c = summary["comparisons"].get(method)
+        versus = f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]   {c['verdict']}" if c else "(baseline)"
+        print(f"{method:<16} {acc:.3f} [{lo:.3f}, {hi:.3f}]     {versus}")
     bayes = summary["bayes_accuracy"]
     print(f"Bayes: image+covariates {bayes['image_and_covariates']:.3f}, image only {bayes['image_only']:.3f}, "
           f"covariates only {bayes['covariates_only']:.3f}")

@@ -70,6 +70,7 @@ def main(argv: list[str]) -> int:
                         "params": r.params, "trainable": r.trainable, "conditioning": r.conditioning or None}
                        for r in desc.rows],
             "parameters": {"total": desc.total, "trainable": desc.trainable, "covariate": desc.covariate},
+            "hybrid_backends": desc.backends,
         }, indent=2))
     else:
         print(format_table(desc))

@@ -1,15 +1,46 @@
 """The CelebA dataset: uint8 images (from JPEGs or the memmap cache), covariates and a target by name."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from covfuse.data.celeba import CelebAMeta
+from covfuse.data.decode import decode_image
 from covfuse.data.transforms import DEFAULT_PRESET, check_preset, check_size, hflip, load_image
 from covfuse.errors import UserError
+
+
+class SampleBatch(Sequence):
+    """A batch of samples stored as batched tensors (``{"image": (B, 3, S, S), ...}``).
+
+    Indexing gives sample dicts (views), so it is a drop-in list of samples; :func:`collate`
+    returns ``tensors`` as they are instead of stacking B dicts again (a second copy of every image).
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        if not -len(self) <= j < len(self):
+            raise IndexError(j)
+        return {k: v[j] for k, v in self.tensors.items()}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return (self[j] for j in range(len(self)))
+
+
+def collate(samples: Any) -> Any:
+    """DataLoader ``collate_fn``: a :class:`SampleBatch` is already a batch; anything else goes to
+    torch's ``default_collate``."""
+    if isinstance(samples, SampleBatch):
+        return samples.tensors
+    return default_collate(samples)
 
 
 class CelebADataset(Dataset):
@@ -84,11 +115,26 @@ class CelebADataset(Dataset):
             image = hflip(image)
         return self._sample(i, image)
 
-    def __getitems__(self, items: list[int]) -> list[dict[str, torch.Tensor]]:
-        """A batch of samples; from the cache this is one sorted memmap read instead of B."""
-        if self.cache is None:
-            return [self[i] for i in items]
+    def __getitems__(self, items: list[int]) -> SampleBatch:
+        """A batch of samples as batched tensors (use :func:`collate` as the DataLoader's ``collate_fn``).
+
+        From the cache this is one sorted memmap read instead of B; from JPEGs each image is
+        decoded straight into its row of the batch.
+        """
         pos = np.asarray(items, dtype=np.int64)
+        if len(pos) and (pos.min() < -len(self) or pos.max() >= len(self)):
+            raise IndexError(f"indices out of range for {len(self)} images")
+        pos = pos % max(len(self), 1)
         flip = (torch.rand(len(pos)) < 0.5).numpy() if self.train else None
-        images = self.cache.get_batch(self.indices[pos], flip=flip)
-        return [self._sample(int(p), images[j]) for j, p in enumerate(pos)]
+        if self.cache is not None:
+            images = self.cache.get_batch(self.indices[pos], flip=flip)
+        else:
+            s = self.image_size
+            out = np.empty((len(pos), 3, s, s), dtype=np.uint8)
+            for j, row in enumerate(self.indices[pos].tolist()):
+                image = decode_image(self.meta.image_dir / self.meta.filenames[row], s, self.preset)
+                out[j] = image[:, :, ::-1] if flip is not None and flip[j] else image
+            images = torch.from_numpy(out)
+        t = torch.from_numpy(pos)
+        return SampleBatch({"image": images, "covariates": self._covariates[t], "target": self._targets[t],
+                            "index": self._rows[t]})

@@ -44,10 +44,16 @@ def hflip(images: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(images: torch.Tensor, preset: str = DEFAULT_PRESET, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 images (N, 3, H, W) or (3, H, W), on any device → float ``(x / 255 - mean) / std``."""
+    """uint8 images (N, 3, H, W) or (3, H, W), on any device → float ``(x / 255 - mean) / std``.
+
+    One new tensor (the conversion) and two in-place passes over it: the out-of-place form
+    allocated three full-size tensors (2.5x slower on CPU at 224 px, docs/performance.md).
+    """
     p = PRESETS[check_preset(preset)]
-    x = images.to(dtype)
+    x = images.to(dtype, memory_format=torch.preserve_format)
+    if x.data_ptr() == images.data_ptr():  # already that dtype: never modify the caller's tensor
+        x = x.clone()
     shape = (3, 1, 1)
     mean = torch.tensor(p["mean"], dtype=dtype, device=x.device).view(shape) * 255
     std = torch.tensor(p["std"], dtype=dtype, device=x.device).view(shape) * 255
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)

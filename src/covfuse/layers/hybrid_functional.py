@@ -11,8 +11,12 @@ Four exact back-ends compute the same function (outputs and gradients):
 - ``pattern``: one dense conv per distinct covariate row (binary covariates give at most 2**K
   patterns), the batch permuted so each pattern is contiguous. 1x FLOPs, P small convs.
 
-``auto`` picks one by the rule in :func:`choose_backend` (measured in benchmarks/layers.py,
-written down in docs/performance.md).
+``auto`` times the candidates once per call signature and keeps the fastest
+(:mod:`covfuse.layers.autotune`; on by default on CUDA), or else follows the measured rule in
+:func:`rule_backend` (docs/performance.md). Row grouping has no derivative in the covariates, so
+when they require grad (attribution to covariates) `pattern` and `auto` compute the same function
+with a per-row back-end; while tracing for torch.compile or capturing a CUDA graph `auto` does
+too, since grouping rows needs a host sync.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from covfuse.layers import autotune
 
 BACKENDS = ("reference", "expand", "grouped", "pattern", "auto")
 _CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -140,26 +146,97 @@ def unique_rows(covariates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.unique(covariates, dim=0, return_inverse=True, return_counts=True)
 
 
-def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int) -> str:
-    """The exact back-end expected to be fastest for this call (the `auto` rule).
+def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int = 1) -> str:
+    """The back-end the measured rule picks for this call (what `auto` uses when it does not tune)."""
+    return rule_backend(x, unique_rows(covariates)[0].shape[0], weight, groups)
 
-    Measured on CPU (benchmarks/layers.py, docs/performance.md): with few distinct covariate rows
-    (binary covariates, K <= 3) the pattern form is 0.7-1.2x a plain conv at every VGG16 shape.
-    With continuous covariates every row is distinct; then the grouped conv (CondConv's trick) is
-    fastest on CPU (0.7x at 3->64, ~1.2x at 128 channels, ~2x at 256). On GPUs grouped convs with
-    thousands of groups are known to be slow in cuDNN for wide layers, so there `auto` uses expand
-    (dense, (K+1)x FLOPs) beyond narrow inputs; that GPU rule is not yet measured here.
+
+def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> str:
+    """The `auto` rule when tuning is off, from CPU measurements (benchmarks/, docs/performance.md).
+
+    With few distinct covariate rows (binary covariates, K <= 3) the pattern form is about 1x a
+    plain conv at every VGG16 shape. With continuous covariates every row is distinct; then the
+    grouped conv (CondConv's trick) is fastest on CPU. On GPUs grouped convs with thousands of
+    groups are known to be slow in cuDNN for wide layers, so there the rule uses expand (dense,
+    (K+1)x FLOPs) beyond narrow inputs; on CUDA `auto` tunes by default instead of trusting this.
     """
-    return _choose(x, unique_rows(covariates)[0].shape[0], weight, groups)
-
-
-def _choose(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> str:
     n = x.shape[0]
     if n > 1 and num_patterns <= min(MAX_AUTO_PATTERNS, max(1, n // 2)):
         return "pattern"
     if x.device.type == "cpu" or weight.shape[1] * groups <= 16:
         return "grouped"
     return "expand"
+
+
+def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int) -> str:
+    dims = w.dim() - 2
+    spatial = "x".join(map(str, x.shape[2:]))
+    stride = kwargs["stride"] if isinstance(kwargs["stride"], (tuple, list)) else (kwargs["stride"],) * dims
+    text = (f"HybridConv{dims}d {w.shape[1] * kwargs['groups']}->{w.shape[0]} k{'x'.join(map(str, w.shape[2:]))}"
+            f"{'' if set(stride) == {1} else ' stride ' + 'x'.join(map(str, stride))} @{spatial}, "
+            f"batch {x.shape[0]}, {num_patterns} distinct rows, "
+            f"{x.device.type} {str(x.dtype).removeprefix('torch.')}")
+    if torch.is_autocast_enabled(x.device.type):
+        text += f" autocast {str(torch.get_autocast_dtype(x.device.type)).removeprefix('torch.')}"
+    return text + ("" if torch.is_grad_enabled() else ", no grad")
+
+
+def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str]) -> dict[str, float]:
+    """Milliseconds per call (forward, + backward under grad mode) of each candidate on detached copies."""
+    x, c, w, cw, b, cb, conv, kwargs = args
+    grad = torch.is_grad_enabled()
+    leaves = [t.detach().requires_grad_(grad and t.requires_grad) for t in (x, w, cw, b, cb) if t is not None]
+    wanted = [t for t in leaves if t.requires_grad]
+    xd, wd, cwd = leaves[0], leaves[1], leaves[2]
+    bd, cbd = (leaves[3], leaves[4]) if b is not None else (None, None)
+    targs = (xd, c.detach(), wd, cwd, bd, cbd, conv, kwargs)
+    grad_out: list[Tensor] = []
+
+    def step(name: str) -> Callable[[], None]:
+        def run() -> None:
+            out = _pattern(*targs, rows=rows) if name == "pattern" else _IMPLEMENTATIONS[name](*targs)
+            if wanted:
+                if not grad_out:
+                    grad_out.append(torch.randn_like(out))
+                torch.autograd.grad(out, wanted, grad_out[0])
+        return run
+
+    steps = {}
+    for name in candidates:
+        try:  # a candidate that cannot run here (out of memory, unsupported dtype) is not a choice
+            step(name)()
+            steps[name] = step(name)
+        except (RuntimeError, torch.OutOfMemoryError):
+            continue
+    return autotune.time_candidates(steps, x.device)
+
+
+def _auto(args: tuple) -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
+    """`auto`'s back-end for this call and, when it needed them, the distinct covariate rows."""
+    x, c, w, cw, b, cb, conv, kwargs = args
+    groups = kwargs["groups"]
+    if not autotune.can_tune():
+        # Tracing for torch.compile / capturing a CUDA graph: no host sync (torch.unique, .tolist())
+        # and no timing; a back-end that treats every row on its own is exact for any covariates.
+        return rule_backend(x, x.shape[0], w, groups), None
+    rows = unique_rows(c)
+    num_patterns = rows[0].shape[0]
+    key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), w.dtype, repr(kwargs), b is not None,
+           num_patterns, torch.is_grad_enabled(), torch.is_autocast_enabled(x.device.type),
+           torch.get_autocast_dtype(x.device.type))
+    choice = autotune.lookup(key)
+    if choice is None:
+        signature = _signature(x, w, kwargs, num_patterns)
+        if autotune.autotune_enabled(x.device):
+            candidates = ["expand", "grouped"] + (["pattern"] if num_patterns < x.shape[0] else [])
+            if x.device.type == "cpu":  # batch-1 convs are efficient on CPU: at tiny maps the loop can win
+                candidates.append("reference")
+            times = _tune(args, rows, candidates)
+            choice = autotune.AutoChoice(min(times, key=times.get), "tuned", signature, times)
+        else:
+            choice = autotune.AutoChoice(rule_backend(x, num_patterns, w, groups), "rule", signature)
+        autotune.remember(key, choice)
+    return choice.backend, rows
 
 
 def hybrid_conv(
@@ -186,9 +263,14 @@ def hybrid_conv(
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     c = covariates.to(weight.dtype)
     args = (x, c, weight, covariate_weight, bias, covariate_bias, _CONV[dims], kwargs)
+    if backend in ("pattern", "auto") and c.requires_grad and torch.is_grad_enabled():
+        # Grouping rows (torch.unique) has no derivative in the covariates, and a per-pattern kernel
+        # would pool the gradients of all samples sharing a row. When gradients w.r.t. the
+        # covariates are asked for (attribution), compute the same function with a back-end that
+        # treats each row on its own; the ordinary (covariates without grad) path is unchanged.
+        backend = rule_backend(x, x.shape[0], weight, groups)
     if backend == "auto":
-        rows = unique_rows(c)  # computed once: the rule needs the count, `pattern` the rows
-        backend = _choose(x, rows[0].shape[0], weight, groups)
+        backend, rows = _auto(args)
         if backend == "pattern":
             return _pattern(*args, rows=rows)
     return _IMPLEMENTATIONS[backend](*args)

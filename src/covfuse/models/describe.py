@@ -42,6 +42,37 @@ class Description:
     covariate: int
     input_shape: tuple[int, ...]
     config: dict = field(default_factory=dict)
+    # hybrid layer name -> {"backend": set, "binary": auto's pick, "continuous": auto's pick}
+    backends: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+AUTO_BATCH = 32  # the batch `describe` assumes when it says what `auto` picks
+
+
+def auto_backends(model: FusionModel, input_shape: tuple[int, ...], batch: int = AUTO_BATCH) -> dict[str, dict[str, str]]:
+    """Per hybrid layer: its back-end setting and what the `auto` rule picks for a batch of ``batch``
+    with binary covariates (min(2^K, batch) distinct rows) and continuous ones (all distinct). On
+    CUDA, `auto` tunes on first use instead (see covfuse.layers.autotune); the run log says what."""
+    from covfuse.layers import rule_backend
+
+    inputs: dict[str, tuple[int, ...]] = {}
+    layers = [(name, m) for name, m in model.network.named_modules() if isinstance(m, HYBRID_TYPES)]
+    handles = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, tuple(args[0].shape[1:])))
+               for name, m in layers]
+    try:
+        dry_run_shapes(model, [], input_shape)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, m in layers:
+        entry = {"backend": m.backend}
+        if m.backend == "auto" and name in inputs:
+            x = torch.empty(1, device=m.weight.device).expand(batch, *inputs[name])
+            entry["binary"] = rule_backend(x, min(2 ** m.num_covariates, batch), m.weight, m.groups)
+            entry["continuous"] = rule_backend(x, batch, m.weight, m.groups)
+        out[name] = entry
+    return out
 
 
 def covariate_parameters(module: nn.Module) -> int:
@@ -114,6 +145,7 @@ def describe(model: FusionModel, input_size: int | None = None, in_channels: int
         covariate=sum(covariate_parameters(m) for m in model.modules()),
         input_shape=input_shape,
         config=dict(model.config),
+        backends=auto_backends(model, input_shape),
     )
 
 
@@ -147,6 +179,11 @@ def format_table(desc: Description) -> str:
         f"conditioned layers: {', '.join(conditioned) if conditioned else 'none'}",
         f"parameters: total {desc.total:,}; trainable {desc.trainable:,}; covariate-specific {desc.covariate:,}",
     ]
+    if desc.backends:
+        out.append(f"hybrid back-ends (what `auto` picks at batch {AUTO_BATCH} by its rule; on CUDA it tunes "
+                   "on first use and logs its choice):")
+        out += [f"  {name}: {b['backend']}" + (f" -> {b['binary']} (binary covariates), {b['continuous']} (continuous)"
+                                               if "binary" in b else "") for name, b in desc.backends.items()]
     return "\n".join(out)
 
 

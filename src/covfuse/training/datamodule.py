@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from covfuse.data.dataset import SampleBatch, collate
 from covfuse.errors import UserError
 from covfuse.training.config import DataConfig
 
@@ -52,10 +53,14 @@ class ControlledCovariates(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self._replace(self.dataset[i])
 
-    def __getitems__(self, items: list[int]) -> list[dict[str, torch.Tensor]]:
-        """Keep the wrapped dataset's batched read (one memmap read per batch)."""
+    def __getitems__(self, items: list[int]):
+        """Keep the wrapped dataset's batched read (one memmap read per batch) and its batch form."""
         getitems = getattr(self.dataset, "__getitems__", None)
         samples = getitems(items) if getitems is not None else [self.dataset[i] for i in items]
+        if isinstance(samples, SampleBatch):
+            tensors = dict(samples.tensors)
+            tensors["covariates"] = self.table[tensors["index"]]
+            return SampleBatch(tensors)
         return [self._replace(s) for s in samples]
 
     def __repr__(self) -> str:
@@ -77,6 +82,7 @@ class CovfuseDataModule(L.LightningDataModule):
         self.target_name = self.cfg.target
         self.covariates_real: np.ndarray | None = None  # (N, K) float32, metadata order
         self.labels: np.ndarray | None = None  # (N,) float32
+        self.skipped: list[str] = []  # file names left out by skip_corrupt
 
     # -- preparation -----------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -108,6 +114,8 @@ class CovfuseDataModule(L.LightningDataModule):
         self.target_name, self.covariate_names = selection.target, list(selection.covariates)
         self.indices = self._split_indices(meta)
         cache = self._cache(meta)
+        if cache is None:
+            self._check_images(meta)
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
             dataset = CelebADataset(
@@ -138,6 +146,35 @@ class CovfuseDataModule(L.LightningDataModule):
                 raise UserError(f"{meta.root}: the {split} split is empty; every split needs images")
         return out
 
+    def _check_images(self, meta) -> None:
+        """Without a cache the JPEGs are decoded during training: refuse empty files now (a stat each), and with
+        ``skip_corrupt`` decode every image once and leave out those that fail (named in ``skipped``)."""
+        import os
+
+        from covfuse.data.decode import CorruptImage
+
+        rows = np.concatenate([self.indices[s] for s in SPLITS])
+        paths = [str(meta.image_dir / meta.filenames[int(r)]) for r in rows]
+        if self.cfg.skip_corrupt:
+            from covfuse.data._workers import default_workers, run_chunks
+            from covfuse.data.decode import find_unreadable
+
+            chunks = [(paths[i : i + 256],) for i in range(0, len(paths), 256)]
+            bad = {p for _, found in run_chunks(find_unreadable, chunks, default_workers(len(paths))) for p in found}
+            if bad:
+                keep = {s: np.array([r for r in idx if str(meta.image_dir / meta.filenames[int(r)]) not in bad],
+                                    dtype=np.int64) for s, idx in self.indices.items()}
+                self.skipped = sorted(os.path.basename(p) for p in bad)
+                for split, idx in keep.items():
+                    if len(idx) == 0:
+                        raise UserError(f"{meta.image_dir}: every image of the {split} split fails to decode")
+                self.indices = keep
+            return
+        empty = [p for p in paths if os.path.getsize(p) == 0]
+        if empty:
+            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            raise CorruptImage(empty[0], f"empty file, 0 bytes{more}")
+
     def _cache(self, meta):
         if self.cfg.cache == "off":
             return None
@@ -152,12 +189,33 @@ class CovfuseDataModule(L.LightningDataModule):
         cfg = self.cfg
         dataset = self.datasets[split]
         batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
+        if train and (self.trainer is None or self.trainer.world_size == 1):
+            return self._resumable_loader(dataset, batch)
         return DataLoader(
             dataset,
             batch_size=batch,
             shuffle=train,
             # A last batch of one sample breaks BatchNorm in training; dropping it loses < 1 batch per epoch.
             drop_last=train and len(dataset) > batch,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate,  # batches come ready-made from CelebADataset.__getitems__
+        )
+
+    def _resumable_loader(self, dataset: Dataset, batch: int) -> DataLoader:
+        """One process: a seeded per-epoch order that a mid-epoch checkpoint can resume exactly
+        (covfuse.training.resume); under DDP Lightning's DistributedSampler orders the data instead."""
+        from covfuse.training.resume import EpochSampler, ResumableLoader, SeededBatches
+
+        sampler = EpochSampler(len(dataset), self.seed)
+        sampler.trainer = self.trainer
+        cfg = self.cfg
+        return ResumableLoader(
+            SeededBatches(dataset, self.seed) if cfg.augment else dataset,
+            batch_size=batch,
+            sampler=sampler,
+            drop_last=len(dataset) > batch,  # a last batch of one sample breaks BatchNorm
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
             pin_memory=self.pin_memory,
@@ -177,3 +235,7 @@ class CovfuseDataModule(L.LightningDataModule):
 
     def filenames(self, index: np.ndarray) -> list[str]:
         return [self.meta.filenames[int(i)] for i in index]
+
+    def groups(self, index: np.ndarray) -> np.ndarray:
+        """The person behind each row (CelebA identity): the unit every interval resamples."""
+        return self.meta.identity[np.asarray(index, dtype=np.int64)]

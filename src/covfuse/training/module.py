@@ -30,6 +30,8 @@ class CovfuseModule(L.LightningModule):
         optim: OptimConfig fields as a dict.
         channels_last: convert model and inputs to NHWC memory format.
         covariates_mode: the data control the model was trained under (recorded for predict).
+        covariate_values: per covariate, the values the training split held ({"values": [...]} or
+            {"min", "max"}); ``covfuse predict`` refuses values outside them.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class CovfuseModule(L.LightningModule):
         optim: dict[str, Any] | None = None,
         channels_last: bool = False,
         covariates_mode: str = "real",
+        covariate_values: dict[str, dict] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -65,6 +65,7 @@ class VolumeDataModule(L.LightningDataModule):
         self.encoder = None
         self.covariates_real: np.ndarray | None = None
         self.labels: np.ndarray | None = None
+        self.skipped: list[str] = []  # same interface as CovfuseDataModule (volumes never skip)
 
     # -- preparation -----------------------------------------------------------------------
     def settings(self):

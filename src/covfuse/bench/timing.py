@@ -1,0 +1,103 @@
+"""Interleaved timing: every variant once per round, ratios to a baseline taken within each round.
+
+A shared machine drifts by tens of per cent from minute to minute; timing the variants in turn,
+round after round, and dividing within a round lets a slow spell hit numerator and denominator
+alike. We report the median of the per-round ratios and their spread (min-max).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Ratio:
+    """Median and spread (min, max) of per-round ratios to the baseline."""
+
+    median: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f}x"
+
+    def spread(self) -> str:
+        return f"{self.median:.2f}x [{self.low:.2f}-{self.high:.2f}]"
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median": round(self.median, 4), "min": round(self.low, 4), "max": round(self.high, 4)}
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def cpu_clock(device: torch.device | str) -> bool:
+    """Whether to time with this process's CPU time: on a CPU with one torch thread, CPU time is the
+    work done and leaves out the time other jobs on a shared machine hold the core."""
+    return torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+
+
+def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: torch.device | str = "cpu",
+                warmup: int = 1, cpu_time: bool | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each variant, one sample per round, the variants interleaved.
+
+    ``cpu_time`` (default: :func:`cpu_clock`) measures process CPU time instead of wall time; never
+    use it when work happens in other processes (DataLoader workers)."""
+    clock = time.process_time if (cpu_clock(device) if cpu_time is None else cpu_time) else time.perf_counter
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            sync(device)
+            start = clock()
+            fn()
+            sync(device)
+            samples[name].append(clock() - start)
+    return samples
+
+
+def ratio(samples: dict[str, list[float]], name: str, baseline: str) -> Ratio:
+    """Per-round ``name / baseline`` times: median and range."""
+    r = [a / b for a, b in zip(samples[name], samples[baseline])]
+    return Ratio(statistics.median(r), min(r), max(r))
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def environment(device: torch.device | str = "cpu") -> dict:
+    """What the numbers were measured on, for the JSON record and the table's header."""
+    device = torch.device(device)
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_time": cpu_clock(device),
+    }
+    try:
+        env["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return env
+
+
+def header(env: dict) -> str:
+    load = env.get("load_average")
+    return (f"{env['device']}, torch {env['torch']}, {env['torch_threads']} threads of {env['cpu_cores']} cores"
+            + (f", load average {load[0]:.1f} at start" if load else "")
+            + ("; layer/model times are this process's CPU time (1 thread)" if env.get("cpu_time") else ""))
