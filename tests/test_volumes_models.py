@@ -53,3 +53,15 @@ def test_the_stem_equals_a_strided_convolution():
         pointwise.weight.copy_(conv.weight.reshape(4, 64, 1, 1, 1))
     x = torch.randn(2, 1, 16, 16, 16)
     torch.testing.assert_close(pointwise(space_to_depth(x, 4)), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_describe_draws_3d_models(tmp_path, capsys):
+    from covfuse.cli.main import main as covfuse
+
+    diagram = tmp_path / "d.png"
+    args = ["describe", "--backbone", "resnet3d-compact", "--fusion", "hybrid", "--num-covariates", "3",
+            "--hybrid-layers", "first", "--input-size", "16", "--diagram", str(diagram)]
+    assert covfuse(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "conv1" in out and "4x4x4x4" in out and "hybrid" in out  # (C, D, H, W) after the stride-4 stem
+    assert diagram.stat().st_size > 0
