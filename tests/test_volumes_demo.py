@@ -29,3 +29,16 @@ def test_demo_volumes_runs_the_study_on_the_mri_twin(tmp_path, capsys):
     assert covfuse([*args[:-4], "--methods", "image-only,covariates-only", "--bootstrap", "50"]) == 0
     assert (twin / "manifest.csv").stat().st_mtime_ns == before
     assert "reusing the synthetic twin" in capsys.readouterr().out
+
+
+def test_the_volume_study_plans_six_methods_over_three_seeds(tmp_path):
+    from pathlib import Path
+
+    from covfuse.studies.sweep import plan_study
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "volumes"
+    study = plan_study(name="s", configs=[str(configs / "demo.yaml"), str(configs / "study.yaml")], runs_dir=tmp_path,
+                       overrides=["--data.root", str(tmp_path / "manifest.csv")])
+    assert (len(study.cells), len(study.runs)) == (6, 18)
+    config = study.run_config(study.runs[0])
+    assert config.model.backbone == "resnet3d-compact" and config.data.classes == ["CN", "AD"]
