@@ -35,8 +35,8 @@ def demo(tmp_path_factory, small_config):
 
 def test_results_json_has_the_contract_shape(demo):
     results = json.loads((demo / "out" / "results.json").read_text())
-    assert list(results) == ["methods"]
-    assert list(results["methods"]) == ["image-only", "covariates-only", "concat", "hybrid"]
+    assert list(results) == ["methods", "comparisons"]
+    assert list(results["methods"]) == ["image-only", "covariates-only", "concat", "film", "daft", "hybrid"]
     for method, entry in results["methods"].items():
         assert set(entry) == {"valid", "test"}, method
         for split in ("valid", "test"):
@@ -47,17 +47,24 @@ def test_results_json_has_the_contract_shape(demo):
             assert lo <= s["accuracy"] <= hi
             assert isinstance(s["groups"], dict) and any(k.startswith("Young=") for k in s["groups"])
             assert any(k.startswith("Young=") and "&Male=" in k for k in s["groups"])
-        run = json.loads((demo / "out" / "runs" / method / "metrics.json").read_text())
+        run = json.loads((demo / "out" / method / "s0" / "metrics.json").read_text())
         assert entry["test"] == run["test"]  # copied from the run, not recomputed differently
+        assert entry["test"]["ci_method"] == "cluster"
+    assert set(results["comparisons"]) == set(results["methods"]) - {"image-only"}
+    for method, c in results["comparisons"].items():
+        assert set(c) >= {"difference", "ci", "p_value", "verdict"} and c["verdict"] in ("better", "worse", "no evidence")
+        diff = results["methods"][method]["test"]["accuracy"] - results["methods"]["image-only"]["test"]["accuracy"]
+        assert c["difference"] == pytest.approx(diff)
 
 
 def test_report_figures_and_comparisons(demo):
     out = demo / "out"
     report = (out / "report.md").read_text()
-    for text in ("Bayes", "image-only", "covariates-only", "concat", "hybrid", "figures/results.png",
-                 "figures/loss_curves.png", "runs/hybrid/plots/loss.png", "McNemar", "gap over Young"):
+    for text in ("Bayes", "image-only", "covariates-only", "concat", "film", "daft", "hybrid", "figures/metric.png",
+                 "figures/forest.png", "figures/loss_curves.png", "hybrid/s0/metrics.json", "McNemar", "Subgroup gaps",
+                 "people"):
         assert text in report, text
-    for png in ("figures/results.png", "figures/loss_curves.png", "runs/hybrid/plots/loss.png"):
+    for png in ("figures/metric.png", "figures/forest.png", "figures/loss_curves.png", "hybrid/s0/plots/loss.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG", png
     summary = json.loads((out / "demo.json").read_text())
     results = json.loads((out / "results.json").read_text())["methods"]
@@ -66,7 +73,7 @@ def test_report_figures_and_comparisons(demo):
     diff = results["hybrid"]["test"]["accuracy"] - results["image-only"]["test"]["accuracy"]
     assert summary["comparisons"]["hybrid"]["difference"] == pytest.approx(diff)
     assert summary["wall_seconds"] > 0 and "hybrid" in summary["timings"]
-    assert "[demo] [4/4] hybrid" in (out / "log.txt").read_text()
+    assert "[sweep] [6/6] hybrid/s0" in (out / "log.txt").read_text()
 
 
 def test_demo_replaces_its_own_output_and_reuses_the_twin(demo, small_config, capsys):

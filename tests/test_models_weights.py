@@ -89,7 +89,7 @@ def test_bad_state_dict_files_are_user_errors(tmp_path):
         build("vgg-mini", "image-only", 0, weights=other)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")
-    with pytest.raises(UserError, match="cannot read weights"):
+    with pytest.raises(UserError, match="not a readable weights file"):
         build("vgg-mini", "image-only", 0, weights=junk)
     listed = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], listed)

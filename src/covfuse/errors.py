@@ -15,3 +15,12 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     lower = {c.lower(): c for c in choices}
     match = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.5)
     return f" (did you mean {lower[match[0]]!r}?)" if match else ""
+
+
+class RunInterrupted(Exception):
+    """A run stopped by SIGINT/SIGTERM after saving a checkpoint; ``str()`` is the line to show (how to resume)
+    and ``code`` the exit status (128 + the signal number, as a shell reports a signal)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covfuse.cli._common import Parser
 from covfuse.errors import UserError
 
 # The release's md5 checksums, as listed in torchvision's CelebA.file_list
@@ -31,7 +32,11 @@ def _setup_logging() -> None:
 
 
 def _names(text: str | None) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()] if text else []
+    """``A,B`` or ``[A,B]`` (the list syntax of every command) -> ["A", "B"]."""
+    text = (text or "").strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 # ---------------------------------------------------------------------------------------- info
@@ -101,8 +106,75 @@ def _print_info(meta, summary: dict) -> None:
             print(f"  {t['name']} rate given {given}")
 
 
+def volume_info(path: str, target: str | None = None, covariates: list[str] | None = None,
+                categorical: list[str] | None = None, check_volumes: bool = True) -> dict:
+    """The `data info MANIFEST.csv` JSON: num_subjects, num_volumes, splits, columns, shape.
+
+    Every volume's header is read (nibabel, no voxels), so a missing, unreadable, 2-D or 4-D file
+    is reported with its manifest line.
+    """
+    from collections import Counter
+
+    from covfuse.data.volume_io import volume_shape
+    from covfuse.data.volumes import RESERVED, SPLIT_NAMES, column_kind, is_missing, read_manifest, subject_split
+
+    manifest = read_manifest(path)
+    for name in [*([target] if target else []), *(covariates or [])]:
+        manifest.column(name)  # unknown names: a UserError with a suggestion
+    split = subject_split(manifest, seed=0)
+    columns = {}
+    for name in manifest.header:
+        values = manifest.columns[name]
+        kind = name if name in RESERVED else column_kind(manifest, name, categorical or ())
+        entry = {"type": kind, "missing": sum(is_missing(v) for v in values)}
+        if kind == "categorical":
+            entry["levels"] = dict(sorted(Counter(v for v in values if not is_missing(v)).items()))
+        elif kind == "numeric":
+            numbers = [float(v) for v in values if not is_missing(v)]
+            entry.update({"min": min(numbers), "max": max(numbers)} if numbers else {})
+        columns[name] = entry
+    shapes = Counter(volume_shape(f, manifest.where(i)) for i, f in enumerate(manifest.files)) if check_volumes else Counter()
+    return {
+        "manifest": str(manifest.path),
+        "num_subjects": int(len(set(manifest.subjects.tolist()))),
+        "num_volumes": len(manifest),
+        "splits": {name: int((split == k).sum()) for k, name in enumerate(SPLIT_NAMES)},
+        "split_source": "split column" if "split" in manifest.columns else "none in the manifest: subjects shuffled 70/15/15 (seed 0)",
+        "columns": columns,
+        "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
+        "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
+    }
+
+
+def _print_volume_info(summary: dict) -> None:
+    print(f"manifest {summary['manifest']}: {summary['num_volumes']:,} volumes of {summary['num_subjects']:,} subjects")
+    sp = summary["splits"]
+    print("splits: " + " | ".join(f"{k} {v:,}" for k, v in sp.items()) + f"  ({summary['split_source']})")
+    shape = summary["shape"]
+    print("shape: " + ("x".join(map(str, shape)) if shape else ", ".join(f"{k} ({v})" for k, v in summary["shapes"].items())))
+    print()
+    print(f"{'column':<20}{'type':<13}{'missing':>8}  values")
+    for name, c in summary["columns"].items():
+        if c["type"] == "categorical":
+            values = ", ".join(f"{k} {v}" for k, v in list(c["levels"].items())[:6])
+        elif c["type"] == "numeric" and "min" in c:
+            values = f"{c['min']:g} .. {c['max']:g}"
+        else:
+            values = ""
+        print(f"{name:<20}{c['type']:<13}{c['missing']:>8}  {values}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from covfuse.data.celeba import read_celeba
+
+    if str(args.root).lower().endswith(".csv"):
+        summary = volume_info(args.root, args.target, _names(args.covariates), _names(args.categorical),
+                              check_volumes=not args.skip_images)
+        if args.format == "json":
+            print(json.dumps(summary, indent=2))
+        else:
+            _print_volume_info(summary)
+        return 0
 
     meta = read_celeba(args.root, check_images=not args.skip_images)
     summary = info_summary(meta, args.target, _names(args.covariates))
@@ -127,6 +199,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
     card = json.loads((out / "synth.json").read_text())
     acc = card["bayes_accuracy"]
     print(f"wrote {args.n:,} synthetic images to {out} in {time.perf_counter() - start:.1f} s ({out / 'README.txt'})")
+    print(f"rule: {card['rule']}")
+    print(
+        "Bayes accuracy: image+covariates {image_and_covariates:.3f}, image only {image_only:.3f}, "
+        "covariates only {covariates_only:.3f}".format(**acc)
+    )
+    return 0
+
+
+def cmd_synth3d(args: argparse.Namespace) -> int:
+    from covfuse.data.synth3d import write_synth3d
+
+    start = time.perf_counter()
+    out = write_synth3d(args.out, n=args.n, seed=args.seed, effect=args.effect, size=args.size,
+                        num_classes=args.classes, noise=args.noise, overwrite=args.overwrite, progress=True)
+    card = json.loads((out / "synth.json").read_text())
+    acc = card["bayes_accuracy"]
+    print(f"wrote {args.n:,} synthetic volumes ({args.size}^3) to {out} in {time.perf_counter() - start:.1f} s "
+          f"({out / 'README.txt'}; manifest {out / 'manifest.csv'})")
     print(f"rule: {card['rule']}")
     print(
         "Bayes accuracy: image+covariates {image_and_covariates:.3f}, image only {image_only:.3f}, "
@@ -232,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     from covfuse.data.synth import EFFECTS
     from covfuse.data.decode import DEFAULT_PRESET, PRESETS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="covfuse data",
         description="Inspect, verify, cache or synthesise CelebA-format data. ROOT is a folder holding "
         "img_align_celeba/ and the text files, or holding celeba/ with them (torchvision's layout). "
@@ -240,14 +330,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("info", help="validate a CelebA folder and summarise it",
-                       description="Validate a CelebA folder (every problem is reported with its file and line) "
-                       "and print image counts, splits and each attribute's positive rate.")
-    p.add_argument("root", metavar="ROOT")
+    p = sub.add_parser("info", help="validate a CelebA folder or a volume manifest CSV and summarise it",
+                       description="Validate a CelebA folder or a volume manifest (MANIFEST.csv; docs/volumes.md); "
+                       "every problem is reported with its file and line. Prints counts, splits and, for CelebA, each "
+                       "attribute's positive rate; for a manifest, each column's type and missing count and the volume shape.")
+    p.add_argument("root", metavar="ROOT|MANIFEST.csv")
+    p.add_argument("--categorical", metavar="A,B", help="manifest: columns to treat as categorical even if numeric")
     p.add_argument("--target", metavar="NAME", help="also summarise this attribute as the target")
-    p.add_argument("--covariates", metavar="A,B", help="comma-separated covariates to summarise against the target")
+    p.add_argument("--covariates", metavar="A,B", help="covariates (A,B or [A,B]) to summarise against the target")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
-    p.add_argument("--skip-images", action="store_true", help="do not require every listed image to exist")
+    p.add_argument("--skip_images", action="store_true", help="do not require every listed image to exist "
+                   "(manifest: do not open every volume's header)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("synth", help="write a synthetic CelebA twin with a planted effect",
@@ -258,12 +351,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
     p.add_argument("--effect", choices=EFFECTS, default="planted",
                    help="planted: Attractive = Smiling if Young else not Eyeglasses; null: Attractive = Smiling")
-    p.add_argument("--image-size", default="178x218", metavar="WxH", help="JPEG size (default: the release's 178x218)")
+    p.add_argument("--image_size", default="178x218", metavar="WxH", help="JPEG size (default: the release's 178x218)")
     p.add_argument("--noise", type=float, default=0.05, help="label flip probability (default: 0.05)")
-    p.add_argument("--labels-only", action="store_true", help="write the text files but no JPEGs (fast; for statistics)")
+    p.add_argument("--labels_only", action="store_true", help="write the text files but no JPEGs (fast; for statistics)")
     p.add_argument("--workers", type=int, default=1, help="processes drawing images (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("synth3d", help="write a synthetic brain-MRI twin (NIfTI + manifest) on the MNI152 template",
+                       description="Write NIfTI volumes built from nilearn's MNI152 template (no download), "
+                       "OUT/manifest.csv, a data card OUT/README.txt and OUT/synth.json with the exact Bayes accuracies. "
+                       "planted: the same atrophy means disease when young and ageing when old; null: age is irrelevant.")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--n", type=int, default=600, help="number of subjects, one volume each (default: 600)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    p.add_argument("--effect", choices=("planted", "null"), default="planted", help="default: planted")
+    p.add_argument("--size", type=int, default=64, help="cube side in voxels (default: 64)")
+    p.add_argument("--classes", type=int, choices=(2, 3), default=2, help="2: CN/AD, 3: CN/MCI/AD (default: 2)")
+    p.add_argument("--noise", type=float, default=0.05, help="label flip probability (default: 0.05)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+    p.set_defaults(func=cmd_synth3d)
 
     p = sub.add_parser("cache", help="decode all images once into a uint8 memmap for fast epochs",
                        description="Decode, crop and resize every image into a uint8 (N,3,S,S) memmap under "
@@ -271,7 +378,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--size", type=int, required=True, help="side S of the square images in pixels")
     p.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, help=f"image preset (default: {DEFAULT_PRESET})")
-    p.add_argument("--cache-dir", metavar="DIR", help="where to write the cache (default: ROOT/.covfuse-cache)")
+    p.add_argument("--cache_dir", metavar="DIR", help="where to write the cache (default: ROOT/.covfuse-cache)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
     p.set_defaults(func=cmd_cache)

@@ -9,18 +9,22 @@ import importlib
 import os
 import sys
 
-from covfuse.errors import UserError, suggest
+from covfuse.errors import RunInterrupted, UserError, suggest
 
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `covfuse --help` and `covfuse data info` start without importing Lightning.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("covfuse.cli.data", "inspect, verify, cache or synthesise CelebA-format data"),
+    "data": ("covfuse.cli.data", "inspect, verify, cache or synthesise data (CelebA folders, volume manifests)"),
     "describe": ("covfuse.cli.describe", "print a model's layer table and draw its diagram"),
     "fit": ("covfuse.cli.fit", "train a model from a YAML config into runs/<name>/"),
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
     "predict": ("covfuse.cli.predict", "predict probabilities for images with covariates"),
+    "sweep": ("covfuse.cli.sweep", "train a study: a grid of settings x seeds, locally or as a SLURM array"),
+    "cv": ("covfuse.cli.cv", "k-fold cross-validation by identity, one run per fold"),
+    "report": ("covfuse.cli.report", "compare a study's cells with a baseline: CIs, paired tests, figures"),
     "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),
     "bench": ("covfuse.cli.bench", "measure layer, model and data-loading speed ratios (tables + JSON)"),
+    "explain": ("covfuse.cli.explain", "what each covariate changes in a trained run: numbers and maps"),
 }
 
 
@@ -48,8 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
     except (UserError, FileNotFoundError) as exc:
-        print(f"covfuse {name}: error: {exc}", file=sys.stderr)
+        print(f"covfuse {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except PermissionError as exc:
+        print(f"covfuse {name}: error: {exc.filename}: permission denied; check the owner and mode of the file "
+              "or folder (ls -l)", file=sys.stderr)
+        return 2
+    except RunInterrupted as exc:
+        print(f"covfuse {name}: {exc}", file=sys.stderr)
+        return exc.code
     except BrokenPipeError:
         # The reader went away (`covfuse data info ... | head`): not an error. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.

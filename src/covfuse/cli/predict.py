@@ -40,17 +40,39 @@ def _value(name: str, text: str, where: str) -> float:
     return value
 
 
+def check_seen(names: list[str], row: list[float], seen: dict | None, where: str) -> None:
+    """Refuse a covariate value the training split never held (e.g. CelebA's -1 where training saw 0/1)."""
+    for name, value in zip(names, row):
+        info = (seen or {}).get(name)
+        if not info:
+            continue
+        if "values" in info and value not in info["values"]:
+            allowed = ", ".join(f"{v:g}" for v in info["values"])
+            hint = " (covfuse maps CelebA's -1/1 to 0/1)" if value == -1 and set(info["values"]) <= {0.0, 1.0} else ""
+            raise UserError(f"{where}: {name}={value:g} was never seen in training, which had {name} in "
+                            f"{{{allowed}}}{hint}; give one of those values")
+        if "min" in info and not info["min"] <= value <= info["max"]:
+            raise UserError(f"{where}: {name}={value:g} lies outside the training range "
+                            f"[{info['min']:g}, {info['max']:g}]; the model would extrapolate")
+
+
 def parse_covariates(text: str, names: list[str]) -> list[float]:
-    """``"Male=1,Young=0"`` -> values in the order of ``names`` (case-insensitive; all required)."""
+    """``"Male=1,Young=0"`` (or ``[Male=1,Young=0]``) -> values in the order of ``names`` (case-insensitive; all required)."""
     lower = {n.lower(): n for n in names}
     given: dict[str, float] = {}
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep:
             raise UserError(f"--covariates: expected NAME=VALUE, got {part!r}")
+        if key.lower() in (g.lower() for g in given):
+            raise UserError(f"--covariates: {key} is given twice")
         if key.lower() not in lower:
-            raise UserError(f"--covariates: the model has no covariate {key!r}{suggest(key, names)}; it takes {', '.join(names)}")
+            raise UserError(f"--covariates: the model has no covariate {key!r}{suggest(key, names)}; it takes "
+                            f"{', '.join(names) or 'none (drop --covariates)'}")
         given[lower[key.lower()]] = _value(key, value.strip(), "--covariates")
     missing = [n for n in names if n not in given]
     if missing:
@@ -97,7 +119,7 @@ def main(argv: list[str]) -> int:
     images: list[Path] = []
     rows: list[list[float]] = []
     if args.images:
-        values = parse_covariates(args.covariates, names) if names else []
+        values = parse_covariates(args.covariates, names)
         images += [Path(p) for p in args.images]
         rows += [values] * len(args.images)
     elif args.covariates:
@@ -106,6 +128,9 @@ def main(argv: list[str]) -> int:
         more_images, more_rows = read_csv(Path(args.csv_file), names)
         images += more_images
         rows += more_rows
+    seen = module.hparams.get("covariate_values")
+    for i, row in enumerate(rows):
+        check_seen(names, row, seen, "--covariates" if i < len(args.images) else f"{args.csv_file} row {i - len(args.images) + 2}")
     probs = predict_images(module, images, rows, batch_size=args.batch_size, accelerator=args.accelerator,
                            precision=precision)
     out = csv.writer(sys.stdout, lineterminator="\n")

@@ -44,8 +44,53 @@ def crop_box(width: int, height: int, preset: str) -> tuple[float, float, float,
     return (left, top, left + side, top + side)
 
 
+class CorruptImage(UserError):
+    """An image file that does not decode; the message names it and says what to do."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: cannot decode the image ({reason}); re-extract it, or pass --skip-corrupt to "
+                         "leave such images out (`covfuse data verify ROOT` lists them all)")
+
+
 def decode_image(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
-    """Decode a JPEG (or any PIL image) into a uint8 array (3, size, size) per ``preset``."""
+    """Decode a JPEG (or any PIL image) into a uint8 array (3, size, size) per ``preset``.
+
+    A missing, empty, truncated or non-image file raises :class:`CorruptImage` naming the file.
+    """
+    try:
+        return _decode_image(path, size, preset)
+    except FileNotFoundError:
+        raise CorruptImage(path, "the file is missing") from None
+    except IsADirectoryError:
+        raise CorruptImage(path, "a folder, not an image file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise CorruptImage(path, _reason(path, exc)) from None
+
+
+def _reason(path, exc: BaseException) -> str:
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file, 0 bytes"
+    except OSError:
+        pass
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image file"  # PIL's own text names a BytesIO, not the file
+    return " ".join(str(exc).split())[:120] or type(exc).__name__
+
+
+def find_unreadable(paths: list[str]) -> list[str]:
+    """The files among ``paths`` that :func:`decode_image` refuses (worker for ``--skip-corrupt``)."""
+    bad = []
+    for path in paths:
+        try:
+            decode_image(path, 8)
+        except CorruptImage:
+            bad.append(path)
+    return bad
+
+
+def _decode_image(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
     with open(path, "rb") as f:  # one read instead of PIL's ~40 small ones (matters on network disks)
         data = f.read()
     if data[:2] == b"\xff\xd8":
@@ -101,8 +146,9 @@ def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int,
     for i, file in enumerate(files):
         try:
             array[start + i] = decode_image(file, size, preset)
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated/corrupt files
-            raise UserError(f"{file}: cannot decode the image ({exc}); `covfuse data verify` lists all such files") from None
+        except CorruptImage as exc:
+            raise UserError(f"{file}: cannot decode the image ({exc.reason}); `covfuse data verify` lists all such "
+                            "files; --skip-corrupt leaves them out (with data.cache off)") from None
     array.flush()
     del array
     return len(files)

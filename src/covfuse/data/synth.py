@@ -51,6 +51,13 @@ LANDMARK_NAMES = (
 # Where the landmarks sit in the release's 178x218 aligned images (their mean positions).
 _LANDMARKS_178 = np.array([70, 112, 108, 112, 89, 134, 73, 152, 105, 152], dtype=np.float64)
 _CENTRE = (89.0, 125.0)
+# Where the planted cues are drawn, as (x0, y0, x1, y1) boxes on the 178x218 reference face, before
+# pose jitter: the mouth (a smile's white chord or the closed lips; Smiling) and both eyes with the
+# glasses' frames (Eyeglasses). `cue_boxes` maps them onto each image, so explanations can be
+# checked against where the evidence really is.
+CUE_REGIONS = {"mouth": (64.0, 145.0, 114.0, 175.0), "eyes": (44.0, 96.0, 134.0, 128.0)}
+CUE_ATTRIBUTES = {"mouth": "Smiling", "eyes": "Eyeglasses"}
+CUE_FILE = "cues.csv"
 
 # Latent probabilities of the rule's inputs. Young is 0.5 (CelebA: 0.77) to make the planted
 # interaction as strong as it can be; Eyeglasses is 0.5 (CelebA: 0.065) so both cues are balanced.
@@ -214,6 +221,58 @@ def generate_labels(
     ).astype(np.int64)
     filenames = [f"{i + 1:06d}.jpg" for i in range(n)]
     return SynthLabels(filenames, attrs, split, identity, landmarks, bbox, style, (w, h))
+
+
+def face_width(labels: SynthLabels) -> np.ndarray:
+    """The horizontal face scale each image is drawn with (identity width, Chubby and Oval_Face)."""
+    col = {name: i for i, name in enumerate(ATTR_NAMES)}
+    chubby = labels.attrs[:, col["Chubby"]].astype(bool)
+    oval = labels.attrs[:, col["Oval_Face"]].astype(bool)
+    return labels.style["face_width"] * np.where(chubby, 1.12, 1.0) * np.where(oval, 0.92, 1.0)
+
+
+def cue_boxes(labels: SynthLabels) -> dict[str, np.ndarray]:
+    """{"mouth"|"eyes": float (N, 4) boxes x0, y0, x1, y1 in image pixels}: where each cue is drawn.
+
+    The same mapping as :class:`_Pen` (scale, face width, shift, then image size), vectorised; the
+    boxes exist whether or not the cue is present (an unsmiling mouth is still in the mouth box).
+    """
+    st, (w, h) = labels.style, labels.image_size
+    sx, sy = w / OFFICIAL_SIZE[0], h / OFFICIAL_SIZE[1]
+    cx, cy = _CENTRE
+    fw = face_width(labels)
+    out = {}
+    for name, (x0, y0, x1, y1) in CUE_REGIONS.items():
+        xs = [(cx + (x - cx) * st["scale"] * fw + st["dx"]) * sx for x in (x0, x1)]
+        ys = [(cy + (y - cy) * st["scale"] + st["dy"]) * sy for y in (y0, y1)]
+        out[name] = np.stack([xs[0], ys[0], xs[1], ys[1]], axis=1)
+    return out
+
+
+def write_cue_boxes(path: Path, labels: SynthLabels) -> None:
+    """``cues.csv``: image, then x0, y0, x1, y1 of each cue box (pixels, one decimal)."""
+    boxes = cue_boxes(labels)
+    header = ["image"] + [f"{cue}_{k}" for cue in boxes for k in ("x0", "y0", "x1", "y1")]
+    table = np.concatenate(list(boxes.values()), axis=1)
+    rows = [",".join([f, *(f"{v:.1f}" for v in row)]) for f, row in zip(labels.filenames, table.tolist())]
+    path.write_text("\n".join([",".join(header), *rows]) + "\n")
+
+
+def read_cue_boxes(path: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray]]:
+    """File names and {cue: (N, 4) boxes} from a twin's ``cues.csv``."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+        header = lines[0].split(",")
+        rows = [line.split(",") for line in lines[1:] if line]
+        values = np.array([[float(v) for v in r[1:]] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+    except (OSError, IndexError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable cue box table ({exc})") from None
+    names = [r[0] for r in rows]
+    cues = [header[i][: -len("_x0")] for i in range(1, len(header), 4)]
+    if header[0] != "image" or values.shape[1] != 4 * len(cues):
+        raise UserError(f"{path}: expected columns image,<cue>_x0,<cue>_y0,<cue>_x1,<cue>_y1,...")
+    return names, {cue: values[:, 4 * i : 4 * i + 4] for i, cue in enumerate(cues)}
 
 
 def bayes_accuracies(effect: str = "planted", noise: float = 0.05) -> dict[str, float]:
@@ -480,6 +539,8 @@ def _card(labels: SynthLabels, meta: dict) -> str:
         "independent, 50/50 per image. Young (50/50 per identity) is NEVER drawn. Male is drawn (long",
         "hair for women, beards for some men) but is independent of the target. All other attributes are",
         "drawn with roughly CelebA's rates, independent of Young, Smiling, Eyeglasses and the target.",
+        f"{CUE_FILE} gives, per image, the box (x0,y0,x1,y1 pixels) where each cue is drawn: mouth",
+        "(Smiling) and eyes (Eyeglasses), present or not, so explanations can be checked against them.",
         "",
         "Best achievable accuracy (Bayes, exact, computed from the rule):",
         f"  image + covariates : {acc['image_and_covariates']:.4f}",
@@ -528,6 +589,8 @@ def write_synth(
         "images": images,
         "bayes_accuracy": bayes_accuracies(effect, noise),
         "latent_rates": {"Young": P_YOUNG, "Male": P_MALE, "Smiling": P_SMILING, "Eyeglasses": P_EYEGLASSES},
+        "cue_boxes": {"file": CUE_FILE, "cues": CUE_ATTRIBUTES,
+                      "format": "x0,y0,x1,y1 per cue, pixels of the image as stored (before any crop or resize)"},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -538,6 +601,7 @@ def write_synth(
         write_labels(base, labels)
         if images:
             _draw_all(base / IMAGE_DIR, labels, workers, quality, progress)
+        write_cue_boxes(tmp / CUE_FILE, labels)
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "README.txt").write_text(_card(labels, meta))
         if out.exists():

@@ -7,7 +7,6 @@ path to a state-dict file. The task head replaces the backbone's last Linear aft
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from covfuse.errors import UserError
+from covfuse.io import load_trusted
 from covfuse.models.registry import HEADS, BackboneSpec, backbone_spec, check_choice
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -61,6 +61,10 @@ class VGGMini(nn.Module):
 
 def instantiate(spec: BackboneSpec) -> nn.Module:
     """The backbone with random weights and its original 1000-class head."""
+    if spec.spatial_dims == 3:
+        from covfuse.models.volumetric import instantiate_3d
+
+        return instantiate_3d(spec.name)
     if spec.torchvision is None:
         return VGGMini()
     import torchvision
@@ -92,11 +96,7 @@ def read_state_dict(weights: str | os.PathLike, spec: BackboneSpec) -> dict[str,
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"weights file {str(path)!r} not found; give a state-dict file, 'imagenet' or None")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated, not torch, objects
-        raise UserError(f"cannot read weights from {str(path)!r} ({type(exc).__name__}: {exc}); "
-                        "fetch the file again or save it with torch.save(model.state_dict(), path)") from None
+    state = load_trusted(path, what="weights file")  # weights_only=True; one-line errors for pickles and truncation
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"{str(path)!r} does not hold a state dict (a mapping of names to tensors)")
     for prefix in ("module.", "network."):  # DataParallel, covfuse's own wrapper

@@ -182,8 +182,9 @@ def apply_film(network: nn.Module, spec: BackboneSpec, layers, num_covariates: i
     return names
 
 
-def output_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64) -> int:
-    """Channels of module ``name``'s output, read from a dry run on a zero image in eval mode."""
+def output_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64,
+                    in_channels: int = 3, spatial_dims: int = 2) -> int:
+    """Channels of module ``name``'s output, read from a dry run on a zero image (or volume) in eval mode."""
     module = network.get_submodule(name)
     if channels_of(module) is not None:
         return channels_of(module)
@@ -193,7 +194,7 @@ def output_channels(network: nn.Module, name: str, num_covariates: int, size: in
     try:
         network.eval()
         first = next(network.parameters())
-        x = torch.zeros(1, 3, size, size, dtype=first.dtype, device=first.device)
+        x = torch.zeros(1, in_channels, *(size,) * spatial_dims, dtype=first.dtype, device=first.device)
         with torch.no_grad(), use_covariates(torch.zeros(1, num_covariates, dtype=first.dtype, device=first.device)):
             network(x)
     finally:
@@ -221,7 +222,8 @@ def apply_daft(network: nn.Module, spec: BackboneSpec, layer, num_covariates: in
             raise UserError(f"daft_layer {layer!r} is not a module of {spec.name}{suggest(layer, stages)}; "
                             f"stage ends: {', '.join(stages)}")
         name = layer
-    channels = output_channels(network, name, num_covariates)
+    size = spec.input_size if spec.spatial_dims == 3 else 64
+    channels = output_channels(network, name, num_covariates, size, spec.in_channels, spec.spatial_dims)
     set_submodule(network, name, DAFTAfter(network.get_submodule(name), channels, num_covariates, reduction))
     return name
 

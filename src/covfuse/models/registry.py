@@ -21,6 +21,8 @@ class BackboneSpec:
     classifier: str               # trained under the features-frozen regime
     input_size: int               # default input side for describe / dry runs
     imagenet: bool = True         # torchvision publishes ImageNet weights for it
+    spatial_dims: int = 2         # 2: images (N, C, H, W); 3: volumes (N, C, D, H, W)
+    in_channels: int = 3          # input channels (RGB images 3, MRI volumes 1)
 
 
 def _vgg(name: str) -> BackboneSpec:
@@ -39,6 +41,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         *(_resnet(f"resnet{depth}") for depth in (18, 34, 50)),
         BackboneSpec("vgg-mini", "vgg-mini", None, head="classifier.3", classifier="classifier",
                      input_size=64, imagenet=False),
+        # 3D ResNets for volumes (covfuse.models.volumetric): torchvision's ResNet module names.
+        *(BackboneSpec(name, "resnet", None, head="fc", classifier="fc", input_size=64 if "compact" in name else 32,
+                       imagenet=False, spatial_dims=3, in_channels=1)
+          for name in ("resnet3d-compact", "resnet3d-compact-wide", "monai-resnet10", "monai-resnet18", "monai-resnet34")),
     ]
 }
 

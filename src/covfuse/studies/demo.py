@@ -1,9 +1,11 @@
-"""The demo: a synthetic twin with a planted interaction, four fusion methods trained and compared.
+"""The demo: a study of the six fusion methods on a synthetic twin with a planted interaction.
 
 The twin's target depends on a visible cue chosen by the invisible covariate Young (see
 covfuse.data.synth), so an image-only CNN is capped at the twin's image-only Bayes accuracy while a
 model that conditions its convolutions on Young can reach the image+covariates Bayes accuracy.
 ``--effect null`` writes a twin where covariates carry nothing: then no method may beat image-only.
+The demo is an ordinary study (:mod:`covfuse.studies.sweep` and :mod:`covfuse.studies.report`),
+one cell per method, with the twin's Bayes accuracies added to the report.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ from pathlib import Path
 
 from covfuse.errors import UserError
 from covfuse.io import atomic_write_text
-from covfuse.training import config as cfgmod
 from covfuse.training import runlog
 
-METHODS = ("image-only", "covariates-only", "concat", "hybrid")
+METHODS = ("image-only", "covariates-only", "concat", "film", "daft", "hybrid")
+BASELINE = "image-only"
 MARKER = ".covfuse-demo"  # marks a folder the demo wrote, so it may replace it without --overwrite
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+VOLUME_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "volumes" / "demo.yaml"
 
 
 @dataclass
@@ -37,6 +40,8 @@ class DemoOptions:
     config: Path = CONFIG
     bootstrap: int = 1000
     overwrite: bool = False
+    volumes: bool = False  # the 3D study: the MNI152 twin (covfuse.data.synth3d), configs/volumes/demo.yaml
+    size: int = 64  # volumes: cube side in voxels
 
 
 def say(text: str) -> None:
@@ -51,8 +56,17 @@ def cache_home() -> Path:
 
 
 def twin_folder(o: DemoOptions) -> Path:
+    if o.data is not None:
+        return o.data
+    if o.volumes:
+        return cache_home() / f"synth3d-{o.effect}-n{o.n}-s{o.seed}-{o.size}"
     w, h = o.image_size
-    return o.data if o.data is not None else cache_home() / f"synth-{o.effect}-n{o.n}-s{o.seed}-{w}x{h}"
+    return cache_home() / f"synth-{o.effect}-n{o.n}-s{o.seed}-{w}x{h}"
+
+
+def data_root(o: DemoOptions) -> Path:
+    """What data.root points at: the twin's manifest (volumes) or its CelebA folder."""
+    return twin_folder(o) / ("manifest.csv" if o.volumes else "celeba")
 
 
 def twin_reusable(o: DemoOptions) -> bool:
@@ -61,6 +75,8 @@ def twin_reusable(o: DemoOptions) -> bool:
     folder = twin_folder(o)
     info = folder / "synth.json"
     wanted = {"effect": o.effect, "n": o.n, "seed": o.seed, "image_size": list(o.image_size), "images": True}
+    if o.volumes:
+        wanted = {"effect": o.effect, "n": o.n, "seed": o.seed, "size": o.size, "classes": ["CN", "AD"]}
     if info.is_file():
         try:
             have = json.loads(info.read_text())
@@ -86,6 +102,11 @@ def ensure_twin(o: DemoOptions) -> Path:
     if twin_reusable(o):
         say(f"reusing the synthetic twin in {folder}")
         return folder
+    if o.volumes:
+        from covfuse.data.synth3d import write_synth3d
+
+        say(f"writing a synthetic MRI twin ({o.n} subjects, effect {o.effect}, {o.size}^3 voxels) to {folder}")
+        return write_synth3d(folder, n=o.n, seed=o.seed, effect=o.effect, size=o.size, overwrite=True, progress=True)
     say(f"writing a synthetic twin ({o.n} images, effect {o.effect}, {o.image_size[0]}x{o.image_size[1]} px) to {folder}")
     write_synth(folder, n=o.n, seed=o.seed, effect=o.effect, image_size=o.image_size, overwrite=True,
                 workers=available_cpus(), progress=True)
@@ -106,52 +127,121 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     (out / MARKER).write_text("written by `covfuse demo`; the next demo run replaces this folder\n")
 
 
-def method_config(o: DemoOptions, root: Path, method: str) -> cfgmod.RunConfig:
+def plan(o: DemoOptions):
+    """The demo's study: one cell per method, all on the same twin, seed and settings."""
+    from covfuse.studies.sweep import plan_study
+
     if not o.config.is_file():
         raise UserError(f"{o.config}: the demo config is missing (it ships in configs/ of a source checkout); "
                         "pass --config FILE")
-    args = ["--config", str(o.config), "--data.root", str(root / "celeba"), "--model.fusion", method,
-            "--name", method, "--runs_dir", str(o.out / "runs"), "--seed", str(o.seed),
-            "--bootstrap", str(o.bootstrap), "--trainer.summary", "false"]
+    overrides = ["--data.root", str(data_root(o)), "--bootstrap", str(o.bootstrap), "--trainer.summary", "false"]
+    if o.volumes:
+        overrides += ["--data.image_size", str(o.size)]
     if o.epochs is not None:
-        args += ["--trainer.max_epochs", str(o.epochs)]
-    return cfgmod.parse(args, prog="covfuse demo")[0]
+        overrides += ["--trainer.max_epochs", str(o.epochs)]
+    return plan_study(name="demo", configs=[str(o.config)], overrides=overrides, seeds=[o.seed],
+                      cells={m: {"model.fusion": m} for m in o.methods}, baseline=BASELINE, study_dir=o.out,
+                      argv=["covfuse", "demo", *(["--volumes"] if o.volumes else []), "--out", str(o.out)])
+
+
+def context_lines(synth: dict, config) -> list[str]:
+    """The twin and the shared training settings, for the top of report.md."""
+    bayes = synth.get("bayes_accuracy", {})
+    if "size" in synth:  # the MRI twin (covfuse.data.synth3d)
+        twin = [
+            f"Synthetic brain-MRI twin on the MNI152 template: {synth.get('n')} subjects, {synth['size']}^3 voxels, "
+            f"effect **{synth.get('effect')}**, seed {synth.get('seed')}. Rule: {synth.get('rule')}. "
+            f"Target {synth.get('target')} ({'/'.join(synth.get('classes', []))}); covariates "
+            f"{', '.join(config.data.covariates)} (encoded: standardised with training statistics, one-hot, "
+            "missing-value indicators).",
+            "",
+            f"Every method: {config.model.backbone} at {config.data.image_size}^3, {config.trainer.max_epochs} epoch(s), "
+            f"batch {config.data.batch_size}, {config.optim.optimizer} lr {config.optim.lr:g} ({config.optim.schedule}); "
+            f"hybrid convs at `{config.model.hybrid_layers}`, DAFT at the input of the last residual stage; best "
+            f"checkpoint by {config.monitor}. Intervals resample subjects.",
+        ]
+        return twin + ["", _bayes_line(bayes)]
+    return [
+        f"Synthetic CelebA twin: {synth.get('n')} images of {synth['image_size'][0]}x{synth['image_size'][1]} px, "
+        f"effect **{synth.get('effect')}**, seed {synth.get('seed')}. Rule: {synth.get('rule')}. "
+        f"Target {synth.get('target')}; covariates {', '.join(config.data.covariates)}.",
+        "",
+        f"Every method: {config.model.backbone} at {config.data.image_size} px, {config.trainer.max_epochs} epoch(s), "
+        f"batch {config.data.batch_size}, {config.optim.optimizer} lr {config.optim.lr:g} ({config.optim.schedule}); "
+        f"hybrid convs at `{config.model.hybrid_layers}`; best checkpoint by {config.monitor}. These settings were "
+        "chosen by measuring hybrid; `covfuse sweep --tune` gives every method the same search (docs/studies.md).",
+        "",
+        _bayes_line(bayes),
+    ]
+
+
+def _bayes_line(bayes: dict) -> str:
+    return (f"Bayes accuracies of this twin (the best any model can do with those inputs): image + covariates "
+            f"{bayes.get('image_and_covariates', float('nan')):.3f}, image only {bayes.get('image_only', float('nan')):.3f}, "
+            f"covariates only {bayes.get('covariates_only', float('nan')):.3f}. Image-only is bounded by the second, "
+            "covariates-only by the third.")
 
 
 def run_demo(o: DemoOptions) -> dict:
-    """Write the twin (if needed), train and test every method, write results.json, report.md and figures."""
-    from covfuse.studies.report import write_demo_report
-    from covfuse.training.run import fit_run, summary
+    """Write the twin (if needed), run the study, write results.json, report.md and figures."""
+    from covfuse.studies.report import build_report, write_report
+    from covfuse.studies.sweep import run_study, write_study
 
     unknown = [m for m in o.methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown demo method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    if "image-only" not in o.methods:
+    if BASELINE not in o.methods:
         raise UserError("the demo compares every method with image-only; keep image-only in --methods")
     # Every check that can fail on the user's input runs before anything is deleted or written:
-    # the configs, the twin folder, then the output folder's policy.
-    configs = {m: method_config(o, twin_folder(o), m) for m in o.methods}
+    # the configs (every run's), the twin folder, then the output folder's policy.
+    study = plan(o)
     twin_reusable(o)
     start = time.monotonic()
     prepare_out(o.out, o.overwrite)
+    write_study(study)
     with runlog.capture(o.out / "log.txt"):
         root = ensure_twin(o)
-        timings: dict[str, float] = {"twin": round(time.monotonic() - start, 1)}
-        for i, method in enumerate(o.methods, 1):
-            say(f"[{i}/{len(o.methods)}] {method}: training ({_clock(time.monotonic() - start)} elapsed)")
-            t = time.monotonic()
-            run_dir = fit_run(configs[method], overwrite=True)
-            timings[method] = round(time.monotonic() - t, 1)
-            say(f"[{i}/{len(o.methods)}] {method} done in {timings[method]:.0f} s: {summary(run_dir)}")
-        timings["total_before_report"] = round(time.monotonic() - start, 1)
+        twin_seconds = time.monotonic() - start
+        say(f"training {len(o.methods)} methods: {', '.join(o.methods)}")
+        run_study(study)
         synth = json.loads((root / "synth.json").read_text())
-        summary = write_demo_report(o.out, list(o.methods), synth, configs["image-only"], timings,
-                                    seed=o.seed, n_boot=max(o.bootstrap, 1000))
+        report = build_report(study, baseline=BASELINE, n_boot=max(o.bootstrap, 1000), seed=o.seed)
+        bayes = synth.get("bayes_accuracy", {})
+        reference = {"Bayes: image + covariates": bayes.get("image_and_covariates"),
+                     "Bayes: image only": bayes.get("image_only")}
+        write_report(study, report, context=context_lines(synth, study.run_config(study.runs[0])),
+                     reference={k: v for k, v in reference.items() if v is not None})
+        results, fit_seconds = results_json(study, report)
+        atomic_write_text(o.out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
         wall = time.monotonic() - start
-        summary["wall_seconds"] = round(wall, 1)
+        summary = {
+            "bayes_accuracy": bayes,
+            "comparisons": results["comparisons"],
+            "timings": {"twin": round(twin_seconds, 1), **fit_seconds},
+            "test_accuracy": {m: [results["methods"][m]["test"]["accuracy"], results["methods"][m]["test"]["accuracy_ci"]]
+                              for m in o.methods},
+            "wall_seconds": round(wall, 1),
+        }
         atomic_write_text(o.out / "demo.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
         say(f"done in {_clock(wall)}: {o.out / 'report.md'}")
     return summary
+
+
+def results_json(study, report: dict) -> tuple[dict, dict[str, float]]:
+    """results.json (**contract**): each method's valid/test metrics and its comparison with image-only;
+    and the seconds each method trained."""
+    from covfuse.studies.report import json_safe
+
+    methods: dict = {}
+    seconds: dict[str, float] = {}
+    for run in study.runs:
+        metrics = json.loads((Path(run.dir) / "metrics.json").read_text())
+        methods[run.cell] = {"valid": metrics["valid"], "test": metrics["test"]}
+        seconds[run.cell] = metrics.get("fit_seconds")
+    comparisons = {r["setting"]: json_safe({"difference": r["difference"], "ci": r["difference_ci"],
+                                            "p_value": r["p_value"], "p_adjusted": r["p_adjusted"], "verdict": r["verdict"]})
+                   for r in report["rows"] if r["setting"] != report["baseline"]}
+    return {"methods": methods, "comparisons": comparisons}, seconds
 
 
 def _clock(seconds: float) -> str:

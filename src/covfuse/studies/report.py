@@ -1,113 +1,382 @@
-"""Compare finished runs: results.json (the contract shape), paired tests, figures and a Markdown report."""
+"""`covfuse report STUDY`: one row per cell, compared with a baseline cell on the same people.
+
+Per cell: mean ± sd of the metric over its runs (seeds, or seeds x folds), a pooled 95% CI that
+resamples people (cluster bootstrap over identities/subjects of the run-averaged metric), the
+difference from the baseline with a paired cluster-bootstrap CI and p-value, a test across runs
+(paired t over seeds; Nadeau-Bengio corrected over k folds), Holm-adjusted p-values and a verdict.
+Written to ``<study>/report.md``, ``report.json`` (**contract** shape), ``report.csv`` and
+``figures/``.
+"""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from covfuse.errors import UserError, suggest
 from covfuse.io import atomic_write_text, save_figure
-from covfuse.studies.stats import align, mcnemar, paired_bootstrap
+from covfuse.studies.stats import (
+    cluster_bootstrap, clustered_mcnemar, holm, paired_cluster_bootstrap, seed_test,
+)
+from covfuse.studies.sweep import Run, Study, run_status
+from covfuse.training.metrics import SCORES, scores
 
-# Which Bayes accuracy of the synthetic twin bounds each method (covfuse.data.synth.bayes_accuracies).
-BAYES_VIEW = {"image-only": "image_only", "covariates-only": "covariates_only"}
-BASELINE = "image-only"
+ALPHA = 0.05
+ASSUMPTIONS = [
+    "**CI** (per cell): cluster bootstrap over people (identity / subject) of the metric averaged over the "
+    "cell's runs; it reflects which people happened to be in the evaluated split, with the trained models fixed.",
+    "**Difference CI and bootstrap p**: both cells scored on the same people, resampled jointly; bootstrap "
+    "standard error with a t distribution on (people - 1) degrees of freedom and the G/(G-1) small-sample factor.",
+    "**Across-run test**: paired t-test of the per-run differences (same seed, same fold); over k folds with the "
+    "Nadeau-Bengio correction, because the folds' training sets overlap. It reflects training randomness.",
+    "**p** (the column Holm adjusts): with 3 or more runs per cell, the larger of the bootstrap p and the "
+    "across-run p (a difference must hold over people *and* over training runs); with fewer runs, the bootstrap p.",
+    "**Verdict**: `better` / `worse` when the Holm-adjusted p < 0.05 (over all cells compared with the baseline), "
+    "else `no evidence`. McNemar counts, where shown, assume independent images and are descriptive; the "
+    "clustered McNemar (Durkalski 2003) does not.",
+]
 
 
-def read_predictions(run_dir: Path, split: str = "test") -> dict[str, np.ndarray]:
-    """ids, labels and probabilities of one split from a run's predictions.csv."""
-    ids, labels, probs = [], [], []
-    with open(run_dir / "predictions.csv", newline="") as f:
+@dataclass
+class CellData:
+    """A cell's runs and their predictions on the reported split, aligned to one id order."""
+
+    name: str
+    settings: dict
+    runs: list[Run]
+    tuned: dict | None
+    ids: np.ndarray
+    groups: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray  # (replicates, N): one row per seed
+    per_run: dict[tuple[int, int | None], float]  # (seed, fold) -> metric of that run on its own split
+    per_run_sizes: dict[tuple[int, int | None], int]
+
+
+def read_predictions(run_dir: Path, split: str) -> dict[str, np.ndarray]:
+    """ids, groups, labels and probabilities of one split from a run's predictions.csv."""
+    path = Path(run_dir) / "predictions.csv"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; the run has not finished (run the study again to finish it)")
+    ids, groups, labels, probs = [], [], [], []
+    with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row["split"] == split:
                 ids.append(row["id"])
+                groups.append(row.get("group") or row["id"])  # older runs without groups: one per image
                 labels.append(int(row["label"]))
                 probs.append(float(row["probability"]))
-    return {"id": np.array(ids), "label": np.array(labels), "probability": np.array(probs)}
+    order = np.argsort(ids, kind="stable")
+    return {k: np.asarray(v)[order] for k, v in
+            (("id", ids), ("group", groups), ("label", labels), ("probability", probs))}
 
 
-def compare(run_a: Path, run_b: Path, split: str = "test", *, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Paired bootstrap of the accuracy difference a - b and McNemar's test, on the same samples."""
-    a, b = read_predictions(run_a, split), read_predictions(run_b, split)
-    ia, ib = align(a["id"], b["id"])
-    labels = a["label"][ia]
-    out = paired_bootstrap(labels, a["probability"][ia], b["probability"][ib], "accuracy", n_boot=n_boot, seed=seed)
-    out["mcnemar"] = mcnemar(labels, a["probability"][ia], b["probability"][ib])
-    out["count"] = int(len(labels))
-    return out
+def _metric(labels, probs, metric: str) -> float:
+    return float(scores(labels, probs, auroc=metric == "auroc")[metric][0])
 
 
-def collect(runs_dir: Path, methods: Sequence[str]) -> dict:
-    """``{"methods": {name: {"valid": ..., "test": ...}}}`` from each run's metrics.json."""
-    results: dict = {"methods": {}}
-    for method in methods:
-        metrics = json.loads((runs_dir / method / "metrics.json").read_text())
-        results["methods"][method] = {split: metrics[split] for split in ("valid", "test")}
-    return results
+def _metrics_json(run: Run) -> dict:
+    return json.loads((Path(run.dir) / "metrics.json").read_text())
 
 
-def _ci(lo_hi) -> str:
-    lo, hi = lo_hi
-    return "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
+def select_tuned(study: Study, cell: str, metric: str) -> tuple[list[Run], dict | None]:
+    """With a tuning search, the cell's runs of the setting with the best mean valid metric."""
+    runs = [r for r in study.runs if r.cell == cell]
+    if not study.tune:
+        return runs, None
+    by_setting: dict[str, list[Run]] = {}
+    for r in runs:
+        by_setting.setdefault(json.dumps(r.tune, sort_keys=True), []).append(r)
+    valid = {k: float(np.mean([_metrics_json(r)["valid"][metric] for r in rs])) for k, rs in by_setting.items()}
+    best = max(valid, key=lambda k: valid[k])
+    return by_setting[best], {"chosen": json.loads(best), "valid_" + metric: {k: round(v, 4) for k, v in valid.items()}}
 
 
+def load_cell(study: Study, cell: str, metric: str) -> CellData:
+    runs, tuned = select_tuned(study, cell, metric)
+    split = "valid" if study.kind == "cv" else "test"
+    by_seed: dict[int, list[dict]] = {}
+    per_run, sizes = {}, {}
+    for r in runs:
+        pred = read_predictions(Path(r.dir), split)
+        by_seed.setdefault(r.seed, []).append(pred)
+        per_run[(r.seed, r.fold)] = _metric(pred["label"], pred["probability"], metric)
+        sizes[(r.seed, r.fold)] = len(pred["id"])
+    rows, reference = [], None
+    for seed in sorted(by_seed):
+        parts = by_seed[seed]  # CV: the folds' held-out parts together are the out-of-fold predictions
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        order = np.argsort(merged["id"], kind="stable")
+        merged = {k: v[order] for k, v in merged.items()}
+        if len(np.unique(merged["id"])) != len(merged["id"]):
+            raise UserError(f"cell {cell}, seed {seed}: a sample is predicted twice; the folds overlap")
+        if reference is None:
+            reference = merged
+        elif not np.array_equal(reference["id"], merged["id"]):
+            raise UserError(f"cell {cell}: seed {seed} was evaluated on other samples than seed {min(by_seed)}")
+        rows.append(merged["probability"])
+    return CellData(cell, study.cells[cell], runs, tuned, reference["id"], reference["group"], reference["label"],
+                    np.stack(rows), per_run, sizes)
+
+
+def check_finished(study: Study) -> None:
+    unfinished = [r for r in study.runs if run_status(Path(r.dir)) != "done"]
+    if unfinished:
+        first = Path(unfinished[0].dir)
+        raise UserError(f"{len(unfinished)} of {len(study.runs)} runs of study {study.name} are not finished "
+                        f"(first: {first}); run `{' '.join(study.argv) or 'covfuse sweep ...'}` again to finish them")
+
+
+def build_report(study: Study, *, baseline: str | None = None, metric: str = "accuracy", n_boot: int = 2000,
+                 seed: int = 0, unit: str = "group") -> dict:
+    """The report as a dict: the **contract** keys (baseline, metric, rows) plus details.
+
+    ``unit="image"`` resamples images instead of people: only for data without repeated people.
+    """
+    if unit not in ("group", "image"):
+        raise UserError(f"unknown resampling unit {unit!r}; choose group or image")
+    if metric not in SCORES:
+        raise UserError(f"unknown metric {metric!r}{suggest(metric, SCORES)}; choose one of {', '.join(SCORES)}")
+    baseline = baseline or study.baseline
+    if baseline not in study.cells:
+        raise UserError(f"baseline {baseline!r} is not a cell of study {study.name}{suggest(baseline, study.cells)}; "
+                        f"cells: {', '.join(study.cells)}")
+    check_finished(study)
+    cells = {name: load_cell(study, name, metric) for name in study.cells}
+    if unit == "image":
+        for c in cells.values():
+            c.groups = c.ids
+    base = cells[baseline]
+    for c in cells.values():
+        if not np.array_equal(c.ids, base.ids):
+            raise UserError(f"cells {c.name} and {baseline} were evaluated on different samples; "
+                            "compare cells of one study on one data folder")
+    pool = len(base.ids)
+    rows = []
+    for name, c in cells.items():
+        pooled = cluster_bootstrap(c.labels, c.probs, c.groups, metric, n_boot=n_boot, seed=seed)
+        values = list(c.per_run.values())
+        row = {"setting": name, "settings": c.settings, "n_runs": len(c.runs),
+               "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+               "ci": pooled["ci"], "estimate": pooled["estimate"], "clusters": pooled["clusters"]}
+        if name == baseline:
+            row.update(difference=0.0, difference_ci=[0.0, 0.0], p_value=1.0, bootstrap_p=1.0, seed_test=None)
+        else:
+            paired = paired_cluster_bootstrap(c.labels, c.probs, base.probs, c.groups, metric, n_boot=n_boot, seed=seed)
+            common = sorted(set(c.per_run) & set(base.per_run), key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+            diffs = [c.per_run[k] - base.per_run[k] for k in common]
+            if study.kind == "cv":
+                n_test = float(np.mean([c.per_run_sizes[k] for k in common]))
+                across = seed_test(diffs, n_train=pool - n_test, n_test=n_test)
+            else:
+                across = seed_test(diffs)
+            p = paired["p_value"]
+            if len(diffs) >= 3 and math.isfinite(across["p_value"]):
+                p = max(p, across["p_value"])
+            row.update(difference=paired["difference"], difference_ci=paired["ci"], p_value=float(p),
+                       bootstrap_p=paired["p_value"], seed_test=across)
+            if c.probs.shape[0] == 1:
+                row["mcnemar_clustered"] = clustered_mcnemar(c.labels, c.probs[0], base.probs[0], c.groups)
+        if c.tuned:
+            row["tuned"] = c.tuned
+        row["gaps"] = _mean_gaps(c.runs, "valid" if study.kind == "cv" else "test")
+        rows.append(row)
+    compared = [r for r in rows if r["setting"] != baseline]
+    for r, adj in zip(compared, holm([r["p_value"] for r in compared])):
+        r["p_adjusted"] = adj
+        r["verdict"] = ("better" if r["difference"] > 0 else "worse") if adj < ALPHA else "no evidence"
+    base_row = next(r for r in rows if r["setting"] == baseline)
+    base_row.update(p_adjusted=1.0, verdict="baseline")
+    return {"study": study.name, "kind": study.kind, "baseline": baseline, "metric": metric, "unit": unit,
+            "split": "out-of-fold (valid of each fold)" if study.kind == "cv" else "test",
+            "samples": pool, "clusters": int(len(np.unique(base.groups))), "seeds": study.seeds, "folds": study.folds,
+            "n_boot": n_boot, "rows": rows}
+
+
+def _mean_gaps(runs: Sequence[Run], split: str) -> dict[str, float]:
+    """Subgroup accuracy gaps (max - min over a covariate's values), averaged over runs."""
+    collected: dict[str, list[float]] = {}
+    for r in runs:
+        for key, gap in _metrics_json(r).get(split, {}).get("gaps", {}).items():
+            if gap.get("accuracy") is not None:
+                collected.setdefault(key, []).append(gap["accuracy"])
+    return {k: float(np.mean(v)) for k, v in collected.items()}
+
+
+# -- output ----------------------------------------------------------------------------------------
 def _num(value, digits: int = 3) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
-def _p(p: float, n_boot: int) -> str:
-    """A bootstrap p-value: its resolution is 1 / n_boot."""
-    return f"< {1 / n_boot:.0e}".replace("e-0", "e-") if p <= 1 / n_boot else f"{p:.3f}"
+def _ci(lo_hi, digits: int = 3, sign: bool = False) -> str:
+    lo, hi = lo_hi
+    if lo is None:
+        return ""
+    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
+    return f" [{f.format(lo)}, {f.format(hi)}]"
 
 
-def overlap(a, b) -> bool:
-    return not (a[1] < b[0] or b[1] < a[0])
+def _p(p) -> str:
+    if p is None or not math.isfinite(p):
+        return "–"
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
-def plot_results(results: dict, bayes: dict | None, out: Path) -> Path:
-    """Test accuracy per method with 95% CI error bars; the twin's Bayes accuracies as dashed lines."""
+def json_safe(value):
+    """NaN/inf (an undefined test, e.g. across one run) become null; strict JSON otherwise."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n"
+
+
+def to_csv(report: dict) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["setting", "n_runs", "mean", "sd", "ci_lo", "ci_hi", "difference", "difference_ci_lo",
+                "difference_ci_hi", "p_value", "p_adjusted", "verdict"])
+    for r in report["rows"]:
+        w.writerow([r["setting"], r["n_runs"], f"{r['mean']:.6f}", f"{r['sd']:.6f}", *r["ci"],
+                    f"{r['difference']:.6f}", *r["difference_ci"], r["p_value"], r["p_adjusted"], r["verdict"]])
+    return out.getvalue()
+
+
+def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> str:
+    metric, base = report["metric"], report["baseline"]
+    base_args = " ".join(a if "\n" not in a else "<the study file's run settings>" for a in study.base)
+    lines = [f"# Study {study.name}", "", *context, "" if context else None,
+             f"{study.kind.upper() if study.kind == 'cv' else 'Sweep'}: {len(study.cells)} cells, seeds "
+             f"{', '.join(map(str, study.seeds))}" + (f", {study.folds} folds" if study.folds else "")
+             + f"; {metric} on the {report['split']} split: {report['samples']} samples of {report['clusters']} people. "
+             f"Baseline: **{base}**. Base config: `{base_args}`.",
+             "",
+             f"| setting | runs | mean ± sd | pooled {metric} [95% CI] | difference vs {base} [95% CI] | p | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines = [x for x in lines if x is not None]
+    for r in report["rows"]:
+        diff = "–" if r["setting"] == base else f"{r['difference']:+.3f}{_ci(r['difference_ci'], sign=True)}"
+        lines.append(f"| {r['setting']} | {r['n_runs']} | {r['mean']:.3f} ± {r['sd']:.3f} | {_num(r['estimate'])}"
+                     f"{_ci(r['ci'])} | {diff} | {'–' if r['setting'] == base else _p(r['p_value'])} | "
+                     f"{'–' if r['setting'] == base else _p(r['p_adjusted'])} | {r['verdict']} |")
+    lines += ["", "![differences](figures/forest.png)", "", f"![{metric}](figures/metric.png)", "",
+              "## Tests behind each row", "",
+              "| setting | bootstrap p | across runs (method: t, p) | clustered McNemar (a only / b only, p) |",
+              "|---|---|---|---|"]
+    for r in report["rows"]:
+        if r["setting"] == base:
+            continue
+        st = r["seed_test"]
+        across = "–" if not st or st["t"] is None else f"{st['method']}: t = {st['t']:.2f}, p = {_p(st['p_value'])}"
+        mc = r.get("mcnemar_clustered")
+        mcn = f"{mc['a_only']} / {mc['b_only']}, p = {_p(mc['p_value'])}" if mc else "–"
+        lines.append(f"| {r['setting']} | {_p(r['bootstrap_p'])} | {across} | {mcn} |")
+    lines += ["", "What each number assumes:", "", *[f"- {a}" for a in ASSUMPTIONS], ""]
+    tuned = [r for r in report["rows"] if r.get("tuned")]
+    if tuned:
+        lines += ["## Equal tuning budget", "",
+                  f"Every cell got the same search over {', '.join(f'`{k}` ∈ {v}' for k, v in study.tune.items())}; "
+                  f"the value with the best mean valid {metric} was kept, and test was scored once.", "",
+                  "| setting | chosen | valid " + metric + " per value |", "|---|---|---|"]
+        for r in tuned:
+            chosen = ", ".join(f"{k}={v}" for k, v in r["tuned"]["chosen"].items())
+            per = "; ".join(f"{k}: {v:.3f}" for k, v in r["tuned"][f"valid_{metric}"].items())
+            lines.append(f"| {r['setting']} | {chosen} | {per} |")
+        lines.append("")
+    gap_keys = sorted({k for r in report["rows"] for k in r["gaps"]}, key=lambda k: ("&" in k, k))
+    if gap_keys:
+        lines += ["## Subgroup gaps", "", "Accuracy gap (largest minus smallest subgroup accuracy), mean over runs:", "",
+                  "| setting | " + " | ".join(gap_keys) + " |", "|---|" + "---|" * len(gap_keys)]
+        for r in report["rows"]:
+            lines.append(f"| {r['setting']} | " + " | ".join(_num(r["gaps"].get(k)) for k in gap_keys) + " |")
+        lines += ["", "Per-group accuracy, TPR, FPR and CIs: each run's metrics.json.", ""]
+    lines += ["## Training curves", "", "![loss curves](figures/loss_curves.png)", "", "## Runs", ""]
+    root = Path(study.study_dir)
+    for r in report["rows"]:
+        cell_runs = [run for run in study.runs if run.cell == r["setting"]]
+        links = ", ".join(f"[{Path(run.dir).relative_to(root)}]({Path(run.dir).relative_to(root)}/metrics.json)" for run in cell_runs)
+        lines.append(f"- {r['setting']} (`{', '.join(f'{k}={v}' for k, v in r['settings'].items()) or 'base config'}`): {links}")
+    return "\n".join(lines) + "\n"
+
+
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["methods"])
-    acc = np.array([results["methods"][m]["test"]["accuracy"] for m in names])
-    ci = np.array([results["methods"][m]["test"]["accuracy_ci"] for m in names], dtype=float)
-    err = np.stack([acc - ci[:, 0], ci[:, 1] - acc])
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    ax.bar(names, acc, yerr=err, capsize=6, color=[f"C{i}" for i in range(len(names))], alpha=0.85)
-    for i, a in enumerate(acc):
-        ax.text(i, a + 0.01 + err[1, i], f"{a:.3f}", ha="center", va="bottom", fontsize=9)
-    if bayes:
-        labels = {"image_and_covariates": "Bayes: image + covariates", "image_only": "Bayes: image only",
-                  "covariates_only": "Bayes: covariates only"}
-        for j, (key, label) in enumerate(labels.items()):
-            if key in bayes:
-                ax.axhline(bayes[key], ls="--", lw=1, color=f"C{j + 5}", label=f"{label} ({bayes[key]:.3f})")
-        ax.legend(fontsize=8, loc="lower right")
-    ax.set_ylim(0.4, 1.0)
-    ax.set_ylabel("test accuracy (95% bootstrap CI)")
+    return plt
+
+
+def plot_forest(report: dict, out: Path) -> Path:
+    """Difference from the baseline with its 95% CI, one line per cell, coloured by verdict."""
+    plt = _plt()
+    rows = [r for r in report["rows"] if r["setting"] != report["baseline"]]
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.4))
+    colour = {"better": "C2", "worse": "C3", "no evidence": "C7"}
+    for i, r in enumerate(rows):
+        lo, hi = r["difference_ci"]
+        if lo is not None:
+            ax.plot([lo, hi], [i, i], color=colour[r["verdict"]], lw=2.5)
+        ax.plot(r["difference"], i, "o", color=colour[r["verdict"]], ms=7)
+        ax.text(1.01, i, f"{r['verdict']} (p_Holm {_p(r['p_adjusted'])})", transform=ax.get_yaxis_transform(),
+                va="center", fontsize=8)
+    ax.axvline(0, color="k", lw=1)
+    ax.set_yticks(range(len(rows)), [r["setting"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{report['metric']} difference vs {report['baseline']} (95% CI, people resampled)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def plot_metric(report: dict, out: Path, reference: dict[str, float] | None = None) -> Path:
+    """The pooled metric per cell with its 95% CI; optional reference lines (e.g. Bayes accuracies)."""
+    plt = _plt()
+    rows = report["rows"]
+    names = [r["setting"] for r in rows]
+    est = np.array([r["estimate"] for r in rows], dtype=float)
+    ci = np.array([[np.nan, np.nan] if r["ci"][0] is None else r["ci"] for r in rows], dtype=float)
+    err = np.nan_to_num(np.stack([est - ci[:, 0], ci[:, 1] - est]))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(rows)), 3.8))
+    ax.bar(range(len(rows)), est, yerr=err, capsize=5, color=[f"C{i % 10}" for i in range(len(rows))], alpha=0.85)
+    for i, v in enumerate(est):
+        ax.text(i, v + err[1, i] + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    for j, (label, value) in enumerate((reference or {}).items()):
+        ax.axhline(value, ls="--", lw=1, color=f"C{(j + 6) % 10}", label=f"{label} ({value:.3f})")
+    if reference:
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xticks(range(len(rows)), names, rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center",
+                  fontsize=8)
+    low = np.nanmin(ci[:, 0]) if np.isfinite(ci).any() else np.nanmin(est)
+    ax.set_ylim(max(0.0, min(low, *(reference or {0: 1}).values()) - 0.1), 1.0)
+    ax.set_ylabel(f"{report['metric']} (95% CI, people resampled)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out)
 
 
-def plot_loss_curves(runs_dir: Path, methods: Sequence[str], out: Path) -> Path:
-    """Smoothed training loss per step and validation loss per epoch, one colour per method."""
-    import matplotlib
+def plot_loss_curves(study: Study, out: Path) -> Path:
+    """Smoothed training loss and validation loss of each cell's first run, one colour per cell."""
+    from covfuse.training.curves import read_metrics_csv, smooth
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from covfuse.training.callbacks import read_metrics_csv, smooth
-
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, method in enumerate(methods):
-        path = runs_dir / method / "metrics.csv"
+    for i, cell in enumerate(study.cells):
+        run = next(r for r in study.runs if r.cell == cell)
+        path = Path(run.dir) / "metrics.csv"
         if not path.is_file():
             continue
         rows = read_metrics_csv(path)
@@ -115,118 +384,25 @@ def plot_loss_curves(runs_dir: Path, methods: Sequence[str], out: Path) -> Path:
         val = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
         if train:
             steps, losses = zip(*train)
-            ax.plot(steps, smooth(list(losses)), color=f"C{i}", lw=1.6, label=f"{method} train (smoothed)")
+            ax.plot(steps, smooth(list(losses)), color=f"C{i % 10}", lw=1.6, label=f"{cell} train")
         if val:
-            ax.plot(*zip(*val), "o--", color=f"C{i}", ms=4, lw=1, label=f"{method} valid")
+            ax.plot(*zip(*val), "o--", color=f"C{i % 10}", ms=4, lw=1, label=f"{cell} valid")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (BCE)")
+    ax.set_ylabel("loss")
+    ax.set_title("first run of each cell", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return save_figure(fig, out)
 
 
-def _group_rows(results: dict, split: str = "test") -> list[str]:
-    methods = list(results["methods"])
-    first = results["methods"][methods[0]][split]
-    keys = [k for k in first["groups"] if "&" not in k]
-    pairs = [k for k in first["groups"] if "&" in k]
-    lines = ["| group | n | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-    for key in keys + pairs:
-        cells = [_num(results["methods"][m][split]["groups"].get(key, {}).get("accuracy")) for m in methods]
-        lines.append(f"| {key} | {first['groups'][key]['count']} | " + " | ".join(cells) + " |")
-    for gap in first["gaps"]:
-        cells = [_num(results["methods"][m][split]["gaps"].get(gap, {}).get("accuracy")) for m in methods]
-        lines.append(f"| gap over {gap} (max − min) | | " + " | ".join(cells) + " |")
-    return lines
-
-
-def write_demo_report(out: Path, methods: Sequence[str], synth: dict, config, timings: dict, *,
-                      seed: int = 0, n_boot: int = 2000) -> dict:
-    """results.json, figures/*.png and report.md for a finished demo; returns the comparison summary."""
-    runs = out / "runs"
-    results = collect(runs, methods)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
-    bayes = synth.get("bayes_accuracy", {})
-    comparisons = {m: compare(runs / m, runs / BASELINE, n_boot=n_boot, seed=seed) for m in methods if m != BASELINE}
-    plot_results(results, bayes, out / "figures" / "results.png")
-    plot_loss_curves(runs, methods, out / "figures" / "loss_curves.png")
-
-    base = results["methods"][BASELINE]["test"]
-    lines = [
-        "# covfuse demo",
-        "",
-        f"Synthetic CelebA twin: {synth.get('n')} images of {synth['image_size'][0]}x{synth['image_size'][1]} px, "
-        f"effect **{synth.get('effect')}**, seed {synth.get('seed')}.  ",
-        f"Rule: {synth.get('rule')}.  ",
-        f"Target {synth.get('target')}; covariates {', '.join(synth.get('covariates', []))}. "
-        f"Model: {config.model.backbone} at {config.data.image_size} px, {config.trainer.max_epochs} epoch(s), "
-        f"batch {config.data.batch_size}, {config.optim.optimizer} lr {config.optim.lr:g} ({config.optim.schedule}); "
-        f"hybrid convs at `{config.model.hybrid_layers}`. Best checkpoint by {config.monitor}.",
-        "",
-        "## Test results (95% bootstrap CIs)",
-        "",
-        "| method | accuracy | balanced acc. | F1 | F1 macro | AUROC | valid accuracy | Bayes bound of its inputs |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for m in methods:
-        t, v = results["methods"][m]["test"], results["methods"][m]["valid"]
-        bound = bayes.get(BAYES_VIEW.get(m, "image_and_covariates"))
-        lines.append(
-            f"| {m} | {_num(t['accuracy'])}{_ci(t['accuracy_ci'])} | {_num(t['balanced_accuracy'])} | {_num(t['f1'])} | "
-            f"{_num(t['f1_macro'])} | {_num(t['auroc'])}{_ci(t['auroc_ci'])} | {_num(v['accuracy'])} | {_num(bound)} |"
-        )
-    lines += [
-        "",
-        f"Test set: {base['count']} images. Bayes accuracies of this twin (best possible, exact): image + covariates "
-        f"{_num(bayes.get('image_and_covariates'))}, image only {_num(bayes.get('image_only'))}, covariates only "
-        f"{_num(bayes.get('covariates_only'))}.",
-        "",
-        "![test accuracy](figures/results.png)",
-        "",
-        f"## Paired comparisons with {BASELINE} (same test images)",
-        "",
-        "| method − image-only | accuracy difference [95% CI] | paired bootstrap p | McNemar (only a / only b right) p | CIs overlap |",
-        "|---|---|---|---|---|",
-    ]
-    for m, c in comparisons.items():
-        t = results["methods"][m]["test"]
-        mc = c["mcnemar"]
-        lines.append(
-            f"| {m} | {c['difference']:+.3f}{_ci(c['ci'])} | {_p(c['p_value'], c['n_boot'])} | {mc['a_only']} / {mc['b_only']}: "
-            f"{mc['p_value']:.2g} | {'yes' if overlap(t['accuracy_ci'], base['accuracy_ci']) else 'no'} |"
-        )
-    lines += ["", "Verdict (test accuracy, 95% CIs):", ""]
-    for m, c in comparisons.items():
-        t = results["methods"][m]["test"]
-        if not overlap(t["accuracy_ci"], base["accuracy_ci"]):
-            verdict = "better than" if t["accuracy"] > base["accuracy"] else "worse than"
-            lines.append(f"- **{m}** is {verdict} image-only by {abs(c['difference']) * 100:.1f} points; the CIs do not overlap.")
-        elif c["ci"][0] is not None and (c["ci"][0] > 0 or c["ci"][1] < 0):
-            lines.append(f"- **{m}** differs from image-only by {c['difference'] * 100:+.1f} points in the paired test, "
-                         "but the two CIs overlap.")
-        else:
-            lines.append(f"- **{m}** is not distinguishable from image-only ({c['difference'] * 100:+.1f} points).")
-    lines += [
-        "",
-        "## Subgroups (test accuracy)",
-        "",
-        *_group_rows(results),
-        "",
-        "Per-group TPR, FPR, AUROC (where both classes occur) and CIs: `runs/<method>/metrics.json`.",
-        "",
-        "## Training curves",
-        "",
-        "![loss curves](figures/loss_curves.png)",
-        "",
-        *[f"- [{m}](runs/{m}/plots/loss.png): `runs/{m}/` (config, log, metrics, predictions, checkpoints)" for m in methods],
-        "",
-        "## Time",
-        "",
-        "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + ".",
-        "",
-    ]
-    atomic_write_text(out / "report.md", "\n".join(lines))
-    return {"bayes_accuracy": bayes, "comparisons": comparisons, "timings": timings,
-            "test_accuracy": {m: [results["methods"][m]["test"]["accuracy"], results["methods"][m]["test"]["accuracy_ci"]]
-                              for m in methods}}
+def write_report(study: Study, report: dict, *, context: Sequence[str] = (),
+                 reference: dict[str, float] | None = None) -> Path:
+    """report.md, report.json, report.csv and figures/ in the study folder; returns report.md."""
+    root = Path(study.study_dir)
+    plot_forest(report, root / "figures" / "forest.png")
+    plot_metric(report, root / "figures" / "metric.png", reference)
+    plot_loss_curves(study, root / "figures" / "loss_curves.png")
+    atomic_write_text(root / "report.json", to_json(report))
+    atomic_write_text(root / "report.csv", to_csv(report))
+    return atomic_write_text(root / "report.md", to_markdown(report, study, context=context))

@@ -1,20 +1,35 @@
-"""Statistics across runs: bootstrap CIs and paired tests between two models on the same samples.
+"""Statistics across runs: cluster-bootstrap CIs, paired tests, tests across seeds/folds, Holm.
 
-The per-run interval (:func:`bootstrap_ci`) lives in :mod:`covfuse.training.metrics`, because a run
-writes its own metrics.json and ``training`` must not import ``studies``; it is re-exported here
-so that studies have one place to look. The paired tests compare two sets of predictions for the
-*same* samples (aligned by id): resampling the samples jointly, or counting discordant pairs,
-removes the between-sample variance that makes two independent CIs overlap.
+Samples are grouped (CelebA identity, MRI subject): ~20 photos of one person share the person's
+covariates and look alike, so they are not independent. Every interval here resamples whole
+groups (a cluster bootstrap); passing one group per sample gives the image-level versions. The
+resampling engine (:func:`covfuse.training.metrics.resample_weights`) lives in ``training``
+because a run writes its own metrics.json and ``training`` must not import ``studies``.
+
+What each test assumes (the report repeats it):
+- :func:`paired_cluster_bootstrap`: groups are independent of each other; both models scored on
+  the same samples; uncertainty from the test sample only (the trained models are held fixed).
+- :func:`seed_test`: runs (seeds or folds) are independent replications; with ``n_train`` and
+  ``n_test`` it applies the Nadeau–Bengio correction for the overlap of k-fold training sets.
+- :func:`mcnemar`: images independent (descriptive only for grouped data);
+  :func:`clustered_mcnemar` (Durkalski et al. 2003) lets the discordant pairs of one group correlate.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
-from scipy.stats import binomtest
+from scipy import stats as sps
 
 from covfuse.errors import UserError
-from covfuse.training.metrics import SCORES, bootstrap_ci, scores
+from covfuse.training.metrics import (
+    SCORES, bootstrap_ci, bootstrap_interval, cluster_codes, resample_weights, scores,
+)
 
-__all__ = ["bootstrap_ci", "paired_bootstrap", "mcnemar", "align"]
+__all__ = [
+    "cluster_bootstrap", "paired_cluster_bootstrap", "cluster_bootstrap_mean", "bootstrap_ci",
+    "paired_bootstrap", "seed_test", "holm", "mcnemar", "clustered_mcnemar", "align",
+]
 
 
 def align(ids_a, ids_b) -> tuple[np.ndarray, np.ndarray]:
@@ -26,54 +41,137 @@ def align(ids_a, ids_b) -> tuple[np.ndarray, np.ndarray]:
     return ia, ib
 
 
-def paired_bootstrap(
-    labels: np.ndarray,
-    probs_a: np.ndarray,
-    probs_b: np.ndarray,
-    metric: str = "accuracy",
-    *,
-    n_boot: int = 2000,
-    seed: int = 0,
-    threshold: float = 0.5,
-) -> dict:
-    """Difference ``metric(a) - metric(b)`` with a percentile 95% CI and a two-sided p-value.
-
-    Both models are scored on the same resampled samples. The p-value is twice the smaller tail
-    share of resampled differences on either side of zero (the percentile-interval test), floored
-    at ``1 / n_boot``.
-    """
+def _check(metric: str, labels, *probs) -> tuple[np.ndarray, list[np.ndarray]]:
     if metric not in SCORES:
         raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(SCORES)}")
     y = np.asarray(labels).astype(bool)
-    pa, pb = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
-    if not (len(y) == len(pa) == len(pb)) or len(y) == 0:
-        raise UserError("paired_bootstrap needs equally long, non-empty label and probability arrays")
-    observed = float(scores(y, pa, threshold)[metric][0] - scores(y, pb, threshold)[metric][0])
-    rng = np.random.default_rng(seed)
-    chunk = max(1, int(2_000_000 // len(y)))
-    diffs = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, len(y), size=(min(chunk, n_boot - start), len(y)))
-        diffs.append(scores(y[idx], pa[idx], threshold)[metric] - scores(y[idx], pb[idx], threshold)[metric])
-    d = np.concatenate(diffs)
-    d = d[np.isfinite(d)]
-    lo, hi = np.quantile(d, [0.025, 0.975])
-    p = 2 * min((d <= 0).mean(), (d >= 0).mean())
-    return {
-        "metric": metric,
-        "difference": observed,
-        "ci": [float(lo), float(hi)],
-        "p_value": float(min(1.0, max(p, 1.0 / len(d)))),
-        "n_boot": int(len(d)),
-    }
+    out = [np.atleast_2d(np.asarray(p, dtype=np.float64)) for p in probs]
+    if len(y) == 0 or any(p.shape[1] != len(y) for p in out):
+        raise UserError("labels and probabilities must be non-empty and equally long")
+    return y, out
 
 
-def mcnemar(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *, threshold: float = 0.5) -> dict:
+def _mean_score(y: np.ndarray, runs: np.ndarray, metric: str, threshold: float, weights=None) -> np.ndarray:
+    """``metric`` averaged over the rows of ``runs`` (R, N): one value, or one per weighting."""
+    return np.mean([scores(y, p, threshold, weights=weights, auroc=metric == "auroc")[metric] for p in runs], axis=0)
+
+
+def _difference_test(observed: float, draws: np.ndarray, clusters: int, level: float) -> tuple[list, float]:
+    """CI and two-sided p-value of a difference from the same t statistic (:func:`bootstrap_interval`),
+    so the interval excludes zero exactly when p < 1 - level. With ~40 people the percentile test
+    rejected a true null 5.5% of the time at 0.05 (2,000 simulations); this one 4.95%."""
+    ci, se = bootstrap_interval(observed, draws, clusters, level, bounds=None)
+    if se is None:
+        return ci, float("nan")
+    if se == 0:
+        return ci, (1.0 if observed == 0 else 0.0)
+    return ci, float(2 * sps.t.sf(abs(observed) / se, clusters - 1))
+
+
+def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95, threshold: float = 0.5) -> dict:
+    """``metric`` with a 95% CI that resamples whole groups (**contract**).
+
+    ``probs`` is (N,) or (R, N): R runs (seeds) scored on the same samples, whose metric is averaged
+    (each resample scores every run on the same groups). The interval is the bootstrap-SE t
+    interval of :func:`covfuse.training.metrics.bootstrap_interval`. Returns ``{"estimate", "ci": [lo, hi],
+    "clusters", "metric", "n_boot"}``.
+    """
+    y, (p,) = _check(metric, labels, probs)
+    codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
+    estimate = float(_mean_score(y, p, metric, threshold)[0])
+    draws = np.concatenate([_mean_score(y, p, metric, threshold, w) for w in resample_weights(codes, n_boot, seed)])
+    clusters = int(codes.max()) + 1
+    return {"estimate": estimate, "ci": bootstrap_interval(estimate, draws, clusters, level)[0], "clusters": clusters,
+            "metric": metric, "n_boot": int(np.isfinite(draws).sum())}
+
+
+def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "accuracy", *, n_boot: int = 2000,
+                             seed: int = 0, level: float = 0.95, threshold: float = 0.5) -> dict:
+    """Difference ``metric(a) - metric(b)`` on the same samples, resampling groups jointly for both
+    models (**contract**): ``{"difference", "ci": [lo, hi], "p_value", "clusters", ...}``.
+
+    ``probs_a``/``probs_b`` are (N,) or (R, N) (R runs each, e.g. seeds; metrics averaged over runs).
+    Interval and two-sided p-value come from the bootstrap standard error (:func:`_difference_test`),
+    so the interval excludes zero exactly when p < 1 - level.
+    """
+    y, (pa, pb) = _check(metric, labels, probs_a, probs_b)
+    codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
+    observed = float(_mean_score(y, pa, metric, threshold)[0] - _mean_score(y, pb, metric, threshold)[0])
+    draws = np.concatenate([_mean_score(y, pa, metric, threshold, w) - _mean_score(y, pb, metric, threshold, w)
+                            for w in resample_weights(codes, n_boot, seed)])
+    clusters = int(codes.max()) + 1
+    ci, p = _difference_test(observed, draws, clusters, level)
+    return {"difference": observed, "ci": ci, "p_value": p, "clusters": clusters, "metric": metric,
+            "n_boot": int(np.isfinite(draws).sum())}
+
+
+def paired_bootstrap(labels, probs_a, probs_b, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
+                     threshold: float = 0.5) -> dict:
+    """Image-level paired bootstrap: :func:`paired_cluster_bootstrap` with one group per sample.
+    Only for data without groups; it understates the uncertainty when samples are grouped."""
+    return paired_cluster_bootstrap(labels, probs_a, probs_b, None, metric, n_boot=n_boot, seed=seed,
+                                    threshold=threshold)
+
+
+def cluster_bootstrap_mean(values, groups, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of per-sample ``values`` (e.g. |change of probability|, a 0/1 flip) with a cluster
+    bootstrap CI: ``{"estimate", "ci", "clusters"}``."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return {"estimate": None, "ci": [None, None], "clusters": 0}
+    codes = cluster_codes(None if groups is None else np.asarray(groups), len(v))
+    draws = np.concatenate([(w @ v) / w.sum(1) for w in resample_weights(codes, n_boot, seed)])
+    clusters = int(codes.max()) + 1
+    ci = bootstrap_interval(float(v.mean()), draws, clusters, level, bounds=None)[0]
+    return {"estimate": float(v.mean()), "ci": ci, "clusters": clusters}
+
+
+def seed_test(differences: Sequence[float], *, n_train: int | None = None, n_test: int | None = None) -> dict:
+    """Paired t-test of per-run differences (seeds or folds) against zero.
+
+    For k-fold CV pass ``n_train``/``n_test``: the training sets of the folds overlap, so the runs
+    are not independent and the plain t-test is too liberal; Nadeau & Bengio (2003) inflate the
+    variance from ``1/J`` to ``1/J + n_test/n_train`` (the corrected resampled t-test).
+    Returns ``{"mean", "t", "df", "p_value", "n", "method"}``; p is NaN with fewer than 2 runs.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    j = len(d)
+    method = "nadeau-bengio" if n_train and n_test else "paired-t"
+    if j < 2:
+        return {"mean": float(d.mean()) if j else None, "t": None, "df": None, "p_value": float("nan"), "n": j,
+                "method": method}
+    var = d.var(ddof=1)
+    factor = 1 / j + (n_test / n_train if method == "nadeau-bengio" else 0.0)
+    if var == 0:
+        p, t = (1.0, 0.0) if d.mean() == 0 else (0.0, float("inf") * np.sign(d.mean()))
+    else:
+        t = d.mean() / np.sqrt(factor * var)
+        p = 2 * sps.t.sf(abs(t), df=j - 1)
+    return {"mean": float(d.mean()), "t": float(t), "df": j - 1, "p_value": float(p), "n": j, "method": method}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error); NaN p-values are passed through."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return [float(v) for v in out]
+
+
+def mcnemar(labels, probs_a, probs_b, *, threshold: float = 0.5) -> dict:
     """Exact McNemar test on the discordant pairs: ``a_only`` right only for a, ``b_only`` only for b.
 
-    Under the null (equal accuracy) each discordant sample is equally likely to favour either
-    model, so ``a_only ~ Binomial(a_only + b_only, 1/2)``; scipy's exact two-sided binomial test.
+    Assumes independent images: with grouped data read its counts as descriptive and use
+    :func:`clustered_mcnemar` or :func:`paired_cluster_bootstrap` for inference.
     """
+    from scipy.stats import binomtest
+
     y = np.asarray(labels).astype(bool)
     right_a = (np.asarray(probs_a) >= threshold) == y
     right_b = (np.asarray(probs_b) >= threshold) == y
@@ -81,3 +179,20 @@ def mcnemar(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *, thr
     n = a_only + b_only
     p = binomtest(a_only, n, 0.5).pvalue if n else 1.0
     return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
+
+
+def clustered_mcnemar(labels, probs_a, probs_b, groups, *, threshold: float = 0.5) -> dict:
+    """McNemar's test for clustered matched pairs (Durkalski et al., Stat Med 2003):
+    ``X2 = (sum_k (b_k - c_k))^2 / sum_k (b_k - c_k)^2`` with b_k, c_k the discordant counts of
+    group k, chi-square with 1 df. With one sample per group it is McNemar's (b - c)^2 / (b + c)."""
+    y = np.asarray(labels).astype(bool)
+    right_a = (np.asarray(probs_a) >= threshold) == y
+    right_b = (np.asarray(probs_b) >= threshold) == y
+    codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
+    g = int(codes.max()) + 1 if len(codes) else 0
+    b = np.bincount(codes, weights=(right_a & ~right_b), minlength=g)
+    c = np.bincount(codes, weights=(~right_a & right_b), minlength=g)
+    den = float(((b - c) ** 2).sum())
+    x2 = float((b - c).sum() ** 2 / den) if den > 0 else 0.0
+    return {"a_only": int(b.sum()), "b_only": int(c.sum()), "statistic": x2,
+            "p_value": float(sps.chi2.sf(x2, 1)) if den > 0 else 1.0, "clusters": g}

@@ -1,7 +1,6 @@
 """Callbacks: line-based progress (readable in log files and SLURM output) and the loss plot of a run."""
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from covfuse.io import save_figure
+from covfuse.training.curves import plot_losses, read_metrics_csv, smooth  # noqa: F401 (re-exported)
 
 
 def _clock(seconds: float) -> str:
@@ -67,15 +66,20 @@ class LineProgress(Callback):
             return
         m = trainer.callback_metrics
         loss, acc = _value(m, "val/loss"), _value(m, "val/acc")
-        train = _value(m, "train/loss_epoch")
+        # Validation at the end of an epoch runs before the epoch's train loss is reduced, so the
+        # train loss has its own line (on_train_epoch_end) rather than showing the previous epoch's here.
         text = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} validated"
-        if train is not None:
-            text += f" | train loss {train:.4f}"
         if loss is not None:
             text += f" | val loss {loss:.4f}"
         if acc is not None:
             text += f" | val acc {acc:.4f}"
         self._say(text + f" | {_clock(time.monotonic() - self._fit_start)} elapsed")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        train = _value(trainer.callback_metrics, "train/loss_epoch")
+        if train is not None:
+            self._say(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} trained | train loss {train:.4f} "
+                      f"(mean over the epoch) | {_clock(time.monotonic() - self._fit_start)} elapsed")
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.monotonic()
@@ -97,66 +101,6 @@ class LossPlot(Callback):
         if trainer.logger is not None:
             trainer.logger.save()
         plot_losses(self.run_dir / "metrics.csv", self.run_dir / "plots" / "loss.png", self.title)
-
-
-def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a Lightning metrics.csv with empty cells dropped and numbers parsed."""
-    rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
-    return rows
-
-
-def smooth(values: list[float], weight: float | None = None) -> list[float]:
-    """Debiased exponential moving average (as TensorBoard's smoothing); weight from the length if None."""
-    if not values:
-        return []
-    if weight is None:
-        weight = min(0.98, max(0.0, 1 - 5 / len(values)))
-    out, avg = [], 0.0
-    for i, v in enumerate(values, 1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight**i) if weight > 0 else v)
-    return out
-
-
-def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Path | None:
-    """Train loss per step (raw and smoothed) with val loss per epoch; val accuracy per epoch beside it."""
-    metrics_csv, out = Path(metrics_csv), Path(out)
-    if not metrics_csv.is_file():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    rows = read_metrics_csv(metrics_csv)
-    train = [(r["step"], r["train/loss_step"]) for r in rows if "train/loss_step" in r]
-    val = [(r["step"], r.get("epoch", math.nan), r["val/loss"], r.get("val/acc", math.nan)) for r in rows if "val/loss" in r]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    if train:
-        steps, losses = zip(*train)
-        ax_loss.plot(steps, losses, color="C0", alpha=0.25, lw=0.8, label="train (per step)")
-        ax_loss.plot(steps, smooth(list(losses)), color="C0", lw=1.8, label="train (smoothed)")
-    if val:
-        ax_loss.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C1", label="valid (per epoch)")
-        ax_acc.plot([v[1] + 1 for v in val], [v[3] for v in val], "o-", color="C2", label="valid accuracy")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend(fontsize=8)
-    ax_loss.grid(alpha=0.3)
-    ax_acc.set_xlabel("epoch")
-    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.grid(alpha=0.3)
-    if val:
-        ax_acc.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, out)
 
 
 def trainer_callbacks(name: str, run_dir: Path, progress: str, every: float) -> list[L.Callback]:

@@ -21,9 +21,9 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        root: CelebA-format folder (ROOT holding the files, or ROOT/celeba/ as torchvision lays it out).
+        root: CelebA-format folder (ROOT holding the files, or ROOT/celeba/ as torchvision lays it out), or a volume manifest CSV.
         target: Attribute to predict, by name.
-        covariates: Attributes fed to the model as per-sample covariates, by name.
+        covariates: Attributes fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
         image_size: Side of the square model input, in pixels.
         preset: How a photo becomes a square input (see covfuse.data.transforms).
         batch_size: Images per training batch (per device).
@@ -34,11 +34,17 @@ class DataConfig:
         covariates_mode: Controls: real covariates, all zeros, all ones, or shuffled within each split (seeded).
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
         fold: Which fold is the validation fold when folds >= 2.
+        skip_corrupt: Leave out images that do not decode (counted, listed in the log and in skipped.txt) instead of stopping.
+        categorical: Volumes: covariate columns to one-hot even if their values are numbers (others are inferred).
+        classes: Volumes: the target's class values in order (binary: [negative, positive]); None: sorted values.
+        intensity: Volumes: zscore (over the nonzero, in-brain voxels) or minmax (to [0, 1]).
+        geometry: Volumes: resize (whole field of view to image_size^3) or crop-pad (centre crop / zero pad).
+        spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
     """
 
     root: str = ""
     target: str = "Attractive"
-    covariates: list[str] = field(default_factory=lambda: ["Male"])
+    covariates: Union[list[str], str] = field(default_factory=lambda: ["Male"])
     image_size: int = 224
     preset: str = "center-crop"
     batch_size: int = 32
@@ -49,6 +55,13 @@ class DataConfig:
     covariates_mode: CovariatesMode = "real"
     folds: int = 0
     fold: int = 0
+    skip_corrupt: bool = False
+    # Volumes only (data.root is a manifest CSV; see docs/volumes.md).
+    categorical: list[str] = field(default_factory=list)
+    classes: Optional[list[str]] = None
+    intensity: Literal["zscore", "minmax"] = "zscore"
+    geometry: Literal["resize", "crop-pad"] = "resize"
+    spacing: Optional[float] = None
 
 
 @dataclass
@@ -154,6 +167,7 @@ class RunConfig:
         seed: Seed for weights, shuffling, augmentation, shuffled covariates and bootstrap.
         monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest) or val/acc (highest).
         bootstrap: Bootstrap resamples for the 95% CIs in metrics.json (0: no intervals).
+        bootstrap_unit: What the bootstrap resamples: group (the person: CelebA identity, MRI subject; images of one person are not independent) or image (only for data without repeated people).
     """
 
     name: str = "run"
@@ -161,6 +175,7 @@ class RunConfig:
     seed: int = 0
     monitor: Literal["val/loss", "val/acc"] = "val/loss"
     bootstrap: int = 1000
+    bootstrap_unit: Literal["group", "image"] = "group"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -175,21 +190,128 @@ def parser(prog: str = "covfuse fit", description: str | None = None):
     """A jsonargparse parser for :class:`RunConfig` with ``--config FILE`` and ``--print_config``."""
     from jsonargparse import ArgumentParser
 
-    p = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    p = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
     p.add_argument("--config", action="config", help="YAML file of overrides (may be given more than once)")
     p.add_class_arguments(RunConfig, nested_key=None, as_group=False)
     return p
 
 
+def config_keys() -> list[str]:
+    """Every dotted key of the config (``name``, ``data.root``, ...), the spelling flags and YAML files use."""
+    keys = []
+    for f in dataclasses.fields(RunConfig):
+        sub = _NESTED.get((RunConfig, f.name))
+        keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(sub)] if sub else [f.name]
+    return keys
+
+
+def normalise_flags(argv: list[str], known: set[str]) -> list[str]:
+    """One flag spelling: ``--data.batch-size`` and ``--data.batch_size`` both mean the config key (underscores
+    are canonical, as in the YAML files); an unknown flag is a one-line error with the closest spelling."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, sep, value = token[2:].partition("=")
+            canonical = name.replace("-", "_")
+            if canonical not in known:
+                raise UserError(f"unknown option --{name}{suggest(canonical, known)}; see `covfuse fit --help`")
+            token = f"--{canonical}{sep}{value}"
+        out.append(token)
+    return out
+
+
+def check_config_file(path: str | Path) -> dict[str, int]:
+    """Read a YAML config file and refuse unknown keys, naming the file and suggesting the closest key.
+
+    Returns the batch counts it sets as integers (see ``_COUNT_OR_FRACTION``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable YAML file ({' '.join(str(exc).split())[:160]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected YAML keys such as `data:` and `model:`, got a {type(values).__name__}")
+    _check_keys(RunConfig, values, "", f"{path}: ")
+    counts = {}
+    for key in _COUNT_OR_FRACTION:
+        section, name = key.split(".")
+        value = (values.get(section) or {}).get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            counts[key] = value
+    return counts
+
+
+# Keys where an integer is a count of batches and a float a fraction of them (Lightning's convention).
+_COUNT_OR_FRACTION = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.val_check_interval")
+
+
+def _integer_flags(argv: list[str]) -> dict[str, int]:
+    out = {}
+    for i, token in enumerate(argv):
+        name, sep, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if name in _COUNT_OR_FRACTION:
+            value = value if sep else (argv[i + 1] if i + 1 < len(argv) else "")
+            if value.strip().lstrip("+").isdigit():
+                out[name] = int(value)
+    return out
+
+
+def _check_keys(cls, data: dict, where: str, origin: str = "") -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in data.items():
+        if key not in names:
+            raise UserError(f"{origin}unknown config key {where}{key}{suggest(str(key), names)}")
+        sub = _NESTED.get((cls, key))
+        if sub is not None and value is not None:
+            if not isinstance(value, dict):
+                raise UserError(f"{origin}config key {where}{key} must hold keys such as {names_of(sub)}, got {value!r}")
+            _check_keys(sub, value, f"{where}{key}.", origin)
+
+
+def names_of(cls) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls)[:3]) + ", ..."
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    files = []
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif token.startswith("--config="):
+            files.append(token.split("=", 1)[1])
+    return files
+
+
 def parse(argv: list[str], extra=None, prog: str = "covfuse fit") -> tuple[RunConfig, dict]:
-    """Parse ``argv`` into a RunConfig plus a dict of the extra flags that ``extra(parser)`` added."""
+    """Parse ``argv`` into a RunConfig plus a dict of the extra flags that ``extra(parser)`` added.
+
+    Before jsonargparse sees them, flags are normalised (dashes accepted, unknown ones named with a
+    suggestion) and every ``--config`` file is checked for unknown keys (naming the file).
+    """
     p = parser(prog)
     if extra is not None:
         extra(p)
+    known = {a.dest for a in p._actions if a.dest} | set(config_keys()) | {"help", "config", "print_config"}
+    known |= set(_NESTED_NAMES)
+    argv = normalise_flags(list(argv), known)
+    counts: dict[str, int] = {}
+    for file in _config_files(argv):
+        counts.update(check_config_file(file) or {})
+    counts.update(_integer_flags(argv))
     try:
         values = p.parse_args(argv).clone(with_meta=False).as_dict()
     except Exception as exc:  # jsonargparse raises ArgumentError/TypeError/ValueError with a readable message
         raise UserError(" ".join(str(exc).split())) from None
+    for key, value in counts.items():  # "1" means one batch, not 100% (jsonargparse reads 1.0 once Lightning is loaded)
+        section, name = key.split(".")
+        if isinstance(values.get(section), dict) and values[section].get(name) == value:
+            values[section][name] = value
     values.pop("config", None)
     flags = {k: values.pop(k) for k in list(values) if k not in _CONFIG_KEYS}
     return from_dict(values), flags
@@ -212,7 +334,21 @@ def from_dict(values: dict) -> RunConfig:
             kwargs[key] = build(sub, value or {}, f"{where}{key}.") if sub else value
         return cls(**kwargs)
 
-    return build(RunConfig, values, "")
+    config = build(RunConfig, values, "")
+    config.data.covariates = split_names(config.data.covariates)
+    return config
+
+
+def split_names(value: Union[str, list, None]) -> list[str]:
+    """One list syntax: ``Young,Male``, ``[Young,Male]`` and a YAML list all give ``["Young", "Male"]``."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        return [n.strip().strip("'\"") for n in text.split(",") if n.strip()]
+    return [str(n).strip() for n in value]
 
 
 _NESTED = {
@@ -221,6 +357,63 @@ _NESTED = {
     (RunConfig, "optim"): OptimConfig,
     (RunConfig, "trainer"): TrainerConfig,
 }
+_NESTED_NAMES = ("data", "model", "optim", "trainer")
+
+
+def check(config: RunConfig) -> RunConfig:
+    """Refuse values that cannot make a run, each with the key and a valid example (before anything is written)."""
+    d, o, t = config.data, config.optim, config.trainer
+
+    def need(ok: bool, key: str, rule: str, value) -> None:
+        if not ok:
+            raise UserError(f"{key} must be {rule}, got {value!r}")
+
+    need(isinstance(o.lr, (int, float)) and o.lr > 0 and o.lr == o.lr and o.lr != float("inf"),
+         "optim.lr", "a positive number (e.g. --optim.lr 1e-3)", o.lr)
+    need(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
+    need(d.batch_size >= 1, "data.batch_size", "at least 1 (e.g. --data.batch_size 32)", d.batch_size)
+    need(d.eval_batch_size is None or d.eval_batch_size >= 1, "data.eval_batch_size", "at least 1 or null",
+         d.eval_batch_size)
+    need(d.image_size >= 8, "data.image_size", "at least 8 pixels", d.image_size)
+    need(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
+    need(d.folds == 0 or d.folds >= 2, "data.folds", "0 (the official split) or at least 2", d.folds)
+    need(d.folds == 0 or 0 <= d.fold < d.folds, "data.fold", f"in 0..{d.folds - 1} for {d.folds} folds", d.fold)
+    need(t.max_epochs >= 1 or (t.max_epochs == -1 and t.max_steps > 0), "trainer.max_epochs",
+         "at least 1 (e.g. --trainer.max_epochs 3)", t.max_epochs)
+    need(t.max_steps == -1 or t.max_steps >= 1, "trainer.max_steps", "-1 (no limit) or at least 1", t.max_steps)
+    need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "at least 1", t.accumulate_grad_batches)
+    need(t.num_nodes >= 1, "trainer.num_nodes", "at least 1", t.num_nodes)
+    need(config.bootstrap >= 0, "bootstrap", ">= 0 (0: no intervals)", config.bootstrap)
+    target = d.target.lower()
+    if any(c.lower() == target for c in d.covariates):
+        raise UserError(f"data.target {d.target} is also in data.covariates {d.covariates}; "
+                        "a model fed its own label learns nothing: remove it from the covariates")
+    return config
+
+
+# What --resume may change: how and where the run trains, not what it trains.
+RESUMABLE = ("trainer.", "data.root", "data.num_workers", "data.cache", "data.eval_batch_size", "bootstrap",
+             "runs_dir", "name")
+
+
+def flatten(config: RunConfig) -> dict[str, Any]:
+    out = {}
+    for key, value in to_dict(config).items():
+        if isinstance(value, dict) and key in _NESTED_NAMES:
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def check_resumable(saved: RunConfig, new: RunConfig, saved_path: Path) -> None:
+    """A resumed run keeps its model, data selection, optimiser and seed; only trainer/runtime keys may change."""
+    old, cur = flatten(saved), flatten(new)
+    for key, value in cur.items():
+        if key.startswith(RESUMABLE) or old.get(key) == value:
+            continue
+        raise UserError(f"--resume: {key} is {old.get(key)!r} in {saved_path} but {value!r} here; a resumed run keeps "
+                        f"its {key} (drop the override, or start a new run with another --name)")
 
 
 def to_dict(config: RunConfig) -> dict:

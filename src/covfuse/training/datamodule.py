@@ -82,6 +82,7 @@ class CovfuseDataModule(L.LightningDataModule):
         self.target_name = self.cfg.target
         self.covariates_real: np.ndarray | None = None  # (N, K) float32, metadata order
         self.labels: np.ndarray | None = None  # (N,) float32
+        self.skipped: list[str] = []  # file names left out by skip_corrupt
 
     # -- preparation -----------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -113,6 +114,8 @@ class CovfuseDataModule(L.LightningDataModule):
         self.target_name, self.covariate_names = selection.target, list(selection.covariates)
         self.indices = self._split_indices(meta)
         cache = self._cache(meta)
+        if cache is None:
+            self._check_images(meta)
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
             dataset = CelebADataset(
@@ -143,6 +146,35 @@ class CovfuseDataModule(L.LightningDataModule):
                 raise UserError(f"{meta.root}: the {split} split is empty; every split needs images")
         return out
 
+    def _check_images(self, meta) -> None:
+        """Without a cache the JPEGs are decoded during training: refuse empty files now (a stat each), and with
+        ``skip_corrupt`` decode every image once and leave out those that fail (named in ``skipped``)."""
+        import os
+
+        from covfuse.data.decode import CorruptImage
+
+        rows = np.concatenate([self.indices[s] for s in SPLITS])
+        paths = [str(meta.image_dir / meta.filenames[int(r)]) for r in rows]
+        if self.cfg.skip_corrupt:
+            from covfuse.data._workers import default_workers, run_chunks
+            from covfuse.data.decode import find_unreadable
+
+            chunks = [(paths[i : i + 256],) for i in range(0, len(paths), 256)]
+            bad = {p for _, found in run_chunks(find_unreadable, chunks, default_workers(len(paths))) for p in found}
+            if bad:
+                keep = {s: np.array([r for r in idx if str(meta.image_dir / meta.filenames[int(r)]) not in bad],
+                                    dtype=np.int64) for s, idx in self.indices.items()}
+                self.skipped = sorted(os.path.basename(p) for p in bad)
+                for split, idx in keep.items():
+                    if len(idx) == 0:
+                        raise UserError(f"{meta.image_dir}: every image of the {split} split fails to decode")
+                self.indices = keep
+            return
+        empty = [p for p in paths if os.path.getsize(p) == 0]
+        if empty:
+            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            raise CorruptImage(empty[0], f"empty file, 0 bytes{more}")
+
     def _cache(self, meta):
         if self.cfg.cache == "off":
             return None
@@ -157,6 +189,8 @@ class CovfuseDataModule(L.LightningDataModule):
         cfg = self.cfg
         dataset = self.datasets[split]
         batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
+        if train and (self.trainer is None or self.trainer.world_size == 1):
+            return self._resumable_loader(dataset, batch)
         return DataLoader(
             dataset,
             batch_size=batch,
@@ -169,6 +203,24 @@ class CovfuseDataModule(L.LightningDataModule):
             # Batches come ready-made from CelebADataset.__getitems__; training batches are grouped
             # by covariate row, which spares hybrid convs a copy of their input at every layer.
             collate_fn=collate_grouped if train else collate,
+        )
+
+    def _resumable_loader(self, dataset: Dataset, batch: int) -> DataLoader:
+        """One process: a seeded per-epoch order that a mid-epoch checkpoint can resume exactly
+        (covfuse.training.resume); under DDP Lightning's DistributedSampler orders the data instead."""
+        from covfuse.training.resume import EpochSampler, ResumableLoader, SeededBatches
+
+        sampler = EpochSampler(len(dataset), self.seed)
+        sampler.trainer = self.trainer
+        cfg = self.cfg
+        return ResumableLoader(
+            SeededBatches(dataset, self.seed) if cfg.augment else dataset,
+            batch_size=batch,
+            sampler=sampler,
+            drop_last=len(dataset) > batch,  # a last batch of one sample breaks BatchNorm
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -185,3 +237,7 @@ class CovfuseDataModule(L.LightningDataModule):
 
     def filenames(self, index: np.ndarray) -> list[str]:
         return [self.meta.filenames[int(i)] for i in index]
+
+    def groups(self, index: np.ndarray) -> np.ndarray:
+        """The person behind each row (CelebA identity): the unit every interval resamples."""
+        return self.meta.identity[np.asarray(index, dtype=np.int64)]

@@ -1,4 +1,4 @@
-"""Binary-classification metrics with bootstrap 95% CIs and per-subgroup tables, from saved predictions.
+"""Binary-classification metrics with (cluster) bootstrap 95% CIs and per-subgroup tables, from saved predictions.
 
 Everything is computed from per-sample arrays (label, probability, covariate values) after the
 run, never accumulated batch by batch: torchmetrics' group-stat metrics mis-assign groups when a
@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
+from scipy.stats import t as t_dist
 
 SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")
 """The scores reported for every split, each with a ``<name>_ci`` interval."""
@@ -29,28 +30,44 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
+           weights: np.ndarray | None = None, auroc: bool = True) -> dict[str, np.ndarray]:
     """Every score for each row of ``labels``/``probs`` (shape (B, N) or (N,)); one value per row.
 
+    With ``weights`` (B, N) (how often each sample occurs in each of B resamples), ``labels`` and
+    ``probs`` are one (N,) set of predictions and row b is scored as if sample i occurred
+    ``weights[b, i]`` times: the bootstrap scores every resample without copying the samples.
     Conventions follow sklearn: F1 is 0 when it is undefined (no predicted and no true positives),
     balanced accuracy averages the recalls of the classes present, AUROC (ties averaged, as the
-    Mann-Whitney U) is NaN when only one class occurs.
+    Mann-Whitney U) is NaN when only one class occurs. ``auroc=False`` skips the one costly score
+    (it is then NaN) when a bootstrap needs only the others.
     """
-    y = np.atleast_2d(np.asarray(labels)).astype(bool)
-    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    if weights is not None:
+        y = np.asarray(labels).astype(bool).reshape(1, -1)
+        p = np.asarray(probs, dtype=np.float64).reshape(1, -1)
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    else:
+        y = np.atleast_2d(np.asarray(labels)).astype(bool)
+        p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+        w = np.ones(y.shape)
     pred = p >= threshold
-    tp = (pred & y).sum(1).astype(np.float64)
-    fp = (pred & ~y).sum(1).astype(np.float64)
-    fn = (~pred & y).sum(1).astype(np.float64)
-    tn = (~pred & ~y).sum(1).astype(np.float64)
+    tp = (w * (pred & y)).sum(1)
+    fp = (w * (pred & ~y)).sum(1)
+    fn = (w * (~pred & y)).sum(1)
+    tn = (w * (~pred & ~y)).sum(1)
     pos, neg = tp + fn, tn + fp
     tpr, tnr = _safe_div(tp, pos), _safe_div(tn, neg)
     f1_pos = np.nan_to_num(_safe_div(2 * tp, 2 * tp + fp + fn), nan=0.0)
     f1_neg = np.nan_to_num(_safe_div(2 * tn, 2 * tn + fn + fp), nan=0.0)
     with np.errstate(invalid="ignore"):
-        balanced = np.nanmean(np.stack([tpr, tnr]), axis=0) if y.shape[1] else np.full(len(y), np.nan)
-    ranks = rankdata(p, axis=1)  # average ranks for ties, as the Mann-Whitney U needs
-    u = (ranks * y).sum(1) - pos * (pos + 1) / 2
+        balanced = np.nanmean(np.stack([tpr, tnr]), axis=0) if y.shape[1] else np.full(len(tp), np.nan)
+    if not auroc:
+        u = np.full(len(tp), np.nan)
+    elif weights is not None:
+        u = _weighted_mann_whitney(y[0], p[0], w)
+    else:
+        ranks = rankdata(p, axis=1)  # average ranks for ties, as the Mann-Whitney U needs
+        u = (ranks * y).sum(1) - pos * (pos + 1) / 2
     return {
         "accuracy": _safe_div(tp + tn, pos + neg),
         "balanced_accuracy": balanced,
@@ -62,41 +79,99 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dic
     }
 
 
+def _weighted_mann_whitney(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mann-Whitney U of one prediction set under B weightings: sum over positives of the weight of
+    negatives scored lower (ties count half). The scores are sorted once and shared by all rows."""
+    from scipy.sparse import csr_matrix
+
+    values, block = np.unique(p, return_inverse=True)
+    member = csr_matrix((np.ones(len(p)), (np.arange(len(p)), block)), shape=(len(p), len(values)))
+    pos_w = np.asarray((member.T @ (w * y).T).T)  # (B, distinct scores): positive weight per score
+    neg_w = np.asarray((member.T @ (w * ~y).T).T)
+    below = np.cumsum(neg_w, axis=1) - neg_w
+    return (pos_w * (below + 0.5 * neg_w)).sum(1)
+
+
+def cluster_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
+    """Integer cluster codes 0..G-1 for ``groups`` (any hashable labels); None: every sample its own."""
+    if groups is None:
+        return np.arange(n)
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} samples")
+    return np.unique(groups, return_inverse=True)[1].reshape(-1)
+
+
+def resample_weights(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int = 4_000_000):
+    """Yield (b, N) weight chunks of a cluster bootstrap: each resample draws G clusters with
+    replacement, and a sample's weight is how often its cluster was drawn (1 cluster per sample:
+    the ordinary bootstrap). Draws come from ``default_rng(seed).integers(0, G, (n_boot, G))``,
+    chunk by chunk, so an independent loop over the same draws reproduces every resample."""
+    codes = np.asarray(codes)
+    num_clusters = int(codes.max()) + 1 if len(codes) else 0
+    rng = np.random.default_rng(seed)
+    chunk = max(1, chunk_cells // max(len(codes), num_clusters, 1))
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        drawn = rng.integers(0, num_clusters, size=(b, num_clusters))
+        flat = (drawn + num_clusters * np.arange(b)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=b * num_clusters).reshape(b, num_clusters)
+        yield counts[:, codes].astype(np.float64)
+
+
+def bootstrap_interval(estimate: float, draws: np.ndarray, clusters: int, level: float = 0.95,
+                       bounds: tuple[float, float] | None = (0.0, 1.0)) -> tuple[list[float | None], float | None]:
+    """``([lo, hi], se)``: ``estimate ± t(G-1) * se`` with ``se`` the bootstrap standard error times
+    sqrt(G/(G-1)), clipped to ``bounds``. The corrections are those of cluster-robust errors with
+    G clusters: with ~40 people the plain percentile interval covered the truth 91.8-92.4% of the
+    time in tests/test_stats.py's simulation, this one 93.4-93.6%; with one cluster per image
+    (G large) it is the usual normal interval. Undefined draws (a one-class resample's AUROC) are
+    left out."""
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if clusters < 2 or len(draws) < 2 or not np.isfinite(estimate):
+        return [None, None], None
+    se = float(draws.std(ddof=1)) * float(np.sqrt(clusters / (clusters - 1)))
+    half = float(t_dist.ppf(1 - (1 - level) / 2, clusters - 1)) * se
+    lo, hi = estimate - half, estimate + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return [float(lo), float(hi)], se
+
+
 def bootstrap_ci(
     labels: np.ndarray,
     probs: np.ndarray,
     names: Sequence[str] = SCORES,
     *,
+    groups: np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
     threshold: float = 0.5,
 ) -> dict[str, list[float | None]]:
-    """Percentile bootstrap intervals ``{name: [lo, hi]}`` of the named scores (seeded, vectorised).
+    """Bootstrap intervals ``{name: [lo, hi]}`` of the named scores (seeded, vectorised; see
+    :func:`bootstrap_interval`).
 
-    All scores share the same resamples. Resamples where a score is undefined (e.g. AUROC of a
-    one-class resample) are left out of that score's interval.
+    With ``groups`` (CelebA identity, MRI subject) whole groups are resampled (cluster bootstrap):
+    images of one person are not independent, and resampling them one by one gives intervals that
+    are too narrow. All scores share the same resamples; resamples where a score is undefined
+    (e.g. AUROC of a one-class resample) are left out of that score's interval.
     """
     y = np.asarray(labels).astype(bool)
     p = np.asarray(probs, dtype=np.float64)
-    n = len(y)
-    if n == 0 or n_boot <= 0:
+    if len(y) == 0 or n_boot <= 0:
         return {name: [None, None] for name in names}
-    rng = np.random.default_rng(seed)
-    chunk = max(1, int(4_000_000 // n))  # bound memory to a few (chunk, n) arrays
+    codes = cluster_codes(groups, len(y))
+    point = scores(y, p, threshold, auroc="auroc" in names)
     draws: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        values = scores(y[idx], p[idx], threshold)
+    for w in resample_weights(codes, n_boot, seed):
+        values = scores(y, p, threshold, weights=w, auroc="auroc" in names)
         for name in names:
             draws[name].append(values[name])
-    alpha = (1 - level) / 2
-    out: dict[str, list[float | None]] = {}
-    for name in names:
-        values = np.concatenate(draws[name])
-        values = values[np.isfinite(values)]
-        out[name] = [float(v) for v in np.quantile(values, [alpha, 1 - alpha])] if len(values) else [None, None]
-    return out
+    clusters = int(codes.max()) + 1
+    return {name: bootstrap_interval(float(point[name][0]), np.concatenate(draws[name]), clusters, level)[0]
+            for name in names}
 
 
 def _number(value: float) -> float | None:
@@ -114,6 +189,7 @@ def group_table(
     probs: np.ndarray,
     covariates: Mapping[str, np.ndarray],
     *,
+    clusters: np.ndarray | None = None,
     pairs: bool = True,
     n_boot: int = 1000,
     seed: int = 0,
@@ -123,7 +199,8 @@ def group_table(
 
     Returns ``(groups, gaps)``. ``groups`` maps ``"Male=1"`` or ``"Male=1&Young=0"`` to
     ``{count, positives, accuracy, accuracy_ci, tpr, fpr, auroc}`` (``auroc`` and ``tpr``/``fpr``
-    are None where the group lacks the needed class). ``gaps`` maps ``"Male"`` or ``"Male&Young"``
+    are None where the group lacks the needed class; ``accuracy_ci`` resamples ``clusters`` when
+    given, as :func:`bootstrap_ci` does). ``gaps`` maps ``"Male"`` or ``"Male&Young"``
     to the largest minus the smallest accuracy/TPR/FPR over that covariate's groups.
     """
     y = np.asarray(labels).astype(bool)
@@ -149,7 +226,8 @@ def group_table(
                 "count": int(mask.sum()),
                 "positives": int(y[mask].sum()),
                 "accuracy": _number(s["accuracy"]),
-                "accuracy_ci": bootstrap_ci(y[mask], p[mask], ["accuracy"], n_boot=n_boot, seed=seed, threshold=threshold)["accuracy"],
+                "accuracy_ci": bootstrap_ci(y[mask], p[mask], ["accuracy"], groups=None if clusters is None else clusters[mask],
+                                            n_boot=n_boot, seed=seed, threshold=threshold)["accuracy"],
                 "tpr": _number(s["tpr"]),
                 "fpr": _number(s["fpr"]),
                 "auroc": _number(s["auroc"]),  # None unless both classes occur in the group
@@ -169,24 +247,33 @@ def split_metrics(
     probs: np.ndarray,
     covariates: Mapping[str, np.ndarray] | None = None,
     *,
+    clusters: np.ndarray | None = None,
     loss: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     threshold: float = 0.5,
 ) -> dict:
-    """The metrics.json entry of one split: scores with CIs, counts, subgroup tables and gaps."""
+    """The metrics.json entry of one split: scores with CIs, counts, subgroup tables and gaps.
+
+    ``clusters`` (one label per sample: identity, subject) makes every interval a cluster
+    bootstrap, recorded as ``ci_method: cluster`` with the number of clusters; without it the
+    samples are resampled one by one (``ci_method: image``).
+    """
     y = np.asarray(labels).astype(bool)
     p = np.asarray(probs, dtype=np.float64)
+    clusters = None if clusters is None else np.asarray(clusters)
     point = {k: float(v[0]) for k, v in scores(y, p, threshold).items()}
-    cis = bootstrap_ci(y, p, SCORES, n_boot=n_boot, seed=seed, threshold=threshold)
-    out: dict = {"count": int(len(y)), "positive_rate": _number(y.mean()) if len(y) else None}
+    cis = bootstrap_ci(y, p, SCORES, groups=clusters, n_boot=n_boot, seed=seed, threshold=threshold)
+    out: dict = {"count": int(len(y)), "positive_rate": _number(y.mean()) if len(y) else None,
+                 "ci_method": "image" if clusters is None else "cluster",
+                 "clusters": int(len(np.unique(clusters))) if clusters is not None else int(len(y))}
     if loss is not None:
         out["loss"] = _number(loss)
     for name in SCORES:
         out[name] = _number(point[name])
         out[f"{name}_ci"] = cis[name]
     out["tpr"], out["fpr"] = _number(point["tpr"]), _number(point["fpr"])
-    groups, gaps = group_table(y, p, covariates or {}, n_boot=n_boot, seed=seed, threshold=threshold)
+    groups, gaps = group_table(y, p, covariates or {}, clusters=clusters, n_boot=n_boot, seed=seed, threshold=threshold)
     out["groups"] = groups
     out["gaps"] = gaps
     return out

@@ -30,6 +30,8 @@ class CovfuseModule(L.LightningModule):
         optim: OptimConfig fields as a dict.
         channels_last: convert model and inputs to NHWC memory format.
         covariates_mode: the data control the model was trained under (recorded for predict).
+        covariate_values: per covariate, the values the training split held ({"values": [...]} or
+            {"min", "max"}); ``covfuse predict`` refuses values outside them.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class CovfuseModule(L.LightningModule):
         optim: dict[str, Any] | None = None,
         channels_last: bool = False,
         covariates_mode: str = "real",
+        covariate_values: dict[str, dict] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -64,9 +67,11 @@ class CovfuseModule(L.LightningModule):
 
     # -- forward ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, S, S) on the device -> normalised float input."""
+        """uint8 (N, 3, S, S) on the device -> normalised float input; volumes come normalised (float16)."""
         from covfuse.data.transforms import normalize
 
+        if images.is_floating_point():  # covfuse.data.volume_io already normalised the intensities
+            return images.float()
         x = normalize(images, self.hparams.preset)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

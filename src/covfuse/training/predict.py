@@ -20,6 +20,9 @@ class ImageFiles(Dataset):
     def __init__(self, paths: Sequence[Path], covariates: np.ndarray, image_size: int, preset: str):
         self.paths, self.covariates = [Path(p) for p in paths], torch.as_tensor(covariates, dtype=torch.float32)
         self.image_size, self.preset = image_size, preset
+        folders = [p for p in self.paths if p.is_dir()]
+        if folders:
+            raise UserError(f"{folders[0]}: a folder, not an image file; give image files (e.g. {folders[0]}/*.jpg)")
         missing = [p for p in self.paths if not p.is_file()]
         if missing:
             raise UserError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -30,10 +33,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         from covfuse.data.transforms import load_image
 
-        try:
-            image = load_image(self.paths[i], self.image_size, self.preset)
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unreadable files
-            raise UserError(f"{self.paths[i]}: cannot read the image ({exc})") from None
+        image = load_image(self.paths[i], self.image_size, self.preset)  # names the file if it does not decode
         return {"image": image, "covariates": self.covariates[i], "target": torch.tensor(0.0), "index": torch.tensor(i)}
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import time
 import warnings
@@ -29,16 +30,20 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from covfuse.errors import UserError
-from covfuse.io import atomic_write_text
+from covfuse.io import atomic_write_text, load_trusted
 from covfuse.training import config as cfgmod
 from covfuse.training import runlog
 from covfuse.training.callbacks import LineProgress, plot_losses, trainer_callbacks
 from covfuse.training.config import RunConfig, TrainerConfig
 from covfuse.training.datamodule import CovfuseDataModule
+from covfuse.training.lock import LOCK_NAME, RunLock
 from covfuse.training.metrics import log_loss, split_metrics
 from covfuse.training.module import CovfuseModule
+from covfuse.training.resume import AtomicCheckpointIO, Interruption
+from covfuse.training.volume_datamodule import STATE_FILE, make_datamodule, read_state
 
 log = logging.getLogger("covfuse.training")
 
@@ -79,31 +84,67 @@ def global_rank() -> int:
 
 # -- run folder ----------------------------------------------------------------------------
 def check_name(name: str) -> str:
-    if not _NAME.match(name) or name in {".", ".."}:
-        raise UserError(f"run name {name!r} must be a plain folder name (letters, digits, . _ = + , -)")
+    if not isinstance(name, str) or not _NAME.match(name) or name in {".", ".."}:
+        raise UserError(f"run name {name!r} must be a plain folder name (letters, digits, . _ = + , -; no / or \\)")
     return name
 
 
-def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -> Path | None:
-    """Create the run folder (or check it for --resume); returns the checkpoint to resume from."""
+def _occupied(run_dir: Path) -> bool:
+    return run_dir.exists() and (not run_dir.is_dir() or any(p.name != LOCK_NAME for p in run_dir.iterdir()))
+
+
+def open_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -> tuple[RunLock | None, Path | None]:
+    """Check (and lock) an existing run folder before anything is written; returns the lock and the checkpoint
+    to resume from (None: start from the beginning)."""
     if resume and overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
     if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir}: no run to resume (no config.yaml there); start it without --resume")
+        lock = RunLock(run_dir)
         last = run_dir / CHECKPOINTS / "last.ckpt"
-        if not last.is_file():
-            raise UserError(f"{last}: no checkpoint to resume from; start the run without --resume")
-        return last
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        return lock, (last if last.is_file() else None)
+    if _occupied(run_dir):
         if not overwrite:
-            raise UserError(
-                f"{run_dir} already exists; pass --overwrite to replace it, --resume to continue it, "
-                "or choose another --name"
-            )
+            raise UserError(f"{run_dir} already exists; pass --overwrite to replace it, --resume to continue it, "
+                            "or choose another --name")
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir} is not a covfuse run folder (no config.yaml); refusing to delete it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return None
+        return RunLock(run_dir), None
+    return None, None
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -> Path | None:
+    """Check, then create or clear the run folder at once (for callers that validated their inputs already)."""
+    lock, ckpt = open_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    lock, backup = commit_run_dir(run_dir, lock, overwrite=overwrite, resume=resume, ckpt=ckpt)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    if lock is not None:
+        lock.release()
+    return ckpt
+
+
+def commit_run_dir(run_dir: Path, lock: RunLock | None, *, overwrite: bool, resume: bool,
+                   ckpt: Path | None) -> tuple[RunLock, Path | None]:
+    """Make the folder the run writes into, once every check has passed; returns its lock and, for
+    --overwrite, where the previous run waits (restored if this one fails before its first checkpoint)."""
+    backup = None
+    if resume:
+        if ckpt is None:  # stopped before its first checkpoint: start again, keeping log.txt and config.yaml
+            for p in run_dir.iterdir():
+                if p.name not in (LOCK_NAME, "log.txt", "config.yaml"):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        return lock, None
+    if lock is not None and overwrite:
+        backup = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        os.replace(run_dir, backup)  # the old lock travels with the folder and is held until the new one is
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(exist_ok=True)
+    new = RunLock(run_dir)
+    if lock is not None:
+        lock.release()
+    return new, backup
 
 
 def write_text(path: Path, text: str) -> None:
@@ -143,6 +184,17 @@ class RunCSVLogger(CSVLogger):
 
 
 # -- fit -----------------------------------------------------------------------------------
+def covariate_values(data: CovfuseDataModule) -> dict[str, dict]:
+    """What the training split showed of each covariate (``predict`` refuses values outside it)."""
+    real = data.covariates_real[data.indices["train"]]
+    out = {}
+    for k, name in enumerate(data.covariate_names):
+        values = np.unique(real[:, k])
+        out[name] = ({"values": [float(v) for v in values]} if len(values) <= 10
+                     else {"min": float(values.min()), "max": float(values.max())})
+    return out
+
+
 def build_module(config: RunConfig, data: CovfuseDataModule, hw: Hardware) -> CovfuseModule:
     return CovfuseModule(
         model=dataclasses.asdict(config.model),
@@ -153,6 +205,7 @@ def build_module(config: RunConfig, data: CovfuseDataModule, hw: Hardware) -> Co
         optim=dataclasses.asdict(config.optim),
         channels_last=hw.channels_last,
         covariates_mode=config.data.covariates_mode,
+        covariate_values=covariate_values(data),
     )
 
 
@@ -161,6 +214,8 @@ _NOISE = (
     "was configured so validation will run",  # the default
     "to estimate number of stepping batches",  # the cosine schedule asks for it
     "`Trainer.fit` stopped: `max_epochs",  # the normal end
+    "GPU available:", "TPU available:", "HPU available:", "IPU available:",  # the hardware banner
+    "`weights_only` was not set",  # our CheckpointIO always loads with weights_only=True
 )
 
 
@@ -178,19 +233,53 @@ _NOISY_WARNINGS = (
     r"Checkpoint directory .* exists and is not empty",  # --resume writes into its own checkpoints/
     r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`",  # we drop the padded repeats
     r"torch.distributed.nn.functional.all_gather is deprecated",  # inside Lightning's all_gather
+    r"You're resuming from a checkpoint that ended before the epoch ended",  # DDP resumes restart the epoch's order
 )
 
 
 def quiet_lightning() -> None:
     """Silence messages that say nothing about the run (idempotent)."""
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropNoise) for f in logger.filters):
-        logger.addFilter(_DropNoise())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
     for pattern in _NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoch: int | None = None) -> L.Trainer:
+def check_hardware(t: TrainerConfig) -> None:
+    """Refuse an accelerator or device count this machine does not have, before Lightning prints tracebacks."""
+    accel = str(t.accelerator).lower()
+    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"--trainer.accelerator {t.accelerator}: this machine has no usable GPU "
+                        "(torch.cuda.is_available() is False); use --trainer.accelerator cpu or auto")
+    gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+    if isinstance(t.devices, int) and not isinstance(t.devices, bool):
+        have = torch.cuda.device_count() if gpu else (os.cpu_count() or 1)
+        kind = "GPU(s)" if gpu else "CPU cores"
+        if t.devices < 1 and t.devices != -1:
+            raise UserError(f"--trainer.devices must be at least 1 (or auto), got {t.devices}")
+        if t.devices > have:
+            raise UserError(f"--trainer.devices {t.devices}: this machine has {have} {kind}; "
+                            f"use --trainer.devices {have} or fewer (or auto)")
+
+
+def check_fill(config: RunConfig, data: CovfuseDataModule, world_size: int) -> None:
+    """Every process needs at least one training batch and one sample of each evaluated split."""
+    n_train = len(data.indices["train"])
+    per_process = n_train // max(1, world_size)
+    if per_process < min(config.data.batch_size, n_train) or per_process == 0:
+        raise UserError(f"{world_size} process(es) x data.batch_size {config.data.batch_size} need at least "
+                        f"{world_size * config.data.batch_size} training images, the train split has {n_train}: "
+                        "use fewer --trainer.devices or a smaller --data.batch_size")
+    for split in EVAL_SPLITS:
+        if len(data.indices[split]) < world_size:
+            raise UserError(f"the {split} split has {len(data.indices[split])} image(s), fewer than the "
+                            f"{world_size} processes; use fewer --trainer.devices")
+
+
+def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoch: int | None = None,
+                  extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     t = config.trainer
     quiet_lightning()
     checkpoint = ModelCheckpoint(
@@ -199,82 +288,144 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
         monitor=config.monitor,
         mode="min" if config.monitor.endswith("loss") else "max",
         save_top_k=1,
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+    # Lightning 2.6's save_last writes last.ckpt only in epochs that also improved best.ckpt, so a
+    # resume could go back several epochs; a second, unmonitored checkpoint is written every epoch.
+    last = ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
+                           every_n_epochs=1, auto_insert_metric_name=False, enable_version_counter=False)
     optional = {k: v for k, v in {"limit_train_batches": t.limit_train_batches,
                                   "limit_val_batches": t.limit_val_batches}.items() if v is not None}
-    return L.Trainer(
-        default_root_dir=run_dir,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=hw.precision,
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        gradient_clip_val=t.gradient_clip_val,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        deterministic=hw.deterministic,
-        log_every_n_steps=max(1, min(t.log_every_n_steps, steps_per_epoch or t.log_every_n_steps)),
-        val_check_interval=t.val_check_interval,
-        logger=RunCSVLogger(run_dir),
-        callbacks=[checkpoint, *trainer_callbacks(config.name, run_dir, t.progress, t.progress_every)],
-        enable_progress_bar=t.progress == "bar",
-        enable_model_summary=t.summary,
-        **optional,
-    )
+    try:
+        return L.Trainer(
+            default_root_dir=run_dir,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=hw.precision,
+            max_epochs=t.max_epochs,
+            max_steps=t.max_steps,
+            gradient_clip_val=t.gradient_clip_val,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            deterministic=hw.deterministic,
+            log_every_n_steps=max(1, min(t.log_every_n_steps, steps_per_epoch or t.log_every_n_steps)),
+            val_check_interval=t.val_check_interval,
+            logger=RunCSVLogger(run_dir),
+            callbacks=[*extra_callbacks, checkpoint, last, *trainer_callbacks(config.name, run_dir, t.progress, t.progress_every)],
+            plugins=[AtomicCheckpointIO()],
+            enable_progress_bar=t.progress == "bar",
+            enable_model_summary=t.summary,
+            **optional,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:  # Lightning's answer to impossible settings
+        raise UserError(f"trainer settings: {' '.join(str(exc).split())[:300]}") from None
+
+
+def resume_hint(config: RunConfig) -> str:
+    where = "" if config.runs_dir == "runs" else f" --runs_dir {shlex.quote(str(config.runs_dir))}"
+    return f"covfuse fit --name {shlex.quote(config.name)}{where} --resume"
 
 
 def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Train one named run and evaluate its best checkpoint; returns the run folder.
 
-    A user error found before the first checkpoint (a misspelt attribute, a missing data folder,
-    an unknown backbone) removes the folder this call created, so nothing half-made is left.
+    Everything that can be checked is checked before the folder is touched (config values, the
+    data, the model, the trainer settings), so a failing command writes nothing. With
+    ``overwrite`` the previous run is put aside and restored if this one fails before its first
+    checkpoint. The folder is locked for the whole call.
     """
     check_name(config.name)
+    cfgmod.check(config)
+    check_hardware(config.trainer)
     run_dir = config.run_dir
     rank0 = global_rank() == 0
-    ckpt_path = run_dir / CHECKPOINTS / "last.ckpt" if resume else None
+    lock = backup = None
+    ckpt_path = None
     if rank0:
-        ckpt_path = prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
-        write_text(run_dir / "config.yaml", cfgmod.dump(config))
+        lock, ckpt_path = open_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    elif resume and (run_dir / CHECKPOINTS / "last.ckpt").is_file():
+        ckpt_path = run_dir / CHECKPOINTS / "last.ckpt"
+    created = False
     try:
+        prepared = _prepare(config, run_dir, rank0, resume=ckpt_path is not None)
+        if rank0:
+            created = not resume
+            lock, backup = commit_run_dir(run_dir, lock, overwrite=overwrite, resume=resume, ckpt=ckpt_path)
+            write_text(run_dir / "config.yaml", cfgmod.dump(config))
+            if prepared.data.skipped:
+                write_text(run_dir / "skipped.txt", "".join(f"{name}\n" for name in prepared.data.skipped))
         with runlog.capture(run_dir / "log.txt", enabled=rank0):
-            _fit(config, run_dir, ckpt_path, rank0)
-    except UserError:
-        if rank0 and not resume and not (run_dir / CHECKPOINTS).exists():
+            _fit(config, run_dir, ckpt_path, rank0, prepared)
+    except Exception:
+        if rank0 and created and not (run_dir / CHECKPOINTS).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
+            if backup is not None:
+                os.replace(backup, run_dir)
+                backup = None
         raise
+    finally:
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+        if lock is not None:
+            lock.release()
     return run_dir
 
 
-def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool) -> None:
-    start = time.monotonic()
-    log.info("run %s in %s%s", config.name, run_dir, f", resuming from {ckpt_path}" if ckpt_path else "")
+@dataclass
+class _Prepared:
+    hw: Hardware
+    data: CovfuseDataModule
+    module: CovfuseModule
+    trainer: L.Trainer
+    interruption: Interruption
+
+
+def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False) -> _Prepared:
+    """Data, module and trainer, built and checked without writing into the run folder."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     hw = resolve_hardware(config.trainer)
-    data = CovfuseDataModule(config.data, seed=config.seed, pin_memory=hw.gpu)
+    data = make_datamodule(config.data, seed=config.seed, pin_memory=hw.gpu,
+                           state=read_state(run_dir) if resume else None)
     if rank0:
         data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
     data.setup("fit")  # the module needs the covariate names
+    module = build_module(config, data, hw)
+    steps = len(data.datasets["train"]) // config.data.batch_size // config.trainer.accumulate_grad_batches
+    interruption = Interruption(config.seed, run_dir / CHECKPOINTS / "last.ckpt", resume_hint(config))
+    trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps, extra_callbacks=[interruption])
+    check_fill(config, data, trainer.world_size)
+    return _Prepared(hw, data, module, trainer, interruption)
+
+
+def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, p: _Prepared) -> None:
+    start = time.monotonic()
+    data, module, trainer = p.data, p.module, p.trainer
+    log.info("run %s in %s%s", config.name, run_dir, f", resuming from {ckpt_path}" if ckpt_path else "")
+    if rank0 and hasattr(data, "state"):  # volumes: the training-split covariate statistics, reused by test
+        write_text(run_dir / STATE_FILE, json.dumps(data.state(), indent=1) + "\n")
     log.info("data %s: train/valid/test = %s; target %s, covariates %s (%s)", config.data.root,
              "/".join(str(len(data.indices[s])) for s in ("train", "valid", "test")),
              data.target_name, ", ".join(data.covariate_names) or "none", config.data.covariates_mode)
-    module = build_module(config, data, hw)
-    steps = len(data.datasets["train"]) // config.data.batch_size // config.trainer.accumulate_grad_batches
-    trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if data.skipped:
+        log.warning("skipped %d image(s) that do not decode (listed in %s): %s%s", len(data.skipped),
+                    run_dir / "skipped.txt", ", ".join(data.skipped[:5]), " ..." if len(data.skipped) > 5 else "")
+    p.interruption.install()
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    finally:
+        p.interruption.uninstall()
     fit_seconds = time.monotonic() - start
-    checkpoint = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
-    best = checkpoint.best_model_path or checkpoint.last_model_path
+    best = trainer.checkpoint_callback.best_model_path or str(run_dir / CHECKPOINTS / "last.ckpt")
     module.eval_splits = list(EVAL_SPLITS)
     trainer.test(module, dataloaders=data.eval_dataloaders(EVAL_SPLITS), ckpt_path=best, verbose=False)
     if rank0:
         extra = {"checkpoint": os.path.relpath(best, run_dir), **module.loaded_from,
                  "global_step": trainer.global_step, "epochs": trainer.current_epoch,
                  "fit_seconds": round(fit_seconds, 2)}
+        if data.skipped:
+            extra["skipped_images"] = len(data.skipped)
         write_results(run_dir, config, data, module.outputs, extra)
         log.info("run %s done in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
 
@@ -285,7 +436,7 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
     """predictions.csv and metrics.json from the per-sample outputs of valid and test."""
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["id", "split", "label", "probability", *data.covariate_names])
+    writer.writerow(["id", "group", "split", "label", "probability", *data.covariate_names])
     metrics: dict[str, Any] = {
         "run": config.name,
         "target": data.target_name,
@@ -298,10 +449,12 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         prob = out["probability"].numpy().astype(np.float64)
         label = data.labels[index].astype(np.int64)
         real = data.covariates_real[index]
-        for name, y, p, covs in zip(data.filenames(index), label, prob, real):
-            writer.writerow([name, split, int(y), f"{p:.6f}", *(f"{v:g}" for v in covs)])
-        groups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
-        metrics[split] = split_metrics(label, prob, groups, loss=log_loss(label, prob),
+        clusters = data.groups(index)  # identity / subject: intervals resample people, not images
+        for name, group, y, p, covs in zip(data.filenames(index), clusters, label, prob, real):
+            writer.writerow([name, group, split, int(y), f"{p:.6f}", *(f"{v:g}" for v in covs)])
+        subgroups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
+        metrics[split] = split_metrics(label, prob, subgroups, loss=log_loss(label, prob),
+                                       clusters=clusters if config.bootstrap_unit == "group" else None,
                                        n_boot=config.bootstrap, seed=config.seed)
     write_text(run_dir / "predictions.csv", table.getvalue())
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
@@ -340,51 +493,67 @@ def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
 def load_module(path: Path, map_location: str | torch.device = "cpu") -> CovfuseModule:
     """Rebuild the module from a checkpoint's hyper-parameters and load its weights.
 
-    The model is built with ``weights=None``: the checkpoint holds the trained weights, and the
-    ImageNet file the run may have started from need not exist on this machine.
+    The file is read with ``weights_only=True`` (:func:`covfuse.io.load_trusted`): a checkpoint
+    carrying pickled objects is refused before anything in it runs. The model is built with
+    ``weights=None``: the checkpoint holds the trained weights, and the ImageNet file the run may
+    have started from need not exist on this machine.
     """
+    ckpt = load_trusted(path, what="checkpoint", map_location=map_location)
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise UserError(f"{path}: not a covfuse checkpoint (no hyper_parameters/state_dict); give a run's "
+                        "checkpoints/best.ckpt or last.ckpt")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
         hparams = dict(ckpt["hyper_parameters"])
         hparams["model"] = {**hparams["model"], "weights": None}
         module = CovfuseModule(**hparams)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a covfuse checkpoint ({' '.join(str(exc).split())[:160]})") from None
+    try:
         module.load_state_dict(ckpt["state_dict"])
-        module.on_load_checkpoint(ckpt)
-    except (KeyError, RuntimeError, TypeError, EOFError, OSError) as exc:
-        raise UserError(f"{path}: not a readable covfuse checkpoint ({' '.join(str(exc).split())[:200]})") from None
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise UserError(f"{path}: its weights do not fit the model its hyper-parameters describe ({first}); "
+                        "the file was edited or comes from another model") from None
+    module.on_load_checkpoint(ckpt)
     return module
 
 
 def evaluate_run(run: str | Path, *, runs_dir: str | Path = "runs", which: str = "best",
                  splits: Sequence[str] = EVAL_SPLITS, accelerator: str = "auto", root: str | None = None) -> Path:
-    """Evaluate a run's checkpoint on ``splits`` and rewrite its predictions.csv and metrics.json."""
+    """Evaluate a run's checkpoint on ``splits`` and rewrite its predictions.csv and metrics.json.
+
+    Checks (checkpoint, data, covariates, accelerator) come first and the run is locked, so a
+    failing call leaves the folder as it was.
+    """
     run_dir = find_run(str(run), runs_dir)
     config = cfgmod.load(run_dir / "config.yaml")
     if root:
         config.data.root = root
+    check_hardware(dataclasses.replace(config.trainer, accelerator=accelerator, devices=1))
     ckpt = checkpoint_path(run_dir, which)
-    with runlog.capture(run_dir / "log.txt"):
+    with RunLock(run_dir):
         start = time.monotonic()
-        log.info("evaluating %s on %s", ckpt, ", ".join(splits))
         module = load_module(ckpt)
-        data = CovfuseDataModule(config.data, seed=config.seed)
+        data = make_datamodule(config.data, seed=config.seed, state=read_state(run_dir))
         data.setup("test")
         if data.covariate_names != list(module.hparams.covariates):
-            raise UserError(f"{ckpt} was trained with covariates {module.hparams.covariates}, the config says "
-                            f"{data.covariate_names}")
+            raise UserError(f"{ckpt} was trained with covariates {list(module.hparams.covariates)}, the run's config "
+                            f"says {data.covariate_names}; give the checkpoint of this run")
         module.eval_splits = list(splits)
         hw = resolve_hardware(dataclasses.replace(config.trainer, accelerator=accelerator))
         quiet_lightning()
         trainer = L.Trainer(accelerator=accelerator, devices=1, precision=hw.precision, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             callbacks=[LineProgress(config.name)], deterministic=hw.deterministic)
-        trainer.test(module, dataloaders=data.eval_dataloaders(tuple(splits)), verbose=False)
-        previous = {}
-        if (run_dir / "metrics.json").is_file():
-            previous = {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items()
-                        if k in ("global_step", "epochs", "fit_seconds")}
-        write_results(run_dir, config, data, module.outputs,
-                      {"checkpoint": os.path.relpath(ckpt, run_dir), **module.loaded_from, **previous})
-        plot_losses(run_dir / "metrics.csv", run_dir / "plots" / "loss.png", config.name)
-        log.info("evaluated %s in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
+        with runlog.capture(run_dir / "log.txt"):
+            log.info("evaluating %s on %s", ckpt, ", ".join(splits))
+            trainer.test(module, dataloaders=data.eval_dataloaders(tuple(splits)), verbose=False)
+            previous = {}
+            if (run_dir / "metrics.json").is_file():
+                previous = {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items()
+                            if k in ("global_step", "epochs", "fit_seconds")}
+            write_results(run_dir, config, data, module.outputs,
+                          {"checkpoint": os.path.relpath(ckpt, run_dir), **module.loaded_from, **previous})
+            plot_losses(run_dir / "metrics.csv", run_dir / "plots" / "loss.png", config.name)
+            log.info("evaluated %s in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
     return run_dir

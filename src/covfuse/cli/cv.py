@@ -1,0 +1,12 @@
+"""`covfuse cv --config BASE.yaml --name STUDY --folds K [--seeds 0,1] [--grid KEY=V1,V2 ...] [overrides]`:
+k-fold cross-validation grouped by identity over train+valid (test stays the official split), one
+run per fold in runs/STUDY/<cell>/s<seed>-fold<k>/; `covfuse report STUDY` scores the out-of-fold
+predictions and tests differences across folds with the Nadeau-Bengio correction.
+"""
+from __future__ import annotations
+
+from covfuse.cli import sweep
+
+
+def main(argv: list[str]) -> int:
+    return sweep.main(argv, cv=True, prog="covfuse cv", doc=__doc__)

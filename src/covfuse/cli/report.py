@@ -1,0 +1,38 @@
+"""`covfuse report STUDY [--baseline CELL] [--metric accuracy] [--format md|json|csv]`: compare a
+study's cells with its baseline (pooled CIs and paired tests that resample people, a test across
+seeds/folds, Holm-adjusted p-values, verdicts) and write STUDY/report.md, report.json, report.csv
+and figures/; prints the report in the chosen format.
+"""
+from __future__ import annotations
+
+import argparse
+
+from covfuse.cli._common import Parser
+from covfuse.errors import UserError
+
+
+def main(argv: list[str]) -> int:
+    from covfuse.training.metrics import SCORES
+
+    p = Parser(prog="covfuse report", description=__doc__.split(": ", 1)[1],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", help="study folder, or its name under --runs-dir")
+    p.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", default="runs", help="folder of studies (default: runs)")
+    p.add_argument("--baseline", default=None, help="cell to compare with (default: the study's baseline)")
+    p.add_argument("--metric", default="accuracy", choices=SCORES, help="score to compare (default: accuracy)")
+    p.add_argument("--format", default="md", choices=["md", "json", "csv"], help="what to print (default: md)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--unit", default="group", choices=["group", "image"],
+                   help="what the bootstrap resamples: group (people; default) or image (data without repeated people)")
+    args = p.parse_args(argv)
+    if args.bootstrap < 100:
+        raise UserError(f"--bootstrap must be at least 100, got {args.bootstrap}")
+    from covfuse.studies.report import build_report, to_csv, to_json, to_markdown, write_report
+    from covfuse.studies.sweep import load_study
+
+    study = load_study(args.study, args.runs_dir)
+    report = build_report(study, baseline=args.baseline, metric=args.metric, n_boot=args.bootstrap, unit=args.unit)
+    write_report(study, report)
+    text = {"md": lambda: to_markdown(report, study), "json": lambda: to_json(report), "csv": lambda: to_csv(report)}
+    print(text[args.format](), end="")
+    return 0

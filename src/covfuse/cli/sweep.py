@@ -1,0 +1,119 @@
+"""`covfuse sweep --config BASE.yaml --name STUDY [--grid KEY=V1,V2 ...] [--seeds 0,1,2] [overrides]`:
+train every cell x seed of a study into runs/STUDY/<cell>/s<seed>/ (finished runs are skipped,
+interrupted ones resumed), locally or as a SLURM array; then `covfuse report STUDY` compares them.
+
+Examples:
+  covfuse sweep --config configs/demo.yaml --data.root data/synth --name fusion \\
+      --grid model.fusion=image-only,concat,hybrid --seeds 0,1,2
+  covfuse sweep --config configs/studies/twin-planted.yaml --name twin --dry-run
+  covfuse sweep ... --launcher slurm --partition gpu --gpus 1 --time 02:00:00 [--submit]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from covfuse.cli._common import Parser
+from covfuse.errors import UserError
+
+
+def parser(prog: str = "covfuse sweep", doc: str = __doc__, cv: bool = False) -> argparse.ArgumentParser:
+    p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", default=[], required=True,
+                   help="base run config (YAML, may hold a `sweep:` section); may be given more than once")
+    p.add_argument("--name", required=True, help="study name: the study folder is RUNS_DIR/NAME")
+    p.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", default="runs", help="folder of studies (default: runs)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key and its values; several --grid flags make a Cartesian grid")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the study file's, else 0)")
+    p.add_argument("--baseline", default=None, help="the cell every other cell is compared with (default: the first)")
+    if cv:
+        p.add_argument("--folds", type=int, required=True, help="k: identity-grouped stratified folds of train+valid")
+    else:
+        p.add_argument("--tune", action="append", default=[], metavar="KEY=V1,V2",
+                       help="give every cell the same search over these values; the best by valid metric counts")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the runs and their commands; train nothing")
+    p.add_argument("--overwrite", action="store_true", help="replace a different study of the same name")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="run here (default) or as a SLURM job array")
+    p.add_argument("--task", type=int, default=None, help="run only run number TASK (what each SLURM array task does)")
+    g = p.add_argument_group("SLURM (with --launcher slurm)")
+    g.add_argument("--submit", action="store_true", help="submit the written script with sbatch")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--account", default=None)
+    g.add_argument("--gpus", type=int, default=0, help="GPUs per task (default: 0)")
+    g.add_argument("--cpus", type=int, default=4, help="CPUs per task (default: 4)")
+    g.add_argument("--mem", default=None, help="memory per node, e.g. 32G")
+    g.add_argument("--time", default="04:00:00", help="time limit per task (default: 04:00:00)")
+    g.add_argument("--max-parallel", "--max_parallel", dest="max_parallel", type=int, default=None,
+                   help="at most this many tasks at once")
+    return p
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.strip("[]").split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: write integers separated by commas, e.g. --seeds 0,1,2") from None
+
+
+def task_argv(args, overrides: list[str], cv: bool) -> list[str]:
+    """The arguments that re-plan this study (what a SLURM task passes to `covfuse sweep`)."""
+    out: list[str] = []
+    for c in args.config:
+        out += ["--config", c]
+    out += ["--name", args.name, "--runs-dir", args.runs_dir]
+    for g in args.grid:
+        out += ["--grid", g]
+    for t in getattr(args, "tune", []):
+        out += ["--tune", t]
+    if args.seeds is not None:
+        out += ["--seeds", args.seeds]
+    if args.baseline is not None:
+        out += ["--baseline", args.baseline]
+    if cv:
+        out += ["--folds", str(args.folds)]
+    return out + overrides
+
+
+def main(argv: list[str], *, cv: bool = False, prog: str = "covfuse sweep", doc: str = __doc__) -> int:
+    args, overrides = parser(prog, doc, cv).parse_known_args(argv)
+    if any(o == "--seed" or o.startswith("--seed=") for o in overrides):
+        raise UserError(f"a study sets each run's seed: use --seeds 0,1,2 instead of --seed; see `{prog} --help`")
+    # every other flag is a config override for all runs; plan_study checks them (unknown keys named there)
+    from covfuse.studies import slurm
+    from covfuse.studies.sweep import plan_study, run_status, run_study, write_study
+
+    the_task_argv = task_argv(args, overrides, cv)
+    study = plan_study(name=args.name, configs=args.config, runs_dir=args.runs_dir, grid=args.grid,
+                       seeds=parse_seeds(args.seeds), tune=getattr(args, "tune", []), overrides=overrides,
+                       folds=args.folds if cv else 0, baseline=args.baseline,
+                       argv=["covfuse", prog.split()[-1], *the_task_argv])
+    if args.dry_run:
+        print(f"study {study.name}: {len(study.cells)} cells x {len(study.seeds)} seeds"
+              + (f" x {study.folds} folds" if study.folds else "")
+              + (f" x {len(study.runs) // max(1, len(study.cells) * len(study.seeds) * max(1, study.folds))} tuning values" if study.tune else "")
+              + f" = {len(study.runs)} runs in {study.study_dir}")
+        for run in study.runs:
+            settings = ", ".join(f"{k}={v}" for k, v in {**run.settings, **run.tune}.items()) or "base config"
+            print(f"  [{run.index}] {run_status(Path(run.dir)):<11} {Path(run.dir).relative_to(study.study_dir)}  ({settings})")
+            print(f"        {slurm.task_command(the_task_argv).replace(chr(34) + '$SLURM_ARRAY_TASK_ID' + chr(34), str(run.index))}")
+        return 0
+    if args.launcher == "slurm":
+        if args.task is not None:
+            raise UserError("--task is what each array task passes; do not combine it with --launcher slurm")
+        write_study(study, overwrite=args.overwrite)
+        options = slurm.SlurmOptions(partition=args.partition, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
+                                     time=args.time, max_parallel=args.max_parallel, account=args.account)
+        script = slurm.write_script(Path(study.study_dir), study.name, len(study.runs), the_task_argv, options)
+        print(f"wrote {script}: a job array of {len(study.runs)} tasks")
+        if args.submit:
+            print(slurm.submit(script))
+        else:
+            print(f"submit it with: sbatch {script}")
+        return 0
+    counts = run_study(study, task=args.task, overwrite=args.overwrite)
+    print(f"study {study.name}: {counts['trained']} trained, {counts['resumed']} resumed, "
+          f"{counts['skipped']} already done; compare them with: covfuse report {study.study_dir}")
+    return 0

@@ -1,0 +1,183 @@
+"""The LightningDataModule for volumes: manifest CSV -> subject splits -> encoded covariates -> loaders.
+
+Same interface as :class:`covfuse.training.datamodule.CovfuseDataModule` (``indices``,
+``datasets``, ``covariate_names``, ``labels``, ``covariates_real``, ``filenames``,
+``eval_dataloaders``), so fit/test/sweep/cv run unchanged; :func:`make_datamodule` picks it when
+``data.root`` is a ``.csv`` manifest. The covariate encoder (training-split statistics) and the
+class list are the module's :meth:`state`, written to the run folder as ``data_state.json`` and
+passed back in by ``covfuse test``, so evaluation never refits them on other rows.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from covfuse.errors import UserError
+from covfuse.training.config import DataConfig
+from covfuse.training.datamodule import MODES, SPLITS, CovfuseDataModule, control_covariates
+
+STATE_FILE = "data_state.json"
+
+
+def is_volume_config(cfg: DataConfig) -> bool:
+    """A manifest CSV as data.root means volumes; anything else is a CelebA-format folder."""
+    return str(cfg.root).lower().endswith(".csv")
+
+
+def make_datamodule(cfg: DataConfig, seed: int = 0, pin_memory: bool = False, state: dict | None = None):
+    """The data module for ``cfg``: volumes for a manifest CSV, CelebA otherwise."""
+    if is_volume_config(cfg):
+        return VolumeDataModule(cfg, seed=seed, pin_memory=pin_memory, state=state)
+    return CovfuseDataModule(cfg, seed=seed, pin_memory=pin_memory)
+
+
+def read_state(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class VolumeDataModule(L.LightningDataModule):
+    """Reads the manifest once per process, splits it by subject and serves train/valid/test loaders.
+
+    Args:
+        data: the data config; ``root`` is the manifest, ``image_size`` the cube side in voxels.
+        seed: shuffles subjects into splits when the manifest has no ``split`` column, and folds.
+        state: a previous :meth:`state` (encoder + classes) to reuse instead of fitting.
+    """
+
+    def __init__(self, data: DataConfig | dict[str, Any], seed: int = 0, pin_memory: bool = False,
+                 state: dict | None = None):
+        super().__init__()
+        self.cfg = data if isinstance(data, DataConfig) else DataConfig(**data)
+        self.seed, self.pin_memory, self.given_state = seed, pin_memory, state
+        self.manifest = None
+        self.meta = None  # CelebA name kept for code that checks whether setup ran
+        self.indices: dict[str, np.ndarray] = {}
+        self.datasets: dict[str, Any] = {}
+        self.covariate_names: list[str] = []
+        self.target_name = self.cfg.target
+        self.classes: list[str] = []
+        self.encoder = None
+        self.covariates_real: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        self.skipped: list[str] = []  # same interface as CovfuseDataModule (volumes never skip)
+
+    # -- preparation -----------------------------------------------------------------------
+    def settings(self):
+        from covfuse.data.volume_io import Preprocessing
+
+        c = self.cfg
+        return Preprocessing(size=c.image_size, geometry=c.geometry, intensity=c.intensity, spacing=c.spacing)
+
+    def cache_dir(self) -> Path:
+        from covfuse.data.volume_io import CACHE_DIRNAME
+
+        return Path(self.cfg.root).parent / CACHE_DIRNAME
+
+    def prepare_data(self) -> None:
+        """With ``cache: build``, preprocess every volume into the float16 memmap once (rank 0)."""
+        if self.cfg.cache != "build":
+            return
+        from covfuse.data.volume_io import build_volume_cache
+        from covfuse.data.volumes import read_manifest
+
+        build_volume_cache(read_manifest(self.cfg.root).files, self.settings(), self.cache_dir())
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.manifest is not None:
+            return
+        from covfuse.data.volume_io import VolumeDataset, open_volume_cache, volume_shape
+        from covfuse.data.volumes import CovariateEncoder, encode_target, read_manifest
+
+        cfg = self.cfg
+        if cfg.covariates_mode not in MODES:
+            raise UserError(f"unknown covariates_mode {cfg.covariates_mode!r}; choose from {', '.join(MODES)}")
+        manifest = read_manifest(cfg.root)
+        self.manifest = self.meta = manifest
+        self.target_name = manifest.column(cfg.target)
+        state = self.given_state or {}
+        classes = state.get("classes") or cfg.classes
+        labels, self.classes = encode_target(manifest, self.target_name, "classification", classes)
+        if len(self.classes) != 2:
+            raise UserError(f"{manifest.path}: target {self.target_name!r} has {len(self.classes)} classes "
+                            f"{self.classes}; the binary head needs two (set data.classes to pick them)")
+        self.labels = labels
+        self.indices = self._split_indices(manifest, labels)
+        if "encoder" in state:
+            self.encoder = CovariateEncoder.from_dict(state["encoder"])
+        else:
+            self.encoder = CovariateEncoder.fit(manifest, cfg.covariates, self.indices["train"], cfg.categorical)
+        real = self.encoder.transform(manifest)
+        self.covariates_real, self.covariate_names = real, self.encoder.feature_names
+        volume_shape(manifest.files[0], manifest.where(0))  # a wrong kind of file fails here, not in a worker
+        settings = self.settings()
+        cache = None if cfg.cache == "off" else open_volume_cache(manifest.files, settings, self.cache_dir())
+        for offset, split in enumerate(SPLITS):
+            idx = self.indices[split]
+            table = real
+            if cfg.covariates_mode != "real":
+                table = np.zeros_like(real)
+                table[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
+            self.datasets[split] = VolumeDataset(manifest.files, idx, table, labels, settings,
+                                                 train=(split == "train" and cfg.augment), cache=cache)
+
+    def _split_indices(self, manifest, labels: np.ndarray) -> dict[str, np.ndarray]:
+        from covfuse.data.volumes import subject_folds, subject_split
+
+        cfg = self.cfg
+        split = subject_split(manifest, self.seed)
+        if cfg.folds == 0:
+            out = {name: np.flatnonzero(split == k).astype(np.int64) for k, name in enumerate(SPLITS)}
+        else:
+            if cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds:
+                raise UserError(f"data.folds must be 0 or >= 2 and data.fold in 0..folds-1, got folds={cfg.folds}, fold={cfg.fold}")
+            train, valid = subject_folds(manifest, split, cfg.folds, self.seed, stratify=labels)[cfg.fold]
+            out = {"train": train, "valid": valid, "test": np.flatnonzero(split == 2).astype(np.int64)}
+        for name, idx in out.items():
+            if len(idx) == 0:
+                raise UserError(f"{manifest.path}: the {name} split is empty; every split needs subjects")
+        return out
+
+    def state(self) -> dict:
+        """What evaluation must reuse: the fitted covariate encoder, the class order, the preprocessing."""
+        from dataclasses import asdict
+
+        return {"encoder": self.encoder.to_dict(), "classes": self.classes, "target": self.target_name,
+                "preprocessing": asdict(self.settings())}
+
+    # -- loaders ---------------------------------------------------------------------------
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        cfg = self.cfg
+        dataset = self.datasets[split]
+        batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
+        return DataLoader(dataset, batch_size=batch, shuffle=train, drop_last=train and len(dataset) > batch,
+                          num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                          pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def eval_dataloaders(self, splits: tuple[str, ...] = ("valid", "test")) -> list[DataLoader]:
+        return [self._loader(split) for split in splits]
+
+    def filenames(self, index: np.ndarray) -> list[str]:
+        """The manifest's ``path`` of each row (unique per volume): the id in predictions.csv."""
+        return [self.manifest.columns["path"][int(i)] for i in index]
+
+    def groups(self, index: np.ndarray) -> list[str]:
+        """The subject of each row: the cluster every interval resamples."""
+        return [str(self.manifest.subjects[int(i)]) for i in index]
+

@@ -1,0 +1,95 @@
+"""Interrupted runs finish identically: SIGINT/SIGTERM mid-epoch, then --resume, equals an uninterrupted run.
+
+The reference is the same command run without interruption (fixed seed, CPU). Augmentation is on,
+so the flips' random state is part of what must come back, and so is the data order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+import yaml
+
+from covfuse.cli.main import main as covfuse
+from covfuse.training.resume import Interruption
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    from data_fixtures import make_twin
+
+    return make_twin(tmp_path_factory, n=60, size=(24, 28), seed=5) / "celeba"
+
+
+def args(root, runs, name, *extra):
+    return ["fit", "--data.root", str(root), "--data.image_size", "16", "--data.covariates", "Young,Male",
+            "--data.batch_size", "8", "--data.augment", "true", "--trainer.max_epochs", "2", "--runs_dir", str(runs),
+            "--name", name, "--bootstrap", "0", "--trainer.summary", "false", "--trainer.progress", "none",
+            *extra]
+
+
+def outcome(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    scores = {split: {k: metrics[split][k] for k in ("accuracy", "auroc", "loss")} for split in ("valid", "test")}
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    return scores, (run / "predictions.csv").read_text(), last["state_dict"], last["global_step"]
+
+
+@pytest.fixture(scope="module")
+def reference(twin, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("ref")
+    assert covfuse(args(twin, runs, "ref")) == 0
+    return outcome(runs / "ref")
+
+
+def interrupt_at(monkeypatch, step: int, signum: int):
+    """Send ``signum`` to this process when training reaches ``step`` (a real signal through the real handler)."""
+    original = Interruption.on_train_batch_start
+
+    def hook(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == step and self.received is None:
+            os.kill(os.getpid(), signum)
+        return original(self, trainer, pl_module, batch, batch_idx)
+
+    monkeypatch.setattr(Interruption, "on_train_batch_start", hook)
+
+
+def test_sigint_and_sigterm_mid_epoch_then_resume_equal_the_uninterrupted_run(twin, tmp_path, monkeypatch, capsys,
+                                                                              reference):
+    # 48 training images / 8 = 6 steps per epoch: stop in the first epoch, then in the second.
+    with monkeypatch.context() as m:
+        interrupt_at(m, 2, signal.SIGINT)
+        assert covfuse(args(twin, tmp_path, "r")) == 128 + signal.SIGINT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted by SIGINT in epoch 1, after step 3" in err[0]
+    assert err[0].endswith(f"continue with: covfuse fit --name r --runs_dir {tmp_path} --resume")
+    assert torch.load(tmp_path / "r/checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
+    assert not (tmp_path / "r/metrics.json").exists()
+
+    with monkeypatch.context() as m:
+        interrupt_at(m, 8, signal.SIGTERM)
+        assert covfuse(["fit", "--name", "r", "--runs_dir", str(tmp_path), "--resume"]) == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM in epoch 2, after step 9" in capsys.readouterr().err
+
+    assert covfuse(["fit", "--name", "r", "--runs_dir", str(tmp_path), "--resume"]) == 0
+    scores, predictions, state, step = outcome(tmp_path / "r")
+    ref_scores, ref_predictions, ref_state, ref_step = reference
+    assert step == ref_step == 12
+    assert scores == ref_scores and predictions == ref_predictions
+    for key, value in ref_state.items():
+        assert torch.equal(state[key], value), key
+
+
+def test_resume_after_a_finished_epoch_equals_the_uninterrupted_run(twin, tmp_path, reference):
+    # What a SIGKILL leaves: the end-of-epoch last.ckpt. --resume raises max_epochs on the saved config.
+    assert covfuse(args(twin, tmp_path, "k", "--trainer.max_epochs", "1")) == 0
+    assert covfuse(["fit", "--name", "k", "--runs_dir", str(tmp_path), "--resume", "--trainer.max_epochs", "2"]) == 0
+    saved = yaml.safe_load((tmp_path / "k/config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 2 and saved["data"]["augment"] is True
+    scores, predictions, _, step = outcome(tmp_path / "k")
+    assert (scores, predictions, step) == (reference[0], reference[1], reference[3])
