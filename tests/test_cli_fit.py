@@ -35,9 +35,13 @@ def test_later_configs_and_flags_override_earlier_ones():
     assert cfg.name == "hybrid-male-first" and flags == {}
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
-                                         if "sweep" not in (yaml.safe_load(p.read_text()) or {})))  # study files: test_studies
-def test_shipped_configs_parse(path):
+@pytest.mark.parametrize("path", sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")))
+def test_shipped_configs_parse(path, tmp_path):
+    values = yaml.safe_load((CONFIGS / path).read_text())
+    if "sweep" in values:  # a study file: its `sweep:` section is for `covfuse sweep`, the rest is a run config
+        values.pop("sweep")
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(values))
+        path = tmp_path / "run.yaml"
     cfg = config.load(CONFIGS / path)
     assert cfg.model.fusion and cfg.data.covariates
 
@@ -52,7 +56,8 @@ def test_resolved_config_round_trips(tmp_path):
     (["--optim.lrr", "1"], "optim.lrr"),
     (["--model.head", "three"], "model.head"),
     (["--trainer.max_epochs", "many"], "max_epochs"),
-    (["--config", "/nonexistent/c.yaml"], "does not exist"),
+    (["--config", "/nonexistent/c.yaml"], "config file not found"),
+    (["--data.batch-size", "0"], "data.batch_size must be at least 1"),  # dashes accepted: one flag spelling
 ])
 def test_bad_arguments_are_one_line_errors(args, message, capsys):
     assert covfuse(["fit", *args]) == 2
@@ -64,7 +69,18 @@ def test_unknown_key_in_a_config_file_is_an_error(tmp_path, capsys):
     f = tmp_path / "c.yaml"
     f.write_text("optim:\n  learning_rate: 0.1\n")
     assert covfuse(["fit", "--config", str(f)]) == 2
-    assert "learning_rate" in capsys.readouterr().err
+    assert f"{f}: unknown config key optim.learning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling", ["Young,Male", "[Young,Male]", "[Young, Male]", "Young, Male"])
+def test_one_list_syntax(spelling):
+    cfg, _ = config.parse(["--data.covariates", spelling])
+    assert cfg.data.covariates == ["Young", "Male"]
+
+
+def test_list_syntax_in_a_config_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("data:\n  covariates: Young,Male\n")
+    assert config.load(tmp_path / "c.yaml").data.covariates == ["Young", "Male"]
 
 
 def test_missing_data_root_and_bad_run_name(tmp_path, capsys):

@@ -23,13 +23,24 @@ def test_film_is_exactly_identity_at_init(shape, hidden):
     x = torch.randn(shape)
     z = torch.randn(shape[0], 3) * 10
     assert torch.equal(layer(x, z), x)
+    _perturb(layer)  # identity because of the zero init, not because z is ignored
+    assert (layer(x, z) - x).abs().max() > 1e-3
+
+
+def _perturb(module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.5)
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 3, 5), (2, 6, 4, 3, 2)])
 def test_daft_is_exactly_identity_at_init(shape):
     layer = DAFT(6, 2)
     x = torch.randn(shape)
-    assert torch.equal(layer(x, torch.randn(shape[0], 2) * 10), x)
+    z = torch.randn(shape[0], 2) * 10
+    assert torch.equal(layer(x, z), x)
+    _perturb(layer)
+    assert (layer(x, z) - layer(x, torch.zeros_like(z))).abs().max() > 1e-3  # now z changes the output
 
 
 def test_film_function_matches_per_sample_per_channel_loop():

@@ -78,3 +78,31 @@ def test_a_full_disk_is_a_user_error_naming_the_file_and_leaves_nothing(tmp_path
         atomic_write_text(target, "new contents\n")
     monkeypatch.undo()
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+class _Payload:
+    """Unpickling this would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_load_trusted_refuses_a_pickle_payload_and_runs_none_of_it(tmp_path):
+    import torch
+
+    from covfuse.errors import UserError
+    from covfuse.io import load_trusted
+
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2), "evil": _Payload(marker)}, path)
+    with pytest.raises(UserError, match="refused: this weights file carries pickled Python objects"):
+        load_trusted(path, what="weights file")
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the reference: the payload is real and would have run
+    assert marker.exists()
+    torch.save({"weight": torch.ones(2)}, path)
+    assert torch.equal(load_trusted(path)["weight"], torch.ones(2))  # plain weights still load

@@ -30,6 +30,13 @@ def test_convert_preserves_torchvision_models_for_any_covariates(builder, layers
         want = original(x)
         for c in (torch.randn(2, 3, dtype=torch.float64), torch.randint(0, 2, (2, 3)).double()):
             torch.testing.assert_close(converted(x, c), want, rtol=1e-10, atol=1e-10)
+        # Once the covariate weights are non-zero the covariates change the output (and zeros still do not).
+        for _, layer in hybrid_layers(converted):
+            layer.covariate_weight.normal_(0, 0.5)
+        c = torch.tensor([[1.0, 0, 1], [0, 0, 0]], dtype=torch.float64)
+        got = converted(x, c)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-10)
+        assert (got[0] - want[0]).abs().max() > 1e-6
 
 
 def test_convert_keeps_module_names_so_original_state_dict_loads():

@@ -224,6 +224,17 @@ def test_from_conv_equals_the_conv_for_any_covariates(dims):
         assert torch.equal(layer.weight, conv.weight) and torch.equal(layer.bias, conv.bias)
         for c in (torch.randn(4, 3, dtype=torch.float64), torch.randint(0, 2, (4, 3)).double()):
             torch.testing.assert_close(layer(x, c), conv(x), rtol=1e-12, atol=1e-12)
+        # The equality above is not because covariates are ignored: with non-zero covariate weights the
+        # output follows the per-sample reference, differs from the conv, and equals it only for c = 0.
+        with torch.no_grad():
+            layer.covariate_weight.normal_()
+            layer.covariate_bias.normal_()
+        c = torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 1, 1], [2, -1, 0.5]], dtype=torch.float64)
+        out = layer(x, c)
+        torch.testing.assert_close(out, per_sample_reference(layer, x, c))
+        torch.testing.assert_close(out[1], conv(x)[1], rtol=1e-12, atol=1e-12)
+        for i in (0, 2, 3):
+            assert (out[i] - conv(x)[i]).abs().max() > 1e-3, (backend, i)
 
 
 def test_from_conv_rejects_the_wrong_conv_type():
@@ -248,4 +259,6 @@ def test_bf16_autocast_and_channels_last_inputs(backend):
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
     got.float().sum().backward()
-    assert layer.covariate_weight.grad is not None
+    for name in ("covariate_weight", "covariate_bias"):  # the covariate parameters receive gradient
+        grad = getattr(layer, name).grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name

@@ -33,6 +33,9 @@ def test_forward_backward(backbone, fusion, k):
     if fusion != "image-only":
         cov = [n for n, g in grads.items() if ("covariate" in n or "film" in n or "daft" in n or "net" in n)]
         assert cov and any(grads[n].abs().sum() > 0 for n in cov)
+    if "hybrid" in fusion:  # every hybrid conv's covariate kernels and biases get a non-zero gradient
+        hybrid = [n for n in grads if n.endswith(("covariate_weight", "covariate_bias"))]
+        assert hybrid and all(grads[n].abs().sum() > 0 for n in hybrid), [n for n in hybrid if grads[n].abs().sum() == 0]
 
 
 @pytest.mark.parametrize("fusion", ["image-only", "covariates-only", "concat-2fc", "hybrid+daft"])
@@ -52,6 +55,12 @@ def test_fusion_starts_as_the_image_only_model(backbone, fusion):
         expected = reference(x)
         for z in (torch.zeros(4, 3), torch.randn(4, 3) * 5, torch.tensor([[1.0, 0, 1]] * 4)):
             torch.testing.assert_close(model(x, z), expected, rtol=1e-5, atol=1e-6)
+        # Not because the covariates are ignored: once the conditioning parameters move, they matter.
+        for name, p in model.named_parameters():
+            if name not in dict(reference.named_parameters()):
+                p.normal_(0, 0.3)
+        z1, z2 = torch.tensor([[1.0, 0, 1]] * 4), torch.tensor([[0.0, 1, 0]] * 4)
+        assert (model(x, z1) - model(x, z2)).abs().max() > 1e-4
 
 
 def test_concat_2fc_ignores_covariates_at_init_and_uses_them_after_a_step():

@@ -67,7 +67,15 @@ def test_log_is_timestamped_and_holds_progress_and_lightning_messages(run):
     assert "[tiny] epoch 1/1 | step" in text  # progress printed on stdout, teed
     assert "[tiny] epoch 1/1 validated" in text
     assert "Restoring states from the checkpoint" in text  # Lightning's own logger, through the file handler
+    assert "GPU available" not in text  # the hardware banner is quiet
     assert "run tiny done" in text
+
+
+def test_progress_shows_each_epochs_own_train_loss(run):
+    text = (run / "log.txt").read_text()
+    shown = [float(x) for x in re.findall(r"\[tiny\] epoch \d+/\d+ trained \| train loss ([0-9.]+)", text)]
+    logged = [float(r["train/loss_epoch"]) for r in _rows(run / "metrics.csv") if r.get("train/loss_epoch")]
+    assert shown and shown == pytest.approx(logged, abs=1e-4)  # the same epoch's value, not the previous one
 
 
 def test_metrics_csv_has_step_and_epoch_rows(run):
@@ -158,6 +166,14 @@ def test_resume_continues_from_last_ckpt(twin, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 2 * steps
 
 
-def test_resume_without_a_checkpoint_is_a_user_error(twin, tmp_path, capsys):
+def test_resume_without_a_run_is_a_user_error_and_without_a_checkpoint_starts_over(run, twin, tmp_path, capsys):
     assert covfuse(fit_args(twin, tmp_path, "none", "--resume")) == 2
-    assert "no run to resume" in capsys.readouterr().err
+    assert "no run to resume" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    # What SIGKILL leaves before the first checkpoint: a config.yaml and nothing else.
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "config.yaml").write_text((run / "config.yaml").read_text())
+    (tmp_path / "early" / "metrics.csv").write_text("epoch,step\n0,1\n")  # a half-written log of the killed run
+    assert covfuse(["fit", "--runs_dir", str(tmp_path), "--name", "early", "--resume",
+                    "--trainer.limit_train_batches", "1"]) == 0
+    assert json.loads((tmp_path / "early" / "metrics.json").read_text())["global_step"] == 1
+    assert (tmp_path / "early" / "metrics.csv").read_text().count("\n0,1\n") == 0  # started over, not appended

@@ -7,7 +7,32 @@ from covfuse.errors import UserError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors become one UserError line (exit 2) instead of usage plus a message."""
+    """argparse whose errors become one UserError line (exit 2) instead of usage plus a message.
+
+    One flag spelling across commands: options are declared with underscores, like the config keys
+    (``--runs_dir``, ``--data.batch_size``), and ``--runs-dir`` finds the same option (either spelling
+    finds whichever one a parser declares).
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--seed` must not silently mean `--seeds`
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UserError(f"{message}; see `{self.prog} --help`")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args is not None:
+            args = [self._canonical(a) for a in args]
+        return super().parse_known_args(args, namespace)
+
+    def _canonical(self, token: str) -> str:
+        if not token.startswith("--") or token == "--":
+            return token
+        name, sep, value = token.partition("=")
+        if name in self._option_string_actions:
+            return token
+        for candidate in (name[:2] + name[2:].replace("-", "_"), name[:2] + name[2:].replace("_", "-")):
+            if candidate in self._option_string_actions:
+                return candidate + sep + value
+        return token

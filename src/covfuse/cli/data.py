@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covfuse.cli._common import Parser
 from covfuse.errors import UserError
 
 # The release's md5 checksums, as listed in torchvision's CelebA.file_list
@@ -31,7 +32,11 @@ def _setup_logging() -> None:
 
 
 def _names(text: str | None) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()] if text else []
+    """``A,B`` or ``[A,B]`` (the list syntax of every command) -> ["A", "B"]."""
+    text = (text or "").strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 # ---------------------------------------------------------------------------------------- info
@@ -317,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     from covfuse.data.synth import EFFECTS
     from covfuse.data.decode import DEFAULT_PRESET, PRESETS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="covfuse data",
         description="Inspect, verify, cache or synthesise CelebA-format data. ROOT is a folder holding "
         "img_align_celeba/ and the text files, or holding celeba/ with them (torchvision's layout). "
@@ -332,9 +337,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT|MANIFEST.csv")
     p.add_argument("--categorical", metavar="A,B", help="manifest: columns to treat as categorical even if numeric")
     p.add_argument("--target", metavar="NAME", help="also summarise this attribute as the target")
-    p.add_argument("--covariates", metavar="A,B", help="comma-separated covariates to summarise against the target")
+    p.add_argument("--covariates", metavar="A,B", help="covariates (A,B or [A,B]) to summarise against the target")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
-    p.add_argument("--skip-images", action="store_true", help="do not require every listed image to exist "
+    p.add_argument("--skip_images", action="store_true", help="do not require every listed image to exist "
                    "(manifest: do not open every volume's header)")
     p.set_defaults(func=cmd_info)
 
@@ -346,9 +351,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
     p.add_argument("--effect", choices=EFFECTS, default="planted",
                    help="planted: Attractive = Smiling if Young else not Eyeglasses; null: Attractive = Smiling")
-    p.add_argument("--image-size", default="178x218", metavar="WxH", help="JPEG size (default: the release's 178x218)")
+    p.add_argument("--image_size", default="178x218", metavar="WxH", help="JPEG size (default: the release's 178x218)")
     p.add_argument("--noise", type=float, default=0.05, help="label flip probability (default: 0.05)")
-    p.add_argument("--labels-only", action="store_true", help="write the text files but no JPEGs (fast; for statistics)")
+    p.add_argument("--labels_only", action="store_true", help="write the text files but no JPEGs (fast; for statistics)")
     p.add_argument("--workers", type=int, default=1, help="processes drawing images (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     p.set_defaults(func=cmd_synth)
@@ -373,7 +378,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--size", type=int, required=True, help="side S of the square images in pixels")
     p.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, help=f"image preset (default: {DEFAULT_PRESET})")
-    p.add_argument("--cache-dir", metavar="DIR", help="where to write the cache (default: ROOT/.covfuse-cache)")
+    p.add_argument("--cache_dir", metavar="DIR", help="where to write the cache (default: ROOT/.covfuse-cache)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
     p.set_defaults(func=cmd_cache)

@@ -26,15 +26,15 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="covfuse describe", description=__doc__)
     p.add_argument("--backbone", required=True, help=f"one of {', '.join(list_backbones())}")
     p.add_argument("--fusion", default="image-only", help=f"one of {', '.join(list_fusions())} (default image-only)")
-    p.add_argument("--num-covariates", type=int, default=1, help="K, the number of covariates (default 1)")
-    p.add_argument("--hybrid-layers", default="first",
+    p.add_argument("--num_covariates", type=int, default=1, help="K, the number of covariates (default 1)")
+    p.add_argument("--hybrid_layers", default="first",
                    help="conv names or indices, comma-separated (features.0,features.40 or 0,-1), or first/last/all")
     p.add_argument("--weights", default=None, help="imagenet (from the torch hub cache) or a state-dict file")
     p.add_argument("--regime", default="finetune", help=", ".join(REGIMES))
     p.add_argument("--head", default="binary", help=", ".join(HEADS))
     p.add_argument("--option", "-o", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="model option, e.g. film_layers=all, daft_layer=layer3, concat_hidden=32 (repeatable)")
-    p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the backbone's, 224 or 64)")
+    p.add_argument("--input_size", type=int, default=None, help="input side in pixels (default: the backbone's, 224 or 64)")
     p.add_argument("--diagram", type=Path, default=None, help="write an architecture diagram to this PNG file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --diagram file")
     p.add_argument("--format", choices=("text", "json"), default="text", help="text table or JSON")
@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.input_size is not None and args.input_size < 16:
-        raise UserError(f"--input-size must be at least 16 pixels, got {args.input_size}")
+        raise UserError(f"--input_size must be at least 16 pixels, got {args.input_size}")
     if args.diagram is not None:
         if args.diagram.suffix.lower() != ".png":
             raise UserError(f"--diagram must name a .png file, got {str(args.diagram)!r}")

@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as exc:
         print(f"covfuse {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except PermissionError as exc:
+        print(f"covfuse {name}: error: {exc.filename}: permission denied; check the owner and mode of the file "
+              "or folder (ls -l)", file=sys.stderr)
+        return 2
     except RunInterrupted as exc:
         print(f"covfuse {name}: {exc}", file=sys.stderr)
         return exc.code

@@ -172,6 +172,7 @@ def build_cache(
     if existing is not None:
         return existing
     data, info_path = cache_paths(meta, size, preset, cache_dir)
+    made_folder = not data.parent.exists()
     try:
         data.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -214,6 +215,8 @@ def build_cache(
             if not done:  # nothing worth resuming: leave nothing behind
                 partial.unlink(missing_ok=True)
                 marker.unlink(missing_ok=True)
+                if made_folder and not any(data.parent.iterdir()):
+                    data.parent.rmdir()
                 raise
             # The chunks already decoded stay valid: say so, rather than leave an unexplained file.
             raise UserError(f"{exc} (the {len(done)} finished chunks stay in {partial.name}; the next "

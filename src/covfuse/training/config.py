@@ -220,8 +220,10 @@ def normalise_flags(argv: list[str], known: set[str]) -> list[str]:
     return out
 
 
-def check_config_file(path: str | Path) -> None:
-    """Read a YAML config file and refuse unknown keys, naming the file and suggesting the closest key."""
+def check_config_file(path: str | Path) -> dict[str, int]:
+    """Read a YAML config file and refuse unknown keys, naming the file and suggesting the closest key.
+
+    Returns the batch counts it sets as integers (see ``_COUNT_OR_FRACTION``)."""
     import yaml
 
     path = Path(path)
@@ -232,10 +234,32 @@ def check_config_file(path: str | Path) -> None:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable YAML file ({' '.join(str(exc).split())[:160]})") from None
     if values is None:
-        return
+        return {}
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected YAML keys such as `data:` and `model:`, got a {type(values).__name__}")
     _check_keys(RunConfig, values, "", f"{path}: ")
+    counts = {}
+    for key in _COUNT_OR_FRACTION:
+        section, name = key.split(".")
+        value = (values.get(section) or {}).get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            counts[key] = value
+    return counts
+
+
+# Keys where an integer is a count of batches and a float a fraction of them (Lightning's convention).
+_COUNT_OR_FRACTION = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.val_check_interval")
+
+
+def _integer_flags(argv: list[str]) -> dict[str, int]:
+    out = {}
+    for i, token in enumerate(argv):
+        name, sep, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if name in _COUNT_OR_FRACTION:
+            value = value if sep else (argv[i + 1] if i + 1 < len(argv) else "")
+            if value.strip().lstrip("+").isdigit():
+                out[name] = int(value)
+    return out
 
 
 def _check_keys(cls, data: dict, where: str, origin: str = "") -> None:
@@ -276,12 +300,18 @@ def parse(argv: list[str], extra=None, prog: str = "covfuse fit") -> tuple[RunCo
     known = {a.dest for a in p._actions if a.dest} | set(config_keys()) | {"help", "config", "print_config"}
     known |= set(_NESTED_NAMES)
     argv = normalise_flags(list(argv), known)
+    counts: dict[str, int] = {}
     for file in _config_files(argv):
-        check_config_file(file)
+        counts.update(check_config_file(file) or {})
+    counts.update(_integer_flags(argv))
     try:
         values = p.parse_args(argv).clone(with_meta=False).as_dict()
     except Exception as exc:  # jsonargparse raises ArgumentError/TypeError/ValueError with a readable message
         raise UserError(" ".join(str(exc).split())) from None
+    for key, value in counts.items():  # "1" means one batch, not 100% (jsonargparse reads 1.0 once Lightning is loaded)
+        section, name = key.split(".")
+        if isinstance(values.get(section), dict) and values[section].get(name) == value:
+            values[section][name] = value
     values.pop("config", None)
     flags = {k: values.pop(k) for k in list(values) if k not in _CONFIG_KEYS}
     return from_dict(values), flags

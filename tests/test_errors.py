@@ -1,0 +1,298 @@
+"""The error catalogue: every user mistake is exit status 2, one short stderr line, no traceback, nothing written.
+
+Each case runs the real command in-process from a scratch folder holding a small twin (``twin/``)
+and a finished run (``runs/tiny``), with relative paths, so messages read as a user would see them.
+docs/errors.md lists every case; ``COVFUSE_WRITE_ERRORS_DOC=1`` regenerates its table from this file.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from covfuse.cli.main import main as covfuse
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+ROOT = "twin/celeba"
+FIT = ["fit", "--data.root", ROOT, "--data.image_size", "16", "--data.batch_size", "8", "--data.covariates",
+       "Young,Male", "--bootstrap", "0", "--trainer.summary", "false", "--trainer.progress", "none",
+       "--trainer.accelerator", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """twin/ (60 images, 24x28) and runs/tiny (vgg-mini, one epoch) in a folder the cases copy."""
+    from data_fixtures import make_twin
+
+    base = tmp_path_factory.mktemp("catalogue")
+    shutil.copytree(make_twin(tmp_path_factory, n=60, size=(24, 28), seed=5), base / "twin")
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        assert covfuse([*FIT, "--name", "tiny", "--trainer.limit_train_batches", "2"]) == 0
+    finally:
+        os.chdir(cwd)
+    (base / "runs/tiny/.lock").unlink()
+    return base
+
+
+# -- helpers that prepare a case's folder -------------------------------------------------
+def attr_lines(work: Path) -> list[str]:
+    return (work / ROOT / "list_attr_celeba.txt").read_text().splitlines()
+
+
+def write_attr(work: Path, lines: list[str]) -> None:
+    (work / ROOT / "list_attr_celeba.txt").write_text("\r\n".join(lines) + "\r\n")
+
+
+def edit_row(work: Path, line: int, old: str, new: str) -> None:
+    lines = attr_lines(work)
+    lines[line - 1] = lines[line - 1].replace(old, new, 1)
+    write_attr(work, lines)
+
+
+def first_train_image(work: Path) -> Path:
+    name = (work / ROOT / "list_eval_partition.txt").read_text().split()[0]
+    return work / ROOT / "img_align_celeba" / name
+
+
+def other_model_checkpoint(work: Path) -> None:
+    """runs/tiny's checkpoint, relabelled as a concat model (as if two files had been mixed up)."""
+    ckpt = torch.load(work / "runs/tiny/checkpoints/best.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["model"]["fusion"] = "concat"
+    torch.save(ckpt, work / "other.ckpt")
+
+
+class Payload:
+    """Unpickling this would create the file MARKER (it must never happen)."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path("MARKER").absolute(),))
+
+
+def pickle_checkpoint(work: Path) -> None:
+    ckpt = torch.load(work / "runs/tiny/checkpoints/best.ckpt", weights_only=True)
+    ckpt["payload"] = Payload()
+    torch.save(ckpt, work / "runs/tiny/checkpoints/best.ckpt")
+
+
+def disk_full(monkeypatch) -> None:
+    real = Path.write_text
+
+    def full(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+
+
+def hold_lock(work: Path, held: list) -> None:
+    from covfuse.training.lock import RunLock
+
+    held.append(RunLock(work / "runs/tiny"))
+
+
+def unreadable(work: Path, monkeypatch) -> None:
+    path = work / ROOT / "identity_CelebA.txt"
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads mode-000 files: make reading it fail as it would for a user
+        real = Path.read_bytes
+
+        def denied(self):
+            if self.name == path.name:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", denied)
+
+
+@dataclass
+class Case:
+    id: str
+    what: str
+    argv: list[str]
+    expect: str
+    setup: Callable | None = None  # setup(work) or setup(work, monkeypatch)
+
+
+def resume(*extra):
+    return ["fit", "--name", "tiny", "--resume", *extra]
+
+
+CASES = [
+    # -- run folders and resuming --
+    Case("resume-covariates", "--resume with a different covariate list", resume("--data.covariates", "Young"),
+         "--resume: data.covariates is ['Young', 'Male'] in runs/tiny/config.yaml but ['Young'] here"),
+    Case("resume-model", "--resume with another model", resume("--model.fusion", "concat"),
+         "--resume: model.fusion is 'hybrid'"),
+    Case("resume-missing", "--resume of a run that does not exist", ["fit", "--name", "nope", "--resume"],
+         "runs/nope: no run to resume (no config.yaml there); start it without --resume"),
+    Case("resume-overwrite", "--resume and --overwrite together", resume("--overwrite"),
+         "--resume continues a run and --overwrite replaces it: pass only one"),
+    Case("run-exists", "a run name that is taken", [*FIT, "--name", "tiny"],
+         "runs/tiny already exists; pass --overwrite to replace it, --resume to continue it"),
+    Case("run-locked", "a second process on a run in use", resume(), "runs/tiny is in use by another covfuse process",
+         lambda work, held: hold_lock(work, held)),
+    Case("run-name-path", "a run name with a path separator", [*FIT, "--name", "../escape"],
+         "run name '../escape' must be a plain folder name"),
+    # -- hardware --
+    Case("no-gpu", "--trainer.accelerator gpu on a machine without one", [*FIT, "--trainer.accelerator", "gpu"],
+         "--trainer.accelerator gpu: this machine has no usable GPU"),
+    Case("devices-exist", "more devices than the machine has", [*FIT, "--trainer.devices", "4096"],
+         "--trainer.devices 4096: this machine has"),
+    Case("devices-fill", "more processes than the data can fill",
+         [*FIT, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "32"],
+         "--trainer.devices"),
+    # -- numbers and names in the config --
+    Case("lr", "a learning rate <= 0", [*FIT, "--optim.lr", "0"], "optim.lr must be a positive number"),
+    Case("batch-size", "batch size 0", [*FIT, "--data.batch_size", "0"], "data.batch_size must be at least 1"),
+    Case("epochs", "epochs < 1", [*FIT, "--trainer.max_epochs", "0"], "trainer.max_epochs must be at least 1"),
+    Case("folds", "one fold", [*FIT, "--data.folds", "1"], "data.folds must be 0 (the official split) or at least 2"),
+    Case("target-typo", "a misspelt target", [*FIT, "--data.target", "Atractive"],
+         "unknown attribute 'Atractive' (did you mean 'Attractive'?)"),
+    Case("covariate-typo", "a misspelt covariate", [*FIT, "--data.covariates", "Yuong"],
+         "unknown attribute 'Yuong' (did you mean 'Young'?)"),
+    Case("target-is-covariate", "a covariate equal to the target", [*FIT, "--data.covariates", "Attractive,Male"],
+         "data.target Attractive is also in data.covariates"),
+    Case("flag-typo", "a misspelt option", [*FIT, "--optim.lrr", "1"], "unknown option --optim.lrr (did you mean 'optim.lr'?)"),
+    Case("config-key-typo", "a misspelt key in a config file", ["fit", "--config", "my.yaml"],
+         "my.yaml: unknown config key optim.learning_rat",
+         lambda work: (work / "my.yaml").write_text("optim:\n  learning_rat: 0.1\n")),
+    Case("no-data", "no data folder given", ["fit", "--name", "x"],
+         "no data folder: set data.root in the config or pass --data.root DIR"),
+    # -- the data folder --
+    Case("root-missing", "data root missing", [*FIT, "--data.root", "nowhere"], "nowhere: no such folder"),
+    Case("root-empty", "data root empty", [*FIT, "--data.root", "empty"], "empty: not a CelebA folder",
+         lambda work: (work / "empty").mkdir()),
+    Case("root-unreadable", "a release file that cannot be read", [*FIT],
+         "twin/celeba/identity_CelebA.txt: permission denied", lambda work, mp: unreadable(work, mp)),
+    Case("file-missing", "a release file missing", [*FIT], "twin/celeba/identity_CelebA.txt: required file is missing",
+         lambda work: (work / ROOT / "identity_CelebA.txt").unlink()),
+    Case("file-truncated", "a release file truncated", [*FIT], "twin/celeba/list_attr_celeba.txt",
+         lambda work: write_attr(work, attr_lines(work)[:-3])),
+    Case("file-count", "a wrong image count", [*FIT], "declares 61 images but the file has 60 rows",
+         lambda work: write_attr(work, ["61", *attr_lines(work)[1:]])),
+    Case("value-range", "an attribute value outside {-1, 1}", [*FIT], "list_attr_celeba.txt: line 3: expected -1 or 1",
+         lambda work: edit_row(work, 3, " 1", " 2") if " 1" in attr_lines(work)[2] else edit_row(work, 3, "-1", " 2")),
+    Case("split-code", "an unknown split code", [*FIT], "list_eval_partition.txt: line 1: expected split code 0 (train), 1 (valid) or 2 (test)",
+         lambda work: (work / ROOT / "list_eval_partition.txt").write_text(
+             (work / ROOT / "list_eval_partition.txt").read_text().replace(" 0", " 7", 1))),
+    Case("image-absent", "a row naming an absent image", [*FIT], "image is missing (listed on line 3",
+         lambda work: first_train_image(work).unlink()),
+    Case("image-corrupt", "a corrupt JPEG while training (cache off)", [*FIT, "--data.cache", "off", "--name", "c"],
+         "cannot decode the image",
+         lambda work: first_train_image(work).write_bytes(b"\xff\xd8\xff\xe0 truncated JPEG")),
+    Case("image-empty", "a zero-byte image (cache off)", [*FIT, "--data.cache", "off"],
+         "cannot decode the image (empty file, 0 bytes)", lambda work: first_train_image(work).write_bytes(b"")),
+    Case("image-empty-cache", "a zero-byte image while building the cache", ["data", "cache", ROOT, "--size", "16"],
+         "cannot decode the image (empty file, 0 bytes)", lambda work: first_train_image(work).write_bytes(b"")),
+    Case("disk-full", "the disk fills up while writing", [*FIT, "--name", "full"], "the disk is full",
+         lambda work, mp: disk_full(mp)),
+    Case("weights-pickle", "a weights file carrying a pickle payload", [*FIT, "--model.weights", "evil.pt"],
+         "evil.pt: refused: this weights file carries pickled Python objects",
+         lambda work: torch.save({"features.0.weight": torch.zeros(1), "x": Payload()}, work / "evil.pt")),
+    # -- evaluating and predicting --
+    Case("test-no-run", "test a run that does not exist", ["test", "nope"], "no run 'nope'"),
+    Case("ckpt-other-model", "a checkpoint from another model", ["test", "tiny", "--ckpt", "other.ckpt"],
+         "other.ckpt: its weights do not fit the model", other_model_checkpoint),
+    Case("ckpt-corrupt", "a corrupt checkpoint", ["test", "tiny", "--ckpt", "junk.ckpt"],
+         "junk.ckpt: not a readable checkpoint", lambda work: (work / "junk.ckpt").write_bytes(b"PK\x03\x04junk")),
+    Case("ckpt-pickle", "a checkpoint carrying a pickle payload", ["test", "tiny"],
+         "runs/tiny/checkpoints/best.ckpt: refused: this checkpoint carries pickled Python objects", pickle_checkpoint),
+    Case("predict-not-image", "predict on a file that is not an image", ["predict", "tiny", "notes.txt",
+         "--covariates", "Young=1,Male=0"], "notes.txt: cannot decode the image (not an image file)",
+         lambda work: (work / "notes.txt").write_text("hello")),
+    Case("predict-folder", "predict given a folder", ["predict", "tiny", "twin", "--covariates", "Young=1,Male=0"],
+         "twin: a folder, not an image file"),
+    Case("predict-missing-cov", "predict with a covariate missing", ["predict", "tiny", "x.jpg", "--covariates",
+         "Young=1"], "--covariates: missing Male"),
+    Case("predict-extra-cov", "predict with an extra covariate", ["predict", "tiny", "x.jpg", "--covariates",
+         "Young=1,Male=0,Smiling=1"], "the model has no covariate 'Smiling'"),
+    Case("predict-minus-one", "predict with CelebA's -1 convention", ["predict", "tiny", "x.jpg", "--covariates",
+         "Young=-1,Male=1"], "Young=-1 was never seen in training, which had Young in {0, 1}"),
+    Case("predict-out-of-range", "predict with a value never seen in training", ["predict", "tiny", "x.jpg",
+         "--covariates", "Young=5,Male=1"], "Young=5 was never seen in training"),
+    Case("predict-nan", "predict with a NaN covariate", ["predict", "tiny", "x.jpg", "--covariates",
+         "Young=nan,Male=1"], "covariate Young is nan; give a finite number"),
+    Case("predict-inf-csv", "predict from a CSV with an infinite covariate", ["predict", "tiny", "--csv", "in.csv"],
+         "in.csv:2: covariate Male is inf; give a finite number",
+         lambda work: (work / "in.csv").write_text("image,Young,Male\nx.jpg,1,inf\n")),
+]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int] | None]:
+    """Every file's size and mtime (folders: only that they exist; the lock file is allowed to appear)."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.name != ".lock" and not p.is_symlink()}
+
+
+def is_progress_bar(line: str) -> bool:
+    return "\r" in line or ("%|" in line and "/s]" in line)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_catalogue(case, base, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(base, work, symlinks=True)
+    monkeypatch.chdir(work)
+    held: list = []
+    if case.setup is not None:
+        nargs = case.setup.__code__.co_argcount
+        case.setup(*(work, monkeypatch if case.id not in ("run-locked",) else held)[:nargs])
+    capsys.readouterr()
+    before = snapshot(work)
+    try:
+        code = covfuse(case.argv)
+    finally:
+        monkeypatch.undo()
+        monkeypatch.chdir(work)
+        for lock in held:
+            lock.release()
+        (work / ROOT / "identity_CelebA.txt").chmod(0o644) if (work / ROOT / "identity_CelebA.txt").exists() else None
+    err = capsys.readouterr().err
+    lines = [line for line in err.split("\n") if line.strip() and not is_progress_bar(line)]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    command = case.argv[0]
+    assert lines[0].startswith(f"covfuse {command}: error: ") and case.expect in lines[0], lines[0]
+    assert len(lines[0]) < 400
+    assert snapshot(work) == before  # nothing written, nothing replaced, nothing left half-made
+    assert not (work / "MARKER").exists()  # no pickled code ran
+    message = lines[0].split(": error: ", 1)[1]
+    if os.environ.get("COVFUSE_WRITE_ERRORS_DOC"):
+        rows = Path(os.environ["COVFUSE_WRITE_ERRORS_DOC"])
+        rows.mkdir(parents=True, exist_ok=True)
+        (rows / f"{CASES.index(case):03d}.json").write_text(json.dumps(
+            {"id": case.id, "what": case.what, "argv": case.argv, "message": message}))
+    else:
+        row = next((line for line in DOC.read_text().splitlines() if line.startswith(f"| `{case.id}` |")), None)
+        assert row is not None, f"docs/errors.md has no row for {case.id}"
+        assert case.expect.replace("|", "\\|") in row, f"docs/errors.md row for {case.id} lacks its message"
+
+
+def test_skip_corrupt_counts_and_lists_the_images_it_leaves_out(base, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(base, work, symlinks=True)
+    monkeypatch.chdir(work)
+    partition = (work / ROOT / "list_eval_partition.txt").read_text().split()
+    names = dict(zip(partition[::2], partition[1::2]))
+    bad_train = next(n for n, s in names.items() if s == "0")
+    bad_test = next(n for n, s in names.items() if s == "2")
+    (work / ROOT / "img_align_celeba" / bad_train).write_bytes(b"")
+    (work / ROOT / "img_align_celeba" / bad_test).write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    assert covfuse([*FIT, "--name", "skip", "--data.cache", "off", "--trainer.limit_train_batches", "1",
+                    "--skip-corrupt"]) == 0
+    run = work / "runs/skip"
+    assert (run / "skipped.txt").read_text().split() == sorted([bad_train, bad_test])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["skipped_images"] == 2
+    predicted = {line.split(",")[0] for line in (run / "predictions.csv").read_text().splitlines()[1:]}
+    assert bad_test not in predicted and len(predicted) == sum(s != "0" for s in names.values()) - 1
+    assert "skipped 2 image(s) that do not decode" in (run / "log.txt").read_text()
