@@ -155,7 +155,7 @@ def plot_cue_mass(path: Path, cue_mass: dict, truth) -> str:
             for level in ("low", "high"):
                 shares = entry[method][level]
                 for j, cue in enumerate(shares):
-                    ax.bar(x + 0.38 * j, shares[cue], width=0.36, color=CUE_COLOURS.get(cue),
+                    ax.bar(x + 0.38 * j, float("nan") if shares[cue] is None else shares[cue], width=0.36, color=CUE_COLOURS.get(cue),
                            label=cue if x == 0 else None)
                 labels.append((x + 0.19, f"{name}={entry[level]:g}"))
                 x += 1

@@ -73,8 +73,8 @@ def markdown(r: dict) -> str:
                 for method in ("grad-cam", "integrated-gradients"):
                     m = e[method]
                     lines.append(
-                        f"| {name} {e['low']:g}→{e['high']:g} | {method} | {e['images']} | {m['low']['mouth']:.3f} → "
-                        f"{m['high']['mouth']:.3f} | {m['low']['eyes']:.3f} → {m['high']['eyes']:.3f} | "
+                        f"| {name} {e['low']:g}→{e['high']:g} | {method} | {e['images']} | {_num(m['low']['mouth'], '.3f')} → "
+                        f"{_num(m['high']['mouth'], '.3f')} | {_num(m['low']['eyes'], '.3f')} → {_num(m['high']['eyes'], '.3f')} | "
                         f"{_num(m['mouth_minus_eyes_shift'], '+.3f')}{_ci(m['ci'])} | {_num(m['share_positive'])} |")
             lines += ["", f"![cue mass]({r['figures']['cue_mass']})", ""]
     lines += ["## Inside the conditioning layers", ""]

@@ -51,11 +51,13 @@ class TwinTruth:
             contrast = {}
             for label, maps in (("low", lo[method]), ("high", hi[method])):
                 shares = {cue: box_share(maps, b) for cue, b in boxes.items()}
-                entry[label] = {cue: float(np.nanmean(s)) for cue, s in shares.items()}
+                # A map that is zero everywhere (Grad-CAM of a barely trained model) has no share: None, not NaN.
+                entry[label] = {cue: float(np.nanmean(s)) if np.isfinite(s).any() else None for cue, s in shares.items()}
                 contrast[label] = shares["mouth"] - shares["eyes"]
             shift = contrast["high"] - contrast["low"]
             ok = np.isfinite(shift)
-            stat = cluster_bootstrap_mean(shift[ok], groups[ok], n_boot=n_boot, seed=seed)
+            stat = (cluster_bootstrap_mean(shift[ok], groups[ok], n_boot=n_boot, seed=seed) if ok.any()
+                    else {"estimate": None, "ci": [None, None]})
             entry["mouth_minus_eyes_shift"] = stat["estimate"]
             entry["ci"] = stat["ci"]
             entry["share_positive"] = float((shift[ok] > 0).mean()) if ok.any() else None
