@@ -9,7 +9,11 @@ import torch
 
 from covfuse.layers import HybridConv2d, auto_choices, clear_choices, rule_backend, set_autotune
 from covfuse.layers import autotune
-from test_layers_hybrid import per_sample_reference
+
+try:
+    from test_layers_hybrid import per_sample_reference
+except ImportError:  # tests/ imported as a package
+    from tests.test_layers_hybrid import per_sample_reference
 
 
 @pytest.fixture(autouse=True)

@@ -102,6 +102,7 @@ def test_the_shipped_studies_plan(files, cells, runs, tmp_path):
     (["--seeds", "0,x"], "--seeds"),
     (["--baseline", "nope", "--grid", "model.fusion=image-only,hybrid"], "baseline 'nope'"),
     (["--trainer.max_epoch", "2"], "max_epoch"),  # no silent abbreviation
+    (["--seed", "3"], "use --seeds"),
 ])
 def test_bad_studies_fail_in_one_line_before_anything_is_written(base, tmp_path, capsys, args, message):
     runs = tmp_path / "runs"
@@ -233,3 +234,14 @@ def test_report_refuses_an_unfinished_study_and_unknown_names(tmp_path, base, ca
     assert "2 of 2 runs of study todo are not finished" in capsys.readouterr().err
     with pytest.raises(UserError, match="baseline 'x'"):
         plan_study(name="b", configs=[str(base)], runs_dir=tmp_path, baseline="x")
+
+
+def test_a_failing_run_does_not_stop_the_others(base, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["sweep", "--config", str(base), "--name", "mixed", "--runs-dir", str(runs),
+            "--grid", "model.backbone=no-such-net,vgg-mini", "--model.fusion", "image-only"]
+    assert covfuse(args) == 2
+    err = capsys.readouterr().err
+    assert "1 run(s) of study mixed failed" in err and "backbone=no-such-net" in err and "again" in err
+    assert json.loads((runs / "mixed" / "backbone=vgg-mini" / "s0" / "metrics.json").read_text())["test"]["count"] > 0
+    assert not (runs / "mixed" / "backbone=no-such-net" / "s0").exists()  # a failed run leaves nothing

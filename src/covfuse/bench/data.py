@@ -50,7 +50,7 @@ def run(n: int, sizes: list[int], cores: list[int], rounds: int, echo=print) -> 
         root = Path(tmp) / "twin"
         write_synth(root, n=n, seed=0, progress=False)
         meta = read_celeba(root / "celeba" if (root / "celeba").is_dir() else root)
-        echo(f"\nimages/s (wall clock) through a DataLoader, batch {BATCH}, {n} JPEGs of the twin at 178x218, "
+        echo(f"\nimages/s through a DataLoader (1 core: per CPU-second of this process; more: wall clock), batch {BATCH}, {n} JPEGs of the twin at 178x218, "
              f"center-crop; ratios: median [min-max] of {rounds} interleaved rounds\n")
         echo("| size | cores | torchvision CelebA | covfuse JPEG | covfuse cache | cache `get_batch` | "
              "JPEG / torchvision | cache / torchvision | get_batch / cache loader |")
@@ -75,7 +75,8 @@ def run(n: int, sizes: list[int], cores: list[int], rounds: int, echo=print) -> 
                 variants = {name: (lambda ld, norm: lambda: _drain(ld, norm))(ld, name != "torchvision")
                             for name, ld in loaders.items()}
                 variants["get_batch"] = lambda: [normalize(cache.get_batch(np.sort(b))) for b in batches]
-                samples = interleaved(variants, rounds, cpu_time=False)  # workers are other processes
+                # one core: CPU time of this process (steady on a shared machine); workers: wall clock (other processes)
+                samples = interleaved(variants, rounds, cpu_time=workers == 0)
                 count = {name: len(meta) for name in variants}
                 count["get_batch"] = BATCH * len(batches)
                 rate = {name: count[name] / float(np.median(v)) for name, v in samples.items()}

@@ -57,7 +57,8 @@ def _step(module: nn.Module, x: torch.Tensor, c: torch.Tensor | None, autocast: 
 
 
 def run(nets: list[str], size: int, batch: int, ks: list[int], kinds: list[str], dtypes: list[str],
-        device: str, rounds: int, batch3d: int, size3d: int, loop: bool = True, echo=print) -> list[dict]:
+        device: str, rounds: int, batch3d: int, size3d: int, loop: bool = True, only: list[str] | None = None,
+        echo=print) -> list[dict]:
     """Measure every (shape, K, kind, dtype); print a markdown row per shape, return the JSON rows."""
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -71,7 +72,9 @@ def run(nets: list[str], size: int, batch: int, ks: list[int], kinds: list[str],
                      f"ratio to the plain conv: median [min-max] of {rounds} interleaved rounds\n")
                 echo("| shape | batch | plain ms | " + " | ".join(backends) + " | auto picks | loop / auto |")
                 echo("|---|---|---|" + "---|" * len(backends) + "---|---|")
-                for shape in [s for net in nets for s in shapes(net, size3d if net == "resnet3d" else size)]:
+                chosen = [s for net in nets for s in shapes(net, size3d if net == "resnet3d" else size)
+                          if not only or any(part in s.label for part in only)]
+                for shape in chosen:
                     n = batch3d if shape.dims == 3 else batch
                     rows.append(_measure(shape, n, k, kind, dtype_name, autocast, dev, rounds, backends, loop, echo))
     return rows

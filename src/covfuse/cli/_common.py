@@ -14,6 +14,10 @@ class Parser(argparse.ArgumentParser):
     finds whichever one a parser declares).
     """
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--seed` must not silently mean `--seeds`
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         raise UserError(f"{message}; see `{self.prog} --help`")
 

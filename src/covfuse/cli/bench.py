@@ -10,6 +10,7 @@ from covfuse.cli._common import Parser
 from covfuse.errors import UserError
 
 WHAT = ("layers", "models", "data", "all")
+NETS = ("vgg16", "resnet50", "resnet3d")
 
 
 def _list(text: str, cast=str) -> list:
@@ -37,6 +38,7 @@ def parser() -> Parser:
     g.add_argument("--k", default="3", help="numbers of covariates, e.g. 1,3,8 (default 3)")
     g.add_argument("--kinds", default="binary,continuous", help="binary and/or continuous covariates")
     g.add_argument("--dtypes", default=None, help="float32 and/or bfloat16 (autocast) (default float32 CPU, bfloat16 GPU)")
+    g.add_argument("--shapes", default=None, help="keep shapes whose label contains one of these, e.g. '512->512 k3x3 @14'")
     g.add_argument("--no-loop", action="store_true", help="skip the per-sample loop (slow on large shapes)")
     g.add_argument("--autotune", choices=("default", "on", "off"), default="default",
                    help="how `auto` chooses: default (tunes on CUDA, rule on CPU), on, off")
@@ -54,6 +56,11 @@ def parser() -> Parser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    bad = [n for n in _list(args.nets) if n not in NETS]
+    if bad:
+        raise UserError(f"unknown --nets entry {bad[0]!r}; choose from {', '.join(NETS)}")
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        raise UserError(f"{args.json} exists; pass --overwrite to replace it or choose another --json path")
     import torch
 
     from covfuse.bench.timing import environment, header
@@ -62,8 +69,6 @@ def main(argv: list[str]) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        raise UserError(f"{args.json} exists; pass --overwrite to replace it or choose another --json path")
     gpu = device.startswith("cuda")
     if args.threads is not None or not gpu:
         torch.set_num_threads(args.threads or 1)
@@ -78,14 +83,11 @@ def main(argv: list[str]) -> int:
         from covfuse.bench import layers
 
         nets = _list(args.nets)
-        bad = [n for n in nets if n not in ("vgg16", "resnet50", "resnet3d")]
-        if bad:
-            raise UserError(f"unknown --nets entry {bad[0]!r}; choose from vgg16, resnet50, resnet3d")
         record["layers"] = layers.run(
             nets, args.size or (224 if gpu else 56), args.batch or (64 if gpu else 32), _list(args.k, int),
             _list(args.kinds), _list(args.dtypes or ("bfloat16" if gpu else "float32")), device,
             args.rounds or (3 if gpu else 5), args.batch3d or (8 if gpu else 4), args.size3d or (96 if gpu else 32),
-            loop=not args.no_loop, echo=echo)
+            loop=not args.no_loop, only=_list(args.shapes) if args.shapes else None, echo=echo)
     if "models" in what:
         from covfuse.bench import models
 

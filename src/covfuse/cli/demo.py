@@ -2,6 +2,10 @@
 and hybrid on a synthetic CelebA twin with a planted interaction; writes DIR/results.json, report.md
 (CIs and paired tests that resample people) and figures, with each run in DIR/<method>/s<seed>/.
 
+With --volumes, the same study runs on a synthetic brain-MRI twin built on the MNI152 template
+(NIfTI + manifest; the same atrophy means disease when young and ageing when old) with 3D ResNets
+and configs/volumes/demo.yaml.
+
 DIR (default demo-out/) is replaced when it holds a previous demo's output; any other existing,
 non-empty folder needs --overwrite. The twin is written once into ~/.cache/covfuse/ (or --data DIR)
 and reused.
@@ -16,20 +20,22 @@ from covfuse.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from covfuse.studies.demo import CONFIG, METHODS
+    from covfuse.studies.demo import METHODS
 
     p = Parser(prog="covfuse demo", description=__doc__.split(": ", 1)[1],
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("--effect", default="planted", choices=["planted", "null"],
-                   help="planted: the target needs the covariate Young; null: covariates carry nothing")
-    p.add_argument("--n", type=int, default=8000, help="images in the twin (default: 8000)")
+                   help="planted: the target needs a covariate (Young; --volumes: age); null: covariates carry nothing")
+    p.add_argument("--volumes", action="store_true", help="the 3D study: brain-MRI twin, 3D ResNets (configs/volumes/demo.yaml)")
+    p.add_argument("--n", type=int, default=None, help="images in the twin (default: 8000; --volumes: 600 subjects)")
+    p.add_argument("--size", type=int, default=64, help="--volumes: cube side in voxels (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the twin, the weights and the bootstrap (default: 0)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per method (default: configs/demo.yaml)")
     p.add_argument("--image-size", default="89x109", help="twin image size WIDTHxHEIGHT (default: 89x109)")
     p.add_argument("--data", default=None, help="folder for the twin (default: ~/.cache/covfuse/synth-...)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default: {','.join(METHODS)})")
-    p.add_argument("--config", default=str(CONFIG), help="training settings (default: configs/demo.yaml)")
+    p.add_argument("--config", default=None, help="training settings (default: configs/demo.yaml; --volumes: configs/volumes/demo.yaml)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default: 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if a demo did not write it")
     return p
@@ -38,16 +44,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from covfuse.data.synth import parse_image_size
-    from covfuse.studies.demo import DemoOptions, run_demo
+    from covfuse.studies.demo import CONFIG, VOLUME_CONFIG, DemoOptions, run_demo
 
-    if args.n < 300:
-        raise UserError(f"--n must be at least 300 so that every split holds enough images, got {args.n}")
+    n = args.n if args.n is not None else (600 if args.volumes else 8000)
+    least = 30 if args.volumes else 300
+    if n < least:
+        raise UserError(f"--n must be at least {least} so that every split holds enough {'subjects' if args.volumes else 'images'}, got {n}")
+    if args.volumes and (args.size < 16 or args.size % 4):
+        raise UserError(f"--size must be a multiple of 4 and at least 16 (the compact 3D ResNet's stride-4 stem), got {args.size}")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
     options = DemoOptions(
-        out=Path(args.out), effect=args.effect, n=args.n, seed=args.seed, epochs=args.epochs,
+        out=Path(args.out), effect=args.effect, n=n, seed=args.seed, epochs=args.epochs, volumes=args.volumes, size=args.size,
         image_size=parse_image_size(args.image_size), data=Path(args.data) if args.data else None,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), config=Path(args.config),
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), config=Path(args.config or (VOLUME_CONFIG if args.volumes else CONFIG)),
         bootstrap=args.bootstrap, overwrite=args.overwrite,
     )
     summary = run_demo(options)

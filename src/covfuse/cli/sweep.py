@@ -79,9 +79,9 @@ def task_argv(args, overrides: list[str], cv: bool) -> list[str]:
 
 def main(argv: list[str], *, cv: bool = False, prog: str = "covfuse sweep", doc: str = __doc__) -> int:
     args, overrides = parser(prog, doc, cv).parse_known_args(argv)
-    bad = [o for o in overrides if o.startswith("-") and "." not in o and o not in ("--seed",)]
-    if bad:
-        raise UserError(f"unknown option {bad[0]!r}; see `{prog} --help` (config overrides look like --optim.lr 1e-3)")
+    if any(o == "--seed" or o.startswith("--seed=") for o in overrides):
+        raise UserError(f"a study sets each run's seed: use --seeds 0,1,2 instead of --seed; see `{prog} --help`")
+    # every other flag is a config override for all runs; plan_study checks them (unknown keys named there)
     from covfuse.studies import slurm
     from covfuse.studies.sweep import plan_study, run_status, run_study, write_study
 

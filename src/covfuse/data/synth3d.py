@@ -37,7 +37,7 @@ TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 # Centres (MNI mm) and widths (sd, mm) of the atrophy regions.
 HIPPOCAMPI = [((-26.0, -22.0, -14.0), (6.0, 12.0, 6.0)), ((26.0, -22.0, -14.0), (6.0, 12.0, 6.0))]
 VENTRICLES = [((-14.0, -4.0, 18.0), (7.0, 16.0, 8.0)), ((14.0, -4.0, 18.0), (7.0, 16.0, 8.0))]
-WEIGHTS = {"hippocampi": 0.45, "ventricles": 0.3, "grey_matter": 0.12}
+WEIGHTS = {"hippocampi": 0.5, "ventricles": 0.4, "grey_matter": 0.3}
 
 
 def template_dir() -> Path:
@@ -149,7 +149,7 @@ def subject_volume(base: dict[str, np.ndarray], atrophy: float, rng: np.random.G
     size = base["t1"].shape[0]
     loss = np.clip(atrophy * base["weight"], 0.0, 0.9)
     volume = (base["t1"] * (1.0 - loss)).astype(np.float32)
-    volume = _warp(volume, rng, amplitude=0.04 * size)
+    volume = _warp(volume, rng, amplitude=0.02 * size)
     inside = volume > 0.02
     volume = volume * rng.uniform(0.9, 1.1) + inside * rng.normal(0.0, 0.02, size=volume.shape).astype(np.float32)
     return np.clip(volume, 0.0, None) * inside

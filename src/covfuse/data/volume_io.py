@@ -75,7 +75,8 @@ def transform(settings: Preprocessing):
     """The MONAI pipeline: file -> float32 tensor (1, S, S, S)."""
     from monai import transforms as T
 
-    steps = [T.LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32), T.Orientation(axcodes="RAS")]
+    steps = [T.LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32),
+             T.Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if settings.spacing is not None:
         steps.append(T.Spacing(pixdim=settings.spacing, mode="bilinear"))
     size = (settings.size,) * 3

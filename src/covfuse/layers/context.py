@@ -49,7 +49,9 @@ def check_covariates(covariates: torch.Tensor, batch: int, num_covariates: int, 
         raise ValueError(f"covariates must be a float tensor, got {covariates.dtype}")
     if covariates.device != device:
         raise ValueError(f"covariates are on {covariates.device} but the input is on {device}; move them with .to({str(device)!r})")
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(covariates).all()):
+    # The finiteness check needs a host sync: skipped while tracing for torch.compile or capturing a CUDA graph.
+    capturing = covariates.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not torch.compiler.is_compiling() and not capturing and not bool(torch.isfinite(covariates).all()):
         raise ValueError("covariates contain NaN or infinite values; impute or drop those samples first")
 
 

@@ -155,17 +155,28 @@ def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> s
     """The `auto` rule when tuning is off, from CPU measurements (benchmarks/, docs/performance.md).
 
     With few distinct covariate rows (binary covariates, K <= 3) the pattern form is about 1x a
-    plain conv at every VGG16 shape. With continuous covariates every row is distinct; then the
-    grouped conv (CondConv's trick) is fastest on CPU. On GPUs grouped convs with thousands of
-    groups are known to be slow in cuDNN for wide layers, so there the rule uses expand (dense,
-    (K+1)x FLOPs) beyond narrow inputs; on CUDA `auto` tunes by default instead of trusting this.
+    plain conv down to 14x14 maps. With continuous covariates every row is distinct; then on CPU
+    the grouped conv (CondConv's trick) is fastest at mid-sized layers and the per-sample loop at
+    narrow inputs and at wide layers on small maps. On GPUs grouped convs with thousands of groups
+    are known to be slow in cuDNN for wide layers, so there the rule uses expand (dense, (K+1)x
+    FLOPs) beyond narrow inputs; on CUDA `auto` tunes by default instead of trusting this.
     """
     n = x.shape[0]
     if n > 1 and num_patterns <= min(MAX_AUTO_PATTERNS, max(1, n // 2)):
         return "pattern"
-    if x.device.type == "cpu" or weight.shape[1] * groups <= 16:
+    in_channels = weight.shape[1] * groups
+    if x.device.type == "cpu":
+        # Every row distinct, 2D: oneDNN runs batch-1 convs well, so the plain per-sample loop beats
+        # its many-group conv at narrow inputs (0.6x vs 0.9x a plain conv at 3->64) and at wide layers
+        # on small maps (1.8x vs 2.4x at 256@14, 2.8x vs 3.6x at 512@7); grouped wins in between.
+        # On maps of at most 4x4 both lose to dense expand (4.8x vs 8.5-9.7x at 512@3, K=3).
+        positions = x.shape[2] * x.shape[3] if x.dim() == 4 else None
+        if positions is not None and positions <= 16 and in_channels > 16:
+            return "expand"
+        if positions is not None and (in_channels <= 16 or (in_channels >= 256 and positions <= 196)):
+            return "reference"
         return "grouped"
-    return "expand"
+    return "grouped" if in_channels <= 16 else "expand"
 
 
 def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int) -> str:

@@ -123,13 +123,15 @@ def dry_run_shapes(model: FusionModel, modules: list[tuple[str, nn.Module]], inp
     return shapes
 
 
-def describe(model: FusionModel, input_size: int | None = None, in_channels: int = 3) -> Description:
-    """The layer table and parameter counts of ``model`` for a square input of side ``input_size``."""
+def describe(model: FusionModel, input_size: int | None = None, in_channels: int | None = None) -> Description:
+    """The layer table and parameter counts of ``model`` for a square (3D backbones: cubic) input of side ``input_size``."""
     from covfuse.models.registry import BACKBONES
 
     backbone = model.config.get("backbone")
-    size = input_size or (BACKBONES[backbone].input_size if backbone in BACKBONES else 224)
-    input_shape = (in_channels, size, size)
+    spec = BACKBONES.get(backbone)
+    size = input_size or (spec.input_size if spec else 224)
+    channels = in_channels or (spec.in_channels if spec else 3)
+    input_shape = (channels, *(size,) * (spec.spatial_dims if spec else 2))
     modules = atomic_modules(model.network)
     shapes = dry_run_shapes(model, modules, input_shape)
     rows = [

@@ -24,6 +24,7 @@ METHODS = ("image-only", "covariates-only", "concat", "film", "daft", "hybrid")
 BASELINE = "image-only"
 MARKER = ".covfuse-demo"  # marks a folder the demo wrote, so it may replace it without --overwrite
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+VOLUME_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "volumes" / "demo.yaml"
 
 
 @dataclass
@@ -39,6 +40,8 @@ class DemoOptions:
     config: Path = CONFIG
     bootstrap: int = 1000
     overwrite: bool = False
+    volumes: bool = False  # the 3D study: the MNI152 twin (covfuse.data.synth3d), configs/volumes/demo.yaml
+    size: int = 64  # volumes: cube side in voxels
 
 
 def say(text: str) -> None:
@@ -53,8 +56,17 @@ def cache_home() -> Path:
 
 
 def twin_folder(o: DemoOptions) -> Path:
+    if o.data is not None:
+        return o.data
+    if o.volumes:
+        return cache_home() / f"synth3d-{o.effect}-n{o.n}-s{o.seed}-{o.size}"
     w, h = o.image_size
-    return o.data if o.data is not None else cache_home() / f"synth-{o.effect}-n{o.n}-s{o.seed}-{w}x{h}"
+    return cache_home() / f"synth-{o.effect}-n{o.n}-s{o.seed}-{w}x{h}"
+
+
+def data_root(o: DemoOptions) -> Path:
+    """What data.root points at: the twin's manifest (volumes) or its CelebA folder."""
+    return twin_folder(o) / ("manifest.csv" if o.volumes else "celeba")
 
 
 def twin_reusable(o: DemoOptions) -> bool:
@@ -63,6 +75,8 @@ def twin_reusable(o: DemoOptions) -> bool:
     folder = twin_folder(o)
     info = folder / "synth.json"
     wanted = {"effect": o.effect, "n": o.n, "seed": o.seed, "image_size": list(o.image_size), "images": True}
+    if o.volumes:
+        wanted = {"effect": o.effect, "n": o.n, "seed": o.seed, "size": o.size, "classes": ["CN", "AD"]}
     if info.is_file():
         try:
             have = json.loads(info.read_text())
@@ -88,6 +102,11 @@ def ensure_twin(o: DemoOptions) -> Path:
     if twin_reusable(o):
         say(f"reusing the synthetic twin in {folder}")
         return folder
+    if o.volumes:
+        from covfuse.data.synth3d import write_synth3d
+
+        say(f"writing a synthetic MRI twin ({o.n} subjects, effect {o.effect}, {o.size}^3 voxels) to {folder}")
+        return write_synth3d(folder, n=o.n, seed=o.seed, effect=o.effect, size=o.size, overwrite=True, progress=True)
     say(f"writing a synthetic twin ({o.n} images, effect {o.effect}, {o.image_size[0]}x{o.image_size[1]} px) to {folder}")
     write_synth(folder, n=o.n, seed=o.seed, effect=o.effect, image_size=o.image_size, overwrite=True,
                 workers=available_cpus(), progress=True)
@@ -115,18 +134,33 @@ def plan(o: DemoOptions):
     if not o.config.is_file():
         raise UserError(f"{o.config}: the demo config is missing (it ships in configs/ of a source checkout); "
                         "pass --config FILE")
-    overrides = ["--data.root", str(twin_folder(o) / "celeba"), "--bootstrap", str(o.bootstrap),
-                 "--trainer.summary", "false"]
+    overrides = ["--data.root", str(data_root(o)), "--bootstrap", str(o.bootstrap), "--trainer.summary", "false"]
+    if o.volumes:
+        overrides += ["--data.image_size", str(o.size)]
     if o.epochs is not None:
         overrides += ["--trainer.max_epochs", str(o.epochs)]
     return plan_study(name="demo", configs=[str(o.config)], overrides=overrides, seeds=[o.seed],
                       cells={m: {"model.fusion": m} for m in o.methods}, baseline=BASELINE, study_dir=o.out,
-                      argv=["covfuse", "demo", "--out", str(o.out)])
+                      argv=["covfuse", "demo", *(["--volumes"] if o.volumes else []), "--out", str(o.out)])
 
 
 def context_lines(synth: dict, config) -> list[str]:
     """The twin and the shared training settings, for the top of report.md."""
     bayes = synth.get("bayes_accuracy", {})
+    if "size" in synth:  # the MRI twin (covfuse.data.synth3d)
+        twin = [
+            f"Synthetic brain-MRI twin on the MNI152 template: {synth.get('n')} subjects, {synth['size']}^3 voxels, "
+            f"effect **{synth.get('effect')}**, seed {synth.get('seed')}. Rule: {synth.get('rule')}. "
+            f"Target {synth.get('target')} ({'/'.join(synth.get('classes', []))}); covariates "
+            f"{', '.join(config.data.covariates)} (encoded: standardised with training statistics, one-hot, "
+            "missing-value indicators).",
+            "",
+            f"Every method: {config.model.backbone} at {config.data.image_size}^3, {config.trainer.max_epochs} epoch(s), "
+            f"batch {config.data.batch_size}, {config.optim.optimizer} lr {config.optim.lr:g} ({config.optim.schedule}); "
+            f"hybrid convs at `{config.model.hybrid_layers}`, DAFT at the input of the last residual stage; best "
+            f"checkpoint by {config.monitor}. Intervals resample subjects.",
+        ]
+        return twin + ["", _bayes_line(bayes)]
     return [
         f"Synthetic CelebA twin: {synth.get('n')} images of {synth['image_size'][0]}x{synth['image_size'][1]} px, "
         f"effect **{synth.get('effect')}**, seed {synth.get('seed')}. Rule: {synth.get('rule')}. "
@@ -137,11 +171,15 @@ def context_lines(synth: dict, config) -> list[str]:
         f"hybrid convs at `{config.model.hybrid_layers}`; best checkpoint by {config.monitor}. These settings were "
         "chosen by measuring hybrid; `covfuse sweep --tune` gives every method the same search (docs/studies.md).",
         "",
-        f"Bayes accuracies of this twin (the best any model can do with those inputs): image + covariates "
-        f"{bayes.get('image_and_covariates', float('nan')):.3f}, image only {bayes.get('image_only', float('nan')):.3f}, "
-        f"covariates only {bayes.get('covariates_only', float('nan')):.3f}. Image-only is bounded by the second, "
-        "covariates-only by the third.",
+        _bayes_line(bayes),
     ]
+
+
+def _bayes_line(bayes: dict) -> str:
+    return (f"Bayes accuracies of this twin (the best any model can do with those inputs): image + covariates "
+            f"{bayes.get('image_and_covariates', float('nan')):.3f}, image only {bayes.get('image_only', float('nan')):.3f}, "
+            f"covariates only {bayes.get('covariates_only', float('nan')):.3f}. Image-only is bounded by the second, "
+            "covariates-only by the third.")
 
 
 def run_demo(o: DemoOptions) -> dict:

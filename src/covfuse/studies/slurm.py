@@ -68,7 +68,8 @@ def write_script(study_dir: Path, name: str, num_runs: int, task_argv: Sequence[
     log_dir = Path(study_dir) / "slurm"
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / "sweep.sbatch"
-    atomic_write_text(path, render(name, num_runs, task_argv, log_dir, o))
+    # absolute: sbatch resolves --output against the folder it is called from, which may be another
+    atomic_write_text(path, render(name, num_runs, task_argv, log_dir.resolve(), o))
     os.chmod(path, 0o755)
     return path
 

@@ -345,13 +345,41 @@ def run_one(study: Study, run: Run) -> str:
     return "resumed" if status == "interrupted" else "trained"
 
 
+def again(study: Study) -> str:
+    return " ".join(study.argv) if study.argv else "the same covfuse sweep command"
+
+
 def run_study(study: Study, *, task: int | None = None, overwrite: bool = False) -> dict[str, int]:
-    """Write study.json and train every run (or only run ``task``); returns counts per outcome."""
+    """Write study.json and train every run (or only run ``task``); returns counts per outcome.
+
+    A run that fails does not stop the others (a study is hours of work): the failures are logged
+    and reported together at the end. An interrupt (Ctrl-C, SIGTERM) stops the study after the
+    current run saved its checkpoint; the same command continues it.
+    """
+    import logging
+
+    from covfuse.errors import RunInterrupted
+
     if task is not None and not 0 <= task < len(study.runs):
         raise UserError(f"--task {task} is outside this study's runs 0..{len(study.runs) - 1}")
     if task is None or not (Path(study.study_dir) / STUDY_FILE).is_file():
         write_study(study, overwrite=overwrite)
-    counts = {"trained": 0, "resumed": 0, "skipped": 0}
+    counts = {"trained": 0, "resumed": 0, "skipped": 0, "failed": 0}
+    failed: list[tuple[Run, str]] = []
     for run in ([study.runs[task]] if task is not None else study.runs):
-        counts[run_one(study, run)] += 1
+        try:
+            counts[run_one(study, run)] += 1
+        except RunInterrupted as exc:
+            raise RunInterrupted(f"study {study.name} interrupted in {run.dir} (checkpoint saved); "
+                                 f"continue it with: {again(study)}", exc.code) from None
+        except Exception as exc:  # noqa: BLE001 (one broken run must not cost the study the others)
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            logging.getLogger("covfuse.studies").error("run %s failed: %s", run.dir, reason, exc_info=not isinstance(exc, UserError))
+            say(f"[{run.index + 1}/{len(study.runs)}] {Path(run.dir).relative_to(study.study_dir)}: FAILED ({reason})")
+            failed.append((run, reason))
+            counts["failed"] += 1
+    if failed:
+        run, reason = failed[0]
+        raise UserError(f"{len(failed)} run(s) of study {study.name} failed (first: {run.dir}: {reason}); "
+                        f"fix the cause and run {again(study)} again: finished runs are kept")
     return counts

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
+from scipy.stats import t as t_dist
 
 SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")
 """The scores reported for every split, each with a ``<name>_ci`` interval."""
@@ -118,11 +119,24 @@ def resample_weights(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int
         yield counts[:, codes].astype(np.float64)
 
 
-def percentile_ci(values: np.ndarray, level: float = 0.95) -> list[float | None]:
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    alpha = (1 - level) / 2
-    return [float(v) for v in np.quantile(values, [alpha, 1 - alpha])] if len(values) else [None, None]
+def bootstrap_interval(estimate: float, draws: np.ndarray, clusters: int, level: float = 0.95,
+                       bounds: tuple[float, float] | None = (0.0, 1.0)) -> tuple[list[float | None], float | None]:
+    """``([lo, hi], se)``: ``estimate ± t(G-1) * se`` with ``se`` the bootstrap standard error times
+    sqrt(G/(G-1)), clipped to ``bounds``. The corrections are those of cluster-robust errors with
+    G clusters: with ~40 people the plain percentile interval covered the truth 91.8-92.4% of the
+    time in tests/test_stats.py's simulation, this one 93.4-93.6%; with one cluster per image
+    (G large) it is the usual normal interval. Undefined draws (a one-class resample's AUROC) are
+    left out."""
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if clusters < 2 or len(draws) < 2 or not np.isfinite(estimate):
+        return [None, None], None
+    se = float(draws.std(ddof=1)) * float(np.sqrt(clusters / (clusters - 1)))
+    half = float(t_dist.ppf(1 - (1 - level) / 2, clusters - 1)) * se
+    lo, hi = estimate - half, estimate + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return [float(lo), float(hi)], se
 
 
 def bootstrap_ci(
@@ -136,7 +150,8 @@ def bootstrap_ci(
     level: float = 0.95,
     threshold: float = 0.5,
 ) -> dict[str, list[float | None]]:
-    """Percentile bootstrap intervals ``{name: [lo, hi]}`` of the named scores (seeded, vectorised).
+    """Bootstrap intervals ``{name: [lo, hi]}`` of the named scores (seeded, vectorised; see
+    :func:`bootstrap_interval`).
 
     With ``groups`` (CelebA identity, MRI subject) whole groups are resampled (cluster bootstrap):
     images of one person are not independent, and resampling them one by one gives intervals that
@@ -147,12 +162,16 @@ def bootstrap_ci(
     p = np.asarray(probs, dtype=np.float64)
     if len(y) == 0 or n_boot <= 0:
         return {name: [None, None] for name in names}
+    codes = cluster_codes(groups, len(y))
+    point = scores(y, p, threshold, auroc="auroc" in names)
     draws: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for w in resample_weights(cluster_codes(groups, len(y)), n_boot, seed):
+    for w in resample_weights(codes, n_boot, seed):
         values = scores(y, p, threshold, weights=w, auroc="auroc" in names)
         for name in names:
             draws[name].append(values[name])
-    return {name: percentile_ci(np.concatenate(draws[name]), level) for name in names}
+    clusters = int(codes.max()) + 1
+    return {name: bootstrap_interval(float(point[name][0]), np.concatenate(draws[name]), clusters, level)[0]
+            for name in names}
 
 
 def _number(value: float) -> float | None:

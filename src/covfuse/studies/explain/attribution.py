@@ -32,12 +32,14 @@ def default_layer(network: nn.Module) -> str:
              if isinstance(m, nn.modules.conv._ConvNd) or hasattr(m, "covariate_weight")]
     if not names:
         raise ValueError("the model has no convolution to make a Grad-CAM map at")
-    return names[-1]
+    # a ResNet's shortcut projection (downsample) is defined after the block's convs but is not the last feature map
+    main_path = [n for n in names if "downsample" not in n]
+    return (main_path or names)[-1]
 
 
 def attribution_maps(f: LogOdds, layer: nn.Module, x: torch.Tensor, covariates: torch.Tensor,
                      n_steps: int = 32) -> dict[str, np.ndarray]:
-    """{method: (N, H, W) non-negative maps at the input's resolution} for inputs ``x`` (N, C, H, W).
+    """{method: (N, *spatial) non-negative maps at the input's resolution} for inputs ``x`` (N, C, *spatial).
 
     Grad-CAM: ReLU of the gradient-weighted channel sum at ``layer``, upsampled bilinearly.
     Integrated gradients: |attribution| summed over colour channels, baseline the all-zero
@@ -47,7 +49,8 @@ def attribution_maps(f: LogOdds, layer: nn.Module, x: torch.Tensor, covariates: 
 
     size = tuple(x.shape[2:])
     cam = LayerGradCam(f, layer).attribute(x, additional_forward_args=(covariates,), relu_attributions=True)
-    cam = LayerAttribution.interpolate(cam.detach().float(), size, interpolate_mode="bilinear").clamp_min(0)
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    cam = LayerAttribution.interpolate(cam.detach().float(), size, interpolate_mode=mode).clamp_min(0)
     ig = IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x), additional_forward_args=(covariates,),
                                           n_steps=n_steps, internal_batch_size=max(1, x.shape[0]) * 8)
     return {

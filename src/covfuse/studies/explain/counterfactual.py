@@ -32,7 +32,7 @@ class Change:
     def label(self) -> str:
         if self.kind == "flip":
             return f"{self.name}: {self.lo:g} <-> {self.hi:g}"
-        return f"{self.name} {self.amount:+.3g}"
+        return f"{self.name} {'+' if self.amount >= 0 else '-'}1 SD ({self.amount:+.3g})"
 
     @property
     def column(self) -> str:
@@ -74,6 +74,14 @@ def score(forward, images: torch.Tensor, rows: np.ndarray, device: torch.device)
     return forward(images.to(device), covariates).float().cpu().numpy().astype(np.float64)
 
 
+def _within(stat: dict, lo: float = 0.0, hi: float = 1.0) -> dict:
+    """Clip an interval of a rate or a mean absolute change of probability to [0, 1] (the t interval is not)."""
+    a, b = stat["ci"]
+    if a is not None:
+        stat = {**stat, "ci": [max(a, lo), min(b, hi)]}
+    return stat
+
+
 def summarise(real: np.ndarray, changed: list[np.ndarray], groups: np.ndarray, *, threshold: float = 0.5,
               n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean absolute change, mean signed change and decision flip rate, with group-resampled CIs.
@@ -84,8 +92,8 @@ def summarise(real: np.ndarray, changed: list[np.ndarray], groups: np.ndarray, *
     delta = np.concatenate([c - real for c in changed])
     flips = np.concatenate([(c >= threshold) != (real >= threshold) for c in changed]).astype(np.float64)
     g = np.concatenate([groups] * len(changed))
-    mac = cluster_bootstrap_mean(np.abs(delta), g, n_boot=n_boot, seed=seed)
-    flip = cluster_bootstrap_mean(flips, g, n_boot=n_boot, seed=seed)
+    mac = _within(cluster_bootstrap_mean(np.abs(delta), g, n_boot=n_boot, seed=seed))
+    flip = _within(cluster_bootstrap_mean(flips, g, n_boot=n_boot, seed=seed))
     signed = cluster_bootstrap_mean(delta, g, n_boot=n_boot, seed=seed)
     return {
         "count": int(len(real)),

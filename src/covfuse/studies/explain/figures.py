@@ -58,10 +58,10 @@ def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str]
     kind = summary["kind"]
     if kind == "hybrid":
         fig, ax = plt.subplots(figsize=(6.4, 2.8))
-        for name, per in summary["relative_norm_per_channel"].items():
-            ax.plot(np.arange(len(per)), per, marker=".", lw=0.8,
-                    label=f"{name} (layer {summary['relative_norm'][name] or 0:.3f})")
-        ax.set_xlabel("output channel")
+        for name, per in summary["relative_norm_per_channel"].items():  # each sorted: a profile, not channel ids
+            ax.plot(np.arange(len(per)), sorted(per, reverse=True), lw=1.5,
+                    label=f"{name} (whole layer {summary['relative_norm'][name] or 0:.3f})")
+        ax.set_xlabel("output channels, sorted by the ratio (each covariate separately)")
         ax.set_ylabel("||W_j|| / ||W_0||")
         ax.set_title(f"{lname}: size of each covariate's kernel relative to the base kernel", fontsize=9)
         ax.legend(fontsize=8)
@@ -86,8 +86,24 @@ def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str]
     return _rel(path)
 
 
-def _grey(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.float64).mean(0) / 255.0
+def middle_slice(maps: np.ndarray) -> np.ndarray:
+    """(n, H, W) maps unchanged; (n, D, H, W) volume maps -> their middle slice along D."""
+    return maps[:, maps.shape[1] // 2] if maps.ndim == 4 else maps
+
+
+def to_display(images) -> np.ndarray:
+    """(n, H, W, 3) floats in [0, 1]: uint8 photos scaled, float volumes sliced in the middle and min-max scaled."""
+    a = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+    if a.dtype == np.uint8:
+        return a.transpose(0, 2, 3, 1).astype(np.float64) / 255.0
+    a = a.astype(np.float64)
+    if a.ndim == 5:  # (n, C, D, H, W)
+        a = a[:, :, a.shape[2] // 2]
+    a = a.mean(1)
+    lo = a.reshape(len(a), -1).min(1)[:, None, None]
+    hi = a.reshape(len(a), -1).max(1)[:, None, None]
+    a = (a - lo) / np.where(hi > lo, hi - lo, 1)
+    return np.repeat(a[..., None], 3, axis=3)
 
 
 def _boxes(ax, boxes: dict | None, i: int) -> None:
@@ -102,10 +118,14 @@ def _boxes(ax, boxes: dict | None, i: int) -> None:
 
 
 def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_maps: dict, cf_maps: dict,
-              boxes: dict | None, filenames: list[str]) -> str:
+              boxes: dict | None) -> str:
     """Rows: examples. Columns: the image, then per method the map with the real covariates, with the
-    counterfactual, and their difference (counterfactual - real; red = more attribution)."""
+    counterfactual, and their difference (counterfactual - real; red = more attribution). Volumes
+    show their middle slice."""
     plt = _plt()
+    shown = to_display(images)
+    real_maps = {m: middle_slice(v) for m, v in real_maps.items()}
+    cf_maps = {m: middle_slice(v) for m, v in cf_maps.items()}
     methods = list(real_maps)
     n = len(images)
     cols = 1 + 3 * len(methods)
@@ -116,12 +136,12 @@ def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_ma
         titles += [f"{m}\nreal {name}", f"{m}\nflipped {name}" if change.kind == "flip" else f"{m}\n{change.label}",
                    f"{m}\ndifference"]
     for i in range(n):
-        grey = _grey(images[i])
+        grey = shown[i].mean(2)
         ax = axes[i, 0]
-        ax.imshow(np.asarray(images[i]).transpose(1, 2, 0))
+        ax.imshow(shown[i])
         _boxes(ax, boxes, i)
         new = change.apply(rows[i : i + 1])[0, k]
-        ax.set_ylabel(f"{name} {rows[i, k]:g}→{new:g}\nP {p_real[i]:.2f}→{p_cf[i]:.2f}", fontsize=7.5,
+        ax.set_ylabel(f"{name} {rows[i, k]:.3g}→{new:.3g}\nP {p_real[i]:.2f}→{p_cf[i]:.2f}", fontsize=7.5,
                       color="#d62728" if (p_real[i] >= 0.5) != (p_cf[i] >= 0.5) else "k")
         for j, m in enumerate(methods):
             a, b = real_maps[m][i], cf_maps[m][i]
@@ -147,7 +167,7 @@ def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_ma
 def plot_cue_mass(path: Path, cue_mass: dict, truth) -> str:
     """Share of the attribution inside each cue box, with each binary covariate at its low and high value."""
     plt = _plt()
-    methods = [m for m in next(iter(cue_mass.values())) if isinstance(next(iter(cue_mass.values()))[m], dict)]
+    methods = [m for m, v in next(iter(cue_mass.values())).items() if isinstance(v, dict) and "low" in v]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.2), squeeze=False)
     for ax, method in zip(axes[0], methods):
         labels, x = [], 0
@@ -155,15 +175,19 @@ def plot_cue_mass(path: Path, cue_mass: dict, truth) -> str:
             for level in ("low", "high"):
                 shares = entry[method][level]
                 for j, cue in enumerate(shares):
-                    ax.bar(x + 0.38 * j, float("nan") if shares[cue] is None else shares[cue], width=0.36, color=CUE_COLOURS.get(cue),
+                    ax.bar(x + 0.38 * j, shares[cue] or 0.0, width=0.36, color=CUE_COLOURS.get(cue),
                            label=cue if x == 0 else None)
                 labels.append((x + 0.19, f"{name}={entry[level]:g}"))
                 x += 1
             x += 0.5
+        area = next(iter(cue_mass.values())).get("area", {})
+        for cue, share in area.items():
+            ax.axhline(share, color=CUE_COLOURS.get(cue), ls=":", lw=1, label=f"{cue} box area share")
         ax.set_xticks([p for p, _ in labels], [t for _, t in labels], fontsize=8)
         ax.set_ylabel("share of the map inside the box")
         ax.set_title(method, fontsize=9)
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.35)
+        ax.legend(fontsize=7, ncol=2, loc="upper center")
     fig.suptitle(f"Attribution inside the cue boxes (twin: {truth.card.get('effect')})", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

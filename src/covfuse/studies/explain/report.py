@@ -23,8 +23,9 @@ def markdown(r: dict) -> str:
         f"# What the covariates change: {r['run']}",
         "",
         f"Split `{r['split']}`: {r['count']} samples from {r['clusters']} identities; target {r['target']}, "
-        f"fusion `{r['fusion']}`, accuracy {r['accuracy']:.3f} with the real covariates. Intervals are 95% "
-        f"percentile intervals from {r['n_boot']} bootstrap resamples of identities (never of single images).",
+        f"fusion `{r['fusion']}`, accuracy {r['accuracy']:.3f} with the real covariates. 95% intervals come "
+        f"from {r['n_boot']} bootstrap resamples of whole {r['resampled'].split()[0]}, never of single images "
+        "(bootstrap standard error, t with G − 1 degrees of freedom; covfuse.studies.stats).",
     ]
     if r["covariates_mode"] != "real":
         lines += ["", f"**Note:** this run was trained with `covariates_mode: {r['covariates_mode']}` (a control); "
@@ -73,10 +74,13 @@ def markdown(r: dict) -> str:
                 for method in ("grad-cam", "integrated-gradients"):
                     m = e[method]
                     lines.append(
-                        f"| {name} {e['low']:g}→{e['high']:g} | {method} | {e['images']} | {_num(m['low']['mouth'], '.3f')} → "
-                        f"{_num(m['high']['mouth'], '.3f')} | {_num(m['low']['eyes'], '.3f')} → {_num(m['high']['eyes'], '.3f')} | "
+                        f"| {name} {e['low']:g}→{e['high']:g} | {method} | {e['images']} | {_num(m['low']['mouth'])} → "
+                        f"{_num(m['high']['mouth'])} | {_num(m['low']['eyes'])} → {_num(m['high']['eyes'])} | "
                         f"{_num(m['mouth_minus_eyes_shift'], '+.3f')}{_ci(m['ci'])} | {_num(m['share_positive'])} |")
-            lines += ["", f"![cue mass]({r['figures']['cue_mass']})", ""]
+            area = next(iter(a["cue_mass"].values()))["area"]
+            lines += ["", "A map spread evenly over the image would put " + " and ".join(
+                f"{v:.3f} in the {k} box" for k, v in area.items()) + ".", "",
+                f"![cue mass]({r['figures']['cue_mass']})", ""]
     lines += ["## Inside the conditioning layers", ""]
     if not r["layers"]:
         lines += ["No conditioning layer with weights to summarise.", ""]

@@ -43,6 +43,17 @@ class Scored:
     changed: dict[str, list[np.ndarray]] = field(default_factory=dict)  # covariate -> P per edit
 
 
+def finite(value):
+    """``value`` with every NaN / infinite float replaced by None (undefined: e.g. an all-zero map has no shares)."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
 def _device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
@@ -54,8 +65,8 @@ def _device(accelerator: str) -> torch.device:
 def load(run: str, runs_dir: str | os.PathLike = "runs", ckpt: str = "best", root: str | None = None, split: str = "test"):
     """(run folder, module, data module) for an explainable run; a UserError says why a run is not."""
     from covfuse.training import config as cfgmod
-    from covfuse.training.datamodule import CovfuseDataModule
     from covfuse.training.run import checkpoint_path, find_run, load_module
+    from covfuse.training.volume_datamodule import make_datamodule, read_state
 
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}{suggest(split, SPLITS)}")
@@ -68,7 +79,7 @@ def load(run: str, runs_dir: str | os.PathLike = "runs", ckpt: str = "best", roo
     if fusion == "image-only" or not module.hparams.covariates:
         raise UserError(f"run {run_dir.name!r} is image-only (fusion {fusion!r}, no covariates): there is no covariate "
                         "to change; explain a run trained with covariates (concat, film, daft, hybrid, ...)")
-    data = CovfuseDataModule(config.data, seed=config.seed)
+    data = make_datamodule(config.data, seed=config.seed, state=read_state(run_dir))
     data.setup("test")
     if data.covariate_names != list(module.hparams.covariates):
         raise UserError(f"{run_dir} was trained with covariates {module.hparams.covariates}, its config now says "
@@ -106,12 +117,12 @@ def score_split(module, data, split: str, plan: dict[str, list[cf.Change]], devi
     index = np.concatenate(parts["index"])
     return Scored(
         index=index, real_rows=data.covariates_real[index], labels=data.labels[index].astype(np.int64),
-        groups=data.meta.identity[index], prob=np.concatenate(parts["prob"]),
+        groups=np.asarray(data.groups(index)), prob=np.concatenate(parts["prob"]),
         changed={name: [np.concatenate(p) for p in per] for name, per in changed.items()},
     )
 
 
-def counterfactual_table(scored: Scored, plan: dict[str, list[cf.Change]], names: list[str], filenames: list[str],
+def counterfactual_table(scored: Scored, plan: dict[str, list[cf.Change]], names: list[str], ids: list[str],
                          split: str) -> str:
     """counterfactuals.csv: per sample its id, group, label, P with the real covariates and with each edit."""
     import csv
@@ -122,8 +133,8 @@ def counterfactual_table(scored: Scored, plan: dict[str, list[cf.Change]], names
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["id", "split", "group", "label", "probability", *names, *(e.column for e in edits)])
     changed = [scored.changed[e.name][plan[e.name].index(e)] for e in edits]
-    for i, row in enumerate(scored.index):
-        writer.writerow([filenames[int(row)], split, int(scored.groups[i]), int(scored.labels[i]), f"{scored.prob[i]:.6f}",
+    for i in range(len(scored.index)):
+        writer.writerow([ids[i], split, scored.groups[i], int(scored.labels[i]), f"{scored.prob[i]:.6f}",
                          *(f"{v:g}" for v in scored.real_rows[i]), *(f"{c[i]:.6f}" for c in changed)])
     return table.getvalue()
 
@@ -149,7 +160,7 @@ def _images(data, split: str, index: np.ndarray) -> torch.Tensor:
 
 
 def _maps(module, layer, images: torch.Tensor, rows: np.ndarray, device, n_steps: int, chunk: int = 64):
-    """Attribution maps (method -> (n, S, S)) for uint8 ``images`` fed ``rows``, in chunks."""
+    """Attribution maps (method -> (n, *spatial)) for ``images`` (uint8 photos or float volumes) fed ``rows``."""
     from covfuse.training.predict import model_covariates
 
     f = attr.LogOdds(module.model, module.head)
@@ -161,6 +172,52 @@ def _maps(module, layer, images: torch.Tensor, rows: np.ndarray, device, n_steps
         for method, m in attr.attribution_maps(f, layer, x, c, n_steps).items():
             out[method].append(m)
     return {m: np.concatenate(v) for m, v in out.items()}
+
+
+def _attribution(module, data, split: str, scored: Scored, plan: dict[str, list[cf.Change]], truth, layer_name,
+                 uses_image: bool, tmp: Path, figs: dict, *, examples: int, mass_images: int, n_steps: int, n_boot: int,
+                 seed: int, device) -> dict:
+    """Attribution grids per covariate and, on a twin, the cue-box shares; figures go into ``tmp/figures``."""
+    attribution: dict = {"layer": layer_name, "methods": list(attr.METHODS), "steps": n_steps}
+    if layer_name is None:
+        attribution["skipped"] = ("the model does not look at the image (covariates-only)" if not uses_image
+                                  else "--examples 0 and --mass-images 0")
+    else:
+        target_layer = module.model.network.get_submodule(layer_name)
+        attribution["examples"] = {}
+        for name, edits in plan.items():
+            if examples == 0:
+                break
+            pos = pick_examples(scored, name, examples, seed)
+            log.info("attribution maps for %s: %d images, real and counterfactual", name, len(pos))
+            rows = scored.real_rows[pos]
+            images = _images(data, split, scored.index[pos])
+            real_maps = _maps(module, target_layer, images, rows, device, n_steps)
+            cf_maps = _maps(module, target_layer, images, edits[0].apply(rows), device, n_steps)
+            boxes = truth.input_boxes(scored.index[pos]) if truth is not None else None
+            rel = f"figures/maps_{name}.png"
+            figures.plot_maps(tmp / rel, name, edits[0], images, rows, scored.prob[pos], scored.changed[name][0][pos],
+                              real_maps, cf_maps, boxes)
+            attribution["examples"][name] = {"figure": rel, "images": data.filenames(scored.index[pos])}
+        if truth is not None and mass_images > 0:
+            rng = np.random.default_rng(seed)
+            pos = np.sort(rng.choice(len(scored.index), min(mass_images, len(scored.index)), replace=False))
+            images = _images(data, split, scored.index[pos])
+            attribution["cue_mass"] = {}
+            for name, edits in plan.items():
+                if edits[0].kind != "flip":
+                    continue
+                rows = scored.real_rows[pos].copy()
+                lo_rows, hi_rows = rows.copy(), rows.copy()
+                lo_rows[:, edits[0].index], hi_rows[:, edits[0].index] = edits[0].lo, edits[0].hi
+                log.info("cue-box mass for %s: %d images at %s=%g and %g", name, len(pos), name, edits[0].lo,
+                         edits[0].hi)
+                lo = _maps(module, target_layer, images, lo_rows, device, n_steps)
+                hi = _maps(module, target_layer, images, hi_rows, device, n_steps)
+                attribution["cue_mass"][name] = truth.mass_shift(scored.index[pos], scored.groups[pos], edits[0], lo, hi,
+                                                                 n_boot=n_boot, seed=seed)
+            figs["cue_mass"] = figures.plot_cue_mass(tmp / "figures" / "cue_mass.png", attribution["cue_mass"], truth)
+    return attribution
 
 
 def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = "test", examples: int = 16,
@@ -177,6 +234,10 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise UserError(f"{out_dir} already exists; pass --overwrite to replace it or --out to write elsewhere")
     names = list(module.hparams.covariates)
+    celeba = hasattr(data.meta, "attrs")  # volumes have a manifest instead
+    if by and not celeba:
+        raise UserError("--by names CelebA attributes; this run's data is a volume manifest (its covariates are "
+                        "grouped already)")
     by_cols = {data.meta.canonical(b): data.meta.attrs[:, data.meta.column(b)] for b in by}
     device = _device(accelerator)
     module.to(device).eval()
@@ -190,7 +251,7 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
             convs = [n for n, m in modules.items() if isinstance(m, torch.nn.modules.conv._ConvNd) or hasattr(m, "covariate_weight")]
             raise UserError(f"--layer {layer_name!r} is not a module of this model{suggest(layer_name, convs)}; "
                             f"convolutions: {', '.join(convs[-6:])}")
-    truth = twin.load_twin(data.meta, module.hparams.preset, module.hparams.image_size)
+    truth = twin.load_twin(data.meta, module.hparams.preset, module.hparams.image_size) if celeba else None
 
     train_rows = data.covariates_real[data.indices["train"]]
     plan = cf.plan_changes(names, train_rows)
@@ -227,48 +288,14 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
                                       scored.real_rows)
             if path:
                 summary["figure"] = path
-        attribution: dict = {"layer": layer_name, "methods": list(attr.METHODS), "steps": n_steps}
-        if layer_name is None:
-            attribution["skipped"] = ("the model does not look at the image (covariates-only)" if not uses_image
-                                      else "--examples 0 and --mass-images 0")
-        else:
-            target_layer = network.get_submodule(layer_name)
-            attribution["examples"] = {}
-            for name, edits in plan.items():
-                if examples == 0:
-                    break
-                pos = pick_examples(scored, name, examples, seed)
-                log.info("attribution maps for %s: %d images, real and counterfactual", name, len(pos))
-                rows = scored.real_rows[pos]
-                images = _images(data, split, scored.index[pos])
-                real_maps = _maps(module, target_layer, images, rows, device, n_steps)
-                cf_maps = _maps(module, target_layer, images, edits[0].apply(rows), device, n_steps)
-                boxes = truth.input_boxes(scored.index[pos]) if truth is not None else None
-                rel = f"figures/maps_{name}.png"
-                figures.plot_maps(tmp / rel, name, edits[0], images, rows, scored.prob[pos], scored.changed[name][0][pos],
-                                  real_maps, cf_maps, boxes, [data.meta.filenames[int(i)] for i in scored.index[pos]])
-                attribution["examples"][name] = {"figure": rel, "images": [data.meta.filenames[int(i)] for i in scored.index[pos]]}
-            if truth is not None and mass_images > 0:
-                rng = np.random.default_rng(seed)
-                pos = np.sort(rng.choice(len(scored.index), min(mass_images, len(scored.index)), replace=False))
-                images = _images(data, split, scored.index[pos])
-                attribution["cue_mass"] = {}
-                for name, edits in plan.items():
-                    if edits[0].kind != "flip":
-                        continue
-                    rows = scored.real_rows[pos].copy()
-                    lo_rows, hi_rows = rows.copy(), rows.copy()
-                    lo_rows[:, edits[0].index], hi_rows[:, edits[0].index] = edits[0].lo, edits[0].hi
-                    log.info("cue-box mass for %s: %d images at %s=%g and %g", name, len(pos), name, edits[0].lo,
-                             edits[0].hi)
-                    lo = _maps(module, target_layer, images, lo_rows, device, n_steps)
-                    hi = _maps(module, target_layer, images, hi_rows, device, n_steps)
-                    attribution["cue_mass"][name] = truth.mass_shift(scored.index[pos], scored.groups[pos], edits[0], lo, hi,
-                                                                     n_boot=n_boot, seed=seed)
-                figs["cue_mass"] = figures.plot_cue_mass(tmp / "figures" / "cue_mass.png", attribution["cue_mass"], truth)
+        attribution = _attribution(module, data, split, scored, plan, truth, layer_name, uses_image, tmp, figs,
+                                   examples=examples, mass_images=mass_images, n_steps=n_steps, n_boot=n_boot,
+                                   seed=seed, device=device)
         result = {
             "run": str(run_dir), "checkpoint": ckpt, "split": split, "count": int(len(scored.prob)),
-            "clusters": int(len(np.unique(scored.groups))), "resampled": "identity (CelebA identity_CelebA.txt)",
+            "clusters": int(len(np.unique(scored.groups))),
+            "resampled": "identities (identity_CelebA.txt)" if celeba else "subjects (the manifest's subject column)",
+            "volume_slices": None if celeba else "maps show the middle slice along the first spatial axis",
             "n_boot": n_boot, "seed": seed, "threshold": 0.5,
             "target": module.hparams.target, "fusion": module.hparams.model.get("fusion"),
             "covariates_mode": module.hparams.get("covariates_mode", "real"),
@@ -277,7 +304,8 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
             "twin": truth.describe() if truth is not None else None,
             "figures": figs, "seconds": round(time.monotonic() - start, 1),
         }
-        atomic_write_text(tmp / "counterfactuals.csv", counterfactual_table(scored, plan, names, data.meta.filenames, split))
+        atomic_write_text(tmp / "counterfactuals.csv", counterfactual_table(scored, plan, names, data.filenames(scored.index), split))
+        result = finite(result)
         atomic_write_text(tmp / "explain.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
         atomic_write_text(tmp / "explain.md", report.markdown(result))
         if out_dir.exists():

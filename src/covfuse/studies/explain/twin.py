@@ -44,20 +44,21 @@ class TwinTruth:
                    n_boot: int, seed: int) -> dict:
         """Share of each map inside each cue box with the covariate at its low and its high value, and
         the shift of (mouth share - eyes share) from low to high, per method, with group-resampled CIs."""
-        out: dict = {"low": change.lo, "high": change.hi, "images": int(len(index))}
         boxes = self.input_boxes(index)
+        size = lo[METHODS[0]].shape[-1]
+        # what a map spread evenly over the image would put in each box: the reference for the shares
+        area = {cue: float(np.nanmean(box_share(np.ones((len(index), size, size)), b))) for cue, b in boxes.items()}
+        out: dict = {"low": change.lo, "high": change.hi, "images": int(len(index)), "area": area}
         for method in METHODS:
             entry: dict = {}
             contrast = {}
             for label, maps in (("low", lo[method]), ("high", hi[method])):
                 shares = {cue: box_share(maps, b) for cue, b in boxes.items()}
-                # A map that is zero everywhere (Grad-CAM of a barely trained model) has no share: None, not NaN.
                 entry[label] = {cue: float(np.nanmean(s)) if np.isfinite(s).any() else None for cue, s in shares.items()}
                 contrast[label] = shares["mouth"] - shares["eyes"]
             shift = contrast["high"] - contrast["low"]
             ok = np.isfinite(shift)
-            stat = (cluster_bootstrap_mean(shift[ok], groups[ok], n_boot=n_boot, seed=seed) if ok.any()
-                    else {"estimate": None, "ci": [None, None]})
+            stat = cluster_bootstrap_mean(shift[ok], groups[ok], n_boot=n_boot, seed=seed)
             entry["mouth_minus_eyes_shift"] = stat["estimate"]
             entry["ci"] = stat["ci"]
             entry["share_positive"] = float((shift[ok] > 0).mean()) if ok.any() else None
