@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from covfuse.data import read_celeba, write_synth
 from covfuse.data.cache import build_cache
-from covfuse.data.dataset import CelebADataset, SampleBatch, collate
+from covfuse.data.dataset import CelebADataset, SampleBatch, collate, collate_grouped
 from covfuse.data.transforms import normalize
 from covfuse.training.datamodule import ControlledCovariates
 
@@ -74,3 +74,15 @@ def test_normalize_in_place_equals_the_formula_and_leaves_its_input_alone():
     assert torch.equal(f, before)
     cl = x.contiguous(memory_format=torch.channels_last)
     assert normalize(cl).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_grouped_training_batches_keep_each_sample_whole(meta):
+    ds = CelebADataset(meta, np.arange(40), "Smiling", ["Young", "Male"], image_size=16)
+    items = list(range(0, 40, 3))
+    plain, grouped = collate(ds.__getitems__(items)), collate_grouped(ds.__getitems__(items))
+    inverse = torch.unique(grouped["covariates"], dim=0, return_inverse=True)[1]
+    assert torch.all(inverse[1:] >= inverse[:-1])  # equal rows adjacent, in torch.unique's order
+    assert sorted(grouped["index"].tolist()) == sorted(plain["index"].tolist())
+    by_index = {int(i): j for j, i in enumerate(plain["index"])}
+    for j, i in enumerate(grouped["index"].tolist()):  # every tensor moved together
+        assert all(torch.equal(grouped[k][j], plain[k][by_index[i]]) for k in plain)

@@ -48,7 +48,7 @@ def _saved_bytes(model, x, c) -> int:
 
 
 def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, autocast: bool,
-        channels_last: bool, variants: list[str] | None = None, echo=print) -> list[dict]:
+        channels_last: bool, variants: list[str] | None = None, grouped: bool = True, echo=print) -> list[dict]:
     dev = torch.device(device)
     chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
     rows = []
@@ -59,13 +59,19 @@ def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, a
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 2, (batch,), device=dev).float()
         c3 = torch.randint(0, 2, (batch, 3), device=dev).float()
+        if grouped:  # as the training loader delivers them (covfuse.data.dataset.collate_grouped)
+            c3 = c3[torch.argsort(torch.unique(c3, dim=0, return_inverse=True)[1], stable=True)]
         steps, memory = {}, {}
         clear_choices()
         for label, fusion, where, k in chosen:
             model = build(backbone, fusion, k, hybrid_layers=where, hybrid_init="kaiming").to(dev)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+            # AdamW (what training uses) on a GPU; plain SGD on a CPU, where nine vgg16_bn copies with
+            # two AdamW state tensors each would need ~20 GB of RAM (the step's arithmetic is the same
+            # for every variant; the optimiser's share is small either way).
+            opt = (torch.optim.AdamW(model.parameters(), lr=1e-5) if dev.type == "cuda"
+                   else torch.optim.SGD(model.parameters(), lr=1e-5))
             c = c3[:, :k] if k else torch.zeros(batch, 0, device=dev)
 
             def step(model=model, opt=opt, c=c) -> None:
@@ -89,7 +95,7 @@ def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, a
         base = "image-only"
         what = "peak MiB (CUDA allocator)" if dev.type == "cuda" else "activation MiB (saved for backward)"
         echo(f"\n{backbone}, {size} px, batch {batch}, {'bf16 autocast' if autocast else 'float32'}"
-             f"{', channels_last' if channels_last else ''}: one optimiser step, ratio to image-only, "
+             f"{', channels_last' if channels_last else ''}{', batch grouped by covariate row' if grouped else ''}: one optimiser step, ratio to image-only, "
              f"median [min-max] of {rounds} interleaved rounds\n")
         echo(f"| variant | step ms | ratio | {what} | min per CelebA epoch |")
         echo("|---|---|---|---|---|")
@@ -99,7 +105,8 @@ def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, a
             echo(f"| {label} | {median_ms(samples[label]):.0f} | {r.spread()} | {memory[label] / 2**20:.0f} | "
                  f"{epoch_min:,.1f} |")
             rows.append({"backbone": backbone, "variant": label, "size": size, "batch": batch, "device": dev.type,
-                         "autocast_bf16": autocast, "channels_last": channels_last,
+                         "autocast_bf16": autocast, "channels_last": channels_last, "grouped_batch": grouped,
+                         "optimizer": type(opt).__name__,
                          "step_ms": round(median_ms(samples[label]), 2), "ratio_to_image_only": r.as_dict(),
                          "memory_bytes": memory[label], "memory_kind": what,
                          "projected_minutes_per_celeba_epoch": round(epoch_min, 2)})

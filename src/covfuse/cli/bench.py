@@ -47,6 +47,8 @@ def parser() -> Parser:
     g.add_argument("--model-size", type=int, default=None, help="input side (default 224 GPU, 112 CPU)")
     g.add_argument("--model-batch", type=int, default=None, help="batch (default 64 GPU, 8 CPU)")
     g.add_argument("--variants", default=None, help="comma-separated variant labels (default all)")
+    g.add_argument("--ungrouped", action="store_true",
+                   help="covariate rows in random order (default: grouped, as the training loader delivers them)")
     g = p.add_argument_group("data")
     g.add_argument("--images", type=int, default=512, help="JPEGs in the twin (default 512)")
     g.add_argument("--sizes", default="64,128,224", help="image sides")
@@ -94,7 +96,7 @@ def main(argv: list[str]) -> int:
         record["models"] = models.run(
             _list(args.backbones), args.model_size or (224 if gpu else 112), args.model_batch or (64 if gpu else 8),
             device, args.rounds or 3, autocast=gpu, channels_last=gpu,
-            variants=_list(args.variants) if args.variants else None, echo=echo)
+            variants=_list(args.variants) if args.variants else None, grouped=not args.ungrouped, echo=echo)
     if "data" in what:
         from covfuse.bench import data
 

@@ -229,7 +229,9 @@ def _auto(args: tuple) -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
     if not autotune.can_tune():
         # Tracing for torch.compile / capturing a CUDA graph: no host sync (torch.unique, .tolist())
         # and no timing; a back-end that treats every row on its own is exact for any covariates.
-        return rule_backend(x, x.shape[0], w, groups), None
+        # Not the per-sample loop, which a tracer would unroll into one conv per sample.
+        backend = rule_backend(x, x.shape[0], w, groups)
+        return ("grouped" if backend == "reference" else backend), None
     rows = unique_rows(c)
     num_patterns = rows[0].shape[0]
     key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), w.dtype, repr(kwargs), b is not None,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from covfuse.data.dataset import SampleBatch, collate
+from covfuse.data.dataset import SampleBatch, collate, collate_grouped
 from covfuse.errors import UserError
 from covfuse.training.config import DataConfig
 
@@ -200,7 +200,9 @@ class CovfuseDataModule(L.LightningDataModule):
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
             pin_memory=self.pin_memory,
-            collate_fn=collate,  # batches come ready-made from CelebADataset.__getitems__
+            # Batches come ready-made from CelebADataset.__getitems__; training batches are grouped
+            # by covariate row, which spares hybrid convs a copy of their input at every layer.
+            collate_fn=collate_grouped if train else collate,
         )
 
     def _resumable_loader(self, dataset: Dataset, batch: int) -> DataLoader:
