@@ -22,7 +22,6 @@ SMALL = {
     "synth": ["--n", "60", "--image_size", "24x28"],
     "fit": ["--data.image_size", "16", "--data.batch_size", "8", "--data.eval_batch_size", "32",
             "--trainer.max_epochs", "1", "--bootstrap", "20", "--trainer.summary", "false", "--trainer.progress", "none"],
-    "bench": ["--rounds", "1", "--size", "16", "--batch", "4", "--nets", "vgg16", "--no-loop", "--shapes", "64"],
     "explain": ["--examples", "2", "--n-boot", "20", "--steps", "2", "--mass-images", "8"],
     "demo": ["--n", "300", "--epochs", "1", "--image-size", "24x28", "--bootstrap", "20", "--data", "demo-twin",
              "--config", "small-demo.yaml", "--methods", "image-only,hybrid"],
@@ -46,8 +45,7 @@ def python_snippets() -> list[str]:
 
 def test_the_readme_commands_chain_in_order(tmp_path, monkeypatch, capsys):
     commands = readme_commands()
-    assert [c[0] for c in commands] == ["data", "data", "describe", "fit", "test", "predict", "explain", "demo",
-                                         "bench"]
+    assert [c[0] for c in commands] == ["data", "data", "describe", "fit", "test", "predict", "explain", "demo"]
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     small = (REPO / "configs/demo.yaml").read_text().replace("image_size: 64", "image_size: 16")
     (tmp_path / "small-demo.yaml").write_text(small)
@@ -66,7 +64,7 @@ def test_the_readme_commands_chain_in_order(tmp_path, monkeypatch, capsys):
             header, row = out.strip().splitlines()
             assert header == "image,Young,Male,P(Attractive)" and 0 <= float(row.split(",")[-1]) <= 1
     assert (tmp_path / "runs/my-run/metrics.json").is_file() and (tmp_path / "demo-out/results.json").is_file()
-    assert (tmp_path / "runs/my-run/explain/explain.json").is_file() and (tmp_path / "bench.json").is_file()
+    assert (tmp_path / "runs/my-run/explain/explain.json").is_file()
 
 
 def test_the_readme_python_snippets_run_as_shown():
