@@ -221,6 +221,7 @@ class CovfuseDataModule(L.LightningDataModule):
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
             pin_memory=self.pin_memory,
+            collate_fn=collate_grouped,  # as the other training loader: ready-made batches, grouped by covariate row
         )
 
     def train_dataloader(self) -> DataLoader:
