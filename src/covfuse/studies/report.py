@@ -292,7 +292,8 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
                   "| setting | chosen | valid " + metric + " per value |", "|---|---|---|"]
         for r in tuned:
             chosen = ", ".join(f"{k}={v}" for k, v in r["tuned"]["chosen"].items())
-            per = "; ".join(f"{k}: {v:.3f}" for k, v in r["tuned"][f"valid_{metric}"].items())
+            per = "; ".join(", ".join(f"{a}={b}" for a, b in json.loads(k).items()) + f": {v:.3f}"
+                            for k, v in r["tuned"][f"valid_{metric}"].items())
             lines.append(f"| {r['setting']} | {chosen} | {per} |")
         lines.append("")
     gap_keys = sorted({k for r in report["rows"] for k in r["gaps"]}, key=lambda k: ("&" in k, k))
