@@ -67,7 +67,27 @@ class ControlledCovariates(Dataset):
         return f"ControlledCovariates({self.dataset!r})"
 
 
-class CovfuseDataModule(L.LightningDataModule):
+class SplitLoaders:
+    """Lightning's loader hooks and ``eval_dataloaders`` from one ``_loader(split, train=False)``
+    (shared by the image and the volume data modules)."""
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def eval_dataloaders(self, splits: tuple[str, ...] = ("valid", "test")) -> list[DataLoader]:
+        return [self._loader(split) for split in splits]
+
+
+class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
     """Reads the folder once per process, splits it, and serves train/valid/test loaders."""
 
     def __init__(self, data: DataConfig | dict[str, Any], seed: int = 0, pin_memory: bool = False):
@@ -223,18 +243,6 @@ class CovfuseDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             collate_fn=collate_grouped,  # as the other training loader: ready-made batches, grouped by covariate row
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def eval_dataloaders(self, splits: tuple[str, ...] = ("valid", "test")) -> list[DataLoader]:
-        return [self._loader(split) for split in splits]
 
     def filenames(self, index: np.ndarray) -> list[str]:
         return [self.meta.filenames[int(i)] for i in index]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from covfuse.errors import UserError
 from covfuse.training.config import DataConfig
-from covfuse.training.datamodule import MODES, SPLITS, CovfuseDataModule, control_covariates
+from covfuse.training.datamodule import MODES, SPLITS, CovfuseDataModule, SplitLoaders, control_covariates
 
 STATE_FILE = "data_state.json"
 
@@ -41,7 +41,7 @@ def read_state(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-class VolumeDataModule(L.LightningDataModule):
+class VolumeDataModule(SplitLoaders, L.LightningDataModule):
     """Reads the manifest once per process, splits it by subject and serves train/valid/test loaders.
 
     Args:
@@ -160,18 +160,6 @@ class VolumeDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=batch, shuffle=train, drop_last=train and len(dataset) > batch,
                           num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                           pin_memory=self.pin_memory)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def eval_dataloaders(self, splits: tuple[str, ...] = ("valid", "test")) -> list[DataLoader]:
-        return [self._loader(split) for split in splits]
 
     def filenames(self, index: np.ndarray) -> list[str]:
         """The manifest's ``path`` of each row (unique per volume): the id in predictions.csv."""
