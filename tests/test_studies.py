@@ -103,6 +103,8 @@ def test_the_shipped_studies_plan(files, cells, runs, tmp_path):
     (["--baseline", "nope", "--grid", "model.fusion=image-only,hybrid"], "baseline 'nope'"),
     (["--trainer.max_epoch", "2"], "max_epoch"),  # no silent abbreviation
     (["--seed", "3"], "use --seeds"),
+    (["--data.root", "/no/such/folder"], "no such file or folder"),
+    (["--grdi", "x=1"], "did you mean 'grid'"),
 ])
 def test_bad_studies_fail_in_one_line_before_anything_is_written(base, tmp_path, capsys, args, message):
     runs = tmp_path / "runs"

@@ -81,7 +81,16 @@ def main(argv: list[str], *, cv: bool = False, prog: str = "covfuse sweep", doc:
     args, overrides = parser(prog, doc, cv).parse_known_args(argv)
     if any(o == "--seed" or o.startswith("--seed=") for o in overrides):
         raise UserError(f"a study sets each run's seed: use --seeds 0,1,2 instead of --seed; see `{prog} --help`")
-    # every other flag is a config override for all runs; plan_study checks them (unknown keys named there)
+    # every other flag is a config override for all runs; plan_study checks them (unknown keys named there),
+    # but a misspelt study flag (no dot, not a top-level config key) is named here with its closest spelling
+    from covfuse.errors import suggest
+    from covfuse.training.config import config_keys
+
+    own = [o.lstrip("-") for a in parser(prog, doc, cv)._actions for o in a.option_strings]
+    for token in overrides:
+        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
+        if name and "." not in name and name not in config_keys():
+            raise UserError(f"unknown option --{name}{suggest(name, own + config_keys())}; see `{prog} --help`")
     from covfuse.studies import slurm
     from covfuse.studies.sweep import plan_study, run_status, run_study, write_study
 

@@ -139,7 +139,8 @@ def plan(o: DemoOptions):
         overrides += ["--data.image_size", str(o.size)]
     if o.epochs is not None:
         overrides += ["--trainer.max_epochs", str(o.epochs)]
-    return plan_study(name="demo", configs=[str(o.config)], overrides=overrides, seeds=[o.seed],
+    # check_data=False: the demo writes its twin after planning
+    return plan_study(name="demo", check_data=False, configs=[str(o.config)], overrides=overrides, seeds=[o.seed],
                       cells={m: {"model.fusion": m} for m in o.methods}, baseline=BASELINE, study_dir=o.out,
                       argv=["covfuse", "demo", *(["--volumes"] if o.volumes else []), "--out", str(o.out)])
 

@@ -193,7 +193,7 @@ def parse_run(base: Sequence[str], run: Run) -> cfgmod.RunConfig:
 def plan_study(*, name: str, configs: Sequence[str], runs_dir: str | Path = "runs", grid: Sequence[str] = (),
                seeds: Sequence[int] | None = None, tune: Sequence[str] = (), overrides: Sequence[str] = (),
                folds: int = 0, baseline: str | None = None, cells: dict[str, dict] | None = None,
-               study_dir: str | Path | None = None, argv: Sequence[str] = ()) -> Study:
+               study_dir: str | Path | None = None, argv: Sequence[str] = (), check_data: bool = True) -> Study:
     """Expand configs, grid, explicit cells, seeds, folds and tuning values into a :class:`Study`.
 
     Every run's config is parsed here, so a misspelt key or a bad value fails before anything runs.
@@ -255,8 +255,12 @@ def plan_study(*, name: str, configs: Sequence[str], runs_dir: str | Path = "run
         base += ["--data.folds", str(folds)]
     study = Study(name, "cv" if folds else "sweep", str(study_dir), base, study_cells, seeds, tune_values,
                   folds, baseline, runs, list(argv))
+    roots = set()
     for run in runs:  # every config parses (unknown keys, bad values) before anything runs
-        study.run_config(run)
+        roots.add(study.run_config(run).data.root)
+    for root in sorted(roots) if check_data else ():  # the commonest mistake, caught before anything is written
+        if not root or not Path(root).exists():
+            raise UserError(f"data.root {root!r}: no such file or folder; pass --data.root DIR (or a volume manifest CSV)")
     return study
 
 
@@ -374,7 +378,8 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False)
                                  f"continue it with: {again(study)}", exc.code) from None
         except Exception as exc:  # noqa: BLE001 (one broken run must not cost the study the others)
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            logging.getLogger("covfuse.studies").error("run %s failed: %s", run.dir, reason, exc_info=not isinstance(exc, UserError))
+            if not isinstance(exc, UserError):  # a bug, not a mistake: keep the traceback in the log
+                logging.getLogger("covfuse.studies").error("run %s failed: %s", run.dir, reason, exc_info=True)
             say(f"[{run.index + 1}/{len(study.runs)}] {Path(run.dir).relative_to(study.study_dir)}: FAILED ({reason})")
             failed.append((run, reason))
             counts["failed"] += 1
