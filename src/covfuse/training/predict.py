@@ -1,4 +1,9 @@
-"""Probabilities for image files with given covariates, from a trained module (``covfuse predict``)."""
+"""Predictions for image files with given covariates, from a trained module (``covfuse predict``).
+
+:func:`run_predict` (the one Lightning predict loop) and :func:`prediction_columns` (what the
+output columns are for the module's head) serve images here and volumes
+(:mod:`covfuse.training.predict_volumes`) alike.
+"""
 from __future__ import annotations
 
 import warnings
@@ -53,14 +58,47 @@ def model_covariates(module: CovfuseModule, rows: np.ndarray) -> np.ndarray:
 def predict_images(module: CovfuseModule, paths: Sequence[Path], rows: Sequence[Sequence[float]], *,
                    batch_size: int = 64, accelerator: str = "auto", precision: str | None = None) -> np.ndarray:
     """P(target = 1) per image, in input order; ``precision`` as in the run's trainer config."""
+    values = np.asarray(rows, dtype=np.float32).reshape(len(paths), len(module.hparams.covariates))
+    dataset = ImageFiles(paths, model_covariates(module, values), module.hparams.image_size, module.hparams.preset)
+    return run_predict(module, dataset, batch_size=batch_size, accelerator=accelerator, precision=precision)
+
+
+def run_predict(module: CovfuseModule, dataset: Dataset, *, batch_size: int = 64, accelerator: str = "auto",
+                precision: str | None = None) -> np.ndarray:
+    """``module.predict_step`` over ``dataset`` in order, on one device: (N,) or (N, C) float32."""
     from covfuse.training.config import TrainerConfig
     from covfuse.training.run import quiet_lightning, resolve_hardware
 
-    values = np.asarray(rows, dtype=np.float32).reshape(len(paths), len(module.hparams.covariates))
-    dataset = ImageFiles(paths, model_covariates(module, values), module.hparams.image_size, module.hparams.preset)
     hw = resolve_hardware(TrainerConfig(accelerator=accelerator, precision=precision))
     quiet_lightning()
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=hw.precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     batches = trainer.predict(module, DataLoader(dataset, batch_size=batch_size, shuffle=False))
     return torch.cat(batches).float().numpy()
+
+
+def prediction_columns(module: CovfuseModule, values: np.ndarray,
+                       classes: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the prediction part of ``covfuse predict``'s CSV, for the module's head.
+
+    ``values`` is what :func:`run_predict` returned; ``classes`` the run's class order (volume runs
+    keep it in data_state.json; image runs predict one attribute and have none). Binary heads give
+    ``P(target)`` (``P(target=positive)`` when the classes are known), a multi-class head one
+    ``P(target=class)`` per class, a regression head the value in the target's units.
+    """
+    head = (module.hparams.model or {}).get("head", "binary")
+    target = module.hparams.target
+    values = np.asarray(values, dtype=np.float64)
+    if head in ("binary", "two-class"):
+        name = f"P({target}={classes[1]})" if classes and len(classes) == 2 else f"P({target})"
+        return [name], [[f"{p:.6f}"] for p in values.reshape(-1)]
+    if head == "multiclass":
+        if values.ndim != 2:
+            raise ValueError(f"a multiclass head should predict (N, C) probabilities, got shape {values.shape}")
+        names = list(classes) if classes else [str(k) for k in range(values.shape[1])]
+        if len(names) != values.shape[1]:
+            raise ValueError(f"{values.shape[1]} class probabilities for {len(names)} classes {names}")
+        return [f"P({target}={c})" for c in names], [[f"{p:.6f}" for p in row] for row in values]
+    if head == "regression":
+        return [f"predicted_{target}"], [[f"{v:.6g}"] for v in values.reshape(-1)]
+    raise UserError(f"covfuse predict does not know the model head {head!r} (binary, two-class, multiclass, regression)")
