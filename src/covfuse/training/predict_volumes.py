@@ -42,8 +42,8 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
     or range. Numbers are compared after encoding (the same float32 arithmetic as the table it came
     from) and shown in raw units.
     """
-    for spec in encoder.specs:
-        name = manifest.column(spec["name"])  # a missing column: the manifest reader's one line
+    columns = [manifest.column(spec["name"]) for spec in encoder.specs]  # a missing column: the reader's line
+    for spec, name in zip(encoder.specs, columns):
         info = (seen or {}).get(spec["name"]) or {}
         for i, value in enumerate(manifest.columns[name]):
             if is_missing(value):
@@ -55,7 +55,8 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
             if spec["kind"] == "categorical":
                 if value not in spec["levels"] and not extrapolate:
                     raise UserError(f"{where(i)}: {name}={value} was never seen in training, which had {name} in "
-                                    f"{{{', '.join(spec['levels'])}}}{hint}")
+                                    f"{{{', '.join(spec['levels'])}}}; give one of those (or pass --extrapolate to "
+                                    "predict with no level set, as `covfuse test` encodes an unseen level)")
                 continue
             number = _number(value)
             if number is None:
