@@ -43,6 +43,7 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
     from) and shown in raw units.
     """
     columns = [manifest.column(spec["name"]) for spec in encoder.specs]  # a missing column: the reader's line
+    hint = "; the model would extrapolate (pass --extrapolate to predict anyway)"
     for spec, name in zip(encoder.specs, columns):
         info = (seen or {}).get(spec["name"]) or {}
         for i, value in enumerate(manifest.columns[name]):
@@ -51,7 +52,6 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
                     raise UserError(f"{where(i)}: {name} is missing, but the run never saw it missing (it has no "
                                     f"{name}_missing indicator); give a value")
                 continue
-            hint = "; the model would extrapolate (pass --extrapolate to predict anyway)"
             if spec["kind"] == "categorical":
                 if value not in spec["levels"] and not extrapolate:
                     raise UserError(f"{where(i)}: {name}={value} was never seen in training, which had {name} in "
