@@ -32,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="imagenet (from the torch hub cache) or a state-dict file")
     p.add_argument("--regime", default="finetune", help=", ".join(REGIMES))
     p.add_argument("--head", default="binary", help=", ".join(HEADS))
+    p.add_argument("--num_classes", type=int, default=None, help="outputs of a multiclass head (3 or more)")
     p.add_argument("--option", "-o", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="model option, e.g. film_layers=all, daft_layer=layer3, concat_hidden=32 (repeatable)")
     p.add_argument("--input_size", type=int, default=None, help="input side in pixels (default: the backbone's, 224 or 64)")
@@ -57,7 +58,8 @@ def main(argv: list[str]) -> int:
     from covfuse.models.describe import describe, draw_diagram, format_table
 
     model = build(args.backbone, args.fusion, args.num_covariates, hybrid_layers=args.hybrid_layers,
-                  weights=args.weights, regime=args.regime, head=args.head, **dict(args.option))
+                  weights=args.weights, regime=args.regime, head=args.head,
+                  num_classes=args.num_classes, **dict(args.option))
     try:
         desc = describe(model, args.input_size)
     except RuntimeError as exc:  # e.g. an input too small for the backbone's pooling

@@ -12,14 +12,17 @@ from covfuse.errors import UserError
 
 
 def main(argv: list[str]) -> int:
-    from covfuse.training.metrics import SCORES
+    from covfuse.training.metrics import TASK_SCORES
+
+    names = list(dict.fromkeys(n for task in TASK_SCORES.values() for n in task))
 
     p = Parser(prog="covfuse report", description=__doc__.split(": ", 1)[1],
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study folder, or its name under --runs-dir")
     p.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", default="runs", help="folder of studies (default: runs)")
     p.add_argument("--baseline", default=None, help="cell to compare with (default: the study's baseline)")
-    p.add_argument("--metric", default="accuracy", choices=SCORES, help="score to compare (default: accuracy)")
+    p.add_argument("--metric", default=None, choices=names,
+                   help="score to compare (default: accuracy; multi-class: balanced_accuracy; regression: mae)")
     p.add_argument("--format", default="md", choices=["md", "json", "csv"], help="what to print (default: md)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--unit", default="group", choices=["group", "image"],

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from covfuse.errors import UserError
 from covfuse.io import load_trusted
-from covfuse.models.registry import HEADS, BackboneSpec, backbone_spec, check_choice
+from covfuse.models.registry import BackboneSpec, backbone_spec, head_outputs
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -136,11 +136,12 @@ def replace_head(model: nn.Module, spec: BackboneSpec, out_features: int) -> Non
     set_submodule(model, spec.head, nn.Linear(old.in_features, out_features, device="cpu"))
 
 
-def build_backbone(name: str, *, weights: str | os.PathLike | None = None, head: str = "binary") -> nn.Module:
-    """A backbone with ``weights`` loaded and its head replaced by ``head`` ("binary": 1 output,
-    "two-class": 2 outputs, as the research's ``classifier[6] = Linear(4096, 2)``)."""
+def build_backbone(name: str, *, weights: str | os.PathLike | None = None, head: str = "binary",
+                   num_classes: int | None = None) -> nn.Module:
+    """A backbone with ``weights`` loaded and its head replaced by ``head`` ("binary"/"regression": 1 output,
+    "two-class": 2 outputs, as the research's ``classifier[6] = Linear(4096, 2)``, "multiclass": ``num_classes``)."""
     spec = backbone_spec(name)
-    out_features = HEADS[check_choice("head", head, HEADS)]
+    out_features = head_outputs(head, num_classes)
     if weights is None:
         model = instantiate(spec)
         replace_head(model, spec, out_features)

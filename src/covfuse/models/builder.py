@@ -15,7 +15,7 @@ from covfuse.models.fusion import (
     apply_hybrid,
     conditioned_layers,
 )
-from covfuse.models.registry import HEADS, REGIMES, backbone_spec, check_choice, fusion_spec
+from covfuse.models.registry import REGIMES, backbone_spec, check_choice, fusion_spec, head_outputs
 
 # Options of `build(**options)`, with their defaults; anything else is an error.
 OPTIONS: dict[str, Any] = {
@@ -58,9 +58,11 @@ def build(
     weights: str | os.PathLike | None = None,
     regime: str = "finetune",
     head: str = "binary",
+    num_classes: int | None = None,
     **options: Any,
 ) -> FusionModel:
-    """A model whose ``forward(x, covariates)`` returns logits (N,) (``head="two-class"``: (N, 2)).
+    """A model whose ``forward(x, covariates)`` returns logits (N,) (``head="two-class"``: (N, 2);
+    ``"multiclass"``: (N, num_classes); ``"regression"``: one value (N,)).
 
     ``backbone``: see :func:`list_backbones`. ``fusion``: see :func:`list_fusions`, or a '+' join of
     hybrid, film, daft and one of concat / concat-2fc. ``hybrid_layers``: conv names, indices into
@@ -75,7 +77,7 @@ def build(
     spec = backbone_spec(backbone)
     fspec = fusion_spec(fusion)
     check_choice("regime", regime, REGIMES)
-    out_features = HEADS[check_choice("head", head, HEADS)]
+    out_features = head_outputs(head, num_classes)
     opts = _check_options(options)
     uses_covariates = fspec.name != "image-only"
     if isinstance(num_covariates, bool) or not isinstance(num_covariates, int) or num_covariates < int(uses_covariates):
@@ -86,13 +88,14 @@ def build(
     config: dict[str, Any] = {
         "backbone": backbone, "fusion": fusion, "num_covariates": num_covariates,
         "hybrid_layers": hybrid_layers if isinstance(hybrid_layers, (str, int)) else list(hybrid_layers),
-        "weights": None if weights is None else str(weights), "regime": regime, "head": head, **opts,
+        "weights": None if weights is None else str(weights), "regime": regime, "head": head,
+        **({"num_classes": num_classes} if head == "multiclass" else {}), **opts,
     }
     if not fspec.uses_image:  # covariates-only: no backbone is built, weights and regime do not apply
         network = CovariateClassifier(num_covariates, out_features, opts["covariates_hidden"])
         return FusionModel(network, num_covariates, out_features=out_features, config=config)
 
-    network = build_backbone(backbone, weights=weights, head=head)
+    network = build_backbone(backbone, weights=weights, head=head, num_classes=num_classes)
     for component in fspec.components:  # the registry orders them: hybrid, film, daft, concat
         if component == "hybrid":
             config["hybrid_layers"] = apply_hybrid(network, spec, hybrid_layers, num_covariates, opts["hybrid_init"])

@@ -87,7 +87,24 @@ REGIMES: dict[str, str] = {
     "scratch": "random initialisation, every parameter trainable (weights must be None)",
 }
 
-HEADS: dict[str, int] = {"binary": 1, "two-class": 2}
+HEADS: dict[str, str] = {
+    "binary": "one logit, binary cross-entropy",
+    "two-class": "two logits, cross-entropy (as in the research)",
+    "multiclass": "one logit per class (num_classes), cross-entropy",
+    "regression": "one output, mean squared error on the standardised target",
+}
+
+
+def head_outputs(head: str, num_classes: int | None = None) -> int:
+    """How many outputs the task head ``head`` has; ``multiclass`` needs ``num_classes`` >= 3
+    (two classes are ``binary`` or ``two-class``)."""
+    check_choice("head", head, HEADS)
+    if head == "multiclass":
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 3:
+            raise UserError(f"head 'multiclass' needs num_classes >= 3, got {num_classes!r}; "
+                            "for two classes use head binary or two-class")
+        return num_classes
+    return 2 if head == "two-class" else 1
 
 
 def list_backbones() -> list[str]:

@@ -25,7 +25,9 @@ from covfuse.studies.stats import (
     cluster_bootstrap, clustered_mcnemar, holm, paired_cluster_bootstrap, seed_test,
 )
 from covfuse.studies.sweep import Run, Study, run_status
-from covfuse.training.metrics import SCORES, scores
+from covfuse.training.metrics import (
+    LOWER_IS_BETTER, PRIMARY, SUBGROUP_STATS, check_metric, score_bounds, task_scores,
+)
 
 ALPHA = 0.05
 ASSUMPTIONS = [
@@ -37,7 +39,7 @@ ASSUMPTIONS = [
     "Nadeau-Bengio correction, because the folds' training sets overlap. It reflects training randomness.",
     "**p** (the column Holm adjusts): with 3 or more runs per cell, the larger of the bootstrap p and the "
     "across-run p (a difference must hold over people *and* over training runs); with fewer runs, the bootstrap p.",
-    "**Verdict**: `better` / `worse` when the Holm-adjusted p < 0.05 (over all cells compared with the baseline), "
+    "**Verdict**: `better` / `worse` (for MAE and RMSE, lower is better) when the Holm-adjusted p < 0.05 (over all cells compared with the baseline), "
     "else `no evidence`. McNemar counts, where shown, assume independent images and are descriptive; the "
     "clustered McNemar (Durkalski 2003) does not.",
 ]
@@ -57,28 +59,37 @@ class CellData:
     probs: np.ndarray  # (replicates, N): one row per seed
     per_run: dict[tuple[int, int | None], float]  # (seed, fold) -> metric of that run on its own split
     per_run_sizes: dict[tuple[int, int | None], int]
+    task: str = "binary"
 
 
-def read_predictions(run_dir: Path, split: str) -> dict[str, np.ndarray]:
-    """ids, groups, labels and probabilities of one split from a run's predictions.csv."""
+def run_task(run_dir: Path) -> str:
+    """The task of a finished run (binary, multiclass, regression), from its metrics.json."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()).get("task", "binary") if path.is_file() else "binary"
+
+
+def read_predictions(run_dir: Path, split: str, task: str = "binary") -> dict[str, np.ndarray]:
+    """ids, groups, labels and per-sample outputs of one split from a run's predictions.csv: the
+    ``probability`` column of a binary run, the ``prediction`` column (class index or value) otherwise."""
     path = Path(run_dir) / "predictions.csv"
     if not path.is_file():
         raise UserError(f"{path}: missing; the run has not finished (run the study again to finish it)")
-    ids, groups, labels, probs = [], [], [], []
+    column = "probability" if task == "binary" else "prediction"
+    ids, groups, labels, outputs = [], [], [], []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row["split"] == split:
                 ids.append(row["id"])
                 groups.append(row.get("group") or row["id"])  # older runs without groups: one per image
-                labels.append(int(row["label"]))
-                probs.append(float(row["probability"]))
+                labels.append(float(row["label"]))
+                outputs.append(float(row[column]))
     order = np.argsort(ids, kind="stable")
     return {k: np.asarray(v)[order] for k, v in
-            (("id", ids), ("group", groups), ("label", labels), ("probability", probs))}
+            (("id", ids), ("group", groups), ("label", labels), ("output", outputs))}
 
 
-def _metric(labels, probs, metric: str) -> float:
-    return float(scores(labels, probs, auroc=metric == "auroc")[metric][0])
+def _metric(labels, outputs, metric: str, task: str) -> float:
+    return float(task_scores(task, labels, outputs, auroc=metric == "auroc")[metric][0])
 
 
 def _metrics_json(run: Run) -> dict:
@@ -94,19 +105,19 @@ def select_tuned(study: Study, cell: str, metric: str) -> tuple[list[Run], dict 
     for r in runs:
         by_setting.setdefault(json.dumps(r.tune, sort_keys=True), []).append(r)
     valid = {k: float(np.mean([_metrics_json(r)["valid"][metric] for r in rs])) for k, rs in by_setting.items()}
-    best = max(valid, key=lambda k: valid[k])
+    best = (min if metric in LOWER_IS_BETTER else max)(valid, key=lambda k: valid[k])
     return by_setting[best], {"chosen": json.loads(best), "valid_" + metric: {k: round(v, 4) for k, v in valid.items()}}
 
 
-def load_cell(study: Study, cell: str, metric: str) -> CellData:
+def load_cell(study: Study, cell: str, metric: str, task: str = "binary") -> CellData:
     runs, tuned = select_tuned(study, cell, metric)
     split = "valid" if study.kind == "cv" else "test"
     by_seed: dict[int, list[dict]] = {}
     per_run, sizes = {}, {}
     for r in runs:
-        pred = read_predictions(Path(r.dir), split)
+        pred = read_predictions(Path(r.dir), split, task)
         by_seed.setdefault(r.seed, []).append(pred)
-        per_run[(r.seed, r.fold)] = _metric(pred["label"], pred["probability"], metric)
+        per_run[(r.seed, r.fold)] = _metric(pred["label"], pred["output"], metric, task)
         sizes[(r.seed, r.fold)] = len(pred["id"])
     rows, reference = [], None
     for seed in sorted(by_seed):
@@ -120,9 +131,9 @@ def load_cell(study: Study, cell: str, metric: str) -> CellData:
             reference = merged
         elif not np.array_equal(reference["id"], merged["id"]):
             raise UserError(f"cell {cell}: seed {seed} was evaluated on other samples than seed {min(by_seed)}")
-        rows.append(merged["probability"])
+        rows.append(merged["output"])
     return CellData(cell, study.cells[cell], runs, tuned, reference["id"], reference["group"], reference["label"],
-                    np.stack(rows), per_run, sizes)
+                    np.stack(rows), per_run, sizes, task)
 
 
 def check_finished(study: Study) -> None:
@@ -133,22 +144,32 @@ def check_finished(study: Study) -> None:
                         f"(first: {first}); run `{' '.join(study.argv) or 'covfuse sweep ...'}` again to finish them")
 
 
-def build_report(study: Study, *, baseline: str | None = None, metric: str = "accuracy", n_boot: int = 2000,
+def study_task(study: Study) -> str:
+    """The one task (binary, multiclass, regression) all runs of a finished study share."""
+    tasks = {run_task(Path(r.dir)) for r in study.runs}
+    if len(tasks) > 1:
+        raise UserError(f"study {study.name} mixes tasks ({', '.join(sorted(tasks))}); compare runs with the same head")
+    return tasks.pop() if tasks else "binary"
+
+
+def build_report(study: Study, *, baseline: str | None = None, metric: str | None = None, n_boot: int = 2000,
                  seed: int = 0, unit: str = "group") -> dict:
     """The report as a dict: the **contract** keys (baseline, metric, rows) plus details.
 
-    ``unit="image"`` resamples images instead of people: only for data without repeated people.
+    ``metric`` defaults to the task's primary score (accuracy; balanced accuracy for multi-class; MAE
+    for regression, where lower is better). ``unit="image"`` resamples images instead of people:
+    only for data without repeated people.
     """
     if unit not in ("group", "image"):
         raise UserError(f"unknown resampling unit {unit!r}; choose group or image")
-    if metric not in SCORES:
-        raise UserError(f"unknown metric {metric!r}{suggest(metric, SCORES)}; choose one of {', '.join(SCORES)}")
     baseline = baseline or study.baseline
     if baseline not in study.cells:
         raise UserError(f"baseline {baseline!r} is not a cell of study {study.name}{suggest(baseline, study.cells)}; "
                         f"cells: {', '.join(study.cells)}")
     check_finished(study)
-    cells = {name: load_cell(study, name, metric) for name in study.cells}
+    task = study_task(study)
+    metric = check_metric(metric or PRIMARY[task], task)
+    cells = {name: load_cell(study, name, metric, task) for name in study.cells}
     if unit == "image":
         for c in cells.values():
             c.groups = c.ids
@@ -160,7 +181,7 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str = "ac
     pool = len(base.ids)
     rows = []
     for name, c in cells.items():
-        pooled = cluster_bootstrap(c.labels, c.probs, c.groups, metric, n_boot=n_boot, seed=seed)
+        pooled = cluster_bootstrap(c.labels, c.probs, c.groups, metric, n_boot=n_boot, seed=seed, task=task)
         values = list(c.per_run.values())
         row = {"setting": name, "settings": c.settings, "n_runs": len(c.runs),
                "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
@@ -168,7 +189,8 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str = "ac
         if name == baseline:
             row.update(difference=0.0, difference_ci=[0.0, 0.0], p_value=1.0, bootstrap_p=1.0, seed_test=None)
         else:
-            paired = paired_cluster_bootstrap(c.labels, c.probs, base.probs, c.groups, metric, n_boot=n_boot, seed=seed)
+            paired = paired_cluster_bootstrap(c.labels, c.probs, base.probs, c.groups, metric, n_boot=n_boot, seed=seed,
+                                              task=task)
             common = sorted(set(c.per_run) & set(base.per_run), key=lambda k: (k[0], -1 if k[1] is None else k[1]))
             diffs = [c.per_run[k] - base.per_run[k] for k in common]
             if study.kind == "cv":
@@ -181,31 +203,32 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str = "ac
                 p = max(p, across["p_value"])
             row.update(difference=paired["difference"], difference_ci=paired["ci"], p_value=float(p),
                        bootstrap_p=paired["p_value"], seed_test=across)
-            if c.probs.shape[0] == 1:
+            if c.probs.shape[0] == 1 and task == "binary":
                 row["mcnemar_clustered"] = clustered_mcnemar(c.labels, c.probs[0], base.probs[0], c.groups)
         if c.tuned:
             row["tuned"] = c.tuned
-        row["gaps"] = _mean_gaps(c.runs, "valid" if study.kind == "cv" else "test")
+        row["gaps"] = _mean_gaps(c.runs, "valid" if study.kind == "cv" else "test", SUBGROUP_STATS[task][0])
         rows.append(row)
     compared = [r for r in rows if r["setting"] != baseline]
     for r, adj in zip(compared, holm([r["p_value"] for r in compared])):
         r["p_adjusted"] = adj
-        r["verdict"] = ("better" if r["difference"] > 0 else "worse") if adj < ALPHA else "no evidence"
+        improved = r["difference"] < 0 if metric in LOWER_IS_BETTER else r["difference"] > 0
+        r["verdict"] = ("better" if improved else "worse") if adj < ALPHA else "no evidence"
     base_row = next(r for r in rows if r["setting"] == baseline)
     base_row.update(p_adjusted=1.0, verdict="baseline")
-    return {"study": study.name, "kind": study.kind, "baseline": baseline, "metric": metric, "unit": unit,
+    return {"study": study.name, "kind": study.kind, "baseline": baseline, "metric": metric, "task": task, "unit": unit,
             "split": "out-of-fold (valid of each fold)" if study.kind == "cv" else "test",
             "samples": pool, "clusters": int(len(np.unique(base.groups))), "seeds": study.seeds, "folds": study.folds,
             "n_boot": n_boot, "rows": rows}
 
 
-def _mean_gaps(runs: Sequence[Run], split: str) -> dict[str, float]:
-    """Subgroup accuracy gaps (max - min over a covariate's values), averaged over runs."""
+def _mean_gaps(runs: Sequence[Run], split: str, stat: str = "accuracy") -> dict[str, float]:
+    """Subgroup gaps of ``stat`` (max - min over a covariate's values), averaged over runs."""
     collected: dict[str, list[float]] = {}
     for r in runs:
         for key, gap in _metrics_json(r).get(split, {}).get("gaps", {}).items():
-            if gap.get("accuracy") is not None:
-                collected.setdefault(key, []).append(gap["accuracy"])
+            if gap.get(stat) is not None:
+                collected.setdefault(key, []).append(gap[stat])
     return {k: float(np.mean(v)) for k, v in collected.items()}
 
 
@@ -298,11 +321,12 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
         lines.append("")
     gap_keys = sorted({k for r in report["rows"] for k in r["gaps"]}, key=lambda k: ("&" in k, k))
     if gap_keys:
-        lines += ["## Subgroup gaps", "", "Accuracy gap (largest minus smallest subgroup accuracy), mean over runs:", "",
+        stat = SUBGROUP_STATS[report.get("task", "binary")][0]
+        lines += ["## Subgroup gaps", "", f"{stat} gap (largest minus smallest subgroup {stat}), mean over runs:", "",
                   "| setting | " + " | ".join(gap_keys) + " |", "|---|" + "---|" * len(gap_keys)]
         for r in report["rows"]:
             lines.append(f"| {r['setting']} | " + " | ".join(_num(r["gaps"].get(k)) for k in gap_keys) + " |")
-        lines += ["", "Per-group accuracy, TPR, FPR and CIs: each run's metrics.json.", ""]
+        lines += ["", "Per-group statistics and CIs: each run's metrics.json.", ""]
     lines += ["## Training curves", "", "![loss curves](figures/loss_curves.png)", "", "## Runs", ""]
     root = Path(study.study_dir)
     for r in report["rows"]:
@@ -362,7 +386,12 @@ def plot_metric(report: dict, out: Path, reference: dict[str, float] | None = No
     ax.set_xticks(range(len(rows)), names, rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center",
                   fontsize=8)
     low = np.nanmin(ci[:, 0]) if np.isfinite(ci).any() else np.nanmin(est)
-    ax.set_ylim(max(0.0, min(low, *(reference or {0: 1}).values()) - 0.1), 1.0)
+    if score_bounds(report["metric"]) == (0.0, 1.0):
+        ax.set_ylim(max(0.0, min(low, *(reference or {0: 1}).values()) - 0.1), 1.0)
+    else:  # MAE, RMSE (target units) and R^2 have no fixed top
+        high = np.nanmax(ci[:, 1]) if np.isfinite(ci).any() else np.nanmax(est)
+        pad = 0.1 * (high - low) + 1e-6
+        ax.set_ylim(max(score_bounds(report["metric"])[0], low - pad), high + 3 * pad)
     ax.set_ylabel(f"{report['metric']} (95% CI, people resampled)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -23,7 +23,7 @@ from scipy import stats as sps
 
 from covfuse.errors import UserError
 from covfuse.training.metrics import (
-    SCORES, bootstrap_ci, bootstrap_interval, cluster_codes, resample_weights, scores,
+    bootstrap_ci, bootstrap_interval, check_metric, cluster_codes, resample_weights, score_bounds, task_scores,
 )
 
 __all__ = [
@@ -41,19 +41,20 @@ def align(ids_a, ids_b) -> tuple[np.ndarray, np.ndarray]:
     return ia, ib
 
 
-def _check(metric: str, labels, *probs) -> tuple[np.ndarray, list[np.ndarray]]:
-    if metric not in SCORES:
-        raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(SCORES)}")
-    y = np.asarray(labels).astype(bool)
+def _check(metric: str, task: str, labels, *probs) -> tuple[np.ndarray, list[np.ndarray]]:
+    check_metric(metric, task)
+    y = np.asarray(labels).astype(bool) if task == "binary" else np.asarray(labels, dtype=np.float64)
     out = [np.atleast_2d(np.asarray(p, dtype=np.float64)) for p in probs]
     if len(y) == 0 or any(p.shape[1] != len(y) for p in out):
         raise UserError("labels and probabilities must be non-empty and equally long")
     return y, out
 
 
-def _mean_score(y: np.ndarray, runs: np.ndarray, metric: str, threshold: float, weights=None) -> np.ndarray:
+def _mean_score(y: np.ndarray, runs: np.ndarray, metric: str, threshold: float, weights=None,
+                task: str = "binary") -> np.ndarray:
     """``metric`` averaged over the rows of ``runs`` (R, N): one value, or one per weighting."""
-    return np.mean([scores(y, p, threshold, weights=weights, auroc=metric == "auroc")[metric] for p in runs], axis=0)
+    return np.mean([task_scores(task, y, p, weights=weights, threshold=threshold, auroc=metric == "auroc")[metric]
+                    for p in runs], axis=0)
 
 
 def _difference_test(observed: float, draws: np.ndarray, clusters: int, level: float) -> tuple[list, float]:
@@ -69,36 +70,38 @@ def _difference_test(observed: float, draws: np.ndarray, clusters: int, level: f
 
 
 def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95, threshold: float = 0.5) -> dict:
+                      level: float = 0.95, threshold: float = 0.5, task: str = "binary") -> dict:
     """``metric`` with a 95% CI that resamples whole groups (**contract**).
 
     ``probs`` is (N,) or (R, N): R runs (seeds) scored on the same samples, whose metric is averaged
     (each resample scores every run on the same groups). The interval is the bootstrap-SE t
-    interval of :func:`covfuse.training.metrics.bootstrap_interval`. Returns ``{"estimate", "ci": [lo, hi],
-    "clusters", "metric", "n_boot"}``.
+    interval of :func:`covfuse.training.metrics.bootstrap_interval`. ``task`` ("binary", "multiclass",
+    "regression") says what ``probs`` holds: P(positive), the predicted class, the predicted value.
+    Returns ``{"estimate", "ci": [lo, hi], "clusters", "metric", "n_boot"}``.
     """
-    y, (p,) = _check(metric, labels, probs)
+    y, (p,) = _check(metric, task, labels, probs)
     codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
-    estimate = float(_mean_score(y, p, metric, threshold)[0])
-    draws = np.concatenate([_mean_score(y, p, metric, threshold, w) for w in resample_weights(codes, n_boot, seed)])
+    estimate = float(_mean_score(y, p, metric, threshold, task=task)[0])
+    draws = np.concatenate([_mean_score(y, p, metric, threshold, w, task) for w in resample_weights(codes, n_boot, seed)])
     clusters = int(codes.max()) + 1
-    return {"estimate": estimate, "ci": bootstrap_interval(estimate, draws, clusters, level)[0], "clusters": clusters,
+    ci = bootstrap_interval(estimate, draws, clusters, level, bounds=score_bounds(metric))[0]
+    return {"estimate": estimate, "ci": ci, "clusters": clusters,
             "metric": metric, "n_boot": int(np.isfinite(draws).sum())}
 
 
 def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "accuracy", *, n_boot: int = 2000,
-                             seed: int = 0, level: float = 0.95, threshold: float = 0.5) -> dict:
+                             seed: int = 0, level: float = 0.95, threshold: float = 0.5, task: str = "binary") -> dict:
     """Difference ``metric(a) - metric(b)`` on the same samples, resampling groups jointly for both
     models (**contract**): ``{"difference", "ci": [lo, hi], "p_value", "clusters", ...}``.
 
     ``probs_a``/``probs_b`` are (N,) or (R, N) (R runs each, e.g. seeds; metrics averaged over runs).
     Interval and two-sided p-value come from the bootstrap standard error (:func:`_difference_test`),
-    so the interval excludes zero exactly when p < 1 - level.
+    so the interval excludes zero exactly when p < 1 - level. ``task`` as in :func:`cluster_bootstrap`.
     """
-    y, (pa, pb) = _check(metric, labels, probs_a, probs_b)
+    y, (pa, pb) = _check(metric, task, labels, probs_a, probs_b)
     codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
-    observed = float(_mean_score(y, pa, metric, threshold)[0] - _mean_score(y, pb, metric, threshold)[0])
-    draws = np.concatenate([_mean_score(y, pa, metric, threshold, w) - _mean_score(y, pb, metric, threshold, w)
+    observed = float(_mean_score(y, pa, metric, threshold, task=task)[0] - _mean_score(y, pb, metric, threshold, task=task)[0])
+    draws = np.concatenate([_mean_score(y, pa, metric, threshold, w, task) - _mean_score(y, pb, metric, threshold, w, task)
                             for w in resample_weights(codes, n_boot, seed)])
     clusters = int(codes.max()) + 1
     ci, p = _difference_test(observed, draws, clusters, level)

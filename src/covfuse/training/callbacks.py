@@ -65,7 +65,7 @@ class LineProgress(Callback):
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        loss, acc = _value(m, "val/loss"), _value(m, "val/acc")
+        loss, acc, mae = _value(m, "val/loss"), _value(m, "val/acc"), _value(m, "val/mae")
         # Validation at the end of an epoch runs before the epoch's train loss is reduced, so the
         # train loss has its own line (on_train_epoch_end) rather than showing the previous epoch's here.
         text = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} validated"
@@ -73,6 +73,8 @@ class LineProgress(Callback):
             text += f" | val loss {loss:.4f}"
         if acc is not None:
             text += f" | val acc {acc:.4f}"
+        if mae is not None:
+            text += f" | val mae {mae:.4g}"
         self._say(text + f" | {_clock(time.monotonic() - self._fit_start)} elapsed")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -74,7 +74,7 @@ class ModelConfig:
         hybrid_layers: Convs made hybrid: first, last, all, or a list of module names (e.g. [features.0, features.40]).
         weights: None (random init), imagenet (local torchvision cache only), or a path to a state dict.
         regime: finetune (train everything) or another regime covfuse.models.build accepts.
-        head: binary (one logit, BCE loss) or two-class (two logits, cross-entropy, as in the research).
+        head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes; volumes) or regression (a numeric target, MSE on the standardised target; volumes).
         options: Extra keyword arguments for covfuse.models.build.
     """
 
@@ -83,7 +83,7 @@ class ModelConfig:
     hybrid_layers: Union[str, list[str]] = "first"
     weights: Optional[str] = None
     regime: str = "finetune"
-    head: Literal["binary", "two-class"] = "binary"
+    head: Literal["binary", "two-class", "multiclass", "regression"] = "binary"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -165,7 +165,7 @@ class RunConfig:
         name: Run name; the run folder is <runs_dir>/<name>.
         runs_dir: Folder holding run folders.
         seed: Seed for weights, shuffling, augmentation, shuffled covariates and bootstrap.
-        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest) or val/acc (highest).
+        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest), val/acc (highest; classification) or val/mae (lowest; regression).
         bootstrap: Bootstrap resamples for the 95% CIs in metrics.json (0: no intervals).
         bootstrap_unit: What the bootstrap resamples: group (the person: CelebA identity, MRI subject; images of one person are not independent) or image (only for data without repeated people).
     """
@@ -173,7 +173,7 @@ class RunConfig:
     name: str = "run"
     runs_dir: str = "runs"
     seed: int = 0
-    monitor: Literal["val/loss", "val/acc"] = "val/loss"
+    monitor: Literal["val/loss", "val/acc", "val/mae"] = "val/loss"
     bootstrap: int = 1000
     bootstrap_unit: Literal["group", "image"] = "group"
     data: DataConfig = field(default_factory=DataConfig)
@@ -384,6 +384,10 @@ def check(config: RunConfig) -> RunConfig:
     need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "at least 1", t.accumulate_grad_batches)
     need(t.num_nodes >= 1, "trainer.num_nodes", "at least 1", t.num_nodes)
     need(config.bootstrap >= 0, "bootstrap", ">= 0 (0: no intervals)", config.bootstrap)
+    regression = config.model.head == "regression"
+    if config.monitor != "val/loss" and (config.monitor == "val/mae") != regression:
+        raise UserError(f"monitor {config.monitor} does not exist for head {config.model.head}; use val/loss or "
+                        f"{'val/mae' if regression else 'val/acc'}")
     target = d.target.lower()
     if any(c.lower() == target for c in d.covariates):
         raise UserError(f"data.target {d.target} is also in data.covariates {d.covariates}; "

@@ -31,7 +31,7 @@ def smooth(values: list[float], weight: float | None = None) -> list[float]:
 
 
 def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Path | None:
-    """Train loss per step (raw and smoothed) with val loss per epoch; val accuracy per epoch beside it."""
+    """Train loss per step (raw and smoothed) with val loss per epoch; val accuracy (regression: MAE) per epoch beside it."""
     metrics_csv, out = Path(metrics_csv), Path(out)
     if not metrics_csv.is_file():
         return None
@@ -43,7 +43,8 @@ def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Pa
 
     rows = read_metrics_csv(metrics_csv)
     train = [(r["step"], r["train/loss_step"]) for r in rows if "train/loss_step" in r]
-    val = [(r["step"], r.get("epoch", math.nan), r["val/loss"], r.get("val/acc", math.nan)) for r in rows if "val/loss" in r]
+    score, label = ("val/mae", "MAE") if any("val/mae" in r for r in rows) else ("val/acc", "accuracy")
+    val = [(r["step"], r.get("epoch", math.nan), r["val/loss"], r.get(score, math.nan)) for r in rows if "val/loss" in r]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
     if train:
         steps, losses = zip(*train)
@@ -51,14 +52,14 @@ def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Pa
         ax_loss.plot(steps, smooth(list(losses)), color="C0", lw=1.8, label="train (smoothed)")
     if val:
         ax_loss.plot([v[0] for v in val], [v[2] for v in val], "o-", color="C1", label="valid (per epoch)")
-        ax_acc.plot([v[1] + 1 for v in val], [v[3] for v in val], "o-", color="C2", label="valid accuracy")
+        ax_acc.plot([v[1] + 1 for v in val], [v[3] for v in val], "o-", color="C2", label=f"valid {label}")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
     ax_loss.legend(fontsize=8)
     ax_loss.grid(alpha=0.3)
     ax_acc.set_xlabel("epoch")
     ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylabel(label)
     ax_acc.grid(alpha=0.3)
     if val:
         ax_acc.legend(fontsize=8)

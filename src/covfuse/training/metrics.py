@@ -1,4 +1,5 @@
-"""Binary-classification metrics with (cluster) bootstrap 95% CIs and per-subgroup tables, from saved predictions.
+"""Metrics of binary, multi-class and regression runs with (cluster) bootstrap 95% CIs and per-subgroup
+tables, from saved predictions.
 
 Everything is computed from per-sample arrays (label, probability, covariate values) after the
 run, never accumulated batch by batch: torchmetrics' group-stat metrics mis-assign groups when a
@@ -19,7 +20,44 @@ from scipy.stats import rankdata
 from scipy.stats import t as t_dist
 
 SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")
-"""The scores reported for every split, each with a ``<name>_ci`` interval."""
+"""The scores reported for every split of a binary run, each with a ``<name>_ci`` interval."""
+
+TASK_SCORES: dict[str, tuple[str, ...]] = {
+    "binary": SCORES,
+    "multiclass": ("accuracy", "balanced_accuracy", "f1_macro"),
+    "regression": ("mae", "rmse", "r2"),
+}
+"""The scores of each task. Binary scores read P(positive); multi-class scores the predicted class
+(argmax); regression scores the predicted value."""
+
+PRIMARY = {"binary": "accuracy", "multiclass": "balanced_accuracy", "regression": "mae"}
+"""The score a task's summaries and reports use unless told otherwise."""
+
+LOWER_IS_BETTER = frozenset({"mae", "rmse"})
+
+_BOUNDS = {"mae": (0.0, math.inf), "rmse": (0.0, math.inf), "r2": (-math.inf, 1.0)}
+
+
+def task_of_head(head: str) -> str:
+    """The task of a model head: binary and two-class heads are ``binary``."""
+    return "binary" if head in ("binary", "two-class") else head
+
+
+def score_bounds(name: str) -> tuple[float, float]:
+    """The range a score can take (intervals are clipped to it)."""
+    return _BOUNDS.get(name, (0.0, 1.0))
+
+
+def check_metric(metric: str, task: str = "binary") -> str:
+    """``metric`` if the task has it, else a UserError naming the task's scores."""
+    from covfuse.errors import UserError, suggest
+
+    if task not in TASK_SCORES:
+        raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASK_SCORES)}")
+    names = TASK_SCORES[task]
+    if metric not in names:
+        raise UserError(f"unknown metric {metric!r} for a {task} run{suggest(metric, names)}; choose one of {', '.join(names)}")
+    return metric
 
 MAX_GROUP_VALUES = 10
 """Covariates with more distinct values than this are not split into subgroups (continuous ones)."""
@@ -77,6 +115,66 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
         "tpr": tpr,
         "fpr": _safe_div(fp, neg),
     }
+
+
+def _weights(n: int, weights: np.ndarray | None) -> np.ndarray:
+    return np.ones((1, n)) if weights is None else np.atleast_2d(np.asarray(weights, dtype=np.float64))
+
+
+def multiclass_scores(labels: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None,
+                      num_classes: int | None = None) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 of predicted class indices (N,), one value per row of
+    ``weights`` (B, N) (see :func:`scores`; None: one unweighted row).
+
+    Conventions follow sklearn: balanced accuracy averages the recall of the classes that occur in
+    ``labels``; macro-F1 averages F1 over the classes that occur in ``labels`` or ``predicted``.
+    One weighted confusion matrix per row gives all three.
+    """
+    from scipy.sparse import csr_matrix
+
+    y = np.asarray(labels).astype(np.int64).reshape(-1)
+    p = np.asarray(predicted).astype(np.int64).reshape(-1)
+    c = int(num_classes or (max(int(y.max(initial=0)), int(p.max(initial=0))) + 1))
+    w = _weights(len(y), weights)
+    cell = csr_matrix((np.ones(len(y)), (np.arange(len(y)), y * c + p)), shape=(len(y), c * c))
+    conf = np.asarray((cell.T @ w.T).T).reshape(len(w), c, c)  # (B, true, predicted)
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    true, pred = conf.sum(2), conf.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(true > 0, tp / np.where(true > 0, true, 1), np.nan)
+        f1 = np.where(true + pred > 0, 2 * tp / np.where(true + pred > 0, true + pred, 1), np.nan)
+        balanced = np.nanmean(recall, axis=1) if c else np.full(len(w), np.nan)
+        f1_macro = np.nanmean(f1, axis=1)
+    return {"accuracy": _safe_div(tp.sum(1), conf.sum((1, 2))), "balanced_accuracy": balanced, "f1_macro": f1_macro}
+
+
+def regression_scores(targets: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """MAE, RMSE and R^2 of predicted values, one per row of ``weights`` (B, N) (sklearn's weighted
+    definitions: R^2 = 1 - sum w e^2 / sum w (y - weighted mean y)^2)."""
+    y = np.asarray(targets, dtype=np.float64).reshape(1, -1)
+    e = np.asarray(predicted, dtype=np.float64).reshape(1, -1) - y
+    w = _weights(y.shape[1], weights)
+    total = w.sum(1)
+    mean = _safe_div((w * y).sum(1), total)
+    sse = (w * e ** 2).sum(1)
+    sst = (w * (y - mean[:, None]) ** 2).sum(1)
+    return {"mae": _safe_div((w * np.abs(e)).sum(1), total), "rmse": np.sqrt(_safe_div(sse, total)),
+            "r2": 1 - _safe_div(sse, sst)}
+
+
+def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: np.ndarray | None = None,
+                threshold: float = 0.5, auroc: bool = True, num_classes: int | None = None) -> dict[str, np.ndarray]:
+    """The scores of ``task`` for one set of per-sample ``outputs`` (binary: P(positive); multiclass:
+    predicted class; regression: predicted value), one value per row of ``weights``."""
+    if task == "binary":
+        if weights is None:
+            return scores(labels, outputs, threshold, auroc=auroc)
+        return scores(labels, outputs, threshold, weights=weights, auroc=auroc)
+    if task == "multiclass":
+        return multiclass_scores(labels, outputs, weights, num_classes)
+    if task == "regression":
+        return regression_scores(labels, outputs, weights)
+    raise ValueError(f"unknown task {task!r}")
 
 
 def _weighted_mann_whitney(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -149,6 +247,8 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
     threshold: float = 0.5,
+    task: str = "binary",
+    num_classes: int | None = None,
 ) -> dict[str, list[float | None]]:
     """Bootstrap intervals ``{name: [lo, hi]}`` of the named scores (seeded, vectorised; see
     :func:`bootstrap_interval`).
@@ -156,21 +256,24 @@ def bootstrap_ci(
     With ``groups`` (CelebA identity, MRI subject) whole groups are resampled (cluster bootstrap):
     images of one person are not independent, and resampling them one by one gives intervals that
     are too narrow. All scores share the same resamples; resamples where a score is undefined
-    (e.g. AUROC of a one-class resample) are left out of that score's interval.
+    (e.g. AUROC of a one-class resample) are left out of that score's interval. ``probs`` holds
+    the per-sample outputs :func:`task_scores` reads for ``task``.
     """
-    y = np.asarray(labels).astype(bool)
+    y = np.asarray(labels) if task != "binary" else np.asarray(labels).astype(bool)
     p = np.asarray(probs, dtype=np.float64)
     if len(y) == 0 or n_boot <= 0:
         return {name: [None, None] for name in names}
     codes = cluster_codes(groups, len(y))
-    point = scores(y, p, threshold, auroc="auroc" in names)
+    kw = {"threshold": threshold, "auroc": "auroc" in names, "num_classes": num_classes}
+    point = task_scores(task, y, p, **kw)
     draws: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for w in resample_weights(codes, n_boot, seed):
-        values = scores(y, p, threshold, weights=w, auroc="auroc" in names)
+        values = task_scores(task, y, p, weights=w, **kw)
         for name in names:
             draws[name].append(values[name])
     clusters = int(codes.max()) + 1
-    return {name: bootstrap_interval(float(point[name][0]), np.concatenate(draws[name]), clusters, level)[0]
+    return {name: bootstrap_interval(float(point[name][0]), np.concatenate(draws[name]), clusters, level,
+                                     bounds=score_bounds(name))[0]
             for name in names}
 
 
@@ -184,6 +287,11 @@ def _format_value(value: float) -> str:
     return f"{float(value):g}"
 
 
+SUBGROUP_STATS = {"binary": ("accuracy", "tpr", "fpr"), "multiclass": ("accuracy", "balanced_accuracy"),
+                  "regression": ("mae", "rmse")}
+"""Per-subgroup statistics of each task; the first gets a CI, and each gets a gap across subgroups."""
+
+
 def group_table(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -194,17 +302,21 @@ def group_table(
     n_boot: int = 1000,
     seed: int = 0,
     threshold: float = 0.5,
+    task: str = "binary",
+    num_classes: int | None = None,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """Per-subgroup metrics for every value of every covariate, and of every pair of covariates.
 
-    Returns ``(groups, gaps)``. ``groups`` maps ``"Male=1"`` or ``"Male=1&Young=0"`` to
-    ``{count, positives, accuracy, accuracy_ci, tpr, fpr, auroc}`` (``auroc`` and ``tpr``/``fpr``
-    are None where the group lacks the needed class; ``accuracy_ci`` resamples ``clusters`` when
-    given, as :func:`bootstrap_ci` does). ``gaps`` maps ``"Male"`` or ``"Male&Young"``
-    to the largest minus the smallest accuracy/TPR/FPR over that covariate's groups.
+    Returns ``(groups, gaps)``. ``groups`` maps ``"Male=1"`` or ``"Male=1&Young=0"`` to the group's
+    ``count`` and :data:`SUBGROUP_STATS` of the task, the first with a ``<name>_ci`` (resampling
+    ``clusters`` when given, as :func:`bootstrap_ci` does); binary groups add ``positives`` and
+    ``auroc`` (``auroc``, ``tpr`` and ``fpr`` are None where the group lacks the needed class).
+    ``gaps`` maps ``"Male"`` or ``"Male&Young"`` to the largest minus the smallest value of each
+    statistic over that covariate's groups.
     """
-    y = np.asarray(labels).astype(bool)
+    y = np.asarray(labels) if task != "binary" else np.asarray(labels).astype(bool)
     p = np.asarray(probs, dtype=np.float64)
+    stats = SUBGROUP_STATS[task]
     discrete = {
         name: np.asarray(values, dtype=np.float64)
         for name, values in covariates.items()
@@ -221,21 +333,23 @@ def group_table(
         for combo in np.unique(columns, axis=0):
             mask = (columns == combo).all(axis=1)
             label = "&".join(f"{name}={_format_value(v)}" for name, v in zip(key, combo))
-            s = {k: float(v[0]) for k, v in scores(y[mask], p[mask], threshold).items()}
-            entry = {
-                "count": int(mask.sum()),
-                "positives": int(y[mask].sum()),
-                "accuracy": _number(s["accuracy"]),
-                "accuracy_ci": bootstrap_ci(y[mask], p[mask], ["accuracy"], groups=None if clusters is None else clusters[mask],
-                                            n_boot=n_boot, seed=seed, threshold=threshold)["accuracy"],
-                "tpr": _number(s["tpr"]),
-                "fpr": _number(s["fpr"]),
-                "auroc": _number(s["auroc"]),  # None unless both classes occur in the group
-            }
+            s = {k: float(v[0]) for k, v in task_scores(task, y[mask], p[mask], threshold=threshold,
+                                                         num_classes=num_classes).items()}
+            entry: dict = {"count": int(mask.sum())}
+            if task == "binary":
+                entry["positives"] = int(y[mask].sum())
+            entry[stats[0]] = _number(s[stats[0]])
+            entry[f"{stats[0]}_ci"] = bootstrap_ci(
+                y[mask], p[mask], [stats[0]], groups=None if clusters is None else clusters[mask], n_boot=n_boot,
+                seed=seed, threshold=threshold, task=task, num_classes=num_classes)[stats[0]]
+            for stat in stats[1:]:
+                entry[stat] = _number(s[stat])
+            if task == "binary":
+                entry["auroc"] = _number(s["auroc"])  # None unless both classes occur in the group
             groups[label] = entry
             members.append(entry)
         gap: dict[str, float | None] = {}
-        for stat in ("accuracy", "tpr", "fpr"):
+        for stat in stats:
             values = [m[stat] for m in members if m[stat] is not None]
             gap[stat] = float(max(values) - min(values)) if len(values) >= 2 else None
         gaps["&".join(key)] = gap
@@ -252,35 +366,57 @@ def split_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     threshold: float = 0.5,
+    task: str = "binary",
 ) -> dict:
     """The metrics.json entry of one split: scores with CIs, counts, subgroup tables and gaps.
 
-    ``clusters`` (one label per sample: identity, subject) makes every interval a cluster
-    bootstrap, recorded as ``ci_method: cluster`` with the number of clusters; without it the
-    samples are resampled one by one (``ci_method: image``).
+    ``probs``: P(positive) (N,) for a binary run, class probabilities (N, C) for a multi-class run
+    (scored on the argmax), predicted values (N,) for regression. ``clusters`` (one label per
+    sample: identity, subject) makes every interval a cluster bootstrap, recorded as
+    ``ci_method: cluster`` with the number of clusters; without it the samples are resampled one by
+    one (``ci_method: image``).
     """
-    y = np.asarray(labels).astype(bool)
+    y = np.asarray(labels) if task != "binary" else np.asarray(labels).astype(bool)
     p = np.asarray(probs, dtype=np.float64)
+    num_classes = None
+    if task == "multiclass":
+        num_classes = p.shape[1]
+        p = p.argmax(1).astype(np.float64)
+    names = TASK_SCORES[task]
     clusters = None if clusters is None else np.asarray(clusters)
-    point = {k: float(v[0]) for k, v in scores(y, p, threshold).items()}
-    cis = bootstrap_ci(y, p, SCORES, groups=clusters, n_boot=n_boot, seed=seed, threshold=threshold)
-    out: dict = {"count": int(len(y)), "positive_rate": _number(y.mean()) if len(y) else None,
+    point = {k: float(v[0]) for k, v in task_scores(task, y, p, threshold=threshold, num_classes=num_classes).items()}
+    cis = bootstrap_ci(y, p, names, groups=clusters, n_boot=n_boot, seed=seed, threshold=threshold, task=task,
+                       num_classes=num_classes)
+    out: dict = {"count": int(len(y)),
                  "ci_method": "image" if clusters is None else "cluster",
                  "clusters": int(len(np.unique(clusters))) if clusters is not None else int(len(y))}
+    if task == "binary":
+        out["positive_rate"] = _number(y.mean()) if len(y) else None
+    elif task == "multiclass":
+        out["class_counts"] = np.bincount(y.astype(np.int64), minlength=num_classes).tolist()
+    else:
+        out["target_mean"], out["target_sd"] = _number(y.mean()), _number(y.std(ddof=1)) if len(y) > 1 else None
     if loss is not None:
         out["loss"] = _number(loss)
-    for name in SCORES:
+    for name in names:
         out[name] = _number(point[name])
         out[f"{name}_ci"] = cis[name]
-    out["tpr"], out["fpr"] = _number(point["tpr"]), _number(point["fpr"])
-    groups, gaps = group_table(y, p, covariates or {}, clusters=clusters, n_boot=n_boot, seed=seed, threshold=threshold)
+    if task == "binary":
+        out["tpr"], out["fpr"] = _number(point["tpr"]), _number(point["fpr"])
+    groups, gaps = group_table(y, p, covariates or {}, clusters=clusters, n_boot=n_boot, seed=seed, threshold=threshold,
+                               task=task, num_classes=num_classes)
     out["groups"] = groups
     out["gaps"] = gaps
     return out
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy of probabilities (clipped like sklearn's ``log_loss``)."""
+    """Mean cross-entropy of probabilities, clipped like sklearn's ``log_loss``: binary for (N,)
+    P(positive), multi-class for (N, C) class probabilities."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 2:
+        picked = probs[np.arange(len(probs)), np.asarray(labels).astype(np.int64)]
+        return float(-np.log(np.clip(picked, eps, 1)).mean()) if len(picked) else float("nan")
     y = np.asarray(labels, dtype=np.float64)
     p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
     return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean()) if len(y) else float("nan")

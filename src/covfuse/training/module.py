@@ -15,7 +15,10 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import BinaryAccuracy
+from torchmetrics import MeanAbsoluteError
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+
+from covfuse.training.metrics import task_of_head
 
 
 class CovfuseModule(L.LightningModule):
@@ -32,6 +35,10 @@ class CovfuseModule(L.LightningModule):
         covariates_mode: the data control the model was trained under (recorded for predict).
         covariate_values: per covariate, the values the training split held ({"values": [...]} or
             {"min", "max"}); ``covfuse predict`` refuses values outside them.
+        classes: the class names of a classification target, in output order.
+        target_stats: regression: ``{"mean", "sd"}`` of the training targets; the network predicts the
+            standardised target (so one learning rate suits targets of any scale) and
+            :meth:`predictions` returns values in target units.
     """
 
     def __init__(
@@ -45,6 +52,8 @@ class CovfuseModule(L.LightningModule):
         channels_last: bool = False,
         covariates_mode: str = "real",
         covariate_values: dict[str, dict] | None = None,
+        classes: list[str] | None = None,
+        target_stats: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -54,10 +63,14 @@ class CovfuseModule(L.LightningModule):
         extra = options.pop("options", None) or {}
         self.model = build(num_covariates=len(covariates), **options, **extra)
         self.head = options.get("head", "binary")
+        self.task = task_of_head(self.head)
         self.optim = dict(optim or {})
         self.channels_last = channels_last
-        self.train_acc = BinaryAccuracy()
-        self.val_acc = BinaryAccuracy()
+        stats = target_stats or {"mean": 0.0, "sd": 1.0}
+        self.target_mean, self.target_sd = float(stats["mean"]), float(stats["sd"]) or 1.0
+        # The running metric shown in the progress line and logged per epoch: val/acc or, for regression, val/mae.
+        self.score_name = "mae" if self.task == "regression" else "acc"
+        self.train_acc, self.val_acc = (self._running_metric() for _ in range(2))
         self.eval_splits: list[str] = ["valid"]  # names of the test dataloaders, in order
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
         self._collect: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -81,15 +94,34 @@ class CovfuseModule(L.LightningModule):
         """Logits for uint8 images and float covariates."""
         return self.model(self.prepare(images), covariates.float())
 
+    def _running_metric(self):
+        if self.task == "regression":
+            return MeanAbsoluteError()
+        if self.task == "multiclass":
+            return MulticlassAccuracy(num_classes=int(self.hparams.model["num_classes"]), average="micro")
+        return BinaryAccuracy()
+
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """P(target = 1) per sample, in float32."""
+        """P(target = 1) per sample (binary heads), in float32."""
         logits = logits.float()
         return torch.softmax(logits, dim=1)[:, 1] if self.head == "two-class" else torch.sigmoid(logits)
 
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """What a prediction is, per task, in float32: P(target = 1) (N,) for binary heads, class
+        probabilities (N, C) for multiclass, the predicted value (N,) in target units for regression."""
+        logits = logits.float()
+        if self.task == "multiclass":
+            return torch.softmax(logits, dim=1)
+        if self.task == "regression":
+            return logits * self.target_sd + self.target_mean
+        return self.probability(logits)
+
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        if self.head == "two-class":
+        if self.head in ("two-class", "multiclass"):
             return F.cross_entropy(logits, target.long())
+        if self.task == "regression":
+            return F.mse_loss(logits, (target.float() - self.target_mean) / self.target_sd)
         return F.binary_cross_entropy_with_logits(logits, target.float())
 
     # -- steps -----------------------------------------------------------------------------
@@ -97,20 +129,21 @@ class CovfuseModule(L.LightningModule):
         logits = self(batch["image"], batch["covariates"])
         target = batch["target"]
         loss = self.loss(logits, target)
-        prob = self.probability(logits).detach()
+        out = self.predictions(logits).detach()
+        score_target = target.float() if self.task == "regression" else target.long()
         n = len(target)
         if stage == "train":
-            self.train_acc(prob, target.long())
+            self.train_acc(out, score_target)
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
-            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"train/{self.score_name}", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
         elif stage == "val":
-            self.val_acc(prob, target.long())
+            self.val_acc(out, score_target)
             self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=n, sync_dist=True)
-            self.log("val/acc", self.val_acc, prog_bar=True, on_epoch=True, batch_size=n)
+            self.log(f"val/{self.score_name}", self.val_acc, prog_bar=True, on_epoch=True, batch_size=n)
         else:
             self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True, add_dataloader_idx=False)
             self._collect.setdefault(stage, []).append(
-                {"index": batch["index"].detach(), "probability": prob, "target": target.detach().float()}
+                {"index": batch["index"].detach(), "output": out, "target": target.detach().float()}
             )
         return loss
 
@@ -124,7 +157,7 @@ class CovfuseModule(L.LightningModule):
         self._common_step(batch, self.eval_splits[dataloader_idx])
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        return self.probability(self(batch["image"], batch["covariates"]))
+        return self.predictions(self(batch["image"], batch["covariates"]))
 
     def on_test_epoch_start(self) -> None:
         self._collect = {}
@@ -135,7 +168,8 @@ class CovfuseModule(L.LightningModule):
         for stage, parts in self._collect.items():
             out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
             if self.trainer.world_size > 1:
-                out = {key: value.reshape(-1) for key, value in self.all_gather(out).items()}
+                # (world, n, ...) -> (world * n, ...): class probabilities keep their class axis
+                out = {key: value.flatten(0, 1) for key, value in self.all_gather(out).items()}
             out = {key: value.cpu() for key, value in out.items()}
             _, first = np.unique(out["index"].numpy(), return_index=True)
             self.outputs[stage] = {key: value[torch.from_numpy(first)] for key, value in out.items()}

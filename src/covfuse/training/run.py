@@ -40,7 +40,7 @@ from covfuse.training.callbacks import LineProgress, plot_losses, trainer_callba
 from covfuse.training.config import RunConfig, TrainerConfig
 from covfuse.training.datamodule import CovfuseDataModule
 from covfuse.training.lock import LOCK_NAME, RunLock
-from covfuse.training.metrics import log_loss, split_metrics
+from covfuse.training.metrics import PRIMARY, log_loss, split_metrics, task_of_head
 from covfuse.training.module import CovfuseModule
 from covfuse.training.resume import AtomicCheckpointIO, Interruption
 from covfuse.training.volume_datamodule import STATE_FILE, make_datamodule, read_state
@@ -196,8 +196,12 @@ def covariate_values(data: CovfuseDataModule) -> dict[str, dict]:
 
 
 def build_module(config: RunConfig, data: CovfuseDataModule, hw: Hardware) -> CovfuseModule:
+    model = dataclasses.asdict(config.model)
+    classes = list(getattr(data, "classes", []) or [])
+    if config.model.head == "multiclass":
+        model["num_classes"] = len(classes)
     return CovfuseModule(
-        model=dataclasses.asdict(config.model),
+        model=model,
         covariates=data.covariate_names,
         target=data.target_name,
         preset=config.data.preset,
@@ -206,6 +210,8 @@ def build_module(config: RunConfig, data: CovfuseDataModule, hw: Hardware) -> Co
         channels_last=hw.channels_last,
         covariates_mode=config.data.covariates_mode,
         covariate_values=covariate_values(data),
+        classes=classes or None,
+        target_stats=data.target_stats() if config.model.head == "regression" else None,
     )
 
 
@@ -387,7 +393,7 @@ def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False
     L.seed_everything(config.seed, workers=True, verbose=False)
     hw = resolve_hardware(config.trainer)
     data = make_datamodule(config.data, seed=config.seed, pin_memory=hw.gpu,
-                           state=read_state(run_dir) if resume else None)
+                           state=read_state(run_dir) if resume else None, head=config.model.head)
     if rank0:
         data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
     data.setup("fit")  # the module needs the covariate names
@@ -433,45 +439,65 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
 # -- evaluation ----------------------------------------------------------------------------
 def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
                   outputs: dict[str, dict[str, torch.Tensor]], extra: dict | None = None) -> dict:
-    """predictions.csv and metrics.json from the per-sample outputs of valid and test."""
+    """predictions.csv and metrics.json from the per-sample outputs of valid and test.
+
+    predictions.csv has ``label`` and, for binary heads, ``probability`` (P(target = 1)); for a
+    multi-class head ``prediction`` (the argmax class index; names in metrics.json ``classes``) and
+    one ``probability_<class>`` column per class; for regression ``prediction`` in target units.
+    """
+    task = task_of_head(config.model.head)
+    classes = list(getattr(data, "classes", []) or [])
+    columns = {"binary": ["probability"], "multiclass": ["prediction", *(f"probability_{c}" for c in classes)],
+               "regression": ["prediction"]}[task]
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["id", "group", "split", "label", "probability", *data.covariate_names])
+    writer.writerow(["id", "group", "split", "label", *columns, *data.covariate_names])
     metrics: dict[str, Any] = {
         "run": config.name,
+        "task": task,
         "target": data.target_name,
+        **({"classes": classes} if task == "multiclass" else {}),
         "covariates": data.covariate_names,
         "covariates_mode": config.data.covariates_mode,
         **(extra or {}),
     }
     for split, out in outputs.items():
         index = out["index"].numpy().astype(np.int64)
-        prob = out["probability"].numpy().astype(np.float64)
-        label = data.labels[index].astype(np.int64)
+        value = out["output"].numpy().astype(np.float64)
+        label = data.labels[index].astype(np.float64 if task == "regression" else np.int64)
         real = data.covariates_real[index]
         clusters = data.groups(index)  # identity / subject: intervals resample people, not images
-        for name, group, y, p, covs in zip(data.filenames(index), clusters, label, prob, real):
-            writer.writerow([name, group, split, int(y), f"{p:.6f}", *(f"{v:g}" for v in covs)])
+        if task == "binary":
+            cells = [[f"{p:.6f}"] for p in value]
+        elif task == "multiclass":
+            cells = [[str(int(p.argmax())), *(f"{q:.6f}" for q in p)] for p in value]
+        else:
+            cells = [[f"{p:.6g}"] for p in value]
+        for name, group, y, cell, covs in zip(data.filenames(index), clusters, label, cells, real):
+            writer.writerow([name, group, split, f"{y:.6g}" if task == "regression" else int(y), *cell,
+                             *(f"{v:g}" for v in covs)])
         subgroups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
-        metrics[split] = split_metrics(label, prob, subgroups, loss=log_loss(label, prob),
+        loss = None if task == "regression" else log_loss(label, value)
+        metrics[split] = split_metrics(label, value, subgroups, loss=loss,
                                        clusters=clusters if config.bootstrap_unit == "group" else None,
-                                       n_boot=config.bootstrap, seed=config.seed)
+                                       n_boot=config.bootstrap, seed=config.seed, task=task)
     write_text(run_dir / "predictions.csv", table.getvalue())
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics
 
 
 def summary(run_dir: Path) -> str:
-    """One line: accuracy with CI per split, from metrics.json."""
+    """One line: the task's primary score with CI per split (and AUROC for binary runs), from metrics.json."""
     m = json.loads((run_dir / "metrics.json").read_text())
+    name = PRIMARY[m.get("task", "binary")]
     parts = []
     for split in EVAL_SPLITS:
         if split in m:
             s = m[split]
-            lo, hi = s["accuracy_ci"]
+            lo, hi = s[f"{name}_ci"]
             ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
             auroc = f", auroc {s['auroc']:.3f}" if s.get("auroc") is not None else ""
-            parts.append(f"{split} accuracy {s['accuracy']:.3f}{ci}{auroc}")
+            parts.append(f"{split} {name.replace('_', ' ')} {s[name]:.3f}{ci}{auroc}")
     return "; ".join(parts)
 
 
@@ -534,7 +560,7 @@ def evaluate_run(run: str | Path, *, runs_dir: str | Path = "runs", which: str =
     with RunLock(run_dir):
         start = time.monotonic()
         module = load_module(ckpt)
-        data = make_datamodule(config.data, seed=config.seed, state=read_state(run_dir))
+        data = make_datamodule(config.data, seed=config.seed, state=read_state(run_dir), head=config.model.head)
         data.setup("test")
         if data.covariate_names != list(module.hparams.covariates):
             raise UserError(f"{ckpt} was trained with covariates {list(module.hparams.covariates)}, the run's config "

@@ -29,10 +29,16 @@ def is_volume_config(cfg: DataConfig) -> bool:
     return str(cfg.root).lower().endswith(".csv")
 
 
-def make_datamodule(cfg: DataConfig, seed: int = 0, pin_memory: bool = False, state: dict | None = None):
-    """The data module for ``cfg``: volumes for a manifest CSV, CelebA otherwise."""
+def make_datamodule(cfg: DataConfig, seed: int = 0, pin_memory: bool = False, state: dict | None = None,
+                    head: str = "binary"):
+    """The data module for ``cfg``: volumes for a manifest CSV, CelebA otherwise. ``head`` (the
+    model's) decides how a volume target is read: classes for binary/two-class/multiclass, numbers
+    for regression; CelebA targets are binary attributes."""
     if is_volume_config(cfg):
-        return VolumeDataModule(cfg, seed=seed, pin_memory=pin_memory, state=state)
+        return VolumeDataModule(cfg, seed=seed, pin_memory=pin_memory, state=state, head=head)
+    if head not in ("binary", "two-class"):
+        raise UserError(f"model.head {head} needs a manifest CSV (volumes) as data.root; CelebA attributes are "
+                        "binary: use head binary or two-class")
     return CovfuseDataModule(cfg, seed=seed, pin_memory=pin_memory)
 
 
@@ -48,11 +54,14 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
         data: the data config; ``root`` is the manifest, ``image_size`` the cube side in voxels.
         seed: shuffles subjects into splits when the manifest has no ``split`` column, and folds.
         state: a previous :meth:`state` (encoder + classes) to reuse instead of fitting.
+        head: the model's head: binary/two-class (two classes), multiclass (three or more) or
+            regression (a numeric target).
     """
 
     def __init__(self, data: DataConfig | dict[str, Any], seed: int = 0, pin_memory: bool = False,
-                 state: dict | None = None):
+                 state: dict | None = None, head: str = "binary"):
         super().__init__()
+        self.head = head
         self.cfg = data if isinstance(data, DataConfig) else DataConfig(**data)
         self.seed, self.pin_memory, self.given_state = seed, pin_memory, state
         self.manifest = None
@@ -102,10 +111,16 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
         self.target_name = manifest.column(cfg.target)
         state = self.given_state or {}
         classes = state.get("classes") or cfg.classes
-        labels, self.classes = encode_target(manifest, self.target_name, "classification", classes)
-        if len(self.classes) != 2:
+        regression = self.head == "regression"
+        labels, self.classes = encode_target(manifest, self.target_name, "regression" if regression else "classification",
+                                             None if regression else classes)
+        if self.head == "multiclass" and len(self.classes) < 3:
             raise UserError(f"{manifest.path}: target {self.target_name!r} has {len(self.classes)} classes "
-                            f"{self.classes}; the binary head needs two (set data.classes to pick them)")
+                            f"{self.classes}; use model.head binary for two classes")
+        if not regression and self.head != "multiclass" and len(self.classes) != 2:
+            raise UserError(f"{manifest.path}: target {self.target_name!r} has {len(self.classes)} classes "
+                            f"{self.classes}; the binary head needs two (set data.classes to pick them, "
+                            "or use model.head multiclass)")
         self.labels = labels
         self.indices = self._split_indices(manifest, labels)
         if "encoder" in state:
@@ -136,12 +151,19 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
         else:
             if cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds:
                 raise UserError(f"data.folds must be 0 or >= 2 and data.fold in 0..folds-1, got folds={cfg.folds}, fold={cfg.fold}")
-            train, valid = subject_folds(manifest, split, cfg.folds, self.seed, stratify=labels)[cfg.fold]
+            stratify = None if self.head == "regression" else labels  # classes, not continuous values
+            train, valid = subject_folds(manifest, split, cfg.folds, self.seed, stratify=stratify)[cfg.fold]
             out = {"train": train, "valid": valid, "test": np.flatnonzero(split == 2).astype(np.int64)}
         for name, idx in out.items():
             if len(idx) == 0:
                 raise UserError(f"{manifest.path}: the {name} split is empty; every split needs subjects")
         return out
+
+    def target_stats(self) -> dict[str, float]:
+        """Mean and sd of the training split's target (regression standardises with them)."""
+        y = self.labels[self.indices["train"]].astype(np.float64)
+        sd = float(y.std(ddof=1)) if len(y) > 1 else 1.0
+        return {"mean": float(y.mean()), "sd": sd if sd > 0 else 1.0}
 
     def state(self) -> dict:
         """What evaluation must reuse: the fitted covariate encoder, the class order, the preprocessing."""

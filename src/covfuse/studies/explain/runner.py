@@ -79,6 +79,9 @@ def load(run: str, runs_dir: str | os.PathLike = "runs", ckpt: str = "best", roo
     if fusion == "image-only" or not module.hparams.covariates:
         raise UserError(f"run {run_dir.name!r} is image-only (fusion {fusion!r}, no covariates): there is no covariate "
                         "to change; explain a run trained with covariates (concat, film, daft, hybrid, ...)")
+    if config.model.head not in ("binary", "two-class"):
+        raise UserError(f"run {run_dir.name!r} has a {config.model.head} head; covfuse explain reads the log-odds of a "
+                        "binary head (binary or two-class)")
     data = make_datamodule(config.data, seed=config.seed, state=read_state(run_dir))
     data.setup("test")
     if data.covariate_names != list(module.hparams.covariates):
