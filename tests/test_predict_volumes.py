@@ -119,8 +119,8 @@ def test_prediction_columns_per_head():
     assert prediction_columns(_module("two-class"), p, ["CN", "AD"])[0] == ["P(diagnosis=AD)"]
     probs = np.asarray([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
     header, rows = prediction_columns(_module("multiclass"), probs, ["CN", "MCI", "AD"])
-    assert header == ["P(diagnosis=CN)", "P(diagnosis=MCI)", "P(diagnosis=AD)"]
-    assert rows == [["0.200000", "0.300000", "0.500000"], ["0.600000", "0.300000", "0.100000"]]
+    assert header == ["P(diagnosis=CN)", "P(diagnosis=MCI)", "P(diagnosis=AD)", "predicted_diagnosis"]
+    assert rows == [["0.200000", "0.300000", "0.500000", "AD"], ["0.600000", "0.300000", "0.100000", "CN"]]
     with pytest.raises(ValueError):
         prediction_columns(_module("multiclass"), probs, ["CN", "AD"])
     assert prediction_columns(_module("regression", "age"), np.asarray([71.25, 64.0])) == (

@@ -81,24 +81,29 @@ def prediction_columns(module: CovfuseModule, values: np.ndarray,
                        classes: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the prediction part of ``covfuse predict``'s CSV, for the module's head.
 
-    ``values`` is what :func:`run_predict` returned; ``classes`` the run's class order (volume runs
-    keep it in data_state.json; image runs predict one attribute and have none). Binary heads give
-    ``P(target)`` (``P(target=positive)`` when the classes are known), a multi-class head one
-    ``P(target=class)`` per class, a regression head the value in the target's units.
+    ``values`` is what :func:`run_predict` returned (``module.predict_step``); ``classes`` the class
+    order (default: the module's; image runs predict one attribute and have none). Binary heads
+    give ``P(target)`` (``P(target=positive)`` when the classes are known); a multi-class head one
+    ``P(target=class)`` per class and ``predicted_<target>``, the most probable class; a regression
+    head ``predicted_<target>`` in the target's units.
     """
-    head = (module.hparams.model or {}).get("head", "binary")
+    from covfuse.training.metrics import task_of_head
+
+    task = task_of_head((module.hparams.model or {}).get("head", "binary"))
     target = module.hparams.target
+    classes = list(classes or getattr(module.hparams, "classes", None) or [])
     values = np.asarray(values, dtype=np.float64)
-    if head in ("binary", "two-class"):
-        name = f"P({target}={classes[1]})" if classes and len(classes) == 2 else f"P({target})"
+    if task == "binary":
+        name = f"P({target}={classes[1]})" if len(classes) == 2 else f"P({target})"
         return [name], [[f"{p:.6f}"] for p in values.reshape(-1)]
-    if head == "multiclass":
+    if task == "multiclass":
         if values.ndim != 2:
             raise ValueError(f"a multiclass head should predict (N, C) probabilities, got shape {values.shape}")
-        names = list(classes) if classes else [str(k) for k in range(values.shape[1])]
+        names = classes or [str(k) for k in range(values.shape[1])]
         if len(names) != values.shape[1]:
             raise ValueError(f"{values.shape[1]} class probabilities for {len(names)} classes {names}")
-        return [f"P({target}={c})" for c in names], [[f"{p:.6f}" for p in row] for row in values]
-    if head == "regression":
+        return ([*(f"P({target}={c})" for c in names), f"predicted_{target}"],
+                [[*(f"{p:.6f}" for p in row), names[int(row.argmax())]] for row in values])
+    if task == "regression":
         return [f"predicted_{target}"], [[f"{v:.6g}"] for v in values.reshape(-1)]
-    raise UserError(f"covfuse predict does not know the model head {head!r} (binary, two-class, multiclass, regression)")
+    raise UserError(f"covfuse predict does not know the task {task!r} (binary, multiclass, regression)")
