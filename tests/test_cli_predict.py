@@ -110,3 +110,14 @@ def test_test_command_rewrites_the_same_metrics(run, capsys):
     assert after["checkpoint_step"] == before["checkpoint_step"] == 161 // 32
     assert after["checkpoint_epoch"] == 1
     assert covfuse(["test", str(run_dir), "--ckpt", "last"]) == 0
+
+
+def test_predict_extrapolate_accepts_a_value_training_never_held(run, capsys):
+    run_dir, root = run
+    image = str(root / "img_align_celeba" / _predictions(run_dir)[0]["id"])
+    capsys.readouterr()
+    assert covfuse(["predict", str(run_dir), image, "--covariates", "Male=1,Young=2"]) == 2
+    assert "Young=2 was never seen" in capsys.readouterr().err
+    assert covfuse(["predict", str(run_dir), image, "--covariates", "Male=1,Young=2", "--extrapolate"]) == 0
+    header, out = _parse_stdout(capsys.readouterr().out)
+    assert out[0][1:3] == ["2", "1"] and 0 <= float(out[0][3]) <= 1

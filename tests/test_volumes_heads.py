@@ -77,7 +77,15 @@ def _fit(twin: Path, runs: Path, name: str, *extra: str) -> Path:
     return runs / name
 
 
-def test_a_multiclass_fit_writes_class_probabilities_and_balanced_accuracy(twin3, tmp_path):
+def _predict(capsys, run: Path, manifest: Path) -> dict[str, dict[str, str]]:
+    """`covfuse predict RUN --csv MANIFEST --extrapolate`'s rows by the manifest's relative path."""
+    capsys.readouterr()
+    assert covfuse(["predict", str(run), "--csv", str(manifest), "--extrapolate"]) == 0
+    rows = csv.DictReader(capsys.readouterr().out.splitlines())
+    return {Path(r["path"]).relative_to(manifest.parent).as_posix(): r for r in rows}
+
+
+def test_a_multiclass_fit_writes_class_probabilities_and_balanced_accuracy(twin3, tmp_path, capsys):
     run = _fit(twin3, tmp_path / "runs", "mc", "--model.head", "multiclass", "--data.classes", "[CN,MCI,AD]",
                "--model.fusion", "hybrid")
     rows = list(csv.DictReader(open(run / "predictions.csv")))
@@ -92,6 +100,11 @@ def test_a_multiclass_fit_writes_class_probabilities_and_balanced_accuracy(twin3
     assert metrics["test"]["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, p))
     assert metrics["test"]["f1_macro"] == pytest.approx(skm.f1_score(y, p, average="macro", zero_division=0))
     assert metrics["test"]["clusters"] == len({r["group"] for r in test})
+    predicted = _predict(capsys, run, twin3 / "manifest.csv")  # `covfuse predict` gives the same per class
+    for r in rows:
+        out = predicted[r["id"]]
+        assert out["predicted_diagnosis"] == ["CN", "MCI", "AD"][int(r["prediction"])]
+        assert all(abs(float(out[f"P(diagnosis={c})"]) - float(r[f"probability_{c}"])) < 1e-5 for c in ("CN", "MCI", "AD"))
     before = {r["id"]: r["probability_AD"] for r in rows}
     assert covfuse(["test", str(run)]) == 0
     after = {r["id"]: r["probability_AD"] for r in csv.DictReader(open(run / "predictions.csv"))}
@@ -115,6 +128,8 @@ def test_regression_on_age_reports_mae_and_r2_in_years_and_the_report_prefers_lo
     assert metrics["test"]["mae"] == pytest.approx(skm.mean_absolute_error(y, yhat), abs=1e-4)
     assert metrics["test"]["r2"] == pytest.approx(skm.r2_score(y, yhat), abs=1e-4)
     assert 40 < yhat.mean() < 105  # predictions come back in years, not standardised units
+    predicted = _predict(capsys, run, twin3 / "manifest.csv")  # `covfuse predict` gives the same ages
+    assert all(abs(float(predicted[r["id"]]["predicted_age"]) - float(r["prediction"])) < 1e-3 for r in rows)
     # make concat perfect on test: the report must call lower MAE better
     table = list(csv.DictReader(open(run / "predictions.csv")))
     for r in table:

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("covfuse.cli.describe", "print a model's layer table and draw its diagram"),
     "fit": ("covfuse.cli.fit", "train a model from a YAML config into runs/<name>/"),
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
-    "predict": ("covfuse.cli.predict", "predict probabilities for images with covariates"),
+    "predict": ("covfuse.cli.predict", "predict for images or volumes with covariates"),
     "sweep": ("covfuse.cli.sweep", "train a study: a grid of settings x seeds, locally or as a SLURM array"),
     "cv": ("covfuse.cli.cv", "k-fold cross-validation by identity, one run per fold"),
     "report": ("covfuse.cli.report", "compare a study's cells with a baseline: CIs, paired tests, figures"),

@@ -1,8 +1,11 @@
-"""`covfuse predict RUN IMAGE... --covariates Male=1,Young=0` (or `--csv FILE`): P(target) per image.
+"""`covfuse predict RUN FILE... --covariates A=1,B=0` (or `--csv FILE`): the run's prediction per file.
 
-Images go through the same preset and size as in training (covfuse.data.transforms.load_image,
-which the dataset and the cache use too), so a CelebA image gets the probability `covfuse test`
-wrote for it. Output is CSV on stdout: image, the covariates, probability.
+Image runs: images go through the same preset and size as in training
+(covfuse.data.transforms.load_image, which the dataset and the cache use too), so a CelebA image
+gets the probability `covfuse test` wrote for it. Volume runs (a manifest as data.root, a
+data_state.json in the run folder): NIfTI files with raw covariate values, or a manifest, encoded
+and preprocessed by the run's saved encoder and settings (covfuse.training.predict_volumes).
+Output is CSV on stdout: the file, (subject,) the covariates, the prediction column(s).
 """
 from __future__ import annotations
 
@@ -17,12 +20,20 @@ from covfuse.errors import UserError, suggest
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = Parser(prog="covfuse predict", description="Print P(target = 1) for images with given covariates.")
+    p = Parser(prog="covfuse predict", description="Print the run's prediction (e.g. P(target = 1)) for images or "
+               "volumes with given covariates.")
     p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
-    p.add_argument("images", nargs="*", help="image files")
-    p.add_argument("--covariates", default="", help="covariate values for the IMAGE arguments, e.g. Male=1,Young=0")
+    p.add_argument("images", nargs="*", help="image files, or .nii/.nii.gz volumes for a run trained on a manifest")
+    p.add_argument("--covariates", default="",
+                   help="covariate values for the FILE arguments, e.g. Male=1,Young=0; for volumes the raw values as "
+                        "in the manifest, e.g. age=71,sex=F,APOE4=1 (one left out or empty counts as missing where "
+                        "the training data had it missing)")
     p.add_argument("--csv", dest="csv_file", default=None,
-                   help="CSV with columns image,<covariate names> (image paths relative to the CSV's folder)")
+                   help="image runs: a CSV with columns image,<covariate names>; volume runs: a manifest as in "
+                        "training (subject, path, the raw covariate columns); paths relative to the CSV's folder")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="predict also for covariate values the training split never held (out of its range, an "
+                        "unseen level) instead of refusing them")
     p.add_argument("--runs_dir", default="runs", help="folder holding run folders (default: runs)")
     p.add_argument("--ckpt", default="best", help="best, last, or a path to a .ckpt (default: best)")
     p.add_argument("--batch_size", type=int, default=64, help="images per batch (default: 64)")
@@ -56,10 +67,11 @@ def check_seen(names: list[str], row: list[float], seen: dict | None, where: str
                             f"[{info['min']:g}, {info['max']:g}]; the model would extrapolate")
 
 
-def parse_covariates(text: str, names: list[str]) -> list[float]:
-    """``"Male=1,Young=0"`` (or ``[Male=1,Young=0]``) -> values in the order of ``names`` (case-insensitive; all required)."""
+def split_covariates(text: str, names: list[str]) -> dict[str, str]:
+    """``"Male=1,Young=0"`` (or ``[Male=1,Young=0]``) -> {name: value text} for names in ``names``
+    (case-insensitive); a pair without ``=``, a repeated or an unknown name is an error."""
     lower = {n.lower(): n for n in names}
-    given: dict[str, float] = {}
+    given: dict[str, str] = {}
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
@@ -73,12 +85,18 @@ def parse_covariates(text: str, names: list[str]) -> list[float]:
         if key.lower() not in lower:
             raise UserError(f"--covariates: the model has no covariate {key!r}{suggest(key, names)}; it takes "
                             f"{', '.join(names) or 'none (drop --covariates)'}")
-        given[lower[key.lower()]] = _value(key, value.strip(), "--covariates")
+        given[lower[key.lower()]] = value.strip()
+    return given
+
+
+def parse_covariates(text: str, names: list[str]) -> list[float]:
+    """``"Male=1,Young=0"`` -> numbers in the order of ``names`` (all required)."""
+    given = split_covariates(text, names)
     missing = [n for n in names if n not in given]
     if missing:
         example = ",".join(f"{n}=1" for n in names)
         raise UserError(f"--covariates: missing {', '.join(missing)} (the model takes {', '.join(names)}; e.g. --covariates {example})")
-    return [given[n] for n in names]
+    return [_value(n, given[n], "--covariates") for n in names]
 
 
 def read_csv(path: Path, names: list[str]) -> tuple[list[Path], list[list[float]]]:
@@ -108,13 +126,31 @@ def main(argv: list[str]) -> int:
         raise UserError("give IMAGE files (with --covariates) or --csv FILE; see `covfuse predict --help`")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.covariates and not args.images:
+        raise UserError("--covariates applies to IMAGE arguments; with --csv the covariates come from its columns")
     from covfuse.training import config as cfgmod
-    from covfuse.training.predict import predict_images
     from covfuse.training.run import checkpoint_path, find_run, load_module
+    from covfuse.training.volume_datamodule import STATE_FILE, is_volume_config, read_state
 
     run_dir = find_run(args.run, args.runs_dir)
-    precision = cfgmod.load(run_dir / "config.yaml").trainer.precision  # as `covfuse test` evaluates
+    config = cfgmod.load(run_dir / "config.yaml")
+    precision = config.trainer.precision  # as `covfuse test` evaluates
+    state = read_state(run_dir)
+    if state is None and is_volume_config(config.data):
+        raise UserError(f"{run_dir}: no {STATE_FILE} (the covariate encoder a volume run writes when training starts); "
+                        "train the run again with `covfuse fit`")
     module = load_module(checkpoint_path(run_dir, args.ckpt))
+    predict = _predict_volumes if state is not None else _predict_images
+    header, rows = predict(args, run_dir, module, state, precision)
+    out = csv.writer(sys.stdout, lineterminator="\n")  # written only once everything succeeded
+    out.writerow(header)
+    out.writerows(rows)
+    return 0
+
+
+def _predict_images(args, run_dir, module, state, precision) -> tuple[list[str], list[list[str]]]:
+    from covfuse.training.predict import predict_images, prediction_columns
+
     names = list(module.hparams.covariates)
     images: list[Path] = []
     rows: list[list[float]] = []
@@ -122,19 +158,50 @@ def main(argv: list[str]) -> int:
         values = parse_covariates(args.covariates, names)
         images += [Path(p) for p in args.images]
         rows += [values] * len(args.images)
-    elif args.covariates:
-        raise UserError("--covariates applies to IMAGE arguments; with --csv the covariates come from its columns")
     if args.csv_file:
         more_images, more_rows = read_csv(Path(args.csv_file), names)
         images += more_images
         rows += more_rows
     seen = module.hparams.get("covariate_values")
     for i, row in enumerate(rows):
-        check_seen(names, row, seen, "--covariates" if i < len(args.images) else f"{args.csv_file} row {i - len(args.images) + 2}")
-    probs = predict_images(module, images, rows, batch_size=args.batch_size, accelerator=args.accelerator,
-                           precision=precision)
-    out = csv.writer(sys.stdout, lineterminator="\n")
-    out.writerow(["image", *names, f"P({module.hparams.target})"])
-    for image, row, p in zip(images, rows, probs):
-        out.writerow([str(image), *(f"{v:g}" for v in row), f"{p:.6f}"])
-    return 0
+        if not args.extrapolate:
+            check_seen(names, row, seen, "--covariates" if i < len(args.images) else f"{args.csv_file} row {i - len(args.images) + 2}")
+    values = predict_images(module, images, rows, batch_size=args.batch_size, accelerator=args.accelerator,
+                            precision=precision)
+    header, predicted = prediction_columns(module, values)
+    return ["image", *names, *header], [[str(image), *(f"{v:g}" for v in row), *p]
+                                        for image, row, p in zip(images, rows, predicted)]
+
+
+def _predict_volumes(args, run_dir, module, state, precision) -> tuple[list[str], list[list[str]]]:
+    """Volume files with --covariates and/or a manifest (--csv), checked completely before any volume is read."""
+    import numpy as np
+
+    from covfuse.data.volumes import is_missing, manifest_from_files, read_manifest
+    from covfuse.training.predict import prediction_columns
+    from covfuse.training.predict_volumes import check_covariates, check_volumes, encoder_of, predict_volumes
+
+    encoder = encoder_of(module, state, run_dir)
+    names = [spec["name"] for spec in encoder.specs]  # raw columns, as the training manifest spelt them
+    seen = module.hparams.get("covariate_values")
+    parts = []  # (manifest, how its rows are named in errors)
+    if args.images:
+        given = split_covariates(args.covariates, names)
+        manifest = manifest_from_files(args.images, {n: given.get(n, "") for n in names})
+        check_covariates(manifest, encoder, seen, lambda i: "--covariates", extrapolate=args.extrapolate)
+        parts.append((manifest, lambda i: ""))  # volume_shape's messages name the file
+    if args.csv_file:
+        manifest = read_manifest(args.csv_file)
+        check_covariates(manifest, encoder, seen, manifest.where, extrapolate=args.extrapolate)
+        parts.append((manifest, manifest.where))
+    for manifest, where in parts:
+        check_volumes(manifest, where)
+    rows, values = [], []
+    for manifest, _ in parts:
+        values.append(predict_volumes(module, state, manifest, encoder, batch_size=args.batch_size,
+                                      accelerator=args.accelerator, precision=precision))
+        columns = [manifest.columns[manifest.column(n)] for n in names]
+        rows += [[str(manifest.files[i]), str(manifest.subjects[i]), *("" if is_missing(c[i]) else c[i] for c in columns)]
+                 for i in range(len(manifest))]
+    header, predicted = prediction_columns(module, np.concatenate(values), state.get("classes"))
+    return ["path", "subject", *names, *header], [row + p for row, p in zip(rows, predicted)]

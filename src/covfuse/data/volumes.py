@@ -8,7 +8,7 @@ problem is a :class:`~covfuse.errors.UserError` naming the manifest and its line
 Covariates become a float matrix with :class:`CovariateEncoder`: numeric columns standardised with
 the *training* rows' mean and sd, categorical ones one-hot over the training levels, and a missing
 value imputed (mean / no level) with a 0/1 ``<name>_missing`` indicator column, as DAFT does.
-The encoder is saved with the run (``covariates.json``) and reused by test and predict.
+The encoder is saved with the run (``data_state.json``) and reused by test and predict.
 """
 from __future__ import annotations
 
@@ -147,6 +147,22 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
     return Manifest(path, header, columns, files, subjects, split, line)
 
 
+def manifest_from_files(files: Sequence[str | Path], values: dict[str, str]) -> Manifest:
+    """A manifest for volume files named one by one (``covfuse predict RUN A.nii.gz ...``), each with the
+    same raw covariate ``values``; the subject is the file name without its NIfTI suffix."""
+    files = [Path(f) for f in files]
+    for f in files:
+        if not f.name.lower().endswith(NIFTI_SUFFIXES):
+            raise UserError(f"{f}: not a NIfTI file (.nii or .nii.gz); give the volumes of a volume run")
+        if not f.is_file():
+            raise UserError(f"{f}: volume file not found")
+    subjects = [f.name[: -len(".nii.gz")] if f.name.lower().endswith(".nii.gz") else f.name[: -len(".nii")] for f in files]
+    header = ["subject", "path", *values]
+    columns = {"subject": subjects, "path": [str(f) for f in files], **{k: [v] * len(files) for k, v in values.items()}}
+    return Manifest(Path("--covariates"), header, columns, files, np.asarray(subjects, dtype=object),
+                    np.full(len(files), -1, dtype=np.int8), np.arange(1, len(files) + 1, dtype=np.int64))
+
+
 # ------------------------------------------------------------------------------ column types
 def column_kind(manifest: Manifest, name: str, categorical: Sequence[str] = ()) -> str:
     """"numeric" or "categorical": declared categorical, else numeric unless no value parses as a number.
@@ -166,6 +182,15 @@ def column_kind(manifest: Manifest, name: str, categorical: Sequence[str] = ()) 
             raise UserError(f"{manifest.where(i)}: non-numeric value {v!r} in numeric column {name!r} "
                             f"(fix the value, leave it empty for missing, or declare {name!r} in data.categorical)")
     return "numeric"
+
+
+def check_numeric(manifest: Manifest, name: str) -> None:
+    """Every present value of ``name`` is a finite number (a column known to be numeric, e.g. from a
+    fitted encoder: unlike :func:`column_kind`, a column of words is an error here, not a category)."""
+    for i, v in enumerate(manifest.columns[name]):
+        if not is_missing(v) and _number(v) is None:
+            raise UserError(f"{manifest.where(i)}: non-numeric value {v!r} in numeric column {name!r} "
+                            "(the run was trained on numbers; fix the value, or leave it empty for missing)")
 
 
 def numeric_values(manifest: Manifest, name: str) -> np.ndarray:
@@ -229,7 +254,7 @@ class CovariateEncoder:
             raw = [manifest.columns[name][i] for i in rows]
             missing = np.asarray([is_missing(v) for v in raw])
             if s["kind"] == "numeric":
-                column_kind(manifest, name)  # validates: a non-numeric value names its line
+                check_numeric(manifest, name)
                 values = numeric_values(manifest, name)[rows]
                 z = (values - s["mean"]) / s["std"]
                 parts.append(np.where(missing, 0.0, z)[:, None])  # imputed with the training mean
