@@ -74,6 +74,27 @@ class SplitLoaders:
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         raise NotImplementedError
 
+    def _resumable_loader(self, dataset: Dataset, batch: int, collate_fn=None) -> DataLoader:
+        """The training loader of one process: a seeded per-epoch order that a mid-epoch checkpoint
+        can resume exactly (covfuse.training.resume), with per-batch seeded augmentation; under DDP
+        Lightning's DistributedSampler orders the data instead. Uses ``seed``, ``cfg``,
+        ``pin_memory`` and ``trainer`` of the data module."""
+        from covfuse.training.resume import EpochSampler, ResumableLoader, SeededBatches
+
+        sampler = EpochSampler(len(dataset), self.seed)
+        sampler.trainer = self.trainer
+        cfg = self.cfg
+        return ResumableLoader(
+            SeededBatches(dataset, self.seed) if cfg.augment else dataset,
+            batch_size=batch,
+            sampler=sampler,
+            drop_last=len(dataset) > batch,  # a last batch of one sample breaks BatchNorm
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_fn,
+        )
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
@@ -210,7 +231,8 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         dataset = self.datasets[split]
         batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
         if train and (self.trainer is None or self.trainer.world_size == 1):
-            return self._resumable_loader(dataset, batch)
+            # as the other training loader: ready-made batches, grouped by covariate row
+            return self._resumable_loader(dataset, batch, collate_grouped)
         return DataLoader(
             dataset,
             batch_size=batch,
@@ -223,25 +245,6 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
             # Batches come ready-made from CelebADataset.__getitems__; training batches are grouped
             # by covariate row, which spares hybrid convs a copy of their input at every layer.
             collate_fn=collate_grouped if train else collate,
-        )
-
-    def _resumable_loader(self, dataset: Dataset, batch: int) -> DataLoader:
-        """One process: a seeded per-epoch order that a mid-epoch checkpoint can resume exactly
-        (covfuse.training.resume); under DDP Lightning's DistributedSampler orders the data instead."""
-        from covfuse.training.resume import EpochSampler, ResumableLoader, SeededBatches
-
-        sampler = EpochSampler(len(dataset), self.seed)
-        sampler.trainer = self.trainer
-        cfg = self.cfg
-        return ResumableLoader(
-            SeededBatches(dataset, self.seed) if cfg.augment else dataset,
-            batch_size=batch,
-            sampler=sampler,
-            drop_last=len(dataset) > batch,  # a last batch of one sample breaks BatchNorm
-            num_workers=cfg.num_workers,
-            persistent_workers=cfg.num_workers > 0,
-            pin_memory=self.pin_memory,
-            collate_fn=collate_grouped,  # as the other training loader: ready-made batches, grouped by covariate row
         )
 
     def filenames(self, index: np.ndarray) -> list[str]:

@@ -5,7 +5,10 @@ how the process got to a step:
 
 * the training order of epoch ``e`` is a permutation seeded by ``(seed, e)`` (:class:`EpochSampler`);
   a checkpoint records how many batches of the epoch were consumed and the resumed run skips them
-  (Lightning restores a loader's ``state_dict`` before it iterates; see :class:`ResumableLoader`);
+  (:class:`Interruption` keeps that position in its own checkpoint state and hands it to the
+  :class:`ResumableLoader` when the epoch starts: Lightning's own loader-state restore is skipped
+  when the data was set up before the checkpoint loaded, which ``estimated_stepping_batches`` in
+  ``configure_optimizers`` (the cosine schedule) does);
 * augmentation draws come from a generator seeded by the batch's own sample indices
   (:class:`SeededBatches`), not from the process-wide stream that loader start-up also draws from;
 * the process-wide RNG (dropout) is re-seeded from ``(seed, global_step)`` before every step.
@@ -63,18 +66,19 @@ class EpochSampler(Sampler[int]):
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader over an :class:`EpochSampler` whose state (epoch, batches consumed) Lightning checkpoints.
+    """A DataLoader over an :class:`EpochSampler` that can start an epoch ``consumed`` batches in.
 
     ``consumed`` is set by :class:`Interruption` after each training batch: the loader itself runs
     ahead of training (prefetching), so its own count would skip batches that never trained.
+    (Deliberately no ``state_dict``: :class:`Interruption` checkpoints the position, see the module doc.)
     """
 
     consumed: int = 0
 
-    def state_dict(self) -> dict[str, int]:
+    def position(self) -> dict[str, int]:
         return {"epoch": int(self.sampler.epoch), "consumed": int(self.consumed)}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def resume_at(self, state: dict[str, int]) -> None:
         consumed = int(state["consumed"])
         if consumed >= len(self):  # saved at the end of an epoch: the next one starts from its beginning
             consumed = 0
@@ -111,6 +115,24 @@ class Interruption(Callback):
         self.seed, self.last, self.resume_hint = seed, Path(last), resume_hint
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._position: dict[str, int] = {}  # the training loader's position, saved with each checkpoint
+        self._resume: dict[str, int] | None = None  # a loaded position, applied when its epoch starts
+
+    # -- checkpoint state ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        return dict(self._position)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state) if state else None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Start the resumed epoch where the checkpoint left it: after the data is set up, before the
+        first batch is drawn (``on_train_epoch_start`` is not called for an epoch restarted mid-way)."""
+        loader = trainer.train_dataloader
+        if self._resume is not None and isinstance(loader, ResumableLoader):
+            if int(self._resume.get("epoch", -1)) == trainer.current_epoch:
+                loader.resume_at(self._resume)
+        self._resume = None
 
     # -- signals -------------------------------------------------------------------------
     def install(self) -> None:
@@ -141,6 +163,7 @@ class Interruption(Callback):
         loader = trainer.train_dataloader
         if isinstance(loader, ResumableLoader):
             loader.consumed = batch_idx + 1
+            self._position = {"epoch": trainer.current_epoch, "consumed": loader.consumed}
         received = self.received is not None
         if trainer.world_size > 1:  # one process's signal stops them all, at the same batch
             received = trainer.strategy.reduce_boolean_decision(received, all=False)

@@ -179,6 +179,8 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
         cfg = self.cfg
         dataset = self.datasets[split]
         batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
+        if train and (self.trainer is None or self.trainer.world_size == 1):
+            return self._resumable_loader(dataset, batch)
         return DataLoader(dataset, batch_size=batch, shuffle=train, drop_last=train and len(dataset) > batch,
                           num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                           pin_memory=self.pin_memory)
