@@ -154,4 +154,7 @@ def test_heads_that_do_not_fit_the_target_exit_2(twin3, tmp_path, capsys):
     assert covfuse([*base, "--model.head", "regression", "--data.target", "age", "--data.covariates", "[sex]",
                     "--monitor", "val/acc"]) == 2
     assert "val/mae" in capsys.readouterr().err
+    assert covfuse([*base, "--model.head", "regression"]) == 2  # the diagnosis is not a number
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the regression target 'diagnosis' must be a number, got 'CN'" in err
     assert not (tmp_path / "x").exists()

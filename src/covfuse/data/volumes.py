@@ -285,7 +285,10 @@ def encode_target(manifest: Manifest, name: str, task: str = "classification",
         if is_missing(v):
             raise UserError(f"{manifest.where(i)}: the target {name!r} is missing; drop the row or fill it in")
     if task == "regression":
-        column_kind(manifest, name)
+        for i, v in enumerate(raw):
+            if _number(v) is None:
+                raise UserError(f"{manifest.where(i)}: the regression target {name!r} must be a number, got {v!r}; "
+                                "choose a numeric target, or a classification head (binary, multiclass)")
         return numeric_values(manifest, name).astype(np.float32), []
     if classes:
         classes = [str(c) for c in classes]
