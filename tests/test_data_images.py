@@ -40,7 +40,7 @@ def _reference(path, size, crop: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shape", [(178, 218), (89, 109), (120, 80), (300, 300), (640, 480)])
-@pytest.mark.parametrize("size", [32, 64, 100])
+@pytest.mark.parametrize("size", [32, 64, 100, 224])  # 100 and 224 enlarge most crops (torch kernel)
 @pytest.mark.parametrize("preset", ["center-crop", "research"])
 def test_presets_match_torchvision_transforms(tmp_path, shape, size, preset):
     path = _photo(tmp_path / "x.jpg", shape)
