@@ -70,7 +70,7 @@ class CovfuseModule(L.LightningModule):
         self.target_mean, self.target_sd = float(stats["mean"]), float(stats["sd"]) or 1.0
         # The running metric shown in the progress line and logged per epoch: val/acc or, for regression, val/mae.
         self.score_name = "mae" if self.task == "regression" else "acc"
-        self.train_acc, self.val_acc = (self._running_metric() for _ in range(2))
+        self.train_score, self.val_score = (self._running_metric() for _ in range(2))
         self.eval_splits: list[str] = ["valid"]  # names of the test dataloaders, in order
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
         self._collect: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -133,13 +133,13 @@ class CovfuseModule(L.LightningModule):
         score_target = target.float() if self.task == "regression" else target.long()
         n = len(target)
         if stage == "train":
-            self.train_acc(out, score_target)
+            self.train_score(out, score_target)
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
-            self.log(f"train/{self.score_name}", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"train/{self.score_name}", self.train_score, on_step=False, on_epoch=True, batch_size=n)
         elif stage == "val":
-            self.val_acc(out, score_target)
+            self.val_score(out, score_target)
             self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=n, sync_dist=True)
-            self.log(f"val/{self.score_name}", self.val_acc, prog_bar=True, on_epoch=True, batch_size=n)
+            self.log(f"val/{self.score_name}", self.val_score, prog_bar=True, on_epoch=True, batch_size=n)
         else:
             self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True, add_dataloader_idx=False)
             self._collect.setdefault(stage, []).append(
