@@ -199,3 +199,39 @@ def test_covariate_gradients_of_a_run_model_match_the_reference_backend(runs):
     assert grads["reference"].abs().max() > 0
     for backend in ("auto", "pattern", "grouped", "expand"):
         torch.testing.assert_close(grads[backend], grads["reference"], rtol=1e-4, atol=1e-6, msg=backend)
+
+
+def test_sigterm_mid_explain_exits_143_and_leaves_no_half_written_folder(runs, capsys, monkeypatch):
+    # SIGTERM (kill, scancel) becomes an exception while a command runs, so explain's cleanup runs.
+    import os
+    import signal
+
+    from covfuse.studies.explain import figures
+
+    runs_dir, _, out = runs
+    target = out.parent / "killed"
+
+    def killed(*args, **kwargs):  # the first figure: the tmp folder exists, nothing is finished
+        assert any(p.name.startswith(".killed.tmp-") for p in out.parent.iterdir())
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(figures, "plot_changes", killed)
+    code = covfuse(["explain", "hyb", "--runs_dir", str(runs_dir), "--out", str(target), "--n-boot", "100"])
+    assert code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "covfuse explain: terminated (SIGTERM)"
+    assert not target.exists() and not any(p.name.startswith(".killed.tmp-") for p in out.parent.iterdir())
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+
+
+def test_layer_figure_groups_match_one_hot_and_standardised_values():
+    # volume runs: one-hot features are named "sex=F", standardised values print with 6 digits
+    from covfuse.studies.explain.figures import value_groups
+
+    names = ["age", "sex=F", "APOE4"]
+    rows = np.array([[0.1, 1.0, -0.77665431], [0.2, 0.0, 2.2492411], [0.3, 1.0, -0.77665431]], dtype=np.float32)
+    keys = [f"{n}={v:g}" for k, n in enumerate(names[1:], start=1) for v in np.unique(rows[:, k])]
+    groups = dict(value_groups(keys, rows, names))
+    assert groups["sex=F=1"].tolist() == [True, False, True] and groups["sex=F=0"].tolist() == [False, True, False]
+    assert groups["APOE4=-0.776654"].tolist() == [True, False, True]
+    assert groups["APOE4=2.24924"].tolist() == [False, True, False]

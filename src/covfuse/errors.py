@@ -17,6 +17,12 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {lower[match[0]]!r}?)" if match else ""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``scancel``, a cluster's pre-emption) raised as an exception, so the
+    ``finally``/``except`` blocks that remove half-written output run, as they do for Ctrl-C;
+    ``covfuse`` then exits with 143 (128 + 15)."""
+
+
 class RunInterrupted(Exception):
     """A run stopped by SIGINT/SIGTERM after saving a checkpoint; ``str()`` is the line to show (how to resume)
     and ``code`` the exit status (128 + the signal number, as a shell reports a signal)."""

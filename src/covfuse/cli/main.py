@@ -5,11 +5,14 @@ Each sub-command module exposes ``main(argv: list[str]) -> int``. Any :class:`Us
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 
-from covfuse.errors import RunInterrupted, UserError, suggest
+from covfuse.errors import RunInterrupted, Terminated, UserError, suggest
 
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `covfuse --help` and `covfuse data info` start without importing Lightning.
@@ -35,6 +38,25 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def sigterm_as_exception():
+    """While a command runs, SIGTERM raises :class:`Terminated` instead of killing the process at once,
+    so commands clean up what they half wrote (``fit`` installs its own handler, which checkpoints).
+    Left alone when someone else (an embedding program) already handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
@@ -50,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         if name not in COMMANDS:
             raise UserError(f"unknown command {name!r}{suggest(name, COMMANDS)}; run `covfuse --help`")
         module = importlib.import_module(COMMANDS[name][0])
-        return int(module.main(rest) or 0)
+        with sigterm_as_exception():
+            return int(module.main(rest) or 0)
     except (UserError, FileNotFoundError) as exc:
         print(f"covfuse {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -66,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         # /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Terminated:
+        print(f"covfuse {name}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"covfuse {name}: interrupted", file=sys.stderr)
         return 130

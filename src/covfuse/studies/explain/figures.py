@@ -73,17 +73,29 @@ def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str]
         ax.set_title(f"{lname}: concatenation head", fontsize=9)
     else:
         scale, shift = recorder.samples(lname)
-        groups = [(key, rows[:, names.index(key.split("=")[0])] == float(key.split("=")[1])) for key in summary["values"]]
+        # keys are "<feature>=<value>", and one-hot features carry their own "=" ("sex=F=1")
+        groups = value_groups(summary["values"], rows, names)
         if not groups:
             return None
         fig, axes = plt.subplots(1, 2, figsize=(8, 3))
         for ax, values, title in ((axes[0], scale, "scale"), (axes[1], shift, "shift")):
             ax.boxplot([values[m].ravel() for _, m in groups], showfliers=False)
-            ax.set_xticks(range(1, len(groups) + 1), [k for k, _ in groups], fontsize=8, rotation=20)
+            ax.set_xticks(range(1, len(groups) + 1), [k for k, _ in groups], fontsize=7, rotation=35, ha="right")
             ax.set_title(f"{lname} ({kind}): predicted {title}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     return _rel(path)
+
+
+def value_groups(keys, rows: np.ndarray, names: list[str]) -> list[tuple[str, np.ndarray]]:
+    """(key, row mask) for keys ``"<feature>=<value>"`` as the recorder writes them. One-hot features
+    carry their own "=" ("sex=F=1"), and values are printed with 6 significant digits (standardised
+    ones are not round), so the key splits at its last "=" and values match with a tolerance."""
+    out = []
+    for key in keys:
+        feature, value = key.rsplit("=", 1)
+        out.append((key, np.isclose(rows[:, names.index(feature)], float(value), rtol=1e-5, atol=1e-6)))
+    return out
 
 
 def middle_slice(maps: np.ndarray) -> np.ndarray:
