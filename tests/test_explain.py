@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -201,6 +202,8 @@ def test_covariate_gradients_of_a_run_model_match_the_reference_backend(runs):
         torch.testing.assert_close(grads[backend], grads["reference"], rtol=1e-4, atol=1e-6, msg=backend)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="sends itself SIGTERM with os.kill, which on Windows terminates "
+                    "the process instead of running Python's handler")
 def test_sigterm_mid_explain_exits_143_and_leaves_no_half_written_folder(runs, capsys, monkeypatch):
     # SIGTERM (kill, scancel) becomes an exception while a command runs, so explain's cleanup runs.
     import os

@@ -33,7 +33,8 @@ def is_missing(value: str) -> bool:
     return value.strip().lower() in MISSING
 
 
-def _number(value: str) -> float | None:
+def parse_number(value: str) -> float | None:
+    """The finite number a cell holds, or None (a word, empty, NaN, inf)."""
     try:
         number = float(value)
     except ValueError:
@@ -174,11 +175,11 @@ def column_kind(manifest: Manifest, name: str, categorical: Sequence[str] = ()) 
     if name.lower() in {c.lower() for c in categorical}:
         return "categorical"
     present = [(i, v) for i, v in enumerate(values) if not is_missing(v)]
-    numbers = [(i, v) for i, v in present if _number(v) is not None]
+    numbers = [(i, v) for i, v in present if parse_number(v) is not None]
     if not numbers and present:
         return "categorical"
     for i, v in present:
-        if _number(v) is None:
+        if parse_number(v) is None:
             raise UserError(f"{manifest.where(i)}: non-numeric value {v!r} in numeric column {name!r} "
                             f"(fix the value, leave it empty for missing, or declare {name!r} in data.categorical)")
     return "numeric"
@@ -188,7 +189,7 @@ def check_numeric(manifest: Manifest, name: str) -> None:
     """Every present value of ``name`` is a finite number (a column known to be numeric, e.g. from a
     fitted encoder: unlike :func:`column_kind`, a column of words is an error here, not a category)."""
     for i, v in enumerate(manifest.columns[name]):
-        if not is_missing(v) and _number(v) is None:
+        if not is_missing(v) and parse_number(v) is None:
             raise UserError(f"{manifest.where(i)}: non-numeric value {v!r} in numeric column {name!r} "
                             "(the run was trained on numbers; fix the value, or leave it empty for missing)")
 
@@ -286,7 +287,7 @@ def encode_target(manifest: Manifest, name: str, task: str = "classification",
             raise UserError(f"{manifest.where(i)}: the target {name!r} is missing; drop the row or fill it in")
     if task == "regression":
         for i, v in enumerate(raw):
-            if _number(v) is None:
+            if parse_number(v) is None:
                 raise UserError(f"{manifest.where(i)}: the regression target {name!r} must be a number, got {v!r}; "
                                 "choose a numeric target, or a classification head (binary, multiclass)")
         return numeric_values(manifest, name).astype(np.float32), []
@@ -297,7 +298,7 @@ def encode_target(manifest: Manifest, name: str, task: str = "classification",
                 raise UserError(f"{manifest.where(i)}: target value {v!r} is not one of data.classes {classes}")
     else:
         found = set(raw)
-        numeric = all(_number(v) is not None for v in found)
+        numeric = all(parse_number(v) is not None for v in found)
         classes = sorted(found, key=(lambda v: float(v)) if numeric else None)
     if len(classes) < 2:
         raise UserError(f"{manifest.path}: the target {name!r} has a single value {classes}; a classifier needs two or more")

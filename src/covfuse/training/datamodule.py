@@ -69,10 +69,32 @@ class ControlledCovariates(Dataset):
 
 class SplitLoaders:
     """Lightning's loader hooks and ``eval_dataloaders`` from one ``_loader(split, train=False)``
-    (shared by the image and the volume data modules)."""
+    (shared by the image and the volume data modules, which provide ``datasets``, ``setup``, ``cfg``,
+    ``seed``, ``pin_memory``, and their collate functions)."""
+
+    train_collate = None  # collate_fn of training / evaluation batches (None: DataLoader's default)
+    eval_collate = None
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
-        raise NotImplementedError
+        if not self.datasets:
+            self.setup()
+        cfg = self.cfg
+        dataset = self.datasets[split]
+        batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
+        collate_fn = self.train_collate if train else self.eval_collate
+        if train and (self.trainer is None or self.trainer.world_size == 1):
+            return self._resumable_loader(dataset, batch, collate_fn)
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=train,
+            # A last batch of one sample breaks BatchNorm in training; dropping it loses < 1 batch per epoch.
+            drop_last=train and len(dataset) > batch,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_fn,
+        )
 
     def _resumable_loader(self, dataset: Dataset, batch: int, collate_fn=None) -> DataLoader:
         """The training loader of one process: a seeded per-epoch order that a mid-epoch checkpoint
@@ -110,6 +132,11 @@ class SplitLoaders:
 
 class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
     """Reads the folder once per process, splits it, and serves train/valid/test loaders."""
+
+    # Batches come ready-made from CelebADataset.__getitems__; training batches are grouped by
+    # covariate row, which spares hybrid convs a copy of their input at every layer.
+    train_collate = staticmethod(collate_grouped)
+    eval_collate = staticmethod(collate)
 
     def __init__(self, data: DataConfig | dict[str, Any], seed: int = 0, pin_memory: bool = False):
         super().__init__()
@@ -222,30 +249,6 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         from covfuse.data.cache import open_cache
 
         return open_cache(meta, self.cfg.image_size, self.cfg.preset)
-
-    # -- loaders ---------------------------------------------------------------------------
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        cfg = self.cfg
-        dataset = self.datasets[split]
-        batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
-        if train and (self.trainer is None or self.trainer.world_size == 1):
-            # as the other training loader: ready-made batches, grouped by covariate row
-            return self._resumable_loader(dataset, batch, collate_grouped)
-        return DataLoader(
-            dataset,
-            batch_size=batch,
-            shuffle=train,
-            # A last batch of one sample breaks BatchNorm in training; dropping it loses < 1 batch per epoch.
-            drop_last=train and len(dataset) > batch,
-            num_workers=cfg.num_workers,
-            persistent_workers=cfg.num_workers > 0,
-            pin_memory=self.pin_memory,
-            # Batches come ready-made from CelebADataset.__getitems__; training batches are grouped
-            # by covariate row, which spares hybrid convs a copy of their input at every layer.
-            collate_fn=collate_grouped if train else collate,
-        )
 
     def filenames(self, index: np.ndarray) -> list[str]:
         return [self.meta.filenames[int(i)] for i in index]

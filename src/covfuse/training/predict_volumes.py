@@ -13,18 +13,10 @@ from typing import Callable
 
 import numpy as np
 
-from covfuse.data.volumes import CovariateEncoder, Manifest, is_missing
+from covfuse.data.volumes import CovariateEncoder, Manifest, is_missing, parse_number
 from covfuse.errors import UserError
 from covfuse.training.module import CovfuseModule
 from covfuse.training.predict import model_covariates, run_predict
-
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if np.isfinite(value) else None
 
 
 def _raw(x: float) -> str:
@@ -58,7 +50,7 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
                                     f"{{{', '.join(spec['levels'])}}}; give one of those (or pass --extrapolate to "
                                     "predict with no level set, as `covfuse test` encodes an unseen level)")
                 continue
-            number = _number(value)
+            number = parse_number(value)
             if number is None:
                 raise UserError(f"{where(i)}: non-numeric value {value!r} for numeric covariate {name!r} "
                                 "(the run was trained on numbers; give a number, or leave it empty for missing)")

@@ -15,7 +15,6 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
 
 from covfuse.errors import UserError
 from covfuse.training.config import DataConfig
@@ -172,19 +171,7 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
         return {"encoder": self.encoder.to_dict(), "classes": self.classes, "target": self.target_name,
                 "preprocessing": asdict(self.settings())}
 
-    # -- loaders ---------------------------------------------------------------------------
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        cfg = self.cfg
-        dataset = self.datasets[split]
-        batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
-        if train and (self.trainer is None or self.trainer.world_size == 1):
-            return self._resumable_loader(dataset, batch)
-        return DataLoader(dataset, batch_size=batch, shuffle=train, drop_last=train and len(dataset) > batch,
-                          num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-                          pin_memory=self.pin_memory)
-
+    # -- loaders: SplitLoaders._loader with DataLoader's default collate -------------------
     def filenames(self, index: np.ndarray) -> list[str]:
         """The manifest's ``path`` of each row (unique per volume): the id in predictions.csv."""
         return [self.manifest.columns["path"][int(i)] for i in index]
