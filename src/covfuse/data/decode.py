@@ -153,7 +153,7 @@ def _upsample(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.
     import torch.nn.functional as F
 
     left, top, right, bottom = box
-    x = torch.from_numpy(np.ascontiguousarray(arr[top:bottom, left:right])).permute(2, 0, 1).unsqueeze(0)
+    x = torch.from_numpy(arr[top:bottom, left:right]).permute(2, 0, 1).unsqueeze(0)  # a strided view, no copy
     out = torch.empty((1, 3, size, size), dtype=torch.uint8)
     out.copy_(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False))
     return out[0].numpy()

@@ -167,8 +167,6 @@ def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: 
     """The scores of ``task`` for one set of per-sample ``outputs`` (binary: P(positive); multiclass:
     predicted class; regression: predicted value), one value per row of ``weights``."""
     if task == "binary":
-        if weights is None:
-            return scores(labels, outputs, threshold, auroc=auroc)
         return scores(labels, outputs, threshold, weights=weights, auroc=auroc)
     if task == "multiclass":
         return multiclass_scores(labels, outputs, weights, num_classes)
