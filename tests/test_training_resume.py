@@ -111,6 +111,7 @@ def test_resume_after_a_finished_epoch_equals_the_uninterrupted_run(twin, tmp_pa
     assert (scores, predictions, step) == (reference[0], reference[1], reference[3])
 
 
+
 def test_a_volume_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path_factory, monkeypatch, capsys):
     # The volume data module trains through the same resumable loader; MONAI's flips and affines
     # draw from torch's seeded generator, so augmentation comes back too.
@@ -137,3 +138,18 @@ def test_a_volume_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_run(tmp
     assert step == ref_step and predictions == ref_predictions
     for key, value in ref_state.items():
         assert torch.equal(state[key], value), key
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_before_anything_is_written(tmp_path):
+    # Lightning raises only inside trainer.fit (after config.yaml was rewritten) when the restored
+    # epoch exceeds max_epochs; the same rule is checked from the checkpoint's own counters first.
+    from covfuse.errors import UserError
+    from covfuse.training.run import check_resume_epochs
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"epoch": 28, "global_step": 203, "state_dict": {"w": torch.zeros(3)},
+                "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 28}}}}}, ckpt)
+    with pytest.raises(UserError, match="has trained 28 epoch\\(s\\) already, more than trainer.max_epochs 6"):
+        check_resume_epochs(ckpt, 6)
+    check_resume_epochs(ckpt, 28)  # Lightning's condition is current_epoch > max_epochs
+    check_resume_epochs(ckpt, -1)

@@ -94,8 +94,9 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
     return path
 
 
-def load_trusted(path: str | os.PathLike, what: str = "file", map_location="cpu"):
+def load_trusted(path: str | os.PathLike, what: str = "file", map_location="cpu", mmap: bool = False):
     """``torch.load`` with ``weights_only=True``: tensors and plain values only, so no code in the file runs.
+    ``mmap=True`` maps the tensors instead of reading them (for looking at a checkpoint's counters).
 
     A file that carries other pickled objects (which could execute code when unpickled) is refused
     with one line; so is a truncated or non-torch file.
@@ -108,7 +109,7 @@ def load_trusted(path: str | os.PathLike, what: str = "file", map_location="cpu"
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):  # a pickled object, not a tensor
             raise UserError(f"{path}: refused: this {what} carries pickled Python objects besides tensors (code could "

@@ -114,6 +114,17 @@ def open_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = False
     return None, None
 
 
+def check_resume_epochs(ckpt: Path, max_epochs: int) -> None:
+    """Refuse a --resume whose max_epochs is already behind the checkpoint, as Lightning would, but
+    before config.yaml is rewritten (Lightning finds out only once training starts)."""
+    state = load_trusted(ckpt, what="checkpoint", mmap=True)  # counters only: tensors stay on disk
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epoch = int(progress.get("completed", state.get("epoch", 0)))
+    if max_epochs not in (-1, None) and epoch > max_epochs:
+        raise UserError(f"--resume: {ckpt} has trained {epoch} epoch(s) already, more than trainer.max_epochs "
+                        f"{max_epochs}; pass --trainer.max_epochs {epoch} or more")
+
+
 def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -> Path | None:
     """Check, then create or clear the run folder at once (for callers that validated their inputs already)."""
     lock, ckpt = open_run_dir(run_dir, overwrite=overwrite, resume=resume)
@@ -353,6 +364,8 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False)
         lock, ckpt_path = open_run_dir(run_dir, overwrite=overwrite, resume=resume)
     elif resume and (run_dir / CHECKPOINTS / "last.ckpt").is_file():
         ckpt_path = run_dir / CHECKPOINTS / "last.ckpt"
+    if rank0 and ckpt_path is not None:
+        check_resume_epochs(ckpt_path, config.trainer.max_epochs)
     created = False
     try:
         prepared = _prepare(config, run_dir, rank0, resume=ckpt_path is not None)
