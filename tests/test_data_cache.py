@@ -88,11 +88,11 @@ def test_interrupted_build_leaves_no_cache_and_resumes(twin, monkeypatch):
     real_fill = cache_mod._fill_chunk
     calls: list[int] = []
 
-    def failing_fill(path, shape, start, files, size, preset):
+    def failing_fill(path, shape, start, files, size, preset, *rest):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(start)
-        return real_fill(path, shape, start, files, size, preset)
+        return real_fill(path, shape, start, files, size, preset, *rest)
 
     monkeypatch.setattr(cache_mod, "_fill_chunk", failing_fill)
     with pytest.raises(KeyboardInterrupt):

@@ -162,7 +162,7 @@ CASES = [
     Case("target-is-covariate", "a covariate equal to the target", [*FIT, "--data.covariates", "Attractive,Male"],
          "data.target Attractive is also in data.covariates"),
     Case("head-celeba", "a multi-class head on CelebA's binary attributes", [*FIT, "--model.head", "multiclass"],
-         "model.head multiclass needs a manifest CSV (volumes) as data.root"),
+         "model.head multiclass needs a manifest or BIDS dataset as data.root"),
     Case("monitor-head", "a monitor the head does not log", [*FIT, "--monitor", "val/mae"],
          "monitor val/mae does not exist for head binary; use val/loss or val/acc"),
     Case("flag-typo", "a misspelt option", [*FIT, "--optim.lrr", "1"], "unknown option --optim.lrr (did you mean 'optim.lr'?)"),
@@ -170,7 +170,7 @@ CASES = [
          "my.yaml: unknown config key optim.learning_rat",
          lambda work: (work / "my.yaml").write_text("optim:\n  learning_rat: 0.1\n")),
     Case("no-data", "no data folder given", ["fit", "--name", "x"],
-         "no data folder: set data.root in the config or pass --data.root DIR"),
+         "no data: set data.root in the config or pass --data.root (a CelebA folder, a manifest CSV or a BIDS folder)"),
     # -- the data folder --
     Case("root-missing", "data root missing", [*FIT, "--data.root", "nowhere"], "nowhere: no such folder"),
     Case("root-empty", "data root empty", [*FIT, "--data.root", "empty"], "empty: not a CelebA folder",

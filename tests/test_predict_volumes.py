@@ -101,7 +101,7 @@ def test_bad_input_is_one_line_naming_the_row(run, capsys, tmp_path):
     assert "age=120 lies outside the training range" in line and "--extrapolate" in line
     assert "sex=X was never seen" in error(capsys, str(run_dir), volume, "--covariates", "age=70,sex=X")
     assert "APOE4=3 was never seen" in error(capsys, str(run_dir), volume, "--covariates", "age=70,sex=F,APOE4=3")
-    assert "not a NIfTI file" in error(capsys, str(run_dir), str(twin / "README.txt"), "--covariates", "age=70,sex=F")
+    assert "not a NIfTI volume or a 2D image file" in error(capsys, str(run_dir), str(twin / "README.txt"), "--covariates", "age=70,sex=F")
     (run_dir / "data_state.json").rename(tmp_path / "state.json")
     try:
         assert "no data_state.json" in error(capsys, str(run_dir), volume, "--covariates", "age=70,sex=F")

@@ -130,17 +130,20 @@ def main(argv: list[str]) -> int:
         raise UserError("--covariates applies to IMAGE arguments; with --csv the covariates come from its columns")
     from covfuse.training import config as cfgmod
     from covfuse.training.run import checkpoint_path, find_run, load_module
-    from covfuse.training.volume_datamodule import STATE_FILE, is_volume_config, read_state
+    from covfuse.training.datamodule import STATE_FILE, read_state
 
     run_dir = find_run(args.run, args.runs_dir)
     config = cfgmod.load(run_dir / "config.yaml")
     precision = config.trainer.precision  # as `covfuse test` evaluates
     state = read_state(run_dir)
-    if state is None and is_volume_config(config.data):
-        raise UserError(f"{run_dir}: no {STATE_FILE} (the covariate encoder a volume run writes when training starts); "
+    if state is None and str(config.data.root).lower().endswith((".csv", ".tsv")):
+        raise UserError(f"{run_dir}: no {STATE_FILE} (the covariate encoder a run writes when training starts); "
                         "train the run again with `covfuse fit`")
     module = load_module(checkpoint_path(run_dir, args.ckpt))
-    predict = _predict_volumes if state is not None else _predict_images
+    # CelebA runs take raw 0/1 attributes and an image CSV; every other source goes through its
+    # table: the saved encoder and preprocessing, as `covfuse test` reads the data.
+    celeba = state is None or state.get("format") == "celeba"
+    predict = _predict_images if celeba else _predict_volumes
     header, rows = predict(args, run_dir, module, state, precision)
     out = csv.writer(sys.stdout, lineterminator="\n")  # written only once everything succeeded
     out.writerow(header)

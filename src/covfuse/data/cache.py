@@ -1,11 +1,18 @@
-"""A uint8 memmap cache of decoded, cropped, resized images: (N, 3, S, S), one file per size and preset.
+"""A memmap cache of decoded, cropped, resized 2D images: (N, C, S, S), one file per size and preset.
+
+Any image table (:class:`~covfuse.data.table.SampleTable`) has one; a :class:`CelebAMeta` is read
+as its table. uint8 for 8-bit sources (``.u8``), uint16 for 16-bit ones (``.u16``: radiographs,
+DICOM; the cache keeps 16-bit data 16-bit); C is 3 (RGB) or 1 (greyscale).
+
 
 Where: ``<folder holding the text files>/.covfuse-cache/`` by default (``ROOT/.covfuse-cache`` or
 ``ROOT/celeba/.covfuse-cache``), or any ``cache_dir``. Files for size S and preset P:
 
-* ``celeba-P-S.u8``: raw uint8, C order, shape (N, 3, S, S), row i = ``meta.filenames[i]``;
-* ``celeba-P-S.json``: what it holds (shape, size, preset, crop, count, the md5 of the three text
-  files it was built from, the decoder). Written last: a cache without it is not a cache.
+* ``F-P-S.u8`` (F the table's format: ``celeba``, ``manifest``, ...): raw uint8, C order, shape
+  (N, C, S, S), row i = the table's file i;
+* ``F-P-S.json``: what it holds (shape, size, preset, crop, count, the md5 of the source files it was
+  built from — CelebA's three text files, or the manifest plus every image's size and mtime — the
+  decoder). Written last: a cache without it is not a cache.
 
 Building writes ``celeba-P-S.u8.partial`` plus ``celeba-P-S.progress.json`` (the chunks done so
 far, rewritten atomically after each chunk), so an interrupted build resumes where it stopped;
@@ -26,7 +33,7 @@ import torch
 
 from covfuse.data._workers import default_workers, run_chunks
 from covfuse.data.celeba import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
-from covfuse.data.decode import PRESETS, check_preset, check_size
+from covfuse.data.decode import PRESETS, check_preset, check_size, decode_image
 from covfuse.data.decode import fill_chunk as _fill_chunk  # module-level name: tests patch it
 from covfuse.errors import UserError
 
@@ -46,27 +53,69 @@ def md5sum(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def cache_paths(meta: CelebAMeta, size: int, preset: str, cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+def as_table(source):
+    """A :class:`SampleTable` of 2D images: ``source`` itself, or a :class:`CelebAMeta`'s table."""
+    if isinstance(source, CelebAMeta):
+        from covfuse.data.readers.celeba import table_from_meta
+
+        return table_from_meta(source)
+    if getattr(source, "kind", "image") != "image":
+        raise UserError(f"{source.path}: the image cache holds 2D images; volumes have their own cache")
+    return source
+
+
+def _layout(table, size: int, preset: str) -> tuple[int, str]:
+    """(channels, dtype) of the decoded images: CelebA is RGB uint8; otherwise the first file decides."""
+    if table.format == "celeba":
+        return 3, "uint8"
+    from covfuse.data.samples import _decoder
+
+    decode = _decoder(table) or decode_image
+    first = decode(table.files[0], size, preset)
+    return int(first.shape[0]), str(first.dtype)
+
+
+def cache_paths(source, size: int, preset: str, cache_dir: str | os.PathLike | None = None,
+                dtype: str = "uint8") -> tuple[Path, Path]:
     """(data file, metadata JSON) for this size and preset."""
-    folder = Path(cache_dir) if cache_dir is not None else meta.root / CACHE_DIRNAME
-    stem = f"celeba-{check_preset(preset)}-{check_size(size)}"
-    return folder / f"{stem}.u8", folder / f"{stem}.json"
+    table = as_table(source)
+    folder = Path(cache_dir) if cache_dir is not None else table.root / CACHE_DIRNAME
+    stem = f"{table.format}-{check_preset(preset)}-{check_size(size)}"
+    return folder / f"{stem}.{SUFFIX[dtype]}", folder / f"{stem}.json"
 
 
-def _description(meta: CelebAMeta, size: int, preset: str) -> dict:
+SUFFIX = {"uint8": "u8", "uint16": "u16"}
+
+
+def _fingerprint(table) -> dict:
+    """The md5 of what identifies the table's content: its source files, and for tables other than the
+    checksummed CelebA release every image's size and modification time."""
+    out = {Path(p).name: md5sum(Path(p)) for p in table.sources}
+    if table.format != "celeba":
+        h = hashlib.md5()
+        for f in table.files:
+            st = os.stat(f)
+            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        out["files"] = h.hexdigest()
+    return out
+
+
+def _description(source, size: int, preset: str, layout: tuple[int, str] | None = None) -> dict:
+    table = as_table(source)
+    channels, dtype = layout or _layout(table, size, preset)
     crop = "central square of side min(W, H)" if PRESETS[preset]["crop"] == "square" else "none (whole image)"
     return {
         "format": FORMAT,
         "version": VERSION,
-        "dtype": "uint8",
-        "shape": [len(meta), 3, size, size],
-        "count": len(meta),
+        "dtype": dtype,
+        "shape": [len(table), channels, size, size],
+        "count": len(table),
         "size": size,
         "preset": preset,
         "crop": crop,
         "resize": "bilinear (PIL, after libjpeg draft downscaling)",
         "decoder": f"Pillow {PIL.__version__}",
-        "sources": {name: md5sum(meta.root / name) for name in SOURCE_FILES},
+        "sources": _fingerprint(table),
     }
 
 
@@ -84,7 +133,8 @@ class ImageCache:
     @property
     def array(self) -> np.memmap:
         if self._array is None:  # opened lazily, so pickling to DataLoader workers copies no data
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
+            self._array = np.memmap(self.path, dtype=np.dtype(self.info.get("dtype", "uint8")), mode="r",
+                                    shape=self.shape)
         return self._array
 
     def __getstate__(self) -> dict:
@@ -108,7 +158,7 @@ class ImageCache:
         """
         rows = np.asarray(rows, dtype=np.int64)
         flips = np.zeros(len(rows), dtype=bool) if flip is None else np.asarray(flip, dtype=bool)
-        out = np.empty((len(rows),) + tuple(self.shape[1:]), dtype=np.uint8)
+        out = np.empty((len(rows),) + tuple(self.shape[1:]), dtype=np.dtype(self.info.get("dtype", "uint8")))
         array = self.array
         for j in np.argsort(rows, kind="stable").tolist():
             out[j] = array[rows[j], :, :, ::-1] if flips[j] else array[rows[j]]
@@ -116,10 +166,19 @@ class ImageCache:
 
 
 def open_cache(
-    meta: CelebAMeta, size: int, preset: str = "center-crop", cache_dir: str | os.PathLike | None = None
+    meta, size: int, preset: str = "center-crop", cache_dir: str | os.PathLike | None = None
 ) -> ImageCache | None:
-    """The cache for ``meta`` at ``size``/``preset`` if it exists and matches the text files, else None."""
+    """The cache for ``meta`` (a table or a CelebAMeta) at ``size``/``preset`` if it exists and matches
+    its sources, else None."""
+    meta = as_table(meta)
     data, info_path = cache_paths(meta, size, preset, cache_dir)
+    if not info_path.is_file():
+        log.debug("no image cache at %s", data)
+        return None
+    try:
+        data = data.with_suffix("." + SUFFIX[json.loads(info_path.read_text()).get("dtype", "uint8")])
+    except (OSError, ValueError, KeyError):
+        pass
     if not info_path.is_file() or not data.is_file():
         log.debug("no image cache at %s", data)
         return None
@@ -128,14 +187,15 @@ def open_cache(
     except (OSError, ValueError) as exc:
         log.warning("ignoring image cache at %s: unreadable metadata (%s)", data, exc)
         return None
-    expected = _description(meta, size, preset)
+    layout = (int(info["shape"][1]), str(info.get("dtype", "uint8"))) if isinstance(info.get("shape"), list) and len(info["shape"]) == 4 else None
+    expected = _description(meta, size, preset, layout)
     problems = [k for k in ("format", "version", "shape", "size", "preset", "sources") if info.get(k) != expected[k]]
-    if not problems and data.stat().st_size != int(np.prod(expected["shape"])):
+    if not problems and data.stat().st_size != int(np.prod(expected["shape"])) * np.dtype(expected["dtype"]).itemsize:
         problems = ["file size"]
     if problems:
         log.warning(
             "ignoring image cache at %s: its %s do(es) not match the data; rebuild it with `covfuse data cache %s --size %d --preset %s`",
-            data, ", ".join(problems), meta.root, size, preset,
+            data, ", ".join(problems), meta.path if meta.format != "celeba" else meta.root, size, preset,
         )
         return None
     log.info("using image cache at %s", data)
@@ -168,18 +228,19 @@ def build_cache(
     from tqdm import tqdm
 
     size, preset = check_size(size), check_preset(preset)
+    meta = as_table(meta)
     existing = None if rebuild else open_cache(meta, size, preset, cache_dir)
     if existing is not None:
         return existing
-    data, info_path = cache_paths(meta, size, preset, cache_dir)
+    desc = _description(meta, size, preset)
+    data, info_path = cache_paths(meta, size, preset, cache_dir, desc["dtype"])
     made_folder = not data.parent.exists()
     try:
         data.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{data.parent}: cannot create the cache folder ({exc.strerror}); pass --cache-dir DIR") from None
     partial = data.with_name(data.name + ".partial")
-    marker = data.with_name(data.name[: -len(".u8")] + ".progress.json")
-    desc = _description(meta, size, preset)
+    marker = data.with_name(data.stem + ".progress.json")
     shape, n = tuple(desc["shape"]), len(meta)
     starts = list(range(0, n, chunk))
 
@@ -195,12 +256,13 @@ def build_cache(
             log.info("resuming image cache build at %s: %d of %d chunks done", data, len(done), len(starts))
     if not done:
         with open(partial, "wb") as f:  # sparse file of the final size
-            f.truncate(int(np.prod(shape)))
+            f.truncate(int(np.prod(shape)) * np.dtype(desc["dtype"]).itemsize)
     info_path.unlink(missing_ok=True)  # whatever was there is being replaced
 
     todo = [s for s in starts if s not in done]
     tasks = [
-        (str(partial), shape, s, [str(meta.image_dir / f) for f in meta.filenames[s : s + chunk]], size, preset)
+        (str(partial), shape, s, [str(f) for f in meta.files[s : s + chunk]], size, preset, desc["dtype"],
+         meta.format != "celeba")
         for s in todo
     ]
     workers = default_workers(len(todo) * chunk) if workers is None else workers

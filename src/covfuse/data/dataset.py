@@ -1,4 +1,4 @@
-"""The CelebA dataset: uint8 images (from JPEGs or the memmap cache), covariates and a target by name."""
+"""2D image datasets: uint8/uint16 images (from files or the memmap cache) with covariates and a target."""
 from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
@@ -9,7 +9,7 @@ from torch.utils.data import Dataset, default_collate
 
 from covfuse.data.celeba import CelebAMeta
 from covfuse.data.decode import decode_image
-from covfuse.data.transforms import DEFAULT_PRESET, check_preset, check_size, hflip, load_image
+from covfuse.data.transforms import DEFAULT_PRESET, check_preset, check_size, hflip
 from covfuse.errors import UserError
 
 
@@ -61,19 +61,99 @@ def collate_grouped(samples: Any) -> Any:
             for k, v in batch.items()}
 
 
-class CelebADataset(Dataset):
-    """Rows ``indices`` of ``meta`` as samples ``{"image", "covariates", "target", "index"}``.
+class ImageDataset(Dataset):
+    """Rows ``indices`` of a list of 2D image ``files`` as samples ``{"image", "covariates", "target", "index"}``.
 
-    ``image`` is uint8 (3, S, S) (normalise on the device with
+    ``image`` is uint8 or uint16 (C, S, S) as the files hold them (normalise on the device with
     :func:`covfuse.data.transforms.normalize`), ``covariates`` float32 (K,), ``target`` float32 (),
-    ``index`` int64 () — the row in ``meta`` (file name: ``meta.filenames[index]``). With
-    ``train=True`` each image is mirrored left-right with probability 1/2 (torch's RNG, which
-    DataLoader seeds per worker). With ``cache`` (an :class:`~covfuse.data.cache.ImageCache` of
-    the same size and preset) images come from the memmap instead of the JPEGs.
+    ``index`` int64 () — the row in ``files``. ``targets`` (N,) and ``covariates`` (N, K) are indexed
+    by row. With ``train=True`` each image is mirrored left-right with probability 1/2 (torch's RNG,
+    which DataLoader seeds per worker). With ``cache`` (an :class:`~covfuse.data.cache.ImageCache` of
+    the same size and preset, row i = ``files[i]``) images come from the memmap instead of the files.
+    ``decode(path, size, preset)`` turns a file into an array (default: :func:`decode_image`, RGB uint8).
 
     ``__getitems__`` serves a whole batch with one memmap read when cached; DataLoader uses it
     automatically.
     """
+
+    def __init__(self, files: Sequence, indices: Sequence[int] | np.ndarray, targets: np.ndarray, covariates: np.ndarray,
+                 image_size: int = 64, preset: str = DEFAULT_PRESET, train: bool = False, cache=None, decode=None):
+        self.files = files
+        self.image_size = check_size(image_size)
+        self.preset = check_preset(preset)
+        self.train = bool(train)
+        self.decode = decode or decode_image
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (len(idx) and not np.issubdtype(idx.dtype, np.integer)):
+            raise UserError(f"indices must be a 1-D sequence of row numbers, got shape {idx.shape} dtype {idx.dtype}")
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(files)):
+            raise UserError(f"indices must lie in 0..{len(files) - 1}, got {idx.min()}..{idx.max()}")
+        self.indices = idx.astype(np.int64)
+        self._targets = torch.from_numpy(np.ascontiguousarray(np.asarray(targets, dtype=np.float32)[self.indices]))
+        self._covariates = torch.from_numpy(np.ascontiguousarray(
+            np.asarray(covariates, dtype=np.float32).reshape(len(files), -1)[self.indices]))
+        self._rows = torch.from_numpy(self.indices)
+        if cache is not None and (cache.size != self.image_size or cache.preset != self.preset or len(cache) != len(files)):
+            raise UserError(
+                f"image cache {cache.path} holds {len(cache)} images at {cache.size} px ({cache.preset}); "
+                f"this dataset needs {len(files)} at {self.image_size} px ({self.preset})"
+            )
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _source(self) -> str:
+        return f"cache {self.cache.path}" if self.cache is not None else "image files"
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self)} images, size={self.image_size}, preset={self.preset!r}, "
+                f"train={self.train}, from {self._source()})")
+
+    def _sample(self, i: int, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"image": image, "covariates": self._covariates[i], "target": self._targets[i], "index": self._rows[i]}
+
+    def _load(self, row: int) -> np.ndarray:
+        return self.decode(self.files[row], self.image_size, self.preset)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        row = int(self.indices[i])
+        image = self.cache[row] if self.cache is not None else torch.from_numpy(self._load(row))
+        if self.train and torch.rand(()) < 0.5:
+            image = hflip(image)
+        return self._sample(i, image)
+
+    def __getitems__(self, items: list[int]) -> SampleBatch:
+        """A batch of samples as batched tensors (use :func:`collate` as the DataLoader's ``collate_fn``).
+
+        From the cache this is one sorted memmap read instead of B; from files each image is
+        decoded straight into its row of the batch.
+        """
+        pos = np.asarray(items, dtype=np.int64)
+        if len(pos) and (pos.min() < -len(self) or pos.max() >= len(self)):
+            raise IndexError(f"indices out of range for {len(self)} images")
+        pos = pos % max(len(self), 1)
+        flip = (torch.rand(len(pos)) < 0.5).numpy() if self.train else None
+        if self.cache is not None:
+            images = self.cache.get_batch(self.indices[pos], flip=flip)
+        else:
+            out = None
+            for j, row in enumerate(self.indices[pos].tolist()):
+                image = self._load(row)
+                if out is None:
+                    out = np.empty((len(pos), *image.shape), dtype=image.dtype)
+                out[j] = image[:, :, ::-1] if flip is not None and flip[j] else image
+            images = torch.from_numpy(out if out is not None else np.empty((0, 3, self.image_size, self.image_size), np.uint8))
+        t = torch.from_numpy(pos)
+        return SampleBatch({"image": images, "covariates": self._covariates[t], "target": self._targets[t],
+                            "index": self._rows[t]})
+
+
+class CelebADataset(ImageDataset):
+    """The rows ``indices`` of a CelebA folder with a target and covariate attributes by name (values 0/1):
+    :class:`ImageDataset` over ``meta``'s JPEGs, or its memmap cache."""
 
     def __init__(
         self,
@@ -87,72 +167,29 @@ class CelebADataset(Dataset):
         cache=None,
     ):
         self.meta = meta
-        self.image_size = check_size(image_size)
-        self.preset = check_preset(preset)
-        self.train = bool(train)
-        idx = np.asarray(indices)
-        if idx.ndim != 1 or (len(idx) and not np.issubdtype(idx.dtype, np.integer)):
-            raise UserError(f"indices must be a 1-D sequence of row numbers, got shape {idx.shape} dtype {idx.dtype}")
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(meta)):
-            raise UserError(f"indices must lie in 0..{len(meta) - 1}, got {idx.min()}..{idx.max()}")
-        self.indices = idx.astype(np.int64)
         y, c, selection = meta.select(target, covariates)
         self.target_name, self.covariate_names = selection.target, list(selection.covariates)
-        self._targets = torch.from_numpy(y[self.indices])
-        self._covariates = torch.from_numpy(c[self.indices])
-        self._rows = torch.from_numpy(self.indices)
-        if cache is not None and (cache.size != self.image_size or cache.preset != self.preset or len(cache) != len(meta)):
-            raise UserError(
-                f"image cache {cache.path} holds {len(cache)} images at {cache.size} px ({cache.preset}); "
-                f"this dataset needs {len(meta)} at {self.image_size} px ({self.preset})"
-            )
-        self.cache = cache
+        files = _CelebAFiles(meta)
+        super().__init__(files, indices, y, c, image_size, preset, train, cache)
 
-    def __len__(self) -> int:
-        return len(self.indices)
+    def _source(self) -> str:
+        return f"cache {self.cache.path}" if self.cache is not None else f"JPEGs in {self.meta.image_dir}"
 
     def __repr__(self) -> str:
-        source = f"cache {self.cache.path}" if self.cache is not None else f"JPEGs in {self.meta.image_dir}"
         return (
             f"CelebADataset({len(self)} images, target={self.target_name!r}, covariates={self.covariate_names}, "
-            f"size={self.image_size}, preset={self.preset!r}, train={self.train}, from {source})"
+            f"size={self.image_size}, preset={self.preset!r}, train={self.train}, from {self._source()})"
         )
 
-    def _sample(self, i: int, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"image": image, "covariates": self._covariates[i], "target": self._targets[i], "index": self._rows[i]}
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} images")
-        row = int(self.indices[i])
-        if self.cache is not None:
-            image = self.cache[row]
-        else:
-            image = load_image(self.meta.image_dir / self.meta.filenames[row], self.image_size, self.preset)
-        if self.train and torch.rand(()) < 0.5:
-            image = hflip(image)
-        return self._sample(i, image)
+class _CelebAFiles(Sequence):
+    """``meta``'s image paths, made on demand (200k Path objects would cost ~100 MB)."""
 
-    def __getitems__(self, items: list[int]) -> SampleBatch:
-        """A batch of samples as batched tensors (use :func:`collate` as the DataLoader's ``collate_fn``).
+    def __init__(self, meta: CelebAMeta):
+        self.meta = meta
 
-        From the cache this is one sorted memmap read instead of B; from JPEGs each image is
-        decoded straight into its row of the batch.
-        """
-        pos = np.asarray(items, dtype=np.int64)
-        if len(pos) and (pos.min() < -len(self) or pos.max() >= len(self)):
-            raise IndexError(f"indices out of range for {len(self)} images")
-        pos = pos % max(len(self), 1)
-        flip = (torch.rand(len(pos)) < 0.5).numpy() if self.train else None
-        if self.cache is not None:
-            images = self.cache.get_batch(self.indices[pos], flip=flip)
-        else:
-            s = self.image_size
-            out = np.empty((len(pos), 3, s, s), dtype=np.uint8)
-            for j, row in enumerate(self.indices[pos].tolist()):
-                image = decode_image(self.meta.image_dir / self.meta.filenames[row], s, self.preset)
-                out[j] = image[:, :, ::-1] if flip is not None and flip[j] else image
-            images = torch.from_numpy(out)
-        t = torch.from_numpy(pos)
-        return SampleBatch({"image": images, "covariates": self._covariates[t], "target": self._targets[t],
-                            "index": self._rows[t]})
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.meta.image_dir / self.meta.filenames[i]

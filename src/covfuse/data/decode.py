@@ -159,12 +159,17 @@ def _upsample(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.
     return out[0].numpy()
 
 
-def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int, preset: str) -> int:
-    """Cache worker: decode ``files`` into rows ``start...`` of the uint8 memmap at ``path``."""
-    array = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
+def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int, preset: str,
+               dtype: str = "uint8", any_format: bool = False) -> int:
+    """Cache worker: decode ``files`` into rows ``start...`` of the memmap at ``path`` (JPEG/PIL decoding,
+    or with ``any_format`` covfuse.data.decoders for PNG/TIFF/DICOM of any depth)."""
+    decode = decode_image
+    if any_format:
+        from covfuse.data.decoders import decode_file as decode
+    array = np.memmap(path, dtype=np.dtype(dtype), mode="r+", shape=shape)
     for i, file in enumerate(files):
         try:
-            array[start + i] = decode_image(file, size, preset)
+            array[start + i] = decode(file, size, preset)
         except CorruptImage as exc:
             raise UserError(f"{file}: cannot decode the image ({exc.reason}); `covfuse data verify` lists all such "
                             "files; --skip-corrupt leaves them out (with data.cache off)") from None

@@ -1,4 +1,13 @@
-"""The LightningDataModule: CelebA-format folder -> splits -> datasets -> loaders, with the covariate controls.
+"""The one LightningDataModule: any source's sample table -> subject splits -> encoded covariates -> loaders.
+
+``data.root`` is read by :func:`covfuse.data.readers.read_table` (a CelebA folder, an image or
+volume manifest, a BIDS dataset); from the table on, nothing here knows a file format: the target
+and covariates are encoded with the table's functions (statistics from the training split only),
+splits and folds keep each subject on one side and come from ``data.split_seed``'s shuffle when
+the source has no split, and :mod:`covfuse.data.samples` builds the datasets and caches. The
+encoder, the class list and the preprocessing are the module's :meth:`~CovfuseDataModule.state`,
+written to the run folder as ``data_state.json`` and passed back by ``covfuse test``/``predict``,
+so evaluation never refits them on other rows.
 
 ``covariates_mode`` replaces what the model sees as covariates, in every split, without touching
 the images or the labels: ``zeros`` / ``ones`` (constant covariates: the model cannot use them),
@@ -14,11 +23,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import json
+from pathlib import Path
+
 from covfuse.data.dataset import SampleBatch, collate, collate_grouped
 from covfuse.errors import UserError
 from covfuse.training.config import DataConfig
 
 SPLITS = ("train", "valid", "test")
+STATE_FILE = "data_state.json"
 MODES = ("real", "zeros", "ones", "shuffled")
 
 
@@ -130,129 +143,177 @@ class SplitLoaders:
         return [self._loader(split) for split in splits]
 
 
+def make_datamodule(cfg: DataConfig, seed: int = 0, pin_memory: bool = False, state: dict | None = None,
+                    head: str = "binary") -> "CovfuseDataModule":
+    """The data module for ``cfg`` (kept as a function: older code and tests call it)."""
+    return CovfuseDataModule(cfg, seed=seed, pin_memory=pin_memory, state=state, head=head)
+
+
+def read_state(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
-    """Reads the folder once per process, splits it, and serves train/valid/test loaders."""
+    """Reads the source once per process, splits it by subject and serves train/valid/test loaders.
 
-    # Batches come ready-made from CelebADataset.__getitems__; training batches are grouped by
-    # covariate row, which spares hybrid convs a copy of their input at every layer.
-    train_collate = staticmethod(collate_grouped)
-    eval_collate = staticmethod(collate)
+    Args:
+        data: the data config; ``root`` is the source, ``image_size`` the side in pixels/voxels.
+        seed: the run seed (the training order, augmentation and the covariate controls). Splits and
+            folds do not depend on it.
+        state: a previous :meth:`state` (encoder + classes) to reuse instead of fitting.
+        head: the model's head: binary/two-class (two classes), multiclass (three or more) or
+            regression (a numeric target).
+    """
 
-    def __init__(self, data: DataConfig | dict[str, Any], seed: int = 0, pin_memory: bool = False):
+    def __init__(self, data: DataConfig | dict[str, Any], seed: int = 0, pin_memory: bool = False,
+                 state: dict | None = None, head: str = "binary"):
         super().__init__()
         self.cfg = data if isinstance(data, DataConfig) else DataConfig(**data)
-        self.seed = seed
-        self.pin_memory = pin_memory
-        self.meta = None
+        self.seed, self.pin_memory, self.given_state, self.head = seed, pin_memory, state, head
+        self.table = None
+        self.meta = None  # the CelebA metadata for CelebA folders, else the table (set by setup)
         self.indices: dict[str, np.ndarray] = {}
         self.datasets: dict[str, Dataset] = {}
         self.covariate_names: list[str] = []
         self.target_name = self.cfg.target
-        self.covariates_real: np.ndarray | None = None  # (N, K) float32, metadata order
+        self.classes: list[str] = []
+        self.encoder = None
+        self.covariates_real: np.ndarray | None = None  # (N, K) float32, table order
         self.labels: np.ndarray | None = None  # (N,) float32
-        self.skipped: list[str] = []  # file names left out by skip_corrupt
+        self.skipped: list[str] = []  # files left out by skip_corrupt
 
     # -- preparation -----------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        """With ``cache: build``, decode every image into the uint8 memmap cache once (rank 0)."""
-        if self.cfg.cache != "build":
-            return
-        from covfuse.data import build_cache, read_celeba
-
-        build_cache(read_celeba(self._root()), self.cfg.image_size, self.cfg.preset)
-
     def _root(self) -> str:
         if not self.cfg.root:
-            raise UserError("no data folder: set data.root in the config or pass --data.root DIR")
+            raise UserError("no data: set data.root in the config or pass --data.root (a CelebA folder, a manifest "
+                            "CSV or a BIDS folder)")
         return self.cfg.root
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.meta is not None:
+    def settings(self):
+        from covfuse.data.samples import settings
+
+        return settings(self.cfg)
+
+    def read_table(self):
+        from covfuse.data.readers import read_table
+
+        return read_table(self._root())
+
+    def prepare_data(self) -> None:
+        """With ``cache: build``, decode every file into the memmap cache once (rank 0)."""
+        if self.cfg.cache != "build":
             return
-        from covfuse.data import read_celeba
-        from covfuse.data.dataset import CelebADataset
+        from covfuse.data.samples import build_cache
+
+        build_cache(self.read_table(), self.settings())
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        from covfuse.data.samples import check_files, make_dataset, open_cache
+        from covfuse.data.table import CovariateEncoder, check_selection, encode_target
 
         cfg = self.cfg
-        root = self._root()
         if cfg.covariates_mode not in MODES:
             raise UserError(f"unknown covariates_mode {cfg.covariates_mode!r}; choose from {', '.join(MODES)}")
-        meta = read_celeba(root)
-        labels, real, selection = meta.select(cfg.target, cfg.covariates)
-        self.meta, self.labels, self.covariates_real = meta, labels, real
-        self.target_name, self.covariate_names = selection.target, list(selection.covariates)
-        self.indices = self._split_indices(meta)
-        cache = self._cache(meta)
+        table = self.read_table()
+        if table.format == "celeba" and self.head not in ("binary", "two-class"):
+            raise UserError(f"model.head {self.head} needs a manifest or BIDS dataset as data.root; CelebA attributes "
+                            "are binary: use head binary or two-class")
+        covariates = [c.strip() for c in cfg.covariates.split(",") if c.strip()] if isinstance(cfg.covariates, str) \
+            else list(cfg.covariates)
+        self.target_name, covariates = check_selection(table, cfg.target, covariates)
+        state = self.given_state or {}
+        regression = self.head == "regression"
+        labels, self.classes = encode_target(table, self.target_name, "regression" if regression else "classification",
+                                             None if regression else (state.get("classes") or cfg.classes))
+        where = table.root if table.format == "celeba" else table.path
+        if self.head == "multiclass" and len(self.classes) < 3:
+            raise UserError(f"{where}: target {self.target_name!r} has {len(self.classes)} classes "
+                            f"{self.classes}; use model.head binary for two classes")
+        if not regression and self.head != "multiclass" and len(self.classes) != 2:
+            raise UserError(f"{where}: target {self.target_name!r} has {len(self.classes)} classes "
+                            f"{self.classes}; the binary head needs two (set data.classes to pick them, "
+                            "or use model.head multiclass)")
+        if table.format == "celeba":
+            self.classes = []  # attributes are 0/1 by definition; predictions say P(attribute)
+        self.table, self.labels = table, labels
+        self.meta = table.extra.get("meta", table)
+        self.indices = self._split_indices(table, labels)
+        if "encoder" in state:
+            self.encoder = CovariateEncoder.from_dict(state["encoder"])
+        else:
+            self.encoder = CovariateEncoder.fit(table, covariates, self.indices["train"], cfg.categorical)
+        real = self.encoder.transform(table)
+        self.covariates_real, self.covariate_names = real, self.encoder.feature_names
+        settings = self.settings()
+        cache = None if cfg.cache == "off" else open_cache(table, settings)
         if cache is None:
-            self._check_images(meta)
+            self._check_files(table)
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
-            dataset = CelebADataset(
-                meta, idx, self.target_name, self.covariate_names, image_size=cfg.image_size, preset=cfg.preset,
-                train=(split == "train" and cfg.augment), cache=cache,
-            )
+            feed = real
             if cfg.covariates_mode != "real":
-                table = np.zeros_like(real)
-                table[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
-                dataset = ControlledCovariates(dataset, table)
-            self.datasets[split] = dataset
+                feed = np.zeros_like(real)
+                feed[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
+            self.datasets[split] = make_dataset(table, idx, feed, labels, settings,
+                                                train=(split == "train" and cfg.augment), cache=cache)
 
-    def _split_indices(self, meta) -> dict[str, np.ndarray]:
-        from covfuse.data import splits
+    def _check_files(self, table) -> None:
+        import os
+
+        from covfuse.data.samples import check_files
+
+        rows = np.concatenate([self.indices[s] for s in SPLITS])
+        bad = check_files(table, rows, self.cfg.skip_corrupt)
+        if bad:
+            keep = {s: np.array([r for r in idx if str(table.files[int(r)]) not in bad], dtype=np.int64)
+                    for s, idx in self.indices.items()}
+            self.skipped = sorted(os.path.basename(p) for p in bad)
+            for split, idx in keep.items():
+                if len(idx) == 0:
+                    raise UserError(f"{table.root}: every file of the {split} split fails to decode")
+            self.indices = keep
+
+    def _split_indices(self, table, labels: np.ndarray) -> dict[str, np.ndarray]:
+        from covfuse.data.table import subject_folds, subject_split
 
         cfg = self.cfg
+        split_seed = getattr(cfg, "split_seed", 0)
+        split = subject_split(table, split_seed)
         if cfg.folds == 0:
-            out = {split: np.asarray(splits.official_indices(meta, split)) for split in SPLITS}
+            out = {name: np.flatnonzero(split == k).astype(np.int64) for k, name in enumerate(SPLITS)}
         else:
             if cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds:
                 raise UserError(f"data.folds must be 0 or >= 2 and data.fold in 0..folds-1, got folds={cfg.folds}, fold={cfg.fold}")
-            folds = list(splits.kfold_indices(meta, cfg.folds, self.seed, cfg.target))
-            train, valid = folds[cfg.fold]
-            out = {"train": np.asarray(train), "valid": np.asarray(valid),
-                   "test": np.asarray(splits.official_indices(meta, "test"))}
-        for split, idx in out.items():
+            stratify = None if self.head == "regression" else labels  # classes, not continuous values
+            train, valid = subject_folds(table, split, cfg.folds, split_seed, stratify=stratify)[cfg.fold]
+            out = {"train": train, "valid": valid, "test": np.flatnonzero(split == 2).astype(np.int64)}
+        where = table.root if table.format == "celeba" else table.path
+        for name, idx in out.items():
             if len(idx) == 0:
-                raise UserError(f"{meta.root}: the {split} split is empty; every split needs images")
+                raise UserError(f"{where}: the {name} split is empty; every split needs subjects")
         return out
 
-    def _check_images(self, meta) -> None:
-        """Without a cache the JPEGs are decoded during training: refuse empty files now (a stat each), and with
-        ``skip_corrupt`` decode every image once and leave out those that fail (named in ``skipped``)."""
-        import os
+    def target_stats(self) -> dict[str, float]:
+        """Mean and sd of the training split's target (regression standardises with them)."""
+        y = self.labels[self.indices["train"]].astype(np.float64)
+        sd = float(y.std(ddof=1)) if len(y) > 1 else 1.0
+        return {"mean": float(y.mean()), "sd": sd if sd > 0 else 1.0}
 
-        from covfuse.data.decode import CorruptImage
+    def state(self) -> dict:
+        """What evaluation must reuse: the fitted covariate encoder, the class order, the preprocessing."""
+        from covfuse.data.samples import describe
 
-        rows = np.concatenate([self.indices[s] for s in SPLITS])
-        paths = [str(meta.image_dir / meta.filenames[int(r)]) for r in rows]
-        if self.cfg.skip_corrupt:
-            from covfuse.data._workers import default_workers, run_chunks
-            from covfuse.data.decode import find_unreadable
-
-            chunks = [(paths[i : i + 256],) for i in range(0, len(paths), 256)]
-            bad = {p for _, found in run_chunks(find_unreadable, chunks, default_workers(len(paths))) for p in found}
-            if bad:
-                keep = {s: np.array([r for r in idx if str(meta.image_dir / meta.filenames[int(r)]) not in bad],
-                                    dtype=np.int64) for s, idx in self.indices.items()}
-                self.skipped = sorted(os.path.basename(p) for p in bad)
-                for split, idx in keep.items():
-                    if len(idx) == 0:
-                        raise UserError(f"{meta.image_dir}: every image of the {split} split fails to decode")
-                self.indices = keep
-            return
-        empty = [p for p in paths if os.path.getsize(p) == 0]
-        if empty:
-            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
-            raise CorruptImage(empty[0], f"empty file, 0 bytes{more}")
-
-    def _cache(self, meta):
-        if self.cfg.cache == "off":
-            return None
-        from covfuse.data.cache import open_cache
-
-        return open_cache(meta, self.cfg.image_size, self.cfg.preset)
+        return {"encoder": self.encoder.to_dict(), "classes": self.classes, "target": self.target_name,
+                "kind": self.table.kind, "format": self.table.format,
+                "preprocessing": describe(self.table, self.settings())}
 
     def filenames(self, index: np.ndarray) -> list[str]:
-        return [self.meta.filenames[int(i)] for i in index]
+        """Each row's id in predictions.csv: the CelebA file name, or the manifest's ``path``."""
+        return self.table.row_ids(index)
 
     def groups(self, index: np.ndarray) -> np.ndarray:
-        """The person behind each row (CelebA identity): the unit every interval resamples."""
-        return self.meta.identity[np.asarray(index, dtype=np.int64)]
+        """The person behind each row (CelebA identity, subject): the unit every interval resamples."""
+        return self.table.subjects[np.asarray(index, dtype=np.int64)]

@@ -1,4 +1,4 @@
-"""Predictions for NIfTI volumes from a run trained on a manifest (``covfuse predict`` on a volume run).
+"""Predictions for a table of files (volumes or 2D images) from a run trained on a table (``covfuse predict``).
 
 Everything comes from the run folder, nothing is refitted: the covariate encoder fitted on the
 training split and the preprocessing (``data_state.json``), the model (the checkpoint). Raw
@@ -56,8 +56,9 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
                                 "(the run was trained on numbers; give a number, or leave it empty for missing)")
             if extrapolate:
                 continue
-            z = float(np.float32((number - spec["mean"]) / spec["std"]))  # as CovariateEncoder.transform
-            raw = lambda v: spec["mean"] + spec["std"] * v  # noqa: E731
+            mean, std = (0.0, 1.0) if spec["kind"] == "binary" else (spec["mean"], spec["std"])
+            z = float(np.float32((number - mean) / std))  # as CovariateEncoder.transform
+            raw = lambda v: mean + std * v  # noqa: E731
             if "values" in info and z not in info["values"]:
                 # The training table also holds 0 (the imputed mean) when the covariate has missing
                 # values; it is accepted (the encoder maps the mean there) but not listed as a choice.
@@ -79,21 +80,20 @@ def encoder_of(module: CovfuseModule, state: dict, run_dir: Path) -> CovariateEn
 
 
 def check_volumes(manifest: Manifest, where: Callable[[int], str]) -> None:
-    """Every file is a readable 3-D NIfTI (headers only), so a bad row fails, naming itself with
-    ``where(i)``, before any volume is read."""
-    from covfuse.data.volume_io import volume_shape
+    """Every file is readable before any is decoded, a bad row naming itself with ``where(i)``: volumes
+    by their NIfTI headers, 2D images by existing and not being empty (a decode error names the file)."""
+    from covfuse.data.samples import check_readable
 
-    for i, file in enumerate(manifest.files):
-        volume_shape(file, where(i))
+    check_readable(manifest, where)
 
 
 def predict_volumes(module: CovfuseModule, state: dict, manifest: Manifest, encoder: CovariateEncoder, *,
                     batch_size: int = 8, accelerator: str = "auto", precision: str | None = None) -> np.ndarray:
     """The module's prediction per manifest row, in order ((N,) or (N, C); see ``run_predict``): the
-    rows encoded by ``encoder`` and the volumes preprocessed and fed as ``covfuse test`` feeds its splits."""
-    from covfuse.data.volume_io import Preprocessing, VolumeDataset
+    rows encoded by ``encoder`` and the files read as ``covfuse test`` reads its splits (the same dataset)."""
+    from covfuse.data.samples import make_dataset, settings_from_state
 
     covariates = model_covariates(module, encoder.transform(manifest))
-    settings = Preprocessing(**state["preprocessing"])
-    dataset = VolumeDataset(manifest.files, np.arange(len(manifest)), covariates, np.zeros(len(manifest)), settings)
+    dataset = make_dataset(manifest, np.arange(len(manifest)), covariates, np.zeros(len(manifest)),
+                           settings_from_state(state["preprocessing"]))
     return run_predict(module, dataset, batch_size=batch_size, accelerator=accelerator, precision=precision)

@@ -43,7 +43,7 @@ from covfuse.training.lock import LOCK_NAME, RunLock
 from covfuse.training.metrics import PRIMARY, log_loss, split_metrics, task_of_head
 from covfuse.training.module import CovfuseModule
 from covfuse.training.resume import AtomicCheckpointIO, Interruption
-from covfuse.training.volume_datamodule import STATE_FILE, make_datamodule, read_state
+from covfuse.training.datamodule import STATE_FILE, make_datamodule, read_state
 
 log = logging.getLogger("covfuse.training")
 

@@ -66,7 +66,7 @@ def load(run: str, runs_dir: str | os.PathLike = "runs", ckpt: str = "best", roo
     """(run folder, module, data module) for an explainable run; a UserError says why a run is not."""
     from covfuse.training import config as cfgmod
     from covfuse.training.run import checkpoint_path, find_run, load_module
-    from covfuse.training.volume_datamodule import make_datamodule, read_state
+    from covfuse.training.datamodule import make_datamodule, read_state
 
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}{suggest(split, SPLITS)}")

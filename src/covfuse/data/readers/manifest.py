@@ -1,0 +1,133 @@
+"""Manifest reader: a CSV/TSV with one row per image or volume file (``subject``, ``path``, columns).
+
+The manifest is the dataset (docs/data.md, "Your own data"): ``subject`` and ``path`` (relative to
+the manifest's folder) are required, ``split`` (train / valid / test) and ``session`` optional, any
+other column usable as target or covariate by name. ``path`` names NIfTI volumes (``.nii``,
+``.nii.gz``) or 2D image files (PNG, JPEG, TIFF, DICOM, BMP); one manifest holds one kind. Every
+problem is a :class:`~covfuse.errors.UserError` naming the manifest and its line.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from covfuse.data.table import RESERVED, SPLIT_NAMES, SampleTable
+from covfuse.errors import UserError, suggest
+
+REQUIRED = ("subject", "path")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
+MANIFEST_SUFFIXES = (".csv", ".tsv")
+
+
+def file_kind(name: str) -> str | None:
+    """"volume", "image" or None (not a file type covfuse reads), from the file name."""
+    lower = name.lower()
+    if lower.endswith(NIFTI_SUFFIXES):
+        return "volume"
+    if lower.endswith(IMAGE_SUFFIXES):
+        return "image"
+    return None
+
+
+def read_manifest(path: str | Path, *, check_files: bool = True) -> SampleTable:
+    """Parse and validate a manifest (see the module docstring); files are not opened here."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: manifest not found (a CSV with columns subject, path, target and covariates)")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = [h.strip() for h in next(reader, [])]
+            body = [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: not a readable CSV ({exc})") from None
+    if not header or header == [""]:
+        raise UserError(f"{path}: empty manifest; the first line must name the columns (subject, path, ...)")
+    lower = [h.lower() for h in header]
+    dupes = sorted({h for h in lower if lower.count(h) > 1})
+    if dupes:
+        raise UserError(f"{path}, line 1: column {dupes[0]!r} appears twice")
+    for name in REQUIRED:
+        if name not in lower:
+            raise UserError(f"{path}, line 1: no {name!r} column{suggest(name, header)}; required: {', '.join(REQUIRED)}")
+    header = [h.lower() if h.lower() in RESERVED else h for h in header]
+    body = [(n, row) for n, row in body if any(cell.strip() for cell in row)]  # blank lines
+    if not body:
+        raise UserError(f"{path}: the manifest lists no files")
+    columns: dict[str, list[str]] = {h: [] for h in header}
+    lines = []
+    for n, row in body:
+        if len(row) != len(header):
+            raise UserError(f"{path}, line {n}: {len(row)} fields, the header has {len(header)}")
+        for h, cell in zip(header, row):
+            columns[h].append(cell.strip())
+        lines.append(n)
+    line = np.asarray(lines, dtype=np.int64)
+    subjects = np.asarray(columns["subject"], dtype=object)
+    files, kinds = [], set()
+    for i, (rel, subject) in enumerate(zip(columns["path"], subjects)):
+        where = f"{path}, line {line[i]}"
+        if not subject:
+            raise UserError(f"{where}: empty subject")
+        if not rel:
+            raise UserError(f"{where}: empty path")
+        kind = file_kind(rel)
+        if kind is None:
+            raise UserError(f"{where}: {rel!r} is neither a NIfTI volume (.nii, .nii.gz) nor a 2D image "
+                            f"({', '.join(IMAGE_SUFFIXES)})")
+        kinds.add(kind)
+        if len(kinds) > 1:
+            raise UserError(f"{where}: {rel!r} is a {kind} but earlier rows name "
+                            f"{'volumes' if kind == 'image' else '2D images'}; one manifest holds one kind of file")
+        file = (path.parent / rel) if not Path(rel).is_absolute() else Path(rel)
+        if check_files and not file.is_file():
+            raise UserError(f"{where}: {kind} file {file} not found (paths are relative to the manifest's folder)")
+        files.append(file)
+    split = np.full(len(files), -1, dtype=np.int8)
+    if "split" in columns:
+        for i, value in enumerate(columns["split"]):
+            v = value.lower()
+            v = {"val": "valid", "validation": "valid"}.get(v, v)
+            if v not in SPLIT_NAMES:
+                raise UserError(f"{path}, line {line[i]}: split {value!r} is not one of {', '.join(SPLIT_NAMES)}")
+            split[i] = SPLIT_NAMES.index(v)
+        check_subject_splits(path, subjects, split, line)
+    return SampleTable(path, header, columns, files, subjects, split, line, kind=kinds.pop(), format="manifest",
+                       sources=(path,))
+
+
+def check_subject_splits(path: Path, subjects: np.ndarray, split: np.ndarray, line: np.ndarray) -> None:
+    """A subject stays in one split: the first row that breaks this is one line naming both rows."""
+    first: dict[str, int] = {}
+    for i, subject in enumerate(subjects):
+        j = first.setdefault(subject, i)
+        if split[j] != split[i]:
+            raise UserError(f"{path}, line {line[i]}: subject {subject} is in split {SPLIT_NAMES[split[i]]} but line "
+                            f"{line[j]} puts it in {SPLIT_NAMES[split[j]]}; a subject must stay in one split")
+
+
+def manifest_from_files(files: Sequence[str | Path], values: dict[str, str]) -> SampleTable:
+    """A table for files named one by one (``covfuse predict RUN A.nii.gz ...``), each with the same
+    raw covariate ``values``; the subject is the file name without its suffix."""
+    files = [Path(f) for f in files]
+    kinds = set()
+    for f in files:
+        kind = file_kind(f.name)
+        if kind is None:
+            raise UserError(f"{f}: not a NIfTI volume or a 2D image file; give the files the run was trained on")
+        if not f.is_file():
+            raise UserError(f"{f}: file not found")
+        kinds.add(kind)
+    if len(kinds) > 1:
+        raise UserError("give either volumes or 2D images, not both")
+    subjects = [f.name[: -len(".nii.gz")] if f.name.lower().endswith(".nii.gz") else f.stem for f in files]
+    header = ["subject", "path", *values]
+    columns = {"subject": subjects, "path": [str(f) for f in files], **{k: [v] * len(files) for k, v in values.items()}}
+    return SampleTable(Path("--covariates"), header, columns, files, np.asarray(subjects, dtype=object),
+                       np.full(len(files), -1, dtype=np.int8), np.arange(1, len(files) + 1, dtype=np.int64),
+                       kind=kinds.pop() if kinds else "volume", format="files")

@@ -1,0 +1,151 @@
+"""From a sample table to datasets and caches, whatever the source: the one place that knows which
+decoder, dataset class and cache a table's files need, so training code stays format-blind.
+
+``settings(cfg)`` reads the preprocessing keys from a data config (image_size, preset, geometry,
+intensity, spacing); :func:`make_dataset`, :func:`open_cache`, :func:`build_cache` and
+:func:`check_files` dispatch on ``table.kind`` (``image``: 2D files; ``volume``: NIfTI) and, for
+images, ``table.format`` (the CelebA release keeps its own checksummed cache).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covfuse.data.table import SampleTable
+from covfuse.errors import UserError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a file becomes a model input: the side in pixels/voxels plus the 2D preset or the volume steps."""
+
+    size: int
+    preset: str = "center-crop"
+    geometry: str = "resize"
+    intensity: str = "zscore"
+    spacing: float | None = None
+
+
+def settings(cfg: Any) -> Settings:
+    """The preprocessing keys of a data config (any object with those attributes)."""
+    return Settings(cfg.image_size, cfg.preset, cfg.geometry, cfg.intensity, cfg.spacing)
+
+
+def settings_from_state(saved: dict) -> Settings:
+    """The :class:`Settings` a run saved with :func:`describe` (data_state.json's ``preprocessing``)."""
+    return Settings(**{k: v for k, v in saved.items() if k in Settings.__dataclass_fields__})
+
+
+def _volume_settings(s: Settings):
+    from covfuse.data.volume_io import Preprocessing
+
+    return Preprocessing(size=s.size, geometry=s.geometry, intensity=s.intensity, spacing=s.spacing)
+
+
+def describe(table: SampleTable, s: Settings) -> dict:
+    """What evaluation must reuse to read files as training did (saved in data_state.json)."""
+    if table.kind == "volume":
+        return asdict(_volume_settings(s))
+    return {"size": s.size, "preset": s.preset}
+
+
+def _decoder(table: SampleTable):
+    """The 2D decoder for a table's files: JPEG/PIL for CelebA, any supported format for manifests."""
+    if table.format == "celeba":
+        return None  # ImageDataset's default: covfuse.data.decode.decode_image
+    try:
+        from covfuse.data.decoders import decode_file
+    except ImportError:  # pragma: no cover - before the multi-format decoders existed
+        return None
+    return decode_file
+
+
+def volume_cache_dir(table: SampleTable) -> Path:
+    from covfuse.data.volume_io import CACHE_DIRNAME
+
+    return table.root / CACHE_DIRNAME
+
+
+def open_cache(table: SampleTable, s: Settings):
+    """The table's cache at these settings if one was built and still matches, else None."""
+    if table.kind == "volume":
+        from covfuse.data.volume_io import open_volume_cache
+
+        return open_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table))
+    from covfuse.data import cache
+
+    return cache.open_cache(table, s.size, s.preset)
+
+
+def build_cache(table: SampleTable, s: Settings):
+    """Decode/preprocess every file of the table once into its memmap cache (resumable)."""
+    if table.kind == "volume":
+        from covfuse.data.volume_io import build_volume_cache
+
+        return build_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table))
+    from covfuse.data import cache
+
+    return cache.build_cache(table, s.size, s.preset)
+
+
+def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False) -> set[str]:
+    """Before training reads files lazily: a wrong kind of volume fails now, not in a worker; an empty
+    image file is refused (a stat each); with ``skip_corrupt`` every image is decoded once and the
+    paths of those that fail are returned (the caller leaves them out)."""
+    if table.kind == "volume":
+        from covfuse.data.volume_io import volume_shape
+
+        volume_shape(table.files[int(rows[0])], table.where(int(rows[0])))
+        return set()
+    from covfuse.data.decode import CorruptImage
+
+    paths = [str(table.files[int(r)]) for r in rows]
+    if skip_corrupt:
+        from covfuse.data._workers import default_workers, run_chunks
+        from covfuse.data.decode import find_unreadable
+
+        chunks = [(paths[i: i + 256],) for i in range(0, len(paths), 256)]
+        return {p for _, found in run_chunks(find_unreadable, chunks, default_workers(len(paths))) for p in found}
+    empty = [p for p in paths if os.path.getsize(p) == 0]
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise CorruptImage(empty[0], f"empty file, 0 bytes{more}")
+    if table.format != "celeba":  # one decode up front: an unreadable format fails here with its name
+        decode = _decoder(table)
+        if decode is not None:
+            decode(paths[0], 8, "research")
+    return set()
+
+
+def check_readable(table: SampleTable, where) -> None:
+    """Every file of ``table`` can be opened (volumes: a 3-D NIfTI header; images: a non-empty file),
+    the first bad row named by ``where(i)``, before any file is decoded."""
+    if table.kind == "volume":
+        from covfuse.data.volume_io import volume_shape
+
+        for i, file in enumerate(table.files):
+            volume_shape(file, where(i))
+        return
+    for i, file in enumerate(table.files):
+        if not os.path.isfile(file) or os.path.getsize(file) == 0:
+            raise UserError(f"{where(i) or file}: {file} is missing or empty")
+
+
+def make_dataset(table: SampleTable, rows: np.ndarray, covariates: np.ndarray, targets: np.ndarray, s: Settings,
+                 *, train: bool = False, cache=None):
+    """The torch Dataset of ``rows``: samples ``{"image", "covariates", "target", "index"}`` with
+    ``covariates`` (N, K) and ``targets`` (N,) indexed by table row."""
+    if table.kind == "volume":
+        from covfuse.data.volume_io import VolumeDataset
+
+        return VolumeDataset(table.files, rows, covariates, targets, _volume_settings(s), train=train, cache=cache)
+    if table.kind != "image":
+        raise UserError(f"{table.path}: unknown kind of sample {table.kind!r}")
+    from covfuse.data.dataset import ImageDataset
+
+    return ImageDataset(table.files, rows, targets, covariates, image_size=s.size, preset=s.preset, train=train,
+                        cache=cache, decode=_decoder(table))

@@ -1,0 +1,349 @@
+"""The sample table: every data source (CelebA release, image or volume manifest, BIDS) as one table.
+
+A reader (:mod:`covfuse.data.readers`) turns a source into a :class:`SampleTable`: one row per
+sample (an image or a volume) with its file, its ``subject`` (the person: CelebA identity, patient,
+participant), an optional split, and named columns usable as target or covariates. Everything
+after the table is format-blind: covariate encoding (:class:`CovariateEncoder`, fitted on the
+training rows), target encoding (:func:`encode_target`), subject-grouped splits and folds
+(:func:`subject_split`, :func:`subject_folds`), datasets, caches, statistics and studies.
+
+Covariates become a float matrix: numeric columns standardised with the *training* rows' mean and
+sd, except 0/1 indicator columns, which stay 0/1 (so a hybrid kernel reads ``W_0`` for 0 and
+``W_0 + W_1`` for 1, and the discrete-pattern back-end applies); categorical ones one-hot over the
+training levels; a missing value imputed (training mean / no level) with a 0/1 ``<name>_missing``
+indicator column, as DAFT does. The encoder is saved with the run (``data_state.json``) and reused
+by test and predict.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from covfuse.errors import UserError, suggest
+
+RESERVED = ("subject", "path", "split", "session")
+SPLIT_NAMES = ("train", "valid", "test")
+MISSING = {"", "na", "nan", "n/a", "none", "null", "?"}
+
+
+def is_missing(value) -> bool:
+    return str(value).strip().lower() in MISSING
+
+
+def parse_number(value: str) -> float | None:
+    """The finite number a cell holds, or None (a word, empty, NaN, inf)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+@dataclass
+class SampleTable:
+    """One row per sample: files, subjects, splits and named columns (docs/data.md, "Your own data").
+
+    ``columns`` maps a column name to one value per row: a list of strings as the source spells
+    them (manifests, BIDS) or a numeric array (CelebA's 0/1 attributes, 200k rows). ``split`` is
+    int8 per row (0 train, 1 valid, 2 test, -1 not given); ``line[i]`` is row i's 1-based line in
+    ``path`` (for error messages). ``kind`` is ``image`` (2D files) or ``volume`` (NIfTI);
+    ``format`` names the reader. ``ids`` is each row's id in predictions.csv (default: the ``path``
+    column). ``categorical`` lists columns the source declares categorical (BIDS ``Levels``).
+    ``sources`` are the files whose content identifies the table (for cache keys).
+    """
+
+    path: Path
+    header: list[str]
+    columns: dict[str, Any]
+    files: list
+    subjects: np.ndarray
+    split: np.ndarray
+    line: np.ndarray
+    kind: str = "volume"
+    format: str = "manifest"
+    ids: list[str] | None = None
+    categorical: tuple[str, ...] = ()
+    sources: tuple[Path, ...] = ()
+    root_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        counts = np.bincount(self.split[self.split >= 0], minlength=3) if len(self) else np.zeros(3, int)
+        return (f"SampleTable({self.format} {self.kind}s from {str(self.path)!r}: {len(self)} samples, "
+                f"{len(np.unique(self.subjects.astype(str)))} subjects, train/valid/test={counts[0]}/{counts[1]}/"
+                f"{counts[2]}, columns={[h for h in self.header if h not in RESERVED]})")
+
+    @property
+    def root(self) -> Path:
+        """The folder the source lives in (where its cache folder goes)."""
+        return self.root_dir if self.root_dir is not None else self.path.parent
+
+    def where(self, row: int) -> str:
+        return f"{self.path}, line {int(self.line[row])} (subject {self.subjects[row]})"
+
+    def row_ids(self, rows: np.ndarray | Sequence[int]) -> list[str]:
+        """Each row's id in predictions.csv (unique per sample)."""
+        ids = self.ids if self.ids is not None else self.columns["path"]
+        return [str(ids[int(i)]) for i in rows]
+
+    def column(self, name: str) -> str:
+        """The header's spelling of ``name`` (case-insensitive); a misspelt name is a UserError."""
+        lower = {h.lower(): h for h in self.header}
+        if str(name).lower() not in lower:
+            usable = [h for h in self.header if h not in RESERVED]
+            if self.format == "celeba":
+                raise UserError(f"unknown attribute {name!r}{suggest(str(name), usable)}; valid names are listed by "
+                                f"`covfuse data info {self.root}`")
+            raise UserError(f"{self.path}: no column {name!r}{suggest(str(name), usable)}; columns: {', '.join(usable)}")
+        found = lower[str(name).lower()]
+        if found in RESERVED and found != "session":
+            raise UserError(f"{self.path}: column {found!r} is reserved ({', '.join(RESERVED)}); it cannot be a target or covariate")
+        return found
+
+    def values(self, name: str) -> list[str] | np.ndarray:
+        return self.columns[self.column(name)]
+
+    @property
+    def has_split(self) -> bool:
+        return bool(len(self.split)) and bool((self.split >= 0).all())
+
+
+# Kept for code written against the volume reader's name.
+Manifest = SampleTable
+
+
+def check_selection(table: SampleTable, target: str | None, covariates: Sequence[str]) -> tuple[str | None, list[str]]:
+    """(target, covariates) in the table's spelling; the target is not a covariate, none twice."""
+    names = [table.column(c) for c in covariates]
+    t = table.column(target) if target else None
+    noun = "attribute" if table.format == "celeba" else "column"
+    if t is not None and t in names:
+        raise UserError(f"{noun} {t!r} is the target; it cannot also be a covariate")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise UserError(f"covariate {dup!r} is listed twice")
+    return t, names
+
+
+# ------------------------------------------------------------------------------ column types
+def _numeric_array(values) -> bool:
+    return isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.number)
+
+
+def column_kind(table: SampleTable, name: str, categorical: Sequence[str] = ()) -> str:
+    """"numeric" or "categorical": declared categorical (by the config or the source), else numeric
+    unless no value parses as a number. A column where some values are numbers and others are not
+    is an error naming the first bad row."""
+    name = table.column(name)
+    values = table.columns[name]
+    if name.lower() in {c.lower() for c in (*categorical, *table.categorical)}:
+        return "categorical"
+    if _numeric_array(values):
+        return "numeric"
+    present = [(i, v) for i, v in enumerate(values) if not is_missing(v)]
+    numbers = [(i, v) for i, v in present if parse_number(v) is not None]
+    if not numbers and present:
+        return "categorical"
+    for i, v in present:
+        if parse_number(v) is None:
+            raise UserError(f"{table.where(i)}: non-numeric value {v!r} in numeric column {name!r} "
+                            f"(fix the value, leave it empty for missing, or declare {name!r} in data.categorical)")
+    return "numeric"
+
+
+def check_numeric(table: SampleTable, name: str) -> None:
+    """Every present value of ``name`` is a finite number (a column known to be numeric, e.g. from a
+    fitted encoder: unlike :func:`column_kind`, a column of words is an error here, not a category)."""
+    values = table.columns[name]
+    if _numeric_array(values):
+        return
+    for i, v in enumerate(values):
+        if not is_missing(v) and parse_number(v) is None:
+            raise UserError(f"{table.where(i)}: non-numeric value {v!r} in numeric column {name!r} "
+                            "(the run was trained on numbers; fix the value, or leave it empty for missing)")
+
+
+def numeric_values(table: SampleTable, name: str) -> np.ndarray:
+    """float64 per row, NaN where missing (call :func:`column_kind` first to validate)."""
+    values = table.columns[name]
+    if _numeric_array(values):
+        return values.astype(np.float64)
+    return np.asarray([np.nan if is_missing(v) else float(v) for v in values], dtype=np.float64)
+
+
+def _strings(table: SampleTable, name: str, rows: np.ndarray) -> list[str]:
+    values = table.columns[name]
+    if _numeric_array(values):
+        return [f"{v:g}" for v in values[rows]]
+    return [str(values[int(i)]) for i in rows]
+
+
+@dataclass
+class CovariateEncoder:
+    """Covariate columns -> float features, with statistics from the training rows only.
+
+    ``specs``: one dict per covariate: ``{"name", "kind": "numeric", "mean", "std", "missing"}``,
+    ``{"name", "kind": "binary", "mean", "missing"}`` (a 0/1 column, kept 0/1; ``mean`` imputes) or
+    ``{"name", "kind": "categorical", "levels": [...], "missing"}``; ``missing`` says whether a
+    ``<name>_missing`` indicator column follows. Feature order: per covariate, its value (numeric,
+    binary) or one column per level (``name=level``), then its indicator.
+    """
+
+    specs: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def fit(cls, table: SampleTable, names: Sequence[str], train_rows: np.ndarray,
+            categorical: Sequence[str] = ()) -> CovariateEncoder:
+        train_rows = np.asarray(train_rows, dtype=np.int64)
+        specs = []
+        for raw in names:
+            name = table.column(raw)
+            kind = column_kind(table, name, categorical)
+            # Whether an indicator exists is decided from every row (a pattern, not a statistic),
+            # so the feature layout is the same for every split.
+            values_all = table.columns[name]
+            has_missing = False if _numeric_array(values_all) else any(is_missing(v) for v in values_all)
+            if kind == "numeric":
+                values = numeric_values(table, name)[train_rows]
+                values = values[np.isfinite(values)]
+                if len(values) == 0:
+                    raise UserError(f"{table.path}: covariate {name!r} has no value in the training split")
+                mean, std = float(values.mean()), float(values.std())
+                if set(np.unique(values).tolist()) <= {0.0, 1.0}:
+                    specs.append({"name": name, "kind": "binary", "mean": mean, "missing": has_missing})
+                else:
+                    specs.append({"name": name, "kind": kind, "mean": mean, "std": std if std > 0 else 1.0,
+                                  "missing": has_missing})
+            else:
+                levels = sorted({v for v in _strings(table, name, train_rows) if not is_missing(v)})
+                if not levels:
+                    raise UserError(f"{table.path}: covariate {name!r} has no value in the training split")
+                specs.append({"name": name, "kind": kind, "levels": levels, "missing": has_missing})
+        return cls(specs)
+
+    @property
+    def feature_names(self) -> list[str]:
+        out = []
+        for s in self.specs:
+            out += [f"{s['name']}={level}" for level in s["levels"]] if s["kind"] == "categorical" else [s["name"]]
+            if s["missing"]:
+                out.append(f"{s['name']}_missing")
+        return out
+
+    def transform(self, table: SampleTable, rows: np.ndarray | None = None) -> np.ndarray:
+        """float32 (len(rows), F): standardised numbers, 0/1 indicators, one-hot levels (an unseen level:
+        all zero), missing indicators."""
+        rows = np.arange(len(table)) if rows is None else np.asarray(rows, dtype=np.int64)
+        parts = []
+        for s in self.specs:
+            name = table.column(s["name"])
+            if s["kind"] in ("numeric", "binary"):
+                check_numeric(table, name)
+                values = numeric_values(table, name)[rows]
+                missing = ~np.isfinite(values)
+                z = values if s["kind"] == "binary" else (values - s["mean"]) / s["std"]
+                fill = s["mean"] if s["kind"] == "binary" else 0.0  # the training mean, in feature units
+                parts.append(np.where(missing, fill, z)[:, None])
+            else:
+                raw = _strings(table, name, rows)
+                missing = np.asarray([is_missing(v) for v in raw], dtype=bool)
+                parts.append(np.asarray([[float(v == level) for level in s["levels"]] for v in raw]).reshape(len(rows), -1))
+            if s["missing"]:
+                parts.append(missing.astype(np.float64)[:, None])
+        if not parts:
+            return np.zeros((len(rows), 0), dtype=np.float32)
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"specs": self.specs, "features": self.feature_names}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CovariateEncoder:
+        return cls([dict(s) for s in data["specs"]])
+
+
+# --------------------------------------------------------------------------------- targets
+def encode_target(table: SampleTable, name: str, task: str = "classification",
+                  classes: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """(values, classes): class indices as float32 for classification (``classes`` in the given order, or
+    the sorted values: numerically when all are numbers), floats for regression. A missing target is an error."""
+    name = table.column(name)
+    values = table.columns[name]
+    if _numeric_array(values) and task != "regression" and not classes:
+        found = np.unique(values)
+        if len(found) < 2:
+            raise UserError(f"{table.path}: the target {name!r} has a single value {found.tolist()}; a classifier "
+                            "needs two or more")
+        index = np.searchsorted(found, values)
+        return index.astype(np.float32), [f"{v:g}" for v in found]
+    raw = values if not _numeric_array(values) else [f"{v:g}" for v in values]
+    for i, v in enumerate(raw):
+        if is_missing(v):
+            raise UserError(f"{table.where(i)}: the target {name!r} is missing; drop the row or fill it in")
+    if task == "regression":
+        for i, v in enumerate(raw):
+            if parse_number(v) is None:
+                raise UserError(f"{table.where(i)}: the regression target {name!r} must be a number, got {v!r}; "
+                                "choose a numeric target, or a classification head (binary, multiclass)")
+        return numeric_values(table, name).astype(np.float32), []
+    if classes:
+        classes = [str(c) for c in classes]
+        for i, v in enumerate(raw):
+            if v not in classes:
+                raise UserError(f"{table.where(i)}: target value {v!r} is not one of data.classes {classes}")
+    else:
+        found = set(raw)
+        numeric = all(parse_number(v) is not None for v in found)
+        classes = sorted(found, key=(lambda v: float(v)) if numeric else None)
+    if len(classes) < 2:
+        raise UserError(f"{table.path}: the target {name!r} has a single value {classes}; a classifier needs two or more")
+    index = {c: k for k, c in enumerate(classes)}
+    return np.asarray([index[v] for v in raw], dtype=np.float32), list(classes)
+
+
+# ---------------------------------------------------------------------------------- splits
+def subject_split(table: SampleTable, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> np.ndarray:
+    """The table's split (a ``split`` column, CelebA's partition), or (without one) subjects shuffled by
+    ``seed`` into train/valid/test (70/15/15 of the subjects)."""
+    if table.has_split:
+        return table.split.copy()
+    subjects = np.unique(table.subjects.astype(str))
+    if len(subjects) < 3:
+        raise UserError(f"{table.path}: {len(subjects)} subject(s); a train/valid/test split needs at least 3")
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    n_train = max(1, int(round(fractions[0] * len(subjects))))
+    n_valid = max(1, int(round(fractions[1] * len(subjects))))
+    n_train = min(n_train, len(subjects) - n_valid - 1)
+    code = np.empty(len(subjects), dtype=np.int8)
+    code[order[:n_train]], code[order[n_train:n_train + n_valid]], code[order[n_train + n_valid:]] = 0, 1, 2
+    lookup = dict(zip(subjects.tolist(), code.tolist()))
+    return np.asarray([lookup[s] for s in table.subjects.astype(str)], dtype=np.int8)
+
+
+def subject_folds(table: SampleTable, split: np.ndarray, k: int, seed: int,
+                  stratify: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train rows, validation rows) over train+valid, grouped by subject (sklearn's
+    StratifiedGroupKFold when ``stratify`` is given, GroupKFold-like shuffled otherwise); test is never used."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    pool = np.flatnonzero(split <= 1) if (split >= 0).all() else np.arange(len(split))
+    groups = table.subjects[pool]
+    if not isinstance(k, (int, np.integer)) or k < 2:
+        raise UserError(f"k-fold needs k >= 2 folds, got {k!r}")
+    noun = "identities" if table.format == "celeba" else "subjects"
+    if len(np.unique(groups)) < k:
+        raise UserError(f"{table.root if table.format == 'celeba' else table.path}: only {len(np.unique(groups))} "
+                        f"{noun} in train+valid; cannot make {k} {noun[:-3] + 'y' if noun == 'identities' else 'subject'}-grouped folds")
+    if stratify is not None:
+        splitter = StratifiedGroupKFold(n_splits=int(k), shuffle=True, random_state=int(seed))
+        parts = splitter.split(np.zeros(len(pool)), np.asarray(stratify)[pool], groups)
+    else:
+        parts = GroupKFold(n_splits=int(k), shuffle=True, random_state=int(seed)).split(np.zeros(len(pool)), groups=groups)
+    return [(pool[np.sort(tr)].astype(np.int64), pool[np.sort(va)].astype(np.int64)) for tr, va in parts]
