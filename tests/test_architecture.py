@@ -54,3 +54,33 @@ def test_layers_import_only_torch_from_third_parties():
             else:
                 continue
             assert roots <= allowed, f"{path.name} imports {roots - allowed}"
+
+
+# What training code may use of covfuse.data: the format-blind table, the dataset/cache factory, the
+# reader dispatch, and the batch helpers. Every format lives in a reader or a decoder under data/.
+FORMAT_BLIND = {"covfuse.data", "covfuse.data.table", "covfuse.data.samples", "covfuse.data.readers",
+                "covfuse.data.dataset", "covfuse.data.transforms"}
+FORMAT_WORDS = ("celeba", "nifti", ".nii", "dicom", ".tif", "jpeg", ".jpg", "bids", "participants")  # input formats
+
+
+def _code_strings(tree: ast.AST) -> list[str]:
+    """String constants of a module that are not docstrings."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings]
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "training").rglob("*.py")), ids=lambda p: p.name)
+def test_training_code_names_no_file_format(path):
+    tree = ast.parse(path.read_text())
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    data_modules = {m for m in modules if m.startswith("covfuse.data")}
+    assert data_modules <= FORMAT_BLIND, f"{path.name} imports {sorted(data_modules - FORMAT_BLIND)}"
+    named = [s for s in _code_strings(tree) for word in FORMAT_WORDS if word in s.lower()]
+    assert named == [], f"{path.name} names a file format: {named}"

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from torchvision.datasets import CelebA
 
 from covfuse.cli import data as data_cli
@@ -21,7 +22,10 @@ def test_info_json_matches_torchvision(tmp_path_factory, capsys, monkeypatch):
     root = make_twin(tmp_path_factory)
     assert cli(["data", "info", str(root), "--format", "json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert set(got) == {"num_images", "splits", "attributes"}
+    assert {"num_images", "splits", "attributes"} <= set(got)  # the original contract keys
+    assert {"kind", "format", "num_subjects", "num_samples", "columns", "shape"} <= set(got)  # every source's keys
+    assert (got["kind"], got["format"], got["num_samples"]) == ("image", "celeba", got["num_images"])
+    assert got["shape"][:2] == list(np.asarray(Image.open(root / "celeba" / "img_align_celeba" / "000001.jpg")).shape[:2])
     monkeypatch.setattr(CelebA, "_check_integrity", lambda self: True)
     ref = CelebA(str(root), split="all", target_type="attr")
     assert got["num_images"] == len(ref)

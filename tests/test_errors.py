@@ -162,7 +162,7 @@ CASES = [
     Case("target-is-covariate", "a covariate equal to the target", [*FIT, "--data.covariates", "Attractive,Male"],
          "data.target Attractive is also in data.covariates"),
     Case("head-celeba", "a multi-class head on CelebA's binary attributes", [*FIT, "--model.head", "multiclass"],
-         "model.head multiclass needs a manifest or BIDS dataset as data.root"),
+         "model.head multiclass needs a target with several classes or numbers; twin/celeba holds binary attributes only"),
     Case("monitor-head", "a monitor the head does not log", [*FIT, "--monitor", "val/mae"],
          "monitor val/mae does not exist for head binary; use val/loss or val/acc"),
     Case("flag-typo", "a misspelt option", [*FIT, "--optim.lrr", "1"], "unknown option --optim.lrr (did you mean 'optim.lr'?)"),

@@ -47,10 +47,26 @@ def info_summary(meta, target: str | None = None, covariates: list[str] | None =
     counts = np.bincount(meta.split, minlength=3)
     rates = meta.attrs.mean(axis=0) if len(meta) else np.zeros(len(meta.attr_names))
     out: dict = {
+        "kind": "image",
+        "format": "celeba",
         "num_images": len(meta),
+        "num_samples": len(meta),
+        "num_subjects": int(len(np.unique(meta.identity))),
         "splits": {name: int(c) for name, c in zip(SPLIT_NAMES, counts)},
         "attributes": {name: round(float(r), 6) for name, r in zip(meta.attr_names, rates)},
+        "columns": {name: {"type": "binary", "positive_rate": round(float(r), 6)}
+                    for name, r in zip(meta.attr_names, rates)},
+        "shape": None,
     }
+    first = meta.image_dir / meta.filenames[0] if len(meta) else None
+    if first is not None and first.is_file():
+        from PIL import Image
+
+        try:
+            with Image.open(first) as img:
+                out["shape"] = [img.height, img.width, len(img.getbands())]
+        except OSError:
+            pass  # `covfuse data verify` reports unreadable images
     if target is None and not covariates:
         return out
     if target is None:
@@ -108,24 +124,25 @@ def _print_info(meta, summary: dict) -> None:
 
 def volume_info(path: str, target: str | None = None, covariates: list[str] | None = None,
                 categorical: list[str] | None = None, check_volumes: bool = True) -> dict:
-    """The `data info MANIFEST.csv` JSON: num_subjects, num_volumes, splits, columns, shape.
+    """The `data info` JSON of a manifest or BIDS dataset: kind, format, num_subjects, num_samples
+    (num_volumes for volumes), splits, columns, shape.
 
-    Every volume's header is read (nibabel, no voxels), so a missing, unreadable, 2-D or 4-D file
-    is reported with its manifest line.
+    Every file's header is read (NIfTI: nibabel, no voxels; 2D: the decoder's header read), so a
+    missing, unreadable or wrong-dimensional file is reported with its row.
     """
     from collections import Counter
 
-    from covfuse.data.volume_io import volume_shape
-    from covfuse.data.volumes import RESERVED, SPLIT_NAMES, column_kind, is_missing, read_manifest, subject_split
+    from covfuse.data.readers import read_table
+    from covfuse.data.table import RESERVED, SPLIT_NAMES, column_kind, is_missing, subject_split
 
-    manifest = read_manifest(path)
+    table = read_table(path, check_files=True) if str(path).lower().endswith((".csv", ".tsv")) else read_table(path)
     for name in [*([target] if target else []), *(covariates or [])]:
-        manifest.column(name)  # unknown names: a UserError with a suggestion
-    split = subject_split(manifest, seed=0)
+        table.column(name)  # unknown names: a UserError with a suggestion
+    split = subject_split(table, seed=0)
     columns = {}
-    for name in manifest.header:
-        values = manifest.columns[name]
-        kind = name if name in RESERVED else column_kind(manifest, name, categorical or ())
+    for name in table.header:
+        values = table.columns[name]
+        kind = name if name in RESERVED else column_kind(table, name, categorical or ())
         entry = {"type": kind, "missing": sum(is_missing(v) for v in values)}
         if kind == "categorical":
             entry["levels"] = dict(sorted(Counter(v for v in values if not is_missing(v)).items()))
@@ -133,21 +150,54 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
             numbers = [float(v) for v in values if not is_missing(v)]
             entry.update({"min": min(numbers), "max": max(numbers)} if numbers else {})
         columns[name] = entry
-    shapes = Counter(volume_shape(f, manifest.where(i)) for i, f in enumerate(manifest.files)) if check_volumes else Counter()
+    shapes: Counter = Counter()
+    if check_volumes:
+        shapes = Counter(file_shape(table, i) for i in range(len(table)))
+    noun = "num_volumes" if table.kind == "volume" else "num_images"
     return {
-        "manifest": str(manifest.path),
-        "num_subjects": int(len(set(manifest.subjects.tolist()))),
-        "num_volumes": len(manifest),
+        "kind": table.kind,
+        "format": table.format,
+        "manifest": str(table.path),
+        "num_subjects": int(len(set(table.subjects.tolist()))),
+        "num_samples": len(table),
+        noun: len(table),
         "splits": {name: int((split == k).sum()) for k, name in enumerate(SPLIT_NAMES)},
-        "split_source": "split column" if "split" in manifest.columns else "none in the manifest: subjects shuffled 70/15/15 (seed 0)",
+        "split_source": "split column" if table.has_split else
+                        "none in the data: subjects shuffled 70/15/15 by data.split_seed (default 0)",
         "columns": columns,
         "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
         "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
     }
 
 
+def file_shape(table, row: int) -> tuple:
+    """A file's shape from its header: (X, Y, Z) for a volume, (H, W) or (H, W, C) for a 2D image."""
+    file = table.files[row]
+    if table.kind == "volume":
+        from covfuse.data.volume_io import volume_shape
+
+        return volume_shape(file, table.where(row))
+    from covfuse.data.decode import CorruptImage
+
+    try:
+        from covfuse.data.decoders import read_pixels
+    except ImportError:  # pragma: no cover - a tree without the multi-format decoders
+        from PIL import Image
+
+        def read_pixels(path):
+            with Image.open(path) as img:
+                return np.asarray(img), {}
+    try:
+        pixels, _ = read_pixels(file)
+    except CorruptImage as exc:
+        raise UserError(f"{table.where(row)}: {exc}") from None
+    return tuple(int(v) for v in pixels.shape)
+
+
 def _print_volume_info(summary: dict) -> None:
-    print(f"manifest {summary['manifest']}: {summary['num_volumes']:,} volumes of {summary['num_subjects']:,} subjects")
+    noun = "volumes" if summary["kind"] == "volume" else "images"
+    print(f"{summary['format']} {summary['manifest']}: {summary['num_samples']:,} {noun} of "
+          f"{summary['num_subjects']:,} subjects")
     sp = summary["splits"]
     print("splits: " + " | ".join(f"{k} {v:,}" for k, v in sp.items()) + f"  ({summary['split_source']})")
     shape = summary["shape"]
@@ -167,7 +217,9 @@ def _print_volume_info(summary: dict) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     from covfuse.data.celeba import read_celeba
 
-    if str(args.root).lower().endswith(".csv"):
+    from covfuse.data.readers import source_format
+
+    if source_format(args.root) != "celeba":
         summary = volume_info(args.root, args.target, _names(args.covariates), _names(args.categorical),
                               check_volumes=not args.skip_images)
         if args.format == "json":
@@ -195,6 +247,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     out = write_synth(
         args.out, n=args.n, seed=args.seed, effect=args.effect, image_size=parse_image_size(args.image_size),
         noise=args.noise, images=not args.labels_only, overwrite=args.overwrite, workers=args.workers,
+        format=args.format,
     )
     card = json.loads((out / "synth.json").read_text())
     acc = card["bayes_accuracy"]
@@ -355,6 +408,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.05, help="label flip probability (default: 0.05)")
     p.add_argument("--labels_only", action="store_true", help="write the text files but no JPEGs (fast; for statistics)")
     p.add_argument("--workers", type=int, default=1, help="processes drawing images (default: 1)")
+    p.add_argument("--format", choices=("celeba", "manifest"), default="celeba",
+                   help="celeba: the release's folder and text files (default); manifest: OUT/images/ + "
+                   "OUT/manifest.csv (subject, path, split, 40 attributes as 0/1), as your own photos would be")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     p.set_defaults(func=cmd_synth)
 

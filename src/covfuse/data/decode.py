@@ -159,13 +159,20 @@ def _upsample(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.
     return out[0].numpy()
 
 
+def any_decoder():
+    """The decoder for a user's 2D files of any supported format and depth (PNG/JPEG/TIFF/DICOM)."""
+    try:
+        from covfuse.data.decoders import decode_file
+    except ImportError:  # pragma: no cover - a tree without the multi-format decoders
+        return decode_image
+    return decode_file
+
+
 def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int, preset: str,
                dtype: str = "uint8", any_format: bool = False) -> int:
     """Cache worker: decode ``files`` into rows ``start...`` of the memmap at ``path`` (JPEG/PIL decoding,
     or with ``any_format`` covfuse.data.decoders for PNG/TIFF/DICOM of any depth)."""
-    decode = decode_image
-    if any_format:
-        from covfuse.data.decoders import decode_file as decode
+    decode = any_decoder() if any_format else decode_image
     array = np.memmap(path, dtype=np.dtype(dtype), mode="r+", shape=shape)
     for i, file in enumerate(files):
         try:

@@ -57,11 +57,9 @@ def _decoder(table: SampleTable):
     """The 2D decoder for a table's files: JPEG/PIL for CelebA, any supported format for manifests."""
     if table.format == "celeba":
         return None  # ImageDataset's default: covfuse.data.decode.decode_image
-    try:
-        from covfuse.data.decoders import decode_file
-    except ImportError:  # pragma: no cover - before the multi-format decoders existed
-        return None
-    return decode_file
+    from covfuse.data.decode import any_decoder
+
+    return any_decoder()
 
 
 def volume_cache_dir(table: SampleTable) -> Path:

@@ -503,6 +503,16 @@ def write_labels(folder: Path, labels: SynthLabels) -> None:
     )
 
 
+def write_manifest(path: Path, labels: SynthLabels, image_dir: str) -> None:
+    """The twin as a manifest: ``subject`` (identity), ``path``, ``split`` and one 0/1 column per attribute."""
+    names = ("train", "valid", "test")
+    lines = [",".join(["subject", "path", "split", *ATTR_NAMES])]
+    for f, identity, split, row in zip(labels.filenames, labels.identity.tolist(), labels.split.tolist(),
+                                       labels.attrs.tolist()):
+        lines.append(",".join([f"id{identity}", f"{image_dir}/{f}", names[split], *map(str, row)]))
+    path.write_text("\n".join(lines) + "\n")
+
+
 def parse_image_size(text: str) -> tuple[int, int]:
     """``'178x218'`` -> (178, 218)."""
     try:
@@ -566,8 +576,13 @@ def write_synth(
     workers: int = 1,
     quality: int = 90,
     progress: bool = True,
+    format: str = "celeba",
 ) -> Path:
     """Write a twin to ``out`` (``out/celeba/...`` plus ``out/README.txt`` and ``out/synth.json``).
+
+    ``format="manifest"`` writes the same images to ``out/images/`` and, instead of the release's
+    text files, ``out/manifest.csv`` (subject = identity, path, split, the 40 attributes as 0/1):
+    the layout of a user's own photo collection, read by the manifest reader.
 
     Everything is written into a temporary sibling folder first and renamed at the end, so an
     error or interrupt leaves nothing behind. An existing non-empty ``out`` is replaced only with
@@ -595,12 +610,20 @@ def write_synth(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    if format not in ("celeba", "manifest"):
+        raise UserError(f"unknown twin format {format!r}; choose celeba or manifest")
     try:
-        base = tmp / "celeba"
-        (base / IMAGE_DIR).mkdir(parents=True)
-        write_labels(base, labels)
+        if format == "celeba":
+            base = tmp / "celeba"
+            image_dir = base / IMAGE_DIR
+            image_dir.mkdir(parents=True)
+            write_labels(base, labels)
+        else:
+            image_dir = tmp / "images"
+            image_dir.mkdir(parents=True)
+            write_manifest(tmp / "manifest.csv", labels, "images")
         if images:
-            _draw_all(base / IMAGE_DIR, labels, workers, quality, progress)
+            _draw_all(image_dir, labels, workers, quality, progress)
         write_cue_boxes(tmp / CUE_FILE, labels)
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "README.txt").write_text(_card(labels, meta))

@@ -53,7 +53,8 @@ class SampleTable:
     ``path`` (for error messages). ``kind`` is ``image`` (2D files) or ``volume`` (NIfTI);
     ``format`` names the reader. ``ids`` is each row's id in predictions.csv (default: the ``path``
     column). ``categorical`` lists columns the source declares categorical (BIDS ``Levels``).
-    ``sources`` are the files whose content identifies the table (for cache keys).
+    ``sources`` are the files whose content identifies the table (for cache keys). ``binary_only``:
+    every column is a 0/1 attribute (CelebA), so only binary heads apply.
     """
 
     path: Path
@@ -69,6 +70,7 @@ class SampleTable:
     categorical: tuple[str, ...] = ()
     sources: tuple[Path, ...] = ()
     root_dir: Path | None = None
+    binary_only: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -79,6 +81,11 @@ class SampleTable:
         return (f"SampleTable({self.format} {self.kind}s from {str(self.path)!r}: {len(self)} samples, "
                 f"{len(np.unique(self.subjects.astype(str)))} subjects, train/valid/test={counts[0]}/{counts[1]}/"
                 f"{counts[2]}, columns={[h for h in self.header if h not in RESERVED]})")
+
+    @property
+    def source(self) -> Path:
+        """What error messages name: the folder of a CelebA release, else the table's file."""
+        return self.root if self.format == "celeba" else self.path
 
     @property
     def root(self) -> Path:

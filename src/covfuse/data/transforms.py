@@ -44,16 +44,27 @@ def hflip(images: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(images: torch.Tensor, preset: str = DEFAULT_PRESET, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 images (N, 3, H, W) or (3, H, W), on any device → float ``(x / 255 - mean) / std``.
+    """uint8 or uint16 images (N, C, H, W) or (C, H, W), C = 3 or 1, on any device → float
+    ``(x / max - mean) / std`` with max 255 (8-bit) or 65535 (16-bit), always 3 channels.
 
-    One new tensor (the conversion) and two in-place passes over it: the out-of-place form
-    allocated three full-size tensors (2.5x slower on CPU at 224 px, docs/performance.md).
+    A greyscale image is repeated into the three channels after normalising, so RGB backbones
+    and their ImageNet weights take it unchanged (the first conv then sees the grey value in R, G
+    and B, which is how torchvision's weights treat a grey photo). One new tensor (the conversion)
+    and two in-place passes over it: the out-of-place form allocated three full-size tensors (2.5x
+    slower on CPU at 224 px, docs/performance.md).
     """
     p = PRESETS[check_preset(preset)]
+    scale = 65535 if images.dtype == torch.uint16 else 255
     x = images.to(dtype, memory_format=torch.preserve_format)
     if x.data_ptr() == images.data_ptr():  # already that dtype: never modify the caller's tensor
         x = x.clone()
-    shape = (3, 1, 1)
-    mean = torch.tensor(p["mean"], dtype=dtype, device=x.device).view(shape) * 255
-    std = torch.tensor(p["std"], dtype=dtype, device=x.device).view(shape) * 255
-    return x.sub_(mean).div_(std)
+    channels = x.shape[-3]
+    if channels not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got shape {tuple(images.shape)}")
+    shape = (channels, 1, 1)
+    mean = torch.tensor(p["mean"][:channels], dtype=dtype, device=x.device).view(shape) * scale
+    std = torch.tensor(p["std"][:channels], dtype=dtype, device=x.device).view(shape) * scale
+    x = x.sub_(mean).div_(std)
+    if channels == 1:
+        x = x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
+    return x

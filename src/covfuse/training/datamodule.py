@@ -185,10 +185,9 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
 
     # -- preparation -----------------------------------------------------------------------
     def _root(self) -> str:
-        if not self.cfg.root:
-            raise UserError("no data: set data.root in the config or pass --data.root (a CelebA folder, a manifest "
-                            "CSV or a BIDS folder)")
-        return self.cfg.root
+        from covfuse.data.readers import check_root
+
+        return check_root(self.cfg.root)
 
     def settings(self):
         from covfuse.data.samples import settings
@@ -218,9 +217,9 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         if cfg.covariates_mode not in MODES:
             raise UserError(f"unknown covariates_mode {cfg.covariates_mode!r}; choose from {', '.join(MODES)}")
         table = self.read_table()
-        if table.format == "celeba" and self.head not in ("binary", "two-class"):
-            raise UserError(f"model.head {self.head} needs a manifest or BIDS dataset as data.root; CelebA attributes "
-                            "are binary: use head binary or two-class")
+        if table.binary_only and self.head not in ("binary", "two-class"):
+            raise UserError(f"model.head {self.head} needs a target with several classes or numbers; {table.source} "
+                            "holds binary attributes only: use head binary or two-class")
         covariates = [c.strip() for c in cfg.covariates.split(",") if c.strip()] if isinstance(cfg.covariates, str) \
             else list(cfg.covariates)
         self.target_name, covariates = check_selection(table, cfg.target, covariates)
@@ -228,7 +227,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         regression = self.head == "regression"
         labels, self.classes = encode_target(table, self.target_name, "regression" if regression else "classification",
                                              None if regression else (state.get("classes") or cfg.classes))
-        where = table.root if table.format == "celeba" else table.path
+        where = table.source
         if self.head == "multiclass" and len(self.classes) < 3:
             raise UserError(f"{where}: target {self.target_name!r} has {len(self.classes)} classes "
                             f"{self.classes}; use model.head binary for two classes")
@@ -236,7 +235,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
             raise UserError(f"{where}: target {self.target_name!r} has {len(self.classes)} classes "
                             f"{self.classes}; the binary head needs two (set data.classes to pick them, "
                             "or use model.head multiclass)")
-        if table.format == "celeba":
+        if table.binary_only:
             self.classes = []  # attributes are 0/1 by definition; predictions say P(attribute)
         self.table, self.labels = table, labels
         self.meta = table.extra.get("meta", table)
@@ -290,7 +289,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
             stratify = None if self.head == "regression" else labels  # classes, not continuous values
             train, valid = subject_folds(table, split, cfg.folds, split_seed, stratify=stratify)[cfg.fold]
             out = {"train": train, "valid": valid, "test": np.flatnonzero(split == 2).astype(np.int64)}
-        where = table.root if table.format == "celeba" else table.path
+        where = table.source
         for name, idx in out.items():
             if len(idx) == 0:
                 raise UserError(f"{where}: the {name} split is empty; every split needs subjects")
@@ -311,7 +310,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
                 "preprocessing": describe(self.table, self.settings())}
 
     def filenames(self, index: np.ndarray) -> list[str]:
-        """Each row's id in predictions.csv: the CelebA file name, or the manifest's ``path``."""
+        """Each row's id in predictions.csv (the table's: a file name or the manifest's ``path``)."""
         return self.table.row_ids(index)
 
     def groups(self, index: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ class ImageFiles(Dataset):
         self.image_size, self.preset = image_size, preset
         folders = [p for p in self.paths if p.is_dir()]
         if folders:
-            raise UserError(f"{folders[0]}: a folder, not an image file; give image files (e.g. {folders[0]}/*.jpg)")
+            raise UserError(f"{folders[0]}: a folder, not an image file; give image files (e.g. {folders[0]}/<name>)")
         missing = [p for p in self.paths if not p.is_file()]
         if missing:
             raise UserError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))

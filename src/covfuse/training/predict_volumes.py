@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from covfuse.data.volumes import CovariateEncoder, Manifest, is_missing, parse_number
+from covfuse.data.table import CovariateEncoder, Manifest, is_missing, parse_number
 from covfuse.errors import UserError
 from covfuse.training.module import CovfuseModule
 from covfuse.training.predict import model_covariates, run_predict

@@ -55,11 +55,17 @@ def source_format(root: str | Path) -> str:
     return next(name for name, accepts, _ in READERS if accepts(root))
 
 
+def check_root(root: str | Path | None) -> str:
+    """``root`` as given, or the one line saying what data.root may be when none is."""
+    if not root or not str(root):
+        raise UserError("no data: set data.root in the config or pass --data.root (a CelebA folder, a manifest "
+                        "CSV or a BIDS folder)")
+    return str(root)
+
+
 def read_table(root: str | Path, **options) -> SampleTable:
     """The sample table of ``root`` (see the module docstring); any problem is one UserError line."""
-    if not str(root):
-        raise UserError("no data: set data.root to a manifest CSV, a BIDS folder or a CelebA folder")
-    root = Path(root)
+    root = Path(check_root(root))
     for name, accepts, reader in READERS:
         if accepts(root):
             return reader(root, **options)

@@ -19,7 +19,7 @@ def table_from_meta(meta: CelebAMeta) -> SampleTable:
     return SampleTable(meta.root / ATTR_FILE, list(meta.attr_names), columns, files, meta.identity,
                        meta.split.astype(np.int8), np.arange(3, n + 3, dtype=np.int64), kind="image", format="celeba",
                        ids=list(meta.filenames), sources=tuple(meta.root / f for f in (ATTR_FILE, PARTITION_FILE, IDENTITY_FILE)),
-                       root_dir=meta.root, extra={"meta": meta})
+                       root_dir=meta.root, binary_only=True, extra={"meta": meta})
 
 
 def read_celeba_table(root, *, check_images: bool = True) -> SampleTable:
