@@ -1,0 +1,133 @@
+"""Your own data: one sample table for every source, checked against independent computations.
+
+The face twin read as a manifest trains to the same predictions as the CelebA release it copies;
+the encoder, the splits and the normalisation equal numbers computed here; bad manifests are one line.
+"""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from covfuse.cli.main import main as covfuse
+from covfuse.data import write_synth
+from covfuse.data.readers import read_table
+from covfuse.data.table import CovariateEncoder, encode_target, subject_folds, subject_split
+from covfuse.data.transforms import normalize
+from covfuse.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    base = tmp_path_factory.mktemp("own")
+    for fmt in ("celeba", "manifest"):
+        write_synth(base / fmt, n=160, seed=3, image_size=(44, 54), progress=False, format=fmt)
+    return base / "celeba", base / "manifest" / "manifest.csv"
+
+
+def _fit(root, runs, name, *extra):
+    args = ["fit", "--data.root", str(root), "--data.image_size", "24", "--data.covariates", "[Young,Male]",
+            "--data.batch_size", "32", "--trainer.max_epochs", "1", "--runs_dir", str(runs), "--name", name,
+            "--bootstrap", "20", "--trainer.summary", "false", "--trainer.progress_every", "0",
+            "--model.backbone", "vgg-mini", "--model.fusion", "hybrid", *extra]
+    assert covfuse(args) == 0
+    with open(runs / name / "predictions.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_manifest_twin_trains_to_the_celeba_twins_predictions(twins, tmp_path):
+    celeba, manifest = twins
+    a = _fit(celeba, tmp_path, "celeba")
+    b = _fit(manifest, tmp_path, "manifest", "--data.cache", "build")  # the manifest through its own cache
+    assert (manifest.parent / ".covfuse-cache" / "manifest-center-crop-24.u8").is_file()
+    assert [r["id"] for r in a] == [r["id"].split("/")[-1] for r in b]
+    assert [r["probability"] for r in a] == [r["probability"] for r in b]
+    assert [r["group"] for r in a] == [r["group"].removeprefix("id") for r in b]
+
+
+def test_tables_of_both_readers_agree(twins):
+    celeba, manifest = map(read_table, twins)
+    assert (celeba.kind, celeba.format, manifest.kind, manifest.format) == ("image", "celeba", "image", "manifest")
+    assert len(celeba) == len(manifest) and (celeba.split == manifest.split).all()
+    for name in ("Young", "Male", "Attractive"):
+        assert np.array_equal(np.asarray(celeba.columns[name], dtype=float), np.asarray(manifest.columns[name], dtype=float))
+    rows = np.flatnonzero(celeba.split == 0)
+    assert np.array_equal(CovariateEncoder.fit(celeba, ["Young", "Male"], rows).transform(celeba),
+                          CovariateEncoder.fit(manifest, ["young", "MALE"], rows).transform(manifest))
+
+
+def _table(tmp_path, header, rows, name="m.csv"):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    from PIL import Image
+
+    for r in rows:
+        Image.new("RGB", (12, 10), (int(r[0][-1]) * 40, 0, 0)).save(tmp_path / r[1])
+    path = tmp_path / name
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    return read_table(path)
+
+
+def test_encoder_by_hand(tmp_path):
+    header = ["subject", "path", "age", "site", "smoker", "y"]
+    rows = [["s1", "img/a.png", "40", "arm", "1", "0"], ["s2", "img/b.png", "60", "leg", "0", "1"],
+            ["s3", "img/c.png", "", "n/a", "1", "1"], ["s4", "img/d.png", "80", "head", "", "0"]]
+    table = _table(tmp_path, header, rows)
+    train = np.array([0, 1, 2])
+    enc = CovariateEncoder.fit(table, ["age", "site", "smoker"], train)
+    ages = np.array([40.0, 60.0])
+    mean, sd = ages.mean(), ages.std()
+    want = np.array([
+        # age z, age_missing, site=arm, site=leg, site_missing, smoker (0/1 kept), smoker_missing
+        [(40 - mean) / sd, 0, 1, 0, 0, 1, 0],
+        [(60 - mean) / sd, 0, 0, 1, 0, 0, 0],
+        [0.0, 1, 0, 0, 1, 1, 0],
+        [(80 - mean) / sd, 0, 0, 0, 0, 2 / 3, 1],  # unseen level: no one-hot; missing smoker: training mean
+    ], dtype=np.float32)
+    assert enc.feature_names == ["age", "age_missing", "site=arm", "site=leg", "site_missing", "smoker", "smoker_missing"]
+    np.testing.assert_allclose(enc.transform(table), want, rtol=1e-6)
+    y, classes = encode_target(table, "y")
+    assert classes == ["0", "1"] and y.tolist() == [0, 1, 1, 0]
+
+
+def test_splits_come_from_the_split_seed_and_keep_subjects_together(tmp_path):
+    header = ["subject", "path", "label"]
+    rows = [[f"s{i % 7}", f"img/x{i}.png", str(i % 2)] for i in range(28)]
+    table = _table(tmp_path, header, rows)
+    split = subject_split(table, seed=5)
+    for s in np.unique(table.subjects):
+        assert len(set(split[table.subjects == s].tolist())) == 1
+    assert np.array_equal(split, subject_split(table, seed=5))
+    folds = subject_folds(table, split, 2, seed=0)
+    for train, valid in folds:
+        assert not set(table.subjects[train]) & set(table.subjects[valid])
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.uint8, 255), (torch.uint16, 65535)])
+def test_normalize_any_depth_and_grey_to_three_channels(dtype, scale):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, scale + 1, (2, 1, 5, 4), generator=g, dtype=torch.int64).to(dtype)
+    out = normalize(x)
+    want = ((x.double() / scale) - 0.5) / 0.5
+    assert out.shape == (2, 3, 5, 4)
+    for c in range(3):
+        torch.testing.assert_close(out[:, c:c + 1].double(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows,expect", [
+    ([["s1", "img/a.png", "train"], ["s1", "img/b.png", "test"]], "subject s1 is in split test but line 2 puts it in train"),
+    ([["s1", "img/a.png", "train"], ["s2", "img/v.nii.gz", "test"]], "one manifest holds one kind of file"),
+    ([["s1", "img/a.png", "train"], ["s2", "img/v.txt", "test"]], "is neither a NIfTI volume"),
+])
+def test_bad_manifests_are_one_line_naming_the_row(tmp_path, rows, expect):
+    (tmp_path / "img").mkdir()
+    from PIL import Image
+
+    for r in rows:
+        Image.new("L", (8, 8)).save(tmp_path / r[1], format="PNG")
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join(",".join(r) for r in [["subject", "path", "split"], *rows]) + "\n")
+    with pytest.raises(UserError, match="line 3") as exc:
+        read_table(path)
+    assert expect in str(exc.value) and "\n" not in str(exc.value)
