@@ -131,3 +131,57 @@ def test_bad_manifests_are_one_line_naming_the_row(tmp_path, rows, expect):
     with pytest.raises(UserError, match="line 3") as exc:
         read_table(path)
     assert expect in str(exc.value) and "\n" not in str(exc.value)
+
+
+def _photo_study_manifest(folder, n_subjects=30, per_subject=3, seed=0):
+    """A dermoscopy-style manifest: PNG photos, age (some missing), sex, body site (words with spaces);
+    the label is visible in the image (a bright patch) only for one site, so covariates matter."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True)
+    lines = ["subject,path,lesion,age,sex,site"]
+    for s in range(n_subjects):
+        age = "" if s % 7 == 3 else str(int(rng.integers(20, 80)))
+        sex = ["female", "male"][s % 2]
+        site = ["back", "lower extremity", "head"][s % 3]
+        for k in range(per_subject):
+            y = int(rng.integers(0, 2))
+            pixels = rng.integers(0, 60, (20, 20, 3)).astype(np.uint8)
+            if y and site != "head":
+                pixels[5:15, 5:15] = 220
+            name = f"img/s{s:02d}_{k}.png"
+            Image.fromarray(pixels).save(folder / name)
+            lines.append(f"P{s:03d},{name},{y},{age},{sex},{site}")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.csv"
+
+
+def test_a_study_on_an_image_manifest_reports_subject_clustered_intervals(tmp_path, capsys):
+    import json
+
+    manifest = _photo_study_manifest(tmp_path / "photos")
+    runs = tmp_path / "runs"
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data:\n  image_size: 16\n  batch_size: 16\n  target: lesion\n  covariates: [age, sex, site]\n"
+                      "model:\n  backbone: vgg-mini\ntrainer:\n  max_epochs: 1\n  summary: false\n  progress_every: 0\n"
+                      "bootstrap: 20\n")
+    assert covfuse(["sweep", "--config", str(config), "--data.root", str(manifest), "--name", "photos",
+                    "--runs_dir", str(runs), "--grid", "model.fusion=image-only,film", "--seeds", "0,1"]) == 0
+    capsys.readouterr()
+    assert covfuse(["report", "photos", "--runs_dir", str(runs), "--format", "json", "--bootstrap", "200"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {row["setting"] for row in report["rows"]} == {"fusion=image-only", "fusion=film"}
+    assert all(row["n_runs"] == 2 for row in report["rows"])
+    # Every run saw the same test subjects (splits from data.split_seed), grouped by subject.
+    tests = []
+    for pred in sorted(runs.glob("photos/*/s*/predictions.csv")):
+        with open(pred, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+        tests.append(sorted(r["id"] for r in rows))
+        assert {r["group"] for r in rows} <= {f"P{s:03d}" for s in range(30)}
+        assert {"age", "age_missing", "sex=female", "site=lower extremity"} <= set(rows[0])
+    assert len(tests) == 4 and all(t == tests[0] for t in tests)
+    # The intervals resample the test split's subjects (3 photos each), not its photos.
+    subjects = {row.split("/")[-1].split("_")[0] for row in tests[0]}
+    assert all(row["clusters"] == len(subjects) < len(tests[0]) for row in report["rows"])
