@@ -1,4 +1,4 @@
-"""`covfuse data info|synth|cache|verify`: inspect, synthesise, cache and verify CelebA-format folders."""
+"""`covfuse data info|synth|synth3d|cache|verify`: inspect, synthesise, cache and verify any data source."""
 from __future__ import annotations
 
 import argparse
@@ -281,10 +281,13 @@ def cmd_synth3d(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------- cache
 def cmd_cache(args: argparse.Namespace) -> int:
     from covfuse.data.cache import build_cache
-    from covfuse.data.celeba import read_celeba
+    from covfuse.data.readers import read_table
 
     _setup_logging()
-    meta = read_celeba(args.root)
+    meta = read_table(args.root)
+    if meta.kind != "image":
+        raise UserError(f"{args.root}: `covfuse data cache` builds the 2D image cache; volumes are cached by the first "
+                        "run with data.cache: build (it knows the preprocessing)")
     start = time.perf_counter()
     cache = build_cache(meta, args.size, args.preset, cache_dir=args.cache_dir, workers=args.workers, rebuild=args.rebuild)
     took = time.perf_counter() - start
@@ -344,6 +347,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from covfuse.data._workers import default_workers, run_chunks
     from covfuse.data.celeba import read_celeba
 
+    from covfuse.data.readers import source_format
+
+    if source_format(args.root) != "celeba":
+        raise UserError(f"{args.root}: `covfuse data verify` checks a CelebA release (checksums, every JPEG); for a "
+                        "manifest or BIDS dataset, `covfuse data info ROOT` reads every file and names the bad ones")
     meta = read_celeba(args.root)
     print(f"{meta.root}: format ok ({len(meta):,} images listed, all present)")
     print("checksums (official values from torchvision.datasets.CelebA.file_list):")
@@ -377,17 +385,17 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = Parser(
         prog="covfuse data",
-        description="Inspect, verify, cache or synthesise CelebA-format data. ROOT is a folder holding "
-        "img_align_celeba/ and the text files, or holding celeba/ with them (torchvision's layout). "
-        "Formats: docs/data.md.",
+        description="Inspect, verify, cache or synthesise data. ROOT is a manifest CSV/TSV (2D images or NIfTI "
+        "volumes), a BIDS folder (dataset_description.json), or a CelebA folder (img_align_celeba/ and the text "
+        "files, or celeba/ holding them). Formats: docs/data.md.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("info", help="validate a CelebA folder or a volume manifest CSV and summarise it",
-                       description="Validate a CelebA folder or a volume manifest (MANIFEST.csv; docs/volumes.md); "
-                       "every problem is reported with its file and line. Prints counts, splits and, for CelebA, each "
-                       "attribute's positive rate; for a manifest, each column's type and missing count and the volume shape.")
-    p.add_argument("root", metavar="ROOT|MANIFEST.csv")
+    p = sub.add_parser("info", help="validate a manifest, BIDS dataset or CelebA folder and summarise it",
+                       description="Validate any source (docs/data.md, 'Your own data'); every problem is reported with "
+                       "its file and line. Prints counts, splits and, for CelebA, each attribute's positive rate; for a "
+                       "manifest or BIDS dataset, each column's type and missing count and the file shapes.")
+    p.add_argument("root", metavar="ROOT|MANIFEST.csv|BIDS")
     p.add_argument("--categorical", metavar="A,B", help="manifest: columns to treat as categorical even if numeric")
     p.add_argument("--target", metavar="NAME", help="also summarise this attribute as the target")
     p.add_argument("--covariates", metavar="A,B", help="covariates (A,B or [A,B]) to summarise against the target")

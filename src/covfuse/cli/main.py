@@ -17,7 +17,7 @@ from covfuse.errors import RunInterrupted, Terminated, UserError, suggest
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `covfuse --help` and `covfuse data info` start without importing Lightning.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("covfuse.cli.data", "inspect, verify, cache or synthesise data (CelebA folders, volume manifests)"),
+    "data": ("covfuse.cli.data", "inspect, verify, cache or synthesise data (manifests, BIDS, CelebA folders)"),
     "describe": ("covfuse.cli.describe", "print a model's layer table and draw its diagram"),
     "fit": ("covfuse.cli.fit", "train a model from a YAML config into runs/<name>/"),
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),

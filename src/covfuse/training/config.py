@@ -21,9 +21,9 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        root: CelebA-format folder (ROOT holding the files, or ROOT/celeba/ as torchvision lays it out), or a volume manifest CSV.
-        target: Attribute to predict, by name.
-        covariates: Attributes fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
+        root: The data: a manifest CSV/TSV (2D images or NIfTI volumes), a BIDS folder, or a CelebA folder (docs/data.md).
+        target: Column (CelebA attribute) to predict, by name.
+        covariates: Columns fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
         image_size: Side of the square model input, in pixels.
         preset: How a photo becomes a square input (see covfuse.data.transforms).
         batch_size: Images per training batch (per device).
@@ -35,8 +35,8 @@ class DataConfig:
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
         fold: Which fold is the validation fold when folds >= 2.
         skip_corrupt: Leave out images that do not decode (counted, listed in the log and in skipped.txt) instead of stopping.
-        categorical: Volumes: covariate columns to one-hot even if their values are numbers (others are inferred).
-        classes: Volumes: the target's class values in order (binary: [negative, positive]); None: sorted values.
+        categorical: Covariate columns to one-hot even if their values are numbers (others are inferred).
+        classes: The target's class values in order (binary: [negative, positive]); None: sorted values (not needed for 0/1).
         intensity: Volumes: zscore (over the nonzero, in-brain voxels) or minmax (to [0, 1]).
         geometry: Volumes: resize (whole field of view to image_size^3) or crop-pad (centre crop / zero pad).
         spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
