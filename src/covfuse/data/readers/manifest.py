@@ -23,14 +23,27 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".
 MANIFEST_SUFFIXES = (".csv", ".tsv")
 
 
-def file_kind(name: str) -> str | None:
-    """"volume", "image" or None (not a file type covfuse reads), from the file name."""
+def file_kind(name: str, file: Path | None = None) -> str | None:
+    """"volume", "image" or None (not a file type covfuse reads), from the file name; a name without
+    a known suffix is a DICOM image when the file carries DICOM's ``DICM`` marker (PACS exports
+    often name files ``IM0001`` or by UID)."""
     lower = name.lower()
     if lower.endswith(NIFTI_SUFFIXES):
         return "volume"
     if lower.endswith(IMAGE_SUFFIXES):
         return "image"
+    if file is not None and is_dicom(file):
+        return "image"
     return None
+
+
+def is_dicom(file: Path) -> bool:
+    """Whether ``file`` starts with DICOM Part 10's 128-byte preamble and ``DICM``."""
+    try:
+        with open(file, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def read_manifest(path: str | Path, *, check_files: bool = True) -> SampleTable:
@@ -76,15 +89,16 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> SampleTable:
             raise UserError(f"{where}: empty subject")
         if not rel:
             raise UserError(f"{where}: empty path")
-        kind = file_kind(rel)
+        file = (path.parent / rel) if not Path(rel).is_absolute() else Path(rel)
+        kind = file_kind(rel, file)
         if kind is None:
+            missing = "" if file.exists() else f" (and {file} does not exist)"
             raise UserError(f"{where}: {rel!r} is neither a NIfTI volume (.nii, .nii.gz) nor a 2D image "
-                            f"({', '.join(IMAGE_SUFFIXES)})")
+                            f"({', '.join(IMAGE_SUFFIXES)}, or DICOM without a suffix){missing}")
         kinds.add(kind)
         if len(kinds) > 1:
             raise UserError(f"{where}: {rel!r} is a {kind} but earlier rows name "
                             f"{'volumes' if kind == 'image' else '2D images'}; one manifest holds one kind of file")
-        file = (path.parent / rel) if not Path(rel).is_absolute() else Path(rel)
         if check_files and not file.is_file():
             raise UserError(f"{where}: {kind} file {file} not found (paths are relative to the manifest's folder)")
         files.append(file)
@@ -117,7 +131,7 @@ def manifest_from_files(files: Sequence[str | Path], values: dict[str, str]) -> 
     files = [Path(f) for f in files]
     kinds = set()
     for f in files:
-        kind = file_kind(f.name)
+        kind = file_kind(f.name, f)
         if kind is None:
             raise UserError(f"{f}: not a NIfTI volume or a 2D image file; give the files the run was trained on")
         if not f.is_file():
