@@ -122,11 +122,40 @@ class Case:
     setup: Callable | None = None  # setup(work) or setup(work, monkeypatch)
 
 
+def image_manifest(work: Path, rows: list[str], header: str = "subject,path,split,label,age") -> None:
+    """``m.csv`` in ``work`` naming 8x8 PNGs under ``img/`` (written for every row whose file ends in .png)."""
+    from PIL import Image
+
+    (work / "img").mkdir(exist_ok=True)
+    for row in rows:
+        path = row.split(",")[1]
+        if path.endswith(".png") and not (work / path).exists():
+            Image.new("L", (8, 8), 100).save(work / path)
+    (work / "m.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def truncated_png(work: Path) -> None:
+    image_manifest(work, ["s1,img/a.png,train,0,40", "s2,img/b.png,valid,1,50", "s3,img/c.png,test,0,60"])
+    data = (work / "img/b.png").read_bytes()
+    (work / "img/b.png").write_bytes(data[: len(data) // 2])
+
+
 def resume(*extra):
     return ["fit", "--name", "tiny", "--resume", *extra]
 
 
 CASES = [
+    Case("manifest-mixed", "a manifest naming 2D images and volumes", ["data", "info", "m.csv"],
+         "m.csv, line 3: 'img/v.nii.gz' is a volume but earlier rows name 2D images; one manifest holds one kind",
+         lambda work: image_manifest(work, ["s1,img/a.png,train,0,40", "s2,img/v.nii.gz,test,1,50"])),
+    Case("manifest-two-splits", "a subject in two splits", ["data", "info", "m.csv"],
+         "m.csv, line 3: subject s1 is in split test but line 2 puts it in train; a subject must stay in one split",
+         lambda work: image_manifest(work, ["s1,img/a.png,train,0,40", "s1,img/b.png,test,1,50"])),
+    Case("manifest-column", "a column named in the config but absent", ["data", "info", "m.csv", "--target", "lable"],
+         "m.csv: no column 'lable' (did you mean 'label'?)",
+         lambda work: image_manifest(work, ["s1,img/a.png,train,0,40", "s2,img/b.png,test,1,50"])),
+    Case("manifest-truncated", "a truncated PNG in a manifest", ["data", "info", "m.csv"],
+         "m.csv, line 3 (subject s2): img/b.png: cannot decode the image", truncated_png),
     # -- run folders and resuming --
     Case("resume-covariates", "--resume with a different covariate list", resume("--data.covariates", "Young"),
          "--resume: data.covariates is ['Young', 'Male'] in runs/tiny/config.yaml but ['Young'] here"),

@@ -190,7 +190,8 @@ def file_shape(table, row: int) -> tuple:
     try:
         pixels, _ = read_pixels(file)
     except CorruptImage as exc:
-        raise UserError(f"{table.where(row)}: {exc}") from None
+        raise UserError(f"{table.where(row)}: {table.columns['path'][row]}: cannot decode the image ({exc.reason}); "
+                        "replace the file or remove its row") from None
     return tuple(int(v) for v in pixels.shape)
 
 
