@@ -277,3 +277,50 @@ def test_truncated_files_are_corrupt(tmp_path, name):
     with pytest.raises(CorruptImage, match=rf"{name}: cannot decode the image") as err:
         decode_file(path, S)
     assert "\n" not in str(err.value)
+
+
+def test_dicom_voi_lut_sequence_wins_over_the_window(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.random.default_rng(5).integers(0, 4096, size=(12, 14))
+    path = tmp_path / "lut.dcm"
+    _write_dicom(path, stored, bits_stored=12, window=(2048.0, 4096.0))
+    ds = pydicom.dcmread(path)
+    first, entries, bits = 1000, 2000, 10  # values below 1000 -> lut[0], above 2999 -> lut[-1]
+    lut = np.round(np.sqrt(np.linspace(0, 1, entries)) * (2**bits - 1)).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor, item.LUTData = [entries, first, bits], lut.tolist()
+    item["LUTDescriptor"].VR, item["LUTData"].VR = "US", "US"
+    ds.VOILUTSequence = Sequence([item])
+    ds.save_as(path)
+    index = np.clip(pydicom.dcmread(path).pixel_array.astype(np.int64) - first, 0, entries - 1)
+    expected = np.rint(lut[index] / (2**bits - 1) * 65535).astype(np.uint16)
+    assert np.abs(read_pixels(path)[0].astype(int) - expected).max() <= 1
+
+
+def test_dicom_rgb_stays_8bit_rgb(tmp_path):
+    rgb = _rng_image((10, 12, 3))
+    path = tmp_path / "rgb.dcm"
+    _write_dicom(path, np.zeros((10, 12)))
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(path)
+    pixels, info = read_pixels(path)
+    assert np.array_equal(pixels, pydicom.dcmread(path).pixel_array) and np.array_equal(pixels, rgb)
+    assert info["bits"] == 8 and info["channels"] == 3
+    assert decode_file(path, S).shape == (3, S, S)
+
+
+def test_decoding_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    Image.fromarray(_rng_image((40, 40, 3))).save(tmp_path / "a.jpg")
+    _write_dicom(tmp_path / "a.dcm", _rng_image((40, 40), np.uint16))
+    code = ("import sys; from covfuse.data.decoders import decode_file; "
+            f"[decode_file(p, 16) for p in ({str(tmp_path / 'a.jpg')!r}, {str(tmp_path / 'a.dcm')!r})]; "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
