@@ -324,3 +324,22 @@ def test_decoding_does_not_import_torch(tmp_path):
             f"[decode_file(p, 16) for p in ({str(tmp_path / 'a.jpg')!r}, {str(tmp_path / 'a.dcm')!r})]; "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_probe_reads_what_read_pixels_returns(tmp_path):
+    from covfuse.data.decoders import probe
+
+    files = {"a.png": lambda p: Image.fromarray(_rng_image((9, 7, 3))).save(p),
+             "g.jpg": lambda p: Image.fromarray(_rng_image((9, 7)), "L").save(p),
+             "g16.png": lambda p: Image.fromarray(_rng_image((9, 7), np.uint16)).save(p),
+             "c16.png": lambda p: _write_png16(p, _rng_image((9, 7, 3), np.uint16)),
+             "c.tif": lambda p: tifffile.imwrite(p, _rng_image((9, 7, 3), np.uint16), photometric="rgb"),
+             "w.tif": lambda p: tifffile.imwrite(p, _rng_image((9, 7)), photometric="miniswhite"),
+             "p.tif": lambda p: Image.fromarray(_rng_image((9, 7, 3))).convert("P").save(p),
+             "x.dcm": lambda p: _write_dicom(p, _rng_image((9, 7), np.uint16))}
+    for name, write in files.items():
+        write(tmp_path / name)
+        assert probe(tmp_path / name) == read_pixels(tmp_path / name)[1], name
+    with pytest.raises(CorruptImage, match="empty file"):
+        (tmp_path / "e.dcm").write_bytes(b"")
+        probe(tmp_path / "e.dcm")

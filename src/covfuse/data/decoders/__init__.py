@@ -19,20 +19,13 @@ from PIL import Image
 
 from covfuse.data.decode import DEFAULT_PRESET, CorruptImage, check_preset, check_size
 from covfuse.data.decoders.base import Decoder, UnsupportedImage, pixel_info, resize_pixels
+from covfuse.data.decoders.dicom import DicomDecoder
+from covfuse.data.decoders.pil import PilDecoder
+from covfuse.data.decoders.tiff import TiffDecoder
 from covfuse.errors import UserError
 
 FORMATS = "PNG, JPEG, BMP, TIFF or DICOM"
-
-
-def _decoders() -> list[Decoder]:
-    from covfuse.data.decoders.dicom import DicomDecoder
-    from covfuse.data.decoders.pil import PilDecoder
-    from covfuse.data.decoders.tiff import TiffDecoder
-
-    return [PilDecoder(), TiffDecoder(), DicomDecoder()]
-
-
-DECODERS: list[Decoder] = _decoders()
+DECODERS: list[Decoder] = [PilDecoder(), TiffDecoder(), DicomDecoder()]  # magic bytes are tried in this order
 
 
 def decoder_for(path: str | os.PathLike, head: bytes) -> Decoder | None:
@@ -91,6 +84,14 @@ def read_pixels(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     return _guard(decoder, path, lambda: decoder.read(path, data))
 
 
+def probe(path: str | os.PathLike) -> dict:
+    """The info dict of :func:`read_pixels` (format, bits, channels, height, width) from the file's header
+    where the format allows (PNG, JPEG, BMP, DICOM, uncompressed-layout TIFF): to size a cache before
+    decoding. Errors as :func:`read_pixels`, except that damaged pixel data may only show when decoded."""
+    decoder, path, data = _load(path)
+    return _guard(decoder, path, lambda: decoder.probe(path, data))
+
+
 def decode_file(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
     """The image as (C, size, size), C = 1 (grey) or 3 (RGB, also for RGBA and palette files), uint8
     for 8-bit sources and uint16 for 16-bit ones, cropped and resized by ``preset`` as
@@ -101,5 +102,5 @@ def decode_file(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET
     return _guard(decoder, path, lambda: decoder.decode(path, data, size, preset))
 
 
-__all__ = ["DECODERS", "Decoder", "UnsupportedImage", "decode_file", "decoder_for", "pixel_info", "read_pixels",
-           "resize_pixels"]
+__all__ = ["DECODERS", "Decoder", "UnsupportedImage", "decode_file", "decoder_for", "pixel_info", "probe",
+           "read_pixels", "resize_pixels"]

@@ -20,7 +20,8 @@ class UnsupportedImage(UserError):
 
 
 class Decoder:
-    """One file format: ``accepts`` the first bytes, ``read`` full-resolution pixels, ``decode`` to (C, S, S)."""
+    """One file format: ``accepts`` the first bytes, ``read`` full-resolution pixels, ``probe`` the header's
+    :func:`pixel_info`, ``decode`` to (C, S, S)."""
 
     name = ""
     suffixes: tuple[str, ...] = ()
@@ -32,14 +33,21 @@ class Decoder:
     def read(self, path: Path, data: bytes) -> tuple[np.ndarray, dict]:
         raise NotImplementedError
 
+    def probe(self, path: Path, data: bytes) -> dict:
+        """:func:`pixel_info` without decoding, where the header says it; by default by reading."""
+        return self.read(path, data)[1]
+
     def decode(self, path: Path, data: bytes, size: int, preset: str) -> np.ndarray:
         return resize_pixels(self.read(path, data)[0], size, preset)
 
 
 def pixel_info(fmt: str, pixels: np.ndarray) -> dict:
     """The info dict :func:`read_pixels` returns next to an (H, W) or (H, W, 3) uint8/uint16 array."""
-    return {"format": fmt, "bits": 8 * pixels.dtype.itemsize, "channels": 1 if pixels.ndim == 2 else pixels.shape[2],
-            "height": int(pixels.shape[0]), "width": int(pixels.shape[1])}
+    return info(fmt, 8 * pixels.dtype.itemsize, 1 if pixels.ndim == 2 else pixels.shape[2], *pixels.shape[:2])
+
+
+def info(fmt: str, bits: int, channels: int, height: int, width: int) -> dict:
+    return {"format": fmt, "bits": int(bits), "channels": int(channels), "height": int(height), "width": int(width)}
 
 
 def resize_pixels(pixels: np.ndarray, size: int, preset: str = DEFAULT_PRESET) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covfuse.data.decoders.base import Decoder, UnsupportedImage, pixel_info
+from covfuse.data.decoders.base import Decoder, UnsupportedImage, info, pixel_info
 
 
 class DicomDecoder(Decoder):
@@ -35,7 +35,7 @@ class DicomDecoder(Decoder):
     def accepts(self, head: bytes) -> bool:
         return head[128:132] == b"DICM"  # the preamble's magic (files without it are found by suffix)
 
-    def read(self, path: Path, data: bytes) -> tuple[np.ndarray, dict]:
+    def _dataset(self, path: Path, data: bytes):
         import pydicom
 
         ds = pydicom.dcmread(io.BytesIO(data), force=not self.accepts(data[:132]))
@@ -46,6 +46,16 @@ class DicomDecoder(Decoder):
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if frames > 1:
             raise UnsupportedImage(path, f"a multi-frame DICOM ({frames} frames); covfuse reads one 2D image per file")
+        return ds
+
+    def probe(self, path: Path, data: bytes) -> dict:
+        ds = self._dataset(path, data)  # pydicom defers the pixel data: nothing is decoded here
+        colour = int(ds.get("SamplesPerPixel", 1)) == 3
+        bits = 8 if colour and int(ds.BitsAllocated) == 8 else 16
+        return info("DICOM", bits, 3 if colour else 1, int(ds.Rows), int(ds.Columns))
+
+    def read(self, path: Path, data: bytes) -> tuple[np.ndarray, dict]:
+        ds = self._dataset(path, data)
         pixels = _pixel_array(path, ds)
         if int(ds.get("SamplesPerPixel", 1)) == 3:
             pixels = _colour(pixels, int(ds.BitsStored))

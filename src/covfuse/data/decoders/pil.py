@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from covfuse.data.decode import crop_box, decode_image
-from covfuse.data.decoders.base import Decoder, UnsupportedImage, pixel_info, resize_pixels
+from covfuse.data.decoders.base import Decoder, UnsupportedImage, info, pixel_info, resize_pixels
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COLOUR_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "P", "PA", "LAB", "HSV"}  # -> 8-bit RGB
@@ -64,6 +64,18 @@ class PilDecoder(Decoder):
             img.load()
             pixels = self._array(path, img)
         return pixels, pixel_info(fmt, pixels)
+
+    def probe(self, path: Path, data: bytes) -> dict:
+        fmt = _format(data) or path.suffix.lstrip(".").upper()
+        with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
+            width, height = img.size
+            if _png16_colour(data):
+                return info(fmt, 16, 1 if data[25] == 4 else 3, height, width)
+            if img.mode in COLOUR_MODES:
+                return info(fmt, 8, 3, height, width)
+            if img.mode in GREY_MODES:
+                return info(fmt, 8, 1, height, width)
+        return self.read(path, data)[1]  # 16-bit grey or a mode read() refuses
 
     def decode(self, path: Path, data: bytes, size: int, preset: str) -> np.ndarray:
         if not _png16_colour(data):

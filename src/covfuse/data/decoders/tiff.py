@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covfuse.data.decoders.base import Decoder, UnsupportedImage, pixel_info
+from covfuse.data.decoders.base import Decoder, UnsupportedImage, info, pixel_info
 
 MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
@@ -25,6 +25,18 @@ class TiffDecoder(Decoder):
 
     def accepts(self, head: bytes) -> bool:
         return head.startswith(MAGIC)
+
+    def probe(self, path: Path, data: bytes) -> dict:
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first if tif.pages else None
+            plain = (page is not None and page.dtype in (np.uint8, np.uint16) and len(tif.series[0].shape) == len(page.shape)
+                     and page.photometric in (0, 1, 2))  # MINISWHITE, MINISBLACK, RGB
+            if plain:
+                channels = 3 if page.photometric == 2 else 1
+                return info("TIFF", 8 * page.dtype.itemsize, channels, page.imagelength, page.imagewidth)
+        return self.read(path, data)[1]
 
     def read(self, path: Path, data: bytes) -> tuple[np.ndarray, dict]:
         import tifffile
