@@ -266,11 +266,13 @@ def cmd_synth3d(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = write_synth3d(args.out, n=args.n, seed=args.seed, effect=args.effect, size=args.size,
-                        num_classes=args.classes, noise=args.noise, overwrite=args.overwrite, progress=True)
+                        num_classes=args.classes, noise=args.noise, overwrite=args.overwrite, progress=True,
+                        layout=args.format)
     card = json.loads((out / "synth.json").read_text())
     acc = card["bayes_accuracy"]
     print(f"wrote {args.n:,} synthetic volumes ({args.size}^3) to {out} in {time.perf_counter() - start:.1f} s "
-          f"({out / 'README.txt'}; manifest {out / 'manifest.csv'})")
+          f"({out / 'README.txt'}; " + (f"BIDS dataset, {out / 'participants.tsv'})" if args.format == "bids"
+                                        else f"manifest {out / 'manifest.csv'})"))
     print(f"rule: {card['rule']}")
     print(
         "Bayes accuracy: image+covariates {image_and_covariates:.3f}, image only {image_only:.3f}, "
@@ -434,6 +436,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="cube side in voxels (default: 64)")
     p.add_argument("--classes", type=int, choices=(2, 3), default=2, help="2: CN/AD, 3: CN/MCI/AD (default: 2)")
     p.add_argument("--noise", type=float, default=0.05, help="label flip probability (default: 0.05)")
+    p.add_argument("--format", choices=("manifest", "bids"), default="manifest",
+                   help="manifest: OUT/manifest.csv + volumes/; bids: a BIDS dataset (participants.tsv, "
+                   "sub-*/anat/*_T1w.nii.gz) without a split column (default: manifest)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     p.set_defaults(func=cmd_synth3d)
 

@@ -29,6 +29,7 @@ import numpy as np
 from covfuse.errors import UserError
 
 EFFECTS = ("planted", "null")
+LAYOUTS = ("manifest", "bids")
 CLASSES = {2: ["CN", "AD"], 3: ["CN", "MCI", "AD"]}
 AGE_RANGE = (55.0, 90.0)
 DISEASE_STEP = 0.5  # atrophy added per disease stage, in units of the whole age range's atrophy
@@ -203,21 +204,50 @@ def data_card(info: dict) -> str:
         f"  covariates only     {b['covariates_only']:.3f}",
         "",
         f"Splits (by subject): train {info['splits']['train']}, valid {info['splits']['valid']}, test {info['splits']['test']}.",
-        "Files: manifest.csv (subject,path,split,diagnosis,age,sex,APOE4), volumes/*.nii.gz, synth.json.",
+        ("Files (BIDS): dataset_description.json, participants.tsv/.json (diagnosis, age, sex, APOE4; no split:\n"
+         "BIDS has none, covfuse splits subjects by seed), sub-*/anat/sub-*_T1w.nii.gz, synth.json."
+         if info.get("format") == "bids" else
+         "Files: manifest.csv (subject,path,split,diagnosis,age,sex,APOE4), volumes/*.nii.gz, synth.json."),
         f"Seed {info['seed']}: same seed, same files.",
     ]
     return "\n".join(lines) + "\n"
 
 
+def _write_bids(folder: Path, manifest_csv: str, classes: list[str]) -> None:
+    """The BIDS files around the volumes: the twin's manifest rows become participants.tsv (its split
+    column is dropped: BIDS has none), with participants.json declaring levels and units. The twin has
+    one scan per subject, so there are no sessions."""
+    rows = list(csv.DictReader(io.StringIO(manifest_csv)))
+    columns = ["diagnosis", "age", "sex", "APOE4"]
+    lines = ["\t".join(["participant_id", *columns])]
+    lines += ["\t".join([r["subject"], *(r[c] or "n/a" for c in columns)]) for r in rows]
+    (folder / "participants.tsv").write_text("\n".join(lines) + "\n")
+    sidecar = {
+        "diagnosis": {"Description": "diagnosis (synthetic)", "Levels": {c: c for c in classes}},
+        "age": {"Description": "age at scan", "Units": "years"},
+        "sex": {"Description": "sex", "Levels": {"F": "female", "M": "male"}},
+        "APOE4": {"Description": "number of APOE e4 alleles (n/a: not genotyped)"},
+    }
+    (folder / "participants.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    description = {"Name": "covfuse synthetic brain-MRI twin", "BIDSVersion": "1.10.0", "DatasetType": "raw",
+                   "GeneratedBy": [{"Name": "covfuse data synth3d"}]}
+    (folder / "dataset_description.json").write_text(json.dumps(description, indent=2) + "\n")
+    (folder / ".bidsignore").write_text("synth.json\n")
+
+
 def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str = "planted", size: int = 64,
-                  num_classes: int = 2, noise: float = 0.05, overwrite: bool = False, progress: bool = False) -> Path:
-    """Write the twin to ``out`` (through a temporary sibling folder, renamed at the end)."""
+                  num_classes: int = 2, noise: float = 0.05, overwrite: bool = False, progress: bool = False,
+                  layout: str = "manifest") -> Path:
+    """Write the twin to ``out`` (through a temporary sibling folder, renamed at the end), as ``manifest.csv``
+    + ``volumes/`` (``layout="manifest"``) or as a BIDS dataset (``"bids"``, see :func:`_write_bids`)."""
     import nibabel as nib
     from tqdm import tqdm
 
     out = Path(out)
     if effect not in EFFECTS:
         raise UserError(f"unknown effect {effect!r}; choose from {', '.join(EFFECTS)}")
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown --format {layout!r}; choose from {', '.join(LAYOUTS)}")
     if num_classes not in CLASSES:
         raise UserError(f"--classes must be 2 (CN/AD) or 3 (CN/MCI/AD), got {num_classes}")
     if n < 3 * num_classes:
@@ -234,7 +264,7 @@ def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str =
     classes = CLASSES[num_classes]
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "volumes").mkdir(parents=True)
+    tmp.mkdir(parents=True)
     try:
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
@@ -245,12 +275,16 @@ def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str =
             image = nib.Nifti1Image(np.round(volume * 1000).astype(np.int16), base["affine"])
             image.header.set_xyzt_units("mm")
             subject = f"sub-{i + 1:04d}"
-            rel = f"volumes/{subject}.nii.gz"
+            rel = f"{subject}/anat/{subject}_T1w.nii.gz" if layout == "bids" else f"volumes/{subject}.nii.gz"
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             nib.save(image, str(tmp / rel))
             apoe = subjects["apoe4"][i]
             writer.writerow([subject, rel, splits[i], classes[int(subjects["label"][i])], f"{subjects['age'][i]:.1f}",
                              subjects["sex"][i], "" if np.isnan(apoe) else str(int(apoe))])
-        (tmp / "manifest.csv").write_text(table.getvalue())
+        if layout == "bids":
+            _write_bids(tmp, table.getvalue(), classes)
+        else:
+            (tmp / "manifest.csv").write_text(table.getvalue())
         step = DISEASE_STEP
         rule = (f"atrophy = (age - 55) / 35 + {step} * stage" if effect == "planted"
                 else f"atrophy = u + {step} * stage, u ~ U(0, 1) independent of age")
@@ -258,7 +292,7 @@ def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str =
             "bayes_accuracy": bayes_accuracies(num_classes, effect, noise),
             "target": "diagnosis", "classes": classes, "covariates": ["age", "sex", "APOE4"],
             "rule": rule + f"; stage uniform over {'/'.join(classes)}", "noise": noise, "effect": effect,
-            "seed": seed, "n": n, "size": size, "voxel_mm": float(base["affine"][0, 0]),
+            "seed": seed, "n": n, "size": size, "voxel_mm": float(base["affine"][0, 0]), "format": layout,
             "splits": {s: int((splits == s).sum()) for s in ("train", "valid", "test")},
             "template": f"nilearn/datasets/data/{TEMPLATE.format('t1')} (+ gm)",
             "atrophy_weights": WEIGHTS, "stage_rates": [float((subjects['stage'] == k).mean()) for k in range(num_classes)],

@@ -1,0 +1,106 @@
+"""2D image files into arrays: one small decoder class per format, picked by magic bytes, then suffix.
+
+As MONAI's ``ImageReader`` family (docs STYLE.md): every decoder answers ``accepts(head)`` (do
+the first bytes look like my format?), ``read(path, data)`` (the full-resolution pixels plus an
+info dict) and ``decode(path, data, size, preset)`` (the (C, S, S) array the cache stores). A new
+format is one new module and one line in :data:`DECODERS`; nothing downstream changes.
+
+Torch-free, like :mod:`covfuse.data.decode`, so the cache's worker processes start fast.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from covfuse.data.decode import DEFAULT_PRESET, CorruptImage, check_preset, check_size
+from covfuse.data.decoders.base import Decoder, UnsupportedImage, pixel_info, resize_pixels
+from covfuse.data.decoders.dicom import DicomDecoder
+from covfuse.data.decoders.pil import PilDecoder
+from covfuse.data.decoders.tiff import TiffDecoder
+from covfuse.errors import UserError
+
+FORMATS = "PNG, JPEG, BMP, TIFF or DICOM"
+DECODERS: list[Decoder] = [PilDecoder(), TiffDecoder(), DicomDecoder()]  # magic bytes are tried in this order
+
+
+def decoder_for(path: str | os.PathLike, head: bytes) -> Decoder | None:
+    """The first decoder whose magic bytes match ``head``, else the first that claims the suffix, else None."""
+    for decoder in DECODERS:
+        if decoder.accepts(head):
+            return decoder
+    name = str(path).lower()
+    return next((d for d in DECODERS if name.endswith(d.suffixes)), None)
+
+
+def _load(path: str | os.PathLike) -> tuple[Decoder, Path, bytes]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:  # one read; every decoder parses from memory
+            data = f.read()
+    except FileNotFoundError:
+        raise CorruptImage(path, "the file is missing") from None
+    except IsADirectoryError:
+        raise CorruptImage(path, "a folder, not an image file") from None
+    except OSError as exc:
+        raise CorruptImage(path, exc.strerror or type(exc).__name__) from None
+    if not data:
+        raise CorruptImage(path, "empty file, 0 bytes")
+    decoder = decoder_for(path, data[:132])
+    if decoder is None:
+        raise CorruptImage(path, f"not an image file: none of {FORMATS}")
+    return decoder, path, data
+
+
+def _guard(decoder: Decoder, path: Path, call):
+    """Run ``call``; a library's complaint about the file becomes one :class:`CorruptImage` line."""
+    try:
+        return call()
+    except UserError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error,
+            Image.DecompressionBombError, *decoder.errors) as exc:
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        if isinstance(exc, Image.UnidentifiedImageError):
+            reason = "not an image file"  # PIL's text names a BytesIO, not the file
+        raise CorruptImage(path, f"{decoder.name}: {reason}") from None
+
+
+def read_pixels(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """The whole image at full resolution: (H, W) grey or (H, W, 3) RGB, uint8 or uint16, and
+    ``{"format", "bits", "channels", "height", "width"}``.
+
+    8- and 16-bit files keep their values; DICOM is the displayed image (modality LUT or rescale,
+    then VOI LUT or window, MONOCHROME1 inverted) mapped linearly onto 0..65535 over its display
+    range (see :mod:`covfuse.data.decoders.dicom`). A missing, empty, truncated or non-image file
+    raises :class:`~covfuse.data.decode.CorruptImage` naming it; a readable file covfuse cannot use
+    as it is (a missing codec, a multi-page stack, float samples) raises :class:`UnsupportedImage`.
+    """
+    decoder, path, data = _load(path)
+    return _guard(decoder, path, lambda: decoder.read(path, data))
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """The info dict of :func:`read_pixels` (format, bits, channels, height, width) from the file's header
+    where the format allows (PNG, JPEG, BMP, DICOM, uncompressed-layout TIFF): to size a cache before
+    decoding. Errors as :func:`read_pixels`, except that damaged pixel data may only show when decoded."""
+    decoder, path, data = _load(path)
+    return _guard(decoder, path, lambda: decoder.probe(path, data))
+
+
+def decode_file(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
+    """The image as (C, size, size), C = 1 (grey) or 3 (RGB, also for RGBA and palette files), uint8
+    for 8-bit sources and uint16 for 16-bit ones, cropped and resized by ``preset`` as
+    :func:`~covfuse.data.decode.decode_image` does (bilinear). An 8-bit colour JPEG/PNG/BMP gives
+    exactly ``decode_image(path, size, preset)``. Errors as :func:`read_pixels`."""
+    size, preset = check_size(size), check_preset(preset)
+    decoder, path, data = _load(path)
+    return _guard(decoder, path, lambda: decoder.decode(path, data, size, preset))
+
+
+__all__ = ["DECODERS", "Decoder", "UnsupportedImage", "decode_file", "decoder_for", "pixel_info", "probe",
+           "read_pixels", "resize_pixels"]
