@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from covfuse.cli.main import main as covfuse
-from covfuse.data.bids import is_bids, read_bids
+from covfuse.data.readers.bids import is_bids, read_bids
 from covfuse.data.volumes import CovariateEncoder, column_kind, is_missing, read_manifest, subject_split
 from covfuse.errors import UserError
 
@@ -79,14 +79,14 @@ def test_rows_follow_participants_sessions_and_files(tmp_path):
     assert list(m.line) == [lines[f"sub-{s}"] for s, *_ in expected]
     assert m.where(0) == f"{root / 'participants.tsv'}, line 2 (subject 01)"
     assert (m.split == -1).all() and "split" not in m.columns
-    assert m.levels["group"] == {"0": "control", "1": "patient"} and m.categorical == ["sex", "group"]
+    assert m.levels["group"] == {"0": "control", "1": "patient"} and list(m.categorical) == ["sex", "group"]
     assert m.units == {"age": "years"}
 
 
 def test_the_table_feeds_the_covariate_encoder_and_subject_splits(tmp_path):
     make_bids(tmp_path / "study")
     m = read_bids(tmp_path / "study")
-    assert column_kind(m, "group") == "numeric" and column_kind(m, "group", m.categorical) == "categorical"
+    assert column_kind(m, "group") == "categorical"  # declared by its Levels, though its values are numbers
     rows = np.arange(len(m))
     encoder = CovariateEncoder.fit(m, ["age", "group"], rows, categorical=m.categorical)
     assert encoder.feature_names == ["age", "age_missing", "group=0", "group=1"]
@@ -170,7 +170,7 @@ def test_the_twin_in_bids_form_equals_the_manifest_twin(tmp_path):
             assert a == b or (is_missing(a) and is_missing(b))
     raw = [line.split("\t") for line in (bids_twin / "participants.tsv").read_text().splitlines()[1:]]
     assert [r[4] for r in raw] == [v or "n/a" for v in reference.columns["APOE4"]]  # BIDS writes n/a for missing
-    assert bids.categorical == ["diagnosis", "sex"] and bids.units == {"age": "years"}
+    assert list(bids.categorical) == ["diagnosis", "sex"] and bids.units == {"age": "years"}
     for a, b in zip(reference.files, bids.files):
         assert np.array_equal(np.asanyarray(nib.load(str(a)).dataobj), np.asanyarray(nib.load(str(b)).dataobj))
     assert "split" not in (bids_twin / "participants.tsv").read_text().splitlines()[0]

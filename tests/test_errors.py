@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,6 +141,26 @@ def truncated_png(work: Path) -> None:
     (work / "img/b.png").write_bytes(data[: len(data) // 2])
 
 
+def bids(work: Path, damage: str) -> None:
+    """``study/``: a small BIDS dataset (tests/test_data_bids.py) with one thing wrong."""
+    from test_data_bids import _damage, make_bids
+
+    make_bids(work / "study")
+    _damage(damage, work / "study")
+
+
+def truncated_dicom(work: Path) -> None:
+    """A manifest whose second DICOM file lost its second half (a broken PACS transfer)."""
+    from test_data_decoders import _write_dicom as write_dicom
+
+    (work / "img").mkdir()
+    for name in ("a", "b", "c"):
+        write_dicom(work / "img" / f"{name}.dcm", np.full((16, 16), 300, dtype=np.uint16))
+    data = (work / "img/b.dcm").read_bytes()
+    (work / "img/b.dcm").write_bytes(data[: len(data) - 300])
+    (work / "m.csv").write_text("subject,path,label\ns1,img/a.dcm,0\ns2,img/b.dcm,1\ns3,img/c.dcm,1\n")
+
+
 def resume(*extra):
     return ["fit", "--name", "tiny", "--resume", *extra]
 
@@ -156,6 +177,13 @@ CASES = [
          lambda work: image_manifest(work, ["s1,img/a.png,train,0,40", "s2,img/b.png,test,1,50"])),
     Case("manifest-truncated", "a truncated PNG in a manifest", ["data", "info", "m.csv"],
          "m.csv, line 3 (subject s2): img/b.png: cannot decode the image", truncated_png),
+    Case("manifest-truncated-dicom", "a truncated DICOM file in a manifest", ["data", "info", "m.csv"],
+         "m.csv, line 3 (subject s2): img/b.dcm: cannot decode the image", truncated_dicom),
+    Case("bids-no-participants", "a BIDS dataset without participants.tsv", ["data", "info", "study"],
+         "participants.tsv: not found; a BIDS dataset lists its subjects there",
+         lambda work: bids(work, "no participants.tsv")),
+    Case("bids-unlisted", "a BIDS subject missing from participants.tsv", ["data", "info", "study"],
+         "participants.tsv: subject folder sub-05/ is not listed", lambda work: bids(work, "folder not listed")),
     # -- run folders and resuming --
     Case("resume-covariates", "--resume with a different covariate list", resume("--data.covariates", "Young"),
          "--resume: data.covariates is ['Young', 'Male'] in runs/tiny/config.yaml but ['Young'] here"),

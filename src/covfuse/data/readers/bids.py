@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from covfuse.data.volumes import NIFTI_SUFFIXES, RESERVED, Manifest
+from covfuse.data.readers.manifest import NIFTI_SUFFIXES
+from covfuse.data.table import RESERVED, SampleTable
 from covfuse.errors import UserError, suggest
 
 LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
 @dataclass
-class BidsManifest(Manifest):
+class BidsManifest(SampleTable):
     """A :class:`~covfuse.data.volumes.Manifest` with what ``participants.json`` says about its columns.
 
     ``levels[column]``: the declared ``Levels`` (value -> description); a column with levels is
@@ -43,10 +44,6 @@ class BidsManifest(Manifest):
 
     levels: dict[str, dict[str, str]] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def categorical(self) -> list[str]:
-        return list(self.levels)
 
 
 def is_bids(root: str | Path) -> bool:
@@ -182,5 +179,7 @@ def read_bids(root: str | Path, *, suffix: str = "T1w", datatype: str = "anat") 
               if isinstance(v.get("Levels"), dict)}
     units = {k: str(v["Units"]) for k, v in described.items() if "Units" in v}
     return BidsManifest(table, columns_order, columns, files, np.asarray(columns["subject"], dtype=object),
-                        np.full(len(files), -1, dtype=np.int8), np.asarray(lines, dtype=np.int64), levels, units)
+                        np.full(len(files), -1, dtype=np.int8), np.asarray(lines, dtype=np.int64), kind="volume",
+                        format="bids", categorical=tuple(levels), sources=(table,), root_dir=root,
+                        levels=levels, units=units)
 
