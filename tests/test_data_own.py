@@ -185,3 +185,86 @@ def test_a_study_on_an_image_manifest_reports_subject_clustered_intervals(tmp_pa
     # The intervals resample the test split's subjects (3 photos each), not its photos.
     subjects = {row.split("/")[-1].split("_")[0] for row in tests[0]}
     assert all(row["clusters"] == len(subjects) < len(tests[0]) for row in report["rows"])
+
+
+def _png16(path, pixels):
+    """A 16-bit greyscale PNG written by Pillow (mode I;16), read back independently below."""
+    from PIL import Image
+
+    Image.fromarray(pixels.astype(np.uint16)).save(path)
+
+
+def test_16bit_grey_manifest_keeps_16_bits_through_the_cache(tmp_path):
+    from covfuse.data.decoders import decode_file
+    from covfuse.data.samples import Settings, build_cache, make_dataset, open_cache
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    lines = ["subject,path,split,y"]
+    for i in range(6):
+        _png16(tmp_path / f"img/{i}.png", rng.integers(0, 65536, (20, 24)))
+        lines.append(f"s{i},img/{i}.png,{['train', 'valid', 'test'][i % 3]},{i % 2}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    table = read_table(tmp_path / "m.csv")
+    s = Settings(size=12, preset="center-crop")
+    rows = np.arange(len(table))
+    fresh = make_dataset(table, rows, np.zeros((6, 0)), np.zeros(6), s)
+    cache = build_cache(table, s)
+    assert cache.path.suffix == ".u16" and cache.array.dtype == np.uint16 and cache.shape == (6, 1, 12, 12)
+    cached = make_dataset(table, rows, np.zeros((6, 0)), np.zeros(6), s, cache=open_cache(table, s))
+    for i in rows:
+        want = decode_file(table.files[i], 12, "center-crop")
+        assert want.dtype == np.uint16 and want.shape == (1, 12, 12)
+        assert np.array_equal(fresh[i]["image"].numpy(), want) and np.array_equal(cached[i]["image"].numpy(), want)
+    batch = cached.__getitems__([0, 1, 2]).tensors["image"]
+    assert batch.dtype == torch.uint16 and normalize(batch).shape == (3, 3, 12, 12)
+
+
+def test_a_mixed_manifest_takes_its_first_files_layout(tmp_path):
+    from PIL import Image
+
+    from covfuse.data.decode import conform, decode_image
+    from covfuse.data.samples import Settings, make_dataset
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "img").mkdir()
+    grey = rng.integers(0, 256, (16, 16)).astype(np.uint8)
+    rgb = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "img/g.png")
+    Image.fromarray(rgb).save(tmp_path / "img/c.png")
+    (tmp_path / "m.csv").write_text("subject,path,y\ns1,img/g.png,0\ns2,img/c.png,1\ns3,img/g.png,1\n")
+    table = read_table(tmp_path / "m.csv")
+    data = make_dataset(table, np.arange(3), np.zeros((3, 0)), np.zeros(3), Settings(size=16, preset="research"))
+    assert data.__getitems__([0, 1]).tensors["image"].shape == (2, 1, 16, 16)  # grey first: RGB made grey
+    want = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.int16)  # PIL's own luma (rounded)
+    got = data[1]["image"].numpy()[0].astype(np.int16)
+    assert np.abs(got - want).max() <= 1
+    # and the other way: grey repeated into RGB, 8 -> 16 bits by x257
+    colour = decode_image(tmp_path / "img/c.png", 16, "research")
+    assert np.array_equal(conform(colour[:1], 3, "uint8"), np.repeat(colour[:1], 3, axis=0))
+    assert conform(np.array([[[0, 1, 255]]], np.uint8), 1, "uint16").tolist() == [[[0, 257, 65535]]]
+
+
+def test_a_study_on_a_bids_dataset(tmp_path, capsys):
+    import json
+
+    root = tmp_path / "study"  # the brain twin in BIDS form: participants.tsv with n/a APOE4 values
+    assert covfuse(["data", "synth3d", str(root), "--n", "24", "--size", "16", "--format", "bids"]) == 0
+    runs = tmp_path / "runs"
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data:\n  image_size: 16\n  batch_size: 4\n  cache: 'off'\n  target: diagnosis\n"
+                      "  covariates: [age, sex, APOE4]\nmodel:\n  backbone: resnet3d-compact\n"
+                      "trainer:\n  max_epochs: 1\n  summary: false\n  progress_every: 0\nbootstrap: 20\n")
+    table = read_table(root)
+    assert (table.kind, table.format) == ("volume", "bids") and "n/a" in table.columns["APOE4"]
+    assert covfuse(["sweep", "--config", str(config), "--data.root", str(root), "--name", "mri",
+                    "--runs_dir", str(runs), "--grid", "model.fusion=image-only,daft", "--seeds", "0,1"]) == 0
+    capsys.readouterr()
+    assert covfuse(["report", "mri", "--runs_dir", str(runs), "--format", "json", "--bootstrap", "200"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["n_runs"] for r in report["rows"]] == [2, 2]
+    with open(runs / "mri" / "fusion=daft" / "s1" / "predictions.csv", newline="") as f:
+        test = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    assert all(r["clusters"] == len({t["group"] for t in test}) for r in report["rows"])
+    split = subject_split(table, seed=0)  # data.split_seed's default: the same test subjects for every seed
+    assert sorted({t["group"] for t in test}) == sorted(set(table.subjects[split == 2]))

@@ -33,7 +33,7 @@ import torch
 
 from covfuse.data._workers import default_workers, run_chunks
 from covfuse.data.celeba import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
-from covfuse.data.decode import PRESETS, check_preset, check_size, decode_image
+from covfuse.data.decode import PRESETS, check_preset, check_size
 from covfuse.data.decode import fill_chunk as _fill_chunk  # module-level name: tests patch it
 from covfuse.errors import UserError
 
@@ -65,14 +65,11 @@ def as_table(source):
 
 
 def _layout(table, size: int, preset: str) -> tuple[int, str]:
-    """(channels, dtype) of the decoded images: CelebA is RGB uint8; otherwise the first file decides."""
-    if table.format == "celeba":
-        return 3, "uint8"
-    from covfuse.data.samples import _decoder
+    """(channels, dtype) of the decoded images (covfuse.data.samples.image_layout: the header of the
+    first file, before anything is decoded)."""
+    from covfuse.data.samples import image_layout
 
-    decode = _decoder(table) or decode_image
-    first = decode(table.files[0], size, preset)
-    return int(first.shape[0]), str(first.dtype)
+    return image_layout(table)
 
 
 def cache_paths(source, size: int, preset: str, cache_dir: str | os.PathLike | None = None,

@@ -159,6 +159,24 @@ def _upsample(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.
     return out[0].numpy()
 
 
+def conform(image: np.ndarray, channels: int, dtype: str) -> np.ndarray:
+    """``image`` (C, S, S) in a table's layout: grey repeated into RGB or RGB made grey (ITU-R 601 luma,
+    as PIL's ``convert("L")``), 8-bit widened to 16 (x 257: 255 -> 65535) or 16-bit narrowed to 8
+    (rounded). A manifest may mix files; its first file sets the layout, so every batch stacks."""
+    if image.shape[0] != channels:
+        if channels == 3:
+            image = np.repeat(image, 3, axis=0)
+        else:
+            luma = image.astype(np.float64).transpose(1, 2, 0) @ np.array([0.299, 0.587, 0.114])
+            image = np.rint(luma)[None].astype(image.dtype)
+    if image.dtype != np.dtype(dtype):
+        if np.dtype(dtype) == np.uint16:
+            image = image.astype(np.uint16) * np.uint16(257)
+        else:
+            image = np.rint(image.astype(np.float64) / 257).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
 def any_decoder():
     """The decoder for a user's 2D files of any supported format and depth (PNG/JPEG/TIFF/DICOM)."""
     try:
@@ -176,7 +194,8 @@ def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int,
     array = np.memmap(path, dtype=np.dtype(dtype), mode="r+", shape=shape)
     for i, file in enumerate(files):
         try:
-            array[start + i] = decode(file, size, preset)
+            image = decode(file, size, preset)
+            array[start + i] = conform(image, shape[1], dtype) if any_format else image
         except CorruptImage as exc:
             raise UserError(f"{file}: cannot decode the image ({exc.reason}); `covfuse data verify` lists all such "
                             "files; --skip-corrupt leaves them out (with data.cache off)") from None

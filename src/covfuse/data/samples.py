@@ -53,13 +53,34 @@ def describe(table: SampleTable, s: Settings) -> dict:
     return {"size": s.size, "preset": s.preset}
 
 
+def image_layout(table: SampleTable) -> tuple[int, str]:
+    """(channels, dtype) of a table's decoded images: CelebA is RGB uint8; otherwise the first file's
+    header decides (1 or 3 channels, uint8 or uint16) and every other file is converted to it."""
+    if table.format == "celeba":
+        return 3, "uint8"
+    from covfuse.data.decoders import probe
+
+    info = probe(table.files[0])
+    return int(info["channels"]), "uint16" if info["bits"] == 16 else "uint8"
+
+
+class _Conformed:
+    """A picklable decoder (DataLoader workers) returning every file in the table's layout."""
+
+    def __init__(self, channels: int, dtype: str):
+        self.channels, self.dtype = channels, dtype
+
+    def __call__(self, path, size: int, preset: str):
+        from covfuse.data.decode import any_decoder, conform
+
+        return conform(any_decoder()(path, size, preset), self.channels, self.dtype)
+
+
 def _decoder(table: SampleTable):
     """The 2D decoder for a table's files: JPEG/PIL for CelebA, any supported format for manifests."""
     if table.format == "celeba":
         return None  # ImageDataset's default: covfuse.data.decode.decode_image
-    from covfuse.data.decode import any_decoder
-
-    return any_decoder()
+    return _Conformed(*image_layout(table))
 
 
 def volume_cache_dir(table: SampleTable) -> Path:

@@ -73,9 +73,19 @@ def volume_shape(file: Path, where: str = "") -> tuple[int, int, int]:
 
 def transform(settings: Preprocessing):
     """The MONAI pipeline: file -> float32 tensor (1, S, S, S)."""
+    import logging
+    import warnings
+
     from monai import transforms as T
 
-    steps = [T.LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32),
+    # LoadImage builds every reader MONAI knows; with pydicom installed (covfuse reads 2D DICOM) its
+    # GPU-codec DICOM reader warns at each construction that nvImageCodec is absent. Volumes are
+    # NIfTI and never reach that reader, so the notice says nothing to a covfuse user.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+        load = T.LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+    steps = [load,
              T.Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if settings.spacing is not None:
         steps.append(T.Spacing(pixdim=settings.spacing, mode="bilinear"))
