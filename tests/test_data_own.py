@@ -268,3 +268,29 @@ def test_a_study_on_a_bids_dataset(tmp_path, capsys):
     assert all(r["clusters"] == len({t["group"] for t in test}) for r in report["rows"])
     split = subject_split(table, seed=0)  # data.split_seed's default: the same test subjects for every seed
     assert sorted({t["group"] for t in test}) == sorted(set(table.subjects[split == 2]))
+
+
+def test_multiclass_and_regression_heads_on_an_image_manifest(tmp_path):
+    from sklearn.metrics import balanced_accuracy_score, mean_absolute_error
+
+    manifest = _photo_study_manifest(tmp_path / "photos")
+    text = manifest.read_text().replace(",,", ",50,")  # regression needs every target present
+    manifest.write_text(text)
+    runs = tmp_path / "runs"
+    common = ["fit", "--data.root", str(manifest), "--data.image_size", "16", "--data.batch_size", "16",
+              "--trainer.max_epochs", "1", "--runs_dir", str(runs), "--bootstrap", "20", "--trainer.summary", "false",
+              "--trainer.progress_every", "0", "--model.backbone", "vgg-mini", "--model.fusion", "concat"]
+    assert covfuse([*common, "--name", "site", "--model.head", "multiclass", "--data.target", "site",
+                    "--data.covariates", "[age,sex]", "--monitor", "val/loss"]) == 0
+    assert covfuse([*common, "--name", "age", "--model.head", "regression", "--data.target", "age",
+                    "--data.covariates", "[sex,site]", "--monitor", "val/loss"]) == 0
+    import json
+
+    for name, score, key in (("site", balanced_accuracy_score, "balanced_accuracy"), ("age", mean_absolute_error, "mae")):
+        metrics = json.loads((runs / name / "metrics.json").read_text())
+        with open(runs / name / "predictions.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+        y = [float(r["label"]) for r in rows]
+        p = [float(r["prediction"]) for r in rows]
+        assert metrics["test"][key] == pytest.approx(score(y, p), rel=1e-5)  # predictions.csv keeps 6 digits
+    assert json.loads((runs / "site" / "metrics.json").read_text())["classes"] == ["back", "head", "lower extremity"]
