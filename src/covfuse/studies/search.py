@@ -218,8 +218,10 @@ def run_search(study: Study, space_text: dict[str, list], trials: int, *, seed: 
                         f"({len(study.cells)} cells x {trials} trials)")
     if task is None or not (root / "study.json").is_file():
         write_study(study, overwrite=overwrite)
-    if task is not None:
-        search_cell(study, list(study.cells)[task // trials], space, trials, seed, monitor, one=True)
+    if task is not None:  # array tasks start at once: each needs its own seed, or all would draw the same first
+        # settings; trial k of every cell shares one, so the methods still see the same random start
+        search_cell(study, list(study.cells)[task // trials], space, trials, seed * 1_000_003 + task % trials + 1,
+                    monitor, one=True)
         return {}
     for cell in study.cells:
         search_cell(study, cell, space, trials, seed, monitor)
