@@ -113,3 +113,18 @@ def test_a_bad_space_is_one_line():
     assert space["optim.lr"].log and (space["optim.lr"].low, space["optim.lr"].high) == (1e-4, 1e-2)
     assert isinstance(space["data.batch_size"], optuna.distributions.IntDistribution)
     assert space["model.fusion"].choices == ("a", "b")
+
+
+def test_a_failing_trial_does_not_spend_the_budget(base, tmp_path):
+    from covfuse.studies import search
+    from covfuse.studies.sweep import plan_study, write_study
+
+    study = plan_study(name="f", configs=[str(base)], runs_dir=tmp_path, overrides=["--trainer.max_epochs", "1"])
+    write_study(study)
+    o = optuna.create_study(study_name="base", storage=search.storage(study), direction="minimize")
+    o.enqueue_trial({"optim.lr": -1.0})  # refused by the run's own checks: the trial fails, another is drawn
+    o.enqueue_trial({"optim.lr": 1e-3})
+    summary = search.run_search(study, {"optim.lr": ["-1.0", "0.001"]}, 1)
+    assert [t.state.name for t in _journal_trials(tmp_path / "f", "base")] == ["FAIL", "COMPLETE"]
+    cell = summary["cells"]["base"]
+    assert (cell["complete"], cell["fail"], cell["best"]["params"]) == (1, 1, {"optim.lr": 1e-3})

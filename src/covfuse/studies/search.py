@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from covfuse.errors import UserError
+from covfuse.errors import RunInterrupted, UserError
 from covfuse.io import atomic_write_text
 from covfuse.studies.sweep import Run, Study, parse_run, run_one, say, write_study
 
@@ -29,6 +29,7 @@ JOURNAL = "optuna.journal"
 SUMMARY = "search.json"
 EVAL = ("valid",)
 OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize")}
+MAX_ATTEMPTS = 3  # a cell stops with an error once failed trials push it past this many times its budget
 PRUNER_STARTUP = 2  # finished trials before pruning starts: the median of fewer says little
 _RANGE = re.compile(r"^(log:)?\s*([^.][^ ]*?)\s*\.\.\s*(\S+)$")
 
@@ -142,11 +143,20 @@ def run_trial(study: Study, cell: str, ostudy, space: dict, monitor: str) -> str
         ostudy.tell(trial, state=o.trial.TrialState.PRUNED)
         say(f"{where}: {exc}")
         return "pruned"
-    except BaseException:
+    except RunInterrupted:
         ostudy.tell(trial, state=o.trial.TrialState.FAIL)
         raise
+    except Exception as exc:  # noqa: BLE001 (a diverging trial may not even write its metrics: try another)
+        ostudy.tell(trial, state=o.trial.TrialState.FAIL)
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        say(f"{where}: FAILED ({reason}); it does not count against the budget")
+        return f"failed: {reason}"
     key = OBJECTIVE[monitor][0]
-    value = json.loads((folder / "metrics.json").read_text())["valid"][key]
+    value = json.loads((folder / "metrics.json").read_text())["valid"].get(key)
+    if value is None or not math.isfinite(value):
+        ostudy.tell(trial, state=o.trial.TrialState.FAIL)
+        say(f"{where}: FAILED (valid {key} is {value})")
+        return f"failed: valid {key} is {value}"
     ostudy.tell(trial, float(value))
     say(f"{where}: valid {key} {value:.4f}")
     return "complete"
@@ -161,9 +171,12 @@ def search_cell(study: Study, cell: str, space: dict, trials: int, seed: int, mo
         for t in ostudy.get_trials(deepcopy=False, states=(o.trial.TrialState.RUNNING,)):
             ostudy.tell(t.number, state=o.trial.TrialState.FAIL)
     while len(_counted(ostudy)) < trials:
-        run_trial(study, cell, ostudy, space, monitor)
+        outcome = run_trial(study, cell, ostudy, space, monitor)
         if one:
             return
+        if outcome.startswith("failed") and len(ostudy.get_trials(deepcopy=False)) >= MAX_ATTEMPTS * trials:
+            raise UserError(f"cell {cell}: {MAX_ATTEMPTS * trials} trials were tried and too many failed (last: "
+                            f"{outcome[8:]}); check the --tune space and the base config with a plain covfuse fit")
 
 
 def summarise(study: Study, space_text: dict, trials: int, seed: int, monitor: str) -> dict:
