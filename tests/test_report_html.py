@@ -14,7 +14,7 @@ import yaml
 
 from browser import Browser, chromium_path
 from covfuse.cli.main import main as covfuse
-from data_fixtures import make_twin
+from data_fixtures import copy_twin
 
 SCRIPT_NAME = "<script>alert(1)</script>"
 ATTR_NAME = '"><svg/onload=alert(2)>'
@@ -23,7 +23,7 @@ ATTR_NAME = '"><svg/onload=alert(2)>'
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A finished two-cell study on a twin whose covariates are named with HTML."""
-    root = make_twin(tmp_path_factory, n=96, size=(24, 28)) / "celeba"
+    root = copy_twin(tmp_path_factory, tmp_path_factory.mktemp("xss") / "data", n=96, size=(24, 28)) / "celeba"
     attr = root / "list_attr_celeba.txt"
     lines = attr.read_bytes().decode().split("\r\n")
     names = lines[1].split(" ")

@@ -38,7 +38,7 @@ def _journal_trials(study_dir: Path, cell: str):
 def _sweep(base, runs, name, *extra):
     return covfuse(["sweep", "--config", str(base), "--name", name, "--runs-dir", str(runs), "--search", "optuna",
                     "--trials", "3", "--tune", "optim.lr=log:1e-4..3e-2", "--tune", "optim.weight_decay=0,0.01",
-                    *extra])
+                    "--trainer.max_epochs", "1", *extra])
 
 
 def test_a_seeded_search_is_reproducible_gives_every_cell_the_same_budget_and_scores_the_best_once_on_test(base, tmp_path):
@@ -69,8 +69,10 @@ def test_a_seeded_search_is_reproducible_gives_every_cell_the_same_budget_and_sc
     config = yaml.safe_load((a / "fusion=image-only" / "s0" / "config.yaml").read_text())
     assert config["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
     # the report shows each cell's budget, best settings and the spread over trials
-    assert covfuse(["report", str(a)]) == 0
+    assert covfuse(["report", str(a), "--format", "html", "--bootstrap", "200"]) == 0
     text = (a / "report.md").read_text()
+    page = (a / "report.html").read_text()
+    assert "Search (equal budget per method)" in page and page.count("<td>fusion=hybrid</td>") >= 2
     hybrid = summary["cells"]["fusion=hybrid"]
     assert "## Search (equal budget per method)" in text
     assert f"| fusion=hybrid | 3 | {hybrid['complete']} / {hybrid['pruned']} / 0 |" in text
