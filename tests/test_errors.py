@@ -161,6 +161,27 @@ def truncated_dicom(work: Path) -> None:
     (work / "m.csv").write_text("subject,path,label\ns1,img/a.dcm,0\ns2,img/b.dcm,1\ns3,img/c.dcm,1\n")
 
 
+def without_module(name: str, then: Callable | None = None):
+    """A setup that makes ``import name`` (and importlib's find_spec) fail, as on a machine without the extra."""
+    def setup(work, monkeypatch):
+        import importlib.util
+        import sys
+
+        if then is not None:
+            then(work)
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == name else real(n, *a))
+        monkeypatch.setitem(sys.modules, name, None)
+    return setup
+
+
+SWEEP = ["sweep", "--config", "sweep.yaml", "--name", "search", "--search", "optuna", "--trials", "2"]
+
+
+def SWEEP_CONFIG(work):  # noqa: N802 (a setup, named like the command list it goes with)
+    (work / "sweep.yaml").write_text(f"data:\n  root: {ROOT}\n  image_size: 16\n")
+
+
 def resume(*extra):
     return ["fit", "--name", "tiny", "--resume", *extra]
 
@@ -285,6 +306,17 @@ CASES = [
     Case("predict-inf-csv", "predict from a CSV with an infinite covariate", ["predict", "tiny", "--csv", "in.csv"],
          "in.csv:2: covariate Male is inf; give a finite number",
          lambda work: (work / "in.csv").write_text("image,Young,Male\nx.jpg,1,inf\n")),
+    # -- trackers and the Optuna search (issue 20) --
+    Case("logger-unknown", "a misspelt tracker", [*FIT, "--trainer.logger", "[csv,tensorbord]"],
+         "trainer.logger: unknown logger 'tensorbord' (did you mean 'tensorboard'?)"),
+    Case("logger-missing", "a tracker whose package is not installed", [*FIT, "--trainer.logger", "mlflow"],
+         "trainer.logger mlflow needs the mlflow package: pip install 'covfuse[mlflow]'", without_module("mlflow")),
+    Case("search-missing", "--search optuna without optuna installed", [*SWEEP, "--tune", "optim.lr=log:1e-4..1e-2"],
+         "--search optuna needs the optuna package: pip install 'covfuse[search]'", without_module("optuna", SWEEP_CONFIG)),
+    Case("search-space", "a range whose ends are the wrong way round", [*SWEEP, "--tune", "optim.lr=log:1e-2..0"],
+         "--tune optim.lr=log:1e-2..0: a range is LO..HI with numbers LO < HI", SWEEP_CONFIG),
+    Case("search-no-space", "--search optuna without a space", SWEEP,
+         "--search optuna needs a space: --tune KEY=V1,V2 | KEY=LO..HI | KEY=log:LO..HI", SWEEP_CONFIG),
 ]
 
 

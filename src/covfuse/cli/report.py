@@ -1,7 +1,8 @@
-"""`covfuse report STUDY [--baseline CELL] [--metric accuracy] [--format md|json|csv]`: compare a
+"""`covfuse report STUDY [--baseline CELL] [--metric accuracy] [--format md|json|csv|html]`: compare a
 study's cells with its baseline (pooled CIs and paired tests that resample people, a test across
 seeds/folds, Holm-adjusted p-values, verdicts) and write STUDY/report.md, report.json, report.csv
-and figures/; prints the report in the chosen format.
+and figures/; prints the report in the chosen format (html: writes STUDY/report.html, one
+self-contained page with the figures embedded, and prints its path).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--baseline", default=None, help="cell to compare with (default: the study's baseline)")
     p.add_argument("--metric", default=None, choices=names,
                    help="score to compare (default: accuracy; multi-class: balanced_accuracy; regression: mae)")
-    p.add_argument("--format", default="md", choices=["md", "json", "csv"], help="what to print (default: md)")
+    p.add_argument("--format", default="md", choices=["md", "json", "csv", "html"],
+                   help="what to print (default: md; html writes report.html and prints its path)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--unit", default="group", choices=["group", "image"],
                    help="what the bootstrap resamples: group (people; default) or image (data without repeated people)")
@@ -36,6 +38,11 @@ def main(argv: list[str]) -> int:
     study = load_study(args.study, args.runs_dir)
     report = build_report(study, baseline=args.baseline, metric=args.metric, n_boot=args.bootstrap, unit=args.unit)
     write_report(study, report)
+    if args.format == "html":
+        from covfuse.studies.report_html import write_html
+
+        print(write_html(report, study))
+        return 0
     text = {"md": lambda: to_markdown(report, study), "json": lambda: to_json(report), "csv": lambda: to_csv(report)}
     print(text[args.format](), end="")
     return 0

@@ -32,6 +32,11 @@ def parser(prog: str = "covfuse sweep", doc: str = __doc__, cv: bool = False) ->
     else:
         p.add_argument("--tune", action="append", default=[], metavar="KEY=V1,V2",
                        help="give every cell the same search over these values; the best by valid metric counts")
+        # issue 20: an Optuna search instead of the grid (covfuse.cli.search)
+        p.add_argument("--search", choices=["grid", "optuna"], default="grid",
+                       help="grid: every --tune value (default); optuna: --trials seeded TPE trials per cell over the "
+                            "--tune space (V1,V2 | LO..HI | log:LO..HI), pruned from the validation curve")
+        p.add_argument("--trials", type=int, default=20, help="Optuna trials per cell (default: 20)")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the runs and their commands; train nothing")
     p.add_argument("--overwrite", action="store_true", help="replace a different study of the same name")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="run here (default) or as a SLURM job array")
@@ -91,6 +96,10 @@ def main(argv: list[str], *, cv: bool = False, prog: str = "covfuse sweep", doc:
         name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
         if name and "." not in name and name not in config_keys():
             raise UserError(f"unknown option --{name}{suggest(name, own + config_keys())}; see `{prog} --help`")
+    if getattr(args, "search", "grid") == "optuna":  # issue 20: the Optuna search (covfuse.cli.search)
+        from covfuse.cli.search import main as search_main
+
+        return search_main(args, overrides, task_argv(args, overrides, cv), prog)
     from covfuse.studies import slurm
     from covfuse.studies.sweep import plan_study, run_status, run_study, write_study
 

@@ -216,10 +216,13 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
         r["verdict"] = ("better" if improved else "worse") if adj < ALPHA else "no evidence"
     base_row = next(r for r in rows if r["setting"] == baseline)
     base_row.update(p_adjusted=1.0, verdict="baseline")
+    from covfuse.studies.search import read_summary  # issue 20: an Optuna search's tuning table
+
+    search = read_summary(study)
     return {"study": study.name, "kind": study.kind, "baseline": baseline, "metric": metric, "task": task, "unit": unit,
             "split": "out-of-fold (valid of each fold)" if study.kind == "cv" else "test",
             "samples": pool, "clusters": int(len(np.unique(base.groups))), "seeds": study.seeds, "folds": study.folds,
-            "n_boot": n_boot, "rows": rows}
+            "n_boot": n_boot, "rows": rows, **({"search": search} if search else {})}
 
 
 def _mean_gaps(runs: Sequence[Run], split: str, stat: str = "accuracy") -> dict[str, float]:
@@ -319,6 +322,10 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
                             for k, v in r["tuned"][f"valid_{metric}"].items())
             lines.append(f"| {r['setting']} | {chosen} | {per} |")
         lines.append("")
+    if report.get("search"):  # issue 20
+        from covfuse.studies.search import markdown as search_markdown
+
+        lines += search_markdown(report["search"])
     gap_keys = sorted({k for r in report["rows"] for k in r["gaps"]}, key=lambda k: ("&" in k, k))
     if gap_keys:
         stat = SUBGROUP_STATS[report.get("task", "binary")][0]

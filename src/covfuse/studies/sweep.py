@@ -339,12 +339,14 @@ def run_one(study: Study, run: Run) -> str:
         say(f"{where}: done already, skipped")
         return "skipped"
     config = study.run_config(run)
+    from covfuse.training.tracking import study_context  # issue 20: trackers tag the run with its study and cell
+    context = study_context(study.name, study.study_dir, run.cell, {**run.settings, **run.tune})
     if status == "interrupted":
         say(f"{where}: resuming from its last checkpoint")
-        fit_run(config, resume=True)
+        fit_run(config, resume=True, tracking=context)
     else:
         say(f"{where}: training")
-        fit_run(config, overwrite=status == "started" and (folder / "config.yaml").is_file())
+        fit_run(config, overwrite=status == "started" and (folder / "config.yaml").is_file(), tracking=context)
     say(f"{where}: {summary(folder)}")
     return "resumed" if status == "interrupted" else "trained"
 

@@ -135,6 +135,8 @@ class TrainerConfig:
         progress: lines (a timestamped line every few seconds; good in log files and SLURM), bar (tqdm) or none.
         progress_every: Seconds between progress lines.
         summary: Print the model's layer table when training starts.
+        logger: Experiment trackers, a list of csv (metrics.csv; always written), tensorboard (<run>/tensorboard/) and mlflow (see tracking_uri), e.g. [csv,mlflow].
+        tracking_uri: MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else a file store mlruns/ in the study folder (a lone run: in runs_dir).
     """
 
     max_epochs: int = 1
@@ -155,6 +157,8 @@ class TrainerConfig:
     progress: Literal["lines", "bar", "none"] = "lines"
     progress_every: float = 10.0
     summary: bool = True
+    logger: Union[list[str], str] = field(default_factory=lambda: ["csv"])
+    tracking_uri: Optional[str] = None
 
 
 @dataclass
@@ -336,6 +340,7 @@ def from_dict(values: dict) -> RunConfig:
 
     config = build(RunConfig, values, "")
     config.data.covariates = split_names(config.data.covariates)
+    config.trainer.logger = split_names(config.trainer.logger) or ["csv"]
     return config
 
 
@@ -384,6 +389,9 @@ def check(config: RunConfig) -> RunConfig:
     need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "at least 1", t.accumulate_grad_batches)
     need(t.num_nodes >= 1, "trainer.num_nodes", "at least 1", t.num_nodes)
     need(config.bootstrap >= 0, "bootstrap", ">= 0 (0: no intervals)", config.bootstrap)
+    from covfuse.training.tracking import check_loggers
+
+    t.logger = check_loggers(split_names(t.logger) or ["csv"])
     regression = config.model.head == "regression"
     if config.monitor != "val/loss" and (config.monitor == "val/mae") != regression:
         raise UserError(f"monitor {config.monitor} does not exist for head {config.model.head}; use val/loss or "

@@ -36,6 +36,7 @@ from covfuse.errors import UserError
 from covfuse.io import atomic_write_text, load_trusted
 from covfuse.training import config as cfgmod
 from covfuse.training import runlog
+from covfuse.training import tracking as trackmod
 from covfuse.training.callbacks import LineProgress, plot_losses, trainer_callbacks
 from covfuse.training.config import RunConfig, TrainerConfig
 from covfuse.training.datamodule import CovfuseDataModule
@@ -296,7 +297,7 @@ def check_fill(config: RunConfig, data: CovfuseDataModule, world_size: int) -> N
 
 
 def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoch: int | None = None,
-                  extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+                  extra_callbacks: Sequence[L.Callback] = (), loggers: Sequence = ()) -> L.Trainer:
     t = config.trainer
     quiet_lightning()
     checkpoint = ModelCheckpoint(
@@ -329,7 +330,7 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
             deterministic=hw.deterministic,
             log_every_n_steps=max(1, min(t.log_every_n_steps, steps_per_epoch or t.log_every_n_steps)),
             val_check_interval=t.val_check_interval,
-            logger=RunCSVLogger(run_dir),
+            logger=[RunCSVLogger(run_dir), *loggers],
             callbacks=[*extra_callbacks, checkpoint, last, *trainer_callbacks(config.name, run_dir, t.progress, t.progress_every)],
             plugins=[AtomicCheckpointIO()],
             enable_progress_bar=t.progress == "bar",
@@ -345,13 +346,17 @@ def resume_hint(config: RunConfig) -> str:
     return f"covfuse fit --name {shlex.quote(config.name)}{where} --resume"
 
 
-def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Path:
+def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False,
+            tracking: trackmod.Context | None = None, callbacks: Sequence[L.Callback] = (),
+            splits: Sequence[str] = EVAL_SPLITS) -> Path:
     """Train one named run and evaluate its best checkpoint; returns the run folder.
 
     Everything that can be checked is checked before the folder is touched (config values, the
     data, the model, the trainer settings), so a failing command writes nothing. With
     ``overwrite`` the previous run is put aside and restored if this one fails before its first
-    checkpoint. The folder is locked for the whole call.
+    checkpoint. The folder is locked for the whole call. ``tracking`` places the run in a study for
+    the trackers (:mod:`covfuse.training.tracking`); ``callbacks`` join the trainer's (a search's pruning);
+    ``splits`` are the splits the best checkpoint is scored on (a search trial: valid only).
     """
     check_name(config.name)
     cfgmod.check(config)
@@ -368,7 +373,7 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False)
         check_resume_epochs(ckpt_path, config.trainer.max_epochs)
     created = False
     try:
-        prepared = _prepare(config, run_dir, rank0, resume=ckpt_path is not None)
+        prepared = _prepare(config, run_dir, rank0, resume=ckpt_path is not None, tracking=tracking, callbacks=callbacks)
         if rank0:
             created = not resume
             lock, backup = commit_run_dir(run_dir, lock, overwrite=overwrite, resume=resume, ckpt=ckpt_path)
@@ -376,7 +381,7 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False)
             if prepared.data.skipped:
                 write_text(run_dir / "skipped.txt", "".join(f"{name}\n" for name in prepared.data.skipped))
         with runlog.capture(run_dir / "log.txt", enabled=rank0):
-            _fit(config, run_dir, ckpt_path, rank0, prepared)
+            _fit(config, run_dir, ckpt_path, rank0, prepared, tuple(splits), tracking)
     except Exception:
         if rank0 and created and not (run_dir / CHECKPOINTS).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -401,7 +406,8 @@ class _Prepared:
     interruption: Interruption
 
 
-def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False) -> _Prepared:
+def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False,
+             tracking: trackmod.Context | None = None, callbacks: Sequence[L.Callback] = ()) -> _Prepared:
     """Data, module and trainer, built and checked without writing into the run folder."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     hw = resolve_hardware(config.trainer)
@@ -413,12 +419,15 @@ def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False
     module = build_module(config, data, hw)
     steps = len(data.datasets["train"]) // config.data.batch_size // config.trainer.accumulate_grad_batches
     interruption = Interruption(config.seed, run_dir / CHECKPOINTS / "last.ckpt", resume_hint(config))
-    trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps, extra_callbacks=[interruption])
+    loggers = trackmod.make_loggers(config, run_dir, tracking, resume=resume)
+    trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps, extra_callbacks=[interruption, *callbacks],
+                            loggers=loggers)
     check_fill(config, data, trainer.world_size)
     return _Prepared(hw, data, module, trainer, interruption)
 
 
-def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, p: _Prepared) -> None:
+def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, p: _Prepared,
+         splits: tuple[str, ...] = EVAL_SPLITS, tracking: trackmod.Context | None = None) -> None:
     start = time.monotonic()
     data, module, trainer = p.data, p.module, p.trainer
     log.info("run %s in %s%s", config.name, run_dir, f", resuming from {ckpt_path}" if ckpt_path else "")
@@ -430,6 +439,8 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
     if data.skipped:
         log.warning("skipped %d image(s) that do not decode (listed in %s): %s%s", len(data.skipped),
                     run_dir / "skipped.txt", ", ".join(data.skipped[:5]), " ..." if len(data.skipped) > 5 else "")
+    if rank0:
+        trackmod.start(trainer.loggers[1:], config, run_dir, tracking)
     p.interruption.install()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
@@ -437,15 +448,16 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
         p.interruption.uninstall()
     fit_seconds = time.monotonic() - start
     best = trainer.checkpoint_callback.best_model_path or str(run_dir / CHECKPOINTS / "last.ckpt")
-    module.eval_splits = list(EVAL_SPLITS)
-    trainer.test(module, dataloaders=data.eval_dataloaders(EVAL_SPLITS), ckpt_path=best, verbose=False)
+    module.eval_splits = list(splits)
+    trainer.test(module, dataloaders=data.eval_dataloaders(splits), ckpt_path=best, verbose=False)
     if rank0:
         extra = {"checkpoint": os.path.relpath(best, run_dir), **module.loaded_from,
                  "global_step": trainer.global_step, "epochs": trainer.current_epoch,
                  "fit_seconds": round(fit_seconds, 2)}
         if data.skipped:
             extra["skipped_images"] = len(data.skipped)
-        write_results(run_dir, config, data, module.outputs, extra)
+        metrics = write_results(run_dir, config, data, module.outputs, extra)
+        trackmod.log_final(trainer.loggers[1:], metrics, run_dir, trainer.global_step)
         log.info("run %s done in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
 
 

@@ -1,0 +1,223 @@
+"""`covfuse report STUDY --format html`: the study report as one self-contained page to send a colleague.
+
+Figures are embedded as data URIs, tables sort on a click of their header (a few lines of inline
+JavaScript, no library, no network). Everything that comes from the user's data or config (cell and
+run names, settings, covariate names and values) goes through :func:`html.escape`; on top of that a
+Content-Security-Policy allows only this file's own script (by its hash), so even a missed escape could
+not run a script from the data. Written by hand: no report library here does sortable, offline,
+CSP-locked pages, and the page is a few templates over the report dict.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from covfuse.studies.report import ASSUMPTIONS, _p
+from covfuse.studies.sweep import Study
+from covfuse.training.metrics import SUBGROUP_STATS
+
+FIGURES = (("forest", "Differences from the baseline (95% CI)"), ("metric", "Metric per cell (95% CI)"),
+           ("loss_curves", "Training curves"))
+
+SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, column) {
+    th.addEventListener("click", function () {
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      var down = th.getAttribute("aria-sort") !== "ascending";
+      table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", down ? "ascending" : "descending");
+      function key(row) {
+        var cell = row.cells[column];
+        var v = cell.getAttribute("data-value");
+        return v === null ? cell.textContent.trim() : (v === "" ? NaN : parseFloat(v));
+      }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b), r;
+        if (typeof x === "number" && typeof y === "number") {
+          if (isNaN(x)) { return 1; } if (isNaN(y)) { return -1; } r = x - y;
+        } else { r = String(x).localeCompare(String(y)); }
+        return down ? r : -r;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
+
+STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #1d1d1f; background: #fff; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f2f2f4; cursor: pointer; user-select: none; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
+td.num { text-align: right; }
+.better { color: #1a7f37; font-weight: 600; } .worse { color: #c62828; font-weight: 600; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; display: block; }
+figcaption { color: #555; font-size: 0.9em; } code { background: #f5f5f7; padding: 0 0.2em; word-break: break-all; }
+.wrap { overflow-x: auto; }
+"""
+
+
+def esc(value: Any) -> str:
+    """Text for the page: everything user-supplied is escaped, quotes included (it may sit in attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+def _md(text: str) -> str:
+    """The report's fixed prose (ASSUMPTIONS) with **bold** and `code`, escaped first."""
+    text = esc(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _num(value, digits: int = 3) -> tuple[str, str]:
+    """(shown text, data-value for sorting) of a number that may be missing."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "–", ""
+    return f"{value:.{digits}f}", repr(float(value))
+
+
+def _ci(lo_hi, digits: int = 3, sign: bool = False) -> str:
+    lo, hi = lo_hi or (None, None)
+    if lo is None:
+        return ""
+    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
+    return f" [{f.format(lo)}, {f.format(hi)}]"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> str:
+    """A sortable table; a cell is text, or (text, sort value) for numbers, or (text, sort value, css class)."""
+    out = ['<div class="wrap"><table class="sortable">']
+    if caption:
+        out.append(f"<caption>{esc(caption)}</caption>")
+    out.append("<thead><tr>" + "".join(f'<th scope="col">{esc(h)}</th>' for h in headers) + "</tr></thead><tbody>")
+    for row in rows:
+        cells = []
+        for cell in row:
+            if isinstance(cell, tuple):
+                text, value, *cls = cell
+                classes = " ".join(["num", *cls])
+                cells.append(f'<td class="{esc(classes)}" data-value="{esc(value)}">{esc(text)}</td>')
+            else:
+                cells.append(f"<td>{esc(cell)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table></div>")
+    return "\n".join(out)
+
+
+def _figure(path: Path, name: str, caption: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img id="{name}" alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def _settings(settings: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items()) or "base config"
+
+
+def render(report: dict, study: Study) -> str:
+    """The page as one string."""
+    metric, base = report["metric"], report["baseline"]
+    root = Path(study.study_dir)
+    parts = [f"<h1>Study {esc(study.name)}</h1>",
+             f"<p>{esc('CV' if study.kind == 'cv' else 'Sweep')}: {len(study.cells)} cells, seeds "
+             f"{esc(', '.join(map(str, study.seeds)))}{esc(f', {study.folds} folds' if study.folds else '')}; "
+             f"<strong>{esc(metric)}</strong> on the {esc(report['split'])} split: {report['samples']} samples of "
+             f"{report['clusters']} people. Baseline: <strong>{esc(base)}</strong>.</p>",
+             f"<p>Base config: <code>{esc(' '.join(study.base))}</code></p>"]
+    rows = []
+    for r in report["rows"]:
+        is_base = r["setting"] == base
+        mean, mean_v = _num(r["mean"])
+        est, est_v = _num(r.get("estimate"))
+        diff, diff_v = ("–", "") if is_base else _num(r["difference"])
+        p, p_v = ("–", "") if is_base else (_p(r["p_value"]), repr(float(r["p_value"])))
+        padj, padj_v = ("–", "") if is_base else (_p(r["p_adjusted"]), repr(float(r["p_adjusted"])))
+        rows.append([r["setting"], (str(r["n_runs"]), str(r["n_runs"])), (f"{mean} ± {r['sd']:.3f}", mean_v),
+                     (est + _ci(r["ci"]), est_v), (diff if is_base else f"{r['difference']:+.3f}"
+                                                    + _ci(r["difference_ci"], sign=True), diff_v),
+                     (p, p_v), (padj, padj_v), r["verdict"] if r["verdict"] not in ("better", "worse")
+                     else (r["verdict"], r["verdict"], r["verdict"])])
+    parts.append('<h2 id="results">Results</h2>')
+    parts.append(table(["setting", "runs", "mean ± sd", f"pooled {metric} [95% CI]", f"difference vs {base} [95% CI]",
+                        "p", "p (Holm)", "verdict"], rows))
+    for name, caption in FIGURES[:2]:
+        parts.append(_figure(root / "figures" / f"{name}.png", name, caption))
+    tests = []
+    for r in report["rows"]:
+        if r["setting"] == base:
+            continue
+        st, mc = r.get("seed_test"), r.get("mcnemar_clustered")
+        across = "–" if not st or st.get("t") is None else f"{st['method']}: t = {st['t']:.2f}, p = {_p(st['p_value'])}"
+        tests.append([r["setting"], (_p(r["bootstrap_p"]), repr(float(r["bootstrap_p"]))), across,
+                      f"{mc['a_only']} / {mc['b_only']}, p = {_p(mc['p_value'])}" if mc else "–"])
+    if tests:
+        parts += ['<h2 id="tests">Tests behind each row</h2>',
+                  table(["setting", "bootstrap p", "across runs (method: t, p)", "clustered McNemar"], tests)]
+    parts += ["<p>What each number assumes:</p><ul>", *[f"<li>{_md(a)}</li>" for a in ASSUMPTIONS], "</ul>"]
+    search = report.get("search")
+    if search:
+        parts += ['<h2 id="search">Search (equal budget per method)</h2>',
+                  f"<p>Optuna {esc(search['sampler'])} (seed {esc(search['seed'])}), pruner {esc(search['pruner'])}; "
+                  f"{esc(search['trials'])} trials per cell on the validation split ({esc(search['objective'])}, "
+                  f"{esc(search['direction'])}); space: <code>{esc(json.dumps(search['space']))}</code>. The best "
+                  "trial's settings were scored once on test.</p>"]
+        srows = []
+        for cell, c in search["cells"].items():
+            best, spread = c.get("best"), c.get("spread")
+            srows.append([cell, (str(c["budget"]), str(c["budget"])), f"{c['complete']} / {c['pruned']} / {c['fail']}",
+                          _settings(best["params"]) if best else "–",
+                          _num(best["value"], 4) if best else ("–", ""),
+                          "–" if not spread else f"{spread['min']:.4g} / {spread['median']:.4g} / {spread['max']:.4g}"])
+        parts.append(table(["setting", "budget", "complete / pruned / failed", "best settings",
+                            f"best {search['objective']}", "min / median / max"], srows))
+    tuned = [r for r in report["rows"] if r.get("tuned")]
+    if tuned:
+        parts += ['<h2 id="tuning">Equal tuning budget</h2>',
+                  table(["setting", "chosen", f"valid {metric} per value"],
+                        [[r["setting"], _settings(r["tuned"]["chosen"]),
+                          "; ".join(f"{k}: {v:.3f}" for k, v in r["tuned"][f"valid_{metric}"].items())] for r in tuned])]
+    gap_keys = sorted({k for r in report["rows"] for k in r.get("gaps", {})}, key=lambda k: ("&" in k, k))
+    if gap_keys:
+        stat = SUBGROUP_STATS[report.get("task", "binary")][0]
+        parts += ['<h2 id="gaps">Subgroup gaps</h2>',
+                  f"<p>{esc(stat)} gap (largest minus smallest subgroup {esc(stat)}), mean over runs.</p>",
+                  table(["setting", *gap_keys], [[r["setting"], *(_num(r["gaps"].get(k)) for k in gap_keys)]
+                                                 for r in report["rows"]])]
+    parts += ['<h2 id="curves">Training curves</h2>', _figure(root / "figures" / "loss_curves.png", "loss_curves",
+                                                             FIGURES[2][1])]
+    runs = [[r["setting"], _settings(r["settings"]),
+             ", ".join(str(Path(run.dir).relative_to(root)) for run in study.runs if run.cell == r["setting"])]
+            for r in report["rows"]]
+    parts += ['<h2 id="runs">Runs</h2>', table(["setting", "settings", "run folders"], runs)]
+    return page(f"Study {study.name}", "\n".join(p for p in parts if p))
+
+
+def page(title: str, body: str) -> str:
+    """The HTML document around ``body``, with a CSP that admits only the inline script below (by hash)."""
+    digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    csp = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
+           "base-uri 'none'; form-action 'none'")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
+            f"<script>{SCRIPT}</script>\n</body></html>\n")
+
+
+def write_html(report: dict, study: Study) -> Path:
+    """``<study>/report.html`` (call after :func:`covfuse.studies.report.write_report`, which draws the figures)."""
+    from covfuse.io import atomic_write_text
+
+    return atomic_write_text(Path(study.study_dir) / "report.html", render(report, study))

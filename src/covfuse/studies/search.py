@@ -1,0 +1,279 @@
+"""`covfuse sweep --search optuna --trials N --tune KEY=SPACE`: the same seeded Optuna search for every cell.
+
+Each cell (method) gets N trials of its own (TPE, seeded the same for every cell, so the first random
+trials are the same settings for every method), trained on train and scored on the validation split
+only; a trial whose validation curve falls behind the median of the finished trials at the same epoch
+is pruned. The best trial's settings then make the cell's study runs ``<cell>/s<seed>``, each scored
+once on test as in any sweep (with one seed that run retrains the best trial's model exactly: CPU
+training is deterministic). Trials live in ``<cell>/trials/t<NNN>/``; Optuna's record in
+``<study>/optuna.journal``, a journal file (append-only, file-locked) that SLURM array tasks share
+on a network disk where SQLite is unsafe. ``search.json`` holds what the report's tuning table shows.
+
+Space syntax (``--tune`` or the study file's ``sweep: tune:``): ``KEY=V1,V2`` (a list of choices),
+``KEY=LO..HI`` (uniform; integers if both ends are), ``KEY=log:LO..HI`` (log-uniform).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from covfuse.errors import RunInterrupted, UserError
+from covfuse.io import atomic_write_text
+from covfuse.studies.sweep import Run, Study, parse_run, run_one, say, write_study
+
+JOURNAL = "optuna.journal"
+SUMMARY = "search.json"
+EVAL = ("valid",)
+OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize")}
+MAX_ATTEMPTS = 3  # a cell stops with an error once failed trials push it past this many times its budget
+PRUNER_STARTUP = 2  # finished trials before pruning starts: the median of fewer says little
+_RANGE = re.compile(r"^(log:)?\s*([^.][^ ]*?)\s*\.\.\s*(\S+)$")
+
+
+def optuna():
+    """The optuna module, or one line naming the extra to install."""
+    try:
+        import optuna as module
+    except ImportError:
+        raise UserError("--search optuna needs the optuna package: pip install 'covfuse[search]'") from None
+    module.logging.set_verbosity(module.logging.WARNING)
+    return module
+
+
+def _number(text: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_space(tune: dict[str, list[Any]]) -> dict[str, Any]:
+    """``{"optim.lr": ["log:1e-4..1e-2"], "model.fusion": ["a", "b"]}`` -> Optuna distributions by key."""
+    dist = optuna().distributions
+    out: dict[str, Any] = {}
+    for key, values in tune.items():
+        values = [str(v) if not isinstance(v, (int, float)) or isinstance(v, bool) else v for v in values]
+        match = _RANGE.match(values[0]) if len(values) == 1 and isinstance(values[0], str) else None
+        if match:
+            log, lo, hi = bool(match.group(1)), _number(match.group(2)), _number(match.group(3))
+            if isinstance(lo, str) or isinstance(hi, str) or not lo < hi or (log and lo <= 0):
+                raise UserError(f"--tune {key}={values[0]}: a range is LO..HI with numbers LO < HI "
+                                f"(log:LO..HI needs LO > 0), e.g. --tune {key}=log:1e-4..1e-2")
+            both_int = isinstance(lo, int) and isinstance(hi, int)
+            out[key] = (dist.IntDistribution(lo, hi, log=log) if both_int
+                        else dist.FloatDistribution(float(lo), float(hi), log=log))
+        else:
+            out[key] = dist.CategoricalDistribution([_number(v) if isinstance(v, str) else v for v in values])
+    if not out:
+        raise UserError("--search optuna needs a space: --tune KEY=V1,V2 | KEY=LO..HI | KEY=log:LO..HI")
+    return out
+
+
+def storage(study: Study):
+    """Optuna's journal file in the study folder (safe for concurrent SLURM tasks on a shared disk)."""
+    journal = optuna().storages.journal
+    path = Path(study.study_dir) / JOURNAL
+    return optuna().storages.JournalStorage(journal.JournalFileBackend(str(path)))
+
+
+def _cell_study(study: Study, cell: str, seed: int, direction: str):
+    o = optuna()
+    return o.create_study(study_name=cell, storage=storage(study), direction=direction, load_if_exists=True,
+                          sampler=o.samplers.TPESampler(seed=seed),
+                          pruner=o.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=0))
+
+
+def _counted(ostudy) -> list:
+    """The trials that spend the budget: finished (complete or pruned) and still running."""
+    states = optuna().trial.TrialState
+    return [t for t in ostudy.get_trials(deepcopy=False) if t.state in (states.COMPLETE, states.PRUNED, states.RUNNING)]
+
+
+def pruning_callback(trial, monitor: str):
+    """A Lightning callback reporting the monitored validation metric after each validation; when the pruner
+    says the trial is behind, the next epoch raises TrialPruned instead of starting (so that epoch's
+    checkpoints and curve are kept, as evidence of why)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Pruning(Callback):
+        reason: str | None = None
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            value = trainer.callback_metrics.get(monitor)
+            if trainer.sanity_checking or value is None:
+                return
+            value = float(value)
+            trial.report(value if math.isfinite(value) else float("nan"), step=trainer.current_epoch)
+            if trial.should_prune():
+                self.reason = f"pruned after epoch {trainer.current_epoch + 1} ({monitor} {value:.4g})"
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if self.reason:
+                raise optuna().TrialPruned(self.reason)
+
+    return Pruning()
+
+
+def trial_dir(study: Study, cell: str, number: int) -> Path:
+    return Path(study.study_dir) / cell / "trials" / f"t{number:03d}"
+
+
+def run_trial(study: Study, cell: str, ostudy, space: dict, monitor: str) -> str:
+    """Ask for one trial, train it (valid only) and tell Optuna the result; returns its state."""
+    from covfuse.training.run import fit_run
+    from covfuse.training.tracking import study_context
+
+    o = optuna()
+    trial = ostudy.ask(space)
+    folder = trial_dir(study, cell, trial.number)
+    run = Run(-1, cell, study.seeds[0], str(folder), study.cells[cell], dict(trial.params))
+    where = f"{cell} trial {trial.number}"
+    say(f"{where}: training ({', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in trial.params.items())})")
+    try:
+        config = parse_run(study.base, run)
+        fit_run(config, overwrite=(folder / "config.yaml").is_file(), callbacks=[pruning_callback(trial, monitor)],
+                splits=EVAL, tracking=study_context(study.name, study.study_dir, cell, {**run.settings, **run.tune}))
+    except o.TrialPruned as exc:
+        ostudy.tell(trial, state=o.trial.TrialState.PRUNED)
+        say(f"{where}: {exc}")
+        return "pruned"
+    except RunInterrupted:
+        ostudy.tell(trial, state=o.trial.TrialState.FAIL)
+        raise
+    except Exception as exc:  # noqa: BLE001 (a diverging trial may not even write its metrics: try another)
+        ostudy.tell(trial, state=o.trial.TrialState.FAIL)
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        say(f"{where}: FAILED ({reason}); it does not count against the budget")
+        return f"failed: {reason}"
+    key = OBJECTIVE[monitor][0]
+    value = json.loads((folder / "metrics.json").read_text())["valid"].get(key)
+    if value is None or not math.isfinite(value):
+        ostudy.tell(trial, state=o.trial.TrialState.FAIL)
+        say(f"{where}: FAILED (valid {key} is {value})")
+        return f"failed: valid {key} is {value}"
+    ostudy.tell(trial, float(value))
+    say(f"{where}: valid {key} {value:.4f}")
+    return "complete"
+
+
+def search_cell(study: Study, cell: str, space: dict, trials: int, seed: int, monitor: str, *,
+                one: bool = False) -> None:
+    """Run the cell's trials until ``trials`` are finished (``one``: at most one, as a SLURM array task does)."""
+    o = optuna()
+    ostudy = _cell_study(study, cell, seed, OBJECTIVE[monitor][1])
+    if not one:  # in the finishing pass nobody else runs trials: a RUNNING one was cut off (kill, crash)
+        for t in ostudy.get_trials(deepcopy=False, states=(o.trial.TrialState.RUNNING,)):
+            ostudy.tell(t.number, state=o.trial.TrialState.FAIL)
+    while len(_counted(ostudy)) < trials:
+        outcome = run_trial(study, cell, ostudy, space, monitor)
+        if one:
+            return
+        if outcome.startswith("failed") and len(ostudy.get_trials(deepcopy=False)) >= MAX_ATTEMPTS * trials:
+            raise UserError(f"cell {cell}: {MAX_ATTEMPTS * trials} trials were tried and too many failed (last: "
+                            f"{outcome[8:]}); check the --tune space and the base config with a plain covfuse fit")
+
+
+def summarise(study: Study, space_text: dict, trials: int, seed: int, monitor: str) -> dict:
+    """search.json: per cell the budget, the trials (settings, state, value) and the best settings."""
+    o = optuna()
+    key, direction = OBJECTIVE[monitor]
+    cells = {}
+    for cell in study.cells:
+        ostudy = _cell_study(study, cell, seed, direction)
+        rows = []
+        for t in ostudy.get_trials(deepcopy=False):
+            rows.append({"number": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value,
+                         "epochs": len(t.intermediate_values)})
+        done = [r["value"] for r in rows if r["state"] == "complete"]
+        best = None
+        if done:
+            b = ostudy.best_trial
+            best = {"number": b.number, "params": b.params, "value": b.value,
+                    "dir": str(trial_dir(study, cell, b.number).relative_to(study.study_dir))}
+        counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
+        cells[cell] = {"budget": trials, **counts, "best": best, "trials": rows,
+                       "spread": ({"min": min(done), "median": float(_median(done)), "max": max(done)} if done else None)}
+    return {"sampler": "TPE", "seed": seed, "pruner": f"median (after {PRUNER_STARTUP} finished trials)",
+            "objective": f"valid {key}", "direction": direction, "space": space_text, "trials": trials, "cells": cells}
+
+
+def _median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def monitor_of(study: Study) -> str:
+    monitors = {study.run_config(r).monitor for r in study.runs}
+    if len(monitors) != 1:
+        raise UserError(f"--search optuna: the cells monitor different metrics ({', '.join(sorted(monitors))}); "
+                        "set one --monitor for the study")
+    return monitors.pop()
+
+
+def run_search(study: Study, space_text: dict[str, list], trials: int, *, seed: int = 0, task: int | None = None,
+               overwrite: bool = False) -> dict:
+    """Write study.json, run every cell's trials (or only task ``task``: one trial of cell task // trials), then
+    train each cell's study runs with its best settings; returns search.json's content."""
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    space = parse_space(space_text)
+    monitor = monitor_of(study)
+    root = Path(study.study_dir)
+    if task is not None and not 0 <= task < trials * len(study.cells):
+        raise UserError(f"--task {task} is outside this search's tasks 0..{trials * len(study.cells) - 1} "
+                        f"({len(study.cells)} cells x {trials} trials)")
+    if task is None or not (root / "study.json").is_file():
+        write_study(study, overwrite=overwrite)
+    if task is not None:  # array tasks start at once: each needs its own seed, or all would draw the same first
+        # settings; trial k of every cell shares one, so the methods still see the same random start
+        search_cell(study, list(study.cells)[task // trials], space, trials, seed * 1_000_003 + task % trials + 1,
+                    monitor, one=True)
+        return {}
+    for cell in study.cells:
+        search_cell(study, cell, space, trials, seed, monitor)
+        atomic_write_text(root / SUMMARY, json.dumps(summarise(study, space_text, trials, seed, monitor), indent=1) + "\n")
+    summary = summarise(study, space_text, trials, seed, monitor)
+    atomic_write_text(root / SUMMARY, json.dumps(summary, indent=1) + "\n")
+    for run in study.runs:
+        best = summary["cells"][run.cell]["best"]
+        if best is None:
+            raise UserError(f"cell {run.cell}: every trial of the search was pruned or failed; widen the --tune "
+                            "space or raise --trials")
+        run_one(study, replace(run, tune=dict(best["params"])))
+    return summary
+
+
+def read_summary(study: Study) -> dict | None:
+    path = Path(study.study_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _value(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def markdown(summary: dict) -> list[str]:
+    """The report's tuning table: each cell's budget, best settings and the spread of the valid score over trials."""
+    space = ", ".join(f"`{k}` ∈ {' | '.join(map(str, v))}" for k, v in summary["space"].items())
+    lines = ["## Search (equal budget per method)", "",
+             f"Optuna {summary['sampler']} (seed {summary['seed']}), pruner {summary['pruner']}, over {space}; "
+             f"{summary['trials']} trials per cell on the validation split ({summary['objective']}, "
+             f"{summary['direction']}); the best trial's settings were scored once on test.", "",
+             f"| setting | budget | complete / pruned / failed | best settings | best {summary['objective']} | "
+             "min / median / max over complete trials |", "|---|---|---|---|---|---|"]
+    for cell, c in summary["cells"].items():
+        best = c["best"]
+        settings = ", ".join(f"{k}={_value(v)}" for k, v in best["params"].items()) if best else "–"
+        spread = c["spread"]
+        lines.append(f"| {cell} | {c['budget']} | {c['complete']} / {c['pruned']} / {c['fail']} | {settings} | "
+                     f"{_value(best['value']) if best else '–'} | "
+                     + (f"{_value(spread['min'])} / {_value(spread['median'])} / {_value(spread['max'])}" if spread else "–")
+                     + " |")
+    return lines + [""]

@@ -1,0 +1,132 @@
+"""The Optuna search: equal seeded budgets per cell, reproducible trials, pruning from the validation curve."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from covfuse.cli.main import main as covfuse
+from covfuse.errors import UserError
+from data_fixtures import make_twin
+
+optuna = pytest.importorskip("optuna", reason="covfuse[search] is not installed")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    twin = make_twin(tmp_path_factory, n=96, size=(24, 28)) / "celeba"
+    path = tmp_path_factory.mktemp("cfg") / "base.yaml"
+    path.write_text(yaml.safe_dump({"data": {"root": str(twin), "covariates": ["Young", "Male"], "image_size": 16,
+                                             "batch_size": 16, "cache": "off"},
+                                    "trainer": {"max_epochs": 2, "summary": False, "progress": "none",
+                                                "accelerator": "cpu"},
+                                    "bootstrap": 50}))
+    return path
+
+
+def _journal_trials(study_dir: Path, cell: str):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
+    return optuna.load_study(study_name=cell, storage=storage).get_trials()
+
+
+def _sweep(base, runs, name, *extra):
+    return covfuse(["sweep", "--config", str(base), "--name", name, "--runs-dir", str(runs), "--search", "optuna",
+                    "--trials", "3", "--tune", "optim.lr=log:1e-4..3e-2", "--tune", "optim.weight_decay=0,0.01",
+                    "--trainer.max_epochs", "1", *extra])
+
+
+def test_a_seeded_search_is_reproducible_gives_every_cell_the_same_budget_and_scores_the_best_once_on_test(base, tmp_path):
+    runs = tmp_path / "runs"
+    assert _sweep(base, runs, "a", "--grid", "model.fusion=image-only,hybrid") == 0
+    assert _sweep(base, runs, "b", "--grid", "model.fusion=image-only") == 0
+    a, b = runs / "a", runs / "b"
+    summary = json.loads((a / "search.json").read_text())
+    assert {c: len(s["trials"]) for c, s in summary["cells"].items()} == {"fusion=image-only": 3, "fusion=hybrid": 3}
+    # the journal (Optuna's own reader) holds the same trials, and a second search with the same seed repeats them
+    first = _journal_trials(a, "fusion=image-only")
+    again = _journal_trials(b, "fusion=image-only")
+    assert [t.params for t in first] == [t.params for t in again] and len(first) == 3
+    assert [t.value for t in first] == pytest.approx([t.value for t in again], rel=1e-6)
+    best = min((t for t in first if t.value is not None), key=lambda t: t.value)
+    assert summary["cells"]["fusion=image-only"]["best"]["params"] == best.params
+    assert json.loads((b / "search.json").read_text())["cells"]["fusion=image-only"]["best"]["params"] == best.params
+    # every cell starts from the same seeded trials (TPE's random start), so the methods see the same settings
+    assert [t.params for t in _journal_trials(a, "fusion=hybrid")] == [t.params for t in first]
+    # trials are scored on valid only; the study run with the best settings is scored on test, and (CPU,
+    # same seed) retrains exactly the best trial's model
+    assert [t.state for t in first] == [t.state for t in again]
+    for t in (t for t in first if t.state == optuna.trial.TrialState.COMPLETE):
+        metrics = json.loads((a / "fusion=image-only" / "trials" / f"t{t.number:03d}" / "metrics.json").read_text())
+        assert "test" not in metrics and metrics["valid"]["loss"] == pytest.approx(t.value, rel=1e-6)
+    final = json.loads((a / "fusion=image-only" / "s0" / "metrics.json").read_text())
+    assert "test" in final and final["valid"]["loss"] == pytest.approx(best.value, rel=1e-5)
+    config = yaml.safe_load((a / "fusion=image-only" / "s0" / "config.yaml").read_text())
+    assert config["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
+    # the report shows each cell's budget, best settings and the spread over trials
+    assert covfuse(["report", str(a), "--format", "html", "--bootstrap", "200"]) == 0
+    text = (a / "report.md").read_text()
+    page = (a / "report.html").read_text()
+    assert "Search (equal budget per method)" in page and page.count("<td>fusion=hybrid</td>") >= 2
+    hybrid = summary["cells"]["fusion=hybrid"]
+    assert "## Search (equal budget per method)" in text
+    assert f"| fusion=hybrid | 3 | {hybrid['complete']} / {hybrid['pruned']} / 0 |" in text
+    report = json.loads((a / "report.json").read_text())
+    assert report["search"]["cells"]["fusion=hybrid"]["budget"] == 3
+
+
+def test_pruning_stops_a_diverging_trial_after_its_first_validation(base, tmp_path):
+    from covfuse.studies import search
+    from covfuse.studies.sweep import plan_study, write_study
+
+    study = plan_study(name="p", configs=[str(base)], runs_dir=tmp_path, overrides=["--trainer.max_epochs", "3"])
+    write_study(study)
+    storage = search.storage(study)
+    o = optuna.create_study(study_name="base", storage=storage, direction="minimize")
+    for lr in (1e-3, 2e-3, 1e4):  # two sane trials, then one whose loss explodes
+        o.enqueue_trial({"optim.lr": lr})
+    search.run_search(study, {"optim.lr": ["0.001", "0.002", "10000.0"]}, 3)
+    trials = _journal_trials(tmp_path / "p", "base")
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
+    diverging = trials[2]
+    assert list(diverging.intermediate_values) == [0]  # reported once, then stopped
+    folder = tmp_path / "p" / "base" / "trials" / "t002"
+    with open(folder / "metrics.csv", newline="") as f:
+        epochs = [r for r in csv.DictReader(f) if r.get("val/loss")]
+    assert len(epochs) == 1 and not (folder / "metrics.json").exists()
+    with open(tmp_path / "p" / "base" / "trials" / "t000" / "metrics.csv", newline="") as f:
+        assert len([r for r in csv.DictReader(f) if r.get("val/loss")]) == 3
+    summary = json.loads((tmp_path / "p" / "search.json").read_text())["cells"]["base"]
+    assert (summary["complete"], summary["pruned"], summary["budget"]) == (2, 1, 3)
+
+
+def test_a_bad_space_is_one_line():
+    from covfuse.studies.search import parse_space
+
+    with pytest.raises(UserError, match=r"a range is LO..HI"):
+        parse_space({"optim.lr": ["log:0..1"]})
+    space = parse_space({"optim.lr": ["log:1e-4..1e-2"], "data.batch_size": ["8..32"], "model.fusion": ["a", "b"]})
+    assert space["optim.lr"].log and (space["optim.lr"].low, space["optim.lr"].high) == (1e-4, 1e-2)
+    assert isinstance(space["data.batch_size"], optuna.distributions.IntDistribution)
+    assert space["model.fusion"].choices == ("a", "b")
+
+
+def test_a_failing_trial_does_not_spend_the_budget(base, tmp_path):
+    from covfuse.studies import search
+    from covfuse.studies.sweep import plan_study, write_study
+
+    study = plan_study(name="f", configs=[str(base)], runs_dir=tmp_path, overrides=["--trainer.max_epochs", "1"])
+    write_study(study)
+    o = optuna.create_study(study_name="base", storage=search.storage(study), direction="minimize")
+    o.enqueue_trial({"optim.lr": -1.0})  # refused by the run's own checks: the trial fails, another is drawn
+    o.enqueue_trial({"optim.lr": 1e-3})
+    summary = search.run_search(study, {"optim.lr": ["-1.0", "0.001"]}, 1)
+    assert [t.state.name for t in _journal_trials(tmp_path / "f", "base")] == ["FAIL", "COMPLETE"]
+    cell = summary["cells"]["base"]
+    assert (cell["complete"], cell["fail"], cell["best"]["params"]) == (1, 1, {"optim.lr": 1e-3})
