@@ -5,7 +5,7 @@ from covfuse.layers.cond_norm import ConditionalNorm
 from covfuse.layers.context import current_covariates, use_covariates
 from covfuse.layers.convert import CovariateModel, conv_names, convert, resolve_layers
 from covfuse.layers.daft import DAFT, DAFTAfter, daft
-from covfuse.layers.duanmu import DuanmuAttention, DuanmuGate, channel_gate
+from covfuse.layers.duanmu import DuanmuAttention, DuanmuFactor, DuanmuGate, channel_gate
 from covfuse.layers.film import FiLM, FiLMAfter, film
 from covfuse.layers.hybrid import HybridConv1d, HybridConv2d, HybridConv3d, hybrid_layers
 from covfuse.layers.hybrid_functional import BACKENDS, choose_backend, hybrid_conv, rule_backend
@@ -21,6 +21,7 @@ __all__ = [
     "DAFT",
     "DAFTAfter",
     "DuanmuAttention",
+    "DuanmuFactor",
     "DuanmuGate",
     "FiLM",
     "FiLMAfter",

@@ -63,17 +63,17 @@ def channel_gate(x: Tensor, factor: Tensor) -> Tensor:
     return x * factor.view(*factor.shape, *(1,) * (x.dim() - 2)).to(x.dtype)
 
 
-class DuanmuGate(nn.Module):
-    """``module`` with stage ``index``'s factor applied to its input (``before=True``) or output.
+class DuanmuFactor(nn.Module):
+    """Multiplies ``x`` (N, C_s, ...) by stage ``index``'s factor of a shared :class:`DuanmuAttention`.
 
-    The gate of stage 0 owns the :class:`DuanmuAttention` (its parameters live there in the state
-    dict); the other gates hold an unregistered reference to the same object (fine under DDP and
-    ``deepcopy``; ``nn.DataParallel`` replicas would reach stage 0's original parameters: use DDP).
+    The factor of stage 0 owns the attention chain (its parameters live there in the state dict);
+    the others hold an unregistered reference to the same object (fine under DDP and ``deepcopy``;
+    ``nn.DataParallel`` replicas would reach stage 0's original parameters: use DDP).
     """
 
-    def __init__(self, module: nn.Module, attention: DuanmuAttention, index: int, before: bool = True) -> None:
+    def __init__(self, attention: DuanmuAttention, index: int) -> None:
         super().__init__()
-        self.module, self.index, self.before = module, index, before
+        self.index = index
         if index == 0:
             self.attention = attention
         else:
@@ -83,12 +83,28 @@ class DuanmuGate(nn.Module):
     def chain(self) -> DuanmuAttention:
         return self.attention if self.index == 0 else self.__dict__["_shared"]
 
-    def gate(self, x: Tensor, covariates: Tensor | None = None) -> Tensor:
-        z = layer_covariates(covariates, "DuanmuGate", x, self.chain.num_covariates)
-        return channel_gate(x, self.chain(z, upto=self.index)[-1])
+    def factor(self, covariates: Tensor) -> Tensor:
+        """(N, C_index): ``offset + a_index``."""
+        return self.chain(covariates, upto=self.index)[-1]
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.module(self.gate(x)) if self.before else self.gate(self.module(x))
+    def forward(self, x: Tensor, covariates: Tensor | None = None) -> Tensor:
+        z = layer_covariates(covariates, "DuanmuFactor", x, self.chain.num_covariates)
+        return channel_gate(x, self.factor(z))
 
     def extra_repr(self) -> str:
-        return f"index={self.index}, before={self.before}"
+        return f"index={self.index}"
+
+
+class DuanmuGate(nn.Module):
+    """``module`` with a :class:`DuanmuFactor` applied to its input (``before=True``) or its output."""
+
+    def __init__(self, module: nn.Module, attention: DuanmuAttention, index: int, before: bool = True) -> None:
+        super().__init__()
+        self.module, self.before = module, before
+        self.factor = DuanmuFactor(attention, index)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(self.factor(x)) if self.before else self.factor(self.module(x))
+
+    def extra_repr(self) -> str:
+        return f"before={self.before}"
