@@ -129,3 +129,18 @@ def test_every_method_trains_on_both_twins(method, twin2d, twin3d, tmp_path, cap
         assert covfuse(args) == 0, capsys.readouterr().err
         metrics = json.loads((runs / name / "metrics.json").read_text())
         assert metrics["test"]["count"] > 0 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_describe_draws_each_method_and_counts_what_it_adds(method, tmp_path, capsys):
+    from covfuse.models import describe as d
+
+    model, plain = build("resnet3d-compact", method, K), build("resnet3d-compact", "image-only", K)
+    desc = d.describe(model, input_size=16)
+    added = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert desc.covariate == added > 0  # everything the method adds depends on the covariates, nothing else does
+    assert f"({method})" in d.format_table(desc)
+    diagram = tmp_path / "d.png"
+    args = ["describe", "--backbone", "vgg-mini", "--fusion", method, "--num-covariates", "2", "--diagram", str(diagram)]
+    assert covfuse(args) == 0, capsys.readouterr().err
+    assert method in capsys.readouterr().out and diagram.stat().st_size > 0
