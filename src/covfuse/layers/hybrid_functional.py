@@ -179,11 +179,11 @@ def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> s
     return "grouped" if in_channels <= 16 else "expand"
 
 
-def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int) -> str:
+def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int, layer: str = "HybridConv") -> str:
     dims = w.dim() - 2
     spatial = "x".join(map(str, x.shape[2:]))
     stride = kwargs["stride"] if isinstance(kwargs["stride"], (tuple, list)) else (kwargs["stride"],) * dims
-    text = (f"HybridConv{dims}d {w.shape[1] * kwargs['groups']}->{w.shape[0]} k{'x'.join(map(str, w.shape[2:]))}"
+    text = (f"{layer}{dims}d {w.shape[1] * kwargs['groups']}->{w.shape[0]} k{'x'.join(map(str, w.shape[2:]))}"
             f"{'' if set(stride) == {1} else ' stride ' + 'x'.join(map(str, stride))} @{spatial}, "
             f"batch {x.shape[0]}, {num_patterns} distinct rows, "
             f"{x.device.type} {str(x.dtype).removeprefix('torch.')}")
@@ -222,7 +222,8 @@ def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str
     return autotune.time_candidates(steps, x.device)
 
 
-def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
+def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None,
+          layer: str = "HybridConv") -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
     """`auto`'s back-end for this call and, when it needed them, the distinct covariate rows
     (``rows``: given by a caller whose mixing coefficients are a function of other rows, as hyper's)."""
     x, c, w, cw, b, cb, conv, kwargs = args
@@ -240,7 +241,7 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None) -> tup
            torch.get_autocast_dtype(x.device.type))
     choice = autotune.lookup(key)
     if choice is None:
-        signature = _signature(x, w, kwargs, num_patterns)
+        signature = _signature(x, w, kwargs, num_patterns, layer)
         if autotune.autotune_enabled(x.device):
             candidates = ["expand", "grouped"] + (["pattern"] if num_patterns < x.shape[0] else [])
             if x.device.type == "cpu":  # batch-1 convs are efficient on CPU: at tiny maps the loop can win

@@ -55,7 +55,7 @@ def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, 
         if backend == "auto":
             codes = rows[0].index_select(0, inverse)  # the same values as embed(z), row by row
             args = (x, codes, weight, hyper_weight, bias, hyper_bias, conv, kwargs)
-            backend, _ = _auto(args, rows=rows)
+            backend, _ = _auto(args, rows=rows, layer="HyperConv")
             return _pattern(*args, rows=rows) if backend == "pattern" else _IMPLEMENTATIONS[backend](*args)
         return _pattern(x, None, weight, hyper_weight, bias, hyper_bias, conv, kwargs, rows=rows)
     return _IMPLEMENTATIONS[backend](x, embed(z), weight, hyper_weight, bias, hyper_bias, conv, kwargs)
