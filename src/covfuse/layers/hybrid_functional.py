@@ -222,10 +222,11 @@ def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str
     return autotune.time_candidates(steps, x.device)
 
 
-def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None,
-          layer: str = "HybridConv") -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
+def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer: str = "HybridConv",
+          loop: bool = True) -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
     """`auto`'s back-end for this call and, when it needed them, the distinct covariate rows
-    (``rows``: given by a caller whose mixing coefficients are a function of other rows, as hyper's)."""
+    (``rows``: given by a caller whose mixing coefficients are a function of other rows, as hyper's;
+    ``loop=False``: never the per-sample loop, whose rule choice becomes `grouped`)."""
     x, c, w, cw, b, cb, conv, kwargs = args
     groups = kwargs["groups"]
     if not autotune.can_tune():
@@ -236,7 +237,7 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None,
         return ("grouped" if backend == "reference" else backend), None
     rows = unique_rows(c) if rows is None else rows
     num_patterns = rows[0].shape[0]
-    key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), cw.shape[0], w.dtype, repr(kwargs), b is not None,
+    key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), cw.shape[0], loop, w.dtype, repr(kwargs), b is not None,
            num_patterns, torch.is_grad_enabled(), torch.is_autocast_enabled(x.device.type),
            torch.get_autocast_dtype(x.device.type))
     choice = autotune.lookup(key)
@@ -244,12 +245,13 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None,
         signature = _signature(x, w, kwargs, num_patterns, layer)
         if autotune.autotune_enabled(x.device):
             candidates = ["expand", "grouped"] + (["pattern"] if num_patterns < x.shape[0] else [])
-            if x.device.type == "cpu":  # batch-1 convs are efficient on CPU: at tiny maps the loop can win
+            if x.device.type == "cpu" and loop:  # batch-1 convs are efficient on CPU: at tiny maps the loop can win
                 candidates.append("reference")
             times = _tune(args, tuple(r.detach() for r in rows), candidates)
             choice = autotune.AutoChoice(min(times, key=times.get), "tuned", signature, times)
         else:
-            choice = autotune.AutoChoice(rule_backend(x, num_patterns, w, groups), "rule", signature)
+            backend = rule_backend(x, num_patterns, w, groups)
+            choice = autotune.AutoChoice("grouped" if backend == "reference" and not loop else backend, "rule", signature)
         autotune.remember(key, choice)
     return choice.backend, rows
 

@@ -7,7 +7,10 @@ is z itself and the layer is exactly :class:`covfuse.layers.HybridConv2d` (its l
 
 Kernels are applied by the hybrid back-ends (:mod:`covfuse.layers.hybrid_functional`) with the
 code in place of the covariates: ``expand`` and ``grouped`` with no loop over the batch, and
-``pattern`` (one conv per distinct covariate row) runs the MLP on the distinct rows only.
+``pattern`` (one conv per distinct covariate row) runs the MLP on the distinct rows only. ``auto``
+picks among those three, never the per-sample loop (``reference``, kept for tests) that hybrid's
+rule uses for some CPU shapes. Cost: the code width E plays the part of K, so a hyper conv costs
+about what a hybrid conv with E covariates costs (docs/performance.md).
 
 Where covfuse differs from the reference (daniel4725/HyperFusion, ``models/Hyperfusion/hyper_base.py``):
 - the reference loops over the batch in Python; here the batch is one (grouped or dense) conv;
@@ -42,6 +45,7 @@ def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, 
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     conv = _CONV[weight.dim() - 2]
+    requested = backend
     z = covariates.to(weight.dtype)
     if backend in ("pattern", "auto") and z.requires_grad and torch.is_grad_enabled():
         # Gradients w.r.t. each sample's covariates (attribution): treat every row on its own.
@@ -49,13 +53,15 @@ def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, 
     if backend == "auto" and not autotune.can_tune():  # tracing: no host sync, every row on its own
         rule = rule_backend(x, x.shape[0], weight, groups)
         backend = "grouped" if rule == "reference" else rule
+    if backend == "reference" and requested == "auto":  # never a loop over the batch unless asked for
+        backend = "grouped"
     if backend in ("pattern", "auto"):
         patterns, inverse, counts = unique_rows(z)
         rows = (embed(patterns), inverse, counts)  # the MLP on the distinct rows only
         if backend == "auto":
             codes = rows[0].index_select(0, inverse)  # the same values as embed(z), row by row
             args = (x, codes, weight, hyper_weight, bias, hyper_bias, conv, kwargs)
-            backend, _ = _auto(args, rows=rows, layer="HyperConv")
+            backend, _ = _auto(args, rows=rows, layer="HyperConv", loop=False)
             return _pattern(*args, rows=rows) if backend == "pattern" else _IMPLEMENTATIONS[backend](*args)
         return _pattern(x, None, weight, hyper_weight, bias, hyper_bias, conv, kwargs, rows=rows)
     return _IMPLEMENTATIONS[backend](x, embed(z), weight, hyper_weight, bias, hyper_bias, conv, kwargs)
