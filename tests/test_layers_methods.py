@@ -227,10 +227,15 @@ def tab_attention_reference(att: TabAttention, x, z, gain):
     mx = x.reshape(n, c, -1).max(dim=2).values
     raw = mlp(att.mlp, avg) + mlp(att.mlp, mx) + mlp(att.mlp, mlp(att.tab_channel, z))
     x1 = x * (gain / (1 + torch.exp(-raw))).view(n, c, *(1,) * len(dims))
-    grid = att.grid
-    tab = mlp(att.tab_spatial, z).view(n, 1, *(grid,) * len(dims))
+    grid, pad = att.grid, (att.spatial.kernel_size[-1] - 1) // 2
+    if len(dims) == 3:  # volumes: a 2D tabular map and a (1, k, k) kernel, slice by slice along depth
+        tab = mlp(att.tab_spatial, z).view(n, 1, 1, grid, grid).expand(-1, -1, x.shape[2], -1, -1)
+        padding = (0, pad, pad)
+        assert att.spatial.kernel_size[0] == 1
+    else:
+        tab, padding = mlp(att.tab_spatial, z).view(n, 1, grid, grid), pad
     maps = torch.cat([x1.max(dim=1, keepdim=True).values, x1.mean(1, keepdim=True), tab], 1)
-    s = CONV[len(dims)](maps, att.spatial.weight, None, 1, (att.spatial.kernel_size[0] - 1) // 2)
+    s = CONV[len(dims)](maps, att.spatial.weight, None, 1, padding)
     mean, var = s.mean(), s.var(unbiased=False)  # one channel, training mode
     s = (s - mean) / torch.sqrt(var + att.spatial_norm.eps) * att.spatial_norm.weight + att.spatial_norm.bias
     return x1 * gain / (1 + torch.exp(-s))
@@ -259,10 +264,12 @@ def test_tab_attention_starts_as_identity_and_resizes_its_map(dims):
     randomize(att)
     t = att.tab_map(z, (6,) * dims)
     assert t.shape == (4, 1, *(6,) * dims)
-    small = att.tab_spatial(z).view(4, 1, *(3,) * dims)
-    # a resized map averages back to the grid map on each 2x2(x2) block only approximately; its
-    # corner values follow the bilinear rule: the first cell of the 6-map equals the first grid cell
-    torch.testing.assert_close(t[(..., *(0,) * dims)], small[(..., *(0,) * dims)])
+    small = att.tab_spatial(z).view(4, 1, 3, 3)
+    # bilinear upsampling 3 -> 6 (align_corners=False) keeps the corner cell's value; on volumes every
+    # depth slice gets the same 2D map
+    torch.testing.assert_close(t[(..., *(0,) * dims)], small[..., 0, 0])
+    if dims == 3:
+        torch.testing.assert_close(t[:, :, 0], t[:, :, 5])
 
 
 # ---- duanmu -------------------------------------------------------------------------------------

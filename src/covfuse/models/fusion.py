@@ -284,11 +284,12 @@ def apply_cond_norm(network: nn.Module, spec: BackboneSpec, layers, num_covariat
 
 
 def default_tab_attention_layers(network: nn.Module, spec: BackboneSpec) -> list[str]:
-    """Tab-Attention's place: after conv1-BN(-ReLU) of every residual block; VGGs: after every BatchNorm."""
+    """Tab-Attention's place: after conv1-BN(-ReLU) of every residual block; VGGs (no blocks): after every
+    BatchNorm but the first, as the reference leaves the full-resolution stem out."""
     norms = norm_candidates(network)
     if spec.family == "resnet":
         return [n for n in norms if n.startswith("layer") and n.endswith(".bn1")]
-    return norms
+    return norms[1:] or norms
 
 
 def apply_tab_attention(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int,

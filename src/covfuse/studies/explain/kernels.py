@@ -105,12 +105,8 @@ def per_sample_change(module: nn.Module, inputs: tuple) -> tuple[torch.Tensor, t
         return delta.norm(dim=2) / base, bias
     if isinstance(module, TabAttention):
         x = inputs[0]
-        flat = x.flatten(2)
-        channel = module.mlp(torch.stack([flat.mean(2), flat.amax(2), module.tab_channel(z)])).sum(0)
-        gate = module.gain * torch.sigmoid(channel)
-        x1 = x * gate.view(*gate.shape, *(1,) * module.dims)
-        maps = torch.cat([x1.amax(1, keepdim=True), x1.mean(1, keepdim=True), module.tab_map(z, x.shape[2:])], 1)
-        spatial = module.gain * torch.sigmoid(module.spatial_norm(module.spatial(maps)))
+        gate = module.channel_gate(x, z)
+        spatial = module.spatial_gate(x * gate.view(*gate.shape, *(1,) * module.dims), z)
         return gate, spatial.flatten(1).mean(1, keepdim=True)
     raise TypeError(type(module).__name__)
 
