@@ -2,7 +2,8 @@
 
 Every method edits an unmodified backbone in place (hybrid convs via :func:`covfuse.layers.convert`,
 :class:`FiLMAfter` behind BatchNorm layers, :class:`DAFTAfter` behind a stage, a
-:class:`ConcatHead` instead of the last Linear) and :class:`FusionModel` runs the edited backbone's
+:class:`ConcatHead` instead of the last Linear; for the methods of docs/methods.md hyper convs,
+conditional norms, tab-attention behind norms, Duanmu gates around stages, an MLP-concat head) and :class:`FusionModel` runs the edited backbone's
 own ``forward(x)`` with the covariates visible to those layers through the covariate context.
 """
 from __future__ import annotations
@@ -188,14 +189,13 @@ def apply_film(network: nn.Module, spec: BackboneSpec, layers, num_covariates: i
     return names
 
 
-def output_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64,
-                    in_channels: int = 3, spatial_dims: int = 2) -> int:
-    """Channels of module ``name``'s output, read from a dry run on a zero image (or volume) in eval mode."""
+def _probe_channels(network: nn.Module, name: str, num_covariates: int, size: int, in_channels: int,
+                    spatial_dims: int, inputs: bool) -> int:
+    """Channels entering (``inputs``) or leaving module ``name``, from a dry run on zeros in eval mode."""
     module = network.get_submodule(name)
-    if channels_of(module) is not None:
-        return channels_of(module)
     seen: list[int] = []
-    handle = module.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    handle = (module.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1])) if inputs
+              else module.register_forward_hook(lambda m, i, o: seen.append(o.shape[1])))
     modes = {m: m.training for m in network.modules()}
     try:
         network.eval()
@@ -208,6 +208,21 @@ def output_channels(network: nn.Module, name: str, num_covariates: int, size: in
         for m, mode in modes.items():
             m.training = mode
     return seen[0]
+
+
+def output_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64,
+                    in_channels: int = 3, spatial_dims: int = 2) -> int:
+    """Channels of module ``name``'s output, read from a dry run on a zero image (or volume) in eval mode."""
+    module = network.get_submodule(name)
+    if channels_of(module) is not None:
+        return channels_of(module)
+    return _probe_channels(network, name, num_covariates, size, in_channels, spatial_dims, inputs=False)
+
+
+def input_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64,
+                   in_channels: int = 3, spatial_dims: int = 2) -> int:
+    """Channels entering module ``name``, read from a dry run on a zero image (or volume) in eval mode."""
+    return _probe_channels(network, name, num_covariates, size, in_channels, spatial_dims, inputs=True)
 
 
 def apply_daft(network: nn.Module, spec: BackboneSpec, layer, num_covariates: int, reduction: float = 7.0) -> str:
@@ -324,21 +339,3 @@ def apply_duanmu(network: nn.Module, spec: BackboneSpec, num_covariates: int, hi
     return names
 
 
-def input_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64,
-                   in_channels: int = 3, spatial_dims: int = 2) -> int:
-    """Channels entering module ``name``, read from a dry run on a zero image (or volume) in eval mode."""
-    module = network.get_submodule(name)
-    seen: list[int] = []
-    handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
-    modes = {m: m.training for m in network.modules()}
-    try:
-        network.eval()
-        first = next(network.parameters())
-        x = torch.zeros(1, in_channels, *(size,) * spatial_dims, dtype=first.dtype, device=first.device)
-        with torch.no_grad(), use_covariates(torch.zeros(1, num_covariates, dtype=first.dtype, device=first.device)):
-            network(x)
-    finally:
-        handle.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    return seen[0]
