@@ -31,7 +31,8 @@ def test_forward_backward(backbone, fusion, k):
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), [n for n, g in grads.items() if g is None]
     # The covariates reach the loss: the zero-initialised conditioning gets a gradient at once.
     if fusion != "image-only":
-        cov = [n for n, g in grads.items() if ("covariate" in n or "film" in n or "daft" in n or "net" in n)]
+        cov = [n for n, g in grads.items() if ("covariate" in n or "film" in n or "daft" in n or "net" in n
+                                             or "hyper_" in n or "generator" in n or "attention" in n or "mlp" in n)]
         assert cov and any(grads[n].abs().sum() > 0 for n in cov)
     if "hybrid" in fusion:  # every hybrid conv's covariate kernels and biases get a non-zero gradient
         hybrid = [n for n in grads if n.endswith(("covariate_weight", "covariate_bias"))]

@@ -31,7 +31,7 @@ def test_demo_volumes_runs_the_study_on_the_mri_twin(tmp_path, capsys):
     assert "reusing the synthetic twin" in capsys.readouterr().out
 
 
-def test_the_volume_study_plans_six_methods_over_three_seeds(tmp_path):
+def test_the_volume_study_plans_every_method_over_three_seeds(tmp_path):
     from pathlib import Path
 
     from covfuse.studies.sweep import plan_study
@@ -39,6 +39,9 @@ def test_the_volume_study_plans_six_methods_over_three_seeds(tmp_path):
     configs = Path(__file__).resolve().parents[1] / "configs" / "volumes"
     study = plan_study(name="s", configs=[str(configs / "demo.yaml"), str(configs / "study.yaml")], runs_dir=tmp_path,
                        overrides=["--data.root", str(tmp_path / "manifest.csv")], check_data=False)
-    assert (len(study.cells), len(study.runs)) == (6, 18)
+    assert (len(study.cells), len(study.runs)) == (12, 36)
+    from covfuse.models import list_fusions
+
+    assert {c.split("/")[0] for c in study.cells} == set(list_fusions()) - {"hybrid+concat", "hybrid+film", "hybrid+daft"}
     config = study.run_config(study.runs[0])
     assert config.model.backbone == "resnet3d-compact" and config.data.classes == ["CN", "AD"]

@@ -14,6 +14,7 @@ from torch import nn
 from covfuse.bench.timing import interleaved, median_ms, ratio
 from covfuse.layers import BACKENDS, auto_choices, clear_choices
 from covfuse.layers.hybrid import HYBRID_FOR_CONV
+from covfuse.layers.hyper import HYPER_FOR_CONV
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def run(nets: list[str], size: int, batch: int, ks: list[int], kinds: list[str],
                 backends = [b for b in BACKENDS if b != "reference" and (kind == "binary" or b != "pattern")]
                 echo(f"\n{kind} covariates, K={k}, {dtype_name}{' (autocast)' if autocast else ''}, fwd+bwd, "
                      f"ratio to the plain conv: median [min-max] of {rounds} interleaved rounds\n")
-                echo("| shape | batch | plain ms | " + " | ".join(backends) + " | auto picks | loop / auto |")
-                echo("|---|---|---|" + "---|" * len(backends) + "---|---|")
+                echo("| shape | batch | plain ms | " + " | ".join(backends) + " | auto picks | loop / auto | hyper / hybrid |")
+                echo("|---|---|---|" + "---|" * len(backends) + "---|---|---|")
                 chosen = [s for net in nets for s in shapes(net, size3d if net == "resnet3d" else size)
                           if not only or any(part in s.label for part in only)]
                 for shape in chosen:
@@ -91,16 +92,24 @@ def _measure(shape: Shape, n: int, k: int, kind: str, dtype_name: str, autocast,
     layers = {b: HYBRID_FOR_CONV[conv_type].from_conv(conv, k, init="kaiming", backend=b) for b in names}
     for b in names:
         variants[b] = (lambda layer: lambda: _step(layer, x, c, autocast))(layers[b])
+    # hyper at the same placement and back-end setting: the hypernetwork (K -> 8 -> kernels) in place of W_j
+    hyper = HYPER_FOR_CONV[conv_type].from_conv(conv, k, width=8, depth=1).to(dev)
+    with torch.no_grad():
+        hyper.hyper_weight.normal_(0, 0.01)
+    variants["hyper"] = lambda: _step(hyper, x, c, autocast)
     clear_choices()
     samples = interleaved(variants, rounds, dev)
-    picked = [ch for ch in auto_choices()]
+    picked = [ch for ch in auto_choices() if ch.signature.startswith("HybridConv")]
     auto = picked[-1].backend if picked else "?"
     how = picked[-1].how if picked else "?"
     ratios = {b: ratio(samples, b, "plain") for b in names}
     loop_over_auto = ratio(samples, "reference", "auto") if loop else None
+    hyper_over_hybrid = ratio(samples, "hyper", "auto")
+    hyper_picks = [ch.backend for ch in auto_choices() if ch.signature.startswith("HyperConv")]
     cells = " | ".join(ratios[b].spread() for b in backends)
     echo(f"| {shape.label} | {n} | {median_ms(samples['plain']):.1f} | {cells} | {auto} ({how}) | "
-         f"{'' if loop_over_auto is None else loop_over_auto.spread()} |")
+         f"{'' if loop_over_auto is None else loop_over_auto.spread()} | {hyper_over_hybrid.spread()} "
+         f"({hyper_picks[-1] if hyper_picks else '?'}) |")
     return {
         "shape": shape.label, "net": shape.net, "in": shape.cin, "out": shape.cout, "kernel": shape.kernel,
         "stride": shape.stride, "spatial": shape.spatial, "dims": shape.dims, "batch": n, "k": k, "kind": kind,
@@ -108,4 +117,5 @@ def _measure(shape: Shape, n: int, k: int, kind: str, dtype_name: str, autocast,
         "ratio_to_plain": {b: r.as_dict() for b, r in ratios.items()},
         "auto_choice": auto, "auto_how": how,
         "loop_over_auto": None if loop_over_auto is None else loop_over_auto.as_dict(),
+        "hyper_over_hybrid": hyper_over_hybrid.as_dict(), "hyper_choice": hyper_picks[-1] if hyper_picks else None,
     }

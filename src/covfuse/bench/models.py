@@ -25,6 +25,13 @@ VARIANTS = [
     ("concat K=3", "concat", "first", 3),
     ("film K=3", "film", "first", 3),
     ("daft K=3", "daft", "first", 3),
+    # methods from the literature (docs/methods.md), each at its reference's place
+    ("concat-2fc K=3", "concat-2fc", "first", 3),
+    ("mlpcatmlp K=3", "mlpcatmlp", "first", 3),
+    ("duanmu K=3", "duanmu", "first", 3),
+    ("tab-attention K=3", "tab-attention", "first", 3),
+    ("cond-norm K=3", "cond-norm", "first", 3),
+    ("hyper K=3", "hyper", "first", 3),
 ]
 CELEBA_TRAIN = 162_770  # images in CelebA's official training split: one epoch
 
@@ -47,15 +54,23 @@ def _saved_bytes(model, x, c) -> int:
     return sum(seen.values())
 
 
-def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, autocast: bool,
-        channels_last: bool, variants: list[str] | None = None, grouped: bool = True, echo=print) -> list[dict]:
+def run(backbones: list[str], size: int, batch2d: int, device: str, rounds: int, autocast: bool,
+        channels_last: bool, variants: list[str] | None = None, grouped: bool = True, echo=print,
+        size3d: int | None = None, batch3d: int | None = None) -> list[dict]:
+    """One row per (backbone, variant); 3D backbones (resnet3d-compact, monai-*) take volumes of side
+    ``size3d`` in batches of ``batch3d`` (default: ``size`` and ``batch2d``)."""
+    from covfuse.models.registry import backbone_spec
+
     dev = torch.device(device)
     chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
     rows = []
     for backbone in backbones:
         torch.manual_seed(0)
-        x = torch.randn(batch, 3, size, size, device=dev)
-        if channels_last:
+        spec = backbone_spec(backbone)
+        volumes = spec.spatial_dims == 3
+        side, batch = (size3d or size, batch3d or batch2d) if volumes else (size, batch2d)
+        x = torch.randn(batch, spec.in_channels, *(side,) * spec.spatial_dims, device=dev)
+        if channels_last and not volumes:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 2, (batch,), device=dev).float()
         c3 = torch.randint(0, 2, (batch, 3), device=dev).float()
@@ -65,7 +80,7 @@ def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, a
         clear_choices()
         for label, fusion, where, k in chosen:
             model = build(backbone, fusion, k, hybrid_layers=where, hybrid_init="kaiming").to(dev)
-            if channels_last:
+            if channels_last and not volumes:
                 model = model.to(memory_format=torch.channels_last)
             # AdamW (what training uses) on a GPU; plain SGD on a CPU, where nine vgg16_bn copies with
             # two AdamW state tensors each would need ~20 GB of RAM (the step's arithmetic is the same
@@ -94,7 +109,7 @@ def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, a
         samples = interleaved(steps, rounds, dev)
         base = "image-only"
         what = "peak MiB (CUDA allocator)" if dev.type == "cuda" else "activation MiB (saved for backward)"
-        echo(f"\n{backbone}, {size} px, batch {batch}, {'bf16 autocast' if autocast else 'float32'}"
+        echo(f"\n{backbone}, {side} {'voxels' if volumes else 'px'}, batch {batch}, {'bf16 autocast' if autocast else 'float32'}"
              f"{', channels_last' if channels_last else ''}{', batch grouped by covariate row' if grouped else ''}: one optimiser step, ratio to image-only, "
              f"median [min-max] of {rounds} interleaved rounds\n")
         echo(f"| variant | step ms | ratio | {what} | min per CelebA epoch |")
@@ -104,7 +119,7 @@ def run(backbones: list[str], size: int, batch: int, device: str, rounds: int, a
             epoch_min = CELEBA_TRAIN / batch * median_ms(samples[label]) / 60_000
             echo(f"| {label} | {median_ms(samples[label]):.0f} | {r.spread()} | {memory[label] / 2**20:.0f} | "
                  f"{epoch_min:,.1f} |")
-            rows.append({"backbone": backbone, "variant": label, "size": size, "batch": batch, "device": dev.type,
+            rows.append({"backbone": backbone, "variant": label, "size": side, "batch": batch, "device": dev.type,
                          "autocast_bf16": autocast, "channels_last": channels_last, "grouped_batch": grouped,
                          "optimizer": type(opt).__name__,
                          "step_ms": round(median_ms(samples[label]), 2), "ratio_to_image_only": r.as_dict(),

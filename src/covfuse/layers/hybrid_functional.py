@@ -179,11 +179,11 @@ def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> s
     return "grouped" if in_channels <= 16 else "expand"
 
 
-def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int) -> str:
+def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int, layer: str = "HybridConv") -> str:
     dims = w.dim() - 2
     spatial = "x".join(map(str, x.shape[2:]))
     stride = kwargs["stride"] if isinstance(kwargs["stride"], (tuple, list)) else (kwargs["stride"],) * dims
-    text = (f"HybridConv{dims}d {w.shape[1] * kwargs['groups']}->{w.shape[0]} k{'x'.join(map(str, w.shape[2:]))}"
+    text = (f"{layer}{dims}d {w.shape[1] * kwargs['groups']}->{w.shape[0]} k{'x'.join(map(str, w.shape[2:]))}"
             f"{'' if set(stride) == {1} else ' stride ' + 'x'.join(map(str, stride))} @{spatial}, "
             f"batch {x.shape[0]}, {num_patterns} distinct rows, "
             f"{x.device.type} {str(x.dtype).removeprefix('torch.')}")
@@ -222,8 +222,11 @@ def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str
     return autotune.time_candidates(steps, x.device)
 
 
-def _auto(args: tuple) -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
-    """`auto`'s back-end for this call and, when it needed them, the distinct covariate rows."""
+def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer: str = "HybridConv",
+          loop: bool = True) -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
+    """`auto`'s back-end for this call and, when it needed them, the distinct covariate rows
+    (``rows``: given by a caller whose mixing coefficients are a function of other rows, as hyper's;
+    ``loop=False``: never the per-sample loop, whose rule choice becomes `grouped`)."""
     x, c, w, cw, b, cb, conv, kwargs = args
     groups = kwargs["groups"]
     if not autotune.can_tune():
@@ -232,22 +235,23 @@ def _auto(args: tuple) -> tuple[str, tuple[Tensor, Tensor, Tensor] | None]:
         # Not the per-sample loop, which a tracer would unroll into one conv per sample.
         backend = rule_backend(x, x.shape[0], w, groups)
         return ("grouped" if backend == "reference" else backend), None
-    rows = unique_rows(c)
+    rows = unique_rows(c) if rows is None else rows
     num_patterns = rows[0].shape[0]
-    key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), w.dtype, repr(kwargs), b is not None,
+    key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), cw.shape[0], loop, w.dtype, repr(kwargs), b is not None,
            num_patterns, torch.is_grad_enabled(), torch.is_autocast_enabled(x.device.type),
            torch.get_autocast_dtype(x.device.type))
     choice = autotune.lookup(key)
     if choice is None:
-        signature = _signature(x, w, kwargs, num_patterns)
+        signature = _signature(x, w, kwargs, num_patterns, layer)
         if autotune.autotune_enabled(x.device):
             candidates = ["expand", "grouped"] + (["pattern"] if num_patterns < x.shape[0] else [])
-            if x.device.type == "cpu":  # batch-1 convs are efficient on CPU: at tiny maps the loop can win
+            if x.device.type == "cpu" and loop:  # batch-1 convs are efficient on CPU: at tiny maps the loop can win
                 candidates.append("reference")
-            times = _tune(args, rows, candidates)
+            times = _tune(args, tuple(r.detach() for r in rows), candidates)
             choice = autotune.AutoChoice(min(times, key=times.get), "tuned", signature, times)
         else:
-            choice = autotune.AutoChoice(rule_backend(x, num_patterns, w, groups), "rule", signature)
+            backend = rule_backend(x, num_patterns, w, groups)
+            choice = autotune.AutoChoice("grouped" if backend == "reference" and not loop else backend, "rule", signature)
         autotune.remember(key, choice)
     return choice.backend, rows
 

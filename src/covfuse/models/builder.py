@@ -10,9 +10,14 @@ from covfuse.models.fusion import (
     CovariateClassifier,
     FusionModel,
     apply_concat,
+    apply_cond_norm,
     apply_daft,
+    apply_duanmu,
     apply_film,
     apply_hybrid,
+    apply_hyper,
+    apply_mlpcat,
+    apply_tab_attention,
     conditioned_layers,
 )
 from covfuse.models.registry import REGIMES, backbone_spec, check_choice, fusion_spec, head_outputs
@@ -27,9 +32,22 @@ OPTIONS: dict[str, Any] = {
     "covariates_hidden": None,  # covariates-only: None = logistic regression, int = MLP width
     "hybrid_init": "zeros",     # "zeros" (start as the image-only model) or "kaiming" (the research's random W_j)
     "frozen_norm": "eval",      # frozen regimes: "eval" keeps frozen BatchNorm statistics fixed, "train" updates them
+    # methods from the literature (docs/methods.md); None placements = the reference's place
+    "hyper_layers": None,       # conv names / indices / first|last|all; None = last stage's shortcut conv (else last conv)
+    "hyper_width": 8,           # hypernetwork code width E (HyperFusion's embedding size)
+    "hyper_depth": 1,           # Linear-ReLU layers before the kernel generator (0: hybrid's linear form)
+    "mlpcat_hidden": 7,         # mlpcatmlp: width of the covariates' Linear-ReLU (DAFT's bottleneck_dim)
+    "duanmu_hidden": 8,         # duanmu: width of the first covariate layer (as in DAFT's InteractiveHNN)
+    "tab_attention_layers": None,  # norm names / indices / first|last|all; None = every residual block's bn1 (VGG: every BN)
+    "tab_attention_reduction": 16,  # CBAM's channel reduction
+    "tab_attention_grid": 7,    # side of the grid the tabular spatial map is predicted on
+    "cond_norm_layers": None,   # norm names / indices / first|last|all; None = all
+    "cond_norm_hidden": 16,     # None: delta gamma, beta linear in z; int: hidden width of the generator
 }
 _CHOICES = {"hybrid_init": ("zeros", "kaiming"), "frozen_norm": ("eval", "train")}
-_OPTIONAL_INTS = ("film_hidden", "covariates_hidden")
+_OPTIONAL_INTS = ("film_hidden", "covariates_hidden", "cond_norm_hidden")
+_POSITIVE_INTS = ("concat_hidden", "hyper_width", "mlpcat_hidden", "duanmu_hidden", "tab_attention_reduction",
+                  "tab_attention_grid")
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -40,10 +58,12 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     for key, choices in _CHOICES.items():
         if merged[key] not in choices:
             raise UserError(f"{key} must be one of {', '.join(choices)}, got {merged[key]!r}")
-    for key in (*_OPTIONAL_INTS, "concat_hidden"):
+    for key in (*_OPTIONAL_INTS, *_POSITIVE_INTS):
         value = merged[key]
-        if (value is not None or key == "concat_hidden") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if (value is not None or key in _POSITIVE_INTS) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{key} must be a positive integer{' or None' if key in _OPTIONAL_INTS else ''}, got {value!r}")
+    if isinstance(merged["hyper_depth"], bool) or not isinstance(merged["hyper_depth"], int) or merged["hyper_depth"] < 0:
+        raise UserError(f"hyper_depth must be an integer >= 0, got {merged['hyper_depth']!r}")
     if isinstance(merged["daft_reduction"], bool) or not isinstance(merged["daft_reduction"], (int, float)) or merged["daft_reduction"] <= 0:
         raise UserError(f"daft_reduction must be a positive number, got {merged['daft_reduction']!r}")
     return merged
@@ -103,6 +123,20 @@ def build(
             config["film_layers"] = apply_film(network, spec, opts["film_layers"], num_covariates, opts["film_hidden"])
         elif component == "daft":
             config["daft_layer"] = apply_daft(network, spec, opts["daft_layer"], num_covariates, opts["daft_reduction"])
+        elif component == "hyper":
+            config["hyper_layers"] = apply_hyper(network, spec, opts["hyper_layers"], num_covariates,
+                                                 opts["hyper_width"], opts["hyper_depth"])
+        elif component == "cond-norm":
+            config["cond_norm_layers"] = apply_cond_norm(network, spec, opts["cond_norm_layers"], num_covariates,
+                                                         opts["cond_norm_hidden"])
+        elif component == "tab-attention":
+            config["tab_attention_layers"] = apply_tab_attention(
+                network, spec, opts["tab_attention_layers"], num_covariates, opts["tab_attention_reduction"],
+                opts["tab_attention_grid"])
+        elif component == "duanmu":
+            apply_duanmu(network, spec, num_covariates, opts["duanmu_hidden"])
+        elif component == "mlpcatmlp":
+            apply_mlpcat(network, spec, num_covariates, out_features, opts["mlpcat_hidden"])
         else:
             hidden = opts["concat_hidden"] if component == "concat-2fc" else None
             apply_concat(network, spec, num_covariates, out_features, hidden)

@@ -14,12 +14,23 @@ import torch
 from torch import nn
 
 from covfuse.io import save_figure
+from covfuse.layers.cond_norm import ConditionalNorm
 from covfuse.layers.daft import DAFT, DAFTAfter
+from covfuse.layers.duanmu import DuanmuFactor, DuanmuGate
 from covfuse.layers.film import FiLM, FiLMAfter
+from covfuse.layers.hyper import HYPER_TYPES
+from covfuse.layers.mlpcat import MLPCatHead
+from covfuse.layers.tab_attention import TabAttention, TabAttentionAfter
 from covfuse.models.fusion import CONDITIONING_KINDS, HYBRID_TYPES, ConcatHead, CovariateClassifier, FusionModel
 
-KIND_COLOURS = {"hybrid": "#f28e2b", "film": "#59a14f", "daft": "#b07aa1", "concat": "#4e79a7", "covariates": "#e15759"}
-KIND_LABELS = {"hybrid": "hybrid conv", "film": "FiLM", "daft": "DAFT", "concat": "concat head", "covariates": "covariates only"}
+KIND_COLOURS = {"hybrid": "#f28e2b", "film": "#59a14f", "daft": "#b07aa1", "concat": "#4e79a7", "covariates": "#e15759",
+                "hyper": "#d37295", "cond-norm": "#8cd17d", "tab-attention": "#499894", "duanmu": "#9d7660",
+                "mlpcatmlp": "#79706e"}
+KIND_LABELS = {"hybrid": "hybrid conv", "film": "FiLM", "daft": "DAFT", "concat": "concat head", "covariates": "covariates only",
+               "hyper": "hyper conv", "cond-norm": "cond. norm", "tab-attention": "tab-attention", "duanmu": "Duanmu gate",
+               "mlpcatmlp": "MLP-concat head"}
+# Wrappers that put a conditioning layer next to a module of the unmodified network: (wrapped, conditioning) attributes.
+WRAPPERS = {FiLMAfter: "film", DAFTAfter: "daft", TabAttentionAfter: "attention", DuanmuGate: "factor"}
 
 
 @dataclass
@@ -80,9 +91,15 @@ def covariate_parameters(module: nn.Module) -> int:
     the concat head's covariate columns, a covariates-only classifier)."""
     if isinstance(module, HYBRID_TYPES):
         return sum(p.numel() for p in (module.covariate_weight, module.covariate_bias) if p is not None)
+    if isinstance(module, HYPER_TYPES):
+        return sum(p.numel() for p in (module.hyper_weight, module.hyper_bias, *module.embed.parameters()) if p is not None)
     if isinstance(module, ConcatHead):
         return module.covariates.weight.numel()
-    if isinstance(module, (FiLM, DAFT, CovariateClassifier)):
+    if isinstance(module, MLPCatHead):
+        return module.covariates.weight.numel() + sum(p.numel() for p in module.mlp.parameters())
+    if isinstance(module, ConditionalNorm):
+        return sum(p.numel() for p in module.generator.parameters())
+    if isinstance(module, (FiLM, DAFT, CovariateClassifier, TabAttention, DuanmuFactor)):
         return sum(p.numel() for p in module.parameters())
     return 0
 
@@ -191,7 +208,7 @@ def format_table(desc: Description) -> str:
 
 # ---- diagram -------------------------------------------------------------------------------------
 
-_SECONDARY = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.Dropout, nn.Flatten, FiLM)
+_SECONDARY = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.Dropout, nn.Flatten, FiLM, ConditionalNorm, TabAttention)
 
 
 def _units(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
@@ -203,9 +220,11 @@ def _units(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
         full = f"{prefix}.{name}" if prefix else name
         if isinstance(child, nn.Sequential):
             out += _units(child, full)
-        elif isinstance(child, (FiLMAfter, DAFTAfter)):
-            out += _units(child.module, f"{full}.module") if isinstance(child.module, nn.Sequential) else [(f"{full}.module", child.module)]
-            out.append((f"{full}.film" if isinstance(child, FiLMAfter) else f"{full}.daft", child.film if isinstance(child, FiLMAfter) else child.daft))
+        elif type(child) in WRAPPERS:
+            attr = WRAPPERS[type(child)]
+            inner = _units(child.module, f"{full}.module") if isinstance(child.module, nn.Sequential) else [(f"{full}.module", child.module)]
+            gate = [(f"{full}.{attr}", getattr(child, attr))]
+            out += gate + inner if getattr(child, "before", False) else inner + gate
         else:
             out.append((full, child))
     return out
@@ -220,6 +239,17 @@ def _label(m: nn.Module) -> str:
         return "BN"
     if isinstance(m, FiLM):
         return "FiLM"
+    if isinstance(m, HYPER_TYPES):
+        k = "x".join(map(str, m.kernel_size))
+        return f"Hyper conv {k}, {m.in_channels}->{m.out_channels}: kernel W_0 + MLP(z) (width {m.width}, depth {m.depth})"
+    if isinstance(m, ConditionalNorm):
+        return f"Conditional {type(m.norm).__name__}: scale, shift + MLP(z)"
+    if isinstance(m, TabAttention):
+        return f"Tab-attention: channel + spatial gates from features and z ({m.num_channels} ch)"
+    if isinstance(m, DuanmuFactor):
+        return f"Duanmu gate {m.index + 1}: channels x (1 + a_{m.index + 1}(z))"
+    if isinstance(m, MLPCatHead):
+        return f"MLP-concat head [{m.image.in_features} + ReLU(Linear {m.mlp.in_features}->{m.mlp.out_features})] -> FC"
     if isinstance(m, DAFT):
         return f"DAFT: pooled features + z -> scale, shift ({m.num_channels} ch)"
     if isinstance(m, ConcatHead):
@@ -258,7 +288,8 @@ def diagram_blocks(model: FusionModel, desc: Description) -> list[dict]:
                      "output": None}
             blocks.append(block)
         block["kinds"] = list(dict.fromkeys(block["kinds"] + kinds))
-        block["notes"] += [n.rsplit(".", 1)[0] if isinstance(c, (FiLM, DAFT)) else n for n, c in inner if n != name]
+        block["notes"] += [n.rsplit(".", 1)[0] if isinstance(c, (FiLM, DAFT, TabAttention, DuanmuFactor)) else n
+                           for n, c in inner if n != name]
         block["output"] = out[-1] if out else block["output"]
     return blocks
 

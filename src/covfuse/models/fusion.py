@@ -2,7 +2,8 @@
 
 Every method edits an unmodified backbone in place (hybrid convs via :func:`covfuse.layers.convert`,
 :class:`FiLMAfter` behind BatchNorm layers, :class:`DAFTAfter` behind a stage, a
-:class:`ConcatHead` instead of the last Linear) and :class:`FusionModel` runs the edited backbone's
+:class:`ConcatHead` instead of the last Linear; for the methods of docs/methods.md hyper convs,
+conditional norms, tab-attention behind norms, Duanmu gates around stages, an MLP-concat head) and :class:`FusionModel` runs the edited backbone's
 own ``forward(x)`` with the covariates visible to those layers through the covariate context.
 """
 from __future__ import annotations
@@ -14,8 +15,13 @@ from covfuse.errors import UserError, suggest
 from covfuse.layers import HybridConv1d, HybridConv2d, HybridConv3d, convert, resolve_layers
 from covfuse.layers.convert import select_names
 from covfuse.layers.context import check_covariates, current_covariates, use_covariates
+from covfuse.layers.cond_norm import ConditionalNorm, is_norm
 from covfuse.layers.daft import DAFT, DAFTAfter
+from covfuse.layers.duanmu import DuanmuAttention, DuanmuFactor, DuanmuGate
 from covfuse.layers.film import FiLM, FiLMAfter
+from covfuse.layers.hyper import HYPER_FOR_CONV, HYPER_TYPES
+from covfuse.layers.mlpcat import MLPCatHead
+from covfuse.layers.tab_attention import TabAttention, TabAttentionAfter
 from covfuse.models.backbones import CONV_TYPES, norm_names, set_submodule, stage_ends
 from covfuse.models.registry import BackboneSpec
 
@@ -65,7 +71,8 @@ class CovariateClassifier(nn.Module):
 # Module types that make a layer covariate-conditioned, and the word describe/report use for them.
 CONDITIONING_KINDS: dict[type[nn.Module], str] = {
     **{t: "hybrid" for t in HYBRID_TYPES}, FiLM: "film", DAFT: "daft", ConcatHead: "concat",
-    CovariateClassifier: "covariates",
+    CovariateClassifier: "covariates", **{t: "hyper" for t in HYPER_TYPES}, ConditionalNorm: "cond-norm",
+    TabAttention: "tab-attention", DuanmuFactor: "duanmu", MLPCatHead: "mlpcatmlp",
 }
 
 
@@ -182,14 +189,13 @@ def apply_film(network: nn.Module, spec: BackboneSpec, layers, num_covariates: i
     return names
 
 
-def output_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64,
-                    in_channels: int = 3, spatial_dims: int = 2) -> int:
-    """Channels of module ``name``'s output, read from a dry run on a zero image (or volume) in eval mode."""
+def _probe_channels(network: nn.Module, name: str, num_covariates: int, size: int, in_channels: int,
+                    spatial_dims: int, inputs: bool) -> int:
+    """Channels entering (``inputs``) or leaving module ``name``, from a dry run on zeros in eval mode."""
     module = network.get_submodule(name)
-    if channels_of(module) is not None:
-        return channels_of(module)
     seen: list[int] = []
-    handle = module.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    handle = (module.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1])) if inputs
+              else module.register_forward_hook(lambda m, i, o: seen.append(o.shape[1])))
     modes = {m: m.training for m in network.modules()}
     try:
         network.eval()
@@ -202,6 +208,21 @@ def output_channels(network: nn.Module, name: str, num_covariates: int, size: in
         for m, mode in modes.items():
             m.training = mode
     return seen[0]
+
+
+def output_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64,
+                    in_channels: int = 3, spatial_dims: int = 2) -> int:
+    """Channels of module ``name``'s output, read from a dry run on a zero image (or volume) in eval mode."""
+    module = network.get_submodule(name)
+    if channels_of(module) is not None:
+        return channels_of(module)
+    return _probe_channels(network, name, num_covariates, size, in_channels, spatial_dims, inputs=False)
+
+
+def input_channels(network: nn.Module, name: str, num_covariates: int, size: int = 64,
+                   in_channels: int = 3, spatial_dims: int = 2) -> int:
+    """Channels entering module ``name``, read from a dry run on a zero image (or volume) in eval mode."""
+    return _probe_channels(network, name, num_covariates, size, in_channels, spatial_dims, inputs=True)
 
 
 def apply_daft(network: nn.Module, spec: BackboneSpec, layer, num_covariates: int, reduction: float = 7.0) -> str:
@@ -234,3 +255,87 @@ def apply_concat(network: nn.Module, spec: BackboneSpec, num_covariates: int, ou
     head = network.get_submodule(spec.head)
     set_submodule(network, spec.head, ConcatHead(head.in_features, num_covariates, out_features, hidden, image=head))
     return spec.head
+
+
+# ---- methods from the literature (docs/methods.md): each starts as the image-only model --------------
+
+def apply_mlpcat(network: nn.Module, spec: BackboneSpec, num_covariates: int, out_features: int, hidden: int = 7) -> str:
+    """Replace the head by an :class:`MLPCatHead` that reuses the head's weights (DAFT's mlpcatmlp baseline)."""
+    head = network.get_submodule(spec.head)
+    set_submodule(network, spec.head, MLPCatHead(head.in_features, num_covariates, out_features, hidden, image=head))
+    return spec.head
+
+
+def default_hyper_layers(network: nn.Module, spec: BackboneSpec) -> list[str]:
+    """HyperFusion's place: the projection-shortcut conv of the last stage (ResNets); else the last conv."""
+    convs = [n for n, m in network.named_modules() if type(m) in HYPER_FOR_CONV]
+    last_stage = stage_ends(network, spec)[-1] + "."
+    shortcut = [n for n in convs if n.startswith(last_stage) and "downsample" in n]
+    return shortcut[:1] or convs[-1:]
+
+
+def apply_hyper(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, width: int = 8, depth: int = 1) -> list[str]:
+    """Make the chosen convs hypernetwork convs (W_0 copied, generated part zero); their names."""
+    convs = [n for n, m in network.named_modules() if type(m) in HYPER_FOR_CONV]
+    layers = as_layer_list(layers)
+    names = default_hyper_layers(network, spec) if layers is None else pick(convs, layers, "hyper layers (convolutions)", spec.name)
+    for name in names:
+        conv = network.get_submodule(name)
+        set_submodule(network, name, HYPER_FOR_CONV[type(conv)].from_conv(conv, num_covariates, width=width, depth=depth))
+    return names
+
+
+def norm_candidates(network: nn.Module) -> list[str]:
+    """BatchNorm and InstanceNorm layers, in definition order."""
+    return [n for n, m in network.named_modules() if is_norm(m)]
+
+
+def apply_cond_norm(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, hidden: int | None = 16) -> list[str]:
+    """Make the chosen norms conditional (default: all, as de Vries et al. did in their ResNet); their names."""
+    names = pick(norm_candidates(network), as_layer_list(layers) or "all", "cond-norm layers (norm layers)", spec.name)
+    for name in names:
+        set_submodule(network, name, ConditionalNorm(network.get_submodule(name), num_covariates, hidden))
+    return names
+
+
+def default_tab_attention_layers(network: nn.Module, spec: BackboneSpec) -> list[str]:
+    """Tab-Attention's place: after conv1-BN(-ReLU) of every residual block; VGGs (no blocks): after every
+    BatchNorm but the first, as the reference leaves the full-resolution stem out."""
+    norms = norm_candidates(network)
+    if spec.family == "resnet":
+        return [n for n in norms if n.startswith("layer") and n.endswith(".bn1")]
+    return norms[1:] or norms
+
+
+def apply_tab_attention(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int,
+                        reduction: int = 16, grid: int = 7) -> list[str]:
+    """Put :class:`TabAttention` behind the chosen norms; their names."""
+    layers = as_layer_list(layers)
+    names = (default_tab_attention_layers(network, spec) if layers is None
+             else pick(norm_candidates(network), layers, "tab-attention layers (norm layers)", spec.name))
+    for name in names:
+        module = network.get_submodule(name)
+        set_submodule(network, name, TabAttentionAfter(module, channels_of(module), num_covariates, spec.spatial_dims,
+                                                       reduction=reduction, grid=grid))
+    return names
+
+
+def duanmu_points(network: nn.Module, spec: BackboneSpec) -> tuple[list[str], bool]:
+    """Where Duanmu gates go: the inputs of the residual stages (before ``layer1..4``), or, in VGGs, the
+    outputs of every stage end but the last (the inputs of stages 2..n); and whether the gate comes before."""
+    stages = stage_ends(network, spec)
+    return (stages, True) if spec.family == "resnet" else (stages[:-1], False)
+
+
+def apply_duanmu(network: nn.Module, spec: BackboneSpec, num_covariates: int, hidden: int = 8) -> list[str]:
+    """Gate the feature maps entering every stage with the Duanmu chain; the gated modules' names."""
+    names, before = duanmu_points(network, spec)
+    size = spec.input_size if spec.spatial_dims == 3 else 64
+    channels = [(input_channels if before else output_channels)(network, name, num_covariates, size, spec.in_channels,
+                                                                 spec.spatial_dims) for name in names]
+    attention = DuanmuAttention(num_covariates, channels, hidden)
+    for index, name in enumerate(names):
+        set_submodule(network, name, DuanmuGate(network.get_submodule(name), attention, index, before))
+    return names
+
+

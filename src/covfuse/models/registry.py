@@ -77,6 +77,15 @@ FUSIONS: dict[str, FusionSpec] = {
         FusionSpec("hybrid+concat", ("hybrid", "concat"), "hybrid convolutions and a concat head"),
         FusionSpec("hybrid+film", ("hybrid", "film"), "hybrid convolutions and FiLM"),
         FusionSpec("hybrid+daft", ("hybrid", "daft"), "hybrid convolutions and DAFT"),
+        # Methods from the literature (docs/methods.md); each is used alone, not in '+' combinations.
+        FusionSpec("hyper", ("hyper",), "hypernetwork kernels (HyperFusion, Duenias et al. 2024) at chosen convs"),
+        FusionSpec("mlpcatmlp", ("mlpcatmlp",), "covariates through a Linear-ReLU, concatenated to the penultimate "
+                   "features, 1 FC layer (DAFT's MLP-concat baseline)"),
+        FusionSpec("duanmu", ("duanmu",), "covariates reweight the channels entering every stage (Duanmu et al. 2020)"),
+        FusionSpec("tab-attention", ("tab-attention",), "CBAM channel and spatial attention conditioned on the "
+                   "covariates (Tab-Attention, Grzeszczyk et al. 2023)"),
+        FusionSpec("cond-norm", ("cond-norm",), "conditional BatchNorm/InstanceNorm: norm scale and shift from the "
+                   "covariates (de Vries et al. 2017)"),
     ]
 }
 

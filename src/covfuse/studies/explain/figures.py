@@ -65,12 +65,12 @@ def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str]
         ax.set_ylabel("||W_j|| / ||W_0||")
         ax.set_title(f"{lname}: size of each covariate's kernel relative to the base kernel", fontsize=9)
         ax.legend(fontsize=8)
-    elif kind == "concat":
+    elif kind in ("concat", "mlpcatmlp"):
         fig, ax = plt.subplots(figsize=(4, 2.6))
         rel = summary["relative_norm"]
         ax.bar(list(rel), [v or 0 for v in rel.values()], color="#1f77b4")
-        ax.set_ylabel("covariate column / image column norm")
-        ax.set_title(f"{lname}: concatenation head", fontsize=9)
+        ax.set_ylabel("covariate column / image column norm" if kind == "concat" else "covariate path / image column norm")
+        ax.set_title(f"{lname}: {'concatenation' if kind == 'concat' else 'MLP-concat'} head", fontsize=9)
     else:
         scale, shift = recorder.samples(lname)
         # keys are "<feature>=<value>", and one-hot features carry their own "=" ("sex=F=1")
@@ -78,10 +78,10 @@ def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str]
         if not groups:
             return None
         fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-        for ax, values, title in ((axes[0], scale, "scale"), (axes[1], shift, "shift")):
+        for ax, values, title in zip(axes, (scale, shift), summary.get("quantities", ("scale", "shift"))):
             ax.boxplot([values[m].ravel() for _, m in groups], showfliers=False)
             ax.set_xticks(range(1, len(groups) + 1), [k for k, _ in groups], fontsize=7, rotation=35, ha="right")
-            ax.set_title(f"{lname} ({kind}): predicted {title}", fontsize=9)
+            ax.set_title(f"{lname} ({kind}): {title}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     return _rel(path)

@@ -1,9 +1,13 @@
-"""Inside the conditioning layers: how big each covariate's part is, and what FiLM/DAFT predict.
+"""Inside the conditioning layers: how big each covariate's part is, and what each method's covariate path changes.
 
 Hybrid convs: ||W_j|| / ||W_0|| per layer and per output channel (Frobenius norms; a freshly
-converted model has zero covariate kernels, so every ratio is 0). FiLM and DAFT: the scales and
-shifts they predict for the samples of a split, summarised per covariate value; they are captured
-with forward hooks on the generator, so the layers need no changes.
+converted model has zero covariate kernels, so every ratio is 0). Concat and MLP-concat heads: the
+covariate columns against the image columns. Every other method changes something per sample,
+recorded for the samples of a split and summarised per covariate value (two quantities each,
+``QUANTITIES``): FiLM and DAFT the scale and shift they predict, conditional norms the norm's
+scale and shift, tab-attention its channel gate and mean spatial gate, Duanmu gates their channel
+factor, hyper convs the size of the generated kernel change per output channel (relative to W_0)
+and the generated bias change. They are captured with forward hooks, so the layers need no changes.
 """
 from __future__ import annotations
 
@@ -14,9 +18,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from covfuse.layers.cond_norm import ConditionalNorm
+from covfuse.layers.context import current_covariates
 from covfuse.layers.daft import DAFT
+from covfuse.layers.duanmu import DuanmuFactor
 from covfuse.layers.film import FiLM
-from covfuse.models.fusion import HYBRID_TYPES, ConcatHead
+from covfuse.layers.hyper import HYPER_TYPES
+from covfuse.layers.mlpcat import MLPCatHead
+from covfuse.layers.tab_attention import TabAttention
+from covfuse.models.fusion import CONDITIONING_KINDS, HYBRID_TYPES, ConcatHead
+
+# What the two recorded per-sample quantities ("scale", "shift" in explain.json) are, per kind.
+QUANTITIES = {
+    "film": ("scale", "shift"), "daft": ("scale", "shift"), "cond-norm": ("norm scale", "norm shift"),
+    "tab-attention": ("channel gate", "mean spatial gate"), "duanmu": ("channel factor", "(none)"),
+    "hyper": ("||dW|| / ||W_0|| per channel", "bias change"),
+}
+RECORDED = (FiLM, DAFT, ConditionalNorm, TabAttention, DuanmuFactor, *HYPER_TYPES)
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> float | None:
@@ -47,6 +65,14 @@ def concat_norms(head: ConcatHead, names: list[str]) -> dict:
     return {"kind": "concat", "relative_norm": {name: _ratio(cov[:, j].norm(), image) for j, name in enumerate(names)}}
 
 
+def mlpcat_norms(head: MLPCatHead, names: list[str]) -> dict:
+    """Each covariate's linear path through the MLP-concat head (``||C T[:, j]||``, the ReLU taken as open),
+    relative to the image block's mean column norm."""
+    image = head.image.weight.detach().float().norm(dim=0).mean()
+    path = head.covariates.weight.detach().float() @ head.mlp.weight.detach().float()  # (out, K)
+    return {"kind": "mlpcatmlp", "relative_norm": {name: _ratio(path[:, j].norm(), image) for j, name in enumerate(names)}}
+
+
 def weight_summaries(network: nn.Module, names: list[str]) -> dict[str, dict]:
     """{layer name: summary} for hybrid convs and concat heads (computed from the weights alone)."""
     out = {}
@@ -55,28 +81,76 @@ def weight_summaries(network: nn.Module, names: list[str]) -> dict[str, dict]:
             out[name] = hybrid_norms(m, names)
         elif isinstance(m, ConcatHead):
             out[name] = concat_norms(m, names)
+        elif isinstance(m, MLPCatHead):
+            out[name] = mlpcat_norms(m, names)
     return out
 
 
+def _covariates(module: nn.Module, inputs: tuple) -> torch.Tensor:
+    return inputs[1] if len(inputs) > 1 and inputs[1] is not None else current_covariates(type(module).__name__)
+
+
+def per_sample_change(module: nn.Module, inputs: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two per-sample quantities (QUANTITIES) a conditioning layer computes for this call."""
+    z = _covariates(module, inputs)
+    if isinstance(module, DuanmuFactor):  # only stage 0's factor owns the chain's parameters
+        factor = module.factor(z)
+        return factor, torch.zeros_like(factor[:, :1])
+    z = z.to(next(module.parameters()).dtype)
+    if isinstance(module, HYPER_TYPES):
+        codes = module.embed(z)
+        delta = (codes @ module.hyper_weight.flatten(1)).view(len(z), module.out_channels, -1)
+        base = module.weight.flatten(1).norm(dim=1).clamp_min(torch.finfo(module.weight.dtype).tiny)
+        bias = codes @ module.hyper_bias if module.hyper_bias is not None else z.new_zeros(len(z), module.out_channels)
+        return delta.norm(dim=2) / base, bias
+    if isinstance(module, TabAttention):
+        x = inputs[0]
+        gate = module.channel_gate(x, z)
+        spatial = module.spatial_gate(x * gate.view(*gate.shape, *(1,) * module.dims), z)
+        return gate, spatial.flatten(1).mean(1, keepdim=True)
+    raise TypeError(type(module).__name__)
+
+
 class AffineRecorder:
-    """Collects the (scale, shift) that every FiLM / DAFT layer predicts, per sample, while it is active."""
+    """Collects, per sample, the two quantities (QUANTITIES) every recorded conditioning layer computes."""
 
     def __init__(self, network: nn.Module) -> None:
-        self.layers = {name: m for name, m in network.named_modules() if isinstance(m, (FiLM, DAFT))}
+        self.layers = {name: m for name, m in network.named_modules() if isinstance(m, RECORDED)}
         self.scale: dict[str, list[np.ndarray]] = {name: [] for name in self.layers}
         self.shift: dict[str, list[np.ndarray]] = {name: [] for name in self.layers}
 
-    def _hook(self, name: str):
+    def _hook(self, name: str, norm: nn.Module | None = None):
         def hook(module, inputs, output):
             delta, shift = output.detach().float().chunk(2, dim=1)
-            self.scale[name].append((1 + delta).cpu().numpy())
+            if norm is None:  # FiLM, DAFT: scale = 1 + delta
+                scale = 1 + delta
+            else:  # conditional norm: the norm's own affine plus the predicted change
+                scale = delta + (1 if norm.weight is None else norm.weight.detach().float())
+                shift = shift + (0 if norm.bias is None else norm.bias.detach().float())
+            self.scale[name].append(scale.cpu().numpy())
             self.shift[name].append(shift.cpu().numpy())
         return hook
 
+    def _layer_hook(self, name: str):
+        def hook(module, inputs, output):
+            with torch.no_grad():
+                scale, shift = per_sample_change(module, inputs)
+            self.scale[name].append(scale.detach().float().cpu().numpy())
+            self.shift[name].append(shift.detach().float().cpu().numpy())
+        return hook
+
+    def _register(self, name: str, m: nn.Module):
+        if isinstance(m, FiLM):
+            return m.generator.register_forward_hook(self._hook(name))
+        if isinstance(m, DAFT):
+            return m.mlp.register_forward_hook(self._hook(name))
+        if isinstance(m, ConditionalNorm):
+            return m.generator.register_forward_hook(self._hook(name, m.norm))
+        return m.register_forward_hook(self._layer_hook(name))
+
     @contextmanager
     def recording(self) -> Iterator[AffineRecorder]:
-        generators = {name: m.generator if isinstance(m, FiLM) else m.mlp for name, m in self.layers.items()}
-        handles = [g.register_forward_hook(self._hook(name)) for name, g in generators.items()]
+        handles = [self._register(name, m) for name, m in self.layers.items()]
         try:
             yield self
         finally:
@@ -92,8 +166,9 @@ class AffineRecorder:
             if not parts:
                 continue
             scale, shift = np.concatenate(parts), np.concatenate(self.shift[layer])
-            kind = "film" if isinstance(self.layers[layer], FiLM) else "daft"
-            entry: dict = {"kind": kind, "channels": int(scale.shape[1]), "values": {}, "difference": {}}
+            kind = CONDITIONING_KINDS[type(self.layers[layer])]
+            entry: dict = {"kind": kind, "channels": int(scale.shape[1]), "quantities": list(QUANTITIES[kind]),
+                           "values": {}, "difference": {}}
             for k, cov in enumerate(names):
                 values = np.unique(rows[:, k])
                 if len(values) > MAX_GROUP_VALUES:

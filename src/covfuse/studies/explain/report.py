@@ -85,14 +85,16 @@ def markdown(r: dict) -> str:
     if not r["layers"]:
         lines += ["No conditioning layer with weights to summarise.", ""]
     for lname, s in r["layers"].items():
-        if s["kind"] in ("hybrid", "concat"):
+        if s["kind"] in ("hybrid", "concat", "mlpcatmlp"):
             rel = ", ".join(f"{k} {_num(v)}" for k, v in s["relative_norm"].items())
-            what = "‖W_j‖ / ‖W_0‖" if s["kind"] == "hybrid" else "covariate column / image column norm"
+            what = {"hybrid": "‖W_j‖ / ‖W_0‖", "concat": "covariate column / image column norm",
+                    "mlpcatmlp": "covariate path ‖C T_j‖ / image column norm"}[s["kind"]]
             lines.append(f"- `{lname}` ({s['kind']}): {what}: {rel}")
         else:
-            diffs = ", ".join(f"{k}: scale {v['scale']:.3f}, shift {v['shift']:.3f}" for k, v in s["difference"].items())
+            first, second = s.get("quantities", ["scale", "shift"])
+            diffs = ", ".join(f"{k}: {first} {v['scale']:.3f}, {second} {v['shift']:.3f}" for k, v in s["difference"].items())
             lines.append(f"- `{lname}` ({s['kind']}, {s['channels']} channels): mean |difference| of the per-channel "
-                         f"mean scale and shift between the two values of {diffs or '—'}")
+                         f"mean {first} and {second} between the two values of {diffs or '—'}")
         if s.get("figure"):
             lines.append(f"  ![{lname}]({s['figure']})")
     lines += ["", f"Written by `covfuse explain` in {r['seconds']} s.", ""]
