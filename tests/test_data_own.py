@@ -294,3 +294,39 @@ def test_multiclass_and_regression_heads_on_an_image_manifest(tmp_path):
         p = [float(r["prediction"]) for r in rows]
         assert metrics["test"][key] == pytest.approx(score(y, p), rel=1e-5)  # predictions.csv keeps 6 digits
     assert json.loads((runs / "site" / "metrics.json").read_text())["classes"] == ["back", "head", "lower extremity"]
+
+
+def test_two_processes_building_one_volume_cache_both_get_it(tmp_path):
+    """Two runs of a study starting at once: one builds the cache under a lock, the other waits and reads it."""
+    import threading
+
+    import nibabel as nib
+
+    from covfuse.data.volume_io import Preprocessing, build_volume_cache, load_volume, transform
+
+    files = []
+    for i in range(4):
+        data = np.random.default_rng(i).normal(size=(10, 10, 10)).astype(np.float32)
+        files.append(tmp_path / f"v{i}.nii.gz")
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(files[-1]))
+    settings = Preprocessing(size=8)
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(build_volume_cache(files, settings, tmp_path / "cache", progress=False))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 2
+    assert not list((tmp_path / "cache").glob("*.partial"))
+    pipeline = transform(settings)
+    for cache in results:
+        for i, f in enumerate(files):
+            want = load_volume(f, settings, pipeline).half()
+            assert torch.equal(cache[i], want)

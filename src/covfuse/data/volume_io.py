@@ -166,11 +166,26 @@ def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir
     """Preprocess every file once into the float16 memmap (written to ``.partial``, renamed when complete)."""
     from tqdm import tqdm
 
+    from filelock import FileLock
+
     existing = open_volume_cache(files, settings, cache_dir)
     if existing is not None:
         return existing
     data, meta = cache_paths(files, settings, cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # Two processes (two runs of a study, two SLURM tasks) may want the same cache at once: one
+    # builds it, the other waits for the lock and then finds it built.
+    with FileLock(str(data.with_suffix(".lock"))):
+        existing = open_volume_cache(files, settings, cache_dir)
+        if existing is not None:
+            return existing
+        return _build_volume_cache(files, settings, data, meta, progress)
+
+
+def _build_volume_cache(files: Sequence[Path], settings: Preprocessing, data: Path, meta: Path,
+                        progress: bool) -> VolumeCache:
+    from tqdm import tqdm
+
     partial = data.with_suffix(".f16.partial")
     shape = (len(files), 1, *(settings.size,) * 3)
     array = np.memmap(partial, dtype=np.float16, mode="w+", shape=shape)
