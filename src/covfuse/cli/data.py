@@ -212,7 +212,8 @@ def cmd_synth3d(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = write_synth3d(args.out, n=args.n, seed=args.seed, effect=args.effect, size=args.size,
-                        num_classes=args.classes, noise=args.noise, overwrite=args.overwrite, progress=True)
+                        num_classes=args.classes, noise=args.noise, overwrite=args.overwrite, progress=True,
+                        survival=args.survival)
     card = json.loads((out / "synth.json").read_text())
     acc = card["bayes_accuracy"]
     print(f"wrote {args.n:,} synthetic volumes ({args.size}^3) to {out} in {time.perf_counter() - start:.1f} s "
@@ -222,6 +223,11 @@ def cmd_synth3d(args: argparse.Namespace) -> int:
         "Bayes accuracy: image+covariates {image_and_covariates:.3f}, image only {image_only:.3f}, "
         "covariates only {covariates_only:.3f}".format(**acc)
     )
+    if args.survival:
+        c = card["survival"]["c_index"]
+        print(f"time to conversion: {card['survival']['rule']}")
+        print(f"C-index: true risk {c['true_risk']:.3f}, image+covariates {c['image_and_covariates']:.3f}, "
+              f"image only {c['image_only']:.3f}, covariates only {c['covariates_only']:.3f}")
     return 0
 
 
@@ -369,6 +375,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="cube side in voxels (default: 64)")
     p.add_argument("--classes", type=int, choices=(2, 3), default=2, help="2: CN/AD, 3: CN/MCI/AD (default: 2)")
     p.add_argument("--noise", type=float, default=0.05, help="label flip probability (default: 0.05)")
+    p.add_argument("--survival", action="store_true",
+                   help="add time and event columns: time to conversion with a planted hazard (docs/volumes.md)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     p.set_defaults(func=cmd_synth3d)
 

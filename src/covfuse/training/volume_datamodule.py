@@ -111,8 +111,14 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
         state = self.given_state or {}
         classes = state.get("classes") or cfg.classes
         regression = self.head == "regression"
-        labels, self.classes = encode_target(manifest, self.target_name, "regression" if regression else "classification",
-                                             None if regression else classes)
+        if self.head == "survival":  # survival (issue 18): [time, event] labels from data/survival.py
+            from covfuse.data.survival import survival_labels
+
+            labels, self.classes, regression = survival_labels(manifest, cfg.target, cfg.event), [], True
+        else:
+            labels, self.classes = encode_target(manifest, self.target_name,
+                                                 "regression" if regression else "classification",
+                                                 None if regression else classes)
         if self.head == "multiclass" and len(self.classes) < 3:
             raise UserError(f"{manifest.path}: target {self.target_name!r} has {len(self.classes)} classes "
                             f"{self.classes}; use model.head binary for two classes")
@@ -122,6 +128,10 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
                             "or use model.head multiclass)")
         self.labels = labels
         self.indices = self._split_indices(manifest, labels)
+        if self.head == "survival":  # survival (issue 18): every split needs an event
+            from covfuse.data.survival import check_events
+
+            check_events(manifest, labels, self.indices)
         if "encoder" in state:
             self.encoder = CovariateEncoder.from_dict(state["encoder"])
         else:
@@ -151,6 +161,8 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
             if cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds:
                 raise UserError(f"data.folds must be 0 or >= 2 and data.fold in 0..folds-1, got folds={cfg.folds}, fold={cfg.fold}")
             stratify = None if self.head == "regression" else labels  # classes, not continuous values
+            if self.head == "survival":  # survival (issue 18): folds balance the events
+                stratify = labels[:, 1]
             train, valid = subject_folds(manifest, split, cfg.folds, self.seed, stratify=stratify)[cfg.fold]
             out = {"train": train, "valid": valid, "test": np.flatnonzero(split == 2).astype(np.int64)}
         for name, idx in out.items():
