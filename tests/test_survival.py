@@ -199,6 +199,9 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
         assert lo is None or lo <= metrics[split]["c_index"] <= hi
     config = (run / "config.yaml").read_text()
     assert "monitor: val/c_index" in config  # the head's own score picks the checkpoint
+    assert covfuse(["test", str(run)]) == 0  # re-evaluating the checkpoint gives the same C
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["test"]["c_index"] == pytest.approx(metrics["test"]["c_index"], abs=1e-6)
     capsys.readouterr()  # `covfuse predict` writes the same risk
     assert covfuse(["predict", str(run), "--csv", str(twin / "manifest.csv"), "--extrapolate"]) == 0
     predicted = {Path(r["path"]).relative_to(twin).as_posix(): r for r in csv.DictReader(capsys.readouterr().out.splitlines())}
@@ -261,3 +264,21 @@ def test_bad_survival_input_is_one_line_and_writes_nothing(case, twin, tmp_path,
         print(f"\n| `{case}` | {what} | {message} |")
     row = next((line for line in (DOCS / "errors.md").read_text().splitlines() if line.startswith(f"| `{case}` |")), None)
     assert row is not None and expect in row, f"docs/errors.md has no row for {case} with its message"
+
+
+def test_folds_of_a_survival_table_balance_the_events(twin):
+    from covfuse.training.config import DataConfig
+    from covfuse.training.volume_datamodule import VolumeDataModule
+
+    cfg = DataConfig(root=str(twin / "manifest.csv"), target="time", event="event", covariates=["age"],
+                     image_size=16, cache="off", folds=3, fold=1)
+    data = VolumeDataModule(cfg, seed=0, head="survival")
+    data.setup("fit")
+    assert data.labels.shape == (48, 2) and data.classes == []
+    rows = list(csv.DictReader(open(twin / "manifest.csv")))
+    assert np.allclose(data.labels[:, 0], [float(r["time"]) for r in rows])
+    events = data.labels[:, 1]
+    assert events[data.indices["valid"]].sum() > 0 and events[data.indices["train"]].sum() > 0
+    pool = np.concatenate([data.indices["train"], data.indices["valid"]])
+    share = events[data.indices["valid"]].mean()
+    assert abs(share - events[pool].mean()) < 0.2  # stratified on the event indicator
