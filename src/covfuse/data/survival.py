@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from covfuse.data.volumes import is_missing, parse_number
 from covfuse.errors import UserError
 
 TIME, EVENT = 0, 1
@@ -21,17 +22,9 @@ TIME, EVENT = 0, 1
 _EVENT_VALUES = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
 
 
-def _missing(value: str) -> bool:
-    from covfuse.data.volumes import is_missing
-
-    return is_missing(value)
-
-
 def survival_labels(table, time: str, event: str | None) -> np.ndarray:
     """float64 (N, 2) ``[time, event]`` from the named columns; every bad cell is a one-line UserError
     naming the row: a missing, non-numeric or negative time, an event other than 0/1."""
-    from covfuse.data.volumes import parse_number
-
     if not event:
         raise UserError("model.head survival needs data.event, the 0/1 column saying whether the event was observed "
                         "(1) or the time is censored (0); data.target names the time column")
@@ -42,7 +35,7 @@ def survival_labels(table, time: str, event: str | None) -> np.ndarray:
     times, events = table.columns[time], table.columns[event]
     out = np.empty((len(times), 2), dtype=np.float64)
     for i, (t, e) in enumerate(zip(times, events)):
-        if _missing(t):
+        if is_missing(t):
             raise UserError(f"{table.where(i)}: the survival time {time!r} is missing; drop the row or fill it in")
         value = parse_number(t)
         if value is None:
