@@ -182,7 +182,7 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
                     "--name", "surv"]) == 0
     run = next(p.parent for p in (study / "surv").glob("*concat*/s0/metrics.json"))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["task"] == "survival" and "classes" not in metrics
+    assert metrics["task"] == "survival" and metrics["event"] == "event" and "classes" not in metrics
     table = list(csv.DictReader(open(run / "predictions.csv")))
     assert {"time", "event", "risk"} <= set(table[0]) and "label" not in table[0]
     for split in ("valid", "test"):
