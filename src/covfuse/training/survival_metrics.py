@@ -47,11 +47,12 @@ def censoring_survival(time: np.ndarray, event: np.ndarray, w: np.ndarray) -> np
     one row per weighting (B, N). As scikit-survival's ``CensoringDistributionEstimator``: at each
     distinct time the censored count is divided by those at risk minus that time's events, and a time
     is its own step (G(t_i) includes the censorings at t_i)."""
+    from scipy.sparse import csr_matrix
+
     values, code = np.unique(time, return_inverse=True)
-    k = len(values)
-    member = np.zeros((len(time), k))
-    member[np.arange(len(time)), code] = 1.0
-    total, events = w @ member, (w * event) @ member  # (B, K)
+    code = code.reshape(-1)
+    member = csr_matrix((np.ones(len(time)), (np.arange(len(time)), code)), shape=(len(time), len(values)))
+    total, events = np.asarray((member.T @ w.T).T), np.asarray((member.T @ (w * event).T).T)  # (B, K)
     censored = total - events
     at_risk = np.cumsum(total[:, ::-1], axis=1)[:, ::-1] - events
     with np.errstate(divide="ignore", invalid="ignore"):
