@@ -206,19 +206,23 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
     assert covfuse(["predict", str(run), "--csv", str(twin / "manifest.csv"), "--extrapolate"]) == 0
     predicted = {Path(r["path"]).relative_to(twin).as_posix(): r for r in csv.DictReader(capsys.readouterr().out.splitlines())}
     assert all(abs(float(predicted[r["id"]]["risk"]) - float(r["risk"])) < 1e-4 for r in table)
-    # make concat rank test perfectly (risk = -time): the report must call higher C better
-    for r in table:
-        if r["split"] == "test":
-            r["risk"] = str(-float(r["time"]))
-    with open(run / "predictions.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    # concat ranks test perfectly (risk = -time), image-only backwards: the report must call higher C better
+    baseline = next(p.parent for p in (study / "surv").glob("*image-only*/s0/metrics.json"))
+    for folder, sign in ((run, -1.0), (baseline, 1.0)):
+        rows = list(csv.DictReader(open(folder / "predictions.csv")))
+        for r in rows:
+            if r["split"] == "test":
+                r["risk"] = str(sign * float(r["time"]))
+        with open(folder / "predictions.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     assert covfuse(["report", str(study / "surv"), "--format", "json", "--bootstrap", "200"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["metric"] == "c_index" and report["task"] == "survival"
     row = next(r for r in report["rows"] if "concat" in r["setting"])
-    assert row["estimate"] == pytest.approx(1.0) and row["difference"] > 0 and row["verdict"] == "better"
+    assert row["estimate"] == pytest.approx(1.0) and row["difference"] == pytest.approx(1.0, abs=0.05)
+    assert row["verdict"] == "better"
 
 
 # -- bad input -------------------------------------------------------------------------------
