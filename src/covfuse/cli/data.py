@@ -267,7 +267,7 @@ def cmd_synth3d(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = write_synth3d(args.out, n=args.n, seed=args.seed, effect=args.effect, size=args.size,
                         num_classes=args.classes, noise=args.noise, overwrite=args.overwrite, progress=True,
-                        layout=args.format)
+                        layout=args.format, survival=args.survival)
     card = json.loads((out / "synth.json").read_text())
     acc = card["bayes_accuracy"]
     print(f"wrote {args.n:,} synthetic volumes ({args.size}^3) to {out} in {time.perf_counter() - start:.1f} s "
@@ -278,6 +278,11 @@ def cmd_synth3d(args: argparse.Namespace) -> int:
         "Bayes accuracy: image+covariates {image_and_covariates:.3f}, image only {image_only:.3f}, "
         "covariates only {covariates_only:.3f}".format(**acc)
     )
+    if args.survival:
+        c = card["survival"]["c_index"]
+        print(f"time to conversion: {card['survival']['rule']}")
+        print(f"C-index: true risk {c['true_risk']:.3f}, image+covariates {c['image_and_covariates']:.3f}, "
+              f"image only {c['image_only']:.3f}, covariates only {c['covariates_only']:.3f}")
     return 0
 
 
@@ -439,6 +444,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("manifest", "bids"), default="manifest",
                    help="manifest: OUT/manifest.csv + volumes/; bids: a BIDS dataset (participants.tsv, "
                    "sub-*/anat/*_T1w.nii.gz) without a split column (default: manifest)")
+    p.add_argument("--survival", action="store_true",
+                   help="add time and event columns: time to conversion with a planted hazard (docs/volumes.md)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
     p.set_defaults(func=cmd_synth3d)
 

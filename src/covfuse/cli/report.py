@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", default="runs", help="folder of studies (default: runs)")
     p.add_argument("--baseline", default=None, help="cell to compare with (default: the study's baseline)")
     p.add_argument("--metric", default=None, choices=names,
-                   help="score to compare (default: accuracy; multi-class: balanced_accuracy; regression: mae)")
+                   help="score to compare (default: accuracy; multi-class: balanced_accuracy; regression: mae; "
+                   "survival: c_index)")
     p.add_argument("--format", default="md", choices=["md", "json", "csv", "html"],
                    help="what to print (default: md; html writes report.html and prints its path)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")

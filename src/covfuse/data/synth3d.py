@@ -163,6 +163,7 @@ def draw_subjects(n: int, seed: int, effect: str, num_classes: int, noise: float
     age = np.round(rng.uniform(*AGE_RANGE, size=n), 1)
     sex = rng.choice(np.array(["F", "M"]), size=n)
     apoe4 = rng.choice(3, size=n, p=[0.6, 0.3, 0.1]).astype(float)
+    apoe4_true = apoe4.copy()  # the survival twin's hazard uses the allele count the manifest may hide
     apoe4[rng.random(n) < APOE4_MISSING] = np.nan
     stage = rng.integers(0, num_classes, size=n)
     age_part = (age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0]) if effect == "planted" else rng.uniform(0, 1, size=n)
@@ -171,7 +172,8 @@ def draw_subjects(n: int, seed: int, effect: str, num_classes: int, noise: float
     flip = rng.random(n) < noise
     shift = rng.integers(1, num_classes, size=n)  # to one of the other classes, uniformly
     label[flip] = (stage[flip] + shift[flip]) % num_classes
-    return {"age": age, "sex": sex, "apoe4": apoe4, "stage": stage, "atrophy": atrophy, "label": label}
+    return {"age": age, "sex": sex, "apoe4": apoe4, "apoe4_true": apoe4_true, "stage": stage, "atrophy": atrophy,
+            "label": label}
 
 
 def _split_codes(n: int, seed: int) -> np.ndarray:
@@ -210,6 +212,20 @@ def data_card(info: dict) -> str:
          "Files: manifest.csv (subject,path,split,diagnosis,age,sex,APOE4), volumes/*.nii.gz, synth.json."),
         f"Seed {info['seed']}: same seed, same files.",
     ]
+    if "survival" in info:
+        s, c = info["survival"], info["survival"]["c_index"]
+        lines += [
+            "",
+            f"Survival (columns time, event; {s['events']} of {info['n']} converted): {s['rule']}.",
+            "C-index (Harrell) from the generating model, Monte Carlo over "
+            f"{s['monte_carlo_pairs']:,} pairs of fresh subjects (covfuse.data.synth3d_survival), of E[eta | what a model sees]:",
+            f"  true risk (ceiling)  {c['true_risk']:.3f}",
+            f"  image + covariates   {c['image_and_covariates']:.3f}",
+            f"  image only           {c['image_only']:.3f}",
+            f"  covariates only      {c['covariates_only']:.3f}",
+        ]
+        lines[lines.index(next(x for x in lines if x.startswith("Files: manifest.csv")))] = (
+            "Files: manifest.csv (subject,path,split,diagnosis,age,sex,APOE4,time,event), volumes/*.nii.gz, synth.json.")
     return "\n".join(lines) + "\n"
 
 
@@ -237,9 +253,10 @@ def _write_bids(folder: Path, manifest_csv: str, classes: list[str]) -> None:
 
 def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str = "planted", size: int = 64,
                   num_classes: int = 2, noise: float = 0.05, overwrite: bool = False, progress: bool = False,
-                  layout: str = "manifest") -> Path:
+                  layout: str = "manifest", survival: bool = False) -> Path:
     """Write the twin to ``out`` (through a temporary sibling folder, renamed at the end), as ``manifest.csv``
-    + ``volumes/`` (``layout="manifest"``) or as a BIDS dataset (``"bids"``, see :func:`_write_bids`)."""
+    + ``volumes/`` (``layout="manifest"``) or as a BIDS dataset (``"bids"``, see :func:`_write_bids`);
+    ``survival`` adds ``time`` and ``event`` columns (:mod:`covfuse.data.synth3d_survival`)."""
     import nibabel as nib
     from tqdm import tqdm
 
@@ -262,13 +279,22 @@ def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str =
     subjects = draw_subjects(n, seed, effect, num_classes, noise)
     splits = _split_codes(n, seed)
     classes = CLASSES[num_classes]
+    times = None
+    if survival:
+        from covfuse.data import synth3d_survival as surv
+
+        eta = surv.log_hazard(subjects, effect, DISEASE_STEP)
+        times = surv.draw_times(eta, np.random.default_rng([seed, 4]))
+        if not all(times[1][splits == s].any() for s in ("train", "valid", "test")):
+            raise UserError(f"--n {n}: a split drew no conversion; use a larger --n (or another --seed)")
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
-        writer.writerow(["subject", "path", "split", "diagnosis", "age", "sex", "APOE4"])
+        writer.writerow(["subject", "path", "split", "diagnosis", "age", "sex", "APOE4",
+                         *(["time", "event"] if survival else [])])
         for i in tqdm(range(n), desc="drawing subjects", unit="vol", disable=not progress, mininterval=2):
             rng = np.random.default_rng([seed, 3, i])
             volume = subject_volume(base, float(subjects["atrophy"][i]), rng)
@@ -280,7 +306,8 @@ def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str =
             nib.save(image, str(tmp / rel))
             apoe = subjects["apoe4"][i]
             writer.writerow([subject, rel, splits[i], classes[int(subjects["label"][i])], f"{subjects['age'][i]:.1f}",
-                             subjects["sex"][i], "" if np.isnan(apoe) else str(int(apoe))])
+                             subjects["sex"][i], "" if np.isnan(apoe) else str(int(apoe)),
+                             *([f"{times[0][i]:.2f}", int(times[1][i])] if survival else [])])
         if layout == "bids":
             _write_bids(tmp, table.getvalue(), classes)
         else:
@@ -297,6 +324,15 @@ def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str =
             "template": f"nilearn/datasets/data/{TEMPLATE.format('t1')} (+ gm)",
             "atrophy_weights": WEIGHTS, "stage_rates": [float((subjects['stage'] == k).mean()) for k in range(num_classes)],
         }
+        if survival:
+            draw = lambda m, s: draw_subjects(m, s, effect, num_classes, noise)  # noqa: E731
+            info["survival"] = {
+                "rule": surv.RULES[effect] + f"; conversion rate {surv.BASE_HAZARD}/year * exp(eta); censored at "
+                        f"{surv.FOLLOW_UP:g} years (end of follow-up) and by drop-out at {surv.DROPOUT}/year",
+                "time": "time", "event": "event", "events": int(times[1].sum()),
+                "c_index": surv.population_cindex(effect, num_classes, DISEASE_STEP, draw, seed=seed),
+                "monte_carlo_pairs": surv.MONTE_CARLO_PAIRS,
+            }
         (tmp / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
         (tmp / "README.txt").write_text(data_card(info))
         if out.exists():

@@ -82,7 +82,7 @@ def build(
     **options: Any,
 ) -> FusionModel:
     """A model whose ``forward(x, covariates)`` returns logits (N,) (``head="two-class"``: (N, 2);
-    ``"multiclass"``: (N, num_classes); ``"regression"``: one value (N,)).
+    ``"multiclass"``: (N, num_classes); ``"regression"``: one value (N,); ``"survival"``: one risk (N,)).
 
     ``backbone``: see :func:`list_backbones`. ``fusion``: see :func:`list_fusions`, or a '+' join of
     hybrid, film, daft and one of concat / concat-2fc. ``hybrid_layers``: conv names, indices into

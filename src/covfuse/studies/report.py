@@ -70,18 +70,19 @@ def run_task(run_dir: Path) -> str:
 
 def read_predictions(run_dir: Path, split: str, task: str = "binary") -> dict[str, np.ndarray]:
     """ids, groups, labels and per-sample outputs of one split from a run's predictions.csv: the
-    ``probability`` column of a binary run, the ``prediction`` column (class index or value) otherwise."""
+    ``probability`` column of a binary run, ``risk`` with (time, event) labels of a survival run, the
+    ``prediction`` column (class index or value) otherwise."""
     path = Path(run_dir) / "predictions.csv"
     if not path.is_file():
         raise UserError(f"{path}: missing; the run has not finished (run the study again to finish it)")
-    column = "probability" if task == "binary" else "prediction"
+    column = {"binary": "probability", "survival": "risk"}.get(task, "prediction")
     ids, groups, labels, outputs = [], [], [], []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row["split"] == split:
                 ids.append(row["id"])
                 groups.append(row.get("group") or row["id"])  # older runs without groups: one per image
-                labels.append(float(row["label"]))
+                labels.append([float(row["time"]), float(row["event"])] if task == "survival" else float(row["label"]))
                 outputs.append(float(row[column]))
     order = np.argsort(ids, kind="stable")
     return {k: np.asarray(v)[order] for k, v in

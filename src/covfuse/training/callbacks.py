@@ -66,6 +66,7 @@ class LineProgress(Callback):
             return
         m = trainer.callback_metrics
         loss, acc, mae = _value(m, "val/loss"), _value(m, "val/acc"), _value(m, "val/mae")
+        c_index = _value(m, "val/c_index")
         # Validation at the end of an epoch runs before the epoch's train loss is reduced, so the
         # train loss has its own line (on_train_epoch_end) rather than showing the previous epoch's here.
         text = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} validated"
@@ -75,6 +76,8 @@ class LineProgress(Callback):
             text += f" | val acc {acc:.4f}"
         if mae is not None:
             text += f" | val mae {mae:.4g}"
+        if c_index is not None:
+            text += f" | val c-index {c_index:.4f}"
         self._say(text + f" | {_clock(time.monotonic() - self._fit_start)} elapsed")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

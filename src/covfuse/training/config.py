@@ -22,7 +22,7 @@ class DataConfig:
 
     Args:
         root: The data: a manifest CSV/TSV (2D images or NIfTI volumes), a BIDS folder, or a CelebA folder (docs/data.md).
-        target: Column (CelebA attribute) to predict, by name.
+        target: Column (CelebA attribute) to predict, by name (survival head: the time column).
         covariates: Columns fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
         image_size: Side of the square model input, in pixels.
         preset: How a photo becomes a square input (see covfuse.data.transforms).
@@ -40,6 +40,7 @@ class DataConfig:
         intensity: Volumes: zscore (over the nonzero, in-brain voxels) or minmax (to [0, 1]).
         geometry: Volumes: resize (whole field of view to image_size^3) or crop-pad (centre crop / zero pad).
         spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
+        event: Survival head: the 0/1 column saying whether the event was observed (1) or data.target's time is censored (0).
     """
 
     root: str = ""
@@ -62,6 +63,7 @@ class DataConfig:
     intensity: Literal["zscore", "minmax"] = "zscore"
     geometry: Literal["resize", "crop-pad"] = "resize"
     spacing: Optional[float] = None
+    event: Optional[str] = None
 
 
 @dataclass
@@ -74,7 +76,7 @@ class ModelConfig:
         hybrid_layers: Convs made hybrid: first, last, all, or a list of module names (e.g. [features.0, features.40]).
         weights: None (random init), imagenet (local torchvision cache only), or a path to a state dict.
         regime: finetune (train everything) or another regime covfuse.models.build accepts.
-        head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes; volumes) or regression (a numeric target, MSE on the standardised target; volumes).
+        head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes; volumes), regression (a numeric target, MSE on the standardised target; volumes) or survival (one risk score, Cox partial likelihood with Breslow ties over the batch; data.target is the time, data.event the 0/1 event column; volumes).
         options: Extra keyword arguments for covfuse.models.build.
     """
 
@@ -83,7 +85,7 @@ class ModelConfig:
     hybrid_layers: Union[str, list[str]] = "first"
     weights: Optional[str] = None
     regime: str = "finetune"
-    head: Literal["binary", "two-class", "multiclass", "regression"] = "binary"
+    head: Literal["binary", "two-class", "multiclass", "regression", "survival"] = "binary"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,7 +171,7 @@ class RunConfig:
         name: Run name; the run folder is <runs_dir>/<name>.
         runs_dir: Folder holding run folders.
         seed: Seed for weights, shuffling, augmentation, shuffled covariates and bootstrap.
-        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest), val/acc (highest; classification) or val/mae (lowest; regression).
+        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest), val/acc (highest; classification), val/mae (lowest; regression) or val/c_index (highest; survival, where it is always used: a batch's Cox loss depends on who shares the batch).
         bootstrap: Bootstrap resamples for the 95% CIs in metrics.json (0: no intervals).
         bootstrap_unit: What the bootstrap resamples: group (the person: CelebA identity, MRI subject; images of one person are not independent) or image (only for data without repeated people).
     """
@@ -177,7 +179,7 @@ class RunConfig:
     name: str = "run"
     runs_dir: str = "runs"
     seed: int = 0
-    monitor: Literal["val/loss", "val/acc", "val/mae"] = "val/loss"
+    monitor: Literal["val/loss", "val/acc", "val/mae", "val/c_index"] = "val/loss"
     bootstrap: int = 1000
     bootstrap_unit: Literal["group", "image"] = "group"
     data: DataConfig = field(default_factory=DataConfig)
@@ -392,11 +394,21 @@ def check(config: RunConfig) -> RunConfig:
     from covfuse.training.tracking import check_loggers
 
     t.logger = check_loggers(split_names(t.logger) or ["csv"])
-    regression = config.model.head == "regression"
-    if config.monitor != "val/loss" and (config.monitor == "val/mae") != regression:
+    regression, survival = config.model.head == "regression", config.model.head == "survival"
+    if survival and config.monitor == "val/loss":  # the default; the head's own score is the one that ranks epochs
+        config.monitor = "val/c_index"
+    if survival and config.monitor != "val/c_index":
+        raise UserError(f"monitor {config.monitor} does not exist for head survival; use val/c_index")
+    if not survival and config.monitor != "val/loss" and (config.monitor == "val/mae") != regression:
         raise UserError(f"monitor {config.monitor} does not exist for head {config.model.head}; use val/loss or "
                         f"{'val/mae' if regression else 'val/acc'}")
+    if d.event and not survival:
+        raise UserError(f"data.event {d.event} is for model.head survival; head {config.model.head} does not use it "
+                        "(drop data.event, or set --model.head survival)")
     target = d.target.lower()
+    if survival and d.event and any(c.lower() == d.event.lower() for c in d.covariates):
+        raise UserError(f"data.event {d.event} is also in data.covariates {d.covariates}; "
+                        "a model fed whether the event happened learns nothing: remove it from the covariates")
     if any(c.lower() == target for c in d.covariates):
         raise UserError(f"data.target {d.target} is also in data.covariates {d.covariates}; "
                         "a model fed its own label learns nothing: remove it from the covariates")

@@ -31,7 +31,8 @@ def smooth(values: list[float], weight: float | None = None) -> list[float]:
 
 
 def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Path | None:
-    """Train loss per step (raw and smoothed) with val loss per epoch; val accuracy (regression: MAE) per epoch beside it."""
+    """Train loss per step (raw and smoothed) with val loss per epoch; val accuracy (regression: MAE; survival:
+    C-index) per epoch beside it."""
     metrics_csv, out = Path(metrics_csv), Path(out)
     if not metrics_csv.is_file():
         return None
@@ -43,7 +44,8 @@ def plot_losses(metrics_csv: str | Path, out: str | Path, title: str = "") -> Pa
 
     rows = read_metrics_csv(metrics_csv)
     train = [(r["step"], r["train/loss_step"]) for r in rows if "train/loss_step" in r]
-    score, label = ("val/mae", "MAE") if any("val/mae" in r for r in rows) else ("val/acc", "accuracy")
+    score, label = next(((k, name) for k, name in (("val/mae", "MAE"), ("val/c_index", "C-index"))
+                         if any(k in r for r in rows)), ("val/acc", "accuracy"))
     val = [(r["step"], r.get("epoch", math.nan), r["val/loss"], r.get(score, math.nan)) for r in rows if "val/loss" in r]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
     if train:

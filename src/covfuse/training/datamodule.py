@@ -225,8 +225,14 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         self.target_name, covariates = check_selection(table, cfg.target, covariates)
         state = self.given_state or {}
         regression = self.head == "regression"
-        labels, self.classes = encode_target(table, self.target_name, "regression" if regression else "classification",
-                                             None if regression else (state.get("classes") or cfg.classes))
+        if self.head == "survival":  # (time, event) per row; time-to-event is not a class or a plain number
+            from covfuse.data.survival import survival_labels
+
+            labels, self.classes, regression = survival_labels(table, cfg.target, cfg.event), [], True
+        else:
+            labels, self.classes = encode_target(table, self.target_name,
+                                                 "regression" if regression else "classification",
+                                                 None if regression else (state.get("classes") or cfg.classes))
         where = table.source
         if self.head == "multiclass" and len(self.classes) < 3:
             raise UserError(f"{where}: target {self.target_name!r} has {len(self.classes)} classes "
@@ -240,6 +246,10 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         self.table, self.labels = table, labels
         self.meta = table.extra.get("meta", table)
         self.indices = self._split_indices(table, labels)
+        if self.head == "survival":  # a split without an event has no C-index
+            from covfuse.data.survival import check_events
+
+            check_events(table, labels, self.indices)
         if "encoder" in state:
             self.encoder = CovariateEncoder.from_dict(state["encoder"])
         else:
@@ -287,6 +297,8 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
             if cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds:
                 raise UserError(f"data.folds must be 0 or >= 2 and data.fold in 0..folds-1, got folds={cfg.folds}, fold={cfg.fold}")
             stratify = None if self.head == "regression" else labels  # classes, not continuous values
+            if self.head == "survival":  # folds balance the events
+                stratify = labels[:, 1]
             train, valid = subject_folds(table, split, cfg.folds, split_seed, stratify=stratify)[cfg.fold]
             out = {"train": train, "valid": valid, "test": np.flatnonzero(split == 2).astype(np.int64)}
         where = table.source

@@ -1,4 +1,4 @@
-"""Metrics of binary, multi-class and regression runs with (cluster) bootstrap 95% CIs and per-subgroup
+"""Metrics of binary, multi-class, regression and survival runs with (cluster) bootstrap 95% CIs and per-subgroup
 tables, from saved predictions.
 
 Everything is computed from per-sample arrays (label, probability, covariate values) after the
@@ -26,11 +26,13 @@ TASK_SCORES: dict[str, tuple[str, ...]] = {
     "binary": SCORES,
     "multiclass": ("accuracy", "balanced_accuracy", "f1_macro"),
     "regression": ("mae", "rmse", "r2"),
+    "survival": ("c_index", "uno_c"),
 }
 """The scores of each task. Binary scores read P(positive); multi-class scores the predicted class
-(argmax); regression scores the predicted value."""
+(argmax); regression scores the predicted value; survival scores the risk against (time, event)
+labels (:mod:`covfuse.training.survival_metrics`)."""
 
-PRIMARY = {"binary": "accuracy", "multiclass": "balanced_accuracy", "regression": "mae"}
+PRIMARY = {"binary": "accuracy", "multiclass": "balanced_accuracy", "regression": "mae", "survival": "c_index"}
 """The score a task's summaries and reports use unless told otherwise."""
 
 LOWER_IS_BETTER = frozenset({"mae", "rmse"})
@@ -165,13 +167,18 @@ def regression_scores(targets: np.ndarray, predicted: np.ndarray, weights: np.nd
 def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: np.ndarray | None = None,
                 threshold: float = 0.5, auroc: bool = True, num_classes: int | None = None) -> dict[str, np.ndarray]:
     """The scores of ``task`` for one set of per-sample ``outputs`` (binary: P(positive); multiclass:
-    predicted class; regression: predicted value), one value per row of ``weights``."""
+    predicted class; regression: predicted value; survival: risk, with (N, 2) [time, event] labels),
+    one value per row of ``weights``."""
     if task == "binary":
         return scores(labels, outputs, threshold, weights=weights, auroc=auroc)
     if task == "multiclass":
         return multiclass_scores(labels, outputs, weights, num_classes)
     if task == "regression":
         return regression_scores(labels, outputs, weights)
+    if task == "survival":
+        from covfuse.training.survival_metrics import survival_scores
+
+        return survival_scores(labels, outputs, weights)
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -286,7 +293,7 @@ def _format_value(value: float) -> str:
 
 
 SUBGROUP_STATS = {"binary": ("accuracy", "tpr", "fpr"), "multiclass": ("accuracy", "balanced_accuracy"),
-                  "regression": ("mae", "rmse")}
+                  "regression": ("mae", "rmse"), "survival": ("c_index",)}
 """Per-subgroup statistics of each task; the first gets a CI, and each gets a gap across subgroups."""
 
 
@@ -369,7 +376,8 @@ def split_metrics(
     """The metrics.json entry of one split: scores with CIs, counts, subgroup tables and gaps.
 
     ``probs``: P(positive) (N,) for a binary run, class probabilities (N, C) for a multi-class run
-    (scored on the argmax), predicted values (N,) for regression. ``clusters`` (one label per
+    (scored on the argmax), predicted values (N,) for regression, risk scores (N,) against (N, 2)
+    ``[time, event]`` labels for survival. ``clusters`` (one label per
     sample: identity, subject) makes every interval a cluster bootstrap, recorded as
     ``ci_method: cluster`` with the number of clusters; without it the samples are resampled one by
     one (``ci_method: image``).
@@ -392,6 +400,12 @@ def split_metrics(
         out["positive_rate"] = _number(y.mean()) if len(y) else None
     elif task == "multiclass":
         out["class_counts"] = np.bincount(y.astype(np.int64), minlength=num_classes).tolist()
+    elif task == "survival":
+        from covfuse.training.survival_metrics import uno_tau
+
+        out["events"] = int((y[:, 1] > 0.5).sum())
+        out["median_time"] = _number(np.median(y[:, 0])) if len(y) else None
+        out["uno_c_tau"] = _number(uno_tau(y))
     else:
         out["target_mean"], out["target_sd"] = _number(y.mean()), _number(y.std(ddof=1)) if len(y) > 1 else None
     if loss is not None:

@@ -39,6 +39,9 @@ class CovfuseModule(L.LightningModule):
         target_stats: regression: ``{"mean", "sd"}`` of the training targets; the network predicts the
             standardised target (so one learning rate suits targets of any scale) and
             :meth:`predictions` returns values in target units.
+
+    A survival head's target is (N, 2) ``[time, event]`` per sample and its output one risk score (the
+    log relative hazard: higher = earlier event), trained with the Cox partial likelihood over the batch.
     """
 
     def __init__(
@@ -68,8 +71,9 @@ class CovfuseModule(L.LightningModule):
         self.channels_last = channels_last
         stats = target_stats or {"mean": 0.0, "sd": 1.0}
         self.target_mean, self.target_sd = float(stats["mean"]), float(stats["sd"]) or 1.0
-        # The running metric shown in the progress line and logged per epoch: val/acc or, for regression, val/mae.
-        self.score_name = "mae" if self.task == "regression" else "acc"
+        # The running metric shown in the progress line and logged per epoch: val/acc, val/mae (regression)
+        # or val/c_index (survival).
+        self.score_name = {"regression": "mae", "survival": "c_index"}.get(self.task, "acc")
         self.train_score, self.val_score = (self._running_metric() for _ in range(2))
         self.eval_splits: list[str] = ["valid"]  # names of the test dataloaders, in order
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
@@ -97,6 +101,10 @@ class CovfuseModule(L.LightningModule):
     def _running_metric(self):
         if self.task == "regression":
             return MeanAbsoluteError()
+        if self.task == "survival":
+            from covfuse.training.survival_metrics import RunningConcordance
+
+            return RunningConcordance()
         if self.task == "multiclass":
             return MulticlassAccuracy(num_classes=int(self.hparams.model["num_classes"]), average="micro")
         return BinaryAccuracy()
@@ -108,8 +116,11 @@ class CovfuseModule(L.LightningModule):
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         """What a prediction is, per task, in float32: P(target = 1) (N,) for binary heads, class
-        probabilities (N, C) for multiclass, the predicted value (N,) in target units for regression."""
+        probabilities (N, C) for multiclass, the predicted value (N,) in target units for regression,
+        the risk score (N,) for survival."""
         logits = logits.float()
+        if self.task == "survival":
+            return logits
         if self.task == "multiclass":
             return torch.softmax(logits, dim=1)
         if self.task == "regression":
@@ -122,6 +133,8 @@ class CovfuseModule(L.LightningModule):
             return F.cross_entropy(logits, target.long())
         if self.task == "regression":
             return F.mse_loss(logits, (target.float() - self.target_mean) / self.target_sd)
+        if self.task == "survival":
+            return cox_loss(logits, target[:, 0], target[:, 1])
         return F.binary_cross_entropy_with_logits(logits, target.float())
 
     # -- steps -----------------------------------------------------------------------------
@@ -130,7 +143,7 @@ class CovfuseModule(L.LightningModule):
         target = batch["target"]
         loss = self.loss(logits, target)
         out = self.predictions(logits).detach()
-        score_target = target.float() if self.task == "regression" else target.long()
+        score_target = target.float() if self.task in ("regression", "survival") else target.long()
         n = len(target)
         if stage == "train":
             self.train_score(out, score_target)
@@ -205,6 +218,31 @@ class CovfuseModule(L.LightningModule):
             fn = lambda step: _warm(step, warmup) * (_cosine(step - warmup, total - warmup) if cosine else 1.0)  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    """Negative Cox partial log-likelihood of ``risk`` (N,) over the batch with Breslow's handling of
+    tied times, divided by the number of events: ``-sum_{i: event} (risk_i - log sum_{j: time_j >=
+    time_i} exp(risk_j)) / events``. A batch without events has no term: its loss is a zero that keeps
+    the graph.
+
+    Written here rather than taken from torchsurv (0.2.0, ``neg_partial_log_likelihood``): when no two
+    events share a time it takes its no-ties path, which leaves a censored sample whose time equals an
+    event's out of that event's risk set whenever the unstable sort puts it first (tests/test_survival.py
+    has the case). Tied times are common (times in whole months or visits), so the risk set is found
+    here by ``searchsorted`` on the sorted times, where ties cannot be split.
+    """
+    risk = risk.float().reshape(-1)
+    time = time.float().reshape(-1)
+    event = event.reshape(-1) > 0.5
+    events = event.sum()
+    order = torch.argsort(time)
+    t, r = time[order], risk[order]
+    # log sum_{k >= position} exp(r_k) on the ascending times; a tied block starts at its first position.
+    tail = torch.logcumsumexp(r.flip(0), dim=0).flip(0)
+    first = torch.searchsorted(t, t, right=False)
+    terms = (r - tail[first]) * event[order]
+    return -terms.sum() / events.clamp(min=1)
 
 
 def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:

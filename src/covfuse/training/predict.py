@@ -85,7 +85,8 @@ def prediction_columns(module: CovfuseModule, values: np.ndarray,
     order (default: the module's; image runs predict one attribute and have none). Binary heads
     give ``P(target)`` (``P(target=positive)`` when the classes are known); a multi-class head one
     ``P(target=class)`` per class and ``predicted_<target>``, the most probable class; a regression
-    head ``predicted_<target>`` in the target's units.
+    head ``predicted_<target>`` in the target's units; a survival head ``risk`` (the log relative
+    hazard: higher = earlier event; only the order between people means something).
     """
     from covfuse.training.metrics import task_of_head
 
@@ -106,4 +107,6 @@ def prediction_columns(module: CovfuseModule, values: np.ndarray,
                 [[*(f"{p:.6f}" for p in row), names[int(row.argmax())]] for row in values])
     if task == "regression":
         return [f"predicted_{target}"], [[f"{v:.6g}"] for v in values.reshape(-1)]
-    raise UserError(f"covfuse predict does not know the task {task!r} (binary, multiclass, regression)")
+    if task == "survival":
+        return ["risk"], [[f"{v:.9g}"] for v in values.reshape(-1)]
+    raise UserError(f"covfuse predict does not know the task {task!r} (binary, multiclass, regression, survival)")

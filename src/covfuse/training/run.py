@@ -304,7 +304,7 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
         dirpath=run_dir / CHECKPOINTS,
         filename="best",
         monitor=config.monitor,
-        mode="min" if config.monitor.endswith("loss") else "max",
+        mode="min" if config.monitor.endswith(("loss", "mae")) else "max",
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
@@ -468,20 +468,23 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
 
     predictions.csv has ``label`` and, for binary heads, ``probability`` (P(target = 1)); for a
     multi-class head ``prediction`` (the argmax class index; names in metrics.json ``classes``) and
-    one ``probability_<class>`` column per class; for regression ``prediction`` in target units.
+    one ``probability_<class>`` column per class; for regression ``prediction`` in target units; for
+    survival ``time``, ``event`` and ``risk`` (higher = earlier event) in place of ``label`` (**contract**).
     """
     task = task_of_head(config.model.head)
     classes = list(getattr(data, "classes", []) or [])
     columns = {"binary": ["probability"], "multiclass": ["prediction", *(f"probability_{c}" for c in classes)],
-               "regression": ["prediction"]}[task]
+               "regression": ["prediction"], "survival": ["risk"]}[task]
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["id", "group", "split", "label", *columns, *data.covariate_names])
+    label_columns = ["time", "event"] if task == "survival" else ["label"]
+    writer.writerow(["id", "group", "split", *label_columns, *columns, *data.covariate_names])
     metrics: dict[str, Any] = {
         "run": config.name,
         "task": task,
         "target": data.target_name,
         **({"classes": classes} if task == "multiclass" else {}),
+        **({"event": config.data.event} if task == "survival" else {}),
         "covariates": data.covariate_names,
         "covariates_mode": config.data.covariates_mode,
         **(extra or {}),
@@ -489,20 +492,23 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
     for split, out in outputs.items():
         index = out["index"].numpy().astype(np.int64)
         value = out["output"].numpy().astype(np.float64)
-        label = data.labels[index].astype(np.float64 if task == "regression" else np.int64)
+        label = data.labels[index].astype(np.float64 if task in ("regression", "survival") else np.int64)
         real = data.covariates_real[index]
         clusters = data.groups(index)  # identity / subject: intervals resample people, not images
         if task == "binary":
             cells = [[f"{p:.6f}"] for p in value]
         elif task == "multiclass":
             cells = [[str(int(p.argmax())), *(f"{q:.6f}" for q in p)] for p in value]
+        elif task == "survival":  # 9 digits give a float32 back exactly: lifelines on this file gives metrics.json's C
+            cells = [[f"{p:.9g}"] for p in value]
         else:
             cells = [[f"{p:.6g}"] for p in value]
         for name, group, y, cell, covs in zip(data.filenames(index), clusters, label, cells, real):
-            writer.writerow([name, group, split, f"{y:.6g}" if task == "regression" else int(y), *cell,
-                             *(f"{v:g}" for v in covs)])
+            ys = ([f"{y[0]:.12g}", int(y[1])] if task == "survival" else
+                  [f"{y:.6g}" if task == "regression" else int(y)])
+            writer.writerow([name, group, split, *ys, *cell, *(f"{v:g}" for v in covs)])
         subgroups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
-        loss = None if task == "regression" else log_loss(label, value)
+        loss = None if task in ("regression", "survival") else log_loss(label, value)
         metrics[split] = split_metrics(label, value, subgroups, loss=loss,
                                        clusters=clusters if config.bootstrap_unit == "group" else None,
                                        n_boot=config.bootstrap, seed=config.seed, task=task)
