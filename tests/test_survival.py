@@ -272,11 +272,11 @@ def test_bad_survival_input_is_one_line_and_writes_nothing(case, twin, tmp_path,
 
 def test_folds_of_a_survival_table_balance_the_events(twin):
     from covfuse.training.config import DataConfig
-    from covfuse.training.volume_datamodule import VolumeDataModule
+    from covfuse.training.datamodule import CovfuseDataModule
 
     cfg = DataConfig(root=str(twin / "manifest.csv"), target="time", event="event", covariates=["age"],
                      image_size=16, cache="off", folds=3, fold=1)
-    data = VolumeDataModule(cfg, seed=0, head="survival")
+    data = CovfuseDataModule(cfg, seed=0, head="survival")
     data.setup("fit")
     assert data.labels.shape == (48, 2) and data.classes == []
     rows = list(csv.DictReader(open(twin / "manifest.csv")))

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from covfuse.data.volumes import is_missing, parse_number
+from covfuse.data.table import is_missing, parse_number
 from covfuse.errors import UserError
 
 TIME, EVENT = 0, 1
