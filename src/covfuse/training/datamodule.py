@@ -166,6 +166,12 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
             regression (a numeric target).
     """
 
+    # 2D batches come ready-made from ImageDataset.__getitems__; training batches are grouped by
+    # covariate row, which spares hybrid convs a copy of their input at every layer. Volumes are
+    # served one sample at a time and take DataLoader's default collate (set in setup).
+    train_collate = staticmethod(collate_grouped)
+    eval_collate = staticmethod(collate)
+
     def __init__(self, data: DataConfig | dict[str, Any], seed: int = 0, pin_memory: bool = False,
                  state: dict | None = None, head: str = "binary"):
         super().__init__()
@@ -244,6 +250,8 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         if table.binary_only:
             self.classes = []  # attributes are 0/1 by definition; predictions say P(attribute)
         self.table, self.labels = table, labels
+        if table.kind == "volume":  # samples one by one: DataLoader's default collate, as volume runs always had
+            self.train_collate = self.eval_collate = None
         self.meta = table.extra.get("meta", table)
         self.indices = self._split_indices(table, labels)
         if self.head == "survival":  # a split without an event has no C-index
