@@ -205,7 +205,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         else:
             if cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds:
                 raise UserError(f"data.folds must be 0 or >= 2 and data.fold in 0..folds-1, got folds={cfg.folds}, fold={cfg.fold}")
-            folds = list(splits.kfold_indices(meta, cfg.folds, self.seed, cfg.target))
+            folds = list(splits.kfold_indices(meta, cfg.folds, cfg.split_seed, cfg.target))  # not the run seed: seeds vary training, not the samples
             train, valid = folds[cfg.fold]
             out = {"train": np.asarray(train), "valid": np.asarray(valid),
                    "test": np.asarray(splits.official_indices(meta, "test"))}

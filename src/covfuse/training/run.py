@@ -251,6 +251,7 @@ _NOISY_WARNINGS = (
     r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`",  # we drop the padded repeats
     r"torch.distributed.nn.functional.all_gather is deprecated",  # inside Lightning's all_gather
     r"You're resuming from a checkpoint that ended before the epoch ended",  # DDP resumes restart the epoch's order
+    r"The `srun` command is available on your system but is not used",  # a login node or a local run; array tasks use srun
 )
 
 

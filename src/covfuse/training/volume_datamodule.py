@@ -51,7 +51,7 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
 
     Args:
         data: the data config; ``root`` is the manifest, ``image_size`` the cube side in voxels.
-        seed: shuffles subjects into splits when the manifest has no ``split`` column, and folds.
+        seed: the run seed (shuffled covariates); splits and folds come from ``data.split_seed``.
         state: a previous :meth:`state` (encoder + classes) to reuse instead of fitting.
         head: the model's head: binary/two-class (two classes), multiclass (three or more) or
             regression (a numeric target).
@@ -144,14 +144,14 @@ class VolumeDataModule(SplitLoaders, L.LightningDataModule):
         from covfuse.data.volumes import subject_folds, subject_split
 
         cfg = self.cfg
-        split = subject_split(manifest, self.seed)
+        split = subject_split(manifest, cfg.split_seed)  # not the run seed: seeds vary training, not the samples
         if cfg.folds == 0:
             out = {name: np.flatnonzero(split == k).astype(np.int64) for k, name in enumerate(SPLITS)}
         else:
             if cfg.folds < 2 or not 0 <= cfg.fold < cfg.folds:
                 raise UserError(f"data.folds must be 0 or >= 2 and data.fold in 0..folds-1, got folds={cfg.folds}, fold={cfg.fold}")
             stratify = None if self.head == "regression" else labels  # classes, not continuous values
-            train, valid = subject_folds(manifest, split, cfg.folds, self.seed, stratify=stratify)[cfg.fold]
+            train, valid = subject_folds(manifest, split, cfg.folds, cfg.split_seed, stratify=stratify)[cfg.fold]
             out = {"train": train, "valid": valid, "test": np.flatnonzero(split == 2).astype(np.int64)}
         for name, idx in out.items():
             if len(idx) == 0:
