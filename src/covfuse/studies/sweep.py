@@ -436,7 +436,7 @@ def assess(study: Study, run: Run, *, overwrite: bool = False, config: cfgmod.Ru
     return Action(run, "train", "new")
 
 
-def refusal(study: Study, actions: Sequence[Action]) -> UserError | None:
+def refusal(study: Study, actions: Sequence[Action], other: str = "choose another --name") -> UserError | None:
     """One line naming the runs whose settings changed and the keys (old -> new), or None."""
     refused = [a for a in actions if a.what == "refuse"]
     if not refused:
@@ -447,7 +447,7 @@ def refusal(study: Study, actions: Sequence[Action]) -> UserError | None:
     more = f" and {len(refused) - 1} more run(s)" if len(refused) > 1 else ""
     return UserError(f"{len(refused)} run(s) of study {study.name} were trained with other settings "
                      f"({where}{more}: {describe_changes(first.changes)}; keys that differ: {', '.join(keys)}); "
-                     f"restore them, choose another --name, or pass --overwrite to retrain only those runs")
+                     f"restore them, {other}, or pass --overwrite to retrain only those runs")
 
 
 def say(text: str) -> None:
@@ -489,7 +489,9 @@ def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
             say(f"{where}: being trained by another process ({exc.owner}); skipped")
             return "busy"
         except Exception as exc:
-            if not isinstance(exc, KeyboardInterrupt):
+            from covfuse.errors import RunInterrupted
+
+            if not isinstance(exc, RunInterrupted):  # interrupted is resumable, not failed
                 atomic_write_text(failure_path(run), (" ".join(str(exc).split())[:300] or type(exc).__name__) + "\n")
             raise
         say(f"{where}: {summary(Path(run.dir))}")
@@ -500,7 +502,8 @@ def again(study: Study) -> str:
     return shlex.join(study.argv) if study.argv else "the same covfuse sweep command"
 
 
-def prepare_study(study: Study, *, overwrite: bool = False, task: int | None = None) -> tuple[Study, list[Action]]:
+def prepare_study(study: Study, *, overwrite: bool = False, task: int | None = None,
+                  other: str = "choose another --name") -> tuple[Study, list[Action]]:
     """The grown study and the action for each run this command touches; refuses (before anything is
     written) when a run's settings changed without --overwrite."""
     study = grown(study)
@@ -508,13 +511,14 @@ def prepare_study(study: Study, *, overwrite: bool = False, task: int | None = N
         raise UserError(f"--task {task} is outside this study's runs 0..{len(study.runs) - 1}")
     runs = [study.runs[task]] if task is not None else study.runs
     actions = [assess(study, run, overwrite=overwrite) for run in runs]
-    error = refusal(study, actions)
+    error = refusal(study, actions, other)
     if error is not None:
         raise error
     return study, actions
 
 
-def run_study(study: Study, *, task: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
+              other: str = "choose another --name") -> dict[str, Any]:
     """Grow study.json and train every run that needs it (or only run ``task``); returns counts per outcome
     (trained, resumed, replaced, skipped, busy, failed) and ``busy_runs``.
 
@@ -527,7 +531,7 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False)
 
     from covfuse.errors import RunInterrupted
 
-    study, actions = prepare_study(study, overwrite=overwrite, task=task)
+    study, actions = prepare_study(study, overwrite=overwrite, task=task, other=other)
     if task is None or not (Path(study.study_dir) / STUDY_FILE).is_file():
         write_study(study)
     counts: dict[str, Any] = {"trained": 0, "resumed": 0, "replaced": 0, "skipped": 0, "busy": 0, "failed": 0}

@@ -233,6 +233,7 @@ _NOISE = (
     "`Trainer.fit` stopped: `max_epochs",  # the normal end
     "GPU available:", "TPU available:", "HPU available:", "IPU available:",  # the hardware banner
     "`weights_only` was not set",  # our CheckpointIO always loads with weights_only=True
+    "Restoring states from the checkpoint path at", "Loaded model weights from the checkpoint at",  # every evaluation
 )
 
 
@@ -257,7 +258,8 @@ _NOISY_WARNINGS = (
 
 def quiet_lightning() -> None:
     """Silence messages that say nothing about the run (idempotent)."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.trainer.connectors.checkpoint_connector"):  # its weights_only notice on save
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
