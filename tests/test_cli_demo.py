@@ -76,22 +76,63 @@ def test_report_figures_and_comparisons(demo):
     assert "[sweep] [6/6] hybrid/s0" in (out / "log.txt").read_text()
 
 
-def test_demo_replaces_its_own_output_and_reuses_the_twin(demo, small_config, capsys):
+def test_demo_keeps_its_finished_methods_and_reuses_the_twin(demo, small_config, capsys):
     out = demo / "out"
-    (out / "stale.txt").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    stamps = {m: (out / m / "s0" / "metrics.json").stat().st_mtime_ns for m in ("image-only", "hybrid")}
     capsys.readouterr()
     assert covfuse(demo_args(out, demo / "twin", small_config, "--methods", "image-only,covariates-only")) == 0
-    assert "reusing the synthetic twin" in capsys.readouterr().out
-    assert not (out / "stale.txt").exists()
+    printed = capsys.readouterr().out
+    assert "reusing the synthetic twin" in printed and "image-only, covariates-only finished already, kept" in printed
+    assert (out / "notes.txt").read_text() == "mine"  # nothing is removed
+    assert {m: (out / m / "s0" / "metrics.json").stat().st_mtime_ns for m in stamps} == stamps  # nor retrained
     assert list(json.loads((out / "results.json").read_text())["methods"]) == ["image-only", "covariates-only"]
+    # other settings for finished methods: refused, naming the key; nothing retrained
+    assert covfuse([*demo_args(out, demo / "twin", small_config, "--methods", "image-only"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_epochs 1 -> 2" in err and "--overwrite" in err and "--out" in err
+    assert (out / "image-only" / "s0" / "metrics.json").stat().st_mtime_ns == stamps["image-only"]
+
+
+def test_an_interrupted_demo_resumes_and_its_resume_command_carries_every_option(tmp_path, small_config, capsys,
+                                                                                monkeypatch):
+    import os
+    import shlex
+    import signal
+
+    from covfuse.training.resume import Interruption
+
+    out, twin = tmp_path / "out", tmp_path / "twin"
+    args = demo_args(out, twin, small_config, "--methods", "image-only,concat", "--effect", "null")
+    original = Interruption.on_train_batch_start
+
+    def hook(self, trainer, pl_module, batch, batch_idx):  # SIGINT while concat trains
+        if "concat" in str(self.last) and trainer.global_step == 2 and self.received is None:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, trainer, pl_module, batch, batch_idx)
+
+    monkeypatch.setattr(Interruption, "on_train_batch_start", hook)
+    assert covfuse(args) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    command = shlex.split(err.split("continue it with: ", 1)[1].strip())
+    assert command[:2] == ["covfuse", "demo"] and command[2:] == args[1:]  # every option, as given
+    done = (out / "image-only" / "s0" / "metrics.json").stat().st_mtime_ns
+    assert (out / "concat" / "s0" / "checkpoints" / "last.ckpt").is_file()
+    monkeypatch.setattr(Interruption, "on_train_batch_start", original)
+    assert covfuse(command[1:]) == 0
+    printed = capsys.readouterr().out
+    assert "image-only/s0: done already" in printed and "concat/s0: resuming from its last checkpoint" in printed
+    assert (out / "image-only" / "s0" / "metrics.json").stat().st_mtime_ns == done
+    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["image-only", "concat"]
 
 
 def test_demo_refuses_a_foreign_folder_and_bad_options(tmp_path, small_config, capsys):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    assert covfuse(demo_args(foreign, tmp_path / "twin", small_config)) == 2
-    assert "--overwrite" in capsys.readouterr().err and (foreign / "thesis.tex").exists()
+    for extra in ([], ["--overwrite"]):  # never deleted, not even with --overwrite
+        assert covfuse(demo_args(foreign, tmp_path / "twin", small_config, *extra)) == 2
+        assert "not written by `covfuse demo`" in capsys.readouterr().err and (foreign / "thesis.tex").exists()
     assert covfuse(demo_args(tmp_path / "o", tmp_path / "twin", small_config, "--methods", "hybrid,resnet")) == 2
     assert "unknown demo method 'resnet'" in capsys.readouterr().err
     assert covfuse(["demo", "--effect", "strong"]) == 2
