@@ -175,6 +175,16 @@ def test_report_rows_match_an_independent_computation_from_predictions(swept, ca
                  "figures/loss_curves.png"):
         assert (study_dir / name).is_file(), name
     assert (study_dir / "figures" / "forest.png").read_bytes()[:4] == b"\x89PNG"
+    assert "wrote report.md, report.json, report.csv, figures/forest.png" in capsys.readouterr().err
+    # another metric is written beside the default report, not over it
+    default = (study_dir / "report.json").read_text()
+    assert covfuse(["report", str(study_dir), "--metric", "auroc", "--format", "json", "--bootstrap", "200"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["metric"] == "auroc" and "wrote report-auroc.md, report-auroc.json" in captured.err
+    assert (study_dir / "report.json").read_text() == default
+    assert json.loads((study_dir / "report-auroc.json").read_text())["metric"] == "auroc"
+    assert "figures/forest-auroc.png" in (study_dir / "report-auroc.md").read_text()
+    assert (study_dir / "figures" / "forest-auroc.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_slurm_array_has_one_task_per_run_and_a_task_runs_the_same_code_as_a_local_sweep(base, tmp_path, capsys):
