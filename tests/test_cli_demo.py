@@ -33,6 +33,29 @@ def demo(tmp_path_factory, small_config):
     return base
 
 
+def _check_interval(run, split, s):
+    """The accuracy CI against the cluster (linearised) standard error computed here from predictions.csv:
+    its half-width is t(G-1) x SE up to bootstrap noise (100 resamples), and it is centred on the estimate."""
+    import csv
+
+    import numpy as np
+    from scipy import stats as sps
+
+    rows = [r for r in csv.DictReader(open(run / "predictions.csv")) if r["split"] == split]
+    correct = np.array([(float(r["probability"]) >= 0.5) == (r["label"] == "1") for r in rows], dtype=float)
+    groups = np.array([r["group"] for r in rows])
+    acc = correct.mean()
+    assert s["accuracy"] == pytest.approx(acc)
+    names = np.unique(groups)
+    residual = np.array([(correct[groups == g] - acc).sum() for g in names])
+    se = np.sqrt(len(names) / (len(names) - 1) * (residual ** 2).sum()) / len(correct)
+    lo, hi = s["accuracy_ci"]
+    if se > 0 and 0 < lo and hi < 1:  # not clipped at a bound
+        half = (hi - lo) / 2
+        assert 0.7 < half / (sps.t.ppf(0.975, len(names) - 1) * se) < 1.4, (half, se)
+        assert (lo + hi) / 2 == pytest.approx(acc, abs=1e-9)
+
+
 def test_results_json_has_the_contract_shape(demo):
     results = json.loads((demo / "out" / "results.json").read_text())
     assert list(results) == ["methods", "comparisons"]
@@ -43,8 +66,7 @@ def test_results_json_has_the_contract_shape(demo):
             s = entry[split]
             for key in ("accuracy", "f1", "auroc", "balanced_accuracy"):
                 assert isinstance(s[key], float), (method, key)
-            lo, hi = s["accuracy_ci"]
-            assert lo <= s["accuracy"] <= hi
+            _check_interval(demo / "out" / method / "s0", split, s)
             assert isinstance(s["groups"], dict) and any(k.startswith("Young=") for k in s["groups"])
             assert any(k.startswith("Young=") and "&Male=" in k for k in s["groups"])
         run = json.loads((demo / "out" / method / "s0" / "metrics.json").read_text())
