@@ -33,6 +33,29 @@ def demo(tmp_path_factory, small_config):
     return base
 
 
+def _check_interval(run, split, s):
+    """The accuracy CI against the cluster (linearised) standard error computed here from predictions.csv:
+    its half-width is t(G-1) x SE up to bootstrap noise (100 resamples), and it is centred on the estimate."""
+    import csv
+
+    import numpy as np
+    from scipy import stats as sps
+
+    rows = [r for r in csv.DictReader(open(run / "predictions.csv")) if r["split"] == split]
+    correct = np.array([(float(r["probability"]) >= 0.5) == (r["label"] == "1") for r in rows], dtype=float)
+    groups = np.array([r["group"] for r in rows])
+    acc = correct.mean()
+    assert s["accuracy"] == pytest.approx(acc)
+    names = np.unique(groups)
+    residual = np.array([(correct[groups == g] - acc).sum() for g in names])
+    se = np.sqrt(len(names) / (len(names) - 1) * (residual ** 2).sum()) / len(correct)
+    lo, hi = s["accuracy_ci"]
+    if se > 0 and 0 < lo and hi < 1:  # not clipped at a bound
+        half = (hi - lo) / 2
+        assert 0.7 < half / (sps.t.ppf(0.975, len(names) - 1) * se) < 1.4, (half, se)
+        assert (lo + hi) / 2 == pytest.approx(acc, abs=1e-9)
+
+
 def test_results_json_has_the_contract_shape(demo):
     results = json.loads((demo / "out" / "results.json").read_text())
     assert list(results) == ["methods", "comparisons"]
@@ -43,8 +66,7 @@ def test_results_json_has_the_contract_shape(demo):
             s = entry[split]
             for key in ("accuracy", "f1", "auroc", "balanced_accuracy"):
                 assert isinstance(s[key], float), (method, key)
-            lo, hi = s["accuracy_ci"]
-            assert lo <= s["accuracy"] <= hi
+            _check_interval(demo / "out" / method / "s0", split, s)
             assert isinstance(s["groups"], dict) and any(k.startswith("Young=") for k in s["groups"])
             assert any(k.startswith("Young=") and "&Male=" in k for k in s["groups"])
         run = json.loads((demo / "out" / method / "s0" / "metrics.json").read_text())
@@ -76,22 +98,63 @@ def test_report_figures_and_comparisons(demo):
     assert "[sweep] [6/6] hybrid/s0" in (out / "log.txt").read_text()
 
 
-def test_demo_replaces_its_own_output_and_reuses_the_twin(demo, small_config, capsys):
+def test_demo_keeps_its_finished_methods_and_reuses_the_twin(demo, small_config, capsys):
     out = demo / "out"
-    (out / "stale.txt").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    stamps = {m: (out / m / "s0" / "metrics.json").stat().st_mtime_ns for m in ("image-only", "hybrid")}
     capsys.readouterr()
     assert covfuse(demo_args(out, demo / "twin", small_config, "--methods", "image-only,covariates-only")) == 0
-    assert "reusing the synthetic twin" in capsys.readouterr().out
-    assert not (out / "stale.txt").exists()
+    printed = capsys.readouterr().out
+    assert "reusing the synthetic twin" in printed and "image-only, covariates-only finished already, kept" in printed
+    assert (out / "notes.txt").read_text() == "mine"  # nothing is removed
+    assert {m: (out / m / "s0" / "metrics.json").stat().st_mtime_ns for m in stamps} == stamps  # nor retrained
     assert list(json.loads((out / "results.json").read_text())["methods"]) == ["image-only", "covariates-only"]
+    # other settings for finished methods: refused, naming the key; nothing retrained
+    assert covfuse([*demo_args(out, demo / "twin", small_config, "--methods", "image-only"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_epochs 1 -> 2" in err and "--overwrite" in err and "--out" in err
+    assert (out / "image-only" / "s0" / "metrics.json").stat().st_mtime_ns == stamps["image-only"]
+
+
+def test_an_interrupted_demo_resumes_and_its_resume_command_carries_every_option(tmp_path, small_config, capsys,
+                                                                                monkeypatch):
+    import os
+    import shlex
+    import signal
+
+    from covfuse.training.resume import Interruption
+
+    out, twin = tmp_path / "out", tmp_path / "twin"
+    args = demo_args(out, twin, small_config, "--methods", "image-only,concat", "--effect", "null")
+    original = Interruption.on_train_batch_start
+
+    def hook(self, trainer, pl_module, batch, batch_idx):  # SIGINT while concat trains
+        if "concat" in str(self.last) and trainer.global_step == 2 and self.received is None:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, trainer, pl_module, batch, batch_idx)
+
+    monkeypatch.setattr(Interruption, "on_train_batch_start", hook)
+    assert covfuse(args) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    command = shlex.split(err.split("continue it with: ", 1)[1].strip())
+    assert command[:2] == ["covfuse", "demo"] and command[2:] == args[1:]  # every option, as given
+    done = (out / "image-only" / "s0" / "metrics.json").stat().st_mtime_ns
+    assert (out / "concat" / "s0" / "checkpoints" / "last.ckpt").is_file()
+    monkeypatch.setattr(Interruption, "on_train_batch_start", original)
+    assert covfuse(command[1:]) == 0
+    printed = capsys.readouterr().out
+    assert "image-only/s0: done already" in printed and "concat/s0: resuming from its last checkpoint" in printed
+    assert (out / "image-only" / "s0" / "metrics.json").stat().st_mtime_ns == done
+    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["image-only", "concat"]
 
 
 def test_demo_refuses_a_foreign_folder_and_bad_options(tmp_path, small_config, capsys):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    assert covfuse(demo_args(foreign, tmp_path / "twin", small_config)) == 2
-    assert "--overwrite" in capsys.readouterr().err and (foreign / "thesis.tex").exists()
+    for extra in ([], ["--overwrite"]):  # never deleted, not even with --overwrite
+        assert covfuse(demo_args(foreign, tmp_path / "twin", small_config, *extra)) == 2
+        assert "not written by `covfuse demo`" in capsys.readouterr().err and (foreign / "thesis.tex").exists()
     assert covfuse(demo_args(tmp_path / "o", tmp_path / "twin", small_config, "--methods", "hybrid,resnet")) == 2
     assert "unknown demo method 'resnet'" in capsys.readouterr().err
     assert covfuse(["demo", "--effect", "strong"]) == 2

@@ -56,10 +56,21 @@ def test_predict_csv_batch_matches_too(run, tmp_path, capsys):
             w.writerow([r["Male"], str(root / "img_align_celeba" / r["id"]), r["Young"], "x"])
     capsys.readouterr()
     assert covfuse(["predict", "p", "--runs_dir", str(run_dir.parent), "--csv", str(table), "--batch_size", "7"]) == 0
-    _, out = _parse_stdout(capsys.readouterr().out)
-    assert len(out) == len(rows)
+    header, out = _parse_stdout(capsys.readouterr().out)
+    assert header[-1] == "out_of_range" and len(out) == len(rows)
     for r, o in zip(rows, out):
         assert o[0].endswith(r["id"]) and float(o[3]) == pytest.approx(float(r["probability"]), abs=2e-6)
+        assert o[4] == ""
+    # a row holding a value training never saw is predicted and marked; --strict refuses the table
+    with open(table, "a", newline="") as f:
+        csv.writer(f).writerow(["2", str(root / "img_align_celeba" / rows[0]["id"]), "1", "x"])
+    assert covfuse(["predict", "p", "--runs_dir", str(run_dir.parent), "--csv", str(table)]) == 0
+    captured = capsys.readouterr()
+    _, out = _parse_stdout(captured.out)
+    assert [o[4] for o in out] == [""] * len(rows) + ["Male=2 (training had 0/1)"]
+    assert f"1 of {len(rows) + 1} row(s)" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert covfuse(["predict", "p", "--runs_dir", str(run_dir.parent), "--csv", str(table), "--strict"]) == 2
+    assert f"row {len(rows) + 2}: Male=2 was never seen in training" in capsys.readouterr().err
 
 
 def test_covariates_change_the_prediction_of_a_hybrid_model(run, capsys):

@@ -100,6 +100,18 @@ def hold_lock(work: Path, held: list) -> None:
     held.append(RunLock(work / "runs/tiny"))
 
 
+def finished_study(work: Path) -> None:
+    """runs/st: a one-run study whose run is runs/tiny (as if `covfuse sweep --config runs/tiny/config.yaml`)."""
+    from covfuse.studies.sweep import plan_study, write_study
+
+    study = plan_study(name="st", configs=[str(work / "runs/tiny/config.yaml")], runs_dir=work / "runs")
+    write_study(study)
+    shutil.copytree(work / "runs/tiny", work / "runs/st/base/s0")
+
+
+SWEEP = ["sweep", "--config", "runs/tiny/config.yaml"]
+
+
 def unreadable(work: Path, monkeypatch) -> None:
     path = work / ROOT / "identity_CelebA.txt"
     path.chmod(0)
@@ -306,6 +318,20 @@ CASES = [
          "--covariates", "Young=5,Male=1"], "Young=5 was never seen in training"),
     Case("predict-nan", "predict with a NaN covariate", ["predict", "tiny", "x.jpg", "--covariates",
          "Young=nan,Male=1"], "covariate Young is nan; give a finite number"),
+    Case("predict-strict", "predict --strict on a table with a value training never saw",
+         ["predict", "tiny", "--csv", "in.csv", "--strict"], "in.csv row 3: Young=5 was never seen in training",
+         lambda work: (work / "in.csv").write_text("image,Young,Male\nx.jpg,1,0\nx.jpg,5,1\n")),
+    # -- studies --
+    Case("sweep-grid-value", "a misspelt grid value (found before any run trains)",
+         [*SWEEP, "--name", "s", "--grid", "model.fusion=image-only,hybird"],
+         "run fusion=hybird/s0 (model.fusion=hybird): unknown fusion 'hybird' (did you mean 'hybrid'?)"),
+    Case("sweep-changed", "a study rerun with a setting its finished runs did not have",
+         [*SWEEP, "--name", "st", "--optim.lr", "0.5"],
+         "1 run(s) of study st were trained with other settings (base/s0: optim.lr", finished_study),
+    Case("sweep-samples", "a study whose runs would be scored on different samples",
+         [*SWEEP, "--name", "sp", "--data.folds", "2", "--grid", "data.split_seed=0,1"],
+         "would be scored on different samples (data.split_seed differ)"),
+    Case("status-no-study", "status of a study that does not exist", ["status", "nope"], "no study 'nope'"),
     Case("predict-inf-csv", "predict from a CSV with an infinite covariate", ["predict", "tiny", "--csv", "in.csv"],
          "in.csv:2: covariate Male is inf; give a finite number",
          lambda work: (work / "in.csv").write_text("image,Young,Male\nx.jpg,1,inf\n")),

@@ -124,7 +124,15 @@ def test_split_metrics_is_strict_json_and_consistent():
     assert m["loss"] == pytest.approx(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)))
     for name in ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc"):
         lo, hi = m[f"{name}_ci"]
-        assert lo <= m[name] <= hi, name
+        assert 0 < hi - lo < 0.5, name
+    # accuracy's interval against the standard error computed here: t(n-1) x SE, up to bootstrap noise
+    correct = ((p >= 0.5) == (y == 1)).astype(float)
+    se = np.sqrt(len(y) / (len(y) - 1) * ((correct - correct.mean()) ** 2).sum()) / len(y)
+    lo, hi = m["accuracy_ci"]
+    from scipy import stats as sps
+
+    assert 0.7 < (hi - lo) / 2 / (sps.t.ppf(0.975, len(y) - 1) * se) < 1.4
+    assert (lo + hi) / 2 == pytest.approx(correct.mean())
     assert {"Male=0", "Male=1"} <= set(m["groups"]) and "Male" in m["gaps"]
 
 

@@ -60,11 +60,37 @@ def test_a_manifest_gets_the_probabilities_test_wrote(run, capsys):
                        [[r["APOE4"], "x", r["path"], r["sex"], r["age"], r["subject"]] for r in test])
     # Test subjects may lie outside the training ages; --extrapolate predicts them as `covfuse test` does.
     header, out = predict(capsys, str(run_dir), "--csv", str(table), "--extrapolate", "--batch_size", "3")
-    assert header == ["path", "subject", "age", "sex", "APOE4", "P(diagnosis=AD)"]
+    assert header == ["path", "subject", "age", "sex", "APOE4", "P(diagnosis=AD)", "out_of_range"]
     assert len(out) == len(test)
     for r, o in zip(test, out):
         assert Path(o[0]) == twin / r["path"] and o[1:5] == [r["subject"], r["age"], r["sex"], r["APOE4"]]
         assert float(o[5]) == pytest.approx(float(tested[r["path"]]["probability"]), abs=1e-5)
+
+
+def test_a_table_with_rows_outside_the_training_range_is_predicted_and_those_rows_marked(run, capsys):
+    """The README's `covfuse predict RUN --csv manifest.csv`: the run's own manifest holds valid/test ages
+    outside the training split's range; every row is predicted, those rows marked, one line says so."""
+    run_dir, twin, manifest, tested = run
+    train_ages = [float(r["age"]) for r in manifest.values() if r["split"] == "train" and r["age"]]
+    lo, hi = min(train_ages), max(train_ages)
+    outside = {p for p, r in manifest.items() if r["age"] and not lo <= float(r["age"]) <= hi}
+    assert outside  # the fixture's manifest exercises it
+    capsys.readouterr()
+    assert covfuse(["predict", str(run_dir), "--csv", str(twin / "manifest.csv")]) == 0
+    out, err = capsys.readouterr()
+    rows = list(csv.DictReader(out.splitlines()))
+    assert len(rows) == len(manifest)
+    marked = {Path(r["path"]).relative_to(twin).as_posix() for r in rows if r["out_of_range"]}
+    assert marked == outside
+    assert all(r["out_of_range"].startswith(f"age={manifest[Path(r['path']).relative_to(twin).as_posix()]['age']} (training range")
+               for r in rows if r["out_of_range"])
+    assert err.strip().splitlines() == [err.strip()] and f"{len(outside)} of {len(manifest)} row(s)" in err
+    for r in rows:  # marked or not, the prediction is the one `covfuse test` wrote
+        key = Path(r["path"]).relative_to(twin).as_posix()
+        if key in tested:
+            assert float(r["P(diagnosis=AD)"]) == pytest.approx(float(tested[key]["probability"]), abs=1e-5)
+    line = error(capsys, str(run_dir), "--csv", str(twin / "manifest.csv"), "--strict")
+    assert "lies outside the training range" in line and "manifest.csv, line" in line
 
 
 def test_a_volume_with_apoe4_missing_and_its_covariates_as_raw_values(run, capsys):

@@ -6,6 +6,7 @@ import pytest
 from scipy import stats as sps
 from sklearn import metrics as skm
 
+from covfuse.errors import UserError
 from covfuse.studies.stats import (
     clustered_mcnemar, cluster_bootstrap, cluster_bootstrap_mean, holm, paired_cluster_bootstrap, seed_test,
 )
@@ -107,7 +108,20 @@ def test_paired_test_on_identical_and_clearly_different_models():
     same = paired_cluster_bootstrap(y, good, good, groups, n_boot=200)
     assert same["difference"] == 0 and same["ci"] == [0.0, 0.0] and same["p_value"] == 1.0
     r = paired_cluster_bootstrap(y, good, bad, groups, n_boot=500)
-    assert r["ci"][0] > 0 and r["p_value"] < 1e-6
+    assert r["ci"][0] > 0 and r["p_value"] == 1 / 501  # the floor: 500 resamples cannot resolve less
+
+
+def test_the_paired_p_value_is_never_zero_and_n_boot_is_checked():
+    y = np.array([1, 0] * 20)
+    right, wrong = np.where(y == 1, 0.9, 0.1), np.where(y == 1, 0.1, 0.9)
+    groups = np.repeat(np.arange(20), 2)
+    r = paired_cluster_bootstrap(y, right, wrong, groups, n_boot=99)  # the same difference (1.0) in every resample
+    assert r["difference"] == 1.0 and r["p_value"] == 1 / 100
+    for bad in (0, 1, 2.5, True, "100"):
+        with pytest.raises(UserError, match="n_boot must be a whole number"):
+            paired_cluster_bootstrap(y, right, wrong, groups, n_boot=bad)
+        with pytest.raises(UserError, match="n_boot"):
+            cluster_bootstrap(y, right, groups, n_boot=bad)
 
 
 def test_runs_are_averaged_per_resample():

@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,17 +136,17 @@ def test_a_second_sweep_starts_nothing_and_an_interrupted_run_is_resumed(swept, 
     # interrupted after its last checkpoint but before evaluation: resumed, not restarted
     (study_dir / "fusion=hybrid" / "s0" / "metrics.json").unlink()
     assert covfuse(args + ["--dry-run"]) == 0
-    assert re.search(r"\[1\] interrupted +fusion=hybrid/s0", capsys.readouterr().out)
+    assert re.search(r"\[1\] resume +fusion=hybrid/s0", capsys.readouterr().out)
     assert covfuse(args) == 0
     assert "0 trained, 1 resumed, 1 already done" in capsys.readouterr().out
     assert json.loads((study_dir / "fusion=hybrid" / "s0" / "metrics.json").read_text())["test"]["count"] > 0
 
 
-def test_a_different_study_under_the_same_name_is_refused(swept, capsys):
+def test_a_different_kind_of_study_or_other_folds_under_the_same_name_is_refused(swept, capsys):
     study_dir, args = swept
     before = (study_dir / "study.json").read_text()
-    assert covfuse(args[:-1] + ["model.fusion=image-only,film"]) == 2
-    assert "different study" in capsys.readouterr().err
+    assert covfuse(["cv", *args[1:], "--folds", "2"]) == 2
+    assert "holds a sweep study and this command makes a cv" in capsys.readouterr().err
     assert (study_dir / "study.json").read_text() == before
 
 
@@ -174,6 +175,16 @@ def test_report_rows_match_an_independent_computation_from_predictions(swept, ca
                  "figures/loss_curves.png"):
         assert (study_dir / name).is_file(), name
     assert (study_dir / "figures" / "forest.png").read_bytes()[:4] == b"\x89PNG"
+    assert "wrote report.md, report.json, report.csv, figures/forest.png" in capsys.readouterr().err
+    # another metric is written beside the default report, not over it
+    default = (study_dir / "report.json").read_text()
+    assert covfuse(["report", str(study_dir), "--metric", "auroc", "--format", "json", "--bootstrap", "200"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["metric"] == "auroc" and "wrote report-auroc.md, report-auroc.json" in captured.err
+    assert (study_dir / "report.json").read_text() == default
+    assert json.loads((study_dir / "report-auroc.json").read_text())["metric"] == "auroc"
+    assert "figures/forest-auroc.png" in (study_dir / "report-auroc.md").read_text()
+    assert (study_dir / "figures" / "forest-auroc.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_slurm_array_has_one_task_per_run_and_a_task_runs_the_same_code_as_a_local_sweep(base, tmp_path, capsys):
@@ -187,7 +198,10 @@ def test_slurm_array_has_one_task_per_run_and_a_task_runs_the_same_code_as_a_loc
     assert "#SBATCH --array=0-3\n" in text and "#SBATCH --partition=gpu" in text and "#SBATCH --gres=gpu:1" in text
     srun = next(line for line in text.splitlines() if line.startswith("srun "))
     command = shlex.split(srun.replace('"$SLURM_ARRAY_TASK_ID"', "2"))[1:]
-    assert command[:2] == ["covfuse", "sweep"] and command[-2:] == ["--task", "2"]
+    # covfuse by the absolute path of this environment (a job's PATH is the login shell's)
+    assert command[:3] == [sys.executable, "-m", "covfuse.cli"] or command[0] == str(Path(sys.executable).parent / "covfuse")
+    command = command[command.index("sweep") - 1:]
+    assert command[1] == "sweep" and command[-2:] == ["--task", "2"]
     cwd = os.getcwd()
     try:
         os.chdir(next(line for line in text.splitlines() if line.startswith("cd ")).split(" ", 1)[1].strip("'"))
@@ -203,7 +217,7 @@ def test_slurm_array_has_one_task_per_run_and_a_task_runs_the_same_code_as_a_loc
     capsys.readouterr()
     assert covfuse(args + ["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"\[2\] done +fusion=concat/s0", out) and re.search(r"\[3\] new +fusion=concat/s1", out)
+    assert re.search(r"\[2\] skip +fusion=concat/s0", out) and re.search(r"\[3\] train +fusion=concat/s1", out)
 
 
 def test_cv_out_of_fold_predictions_cover_train_and_valid_once_and_folds_share_no_identity(base, tmp_path, twin, capsys):
@@ -238,12 +252,22 @@ def test_report_refuses_an_unfinished_study_and_unknown_names(tmp_path, base, ca
         plan_study(name="b", configs=[str(base)], runs_dir=tmp_path, baseline="x")
 
 
-def test_a_failing_run_does_not_stop_the_others(base, tmp_path, capsys):
+def test_a_failing_run_does_not_stop_the_others(base, tmp_path, capsys, monkeypatch):
+    from covfuse.training import run as runmod
+
+    real_fit = runmod.fit_run
+
+    def fit(config, **kw):  # a failure no check can see coming (the machine, not the settings)
+        if config.model.fusion == "concat":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_fit(config, **kw)
+
+    monkeypatch.setattr(runmod, "fit_run", fit)
     runs = tmp_path / "runs"
     args = ["sweep", "--config", str(base), "--name", "mixed", "--runs-dir", str(runs),
-            "--grid", "model.backbone=no-such-net,vgg-mini", "--model.fusion", "image-only"]
+            "--grid", "model.fusion=concat,image-only"]
     assert covfuse(args) == 2
     err = capsys.readouterr().err
-    assert "1 run(s) of study mixed failed" in err and "backbone=no-such-net" in err and "again" in err
-    assert json.loads((runs / "mixed" / "backbone=vgg-mini" / "s0" / "metrics.json").read_text())["test"]["count"] > 0
-    assert not (runs / "mixed" / "backbone=no-such-net" / "s0").exists()  # a failed run leaves nothing
+    assert "1 run(s) of study mixed failed" in err and "fusion=concat" in err and "again" in err
+    assert json.loads((runs / "mixed" / "fusion=image-only" / "s0" / "metrics.json").read_text())["test"]["count"] > 0
+    assert not (runs / "mixed" / "fusion=concat" / "s0").exists()

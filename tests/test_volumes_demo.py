@@ -24,11 +24,14 @@ def test_demo_volumes_runs_the_study_on_the_mri_twin(tmp_path, capsys):
     assert "resnet3d-compact" in config and "manifest.csv" in config
     report = (out / "report.md").read_text()
     assert "brain-MRI twin" in report and "0.950" in report
-    # a second run reuses the twin (no rewrite) and replaces its own output
+    # a second run reuses the twin (no rewrite) and keeps the finished methods (none retrained)
     before = (twin / "manifest.csv").stat().st_mtime_ns
+    stamps = {m: (out / m / "s0" / "metrics.json").stat().st_mtime_ns for m in ("image-only", "film")}
     assert covfuse([*args[:-4], "--methods", "image-only,covariates-only", "--bootstrap", "50"]) == 0
     assert (twin / "manifest.csv").stat().st_mtime_ns == before
-    assert "reusing the synthetic twin" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "reusing the synthetic twin" in printed and "image-only/s0: done already" in printed
+    assert {m: (out / m / "s0" / "metrics.json").stat().st_mtime_ns for m in stamps} == stamps
 
 
 def test_the_volume_study_plans_every_method_over_three_seeds(tmp_path):

@@ -6,9 +6,11 @@ With --volumes, the same study runs on a synthetic brain-MRI twin built on the M
 (NIfTI + manifest; the same atrophy means disease when young and ageing when old) with 3D ResNets
 and configs/volumes/demo.yaml.
 
-DIR (default demo-out/) is replaced when it holds a previous demo's output; any other existing,
-non-empty folder needs --overwrite. The twin is written once into ~/.cache/covfuse/ (or --data DIR)
-and reused.
+Rerunning the same command continues DIR (default demo-out/): finished methods are kept and
+skipped, an interrupted one resumes from its checkpoint; a method trained with other settings is
+refused (the keys named) unless --overwrite, which retrains only those. Nothing is ever deleted;
+a foreign non-empty DIR is refused. The twin is written once into ~/.cache/covfuse/ (or --data
+DIR) and reused.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default: {','.join(METHODS)})")
     p.add_argument("--config", default=None, help="training settings (default: configs/demo.yaml; --volumes: configs/volumes/demo.yaml)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default: 1000)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out even if a demo did not write it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain the methods in --out that were trained with other settings (others are kept)")
     return p
 
 
@@ -58,7 +61,7 @@ def main(argv: list[str]) -> int:
         out=Path(args.out), effect=args.effect, n=n, seed=args.seed, epochs=args.epochs, volumes=args.volumes, size=args.size,
         image_size=parse_image_size(args.image_size), data=Path(args.data) if args.data else None,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), config=Path(args.config or (VOLUME_CONFIG if args.volumes else CONFIG)),
-        bootstrap=args.bootstrap, overwrite=args.overwrite,
+        bootstrap=args.bootstrap, overwrite=args.overwrite, command=("covfuse", "demo", *argv),
     )
     summary = run_demo(options)
     print()

@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default="image-only", help=f"one of {', '.join(list_fusions())} (default image-only)")
     p.add_argument("--num_covariates", type=int, default=1, help="K, the number of covariates (default 1)")
     p.add_argument("--hybrid_layers", default="first",
-                   help="conv names or indices, comma-separated (features.0,features.40 or 0,-1), or first/last/all")
+                   help="conv names or indices, comma-separated (features.0,features.40 or 0,-1), or first/last/all "
+                        "(last: the last conv wider than 1x1, e.g. a ResNet's last 3x3, never a 1x1 shortcut)")
     p.add_argument("--weights", default=None, help="imagenet (from the torch hub cache) or a state-dict file")
     p.add_argument("--regime", default="finetune", help=", ".join(REGIMES))
     p.add_argument("--head", default="binary", help=", ".join(HEADS))
@@ -76,6 +77,10 @@ def main(argv: list[str]) -> int:
         }, indent=2))
     else:
         print(format_table(desc))
+        hybrid = [name for name, m in model.named_modules() if type(m).__name__.startswith("HybridConv")]
+        if hybrid:
+            kernels = {name: "x".join(map(str, m.kernel_size)) for name, m in model.named_modules() if name in hybrid}
+            print(f"hybrid convs ({args.hybrid_layers}): " + ", ".join(f"{n} ({kernels[n]})" for n in hybrid))
     if args.diagram is not None:
         draw_diagram(model, desc, args.diagram)
         if args.format == "text":

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("covfuse.cli.predict", "predict for images or volumes with covariates"),
     "sweep": ("covfuse.cli.sweep", "train a study: a grid of settings x seeds, locally or as a SLURM array"),
     "cv": ("covfuse.cli.cv", "k-fold cross-validation by identity, one run per fold"),
+    "status": ("covfuse.cli.status", "where a study stands: done, running, interrupted, failed, pending; time left"),
     "report": ("covfuse.cli.report", "compare a study's cells with a baseline: CIs, paired tests, figures"),
     "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),
     "bench": ("covfuse.cli.bench", "measure layer, model and data-loading speed ratios (tables + JSON)"),

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--extrapolate", action="store_true",
                    help="predict also for covariate values the training split never held (out of its range, an "
                         "unseen level) instead of refusing them")
+    p.add_argument("--strict", action="store_true",
+                   help="--csv: refuse a table with a row outside the training range (default: predict every row, "
+                        "mark those in the out_of_range column and say how many on stderr)")
     p.add_argument("--runs_dir", default="runs", help="folder holding run folders (default: runs)")
     p.add_argument("--ckpt", default="best", help="best, last, or a path to a .ckpt (default: best)")
     p.add_argument("--batch_size", type=int, default=64, help="images per batch (default: 64)")
@@ -51,11 +54,19 @@ def _value(name: str, text: str, where: str) -> float:
     return value
 
 
-def check_seen(names: list[str], row: list[float], seen: dict | None, where: str) -> None:
-    """Refuse a covariate value the training split never held (e.g. CelebA's -1 where training saw 0/1)."""
+def check_seen(names: list[str], row: list[float], seen: dict | None, where: str,
+               marks: list[str] | None = None) -> None:
+    """Refuse a covariate value the training split never held (e.g. CelebA's -1 where training saw 0/1);
+    with ``marks`` (a table row), note it there instead."""
     for name, value in zip(names, row):
         info = (seen or {}).get(name)
         if not info:
+            continue
+        if marks is not None:
+            if "values" in info and value not in info["values"]:
+                marks.append(f"{name}={value:g} (training had {'/'.join(f'{v:g}' for v in info['values'])})")
+            elif "min" in info and not info["min"] <= value <= info["max"]:
+                marks.append(f"{name}={value:g} (training range {info['min']:g}..{info['max']:g})")
             continue
         if "values" in info and value not in info["values"]:
             allowed = ", ".join(f"{v:g}" for v in info["values"])
@@ -144,7 +155,14 @@ def main(argv: list[str]) -> int:
     # table: the saved encoder and preprocessing, as `covfuse test` reads the data.
     celeba = state is None or state.get("format") == "celeba"
     predict = _predict_images if celeba else _predict_volumes
-    header, rows = predict(args, run_dir, module, state, precision)
+    header, rows, marks = predict(args, run_dir, module, state, precision)
+    if args.csv_file:  # a table: one row outside the training range must not cost the others
+        header = [*header, "out_of_range"]
+        rows = [[*row, "; ".join(marks.get(i, []))] for i, row in enumerate(rows)]
+        if marks and not args.extrapolate:
+            print(f"covfuse predict: {len(marks)} of {len(rows)} row(s) hold covariate values outside what training "
+                  "saw (the model extrapolates there): marked in the out_of_range column; --strict refuses them",
+                  file=sys.stderr)
     out = csv.writer(sys.stdout, lineterminator="\n")  # written only once everything succeeded
     out.writerow(header)
     out.writerows(rows)
@@ -166,14 +184,20 @@ def _predict_images(args, run_dir, module, state, precision) -> tuple[list[str],
         images += more_images
         rows += more_rows
     seen = module.hparams.get("covariate_values")
+    marks: dict[int, list[str]] = {}
     for i, row in enumerate(rows):
-        if not args.extrapolate:
-            check_seen(names, row, seen, "--covariates" if i < len(args.images) else f"{args.csv_file} row {i - len(args.images) + 2}")
+        table = i >= len(args.images)
+        if table and not args.strict:
+            marks[i] = []
+            check_seen(names, row, seen, "", marks[i])
+        elif not args.extrapolate:
+            check_seen(names, row, seen, "--covariates" if not table else f"{args.csv_file} row {i - len(args.images) + 2}")
     values = predict_images(module, images, rows, batch_size=args.batch_size, accelerator=args.accelerator,
                             precision=precision)
     header, predicted = prediction_columns(module, values)
-    return ["image", *names, *header], [[str(image), *(f"{v:g}" for v in row), *p]
-                                        for image, row, p in zip(images, rows, predicted)]
+    return (["image", *names, *header], [[str(image), *(f"{v:g}" for v in row), *p]
+                                         for image, row, p in zip(images, rows, predicted)],
+            {i: m for i, m in marks.items() if m})
 
 
 def _predict_volumes(args, run_dir, module, state, precision) -> tuple[list[str], list[list[str]]]:
@@ -193,9 +217,14 @@ def _predict_volumes(args, run_dir, module, state, precision) -> tuple[list[str]
         manifest = manifest_from_files(args.images, {n: given.get(n, "") for n in names})
         check_covariates(manifest, encoder, seen, lambda i: "--covariates", extrapolate=args.extrapolate)
         parts.append((manifest, lambda i: ""))  # volume_shape's messages name the file
+    marks: dict[int, list[str]] = {}
     if args.csv_file:
         manifest = read_manifest(args.csv_file)
-        check_covariates(manifest, encoder, seen, manifest.where, extrapolate=args.extrapolate)
+        table_marks: dict[int, list[str]] = {}
+        check_covariates(manifest, encoder, seen, manifest.where, extrapolate=args.extrapolate,
+                         marks=None if args.strict else table_marks)
+        offset = len(parts[0][0]) if parts else 0
+        marks = {offset + i: m for i, m in table_marks.items()}
         parts.append((manifest, manifest.where))
     for manifest, where in parts:
         check_volumes(manifest, where)
@@ -207,4 +236,4 @@ def _predict_volumes(args, run_dir, module, state, precision) -> tuple[list[str]
         rows += [[str(manifest.files[i]), str(manifest.subjects[i]), *("" if is_missing(c[i]) else c[i] for c in columns)]
                  for i in range(len(manifest))]
     header, predicted = prediction_columns(module, np.concatenate(values), state.get("classes"))
-    return ["path", "subject", *names, *header], [row + p for row, p in zip(rows, predicted)]
+    return ["path", "subject", *names, *header], [row + p for row, p in zip(rows, predicted)], marks

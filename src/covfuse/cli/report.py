@@ -1,7 +1,8 @@
 """`covfuse report STUDY [--baseline CELL] [--metric accuracy] [--format md|json|csv|html]`: compare a
 study's cells with its baseline (pooled CIs and paired tests that resample people, a test across
 seeds/folds, Holm-adjusted p-values, verdicts) and write STUDY/report.md, report.json, report.csv
-and figures/; prints the report in the chosen format (html: writes STUDY/report.html, one
+and figures/ (with --metric other than the default: report-METRIC.* beside them); prints the report
+in the chosen format on stdout and the files it wrote on stderr (html: writes STUDY/report.html, one
 self-contained page with the figures embedded, and prints its path).
 """
 from __future__ import annotations
@@ -33,17 +34,23 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.bootstrap < 100:
         raise UserError(f"--bootstrap must be at least 100, got {args.bootstrap}")
-    from covfuse.studies.report import build_report, to_csv, to_json, to_markdown, write_report
+    import sys
+
+    from covfuse.studies.report import build_report, report_files, to_csv, to_json, to_markdown, write_report
     from covfuse.studies.sweep import load_study
 
     study = load_study(args.study, args.runs_dir)
     report = build_report(study, baseline=args.baseline, metric=args.metric, n_boot=args.bootstrap, unit=args.unit)
     write_report(study, report)
+    files = report_files(report)
     if args.format == "html":
         from covfuse.studies.report_html import write_html
 
-        print(write_html(report, study))
+        html = write_html(report, study)
+        print(f"covfuse report: wrote {', '.join(files)} and report.html in {study.study_dir}", file=sys.stderr)
+        print(html)
         return 0
+    print(f"covfuse report: wrote {', '.join(files)} in {study.study_dir}", file=sys.stderr)
     text = {"md": lambda: to_markdown(report, study), "json": lambda: to_json(report), "csv": lambda: to_csv(report)}
     print(text[args.format](), end="")
     return 0

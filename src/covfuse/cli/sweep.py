@@ -37,8 +37,10 @@ def parser(prog: str = "covfuse sweep", doc: str = __doc__, cv: bool = False) ->
                        help="grid: every --tune value (default); optuna: --trials seeded TPE trials per cell over the "
                             "--tune space (V1,V2 | LO..HI | log:LO..HI), pruned from the validation curve")
         p.add_argument("--trials", type=int, default=20, help="Optuna trials per cell (default: 20)")
-    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the runs and their commands; train nothing")
-    p.add_argument("--overwrite", action="store_true", help="replace a different study of the same name")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="check every run and say what the command would do with each (train, skip, resume, replace, refuse); train nothing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain the runs whose settings differ from this command's (named by --dry-run); others are kept")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="run here (default) or as a SLURM job array")
     p.add_argument("--task", type=int, default=None, help="run only run number TASK (what each SLURM array task does)")
     g = p.add_argument_group("SLURM (with --launcher slurm)")
@@ -79,6 +81,8 @@ def task_argv(args, overrides: list[str], cv: bool) -> list[str]:
         out += ["--baseline", args.baseline]
     if cv:
         out += ["--folds", str(args.folds)]
+    if args.overwrite:  # an array task must replace the same changed runs the submitting command named
+        out.append("--overwrite")
     return out + overrides
 
 
@@ -101,27 +105,39 @@ def main(argv: list[str], *, cv: bool = False, prog: str = "covfuse sweep", doc:
 
         return search_main(args, overrides, task_argv(args, overrides, cv), prog)
     from covfuse.studies import slurm
-    from covfuse.studies.sweep import plan_study, run_status, run_study, write_study
+    from covfuse.studies.check import check_study
+    from covfuse.studies.sweep import assess, grown, plan_study, prepare_study, refusal, run_study, write_study
 
     the_task_argv = task_argv(args, overrides, cv)
-    study = plan_study(name=args.name, configs=args.config, runs_dir=args.runs_dir, grid=args.grid,
-                       seeds=parse_seeds(args.seeds), tune=getattr(args, "tune", []), overrides=overrides,
-                       folds=args.folds if cv else 0, baseline=args.baseline,
-                       argv=["covfuse", prog.split()[-1], *the_task_argv])
+    planned = plan_study(name=args.name, configs=args.config, runs_dir=args.runs_dir, grid=args.grid,
+                         seeds=parse_seeds(args.seeds), tune=getattr(args, "tune", []), overrides=overrides,
+                         folds=args.folds if cv else 0, baseline=args.baseline,
+                         argv=["covfuse", prog.split()[-1], *the_task_argv])
+    if args.task is not None and args.launcher == "slurm":
+        raise UserError("--task is what each array task passes; do not combine it with --launcher slurm")
+    study = grown(planned)  # the recorded study plus this command's new runs
+    if args.task is None:  # every run, before any trains (an array task checks its own run as it starts)
+        checked = check_study(study)
+        print(f"[sweep] checked {checked['runs']} runs ({checked['data']} data setting(s), {checked['models']} "
+              "model(s)): ready", flush=True)
     if args.dry_run:
+        actions = [assess(study, run, overwrite=args.overwrite) for run in study.runs]
         print(f"study {study.name}: {len(study.cells)} cells x {len(study.seeds)} seeds"
               + (f" x {study.folds} folds" if study.folds else "")
-              + (f" x {len(study.runs) // max(1, len(study.cells) * len(study.seeds) * max(1, study.folds))} tuning values" if study.tune else "")
               + f" = {len(study.runs)} runs in {study.study_dir}")
-        for run in study.runs:
+        for a in actions:
+            run = a.run
             settings = ", ".join(f"{k}={v}" for k, v in {**run.settings, **run.tune}.items()) or "base config"
-            print(f"  [{run.index}] {run_status(Path(run.dir)):<11} {Path(run.dir).relative_to(study.study_dir)}  ({settings})")
-            print(f"        {slurm.task_command(the_task_argv).replace(chr(34) + '$SLURM_ARRAY_TASK_ID' + chr(34), str(run.index))}")
+            print(f"  [{run.index}] {a.what:<8} {Path(run.dir).relative_to(study.study_dir)}  ({settings}): {a.reason}")
+        todo = {w: sum(a.what == w for a in actions) for w in ("train", "resume", "replace", "skip", "busy", "refuse")}
+        print("would " + ", ".join(f"{w} {n}" for w, n in todo.items() if n) + "; nothing was written")
+        error = refusal(study, actions)
+        if error is not None:
+            raise error
         return 0
     if args.launcher == "slurm":
-        if args.task is not None:
-            raise UserError("--task is what each array task passes; do not combine it with --launcher slurm")
-        write_study(study, overwrite=args.overwrite)
+        study, _ = prepare_study(planned, overwrite=args.overwrite)
+        write_study(study)
         options = slurm.SlurmOptions(partition=args.partition, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
                                      time=args.time, max_parallel=args.max_parallel, account=args.account)
         script = slurm.write_script(Path(study.study_dir), study.name, len(study.runs), the_task_argv, options)
@@ -131,7 +147,9 @@ def main(argv: list[str], *, cv: bool = False, prog: str = "covfuse sweep", doc:
         else:
             print(f"submit it with: sbatch {script}")
         return 0
-    counts = run_study(study, task=args.task, overwrite=args.overwrite)
-    print(f"study {study.name}: {counts['trained']} trained, {counts['resumed']} resumed, "
-          f"{counts['skipped']} already done; compare them with: covfuse report {study.study_dir}")
+    counts = run_study(planned, task=args.task, overwrite=args.overwrite)
+    busy = f", {counts['busy']} being trained by another process" if counts["busy"] else ""
+    replaced = f", {counts['replaced']} retrained (settings changed)" if counts["replaced"] else ""
+    print(f"study {study.name}: {counts['trained']} trained, {counts['resumed']} resumed{replaced}, "
+          f"{counts['skipped']} already done{busy}; compare them with: covfuse report {study.study_dir}")
     return 0

@@ -154,13 +154,23 @@ def pick(candidates: list[str], layers: str | list[str | int], what: str, backbo
         raise UserError(str(exc)) from None
 
 
+def last_spatial_conv(network: nn.Module) -> str:
+    """What ``hybrid_layers: last`` means: the last conv whose kernel is wider than 1 (a ResNet's last
+    3x3 of its last block), not a 1x1 shortcut or bottleneck projection that merely comes last in
+    definition order (resnet3d-compact and monai-resnet10 define the shortcut after the block's convs)."""
+    names = resolve_layers(network, "all")
+    modules = dict(network.named_modules())
+    spatial = [n for n in names if any(k > 1 for k in getattr(modules[n], "kernel_size", (1,)))]
+    return (spatial or names)[-1]
+
+
 def apply_hybrid(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, init: str = "zeros") -> list[str]:
     """Make the chosen convs hybrid (W_0, b_0 copied; covariate weights zero by default); their names."""
     layers = as_layer_list(layers)
     if layers is None:
         raise UserError("hybrid_layers is empty: give conv names, indices or first/last/all")
     try:
-        names = resolve_layers(network, layers)
+        names = [last_spatial_conv(network)] if layers == "last" else resolve_layers(network, layers)
         convert(network, names, num_covariates, init=init)
     except ValueError as exc:
         raise UserError(f"hybrid_layers for {spec.name}: {exc}") from None

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from covfuse.errors import UserError
 from covfuse.io import atomic_write_text
+from covfuse.studies.sweep import run_status
 from covfuse.training import runlog
 
 METHODS = ("image-only", "covariates-only", "concat", "film", "daft", "hybrid")
 BASELINE = "image-only"
-MARKER = ".covfuse-demo"  # marks a folder the demo wrote, so it may replace it without --overwrite
+MARKER = ".covfuse-demo"  # marks a folder the demo wrote, so a later demo continues it
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 VOLUME_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "volumes" / "demo.yaml"
 
@@ -42,6 +42,7 @@ class DemoOptions:
     overwrite: bool = False
     volumes: bool = False  # the 3D study: the MNI152 twin (covfuse.data.synth3d), configs/volumes/demo.yaml
     size: int = 64  # volumes: cube side in voxels
+    command: tuple[str, ...] = ()  # the command as typed (every option), printed to resume an interrupted demo
 
 
 def say(text: str) -> None:
@@ -113,18 +114,20 @@ def ensure_twin(o: DemoOptions) -> Path:
     return folder
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    """Create ``out``; a previous demo output (marked) is replaced, anything else only with --overwrite."""
+def check_out(out: Path) -> None:
+    """``out`` may hold nothing, or a previous demo (its finished methods are kept); anything else is refused."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (out / MARKER).is_file() and not overwrite:
-            raise UserError(f"{out} exists and was not written by `covfuse demo`; pass --overwrite to replace it "
-                            "or choose another --out")
-        if out.is_dir():
-            shutil.rmtree(out)
-        else:
-            out.unlink()
-    out.mkdir(parents=True)
-    (out / MARKER).write_text("written by `covfuse demo`; the next demo run replaces this folder\n")
+        if not (out / MARKER).is_file() and not (out / "study.json").is_file():
+            raise UserError(f"{out} exists and was not written by `covfuse demo`; choose another --out "
+                            "(the demo never deletes a folder)")
+
+
+def prepare_out(out: Path) -> None:
+    """Create ``out`` (kept as it is when a previous demo wrote it) and mark it as the demo's."""
+    check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `covfuse demo`; a later demo with the same options continues it "
+                              "(finished methods are kept)\n")
 
 
 def plan(o: DemoOptions):
@@ -142,7 +145,7 @@ def plan(o: DemoOptions):
     # check_data=False: the demo writes its twin after planning
     return plan_study(name="demo", check_data=False, configs=[str(o.config)], overrides=overrides, seeds=[o.seed],
                       cells={m: {"model.fusion": m} for m in o.methods}, baseline=BASELINE, study_dir=o.out,
-                      argv=["covfuse", "demo", *(["--volumes"] if o.volumes else []), "--out", str(o.out)])
+                      argv=list(o.command) or ["covfuse", "demo", *(["--volumes"] if o.volumes else []), "--out", str(o.out)])
 
 
 def context_lines(synth: dict, config) -> list[str]:
@@ -185,26 +188,33 @@ def _bayes_line(bayes: dict) -> str:
 
 def run_demo(o: DemoOptions) -> dict:
     """Write the twin (if needed), run the study, write results.json, report.md and figures."""
+    from covfuse.studies.check import check_study
     from covfuse.studies.report import build_report, write_report
-    from covfuse.studies.sweep import run_study, write_study
+    from covfuse.studies.sweep import grown, prepare_study, run_study, write_study
 
     unknown = [m for m in o.methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown demo method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     if BASELINE not in o.methods:
         raise UserError("the demo compares every method with image-only; keep image-only in --methods")
-    # Every check that can fail on the user's input runs before anything is deleted or written:
-    # the configs (every run's), the twin folder, then the output folder's policy.
+    # Every check that can fail on the user's input runs before anything is written: the configs
+    # (every run's), the twin folder, the output folder, a finished method with other settings;
+    # once the twin exists (it is needed to build the data), every run's data and model too.
     study = plan(o)
     twin_reusable(o)
+    check_out(o.out)
+    prepare_study(study, overwrite=o.overwrite, other="choose another --out")
     start = time.monotonic()
-    prepare_out(o.out, o.overwrite)
-    write_study(study)
+    root = ensure_twin(o)
+    twin_seconds = time.monotonic() - start
+    check_study(grown(study))
+    prepare_out(o.out)
+    write_study(grown(study))
     with runlog.capture(o.out / "log.txt"):
-        root = ensure_twin(o)
-        twin_seconds = time.monotonic() - start
-        say(f"training {len(o.methods)} methods: {', '.join(o.methods)}")
-        run_study(study)
+        done = [r.cell for r in grown(study).runs if r.cell in o.methods and run_status(Path(r.dir)) == "done"]
+        say(f"training {len(o.methods)} methods: {', '.join(o.methods)}"
+            + (f" ({', '.join(done)} finished already, kept)" if done else ""))
+        run_study(study, overwrite=o.overwrite, other="choose another --out")
         synth = json.loads((root / "synth.json").read_text())
         report = build_report(study, baseline=BASELINE, n_boot=max(o.bootstrap, 1000), seed=o.seed)
         bayes = synth.get("bayes_accuracy", {})

@@ -283,6 +283,7 @@ def to_csv(report: dict) -> str:
 
 def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> str:
     metric, base = report["metric"], report["baseline"]
+    suffix = report_suffix(report)
     base_args = " ".join(a if "\n" not in a else "<the study file's run settings>" for a in study.base)
     lines = [f"# Study {study.name}", "", *context, "" if context else None,
              f"{study.kind.upper() if study.kind == 'cv' else 'Sweep'}: {len(study.cells)} cells, seeds "
@@ -298,7 +299,7 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
         lines.append(f"| {r['setting']} | {r['n_runs']} | {r['mean']:.3f} ± {r['sd']:.3f} | {_num(r['estimate'])}"
                      f"{_ci(r['ci'])} | {diff} | {'–' if r['setting'] == base else _p(r['p_value'])} | "
                      f"{'–' if r['setting'] == base else _p(r['p_adjusted'])} | {r['verdict']} |")
-    lines += ["", "![differences](figures/forest.png)", "", f"![{metric}](figures/metric.png)", "",
+    lines += ["", f"![differences](figures/forest{suffix}.png)", "", f"![{metric}](figures/metric{suffix}.png)", "",
               "## Tests behind each row", "",
               "| setting | bootstrap p | across runs (method: t, p) | clustered McNemar (a only / b only, p) |",
               "|---|---|---|---|"]
@@ -434,13 +435,28 @@ def plot_loss_curves(study: Study, out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def report_suffix(report: dict) -> str:
+    """'' for the task's default metric; ``-<metric>`` otherwise, so a report on another metric is
+    written beside the default one instead of replacing it."""
+    return "" if report["metric"] == PRIMARY.get(report.get("task", "binary")) else f"-{report['metric']}"
+
+
+def report_files(report: dict) -> list[str]:
+    """The files :func:`write_report` writes for ``report``, relative to the study folder."""
+    s = report_suffix(report)
+    return [f"report{s}.md", f"report{s}.json", f"report{s}.csv", f"figures/forest{s}.png", f"figures/metric{s}.png",
+            "figures/loss_curves.png"]
+
+
 def write_report(study: Study, report: dict, *, context: Sequence[str] = (),
                  reference: dict[str, float] | None = None) -> Path:
-    """report.md, report.json, report.csv and figures/ in the study folder; returns report.md."""
+    """report.md, report.json, report.csv and figures/ in the study folder (``report-<metric>.*`` for a
+    metric other than the task's default); returns the markdown file."""
     root = Path(study.study_dir)
-    plot_forest(report, root / "figures" / "forest.png")
-    plot_metric(report, root / "figures" / "metric.png", reference)
+    s = report_suffix(report)
+    plot_forest(report, root / "figures" / f"forest{s}.png")
+    plot_metric(report, root / "figures" / f"metric{s}.png", reference)
     plot_loss_curves(study, root / "figures" / "loss_curves.png")
-    atomic_write_text(root / "report.json", to_json(report))
-    atomic_write_text(root / "report.csv", to_csv(report))
-    return atomic_write_text(root / "report.md", to_markdown(report, study, context=context))
+    atomic_write_text(root / f"report{s}.json", to_json(report))
+    atomic_write_text(root / f"report{s}.csv", to_csv(report))
+    return atomic_write_text(root / f"report{s}.md", to_markdown(report, study, context=context))

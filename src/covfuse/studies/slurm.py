@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,9 +33,16 @@ class SlurmOptions:
     account: str | None = None
 
 
+def covfuse_command() -> list[str]:
+    """covfuse by the absolute path of the environment running now: a batch job's PATH is the
+    login shell's, where another (or no) covfuse may come first."""
+    script = Path(sys.executable).parent / "covfuse"
+    return [str(script)] if script.is_file() and os.access(script, os.X_OK) else [sys.executable, "-m", "covfuse.cli"]
+
+
 def task_command(task_argv: Sequence[str]) -> str:
     """The command one array task runs (``$SLURM_ARRAY_TASK_ID`` left for the shell to fill in)."""
-    return shlex.join(["covfuse", "sweep", *task_argv]) + ' --task "$SLURM_ARRAY_TASK_ID"'
+    return shlex.join([*covfuse_command(), "sweep", *task_argv]) + ' --task "$SLURM_ARRAY_TASK_ID"'
 
 
 def render(name: str, num_runs: int, task_argv: Sequence[str], log_dir: Path, o: SlurmOptions,

@@ -57,16 +57,27 @@ def _mean_score(y: np.ndarray, runs: np.ndarray, metric: str, threshold: float, 
                     for p in runs], axis=0)
 
 
+def check_n_boot(n_boot) -> int:
+    """``n_boot`` as an int >= 2 (a standard error needs two resamples), else a UserError."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
+        raise UserError(f"n_boot must be a whole number of bootstrap resamples, at least 2 (e.g. 2000), got {n_boot!r}")
+    return int(n_boot)
+
+
 def _difference_test(observed: float, draws: np.ndarray, clusters: int, level: float) -> tuple[list, float]:
     """CI and two-sided p-value of a difference from the same t statistic (:func:`bootstrap_interval`),
     so the interval excludes zero exactly when p < 1 - level. With ~40 people the percentile test
-    rejected a true null 5.5% of the time at 0.05 (2,000 simulations); this one 4.95%."""
+    rejected a true null 5.5% of the time at 0.05 (2,000 simulations); this one 4.95%.
+
+    p is never below 1 / (resamples + 1): a bootstrap of B resamples cannot resolve smaller p-values
+    (a p of exactly 0 would claim certainty no finite sample gives, and breaks Holm's ordering of ties)."""
     ci, se = bootstrap_interval(observed, draws, clusters, level, bounds=None)
     if se is None:
         return ci, float("nan")
+    floor = 1.0 / (int(np.isfinite(draws).sum()) + 1)
     if se == 0:
-        return ci, (1.0 if observed == 0 else 0.0)
-    return ci, float(2 * sps.t.sf(abs(observed) / se, clusters - 1))
+        return ci, (1.0 if observed == 0 else floor)
+    return ci, max(floor, float(2 * sps.t.sf(abs(observed) / se, clusters - 1)))
 
 
 def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
@@ -79,6 +90,7 @@ def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot
     "regression") says what ``probs`` holds: P(positive), the predicted class, the predicted value.
     Returns ``{"estimate", "ci": [lo, hi], "clusters", "metric", "n_boot"}``.
     """
+    n_boot = check_n_boot(n_boot)
     y, (p,) = _check(metric, task, labels, probs)
     codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
     estimate = float(_mean_score(y, p, metric, threshold, task=task)[0])
@@ -98,6 +110,7 @@ def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "ac
     Interval and two-sided p-value come from the bootstrap standard error (:func:`_difference_test`),
     so the interval excludes zero exactly when p < 1 - level. ``task`` as in :func:`cluster_bootstrap`.
     """
+    n_boot = check_n_boot(n_boot)
     y, (pa, pb) = _check(metric, task, labels, probs_a, probs_b)
     codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
     observed = float(_mean_score(y, pa, metric, threshold, task=task)[0] - _mean_score(y, pb, metric, threshold, task=task)[0])
@@ -120,6 +133,7 @@ def paired_bootstrap(labels, probs_a, probs_b, metric: str = "accuracy", *, n_bo
 def cluster_bootstrap_mean(values, groups, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Mean of per-sample ``values`` (e.g. |change of probability|, a 0/1 flip) with a cluster
     bootstrap CI: ``{"estimate", "ci", "clusters"}``."""
+    n_boot = check_n_boot(n_boot)
     v = np.asarray(values, dtype=np.float64)
     if len(v) == 0:
         return {"estimate": None, "ci": [None, None], "clusters": 0}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -301,80 +301,251 @@ def load_study(study: str | Path, runs_dir: str | Path = "runs") -> Study:
                     "exists; run `covfuse sweep` or `covfuse cv` first")
 
 
-def write_study(study: Study, *, overwrite: bool = False) -> None:
-    """Write study.json; an existing study folder must hold the same study (or pass --overwrite)."""
+# -- growing a study ------------------------------------------------------------------------------
+# Keys that say how or where a run trains, not what it learns: a change of these never makes a
+# finished run "different" (the report recomputes its own intervals, so bootstrap is one of them).
+RUNTIME_KEYS = ("name", "runs_dir", "bootstrap", "data.num_workers", "data.cache", "data.eval_batch_size",
+                "trainer.accelerator", "trainer.progress", "trainer.progress_every", "trainer.summary")
+
+
+def _flat(mapping: dict) -> dict[str, Any]:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and key in ("data", "model", "optim", "trainer"):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def changed_settings(run_dir: Path, config: cfgmod.RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Keys whose value in ``run_dir/config.yaml`` differs from ``config`` (old, new); {} when none or no file.
+
+    A key the saved file lacks (written before the key existed) counts as its default."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        saved = None
+    new = _flat(cfgmod.to_dict(config))
+    if not isinstance(saved, dict):
+        return {"config.yaml": ("unreadable", "this study's settings")}
+    old, defaults = _flat(saved), _flat(cfgmod.to_dict(cfgmod.RunConfig()))
+    return {k: (old.get(k, defaults.get(k)), v) for k, v in new.items()
+            if not k.startswith(RUNTIME_KEYS) and old.get(k, defaults.get(k)) != v}
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]], limit: int = 4) -> str:
+    """``optim.lr 0.001 -> 0.003, model.fusion hybrid -> film``."""
+    parts = [f"{k} {cli_value(a)} -> {cli_value(b)}" for k, (a, b) in list(changes.items())[:limit]]
+    return ", ".join(parts) + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "")
+
+
+def merge_study(old: Study, new: Study) -> Study:
+    """The study grown by this command: every run of the recorded study plus the command's new ones.
+
+    Runs are never dropped (a finished run is kept and reported); the command's base config,
+    baseline and arguments win, so runs whose settings they change are found by :func:`assess`.
+    """
+    if old.kind != new.kind:
+        raise UserError(f"{new.study_dir} holds a {old.kind} study and this command makes a {new.kind}; "
+                        "choose another --name")
+    if old.folds != new.folds:
+        raise UserError(f"{new.study_dir} was planned with data.folds {old.folds} -> {new.folds} here; folds set which "
+                        f"samples each run scores, so a study keeps them: pass --folds {old.folds} or choose another --name")
+    dirs = {r.dir for r in new.runs}
+    runs = list(new.runs) + [r for r in old.runs if r.dir not in dirs]
+    runs = [Run(**{**asdict(r), "index": i}) for i, r in enumerate(runs)]
+    cells = {**old.cells, **new.cells}
+    tune = {k: list(dict.fromkeys([*old.tune.get(k, []), *new.tune.get(k, [])])) for k in {**old.tune, **new.tune}}
+    seeds = sorted(set(old.seeds) | set(new.seeds))
+    return Study(new.name, new.kind, new.study_dir, new.base, cells, seeds, tune, new.folds, new.baseline, runs, new.argv)
+
+
+def grown(study: Study) -> Study:
+    """``study`` merged with the one recorded in its folder, if any (what the command will act on)."""
     folder = Path(study.study_dir)
-    path = folder / STUDY_FILE
-    record = _record(study)
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = None
-        same = isinstance(old, dict) and all(old.get(k) == record[k] for k in ("kind", "base", "cells", "runs"))
-        if not same and not overwrite:
-            raise UserError(f"{folder} holds a different study; pass --overwrite to replace it or choose another --name")
-        if not same:
-            shutil.rmtree(folder)
-    elif folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir()):  # hidden markers are fine
-        if not overwrite:
-            raise UserError(f"{folder} exists and is not a covfuse study (no {STUDY_FILE}); choose another --name")
-        raise UserError(f"{folder} is not a covfuse study (no {STUDY_FILE}); refusing to delete it")
+    if (folder / STUDY_FILE).is_file():
+        return merge_study(load_study(folder), study)
+    if folder.exists() and folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir()):
+        raise UserError(f"{folder} exists and is not a covfuse study (no {STUDY_FILE}); choose another --name")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a study folder; choose another --name")
+    return study
+
+
+def write_study(study: Study) -> None:
+    """Write study.json (the grown study: see :func:`grown`)."""
+    folder = Path(study.study_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(folder / STUDY_FILE, json.dumps(_record(study), indent=2) + "\n")
+
+
+# -- what each run needs ---------------------------------------------------------------------------
+def claim_path(run: Run) -> Path:
+    """Beside the run folder (hidden), so a run not started yet has no folder."""
+    folder = Path(run.dir)
+    return folder.parent / f".{folder.name}.claim"
+
+
+def failure_path(run: Run) -> Path:
+    folder = Path(run.dir)
+    return folder.parent / f".{folder.name}.failed"
+
+
+def busy_with(run: Run) -> str | None:
+    """Who trains ``run`` now (a sweep's claim, or any command's run lock), or None."""
+    from covfuse.training.lock import LOCK_NAME, holder
+
+    return holder(claim_path(run)) or holder(Path(run.dir) / LOCK_NAME)
+
+
+@dataclass
+class Action:
+    """What a command does with one run, and why: train, skip, resume, replace, refuse or busy."""
+
+    run: Run
+    what: str
+    reason: str
+    changes: dict = field(default_factory=dict)
+
+
+def assess(study: Study, run: Run, *, overwrite: bool = False, config: cfgmod.RunConfig | None = None,
+           check_busy: bool = True) -> Action:
+    """The truth about one run: what the real command will do with it (``--dry-run`` prints this)."""
+    owner = busy_with(run) if check_busy else None
+    if owner:
+        return Action(run, "busy", f"being trained by another process ({owner}); skipped")
+    config = config or study.run_config(run)
+    folder = Path(run.dir)
+    status = run_status(folder)
+    changes = changed_settings(folder, config)
+    if changes:
+        if overwrite:
+            return Action(run, "replace", f"{status}, settings changed ({describe_changes(changes)}): --overwrite "
+                          "retrains it", changes)
+        return Action(run, "refuse", f"{status} with other settings: {describe_changes(changes)}", changes)
+    if status == "done":
+        return Action(run, "skip", "done already")
+    if status == "interrupted":
+        return Action(run, "resume", "interrupted: continues from its last checkpoint")
+    if status == "started":
+        return Action(run, "train", "started before its first checkpoint: trains from the beginning")
+    return Action(run, "train", "new")
+
+
+def refusal(study: Study, actions: Sequence[Action], other: str = "choose another --name") -> UserError | None:
+    """One line naming the runs whose settings changed and the keys (old -> new), or None."""
+    refused = [a for a in actions if a.what == "refuse"]
+    if not refused:
+        return None
+    first = refused[0]
+    keys = list(dict.fromkeys(k for a in refused for k in a.changes))
+    where = Path(first.run.dir).relative_to(study.study_dir)
+    more = f" and {len(refused) - 1} more run(s)" if len(refused) > 1 else ""
+    return UserError(f"{len(refused)} run(s) of study {study.name} were trained with other settings "
+                     f"({where}{more}: {describe_changes(first.changes)}; keys that differ: {', '.join(keys)}); "
+                     f"restore them, {other}, or pass --overwrite to retrain only those runs")
 
 
 def say(text: str) -> None:
     print(f"[sweep] {text}", flush=True)
 
 
-def run_one(study: Study, run: Run) -> str:
-    """Train one run unless it is done; resume it when interrupted. Returns what was done."""
+def _where(study: Study, run: Run) -> str:
+    return f"[{run.index + 1}/{len(study.runs)}] {Path(run.dir).relative_to(study.study_dir)}"
+
+
+def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
+    """Claim one run, then train, resume or skip it as :func:`assess` says. Returns what was done."""
+    from covfuse.training.lock import Claim, RunBusy
     from covfuse.training.run import fit_run, summary
 
-    folder = Path(run.dir)
-    status = run_status(folder)
-    where = f"[{run.index + 1}/{len(study.runs)}] {folder.relative_to(study.study_dir)}"
-    if status == "done":
-        say(f"{where}: done already, skipped")
-        return "skipped"
-    config = study.run_config(run)
-    from covfuse.training.tracking import study_context  # issue 20: trackers tag the run with its study and cell
-    context = study_context(study.name, study.study_dir, run.cell, {**run.settings, **run.tune})
-    if status == "interrupted":
-        say(f"{where}: resuming from its last checkpoint")
-        fit_run(config, resume=True, tracking=context)
-    else:
-        say(f"{where}: training")
-        fit_run(config, overwrite=status == "started" and (folder / "config.yaml").is_file(), tracking=context)
-    say(f"{where}: {summary(folder)}")
-    return "resumed" if status == "interrupted" else "trained"
+    where = _where(study, run)
+    try:
+        claim = Claim(claim_path(run))
+    except RunBusy as exc:
+        say(f"{where}: being trained by another process ({exc.owner}); skipped")
+        return "busy"
+    with claim:
+        config = study.run_config(run)
+        from covfuse.training.tracking import study_context  # trackers tag the run with its study and cell
+        context = study_context(study.name, study.study_dir, run.cell, {**run.settings, **run.tune})
+        action = assess(study, run, overwrite=overwrite, config=config, check_busy=False)  # again, under our claim
+        if action.what in ("skip", "busy"):
+            say(f"{where}: {action.reason}")
+            return "skipped" if action.what == "skip" else "busy"
+        if action.what == "refuse":  # changed since the command checked: another process, or a hand edit
+            raise UserError(f"{run.dir}: {action.reason}; pass --overwrite to retrain it")
+        failure_path(run).unlink(missing_ok=True)
+        try:
+            if action.what == "resume":
+                say(f"{where}: resuming from its last checkpoint")
+                fit_run(config, resume=True, tracking=context)
+            else:
+                say(f"{where}: {'training' if action.what == 'train' else 'retraining (' + action.reason + ')'}")
+                fit_run(config, overwrite=(Path(run.dir) / "config.yaml").is_file(), tracking=context)
+        except RunBusy as exc:  # a `covfuse fit --resume` by hand holds the run
+            say(f"{where}: being trained by another process ({exc.owner}); skipped")
+            return "busy"
+        except Exception as exc:
+            from covfuse.errors import RunInterrupted
+
+            if not isinstance(exc, RunInterrupted):  # interrupted is resumable, not failed
+                atomic_write_text(failure_path(run), (" ".join(str(exc).split())[:300] or type(exc).__name__) + "\n")
+            raise
+        say(f"{where}: {summary(Path(run.dir))}")
+        return {"resume": "resumed", "replace": "replaced"}.get(action.what, "trained")
 
 
 def again(study: Study) -> str:
-    return " ".join(study.argv) if study.argv else "the same covfuse sweep command"
+    return shlex.join(study.argv) if study.argv else "the same covfuse sweep command"
 
 
-def run_study(study: Study, *, task: int | None = None, overwrite: bool = False) -> dict[str, int]:
-    """Write study.json and train every run (or only run ``task``); returns counts per outcome.
+def prepare_study(study: Study, *, overwrite: bool = False, task: int | None = None,
+                  other: str = "choose another --name") -> tuple[Study, list[Action]]:
+    """The grown study and the action for each run this command touches; refuses (before anything is
+    written) when a run's settings changed without --overwrite."""
+    study = grown(study)
+    if task is not None and not 0 <= task < len(study.runs):
+        raise UserError(f"--task {task} is outside this study's runs 0..{len(study.runs) - 1}")
+    runs = [study.runs[task]] if task is not None else study.runs
+    actions = [assess(study, run, overwrite=overwrite) for run in runs]
+    error = refusal(study, actions, other)
+    if error is not None:
+        raise error
+    return study, actions
+
+
+def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
+              other: str = "choose another --name") -> dict[str, Any]:
+    """Grow study.json and train every run that needs it (or only run ``task``); returns counts per outcome
+    (trained, resumed, replaced, skipped, busy, failed) and ``busy_runs``.
 
     A run that fails does not stop the others (a study is hours of work): the failures are logged
-    and reported together at the end. An interrupt (Ctrl-C, SIGTERM) stops the study after the
-    current run saved its checkpoint; the same command continues it.
+    and reported together at the end. A run another process is training is skipped and listed.
+    An interrupt (Ctrl-C, SIGTERM) stops the study after the current run saved its checkpoint; the
+    same command continues it.
     """
     import logging
 
     from covfuse.errors import RunInterrupted
 
-    if task is not None and not 0 <= task < len(study.runs):
-        raise UserError(f"--task {task} is outside this study's runs 0..{len(study.runs) - 1}")
+    study, actions = prepare_study(study, overwrite=overwrite, task=task, other=other)
     if task is None or not (Path(study.study_dir) / STUDY_FILE).is_file():
-        write_study(study, overwrite=overwrite)
-    counts = {"trained": 0, "resumed": 0, "skipped": 0, "failed": 0}
+        write_study(study)
+    counts: dict[str, Any] = {"trained": 0, "resumed": 0, "replaced": 0, "skipped": 0, "busy": 0, "failed": 0}
+    busy: list[str] = []
     failed: list[tuple[Run, str]] = []
-    for run in ([study.runs[task]] if task is not None else study.runs):
+    for action in actions:
+        run = action.run
         try:
-            counts[run_one(study, run)] += 1
+            outcome = run_one(study, run, overwrite=overwrite)
+            counts[outcome] += 1
+            if outcome == "busy":
+                busy.append(str(Path(run.dir).relative_to(study.study_dir)))
         except RunInterrupted as exc:
             raise RunInterrupted(f"study {study.name} interrupted in {run.dir} (checkpoint saved); "
                                  f"continue it with: {again(study)}", exc.code) from None
@@ -382,9 +553,13 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False)
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             if not isinstance(exc, UserError):  # a bug, not a mistake: keep the traceback in the log
                 logging.getLogger("covfuse.studies").error("run %s failed: %s", run.dir, reason, exc_info=True)
-            say(f"[{run.index + 1}/{len(study.runs)}] {Path(run.dir).relative_to(study.study_dir)}: FAILED ({reason})")
+            say(f"{_where(study, run)}: FAILED ({reason})")
             failed.append((run, reason))
             counts["failed"] += 1
+    counts["busy_runs"] = busy
+    if busy:
+        say(f"{len(busy)} run(s) being trained by another process, not waited for: {', '.join(busy)}; "
+            f"`covfuse status {study.study_dir}` shows them")
     if failed:
         run, reason = failed[0]
         raise UserError(f"{len(failed)} run(s) of study {study.name} failed (first: {run.dir}: {reason}); "

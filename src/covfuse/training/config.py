@@ -34,6 +34,7 @@ class DataConfig:
         covariates_mode: Controls: real covariates, all zeros, all ones, or shuffled within each split (seeded).
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
         fold: Which fold is the validation fold when folds >= 2.
+        split_seed: Seed of the folds and, for a manifest without a split column, of the train/valid/test split (not the run seed, so seeds vary the training and not the samples).
         skip_corrupt: Leave out images that do not decode (counted, listed in the log and in skipped.txt) instead of stopping.
         categorical: Covariate columns to one-hot even if their values are numbers (others are inferred).
         classes: The target's class values in order (binary: [negative, positive]); None: sorted values (not needed for 0/1).
@@ -56,6 +57,7 @@ class DataConfig:
     covariates_mode: CovariatesMode = "real"
     folds: int = 0
     fold: int = 0
+    split_seed: int = 0
     skip_corrupt: bool = False
     # Volumes only (data.root is a manifest CSV; see docs/volumes.md).
     categorical: list[str] = field(default_factory=list)

@@ -297,7 +297,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         from covfuse.data.table import subject_folds, subject_split
 
         cfg = self.cfg
-        split_seed = getattr(cfg, "split_seed", 0)
+        split_seed = cfg.split_seed
         split = subject_split(table, split_seed)
         if cfg.folds == 0:
             out = {name: np.flatnonzero(split == k).astype(np.int64) for k, name in enumerate(SPLITS)}

@@ -1,5 +1,9 @@
 """One process per run folder: an advisory lock (``fcntl.flock``) on ``<run>/.lock``, held while a command uses the run.
 
+A study also claims each run before it starts it (:class:`Claim`, ``<cell>/.<run>.claim`` beside the
+run folder, so a new run's folder stays empty until training writes it): another process that
+meets a claimed run skips it, and ``covfuse status`` reads who holds it.
+
 The operating system drops the lock when the process ends, however it ends (SIGKILL included), so
 a stale lock never blocks the next ``--resume``. The file holds the owner's pid for the message.
 Where ``fcntl`` does not exist (Windows) runs are not locked.
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 from covfuse.errors import UserError
@@ -19,6 +24,73 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 LOCK_NAME = ".lock"
+
+
+class RunBusy(UserError):
+    """The run is locked by another process (``owner`` says which: pid, host, since)."""
+
+    def __init__(self, message: str, owner: str):
+        super().__init__(message)
+        self.owner = owner
+
+
+def _owner_line() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+
+
+def holder(path: str | os.PathLike) -> str | None:
+    """Who holds the lock file ``path`` (its owner line), or None when nobody does (or no fcntl)."""
+    path = Path(path)
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        return None
+    finally:
+        os.close(fd)
+
+
+class Claim:
+    """An exclusive claim on ``path`` for as long as it is held; RunBusy when another process holds it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+        if fcntl is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):  # `covfuse status` peeks with a shared lock for an instant: try again
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if attempt == 2:
+                    raise RunBusy(f"{self.path} is held by another covfuse process ({owner})", owner) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _owner_line().encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class RunLock:
@@ -35,10 +107,10 @@ class RunLock:
         except OSError:
             owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(f"{self.path.parent} is in use by another covfuse process ({owner}); wait for it to "
-                            "finish or stop it, or choose another --name") from None
+            raise RunBusy(f"{self.path.parent} is in use by another covfuse process ({owner}); wait for it to "
+                          "finish or stop it, or choose another --name", owner) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        os.pwrite(fd, _owner_line().encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

@@ -24,7 +24,8 @@ def _raw(x: float) -> str:
 
 
 def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict | None,
-                     where: Callable[[int], str], *, extrapolate: bool = False) -> None:
+                     where: Callable[[int], str], *, extrapolate: bool = False,
+                     marks: dict[int, list[str]] | None = None) -> None:
     """Refuse what the run cannot encode faithfully, naming the row (``where(i)``): a covariate column
     the manifest lacks, a word in a numeric column, a missing value where training had no missing
     indicator, and (unless ``extrapolate``) a value the training split never held: a level the
@@ -32,7 +33,8 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
 
     ``seen`` is the module's ``covariate_values``: per *encoded* feature, the training split's values
     or range. Numbers are compared after encoding (the same float32 arithmetic as the table it came
-    from) and shown in raw units.
+    from) and shown in raw units. With ``marks`` (a table: one bad row must not cost the others), a
+    value outside what training held is noted under its row index there instead of refused.
     """
     columns = [manifest.column(spec["name"]) for spec in encoder.specs]  # a missing column: the reader's line
     hint = "; the model would extrapolate (pass --extrapolate to predict anyway)"
@@ -45,7 +47,9 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
                                     f"{name}_missing indicator); give a value")
                 continue
             if spec["kind"] == "categorical":
-                if value not in spec["levels"] and not extrapolate:
+                if value not in spec["levels"] and marks is not None:
+                    marks.setdefault(i, []).append(f"{name}={value} (unseen level)")
+                elif value not in spec["levels"] and not extrapolate:
                     raise UserError(f"{where(i)}: {name}={value} was never seen in training, which had {name} in "
                                     f"{{{', '.join(spec['levels'])}}}; give one of those (or pass --extrapolate to "
                                     "predict with no level set, as `covfuse test` encodes an unseen level)")
@@ -63,9 +67,16 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
                 # The training table also holds 0 (the imputed mean) when the covariate has missing
                 # values; it is accepted (the encoder maps the mean there) but not listed as a choice.
                 listed = [v for v in info["values"] if not (spec["missing"] and v == 0.0)]
+                if marks is not None:
+                    marks.setdefault(i, []).append(f"{name}={value} (training had {'/'.join(_raw(raw(v)) for v in listed)})")
+                    continue
                 raise UserError(f"{where(i)}: {name}={value} was never seen in training, which had {name} in "
                                 f"{{{', '.join(_raw(raw(v)) for v in listed)}}}{hint}")
             if "min" in info and not info["min"] <= z <= info["max"]:
+                if marks is not None:
+                    marks.setdefault(i, []).append(f"{name}={value} (training range "
+                                                   f"{_raw(raw(info['min']))}..{_raw(raw(info['max']))})")
+                    continue
                 raise UserError(f"{where(i)}: {name}={value} lies outside the training range "
                                 f"[{_raw(raw(info['min']))}, {_raw(raw(info['max']))}]{hint}")
 

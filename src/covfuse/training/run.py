@@ -234,6 +234,7 @@ _NOISE = (
     "`Trainer.fit` stopped: `max_epochs",  # the normal end
     "GPU available:", "TPU available:", "HPU available:", "IPU available:",  # the hardware banner
     "`weights_only` was not set",  # our CheckpointIO always loads with weights_only=True
+    "Restoring states from the checkpoint path at", "Loaded model weights from the checkpoint at",  # every evaluation
 )
 
 
@@ -252,12 +253,14 @@ _NOISY_WARNINGS = (
     r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`",  # we drop the padded repeats
     r"torch.distributed.nn.functional.all_gather is deprecated",  # inside Lightning's all_gather
     r"You're resuming from a checkpoint that ended before the epoch ended",  # DDP resumes restart the epoch's order
+    r"The `srun` command is available on your system but is not used",  # a login node or a local run; array tasks use srun
 )
 
 
 def quiet_lightning() -> None:
     """Silence messages that say nothing about the run (idempotent)."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.trainer.connectors.checkpoint_connector"):  # its weights_only notice on save
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
