@@ -187,10 +187,10 @@ def without_module(name: str, then: Callable | None = None):
     return setup
 
 
-SWEEP = ["sweep", "--config", "sweep.yaml", "--name", "search", "--search", "optuna", "--trials", "2"]
+SEARCH = ["sweep", "--config", "sweep.yaml", "--name", "search", "--search", "optuna", "--trials", "2"]
 
 
-def SWEEP_CONFIG(work):  # noqa: N802 (a setup, named like the command list it goes with)
+def SEARCH_CONFIG(work):  # noqa: N802 (a setup, named like the command list it goes with)
     (work / "sweep.yaml").write_text(f"data:\n  root: {ROOT}\n  image_size: 16\n")
 
 
@@ -340,12 +340,12 @@ CASES = [
          "trainer.logger: unknown logger 'tensorbord' (did you mean 'tensorboard'?)"),
     Case("logger-missing", "a tracker whose package is not installed", [*FIT, "--trainer.logger", "mlflow"],
          "trainer.logger mlflow needs the mlflow package: pip install 'covfuse[mlflow]'", without_module("mlflow")),
-    Case("search-missing", "--search optuna without optuna installed", [*SWEEP, "--tune", "optim.lr=log:1e-4..1e-2"],
-         "--search optuna needs the optuna package: pip install 'covfuse[search]'", without_module("optuna", SWEEP_CONFIG)),
-    Case("search-space", "a range whose ends are the wrong way round", [*SWEEP, "--tune", "optim.lr=log:1e-2..0"],
-         "--tune optim.lr=log:1e-2..0: a range is LO..HI with numbers LO < HI", SWEEP_CONFIG),
-    Case("search-no-space", "--search optuna without a space", SWEEP,
-         "--search optuna needs a space: --tune KEY=V1,V2 | KEY=LO..HI | KEY=log:LO..HI", SWEEP_CONFIG),
+    Case("search-missing", "--search optuna without optuna installed", [*SEARCH, "--tune", "optim.lr=log:1e-4..1e-2"],
+         "--search optuna needs the optuna package: pip install 'covfuse[search]'", without_module("optuna", SEARCH_CONFIG)),
+    Case("search-space", "a range whose ends are the wrong way round", [*SEARCH, "--tune", "optim.lr=log:1e-2..0"],
+         "--tune optim.lr=log:1e-2..0: a range is LO..HI with numbers LO < HI", SEARCH_CONFIG),
+    Case("search-no-space", "--search optuna without a space", SEARCH,
+         "--search optuna needs a space: --tune KEY=V1,V2 | KEY=LO..HI | KEY=log:LO..HI", SEARCH_CONFIG),
 ]
 
 

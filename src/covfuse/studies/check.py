@@ -30,7 +30,7 @@ def check_study(study: Study, runs: Sequence[Run] | None = None) -> dict[str, in
     from covfuse.training import config as cfgmod
     from covfuse.training.run import (build_module, build_trainer, check_fill, check_hardware, check_name,
                                       resolve_hardware)
-    from covfuse.training.volume_datamodule import make_datamodule
+    from covfuse.training.datamodule import make_datamodule
 
     runs = list(study.runs if runs is None else runs)
     datas: dict[str, object] = {}
