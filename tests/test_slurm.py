@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from covfuse.cli.main import main as covfuse
@@ -130,7 +131,19 @@ def _predictions(run: Path) -> list[tuple[str, str, float]]:
         return [(r["id"], r["split"], float(r["probability"])) for r in csv.DictReader(f)]
 
 
-def test_a_study_as_a_job_array_with_a_requeued_task_equals_a_local_sweep(cluster, tmp_path_factory, monkeypatch):
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One torch thread in the array tasks (sbatch exports this environment) and in the local sweep, whatever
+    pytest-xdist set: float sums over another thread count differ in the last digits."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_study_as_a_job_array_with_a_requeued_task_equals_a_local_sweep(cluster, tmp_path_factory, monkeypatch,
+                                                                          one_thread):
     env, root = cluster
     twin = make_twin(tmp_path_factory, n=200) / "celeba"
     base = tmp_path_factory.mktemp("cfg") / "base.yaml"

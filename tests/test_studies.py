@@ -154,7 +154,8 @@ def test_report_rows_match_an_independent_computation_from_predictions(swept, ca
     study_dir, _ = swept
     capsys.readouterr()
     assert covfuse(["report", str(study_dir), "--format", "json", "--bootstrap", "200"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    report = json.loads(out)
     assert report["baseline"] == "fusion=image-only" and report["metric"] == "accuracy"
     keys = {"setting", "settings", "n_runs", "mean", "sd", "ci", "difference", "difference_ci", "p_value",
             "p_adjusted", "verdict"}
@@ -175,7 +176,7 @@ def test_report_rows_match_an_independent_computation_from_predictions(swept, ca
                  "figures/loss_curves.png"):
         assert (study_dir / name).is_file(), name
     assert (study_dir / "figures" / "forest.png").read_bytes()[:4] == b"\x89PNG"
-    assert "wrote report.md, report.json, report.csv, figures/forest.png" in capsys.readouterr().err
+    assert "wrote report.md, report.json, report.csv, figures/forest.png" in err
     # another metric is written beside the default report, not over it
     default = (study_dir / "report.json").read_text()
     assert covfuse(["report", str(study_dir), "--metric", "auroc", "--format", "json", "--bootstrap", "200"]) == 0

@@ -40,9 +40,9 @@ def main(args, overrides: list[str], task_argv: list[str], prog: str) -> int:
     if args.launcher == "slurm":
         if args.task is not None:
             raise UserError("--task is what each array task passes; do not combine it with --launcher slurm")
-        from covfuse.studies.sweep import write_study
+        from covfuse.studies.sweep import grown, write_study
 
-        write_study(study, overwrite=args.overwrite)
+        write_study(grown(study))
         options = slurm.SlurmOptions(partition=args.partition, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
                                      time=args.time, max_parallel=args.max_parallel, account=args.account)
         script = slurm.write_script(Path(study.study_dir), study.name, n_tasks, argv, options)

@@ -23,7 +23,7 @@ from typing import Any
 
 from covfuse.errors import RunInterrupted, UserError
 from covfuse.io import atomic_write_text
-from covfuse.studies.sweep import Run, Study, parse_run, run_one, say, write_study
+from covfuse.studies.sweep import Run, Study, grown, parse_run, run_one, say, write_study
 
 JOURNAL = "optuna.journal"
 SUMMARY = "search.json"
@@ -230,7 +230,7 @@ def run_search(study: Study, space_text: dict[str, list], trials: int, *, seed: 
         raise UserError(f"--task {task} is outside this search's tasks 0..{trials * len(study.cells) - 1} "
                         f"({len(study.cells)} cells x {trials} trials)")
     if task is None or not (root / "study.json").is_file():
-        write_study(study, overwrite=overwrite)
+        write_study(grown(study))  # a study grows; finished runs are never dropped
     if task is not None:  # array tasks start at once: each needs its own seed, or all would draw the same first
         # settings; trial k of every cell shares one, so the methods still see the same random start
         search_cell(study, list(study.cells)[task // trials], space, trials, seed * 1_000_003 + task % trials + 1,
