@@ -57,69 +57,74 @@ def holder(path: str | os.PathLike) -> str | None:
         os.close(fd)
 
 
-class Claim:
+class _Held(Exception):
+    """Another process holds the lock (``owner``: its owner line)."""
+
+    def __init__(self, owner: str):
+        self.owner = owner
+
+
+def _take(path: Path, attempts: int) -> int:
+    """An exclusive ``flock`` on ``path`` (created if missing), tried ``attempts`` times 0.2 s apart; returns the
+    open descriptor with this process's owner line written, or raises :class:`_Held`."""
+    for attempt in range(attempts):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if attempt == attempts - 1:
+                raise _Held(owner) from None
+            time.sleep(0.2)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, _owner_line().encode(), 0)
+    return fd
+
+
+class _Lock:
+    """Release and context-manager protocol of a lock held through ``self._fd``."""
+
+    _fd: int | None = None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Claim(_Lock):
     """An exclusive claim on ``path`` for as long as it is held; RunBusy when another process holds it."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._fd: int | None = None
+        self._fd = None
         if fcntl is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):  # `covfuse status` peeks with a shared lock for an instant: try again
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                if attempt == 2:
-                    raise RunBusy(f"{self.path} is held by another covfuse process ({owner})", owner) from None
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _owner_line().encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "Claim":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+        try:  # `covfuse status` peeks with a shared lock for an instant: try again
+            self._fd = _take(self.path, attempts=3)
+        except _Held as held:
+            raise RunBusy(f"{self.path} is held by another covfuse process ({held.owner})", held.owner) from None
 
 
-class RunLock:
+class RunLock(_Lock):
     """Take the lock of ``run_dir`` (which must exist) or raise a UserError naming the process holding it."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / LOCK_NAME
-        self._fd: int | None = None
+        self._fd = None
         if fcntl is None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunBusy(f"{self.path.parent} is in use by another covfuse process ({owner}); wait for it to "
-                          "finish or stop it, or choose another --name", owner) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _owner_line().encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+            self._fd = _take(self.path, attempts=1)
+        except _Held as held:
+            raise RunBusy(f"{self.path.parent} is in use by another covfuse process ({held.owner}); wait for it to "
+                          "finish or stop it, or choose another --name", held.owner) from None
