@@ -84,3 +84,12 @@ def write_handmade(root: Path, newline: str = "\r\n", spacing: str = "release", 
         for k, (f, *_) in enumerate(rows):
             Image.new("RGB", (20, 24), (10 * k, 100, 200)).save(root / "img_align_celeba" / f)
     return root
+
+
+# A study config small enough for the suite: one epoch of vgg-mini at 32 px (tests/test_studies*.py).
+TINY_STUDY = {
+    "data": {"covariates": ["Young", "Male"], "image_size": 32, "batch_size": 32, "cache": "off"},
+    "model": {"backbone": "vgg-mini"},
+    "trainer": {"max_epochs": 1, "summary": False, "progress": "none"},
+    "bootstrap": 50,
+}

@@ -21,14 +21,9 @@ from covfuse.errors import UserError
 from covfuse.studies.stats import holm
 from covfuse.studies.sweep import load_study, plan_study, setting_names, split_values
 from covfuse.training import config as cfgmod
+from data_fixtures import TINY_STUDY as TINY
 from data_fixtures import make_twin
 
-TINY = {
-    "data": {"covariates": ["Young", "Male"], "image_size": 32, "batch_size": 32, "cache": "off"},
-    "model": {"backbone": "vgg-mini"},
-    "trainer": {"max_epochs": 1, "summary": False, "progress": "none"},
-    "bootstrap": 50,
-}
 
 
 @pytest.fixture(scope="module")

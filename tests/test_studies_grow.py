@@ -16,14 +16,9 @@ import yaml
 from covfuse.cli.main import main as covfuse
 from covfuse.studies.sweep import claim_path, load_study
 from covfuse.training.lock import Claim
+from data_fixtures import TINY_STUDY as TINY
 from data_fixtures import make_twin
 
-TINY = {
-    "data": {"covariates": ["Young", "Male"], "image_size": 32, "batch_size": 32, "cache": "off"},
-    "model": {"backbone": "vgg-mini"},
-    "trainer": {"max_epochs": 1, "summary": False, "progress": "none"},
-    "bootstrap": 50,
-}
 
 
 @pytest.fixture(scope="module")
