@@ -49,9 +49,17 @@ READERS: list[tuple[str, Callable[[Path], bool], Callable[..., SampleTable]]] = 
 ]
 
 
+def _existing(root: str | Path) -> Path:
+    root = Path(check_root(root))
+    if not root.exists():
+        raise UserError(f"{root}: no such folder or file (data.root is a manifest CSV/TSV, a BIDS folder, or a CelebA "
+                        "folder holding list_attr_celeba.txt)")
+    return root
+
+
 def source_format(root: str | Path) -> str:
     """The reader's name for ``root``: manifest, bids or celeba."""
-    root = Path(root)
+    root = _existing(root)
     return next(name for name, accepts, _ in READERS if accepts(root))
 
 
@@ -65,7 +73,7 @@ def check_root(root: str | Path | None) -> str:
 
 def read_table(root: str | Path, **options) -> SampleTable:
     """The sample table of ``root`` (see the module docstring); any problem is one UserError line."""
-    root = Path(check_root(root))
+    root = _existing(root)
     for name, accepts, reader in READERS:
         if accepts(root):
             return reader(root, **options)
