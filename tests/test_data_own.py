@@ -22,8 +22,10 @@ from covfuse.errors import UserError
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
     base = tmp_path_factory.mktemp("own")
-    for fmt in ("celeba", "manifest"):
-        write_synth(base / fmt, n=160, seed=3, image_size=(44, 54), progress=False, format=fmt)
+    write_synth(base / "celeba", n=160, seed=3, image_size=(44, 54), progress=False)
+    # the manifest form as docs/data.md's command writes it
+    assert covfuse(["data", "synth", str(base / "manifest"), "--n", "160", "--seed", "3", "--image_size", "44x54",
+                    "--format", "manifest"]) == 0
     return base / "celeba", base / "manifest" / "manifest.csv"
 
 
