@@ -59,7 +59,7 @@ def test_layers_import_only_torch_from_third_parties():
 # What training code may use of covfuse.data: the format-blind table, the dataset/cache factory, the
 # reader dispatch, and the batch helpers. Every format lives in a reader or a decoder under data/.
 FORMAT_BLIND = {"covfuse.data", "covfuse.data.table", "covfuse.data.samples", "covfuse.data.readers", "covfuse.data.survival",
-                "covfuse.data.dataset", "covfuse.data.transforms"}
+                "covfuse.data.groups", "covfuse.data.dataset", "covfuse.data.transforms"}
 FORMAT_WORDS = ("celeba", "nifti", ".nii", "dicom", ".tif", "jpeg", ".jpg", "bids", "participants")  # input formats
 
 

@@ -175,6 +175,8 @@ def test_a_study_on_an_image_manifest_reports_subject_clustered_intervals(tmp_pa
     report = json.loads(capsys.readouterr().out)
     assert {row["setting"] for row in report["rows"]} == {"fusion=image-only", "fusion=film"}
     assert all(row["n_runs"] == 2 for row in report["rows"])
+    # subgroup gaps are over the table's columns (age bins, sex, site), not the one-hot / standardised features
+    assert all(set(row["gaps"]) == {"age", "sex", "site", "age&sex", "age&site", "sex&site"} for row in report["rows"])
     # Every run saw the same test subjects (splits from data.split_seed), grouped by subject.
     tests = []
     for pred in sorted(runs.glob("photos/*/s*/predictions.csv")):

@@ -138,7 +138,7 @@ def test_affine_recorder_sees_what_the_generator_predicts(fusion):
     with torch.no_grad(), recorder.recording():
         model(x, z)
     name = next(iter(recorder.layers))
-    fresh = recorder.summaries(["z"], z.numpy())[name]
+    fresh = recorder.summaries({"z": z[:, 0].numpy()})[name]
     assert fresh["values"]["z=1"]["scale"]["mean"] == pytest.approx(1.0) and fresh["values"]["z=0"]["shift"]["sd"] == 0
     torch.nn.init.normal_([m for m in gen.modules() if isinstance(m, torch.nn.Linear)][-1].weight)
     seen = {}
@@ -150,20 +150,24 @@ def test_affine_recorder_sees_what_the_generator_predicts(fusion):
     scale, shift = recorder.samples(name)
     np.testing.assert_allclose(scale, 1 + seen["out"].chunk(2, 1)[0].numpy(), rtol=1e-6)
     np.testing.assert_allclose(shift, seen["out"].chunk(2, 1)[1].numpy(), rtol=1e-6)
-    d = recorder.summaries(["z"], z.numpy())[name]["difference"]["z"]
+    d = recorder.summaries({"z": z[:, 0].numpy()})[name]["difference"]["z"]
     ones = z[:, 0].numpy() == 1
     assert d["scale"] == pytest.approx(np.abs(scale[ones].mean(0) - scale[~ones].mean(0)).mean(), rel=1e-6)
 
 
 def test_plan_flips_binary_and_shifts_continuous_covariates():
-    train = np.array([[0, 1.0, 3.0], [1, 1.0, 5.0], [1, 0.0, 7.0]], dtype=np.float32)
-    plan = plan_changes(["a", "b", "c"], train)
-    rows = np.array([[0, 1, 4.0], [1, 0, 6.0]], dtype=np.float32)
+    from covfuse.data.table import CovariateEncoder
+
+    enc = CovariateEncoder([{"name": "a", "kind": "binary", "mean": 0.5, "missing": False},
+                            {"name": "c", "kind": "numeric", "mean": 5.0, "std": 2.0, "missing": False}])
+    plan = plan_changes(enc)
+    rows = np.array([[0, 1.5], [1, -0.5]], dtype=np.float32)  # c is standardised: 8 and 4 in its units
     assert plan["a"][0].apply(rows)[:, 0].tolist() == [1, 0]
-    assert plan["b"][0].apply(rows)[:, 1].tolist() == [0, 1]
-    sd = float(np.std(train[:, 2]))
-    np.testing.assert_allclose([e.apply(rows)[:, 2] for e in plan["c"]], [[4 + sd, 6 + sd], [4 - sd, 6 - sd]], rtol=1e-6)
-    assert rows.tolist() == [[0, 1, 4.0], [1, 0, 6.0]]  # the input is not edited in place
+    # one training SD: +-1 in feature units, +-2 in the covariate's own
+    assert [e.apply(rows)[:, 1].tolist() for e in plan["c"]] == [[2.5, 0.5], [0.5, -1.5]]
+    assert [e.after("8") for e in plan["c"]] == ["10", "6"] and plan["a"][0].after("1") == "0"
+    assert [e.label for e in plan["c"]] == ["c +2 (+1 SD)", "c -2 (-1 SD)"]
+    assert rows.tolist() == [[0, 1.5], [1, -0.5]]  # the input is not edited in place
 
 
 def test_box_share_counts_pixel_centres_and_boxes_follow_the_crop():
@@ -225,16 +229,3 @@ def test_sigterm_mid_explain_exits_143_and_leaves_no_half_written_folder(runs, c
     assert capsys.readouterr().err.strip().splitlines()[-1] == "covfuse explain: terminated (SIGTERM)"
     assert not target.exists() and not any(p.name.startswith(".killed.tmp-") for p in out.parent.iterdir())
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
-
-
-def test_layer_figure_groups_match_one_hot_and_standardised_values():
-    # volume runs: one-hot features are named "sex=F", standardised values print with 6 digits
-    from covfuse.studies.explain.figures import value_groups
-
-    names = ["age", "sex=F", "APOE4"]
-    rows = np.array([[0.1, 1.0, -0.77665431], [0.2, 0.0, 2.2492411], [0.3, 1.0, -0.77665431]], dtype=np.float32)
-    keys = [f"{n}={v:g}" for k, n in enumerate(names[1:], start=1) for v in np.unique(rows[:, k])]
-    groups = dict(value_groups(keys, rows, names))
-    assert groups["sex=F=1"].tolist() == [True, False, True] and groups["sex=F=0"].tolist() == [False, True, False]
-    assert groups["APOE4=-0.776654"].tolist() == [True, False, True]
-    assert groups["APOE4=2.24924"].tolist() == [False, True, False]

@@ -244,6 +244,15 @@ class CovariateEncoder:
                 out.append(f"{s['name']}_missing")
         return out
 
+    def layout(self) -> list[tuple[dict[str, Any], list[int], int | None]]:
+        """Per covariate: (its spec, its value columns in the feature matrix, its missing-indicator column or None)."""
+        out, at = [], 0
+        for s in self.specs:
+            width = len(s["levels"]) if s["kind"] == "categorical" else 1
+            out.append((s, list(range(at, at + width)), at + width if s["missing"] else None))
+            at += width + bool(s["missing"])
+        return out
+
     def transform(self, table: SampleTable, rows: np.ndarray | None = None) -> np.ndarray:
         """float32 (len(rows), F): standardised numbers, 0/1 indicators, one-hot levels (an unseen level:
         all zero), missing indicators."""

@@ -315,6 +315,18 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
                 raise UserError(f"{where}: the {name} split is empty; every split needs subjects")
         return out
 
+    def covariate_groups(self, rows: np.ndarray) -> dict:
+        """{covariate: its subgroups (covfuse.data.groups.Grouping)} for table ``rows``, in the table's units."""
+        from covfuse.data.groups import covariate_groups
+
+        return covariate_groups(self.encoder, self.table, rows, self.indices["train"])
+
+    def covariate_values(self, rows: np.ndarray) -> dict[str, list[str]]:
+        """{covariate: its value per row as the table has it ("" where missing)}."""
+        from covfuse.data.groups import covariate_values
+
+        return covariate_values(self.encoder, self.table, rows)
+
     def target_stats(self) -> dict[str, float]:
         """Mean and sd of the training split's target (regression standardises with them)."""
         y = self.labels[self.indices["train"]].astype(np.float64)

@@ -19,6 +19,8 @@ import numpy as np
 from scipy.stats import rankdata
 from scipy.stats import t as t_dist
 
+from covfuse.data.groups import MAX_GROUP_VALUES, Grouping, as_groupings, group_key  # noqa: F401 (MAX_GROUP_VALUES: re-exported)
+
 SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")
 """The scores reported for every split of a binary run, each with a ``<name>_ci`` interval."""
 
@@ -61,8 +63,6 @@ def check_metric(metric: str, task: str = "binary") -> str:
         raise UserError(f"unknown metric {metric!r} for a {task} run{suggest(metric, names)}; choose one of {', '.join(names)}")
     return metric
 
-MAX_GROUP_VALUES = 10
-"""Covariates with more distinct values than this are not split into subgroups (continuous ones)."""
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -288,10 +288,6 @@ def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _format_value(value: float) -> str:
-    return f"{float(value):g}"
-
-
 SUBGROUP_STATS = {"binary": ("accuracy", "tpr", "fpr"), "multiclass": ("accuracy", "balanced_accuracy"),
                   "regression": ("mae", "rmse"), "survival": ("c_index",)}
 """Per-subgroup statistics of each task; the first gets a CI, and each gets a gap across subgroups."""
@@ -300,7 +296,7 @@ SUBGROUP_STATS = {"binary": ("accuracy", "tpr", "fpr"), "multiclass": ("accuracy
 def group_table(
     labels: np.ndarray,
     probs: np.ndarray,
-    covariates: Mapping[str, np.ndarray],
+    covariates: Mapping[str, Grouping | np.ndarray],
     *,
     clusters: np.ndarray | None = None,
     pairs: bool = True,
@@ -310,7 +306,11 @@ def group_table(
     task: str = "binary",
     num_classes: int | None = None,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Per-subgroup metrics for every value of every covariate, and of every pair of covariates.
+    """Per-subgroup metrics for every group of every covariate, and of every pair of covariates.
+
+    ``covariates`` maps a name to its :class:`~covfuse.data.groups.Grouping` (groups in the data's
+    units: :func:`covfuse.data.groups.covariate_groups`) or to plain values, grouped one group per
+    value (an array with more than MAX_GROUP_VALUES values is left out).
 
     Returns ``(groups, gaps)``. ``groups`` maps ``"Male=1"`` or ``"Male=1&Young=0"`` to the group's
     ``count`` and :data:`SUBGROUP_STATS` of the task, the first with a ``<name>_ci`` (resampling
@@ -322,22 +322,18 @@ def group_table(
     y = np.asarray(labels) if task != "binary" else np.asarray(labels).astype(bool)
     p = np.asarray(probs, dtype=np.float64)
     stats = SUBGROUP_STATS[task]
-    discrete = {
-        name: np.asarray(values, dtype=np.float64)
-        for name, values in covariates.items()
-        if len(np.unique(values)) <= MAX_GROUP_VALUES
-    }
+    discrete = as_groupings(covariates)
     keys: list[tuple[str, ...]] = [(name,) for name in discrete]
     if pairs:
         keys += list(itertools.combinations(discrete, 2))
     groups: dict[str, dict] = {}
     gaps: dict[str, dict] = {}
     for key in keys:
-        columns = np.stack([discrete[name] for name in key], axis=1)
+        columns = np.stack([discrete[name].codes for name in key], axis=1)
         members: list[dict] = []
         for combo in np.unique(columns, axis=0):
             mask = (columns == combo).all(axis=1)
-            label = "&".join(f"{name}={_format_value(v)}" for name, v in zip(key, combo))
+            label = "&".join(group_key(name, discrete[name].labels[c]) for name, c in zip(key, combo))
             s = {k: float(v[0]) for k, v in task_scores(task, y[mask], p[mask], threshold=threshold,
                                                          num_classes=num_classes).items()}
             entry: dict = {"count": int(mask.sum())}

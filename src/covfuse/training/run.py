@@ -510,7 +510,7 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
             ys = ([f"{y[0]:.12g}", int(y[1])] if task == "survival" else
                   [f"{y:.6g}" if task == "regression" else int(y)])
             writer.writerow([name, group, split, *ys, *cell, *(f"{v:g}" for v in covs)])
-        subgroups = {name: real[:, k] for k, name in enumerate(data.covariate_names)}
+        subgroups = data.covariate_groups(index)  # in the table's units: age bins, levels, "missing"
         loss = None if task in ("regression", "survival") else log_loss(label, value)
         metrics[split] = split_metrics(label, value, subgroups, loss=loss,
                                        clusters=clusters if config.bootstrap_unit == "group" else None,

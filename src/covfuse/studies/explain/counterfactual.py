@@ -1,7 +1,12 @@
 """Counterfactual covariates: score every sample again with one covariate changed, the rest held fixed.
 
-Binary covariates (two distinct values) are swapped; continuous ones move by plus and minus one
-standard deviation (of the training split). Per covariate we report the mean absolute change of
+Edits are planned per covariate of the user's table, from the run's fitted encoder
+(:class:`covfuse.data.table.CovariateEncoder`), and named in the table's units: a 0/1 covariate
+is flipped (``Male: 0 <-> 1``); a number moves by plus and minus one training-split standard
+deviation, printed in its own units (``age +10.1 years (+1 SD)``); a categorical covariate with two
+levels swaps them (``sex: F <-> M``), one with more levels is set to each other level in turn
+(``site -> B``). A sample whose value is missing (or a level unseen in training) is left out of its
+covariate's edits: there is no value to change. Per covariate we report the mean absolute change of
 P(target) and the share of decisions (threshold 0.5) that flip, overall and per subgroup, each with
 an interval that resamples groups of samples (people), never single images
 (:func:`covfuse.studies.stats.cluster_bootstrap_mean`).
@@ -14,56 +19,104 @@ import numpy as np
 import torch
 
 from covfuse.studies.stats import cluster_bootstrap_mean
-from covfuse.training.metrics import MAX_GROUP_VALUES
 
 
 @dataclass(frozen=True)
 class Change:
-    """One counterfactual edit of covariate ``index``: ``kind`` "flip" (lo <-> hi) or "shift" (+ ``amount``)."""
+    """One counterfactual edit of covariate ``name``, which occupies feature ``columns`` (and ``indicator``).
+
+    ``kind``: "flip" (a 0/1 value, lo <-> hi), "shift" (+ ``amount`` feature units, ``step`` in the
+    table's units), "swap" (the two one-hot columns of a two-level category exchanged) or "level"
+    (set to the one-hot level ``columns[target]``). ``label`` says it in the table's units.
+    """
 
     name: str
-    index: int
     kind: str
+    columns: tuple[int, ...]
+    label: str
+    column: str
+    indicator: int | None = None
     lo: float = 0.0
     hi: float = 1.0
     amount: float = 0.0
+    target: int = 0
+    step: float = 0.0
+    levels: tuple[str, ...] = ()
+
+    def after(self, value: str) -> str:
+        """The counterfactual of a value as the table spells it ("" for a missing value stays "")."""
+        if value == "":
+            return ""
+        if self.kind == "flip":
+            return "1" if float(value) == self.lo else "0"
+        if self.kind == "shift":
+            return f"{float(value) + self.step:.4g}"
+        if self.kind == "swap":
+            return self.levels[1] if value == self.levels[0] else self.levels[0]
+        return self.levels[self.target]
 
     @property
-    def label(self) -> str:
-        if self.kind == "flip":
-            return f"{self.name}: {self.lo:g} <-> {self.hi:g}"
-        return f"{self.name} {'+' if self.amount >= 0 else '-'}1 SD ({self.amount:+.3g})"
+    def index(self) -> int:
+        """The covariate's (first) feature column."""
+        return self.columns[0]
 
-    @property
-    def column(self) -> str:
-        """Its column in counterfactuals.csv: ``probability_<name>`` (flip) or ``probability_<name>+1sd`` / ``-1sd``."""
+    def applies(self, rows: np.ndarray) -> np.ndarray:
+        """Which samples the edit changes: their value is known (and, for "level", not already that level)."""
+        rows = np.asarray(rows)
+        known = np.ones(len(rows), dtype=bool) if self.indicator is None else rows[:, self.indicator] == 0
         if self.kind == "flip":
-            return f"probability_{self.name}"
-        return f"probability_{self.name}{'+' if self.amount >= 0 else '-'}1sd"
+            return known & np.isin(rows[:, self.index], (self.lo, self.hi))
+        if self.kind in ("swap", "level"):
+            onehot = rows[:, list(self.columns)]
+            known &= onehot.sum(1) == 1  # a training level (an unseen level is all zero)
+            if self.kind == "level":
+                known &= onehot[:, self.target] != 1
+        return known
 
     def apply(self, rows: np.ndarray) -> np.ndarray:
-        """A copy of ``rows`` (n, K) with this covariate changed."""
+        """A copy of ``rows`` (n, F) with this covariate changed where :meth:`applies`, unchanged elsewhere."""
         out = np.array(rows, dtype=np.float32, copy=True)
+        on = self.applies(out)
         col = out[:, self.index]
         if self.kind == "flip":
-            out[:, self.index] = np.where(col == self.lo, self.hi, self.lo)
+            out[on, self.index] = np.where(col == self.lo, self.hi, self.lo)[on]
+        elif self.kind == "shift":
+            out[on, self.index] = col[on] + self.amount
+        elif self.kind == "swap":
+            a, b = self.columns
+            out[np.ix_(on, [a, b])] = out[np.ix_(on, [b, a])]
         else:
-            out[:, self.index] = col + self.amount
+            cols = list(self.columns)
+            out[np.ix_(on, cols)] = np.eye(len(cols), dtype=np.float32)[self.target]
         return out
 
 
-def plan_changes(names: list[str], train_rows: np.ndarray) -> dict[str, list[Change]]:
-    """{covariate: its counterfactual edits}: a flip for two-valued covariates, +-1 SD otherwise."""
+def _unit(units: dict[str, str], name: str) -> str:
+    unit = units.get(name, "")
+    return f" {unit}" if unit else ""
+
+
+def plan_changes(encoder, units: dict[str, str] | None = None) -> dict[str, list[Change]]:
+    """{covariate: its counterfactual edits}, from the run's fitted encoder; ``units`` (e.g. BIDS
+    ``participants.json``) name each number's unit in the labels. A category with one training level has none."""
+    units = units or {}
     plan: dict[str, list[Change]] = {}
-    for k, name in enumerate(names):
-        values = np.unique(train_rows[:, k])
-        if len(values) == 2 or (len(values) == 1 and values[0] in (0.0, 1.0)):
-            # two values, or a 0/1 covariate constant in training (its other value is still 0/1)
-            lo, hi = (float(values[0]), float(values[-1])) if len(values) == 2 else (0.0, 1.0)
-            plan[name] = [Change(name, k, "flip", lo, hi)]
-        else:
-            sd = float(np.std(train_rows[:, k]))
-            plan[name] = [Change(name, k, "shift", amount=sd), Change(name, k, "shift", amount=-sd)]
+    for spec, columns, indicator in encoder.layout():
+        name = spec["name"]
+        if spec["kind"] == "binary":
+            plan[name] = [Change(name, "flip", tuple(columns), f"{name}: 0 <-> 1", f"probability_{name}", indicator)]
+        elif spec["kind"] == "numeric":
+            plan[name] = [Change(name, "shift", tuple(columns), f"{name} {sign}{spec['std']:.3g}{_unit(units, name)} "
+                                 f"({sign}1 SD)", f"probability_{name}{sign}1sd", indicator, amount=amount,
+                                 step=amount * spec["std"])
+                          for sign, amount in (("+", 1.0), ("-", -1.0))]  # features are in training SDs
+        elif len(spec["levels"]) == 2:
+            a, b = spec["levels"]
+            plan[name] = [Change(name, "swap", tuple(columns), f"{name}: {a} <-> {b}", f"probability_{name}", indicator,
+                                 levels=(a, b))]
+        elif len(spec["levels"]) > 2:
+            plan[name] = [Change(name, "level", tuple(columns), f"{name} -> {level}", f"probability_{name}={level}",
+                                 indicator, target=k, levels=tuple(spec["levels"])) for k, level in enumerate(spec["levels"])]
     return plan
 
 
@@ -82,21 +135,34 @@ def _within(stat: dict, lo: float = 0.0, hi: float = 1.0) -> dict:
     return stat
 
 
-def summarise(real: np.ndarray, changed: list[np.ndarray], groups: np.ndarray, *, threshold: float = 0.5,
-              n_boot: int = 2000, seed: int = 0) -> dict:
+def pooled(real: np.ndarray, changed: list[np.ndarray], applies: list[np.ndarray], groups: np.ndarray,
+           threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(change of P, decision flipped, group) over every (sample, edit) pair the edit applies to."""
+    delta = np.concatenate([(c - real)[m] for c, m in zip(changed, applies)])
+    flips = np.concatenate([((c >= threshold) != (real >= threshold))[m] for c, m in zip(changed, applies)])
+    return delta, flips.astype(np.float64), np.concatenate([groups[m] for m in applies])
+
+
+def summarise(real: np.ndarray, changed: list[np.ndarray], groups: np.ndarray, applies: list[np.ndarray] | None = None,
+              *, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean absolute change, mean signed change and decision flip rate, with group-resampled CIs.
 
-    ``changed`` holds one probability array per edit (two for +-1 SD); they are pooled, each sample
-    contributing once per edit, and the sample's group repeated.
+    ``changed`` holds one probability array per edit (two for +-1 SD, one per other level of a
+    category); ``applies`` one mask per edit (default: every sample). They are pooled, each sample
+    contributing once per edit that applies to it, with its group repeated. ``count`` is the number
+    of samples with at least one edit.
     """
-    delta = np.concatenate([c - real for c in changed])
-    flips = np.concatenate([(c >= threshold) != (real >= threshold) for c in changed]).astype(np.float64)
-    g = np.concatenate([groups] * len(changed))
+    applies = applies if applies is not None else [np.ones(len(real), dtype=bool)] * len(changed)
+    delta, flips, g = pooled(real, changed, applies, groups, threshold)
+    count = int(np.logical_or.reduce(applies).sum()) if applies else 0
+    if len(delta) == 0:
+        return {"count": 0, "clusters": 0, "mean_abs_change": None, "mean_abs_change_ci": [None, None],
+                "decision_flip_rate": None, "ci": [None, None], "mean_change": None, "mean_change_ci": [None, None]}
     mac = _within(cluster_bootstrap_mean(np.abs(delta), g, n_boot=n_boot, seed=seed))
     flip = _within(cluster_bootstrap_mean(flips, g, n_boot=n_boot, seed=seed))
     signed = cluster_bootstrap_mean(delta, g, n_boot=n_boot, seed=seed)
     return {
-        "count": int(len(real)),
+        "count": count,
         "clusters": mac["clusters"],
         "mean_abs_change": mac["estimate"],
         "mean_abs_change_ci": mac["ci"],
@@ -105,15 +171,3 @@ def summarise(real: np.ndarray, changed: list[np.ndarray], groups: np.ndarray, *
         "mean_change": signed["estimate"],
         "mean_change_ci": signed["ci"],
     }
-
-
-def subgroups(names: list[str], rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """{"Young=1": mask, ...} for each value of every covariate with few values, plus ``extra`` masks."""
-    out: dict[str, np.ndarray] = {}
-    for k, name in enumerate(names):
-        values = np.unique(rows[:, k])
-        if len(values) <= MAX_GROUP_VALUES:
-            for v in values:
-                out[f"{name}={v:g}"] = rows[:, k] == v
-    out.update(extra or {})
-    return out

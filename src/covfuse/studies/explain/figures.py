@@ -30,20 +30,20 @@ def plot_changes(path: Path, scored, plan, masks: dict, truth) -> str:
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.4), squeeze=False)
     bins = np.linspace(-1, 1, 41)
     for ax, name in zip(axes[0], names):
-        delta = np.concatenate([c - scored.prob for c in scored.changed[name]])
-        reps = len(scored.changed[name])
+        delta, flips, _ = scored.pooled(name)
+        flips = flips.astype(bool)
         if truth is not None:
             for key, colour in (("cues_disagree", "#d62728"), ("cues_agree", "#1f77b4")):
-                m = np.concatenate([masks[key]] * reps)
+                m = np.concatenate([masks[key][on] for on in scored.applies[name]])
                 ax.hist(delta[m], bins=bins, alpha=0.6, color=colour, label=key.replace("_", " "))
         else:
-            flips = np.concatenate([(c >= 0.5) != (scored.prob >= 0.5) for c in scored.changed[name]])
             ax.hist(delta[~flips], bins=bins, alpha=0.7, color="#1f77b4", label="decision kept")
             ax.hist(delta[flips], bins=bins, alpha=0.7, color="#d62728", label="decision flipped")
         ax.axvline(0, color="k", lw=0.8)
-        flip_rate = np.mean(np.concatenate([(c >= 0.5) != (scored.prob >= 0.5) for c in scored.changed[name]]))
-        ax.set_title(f"{' / '.join(e.label for e in plan[name])}\nmean |change| {np.abs(delta).mean():.3f}, "
-                     f"flips {flip_rate:.1%}", fontsize=9)
+        edits = plan[name]
+        what = " / ".join(e.label for e in edits) if len(edits) <= 2 else f"{name} set to each other level"
+        ax.set_title(f"{what}\nmean |change| {np.abs(delta).mean() if len(delta) else 0:.3f}, "
+                     f"flips {flips.mean() if len(flips) else 0:.1%}", fontsize=9)
         ax.set_xlabel("P(counterfactual) - P(real)")
         ax.set_ylabel("samples")
         ax.legend(fontsize=8)
@@ -52,7 +52,7 @@ def plot_changes(path: Path, scored, plan, masks: dict, truth) -> str:
     return _rel(path)
 
 
-def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str], rows: np.ndarray) -> str | None:
+def plot_layer(path: Path, lname: str, summary: dict, recorder, masks: dict[str, np.ndarray]) -> str | None:
     """A small plot per conditioning layer: per-channel relative kernel norms, or scale/shift per covariate value."""
     plt = _plt()
     kind = summary["kind"]
@@ -73,8 +73,7 @@ def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str]
         ax.set_title(f"{lname}: {'concatenation' if kind == 'concat' else 'MLP-concat'} head", fontsize=9)
     else:
         scale, shift = recorder.samples(lname)
-        # keys are "<feature>=<value>", and one-hot features carry their own "=" ("sex=F=1")
-        groups = value_groups(summary["values"], rows, names)
+        groups = [(key, masks[key]) for key in summary["values"] if key in masks]  # subgroups in the table's units
         if not groups:
             return None
         fig, axes = plt.subplots(1, 2, figsize=(8, 3))
@@ -85,17 +84,6 @@ def plot_layer(path: Path, lname: str, summary: dict, recorder, names: list[str]
     fig.tight_layout()
     save_figure(fig, path)
     return _rel(path)
-
-
-def value_groups(keys, rows: np.ndarray, names: list[str]) -> list[tuple[str, np.ndarray]]:
-    """(key, row mask) for keys ``"<feature>=<value>"`` as the recorder writes them. One-hot features
-    carry their own "=" ("sex=F=1"), and values are printed with 6 significant digits (standardised
-    ones are not round), so the key splits at its last "=" and values match with a tolerance."""
-    out = []
-    for key in keys:
-        feature, value = key.rsplit("=", 1)
-        out.append((key, np.isclose(rows[:, names.index(feature)], float(value), rtol=1e-5, atol=1e-6)))
-    return out
 
 
 def middle_slice(maps: np.ndarray) -> np.ndarray:
@@ -129,11 +117,12 @@ def _boxes(ax, boxes: dict | None, i: int) -> None:
                                edgecolor=CUE_COLOURS.get(cue, "w")))
 
 
-def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_maps: dict, cf_maps: dict,
-              boxes: dict | None) -> str:
+def plot_maps(path: Path, name: str, change, images, shown_values: list[tuple[str, str]], p_real, p_cf,
+              real_maps: dict, cf_maps: dict, boxes: dict | None) -> str:
     """Rows: examples. Columns: the image, then per method the map with the real covariates, with the
     counterfactual, and their difference (counterfactual - real; red = more attribution). Volumes
-    show their middle slice."""
+    show their middle slice. ``shown_values``: per example, the covariate's value and its counterfactual
+    as the table spells them."""
     plt = _plt()
     shown = to_display(images)
     real_maps = {m: middle_slice(v) for m, v in real_maps.items()}
@@ -142,7 +131,6 @@ def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_ma
     n = len(images)
     cols = 1 + 3 * len(methods)
     fig, axes = plt.subplots(n, cols, figsize=(1.45 * cols, 1.5 * n + 0.9), squeeze=False)
-    k = change.index
     titles = ["image"]
     for m in methods:
         titles += [f"{m}\nreal {name}", f"{m}\nflipped {name}" if change.kind == "flip" else f"{m}\n{change.label}",
@@ -152,8 +140,8 @@ def plot_maps(path: Path, name: str, change, images, rows, p_real, p_cf, real_ma
         ax = axes[i, 0]
         ax.imshow(shown[i])
         _boxes(ax, boxes, i)
-        new = change.apply(rows[i : i + 1])[0, k]
-        ax.set_ylabel(f"{name} {rows[i, k]:.3g}→{new:.3g}\nP {p_real[i]:.2f}→{p_cf[i]:.2f}", fontsize=7.5,
+        before, after = shown_values[i]
+        ax.set_ylabel(f"{name} {before}→{after}\nP {p_real[i]:.2f}→{p_cf[i]:.2f}", fontsize=7.5,
                       color="#d62728" if (p_real[i] >= 0.5) != (p_cf[i] >= 0.5) else "k")
         for j, m in enumerate(methods):
             a, b = real_maps[m][i], cf_maps[m][i]

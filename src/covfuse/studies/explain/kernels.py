@@ -157,10 +157,14 @@ class AffineRecorder:
             for h in handles:
                 h.remove()
 
-    def summaries(self, names: list[str], rows: np.ndarray) -> dict[str, dict]:
-        """Per layer: mean / SD / 5-95% range of scale and shift for each value of each few-valued covariate."""
-        from covfuse.training.metrics import MAX_GROUP_VALUES
+    def summaries(self, groupings: dict) -> dict[str, dict]:
+        """Per layer: mean / SD / 5-95% range of scale and shift in each subgroup of every covariate
+        (``groupings``: covariate -> :class:`covfuse.data.groups.Grouping` of the recorded samples, or
+        plain values grouped one group per value), and for a covariate with two known values the
+        mean |difference| between them."""
+        from covfuse.data.groups import MISSING, as_groupings
 
+        groupings = as_groupings(groupings)
         out = {}
         for layer, parts in self.scale.items():
             if not parts:
@@ -169,20 +173,17 @@ class AffineRecorder:
             kind = CONDITIONING_KINDS[type(self.layers[layer])]
             entry: dict = {"kind": kind, "channels": int(scale.shape[1]), "quantities": list(QUANTITIES[kind]),
                            "values": {}, "difference": {}}
-            for k, cov in enumerate(names):
-                values = np.unique(rows[:, k])
-                if len(values) > MAX_GROUP_VALUES:
-                    continue
+            for cov, grouping in groupings.items():
                 means = {}
-                for v in values:
-                    mask = rows[:, k] == v
-                    entry["values"][f"{cov}={v:g}"] = {
-                        key: {"mean": float(a[mask].mean()), "sd": float(a[mask].std()),
-                              "p5": float(np.quantile(a[mask], 0.05)), "p95": float(np.quantile(a[mask], 0.95))}
-                        for key, a in (("scale", scale), ("shift", shift))}
-                    means[v] = (scale[mask].mean(0), shift[mask].mean(0))
-                if len(values) == 2:
-                    (s0, b0), (s1, b1) = means[values[0]], means[values[1]]
+                for key, mask in grouping.masks(cov).items():
+                    entry["values"][key] = {
+                        q: {"mean": float(a[mask].mean()), "sd": float(a[mask].std()),
+                            "p5": float(np.quantile(a[mask], 0.05)), "p95": float(np.quantile(a[mask], 0.95))}
+                        for q, a in (("scale", scale), ("shift", shift))}
+                    if not key.endswith(f"={MISSING}"):
+                        means[key] = (scale[mask].mean(0), shift[mask].mean(0))
+                if len(means) == 2:
+                    (s0, b0), (s1, b1) = means.values()
                     entry["difference"][cov] = {"scale": float(np.abs(s1 - s0).mean()), "shift": float(np.abs(b1 - b0).mean())}
             out[layer] = entry
         return out

@@ -19,12 +19,13 @@ def _change(entry: dict) -> str:
 
 
 def markdown(r: dict) -> str:
+    people = r["resampled"].split()[0]  # identities (CelebA) or subjects (a manifest)
     lines = [
         f"# What the covariates change: {r['run']}",
         "",
-        f"Split `{r['split']}`: {r['count']} samples from {r['clusters']} identities; target {r['target']}, "
+        f"Split `{r['split']}`: {r['count']} samples from {r['clusters']} {people}; target {r['target']}, "
         f"fusion `{r['fusion']}`, accuracy {r['accuracy']:.3f} with the real covariates. 95% intervals come "
-        f"from {r['n_boot']} bootstrap resamples of whole {r['resampled'].split()[0]}, never of single images "
+        f"from {r['n_boot']} bootstrap resamples of whole {people}, never of single images "
         "(bootstrap standard error, t with G − 1 degrees of freedom; covfuse.studies.stats).",
     ]
     if r["covariates_mode"] != "real":
@@ -34,9 +35,12 @@ def markdown(r: dict) -> str:
         "",
         "## Counterfactual covariates",
         "",
-        "Every sample is scored again with one covariate changed (binary: flipped; continuous: plus and minus "
-        "one training-split standard deviation), the others held fixed. *Change*: mean |P(counterfactual) − "
-        "P(real)|; *flips*: share of decisions (P ≥ 0.5) that change.",
+        "Every sample is scored again with one covariate changed (0/1: flipped; a number: plus and minus "
+        "one training-split standard deviation, shown in the data's units; a category: swapped to the other "
+        "level, or set to each other level in turn), the others held fixed. A sample whose value is missing is "
+        "left out of that covariate's edits. *Change*: mean |P(counterfactual) − P(real)|; *flips*: share of "
+        "decisions (P ≥ 0.5) that change. Subgroups are the covariates' values as the data has them (numbers "
+        "with many values in training-split tertiles; `=missing`: no value).",
         "",
         "| covariate | counterfactual | mean abs change | decision flips | mean signed change |",
         "|---|---|---|---|---|",
@@ -49,7 +53,7 @@ def markdown(r: dict) -> str:
         lines += [f"This is a synthetic twin (`{t['effect']}`): {t['rule']}. "
                   f"`cues_disagree`: {t['groups']['cues_disagree']}; `cues_agree`: {t['groups']['cues_agree']}.", ""]
     for name, e in r["covariates"].items():
-        lines += [f"**{name}**", "", "| subgroup | samples | identities | mean abs change | decision flips |", "|---|---|---|---|---|"]
+        lines += [f"**{name}**", "", f"| subgroup | samples | {people} | mean abs change | decision flips |", "|---|---|---|---|---|"]
         for g, s in e["groups"].items():
             lines.append(f"| {g} | {s['count']} | {s['clusters']} | {_change(s)} | {_rate(s)} |")
         lines.append("")

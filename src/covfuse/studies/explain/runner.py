@@ -41,6 +41,11 @@ class Scored:
     groups: np.ndarray  # identity per sample: what intervals resample
     prob: np.ndarray  # P(target) with the real covariates
     changed: dict[str, list[np.ndarray]] = field(default_factory=dict)  # covariate -> P per edit
+    applies: dict[str, list[np.ndarray]] = field(default_factory=dict)  # covariate -> per edit, the samples it edits
+
+    def pooled(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(change of P, decision flipped, group) over the (sample, edit) pairs of covariate ``name``."""
+        return cf.pooled(self.prob, self.changed[name], self.applies[name], self.groups)
 
 
 def finite(value):
@@ -118,35 +123,37 @@ def score_split(module, data, split: str, plan: dict[str, list[cf.Change]], devi
                 for k, change in enumerate(edits):
                     changed[name][k].append(cf.score(forward, batch["image"], model_covariates(module, change.apply(real)), device))
     index = np.concatenate(parts["index"])
+    real = data.covariates_real[index]
     return Scored(
-        index=index, real_rows=data.covariates_real[index], labels=data.labels[index].astype(np.int64),
+        index=index, real_rows=real, labels=data.labels[index].astype(np.int64),
         groups=np.asarray(data.groups(index)), prob=np.concatenate(parts["prob"]),
         changed={name: [np.concatenate(p) for p in per] for name, per in changed.items()},
+        applies={name: [e.applies(real) for e in edits] for name, edits in plan.items()},
     )
 
 
-def counterfactual_table(scored: Scored, plan: dict[str, list[cf.Change]], names: list[str], ids: list[str],
-                         split: str) -> str:
-    """counterfactuals.csv: per sample its id, group, label, P with the real covariates and with each edit."""
+def counterfactual_table(scored: Scored, plan: dict[str, list[cf.Change]], values: dict[str, list[str]],
+                         ids: list[str], split: str) -> str:
+    """counterfactuals.csv: per sample its id, group, label, its covariates as the table has them, P with the
+    real covariates and with each edit (empty where the edit does not apply: a missing value)."""
     import csv
     import io
 
-    edits = [e for per in plan.values() for e in per]
+    edits = [(e, scored.changed[name][k], scored.applies[name][k]) for name, per in plan.items() for k, e in enumerate(per)]
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["id", "split", "group", "label", "probability", *names, *(e.column for e in edits)])
-    changed = [scored.changed[e.name][plan[e.name].index(e)] for e in edits]
+    writer.writerow(["id", "split", "group", "label", "probability", *values, *(e.column for e, _, _ in edits)])
     for i in range(len(scored.index)):
         writer.writerow([ids[i], split, scored.groups[i], int(scored.labels[i]), f"{scored.prob[i]:.6f}",
-                         *(f"{v:g}" for v in scored.real_rows[i]), *(f"{c[i]:.6f}" for c in changed)])
+                         *(v[i] for v in values.values()), *(f"{c[i]:.6f}" if on[i] else "" for _, c, on in edits)])
     return table.getvalue()
 
 
 def pick_examples(scored: Scored, name: str, count: int, seed: int) -> np.ndarray:
     """Positions of ``count`` samples for the maps: half whose decision the edit flips, half it does not."""
-    first = scored.changed[name][0]
-    flipped = np.flatnonzero((first >= 0.5) != (scored.prob >= 0.5))
-    kept = np.flatnonzero((first >= 0.5) == (scored.prob >= 0.5))
+    first, on = scored.changed[name][0], scored.applies[name][0]
+    flipped = np.flatnonzero(on & ((first >= 0.5) != (scored.prob >= 0.5)))
+    kept = np.flatnonzero(on & ((first >= 0.5) == (scored.prob >= 0.5)))
     rng = np.random.default_rng(seed)
     take_f = min(len(flipped), (count + 1) // 2)
     take_k = min(len(kept), count - take_f)
@@ -178,8 +185,8 @@ def _maps(module, layer, images: torch.Tensor, rows: np.ndarray, device, n_steps
 
 
 def _attribution(module, data, split: str, scored: Scored, plan: dict[str, list[cf.Change]], truth, layer_name,
-                 uses_image: bool, tmp: Path, figs: dict, *, examples: int, mass_images: int, n_steps: int, n_boot: int,
-                 seed: int, device) -> dict:
+                 uses_image: bool, tmp: Path, figs: dict, values: dict[str, list[str]], *, examples: int,
+                 mass_images: int, n_steps: int, n_boot: int, seed: int, device) -> dict:
     """Attribution grids per covariate and, on a twin, the cue-box shares; figures go into ``tmp/figures``."""
     attribution: dict = {"layer": layer_name, "methods": list(attr.METHODS), "steps": n_steps}
     if layer_name is None:
@@ -199,8 +206,9 @@ def _attribution(module, data, split: str, scored: Scored, plan: dict[str, list[
             cf_maps = _maps(module, target_layer, images, edits[0].apply(rows), device, n_steps)
             boxes = truth.input_boxes(scored.index[pos]) if truth is not None else None
             rel = f"figures/maps_{name}.png"
-            figures.plot_maps(tmp / rel, name, edits[0], images, rows, scored.prob[pos], scored.changed[name][0][pos],
-                              real_maps, cf_maps, boxes)
+            shown = values[name]
+            figures.plot_maps(tmp / rel, name, edits[0], images, [(shown[p], edits[0].after(shown[p])) for p in pos],
+                              scored.prob[pos], scored.changed[name][0][pos], real_maps, cf_maps, boxes)
             attribution["examples"][name] = {"figure": rel, "images": data.filenames(scored.index[pos])}
         if truth is not None and mass_images > 0:
             rng = np.random.default_rng(seed)
@@ -239,8 +247,8 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
     names = list(module.hparams.covariates)
     celeba = hasattr(data.meta, "attrs")  # volumes have a manifest instead
     if by and not celeba:
-        raise UserError("--by names CelebA attributes; this run's data is a volume manifest (its covariates are "
-                        "grouped already)")
+        raise UserError("--by names CelebA attributes; this run's data is a manifest, whose covariates are grouped "
+                        "by their values already (drop --by)")
     by_cols = {data.meta.canonical(b): data.meta.attrs[:, data.meta.column(b)] for b in by}
     device = _device(accelerator)
     module.to(device).eval()
@@ -256,8 +264,7 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
                             f"convolutions: {', '.join(convs[-6:])}")
     truth = twin.load_twin(data.meta, module.hparams.preset, module.hparams.image_size) if celeba else None
 
-    train_rows = data.covariates_real[data.indices["train"]]
-    plan = cf.plan_changes(names, train_rows)
+    plan = cf.plan_changes(data.encoder, getattr(data.table, "units", {}))
     recorder = AffineRecorder(network)
     scored = score_split(module, data, split, plan, device, recorder if recorder.layers else None, progress)
     log.info("scored %d %s samples (%d groups) with real and counterfactual covariates", len(scored.prob), split,
@@ -266,19 +273,25 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
     extra = {f"{b}={v}": col[scored.index] == v for b, col in by_cols.items() for v in (0, 1)}
     if truth is not None:
         extra.update(truth.groups(scored.index))
-    masks = cf.subgroups(names, scored.real_rows, extra)
+    groupings = data.covariate_groups(scored.index)  # in the table's units: levels, age bins, "missing"
+    values = data.covariate_values(scored.index)
+    masks = {key: m for name, g in groupings.items() for key, m in g.masks(name).items()}
+    masks.update(extra)
+    kinds = {"flip": "binary", "shift": "continuous", "swap": "categorical", "level": "categorical"}
     covariates: dict[str, dict] = {}
     for name, edits in plan.items():
-        entry = {"kind": "binary" if edits[0].kind == "flip" else "continuous",
-                 "counterfactual": " and ".join(e.label for e in edits),
-                 **cf.summarise(scored.prob, scored.changed[name], scored.groups, n_boot=n_boot, seed=seed)}
-        entry["groups"] = {g: cf.summarise(scored.prob[m], [c[m] for c in scored.changed[name]], scored.groups[m],
-                                           n_boot=n_boot, seed=seed)
-                           for g, m in masks.items() if m.any()}
+        changed, applies = scored.changed[name], scored.applies[name]
+        entry = {"kind": kinds[edits[0].kind],
+                 "counterfactual": " and ".join(e.label for e in edits) if len(edits) <= 2
+                 else f"{name} set to each other level in turn ({', '.join(e.levels[e.target] for e in edits)})",
+                 **cf.summarise(scored.prob, changed, scored.groups, applies, n_boot=n_boot, seed=seed)}
+        entry["groups"] = {g: cf.summarise(scored.prob[m], [c[m] for c in changed], scored.groups[m],
+                                           [a[m] for a in applies], n_boot=n_boot, seed=seed)
+                           for g, m in masks.items() if any((a & m).any() for a in applies)}
         covariates[name] = entry
 
     layers = weight_summaries(network, names)
-    layers.update(recorder.summaries(names, scored.real_rows))
+    layers.update(recorder.summaries(groupings))
 
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -287,18 +300,18 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
         figs: dict[str, str] = {}
         figs["changes"] = figures.plot_changes(tmp / "figures" / "changes.png", scored, plan, masks, truth)
         for lname, summary in layers.items():
-            path = figures.plot_layer(tmp / "figures" / f"layer_{lname}.png", lname, summary, recorder, names,
-                                      scored.real_rows)
+            path = figures.plot_layer(tmp / "figures" / f"layer_{lname}.png", lname, summary, recorder, masks)
             if path:
                 summary["figure"] = path
         attribution = _attribution(module, data, split, scored, plan, truth, layer_name, uses_image, tmp, figs,
-                                   examples=examples, mass_images=mass_images, n_steps=n_steps, n_boot=n_boot,
+                                   values, examples=examples, mass_images=mass_images, n_steps=n_steps, n_boot=n_boot,
                                    seed=seed, device=device)
         result = {
             "run": str(run_dir), "checkpoint": ckpt, "split": split, "count": int(len(scored.prob)),
             "clusters": int(len(np.unique(scored.groups))),
             "resampled": "identities (identity_CelebA.txt)" if celeba else "subjects (the manifest's subject column)",
-            "volume_slices": None if celeba else "maps show the middle slice along the first spatial axis",
+            "volume_slices": "maps show the middle slice along the first spatial axis" if data.table.kind == "volume"
+            else None,
             "n_boot": n_boot, "seed": seed, "threshold": 0.5,
             "target": module.hparams.target, "fusion": module.hparams.model.get("fusion"),
             "covariates_mode": module.hparams.get("covariates_mode", "real"),
@@ -307,7 +320,8 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
             "twin": truth.describe() if truth is not None else None,
             "figures": figs, "seconds": round(time.monotonic() - start, 1),
         }
-        atomic_write_text(tmp / "counterfactuals.csv", counterfactual_table(scored, plan, names, data.filenames(scored.index), split))
+        atomic_write_text(tmp / "counterfactuals.csv",
+                          counterfactual_table(scored, plan, values, data.filenames(scored.index), split))
         result = finite(result)
         atomic_write_text(tmp / "explain.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
         atomic_write_text(tmp / "explain.md", report.markdown(result))
