@@ -124,3 +124,40 @@ def test_cache_command(twin, capsys, tmp_path):
     (read_celeba(twin).image_dir / "000007.jpg").write_bytes(b"not a jpeg")
     assert cli(["data", "cache", str(twin), "--size", "16"]) == 2
     assert "000007.jpg: cannot decode the image" in capsys.readouterr().err
+
+
+def test_two_builders_at_once_decode_every_chunk_once(twin, monkeypatch):
+    """Two runs starting together on a new folder: one builds under the cache's lock, the other waits and reads it."""
+    import threading
+    import time
+
+    meta = read_celeba(twin)
+    real_fill = cache_mod._fill_chunk
+    calls: list[int] = []
+
+    def slow_fill(*args):
+        calls.append(args[2])
+        time.sleep(0.05)  # long enough for the second builder to arrive mid-build
+        return real_fill(*args)
+
+    monkeypatch.setattr(cache_mod, "_fill_chunk", slow_fill)
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(build_cache(meta, 16, chunk=25, workers=0, progress=False))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 2
+    assert sorted(calls) == list(range(0, len(meta), 25))  # each chunk decoded once, not once per builder
+    decoded = torch.stack([load_image(meta.image_dir / f, 16) for f in meta.filenames])
+    for cache in results:
+        assert torch.equal(cache.get_batch(np.arange(len(meta))), decoded)
+    assert not list(results[0].path.parent.glob("*.partial"))

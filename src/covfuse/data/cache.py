@@ -222,13 +222,13 @@ def build_cache(
     images up to the available CPUs, so small folders run in-process; 0 or 1: in this process).
     An existing valid cache is returned as is unless ``rebuild``.
     """
-    from tqdm import tqdm
-
     size, preset = check_size(size), check_preset(preset)
     meta = as_table(meta)
     existing = None if rebuild else open_cache(meta, size, preset, cache_dir)
     if existing is not None:
         return existing
+    from filelock import FileLock
+
     desc = _description(meta, size, preset)
     data, info_path = cache_paths(meta, size, preset, cache_dir, desc["dtype"])
     made_folder = not data.parent.exists()
@@ -236,6 +236,20 @@ def build_cache(
         data.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{data.parent}: cannot create the cache folder ({exc.strerror}); pass --cache-dir DIR") from None
+    # Two processes (two runs of a study, two SLURM tasks, `data cache` beside a fit) may want the
+    # same cache at once: one builds it, the other waits for the lock and then finds it built.
+    with FileLock(str(data.with_name(data.name + ".lock"))):
+        existing = None if rebuild else open_cache(meta, size, preset, cache_dir)
+        if existing is not None:
+            return existing
+        return _build(meta, size, preset, desc, data, info_path, made_folder, workers, chunk, progress)
+
+
+def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path, made_folder: bool,
+           workers: int | None, chunk: int, progress: bool) -> ImageCache:
+    """The build itself, under the cache's lock: resume ``.partial`` chunks, decode the rest, rename."""
+    from tqdm import tqdm
+
     partial = data.with_name(data.name + ".partial")
     marker = data.with_name(data.stem + ".progress.json")
     shape, n = tuple(desc["shape"]), len(meta)

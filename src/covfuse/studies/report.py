@@ -430,7 +430,11 @@ def plot_loss_curves(study: Study, out: Path) -> Path:
     ax.set_ylabel("loss")
     ax.set_title("first run of each cell", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
+    else:  # runs without a metrics.csv (trainer.logger without csv, or copied without it)
+        ax.text(0.5, 0.5, "no metrics.csv in these runs: no loss curves", ha="center", va="center",
+                transform=ax.transAxes)
     fig.tight_layout()
     return save_figure(fig, out)
 
