@@ -240,10 +240,12 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
     if examples < 0 or mass_images < 0 or n_boot < 1 or n_steps < 1:
         raise UserError("--examples and --mass-images must be >= 0, --n-boot and --steps >= 1")
     start = time.monotonic()
-    run_dir, module, data = load(run, runs_dir, ckpt, root, split)
-    out_dir = Path(out) if out else run_dir / "explain"
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+    from covfuse.training.run import find_run
+
+    out_dir = Path(out) if out else find_run(str(run), runs_dir) / "explain"
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:  # before any loading
         raise UserError(f"{out_dir} already exists; pass --overwrite to replace it or --out to write elsewhere")
+    run_dir, module, data = load(run, runs_dir, ckpt, root, split)
     names = list(module.hparams.covariates)
     celeba = hasattr(data.meta, "attrs")  # volumes have a manifest instead
     if by and not celeba:
