@@ -137,7 +137,7 @@ def test_explain_json_speaks_in_the_tables_units(explained):
     keys = set(cov["age"]["groups"])
     apoe = {f"APOE4={r[7] or 'missing'}" for r in test_rows}
     assert apoe <= keys and {"sex=F", "sex=M"} <= keys and {f"site={s}" for s in SITES} <= keys
-    assert not any("=-" in k or k.count("=") > 1 for k in keys)
+    assert not any(k.count("=") > 1 for k in keys)  # no one-hot feature ("sex=F=1")
     # the missing-APOE4 group holds exactly the rows without a genotype (and a known age: age's edits)
     missing = [r for r in test_rows if not r[7]]
     assert missing and cov["age"]["groups"]["APOE4=missing"]["count"] == sum(1 for r in missing if r[4])
@@ -161,12 +161,12 @@ def test_run_metrics_group_by_the_tables_values(explained):
     metrics = json.loads((runs / "r" / "metrics.json").read_text())["test"]
     predictions = {p["id"]: p for p in _read(runs / "r" / "predictions.csv") if p["split"] == "test"}
     test_rows = [r for r in rows if r[2] == "test"]
-    # age bins: tertiles of the training ages, edges rounded to 3 significant digits
-    e1, e2 = (float(f"{q:.3g}") for q in np.quantile(_train_ages(rows), [1 / 3, 2 / 3]))
+    # age bins: tertiles of the (whole-year) training ages, rounded up to whole years
+    e1, e2 = (int(np.ceil(q)) for q in np.quantile(_train_ages(rows), [1 / 3, 2 / 3]))
     expected: dict[str, list[str]] = {}
     for r in test_rows:
-        age = "age=missing" if not r[4] else f"age<{e1:g}" if float(r[4]) < e1 else \
-            f"age={e1:g}-{e2:g}" if float(r[4]) < e2 else f"age>={e2:g}"
+        age = "age=missing" if not r[4] else f"age<{e1}" if float(r[4]) < e1 else \
+            f"age=[{e1}, {e2})" if float(r[4]) < e2 else f"age>={e2}"
         for key in (age, f"sex={r[5]}", f"site={r[6]}", f"APOE4={r[7] or 'missing'}"):
             expected.setdefault(key, []).append(r[1])
     singles = {k: v for k, v in metrics["groups"].items() if "&" not in k}
@@ -216,3 +216,79 @@ def test_groups_and_edits_on_a_hand_made_table(tmp_path):
     assert to_leg.apply(x)[:, cols].tolist() == [[0, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 0], [0, 0, 1]]
     assert to_leg.applies(x).tolist() == [True, False, True, True, False, False]  # "knee" was never trained on
     assert x.tolist() == enc.transform(table).tolist()  # nothing edited in place
+
+
+@pytest.mark.parametrize("train,edges", [
+    (np.arange(1000, 1011), [1004, 1007]),                  # integers: whole-number edges
+    (np.arange(2001, 2021), [2008, 2014]),                  # years: three bins, not two
+    (np.linspace(55.0, 90.0, 40), [67, 78]),                # two significant digits of the range (35): whole units
+    (np.linspace(0.0, 1.0, 40), [0.3, 0.7]),                # a range of 1: tenths
+    (np.r_[np.zeros(70), np.linspace(0.5, 9.5, 30)], [0.5]),  # mostly 0: "x<0.5" is "x = 0"
+])
+def test_bin_edges(train, edges):
+    from covfuse.data.groups import _edges
+
+    assert _edges(np.asarray(train, dtype=float)) == pytest.approx(edges)
+
+
+def test_groups_are_decided_on_the_training_split_and_labels_stay_exact():
+    from covfuse.data.groups import _binned, _by_value, _levels
+
+    from covfuse.data.table import SampleTable
+
+    n = 16
+    table = SampleTable(path=__import__("pathlib").Path("t.csv"), header=["subject", "path", "score", "batch", "site"],
+                        columns={"score": [str(v) for v in [*range(1, 10), 10, 11, 12, 13, 14, 15, 16]],
+                                 "batch": ["20190101", "20190102"] * 8, "site": ["missing", "", "a", "b"] * 4},
+                        files=[f"{i}.png" for i in range(n)], subjects=np.arange(n).astype(str),
+                        split=np.full(n, -1, dtype=np.int8), line=np.arange(2, n + 2), kind="image")
+    train = np.arange(9)  # scores 1..9: few values, so grouped by value in every split
+    enc = CovariateEncoder.fit(table, ["score", "batch", "site"], train, categorical=["site"])
+    valid = covariate_groups(enc, table, np.arange(9, 12), train)["score"]
+    test = covariate_groups(enc, table, np.arange(12, 16), train)["score"]
+    assert valid.kind == test.kind == "values" and test.values() == ["13", "14", "15", "16"]
+    assert set(covariate_groups(enc, table, np.arange(n), train)["batch"].labels) == {"20190101", "20190102"}
+    site = covariate_groups(enc, table, np.arange(n), train)["site"]
+    # a level called "missing" and an empty cell stay two groups
+    assert site.values()[:4] == ["missing", "(missing)", "a", "b"]
+    assert _by_value(np.array([0.5, np.nan]), np.array([0.5])).labels == ("0.5", "missing")
+    neg = _binned(np.array([-3.0, -0.5, 2.0]), np.linspace(-3, 3, 30))
+    assert neg.masks("z") .keys() == {"z<-1", "z=[-1, 1)", "z>=1"}
+    assert _levels(["<5", ">=5"], ["<5", ">=5"]).masks("dose").keys() == {"dose=<5", "dose=>=5"}  # levels keep "="
+
+
+def test_covariates_with_nothing_to_change_are_reported_not_crashed(tmp_path):
+    """A number constant in training, a category with one training level, a column empty in the whole test
+    split and a category whose test samples all sit at its first level: explain says so and goes on."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    header = ["subject", "path", "split", "y", "age", "const", "one", "gone", "site"]
+    rows = []
+    for s in range(30):
+        split = "train" if s < 20 else "valid" if s < 25 else "test"
+        for k in range(2):
+            y = int(rng.integers(0, 2))
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3)).astype(np.uint8)).save(tmp_path / f"img/{s}_{k}.png")
+            rows.append([f"S{s}", f"img/{s}_{k}.png", split, str(y), str(20 + s), "5" if split == "train" else "7",
+                         "a" if split == "train" else "b", "" if split == "test" else str(s % 4 / 3),
+                         "arm" if split == "test" else SITES[s % 3]])
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([header, *rows])
+    runs = tmp_path / "runs"
+    assert covfuse(["fit", "--data.root", str(tmp_path / "m.csv"), "--data.target", "y", "--data.covariates",
+                    "[age,const,one,gone,site]", "--data.image_size", "16", "--model.backbone", "vgg-mini",
+                    "--model.fusion", "hybrid", "--model.hybrid_layers", "last", "--trainer.max_epochs", "1",
+                    "--bootstrap", "10", "--trainer.summary", "false", "--trainer.progress_every", "0",
+                    "--runs_dir", str(runs), "--name", "r"]) == 0
+    assert covfuse(["explain", "r", "--runs_dir", str(runs), "--n-boot", "10", "--examples", "2", "--steps", "2",
+                    "--accelerator", "cpu"]) == 0
+    result = json.loads((runs / "r" / "explain" / "explain.json").read_text())
+    assert set(result["not_changed"]) == {"const", "one"} and set(result["covariates"]) == {"age", "gone", "site"}
+    assert result["covariates"]["gone"]["count"] == 0 and result["covariates"]["gone"]["mean_abs_change"] is None
+    assert "skipped" in result["attribution"]["examples"]["gone"]
+    # every test sample is at "arm": the maps move them to another site, not to "arm"
+    table = _read(runs / "r" / "explain" / "counterfactuals.csv")
+    assert all(t["probability_site=arm"] == "" and t["probability_site=head"] != "" for t in table)
+    assert result["attribution"]["examples"]["site"]["figure"] == "figures/maps_site.png"

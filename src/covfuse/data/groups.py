@@ -6,10 +6,10 @@ numbers, one-hot levels, missing indicators). Those make bad groups: a standardi
 splits a category into "is F" / "is not F". Groups here come from the table's own values instead,
 one grouping per covariate:
 
-* a 0/1 or few-valued number (at most :data:`MAX_GROUP_VALUES` distinct values): one group per
-  value, named as the number (``APOE4=2``);
-* a continuous number: :data:`CONTINUOUS_BINS` bins at the training split's quantiles, edges
-  rounded to 3 significant digits (``age<66.7``, ``age=66.7-78.3``, ``age>=78.3``);
+* a 0/1 or few-valued number (at most :data:`MAX_GROUP_VALUES` distinct values in the training
+  split): one group per value, named as the number (``APOE4=2``);
+* a continuous number: :data:`CONTINUOUS_BINS` bins at the training split's tertiles, edges
+  rounded (``age<67``, ``age=[67, 78)``, ``age>=78``; :func:`_edges`);
 * a categorical column: one group per level as the table spells it (``sex=F``);
 * a missing value: its own group, ``<name>=missing``.
 """
@@ -21,91 +21,128 @@ from typing import Mapping, Sequence
 import numpy as np
 
 MAX_GROUP_VALUES = 10
-"""Numbers with more distinct values than this are continuous: grouped in quantile bins."""
+"""Numbers with more distinct training values than this are continuous: grouped in quantile bins."""
 CONTINUOUS_BINS = 3
 """Bins of a continuous covariate (tertiles of the training split)."""
 MISSING = "missing"
 
 
-def group_key(name: str, label: str) -> str:
-    """``age<66.7`` for a bin below or above an edge, else ``name=label`` (``sex=F``, ``APOE4=missing``)."""
-    return f"{name}{label}" if label[:1] in "<>" else f"{name}={label}"
+def format_number(value: float, digits: int | None = None) -> str:
+    """A number as a person writes it: no exponent (20190101, not 2.01902e+07), no trailing zeros;
+    the shortest exact form, or ``digits`` significant digits."""
+    if digits is None:
+        return np.format_float_positional(float(value), trim="-")
+    return np.format_float_positional(float(value), precision=digits, unique=True, fractional=False, trim="-")
 
 
 @dataclass(frozen=True)
 class Grouping:
-    """One covariate's groups: ``labels`` in display order and, per sample, ``codes`` (an index into ``labels``)."""
+    """One covariate's groups: ``labels`` in display order and, per sample, ``codes`` (an index into ``labels``).
+
+    ``kind``: "values" (one group per number), "levels" (one per category) or "bins" (ranges of a
+    continuous number, labelled ``<a``, ``[a, b)``, ``>=b``). ``missing``: the label of the
+    missing group, if there is one.
+    """
 
     labels: tuple[str, ...]
     codes: np.ndarray
+    kind: str = "values"
+    missing: str | None = None
+
+    def key(self, name: str, code: int) -> str:
+        """``age<67`` / ``age>=78`` for the open bins, else ``name=label`` (``sex=F``, ``age=[67, 78)``)."""
+        label = self.labels[code]
+        open_bin = self.kind == "bins" and label != self.missing and label[:1] in "<>"
+        return f"{name}{label}" if open_bin else f"{name}={label}"
 
     def masks(self, name: str) -> dict[str, np.ndarray]:
-        """{``group_key(name, label)``: row mask} for every group with at least one sample, in label order."""
-        return {group_key(name, label): self.codes == k for k, label in enumerate(self.labels) if (self.codes == k).any()}
+        """{key: row mask} for every group with at least one sample, in label order."""
+        return {self.key(name, k): self.codes == k for k in range(len(self.labels)) if (self.codes == k).any()}
 
     def values(self) -> list[str]:
         """Each sample's group label."""
         return [self.labels[c] for c in self.codes]
 
+    @property
+    def two_valued(self) -> bool:
+        """Exactly two known values or levels (a 0/1 covariate, a two-level category): a difference is defined."""
+        return self.kind != "bins" and len([label for label in self.labels if label != self.missing]) == 2
 
-def _number(value: float) -> str:
-    return f"{float(value):g}"
 
-
-def _by_value(values: np.ndarray, order: np.ndarray | None = None) -> Grouping:
-    """One group per distinct finite value of ``values`` (sorted numerically), plus ``missing`` for NaN."""
+def _by_value(values: np.ndarray, distinct: np.ndarray) -> Grouping:
+    """One group per value of ``distinct`` (sorted, holding every finite value of ``values``), plus ``missing`` for NaN."""
     known = np.isfinite(values)
-    distinct = np.unique(values[known]) if order is None else order
-    labels = [_number(v) for v in distinct]
+    labels = [format_number(v) for v in distinct]
     codes = np.searchsorted(distinct, np.where(known, values, distinct[0] if len(distinct) else 0.0))
+    missing = None
     if not known.all():
-        codes = np.where(known, codes, len(labels))
+        codes, missing = np.where(known, codes, len(labels)), MISSING
         labels.append(MISSING)
-    return Grouping(tuple(labels), codes.astype(np.int64))
+    return Grouping(tuple(labels), codes.astype(np.int64), "values", missing)
 
 
 def value_grouping(values: np.ndarray) -> Grouping | None:
     """Groups of a plain numeric array: one per value, or None for a continuous one (more than MAX_GROUP_VALUES values)."""
     values = np.asarray(values, dtype=np.float64)
-    if len(np.unique(values[np.isfinite(values)])) > MAX_GROUP_VALUES:
-        return None
-    return _by_value(values)
+    distinct = np.unique(values[np.isfinite(values)])
+    return None if len(distinct) > MAX_GROUP_VALUES else _by_value(values, distinct)
 
 
 def _edges(train: np.ndarray) -> list[float]:
-    """Bin edges at the training values' quantiles, rounded to 3 significant digits, strictly inside their range."""
+    """Bin edges at the training values' tertiles, strictly above their minimum.
+
+    Integers get integer edges (``v < 67`` is ``v <= 66``); other numbers are rounded to two
+    significant digits of their range (whole units for a range of 10-99, hundredths for 0.1-0.99). Where rounding or
+    ties merge the edges, the unrounded ones are used; where every tertile falls on the minimum (a
+    number that is mostly 0), the one edge is the next value above it: ``x<next`` is ``x = min``.
+    """
     quantiles = np.quantile(train, np.arange(1, CONTINUOUS_BINS) / CONTINUOUS_BINS)
-    edges = sorted({float(f"{q:.3g}") for q in quantiles})
-    return [e for e in edges if train.min() < e <= train.max()] or [float(np.median(train))]
+    lo, hi = float(train.min()), float(train.max())
+    if np.all(train == np.round(train)):
+        rounded = np.ceil(quantiles)
+    else:
+        decimals = 1 - int(np.floor(np.log10(hi - lo)))
+        rounded = np.round(quantiles, decimals)
+    for candidate in (rounded, quantiles):
+        edges = sorted({float(e) for e in candidate if lo < e <= hi})
+        if len(edges) == CONTINUOUS_BINS - 1:
+            return edges
+    above = train[train > lo]
+    return edges or [float(above.min())]
 
 
 def _binned(values: np.ndarray, train: np.ndarray) -> Grouping:
     edges = _edges(train)
-    labels = [f"<{_number(edges[0])}"]
-    labels += [f"{_number(a)}-{_number(b)}" for a, b in zip(edges[:-1], edges[1:])]
-    labels.append(f">={_number(edges[-1])}")
+    shown = [format_number(e) for e in edges]
+    labels = [f"<{shown[0]}", *(f"[{a}, {b})" for a, b in zip(shown[:-1], shown[1:])), f">={shown[-1]}"]
     known = np.isfinite(values)
     codes = np.searchsorted(np.asarray(edges), np.where(known, values, 0.0), side="right")
+    missing = None
     if not known.all():
-        codes = np.where(known, codes, len(labels))
+        codes, missing = np.where(known, codes, len(labels)), MISSING
         labels.append(MISSING)
-    return Grouping(tuple(labels), codes.astype(np.int64))
+    return Grouping(tuple(labels), codes.astype(np.int64), "bins", missing)
 
 
 def _levels(raw: Sequence[str], levels: Sequence[str]) -> Grouping:
-    """A categorical column: the training levels in their order, levels only seen outside training after them."""
+    """A categorical column: the training levels in their order, levels only seen outside training after them;
+    the missing group is "missing", or "(missing)" where a level is literally called "missing"."""
     from covfuse.data.table import is_missing
 
     known = [str(v) for v in raw if not is_missing(v)]
     labels = list(levels) + sorted(set(known) - set(levels))
+    missing = None
     if any(is_missing(v) for v in raw):
-        labels.append(MISSING)
+        missing = MISSING if MISSING not in labels else f"({MISSING})"
+        labels.append(missing)
     index = {label: k for k, label in enumerate(labels)}
-    return Grouping(tuple(labels), np.asarray([index[MISSING if is_missing(v) else str(v)] for v in raw], dtype=np.int64))
+    codes = [index[missing] if is_missing(v) else index[str(v)] for v in raw]
+    return Grouping(tuple(labels), np.asarray(codes, dtype=np.int64), "levels", missing)
 
 
 def covariate_groups(encoder, table, rows: np.ndarray, train_rows: np.ndarray) -> dict[str, Grouping]:
-    """{covariate: its groups for the samples at table ``rows``}, bins and levels from ``train_rows``."""
+    """{covariate: its groups for the samples at table ``rows``}. Whether a number is grouped by value or
+    in bins, and the bins' edges, come from the training rows alone, so every split and fold groups alike."""
     from covfuse.data.table import _strings, numeric_values
 
     rows = np.asarray(rows, dtype=np.int64)
@@ -119,8 +156,8 @@ def covariate_groups(encoder, table, rows: np.ndarray, train_rows: np.ndarray) -
         train = values[np.asarray(train_rows, dtype=np.int64)]
         train = train[np.isfinite(train)]
         present = values[rows]
-        distinct = np.unique(np.concatenate([train, present[np.isfinite(present)]]))
-        if spec["kind"] == "binary" or len(distinct) <= MAX_GROUP_VALUES:
+        if spec["kind"] == "binary" or len(np.unique(train)) <= MAX_GROUP_VALUES:
+            distinct = np.unique(np.concatenate([train, present[np.isfinite(present)]]))  # a new value: its own group
             out[spec["name"]] = _by_value(present, distinct)
         else:
             out[spec["name"]] = _binned(present, train)
@@ -138,7 +175,7 @@ def covariate_values(encoder, table, rows: np.ndarray) -> dict[str, list[str]]:
         if spec["kind"] == "categorical":
             out[spec["name"]] = ["" if is_missing(v) else str(v) for v in _strings(table, name, rows)]
         else:
-            out[spec["name"]] = ["" if not np.isfinite(v) else _number(v) for v in numeric_values(table, name)[rows]]
+            out[spec["name"]] = ["" if not np.isfinite(v) else format_number(v) for v in numeric_values(table, name)[rows]]
     return out
 
 

@@ -321,6 +321,18 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
 
         return covariate_groups(self.encoder, self.table, rows, self.indices["train"])
 
+    def constant_covariates(self) -> list[str]:
+        """Numeric covariates with a single value in the training split (the encoder keeps SD 1 for them, not 0)."""
+        from covfuse.data.table import numeric_values
+
+        out = []
+        for spec in self.encoder.specs:
+            if spec["kind"] == "numeric":
+                values = numeric_values(self.table, self.table.column(spec["name"]))[self.indices["train"]]
+                if len(np.unique(values[np.isfinite(values)])) == 1:
+                    out.append(spec["name"])
+        return out
+
     def covariate_values(self, rows: np.ndarray) -> dict[str, list[str]]:
         """{covariate: its value per row as the table has it ("" where missing)}."""
         from covfuse.data.groups import covariate_values

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import rankdata
 from scipy.stats import t as t_dist
 
-from covfuse.data.groups import MAX_GROUP_VALUES, Grouping, as_groupings, group_key  # noqa: F401 (MAX_GROUP_VALUES: re-exported)
+from covfuse.data.groups import MAX_GROUP_VALUES, Grouping, as_groupings  # noqa: F401 (MAX_GROUP_VALUES: re-exported)
 
 SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")
 """The scores reported for every split of a binary run, each with a ``<name>_ci`` interval."""
@@ -333,7 +333,7 @@ def group_table(
         members: list[dict] = []
         for combo in np.unique(columns, axis=0):
             mask = (columns == combo).all(axis=1)
-            label = "&".join(group_key(name, discrete[name].labels[c]) for name, c in zip(key, combo))
+            label = "&".join(discrete[name].key(name, c) for name, c in zip(key, combo))
             s = {k: float(v[0]) for k, v in task_scores(task, y[mask], p[mask], threshold=threshold,
                                                          num_classes=num_classes).items()}
             entry: dict = {"count": int(mask.sum())}

@@ -14,10 +14,12 @@ an interval that resamples groups of samples (people), never single images
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from covfuse.data.groups import format_number
 from covfuse.studies.stats import cluster_bootstrap_mean
 
 
@@ -50,7 +52,7 @@ class Change:
         if self.kind == "flip":
             return "1" if float(value) == self.lo else "0"
         if self.kind == "shift":
-            return f"{float(value) + self.step:.4g}"
+            return format_number(float(value) + self.step, 4)
         if self.kind == "swap":
             return self.levels[1] if value == self.levels[0] else self.levels[0]
         return self.levels[self.target]
@@ -96,13 +98,28 @@ def _unit(units: dict[str, str], name: str) -> str:
     return f" {unit}" if unit else ""
 
 
-def plan_changes(encoder, units: dict[str, str] | None = None) -> dict[str, list[Change]]:
+def unchangeable(encoder, constant: Sequence[str] = ()) -> dict[str, str]:
+    """{covariate: why it gets no counterfactual}: a category with one training level, a number the
+    training split holds one value of (``constant``; the encoder then keeps an SD of 1, not the real 0)."""
+    out = {}
+    for spec in encoder.specs:
+        if spec["kind"] == "categorical" and len(spec["levels"]) < 2:
+            out[spec["name"]] = f"one level in the training split ({spec['levels'][0]}): nothing to change it to"
+        elif spec["kind"] == "numeric" and spec["name"] in constant:
+            out[spec["name"]] = "one value in the training split: the model never saw it vary"
+    return out
+
+
+def plan_changes(encoder, units: dict[str, str] | None = None, constant: Sequence[str] = ()) -> dict[str, list[Change]]:
     """{covariate: its counterfactual edits}, from the run's fitted encoder; ``units`` (e.g. BIDS
-    ``participants.json``) name each number's unit in the labels. A category with one training level has none."""
+    ``participants.json``) name each number's unit in the labels. Covariates in :func:`unchangeable` have none."""
     units = units or {}
+    skip = unchangeable(encoder, constant)
     plan: dict[str, list[Change]] = {}
     for spec, columns, indicator in encoder.layout():
         name = spec["name"]
+        if name in skip:
+            continue
         if spec["kind"] == "binary":
             plan[name] = [Change(name, "flip", tuple(columns), f"{name}: 0 <-> 1", f"probability_{name}", indicator)]
         elif spec["kind"] == "numeric":
@@ -114,7 +131,7 @@ def plan_changes(encoder, units: dict[str, str] | None = None) -> dict[str, list
             a, b = spec["levels"]
             plan[name] = [Change(name, "swap", tuple(columns), f"{name}: {a} <-> {b}", f"probability_{name}", indicator,
                                  levels=(a, b))]
-        elif len(spec["levels"]) > 2:
+        else:
             plan[name] = [Change(name, "level", tuple(columns), f"{name} -> {level}", f"probability_{name}={level}",
                                  indicator, target=k, levels=tuple(spec["levels"])) for k, level in enumerate(spec["levels"])]
     return plan

@@ -160,9 +160,9 @@ class AffineRecorder:
     def summaries(self, groupings: dict) -> dict[str, dict]:
         """Per layer: mean / SD / 5-95% range of scale and shift in each subgroup of every covariate
         (``groupings``: covariate -> :class:`covfuse.data.groups.Grouping` of the recorded samples, or
-        plain values grouped one group per value), and for a covariate with two known values the
-        mean |difference| between them."""
-        from covfuse.data.groups import MISSING, as_groupings
+        plain values grouped one group per value), and for a covariate with two values (0/1, two
+        levels), both present, the mean |difference| between them."""
+        from covfuse.data.groups import as_groupings
 
         groupings = as_groupings(groupings)
         out = {}
@@ -175,14 +175,15 @@ class AffineRecorder:
                            "values": {}, "difference": {}}
             for cov, grouping in groupings.items():
                 means = {}
-                for key, mask in grouping.masks(cov).items():
+                for code in np.unique(grouping.codes):
+                    key, mask = grouping.key(cov, code), grouping.codes == code
                     entry["values"][key] = {
                         q: {"mean": float(a[mask].mean()), "sd": float(a[mask].std()),
                             "p5": float(np.quantile(a[mask], 0.05)), "p95": float(np.quantile(a[mask], 0.95))}
                         for q, a in (("scale", scale), ("shift", shift))}
-                    if not key.endswith(f"={MISSING}"):
+                    if grouping.labels[code] != grouping.missing:
                         means[key] = (scale[mask].mean(0), shift[mask].mean(0))
-                if len(means) == 2:
+                if grouping.two_valued and len(means) == 2:
                     (s0, b0), (s1, b1) = means.values()
                     entry["difference"][cov] = {"scale": float(np.abs(s1 - s0).mean()), "shift": float(np.abs(b1 - b0).mean())}
             out[layer] = entry

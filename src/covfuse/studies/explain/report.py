@@ -47,6 +47,8 @@ def markdown(r: dict) -> str:
     ]
     for name, e in r["covariates"].items():
         lines.append(f"| {name} | {e['counterfactual']} | {_change(e)} | {_rate(e)} | {_num(e['mean_change'], '+.3f')} |")
+    for name, why in r.get("not_changed", {}).items():
+        lines.append(f"| {name} | none: {why} | — | — | — |")
     lines += ["", f"![changes]({r['figures']['changes']})", "", "### By subgroup", ""]
     if r.get("twin"):
         t = r["twin"]
@@ -66,7 +68,7 @@ def markdown(r: dict) -> str:
                   "explaining the log-odds of the target, computed with Captum. Each row: the image, then per method "
                   "the map with the real covariates, with the counterfactual, and the difference.", ""]
         for name, ex in a.get("examples", {}).items():
-            lines += [f"![maps {name}]({ex['figure']})", ""]
+            lines += [f"![maps {name}]({ex['figure']})" if "figure" in ex else f"No maps for {name}: {ex['skipped']}.", ""]
         if a.get("cue_mass"):
             lines += ["### Attribution inside the twin's cue boxes", "",
                       "Share of each map inside the mouth box and the eye box, with the covariate set to its low and "

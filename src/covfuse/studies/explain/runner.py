@@ -149,9 +149,16 @@ def counterfactual_table(scored: Scored, plan: dict[str, list[cf.Change]], value
     return table.getvalue()
 
 
-def pick_examples(scored: Scored, name: str, count: int, seed: int) -> np.ndarray:
-    """Positions of ``count`` samples for the maps: half whose decision the edit flips, half it does not."""
-    first, on = scored.changed[name][0], scored.applies[name][0]
+def map_edit(scored: Scored, name: str) -> int:
+    """Which of a covariate's edits the maps show: the one that applies to the most samples (the first
+    of ties: +1 SD, the flip, the swap; for a larger category the level fewest samples are at)."""
+    return int(np.argmax([on.sum() for on in scored.applies[name]]))
+
+
+def pick_examples(scored: Scored, name: str, count: int, seed: int, edit: int = 0) -> np.ndarray:
+    """Positions of ``count`` samples the ``edit`` applies to, for the maps: half whose decision it flips,
+    half it does not."""
+    first, on = scored.changed[name][edit], scored.applies[name][edit]
     flipped = np.flatnonzero(on & ((first >= 0.5) != (scored.prob >= 0.5)))
     kept = np.flatnonzero(on & ((first >= 0.5) == (scored.prob >= 0.5)))
     rng = np.random.default_rng(seed)
@@ -198,17 +205,22 @@ def _attribution(module, data, split: str, scored: Scored, plan: dict[str, list[
         for name, edits in plan.items():
             if examples == 0:
                 break
-            pos = pick_examples(scored, name, examples, seed)
-            log.info("attribution maps for %s: %d images, real and counterfactual", name, len(pos))
+            k = map_edit(scored, name)
+            edit = edits[k]
+            pos = pick_examples(scored, name, examples, seed, k)
+            if len(pos) == 0:
+                attribution["examples"][name] = {"skipped": f"no sample of the {split} split has a value of {name} to change"}
+                continue
+            log.info("attribution maps for %s: %d images, real and counterfactual (%s)", name, len(pos), edit.label)
             rows = scored.real_rows[pos]
             images = _images(data, split, scored.index[pos])
             real_maps = _maps(module, target_layer, images, rows, device, n_steps)
-            cf_maps = _maps(module, target_layer, images, edits[0].apply(rows), device, n_steps)
+            cf_maps = _maps(module, target_layer, images, edit.apply(rows), device, n_steps)
             boxes = truth.input_boxes(scored.index[pos]) if truth is not None else None
             rel = f"figures/maps_{name}.png"
             shown = values[name]
-            figures.plot_maps(tmp / rel, name, edits[0], images, [(shown[p], edits[0].after(shown[p])) for p in pos],
-                              scored.prob[pos], scored.changed[name][0][pos], real_maps, cf_maps, boxes)
+            figures.plot_maps(tmp / rel, name, edit, images, [(shown[p], edit.after(shown[p])) for p in pos],
+                              scored.prob[pos], scored.changed[name][k][pos], real_maps, cf_maps, boxes)
             attribution["examples"][name] = {"figure": rel, "images": data.filenames(scored.index[pos])}
         if truth is not None and mass_images > 0:
             rng = np.random.default_rng(seed)
@@ -266,7 +278,9 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
                             f"convolutions: {', '.join(convs[-6:])}")
     truth = twin.load_twin(data.meta, module.hparams.preset, module.hparams.image_size) if celeba else None
 
-    plan = cf.plan_changes(data.encoder, getattr(data.table, "units", {}))
+    constant = data.constant_covariates()
+    plan = cf.plan_changes(data.encoder, getattr(data.table, "units", {}), constant)
+    unchanged = cf.unchangeable(data.encoder, constant)
     recorder = AffineRecorder(network)
     scored = score_split(module, data, split, plan, device, recorder if recorder.layers else None, progress)
     log.info("scored %d %s samples (%d groups) with real and counterfactual covariates", len(scored.prob), split,
@@ -318,7 +332,7 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
             "target": module.hparams.target, "fusion": module.hparams.model.get("fusion"),
             "covariates_mode": module.hparams.get("covariates_mode", "real"),
             "accuracy": float(((scored.prob >= 0.5) == scored.labels).mean()),
-            "covariates": covariates, "layers": layers, "attribution": attribution,
+            "covariates": covariates, "not_changed": unchanged, "layers": layers, "attribution": attribution,
             "twin": truth.describe() if truth is not None else None,
             "figures": figs, "seconds": round(time.monotonic() - start, 1),
         }
