@@ -238,14 +238,27 @@ def build_cache(
         raise UserError(f"{data.parent}: cannot create the cache folder ({exc.strerror}); pass --cache-dir DIR") from None
     # Two processes (two runs of a study, two SLURM tasks, `data cache` beside a fit) may want the
     # same cache at once: one builds it, the other waits for the lock and then finds it built.
-    with FileLock(str(data.with_name(data.name + ".lock"))):
-        existing = None if rebuild else open_cache(meta, size, preset, cache_dir)
-        if existing is not None:
-            return existing
-        return _build(meta, size, preset, desc, data, info_path, made_folder, workers, chunk, progress)
+    lock = data.with_name(data.name + ".lock")
+    try:
+        with FileLock(str(lock)):
+            existing = None if rebuild else open_cache(meta, size, preset, cache_dir)
+            if existing is not None:
+                return existing
+            return _build(meta, size, preset, desc, data, info_path, workers, chunk, progress)
+    except UserError:
+        if made_folder:  # a first build that failed before any chunk: leave no folder behind
+            remove_if_alone(lock)
+        raise
 
 
-def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path, made_folder: bool,
+def remove_if_alone(lock: Path) -> None:
+    """Remove a cache folder this command made, and its lock file, when nothing else is in it."""
+    if [p.name for p in lock.parent.iterdir()] == [lock.name]:
+        lock.unlink(missing_ok=True)
+        lock.parent.rmdir()
+
+
+def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path,
            workers: int | None, chunk: int, progress: bool) -> ImageCache:
     """The build itself, under the cache's lock: resume ``.partial`` chunks, decode the rest, rename."""
     from tqdm import tqdm
@@ -288,8 +301,6 @@ def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path
             if not done:  # nothing worth resuming: leave nothing behind
                 partial.unlink(missing_ok=True)
                 marker.unlink(missing_ok=True)
-                if made_folder and not any(data.parent.iterdir()):
-                    data.parent.rmdir()
                 raise
             # The chunks already decoded stay valid: say so, rather than leave an unexplained file.
             raise UserError(f"{exc} (the {len(done)} finished chunks stay in {partial.name}; the next "

@@ -171,15 +171,24 @@ def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir
     existing = open_volume_cache(files, settings, cache_dir)
     if existing is not None:
         return existing
+    from covfuse.data.cache import remove_if_alone
+
     data, meta = cache_paths(files, settings, cache_dir)
+    made_folder = not cache_dir.exists()
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Two processes (two runs of a study, two SLURM tasks) may want the same cache at once: one
     # builds it, the other waits for the lock and then finds it built.
-    with FileLock(str(data.with_suffix(".lock"))):
-        existing = open_volume_cache(files, settings, cache_dir)
-        if existing is not None:
-            return existing
-        return _build_volume_cache(files, settings, data, meta, progress)
+    lock = data.with_suffix(".lock")
+    try:
+        with FileLock(str(lock)):
+            existing = open_volume_cache(files, settings, cache_dir)
+            if existing is not None:
+                return existing
+            return _build_volume_cache(files, settings, data, meta, progress)
+    except UserError:
+        if made_folder:  # a failed first build leaves no folder behind
+            remove_if_alone(lock)
+        raise
 
 
 def _build_volume_cache(files: Sequence[Path], settings: Preprocessing, data: Path, meta: Path,
