@@ -97,6 +97,17 @@ def test_the_table_feeds_the_covariate_encoder_and_subject_splits(tmp_path):
     split = subject_split(m, seed=3)
     for subject in set(m.subjects):  # sessions of one subject stay together
         assert len(set(split[m.subjects == subject])) == 1
+    # subgroups and counterfactuals name a coded level by its Levels meaning; a word level stays as it is
+    from covfuse.data.groups import covariate_groups
+    from covfuse.studies.explain.counterfactual import plan_changes
+
+    encoder = CovariateEncoder.fit(m, ["group", "sex"], rows, categorical=m.categorical)
+    groups = covariate_groups(encoder, m, rows, rows)
+    want = {"1": "1 (patient)", "0": "0 (control)"}
+    assert groups["group"].values() == [want[v] for v in m.columns["group"]]
+    assert set(groups["sex"].labels) == {"F", "M", "missing"}
+    plan = plan_changes(encoder, m.units, levels=m.levels)
+    assert plan["group"][0].label == "group: 0 (control) <-> 1 (patient)" and plan["sex"][0].label == "sex: F <-> M"
 
 
 def test_a_dataset_without_sessions(tmp_path):

@@ -35,6 +35,15 @@ def format_number(value: float, digits: int | None = None) -> str:
     return np.format_float_positional(float(value), precision=digits, unique=True, fractional=False, trim="-")
 
 
+def level_name(level: str, described: dict[str, str] | None = None) -> str:
+    """A category's level as the table spells it, with its meaning where the source describes a coded
+    level (BIDS ``participants.json`` ``Levels``: ``0 (control)``); a level that is a word already stays as it is."""
+    from covfuse.data.table import parse_number
+
+    meaning = (described or {}).get(level)
+    return f"{level} ({meaning})" if meaning and meaning != level and parse_number(level) is not None else level
+
+
 @dataclass(frozen=True)
 class Grouping:
     """One covariate's groups: ``labels`` in display order and, per sample, ``codes`` (an index into ``labels``).
@@ -124,18 +133,20 @@ def _binned(values: np.ndarray, train: np.ndarray) -> Grouping:
     return Grouping(tuple(labels), codes.astype(np.int64), "bins", missing)
 
 
-def _levels(raw: Sequence[str], levels: Sequence[str]) -> Grouping:
+def _levels(raw: Sequence[str], levels: Sequence[str], described: dict[str, str] | None = None) -> Grouping:
     """A categorical column: the training levels in their order, levels only seen outside training after them;
     the missing group is "missing", or "(missing)" where a level is literally called "missing"."""
     from covfuse.data.table import is_missing
 
     known = [str(v) for v in raw if not is_missing(v)]
-    labels = list(levels) + sorted(set(known) - set(levels))
+    found = list(levels) + sorted(set(known) - set(levels))
+    index = {level: k for k, level in enumerate(found)}
+    labels = [level_name(level, described) for level in found]
     missing = None
     if any(is_missing(v) for v in raw):
         missing = MISSING if MISSING not in labels else f"({MISSING})"
+        index[missing] = len(labels)
         labels.append(missing)
-    index = {label: k for k, label in enumerate(labels)}
     codes = [index[missing] if is_missing(v) else index[str(v)] for v in raw]
     return Grouping(tuple(labels), np.asarray(codes, dtype=np.int64), "levels", missing)
 
@@ -150,7 +161,7 @@ def covariate_groups(encoder, table, rows: np.ndarray, train_rows: np.ndarray) -
     for spec in encoder.specs:
         name = table.column(spec["name"])
         if spec["kind"] == "categorical":
-            out[spec["name"]] = _levels(_strings(table, name, rows), spec["levels"])
+            out[spec["name"]] = _levels(_strings(table, name, rows), spec["levels"], getattr(table, "levels", {}).get(name))
             continue
         values = numeric_values(table, name)
         train = values[np.asarray(train_rows, dtype=np.int64)]

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from covfuse.data.groups import format_number
+from covfuse.data.groups import format_number, level_name
 from covfuse.studies.stats import cluster_bootstrap_mean
 
 
@@ -110,10 +110,12 @@ def unchangeable(encoder, constant: Sequence[str] = ()) -> dict[str, str]:
     return out
 
 
-def plan_changes(encoder, units: dict[str, str] | None = None, constant: Sequence[str] = ()) -> dict[str, list[Change]]:
-    """{covariate: its counterfactual edits}, from the run's fitted encoder; ``units`` (e.g. BIDS
-    ``participants.json``) name each number's unit in the labels. Covariates in :func:`unchangeable` have none."""
-    units = units or {}
+def plan_changes(encoder, units: dict[str, str] | None = None, constant: Sequence[str] = (),
+                 levels: dict[str, dict[str, str]] | None = None) -> dict[str, list[Change]]:
+    """{covariate: its counterfactual edits}, from the run's fitted encoder; ``units`` and ``levels`` (BIDS
+    ``participants.json``: ``Units``, ``Levels``) name each number's unit and each coded level's meaning in
+    the labels. Covariates in :func:`unchangeable` have none."""
+    units, levels = units or {}, levels or {}
     skip = unchangeable(encoder, constant)
     plan: dict[str, list[Change]] = {}
     for spec, columns, indicator in encoder.layout():
@@ -129,10 +131,12 @@ def plan_changes(encoder, units: dict[str, str] | None = None, constant: Sequenc
                           for sign, amount in (("+", 1.0), ("-", -1.0))]  # features are in training SDs
         elif len(spec["levels"]) == 2:
             a, b = spec["levels"]
-            plan[name] = [Change(name, "swap", tuple(columns), f"{name}: {a} <-> {b}", f"probability_{name}", indicator,
-                                 levels=(a, b))]
+            shown = [level_name(v, levels.get(name)) for v in (a, b)]
+            plan[name] = [Change(name, "swap", tuple(columns), f"{name}: {shown[0]} <-> {shown[1]}", f"probability_{name}",
+                                 indicator, levels=(a, b))]
         else:
-            plan[name] = [Change(name, "level", tuple(columns), f"{name} -> {level}", f"probability_{name}={level}",
+            plan[name] = [Change(name, "level", tuple(columns), f"{name} -> {level_name(level, levels.get(name))}",
+                                 f"probability_{name}={level}",
                                  indicator, target=k, levels=tuple(spec["levels"])) for k, level in enumerate(spec["levels"])]
     return plan
 

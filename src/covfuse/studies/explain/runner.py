@@ -279,7 +279,7 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
     truth = twin.load_twin(data.meta, module.hparams.preset, module.hparams.image_size) if celeba else None
 
     constant = data.constant_covariates()
-    plan = cf.plan_changes(data.encoder, getattr(data.table, "units", {}), constant)
+    plan = cf.plan_changes(data.encoder, getattr(data.table, "units", {}), constant, getattr(data.table, "levels", {}))
     unchanged = cf.unchangeable(data.encoder, constant)
     recorder = AffineRecorder(network)
     scored = score_split(module, data, split, plan, device, recorder if recorder.layers else None, progress)
