@@ -15,18 +15,6 @@ METHODS = ["hyper", "mlpcatmlp", "duanmu", "tab-attention", "cond-norm"]
 K = 3
 
 
-@pytest.fixture
-def small_monai(monkeypatch):
-    """MONAI's 3D ResNet class at a fraction of resnet10's width (same module names)."""
-    from monai.networks.nets import ResNet
-
-    from covfuse.models import volumetric
-
-    monkeypatch.setitem(volumetric.BUILDERS, "monai-resnet10", lambda: ResNet(
-        block="basic", layers=[1, 1, 1, 1], block_inplanes=[8, 16, 32, 64], spatial_dims=3, n_input_channels=1,
-        num_classes=1000))
-
-
 def inputs(backbone: str, n: int = 4):
     shape = (1, 16, 16, 16) if backbone in ("resnet3d-compact", "monai-resnet10") else (3, 32, 32)
     return torch.randn(n, *shape)

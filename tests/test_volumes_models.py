@@ -10,18 +10,6 @@ from covfuse.models.volumetric import space_to_depth
 K = 3
 
 
-@pytest.fixture
-def small_monai(monkeypatch):
-    """MONAI's 3D ResNet class at a tenth of resnet10's width (same modules and names; seconds, not minutes)."""
-    from monai.networks.nets import ResNet
-
-    from covfuse.models import volumetric
-
-    monkeypatch.setitem(volumetric.BUILDERS, "monai-resnet10", lambda: ResNet(
-        block="basic", layers=[1, 1, 1, 1], block_inplanes=[8, 16, 32, 64], spatial_dims=3, n_input_channels=1,
-        num_classes=1000))
-
-
 @pytest.mark.parametrize("fusion", ["film", "daft", "hybrid"])
 def test_fusions_on_a_monai_resnet_start_as_the_image_only_function(fusion, small_monai):
     torch.manual_seed(0)
