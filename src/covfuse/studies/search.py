@@ -23,6 +23,7 @@ from typing import Any
 
 from covfuse.errors import RunInterrupted, UserError
 from covfuse.io import atomic_write_text
+from covfuse.training import config as cfgmod
 from covfuse.studies.sweep import Run, Study, grown, parse_run, run_one, say, write_study
 
 JOURNAL = "optuna.journal"
@@ -210,7 +211,7 @@ def _median(values: list[float]) -> float:
 
 
 def monitor_of(study: Study) -> str:
-    monitors = {study.run_config(r).monitor for r in study.runs}
+    monitors = {cfgmod.default_monitor(study.run_config(r)) for r in study.runs}
     if len(monitors) != 1:
         raise UserError(f"--search optuna: the cells monitor different metrics ({', '.join(sorted(monitors))}); "
                         "set one --monitor for the study")

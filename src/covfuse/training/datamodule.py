@@ -28,6 +28,9 @@ from pathlib import Path
 
 from covfuse.data.dataset import SampleBatch, collate, collate_grouped
 from covfuse.errors import UserError
+
+TRAIN_EVAL = "train-eval"
+"""The training split scored like valid/test (no augmentation): a survival run's Breslow baseline comes from it."""
 from covfuse.training.config import DataConfig
 
 SPLITS = ("train", "valid", "test")
@@ -268,14 +271,19 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         cache = None if cfg.cache == "off" else open_cache(table, settings)
         if cache is None:
             self._check_files(table)
+        feeds = {}
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
             feed = real
             if cfg.covariates_mode != "real":
                 feed = np.zeros_like(real)
                 feed[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
+            feeds[split] = feed
             self.datasets[split] = make_dataset(table, idx, feed, labels, settings,
                                                 train=(split == "train" and cfg.augment), cache=cache)
+        if self.head == "survival":  # the training split without augmentation: its risks give the Breslow baseline
+            self.datasets[TRAIN_EVAL] = (make_dataset(table, self.indices["train"], feeds["train"], labels, settings,
+                                                      train=False, cache=cache) if cfg.augment else self.datasets["train"])
 
     def _check_files(self, table) -> None:
         import os

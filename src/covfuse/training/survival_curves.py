@@ -162,8 +162,8 @@ class Reference:
         g = sorted({float(t) for t in grid}) if given_grid else default_grid(train_labels)
         return cls(breslow(train_labels, train_risk), Censoring.fit(train_labels), g,
                    float(tau) if tau is not None else default_tau(train_labels),
-                   {"grid": "data.eval_times" if given_grid else "quantiles 0.25/0.5/0.75 of training event times",
-                    "tau": "metrics.tau" if tau is not None else "0.8 quantile of training times"})
+                   {"eval_times_from": "data.eval_times" if given_grid else "quantiles 0.25/0.5/0.75 of training event times",
+                    "tau_from": "metrics.tau" if tau is not None else "0.8 quantile of training times"})
 
     def to_dict(self) -> dict:
         return {"baseline_times": self.baseline.times.tolist(),

@@ -219,6 +219,30 @@ def cumulative_dynamic_auc(labels: np.ndarray, risk: np.ndarray, times: np.ndarr
     return auc, mean
 
 
+def survival_details(labels: np.ndarray, risk: np.ndarray, reference=None) -> dict:
+    """The descriptive part of a survival split's metrics.json entry: ``events``, ``km_median_survival``
+    (the Kaplan-Meier median, None when S(t) stays above 0.5), ``uno_c_tau``, and with a ``reference``
+    the grid times inside this split's follow-up (``eval_times``) with the Brier score and the
+    cumulative/dynamic AUC at each (``brier_at``, ``td_auc_at``)."""
+    from covfuse.training.survival_curves import km_median
+
+    time, event = split_labels(labels)
+    out = {"events": int(event.sum()), "km_median_survival": km_median(time, event) if len(time) else None,
+           "uno_c_tau": float(reference.tau) if reference is not None else _finite(uno_tau(labels))}
+    if reference is not None:
+        grid = usable_grid(labels, reference.grid)
+        s = reference.baseline.survival(risk, grid)
+        out["eval_times"] = [float(t) for t in grid]
+        out["brier_at"] = [_finite(v) for v in brier(labels, s, grid, reference.censoring)[0]]
+        out["td_auc_at"] = [_finite(v) for v in cumulative_dynamic_auc(labels, risk, grid, reference.censoring)[0][0]]
+    return out
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
 class RunningConcordance(Metric):
     """Harrell's C over an epoch (``update(risk, target)`` with (N, 2) targets): the per-epoch
     ``train/c_index`` and ``val/c_index``, computed once from every sample the epoch saw."""
@@ -233,10 +257,35 @@ class RunningConcordance(Metric):
 
     def update(self, risk: torch.Tensor, target: torch.Tensor) -> None:
         self.risk.append(risk.detach().float().reshape(-1))
-        self.target.append(target.detach().float().reshape(-1, 2))
+        self.target.append(target.detach().double().reshape(-1, 2))  # times stay float64
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        risk, target = dim_zero_cat(self.risk), dim_zero_cat(self.target)
+        return target.cpu().double().numpy(), risk.cpu().double().numpy()
 
     def compute(self) -> torch.Tensor:
         if not self.risk:
             return torch.tensor(float("nan"))
-        risk, target = dim_zero_cat(self.risk), dim_zero_cat(self.target)
-        return torch.tensor(float(concordance(target.cpu().double().numpy(), risk.cpu().double().numpy())[0]))
+        target, risk = self._arrays()
+        return torch.tensor(float(concordance(target, risk)[0]))
+
+
+class RunningIBS(RunningConcordance):
+    """The validation epoch's integrated Brier score (``val/ibs``, lower is better), from that epoch's
+    outputs alone: the Breslow baseline, the censoring distribution and the grid (quartiles of its
+    event times) are estimated on the validation samples themselves, because the training split's
+    risks are not recomputed every epoch. metrics.json's ``ibs`` is the one with the training split's
+    baseline and censoring."""
+
+    higher_is_better = False
+
+    def compute(self) -> torch.Tensor:
+        if not self.risk:
+            return torch.tensor(float("nan"))
+        from covfuse.training.survival_curves import Reference
+
+        target, risk = self._arrays()
+        if not (target[:, 1] > 0.5).any():
+            return torch.tensor(float("nan"))
+        reference = Reference.from_training(target, risk)
+        return torch.tensor(float(survival_scores(target, risk, reference=reference)["ibs"][0]))
