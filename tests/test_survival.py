@@ -185,6 +185,8 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
     assert metrics["task"] == "survival" and metrics["event"] == "event" and "classes" not in metrics
     table = list(csv.DictReader(open(run / "predictions.csv")))
     assert {"time", "event", "risk"} <= set(table[0]) and "label" not in table[0]
+    train = [r for r in csv.DictReader(open(twin / "manifest.csv")) if r["split"] == "train"]
+    y_train = Surv.from_arrays(np.asarray([r["event"] == "1" for r in train]), np.asarray([float(r["time"]) for r in train]))
     for split in ("valid", "test"):
         rows = [r for r in table if r["split"] == split]
         t = np.asarray([float(r["time"]) for r in rows])
@@ -192,13 +194,15 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
         risk = np.asarray([float(r["risk"]) for r in rows])
         assert metrics[split]["c_index"] == pytest.approx(concordance_index(t, -risk, e), abs=1e-12)
         y = Surv.from_arrays(e.astype(bool), t)
+        # Uno's C: censoring weights from the training split, one tau (the training split's) for every split
+        assert metrics[split]["uno_c_tau"] == metrics["survival"]["tau"]
         assert metrics[split]["uno_c"] == pytest.approx(
-            concordance_index_ipcw(y, y, risk, tau=metrics[split]["uno_c_tau"])[0], abs=1e-9)
+            concordance_index_ipcw(y_train, y, risk, tau=metrics[split]["uno_c_tau"])[0], abs=1e-9)
         assert metrics[split]["events"] == e.sum() and metrics[split]["clusters"] == len({r["group"] for r in rows})
         lo, hi = metrics[split]["c_index_ci"]
         assert lo is None or lo <= metrics[split]["c_index"] <= hi
     config = (run / "config.yaml").read_text()
-    assert "monitor: val/c_index" in config  # the head's own score picks the checkpoint
+    assert "monitor: val/c_index" in config  # no --monitor: the head's own score picks the checkpoint
     assert covfuse(["test", str(run)]) == 0  # re-evaluating the checkpoint gives the same C
     again = json.loads((run / "metrics.json").read_text())
     assert again["test"]["c_index"] == pytest.approx(metrics["test"]["c_index"], abs=1e-6)

@@ -214,4 +214,14 @@ def parse_times(text: str) -> list[float]:
 def survival_cells(reference: Reference, risk, times: Sequence[float]) -> tuple[list[str], list[list[str]]]:
     """(``S@<t>`` header, formatted rows) of S(t | x) for risks (N,) at ``times``."""
     s = reference.baseline.survival(risk, times)
-    return [column_name(t) for t in times], [[f"{v:.6g}" for v in row] for row in s]
+    return [column_name(t) for t in times], [[repr(float(v)) for v in row] for row in s]
+
+
+def add_survival_columns(reference: Reference, header: list[str], rows: list[list[str]],
+                         times: Sequence[float]) -> tuple[list[str], list[list[str]]]:
+    """``covfuse predict --times``: an ``S@<t>`` column per time right after ``risk``, from each row's
+    printed risk (9 significant digits: the float32 risk exactly, as in predictions.csv)."""
+    at = header.index("risk") + 1
+    names, cells = survival_cells(reference, [float(row[at - 1]) for row in rows], times)
+    return ([*header[:at], *names, *header[at:]],
+            [[*row[:at], *extra, *row[at:]] for row, extra in zip(rows, cells)])
