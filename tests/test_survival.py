@@ -210,6 +210,20 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
     assert covfuse(["predict", str(run), "--csv", str(twin / "manifest.csv"), "--extrapolate"]) == 0
     predicted = {Path(r["path"]).relative_to(twin).as_posix(): r for r in csv.DictReader(capsys.readouterr().out.splitlines())}
     assert all(abs(float(predicted[r["id"]]["risk"]) - float(r["risk"])) < 1e-4 for r in table)
+    # the report puts IBS and td-AUC beside C, each run scored against its own training-split baseline
+    assert covfuse(["report", str(study / "surv"), "--format", "json", "--bootstrap", "100"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for row in report["rows"]:
+        folder = next(p.parent for p in (study / "surv").glob(f"*{row['setting'].split('=')[-1]}*/s0/metrics.json"))
+        own = json.loads((folder / "metrics.json").read_text())["test"]
+        assert set(row["also"]) == {"ibs", "td_auc"}
+        for name in ("ibs", "td_auc"):
+            got = row["also"][name]["estimate"]
+            assert (got is None and own[name] is None) or got == pytest.approx(own[name], abs=1e-6)
+    assert covfuse(["report", str(study / "surv"), "--bootstrap", "100"]) == 0
+    markdown = (study / "surv" / "report.md").read_text()
+    assert "## C-index, integrated Brier score and time-dependent AUC" in markdown and "Δibs vs" in markdown
+    capsys.readouterr()
     # concat ranks test perfectly (risk = -time), image-only backwards: the report must call higher C better
     baseline = next(p.parent for p in (study / "surv").glob("*image-only*/s0/metrics.json"))
     for folder, sign in ((run, -1.0), (baseline, 1.0)):
