@@ -115,10 +115,11 @@ def figures(run_dir: Path, ref: Reference, data, outputs: dict, split: str = "te
     ax.legend(loc="lower left", fontsize=8)
     table.set_ylim(-0.5, 2.5)
     table.set_yticks([2, 1, 0], [f"{name}" for name in GROUPS], fontsize=8)
-    table.set_xlabel(f"time ({data.target_name}); numbers at risk below")
+    table.set_xlabel(f"{data.target_name}; numbers at risk above")
     table.set_xticks(ticks)
     for side in ("top", "right", "left"):
         table.spines[side].set_visible(False)
+    fig.tight_layout()
     written.append(save_figure(fig, Path(run_dir) / "plots" / "km_risk_groups.png"))
     plt.close(fig)
 
@@ -134,7 +135,8 @@ def figures(run_dir: Path, ref: Reference, data, outputs: dict, split: str = "te
             ax.set_title(f"t = {t:g}", fontsize=9)
             ax.set_xlabel("predicted S(t)")
         axes[0][0].set_ylabel("Kaplan-Meier S(t) per risk decile")
-        fig.suptitle(f"calibration on the {split} split", fontsize=10)
+        fig.suptitle(f"calibration on the {split} split (risk deciles)", fontsize=10)
+        fig.tight_layout()
         written.append(save_figure(fig, Path(run_dir) / "plots" / "calibration.png"))
         plt.close(fig)
     return written
