@@ -29,7 +29,8 @@ from covfuse.studies.sweep import Run, Study, grown, parse_run, run_one, say, wr
 JOURNAL = "optuna.journal"
 SUMMARY = "search.json"
 EVAL = ("valid",)
-OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize")}
+OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize"),
+             "val/c_index": ("c_index", "maximize"), "val/ibs": ("ibs", "minimize")}
 MAX_ATTEMPTS = 3  # a cell stops with an error once failed trials push it past this many times its budget
 PRUNER_STARTUP = 2  # finished trials before pruning starts: the median of fewer says little
 _RANGE = re.compile(r"^(log:)?\s*([^.][^ ]*?)\s*\.\.\s*(\S+)$")

@@ -29,10 +29,6 @@ GRID_QUANTILES = (0.25, 0.5, 0.75)
 """The default evaluation grid: these quantiles of the training split's event times (rounded to 4
 significant digits so the ``S@<t>`` column names are the exact times)."""
 
-UNO_QUANTILE = 0.8
-"""The default Uno's C horizon tau: this quantile of the training split's observed times."""
-
-
 def _labels(labels) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels, dtype=np.float64).reshape(-1, 2)
     return y[:, 0], y[:, 1] > 0.5
@@ -134,9 +130,11 @@ def default_grid(train_labels) -> list[float]:
 
 
 def default_tau(train_labels) -> float:
-    """:data:`UNO_QUANTILE` of the training split's observed times."""
-    time, _ = _labels(train_labels)
-    return float(np.quantile(time, UNO_QUANTILE))
+    """Uno's C horizon by default: :data:`covfuse.training.survival_metrics.UNO_QUANTILE` of the
+    training split's observed times."""
+    from covfuse.training.survival_metrics import uno_tau
+
+    return uno_tau(train_labels)
 
 
 def column_name(t: float) -> str:

@@ -1,4 +1,4 @@
-"""Concordance of risk scores with censored times: Harrell's C and Uno's C, for many bootstrap weightings at once.
+"""Survival scores for many bootstrap weightings at once: Harrell's C, Uno's C, the integrated Brier score, td-AUC.
 
 Labels are (N, 2) ``[time, event]`` (event 1 = observed, 0 = censored); outputs are risk scores,
 higher = earlier event. A pair (i, j) is comparable when i had the event first: ``event_i = 1`` and
@@ -8,9 +8,10 @@ convention); it is concordant when ``risk_i > risk_j``, and a tie in risk counts
 Written by hand, not taken from lifelines/scikit-survival, for the same reason as
 :mod:`covfuse.training.metrics`: the bootstrap scores B resamples as B weightings of one set of
 predictions, so every sum over pairs is a weighted sum, done for all B rows by one matrix product;
-the libraries score one unweighted sample per call. ``tests/test_survival.py`` checks both against
-lifelines' ``concordance_index`` and scikit-survival's ``concordance_index_censored`` and
-``concordance_index_ipcw``.
+the libraries score one unweighted sample per call. ``tests/test_survival.py`` and
+``tests/test_survival_curves.py`` check them against lifelines' ``concordance_index`` and
+scikit-survival's ``concordance_index_censored``, ``concordance_index_ipcw``,
+``integrated_brier_score`` and ``cumulative_dynamic_auc`` (also under bootstrap weights).
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 UNO_QUANTILE = 0.8
-"""Uno's C is truncated at this quantile of the split's observed times (its ``uno_c_tau``): beyond it
-few people remain under observation and the inverse censoring weights explode."""
+"""Uno's C is truncated at this quantile of the training split's observed times by default (``metrics.tau``
+overrides it; a split scored without a training reference uses its own): beyond it few people remain
+under observation and the inverse censoring weights explode."""
 
 _CHUNK_CELLS = 2_000_000  # pairs per block of the pair matrix (16 MB of float64)
 
