@@ -223,6 +223,9 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
     assert covfuse(["report", str(study / "surv"), "--bootstrap", "100"]) == 0
     markdown = (study / "surv" / "report.md").read_text()
     assert "## C-index, integrated Brier score and time-dependent AUC" in markdown and "Δibs vs" in markdown
+    assert covfuse(["report", str(study / "surv"), "--bootstrap", "100", "--format", "html"]) == 0
+    page = (study / "surv" / "report.html").read_text()
+    assert '<h2 id="survival">' in page and "Δtd_auc vs" in page
     capsys.readouterr()
     # concat ranks test perfectly (risk = -time), image-only backwards: the report must call higher C better
     baseline = next(p.parent for p in (study / "surv").glob("*image-only*/s0/metrics.json"))
