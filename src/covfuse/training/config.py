@@ -359,6 +359,7 @@ def from_dict(values: dict) -> RunConfig:
         return cls(**kwargs)
 
     config = build(RunConfig, values, "")
+    config.monitor = default_monitor(config)  # resolved at once: a study compares planned and saved configs
     config.data.covariates = split_names(config.data.covariates)
     config.trainer.logger = split_names(config.trainer.logger) or ["csv"]
     return config
