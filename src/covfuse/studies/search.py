@@ -236,7 +236,8 @@ def summarise(study: Study, space_text: dict, trials: int, seed: int, monitor: s
         rows = []
         for t in ostudy.get_trials(deepcopy=False):
             rows.append({"number": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value,
-                         "epochs": len(t.intermediate_values)})
+                         "epochs": len(t.intermediate_values), "interrupted": bool(t.user_attrs.get(INTERRUPTED)),
+                         "retry_of": t.user_attrs.get(RETRY_OF)})
         done = [r["value"] for r in rows if r["state"] == "complete"]
         best = None
         if done:
@@ -244,6 +245,7 @@ def summarise(study: Study, space_text: dict, trials: int, seed: int, monitor: s
             best = {"number": b.number, "params": b.params, "value": b.value,
                     "dir": str(trial_dir(study, cell, b.number).relative_to(study.study_dir))}
         counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
+        counts["interrupted"] = sum(r["interrupted"] for r in rows)  # of the failed ones; retried
         cells[cell] = {"budget": trials, **counts, "best": best, "trials": rows,
                        "spread": ({"min": min(done), "median": float(_median(done)), "max": max(done)} if done else None)}
     return {"sampler": "TPE", "seed": seed, "pruner": f"median (after {PRUNER_STARTUP} finished trials)",
