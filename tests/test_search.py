@@ -165,7 +165,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_an_interrupted_search_continues_with_new_settings_and_never_retrains_a_finished_trial(base, tmp_path):
+def test_an_interrupted_search_continues_with_new_settings_and_never_retrains_a_finished_trial(base, tmp_path, capsys):
     import os
     import shlex
     import signal
@@ -199,6 +199,12 @@ def test_an_interrupted_search_continues_with_new_settings_and_never_retrains_a_
     before = [(t.number, t.state.name, t.params) for t in _journal_trials(study, "fusion=image-only")]
     assert [b[1] for b in before] == ["COMPLETE", "FAIL"]
     finished = (cell / "trials" / "t000" / "metrics.json").stat().st_mtime_ns
+    # covfuse status counts the trials beside the runs: one done, one cut off (failed, to be retried), 2 + 3 to go
+    capsys.readouterr()
+    assert covfuse(["status", str(study), "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["trials"]["counts"] == {"done": 1, "running": 0, "pending": 5, "pruned": 0, "failed": 1}
+    assert status["counts"]["pending"] == 2
 
     assert covfuse(command[1:]) == 0  # the printed command, as a user would paste it
 
@@ -218,5 +224,9 @@ def test_an_interrupted_search_continues_with_new_settings_and_never_retrains_a_
     settings = [sorted(json.dumps(t.params) for t in _journal_trials(study, n) if t.state.name != "FAIL")
                 for n in ("fusion=image-only", "fusion=hybrid")]
     assert settings[0] == settings[1]
+    capsys.readouterr()
+    assert covfuse(["status", str(study), "--format", "json"]) == 0
+    counts = json.loads(capsys.readouterr().out)["trials"]["counts"]
+    assert (counts["done"] + counts["pruned"], counts["pending"], counts["running"], counts["failed"]) == (6, 0, 0, 1)
     summary = json.loads((study / "search.json").read_text())["cells"]["fusion=image-only"]
     assert (summary["complete"] + summary["pruned"], summary["fail"], summary["interrupted"]) == (3, 1, 1)

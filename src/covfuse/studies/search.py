@@ -307,25 +307,39 @@ def read_summary(study: Study) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _value(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def space_words(space_text: dict[str, list]) -> str:
+    """The search space in words: ``optim.lr log-uniform from 0.0001 to 0.01; optim.weight_decay one of 0, 0.01``."""
+    from covfuse.studies.report import sig
+
+    parts = []
+    for key, values in space_text.items():
+        values = [values] if not isinstance(values, list) else values
+        match = _RANGE.match(values[0]) if len(values) == 1 and isinstance(values[0], str) else None
+        if match:
+            lo, hi = _number(match.group(2)), _number(match.group(3))
+            kind = "log-uniform" if match.group(1) else ("integers" if isinstance(lo, int) and isinstance(hi, int)
+                                                         else "uniform")
+            parts.append(f"{key} {kind} from {sig(lo)} to {sig(hi)}")
+        else:
+            parts.append(f"{key} one of {', '.join(sig(_number(v) if isinstance(v, str) else v) for v in values)}")
+    return "; ".join(parts)
 
 
 def markdown(summary: dict) -> list[str]:
     """The report's tuning table: each cell's budget, best settings and the spread of the valid score over trials."""
-    space = ", ".join(f"`{k}` ∈ {' | '.join(map(str, v))}" for k, v in summary["space"].items())
+    from covfuse.studies.report import md_escape, settings_text, sig
+
     lines = ["## Search (equal budget per method)", "",
-             f"Optuna {summary['sampler']} (seed {summary['seed']}), pruner {summary['pruner']}, over {space}; "
-             f"{summary['trials']} trials per cell on the validation split ({summary['objective']}, "
-             f"{summary['direction']}); the best trial's settings were scored once on test.", "",
+             f"Optuna {summary['sampler']} (seed {summary['seed']}), pruner {summary['pruner']}, over "
+             f"{md_escape(space_words(summary['space']))}; {summary['trials']} trials per cell on the validation split "
+             f"({summary['objective']}, {summary['direction']}); the best trial's settings were scored once on test.", "",
              f"| setting | budget | complete / pruned / failed | best settings | best {summary['objective']} | "
              "min / median / max over complete trials |", "|---|---|---|---|---|---|"]
     for cell, c in summary["cells"].items():
         best = c["best"]
-        settings = ", ".join(f"{k}={_value(v)}" for k, v in best["params"].items()) if best else "–"
         spread = c["spread"]
-        lines.append(f"| {cell} | {c['budget']} | {c['complete']} / {c['pruned']} / {c['fail']} | {settings} | "
-                     f"{_value(best['value']) if best else '–'} | "
-                     + (f"{_value(spread['min'])} / {_value(spread['median'])} / {_value(spread['max'])}" if spread else "–")
+        lines.append(f"| {md_escape(cell)} | {c['budget']} | {c['complete']} / {c['pruned']} / {c['fail']} | "
+                     f"{md_escape(settings_text(best['params'])) if best else '–'} | {sig(best['value']) if best else '–'} | "
+                     + (f"{sig(spread['min'])} / {sig(spread['median'])} / {sig(spread['max'])}" if spread else "–")
                      + " |")
     return lines + [""]
