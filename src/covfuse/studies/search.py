@@ -308,7 +308,8 @@ def read_summary(study: Study) -> dict | None:
 
 
 def space_words(space_text: dict[str, list]) -> str:
-    """The search space in words: ``optim.lr log-uniform from 0.0001 to 0.01; optim.weight_decay one of 0, 0.01``."""
+    """The search space in words, its numbers as written: ``optim.lr log-uniform from 1e-4 to 1e-2; optim.weight_decay
+    one of 0, 0.01``."""
     from covfuse.studies.report import sig
 
     parts = []
@@ -319,9 +320,9 @@ def space_words(space_text: dict[str, list]) -> str:
             lo, hi = _number(match.group(2)), _number(match.group(3))
             kind = "log-uniform" if match.group(1) else ("integers" if isinstance(lo, int) and isinstance(hi, int)
                                                          else "uniform")
-            parts.append(f"{key} {kind} from {sig(lo)} to {sig(hi)}")
+            parts.append(f"{key} {kind} from {match.group(2)} to {match.group(3)}")  # as the user wrote them
         else:
-            parts.append(f"{key} one of {', '.join(sig(_number(v) if isinstance(v, str) else v) for v in values)}")
+            parts.append(f"{key} one of {', '.join(v if isinstance(v, str) else sig(v) for v in values)}")
     return "; ".join(parts)
 
 
