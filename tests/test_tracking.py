@@ -170,6 +170,8 @@ def test_a_searched_study_nests_study_cell_trial_and_seed_runs_in_the_default_sq
     # the trial's HParams hold the searched setting and its trial number
     settings, _ = _hparams(study / "fusion=hybrid" / "trials" / "t000" / "tensorboard")
     assert settings["trial"] == 0 and settings["model.fusion"] == "hybrid"
+    acc = _events(study / "fusion=hybrid" / "trials" / "t000" / "tensorboard")
+    assert (_text(acc, "tags/trial"), _text(acc, "tags/state"), _text(acc, "tags/kind")) == ("0", "complete", "trial")
     # the study's comparison is an artifact of the study run
     from mlflow.tracking import MlflowClient
 

@@ -9,6 +9,10 @@ training is deterministic). Trials live in ``<cell>/trials/t<NNN>/``; Optuna's r
 ``<study>/optuna.journal``, a journal file (append-only, file-locked) that SLURM array tasks share
 on a network disk where SQLite is unsafe. ``search.json`` holds what the report's tuning table shows.
 
+An interrupted search continues, never repeats: the cut-off trial stays failed in the journal and its settings
+are trained again as a new trial, and each fresh draw's sampler seed comes from the search's seed and the number
+of fresh draws already in the journal (see :func:`draw_seed`).
+
 Space syntax (``--tune`` or the study file's ``sweep: tune:``): ``KEY=V1,V2`` (a list of choices),
 ``KEY=LO..HI`` (uniform; integers if both ends are), ``KEY=log:LO..HI`` (log-uniform).
 """

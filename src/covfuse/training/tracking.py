@@ -258,7 +258,8 @@ def start(loggers: Sequence, config, run_dir: Path, context: Context | None) -> 
             state["mlflow_tracking_uri"] = logger._tracking_uri  # noqa: SLF001
         elif isinstance(logger, TensorBoardLogger):
             for key, value in run_tags.items():
-                logger.experiment.add_text(f"tags/{key}", value, 0)
+                if key != "state":  # a trial's state is written once known (tag_run)
+                    logger.experiment.add_text(f"tags/{key}", value, 0)
     if state:
         from covfuse.io import atomic_write_text
 
@@ -282,12 +283,24 @@ def _client(state: dict):
 
 
 def tag_run(run_dir: Path, values: dict[str, str]) -> None:
-    """Tags set on a run's MLflow run after it ended (a search trial's state); nothing without MLflow."""
-    state = read_state(run_dir)
-    if state.get("mlflow_run_id") and state.get("mlflow_tracking_uri"):
-        client = _client(state)
-        for key, value in values.items():
-            client.set_tag(state["mlflow_run_id"], key, value)
+    """Tags set on a run after it ended (a search trial's state), in the trackers it logged to. A tracker that
+    cannot be reached now only warns: the trial's outcome is already in Optuna's journal."""
+    import logging
+
+    try:
+        state = read_state(run_dir)
+        if state.get("mlflow_run_id") and state.get("mlflow_tracking_uri"):
+            client = _client(state)
+            for key, value in values.items():
+                client.set_tag(state["mlflow_run_id"], key, value)
+        if (Path(run_dir) / "tensorboard").is_dir():
+            from torch.utils.tensorboard import SummaryWriter
+
+            with SummaryWriter(str(Path(run_dir) / "tensorboard")) as writer:
+                for key, value in values.items():
+                    writer.add_text(f"tags/{key}", value, 0)
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("covfuse.tracking").warning("could not tag %s with %s: %s", run_dir, values, exc)
 
 
 def finish_study(study_dir: Path) -> None:
