@@ -557,6 +557,10 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
             failed.append((run, reason))
             counts["failed"] += 1
     counts["busy_runs"] = busy
+    if task is None and not busy and not failed:
+        from covfuse.training.tracking import finish_study
+
+        finish_study(Path(study.study_dir))  # the MLflow study and cell runs, once every run has finished
     if busy:
         say(f"{len(busy)} run(s) being trained by another process, not waited for: {', '.join(busy)}; "
             f"`covfuse status {study.study_dir}` shows them")

@@ -140,7 +140,7 @@ class TrainerConfig:
         progress_every: Seconds between progress lines.
         summary: Print the model's layer table when training starts.
         logger: Experiment trackers, a list of csv (metrics.csv; always written), tensorboard (<run>/tensorboard/) and mlflow (see tracking_uri), e.g. [csv,mlflow].
-        tracking_uri: MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else a file store mlruns/ in the study folder (a lone run: in runs_dir).
+        tracking_uri: MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else a SQLite store mlflow.db in the study folder (a lone run: in runs_dir).
     """
 
     max_epochs: int = 1

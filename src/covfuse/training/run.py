@@ -423,8 +423,8 @@ def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False
     steps = len(data.datasets["train"]) // config.data.batch_size // config.trainer.accumulate_grad_batches
     interruption = Interruption(config.seed, run_dir / CHECKPOINTS / "last.ckpt", resume_hint(config))
     loggers = trackmod.make_loggers(config, run_dir, tracking, resume=resume)
-    trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps, extra_callbacks=[interruption, *callbacks],
-                            loggers=loggers)
+    trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps,
+                            extra_callbacks=[interruption, *trackmod.callbacks(loggers), *callbacks], loggers=loggers)
     check_fill(config, data, trainer.world_size)
     return _Prepared(hw, data, module, trainer, interruption)
 
@@ -460,7 +460,7 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
         if data.skipped:
             extra["skipped_images"] = len(data.skipped)
         metrics = write_results(run_dir, config, data, module.outputs, extra)
-        trackmod.log_final(trainer.loggers[1:], metrics, run_dir, trainer.global_step)
+        trackmod.log_final(trainer.loggers[1:], metrics, run_dir, trainer.global_step, config, tracking)
         log.info("run %s done in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
 
 
