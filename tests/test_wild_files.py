@@ -87,3 +87,109 @@ def test_a_file_no_decoder_reads_names_what_was_tried(tmp_path):
     assert text.startswith(f"{path}: cannot decode the image (not an image file")
     assert "no DICOM marker at byte 128" in text and "PNG, JPEG, BMP or TIFF signature" in text and "'.xyz'" in text
     assert "\n" not in text
+
+
+# ------------------------------------------------------------------------------ non-finite values
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "demo.yaml"
+TINY = ["--data.image_size", "16", "--data.batch_size", "4", "--data.cache", "off", "--trainer.max_epochs", "1",
+        "--trainer.summary", "false", "--bootstrap", "20", "--trainer.progress", "none"]
+
+
+@pytest.fixture(scope="module")
+def nan_twin(tmp_path_factory):
+    """A 24-subject 16³ twin whose first volume has a NaN background (as SPM/FSL write it) and second an Inf voxel."""
+    import nibabel as nib
+
+    from covfuse.cli.main import main as covfuse
+
+    out = tmp_path_factory.mktemp("nan") / "t"
+    assert covfuse(["data", "synth3d", str(out), "--n", "24", "--size", "16", "--seed", "3"]) == 0
+    import csv
+
+    paths = [out / r["path"] for r in csv.DictReader(open(out / "manifest.csv"))]
+    counts = {}
+    for path, value in zip(paths[:2], (np.nan, np.inf)):
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj).astype(np.float32)
+        mask = data <= np.quantile(data, 0.2) if value != np.inf else np.zeros(data.shape, bool)
+        mask.flat[7] = True
+        data[mask] = value
+        clean = np.where(mask, 0, data).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, image.affine), str(path))
+        nib.save(nib.Nifti1Image(clean, image.affine), str(path.with_name("clean-" + path.name)))
+        counts[path] = int(mask.sum())
+    return out, paths, counts
+
+
+def test_nan_and_inf_voxels_become_zero_before_normalisation(nan_twin):
+    import nibabel as nib
+
+    from covfuse.data.volume_io import Preprocessing, load_volume
+
+    _, paths, counts = nan_twin
+    settings = Preprocessing(size=16)
+    for path in paths[:2]:
+        assert int((~np.isfinite(nib.load(str(path)).get_fdata())).sum()) == counts[path]  # nibabel's own read
+        x = load_volume(path, settings)
+        assert torch_finite(x)
+        # the reference: the same file with its NaN/Inf set to 0 by numpy, written by nibabel
+        assert np.array_equal(x.numpy(), load_volume(path.with_name("clean-" + path.name), settings).numpy())
+
+
+def torch_finite(x) -> bool:
+    import torch
+
+    return bool(torch.isfinite(x).all())
+
+
+def test_data_info_reports_files_with_nonfinite_values(nan_twin, capsys):
+    import json
+
+    from covfuse.cli.main import main as covfuse
+
+    twin, paths, counts = nan_twin
+    assert covfuse(["data", "info", str(twin / "manifest.csv"), "--format", "json"]) == 0
+    bad = json.loads(capsys.readouterr().out)["nonfinite"]
+    assert bad == {"files": 2, "voxels": sum(counts.values()), "first": paths[0].relative_to(twin).as_posix()}
+    assert covfuse(["data", "info", str(twin / "manifest.csv")]) == 0
+    assert f"non-finite: 2 file(s) hold {sum(counts.values()):,} NaN/Inf voxel(s)" in capsys.readouterr().out
+
+
+def test_refuse_stops_with_one_line_naming_the_first_file(nan_twin, tmp_path, capsys, small_monai):
+    from covfuse.cli.main import main as covfuse
+
+    twin, paths, counts = nan_twin
+    runs = tmp_path / "runs"
+    code = covfuse(["fit", "--config", str(CONFIG), "--data.root", str(twin / "manifest.csv"), *TINY,
+                    "--runs_dir", str(runs), "--name", "r", "--data.nonfinite", "refuse"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert f"{paths[0].relative_to(twin).as_posix()}" in lines[0] and f"has {counts[paths[0]]:,} NaN/Inf voxel(s)" in lines[0]
+    assert "(and 1 more file(s) have some)" in lines[0] and "data.nonfinite zero" in lines[0]
+    assert not runs.exists()
+
+
+def test_zero_trains_finite_and_says_so_in_the_log(nan_twin, tmp_path, small_monai):
+    import csv
+
+    from covfuse.cli.main import main as covfuse
+
+    twin, paths, counts = nan_twin
+    runs = tmp_path / "runs"
+    assert covfuse(["fit", "--config", str(CONFIG), "--data.root", str(twin / "manifest.csv"), *TINY,
+                    "--runs_dir", str(runs), "--name", "z"]) == 0
+    log = (runs / "z" / "log.txt").read_text()
+    assert f"data.nonfinite zero: {sum(counts.values())} NaN/Inf voxel(s) in 2 file(s) set to 0" in log
+    rows = list(csv.DictReader(open(runs / "z" / "predictions.csv")))
+    assert rows and all(np.isfinite(float(r["probability"])) for r in rows)
+
+
+def test_a_float_tiff_with_nan_is_refused_with_its_count(tmp_path):
+    pixels = np.random.default_rng(1).random((12, 10)).astype(np.float32)
+    pixels[:3] = np.nan
+    path = tmp_path / "map.tif"
+    tifffile.imwrite(path, pixels)
+    assert int(np.isnan(tifffile.imread(path)).sum()) == 30  # tifffile's own read
+    with pytest.raises(UnsupportedImage, match=r"map\.tif: cannot read the image \(float32 samples, 30 of them NaN/Inf"):
+        read_pixels(path)

@@ -151,8 +151,12 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
             entry.update({"min": min(numbers), "max": max(numbers)} if numbers else {})
         columns[name] = entry
     shapes: Counter = Counter()
+    nonfinite: list = []
     if check_volumes:
         shapes = Counter(file_shape(table, i) for i in range(len(table)))
+        from covfuse.data.samples import nonfinite as find_nonfinite
+
+        nonfinite = find_nonfinite(table)
     noun = "num_volumes" if table.kind == "volume" else "num_images"
     return {
         "kind": table.kind,
@@ -167,6 +171,8 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
         "columns": columns,
         "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
         "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
+        "nonfinite": {"files": len(nonfinite), "voxels": sum(n for _, n in nonfinite),
+                      "first": str(table.columns["path"][nonfinite[0][0]]) if nonfinite else None},
     }
 
 
@@ -203,6 +209,10 @@ def _print_volume_info(summary: dict) -> None:
     print("splits: " + " | ".join(f"{k} {v:,}" for k, v in sp.items()) + f"  ({summary['split_source']})")
     shape = summary["shape"]
     print("shape: " + ("x".join(map(str, shape)) if shape else ", ".join(f"{k} ({v})" for k, v in summary["shapes"].items())))
+    bad = summary.get("nonfinite") or {}
+    if bad.get("files"):
+        print(f"non-finite: {bad['files']:,} file(s) hold {bad['voxels']:,} NaN/Inf voxel(s) (first: {bad['first']}); "
+              "data.nonfinite zero (the default) sets them to 0 before normalisation, refuse stops")
     print()
     print(f"{'column':<20}{'type':<13}{'missing':>8}  values")
     for name, c in summary["columns"].items():

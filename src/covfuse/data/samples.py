@@ -140,6 +140,30 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
     return set()
 
 
+def nonfinite(table: SampleTable, rows: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """(row, count) for each volume of ``rows`` (default all) holding NaN or Inf voxels; 2D images: none
+    (their decoders refuse float samples, naming the count)."""
+    if table.kind != "volume":
+        return []
+    from covfuse.data.volume_io import nonfinite_voxels
+
+    rows = range(len(table)) if rows is None else [int(r) for r in rows]
+    return [(r, n) for r in rows if (n := nonfinite_voxels(table.files[r]))]
+
+
+def check_nonfinite(table: SampleTable, rows: np.ndarray, rule: str = "zero") -> tuple[int, int]:
+    """data.nonfinite: ``refuse`` raises one line naming the first file with NaN/Inf voxels and its count;
+    ``zero`` returns (files, voxels) that preprocessing sets to 0."""
+    found = nonfinite(table, rows)
+    if found and rule == "refuse":
+        row, count = min(found)
+        more = f" (and {len(found) - 1} more file(s) have some)" if len(found) > 1 else ""
+        raise UserError(f"{table.where(row)}: {table.files[row]} has {count:,} NaN/Inf voxel(s){more}; set "
+                        "data.nonfinite zero to treat them as 0 before normalisation, or fix the file(s) "
+                        "(`covfuse data info` counts them)")
+    return len(found), sum(n for _, n in found)
+
+
 def check_readable(table: SampleTable, where) -> None:
     """Every file of ``table`` can be opened (volumes: a 3-D NIfTI header; images: a non-empty file),
     the first bad row named by ``where(i)``, before any file is decoded."""

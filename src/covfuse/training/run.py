@@ -442,6 +442,9 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
     if data.skipped:
         log.warning("skipped %d image(s) that do not decode (listed in %s): %s%s", len(data.skipped),
                     run_dir / "skipped.txt", ", ".join(data.skipped[:5]), " ..." if len(data.skipped) > 5 else "")
+    if getattr(data, "nonfinite", (0, 0))[0]:
+        files, voxels = data.nonfinite
+        log.info("data.nonfinite zero: %d NaN/Inf voxel(s) in %d file(s) set to 0 before normalisation", voxels, files)
     if rank0:
         trackmod.start(trainer.loggers[1:], config, run_dir, tracking)
     p.interruption.install()
