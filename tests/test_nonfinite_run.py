@@ -1,0 +1,79 @@
+"""A run whose loss turns NaN stops: exit status 1, one line, last good checkpoint kept, no NaN predictions."""
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from covfuse.cli.main import main as covfuse
+from covfuse.training.module import CovfuseModule
+
+FIT = ["fit", "--data.root", "twin/celeba", "--data.image_size", "16", "--data.batch_size", "8", "--data.covariates",
+       "Young,Male", "--bootstrap", "0", "--trainer.summary", "false", "--trainer.progress", "none",
+       "--trainer.accelerator", "cpu", "--trainer.limit_train_batches", "2", "--trainer.max_epochs", "3"]
+
+
+@pytest.fixture
+def work(tmp_path_factory, tmp_path, monkeypatch):
+    from data_fixtures import make_twin
+
+    shutil.copytree(make_twin(tmp_path_factory, n=60, size=(24, 28), seed=5), tmp_path / "twin")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def nan_from(monkeypatch, epoch: int, stage: str = "train") -> None:
+    """The model's loss becomes NaN from ``epoch`` (0-based) on, in ``stage`` (as exploding weights make it)."""
+    real = CovfuseModule.loss
+
+    def loss(self, logits, target):
+        out = real(self, logits, target)
+        diverged = self.trainer.current_epoch >= epoch and (self.training if stage == "train" else not self.training)
+        return out * torch.tensor(math.nan) if diverged else out
+
+    monkeypatch.setattr(CovfuseModule, "loss", loss)
+
+
+def test_a_nan_training_loss_stops_with_status_1_and_keeps_the_last_good_checkpoint(work, monkeypatch, capsys):
+    nan_from(monkeypatch, epoch=1)
+    code = covfuse([*FIT, "--name", "nan"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1, err[-2000:]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert lines[0].startswith("covfuse fit: epoch 2, step 3: the training loss became nan; stopped, the last good "
+                               "checkpoint is runs/nan/checkpoints/last.ckpt (epoch 1)"), lines[0]
+    assert "data.nonfinite" in lines[0] and "optim.lr" in lines[0]
+    run = work / "runs/nan"
+    assert not (run / "predictions.csv").exists() and not (run / "metrics.json").exists()
+    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    # the run can still be examined: explain and test answer (exit 0, or one line), never a traceback
+    monkeypatch.undo()
+    monkeypatch.chdir(work)
+    for argv in (["explain", "nan"], ["test", "nan"]):
+        capsys.readouterr()
+        code = covfuse(argv)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and code in (0, 2), (argv, err[-2000:])
+
+
+def test_a_nan_in_the_first_epoch_leaves_no_run_folder(work, monkeypatch, capsys):
+    nan_from(monkeypatch, epoch=0)
+    assert covfuse([*FIT, "--name", "first"]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 1, step 1: the training loss became nan; stopped, no checkpoint had been written yet" in err
+    assert not (work / "runs/first").exists()
+
+
+def test_a_nan_validation_loss_stops_before_its_checkpoint(work, monkeypatch, capsys):
+    nan_from(monkeypatch, epoch=1, stage="val")
+    assert covfuse([*FIT, "--name", "val"]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 2, step 4: the validation loss became nan; stopped, the last good checkpoint" in err
+    ckpt = torch.load(work / "runs/val/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 0
+    assert not (work / "runs/val/predictions.csv").exists()
