@@ -193,3 +193,66 @@ def test_a_float_tiff_with_nan_is_refused_with_its_count(tmp_path):
     assert int(np.isnan(tifffile.imread(path)).sum()) == 30  # tifffile's own read
     with pytest.raises(UnsupportedImage, match=r"map\.tif: cannot read the image \(float32 samples, 30 of them NaN/Inf"):
         read_pixels(path)
+
+
+# --------------------------------------------------------------------- every hint true: verify, skip_corrupt
+FIT2D = ["--data.image_size", "16", "--data.batch_size", "4", "--data.target", "label", "--data.covariates", "age",
+         "--trainer.max_epochs", "1", "--trainer.summary", "false", "--bootstrap", "0", "--trainer.progress", "none",
+         "--trainer.accelerator", "cpu"]
+
+
+def dicom_manifest(folder: Path, n: int = 12, broken: int | None = None) -> Path:
+    """``m.csv`` naming n dual-personality DICOMs (train/valid/test); row ``broken`` lost its tail in transfer."""
+    (folder / "dcm").mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    lines = ["subject,path,split,label,age"]
+    for i in range(n):
+        _dual(folder / "dcm" / f"IM{i:04d}.dcm", rng.integers(0, 4096, (20, 20)).astype(np.uint16))
+        lines.append(f"s{i},dcm/IM{i:04d}.dcm,{('train', 'train', 'valid', 'test')[i % 4]},{i % 2},{50 + i}")
+    if broken is not None:
+        path = folder / "dcm" / f"IM{broken:04d}.dcm"
+        path.write_bytes(path.read_bytes()[:-300])
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    return folder / "m.csv"
+
+
+def test_data_verify_takes_a_dicom_manifest_and_names_the_bad_file(tmp_path, monkeypatch, capsys):
+    from covfuse.cli.main import main as covfuse
+
+    monkeypatch.chdir(tmp_path)
+    dicom_manifest(tmp_path / "good")
+    assert covfuse(["data", "verify", "good/m.csv", "--workers", "1"]) == 0
+    assert "images: 12 of 12 decode" in capsys.readouterr().out
+    dicom_manifest(tmp_path / "bad", broken=4)
+    assert covfuse(["data", "verify", "bad/m.csv", "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert lines == [lines[0]] and lines[0].startswith(
+        "covfuse data: error: verification failed: bad/m.csv, line 6 (subject s4): bad/dcm/IM0004.dcm does not "
+        "decode (DICOM: "), err
+    assert "images: 11 of 12 decode" in out
+    with pytest.raises(Exception):  # pydicom, the reference, cannot decode it either
+        pydicom.dcmread("bad/dcm/IM0004.dcm").pixel_array
+
+
+def test_data_verify_takes_a_bids_dataset(tmp_path, capsys):
+    from test_data_bids import make_bids
+
+    from covfuse.cli.main import main as covfuse
+
+    make_bids(tmp_path / "study")
+    assert covfuse(["data", "verify", str(tmp_path / "study"), "--workers", "1"]) == 0
+    assert "verified: every file of" in capsys.readouterr().out
+
+
+def test_skip_corrupt_leaves_out_a_broken_dicom_and_keeps_the_clean_ones(tmp_path, monkeypatch, capsys):
+    from covfuse.cli.main import main as covfuse
+
+    monkeypatch.chdir(tmp_path)
+    dicom_manifest(tmp_path, broken=4)  # a train row
+    assert covfuse(["fit", "--data.root", "m.csv", *FIT2D, "--data.cache", "off", "--name", "k", "--skip_corrupt"]) == 0, \
+        capsys.readouterr().err[-2000:]
+    assert (tmp_path / "runs/k/skipped.txt").read_text().split() == ["IM0004.dcm"]
+    import json
+
+    assert json.loads((tmp_path / "runs/k/metrics.json").read_text())["skipped_images"] == 1

@@ -127,7 +127,8 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
         from covfuse.data._workers import default_workers, run_chunks
         from covfuse.data.decode import find_unreadable
 
-        chunks = [(paths[i: i + 256],) for i in range(0, len(paths), 256)]
+        any_format = table.format != "celeba"  # DICOM, TIFF, 16-bit PNG ...: the decoder training will use
+        chunks = [(paths[i: i + 256], any_format) for i in range(0, len(paths), 256)]
         return {p for _, found in run_chunks(find_unreadable, chunks, default_workers(len(paths))) for p in found}
     empty = [p for p in paths if os.path.getsize(p) == 0]
     if empty:
