@@ -256,3 +256,92 @@ def test_skip_corrupt_leaves_out_a_broken_dicom_and_keeps_the_clean_ones(tmp_pat
     import json
 
     assert json.loads((tmp_path / "runs/k/metrics.json").read_text())["skipped_images"] == 1
+
+
+# -------------------------------------------------------------------------- honest layouts, ids, delimiters
+def _rgb_dicom(path: Path, rgb: np.ndarray) -> None:
+    _write_dicom(path, np.zeros(rgb.shape[:2]))
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(path)
+
+
+def mixed_manifest(folder: Path) -> tuple[Path, np.ndarray]:
+    """A grey 8-bit PNG first (it used to set the layout for all), a grey 16-bit PNG, an RGB DICOM."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    (folder / "img").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / "img/a.png")
+    Image.fromarray(rng.integers(0, 65536, (16, 16)).astype(np.uint16)).save(folder / "img/b.png")
+    rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    _rgb_dicom(folder / "img/c.dcm", rgb)
+    (folder / "m.csv").write_text("subject,path,label\ns1,img/a.png,0\ns2,img/b.png,1\ns3,img/c.dcm,1\n")
+    return folder / "m.csv", rgb
+
+
+def test_a_mixed_manifest_is_read_in_its_richest_layout_with_one_warning(tmp_path, caplog, capsys):
+    import json
+
+    from covfuse.cli.main import main as covfuse
+    from covfuse.data.readers import read_table
+    from covfuse.data.samples import _decoder, image_layout
+
+    manifest, rgb = mixed_manifest(tmp_path)
+    table = read_table(manifest)
+    with caplog.at_level(logging.WARNING):
+        assert image_layout(table) == (3, "uint16")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"{manifest}: the files mix layouts (grey 8-bit 1, grey 16-bit 1, RGB 8-bit 1); all are read "
+                      "as RGB 16-bit (grey repeated into 3 channels, 8-bit values scaled x257)"]
+    # the RGB DICOM stays colour: its three planes, widened, are pydicom's own pixel array
+    out = _decoder(table)(str(tmp_path / "img/c.dcm"), 16, "research")
+    assert out.shape == (3, 16, 16) and out.dtype == np.uint16
+    assert np.array_equal(out, pydicom.dcmread(tmp_path / "img/c.dcm").pixel_array.transpose(2, 0, 1).astype(np.uint16) * 257)
+    assert np.array_equal(rgb, pydicom.dcmread(tmp_path / "img/c.dcm").pixel_array)
+    assert covfuse(["data", "info", str(manifest), "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["layouts"] == {"grey 8-bit": 1, "grey 16-bit": 1, "RGB 8-bit": 1} and summary["read_as"] == "RGB 16-bit"
+    assert covfuse(["data", "info", str(manifest)]) == 0
+    assert "layouts: grey 8-bit (1), grey 16-bit (1), RGB 8-bit (1); mixed: all are read as RGB 16-bit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_comma_semicolon_and_tab_manifests_read_alike(tmp_path, delimiter):
+    import csv
+
+    from covfuse.data.readers import read_table
+
+    manifest, _ = mixed_manifest(tmp_path)
+    rows = list(csv.reader(open(manifest)))
+    other = tmp_path / "other.csv"
+    with open(other, "w", newline="") as f:
+        # a decimal comma in the values, as a European spreadsheet writes them next to ";"
+        csv.writer(f, delimiter=delimiter).writerows([rows[0] + ["score"]] +
+                                                     [r + ["2,5" if delimiter != "," else "2.5"] for r in rows[1:]])
+    table, reference = read_table(other), read_table(manifest)
+    assert table.columns["path"] == reference.columns["path"] and table.columns["label"] == reference.columns["label"]
+    assert table.header == ["subject", "path", "label", "score"]
+    assert table.columns["score"] == ["2,5" if delimiter != "," else "2.5"] * 3
+
+
+def test_ids_are_unique_per_row(tmp_path, capsys):
+    from covfuse.cli.main import main as covfuse
+    from covfuse.data.readers import read_table
+
+    manifest, _ = mixed_manifest(tmp_path)
+    text = manifest.read_text() + "s4,img/a.png,1\n"  # one file in two rows (two readers' labels)
+    manifest.write_text(text)
+    table = read_table(manifest)
+    assert table.row_ids(range(4)) == ["img/a.png#L2", "img/b.png", "img/c.dcm", "img/a.png#L5"]
+    lines = text.splitlines()
+    with_id = ["id," + lines[0]] + [f"r{i}," + line for i, line in enumerate(lines[1:])]
+    manifest.write_text("\n".join(with_id) + "\n")
+    assert read_table(manifest).row_ids(range(4)) == ["r0", "r1", "r2", "r3"]
+    manifest.write_text("\n".join(with_id[:-1] + ["r0," + lines[-1]]) + "\n")
+    assert covfuse(["data", "info", str(manifest)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("line 5: id 'r0' is also on line 2; the id column names each row once "
+                                            "(drop the column to use path and line)")

@@ -133,6 +133,7 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
     from collections import Counter
 
     from covfuse.data.readers import read_table
+    from covfuse.data.samples import layout_name
     from covfuse.data.table import RESERVED, SPLIT_NAMES, column_kind, is_missing, subject_split
 
     table = read_table(path, check_files=True) if str(path).lower().endswith((".csv", ".tsv")) else read_table(path)
@@ -151,9 +152,12 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
             entry.update({"min": min(numbers), "max": max(numbers)} if numbers else {})
         columns[name] = entry
     shapes: Counter = Counter()
+    layouts: Counter = Counter()
     nonfinite: list = []
     if check_volumes:
-        shapes = Counter(file_shape(table, i) for i in range(len(table)))
+        headers = [file_header(table, i) for i in range(len(table))]
+        shapes = Counter(shape for shape, _ in headers)
+        layouts = Counter((info["channels"], info["bits"]) for _, info in headers if info)
         from covfuse.data.samples import nonfinite as find_nonfinite
 
         nonfinite = find_nonfinite(table)
@@ -171,6 +175,9 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
         "columns": columns,
         "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
         "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
+        "layouts": {layout_name(*k): v for k, v in sorted(layouts.items())},
+        "read_as": layout_name(3 if any(c == 3 for c, _ in layouts) else 1,
+                               16 if any(b == 16 for _, b in layouts) else 8) if layouts else None,
         "nonfinite": {"files": len(nonfinite), "voxels": sum(n for _, n in nonfinite),
                       "first": str(table.columns["path"][nonfinite[0][0]]) if nonfinite else None},
     }
@@ -178,11 +185,16 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
 
 def file_shape(table, row: int) -> tuple:
     """A file's shape from its header: (X, Y, Z) for a volume, (H, W) or (H, W, C) for a 2D image."""
+    return file_header(table, row)[0]
+
+
+def file_header(table, row: int) -> tuple[tuple, dict | None]:
+    """(shape as :func:`file_shape`, the 2D decoder's info dict: format, bits, channels; None for volumes)."""
     file = table.files[row]
     if table.kind == "volume":
         from covfuse.data.volume_io import volume_shape
 
-        return volume_shape(file, table.where(row))
+        return volume_shape(file, table.where(row)), None
     from covfuse.data.decode import CorruptImage
 
     try:
@@ -194,11 +206,11 @@ def file_shape(table, row: int) -> tuple:
             with Image.open(path) as img:
                 return np.asarray(img), {}
     try:
-        pixels, _ = read_pixels(file)
+        pixels, info = read_pixels(file)
     except CorruptImage as exc:
         raise UserError(f"{table.where(row)}: {table.columns['path'][row]}: cannot decode the image ({exc.reason}); "
                         "replace the file or remove its row") from None
-    return tuple(int(v) for v in pixels.shape)
+    return tuple(int(v) for v in pixels.shape), info
 
 
 def _print_volume_info(summary: dict) -> None:
@@ -209,6 +221,10 @@ def _print_volume_info(summary: dict) -> None:
     print("splits: " + " | ".join(f"{k} {v:,}" for k, v in sp.items()) + f"  ({summary['split_source']})")
     shape = summary["shape"]
     print("shape: " + ("x".join(map(str, shape)) if shape else ", ".join(f"{k} ({v})" for k, v in summary["shapes"].items())))
+    layouts = summary.get("layouts") or {}
+    if layouts:
+        mixed = f"; mixed: all are read as {summary['read_as']}, losing nothing" if len(layouts) > 1 else ""
+        print("layouts: " + ", ".join(f"{k} ({v})" for k, v in layouts.items()) + mixed)
     bad = summary.get("nonfinite") or {}
     if bad.get("files"):
         print(f"non-finite: {bad['files']:,} file(s) hold {bad['voxels']:,} NaN/Inf voxel(s) (first: {bad['first']}); "
