@@ -345,3 +345,44 @@ def test_ids_are_unique_per_row(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.endswith("line 5: id 'r0' is also on line 2; the id column names each row once "
                                             "(drop the column to use path and line)")
+
+
+# ------------------------------------------------------------------- docs/data.md's dermoscopy example, verbatim
+DATA_MD = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+
+
+def dermoscopy_example() -> tuple[list[str], list[list[str]]]:
+    """(manifest lines, commands) of docs/data.md's dermoscopy layout, as printed there."""
+    import shlex
+
+    text = DATA_MD.read_text()
+    block = text.split("    photos/manifest.csv:\n", 1)[1]
+    manifest_text, rest = block.split("\n\n", 1)
+    commands_text = rest.split("\n\n", 1)[0]
+    manifest = [line[4:] for line in manifest_text.splitlines()]
+    joined = commands_text.replace("\\\n", " ")
+    return manifest, [shlex.split(line)[1:] for line in joined.splitlines() if line.strip().startswith("covfuse ")]
+
+
+def test_the_dermoscopy_example_in_docs_runs_as_printed(tmp_path, monkeypatch, capsys):
+    import csv
+
+    from PIL import Image
+
+    from covfuse.cli.main import main as covfuse
+
+    manifest, commands = dermoscopy_example()
+    assert manifest[0] == "subject,path,split,melanoma,age,sex,site" and len(commands) == 2
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
+    (tmp_path / "photos/img").mkdir(parents=True)
+    (tmp_path / "photos/manifest.csv").write_text("\n".join(manifest) + "\n")
+    rng = np.random.default_rng(0)
+    for row in list(csv.DictReader(manifest))[:]:
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "photos" / row["path"])
+    for argv in commands:
+        code = covfuse(argv)
+        assert code == 0, (argv, capsys.readouterr().err[-2000:])
+    rows = list(csv.DictReader(open(tmp_path / "runs/isic-hybrid/predictions.csv")))
+    assert sorted(r["id"] for r in rows) == ["img/ISIC_0000003.jpg", "img/ISIC_0000004.jpg"]
+    assert all(np.isfinite(float(r["probability"])) for r in rows)
