@@ -83,6 +83,10 @@ def image_layout(table: SampleTable) -> tuple[int, str]:
         return 3, "uint8"
     if "layout" in table.extra:
         return table.extra["layout"]
+    key = _layout_key(table)
+    if key in _LAYOUTS:  # the same manifest read again (a fit's cache build, then its datasets): one warning
+        table.extra["layout"] = _LAYOUTS[key]
+        return _LAYOUTS[key]
     from collections import Counter
 
     from covfuse.data._workers import default_workers, run_chunks
@@ -104,7 +108,21 @@ def image_layout(table: SampleTable) -> tuple[int, str]:
         log.warning("%s: the files mix layouts (%s); all are read as %s (%s)", table.path, mix,
                     layout_name(channels, bits), ", ".join(how))
     table.extra["layout"] = (channels, "uint16" if bits == 16 else "uint8")
+    if key is not None:
+        _LAYOUTS[key] = table.extra["layout"]
     return table.extra["layout"]
+
+
+_LAYOUTS: dict[tuple, tuple[int, str]] = {}
+
+
+def _layout_key(table: SampleTable) -> tuple | None:
+    """The table's source file and its state (a changed manifest is probed again); None for tables without one."""
+    try:
+        st = os.stat(table.path)
+    except OSError:
+        return None
+    return str(Path(table.path).resolve()), st.st_size, st.st_mtime_ns, len(table.files)
 
 
 class _Conformed:

@@ -97,9 +97,9 @@ class LineProgress(Callback):
 
 
 class StopNonFinite(Callback):
-    """Stop the run at the first NaN/Inf training loss (after the batch) or validation metric (before any
-    checkpoint of that epoch is written), so the last good checkpoint stays and nothing is predicted with
-    NaN weights: :class:`~covfuse.errors.RunDiverged`, one line, exit status 1."""
+    """Stop the run at the first NaN/Inf training loss (after the batch) or validation loss (before that
+    epoch's checkpoints are written: Lightning runs checkpoint callbacks last), so the last good checkpoint
+    stays and nothing is predicted with NaN weights: :class:`~covfuse.errors.RunDiverged`, one line, exit 1."""
 
     def __init__(self, last: Path):
         self.last = Path(last)
