@@ -77,3 +77,32 @@ def test_a_nan_validation_loss_stops_before_its_checkpoint(work, monkeypatch, ca
     ckpt = torch.load(work / "runs/val/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 0
     assert not (work / "runs/val/predictions.csv").exists()
+
+
+def test_a_study_whose_run_diverges_lists_it_failed_and_reports_without_a_traceback(work, monkeypatch, capsys):
+    import yaml
+
+    from data_fixtures import TINY_STUDY
+
+    (work / "base.yaml").write_text(yaml.safe_dump({**TINY_STUDY, "data": {**TINY_STUDY["data"], "root": "twin/celeba"}}))
+    real = CovfuseModule.loss
+
+    def loss(self, logits, target):  # only the hybrid model diverges, in its second epoch
+        out = real(self, logits, target)
+        hybrid = self.hparams.model.get("fusion") == "hybrid"
+        return out * torch.tensor(math.nan) if hybrid and self.trainer.current_epoch >= 1 and self.training else out
+
+    monkeypatch.setattr(CovfuseModule, "loss", loss)
+    args = ["sweep", "--config", "base.yaml", "--name", "st", "--grid", "model.fusion=image-only,hybrid",
+            "--trainer.max_epochs", "2"]
+    code = covfuse(args)
+    out, err = capsys.readouterr()
+    assert code != 0 and "Traceback" not in err, err[-2000:]
+    assert "fusion=hybrid/s0: FAILED (epoch 2, step" in out + err and "the training loss became nan" in out + err
+    assert not (work / "runs/st/fusion=hybrid/s0/predictions.csv").exists()
+    monkeypatch.undo()
+    monkeypatch.chdir(work)
+    for argv in (["report", "runs/st"], ["status", "st"]):
+        code = covfuse(argv)
+        err = capsys.readouterr().err
+        assert code in (0, 2) and "Traceback" not in err, (argv, err[-2000:])
