@@ -106,3 +106,24 @@ def test_a_study_whose_run_diverges_lists_it_failed_and_reports_without_a_traceb
         code = covfuse(argv)
         err = capsys.readouterr().err
         assert code in (0, 2) and "Traceback" not in err, (argv, err[-2000:])
+
+
+def test_covfuse_test_never_writes_nan_predictions(work, capsys):
+    assert covfuse([*FIT, "--name", "ok", "--trainer.max_epochs", "1"]) == 0
+    run = work / "runs/ok"
+    before = (run / "predictions.csv").read_bytes()
+    ckpt = torch.load(run / "checkpoints/best.ckpt", weights_only=True)
+    for name, tensor in ckpt["state_dict"].items():  # weights as a diverged optimiser leaves them
+        if tensor.is_floating_point():
+            tensor.fill_(math.nan)
+    torch.save(ckpt, run / "checkpoints/best.ckpt")
+    capsys.readouterr()
+    assert covfuse(["test", "ok"]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith("covfuse test: the model's output is NaN/Inf for "), lines
+    assert (run / "predictions.csv").read_bytes() == before
+    image = next((work / "twin/celeba/img_align_celeba").iterdir())
+    assert covfuse(["predict", "ok", str(image), "--covariates", "Young=1,Male=0"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("covfuse predict: the model's output is NaN/Inf for 1 of 1 file(s)"), err
+    assert len(err.strip().splitlines()) == 1

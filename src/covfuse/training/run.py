@@ -498,6 +498,13 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
     for split, out in outputs.items():
         index = out["index"].numpy().astype(np.int64)
         value = out["output"].numpy().astype(np.float64)
+        bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+        if bad.any():  # never a predictions.csv with NaN (a checkpoint whose weights diverged)
+            from covfuse.errors import RunDiverged
+
+            raise RunDiverged(f"the model's output is NaN/Inf for {int(bad.sum())} of {len(value)} {split} sample(s) "
+                              f"(first: {data.filenames(index[bad][:1])[0]}); nothing written. Check the inputs for "
+                              "NaN/Inf (`covfuse data info ROOT`, data.nonfinite) and the checkpoint (--ckpt last|best)")
         label = data.labels[index].astype(np.float64 if task in ("regression", "survival") else np.int64)
         real = data.covariates_real[index]
         clusters = data.groups(index)  # identity / subject: intervals resample people, not images
