@@ -127,3 +127,7 @@ def test_covfuse_test_never_writes_nan_predictions(work, capsys):
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("covfuse predict: the model's output is NaN/Inf for 1 of 1 file(s)"), err
     assert len(err.strip().splitlines()) == 1
+    code = covfuse(["explain", "ok", "--examples", "1", "--n-boot", "20", "--steps", "2", "--mass-images", "4"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+    assert code == 1 and len(lines) == 1 and "NaN/Inf" in lines[0], lines
+    assert not (run / "explain").exists()
