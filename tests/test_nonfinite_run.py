@@ -54,7 +54,8 @@ def test_a_nan_training_loss_stops_with_status_1_and_keeps_the_last_good_checkpo
     # the run can still be examined: explain and test answer (exit 0, or one line), never a traceback
     monkeypatch.undo()
     monkeypatch.chdir(work)
-    for argv in (["explain", "nan"], ["test", "nan"]):
+    for argv in (["explain", "nan", "--examples", "1", "--n-boot", "20", "--steps", "2", "--mass-images", "4"],
+                 ["test", "nan"]):
         capsys.readouterr()
         code = covfuse(argv)
         err = capsys.readouterr().err
