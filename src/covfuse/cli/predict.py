@@ -156,6 +156,7 @@ def main(argv: list[str]) -> int:
     celeba = state is None or state.get("format") == "celeba"
     predict = _predict_images if celeba else _predict_volumes
     header, rows, marks = predict(args, run_dir, module, state, precision)
+    check_finite(header, rows, args.ckpt)
     if args.csv_file:  # a table: one row outside the training range must not cost the others
         header = [*header, "out_of_range"]
         rows = [[*row, "; ".join(marks.get(i, []))] for i, row in enumerate(rows)]
@@ -167,6 +168,18 @@ def main(argv: list[str]) -> int:
     out.writerow(header)
     out.writerows(rows)
     return 0
+
+
+def check_finite(header: list[str], rows: list[list[str]], ckpt: str) -> None:
+    """Never print NaN predictions (weights that diverged): RunDiverged, one line, exit status 1."""
+    columns = [j for j, name in enumerate(header) if name.startswith(("P(", "predicted_")) or name == "risk"]
+    bad = [row for row in rows if any(not math.isfinite(float(row[j])) for j in columns if row[j] not in ("",))]
+    if bad:
+        from covfuse.errors import RunDiverged
+
+        raise RunDiverged(f"the model's output is NaN/Inf for {len(bad)} of {len(rows)} file(s) (first: {bad[0][0]}); "
+                          f"nothing printed. The checkpoint ({ckpt}) holds NaN weights or the file NaN values: try "
+                          "--ckpt best or last, and `covfuse data info` on the inputs")
 
 
 def _predict_images(args, run_dir, module, state, precision) -> tuple[list[str], list[list[str]]]:

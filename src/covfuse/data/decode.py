@@ -49,8 +49,8 @@ class CorruptImage(UserError):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: cannot decode the image ({reason}); re-extract it, or pass --skip-corrupt to "
-                         "leave such images out (`covfuse data verify ROOT` lists them all)")
+        super().__init__(f"{path}: cannot decode the image ({reason}); replace or remove it (`covfuse data verify ROOT` "
+                         "lists them all; `covfuse fit --skip_corrupt` trains without them)")
 
 
 def decode_image(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
@@ -79,14 +79,24 @@ def _reason(path, exc: BaseException) -> str:
     return " ".join(str(exc).split())[:120] or type(exc).__name__
 
 
-def find_unreadable(paths: list[str]) -> list[str]:
-    """The files among ``paths`` that :func:`decode_image` refuses (worker for ``--skip-corrupt``)."""
+def find_unreadable(paths: list[str], any_format: bool = False) -> list[str]:
+    """The files among ``paths`` that do not decode (worker for ``--skip-corrupt``): :func:`decode_image`
+    for CelebA's JPEGs, or with ``any_format`` the decoder of every supported format (PNG, TIFF, DICOM ...)."""
+    return [path for path, _ in unreadable(paths, any_format)]
+
+
+def unreadable(paths: list[str], any_format: bool = False) -> list[tuple[str, str]]:
+    """(file, reason) for each of ``paths`` that does not decode fully (worker for ``covfuse data verify``);
+    a file in a format covfuse cannot use (a stack, float samples) counts as not decoding."""
+    decode = any_decoder() if any_format else decode_image
     bad = []
     for path in paths:
         try:
-            decode_image(path, 8)
-        except CorruptImage:
-            bad.append(path)
+            decode(path, 8, "research")
+        except CorruptImage as exc:
+            bad.append((path, exc.reason))
+        except UserError as exc:  # UnsupportedImage: "PATH: cannot read the image (REASON)"
+            bad.append((path, getattr(exc, "reason", str(exc))))
     return bad
 
 
@@ -197,8 +207,8 @@ def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int,
             image = decode(file, size, preset)
             array[start + i] = conform(image, shape[1], dtype) if any_format else image
         except CorruptImage as exc:
-            raise UserError(f"{file}: cannot decode the image ({exc.reason}); `covfuse data verify` lists all such "
-                            "files; --skip-corrupt leaves them out (with data.cache off)") from None
+            raise UserError(f"{file}: cannot decode the image ({exc.reason}); `covfuse data verify ROOT` lists all such "
+                            "files; `covfuse fit --skip_corrupt --data.cache off` trains without them") from None
     array.flush()
     del array
     return len(files)

@@ -8,6 +8,7 @@ images, ``table.format`` (the CelebA release keeps its own checksummed cache).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 
 from covfuse.data.table import SampleTable
 from covfuse.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,73 @@ def describe(table: SampleTable, s: Settings) -> dict:
     return {"size": s.size, "preset": s.preset}
 
 
-def image_layout(table: SampleTable) -> tuple[int, str]:
-    """(channels, dtype) of a table's decoded images: CelebA is RGB uint8; otherwise the first file's
-    header decides (1 or 3 channels, uint8 or uint16) and every other file is converted to it."""
-    if table.format == "celeba":
-        return 3, "uint8"
+def layout_name(channels: int, bits: int) -> str:
+    return f"{'RGB' if channels == 3 else 'grey'} {bits}-bit"
+
+
+def _probe_chunk(files: list[str]) -> list[tuple[int, int] | None]:
+    """Worker: (channels, bits) from each file's header, None where the header does not read."""
     from covfuse.data.decoders import probe
 
-    info = probe(table.files[0])
-    return int(info["channels"]), "uint16" if info["bits"] == 16 else "uint8"
+    out = []
+    for file in files:
+        try:
+            info = probe(file)
+            out.append((int(info["channels"]), int(info["bits"])))
+        except UserError:  # a bad file is reported when decoded (or left out by --skip_corrupt)
+            out.append(None)
+    return out
+
+
+def image_layout(table: SampleTable) -> tuple[int, str]:
+    """(channels, dtype) of a table's decoded images: CelebA is RGB uint8; otherwise every file's header
+    is read, and a table that mixes layouts is read in the richest, losing nothing: RGB if any file is
+    colour (grey repeated into 3 channels), 16-bit if any file is 16-bit (8-bit values x 257), said
+    in one warning line. Memoised on the table (the cache and the datasets ask again)."""
+    if table.format == "celeba":
+        return 3, "uint8"
+    if "layout" in table.extra:
+        return table.extra["layout"]
+    key = _layout_key(table)
+    if key in _LAYOUTS:  # the same manifest read again (a fit's cache build, then its datasets): one warning
+        table.extra["layout"] = _LAYOUTS[key]
+        return _LAYOUTS[key]
+    from collections import Counter
+
+    from covfuse.data._workers import default_workers, run_chunks
+
+    files = [str(f) for f in table.files]
+    tasks = [(files[i: i + 512],) for i in range(0, len(files), 512)]
+    counts = Counter(found for _, chunk in run_chunks(_probe_chunk, tasks, default_workers(len(files)))
+                     for found in chunk if found is not None)
+    if not counts:  # not one header reads: the first file's own error names it
+        from covfuse.data.decoders import probe
+
+        probe(files[0])
+    channels = 3 if any(c == 3 for c, _ in counts) else 1
+    bits = 16 if any(b == 16 for _, b in counts) else 8
+    if len(counts) > 1:
+        mix = ", ".join(f"{layout_name(*k)} {n}" for k, n in sorted(counts.items()))
+        how = [*(["grey repeated into 3 channels"] if channels == 3 else []),
+               *(["8-bit values scaled x257"] if bits == 16 else [])]
+        log.warning("%s: the files mix layouts (%s); all are read as %s (%s)", table.path, mix,
+                    layout_name(channels, bits), ", ".join(how))
+    table.extra["layout"] = (channels, "uint16" if bits == 16 else "uint8")
+    if key is not None:
+        _LAYOUTS[key] = table.extra["layout"]
+    return table.extra["layout"]
+
+
+_LAYOUTS: dict[tuple, tuple[int, str]] = {}
+
+
+def _layout_key(table: SampleTable) -> tuple | None:
+    """The table's source file and its state (a changed manifest is probed again); None for tables without one."""
+    try:
+        st = os.stat(table.path)
+    except OSError:
+        return None
+    return str(Path(table.path).resolve()), st.st_size, st.st_mtime_ns, len(table.files)
 
 
 class _Conformed:
@@ -127,7 +188,8 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
         from covfuse.data._workers import default_workers, run_chunks
         from covfuse.data.decode import find_unreadable
 
-        chunks = [(paths[i: i + 256],) for i in range(0, len(paths), 256)]
+        any_format = table.format != "celeba"  # DICOM, TIFF, 16-bit PNG ...: the decoder training will use
+        chunks = [(paths[i: i + 256], any_format) for i in range(0, len(paths), 256)]
         return {p for _, found in run_chunks(find_unreadable, chunks, default_workers(len(paths))) for p in found}
     empty = [p for p in paths if os.path.getsize(p) == 0]
     if empty:
@@ -138,6 +200,30 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
         if decode is not None:
             decode(paths[0], 8, "research")
     return set()
+
+
+def nonfinite(table: SampleTable, rows: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """(row, count) for each volume of ``rows`` (default all) holding NaN or Inf voxels; 2D images: none
+    (their decoders refuse float samples, naming the count)."""
+    if table.kind != "volume":
+        return []
+    from covfuse.data.volume_io import nonfinite_voxels
+
+    rows = range(len(table)) if rows is None else [int(r) for r in rows]
+    return [(r, n) for r in rows if (n := nonfinite_voxels(table.files[r]))]
+
+
+def check_nonfinite(table: SampleTable, rows: np.ndarray, rule: str = "zero") -> tuple[int, int]:
+    """data.nonfinite: ``refuse`` raises one line naming the first file with NaN/Inf voxels and its count;
+    ``zero`` returns (files, voxels) that preprocessing sets to 0."""
+    found = nonfinite(table, rows)
+    if found and rule == "refuse":
+        row, count = min(found)
+        more = f" (and {len(found) - 1} more file(s) have some)" if len(found) > 1 else ""
+        raise UserError(f"{table.where(row)}: {table.files[row]} has {count:,} NaN/Inf voxel(s){more}; set "
+                        "data.nonfinite zero to treat them as 0 before normalisation, or fix the file(s) "
+                        "(`covfuse data info` counts them)")
+    return len(found), sum(n for _, n in found)
 
 
 def check_readable(table: SampleTable, where) -> None:

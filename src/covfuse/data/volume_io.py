@@ -85,7 +85,7 @@ def transform(settings: Preprocessing):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
         load = T.LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
-    steps = [load,
+    steps = [load, T.Lambda(finite),  # NaN/Inf -> 0 before anything mixes voxels (data.nonfinite)
              T.Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if settings.spacing is not None:
         steps.append(T.Spacing(pixdim=settings.spacing, mode="bilinear"))
@@ -97,6 +97,26 @@ def transform(settings: Preprocessing):
         steps.append(T.ScaleIntensity(minv=0.0, maxv=1.0))
     steps.append(T.EnsureType(data_type="tensor", track_meta=False))
     return T.Compose(steps)
+
+
+def finite(x):
+    """NaN and +-Inf voxels set to 0 (the background SPM/FSL mask with NaN), before resizing or
+    normalising spreads them: one NaN would make the whole z-scored volume NaN."""
+    return torch.nan_to_num(torch.as_tensor(x), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def nonfinite_voxels(file: Path) -> int:
+    """How many voxels of a NIfTI file are NaN or +-Inf (nibabel, as stored after scaling); only
+    floating-point files are read, since integer voxels are finite by construction."""
+    import nibabel as nib
+
+    image = nib.load(str(file))
+    dtype = np.dtype(image.get_data_dtype())
+    slope, inter = (image.header.get_slope_inter() if hasattr(image.header, "get_slope_inter") else (None, None))
+    scaled = any(v is not None and not np.isfinite(v) for v in (slope, inter))
+    if dtype.kind not in "fc" and not scaled:
+        return 0
+    return int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
 
 
 def load_volume(file: Path, settings: Preprocessing, pipeline=None) -> torch.Tensor:

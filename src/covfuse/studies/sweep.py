@@ -551,7 +551,9 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
                                  f"continue it with: {again(study)}", exc.code) from None
         except Exception as exc:  # noqa: BLE001 (one broken run must not cost the study the others)
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            if not isinstance(exc, UserError):  # a bug, not a mistake: keep the traceback in the log
+            from covfuse.errors import RunDiverged
+
+            if not isinstance(exc, (UserError, RunDiverged)):  # a bug, not a mistake: keep the traceback in the log
                 logging.getLogger("covfuse.studies").error("run %s failed: %s", run.dir, reason, exc_info=True)
             say(f"{_where(study, run)}: FAILED ({reason})")
             failed.append((run, reason))

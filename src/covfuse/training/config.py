@@ -42,6 +42,7 @@ class DataConfig:
         geometry: Volumes: resize (whole field of view to image_size^3) or crop-pad (centre crop / zero pad).
         spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
         event: Survival head: the 0/1 column saying whether the event was observed (1) or data.target's time is censored (0).
+        nonfinite: Volumes: what NaN/Inf voxels become (SPM/FSL mask the background with NaN): zero (set to 0 before normalisation, counted in the log) or refuse (stop, naming the first file).
     """
 
     root: str = ""
@@ -66,6 +67,7 @@ class DataConfig:
     geometry: Literal["resize", "crop-pad"] = "resize"
     spacing: Optional[float] = None
     event: Optional[str] = None
+    nonfinite: Literal["zero", "refuse"] = "zero"
 
 
 @dataclass

@@ -188,6 +188,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         self.covariates_real: np.ndarray | None = None  # (N, K) float32, table order
         self.labels: np.ndarray | None = None  # (N,) float32
         self.skipped: list[str] = []  # files left out by skip_corrupt
+        self.nonfinite: tuple[int, int] = (0, 0)  # (files, voxels) with NaN/Inf set to 0 (data.nonfinite zero)
 
     # -- preparation -----------------------------------------------------------------------
     def _root(self) -> str:
@@ -209,14 +210,17 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         """With ``cache: build``, decode every file into the memmap cache once (rank 0)."""
         if self.cfg.cache != "build":
             return
-        from covfuse.data.samples import build_cache
+        from covfuse.data.samples import build_cache, check_nonfinite, open_cache
 
-        build_cache(self.read_table(), self.settings())
+        table = self.read_table()
+        if table.kind == "volume" and open_cache(table, self.settings()) is None:  # the build reads every file
+            self.nonfinite = check_nonfinite(table, np.arange(len(table)), self.cfg.nonfinite)
+        build_cache(table, self.settings())
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
             return
-        from covfuse.data.samples import check_files, make_dataset, open_cache
+        from covfuse.data.samples import check_files, check_nonfinite, make_dataset, open_cache
         from covfuse.data.table import CovariateEncoder, check_selection, encode_target
 
         cfg = self.cfg
@@ -268,6 +272,9 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         cache = None if cfg.cache == "off" else open_cache(table, settings)
         if cache is None:
             self._check_files(table)
+            if table.kind == "volume":  # files are read as training goes: count NaN/Inf voxels now
+                rows = np.concatenate([self.indices[s] for s in SPLITS])
+                self.nonfinite = check_nonfinite(table, rows, cfg.nonfinite)
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
             feed = real

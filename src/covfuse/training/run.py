@@ -442,6 +442,9 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
     if data.skipped:
         log.warning("skipped %d image(s) that do not decode (listed in %s): %s%s", len(data.skipped),
                     run_dir / "skipped.txt", ", ".join(data.skipped[:5]), " ..." if len(data.skipped) > 5 else "")
+    if getattr(data, "nonfinite", (0, 0))[0]:
+        files, voxels = data.nonfinite
+        log.info("data.nonfinite zero: %d NaN/Inf voxel(s) in %d file(s) set to 0 before normalisation", voxels, files)
     if rank0:
         trackmod.start(trainer.loggers[1:], config, run_dir, tracking)
     p.interruption.install()
@@ -495,6 +498,13 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
     for split, out in outputs.items():
         index = out["index"].numpy().astype(np.int64)
         value = out["output"].numpy().astype(np.float64)
+        bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+        if bad.any():  # never a predictions.csv with NaN (a checkpoint whose weights diverged)
+            from covfuse.errors import RunDiverged
+
+            raise RunDiverged(f"the model's output is NaN/Inf for {int(bad.sum())} of {len(value)} {split} sample(s) "
+                              f"(first: {data.filenames(index[bad][:1])[0]}); nothing written. Check the inputs for "
+                              "NaN/Inf (`covfuse data info ROOT`, data.nonfinite) and the checkpoint (--ckpt last|best)")
         label = data.labels[index].astype(np.float64 if task in ("regression", "survival") else np.int64)
         real = data.covariates_real[index]
         clusters = data.groups(index)  # identity / subject: intervals resample people, not images

@@ -7,7 +7,7 @@ def _num(v, fmt: str = ".3f") -> str:
 
 
 def _ci(ci) -> str:
-    return "" if not ci or ci[0] is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return "" if not ci or ci[0] is None or ci[1] is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _rate(entry: dict) -> str:
@@ -24,7 +24,7 @@ def markdown(r: dict) -> str:
         f"# What the covariates change: {r['run']}",
         "",
         f"Split `{r['split']}`: {r['count']} samples from {r['clusters']} {people}; target {r['target']}, "
-        f"fusion `{r['fusion']}`, accuracy {r['accuracy']:.3f} with the real covariates. 95% intervals come "
+        f"fusion `{r['fusion']}`, accuracy {_num(r.get('accuracy'))} with the real covariates. 95% intervals come "
         f"from {r['n_boot']} bootstrap resamples of whole {people}, never of single images "
         "(bootstrap standard error, t with G − 1 degrees of freedom; covfuse.studies.stats).",
     ]
