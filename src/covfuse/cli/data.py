@@ -451,7 +451,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="decode all images once into a uint8 memmap for fast epochs",
                        description="Decode, crop and resize every image into a uint8 (N,3,S,S) memmap under "
-                       "ROOT/.covfuse-cache/ (or --cache-dir). Atomic and resumable: rerun after an interruption.")
+                       "ROOT/.covfuse-cache/ (or --cache_dir DIR; fit reads it with data.cache_dir DIR). Atomic and resumable: rerun after an interruption.")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--size", type=int, required=True, help="side S of the square images in pixels")
     p.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, help=f"image preset (default: {DEFAULT_PRESET})")

@@ -83,32 +83,41 @@ def _decoder(table: SampleTable):
     return _Conformed(*image_layout(table))
 
 
-def volume_cache_dir(table: SampleTable) -> Path:
+def volume_cache_dir(table: SampleTable, cache_dir: str | os.PathLike | None = None) -> Path:
     from covfuse.data.volume_io import CACHE_DIRNAME
 
-    return table.root / CACHE_DIRNAME
+    return Path(cache_dir) if cache_dir else table.root / CACHE_DIRNAME
 
 
-def open_cache(table: SampleTable, s: Settings):
-    """The table's cache at these settings if one was built and still matches, else None."""
+def _volume_name(table: SampleTable, s: Settings) -> str:
+    from covfuse.data.cache import source_key
+
+    return source_key(table, *asdict(_volume_settings(s)).values())
+
+
+def open_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
+    """The table's cache at these settings (in ``cache_dir``, default beside the source) if one was
+    built and still matches, else None."""
     if table.kind == "volume":
         from covfuse.data.volume_io import open_volume_cache
 
-        return open_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table))
+        return open_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table, cache_dir),
+                                 name=_volume_name(table, s))
     from covfuse.data import cache
 
-    return cache.open_cache(table, s.size, s.preset)
+    return cache.open_cache(table, s.size, s.preset, cache_dir or None)
 
 
-def build_cache(table: SampleTable, s: Settings):
+def build_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
     """Decode/preprocess every file of the table once into its memmap cache (resumable)."""
     if table.kind == "volume":
         from covfuse.data.volume_io import build_volume_cache
 
-        return build_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table))
+        return build_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table, cache_dir),
+                                  name=_volume_name(table, s))
     from covfuse.data import cache
 
-    return cache.build_cache(table, s.size, s.preset)
+    return cache.build_cache(table, s.size, s.preset, cache_dir=cache_dir or None)
 
 
 def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False) -> set[str]:

@@ -206,17 +206,39 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         return read_table(self._root())
 
     def prepare_data(self) -> None:
-        """With ``cache: build``, decode every file into the memmap cache once (rank 0)."""
+        """With ``cache: build``, decode every file into the memmap cache once (rank 0), but only after
+        the table, target, splits and covariates validated: a bad selection costs no decoding."""
         if self.cfg.cache != "build":
             return
         from covfuse.data.samples import build_cache
 
-        build_cache(self.read_table(), self.settings())
+        self._validate()
+        build_cache(self.table, self.settings(), self.cfg.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        from covfuse.data.samples import make_dataset, open_cache
+
+        self._validate()
+        cfg, table, labels, real = self.cfg, self.table, self.labels, self.covariates_real
+        settings = self.settings()
+        cache = None if cfg.cache == "off" else open_cache(table, settings, cfg.cache_dir)
+        if cache is None:
+            self._check_files(table)
+        for offset, split in enumerate(SPLITS):
+            idx = self.indices[split]
+            feed = real
+            if cfg.covariates_mode != "real":
+                feed = np.zeros_like(real)
+                feed[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
+            self.datasets[split] = make_dataset(table, idx, feed, labels, settings,
+                                                train=(split == "train" and cfg.augment), cache=cache)
+
+    def _validate(self) -> None:
+        """Read the table and check and encode everything but the files: target, splits, covariates."""
         if self.table is not None:
             return
-        from covfuse.data.samples import check_files, make_dataset, open_cache
         from covfuse.data.table import CovariateEncoder, check_selection, encode_target
 
         cfg = self.cfg
@@ -264,18 +286,6 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
             self.encoder = CovariateEncoder.fit(table, covariates, self.indices["train"], cfg.categorical)
         real = self.encoder.transform(table)
         self.covariates_real, self.covariate_names = real, self.encoder.feature_names
-        settings = self.settings()
-        cache = None if cfg.cache == "off" else open_cache(table, settings)
-        if cache is None:
-            self._check_files(table)
-        for offset, split in enumerate(SPLITS):
-            idx = self.indices[split]
-            feed = real
-            if cfg.covariates_mode != "real":
-                feed = np.zeros_like(real)
-                feed[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
-            self.datasets[split] = make_dataset(table, idx, feed, labels, settings,
-                                                train=(split == "train" and cfg.augment), cache=cache)
 
     def _check_files(self, table) -> None:
         import os

@@ -1,0 +1,128 @@
+"""One cache per source: manifests sharing a folder keep their own caches, built only after the table validates."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covfuse.cli.main import main as covfuse
+from covfuse.data.cache import cache_paths, open_cache
+from covfuse.data.readers import read_table
+
+
+def _images(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """``n`` 12x12 grey PNGs under ``folder/img`` with random pixels; their relative paths."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), "L").save(folder / f"img/{i}.png")
+        paths.append(f"img/{i}.png")
+    return paths
+
+
+def _manifest(path: Path, files: list[str], seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    splits = ["train"] * (len(files) - 8) + ["valid"] * 4 + ["test"] * 4
+    rows = [f"s{seed}-{i},{f},{splits[i]},{i % 2},{int(rng.integers(40, 80))}" for i, f in enumerate(files)]
+    path.write_text("\n".join(["subject,path,split,label,age", *rows]) + "\n")
+    return path
+
+
+def _fit(root: Path, runs: Path, name: str, *extra: str) -> int:
+    return covfuse(["fit", "--data.root", str(root), "--data.target", "label", "--data.covariates", "[age]",
+                    "--data.image_size", "16", "--data.batch_size", "8", "--data.cache", "build",
+                    "--model.backbone", "vgg-mini", "--model.fusion", "concat", "--trainer.max_epochs", "1",
+                    "--trainer.summary", "false", "--trainer.progress", "none", "--bootstrap", "0",
+                    "--runs_dir", str(runs), "--name", name, *extra])
+
+
+def _state(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file of a cache folder: (inode and modification time in ns, content)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+def test_two_manifests_in_one_folder_keep_their_caches_through_a_failed_build(tmp_path, caplog):
+    files = _images(tmp_path, 28)
+    a = _manifest(tmp_path / "train.csv", files[:24], 1)
+    b = _manifest(tmp_path / "external.csv", files[4:], 2)
+    caplog.set_level(logging.INFO)
+    assert _fit(a, tmp_path / "runs", "a1") == 0
+    assert _fit(b, tmp_path / "runs", "b1") == 0
+    folder = tmp_path / ".covfuse-cache"
+    caches = {m: cache_paths(read_table(m), 16, "center-crop") for m in (a, b)}
+    assert caches[a] != caches[b] and all(p.is_file() for pair in caches.values() for p in pair)
+    assert caches[a][0].name.startswith("train-") and caches[b][0].name.startswith("external-")
+    before = _state(folder)
+
+    # A third manifest in the same folder whose build fails on a damaged file.
+    broken = files[:20] + ["img/bad.png"]
+    (tmp_path / "img/bad.png").write_bytes((tmp_path / "img/0.png").read_bytes()[:30])
+    c = _manifest(tmp_path / "broken.csv", broken, 3)
+    assert _fit(c, tmp_path / "runs", "c1") == 2
+    assert _state(folder) == before  # nothing of a's or b's touched, nothing of c's left behind
+    assert not (tmp_path / "runs/c1").exists()
+
+    caplog.clear()
+    assert _fit(a, tmp_path / "runs", "a2") == 0
+    assert _fit(b, tmp_path / "runs", "b2") == 0
+    assert _fit(a, tmp_path / "runs", "a3") == 0
+    text = caplog.text
+    assert "ignoring" not in text and "wrote image cache" not in text and "caching" not in text
+    assert text.count("using image cache") >= 3
+    assert _state(folder) == before  # no rebuild: same inodes, times and bytes
+
+    # Each cache holds its own manifest's images, row for row (the decoder applied to each file).
+    from covfuse.data.decoders import decode_file
+
+    for manifest in (a, b):
+        table = read_table(manifest)
+        cache = open_cache(table, 16, "center-crop")
+        expected = np.stack([decode_file(f, 16, "center-crop") for f in table.files])
+        assert np.array_equal(cache.get_batch(np.arange(len(table))).numpy(), expected)
+
+
+def test_the_cache_is_built_only_after_the_selection_validates(tmp_path):
+    files = _images(tmp_path, 20)
+    a = _manifest(tmp_path / "m.csv", files, 1)
+    assert _fit(a, tmp_path / "runs", "x", "--data.target", "lable") == 2
+    assert _fit(a, tmp_path / "runs", "y", "--data.covariates", "[agee]") == 2
+    assert not (tmp_path / ".covfuse-cache").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_cache_built_by_data_cache_in_its_own_folder_is_used_by_fit(tmp_path, caplog):
+    files = _images(tmp_path, 20)
+    a = _manifest(tmp_path / "m.csv", files, 1)
+    assert covfuse(["data", "cache", str(a), "--size", "16", "--cache_dir", str(tmp_path / "shared")]) == 0
+    built = _state(tmp_path / "shared")
+    caplog.set_level(logging.INFO)
+    assert _fit(a, tmp_path / "runs", "r", "--data.cache", "auto", "--data.cache_dir", str(tmp_path / "shared")) == 0
+    assert "using image cache at " + str(tmp_path / "shared") in caplog.text
+    assert _state(tmp_path / "shared") == built and not (tmp_path / ".covfuse-cache").exists()
+
+
+def test_the_cache_names_the_decoder_that_read_the_files(tmp_path):
+    import pydicom
+    from test_data_decoders import _write_dicom
+
+    (tmp_path / "img").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        _write_dicom(tmp_path / f"img/{i}.dcm", rng.integers(0, 4000, (10, 10)).astype(np.uint16))
+    (tmp_path / "m.csv").write_text("subject,path,label\n" + "".join(f"s{i},img/{i}.dcm,{i % 2}\n" for i in range(3)))
+    assert covfuse(["data", "cache", str(tmp_path / "m.csv"), "--size", "8"]) == 0
+    info = json.loads(cache_paths(read_table(tmp_path / "m.csv"), 8, "center-crop")[1].read_text())
+    assert info["decoder"] == f"DICOM (pydicom {pydicom.__version__})"
+
+
+@pytest.mark.parametrize("name", ["my.data.csv", "sp ace.csv"])
+def test_cache_names_are_plain_file_names(tmp_path, name):
+    files = _images(tmp_path, 20)
+    table = read_table(_manifest(tmp_path / name, files, 1))
+    data, info = cache_paths(table, 16, "center-crop")
+    assert data.name.count(".") == 1 and " " not in data.name and data.stem == info.stem
