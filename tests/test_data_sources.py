@@ -126,3 +126,48 @@ def test_cache_names_are_plain_file_names(tmp_path, name):
     table = read_table(_manifest(tmp_path / name, files, 1))
     data, info = cache_paths(table, 16, "center-crop")
     assert data.name.count(".") == 1 and " " not in data.name and data.stem == info.stem
+
+
+def _ages(manifest: Path, ages: list[int]) -> None:
+    """Give the manifest's rows ages cycling through ``ages`` (a cohort with few distinct values)."""
+    lines = manifest.read_text().splitlines()
+    rows = [line.rsplit(",", 1)[0] + f",{ages[i % len(ages)]}" for i, line in enumerate(lines[1:])]
+    manifest.write_text("\n".join([lines[0], *rows]) + "\n")
+
+
+def test_a_number_with_few_values_is_a_range_for_predict_unless_declared_categorical(tmp_path, capsys):
+    import torch
+
+    from covfuse.training.datamodule import read_state
+    from covfuse.training.run import checkpoint_path, load_module
+
+    files = _images(tmp_path, 24)
+    m = _manifest(tmp_path / "m.csv", files, 1)
+    _ages(m, [55, 60, 70, 80, 90])  # five distinct ages in training, spanning 55..90
+    assert _fit(m, tmp_path / "runs", "num") == 0
+    state = read_state(tmp_path / "runs/num")
+    assert state["encoder"]["specs"][0]["kind"] == "numeric"  # encoded as a number, not one-hot levels
+    capsys.readouterr()
+    image = str(tmp_path / files[0])
+    argv = ["predict", "num", image, "--runs_dir", str(tmp_path / "runs")]
+    assert covfuse([*argv, "--covariates", "age=66"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # The model's output for the image with age 66 encoded by the saved statistics, computed by hand.
+    spec = state["encoder"]["specs"][0]
+    module = load_module(checkpoint_path(tmp_path / "runs/num", "best")).eval()
+    from covfuse.data.decoders import decode_file
+    from covfuse.data.transforms import normalize
+
+    x = normalize(torch.from_numpy(decode_file(image, 16, "center-crop").copy())[None])
+    z = torch.tensor([[(66 - spec["mean"]) / spec["std"]]], dtype=torch.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(module.model(x, z)).item()
+    assert float(out[1].split(",")[-1]) == pytest.approx(expected, abs=1e-5)
+    assert covfuse([*argv, "--covariates", "age=95"]) == 2
+    assert "age=95 lies outside the training range [55, 90]" in capsys.readouterr().err
+
+    assert _fit(m, tmp_path / "runs", "cat", "--data.categorical", "[age]") == 0
+    capsys.readouterr()
+    assert covfuse(["predict", "cat", image, "--runs_dir", str(tmp_path / "runs"), "--covariates", "age=66"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "age=66 was never seen in training, which had age in {55, 60, 70, 80, 90}" in err[0]

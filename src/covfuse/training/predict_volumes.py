@@ -40,6 +40,8 @@ def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict |
     hint = "; the model would extrapolate (pass --extrapolate to predict anyway)"
     for spec, name in zip(encoder.specs, columns):
         info = (seen or {}).get(spec["name"]) or {}
+        if spec["kind"] == "numeric" and "values" in info:  # a run from before numbers kept their range
+            info = {"min": min(info["values"]), "max": max(info["values"])}
         for i, value in enumerate(manifest.columns[name]):
             if is_missing(value):
                 if not spec["missing"]:

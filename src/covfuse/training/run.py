@@ -197,13 +197,20 @@ class RunCSVLogger(CSVLogger):
 
 # -- fit -----------------------------------------------------------------------------------
 def covariate_values(data: CovfuseDataModule) -> dict[str, dict]:
-    """What the training split showed of each covariate (``predict`` refuses values outside it)."""
+    """What the training split showed of each encoded feature (``predict`` refuses values outside it): the
+    range of a number's feature, however few distinct values it had (age 55..90 in a small cohort
+    accepts 66), and the set of values of a 0/1 feature (binary columns, one-hot levels, missing
+    indicators). A number is a set only when the user declares it categorical (data.categorical, BIDS Levels)."""
     real = data.covariates_real[data.indices["train"]]
+    numeric = set()
+    encoder = getattr(data, "encoder", None)
+    if encoder is not None:
+        numeric = {cols[0] for spec, cols, _ in encoder.layout() if spec["kind"] == "numeric"}
     out = {}
     for k, name in enumerate(data.covariate_names):
         values = np.unique(real[:, k])
-        out[name] = ({"values": [float(v) for v in values]} if len(values) <= 10
-                     else {"min": float(values.min()), "max": float(values.max())})
+        out[name] = ({"min": float(values.min()), "max": float(values.max())} if k in numeric or len(values) > 10
+                     else {"values": [float(v) for v in values]})
     return out
 
 
