@@ -171,3 +171,57 @@ def test_a_number_with_few_values_is_a_range_for_predict_unless_declared_categor
     assert covfuse(["predict", "cat", image, "--runs_dir", str(tmp_path / "runs"), "--covariates", "age=66"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "age=66 was never seen in training, which had age in {55, 60, 70, 80, 90}" in err[0]
+
+
+def _predictions(run: Path) -> list[str]:
+    return (run / "predictions.csv").read_text().splitlines()
+
+
+def test_a_run_is_tested_and_explained_from_anywhere_and_after_its_data_moved(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import yaml
+
+    work = tmp_path / "work"
+    files = _images(work / "data", 24)
+    _ages(_manifest(work / "data/m.csv", files, 1), [55, 60, 70, 80, 90])
+    monkeypatch.chdir(work)
+    assert _fit(Path("data/m.csv"), Path("runs"), "r") == 0  # data.root given relative
+    run = work / "runs/r"
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]["root"]
+    state = json.loads((run / "data_state.json").read_text())["root"]
+    assert saved == str(work / "data/m.csv") and state["given"] == "data/m.csv" and state["absolute"] == saved
+    before = _predictions(run)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    explain = ["explain", str(run), "--steps", "2", "--mass-images", "8", "--n-boot", "20", "--examples", "2"]
+    assert covfuse(["test", str(run)]) == 0 and _predictions(run) == before
+    assert covfuse(explain) == 0
+    assert json.loads((run / "explain/explain.json").read_text())["covariates"]["age"]
+
+    # The data moves: the run names it with --data.root NEW, checked against the table's fingerprint.
+    shutil.move(work / "data", tmp_path / "moved")
+    capsys.readouterr()
+    metrics = (run / "metrics.json").read_bytes()
+    assert covfuse(["test", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the run's data is not there any more" in err[0] and "--data.root NEW" in err[0]
+    new = str(tmp_path / "moved/m.csv")
+    assert covfuse(["test", str(run), "--data.root", new]) == 0 and _predictions(run) == before
+    assert covfuse([*explain, "--overwrite", "--data.root", new]) == 0
+
+    # Other data at the new place (one label changed) is refused, and nothing is written.
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "moved", other)
+    text = (other / "m.csv").read_text().replace(f"{files[0]},train,0", f"{files[0]},train,1")
+    assert text != (other / "m.csv").read_text()
+    (other / "m.csv").write_text(text)
+    capsys.readouterr()
+    metrics = (run / "metrics.json").read_bytes()
+    for argv in (["test", str(run)], [*explain, "--overwrite"]):
+        assert covfuse([*argv, "--data.root", str(other / "m.csv")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "other data than the run was trained on" in err[0], err
+    assert (run / "metrics.json").read_bytes() == metrics and _predictions(run) == before

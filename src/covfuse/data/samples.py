@@ -53,6 +53,24 @@ def describe(table: SampleTable, s: Settings) -> dict:
     return {"size": s.size, "preset": s.preset}
 
 
+def fingerprint(table: SampleTable) -> str:
+    """What identifies a table's data wherever it lies: the md5 of its source files' bytes (manifest,
+    participants.tsv, CelebA's text files) and of its files' paths relative to the source's folder.
+    A run records it, so data that moved (``--data.root NEW``) is recognised and other data refused."""
+    import hashlib
+
+    h = hashlib.md5()
+    for source in table.sources:
+        h.update(Path(source).name.encode() + b"\0")
+        with open(source, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    root = str(table.root)
+    for file in table.files:
+        h.update(Path(os.path.relpath(file, root)).as_posix().encode() + b"\n")
+    return h.hexdigest()
+
+
 def image_layout(table: SampleTable) -> tuple[int, str]:
     """(channels, dtype) of a table's decoded images: CelebA is RGB uint8; otherwise the first file's
     header decides (1 or 3 channels, uint8 or uint16) and every other file is converted to it."""

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import json
+import os
 from pathlib import Path
 
 from covfuse.data.dataset import SampleBatch, collate, collate_grouped
@@ -205,6 +206,26 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
 
         return read_table(self._root())
 
+    def _run_table(self):
+        """The table; for a run's data (a saved state), data.root must still hold it: a root that is gone
+        says how to name its new place, and data at a new place must be the data the run recorded."""
+        recorded = (self.given_state or {}).get("root")
+        if not recorded:
+            return self.read_table()
+        root = self._root()
+        if not Path(root).exists():
+            raise UserError(f"{root}: the run's data is not there any more; if it moved, pass --data.root NEW "
+                            "(its new folder or manifest)")
+        table = self.read_table()
+        if os.path.abspath(root) != recorded.get("absolute"):
+            from covfuse.data.samples import fingerprint
+
+            if fingerprint(table) != recorded.get("fingerprint"):
+                raise UserError(f"{root}: other data than the run was trained on (its table's fingerprint differs "
+                                f"from the one recorded for {recorded.get('absolute')}); give --data.root the place "
+                                "the run's own data moved to")
+        return table
+
     def prepare_data(self) -> None:
         """With ``cache: build``, decode every file into the memmap cache once (rank 0), but only after
         the table, target, splits and covariates validated: a bad selection costs no decoding."""
@@ -244,7 +265,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         cfg = self.cfg
         if cfg.covariates_mode not in MODES:
             raise UserError(f"unknown covariates_mode {cfg.covariates_mode!r}; choose from {', '.join(MODES)}")
-        table = self.read_table()
+        table = self._run_table()
         if table.binary_only and self.head not in ("binary", "two-class"):
             raise UserError(f"model.head {self.head} needs a target with several classes or numbers; {table.source} "
                             "holds binary attributes only: use head binary or two-class")
@@ -356,12 +377,15 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         return {"mean": float(y.mean()), "sd": sd if sd > 0 else 1.0}
 
     def state(self) -> dict:
-        """What evaluation must reuse: the fitted covariate encoder, the class order, the preprocessing."""
-        from covfuse.data.samples import describe
+        """What evaluation must reuse: the fitted covariate encoder, the class order, the preprocessing, and
+        where the data was (data.root as given and absolute, the table's fingerprint)."""
+        from covfuse.data.samples import describe, fingerprint
 
+        root = str(self.cfg.root)
         return {"encoder": self.encoder.to_dict(), "classes": self.classes, "target": self.target_name,
                 "kind": self.table.kind, "format": self.table.format,
-                "preprocessing": describe(self.table, self.settings())}
+                "preprocessing": describe(self.table, self.settings()),
+                "root": {"given": root, "absolute": os.path.abspath(root), "fingerprint": fingerprint(self.table)}}
 
     def filenames(self, index: np.ndarray) -> list[str]:
         """Each row's id in predictions.csv (the table's: a file name or the manifest's ``path``)."""
