@@ -225,3 +225,28 @@ def test_a_run_is_tested_and_explained_from_anywhere_and_after_its_data_moved(tm
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "other data than the run was trained on" in err[0], err
     assert (run / "metrics.json").read_bytes() == metrics and _predictions(run) == before
+
+
+def test_a_study_is_reported_from_anywhere_and_not_rerun_for_its_absolute_root(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    files = _images(work / "data", 24)
+    _manifest(work / "data/m.csv", files, 1)
+    (work / "tiny.yaml").write_text("data:\n  image_size: 16\n  batch_size: 8\n  target: label\n  covariates: [age]\n"
+                                    "model:\n  backbone: vgg-mini\ntrainer:\n  max_epochs: 1\n  summary: false\n"
+                                    "  progress: none\nbootstrap: 0\n")
+    monkeypatch.chdir(work)
+    sweep = ["sweep", "--config", "tiny.yaml", "--data.root", "data/m.csv", "--name", "st",
+             "--grid", "model.fusion=image-only,concat", "--seeds", "0"]
+    assert covfuse(sweep) == 0
+    metrics = sorted(work.glob("runs/st/*/s0/metrics.json"))
+    assert len(metrics) == 2
+    times = [p.stat().st_mtime_ns for p in metrics]
+    assert covfuse(sweep) == 0  # the runs recorded data.root absolute: the same data, nothing to rerun
+    assert [p.stat().st_mtime_ns for p in metrics] == times
+    capsys.readouterr()
+    assert covfuse(["report", "runs/st", "--format", "json", "--bootstrap", "100"]) == 0
+    here = json.loads(capsys.readouterr().out)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert covfuse(["report", str(work / "runs/st"), "--format", "json", "--bootstrap", "100"]) == 0
+    assert json.loads(capsys.readouterr().out) == here
