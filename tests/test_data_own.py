@@ -230,7 +230,8 @@ def test_16bit_grey_manifest_keeps_16_bits_through_the_cache(tmp_path):
 def test_a_mixed_manifest_takes_its_first_files_layout(tmp_path):
     from PIL import Image
 
-    from covfuse.data.decode import conform, decode_image
+    from covfuse.data.chunks import conform
+    from covfuse.data.decode import decode_image
     from covfuse.data.samples import Settings, make_dataset
 
     rng = np.random.default_rng(1)

@@ -36,7 +36,7 @@ import torch
 from covfuse.data._workers import default_workers, run_chunks
 from covfuse.data.celeba import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
 from covfuse.data.decode import PRESETS, check_preset, check_size
-from covfuse.data.decode import fill_chunk as _fill_chunk  # module-level name: tests patch it
+from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level name: tests patch it
 from covfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,20 @@ def as_table(source):
     return source
 
 
-def _layout(table, size: int, preset: str) -> tuple[int, str]:
-    """(channels, dtype) of the decoded images (covfuse.data.samples.image_layout: the header of the
-    first file, before anything is decoded)."""
-    from covfuse.data.samples import image_layout
+def image_layout(table) -> tuple[int, str]:
+    """(channels, dtype) of a table's decoded images: CelebA is RGB uint8; otherwise the first file's
+    header decides (1 or 3 channels, uint8 or uint16) and every other file is converted to it."""
+    if table.format == "celeba":
+        return 3, "uint8"
+    from covfuse.data.decoders import probe
 
+    info = probe(table.files[0])
+    return int(info["channels"]), "uint16" if info["bits"] == 16 else "uint8"
+
+
+def _layout(table, size: int, preset: str) -> tuple[int, str]:
+    """(channels, dtype) of the decoded images (:func:`image_layout`: the header of the first file,
+    before anything is decoded)."""
     return image_layout(table)
 
 

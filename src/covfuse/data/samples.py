@@ -71,17 +71,6 @@ def fingerprint(table: SampleTable) -> str:
     return h.hexdigest()
 
 
-def image_layout(table: SampleTable) -> tuple[int, str]:
-    """(channels, dtype) of a table's decoded images: CelebA is RGB uint8; otherwise the first file's
-    header decides (1 or 3 channels, uint8 or uint16) and every other file is converted to it."""
-    if table.format == "celeba":
-        return 3, "uint8"
-    from covfuse.data.decoders import probe
-
-    info = probe(table.files[0])
-    return int(info["channels"]), "uint16" if info["bits"] == 16 else "uint8"
-
-
 class _Conformed:
     """A picklable decoder (DataLoader workers) returning every file in the table's layout."""
 
@@ -89,7 +78,7 @@ class _Conformed:
         self.channels, self.dtype = channels, dtype
 
     def __call__(self, path, size: int, preset: str):
-        from covfuse.data.decode import any_decoder, conform
+        from covfuse.data.chunks import any_decoder, conform
 
         return conform(any_decoder()(path, size, preset), self.channels, self.dtype)
 
@@ -98,6 +87,8 @@ def _decoder(table: SampleTable):
     """The 2D decoder for a table's files: JPEG/PIL for CelebA, any supported format for manifests."""
     if table.format == "celeba":
         return None  # ImageDataset's default: covfuse.data.decode.decode_image
+    from covfuse.data.cache import image_layout
+
     return _Conformed(*image_layout(table))
 
 
