@@ -240,7 +240,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
-    from covfuse.data.synth import parse_image_size, write_synth
+    from covfuse.data.twins.faces import parse_image_size, write_synth
 
     if args.n < 3:
         raise UserError(f"--n must be at least 3 (one image per split), got {args.n}")
@@ -262,7 +262,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_synth3d(args: argparse.Namespace) -> int:
-    from covfuse.data.synth3d import write_synth3d
+    from covfuse.data.twins.brains import write_synth3d
 
     start = time.perf_counter()
     out = write_synth3d(args.out, n=args.n, seed=args.seed, effect=args.effect, size=args.size,
@@ -388,7 +388,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------- parser
 def _parser() -> argparse.ArgumentParser:
-    from covfuse.data.synth import EFFECTS
+    from covfuse.data.twins.faces import EFFECTS
     from covfuse.data.decode import DEFAULT_PRESET, PRESETS
 
     parser = Parser(

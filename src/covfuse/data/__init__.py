@@ -15,7 +15,7 @@ _EXPORTS = {
     "PRESETS": "decode", "load_image": "transforms", "normalize": "transforms",
     "CelebADataset": "dataset",
     "ImageCache": "cache", "build_cache": "cache", "open_cache": "cache",
-    "bayes_accuracies": "synth", "generate_labels": "synth", "write_synth": "synth",
+    "bayes_accuracies": "twins.faces", "generate_labels": "twins.faces", "write_synth": "twins.faces",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from covfuse.data.celeba import ATTR_NAMES, SPLIT_NAMES, CelebAMeta, Selection, find_root, read_celeba
     from covfuse.data.dataset import CelebADataset
     from covfuse.data.splits import kfold_indices, official_indices
-    from covfuse.data.synth import bayes_accuracies, generate_labels, write_synth
+    from covfuse.data.twins.faces import bayes_accuracies, generate_labels, write_synth
     from covfuse.data.decode import PRESETS
     from covfuse.data.transforms import load_image, normalize
 
