@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from covfuse.data.celeba import ATTR_NAMES
+from covfuse.data.readers.celeba_release import ATTR_NAMES
 from covfuse.data.twins.faces import CUE_ATTRIBUTES, cue_boxes, draw_face, generate_labels, read_cue_boxes, write_synth
 
 

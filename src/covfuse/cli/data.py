@@ -42,7 +42,7 @@ def _names(text: str | None) -> list[str]:
 # ---------------------------------------------------------------------------------------- info
 def info_summary(meta, target: str | None = None, covariates: list[str] | None = None) -> dict:
     """The `data info` JSON: num_images, splits, attributes (+ target/covariates when asked)."""
-    from covfuse.data.celeba import SPLIT_NAMES
+    from covfuse.data.readers.celeba_release import SPLIT_NAMES
 
     counts = np.bincount(meta.split, minlength=3)
     rates = meta.attrs.mean(axis=0) if len(meta) else np.zeros(len(meta.attr_names))
@@ -94,7 +94,7 @@ def info_summary(meta, target: str | None = None, covariates: list[str] | None =
 
 
 def _print_info(meta, summary: dict) -> None:
-    from covfuse.data.celeba import SPLIT_NAMES
+    from covfuse.data.readers.celeba_release import SPLIT_NAMES
 
     n, sp = summary["num_images"], summary["splits"]
     print(f"CelebA folder {meta.root}: {n:,} images, {len(np.unique(meta.identity)):,} identities")
@@ -216,7 +216,7 @@ def _print_volume_info(summary: dict) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from covfuse.data.celeba import read_celeba
+    from covfuse.data.readers.celeba_release import read_celeba
 
     from covfuse.data.readers import source_format
 
@@ -353,7 +353,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from covfuse.data._workers import default_workers, run_chunks
-    from covfuse.data.celeba import read_celeba
+    from covfuse.data.readers.celeba_release import read_celeba
 
     from covfuse.data.readers import source_format
 

@@ -9,8 +9,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "ATTR_NAMES": "celeba", "SPLIT_NAMES": "celeba", "CelebAMeta": "celeba", "Selection": "celeba",
-    "find_root": "celeba", "read_celeba": "celeba",
+    "ATTR_NAMES": "readers.celeba_release", "SPLIT_NAMES": "readers.celeba_release", "CelebAMeta": "readers.celeba_release", "Selection": "readers.celeba_release",
+    "find_root": "readers.celeba_release", "read_celeba": "readers.celeba_release",
     "kfold_indices": "splits", "official_indices": "splits",
     "PRESETS": "decode", "load_image": "transforms", "normalize": "transforms",
     "CelebADataset": "dataset",
@@ -21,7 +21,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from covfuse.data.cache import ImageCache, build_cache, open_cache
-    from covfuse.data.celeba import ATTR_NAMES, SPLIT_NAMES, CelebAMeta, Selection, find_root, read_celeba
+    from covfuse.data.readers.celeba_release import ATTR_NAMES, SPLIT_NAMES, CelebAMeta, Selection, find_root, read_celeba
     from covfuse.data.dataset import CelebADataset
     from covfuse.data.splits import kfold_indices, official_indices
     from covfuse.data.twins.faces import bayes_accuracies, generate_labels, write_synth

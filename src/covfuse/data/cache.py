@@ -34,7 +34,7 @@ import PIL
 import torch
 
 from covfuse.data._workers import default_workers, run_chunks
-from covfuse.data.celeba import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
+from covfuse.data.readers.celeba_release import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
 from covfuse.data.decode import PRESETS, check_preset, check_size
 from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level name: tests patch it
 from covfuse.errors import UserError

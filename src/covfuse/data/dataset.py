@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from covfuse.data.celeba import CelebAMeta
+from covfuse.data.readers.celeba_release import CelebAMeta
 from covfuse.data.decode import decode_image
 from covfuse.data.transforms import DEFAULT_PRESET, check_preset, check_size, hflip
 from covfuse.errors import UserError
