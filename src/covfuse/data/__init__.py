@@ -1,4 +1,19 @@
-"""CelebA-format data: the release reader, splits, image presets, the memmap cache, a synthetic twin.
+"""Data as a table of samples, then everything format-blind. Read it in this order:
+
+1. ``table.py``: the :class:`~covfuse.data.table.SampleTable` (one row per sample: file, subject,
+   split, columns), covariate encoding fitted on the training split, targets, subject splits/folds;
+   ``survival.py`` (time, event) and ``groups.py`` (subgroups in the table's units) build on it.
+2. ``readers/``: each source becomes a table: ``celeba`` (the release; its text files in
+   ``celeba_release``), ``manifest`` (2D images or NIfTI volumes + CSV/TSV), ``bids``.
+3. ``decoders/``: a 2D file into pixels, one module per format (PIL, TIFF, DICOM), on top of
+   ``decode.py`` (presets, crop boxes, the fast CelebA JPEG path); NIfTI volumes in ``volume_io.py``.
+4. caches: ``cache.py`` (2D images, one memmap per source and settings; its workers in
+   ``chunks.py``) and the volume cache in ``volume_io.py``.
+5. the dataset: ``samples.py`` picks the dataset and cache for any table (``dataset.py`` for 2D,
+   ``volume_io.py`` for volumes); ``transforms.py`` normalises on the device.
+
+``twins/`` holds the synthetic data with planted effects (faces, brains, survival); ``splits.py``
+the CelebA-only official split and k-fold helpers.
 
 Names are re-exported lazily (PEP 562), so ``from covfuse.data import read_celeba`` and
 ``covfuse data info`` do not pay for importing torch (~3 s) when they do not need it.
