@@ -4,7 +4,7 @@ Image runs: images go through the same preset and size as in training
 (covfuse.data.transforms.load_image, which the dataset and the cache use too), so a CelebA image
 gets the probability `covfuse test` wrote for it. Volume runs (a manifest as data.root, a
 data_state.json in the run folder): NIfTI files with raw covariate values, or a manifest, encoded
-and preprocessed by the run's saved encoder and settings (covfuse.training.predict_volumes).
+and preprocessed by the run's saved encoder and settings (covfuse.training.predict).
 Output is CSV on stdout: the file, (subject,) the covariates, the prediction column(s).
 """
 from __future__ import annotations
@@ -206,7 +206,7 @@ def _predict_volumes(args, run_dir, module, state, precision) -> tuple[list[str]
 
     from covfuse.data.volumes import is_missing, manifest_from_files, read_manifest
     from covfuse.training.predict import prediction_columns
-    from covfuse.training.predict_volumes import check_covariates, check_volumes, encoder_of, predict_volumes
+    from covfuse.training.predict import check_covariates, check_volumes, encoder_of, predict_volumes
 
     encoder = encoder_of(module, state, run_dir)
     names = [spec["name"] for spec in encoder.specs]  # raw columns, as the training manifest spelt them

@@ -2,6 +2,6 @@
 
 Entry points: :func:`covfuse.training.run.fit_run` (one named run end to end),
 :func:`covfuse.training.run.evaluate_run` (`covfuse test`), :func:`covfuse.training.predict.predict_images`,
-:func:`covfuse.training.predict_volumes.predict_volumes`.
+:func:`covfuse.training.predict.predict_volumes`.
 Nothing is imported here, so `covfuse fit --help` does not pay for importing Lightning.
 """
