@@ -1,7 +1,9 @@
-"""Predictions from a trained run (``covfuse predict``): image files with given covariates, and tables of files.
+"""Predictions from a trained run (``covfuse predict``), one path for every source: a table of files.
 
-:func:`run_predict` (the one Lightning predict loop) and :func:`prediction_columns` (what the
-output columns are for the module's head) serve both. For a table, everything comes from the run
+Files named on the command line with covariates become a table too, so a CelebA run, an image
+manifest run and a volume run are predicted alike (:func:`predict_table`); :func:`run_predict` is
+the one Lightning predict loop and :func:`prediction_columns` gives the output columns of the
+module's head. For a table, everything comes from the run
 folder, nothing is refitted: the covariate encoder fitted on the training split and the
 preprocessing (``data_state.json``), the model (the checkpoint). Raw covariate values are encoded
 by that encoder and files read by the same dataset ``covfuse test`` uses
@@ -24,29 +26,6 @@ from covfuse.errors import UserError
 from covfuse.training.module import CovfuseModule
 
 
-class ImageFiles(Dataset):
-    """Image files plus a covariate row each, decoded exactly as the training data (same preset and size)."""
-
-    def __init__(self, paths: Sequence[Path], covariates: np.ndarray, image_size: int, preset: str):
-        self.paths, self.covariates = [Path(p) for p in paths], torch.as_tensor(covariates, dtype=torch.float32)
-        self.image_size, self.preset = image_size, preset
-        folders = [p for p in self.paths if p.is_dir()]
-        if folders:
-            raise UserError(f"{folders[0]}: a folder, not an image file; give image files (e.g. {folders[0]}/<name>)")
-        missing = [p for p in self.paths if not p.is_file()]
-        if missing:
-            raise UserError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from covfuse.data.transforms import load_image
-
-        image = load_image(self.paths[i], self.image_size, self.preset)  # names the file if it does not decode
-        return {"image": image, "covariates": self.covariates[i], "target": torch.tensor(0.0), "index": torch.tensor(i)}
-
-
 def model_covariates(module: CovfuseModule, rows: np.ndarray) -> np.ndarray:
     """What the model is fed: the given rows, or the constants it was trained with under zeros/ones."""
     mode = module.hparams.get("covariates_mode", "real")
@@ -58,14 +37,6 @@ def model_covariates(module: CovfuseModule, rows: np.ndarray) -> np.ndarray:
         warnings.warn("this run was trained with shuffled covariates (a control); its predictions ignore their meaning",
                       stacklevel=2)
     return rows
-
-
-def predict_images(module: CovfuseModule, paths: Sequence[Path], rows: Sequence[Sequence[float]], *,
-                   batch_size: int = 64, accelerator: str = "auto", precision: str | None = None) -> np.ndarray:
-    """P(target = 1) per image, in input order; ``precision`` as in the run's trainer config."""
-    values = np.asarray(rows, dtype=np.float32).reshape(len(paths), len(module.hparams.covariates))
-    dataset = ImageFiles(paths, model_covariates(module, values), module.hparams.image_size, module.hparams.preset)
-    return run_predict(module, dataset, batch_size=batch_size, accelerator=accelerator, precision=precision)
 
 
 def run_predict(module: CovfuseModule, dataset: Dataset, *, batch_size: int = 64, accelerator: str = "auto",
@@ -190,7 +161,7 @@ def encoder_of(module: CovfuseModule, state: dict, run_dir: Path) -> CovariateEn
     return encoder
 
 
-def check_volumes(manifest: Manifest, where: Callable[[int], str]) -> None:
+def check_files(manifest: Manifest, where: Callable[[int], str]) -> None:
     """Every file is readable before any is decoded, a bad row naming itself with ``where(i)``: volumes
     by their NIfTI headers, 2D images by existing and not being empty (a decode error names the file)."""
     from covfuse.data.samples import check_readable
@@ -198,7 +169,7 @@ def check_volumes(manifest: Manifest, where: Callable[[int], str]) -> None:
     check_readable(manifest, where)
 
 
-def predict_volumes(module: CovfuseModule, state: dict, manifest: Manifest, encoder: CovariateEncoder, *,
+def predict_table(module: CovfuseModule, state: dict, manifest: Manifest, encoder: CovariateEncoder, *,
                     batch_size: int = 8, accelerator: str = "auto", precision: str | None = None) -> np.ndarray:
     """The module's prediction per manifest row, in order ((N,) or (N, C); see ``run_predict``): the
     rows encoded by ``encoder`` and the files read as ``covfuse test`` reads its splits (the same dataset)."""
