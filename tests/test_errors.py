@@ -316,6 +316,10 @@ CASES = [
          lambda work: torch.save({"features.0.weight": torch.zeros(1), "x": Payload()}, work / "evil.pt")),
     # -- evaluating and predicting --
     Case("test-no-run", "test a run that does not exist", ["test", "nope"], "no run 'nope'"),
+    Case("cache-folder", "a cache folder that cannot be made", [*FIT, "--name", "c", "--data.cache", "build",
+         "--data.cache_dir", "afile/caches"], "afile/caches: cannot create the cache folder (Not a directory); set "
+         "data.cache_dir DIR (fit) or --cache_dir DIR (data cache) to a writable folder",
+         lambda work: (work / "afile").write_text("not a folder")),
     Case("test-data-moved", "test a run whose data moved away", ["test", "tiny"],
          "twin/celeba: the run's data is not there any more; if it moved, pass --data.root NEW", data_moved),
     Case("test-other-data", "test a run with --data.root naming other data", ["test", "tiny", "--data.root", "other"],
