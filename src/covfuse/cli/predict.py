@@ -231,7 +231,8 @@ def _predict_volumes(args, run_dir, module, state, precision) -> tuple[list[str]
     """Volume files with --covariates and/or a manifest (--csv), checked completely before any volume is read."""
     import numpy as np
 
-    from covfuse.data.volumes import is_missing, manifest_from_files, read_manifest
+    from covfuse.data.readers.manifest import manifest_from_files, read_manifest
+    from covfuse.data.table import is_missing
     from covfuse.training.predict import prediction_columns
     from covfuse.training.predict import check_covariates, check_files, encoder_of, predict_table
 
