@@ -71,10 +71,9 @@ def test_two_manifests_in_one_folder_keep_their_caches_through_a_failed_build(tm
     caplog.clear()
     assert _fit(a, tmp_path / "runs", "a2") == 0
     assert _fit(b, tmp_path / "runs", "b2") == 0
-    assert _fit(a, tmp_path / "runs", "a3") == 0
     text = caplog.text
     assert "ignoring" not in text and "wrote image cache" not in text and "caching" not in text
-    assert text.count("using image cache") >= 3
+    assert str(caches[a][0]) in text and str(caches[b][0]) in text
     assert _state(folder) == before  # no rebuild: same inodes, times and bytes
 
     # Each cache holds its own manifest's images, row for row (the decoder applied to each file).
