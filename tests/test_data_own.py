@@ -13,6 +13,7 @@ import torch
 
 from covfuse.cli.main import main as covfuse
 from covfuse.data import write_synth
+from covfuse.data.cache import cache_paths
 from covfuse.data.readers import read_table
 from covfuse.data.table import CovariateEncoder, encode_target, subject_folds, subject_split
 from covfuse.data.transforms import normalize
@@ -43,7 +44,9 @@ def test_manifest_twin_trains_to_the_celeba_twins_predictions(twins, tmp_path):
     celeba, manifest = twins
     a = _fit(celeba, tmp_path, "celeba")
     b = _fit(manifest, tmp_path, "manifest", "--data.cache", "build")  # the manifest through its own cache
-    assert (manifest.parent / ".covfuse-cache" / "manifest-center-crop-24.u8").is_file()
+    built = cache_paths(read_table(manifest), 24, "center-crop")[0]
+    assert built.parent == manifest.parent / ".covfuse-cache" and built.name.startswith(manifest.stem + "-")
+    assert built.is_file()
     assert [r["id"] for r in a] == [r["id"].split("/")[-1] for r in b]
     assert [r["probability"] for r in a] == [r["probability"] for r in b]
     assert [r["group"] for r in a] == [r["group"].removeprefix("id") for r in b]
@@ -227,7 +230,8 @@ def test_16bit_grey_manifest_keeps_16_bits_through_the_cache(tmp_path):
 def test_a_mixed_manifest_is_read_in_its_richest_layout(tmp_path):
     from PIL import Image
 
-    from covfuse.data.decode import conform, decode_image
+    from covfuse.data.chunks import conform
+    from covfuse.data.decode import decode_image
     from covfuse.data.samples import Settings, make_dataset
 
     rng = np.random.default_rng(1)

@@ -126,6 +126,25 @@ def unreadable(work: Path, monkeypatch) -> None:
         monkeypatch.setattr(Path, "read_bytes", denied)
 
 
+def data_moved(work: Path) -> None:
+    """runs/tiny as if trained on work/twin (recorded as given, as runs before absolute roots did), which then
+    moved to work/moved."""
+    import yaml
+
+    config = yaml.safe_load((work / "runs/tiny/config.yaml").read_text())
+    config["data"]["root"] = ROOT
+    (work / "runs/tiny/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (work / "twin").rename(work / "moved")
+
+
+def other_data(work: Path) -> None:
+    """``other``: the twin with one attribute of one image flipped (another data set, same layout)."""
+    shutil.copytree(work / ROOT, work / "other")
+    lines = (work / "other/list_attr_celeba.txt").read_text().splitlines()
+    lines[2] = lines[2][:-2] + ("-1" if lines[2].endswith(" 1") else " 1")
+    (work / "other/list_attr_celeba.txt").write_text("\r\n".join(lines) + "\r\n")
+
+
 @dataclass
 class Case:
     id: str
@@ -337,6 +356,14 @@ CASES = [
          lambda work: torch.save({"features.0.weight": torch.zeros(1), "x": Payload()}, work / "evil.pt")),
     # -- evaluating and predicting --
     Case("test-no-run", "test a run that does not exist", ["test", "nope"], "no run 'nope'"),
+    Case("cache-folder", "a cache folder that cannot be made", [*FIT, "--name", "c", "--data.cache", "build",
+         "--data.cache_dir", "afile/caches"], "afile/caches: cannot create the cache folder (Not a directory); set "
+         "data.cache_dir DIR (fit) or --cache_dir DIR (data cache) to a writable folder",
+         lambda work: (work / "afile").write_text("not a folder")),
+    Case("test-data-moved", "test a run whose data moved away", ["test", "tiny"],
+         "twin/celeba: the run's data is not there any more; if it moved, pass --data.root NEW", data_moved),
+    Case("test-other-data", "test a run with --data.root naming other data", ["test", "tiny", "--data.root", "other"],
+         "other: other data than the run was trained on", other_data),
     Case("ckpt-other-model", "a checkpoint from another model", ["test", "tiny", "--ckpt", "other.ckpt"],
          "other.ckpt: its weights do not fit the model", other_model_checkpoint),
     Case("ckpt-corrupt", "a corrupt checkpoint", ["test", "tiny", "--ckpt", "junk.ckpt"],

@@ -287,7 +287,8 @@ def test_a_mixed_manifest_is_read_in_its_richest_layout_with_one_warning(tmp_pat
 
     from covfuse.cli.main import main as covfuse
     from covfuse.data.readers import read_table
-    from covfuse.data.samples import _decoder, image_layout
+    from covfuse.data.layout import image_layout
+    from covfuse.data.samples import _decoder
 
     manifest, rgb = mixed_manifest(tmp_path)
     table = read_table(manifest)

@@ -42,7 +42,7 @@ def _names(text: str | None) -> list[str]:
 # ---------------------------------------------------------------------------------------- info
 def info_summary(meta, target: str | None = None, covariates: list[str] | None = None) -> dict:
     """The `data info` JSON: num_images, splits, attributes (+ target/covariates when asked)."""
-    from covfuse.data.celeba import SPLIT_NAMES
+    from covfuse.data.readers.celeba_release import SPLIT_NAMES
 
     counts = np.bincount(meta.split, minlength=3)
     rates = meta.attrs.mean(axis=0) if len(meta) else np.zeros(len(meta.attr_names))
@@ -94,7 +94,7 @@ def info_summary(meta, target: str | None = None, covariates: list[str] | None =
 
 
 def _print_info(meta, summary: dict) -> None:
-    from covfuse.data.celeba import SPLIT_NAMES
+    from covfuse.data.readers.celeba_release import SPLIT_NAMES
 
     n, sp = summary["num_images"], summary["splits"]
     print(f"CelebA folder {meta.root}: {n:,} images, {len(np.unique(meta.identity)):,} identities")
@@ -133,7 +133,7 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
     from collections import Counter
 
     from covfuse.data.readers import read_table
-    from covfuse.data.samples import layout_name
+    from covfuse.data.layout import layout_name
     from covfuse.data.table import RESERVED, SPLIT_NAMES, column_kind, is_missing, subject_split
 
     table = read_table(path, check_files=True) if str(path).lower().endswith((".csv", ".tsv")) else read_table(path)
@@ -242,7 +242,7 @@ def _print_volume_info(summary: dict) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from covfuse.data.celeba import read_celeba
+    from covfuse.data.readers.celeba_release import read_celeba
 
     from covfuse.data.readers import source_format
 
@@ -266,7 +266,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
-    from covfuse.data.synth import parse_image_size, write_synth
+    from covfuse.data.twins.faces import parse_image_size, write_synth
 
     if args.n < 3:
         raise UserError(f"--n must be at least 3 (one image per split), got {args.n}")
@@ -288,7 +288,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_synth3d(args: argparse.Namespace) -> int:
-    from covfuse.data.synth3d import write_synth3d
+    from covfuse.data.twins.brains import write_synth3d
 
     start = time.perf_counter()
     out = write_synth3d(args.out, n=args.n, seed=args.seed, effect=args.effect, size=args.size,
@@ -379,7 +379,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from covfuse.data._workers import default_workers, run_chunks
-    from covfuse.data.celeba import read_celeba
+    from covfuse.data.readers.celeba_release import read_celeba
 
     from covfuse.data.readers import source_format
 
@@ -430,7 +430,7 @@ def verify_table(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from covfuse.data._workers import default_workers, run_chunks
-    from covfuse.data.decode import unreadable
+    from covfuse.data.chunks import unreadable
     from covfuse.data.readers import read_table
 
     table = read_table(args.root)
@@ -472,7 +472,7 @@ def verify_table(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------- parser
 def _parser() -> argparse.ArgumentParser:
-    from covfuse.data.synth import EFFECTS
+    from covfuse.data.twins.faces import EFFECTS
     from covfuse.data.decode import DEFAULT_PRESET, PRESETS
 
     parser = Parser(
@@ -535,7 +535,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="decode all images once into a uint8 memmap for fast epochs",
                        description="Decode, crop and resize every image into a uint8 (N,3,S,S) memmap under "
-                       "ROOT/.covfuse-cache/ (or --cache-dir). Atomic and resumable: rerun after an interruption.")
+                       "ROOT/.covfuse-cache/ (or --cache_dir DIR; fit reads it with data.cache_dir DIR). Atomic and resumable: rerun after an interruption.")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--size", type=int, required=True, help="side S of the square images in pixels")
     p.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, help=f"image preset (default: {DEFAULT_PRESET})")

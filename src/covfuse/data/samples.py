@@ -56,73 +56,22 @@ def describe(table: SampleTable, s: Settings) -> dict:
     return {"size": s.size, "preset": s.preset}
 
 
-def layout_name(channels: int, bits: int) -> str:
-    return f"{'RGB' if channels == 3 else 'grey'} {bits}-bit"
+def fingerprint(table: SampleTable) -> str:
+    """What identifies a table's data wherever it lies: the md5 of its source files' bytes (manifest,
+    participants.tsv, CelebA's text files) and of its files' paths relative to the source's folder.
+    A run records it, so data that moved (``--data.root NEW``) is recognised and other data refused."""
+    import hashlib
 
-
-def _probe_chunk(files: list[str]) -> list[tuple[int, int] | None]:
-    """Worker: (channels, bits) from each file's header, None where the header does not read."""
-    from covfuse.data.decoders import probe
-
-    out = []
-    for file in files:
-        try:
-            info = probe(file)
-            out.append((int(info["channels"]), int(info["bits"])))
-        except UserError:  # a bad file is reported when decoded (or left out by --skip_corrupt)
-            out.append(None)
-    return out
-
-
-def image_layout(table: SampleTable) -> tuple[int, str]:
-    """(channels, dtype) of a table's decoded images: CelebA is RGB uint8; otherwise every file's header
-    is read, and a table that mixes layouts is read in the richest, losing nothing: RGB if any file is
-    colour (grey repeated into 3 channels), 16-bit if any file is 16-bit (8-bit values x 257), said
-    in one warning line. Memoised on the table (the cache and the datasets ask again)."""
-    if table.format == "celeba":
-        return 3, "uint8"
-    if "layout" in table.extra:
-        return table.extra["layout"]
-    key = _layout_key(table)
-    if key in _LAYOUTS:  # the same manifest read again (a fit's cache build, then its datasets): one warning
-        table.extra["layout"] = _LAYOUTS[key]
-        return _LAYOUTS[key]
-    from collections import Counter
-
-    from covfuse.data._workers import default_workers, run_chunks
-
-    files = [str(f) for f in table.files]
-    tasks = [(files[i: i + 512],) for i in range(0, len(files), 512)]
-    counts = Counter(found for _, chunk in run_chunks(_probe_chunk, tasks, default_workers(len(files)))
-                     for found in chunk if found is not None)
-    if not counts:  # not one header reads: the first file's own error names it
-        from covfuse.data.decoders import probe
-
-        probe(files[0])
-    channels = 3 if any(c == 3 for c, _ in counts) else 1
-    bits = 16 if any(b == 16 for _, b in counts) else 8
-    if len(counts) > 1:
-        mix = ", ".join(f"{layout_name(*k)} {n}" for k, n in sorted(counts.items()))
-        how = [*(["grey repeated into 3 channels"] if channels == 3 else []),
-               *(["8-bit values scaled x257"] if bits == 16 else [])]
-        log.warning("%s: the files mix layouts (%s); all are read as %s (%s)", table.path, mix,
-                    layout_name(channels, bits), ", ".join(how))
-    table.extra["layout"] = (channels, "uint16" if bits == 16 else "uint8")
-    if key is not None:
-        _LAYOUTS[key] = table.extra["layout"]
-    return table.extra["layout"]
-
-
-_LAYOUTS: dict[tuple, tuple[int, str]] = {}
-
-
-def _layout_key(table: SampleTable) -> tuple | None:
-    """The table's source file and its state (a changed manifest is probed again); None for tables without one."""
-    try:
-        st = os.stat(table.path)
-    except OSError:
-        return None
-    return str(Path(table.path).resolve()), st.st_size, st.st_mtime_ns, len(table.files)
+    h = hashlib.md5()
+    for source in table.sources:
+        h.update(Path(source).name.encode() + b"\0")
+        with open(source, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    root = str(table.root)
+    for file in table.files:
+        h.update(Path(os.path.relpath(file, root)).as_posix().encode() + b"\n")
+    return h.hexdigest()
 
 
 class _Conformed:
@@ -132,7 +81,7 @@ class _Conformed:
         self.channels, self.dtype = channels, dtype
 
     def __call__(self, path, size: int, preset: str):
-        from covfuse.data.decode import any_decoder, conform
+        from covfuse.data.chunks import any_decoder, conform
 
         return conform(any_decoder()(path, size, preset), self.channels, self.dtype)
 
@@ -141,35 +90,46 @@ def _decoder(table: SampleTable):
     """The 2D decoder for a table's files: JPEG/PIL for CelebA, any supported format for manifests."""
     if table.format == "celeba":
         return None  # ImageDataset's default: covfuse.data.decode.decode_image
+    from covfuse.data.layout import image_layout
+
     return _Conformed(*image_layout(table))
 
 
-def volume_cache_dir(table: SampleTable) -> Path:
+def volume_cache_dir(table: SampleTable, cache_dir: str | os.PathLike | None = None) -> Path:
     from covfuse.data.volume_io import CACHE_DIRNAME
 
-    return table.root / CACHE_DIRNAME
+    return Path(cache_dir) if cache_dir else table.root / CACHE_DIRNAME
 
 
-def open_cache(table: SampleTable, s: Settings):
-    """The table's cache at these settings if one was built and still matches, else None."""
+def _volume_name(table: SampleTable, s: Settings) -> str:
+    from covfuse.data.cache import source_key
+
+    return source_key(table, *asdict(_volume_settings(s)).values())
+
+
+def open_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
+    """The table's cache at these settings (in ``cache_dir``, default beside the source) if one was
+    built and still matches, else None."""
     if table.kind == "volume":
         from covfuse.data.volume_io import open_volume_cache
 
-        return open_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table))
+        return open_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table, cache_dir),
+                                 name=_volume_name(table, s))
     from covfuse.data import cache
 
-    return cache.open_cache(table, s.size, s.preset)
+    return cache.open_cache(table, s.size, s.preset, cache_dir or None)
 
 
-def build_cache(table: SampleTable, s: Settings):
+def build_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
     """Decode/preprocess every file of the table once into its memmap cache (resumable)."""
     if table.kind == "volume":
         from covfuse.data.volume_io import build_volume_cache
 
-        return build_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table))
+        return build_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table, cache_dir),
+                                  name=_volume_name(table, s))
     from covfuse.data import cache
 
-    return cache.build_cache(table, s.size, s.preset)
+    return cache.build_cache(table, s.size, s.preset, cache_dir=cache_dir or None)
 
 
 def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False) -> set[str]:
@@ -186,7 +146,7 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
     paths = [str(table.files[int(r)]) for r in rows]
     if skip_corrupt:
         from covfuse.data._workers import default_workers, run_chunks
-        from covfuse.data.decode import find_unreadable
+        from covfuse.data.chunks import find_unreadable
 
         any_format = table.format != "celeba"  # DICOM, TIFF, 16-bit PNG ...: the decoder training will use
         chunks = [(paths[i: i + 256], any_format) for i in range(0, len(paths), 256)]

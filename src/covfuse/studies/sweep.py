@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
@@ -333,6 +334,9 @@ def changed_settings(run_dir: Path, config: cfgmod.RunConfig) -> dict[str, tuple
     if not isinstance(saved, dict):
         return {"config.yaml": ("unreadable", "this study's settings")}
     old, defaults = _flat(saved), _flat(cfgmod.to_dict(cfgmod.RunConfig()))
+    if old.get("data.root") and new.get("data.root") and os.path.isabs(str(old["data.root"])):
+        # a run records data.root absolute: the same place given relative is no change
+        new["data.root"] = os.path.abspath(str(new["data.root"]))
     return {k: (old.get(k, defaults.get(k)), v) for k, v in new.items()
             if not k.startswith(RUNTIME_KEYS) and old.get(k, defaults.get(k)) != v}
 

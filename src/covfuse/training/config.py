@@ -30,6 +30,7 @@ class DataConfig:
         eval_batch_size: Images per batch for valid/test/predict; None: same as batch_size.
         num_workers: Data-loading worker processes (0: load in the main process).
         cache: auto: read images from the uint8 memmap cache (`covfuse data cache`) when one exists; build: build it first if missing; off: decode the JPEGs every epoch.
+        cache_dir: Where caches are read and built (None: a .covfuse-cache folder beside the data); a folder filled by `covfuse data cache ROOT --cache_dir DIR` is used with data.cache_dir DIR.
         augment: Training-time augmentation of the dataset (random horizontal flips).
         covariates_mode: Controls: real covariates, all zeros, all ones, or shuffled within each split (seeded).
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
@@ -54,6 +55,7 @@ class DataConfig:
     eval_batch_size: Optional[int] = None
     num_workers: int = 0
     cache: Literal["auto", "build", "off"] = "auto"
+    cache_dir: Optional[str] = None
     augment: bool = False
     covariates_mode: CovariatesMode = "real"
     folds: int = 0
@@ -420,7 +422,7 @@ def check(config: RunConfig) -> RunConfig:
 
 
 # What --resume may change: how and where the run trains, not what it trains.
-RESUMABLE = ("trainer.", "data.root", "data.num_workers", "data.cache", "data.eval_batch_size", "bootstrap",
+RESUMABLE = ("trainer.", "data.root", "data.num_workers", "data.cache", "data.cache_dir", "data.eval_batch_size", "bootstrap",
              "runs_dir", "name")
 
 

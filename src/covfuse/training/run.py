@@ -197,13 +197,20 @@ class RunCSVLogger(CSVLogger):
 
 # -- fit -----------------------------------------------------------------------------------
 def covariate_values(data: CovfuseDataModule) -> dict[str, dict]:
-    """What the training split showed of each covariate (``predict`` refuses values outside it)."""
+    """What the training split showed of each encoded feature (``predict`` refuses values outside it): the
+    range of a number's feature, however few distinct values it had (age 55..90 in a small cohort
+    accepts 66), and the set of values of a 0/1 feature (binary columns, one-hot levels, missing
+    indicators). A number is a set only when the user declares it categorical (data.categorical, BIDS Levels)."""
     real = data.covariates_real[data.indices["train"]]
+    numeric = set()
+    encoder = getattr(data, "encoder", None)
+    if encoder is not None:
+        numeric = {cols[0] for spec, cols, _ in encoder.layout() if spec["kind"] == "numeric"}
     out = {}
     for k, name in enumerate(data.covariate_names):
         values = np.unique(real[:, k])
-        out[name] = ({"values": [float(v) for v in values]} if len(values) <= 10
-                     else {"min": float(values.min()), "max": float(values.max())})
+        out[name] = ({"min": float(values.min()), "max": float(values.max())} if k in numeric or len(values) > 10
+                     else {"values": [float(v) for v in values]})
     return out
 
 
@@ -344,6 +351,15 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
         raise UserError(f"trainer settings: {' '.join(str(exc).split())[:300]}") from None
 
 
+def recorded(config: RunConfig) -> RunConfig:
+    """The config as the run folder keeps it: data.root absolute, so test, explain and report work from
+    any directory (data_state.json keeps it as given, with the table's fingerprint)."""
+    if not config.data.root:
+        return config
+    data = dataclasses.replace(config.data, root=os.path.abspath(config.data.root))
+    return dataclasses.replace(config, data=data)
+
+
 def resume_hint(config: RunConfig) -> str:
     where = "" if config.runs_dir == "runs" else f" --runs_dir {shlex.quote(str(config.runs_dir))}"
     return f"covfuse fit --name {shlex.quote(config.name)}{where} --resume"
@@ -380,7 +396,7 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False,
         if rank0:
             created = not resume
             lock, backup = commit_run_dir(run_dir, lock, overwrite=overwrite, resume=resume, ckpt=ckpt_path)
-            write_text(run_dir / "config.yaml", cfgmod.dump(config))
+            write_text(run_dir / "config.yaml", cfgmod.dump(recorded(config)))
             if prepared.data.skipped:
                 write_text(run_dir / "skipped.txt", "".join(f"{name}\n" for name in prepared.data.skipped))
         with runlog.capture(run_dir / "log.txt", enabled=rank0):
