@@ -216,9 +216,19 @@ def last_block_norm(network: nn.Module, spec: BackboneSpec) -> str:
 
 
 def last_stage_input_channels(network: nn.Module, spec: BackboneSpec, num_covariates: int) -> int:
-    """Channels entering the last stage (DAFT's 4 * n_basefilters, the in_channels of its last block)."""
+    """Channels entering the last stage (DAFT's 4 * n_basefilters, the in_channels of its last block):
+    the in_channels of the last stage's first conv, read without a dry run."""
+    stages = stage_ends(network, spec)
+    convs = [(n, m) for n, m in network.named_modules() if isinstance(m, CONV_TYPES + HYBRID_TYPES)]
+    if spec.family == "resnet":
+        inside = [m for n, m in convs if n.startswith(stages[-1] + ".")]
+    else:
+        start = int(stages[-2].rsplit(".", 1)[1])
+        inside = [m for n, m in convs if n.startswith("features.") and int(n.split(".")[1]) > start]
+    if inside:
+        return inside[0].in_channels
     size = spec.input_size if spec.spatial_dims == 3 else 64
-    return output_channels(network, stage_ends(network, spec)[-2], num_covariates, size, spec.in_channels, spec.spatial_dims)
+    return output_channels(network, stages[-2], num_covariates, size, spec.in_channels, spec.spatial_dims)
 
 
 def daft_bottleneck(network: nn.Module, spec: BackboneSpec, num_covariates: int, reduction: float) -> int:
