@@ -126,7 +126,10 @@ def test_describe_draws_each_method_and_counts_what_it_adds(method, tmp_path, ca
     model, plain = build("resnet3d-compact", method, K), build("resnet3d-compact", "image-only", K)
     desc = d.describe(model, input_size=16)
     added = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
-    assert desc.covariate == added > 0  # everything the method adds depends on the covariates, nothing else does
+    # everything the method adds depends on the covariates, nothing else does; but hyper generates a bias
+    # where the conv had none, as the reference does: its constant part b_0 (zero at start) is new too
+    constant = sum(m.bias.numel() for m in model.modules() if type(m).__name__ == "HyperConv3d")
+    assert desc.covariate == added - constant > 0
     assert f"({method})" in d.format_table(desc)
     diagram = tmp_path / "d.png"
     args = ["describe", "--backbone", "vgg-mini", "--fusion", method, "--num-covariates", "2", "--diagram", str(diagram)]
