@@ -135,3 +135,12 @@ def test_describe_draws_each_method_and_counts_what_it_adds(method, tmp_path, ca
     args = ["describe", "--backbone", "vgg-mini", "--fusion", method, "--num-covariates", "2", "--diagram", str(diagram)]
     assert covfuse(args) == 0, capsys.readouterr().err
     assert method in capsys.readouterr().out and diagram.stat().st_size > 0
+
+
+def test_describe_lists_duanmus_factor_before_the_stage_it_gates():
+    from covfuse.models import describe as d
+
+    table = d.format_table(d.describe(build("resnet3d-compact", "duanmu", K), input_size=16))
+    names = [line.split()[0] for line in table.splitlines() if line.startswith("layer")]
+    for stage in ("layer1", "layer2", "layer3", "layer4"):  # data-flow order: the factor gates the stage's input
+        assert names.index(f"{stage}.factor") < names.index(f"{stage}.module.conv1")

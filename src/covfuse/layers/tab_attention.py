@@ -105,12 +105,15 @@ class TabAttention(nn.Module):
     def channel_gate(self, x: Tensor, z: Tensor) -> Tensor:
         """(N, C): ``g(mlp(avg) + mlp(max) + mlp(t_c(z)))``."""
         flat = x.flatten(2)
-        pooled = torch.stack([flat.mean(2), flat.max(2).values, self.tab_channel(z)])  # (3, N, C): one MLP call
+        # sum * (1/n) on the small pooled tensor, not mean: mean's backward divides a full-size tensor
+        avg = flat.sum(2) * (1.0 / flat.shape[2])
+        pooled = torch.stack([avg, flat.max(2).values, self.tab_channel(z)])  # (3, N, C): one MLP call
         return self.gain * torch.sigmoid(self.mlp(pooled).sum(0))
 
     def spatial_gate(self, x1: Tensor, z: Tensor) -> Tensor:
         """(N, 1, *spatial): ``g(BN(conv([max_c, mean_c, t_s(z)])))``."""
-        maps = torch.cat([x1.max(1, keepdim=True).values, x1.mean(1, keepdim=True), self.tab_map(z, x1.shape[2:])], dim=1)
+        mean = x1.sum(1, keepdim=True) * (1.0 / x1.shape[1])  # as above: the division on the (N, 1, ...) map
+        maps = torch.cat([x1.max(1, keepdim=True).values, mean, self.tab_map(z, x1.shape[2:])], dim=1)
         return self.gain * torch.sigmoid(self.spatial_norm(self.spatial(maps)))
 
     def extra_repr(self) -> str:
