@@ -137,7 +137,8 @@ class TabAttentionAfter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.module(x)
-        return self.attention(torch.relu(y) if self.relu else y, current_covariates("TabAttentionAfter"))
+        # In place, as the block's own ReLU(inplace=True) would do on the norm's output.
+        return self.attention(torch.relu_(y) if self.relu else y, current_covariates("TabAttentionAfter"))
 
     def extra_repr(self) -> str:
         return f"relu={self.relu}"
