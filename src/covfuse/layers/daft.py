@@ -4,9 +4,10 @@ Scale and shift for each channel are predicted from the globally average-pooled 
 concatenated with the covariates, through a bottleneck MLP (Linear, ReLU, Linear; the bottleneck
 width is (C + K) / reduction, reduction 7 as in the paper's code), then applied as in FiLM. The
 paper predicts the scale directly; we predict ``scale = 1 + delta`` with a zero last layer, so a
-fresh DAFT block is exactly the identity and the model starts as its image-only form. The paper
-places DAFT at the input of the last residual block; :class:`DAFTAfter` puts it behind any module
-(a stage, a pooling layer) of an unmodified network, reading covariates from the context.
+fresh DAFT block is exactly the identity and the model starts as its image-only form. DAFT's own
+scripts (``--film_location 3``) place it inside the last residual block, after conv1 and a BatchNorm
+and before the ReLU; :class:`DAFTAfter` puts it behind any module (that BatchNorm, a stage, a
+pooling layer) of an unmodified network, reading covariates from the context.
 """
 from __future__ import annotations
 
