@@ -144,3 +144,16 @@ def test_describe_lists_duanmus_factor_before_the_stage_it_gates():
     names = [line.split()[0] for line in table.splitlines() if line.startswith("layer")]
     for stage in ("layer1", "layer2", "layer3", "layer4"):  # data-flow order: the factor gates the stage's input
         assert names.index(f"{stage}.factor") < names.index(f"{stage}.module.conv1")
+
+
+@pytest.mark.parametrize("method", ["film", "daft", "hyper", "tab-attention"])
+def test_a_config_saved_before_the_reference_defaults_rebuilds_its_own_model(method):
+    # a checkpoint's config from before issue 26 lacks the new keys: it must rebuild the model it was saved from
+    old = build("vgg-mini", method, K, film_bias=True, daft_bias=True, daft_hidden=None, hyper_embedding="relu",
+                hyper_bias=False, tab_attention_relu=False, film_hidden=None)
+    config = {k: v for k, v in old.config.items()
+              if k not in ("fusion_init", "film_bias", "daft_bias", "daft_hidden", "hyper_embedding", "hyper_bias",
+                           "tab_attention_relu")}
+    rebuilt = build_from_config(config)
+    rebuilt.load_state_dict(old.state_dict())  # strict: the same parameters, the same shapes
+    assert all(m.relu is False for m in rebuilt.modules() if type(m).__name__ == "TabAttentionAfter")

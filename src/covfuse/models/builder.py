@@ -31,6 +31,7 @@ OPTIONS: dict[str, Any] = {
     "daft_layer": None,         # module name or stage index; None = DAFT's scripts' place (layer4.0.bn1)
     "daft_reduction": 7.0,      # DAFT's bottleneck_factor: int((channels entering the last stage + K) / it) units
     "daft_bias": False,         # biases in the DAFT MLP (DAFT's DAFTBlock has none)
+    "daft_hidden": "daft",      # "daft": DAFT's bottleneck width (as film); None: (C + K) / daft_reduction; int
     "fusion_init": "identity",  # "identity": every method starts as image-only; "reference": the authors' init
     "concat_hidden": 64,        # hidden width of concat-2fc
     "covariates_hidden": None,  # covariates-only: None = logistic regression, int = MLP width
@@ -54,7 +55,7 @@ OPTIONS: dict[str, Any] = {
 _CHOICES = {"hybrid_init": ("zeros", "kaiming"), "frozen_norm": ("eval", "train"),
             "fusion_init": ("identity", "reference"), "hyper_embedding": ("reference", "relu")}
 _BOOLS = ("film_bias", "daft_bias", "hyper_bias", "tab_attention_relu")
-_OPTIONAL_INTS = ("film_hidden", "covariates_hidden", "cond_norm_hidden", "mlpcat_hidden")
+_OPTIONAL_INTS = ("film_hidden", "covariates_hidden", "cond_norm_hidden", "mlpcat_hidden", "daft_hidden")
 _POSITIVE_INTS = ("concat_hidden", "hyper_width", "duanmu_hidden", "tab_attention_reduction",
                   "tab_attention_grid")
 
@@ -72,11 +73,11 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"{key} must be true or false, got {merged[key]!r}")
     for key in (*_OPTIONAL_INTS, *_POSITIVE_INTS):
         value = merged[key]
-        if key == "film_hidden" and value == "daft":
+        if key in ("film_hidden", "daft_hidden") and value == "daft":
             continue
         if (value is not None or key in _POSITIVE_INTS) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{key} must be a positive integer{' or None' if key in _OPTIONAL_INTS else ''}"
-                            f"{' or daft' if key == 'film_hidden' else ''}, got {value!r}")
+                            f"{' or daft' if key in ('film_hidden', 'daft_hidden') else ''}, got {value!r}")
     if isinstance(merged["hyper_depth"], bool) or not isinstance(merged["hyper_depth"], int) or merged["hyper_depth"] < 0:
         raise UserError(f"hyper_depth must be an integer >= 0, got {merged['hyper_depth']!r}")
     if isinstance(merged["daft_reduction"], bool) or not isinstance(merged["daft_reduction"], (int, float)) or merged["daft_reduction"] <= 0:
@@ -143,7 +144,8 @@ def build(
                                                bias=opts["film_bias"], init=init)
         elif component == "daft":
             config["daft_layer"] = apply_daft(network, spec, opts["daft_layer"], num_covariates, opts["daft_reduction"],
-                                              hidden=bottleneck, bias=opts["daft_bias"], init=init)
+                                              hidden=bottleneck if opts["daft_hidden"] == "daft" else opts["daft_hidden"],
+                                              bias=opts["daft_bias"], init=init)
         elif component == "hyper":
             config["hyper_layers"] = apply_hyper(network, spec, opts["hyper_layers"], num_covariates,
                                                  opts["hyper_width"], opts["hyper_depth"],
@@ -169,11 +171,19 @@ def build(
                        frozen_norms=frozen if opts["frozen_norm"] == "eval" else [], config=config)
 
 
+# Defaults before issue 26 (reference-faithful defaults) for options a config of that time leaves out;
+# cond-norm's generator changed shape then, so its older checkpoints do not load.
+_LEGACY: dict[str, Any] = {"film_bias": True, "daft_bias": True, "daft_hidden": None, "hyper_embedding": "relu",
+                           "hyper_bias": False, "tab_attention_relu": False}
+
+
 def build_from_config(config: dict[str, Any]) -> FusionModel:
     """Rebuild a model from ``model.config`` (as saved in a checkpoint) with random weights, ready for
     ``load_state_dict``; weights named in the config are not read again."""
     config = dict(config)
     config["weights"] = None
+    if "fusion_init" not in config:  # saved before issue 26: the defaults of that time where they changed
+        config = {**_LEGACY, **config}
     try:
         return build(config.pop("backbone"), config.pop("fusion"), config.pop("num_covariates"), **config)
     except (KeyError, TypeError) as exc:
