@@ -49,6 +49,13 @@ def test_every_method_starts_as_image_only_in_every_regime_and_mode(backbone, me
             expected = _run(image_only, x, torch.zeros(4, 0), train)
             torch.testing.assert_close(_run(model, x, z, train), expected, rtol=1e-5, atol=1e-5,
                                        msg=lambda m: f"{method} {regime} train={train}: {m}")
+        if method == "tab-attention" and regime == "finetune":  # on every norm, also those no ReLU follows
+            image_only = copy.deepcopy(_image_only(backbone, regime, backbone == "monai-resnet10"))
+            torch.manual_seed(SEED)
+            everywhere = build(backbone, method, K, regime=regime, tab_attention_layers="all")
+            for train in (True, False):
+                expected = _run(image_only, x, torch.zeros(4, 0), train)
+                torch.testing.assert_close(_run(everywhere, x, z, train), expected, rtol=1e-5, atol=1e-5)
         if regime in ("features-frozen", "linear-probe"):
             # Only the conditioning and the head train; hybrid and hyper convs train their W_0 too
             # (docs/methods.md), every other method leaves the image model's frozen parameters frozen.

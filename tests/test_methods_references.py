@@ -62,7 +62,7 @@ def test_daft_and_film_equal_dafts_block_at_film_location_3(method):
     assert model.config[{"daft": "daft_layer", "film": "film_layers"}[method]] in ("layer4.bn1", ["layer4.bn1"])
     with torch.no_grad():  # the reference's bn1 has affine=False: unit scale, zero shift
         wrapped.module.weight.fill_(1), wrapped.module.bias.zero_()
-    aux = (wrapped.daft if method == "daft" else wrapped.film).mlp if method == "daft" else wrapped.film.generator
+    aux = wrapped.daft.mlp if method == "daft" else wrapped.film.generator
     # DAFT's training code: bottleneck int((4 * n_basefilters + K) / 7), 4 * n_basefilters = the block's in_channels
     assert aux[0].out_features == int((block.conv1.in_channels + K) / 7)
     assert aux[0].bias is None and aux[2].bias is None

@@ -83,9 +83,12 @@ class ConditionalNorm(nn.Module):
         for generator in (self.gamma, self.beta):
             linears = [m for m in generator.modules() if isinstance(m, nn.Linear)]
             for m in linears:
-                nn.init.uniform_(m.weight, -1e-4, 1e-4) if init == "reference" else m.reset_parameters()
-                if m.bias is not None and init == "reference":
-                    nn.init.zeros_(m.bias)
+                if init == "reference":  # cbn_pluggin.py: RandomUniform(-1e-4, 1e-4) weights, Constant(0) biases
+                    nn.init.uniform_(m.weight, -1e-4, 1e-4)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                else:
+                    m.reset_parameters()
             if init == "identity":
                 nn.init.zeros_(linears[-1].weight)
                 if linears[-1].bias is not None:

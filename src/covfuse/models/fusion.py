@@ -375,6 +375,11 @@ def default_tab_attention_layers(network: nn.Module, spec: BackboneSpec) -> list
     return norms[1:] or norms
 
 
+def followed_by_relu(name: str, spec: BackboneSpec) -> bool:
+    """Whether a ReLU directly follows norm ``name``: every BatchNorm of a VGG, a ResNet's stem and block ``bn1``."""
+    return spec.family != "resnet" or name.rsplit(".", 1)[-1] == "bn1"
+
+
 def apply_tab_attention(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int,
                         reduction: int = 16, grid: int = 7, relu: bool = True, init: str = "identity") -> list[str]:
     """Put :class:`TabAttention` behind the chosen norms (``relu``: behind the norm and its ReLU); their names."""
@@ -383,8 +388,11 @@ def apply_tab_attention(network: nn.Module, spec: BackboneSpec, layers, num_cova
              else pick(norm_candidates(network), layers, "tab-attention layers (norm layers)", spec.name))
     for name in names:
         module = network.get_submodule(name)
+        # Only where a ReLU follows the norm (its output is then the same): elsewhere (a block's bn2 before the
+        # residual sum, a shortcut's norm) the gates see the norm's output.
+        after_relu = relu and followed_by_relu(name, spec)
         set_submodule(network, name, TabAttentionAfter(module, channels_of(module), num_covariates, spec.spatial_dims,
-                                                       relu=relu, reduction=reduction, grid=grid, init=init))
+                                                       relu=after_relu, reduction=reduction, grid=grid, init=init))
     return names
 
 
