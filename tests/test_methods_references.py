@@ -282,3 +282,16 @@ def test_permuting_the_batch_permutes_the_outputs(method, backbone):
             torch.testing.assert_close(model(x[perm], z[perm]), model(x, z)[perm], rtol=1e-9, atol=1e-10)
     with torch.no_grad():  # and the covariates matter: swapping them between samples changes the outputs
         assert (model(x, z[perm]) - model(x, z)).abs().max() > 1e-6
+
+
+def test_hyper_reference_init_is_hyperfusions_variance_rule():
+    torch.manual_seed(8)
+    layer = build("resnet3d-compact", "hyper", K, fusion_init="reference").network.layer4.downsample[0]
+    fan_in, codes = layer.weight[0].numel(), layer.hyper_weight.shape[0]
+    # variance_uniform_init: generators' biases (the constant kernel and bias) 0, weights U(+-sqrt(3 var)) with
+    # var = 2 / (2 * fan_in * E * var_input) and 2 / (2 * E * var_input), var_input = 1
+    assert not layer.weight.any() and not layer.bias.any()
+    bound_w, bound_b = (3 / (fan_in * codes)) ** 0.5, (3 / codes) ** 0.5
+    assert bound_w * 0.9 < layer.hyper_weight.abs().max() <= bound_w
+    assert bound_b * 0.5 < layer.hyper_bias.abs().max() <= bound_b
+    assert isinstance(layer.embed[1], nn.BatchNorm1d) and isinstance(layer.embed[2], nn.PReLU)
