@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from covfuse.layers import autotune
+from covfuse.layers import autotune, hybrid_triton
 
-BACKENDS = ("reference", "expand", "grouped", "pattern", "auto")
+BACKENDS = ("reference", "expand", "grouped", "pattern", "unfold", "triton", "auto")
 _CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 # `auto` uses `pattern` when the batch has at most this many distinct covariate rows
@@ -138,7 +138,74 @@ def _pattern(x, c, w, cw, b, cb, conv, kwargs, rows: tuple[Tensor, Tensor, Tenso
     return _ScatterChunks.apply(rows, *outs)
 
 
-_IMPLEMENTATIONS = {"reference": _reference, "expand": _expand, "grouped": _grouped, "pattern": _pattern}
+def _explicit_padding(x: Tensor, w: Tensor, kwargs: dict) -> tuple[Tensor, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``x`` (padded on the far side where 'same' needs an odd total) and the stride, symmetric
+    padding and dilation as tuples, for back-ends that compute the conv geometry themselves."""
+    dims = w.dim() - 2
+    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims  # noqa: E731
+    stride, dilation, padding = tup(kwargs["stride"]), tup(kwargs["dilation"]), kwargs["padding"]
+    if padding == "valid":
+        padding = (0,) * dims
+    elif padding == "same":  # torch's rule: total d*(k-1), the odd extra on the far side
+        totals = [d * (k - 1) for d, k in zip(dilation, w.shape[2:])]
+        extra = [t % 2 for t in totals]
+        if any(extra):
+            x = F.pad(x, [v for e in reversed(extra) for v in (0, e)])
+        padding = tuple(t // 2 for t in totals)
+    return x, stride, tup(padding), dilation
+
+
+def _unfold(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
+    """im2col per sample, then one batched GEMM with each sample's mixed kernel (1x FLOPs, no loop);
+    the columns cost C*k^d times the input's memory, so it pays at small maps and narrow layers."""
+    n, groups, dims = x.shape[0], kwargs["groups"], w.dim() - 2
+    x, stride, padding, dilation = _explicit_padding(x, w, kwargs)
+    weights = _mix(w, cw, c)  # (N, O, C/g, *k)
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    cols = F.pad(x, [v for p in reversed(padding) for v in (p, p)]).to(dtype)
+    for axis, (k, s, d) in enumerate(zip(w.shape[2:], stride, dilation)):
+        # a window of the dilated extent, then every d-th tap: (N, C, *out, *k)
+        cols = cols.unfold(2 + axis, (k - 1) * d + 1, s)
+        if d > 1:
+            cols = cols[..., ::d]
+    out_spatial = cols.shape[2 : 2 + dims]
+    # (N, C, *out, *k) -> (N, g, C/g * k, L)
+    cols = cols.movedim(tuple(range(2, 2 + dims)), tuple(range(2 + dims, 2 + 2 * dims)))
+    cols = cols.reshape(n, groups, -1, out_spatial.numel())
+    y = torch.matmul(weights.to(dtype).reshape(n, groups, w.shape[0] // groups, -1), cols)
+    y = y.reshape(n, w.shape[0], *out_spatial)
+    if b is not None:
+        y = y + _mix(b, cb, c).view(n, -1, *([1] * dims)).to(y.dtype)
+    return y
+
+
+def _triton(x, c, w, cw, b, cb, conv, kwargs, rows: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """The Triton implicit-GEMM conv (:mod:`covfuse.layers.hybrid_triton`): one kernel per distinct
+    covariate row when ``rows`` are given (binary covariates), else one per sample."""
+    dims = w.dim() - 2
+    x, stride, padding, dilation = _explicit_padding(x, w, kwargs)
+    if rows is None:
+        coefficients, index = c, torch.arange(x.shape[0], device=x.device)
+    else:
+        coefficients, index = rows[0], rows[1]
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    weights = _mix(w, cw, coefficients).to(dtype)
+    y = hybrid_triton.per_sample_conv(x.to(dtype), weights, index, stride, padding, dilation, kwargs["groups"])
+    if b is not None:
+        bias = _mix(b, cb, coefficients).index_select(0, index) if rows is not None else _mix(b, cb, c)
+        y = y + bias.view(x.shape[0], -1, *([1] * dims)).to(y.dtype)
+    return y
+
+
+_IMPLEMENTATIONS = {"reference": _reference, "expand": _expand, "grouped": _grouped, "pattern": _pattern,
+                    "unfold": _unfold, "triton": _triton}
+
+
+def available_backends(device: torch.device) -> tuple[str, ...]:
+    """The explicit back-ends that run natively on ``device`` (`triton` on CUDA only: on a CPU it runs
+    only under Triton's interpreter, for tests), the ones `auto` and `covfuse bench` consider."""
+    return tuple(b for b in BACKENDS if b != "auto"
+                 and (b != "triton" or (device.type == "cuda" and hybrid_triton.available(device))))
 
 
 def unique_rows(covariates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
