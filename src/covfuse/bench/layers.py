@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from covfuse.bench.timing import interleaved, median_ms, ratio
-from covfuse.layers import BACKENDS, auto_choices, clear_choices
+from covfuse.layers import auto_choices, clear_choices
+from covfuse.layers.hybrid_functional import available_backends
 from covfuse.layers.hybrid import HYBRID_FOR_CONV
 from covfuse.layers.hyper import HYPER_FOR_CONV
 
@@ -68,7 +69,9 @@ def run(nets: list[str], size: int, batch: int, ks: list[int], kinds: list[str],
         autocast = torch.bfloat16 if dtype_name == "bfloat16" else None
         for kind in kinds:
             for k in ks:
-                backends = [b for b in BACKENDS if b != "reference" and (kind == "binary" or b != "pattern")]
+                # every back-end that runs natively here (triton on CUDA only), then auto
+                backends = [b for b in available_backends(dev) if b != "reference" and (kind == "binary" or b != "pattern")]
+                backends.append("auto")
                 echo(f"\n{kind} covariates, K={k}, {dtype_name}{' (autocast)' if autocast else ''}, fwd+bwd, "
                      f"ratio to the plain conv: median [min-max] of {rounds} interleaved rounds\n")
                 echo("| shape | batch | plain ms | " + " | ".join(backends) + " | auto picks | loop / auto | hyper / hybrid |")

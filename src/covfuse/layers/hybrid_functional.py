@@ -259,6 +259,17 @@ def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int, layer: str
     return text + ("" if torch.is_grad_enabled() else ", no grad")
 
 
+def auto_candidates(device: torch.device, batch: int, num_patterns: int, loop: bool = True) -> list[str]:
+    """The back-ends `auto` times for a call: every exact one that runs natively on ``device``
+    (`triton` only on CUDA), `pattern` only when rows repeat, and the per-sample loop unless the
+    caller rules it out (``loop=False``), since batch-1 convs can win (small maps on CPU, the 3D stem
+    on a GPU). Timing them all is what keeps `auto` within noise of the best."""
+    names = [b for b in available_backends(device) if b != "reference"]
+    if num_patterns >= batch:
+        names.remove("pattern")
+    return names + (["reference"] if loop else [])
+
+
 def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str]) -> dict[str, float]:
     """Milliseconds per call (forward, + backward under grad mode) of each candidate on detached copies."""
     x, c, w, cw, b, cb, conv, kwargs = args
@@ -272,7 +283,7 @@ def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str
 
     def step(name: str) -> Callable[[], None]:
         def run() -> None:
-            out = _pattern(*targs, rows=rows) if name == "pattern" else _IMPLEMENTATIONS[name](*targs)
+            out = _call(name, targs, rows)
             if wanted:
                 if not grad_out:
                     grad_out.append(torch.randn_like(out))
@@ -311,9 +322,7 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer:
     if choice is None:
         signature = _signature(x, w, kwargs, num_patterns, layer)
         if autotune.autotune_enabled(x.device):
-            candidates = ["expand", "grouped"] + (["pattern"] if num_patterns < x.shape[0] else [])
-            if x.device.type == "cpu" and loop:  # batch-1 convs are efficient on CPU: at tiny maps the loop can win
-                candidates.append("reference")
+            candidates = auto_candidates(x.device, x.shape[0], num_patterns, loop)
             times = _tune(args, tuple(r.detach() for r in rows), candidates)
             choice = autotune.AutoChoice(min(times, key=times.get), "tuned", signature, times)
         else:
@@ -355,6 +364,12 @@ def hybrid_conv(
         backend = rule_backend(x, x.shape[0], weight, groups)
     if backend == "auto":
         backend, rows = _auto(args)
-        if backend == "pattern":
-            return _pattern(*args, rows=rows)
+        return _call(backend, args, rows)
+    return _IMPLEMENTATIONS[backend](*args)
+
+
+def _call(backend: str, args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+    """Run ``backend``, handing the distinct rows to the back-ends that use them (when rows repeat)."""
+    if backend == "pattern" or (backend == "triton" and rows is not None and rows[0].shape[0] < args[0].shape[0]):
+        return _IMPLEMENTATIONS[backend](*args, rows=rows)
     return _IMPLEMENTATIONS[backend](*args)
