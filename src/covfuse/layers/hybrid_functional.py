@@ -246,6 +246,19 @@ def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> s
     return "grouped" if in_channels <= 16 else "expand"
 
 
+def traced_backend(x: Tensor, w: Tensor, groups: int) -> str:
+    """`auto`'s back-end while tracing for torch.compile or capturing a CUDA graph: no host sync
+    (torch.unique, .tolist()) and no timing, so one that treats every row on its own (exact for any
+    covariates), chosen by the rule. Not the per-sample loop, which a tracer would unroll into one
+    conv per sample, and not `grouped`: once the batch size changes, torch.compile retraces with a
+    symbolic batch, and inductor cannot order the strides of grouped's (1, N*C, ...) input
+    ("InductorError: cannot determine truth value of Relational"; a Python check cannot tell a
+    symbolic batch from a fixed one while dynamo traces). `unfold` (im2col + batched GEMM, 1x FLOPs)
+    has no batch-dependent conv groups and compiles for any shapes."""
+    backend = rule_backend(x, x.shape[0], w, groups)
+    return "unfold" if backend in ("reference", "grouped") else backend
+
+
 def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int, layer: str = "HybridConv") -> str:
     dims = w.dim() - 2
     spatial = "x".join(map(str, x.shape[2:]))
@@ -308,11 +321,7 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer:
     x, c, w, cw, b, cb, conv, kwargs = args
     groups = kwargs["groups"]
     if not autotune.can_tune():
-        # Tracing for torch.compile / capturing a CUDA graph: no host sync (torch.unique, .tolist())
-        # and no timing; a back-end that treats every row on its own is exact for any covariates.
-        # Not the per-sample loop, which a tracer would unroll into one conv per sample.
-        backend = rule_backend(x, x.shape[0], w, groups)
-        return ("grouped" if backend == "reference" else backend), None
+        return traced_backend(x, w, groups), None
     rows = unique_rows(c) if rows is None else rows
     num_patterns = rows[0].shape[0]
     key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), cw.shape[0], loop, w.dtype, repr(kwargs), b is not None,

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from covfuse.layers import autotune
 from covfuse.layers.context import layer_covariates
 from covfuse.layers.helpers import IntOrTuple, normalize_padding, to_ntuple
-from covfuse.layers.hybrid_functional import _CONV, _IMPLEMENTATIONS, BACKENDS, _auto, _call, _pattern, rule_backend, unique_rows
+from covfuse.layers.hybrid_functional import _CONV, _IMPLEMENTATIONS, BACKENDS, _auto, _call, _pattern, rule_backend, traced_backend, unique_rows
 
 
 def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, hyper_weight: Tensor,
@@ -51,8 +51,7 @@ def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, 
         # Gradients w.r.t. each sample's covariates (attribution): treat every row on its own.
         backend = rule_backend(x, x.shape[0], weight, groups)
     if backend == "auto" and not autotune.can_tune():  # tracing: no host sync, every row on its own
-        rule = rule_backend(x, x.shape[0], weight, groups)
-        backend = "grouped" if rule == "reference" else rule
+        backend = traced_backend(x, weight, groups)
     if backend == "reference" and requested == "auto":  # never a loop over the batch unless asked for
         backend = "grouped"
     if backend in ("pattern", "auto"):
