@@ -1,6 +1,6 @@
 """Functional core of the hybrid convolution: sample i is convolved with W_0 + sum_j s_ij W_j.
 
-Four exact back-ends compute the same function (outputs and gradients):
+Six exact back-ends compute the same function (outputs and gradients):
 
 - ``reference``: the per-sample loop, kept as the ground truth for tests.
 - ``expand``: linearity, conv(x, W_0 + sum s W) = conv(x, W_0) + sum s conv(x, W_j); one dense conv
@@ -10,6 +10,10 @@ Four exact back-ends compute the same function (outputs and gradients):
   the library handles large group counts.
 - ``pattern``: one dense conv per distinct covariate row (binary covariates give at most 2**K
   patterns), the batch permuted so each pattern is contiguous. 1x FLOPs, P small convs.
+- ``unfold``: im2col per sample and one batched GEMM with each sample's kernel. 1x FLOPs, no batch
+  loop, columns C*k^d times the input's size; traceable for any shapes (torch.compile).
+- ``triton``: an implicit-GEMM Triton kernel whose weight pointer follows the sample or its
+  distinct row (:mod:`covfuse.layers.hybrid_triton`). 1x FLOPs, no copies; CUDA only.
 
 ``auto`` times the candidates once per call signature and keeps the fastest
 (:mod:`covfuse.layers.autotune`; on by default on CUDA), or else follows the measured rule in
