@@ -93,6 +93,13 @@ def test_1d_even_kernel_same_padding_and_channels_last(interpreter, backend):
     _check(backend, 2, dict(padding=1), "continuous", 3, x_format=torch.channels_last)
 
 
+def test_triton_weight_gradient_split_over_positions(interpreter, monkeypatch):
+    """Split-K: with 32 positions per program a 9x8 map is summed by 3 programs per sample, atomically."""
+    monkeypatch.setattr(hybrid_triton, "WGRAD_CHUNK", 32)
+    _check("triton", 2, dict(padding=1), "continuous", 2)
+    _check("triton", 3, dict(padding=1, groups=2), "binary", 3)
+
+
 def test_triton_rows_share_one_kernel_per_pattern(interpreter):
     """With distinct rows given, weights are formed per pattern and each sample indexes its row's kernel."""
     torch.manual_seed(3)

@@ -125,11 +125,16 @@ if _HAVE_TRITON:
         SD, SH, SW, PD, PH, PW, DD, DH, DW, GROUPS,
         xs_n, xs_c, xs_d, xs_h, xs_w,
         ys_n, ys_c, ys_d, ys_h, ys_w,
+        CHUNK, SPLIT,
         PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     ):
-        # Sample n's kernel gradient: M = output channels, N = C/g * k, reduction = output positions.
-        # dw is (N, O, C/g * k) contiguous float32.
+        # Sample n's kernel gradient: M = output channels, N = C/g * k, reduction = output positions,
+        # split into SPLIT chunks of CHUNK positions (split-K: a large map alone would leave the GPU
+        # with N * groups programs) whose partial sums are added atomically.
+        # dw is (N, O, C/g * k) contiguous float32, zero-filled.
         pid_z = tl.program_id(2)
+        split = pid_z % SPLIT
+        pid_z = pid_z // SPLIT
         n = (pid_z // GROUPS).to(tl.int64)
         g = pid_z % GROUPS
         o = tl.program_id(0) * BM + tl.arange(0, BM)
@@ -139,22 +144,27 @@ if _HAVE_TRITON:
         c, rr = r // kk, r % kk
         kd, kh, kw = rr // (KH * KW), (rr // KW) % KH, rr % KW
         positions = OD * OH * OW
+        stop = tl.minimum(positions, (split + 1) * CHUNK)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for p0 in range(0, positions, BK):
+        for p0 in range(split * CHUNK, stop, BK):
             p = p0 + tl.arange(0, BK)
             od, oh, ow = p // (OH * OW), (p // OW) % OH, p % OW
             a = tl.load(dy + n * ys_n + (g * O_G + o[:, None]) * ys_c + od[None, :] * ys_d + oh[None, :] * ys_h
-                        + ow[None, :] * ys_w, mask=(o[:, None] < O_G) & (p[None, :] < positions), other=0.0)
+                        + ow[None, :] * ys_w, mask=(o[:, None] < O_G) & (p[None, :] < stop), other=0.0)
             i_d = od[:, None] * SD - PD + kd[None, :] * DD
             i_h = oh[:, None] * SH - PH + kh[None, :] * DH
             i_w = ow[:, None] * SW - PW + kw[None, :] * DW
-            mask = ((p[:, None] < positions) & (r[None, :] < red_c) & (i_d >= 0) & (i_d < D)
+            mask = ((p[:, None] < stop) & (r[None, :] < red_c) & (i_d >= 0) & (i_d < D)
                     & (i_h >= 0) & (i_h < H) & (i_w >= 0) & (i_w < W))
             b = tl.load(x + n * xs_n + (g * C_G + c[None, :]) * xs_c + i_d * xs_d + i_h * xs_h + i_w * xs_w,
                         mask=mask, other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         out = dw + n * (GROUPS * O_G * red_c) + (g * O_G + o[:, None]) * red_c + r[None, :]
-        tl.store(out, acc, mask=(o[:, None] < O_G) & (r[None, :] < red_c))
+        mask = (o[:, None] < O_G) & (r[None, :] < red_c)
+        if SPLIT == 1:
+            tl.store(out, acc, mask=mask)
+        else:
+            tl.atomic_add(out, acc, mask=mask)
 
 
 @functools.lru_cache(maxsize=2)
@@ -229,17 +239,23 @@ def _input_grad(dy: Tensor, weights: Tensor, index: Tensor, x: Tensor, geo: dict
     return dx
 
 
+# Output positions per weight-gradient program (split-K); a multiple of the reduction tile (32).
+WGRAD_CHUNK = 4096
+
+
 def _weight_grad(x: Tensor, dy: Tensor, weight_shape: torch.Size, geo: dict, groups: int) -> Tensor:
     """Per-sample kernel gradients, (N, O, C/g, *k) in float32."""
     n, o, c_g = x.shape[0], weight_shape[1], weight_shape[2]
     o_g = o // groups
     red_c = c_g * geo["k"][0] * geo["k"][1] * geo["k"][2]
-    dw = torch.empty((n, o, red_c), device=x.device, dtype=torch.float32)
+    positions = geo["out"][0] * geo["out"][1] * geo["out"][2]
+    split = triton.cdiv(positions, WGRAD_CHUNK)
+    dw = (torch.zeros if split > 1 else torch.empty)((n, o, red_c), device=x.device, dtype=torch.float32)
     x5, dy5 = _as_3d(x), _as_3d(dy)
     bm, bn, bk = _block(o_g), _block(red_c), 32
-    grid = (triton.cdiv(o_g, bm), triton.cdiv(red_c, bn), n * groups)
+    grid = (triton.cdiv(o_g, bm), triton.cdiv(red_c, bn), n * groups * split)
     _kernels(interpreting())[2][grid](
-        x5, dy5, dw, *_scalars(geo, c_g, o_g, groups), *x5.stride(), *dy5.stride(),
+        x5, dy5, dw, *_scalars(geo, c_g, o_g, groups), *x5.stride(), *dy5.stride(), WGRAD_CHUNK, split,
         PRECISION=_precision(x.dtype), BM=bm, BN=bn, BK=bk)
     return dw.view(n, *weight_shape[1:])
 
