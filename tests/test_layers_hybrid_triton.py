@@ -53,7 +53,7 @@ def loop_reference(layer, x, c):
     return torch.cat(outs)
 
 
-def _check(backend: str, dims: int, opts: dict, kind: str, k: int, n: int = 5, cin: int = 4, cout: int = 6,
+def _check(backend: str, dims: int, opts: dict, kind: str, k: int, n: int = 4, cin: int = 4, cout: int = 6,
            kernel: int = 3, x_format=None):
     torch.manual_seed(zlib.crc32(repr((backend, dims, sorted(opts.items()), kind, k)).encode()))
     layer = CLASSES[dims](cin, cout, kernel, k, backend=backend, covariate_init="kaiming", **opts)
