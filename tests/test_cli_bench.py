@@ -80,3 +80,18 @@ def test_models_bench_loop_rows_use_the_per_sample_loop(monkeypatch):
                      variants=["image-only", "hybrid all K=3", "loop all K=3"], echo=lambda line: None)
     hybrid, loop = ([m.backend for _, m in bench_models.hybrid_layers(model)] for model in seen[1:])
     assert set(hybrid) == {"auto"} and set(loop) == {"reference"} and len(loop) == len(hybrid) > 1
+
+
+def test_a_back_end_that_fails_is_a_note_not_a_crash(tmp_path, capsys, monkeypatch):
+    """E.g. Triton that cannot build on a GPU: the layer bench reports it and measures the rest."""
+    from covfuse.bench import layers as bench_layers
+
+    monkeypatch.setattr(bench_layers, "available_backends", lambda dev: ("expand", "triton", "reference"))
+    monkeypatch.delenv("TRITON_INTERPRET")  # triton cannot run on this CPU: its layer raises
+    out = tmp_path / "bench.json"
+    argv = ["bench", "layers", "--device", "cpu", "--nets", "vgg16", "--size", "8", "--batch", "4", "--rounds", "1",
+            "--shapes", "64->64", "--kinds", "continuous", "--k", "1", "--json", str(out)]
+    assert cli(argv) == 0
+    assert "(triton failed at vgg16 64->64 k3x3 @8: RuntimeError" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["layers"]
+    assert set(row["ratio_to_plain"]) == {"expand", "auto", "reference"} and "triton" in row["failed"]

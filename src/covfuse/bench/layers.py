@@ -100,16 +100,28 @@ def _measure(shape: Shape, n: int, k: int, kind: str, dtype_name: str, autocast,
     with torch.no_grad():
         hyper.hyper_weight.normal_(0, 0.01)
     variants["hyper"] = lambda: _step(hyper, x, c, autocast)
+    failed = {}
+    for b in names:  # a back-end that fails here (e.g. a Triton kernel the GPU cannot build) is a row note, not a crash
+        if b == "auto":
+            continue
+        try:
+            variants[b]()
+        except Exception as e:  # noqa: BLE001 - any failure of one candidate must not end the benchmark
+            failed[b] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            del variants[b]
+    names = [b for b in names if b not in failed]
     clear_choices()
     samples = interleaved(variants, rounds, dev)
     picked = [ch for ch in auto_choices() if ch.signature.startswith("HybridConv")]
     auto = picked[-1].backend if picked else "?"
     how = picked[-1].how if picked else "?"
     ratios = {b: ratio(samples, b, "plain") for b in names}
-    loop_over_auto = ratio(samples, "reference", "auto") if loop else None
+    loop_over_auto = ratio(samples, "reference", "auto") if loop and "reference" in samples else None
     hyper_over_hybrid = ratio(samples, "hyper", "auto")
     hyper_picks = [ch.backend for ch in auto_choices() if ch.signature.startswith("HyperConv")]
-    cells = " | ".join(ratios[b].spread() for b in backends)
+    cells = " | ".join(ratios[b].spread() if b in ratios else "failed" for b in backends)
+    for b, why in failed.items():
+        echo(f"  ({b} failed at {shape.label}: {why})")
     echo(f"| {shape.label} | {n} | {median_ms(samples['plain']):.1f} | {cells} | {auto} ({how}) | "
          f"{'' if loop_over_auto is None else loop_over_auto.spread()} | {hyper_over_hybrid.spread()} "
          f"({hyper_picks[-1] if hyper_picks else '?'}) |")
@@ -117,7 +129,7 @@ def _measure(shape: Shape, n: int, k: int, kind: str, dtype_name: str, autocast,
         "shape": shape.label, "net": shape.net, "in": shape.cin, "out": shape.cout, "kernel": shape.kernel,
         "stride": shape.stride, "spatial": shape.spatial, "dims": shape.dims, "batch": n, "k": k, "kind": kind,
         "dtype": dtype_name, "plain_ms": round(median_ms(samples["plain"]), 3),
-        "ratio_to_plain": {b: r.as_dict() for b, r in ratios.items()},
+        "ratio_to_plain": {b: r.as_dict() for b, r in ratios.items()}, "failed": failed,
         "auto_choice": auto, "auto_how": how,
         "loop_over_auto": None if loop_over_auto is None else loop_over_auto.as_dict(),
         "hyper_over_hybrid": hyper_over_hybrid.as_dict(), "hyper_choice": hyper_picks[-1] if hyper_picks else None,
