@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from covfuse.layers import autotune
 from covfuse.layers.context import layer_covariates
 from covfuse.layers.helpers import IntOrTuple, normalize_padding, to_ntuple
-from covfuse.layers.hybrid_functional import _CONV, _IMPLEMENTATIONS, BACKENDS, _auto, _pattern, rule_backend, unique_rows
+from covfuse.layers.hybrid_functional import _CONV, _IMPLEMENTATIONS, BACKENDS, _auto, _call, _pattern, rule_backend, traced_backend, unique_rows
 
 
 def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, hyper_weight: Tensor,
@@ -53,8 +53,7 @@ def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, 
         # Gradients w.r.t. each sample's covariates (attribution): treat every row on its own.
         backend = rule_backend(x, x.shape[0], weight, groups)
     if backend == "auto" and not autotune.can_tune():  # tracing: no host sync, every row on its own
-        rule = rule_backend(x, x.shape[0], weight, groups)
-        backend = "grouped" if rule == "reference" else rule
+        backend = traced_backend(x, weight, groups)
     if backend == "reference" and requested == "auto":  # never a loop over the batch unless asked for
         backend = "grouped"
     if backend in ("pattern", "auto"):
@@ -68,7 +67,7 @@ def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, 
             codes = rows[0].index_select(0, inverse)  # the same values as embed(z), row by row
             args = (x, codes, weight, hyper_weight, bias, hyper_bias, conv, kwargs)
             backend, _ = _auto(args, rows=rows, layer="HyperConv", loop=False)
-            return _pattern(*args, rows=rows) if backend == "pattern" else _IMPLEMENTATIONS[backend](*args)
+            return _call(backend, args, rows)
         return _pattern(x, None, weight, hyper_weight, bias, hyper_bias, conv, kwargs, rows=rows)
     return _IMPLEMENTATIONS[backend](x, embed(z), weight, hyper_weight, bias, hyper_bias, conv, kwargs)
 

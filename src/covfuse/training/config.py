@@ -133,6 +133,7 @@ class TrainerConfig:
         strategy: auto, ddp, ddp_spawn, ...
         precision: 32-true, bf16-mixed, 16-mixed; None: bf16-mixed on a GPU that has it, else 32-true.
         channels_last: NHWC memory format; None: on for GPUs, off on CPU.
+        compile: torch.compile the model (inductor; recompiles when the batch or input size changes).
         gradient_clip_val: Clip the gradient norm to this (None: no clipping).
         accumulate_grad_batches: Batches per optimiser step.
         deterministic: True, False or warn; None: warn on GPU (VGG's pooling backward has no deterministic kernel), True on CPU.
@@ -155,6 +156,7 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: Optional[str] = None
     channels_last: Optional[bool] = None
+    compile: bool = False
     gradient_clip_val: Optional[float] = None
     accumulate_grad_batches: int = 1
     deterministic: Optional[Union[bool, Literal["warn"]]] = None

@@ -42,7 +42,7 @@ from covfuse.training.config import RunConfig, TrainerConfig
 from covfuse.training.datamodule import CovfuseDataModule
 from covfuse.training.lock import LOCK_NAME, RunLock
 from covfuse.training.metrics import PRIMARY, log_loss, split_metrics, task_of_head
-from covfuse.training.module import CovfuseModule
+from covfuse.training.module import CovfuseModule, compile_model
 from covfuse.training.resume import AtomicCheckpointIO, Interruption
 from covfuse.training.datamodule import STATE_FILE, make_datamodule, read_state
 
@@ -436,6 +436,8 @@ def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False
         data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
     data.setup("fit")  # the module needs the covariate names
     module = build_module(config, data, hw)
+    if config.trainer.compile:
+        compile_model(module.model)
     steps = len(data.datasets["train"]) // config.data.batch_size // config.trainer.accumulate_grad_batches
     interruption = Interruption(config.seed, run_dir / CHECKPOINTS / "last.ckpt", resume_hint(config))
     loggers = trackmod.make_loggers(config, run_dir, tracking, resume=resume)
