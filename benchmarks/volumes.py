@@ -23,7 +23,7 @@ def rate(fn, count: int) -> tuple[float, float]:
 
 def main() -> None:
     from covfuse.data.volume_io import Preprocessing, VolumeDataset, build_volume_cache, load_volume, transform
-    from covfuse.data.volumes import read_manifest
+    from covfuse.data.readers.manifest import read_manifest
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("manifest")

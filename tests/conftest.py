@@ -6,6 +6,11 @@ import pytest
 
 matplotlib.use("Agg")
 
+# Triton kernels (the hybrid conv's `triton` back-end) run on Triton's CPU interpreter in tests. Triton
+# reads this when it is first imported (torch.compile imports it too), so it is set before any test runs;
+# `auto` never picks `triton` off CUDA, and inductor's CPU code generation does not use Triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 

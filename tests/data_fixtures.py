@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from covfuse.data.celeba import ATTR_NAMES
-from covfuse.data.synth import write_synth
+from covfuse.data.readers.celeba_release import ATTR_NAMES
+from covfuse.data.twins.faces import write_synth
 
 _TWINS: dict[tuple, Path] = {}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -43,7 +44,8 @@ def test_imports_point_one_way(package):
 
 
 def test_layers_import_only_torch_from_third_parties():
-    allowed = {"torch", "__future__", "contextlib", "contextvars", "typing", "math", "difflib", "covfuse", "collections",
+    # triton ships with torch's CUDA builds; only layers/hybrid_triton.py imports it, behind a check
+    allowed = {"torch", "triton", "importlib", "__future__", "contextlib", "contextvars", "typing", "math", "difflib", "covfuse", "collections",
                "dataclasses", "functools", "itertools", "logging", "os", "statistics", "time"}
     for path in (PACKAGE / "layers").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -84,3 +86,81 @@ def test_training_code_names_no_file_format(path):
     assert data_modules <= FORMAT_BLIND, f"{path.name} imports {sorted(data_modules - FORMAT_BLIND)}"
     named = [s for s in _code_strings(tree) for word in FORMAT_WORDS if word in s.lower()]
     assert named == [], f"{path.name} names a file format: {named}"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """covfuse modules ``path`` imports, at module level or inside functions (a lazy import still ties
+    two modules together), leaving out ``if TYPE_CHECKING:`` blocks (never run)."""
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for child in node.body for n in ast.walk(child)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from covfuse.data import cache` imports the module covfuse.data.cache
+            subs = {f"{node.module}.{alias.name}" for alias in node.names} & modules
+            found |= subs or {node.module}
+    return {m for m in found if m in modules}
+
+
+def import_cycles(packages: Sequence[str]) -> list[list[str]]:
+    """The import cycles among the modules of ``packages`` (strongly connected components of the
+    import graph with more than one module, or a module importing itself)."""
+    paths = {_module_name(p): p for pkg in packages for p in (PACKAGE / pkg).rglob("*.py")}
+    graph = {m: _imported_modules(paths[m], set(paths)) - {m} for m in sorted(paths)}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(m: str) -> None:  # Tarjan's algorithm
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in stack:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            component = []
+            while True:
+                n = stack.pop()
+                component.append(n)
+                if n == m:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for m in graph:
+        if m not in index:
+            visit(m)
+    return cycles
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
+    """The finder itself, on a made-up package: a -> b -> c -> a (one lazy import) and d -> a."""
+    pkg = tmp_path / "covfuse" / "fake"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from covfuse.fake.b import x\n")
+    (pkg / "b.py").write_text("from covfuse.fake import c\n")
+    (pkg / "c.py").write_text("def f():\n    import covfuse.fake.a\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nfrom covfuse.fake.a import y\n"
+                              "if TYPE_CHECKING:\n    from covfuse.fake.d import z\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "covfuse")
+    assert import_cycles(["fake"]) == [["covfuse.fake.a", "covfuse.fake.b", "covfuse.fake.c"]]
+
+
+@pytest.mark.parametrize("package", ["data", "cli"])
+def test_no_import_cycles(package):
+    assert import_cycles([package]) == []

@@ -9,7 +9,8 @@ import pytest
 
 from covfuse.cli.main import main as covfuse
 from covfuse.data.readers.bids import is_bids, read_bids
-from covfuse.data.volumes import CovariateEncoder, column_kind, is_missing, read_manifest, subject_split
+from covfuse.data.readers.manifest import read_manifest
+from covfuse.data.table import CovariateEncoder, column_kind, is_missing, subject_split
 from covfuse.errors import UserError
 
 PARTICIPANTS = [  # participant_id, age, sex, group (levels 0/1: categorical although numeric), site

@@ -12,7 +12,7 @@ import torch
 from covfuse.cli.main import main as cli
 from covfuse.data import cache as cache_mod
 from covfuse.data.cache import build_cache, cache_paths, open_cache
-from covfuse.data.celeba import read_celeba
+from covfuse.data.readers.celeba_release import read_celeba
 from covfuse.data.dataset import CelebADataset
 from covfuse.data.transforms import load_image
 from covfuse.errors import UserError

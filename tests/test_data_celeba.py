@@ -11,7 +11,7 @@ import torch
 from torchvision.datasets import CelebA
 
 from covfuse.cli.main import main as cli
-from covfuse.data.celeba import ATTR_NAMES, find_root, read_celeba
+from covfuse.data.readers.celeba_release import ATTR_NAMES, find_root, read_celeba
 from covfuse.data.splits import official_indices
 from covfuse.errors import UserError
 

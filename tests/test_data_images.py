@@ -8,7 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from covfuse.data.celeba import read_celeba
+from covfuse.data.readers.celeba_release import read_celeba
 from covfuse.data.dataset import CelebADataset
 from covfuse.data.splits import official_indices
 from covfuse.data.transforms import hflip, load_image, normalize

@@ -13,6 +13,7 @@ import torch
 
 from covfuse.cli.main import main as covfuse
 from covfuse.data import write_synth
+from covfuse.data.cache import cache_paths
 from covfuse.data.readers import read_table
 from covfuse.data.table import CovariateEncoder, encode_target, subject_folds, subject_split
 from covfuse.data.transforms import normalize
@@ -43,7 +44,9 @@ def test_manifest_twin_trains_to_the_celeba_twins_predictions(twins, tmp_path):
     celeba, manifest = twins
     a = _fit(celeba, tmp_path, "celeba")
     b = _fit(manifest, tmp_path, "manifest", "--data.cache", "build")  # the manifest through its own cache
-    assert (manifest.parent / ".covfuse-cache" / "manifest-center-crop-24.u8").is_file()
+    built = cache_paths(read_table(manifest), 24, "center-crop")[0]
+    assert built.parent == manifest.parent / ".covfuse-cache" and built.name.startswith(manifest.stem + "-")
+    assert built.is_file()
     assert [r["id"] for r in a] == [r["id"].split("/")[-1] for r in b]
     assert [r["probability"] for r in a] == [r["probability"] for r in b]
     assert [r["group"] for r in a] == [r["group"].removeprefix("id") for r in b]
@@ -224,10 +227,11 @@ def test_16bit_grey_manifest_keeps_16_bits_through_the_cache(tmp_path):
     assert batch.dtype == torch.uint16 and normalize(batch).shape == (3, 3, 12, 12)
 
 
-def test_a_mixed_manifest_takes_its_first_files_layout(tmp_path):
+def test_a_mixed_manifest_is_read_in_its_richest_layout(tmp_path):
     from PIL import Image
 
-    from covfuse.data.decode import conform, decode_image
+    from covfuse.data.chunks import conform
+    from covfuse.data.decode import decode_image
     from covfuse.data.samples import Settings, make_dataset
 
     rng = np.random.default_rng(1)
@@ -239,9 +243,14 @@ def test_a_mixed_manifest_takes_its_first_files_layout(tmp_path):
     (tmp_path / "m.csv").write_text("subject,path,y\ns1,img/g.png,0\ns2,img/c.png,1\ns3,img/g.png,1\n")
     table = read_table(tmp_path / "m.csv")
     data = make_dataset(table, np.arange(3), np.zeros((3, 0)), np.zeros(3), Settings(size=16, preset="research"))
-    assert data.__getitems__([0, 1]).tensors["image"].shape == (2, 1, 16, 16)  # grey first: RGB made grey
-    want = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.int16)  # PIL's own luma (rounded)
-    got = data[1]["image"].numpy()[0].astype(np.int16)
+    # grey first, yet the RGB file keeps its colour (issue 24: the first file's layout made it grey)
+    assert data.__getitems__([0, 1]).tensors["image"].shape == (2, 3, 16, 16)
+    assert np.array_equal(data[1]["image"].numpy(), decode_image(tmp_path / "img/c.png", 16, "research"))
+    grey_decoded = data[0]["image"].numpy()
+    assert np.array_equal(grey_decoded[0], grey_decoded[1]) and np.array_equal(grey_decoded[0], grey_decoded[2])
+    # RGB made grey (conform's other direction) is PIL's own luma
+    want = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.int16)
+    got = conform(decode_image(tmp_path / "img/c.png", 16, "research"), 1, "uint8")[0].astype(np.int16)
     assert np.abs(got - want).max() <= 1
     # and the other way: grey repeated into RGB, 8 -> 16 bits by x257
     colour = decode_image(tmp_path / "img/c.png", 16, "research")

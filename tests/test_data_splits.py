@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covfuse.data.celeba import read_celeba
+from covfuse.data.readers.celeba_release import read_celeba
 from covfuse.data.splits import kfold_indices, official_indices
 from covfuse.errors import UserError
 

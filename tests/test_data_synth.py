@@ -14,9 +14,9 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 from threadpoolctl import threadpool_limits
 
 from covfuse.cli.main import main as cli
-from covfuse.data import synth
-from covfuse.data.celeba import ATTR_NAMES, read_celeba
-from covfuse.data.synth import bayes_accuracies, draw_face, generate_labels, split_sizes, write_synth
+from covfuse.data.twins import faces as synth
+from covfuse.data.readers.celeba_release import ATTR_NAMES, read_celeba
+from covfuse.data.twins.faces import bayes_accuracies, draw_face, generate_labels, split_sizes, write_synth
 
 try:
     from data_fixtures import make_twin

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from covfuse.data.celeba import ATTR_NAMES
-from covfuse.data.synth import CUE_ATTRIBUTES, cue_boxes, draw_face, generate_labels, read_cue_boxes, write_synth
+from covfuse.data.readers.celeba_release import ATTR_NAMES
+from covfuse.data.twins.faces import CUE_ATTRIBUTES, cue_boxes, draw_face, generate_labels, read_cue_boxes, write_synth
 
 
 @pytest.mark.parametrize("size", [(178, 218), (89, 109)])

@@ -126,6 +126,25 @@ def unreadable(work: Path, monkeypatch) -> None:
         monkeypatch.setattr(Path, "read_bytes", denied)
 
 
+def data_moved(work: Path) -> None:
+    """runs/tiny as if trained on work/twin (recorded as given, as runs before absolute roots did), which then
+    moved to work/moved."""
+    import yaml
+
+    config = yaml.safe_load((work / "runs/tiny/config.yaml").read_text())
+    config["data"]["root"] = ROOT
+    (work / "runs/tiny/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (work / "twin").rename(work / "moved")
+
+
+def other_data(work: Path) -> None:
+    """``other``: the twin with one attribute of one image flipped (another data set, same layout)."""
+    shutil.copytree(work / ROOT, work / "other")
+    lines = (work / "other/list_attr_celeba.txt").read_text().splitlines()
+    lines[2] = lines[2][:-2] + ("-1" if lines[2].endswith(" 1") else " 1")
+    (work / "other/list_attr_celeba.txt").write_text("\r\n".join(lines) + "\r\n")
+
+
 @dataclass
 class Case:
     id: str
@@ -173,6 +192,36 @@ def truncated_dicom(work: Path) -> None:
     (work / "m.csv").write_text("subject,path,label\ns1,img/a.dcm,0\ns2,img/b.dcm,1\ns3,img/c.dcm,1\n")
 
 
+def id_twice(work: Path) -> None:
+    image_manifest(work, ["s1,img/a.png,train,0,40", "s2,img/b.png,valid,1,50", "s3,img/c.png,test,0,60"])
+    (work / "m.csv").write_text("id,subject,path,split,label,age\nr1,s1,img/a.png,train,0,40\n"
+                                "r2,s2,img/b.png,valid,1,50\nr1,s3,img/c.png,test,0,60\n")
+
+
+def nan_volumes(work: Path) -> None:
+    """A volume manifest whose second NIfTI masks its background with NaN (as SPM/FSL write it)."""
+    import nibabel as nib
+
+    (work / "vol").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        data = rng.normal(100, 10, (8, 8, 8)).astype(np.float32)
+        if i == 1:
+            data[:2] = np.nan
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(work / f"vol/v{i}.nii.gz"))
+    (work / "m.csv").write_text("subject,path,split,label,age\ns0,vol/v0.nii.gz,train,0,40\n"
+                                "s1,vol/v1.nii.gz,valid,1,50\ns2,vol/v2.nii.gz,test,1,60\n")
+
+
+def float_tiff(work: Path) -> None:
+    import tifffile
+
+    image_manifest(work, ["s1,img/a.png,train,0,40", "s2,img/b.tif,valid,1,50"])
+    pixels = np.ones((8, 8), np.float32)
+    pixels[0] = np.nan
+    tifffile.imwrite(work / "img/b.tif", pixels)
+
+
 def without_module(name: str, then: Callable | None = None):
     """A setup that makes ``import name`` (and importlib's find_spec) fail, as on a machine without the extra."""
     def setup(work, monkeypatch):
@@ -212,6 +261,16 @@ CASES = [
          "m.csv, line 3 (subject s2): img/b.png: cannot decode the image", truncated_png),
     Case("manifest-truncated-dicom", "a truncated DICOM file in a manifest", ["data", "info", "m.csv"],
          "m.csv, line 3 (subject s2): img/b.dcm: cannot decode the image", truncated_dicom),
+    Case("manifest-id-twice", "an id column naming a row twice", ["data", "info", "m.csv"],
+         "m.csv, line 4: id 'r1' is also on line 2; the id column names each row once", id_twice),
+    Case("verify-truncated-dicom", "data verify on a manifest with a truncated DICOM", ["data", "verify", "m.csv"],
+         "verification failed: m.csv, line 3 (subject s2): img/b.dcm does not decode (DICOM:", truncated_dicom),
+    Case("image-float-nan", "a float TIFF with NaN pixels in a manifest", ["data", "info", "m.csv"],
+         "img/b.tif: cannot read the image (float32 samples, 8 of them NaN/Inf", float_tiff),
+    Case("volume-nonfinite-refuse", "NaN voxels with data.nonfinite refuse",
+         ["fit", "--data.root", "m.csv", "--data.target", "label", "--data.covariates", "age", "--data.image_size",
+          "8", "--data.nonfinite", "refuse", "--trainer.accelerator", "cpu"],
+         "m.csv, line 3 (subject s1): vol/v1.nii.gz has 128 NaN/Inf voxel(s); set data.nonfinite zero", nan_volumes),
     Case("bids-no-participants", "a BIDS dataset without participants.tsv", ["data", "info", "study"],
          "participants.tsv: not found; a BIDS dataset lists its subjects there",
          lambda work: bids(work, "no participants.tsv")),
@@ -297,11 +356,22 @@ CASES = [
     Case("method-layer-typo", "a misspelt placement of a method from docs/methods.md",
          [*FIT, "--model.fusion", "hyper", "--model.options", "{hyper_layers: features.99}"],
          "'features.99' is not one of the hyper layers (convolutions) of vgg-mini"),
+    Case("fusion-init-typo", "an unknown initialisation for the methods of docs/methods.md",
+         [*FIT, "--model.fusion", "film", "--model.options", "{fusion_init: paper}"],
+         "fusion_init must be one of identity, reference, got 'paper'"),
     Case("weights-pickle", "a weights file carrying a pickle payload", [*FIT, "--model.weights", "evil.pt"],
          "evil.pt: refused: this weights file carries pickled Python objects",
          lambda work: torch.save({"features.0.weight": torch.zeros(1), "x": Payload()}, work / "evil.pt")),
     # -- evaluating and predicting --
     Case("test-no-run", "test a run that does not exist", ["test", "nope"], "no run 'nope'"),
+    Case("cache-folder", "a cache folder that cannot be made", [*FIT, "--name", "c", "--data.cache", "build",
+         "--data.cache_dir", "afile/caches"], "afile/caches: cannot create the cache folder (Not a directory); set "
+         "data.cache_dir DIR (fit) or --cache_dir DIR (data cache) to a writable folder",
+         lambda work: (work / "afile").write_text("not a folder")),
+    Case("test-data-moved", "test a run whose data moved away", ["test", "tiny"],
+         "twin/celeba: the run's data is not there any more; if it moved, pass --data.root NEW", data_moved),
+    Case("test-other-data", "test a run with --data.root naming other data", ["test", "tiny", "--data.root", "other"],
+         "other: other data than the run was trained on", other_data),
     Case("ckpt-other-model", "a checkpoint from another model", ["test", "tiny", "--ckpt", "other.ckpt"],
          "other.ckpt: its weights do not fit the model", other_model_checkpoint),
     Case("ckpt-corrupt", "a corrupt checkpoint", ["test", "tiny", "--ckpt", "junk.ckpt"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -258,13 +259,13 @@ def test_groups_are_decided_on_the_training_split_and_labels_stay_exact():
 
 
 def test_covariates_with_nothing_to_change_are_reported_not_crashed(tmp_path):
-    """A number constant in training, a category with one training level, a column empty in the whole test
+    """A covariate named with a space (`body site`). A number constant in training, a category with one training level, a column empty in the whole test
     split and a category whose test samples all sit at its first level: explain says so and goes on."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()
-    header = ["subject", "path", "split", "y", "age", "const", "one", "gone", "site"]
+    header = ["subject", "path", "split", "y", "age", "const", "one", "gone", "body site"]
     rows = []
     for s in range(30):
         split = "train" if s < 20 else "valid" if s < 25 else "test"
@@ -278,17 +279,24 @@ def test_covariates_with_nothing_to_change_are_reported_not_crashed(tmp_path):
         csv.writer(f, lineterminator="\n").writerows([header, *rows])
     runs = tmp_path / "runs"
     assert covfuse(["fit", "--data.root", str(tmp_path / "m.csv"), "--data.target", "y", "--data.covariates",
-                    "[age,const,one,gone,site]", "--data.image_size", "16", "--model.backbone", "vgg-mini",
+                    "[age,const,one,gone,body site]", "--data.image_size", "16", "--model.backbone", "vgg-mini",
                     "--model.fusion", "hybrid", "--model.hybrid_layers", "last", "--trainer.max_epochs", "1",
                     "--bootstrap", "10", "--trainer.summary", "false", "--trainer.progress_every", "0",
                     "--runs_dir", str(runs), "--name", "r"]) == 0
     assert covfuse(["explain", "r", "--runs_dir", str(runs), "--n-boot", "10", "--examples", "2", "--steps", "2",
                     "--accelerator", "cpu"]) == 0
     result = json.loads((runs / "r" / "explain" / "explain.json").read_text())
-    assert set(result["not_changed"]) == {"const", "one"} and set(result["covariates"]) == {"age", "gone", "site"}
+    assert set(result["not_changed"]) == {"const", "one"} and set(result["covariates"]) == {"age", "gone", "body site"}
     assert result["covariates"]["gone"]["count"] == 0 and result["covariates"]["gone"]["mean_abs_change"] is None
     assert "skipped" in result["attribution"]["examples"]["gone"]
     # every test sample is at "arm": the maps move them to another site, not to "arm"
     table = _read(runs / "r" / "explain" / "counterfactuals.csv")
-    assert all(t["probability_site=arm"] == "" and t["probability_site=head"] != "" for t in table)
-    assert result["attribution"]["examples"]["site"]["figure"] == "figures/maps_site.png"
+    assert all(t["probability_body site=arm"] == "" and t["probability_body site=head"] != "" for t in table)
+    assert result["attribution"]["examples"]["body site"]["figure"] == "figures/maps_body site.png"
+    # a column name with a space still gives markdown links that lead to the files
+    from urllib.parse import unquote
+
+    md = (runs / "r" / "explain" / "explain.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md)
+    assert "figures/maps_body%20site.png" in links
+    assert all((runs / "r" / "explain" / unquote(link)).is_file() for link in links)

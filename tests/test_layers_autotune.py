@@ -42,10 +42,10 @@ def test_tuned_choice_is_timed_once_remembered_and_exact(monkeypatch, caplog):
         out = layer(x, c)
         assert layer.weight.grad is None  # timing ran on detached copies
         out2 = layer(x, c)
-    # 2 distinct rows < batch: pattern is a candidate; on CPU the per-sample loop is one too
-    assert calls == [["expand", "grouped", "pattern", "reference"]]
+    # 2 distinct rows < batch: pattern is a candidate; the per-sample loop always is; triton not off CUDA
+    assert calls == [["expand", "grouped", "pattern", "reference", "unfold"]]
     (choice,) = auto_choices()
-    assert choice.how == "tuned" and choice.backend in choice.times_ms and len(choice.times_ms) == 4
+    assert choice.how == "tuned" and choice.backend in choice.times_ms and len(choice.times_ms) == 5
     assert "batch 8, 2 distinct rows" in choice.signature
     assert choice.backend in caplog.text and "tuned" in caplog.text
     want = per_sample_reference(layer, x, c)
@@ -56,8 +56,38 @@ def test_tuned_choice_is_timed_once_remembered_and_exact(monkeypatch, caplog):
     # A new signature (another number of distinct rows, no grad) is tuned on its own.
     with torch.no_grad():
         layer(x, torch.randn(8, 2, dtype=torch.float64))
-    assert len(auto_choices()) == 2 and calls[1] == ["expand", "grouped", "reference"]
+    assert len(auto_choices()) == 2 and calls[1] == ["expand", "grouped", "reference", "unfold"]
     assert "8 distinct rows" in auto_choices()[1].signature and "no grad" in auto_choices()[1].signature
+
+
+def test_candidates_include_the_loop_and_only_back_ends_that_run_here(monkeypatch):
+    from covfuse.layers import hybrid_functional as hf
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    # the interpreter (on in the test session) does not make triton a CPU candidate: it is for tests only
+    assert hf.auto_candidates(cpu, 8, 2) == ["expand", "grouped", "pattern", "unfold", "reference"]
+    assert hf.auto_candidates(cpu, 8, 8) == ["expand", "grouped", "unfold", "reference"]
+    assert "reference" not in hf.auto_candidates(cpu, 8, 2, loop=False)  # hyper: never the loop
+    monkeypatch.setattr(hf.hybrid_triton, "_HAVE_TRITON", True)
+    assert hf.auto_candidates(cuda, 64, 8) == ["expand", "grouped", "pattern", "unfold", "triton", "reference"]
+    monkeypatch.setattr(hf.hybrid_triton, "_HAVE_TRITON", False)  # a CUDA build without Triton
+    assert "triton" not in hf.auto_candidates(cuda, 64, 8)
+
+
+def test_tuning_picks_the_fastest_and_never_an_unavailable_back_end(monkeypatch):
+    """With fake timings the loop is fastest and wins; a candidate that cannot run is dropped, not picked."""
+    from covfuse.layers import hybrid_functional as hf
+
+    set_autotune(True)
+    fake = {"expand": 3.0, "grouped": 2.0, "pattern": 1.5, "unfold": 4.0, "reference": 1.0, "triton": 0.1}
+    monkeypatch.setattr(autotune, "time_candidates", lambda steps, device, repeats=3: {n: fake[n] for n in steps})
+    monkeypatch.setattr(hf, "auto_candidates", lambda *a, **k: ["expand", "triton", "grouped", "reference"])
+    monkeypatch.delenv("TRITON_INTERPRET")  # triton cannot run on this CPU: its trial call raises
+    layer, x, c = _layer_and_batch()
+    out = layer(x, c)
+    (choice,) = auto_choices()
+    assert choice.backend == "reference" and "triton" not in choice.times_ms
+    torch.testing.assert_close(out, per_sample_reference(layer, x, c), rtol=1e-10, atol=1e-10)
 
 
 def test_rule_when_tuning_is_off(monkeypatch):

@@ -150,15 +150,18 @@ def test_hyper_from_conv_starts_as_the_conv_and_learns(dims):
 # ---- conditional norm -----------------------------------------------------------------------------
 
 def cond_norm_reference(cn: ConditionalNorm, x, z, running: tuple | None):
-    """(gamma + dgamma(z)) * (x - mean) / sqrt(var + eps) + beta + dbeta(z); stats per the norm's kind."""
-    lin = [m for m in cn.generator.modules() if isinstance(m, nn.Linear)]
-    h = z
-    for i, m in enumerate(lin):
-        h = h @ m.weight.T + m.bias
-        if i < len(lin) - 1:
-            h = torch.clamp(h, min=0)
+    """(gamma + dgamma(z)) * (x - mean) / sqrt(var + eps) + beta + dbeta(z); stats per the norm's kind;
+    dgamma and dbeta from two separate MLPs (dbeta's output layer without bias)."""
+    def mlp(generator):
+        lin = [m for m in generator.modules() if isinstance(m, nn.Linear)]
+        h = z
+        for i, m in enumerate(lin):
+            h = h @ m.weight.T + (m.bias if m.bias is not None else 0)
+            if i < len(lin) - 1:
+                h = torch.clamp(h, min=0)
+        return h
     c = x.shape[1]
-    dgamma, dbeta = h[:, :c], h[:, c:]
+    dgamma, dbeta = mlp(cn.gamma), mlp(cn.beta)
     dims = tuple(range(2, x.dim()))
     if running is not None:
         mean, var = running

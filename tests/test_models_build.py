@@ -92,12 +92,14 @@ def test_image_only_ignores_covariates_and_covariates_only_ignores_image():
 
 def test_default_placements_per_backbone():
     assert build("vgg-mini", "film", 1).config["film_layers"] == ["features.13"]
-    assert build("resnet18", "film", 1).config["film_layers"] == ["layer4.1.bn2"]
-    assert build("resnet18", "daft", 1).config["daft_layer"] == "layer3"  # input of the last stage, as in DAFT
-    assert build("vgg-mini", "daft", 1).config["daft_layer"] == "features.11"
+    # DAFT's scripts (--film_location 3): after conv1 and the BatchNorm of the last stage's first block
+    assert build("resnet18", "film", 1).config["film_layers"] == ["layer4.0.bn1"]
+    assert build("resnet18", "daft", 1).config["daft_layer"] == "layer4.0.bn1"
+    assert build("resnet3d-compact", "daft", 1).config["daft_layer"] == "layer4.bn1"
+    assert build("vgg-mini", "daft", 1).config["daft_layer"] == "features.13"
     with torch.device("meta"):  # vgg11 without BatchNorm, built without the cost of a random init
         vgg11 = torchvision.models.vgg11()
-    assert apply_film(vgg11, backbone_spec("vgg11"), None, 1) == ["features.18"]  # no BatchNorm: after the last conv
+    assert apply_film(vgg11, backbone_spec("vgg11"), None, 1) == ["features.16"]  # no BatchNorm: after the last stage's first conv
 
 
 def test_placements_by_name_index_and_selector():

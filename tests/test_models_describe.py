@@ -59,7 +59,7 @@ def test_describe_film_and_daft_rows_and_frozen_flags(capsys):
                 "--regime", "features-frozen", "--input-size", "64", "-o", "daft_layer=layer2"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalpha() and len(line.split()) > 2}
-    assert lines["layer4.1.bn2.film"][1:3] == ["FiLM", "512x2x2"] and lines["layer4.1.bn2.film"][-1] == "film"
+    assert lines["layer4.0.bn1.film"][1:3] == ["FiLM", "512x2x2"] and lines["layer4.0.bn1.film"][-1] == "film"
     assert lines["layer2.daft"][1:3] == ["DAFT", "128x8x8"] and lines["layer2.daft"][-1] == "daft"
     assert lines["layer1.0.conv1"][-1] == "no" and lines["fc"][-1] == "yes"
 

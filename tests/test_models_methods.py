@@ -126,9 +126,34 @@ def test_describe_draws_each_method_and_counts_what_it_adds(method, tmp_path, ca
     model, plain = build("resnet3d-compact", method, K), build("resnet3d-compact", "image-only", K)
     desc = d.describe(model, input_size=16)
     added = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
-    assert desc.covariate == added > 0  # everything the method adds depends on the covariates, nothing else does
+    # everything the method adds depends on the covariates, nothing else does; but hyper generates a bias
+    # where the conv had none, as the reference does: its constant part b_0 (zero at start) is new too
+    constant = sum(m.bias.numel() for m in model.modules() if type(m).__name__ == "HyperConv3d")
+    assert desc.covariate == added - constant > 0
     assert f"({method})" in d.format_table(desc)
     diagram = tmp_path / "d.png"
     args = ["describe", "--backbone", "vgg-mini", "--fusion", method, "--num-covariates", "2", "--diagram", str(diagram)]
     assert covfuse(args) == 0, capsys.readouterr().err
     assert method in capsys.readouterr().out and diagram.stat().st_size > 0
+
+
+def test_describe_lists_duanmus_factor_before_the_stage_it_gates():
+    from covfuse.models import describe as d
+
+    table = d.format_table(d.describe(build("resnet3d-compact", "duanmu", K), input_size=16))
+    names = [line.split()[0] for line in table.splitlines() if line.startswith("layer")]
+    for stage in ("layer1", "layer2", "layer3", "layer4"):  # data-flow order: the factor gates the stage's input
+        assert names.index(f"{stage}.factor") < names.index(f"{stage}.module.conv1")
+
+
+@pytest.mark.parametrize("method", ["film", "daft", "hyper", "tab-attention"])
+def test_a_config_saved_before_the_reference_defaults_rebuilds_its_own_model(method):
+    # a checkpoint's config from before issue 26 lacks the new keys: it must rebuild the model it was saved from
+    old = build("vgg-mini", method, K, film_bias=True, daft_bias=True, daft_hidden=None, hyper_embedding="relu",
+                hyper_bias=False, tab_attention_relu=False, film_hidden=None)
+    config = {k: v for k, v in old.config.items()
+              if k not in ("fusion_init", "film_bias", "daft_bias", "daft_hidden", "hyper_embedding", "hyper_bias",
+                           "tab_attention_relu")}
+    rebuilt = build_from_config(config)
+    rebuilt.load_state_dict(old.state_dict())  # strict: the same parameters, the same shapes
+    assert all(m.relu is False for m in rebuilt.modules() if type(m).__name__ == "TabAttentionAfter")

@@ -13,8 +13,10 @@ NORMS = 2 * (16 + 32 + 64 + 128)
 CLASSIFIER = 128 * 128 + 128
 HEAD = 128 + 1
 FIRST_HYBRID = CONVS[0] * (1 + K)                      # W_0, b_0 and K copies of both
-FILM_LAST = K * 2 * 128 + 2 * 128                        # Linear(K, 2C) on the last BatchNorm (128 channels)
-DAFT_DEFAULT = (64 + K) * 9 + 9 + 9 * 2 * 64 + 2 * 64    # features.11 (64 channels), bottleneck (64 + 3) // 7 = 9
+# DAFT's --film_location 3: features.13, the first BatchNorm of the last stage (128 channels); DAFT's
+# training-code bottleneck int((channels entering the last stage + K) / 7) = int((64 + 3) / 7) = 9; no biases.
+FILM_LAST = K * 9 + 9 * 2 * 128                          # Linear(K, 9)-ReLU-Linear(9, 2C)
+DAFT_DEFAULT = (128 + K) * 9 + 9 * 2 * 128               # Linear(C + K, 9)-ReLU-Linear(9, 2C)
 CONCAT = HEAD + K                                        # covariate columns, no extra bias
 
 
@@ -42,8 +44,8 @@ def test_resnet18_frozen_regimes_train_fc_only():
         assert {n for n, p in model.named_parameters() if p.requires_grad} == {"network.fc.weight", "network.fc.bias"}
     model = build("resnet18", "film", K, regime="linear-probe", film_layers="layer4.1.bn2")
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert names == {"network.fc.weight", "network.fc.bias", "network.layer4.1.bn2.film.generator.weight",
-                     "network.layer4.1.bn2.film.generator.bias"}
+    assert names == {"network.fc.weight", "network.fc.bias", "network.layer4.1.bn2.film.generator.0.weight",
+                     "network.layer4.1.bn2.film.generator.2.weight"}
 
 
 def test_frozen_regime_step_changes_only_trainable_parameters_and_keeps_bn_statistics():

@@ -118,3 +118,59 @@ def test_a_click_on_a_header_sorts_the_table(study, browser):
     assert browser.evaluate(first_column.format(0, 0).replace(".getAttribute('data-value') ?? r.cells[0]", "")) \
         == ["hybrid", "image-only"]
     assert browser.errors() == []
+
+
+def test_numbers_settings_and_prose_read_alike_in_markdown_and_html(study, tmp_path):
+    """Significant digits with trailing zeros kept, the search space in words, markdown rendered (not shown), —
+    for the SD of a one-run cell, and user text escaped in the markdown tables too."""
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    lr = 0.0007035737028722148
+    space = {"optim.lr": ["log:1e-4..1e-2"], "optim.weight_decay": ["0", "0.01"]}
+    cells = {cell: {"budget": 2, "complete": 2, "pruned": 0, "fail": 0, "interrupted": 0,
+                    "best": {"number": 1, "params": {"optim.lr": lr, "optim.weight_decay": 0.01}, "value": 0.694,
+                             "dir": f"{cell}/trials/t001"},
+                    "trials": [], "spread": {"min": 0.694, "median": 0.69395, "max": 0.6939}}
+             for cell in ("image-only", "hybrid")}
+    (copy / "search.json").write_text(json.dumps({
+        "sampler": "TPE", "seed": 0, "pruner": "median (after 2 finished trials)", "objective": "valid loss",
+        "direction": "minimize", "space": space, "trials": 2, "cells": cells}))
+    assert covfuse(["report", str(copy), "--format", "html", "--bootstrap", "200"]) == 0
+    page, md = (copy / "report.html").read_text(), (copy / "report.md").read_text()
+    for text in (page, md):
+        assert "optim.lr=0.0007036" in text and "0.0007035" not in text  # 4 significant digits
+        assert "0.6940" in text and "0.6939" in text  # trailing zeros kept, so 0.6940 and 0.6939 line up
+        assert "optim.lr log-uniform from 1e-4 to 1e-2" in text  # the space in words, its numbers as written
+        assert "optim.weight\\_decay one of 0, 0.01" in text or "optim.weight_decay one of 0, 0.01" in text
+        assert '{"optim.lr"' not in text and "{&quot;" not in text  # no raw JSON
+    # one run per cell: the SD across runs is undefined, not 0
+    assert md.count(" ± — |") == 2 and page.count(" ± —</td>") == 2
+    report = json.loads((copy / "report.json").read_text())
+    assert all(r["sd"] is None and r["n_runs"] == 1 for r in report["rows"])
+    # the page renders the prose's markdown instead of showing it
+    body = re.sub(r"<[^>]+>", "", page.split("<body>", 1)[1])
+    assert "**" not in body and "*and*" not in body and "<em>and</em>" in page
+    # markdown tables: user text escaped everywhere, column names (covariates) included
+    tables = [line for line in md.splitlines() if line.startswith("|")]  # (the base config is a code span: literal)
+    assert not any(SCRIPT_NAME in line or ATTR_NAME in line for line in tables)
+    gap_header = next(line for line in md.splitlines() if line.startswith("| setting | ") and "script" in line)
+    assert "\\<script\\>alert(1)\\</script\\>" in gap_header
+    assert all(line.count("|") - line.count("\\|") == gap_header.count("|") - gap_header.count("\\|")
+               for line in md.splitlines()[md.splitlines().index(gap_header):][:4])
+
+
+def test_the_metric_bars_start_at_zero(study, monkeypatch):
+    import json
+
+    from covfuse.studies import report as report_mod
+
+    drawn = {}
+    monkeypatch.setattr(report_mod, "save_figure", lambda fig, out: drawn.setdefault("axes", fig.axes[0]) and out)
+    report = json.loads((study / "report.json").read_text())
+    report_mod.plot_metric(report, study / "figures" / "unused.png")
+    bottom, top = drawn["axes"].get_ylim()
+    assert bottom == 0.0 and top >= max(r["ci"][1] for r in report["rows"])
+    assert [round(p.get_y(), 9) for p in drawn["axes"].patches] == [0.0] * len(report["rows"])

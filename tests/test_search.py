@@ -130,3 +130,103 @@ def test_a_failing_trial_does_not_spend_the_budget(base, tmp_path):
     assert [t.state.name for t in _journal_trials(tmp_path / "f", "base")] == ["FAIL", "COMPLETE"]
     cell = summary["cells"]["base"]
     assert (cell["complete"], cell["fail"], cell["best"]["params"]) == (1, 1, {"optim.lr": 1e-3})
+
+
+# Run in a child process: the search, with trial 1 of the first cell held at its second batch until a SIGINT (sent
+# by the test) has reached covfuse's own handler, so the signal lands mid-trial every time.
+INTERRUPTING = """
+import sys, time
+from covfuse.cli.main import main
+from covfuse.studies import search
+from covfuse.training.resume import Interruption
+
+real = search.pruning_callback
+
+
+def pruning_callback(trial, monitor):
+    callback = real(trial, monitor)
+    if trial.number != 1 or trial.study.study_name != "fusion=image-only":
+        return callback
+
+    class HeldAtBatch(type(callback)):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 1:
+                handler = next(c for c in trainer.callbacks if isinstance(c, Interruption))
+                print("MID-TRIAL", flush=True)
+                deadline = time.monotonic() + 120
+                while handler.received is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
+
+    return HeldAtBatch()
+
+
+search.pruning_callback = pruning_callback
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_interrupted_search_continues_with_new_settings_and_never_retrains_a_finished_trial(base, tmp_path, capsys):
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    args = ["sweep", "--config", str(base), "--name", "cut", "--runs-dir", str(runs), "--search", "optuna",
+            "--trials", "3", "--tune", "optim.lr=log:1e-4..3e-2", "--grid", "model.fusion=image-only,hybrid",
+            "--trainer.max_epochs", "1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", INTERRUPTING, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in child.stdout:
+            if line.strip() == "MID-TRIAL":
+                child.send_signal(signal.SIGINT)
+                break
+        out, err = child.communicate(timeout=300)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err[-2000:]
+    study = runs / "cut"
+    cell = study / "fusion=image-only"
+    assert (cell / "trials" / "t001" / "checkpoints" / "last.ckpt").is_file()  # cut off mid-trial, checkpoint saved
+    message = err.strip().splitlines()[-1]
+    assert "--resume" not in message and "trial 1" in message
+    command = shlex.split(message.split("continue with: ", 1)[1])
+    assert command[:2] == ["covfuse", "sweep"] and "--search" in command and "--trials" in command
+    before = [(t.number, t.state.name, t.params) for t in _journal_trials(study, "fusion=image-only")]
+    assert [b[1] for b in before] == ["COMPLETE", "FAIL"]
+    finished = (cell / "trials" / "t000" / "metrics.json").stat().st_mtime_ns
+    # covfuse status counts the trials beside the runs: one done, one cut off (failed, to be retried), 2 + 3 to go
+    capsys.readouterr()
+    assert covfuse(["status", str(study), "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["trials"]["counts"] == {"done": 1, "running": 0, "pending": 5, "pruned": 0, "failed": 1}
+    assert status["counts"]["pending"] == 2
+
+    assert covfuse(command[1:]) == 0  # the printed command, as a user would paste it
+
+    assert (cell / "trials" / "t000" / "metrics.json").stat().st_mtime_ns == finished  # not retrained
+    trials = _journal_trials(study, "fusion=image-only")
+    assert [(t.number, t.state.name) for t in trials[:2]] == [(0, "COMPLETE"), (1, "FAIL")]
+    assert trials[1].user_attrs["interrupted"] is True
+    retry = trials[2]  # the interrupted trial's settings, trained again as a new trial
+    assert retry.params == before[1][2] and retry.user_attrs["retry_of"] == 1 and retry.state.name == "COMPLETE"
+    budgets = {}
+    for name in ("fusion=image-only", "fusion=hybrid"):
+        done = [t for t in _journal_trials(study, name) if t.state.name in ("COMPLETE", "PRUNED")]
+        budgets[name] = len({json.dumps(t.params, sort_keys=True) for t in done})
+        assert len(done) == 3
+    assert budgets == {"fusion=image-only": 3, "fusion=hybrid": 3}  # distinct settings, equal budgets
+    # the continued search drew what an uninterrupted one draws: the same settings as the other cell
+    settings = [sorted(json.dumps(t.params) for t in _journal_trials(study, n) if t.state.name != "FAIL")
+                for n in ("fusion=image-only", "fusion=hybrid")]
+    assert settings[0] == settings[1]
+    capsys.readouterr()
+    assert covfuse(["status", str(study), "--format", "json"]) == 0
+    counts = json.loads(capsys.readouterr().out)["trials"]["counts"]
+    assert (counts["done"] + counts["pruned"], counts["pending"], counts["running"], counts["failed"]) == (6, 0, 0, 1)
+    summary = json.loads((study / "search.json").read_text())["cells"]["fusion=image-only"]
+    assert (summary["complete"] + summary["pruned"], summary["fail"], summary["interrupted"]) == (3, 1, 1)

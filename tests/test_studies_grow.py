@@ -210,7 +210,7 @@ def test_two_sweep_processes_on_one_study_train_each_run_once_and_both_succeed(b
 # -- 7. splits come from data.split_seed, not the run seed ---------------------------------------------
 @pytest.fixture(scope="module")
 def unsplit_manifest(tmp_path_factory):
-    from covfuse.data.synth3d import write_synth3d
+    from covfuse.data.twins.brains import write_synth3d
 
     folder = write_synth3d(tmp_path_factory.mktemp("vol") / "twin", n=30, size=16)
     rows = list(csv.DictReader(open(folder / "manifest.csv")))

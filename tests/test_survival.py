@@ -135,8 +135,8 @@ def test_every_fusion_trains_a_survival_head_on_2d_and_3d_backbones(backbone, sh
 
 # -- the twin ------------------------------------------------------------------------------
 def test_twin_card_cindices_come_from_the_generating_model():
-    from covfuse.data import synth3d as s3
-    from covfuse.data import synth3d_survival as sv
+    from covfuse.data.twins import brains as s3
+    from covfuse.data.twins import survival as sv
 
     for effect in ("planted", "null"):
         draw = lambda n, seed: s3.draw_subjects(n, seed, effect, 2, 0.05)  # noqa: E731

@@ -1,8 +1,11 @@
 """Trackers: TensorBoard and MLflow logs of a run and of a study, read back with the libraries' own readers."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,6 @@ from data_fixtures import make_twin
 
 pytest.importorskip("tensorboard", reason="covfuse[tensorboard] is not installed")
 pytest.importorskip("mlflow", reason="covfuse[mlflow] is not installed")
-os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 TINY = ["--data.covariates", "Young,Male", "--data.image_size", "16", "--data.batch_size", "16", "--data.cache", "off",
         "--bootstrap", "50", "--trainer.max_epochs", "2", "--trainer.summary", "false", "--trainer.progress", "none",
@@ -32,6 +34,19 @@ def _events(folder: Path):
     acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     acc.Reload()
     return acc
+
+
+def _hparams(folder: Path) -> tuple[dict, set]:
+    """A run's HParams session (setting -> value) and the experiment's metric names, as TensorBoard's plugin reads
+    them."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = _events(folder)
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    values = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    return values, {m.name.tag for m in experiment.metric_infos}
 
 
 def _text(acc, tag: str) -> str:
@@ -52,7 +67,6 @@ def test_a_run_logs_curves_tags_final_metrics_and_figures_to_tensorboard_and_mlf
     acc = _events(run / "tensorboard")
     val = [e.value for e in acc.Scalars("val/loss")]
     assert len(val) == 2  # one value per epoch, as in metrics.csv
-    import csv
     with open(run / "metrics.csv", newline="") as f:
         csv_val = [float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
     assert val == pytest.approx(csv_val, rel=1e-6)
@@ -62,13 +76,33 @@ def test_a_run_logs_curves_tags_final_metrics_and_figures_to_tensorboard_and_mlf
     assert acc.Scalars("final/test/accuracy_ci_hi")[0].value == pytest.approx(hi, rel=1e-6)
     assert _text(acc, "tags/run") == "tiny" and _text(acc, "tags/seed") == "0"
     assert "plots/loss" in acc.Tags()["images"]
+    # epoch once per epoch (Lightning adds it to every metrics dict it logs); the learning rate at each logged step
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert [e.step for e in acc.Scalars("train/loss_step")] == steps
+    assert [e.step for e in acc.Scalars("train/lr")] == steps
+    assert [e.value for e in acc.Scalars("train/lr")] == pytest.approx([1e-3] * len(steps))
+    assert [e.value for e in acc.Scalars("epoch")] == [0.0, 1.0, 2.0]  # two epochs, then test's
+    assert "tags/fold/text_summary" not in acc.Tags()["tensors"]  # no folds: no fold tag, in either tracker
+    # TensorBoard's HParams: the run's settings and the final metrics' names, read with the plugin's own protos
+    settings, metric_names = _hparams(run / "tensorboard")
+    assert settings["data.batch_size"] == 16 and settings["trainer.max_epochs"] == 2 and settings["seed"] == 0
+    assert settings["data.root"] == str(twin) and settings["optim.lr"] == pytest.approx(1e-3)
+    assert {"final/test/accuracy", "final/valid/loss"} <= metric_names
+    assert acc.Scalars("final/valid/loss")[0].value == pytest.approx(metrics["valid"]["loss"], rel=1e-6)
 
-    client = MlflowClient((runs / "mlruns").resolve().as_uri())
+    client = MlflowClient(f"sqlite:///{(runs / 'mlflow.db').resolve()}")
     experiment = client.get_experiment_by_name("covfuse")
     [found] = client.search_runs([experiment.experiment_id])
     assert found.info.run_id == json.loads((run / "tracking.json").read_text())["mlflow_run_id"]
     assert found.info.status == "FINISHED"
-    assert found.data.tags["run"] == "tiny" and found.data.tags["seed"] == "0" and found.data.tags["study"] == ""
+    assert found.data.tags["run"] == "tiny" and found.data.tags["seed"] == "0"
+    assert "study" not in found.data.tags and "fold" not in found.data.tags and "mlflow.parentRunId" not in found.data.tags
+    assert found.data.params["data.batch_size"] == "16" and found.data.params["trainer.max_epochs"] == "2"
+    assert found.data.params["data.root"] == str(twin) and found.data.params["seed"] == "0"
+    lr = client.get_metric_history(found.info.run_id, "train/lr")
+    assert sorted(h.step for h in lr) == steps and len(client.get_metric_history(found.info.run_id, "epoch")) == 3
     assert found.data.metrics["final/test/accuracy"] == pytest.approx(metrics["test"]["accuracy"], rel=1e-6)
     assert found.data.metrics["final/valid/accuracy_ci_lo"] == pytest.approx(metrics["valid"]["accuracy_ci"][0], rel=1e-6)
     history = client.get_metric_history(found.info.run_id, "val/loss")
@@ -77,9 +111,19 @@ def test_a_run_logs_curves_tags_final_metrics_and_figures_to_tensorboard_and_mlf
     assert artifacts == {"plots/loss.png"}
 
 
-def test_a_two_cell_study_is_one_mlflow_experiment_with_cell_settings_and_seed_tags(twin, tmp_path):
-    from mlflow.tracking import MlflowClient
+READ_STORE = """
+import json, sys
+import mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+print(json.dumps([{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "tags": r.data.tags,
+                   "params": r.data.params, "metrics": r.data.metrics} for r in runs]))
+"""
 
+
+def test_a_searched_study_nests_study_cell_trial_and_seed_runs_in_the_default_sqlite_store(twin, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a store or artifacts it has no place for into the working directory
+    pytest.importorskip("optuna", reason="covfuse[search] is not installed")
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({"data": {"root": str(twin), "covariates": ["Young", "Male"], "image_size": 16,
                                              "batch_size": 16, "cache": "off"},
@@ -87,20 +131,54 @@ def test_a_two_cell_study_is_one_mlflow_experiment_with_cell_settings_and_seed_t
                                                 "accelerator": "cpu", "logger": ["csv", "mlflow", "tensorboard"]},
                                     "bootstrap": 50}))
     assert covfuse(["sweep", "--config", str(base), "--name", "pair", "--runs-dir", str(tmp_path / "runs"),
-                    "--grid", "model.fusion=image-only,hybrid", "--seeds", "0,1"]) == 0
+                    "--grid", "model.fusion=image-only,hybrid", "--search", "optuna", "--trials", "1",
+                    "--tune", "optim.lr=log:1e-4..1e-2"]) == 0
     study = tmp_path / "runs" / "pair"
-    client = MlflowClient((study / "mlruns").resolve().as_uri())
-    experiment = client.get_experiment_by_name("pair")
-    found = client.search_runs([experiment.experiment_id])
-    seen = {(r.data.tags["cell"], r.data.tags["seed"]): r for r in found}
-    assert set(seen) == {(c, s) for c in ("fusion=image-only", "fusion=hybrid") for s in ("0", "1")}
-    for (cell, seed), r in seen.items():
-        assert r.data.tags["study"] == "pair" and r.info.run_name == f"{cell}/s{seed}"
-        assert json.loads(r.data.tags["settings"]) == {"model.fusion": cell.split("=")[1]}
-        metrics = json.loads((study / cell / f"s{seed}" / "metrics.json").read_text())
-        assert r.data.metrics["final/test/accuracy"] == pytest.approx(metrics["test"]["accuracy"], rel=1e-6)
-        acc = _events(study / cell / f"s{seed}" / "tensorboard")
-        assert _text(acc, "tags/cell") == cell and _text(acc, "tags/study") == "pair"
+    assert covfuse(["report", str(study), "--bootstrap", "100"]) == 0
+    # MLflow's own reader, in a process without any MLflow variable: the default store is the study's mlflow.db
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run([sys.executable, "-c", READ_STORE, f"sqlite:///{study / 'mlflow.db'}"], env=env,
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    by_id = {r["id"]: r for r in runs}
+    [top] = [r for r in runs if "mlflow.parentRunId" not in r["tags"]]
+    assert (top["name"], top["tags"]["kind"], top["status"]) == ("pair", "study", "FINISHED")
+    cells = {r["tags"]["cell"]: r for r in runs if r["tags"].get("kind") == "cell"}
+    assert set(cells) == {"fusion=image-only", "fusion=hybrid"}
+    assert all(c["tags"]["mlflow.parentRunId"] == top["id"] and c["status"] == "FINISHED" for c in cells.values())
+    leaves = [r for r in runs if r["tags"].get("kind") in ("trial", "run")]
+    assert len(leaves) == len(runs) - 3 == 4  # one trial and one seed run per cell
+    search = json.loads((study / "search.json").read_text())
+    for leaf in leaves:
+        cell = leaf["tags"]["cell"]
+        assert by_id[leaf["tags"]["mlflow.parentRunId"]] is cells[cell] and leaf["tags"]["study"] == "pair"
+        assert leaf["params"]["model.fusion"] == cell.split("=")[1] and leaf["params"]["data.root"] == str(twin)
+        assert leaf["params"]["data.batch_size"] == "16" and leaf["params"]["trainer.max_epochs"] == "1"
+        [trial] = search["cells"][cell]["trials"]
+        if leaf["tags"]["kind"] == "trial":
+            assert (leaf["name"], leaf["tags"]["trial"], leaf["tags"]["state"]) == (f"{cell}/t000", "0", "complete")
+            assert float(leaf["params"]["optim.lr"]) == pytest.approx(trial["params"]["optim.lr"])
+            assert leaf["metrics"]["final/valid/loss"] == pytest.approx(trial["value"], rel=1e-6)
+            assert "final/test/accuracy" not in leaf["metrics"]  # a trial is scored on valid only
+        else:
+            assert leaf["name"] == f"{cell}/s0" and "trial" not in leaf["tags"] and leaf["tags"]["seed"] == "0"
+            metrics = json.loads((study / cell / "s0" / "metrics.json").read_text())
+            assert leaf["metrics"]["final/test/accuracy"] == pytest.approx(metrics["test"]["accuracy"], rel=1e-6)
+            acc = _events(study / cell / "s0" / "tensorboard")
+            assert _text(acc, "tags/cell") == cell and _text(acc, "tags/study") == "pair"
+    # the trial's HParams hold the searched setting and its trial number
+    settings, _ = _hparams(study / "fusion=hybrid" / "trials" / "t000" / "tensorboard")
+    assert settings["trial"] == 0 and settings["model.fusion"] == "hybrid"
+    acc = _events(study / "fusion=hybrid" / "trials" / "t000" / "tensorboard")
+    assert (_text(acc, "tags/trial"), _text(acc, "tags/state"), _text(acc, "tags/kind")) == ("0", "complete", "trial")
+    # the study's comparison is an artifact of the study run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    names = {a.path for a in client.list_artifacts(top["id"])} | {a.path for a in client.list_artifacts(top["id"], "figures")}
+    assert {"report.md", "report.csv", "report.json", "figures/forest.png", "figures/metric.png"} <= names
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()  # nothing in the cwd
 
 
 def test_a_missing_tracker_package_or_unknown_logger_is_one_line(monkeypatch):

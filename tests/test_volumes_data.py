@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from covfuse.cli.main import main as covfuse
-from covfuse.data.volumes import CovariateEncoder, read_manifest, subject_folds, subject_split
+from covfuse.data.readers.manifest import read_manifest
+from covfuse.data.table import CovariateEncoder, subject_folds, subject_split
 from covfuse.errors import UserError
 
 

@@ -26,9 +26,9 @@ def test_fusions_on_a_monai_resnet_start_as_the_image_only_function(fusion, smal
         assert not torch.allclose(fused(x, s), fused(x, torch.zeros_like(s)))
 
 
-def test_daft_sits_at_the_input_of_the_last_stage_and_hybrid_takes_conv3d_by_name():
-    daft = build("resnet3d-compact", "daft", K)
-    assert daft.conditioned == {"layer3.daft": "daft"}
+def test_daft_sits_in_the_last_block_after_conv1_bn_and_hybrid_takes_conv3d_by_name():
+    daft = build("resnet3d-compact", "daft", K)  # DAFT's scripts: --film_location 3
+    assert daft.conditioned == {"layer4.bn1.daft": "daft"}
     hybrid = build("resnet3d-compact", "hybrid", K, hybrid_layers=["layer2.conv1", -1])
     assert set(hybrid.conditioned) == {"layer2.conv1", "layer4.downsample.0"}
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from covfuse.cli.main import main as covfuse
-from covfuse.data.synth3d import base_template, bayes_accuracies, draw_subjects
+from covfuse.data.twins.brains import base_template, bayes_accuracies, draw_subjects
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "demo.yaml"
 
@@ -72,7 +72,7 @@ def test_bayes_accuracies_match_the_best_classifiers_on_drawn_subjects(classes, 
 
 
 def test_atrophy_darkens_the_weighted_regions():
-    from covfuse.data.synth3d import subject_volume
+    from covfuse.data.twins.brains import subject_volume
 
     base = base_template(16)
     w = base["weight"]

@@ -30,3 +30,10 @@ class RunInterrupted(Exception):
     def __init__(self, message: str, code: int):
         super().__init__(message)
         self.code = code
+
+
+class RunDiverged(Exception):
+    """Training stopped because its loss or a validation metric became NaN/Inf: exit status 1 (the run
+    failed; not a user's typo), ``str()`` the line to show (epoch, step, the checkpoint kept, what to check)."""
+
+    code = 1

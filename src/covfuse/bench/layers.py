@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from covfuse.bench.timing import interleaved, median_ms, ratio
-from covfuse.layers import BACKENDS, auto_choices, clear_choices
+from covfuse.layers import auto_choices, clear_choices
+from covfuse.layers.hybrid_functional import available_backends
 from covfuse.layers.hybrid import HYBRID_FOR_CONV
 from covfuse.layers.hyper import HYPER_FOR_CONV
 
@@ -68,7 +69,9 @@ def run(nets: list[str], size: int, batch: int, ks: list[int], kinds: list[str],
         autocast = torch.bfloat16 if dtype_name == "bfloat16" else None
         for kind in kinds:
             for k in ks:
-                backends = [b for b in BACKENDS if b != "reference" and (kind == "binary" or b != "pattern")]
+                # every back-end that runs natively here (triton on CUDA only), then auto
+                backends = [b for b in available_backends(dev) if b != "reference" and (kind == "binary" or b != "pattern")]
+                backends.append("auto")
                 echo(f"\n{kind} covariates, K={k}, {dtype_name}{' (autocast)' if autocast else ''}, fwd+bwd, "
                      f"ratio to the plain conv: median [min-max] of {rounds} interleaved rounds\n")
                 echo("| shape | batch | plain ms | " + " | ".join(backends) + " | auto picks | loop / auto | hyper / hybrid |")
@@ -97,16 +100,28 @@ def _measure(shape: Shape, n: int, k: int, kind: str, dtype_name: str, autocast,
     with torch.no_grad():
         hyper.hyper_weight.normal_(0, 0.01)
     variants["hyper"] = lambda: _step(hyper, x, c, autocast)
+    failed = {}
+    for b in names:  # a back-end that fails here (e.g. a Triton kernel the GPU cannot build) is a row note, not a crash
+        if b == "auto":
+            continue
+        try:
+            variants[b]()
+        except Exception as e:  # noqa: BLE001 - any failure of one candidate must not end the benchmark
+            failed[b] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            del variants[b]
+    names = [b for b in names if b not in failed]
     clear_choices()
     samples = interleaved(variants, rounds, dev)
     picked = [ch for ch in auto_choices() if ch.signature.startswith("HybridConv")]
     auto = picked[-1].backend if picked else "?"
     how = picked[-1].how if picked else "?"
     ratios = {b: ratio(samples, b, "plain") for b in names}
-    loop_over_auto = ratio(samples, "reference", "auto") if loop else None
+    loop_over_auto = ratio(samples, "reference", "auto") if loop and "reference" in samples else None
     hyper_over_hybrid = ratio(samples, "hyper", "auto")
     hyper_picks = [ch.backend for ch in auto_choices() if ch.signature.startswith("HyperConv")]
-    cells = " | ".join(ratios[b].spread() for b in backends)
+    cells = " | ".join(ratios[b].spread() if b in ratios else "failed" for b in backends)
+    for b, why in failed.items():
+        echo(f"  ({b} failed at {shape.label}: {why})")
     echo(f"| {shape.label} | {n} | {median_ms(samples['plain']):.1f} | {cells} | {auto} ({how}) | "
          f"{'' if loop_over_auto is None else loop_over_auto.spread()} | {hyper_over_hybrid.spread()} "
          f"({hyper_picks[-1] if hyper_picks else '?'}) |")
@@ -114,7 +129,7 @@ def _measure(shape: Shape, n: int, k: int, kind: str, dtype_name: str, autocast,
         "shape": shape.label, "net": shape.net, "in": shape.cin, "out": shape.cout, "kernel": shape.kernel,
         "stride": shape.stride, "spatial": shape.spatial, "dims": shape.dims, "batch": n, "k": k, "kind": kind,
         "dtype": dtype_name, "plain_ms": round(median_ms(samples["plain"]), 3),
-        "ratio_to_plain": {b: r.as_dict() for b, r in ratios.items()},
+        "ratio_to_plain": {b: r.as_dict() for b, r in ratios.items()}, "failed": failed,
         "auto_choice": auto, "auto_how": how,
         "loop_over_auto": None if loop_over_auto is None else loop_over_auto.as_dict(),
         "hyper_over_hybrid": hyper_over_hybrid.as_dict(), "hyper_choice": hyper_picks[-1] if hyper_picks else None,

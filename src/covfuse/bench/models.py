@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from covfuse.bench.timing import interleaved, median_ms, ratio
-from covfuse.layers import auto_choices, clear_choices
+from covfuse.layers import auto_choices, clear_choices, hybrid_layers
 from covfuse.models import build
+from covfuse.training.module import to_channels_last
 
 # (label, fusion, hybrid_layers, K)
 VARIANTS = [
@@ -32,6 +33,9 @@ VARIANTS = [
     ("tab-attention K=3", "tab-attention", "first", 3),
     ("cond-norm K=3", "cond-norm", "first", 3),
     ("hyper K=3", "hyper", "first", 3),
+    # the seed's way in the very same layers: one conv per sample with its own kernel (backend="reference")
+    ("loop first K=3", "hybrid", "first", 3),
+    ("loop all K=3", "hybrid", "all", 3),
 ]
 CELEBA_TRAIN = 162_770  # images in CelebA's official training split: one epoch
 
@@ -80,8 +84,12 @@ def run(backbones: list[str], size: int, batch2d: int, device: str, rounds: int,
         clear_choices()
         for label, fusion, where, k in chosen:
             model = build(backbone, fusion, k, hybrid_layers=where, hybrid_init="kaiming").to(dev)
+            if label.startswith("loop "):
+                for _, layer in hybrid_layers(model):
+                    layer.backend = "reference"
             if channels_last and not volumes:
-                model = model.to(memory_format=torch.channels_last)
+                # not model.to(memory_format=...): that fails on the 5-D covariate weights of hybrid convs
+                model = to_channels_last(model)
             # AdamW (what training uses) on a GPU; plain SGD on a CPU, where nine vgg16_bn copies with
             # two AdamW state tensors each would need ~20 GB of RAM (the step's arithmetic is the same
             # for every variant; the optimiser's share is small either way).

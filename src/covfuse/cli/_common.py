@@ -36,3 +36,12 @@ class Parser(argparse.ArgumentParser):
             if candidate in self._option_string_actions:
                 return candidate + sep + value
         return token
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.strip("[]").split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: write integers separated by commas, e.g. --seeds 0,1,2") from None

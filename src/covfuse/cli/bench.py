@@ -49,6 +49,8 @@ def parser() -> Parser:
     g.add_argument("--model-size3d", type=int, default=None, help="volume side for 3D backbones (default 64)")
     g.add_argument("--model-batch3d", type=int, default=None, help="batch for 3D backbones (default 16)")
     g.add_argument("--variants", default=None, help="comma-separated variant labels (default all)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="NHWC layout for 2D models and inputs (default: on CUDA only)")
     g.add_argument("--ungrouped", action="store_true",
                    help="covariate rows in random order (default: grouped, as the training loader delivers them)")
     g = p.add_argument_group("data")
@@ -97,7 +99,7 @@ def main(argv: list[str]) -> int:
 
         record["models"] = models.run(
             _list(args.backbones), args.model_size or (224 if gpu else 112), args.model_batch or (64 if gpu else 8),
-            device, args.rounds or 3, autocast=gpu, channels_last=gpu,
+            device, args.rounds or 3, autocast=gpu, channels_last=gpu or args.channels_last,
             variants=_list(args.variants) if args.variants else None, grouped=not args.ungrouped, echo=echo,
             size3d=args.model_size3d or 64, batch3d=args.model_batch3d or 16)
     if "data" in what:

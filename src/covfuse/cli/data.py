@@ -42,7 +42,7 @@ def _names(text: str | None) -> list[str]:
 # ---------------------------------------------------------------------------------------- info
 def info_summary(meta, target: str | None = None, covariates: list[str] | None = None) -> dict:
     """The `data info` JSON: num_images, splits, attributes (+ target/covariates when asked)."""
-    from covfuse.data.celeba import SPLIT_NAMES
+    from covfuse.data.readers.celeba_release import SPLIT_NAMES
 
     counts = np.bincount(meta.split, minlength=3)
     rates = meta.attrs.mean(axis=0) if len(meta) else np.zeros(len(meta.attr_names))
@@ -94,7 +94,7 @@ def info_summary(meta, target: str | None = None, covariates: list[str] | None =
 
 
 def _print_info(meta, summary: dict) -> None:
-    from covfuse.data.celeba import SPLIT_NAMES
+    from covfuse.data.readers.celeba_release import SPLIT_NAMES
 
     n, sp = summary["num_images"], summary["splits"]
     print(f"CelebA folder {meta.root}: {n:,} images, {len(np.unique(meta.identity)):,} identities")
@@ -133,6 +133,7 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
     from collections import Counter
 
     from covfuse.data.readers import read_table
+    from covfuse.data.layout import layout_name
     from covfuse.data.table import RESERVED, SPLIT_NAMES, column_kind, is_missing, subject_split
 
     table = read_table(path, check_files=True) if str(path).lower().endswith((".csv", ".tsv")) else read_table(path)
@@ -151,8 +152,15 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
             entry.update({"min": min(numbers), "max": max(numbers)} if numbers else {})
         columns[name] = entry
     shapes: Counter = Counter()
+    layouts: Counter = Counter()
+    nonfinite: list = []
     if check_volumes:
-        shapes = Counter(file_shape(table, i) for i in range(len(table)))
+        headers = [file_header(table, i) for i in range(len(table))]
+        shapes = Counter(shape for shape, _ in headers)
+        layouts = Counter((info["channels"], info["bits"]) for _, info in headers if info)
+        from covfuse.data.samples import nonfinite as find_nonfinite
+
+        nonfinite = find_nonfinite(table)
     noun = "num_volumes" if table.kind == "volume" else "num_images"
     return {
         "kind": table.kind,
@@ -167,16 +175,26 @@ def volume_info(path: str, target: str | None = None, covariates: list[str] | No
         "columns": columns,
         "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
         "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
+        "layouts": {layout_name(*k): v for k, v in sorted(layouts.items())},
+        "read_as": layout_name(3 if any(c == 3 for c, _ in layouts) else 1,
+                               16 if any(b == 16 for _, b in layouts) else 8) if layouts else None,
+        "nonfinite": {"files": len(nonfinite), "voxels": sum(n for _, n in nonfinite),
+                      "first": str(table.columns["path"][nonfinite[0][0]]) if nonfinite else None},
     }
 
 
 def file_shape(table, row: int) -> tuple:
     """A file's shape from its header: (X, Y, Z) for a volume, (H, W) or (H, W, C) for a 2D image."""
+    return file_header(table, row)[0]
+
+
+def file_header(table, row: int) -> tuple[tuple, dict | None]:
+    """(shape as :func:`file_shape`, the 2D decoder's info dict: format, bits, channels; None for volumes)."""
     file = table.files[row]
     if table.kind == "volume":
         from covfuse.data.volume_io import volume_shape
 
-        return volume_shape(file, table.where(row))
+        return volume_shape(file, table.where(row)), None
     from covfuse.data.decode import CorruptImage
 
     try:
@@ -188,11 +206,11 @@ def file_shape(table, row: int) -> tuple:
             with Image.open(path) as img:
                 return np.asarray(img), {}
     try:
-        pixels, _ = read_pixels(file)
+        pixels, info = read_pixels(file)
     except CorruptImage as exc:
         raise UserError(f"{table.where(row)}: {table.columns['path'][row]}: cannot decode the image ({exc.reason}); "
                         "replace the file or remove its row") from None
-    return tuple(int(v) for v in pixels.shape)
+    return tuple(int(v) for v in pixels.shape), info
 
 
 def _print_volume_info(summary: dict) -> None:
@@ -203,6 +221,14 @@ def _print_volume_info(summary: dict) -> None:
     print("splits: " + " | ".join(f"{k} {v:,}" for k, v in sp.items()) + f"  ({summary['split_source']})")
     shape = summary["shape"]
     print("shape: " + ("x".join(map(str, shape)) if shape else ", ".join(f"{k} ({v})" for k, v in summary["shapes"].items())))
+    layouts = summary.get("layouts") or {}
+    if layouts:
+        mixed = f"; mixed: all are read as {summary['read_as']}, losing nothing" if len(layouts) > 1 else ""
+        print("layouts: " + ", ".join(f"{k} ({v})" for k, v in layouts.items()) + mixed)
+    bad = summary.get("nonfinite") or {}
+    if bad.get("files"):
+        print(f"non-finite: {bad['files']:,} file(s) hold {bad['voxels']:,} NaN/Inf voxel(s) (first: {bad['first']}); "
+              "data.nonfinite zero (the default) sets them to 0 before normalisation, refuse stops")
     print()
     print(f"{'column':<20}{'type':<13}{'missing':>8}  values")
     for name, c in summary["columns"].items():
@@ -216,7 +242,7 @@ def _print_volume_info(summary: dict) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from covfuse.data.celeba import read_celeba
+    from covfuse.data.readers.celeba_release import read_celeba
 
     from covfuse.data.readers import source_format
 
@@ -240,7 +266,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
-    from covfuse.data.synth import parse_image_size, write_synth
+    from covfuse.data.twins.faces import parse_image_size, write_synth
 
     if args.n < 3:
         raise UserError(f"--n must be at least 3 (one image per split), got {args.n}")
@@ -262,7 +288,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_synth3d(args: argparse.Namespace) -> int:
-    from covfuse.data.synth3d import write_synth3d
+    from covfuse.data.twins.brains import write_synth3d
 
     start = time.perf_counter()
     out = write_synth3d(args.out, n=args.n, seed=args.seed, effect=args.effect, size=args.size,
@@ -353,13 +379,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from covfuse.data._workers import default_workers, run_chunks
-    from covfuse.data.celeba import read_celeba
+    from covfuse.data.readers.celeba_release import read_celeba
 
     from covfuse.data.readers import source_format
 
     if source_format(args.root) != "celeba":
-        raise UserError(f"{args.root}: `covfuse data verify` checks a CelebA release (checksums, every JPEG); for a "
-                        "manifest or BIDS dataset, `covfuse data info ROOT` reads every file and names the bad ones")
+        return verify_table(args)
     meta = read_celeba(args.root)
     print(f"{meta.root}: format ok ({len(meta):,} images listed, all present)")
     print("checksums (official values from torchvision.datasets.CelebA.file_list):")
@@ -386,9 +411,68 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_volumes(files: list[str]) -> list[tuple[str, str]]:
+    """Worker: read every voxel of each NIfTI file (nibabel); (file, reason) for those that fail."""
+    import nibabel as nib
+
+    bad = []
+    for file in files:
+        try:
+            np.asanyarray(nib.load(file).dataobj)
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
+            bad.append((file, f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"))
+    return bad
+
+
+def verify_table(args: argparse.Namespace) -> int:
+    """`data verify` of a manifest or BIDS dataset: the table validates and every file decodes in full
+    (2D: the decoder training uses; NIfTI: every voxel, and NaN/Inf voxels counted)."""
+    from tqdm import tqdm
+
+    from covfuse.data._workers import default_workers, run_chunks
+    from covfuse.data.chunks import unreadable
+    from covfuse.data.readers import read_table
+
+    table = read_table(args.root)
+    noun = "volumes" if table.kind == "volume" else "images"
+    print(f"{table.path}: format ok ({len(table):,} {noun} listed, all present)")
+    files = [str(f) for f in table.files]
+    chunk = 64 if table.kind == "volume" else 512
+    tasks = [(files[i: i + chunk],) if table.kind == "volume" else (files[i: i + chunk], True)
+             for i in range(0, len(files), chunk)]
+    work = _read_volumes if table.kind == "volume" else unreadable
+    workers = default_workers(len(files)) if args.workers is None else args.workers
+    bad: list[tuple[str, str]] = []
+    with tqdm(total=len(files), desc=f"decoding {noun}", unit=noun[:3]) as bar:
+        for i, failures in run_chunks(work, tasks, workers):
+            bad += failures
+            bar.update(len(tasks[i][0]))
+    row = {f: i for i, f in enumerate(files)}
+    bad.sort(key=lambda item: row[item[0]])
+    for file, reason in bad[:20]:
+        print(f"  {table.where(row[file])}: cannot decode {file}: {reason}")
+    if len(bad) > 20:
+        print(f"  ... and {len(bad) - 20} more")
+    print(f"{noun}: {len(files) - len(bad):,} of {len(files):,} decode")
+    if table.kind == "volume" and not bad:
+        from covfuse.data.samples import nonfinite
+
+        found = nonfinite(table)
+        if found:
+            print(f"non-finite: {len(found):,} file(s) hold {sum(n for _, n in found):,} NaN/Inf voxel(s) (first: "
+                  f"{table.files[found[0][0]]}); data.nonfinite zero (the default) sets them to 0, refuse stops")
+    if bad:
+        file, reason = bad[0]
+        more = f" (+{len(bad) - 1} more above)" if len(bad) > 1 else ""
+        raise UserError(f"verification failed: {table.where(row[file])}: {file} does not decode ({reason}){more}; "
+                        "replace the file or remove its row (`covfuse fit --skip_corrupt` trains without it)")
+    print(f"verified: every file of {table.path} decodes")
+    return 0
+
+
 # -------------------------------------------------------------------------------------- parser
 def _parser() -> argparse.ArgumentParser:
-    from covfuse.data.synth import EFFECTS
+    from covfuse.data.twins.faces import EFFECTS
     from covfuse.data.decode import DEFAULT_PRESET, PRESETS
 
     parser = Parser(
@@ -451,7 +535,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="decode all images once into a uint8 memmap for fast epochs",
                        description="Decode, crop and resize every image into a uint8 (N,3,S,S) memmap under "
-                       "ROOT/.covfuse-cache/ (or --cache-dir). Atomic and resumable: rerun after an interruption.")
+                       "ROOT/.covfuse-cache/ (or --cache_dir DIR; fit reads it with data.cache_dir DIR). Atomic and resumable: rerun after an interruption.")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--size", type=int, required=True, help="side S of the square images in pixels")
     p.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, help=f"image preset (default: {DEFAULT_PRESET})")
@@ -460,9 +544,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("verify", help="check the official md5 checksums and that every image decodes",
-                       description="Validate the format, compare the files with the official release's md5 "
-                       "checksums (as listed by torchvision) and fully decode every image.")
+    p = sub.add_parser("verify", help="check that every file decodes (CelebA: also the official md5 checksums)",
+                       description="Validate the source and fully decode every file it lists: a manifest or BIDS "
+                       "dataset with the decoder training uses (PNG, JPEG, TIFF, DICOM, NIfTI), naming each bad file "
+                       "and its row; a CelebA folder also against the official release's md5 checksums (as listed "
+                       "by torchvision).")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
     p.set_defaults(func=cmd_verify)

@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from covfuse.data.synth import parse_image_size
+    from covfuse.data.twins.faces import parse_image_size
     from covfuse.studies.demo import CONFIG, VOLUME_CONFIG, DemoOptions, run_demo
 
     n = args.n if args.n is not None else (600 if args.volumes else 8000)

@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps (default: 32)")
     p.add_argument("--mass-images", dest="mass_images", type=int, default=256,
                    help="twin only: images for the attribution-in-cue-box numbers (default: 256)")
-    p.add_argument("--root", default=None, help="the data folder, if it moved since training")
+    p.add_argument("--data.root", "--root", dest="root", default=None,
+                   help="the run's data at its new place, if it moved (checked against the table's fingerprint)")
     p.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: auto; one device)")
     return p
 

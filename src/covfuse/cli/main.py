@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from covfuse.errors import RunInterrupted, Terminated, UserError, suggest
+from covfuse.errors import RunDiverged, RunInterrupted, Terminated, UserError, suggest
 
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `covfuse --help` and `covfuse data info` start without importing Lightning.
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"covfuse {name}: error: {exc.filename}: permission denied; check the owner and mode of the file "
               "or folder (ls -l)", file=sys.stderr)
         return 2
-    except RunInterrupted as exc:
+    except (RunInterrupted, RunDiverged) as exc:
         print(f"covfuse {name}: {exc}", file=sys.stderr)
         return exc.code
     except BrokenPipeError:

@@ -1,11 +1,11 @@
 """`covfuse predict RUN FILE... --covariates A=1,B=0` (or `--csv FILE`): the run's prediction per file.
 
-Image runs: images go through the same preset and size as in training
-(covfuse.data.transforms.load_image, which the dataset and the cache use too), so a CelebA image
-gets the probability `covfuse test` wrote for it. Volume runs (a manifest as data.root, a
-data_state.json in the run folder): NIfTI files with raw covariate values, or a manifest, encoded
-and preprocessed by the run's saved encoder and settings (covfuse.training.predict_volumes).
-Output is CSV on stdout: the file, (subject,) the covariates, the prediction column(s).
+One path for every source (covfuse.training.predict.predict_table): the files and their raw
+covariate values become a table, encoded by the run's saved encoder and read by the dataset
+`covfuse test` uses with the run's saved preprocessing, so a file gets the probability `covfuse
+test` wrote for it. CelebA runs take image files with 0/1 attribute values (or a CSV with columns
+image,<covariates>) and print `image,<covariates>,<prediction>`; runs on a manifest or BIDS take
+their files with raw values (or a manifest) and print `path,subject,<covariates>,<prediction>`.
 """
 from __future__ import annotations
 
@@ -167,6 +167,7 @@ def main(argv: list[str]) -> int:
     celeba = state is None or state.get("format") == "celeba"
     predict = _predict_images if celeba else _predict_volumes
     header, rows, marks = predict(args, run_dir, module, state, precision)
+    check_finite(header, rows, args.ckpt)
     if times is not None:
         from covfuse.training.survival_curves import add_survival_columns
 
@@ -184,8 +185,41 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def check_finite(header: list[str], rows: list[list[str]], ckpt: str) -> None:
+    """Never print NaN predictions (weights that diverged): RunDiverged, one line, exit status 1."""
+    columns = [j for j, name in enumerate(header) if name.startswith(("P(", "predicted_")) or name == "risk"]
+    bad = [row for row in rows if any(not math.isfinite(float(row[j])) for j in columns if row[j] not in ("",))]
+    if bad:
+        from covfuse.errors import RunDiverged
+
+        raise RunDiverged(f"the model's output is NaN/Inf for {len(bad)} of {len(rows)} file(s) (first: {bad[0][0]}); "
+                          f"nothing printed. The checkpoint ({ckpt}) holds NaN weights or the file NaN values: try "
+                          "--ckpt best or last, and `covfuse data info` on the inputs")
+
+
+def image_table(images: list[Path], rows: list[list[float]], names: list[str], fmt: str):
+    """A table of image files with a row of covariate values each (the run's ``fmt``, so they are read as
+    training read its files); a folder or a missing file is one line naming it."""
+    import numpy as np
+
+    from covfuse.data.table import SampleTable
+
+    folders = [p for p in images if p.is_dir()]
+    if folders:
+        raise UserError(f"{folders[0]}: a folder, not an image file; give image files (e.g. {folders[0]}/<name>)")
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    ids = [str(p) for p in images]
+    columns = {"subject": ids, "path": ids, **{n: [repr(float(row[k])) for row in rows] for k, n in enumerate(names)}}
+    return SampleTable(Path("--covariates"), ["subject", "path", *names], columns, list(images),
+                       np.asarray(ids, dtype=object), np.full(len(images), -1, dtype=np.int8),
+                       np.arange(1, len(images) + 1, dtype=np.int64), kind="image", format=fmt)
+
+
 def _predict_images(args, run_dir, module, state, precision) -> tuple[list[str], list[list[str]]]:
-    from covfuse.training.predict import predict_images, prediction_columns
+    from covfuse.data.table import CovariateEncoder
+    from covfuse.training.predict import encoder_of, predict_table, prediction_columns
 
     names = list(module.hparams.covariates)
     images: list[Path] = []
@@ -207,8 +241,14 @@ def _predict_images(args, run_dir, module, state, precision) -> tuple[list[str],
             check_seen(names, row, seen, "", marks[i])
         elif not args.extrapolate:
             check_seen(names, row, seen, "--covariates" if not table else f"{args.csv_file} row {i - len(args.images) + 2}")
-    values = predict_images(module, images, rows, batch_size=args.batch_size, accelerator=args.accelerator,
-                            precision=precision)
+    if state is None:  # a run from before data_state.json: 0/1 attributes fed as they are, its size and preset
+        state = {"format": "celeba", "preprocessing": {"size": module.hparams.image_size, "preset": module.hparams.preset}}
+        encoder = CovariateEncoder([{"name": n, "kind": "binary", "mean": 0.0, "missing": False} for n in names])
+    else:
+        encoder = encoder_of(module, state, run_dir)
+    table = image_table(images, rows, names, state.get("format", "celeba"))
+    values = predict_table(module, state, table, encoder, batch_size=args.batch_size, accelerator=args.accelerator,
+                           precision=precision)
     header, predicted = prediction_columns(module, values)
     return (["image", *names, *header], [[str(image), *(f"{v:g}" for v in row), *p]
                                          for image, row, p in zip(images, rows, predicted)],
@@ -219,9 +259,10 @@ def _predict_volumes(args, run_dir, module, state, precision) -> tuple[list[str]
     """Volume files with --covariates and/or a manifest (--csv), checked completely before any volume is read."""
     import numpy as np
 
-    from covfuse.data.volumes import is_missing, manifest_from_files, read_manifest
+    from covfuse.data.readers.manifest import manifest_from_files, read_manifest
+    from covfuse.data.table import is_missing
     from covfuse.training.predict import prediction_columns
-    from covfuse.training.predict_volumes import check_covariates, check_volumes, encoder_of, predict_volumes
+    from covfuse.training.predict import check_covariates, check_files, encoder_of, predict_table
 
     encoder = encoder_of(module, state, run_dir)
     names = [spec["name"] for spec in encoder.specs]  # raw columns, as the training manifest spelt them
@@ -242,10 +283,10 @@ def _predict_volumes(args, run_dir, module, state, precision) -> tuple[list[str]
         marks = {offset + i: m for i, m in table_marks.items()}
         parts.append((manifest, manifest.where))
     for manifest, where in parts:
-        check_volumes(manifest, where)
+        check_files(manifest, where)
     rows, values = [], []
     for manifest, _ in parts:
-        values.append(predict_volumes(module, state, manifest, encoder, batch_size=args.batch_size,
+        values.append(predict_table(module, state, manifest, encoder, batch_size=args.batch_size,
                                       accelerator=args.accelerator, precision=precision))
         columns = [manifest.columns[manifest.column(n)] for n in names]
         rows += [[str(manifest.files[i]), str(manifest.subjects[i]), *("" if is_missing(c[i]) else c[i] for c in columns)]

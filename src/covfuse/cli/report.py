@@ -43,10 +43,15 @@ def main(argv: list[str]) -> int:
     report = build_report(study, baseline=args.baseline, metric=args.metric, n_boot=args.bootstrap, unit=args.unit)
     write_report(study, report)
     files = report_files(report)
+    html = None
     if args.format == "html":
         from covfuse.studies.report_html import write_html
 
         html = write_html(report, study)
+    from covfuse.training.tracking import log_report
+
+    log_report(study.study_dir, [*files, *(["report.html"] if html else [])])  # the study's MLflow run, if any
+    if html is not None:
         print(f"covfuse report: wrote {', '.join(files)} and report.html in {study.study_dir}", file=sys.stderr)
         print(html)
         return 0

@@ -12,7 +12,7 @@ from covfuse.errors import UserError
 
 
 def main(args, overrides: list[str], task_argv: list[str], prog: str) -> int:
-    from covfuse.cli.sweep import parse_seeds
+    from covfuse.cli._common import parse_seeds
     from covfuse.studies import search, slurm
     from covfuse.studies.sweep import parse_assignments, plan_study
 

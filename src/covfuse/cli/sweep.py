@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from covfuse.cli._common import Parser
+from covfuse.cli._common import Parser, parse_seeds  # noqa: F401 (parse_seeds: used here and by search)
 from covfuse.errors import UserError
 
 
@@ -54,15 +54,6 @@ def parser(prog: str = "covfuse sweep", doc: str = __doc__, cv: bool = False) ->
     g.add_argument("--max-parallel", "--max_parallel", dest="max_parallel", type=int, default=None,
                    help="at most this many tasks at once")
     return p
-
-
-def parse_seeds(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(s) for s in text.strip("[]").split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds {text!r}: write integers separated by commas, e.g. --seeds 0,1,2") from None
 
 
 def task_argv(args, overrides: list[str], cv: bool) -> list[str]:

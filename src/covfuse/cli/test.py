@@ -11,7 +11,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
     p.add_argument("--runs_dir", default="runs", help="folder holding run folders (default: runs)")
     p.add_argument("--ckpt", default="best", help="best, last, or a path to a .ckpt (default: best)")
-    p.add_argument("--root", default=None, help="data folder, if it moved since the run (default: the run's data.root)")
+    p.add_argument("--data.root", "--root", dest="root", default=None,
+                   help="the run's data at its new place, if it moved (checked against the table's fingerprint; "
+                        "default: the run's data.root)")
     p.add_argument("--accelerator", default="auto", help="auto, cpu, gpu (default: auto; one device)")
     return p
 

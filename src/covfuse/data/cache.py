@@ -8,13 +8,15 @@ DICOM; the cache keeps 16-bit data 16-bit); C is 3 (RGB) or 1 (greyscale).
 Where: ``<folder holding the text files>/.covfuse-cache/`` by default (``ROOT/.covfuse-cache`` or
 ``ROOT/celeba/.covfuse-cache``), or any ``cache_dir``. Files for size S and preset P:
 
-* ``F-P-S.u8`` (F the table's format: ``celeba``, ``manifest``, ...): raw uint8, C order, shape
-  (N, C, S, S), row i = the table's file i;
-* ``F-P-S.json``: what it holds (shape, size, preset, crop, count, the md5 of the source files it was
+* ``K-P-S.u8`` (K the source's key, :func:`source_key`: ``celeba`` for the release, else the
+  manifest's name plus a short hash of its absolute path and the settings, e.g.
+  ``train-3f2a9c01``): raw uint8, C order, shape (N, C, S, S), row i = the table's file i. Any
+  number of manifests share one folder, each with its own files;
+* ``K-P-S.json``: what it holds (shape, size, preset, crop, count, the md5 of the source files it was
   built from — CelebA's three text files, or the manifest plus every image's size and mtime — the
-  decoder). Written last: a cache without it is not a cache.
+  decoders that really read the files). Written last: a cache without it is not a cache.
 
-Building writes ``celeba-P-S.u8.partial`` plus ``celeba-P-S.progress.json`` (the chunks done so
+Building writes ``K-P-S.u8.partial`` plus ``K-P-S.progress.json`` (the chunks done so
 far, rewritten atomically after each chunk), so an interrupted build resumes where it stopped;
 the final names appear only by rename once every chunk is done. A cache whose recorded
 checksums no longer match the text files is ignored (and rebuilt by ``covfuse data cache``).
@@ -32,9 +34,10 @@ import PIL
 import torch
 
 from covfuse.data._workers import default_workers, run_chunks
-from covfuse.data.celeba import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
+from covfuse.data.readers.celeba_release import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
 from covfuse.data.decode import PRESETS, check_preset, check_size
-from covfuse.data.decode import fill_chunk as _fill_chunk  # module-level name: tests patch it
+from covfuse.data.layout import image_layout
+from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level name: tests patch it
 from covfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -65,19 +68,29 @@ def as_table(source):
 
 
 def _layout(table, size: int, preset: str) -> tuple[int, str]:
-    """(channels, dtype) of the decoded images (covfuse.data.samples.image_layout: the header of the
-    first file, before anything is decoded)."""
-    from covfuse.data.samples import image_layout
-
+    """(channels, dtype) of the decoded images (:func:`image_layout`: read from the files' headers,
+    before anything is decoded)."""
     return image_layout(table)
+
+
+def source_key(table, *settings) -> str:
+    """The part of a cache's name that says whose it is: ``celeba`` for the release (one per folder),
+    else the table file's stem plus 8 hex digits of the md5 of its absolute path and ``settings``, so
+    two manifests in one folder (or one manifest at two settings) never share a file name."""
+    if table.format == "celeba":
+        return "celeba"
+    where = os.path.abspath(table.path)
+    digest = hashlib.md5("|".join([where, *map(str, settings)]).encode()).hexdigest()[:8]
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(where).stem) or table.format
+    return f"{stem}-{digest}"
 
 
 def cache_paths(source, size: int, preset: str, cache_dir: str | os.PathLike | None = None,
                 dtype: str = "uint8") -> tuple[Path, Path]:
-    """(data file, metadata JSON) for this size and preset."""
+    """(data file, metadata JSON) for this source, size and preset."""
     table = as_table(source)
     folder = Path(cache_dir) if cache_dir is not None else table.root / CACHE_DIRNAME
-    stem = f"{table.format}-{check_preset(preset)}-{check_size(size)}"
+    stem = f"{source_key(table, check_preset(preset), check_size(size))}-{preset}-{size}"
     return folder / f"{stem}.{SUFFIX[dtype]}", folder / f"{stem}.json"
 
 
@@ -111,9 +124,37 @@ def _description(source, size: int, preset: str, layout: tuple[int, str] | None 
         "preset": preset,
         "crop": crop,
         "resize": "bilinear (PIL, after libjpeg draft downscaling)",
-        "decoder": f"Pillow {PIL.__version__}",
+        "decoder": None,  # filled in by the build: the decoders that really read the files
         "sources": _fingerprint(table),
     }
+
+
+#: The library behind each decoder of covfuse.data.decoders (by its ``name``), for the cache's record.
+LIBRARIES = {"PIL": "Pillow", "TIFF": "tifffile", "DICOM": "pydicom"}
+
+
+def decoders_used(table) -> str:
+    """The decoders that read the table's files, with their libraries' versions (e.g. ``DICOM (pydicom
+    3.0.1), PIL (Pillow 11.0.0)``): each file's first bytes pick its decoder as the decode does.
+    CelebA's JPEGs are read by simplejpeg with Pillow as fallback (covfuse.data.decode)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if table.format == "celeba":
+        return f"simplejpeg {version('simplejpeg')} (Pillow {PIL.__version__} fallback)"
+    from covfuse.data.decoders import decoder_for
+
+    names = set()
+    for file in table.files:
+        with open(file, "rb") as f:
+            decoder = decoder_for(file, f.read(132))
+        names.add(decoder.name if decoder is not None else "none")
+    out = []
+    for name in sorted(names):
+        try:
+            out.append(f"{name} ({LIBRARIES[name]} {version(LIBRARIES[name])})")
+        except (KeyError, PackageNotFoundError):
+            out.append(name)
+    return ", ".join(out)
 
 
 class ImageCache:
@@ -191,8 +232,9 @@ def open_cache(
         problems = ["file size"]
     if problems:
         log.warning(
-            "ignoring image cache at %s: its %s do(es) not match the data; rebuild it with `covfuse data cache %s --size %d --preset %s`",
+            "ignoring image cache at %s: its %s do(es) not match the data; rebuild it with `covfuse data cache %s --size %d --preset %s%s`",
             data, ", ".join(problems), meta.path if meta.format != "celeba" else meta.root, size, preset,
+            f" --cache_dir {cache_dir}" if cache_dir is not None else "",
         )
         return None
     log.info("using image cache at %s", data)
@@ -235,7 +277,8 @@ def build_cache(
     try:
         data.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{data.parent}: cannot create the cache folder ({exc.strerror}); pass --cache-dir DIR") from None
+        raise UserError(f"{data.parent}: cannot create the cache folder ({exc.strerror}); set data.cache_dir DIR "
+                        "(fit) or --cache_dir DIR (data cache) to a writable folder") from None
     # Two processes (two runs of a study, two SLURM tasks, `data cache` beside a fit) may want the
     # same cache at once: one builds it, the other waits for the lock and then finds it built.
     lock = data.with_name(data.name + ".lock")
@@ -248,6 +291,8 @@ def build_cache(
     except UserError:
         if made_folder:  # a first build that failed before any chunk: leave no folder behind
             remove_if_alone(lock)
+        elif not data.with_name(data.name + ".partial").exists() and not data.exists():
+            lock.unlink(missing_ok=True)  # nothing of this source to guard in a shared folder
         raise
 
 
@@ -281,7 +326,6 @@ def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path
     if not done:
         with open(partial, "wb") as f:  # sparse file of the final size
             f.truncate(int(np.prod(shape)) * np.dtype(desc["dtype"]).itemsize)
-    info_path.unlink(missing_ok=True)  # whatever was there is being replaced
 
     todo = [s for s in starts if s not in done]
     tasks = [
@@ -305,6 +349,14 @@ def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path
             # The chunks already decoded stay valid: say so, rather than leave an unexplained file.
             raise UserError(f"{exc} (the {len(done)} finished chunks stay in {partial.name}; the next "
                             "`covfuse data cache` resumes from them)") from None
+    desc = {**desc, "decoder": decoders_used(meta)}
+    # Replace this source's own cache only now that the new one is complete: a failed build leaves
+    # the previous cache (and every other source's) as it was.
+    info_path.unlink(missing_ok=True)
+    for suffix in SUFFIX.values():  # the same cache in the other depth, if the files changed depth
+        other = data.with_suffix("." + suffix)
+        if other != data:
+            other.unlink(missing_ok=True)
     os.replace(partial, data)
     _write_json(info_path, desc)
     marker.unlink(missing_ok=True)

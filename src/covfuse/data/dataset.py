@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from covfuse.data.celeba import CelebAMeta
+from covfuse.data.readers.celeba_release import CelebAMeta
 from covfuse.data.decode import decode_image
 from covfuse.data.transforms import DEFAULT_PRESET, check_preset, check_size, hflip
 from covfuse.errors import UserError
@@ -121,7 +121,8 @@ class ImageDataset(Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images")
         row = int(self.indices[i])
-        image = self.cache[row] if self.cache is not None else torch.from_numpy(self._load(row))
+        # a decoder may hand back a read-only view (a DICOM's pixel array): copied only then, so torch never warns
+        image = self.cache[row] if self.cache is not None else torch.from_numpy(np.require(self._load(row), requirements="W"))
         if self.train and torch.rand(()) < 0.5:
             image = hflip(image)
         return self._sample(i, image)

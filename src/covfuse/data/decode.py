@@ -49,8 +49,8 @@ class CorruptImage(UserError):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: cannot decode the image ({reason}); re-extract it, or pass --skip-corrupt to "
-                         "leave such images out (`covfuse data verify ROOT` lists them all)")
+        super().__init__(f"{path}: cannot decode the image ({reason}); replace or remove it (`covfuse data verify ROOT` "
+                         "lists them all; `covfuse fit --skip_corrupt` trains without them)")
 
 
 def decode_image(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
@@ -77,17 +77,6 @@ def _reason(path, exc: BaseException) -> str:
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not an image file"  # PIL's own text names a BytesIO, not the file
     return " ".join(str(exc).split())[:120] or type(exc).__name__
-
-
-def find_unreadable(paths: list[str]) -> list[str]:
-    """The files among ``paths`` that :func:`decode_image` refuses (worker for ``--skip-corrupt``)."""
-    bad = []
-    for path in paths:
-        try:
-            decode_image(path, 8)
-        except CorruptImage:
-            bad.append(path)
-    return bad
 
 
 def _decode_image(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
@@ -157,48 +146,3 @@ def _upsample(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.
     out = torch.empty((1, 3, size, size), dtype=torch.uint8)
     out.copy_(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False))
     return out[0].numpy()
-
-
-def conform(image: np.ndarray, channels: int, dtype: str) -> np.ndarray:
-    """``image`` (C, S, S) in a table's layout: grey repeated into RGB or RGB made grey (ITU-R 601 luma,
-    as PIL's ``convert("L")``), 8-bit widened to 16 (x 257: 255 -> 65535) or 16-bit narrowed to 8
-    (rounded). A manifest may mix files; its first file sets the layout, so every batch stacks."""
-    if image.shape[0] != channels:
-        if channels == 3:
-            image = np.repeat(image, 3, axis=0)
-        else:
-            luma = image.astype(np.float64).transpose(1, 2, 0) @ np.array([0.299, 0.587, 0.114])
-            image = np.rint(luma)[None].astype(image.dtype)
-    if image.dtype != np.dtype(dtype):
-        if np.dtype(dtype) == np.uint16:
-            image = image.astype(np.uint16) * np.uint16(257)
-        else:
-            image = np.rint(image.astype(np.float64) / 257).astype(np.uint8)
-    return np.ascontiguousarray(image)
-
-
-def any_decoder():
-    """The decoder for a user's 2D files of any supported format and depth (PNG/JPEG/TIFF/DICOM)."""
-    try:
-        from covfuse.data.decoders import decode_file
-    except ImportError:  # pragma: no cover - a tree without the multi-format decoders
-        return decode_image
-    return decode_file
-
-
-def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int, preset: str,
-               dtype: str = "uint8", any_format: bool = False) -> int:
-    """Cache worker: decode ``files`` into rows ``start...`` of the memmap at ``path`` (JPEG/PIL decoding,
-    or with ``any_format`` covfuse.data.decoders for PNG/TIFF/DICOM of any depth)."""
-    decode = any_decoder() if any_format else decode_image
-    array = np.memmap(path, dtype=np.dtype(dtype), mode="r+", shape=shape)
-    for i, file in enumerate(files):
-        try:
-            image = decode(file, size, preset)
-            array[start + i] = conform(image, shape[1], dtype) if any_format else image
-        except CorruptImage as exc:
-            raise UserError(f"{file}: cannot decode the image ({exc.reason}); `covfuse data verify` lists all such "
-                            "files; --skip-corrupt leaves them out (with data.cache off)") from None
-    array.flush()
-    del array
-    return len(files)

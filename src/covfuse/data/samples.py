@@ -8,6 +8,7 @@ images, ``table.format`` (the CelebA release keeps its own checksummed cache).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 
 from covfuse.data.table import SampleTable
 from covfuse.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,22 @@ def describe(table: SampleTable, s: Settings) -> dict:
     return {"size": s.size, "preset": s.preset}
 
 
-def image_layout(table: SampleTable) -> tuple[int, str]:
-    """(channels, dtype) of a table's decoded images: CelebA is RGB uint8; otherwise the first file's
-    header decides (1 or 3 channels, uint8 or uint16) and every other file is converted to it."""
-    if table.format == "celeba":
-        return 3, "uint8"
-    from covfuse.data.decoders import probe
+def fingerprint(table: SampleTable) -> str:
+    """What identifies a table's data wherever it lies: the md5 of its source files' bytes (manifest,
+    participants.tsv, CelebA's text files) and of its files' paths relative to the source's folder.
+    A run records it, so data that moved (``--data.root NEW``) is recognised and other data refused."""
+    import hashlib
 
-    info = probe(table.files[0])
-    return int(info["channels"]), "uint16" if info["bits"] == 16 else "uint8"
+    h = hashlib.md5()
+    for source in table.sources:
+        h.update(Path(source).name.encode() + b"\0")
+        with open(source, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    root = str(table.root)
+    for file in table.files:
+        h.update(Path(os.path.relpath(file, root)).as_posix().encode() + b"\n")
+    return h.hexdigest()
 
 
 class _Conformed:
@@ -71,7 +81,7 @@ class _Conformed:
         self.channels, self.dtype = channels, dtype
 
     def __call__(self, path, size: int, preset: str):
-        from covfuse.data.decode import any_decoder, conform
+        from covfuse.data.chunks import any_decoder, conform
 
         return conform(any_decoder()(path, size, preset), self.channels, self.dtype)
 
@@ -80,35 +90,46 @@ def _decoder(table: SampleTable):
     """The 2D decoder for a table's files: JPEG/PIL for CelebA, any supported format for manifests."""
     if table.format == "celeba":
         return None  # ImageDataset's default: covfuse.data.decode.decode_image
+    from covfuse.data.layout import image_layout
+
     return _Conformed(*image_layout(table))
 
 
-def volume_cache_dir(table: SampleTable) -> Path:
+def volume_cache_dir(table: SampleTable, cache_dir: str | os.PathLike | None = None) -> Path:
     from covfuse.data.volume_io import CACHE_DIRNAME
 
-    return table.root / CACHE_DIRNAME
+    return Path(cache_dir) if cache_dir else table.root / CACHE_DIRNAME
 
 
-def open_cache(table: SampleTable, s: Settings):
-    """The table's cache at these settings if one was built and still matches, else None."""
+def _volume_name(table: SampleTable, s: Settings) -> str:
+    from covfuse.data.cache import source_key
+
+    return source_key(table, *asdict(_volume_settings(s)).values())
+
+
+def open_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
+    """The table's cache at these settings (in ``cache_dir``, default beside the source) if one was
+    built and still matches, else None."""
     if table.kind == "volume":
         from covfuse.data.volume_io import open_volume_cache
 
-        return open_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table))
+        return open_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table, cache_dir),
+                                 name=_volume_name(table, s))
     from covfuse.data import cache
 
-    return cache.open_cache(table, s.size, s.preset)
+    return cache.open_cache(table, s.size, s.preset, cache_dir or None)
 
 
-def build_cache(table: SampleTable, s: Settings):
+def build_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
     """Decode/preprocess every file of the table once into its memmap cache (resumable)."""
     if table.kind == "volume":
         from covfuse.data.volume_io import build_volume_cache
 
-        return build_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table))
+        return build_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table, cache_dir),
+                                  name=_volume_name(table, s))
     from covfuse.data import cache
 
-    return cache.build_cache(table, s.size, s.preset)
+    return cache.build_cache(table, s.size, s.preset, cache_dir=cache_dir or None)
 
 
 def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False) -> set[str]:
@@ -125,9 +146,10 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
     paths = [str(table.files[int(r)]) for r in rows]
     if skip_corrupt:
         from covfuse.data._workers import default_workers, run_chunks
-        from covfuse.data.decode import find_unreadable
+        from covfuse.data.chunks import find_unreadable
 
-        chunks = [(paths[i: i + 256],) for i in range(0, len(paths), 256)]
+        any_format = table.format != "celeba"  # DICOM, TIFF, 16-bit PNG ...: the decoder training will use
+        chunks = [(paths[i: i + 256], any_format) for i in range(0, len(paths), 256)]
         return {p for _, found in run_chunks(find_unreadable, chunks, default_workers(len(paths))) for p in found}
     empty = [p for p in paths if os.path.getsize(p) == 0]
     if empty:
@@ -138,6 +160,30 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
         if decode is not None:
             decode(paths[0], 8, "research")
     return set()
+
+
+def nonfinite(table: SampleTable, rows: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """(row, count) for each volume of ``rows`` (default all) holding NaN or Inf voxels; 2D images: none
+    (their decoders refuse float samples, naming the count)."""
+    if table.kind != "volume":
+        return []
+    from covfuse.data.volume_io import nonfinite_voxels
+
+    rows = range(len(table)) if rows is None else [int(r) for r in rows]
+    return [(r, n) for r in rows if (n := nonfinite_voxels(table.files[r]))]
+
+
+def check_nonfinite(table: SampleTable, rows: np.ndarray, rule: str = "zero") -> tuple[int, int]:
+    """data.nonfinite: ``refuse`` raises one line naming the first file with NaN/Inf voxels and its count;
+    ``zero`` returns (files, voxels) that preprocessing sets to 0."""
+    found = nonfinite(table, rows)
+    if found and rule == "refuse":
+        row, count = min(found)
+        more = f" (and {len(found) - 1} more file(s) have some)" if len(found) > 1 else ""
+        raise UserError(f"{table.where(row)}: {table.files[row]} has {count:,} NaN/Inf voxel(s){more}; set "
+                        "data.nonfinite zero to treat them as 0 before normalisation, or fix the file(s) "
+                        "(`covfuse data info` counts them)")
+    return len(found), sum(n for _, n in found)
 
 
 def check_readable(table: SampleTable, where) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from covfuse.data.celeba import SPLIT_NAMES, CelebAMeta
+from covfuse.data.readers.celeba_release import SPLIT_NAMES, CelebAMeta
 from covfuse.errors import UserError, suggest
 
 

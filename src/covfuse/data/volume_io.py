@@ -85,7 +85,7 @@ def transform(settings: Preprocessing):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
         load = T.LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
-    steps = [load,
+    steps = [load, T.Lambda(finite),  # NaN/Inf -> 0 before anything mixes voxels (data.nonfinite)
              T.Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if settings.spacing is not None:
         steps.append(T.Spacing(pixdim=settings.spacing, mode="bilinear"))
@@ -97,6 +97,26 @@ def transform(settings: Preprocessing):
         steps.append(T.ScaleIntensity(minv=0.0, maxv=1.0))
     steps.append(T.EnsureType(data_type="tensor", track_meta=False))
     return T.Compose(steps)
+
+
+def finite(x):
+    """NaN and +-Inf voxels set to 0 (the background SPM/FSL mask with NaN), before resizing or
+    normalising spreads them: one NaN would make the whole z-scored volume NaN."""
+    return torch.nan_to_num(torch.as_tensor(x), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def nonfinite_voxels(file: Path) -> int:
+    """How many voxels of a NIfTI file are NaN or +-Inf (nibabel, as stored after scaling); only
+    floating-point files are read, since integer voxels are finite by construction."""
+    import nibabel as nib
+
+    image = nib.load(str(file))
+    dtype = np.dtype(image.get_data_dtype())
+    slope, inter = (image.header.get_slope_inter() if hasattr(image.header, "get_slope_inter") else (None, None))
+    scaled = any(v is not None and not np.isfinite(v) for v in (slope, inter))
+    if dtype.kind not in "fc" and not scaled:
+        return 0
+    return int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
 
 
 def load_volume(file: Path, settings: Preprocessing, pipeline=None) -> torch.Tensor:
@@ -143,14 +163,17 @@ class VolumeCache:
         return {"path": self.path, "info": self.info, "shape": self.shape, "_array": None}
 
 
-def cache_paths(files: Sequence[Path], settings: Preprocessing, cache_dir: Path) -> tuple[Path, Path]:
-    stem = f"volumes-{settings.size}-{settings.geometry}-{settings.intensity}-{_key(files, settings)}"
+def cache_paths(files: Sequence[Path], settings: Preprocessing, cache_dir: Path, name: str = "volumes") -> tuple[Path, Path]:
+    """(data, metadata) of the cache; ``name`` says whose it is (covfuse.data.cache.source_key), the
+    key which files and settings it holds."""
+    stem = f"{name}-{settings.size}-{settings.geometry}-{settings.intensity}-{_key(files, settings)}"
     return cache_dir / f"{stem}.f16", cache_dir / f"{stem}.json"
 
 
-def open_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir: Path) -> VolumeCache | None:
+def open_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir: Path,
+                      name: str = "volumes") -> VolumeCache | None:
     """The cache for exactly these files and settings, or None (the files are read instead)."""
-    data, meta = cache_paths(files, settings, cache_dir)
+    data, meta = cache_paths(files, settings, cache_dir, name)
     if not meta.is_file() or not data.is_file():
         return None
     info = json.loads(meta.read_text())
@@ -162,18 +185,19 @@ def open_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir:
     return VolumeCache(data, info)
 
 
-def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir: Path, *, progress: bool = True) -> VolumeCache:
+def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir: Path, *, progress: bool = True,
+                       name: str = "volumes") -> VolumeCache:
     """Preprocess every file once into the float16 memmap (written to ``.partial``, renamed when complete)."""
     from tqdm import tqdm
 
     from filelock import FileLock
 
-    existing = open_volume_cache(files, settings, cache_dir)
+    existing = open_volume_cache(files, settings, cache_dir, name)
     if existing is not None:
         return existing
     from covfuse.data.cache import remove_if_alone
 
-    data, meta = cache_paths(files, settings, cache_dir)
+    data, meta = cache_paths(files, settings, cache_dir, name)
     made_folder = not cache_dir.exists()
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Two processes (two runs of a study, two SLURM tasks) may want the same cache at once: one
@@ -181,13 +205,15 @@ def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir
     lock = data.with_suffix(".lock")
     try:
         with FileLock(str(lock)):
-            existing = open_volume_cache(files, settings, cache_dir)
+            existing = open_volume_cache(files, settings, cache_dir, name)
             if existing is not None:
                 return existing
             return _build_volume_cache(files, settings, data, meta, progress)
     except UserError:
         if made_folder:  # a failed first build leaves no folder behind
             remove_if_alone(lock)
+        elif not data.exists():
+            lock.unlink(missing_ok=True)  # nothing of this source to guard in a shared folder
         raise
 
 
@@ -209,11 +235,18 @@ def _build_volume_cache(files: Sequence[Path], settings: Preprocessing, data: Pa
         if partial.exists():
             partial.unlink()
     info = {"format": FORMAT, "version": VERSION, "dtype": "float16", "shape": list(shape),
-            "preprocessing": asdict(settings), "files": [str(f) for f in files]}
+            "preprocessing": asdict(settings), "files": [str(f) for f in files], "decoder": _reader()}
     from covfuse.io import atomic_write_text
 
     atomic_write_text(meta, json.dumps(info, indent=1) + "\n")
     return VolumeCache(data, info)
+
+
+def _reader() -> str:
+    """What read the volumes, for the cache's record: nibabel through MONAI's LoadImage."""
+    from importlib.metadata import version
+
+    return f"nibabel {version('nibabel')} (MONAI {version('monai')} LoadImage)"
 
 
 # --------------------------------------------------------------------------------- dataset

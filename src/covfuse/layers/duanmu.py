@@ -100,8 +100,14 @@ class DuanmuGate(nn.Module):
 
     def __init__(self, module: nn.Module, attention: DuanmuAttention, index: int, before: bool = True) -> None:
         super().__init__()
-        self.module, self.before = module, before
-        self.factor = DuanmuFactor(attention, index)
+        self.before = before
+        # Registered in data-flow order, so describe and state dicts list the factor before the stage it gates.
+        if before:
+            self.factor = DuanmuFactor(attention, index)
+            self.module = module
+        else:
+            self.module = module
+            self.factor = DuanmuFactor(attention, index)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.module(self.factor(x)) if self.before else self.factor(self.module(x))

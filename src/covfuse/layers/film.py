@@ -22,15 +22,27 @@ def film(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
     return torch.addcmul(beta.view(view).to(x.dtype), gamma.view(view).to(x.dtype), x)
 
 
-def affine_generator(in_features: int, num_channels: int, hidden: int | None, **factory) -> nn.Module:
-    """Linear (``hidden=None``) or Linear-ReLU-Linear map to 2 * num_channels values (delta-gamma, beta)."""
+def affine_generator(in_features: int, num_channels: int, hidden: int | None, bias: bool = True, **factory) -> nn.Module:
+    """Linear (``hidden=None``) or Linear-ReLU-Linear map to 2 * num_channels values (delta-gamma, beta);
+    ``bias=False``: bias-free Linears, as DAFT's ``FilmBlock`` / ``DAFTBlock`` auxiliary nets."""
     if hidden is None:
-        return nn.Linear(in_features, 2 * num_channels, **factory)
+        return nn.Linear(in_features, 2 * num_channels, bias=bias, **factory)
     if hidden < 1:
         raise ValueError(f"hidden must be a positive int or None, got {hidden}")
     return nn.Sequential(
-        nn.Linear(in_features, hidden, **factory), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * num_channels, **factory)
+        nn.Linear(in_features, hidden, bias=bias, **factory), nn.ReLU(inplace=True),
+        nn.Linear(hidden, 2 * num_channels, bias=bias, **factory)
     )
+
+
+INITS = ("identity", "reference")
+
+
+def check_init(init: str) -> float:
+    """The scale offset of ``init``: ``identity`` predicts 1 + delta (zero last layer), ``reference`` the scale itself."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return 1.0 if init == "identity" else 0.0
 
 
 def zero_last_linear(generator: nn.Module) -> None:
@@ -47,7 +59,9 @@ class FiLM(nn.Module):
     ``forward(x, covariates=None)``: ``x`` (N, C, *spatial) with any number of spatial dims (also
     (N, C)); covariates (N, K), read from the context when omitted. ``hidden=None`` makes the
     generator linear in z (as in the paper's FiLM generator output layer); an int adds a ReLU hidden
-    layer of that width. The generator's last layer starts at zero: the layer is the identity.
+    layer of that width (DAFT's ``FilmBlock``: bottleneck width, ``bias=False``). ``init="identity"``:
+    the generator's last layer starts at zero, the layer is the identity; ``init="reference"``:
+    PyTorch's default init and gamma predicted directly (no ``1 +``), as DAFT's ``FilmBlock``.
     """
 
     def __init__(
@@ -57,27 +71,31 @@ class FiLM(nn.Module):
         hidden: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        bias: bool = True,
+        init: str = "identity",
     ) -> None:
         super().__init__()
         if num_channels < 1 or num_covariates < 1:
             raise ValueError(f"num_channels and num_covariates must be >= 1, got {num_channels} and {num_covariates}")
         self.num_channels, self.num_covariates, self.hidden = num_channels, num_covariates, hidden
-        self.generator = affine_generator(num_covariates, num_channels, hidden, device=device, dtype=dtype)
+        self.offset = check_init(init)
+        self.generator = affine_generator(num_covariates, num_channels, hidden, bias, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Default init for hidden layers; last layer zero, so gamma = 1 and beta = 0."""
+        """Default init for every layer; with ``init="identity"`` the last layer zero, so gamma = 1 and beta = 0."""
         for m in self.generator.modules():
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
-        zero_last_linear(self.generator)
+        if self.offset:
+            zero_last_linear(self.generator)
 
     def forward(self, x: Tensor, covariates: Tensor | None = None) -> Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"FiLM expects input (N, {self.num_channels}, ...), got {tuple(x.shape)}")
         covariates = layer_covariates(covariates, "FiLM", x, self.num_covariates)
         delta_gamma, beta = self.generator(covariates.to(self.generator_dtype)).chunk(2, dim=1)
-        return film(x, 1 + delta_gamma, beta)
+        return film(x, self.offset + delta_gamma, beta)
 
     @property
     def generator_dtype(self) -> torch.dtype:
@@ -96,10 +114,11 @@ class FiLMAfter(nn.Module):
     ``features.1.module.weight``); load pretrained weights before wrapping.
     """
 
-    def __init__(self, module: nn.Module, num_channels: int, num_covariates: int, hidden: int | None = None) -> None:
+    def __init__(self, module: nn.Module, num_channels: int, num_covariates: int, hidden: int | None = None,
+                 **options) -> None:
         super().__init__()
         self.module = module
-        self.film = FiLM(num_channels, num_covariates, hidden)
+        self.film = FiLM(num_channels, num_covariates, hidden, **options)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.film(self.module(x), current_covariates("FiLMAfter"))

@@ -1,6 +1,6 @@
 """Functional core of the hybrid convolution: sample i is convolved with W_0 + sum_j s_ij W_j.
 
-Four exact back-ends compute the same function (outputs and gradients):
+Six exact back-ends compute the same function (outputs and gradients):
 
 - ``reference``: the per-sample loop, kept as the ground truth for tests.
 - ``expand``: linearity, conv(x, W_0 + sum s W) = conv(x, W_0) + sum s conv(x, W_j); one dense conv
@@ -10,6 +10,10 @@ Four exact back-ends compute the same function (outputs and gradients):
   the library handles large group counts.
 - ``pattern``: one dense conv per distinct covariate row (binary covariates give at most 2**K
   patterns), the batch permuted so each pattern is contiguous. 1x FLOPs, P small convs.
+- ``unfold``: im2col per sample and one batched GEMM with each sample's kernel. 1x FLOPs, no batch
+  loop, columns C*k^d times the input's size; traceable for any shapes (torch.compile).
+- ``triton``: an implicit-GEMM Triton kernel whose weight pointer follows the sample or its
+  distinct row (:mod:`covfuse.layers.hybrid_triton`). 1x FLOPs, no copies; CUDA only.
 
 ``auto`` times the candidates once per call signature and keeps the fastest
 (:mod:`covfuse.layers.autotune`; on by default on CUDA), or else follows the measured rule in
@@ -26,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from covfuse.layers import autotune
+from covfuse.layers import autotune, hybrid_triton
 
-BACKENDS = ("reference", "expand", "grouped", "pattern", "auto")
+BACKENDS = ("reference", "expand", "grouped", "pattern", "unfold", "triton", "auto")
 _CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 # `auto` uses `pattern` when the batch has at most this many distinct covariate rows
@@ -138,7 +142,74 @@ def _pattern(x, c, w, cw, b, cb, conv, kwargs, rows: tuple[Tensor, Tensor, Tenso
     return _ScatterChunks.apply(rows, *outs)
 
 
-_IMPLEMENTATIONS = {"reference": _reference, "expand": _expand, "grouped": _grouped, "pattern": _pattern}
+def _explicit_padding(x: Tensor, w: Tensor, kwargs: dict) -> tuple[Tensor, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``x`` (padded on the far side where 'same' needs an odd total) and the stride, symmetric
+    padding and dilation as tuples, for back-ends that compute the conv geometry themselves."""
+    dims = w.dim() - 2
+    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims  # noqa: E731
+    stride, dilation, padding = tup(kwargs["stride"]), tup(kwargs["dilation"]), kwargs["padding"]
+    if padding == "valid":
+        padding = (0,) * dims
+    elif padding == "same":  # torch's rule: total d*(k-1), the odd extra on the far side
+        totals = [d * (k - 1) for d, k in zip(dilation, w.shape[2:])]
+        extra = [t % 2 for t in totals]
+        if any(extra):
+            x = F.pad(x, [v for e in reversed(extra) for v in (0, e)])
+        padding = tuple(t // 2 for t in totals)
+    return x, stride, tup(padding), dilation
+
+
+def _unfold(x, c, w, cw, b, cb, conv, kwargs) -> Tensor:
+    """im2col per sample, then one batched GEMM with each sample's mixed kernel (1x FLOPs, no loop);
+    the columns cost C*k^d times the input's memory, so it pays at small maps and narrow layers."""
+    n, groups, dims = x.shape[0], kwargs["groups"], w.dim() - 2
+    x, stride, padding, dilation = _explicit_padding(x, w, kwargs)
+    weights = _mix(w, cw, c)  # (N, O, C/g, *k)
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    cols = F.pad(x, [v for p in reversed(padding) for v in (p, p)]).to(dtype)
+    for axis, (k, s, d) in enumerate(zip(w.shape[2:], stride, dilation)):
+        # a window of the dilated extent, then every d-th tap: (N, C, *out, *k)
+        cols = cols.unfold(2 + axis, (k - 1) * d + 1, s)
+        if d > 1:
+            cols = cols[..., ::d]
+    out_spatial = cols.shape[2 : 2 + dims]
+    # (N, C, *out, *k) -> (N, g, C/g * k, L)
+    cols = cols.movedim(tuple(range(2, 2 + dims)), tuple(range(2 + dims, 2 + 2 * dims)))
+    cols = cols.reshape(n, groups, -1, out_spatial.numel())
+    y = torch.matmul(weights.to(dtype).reshape(n, groups, w.shape[0] // groups, -1), cols)
+    y = y.reshape(n, w.shape[0], *out_spatial)
+    if b is not None:
+        y = y + _mix(b, cb, c).view(n, -1, *([1] * dims)).to(y.dtype)
+    return y
+
+
+def _triton(x, c, w, cw, b, cb, conv, kwargs, rows: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """The Triton implicit-GEMM conv (:mod:`covfuse.layers.hybrid_triton`): one kernel per distinct
+    covariate row when ``rows`` are given (binary covariates), else one per sample."""
+    dims = w.dim() - 2
+    x, stride, padding, dilation = _explicit_padding(x, w, kwargs)
+    if rows is None:
+        coefficients, index = c, torch.arange(x.shape[0], device=x.device)
+    else:
+        coefficients, index = rows[0], rows[1]
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    weights = _mix(w, cw, coefficients).to(dtype)
+    y = hybrid_triton.per_sample_conv(x.to(dtype), weights, index, stride, padding, dilation, kwargs["groups"])
+    if b is not None:
+        bias = _mix(b, cb, coefficients).index_select(0, index) if rows is not None else _mix(b, cb, c)
+        y = y + bias.view(x.shape[0], -1, *([1] * dims)).to(y.dtype)
+    return y
+
+
+_IMPLEMENTATIONS = {"reference": _reference, "expand": _expand, "grouped": _grouped, "pattern": _pattern,
+                    "unfold": _unfold, "triton": _triton}
+
+
+def available_backends(device: torch.device) -> tuple[str, ...]:
+    """The explicit back-ends that run natively on ``device`` (`triton` on CUDA only: on a CPU it runs
+    only under Triton's interpreter, for tests), the ones `auto` and `covfuse bench` consider."""
+    return tuple(b for b in BACKENDS if b != "auto"
+                 and (b != "triton" or (device.type == "cuda" and hybrid_triton.available(device))))
 
 
 def unique_rows(covariates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -179,6 +250,19 @@ def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> s
     return "grouped" if in_channels <= 16 else "expand"
 
 
+def traced_backend(x: Tensor, w: Tensor, groups: int) -> str:
+    """`auto`'s back-end while tracing for torch.compile or capturing a CUDA graph: no host sync
+    (torch.unique, .tolist()) and no timing, so one that treats every row on its own (exact for any
+    covariates), chosen by the rule. Not the per-sample loop, which a tracer would unroll into one
+    conv per sample, and not `grouped`: once the batch size changes, torch.compile retraces with a
+    symbolic batch, and inductor cannot order the strides of grouped's (1, N*C, ...) input
+    ("InductorError: cannot determine truth value of Relational"; a Python check cannot tell a
+    symbolic batch from a fixed one while dynamo traces). `unfold` (im2col + batched GEMM, 1x FLOPs)
+    has no batch-dependent conv groups and compiles for any shapes."""
+    backend = rule_backend(x, x.shape[0], w, groups)
+    return "unfold" if backend in ("reference", "grouped") else backend
+
+
 def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int, layer: str = "HybridConv") -> str:
     dims = w.dim() - 2
     spatial = "x".join(map(str, x.shape[2:]))
@@ -190,6 +274,17 @@ def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int, layer: str
     if torch.is_autocast_enabled(x.device.type):
         text += f" autocast {str(torch.get_autocast_dtype(x.device.type)).removeprefix('torch.')}"
     return text + ("" if torch.is_grad_enabled() else ", no grad")
+
+
+def auto_candidates(device: torch.device, batch: int, num_patterns: int, loop: bool = True) -> list[str]:
+    """The back-ends `auto` times for a call: every exact one that runs natively on ``device``
+    (`triton` only on CUDA), `pattern` only when rows repeat, and the per-sample loop unless the
+    caller rules it out (``loop=False``), since batch-1 convs can win (small maps on CPU, the 3D stem
+    on a GPU). Timing them all is what keeps `auto` within noise of the best."""
+    names = [b for b in available_backends(device) if b != "reference"]
+    if num_patterns >= batch:
+        names.remove("pattern")
+    return names + (["reference"] if loop else [])
 
 
 def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str]) -> dict[str, float]:
@@ -205,7 +300,7 @@ def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str
 
     def step(name: str) -> Callable[[], None]:
         def run() -> None:
-            out = _pattern(*targs, rows=rows) if name == "pattern" else _IMPLEMENTATIONS[name](*targs)
+            out = _call(name, targs, rows)
             if wanted:
                 if not grad_out:
                     grad_out.append(torch.randn_like(out))
@@ -230,11 +325,7 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer:
     x, c, w, cw, b, cb, conv, kwargs = args
     groups = kwargs["groups"]
     if not autotune.can_tune():
-        # Tracing for torch.compile / capturing a CUDA graph: no host sync (torch.unique, .tolist())
-        # and no timing; a back-end that treats every row on its own is exact for any covariates.
-        # Not the per-sample loop, which a tracer would unroll into one conv per sample.
-        backend = rule_backend(x, x.shape[0], w, groups)
-        return ("grouped" if backend == "reference" else backend), None
+        return traced_backend(x, w, groups), None
     rows = unique_rows(c) if rows is None else rows
     num_patterns = rows[0].shape[0]
     key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), cw.shape[0], loop, w.dtype, repr(kwargs), b is not None,
@@ -244,9 +335,7 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer:
     if choice is None:
         signature = _signature(x, w, kwargs, num_patterns, layer)
         if autotune.autotune_enabled(x.device):
-            candidates = ["expand", "grouped"] + (["pattern"] if num_patterns < x.shape[0] else [])
-            if x.device.type == "cpu" and loop:  # batch-1 convs are efficient on CPU: at tiny maps the loop can win
-                candidates.append("reference")
+            candidates = auto_candidates(x.device, x.shape[0], num_patterns, loop)
             times = _tune(args, tuple(r.detach() for r in rows), candidates)
             choice = autotune.AutoChoice(min(times, key=times.get), "tuned", signature, times)
         else:
@@ -288,6 +377,12 @@ def hybrid_conv(
         backend = rule_backend(x, x.shape[0], weight, groups)
     if backend == "auto":
         backend, rows = _auto(args)
-        if backend == "pattern":
-            return _pattern(*args, rows=rows)
+        return _call(backend, args, rows)
+    return _IMPLEMENTATIONS[backend](*args)
+
+
+def _call(backend: str, args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+    """Run ``backend``, handing the distinct rows to the back-ends that use them (when rows repeat)."""
+    if backend == "pattern" or (backend == "triton" and rows is not None and rows[0].shape[0] < args[0].shape[0]):
+        return _IMPLEMENTATIONS[backend](*args, rows=rows)
     return _IMPLEMENTATIONS[backend](*args)

@@ -16,10 +16,12 @@ Where covfuse differs from the reference (daniel4725/HyperFusion, ``models/Hyper
 - the reference loops over the batch in Python; here the batch is one (grouped or dense) conv;
 - its ``HyperConv3dLayer.forward`` convolves sample i with the kernel generated for sample i+1 (the
   loop zips ``weights[1:]`` with ``x[i]``); we follow the definition, out_i = conv(x_i, W(z_i));
-- its weight generator's bias is a free kernel initialised by a variance rule from the training
-  data; here that constant kernel is the pretrained conv's W_0 and the generated part starts at
-  zero, so a converted model starts as the image-only model;
-- its embedding MLP is a separately pretrained tabular model; here it is trained with the network.
+- its weight generator's bias (the constant kernel) starts at 0 and its weights by a variance rule
+  measured on the training data; here the constant kernel is the pretrained conv's W_0 and the
+  generated part starts at zero, so a converted model starts as the image-only model
+  (``init="reference"``: the reference's rule, with the input variance taken as 1);
+- its embedding (Linear-BatchNorm1d-PReLU, ``embedding="reference"``) is taken from a separately
+  pretrained tabular model; here it is trained with the network.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 from covfuse.layers import autotune
 from covfuse.layers.context import layer_covariates
 from covfuse.layers.helpers import IntOrTuple, normalize_padding, to_ntuple
-from covfuse.layers.hybrid_functional import _CONV, _IMPLEMENTATIONS, BACKENDS, _auto, _pattern, rule_backend, unique_rows
+from covfuse.layers.hybrid_functional import _CONV, _IMPLEMENTATIONS, BACKENDS, _auto, _call, _pattern, rule_backend, traced_backend, unique_rows
 
 
 def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, hyper_weight: Tensor,
@@ -51,29 +53,41 @@ def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, 
         # Gradients w.r.t. each sample's covariates (attribution): treat every row on its own.
         backend = rule_backend(x, x.shape[0], weight, groups)
     if backend == "auto" and not autotune.can_tune():  # tracing: no host sync, every row on its own
-        rule = rule_backend(x, x.shape[0], weight, groups)
-        backend = "grouped" if rule == "reference" else rule
+        backend = traced_backend(x, weight, groups)
     if backend == "reference" and requested == "auto":  # never a loop over the batch unless asked for
         backend = "grouped"
     if backend in ("pattern", "auto"):
         patterns, inverse, counts = unique_rows(z)
-        rows = (embed(patterns), inverse, counts)  # the MLP on the distinct rows only
+        # The embedding runs on the whole batch (its BatchNorm1d needs the batch's statistics, as in
+        # the reference); each distinct row's code is read at its first sample.
+        first = torch.full((len(patterns),), len(z), dtype=inverse.dtype, device=inverse.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(z), device=inverse.device), "amin")
+        rows = (embed(z).index_select(0, first), inverse, counts)
         if backend == "auto":
             codes = rows[0].index_select(0, inverse)  # the same values as embed(z), row by row
             args = (x, codes, weight, hyper_weight, bias, hyper_bias, conv, kwargs)
             backend, _ = _auto(args, rows=rows, layer="HyperConv", loop=False)
-            return _pattern(*args, rows=rows) if backend == "pattern" else _IMPLEMENTATIONS[backend](*args)
+            return _call(backend, args, rows)
         return _pattern(x, None, weight, hyper_weight, bias, hyper_bias, conv, kwargs, rows=rows)
     return _IMPLEMENTATIONS[backend](x, embed(z), weight, hyper_weight, bias, hyper_bias, conv, kwargs)
 
 
-def code_mlp(num_covariates: int, width: int, depth: int, **factory) -> nn.Module:
-    """``depth`` Linear-ReLU layers of ``width`` units (``depth=0``: the identity, E = K)."""
+EMBEDDINGS = ("reference", "relu")
+INITS = ("identity", "reference")
+
+
+def code_mlp(num_covariates: int, width: int, depth: int, embedding: str = "relu", **factory) -> nn.Module:
+    """``depth`` layers of ``width`` units (``depth=0``: the identity, E = K): Linear-ReLU
+    (``embedding="relu"``) or Linear-BatchNorm1d-PReLU (``"reference"``, HyperFusion's tabular embedding,
+    ``MLP_8_bn_prl`` in ``models/base_models.py``)."""
     if depth < 0 or (depth > 0 and width < 1):
         raise ValueError(f"depth must be >= 0 and width >= 1, got depth={depth}, width={width}")
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
     layers: list[nn.Module] = []
     for i in range(depth):
-        layers += [nn.Linear(num_covariates if i == 0 else width, width, **factory), nn.ReLU()]
+        layers.append(nn.Linear(num_covariates if i == 0 else width, width, **factory))
+        layers += [nn.BatchNorm1d(width, **factory), nn.PReLU(**factory)] if embedding == "reference" else [nn.ReLU()]
     return nn.Sequential(*layers)
 
 
@@ -86,7 +100,8 @@ class _HyperConvNd(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple, num_covariates: int,
                  stride: IntOrTuple = 1, padding: IntOrTuple | str = 0, dilation: IntOrTuple = 1, groups: int = 1,
                  bias: bool = True, backend: str = "auto", width: int = 8, depth: int = 1,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 embedding: str = "relu", init: str = "identity") -> None:
         super().__init__()
         n = self._dims
         if in_channels % groups or out_channels % groups:
@@ -100,9 +115,12 @@ class _HyperConvNd(nn.Module):
         self.stride = to_ntuple(stride, n, "stride")
         self.padding = normalize_padding(padding, n, self.stride)
         self.dilation = to_ntuple(dilation, n, "dilation")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.groups, self.backend, self.width, self.depth = groups, backend, width, depth
+        self.embedding, self.init = embedding, init
         factory = {"device": device, "dtype": dtype}
-        self.embed = code_mlp(num_covariates, width, depth, **factory)
+        self.embed = code_mlp(num_covariates, width, depth, embedding, **factory)
         codes = num_covariates if depth == 0 else width
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.weight = nn.Parameter(torch.empty(shape, **factory))
@@ -116,16 +134,29 @@ class _HyperConvNd(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """W_0, b_0 as ``nn.ConvNd`` initialises them; the MLP as ``nn.Linear``; the generator zero (W(z) = W_0)."""
+        """The embedding as PyTorch initialises it. ``init="identity"``: W_0, b_0 as ``nn.ConvNd``
+        initialises them and the generator zero (W(z) = W_0). ``init="reference"``: HyperFusion's
+        ``variance_uniform_init`` with the input variance taken as 1 (standardised covariates): the
+        constant kernel and bias (its generators' biases) 0, the generators' weights
+        U(+-sqrt(3 var)) with var = 1 / (fan_in * E) for the kernel and 1 / E for the bias."""
+        for m in self.embed:
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        fan_in = self.weight[0].numel()
+        codes = self.hyper_weight.shape[0]
+        if self.init == "reference":  # hyper_base.py: calc_variance4init(main_net_relu=True, main_net_biasses=True)
+            nn.init.zeros_(self.weight)
+            nn.init.uniform_(self.hyper_weight, -math.sqrt(3 / (fan_in * codes)), math.sqrt(3 / (fan_in * codes)))
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+                nn.init.uniform_(self.hyper_bias, -math.sqrt(3 / codes), math.sqrt(3 / codes))
+            return
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.weight[0].numel())
+            bound = 1.0 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
             nn.init.zeros_(self.hyper_bias)
         nn.init.zeros_(self.hyper_weight)
-        for m in self.embed:
-            if isinstance(m, nn.Linear):
-                m.reset_parameters()
 
     def forward(self, x: Tensor, covariates: Tensor | None = None) -> Tensor:
         """``covariates`` (N, K); when omitted, taken from the enclosing converted-model call."""
@@ -137,19 +168,26 @@ class _HyperConvNd(nn.Module):
                           self.stride, self.padding, self.dilation, self.groups, self.backend)
 
     @classmethod
-    def from_conv(cls, conv: nn.Module, num_covariates: int, width: int = 8, depth: int = 1, backend: str = "auto"):
-        """A hyper conv whose W_0 and b_0 are exact copies of ``conv``'s: it computes what ``conv`` computes."""
+    def from_conv(cls, conv: nn.Module, num_covariates: int, width: int = 8, depth: int = 1, backend: str = "auto",
+                  embedding: str = "relu", init: str = "identity", bias: bool | None = None):
+        """A hyper conv whose W_0 and b_0 are exact copies of ``conv``'s: it computes what ``conv`` computes.
+
+        ``bias=True`` generates a bias even where ``conv`` has none (b_0 = 0), as the reference always
+        does; None: only where ``conv`` has one. ``init="reference"`` replaces the copies by the
+        reference's initialisation (the pretrained kernel is then not used)."""
         if type(conv) is not cls._conv_type:
             raise TypeError(f"{cls.__name__}.from_conv expects an {cls._conv_type.__name__}, got {type(conv).__name__}")
         if conv.padding_mode != "zeros":
             raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported; only 'zeros'")
+        bias = conv.bias is not None if bias is None else bias
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, num_covariates, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None, backend, width, depth,
-                    device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
+                    conv.dilation, conv.groups, bias, backend, width, depth,
+                    device=conv.weight.device, dtype=conv.weight.dtype, embedding=embedding, init=init)
+        if init == "identity":
+            with torch.no_grad():
+                layer.weight.copy_(conv.weight)
+                if layer.bias is not None:
+                    layer.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(layer.bias))
         return layer
 
     def extra_repr(self) -> str:

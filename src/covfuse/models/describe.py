@@ -98,7 +98,7 @@ def covariate_parameters(module: nn.Module) -> int:
     if isinstance(module, MLPCatHead):
         return module.covariates.weight.numel() + sum(p.numel() for p in module.mlp.parameters())
     if isinstance(module, ConditionalNorm):
-        return sum(p.numel() for p in module.generator.parameters())
+        return sum(p.numel() for p in (*module.gamma.parameters(), *module.beta.parameters()))
     if isinstance(module, (FiLM, DAFT, CovariateClassifier, TabAttention, DuanmuFactor)):
         return sum(p.numel() for p in module.parameters())
     return 0

@@ -81,6 +81,19 @@ def conditioned_layers(network: nn.Module) -> dict[str, str]:
     return {name: CONDITIONING_KINDS[type(m)] for name, m in network.named_modules() if type(m) in CONDITIONING_KINDS}
 
 
+def conditioning_roots(network: nn.Module) -> list[str]:
+    """Modules that train under the frozen regimes: every conditioning module, but of a conditional norm
+    only its two generators, so the wrapped norm's affine and statistics stay frozen as in the image-only
+    model (de Vries et al. likewise train only the conditioning of a frozen pretrained ResNet)."""
+    roots = []
+    for name, m in network.named_modules():
+        if isinstance(m, ConditionalNorm):
+            roots += [f"{name}.gamma", f"{name}.beta"]
+        elif type(m) in CONDITIONING_KINDS:
+            roots.append(name)
+    return roots
+
+
 class FusionModel(nn.Module):
     """``forward(x, covariates)`` → logits (N,) (one output) or (N, outputs); the built model.
 
@@ -190,12 +203,50 @@ def film_candidates(network: nn.Module) -> list[str]:
     return norm_names(network) or [n for n, m in network.named_modules() if isinstance(m, CONV_TYPES + HYBRID_TYPES)]
 
 
-def apply_film(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, hidden: int | None = None) -> list[str]:
-    """Wrap each chosen BatchNorm (default: the last one) in :class:`FiLMAfter`; their names."""
-    names = pick(film_candidates(network), as_layer_list(layers) or "last", "film layers (BatchNorm layers)", spec.name)
+def last_block_norm(network: nn.Module, spec: BackboneSpec) -> str:
+    """DAFT's ``--film_location 3``: the norm after conv1 of the last stage's first block (ResNets:
+    ``layer4.0.bn1``); VGGs: the first norm of the last conv stage."""
+    stages, norms = stage_ends(network, spec), film_candidates(network)
+    if spec.family == "resnet":
+        inside = [n for n in norms if n.startswith(stages[-1] + ".")]
+    else:
+        start = int(stages[-2].rsplit(".", 1)[1])
+        inside = [n for n in norms if n.startswith("features.") and int(n.split(".")[1]) > start]
+    return (inside or norms)[0]
+
+
+def last_stage_input_channels(network: nn.Module, spec: BackboneSpec, num_covariates: int) -> int:
+    """Channels entering the last stage (DAFT's 4 * n_basefilters, the in_channels of its last block):
+    the in_channels of the last stage's first conv, read without a dry run."""
+    stages = stage_ends(network, spec)
+    convs = [(n, m) for n, m in network.named_modules() if isinstance(m, CONV_TYPES + HYBRID_TYPES)]
+    if spec.family == "resnet":
+        inside = [m for n, m in convs if n.startswith(stages[-1] + ".")]
+    else:
+        start = int(stages[-2].rsplit(".", 1)[1])
+        inside = [m for n, m in convs if n.startswith("features.") and int(n.split(".")[1]) > start]
+    if inside:
+        return inside[0].in_channels
+    size = spec.input_size if spec.spatial_dims == 3 else 64
+    return output_channels(network, stages[-2], num_covariates, size, spec.in_channels, spec.spatial_dims)
+
+
+def daft_bottleneck(network: nn.Module, spec: BackboneSpec, num_covariates: int, reduction: float) -> int:
+    """DAFT's training code (``daft/cli.py``): int((4 * n_basefilters + K) / bottleneck_factor), at least 1;
+    used for DAFT, FiLM and the MLP-concat baseline alike."""
+    return max(1, int((last_stage_input_channels(network, spec, num_covariates) + num_covariates) / reduction))
+
+
+def apply_film(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, hidden: int | None = None,
+               **options) -> list[str]:
+    """Wrap each chosen BatchNorm (default: :func:`last_block_norm`, DAFT's scripts' place) in
+    :class:`FiLMAfter`; their names. ``options``: ``bias``, ``init`` of :class:`FiLM`."""
+    layers = as_layer_list(layers)
+    names = ([last_block_norm(network, spec)] if layers is None
+             else pick(film_candidates(network), layers, "film layers (BatchNorm layers)", spec.name))
     for name in names:
         module = network.get_submodule(name)
-        set_submodule(network, name, FiLMAfter(module, channels_of(module), num_covariates, hidden))
+        set_submodule(network, name, FiLMAfter(module, channels_of(module), num_covariates, hidden, **options))
     return names
 
 
@@ -235,16 +286,17 @@ def input_channels(network: nn.Module, name: str, num_covariates: int, size: int
     return _probe_channels(network, name, num_covariates, size, in_channels, spatial_dims, inputs=True)
 
 
-def apply_daft(network: nn.Module, spec: BackboneSpec, layer, num_covariates: int, reduction: float = 7.0) -> str:
+def apply_daft(network: nn.Module, spec: BackboneSpec, layer, num_covariates: int, reduction: float = 7.0,
+               **options) -> str:
     """Wrap one module in :class:`DAFTAfter`; its name.
 
     ``layer``: a module name, an index into the stage ends (VGG max-pools, ResNet ``layer1..4``), or
-    None for the paper's placement, the input of the last stage (ResNet ``layer3``, VGG the max-pool
-    before the last conv stage: ``features.33`` in vgg16_bn).
+    None for the place of DAFT's scripts (``--film_location 3``, :func:`last_block_norm`: ResNet
+    ``layer4.0.bn1``). ``options``: ``hidden``, ``bias``, ``init`` of :class:`DAFT`.
     """
     stages = stage_ends(network, spec)
     if layer is None:
-        name = stages[-2]
+        name = last_block_norm(network, spec)
     elif isinstance(layer, int) or (isinstance(layer, str) and layer.lstrip("-").isdigit()):
         name = pick(stages, [int(layer)], "stage ends", spec.name)[0]
     else:
@@ -255,7 +307,7 @@ def apply_daft(network: nn.Module, spec: BackboneSpec, layer, num_covariates: in
         name = layer
     size = spec.input_size if spec.spatial_dims == 3 else 64
     channels = output_channels(network, name, num_covariates, size, spec.in_channels, spec.spatial_dims)
-    set_submodule(network, name, DAFTAfter(network.get_submodule(name), channels, num_covariates, reduction))
+    set_submodule(network, name, DAFTAfter(network.get_submodule(name), channels, num_covariates, reduction, **options))
     return name
 
 
@@ -269,10 +321,12 @@ def apply_concat(network: nn.Module, spec: BackboneSpec, num_covariates: int, ou
 
 # ---- methods from the literature (docs/methods.md): each starts as the image-only model --------------
 
-def apply_mlpcat(network: nn.Module, spec: BackboneSpec, num_covariates: int, out_features: int, hidden: int = 7) -> str:
+def apply_mlpcat(network: nn.Module, spec: BackboneSpec, num_covariates: int, out_features: int, hidden: int = 7,
+                 init: str = "identity") -> str:
     """Replace the head by an :class:`MLPCatHead` that reuses the head's weights (DAFT's mlpcatmlp baseline)."""
     head = network.get_submodule(spec.head)
-    set_submodule(network, spec.head, MLPCatHead(head.in_features, num_covariates, out_features, hidden, image=head))
+    set_submodule(network, spec.head, MLPCatHead(head.in_features, num_covariates, out_features, hidden, image=head,
+                                                 init=init))
     return spec.head
 
 
@@ -284,14 +338,17 @@ def default_hyper_layers(network: nn.Module, spec: BackboneSpec) -> list[str]:
     return shortcut[:1] or convs[-1:]
 
 
-def apply_hyper(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, width: int = 8, depth: int = 1) -> list[str]:
-    """Make the chosen convs hypernetwork convs (W_0 copied, generated part zero); their names."""
+def apply_hyper(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, width: int = 8, depth: int = 1,
+                **options) -> list[str]:
+    """Make the chosen convs hypernetwork convs (W_0 copied, generated part zero); their names.
+    ``options``: ``embedding``, ``init``, ``bias`` of :meth:`HyperConv2d.from_conv`."""
     convs = [n for n, m in network.named_modules() if type(m) in HYPER_FOR_CONV]
     layers = as_layer_list(layers)
     names = default_hyper_layers(network, spec) if layers is None else pick(convs, layers, "hyper layers (convolutions)", spec.name)
     for name in names:
         conv = network.get_submodule(name)
-        set_submodule(network, name, HYPER_FOR_CONV[type(conv)].from_conv(conv, num_covariates, width=width, depth=depth))
+        set_submodule(network, name, HYPER_FOR_CONV[type(conv)].from_conv(conv, num_covariates, width=width, depth=depth,
+                                                                                  **options))
     return names
 
 
@@ -300,11 +357,12 @@ def norm_candidates(network: nn.Module) -> list[str]:
     return [n for n, m in network.named_modules() if is_norm(m)]
 
 
-def apply_cond_norm(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, hidden: int | None = 16) -> list[str]:
+def apply_cond_norm(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, hidden: int | None = 16,
+                    init: str = "identity") -> list[str]:
     """Make the chosen norms conditional (default: all, as de Vries et al. did in their ResNet); their names."""
     names = pick(norm_candidates(network), as_layer_list(layers) or "all", "cond-norm layers (norm layers)", spec.name)
     for name in names:
-        set_submodule(network, name, ConditionalNorm(network.get_submodule(name), num_covariates, hidden))
+        set_submodule(network, name, ConditionalNorm(network.get_submodule(name), num_covariates, hidden, init))
     return names
 
 
@@ -317,16 +375,24 @@ def default_tab_attention_layers(network: nn.Module, spec: BackboneSpec) -> list
     return norms[1:] or norms
 
 
+def followed_by_relu(name: str, spec: BackboneSpec) -> bool:
+    """Whether a ReLU directly follows norm ``name``: every BatchNorm of a VGG, a ResNet's stem and block ``bn1``."""
+    return spec.family != "resnet" or name.rsplit(".", 1)[-1] == "bn1"
+
+
 def apply_tab_attention(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int,
-                        reduction: int = 16, grid: int = 7) -> list[str]:
-    """Put :class:`TabAttention` behind the chosen norms; their names."""
+                        reduction: int = 16, grid: int = 7, relu: bool = True, init: str = "identity") -> list[str]:
+    """Put :class:`TabAttention` behind the chosen norms (``relu``: behind the norm and its ReLU); their names."""
     layers = as_layer_list(layers)
     names = (default_tab_attention_layers(network, spec) if layers is None
              else pick(norm_candidates(network), layers, "tab-attention layers (norm layers)", spec.name))
     for name in names:
         module = network.get_submodule(name)
+        # Only where a ReLU follows the norm (its output is then the same): elsewhere (a block's bn2 before the
+        # residual sum, a shortcut's norm) the gates see the norm's output.
+        after_relu = relu and followed_by_relu(name, spec)
         set_submodule(network, name, TabAttentionAfter(module, channels_of(module), num_covariates, spec.spatial_dims,
-                                                       reduction=reduction, grid=grid))
+                                                       relu=after_relu, reduction=reduction, grid=grid, init=init))
     return names
 
 
@@ -337,13 +403,14 @@ def duanmu_points(network: nn.Module, spec: BackboneSpec) -> tuple[list[str], bo
     return (stages, True) if spec.family == "resnet" else (stages[:-1], False)
 
 
-def apply_duanmu(network: nn.Module, spec: BackboneSpec, num_covariates: int, hidden: int = 8) -> list[str]:
+def apply_duanmu(network: nn.Module, spec: BackboneSpec, num_covariates: int, hidden: int = 8,
+                 init: str = "identity") -> list[str]:
     """Gate the feature maps entering every stage with the Duanmu chain; the gated modules' names."""
     names, before = duanmu_points(network, spec)
     size = spec.input_size if spec.spatial_dims == 3 else 64
     channels = [(input_channels if before else output_channels)(network, name, num_covariates, size, spec.in_channels,
                                                                  spec.spatial_dims) for name in names]
-    attention = DuanmuAttention(num_covariates, channels, hidden)
+    attention = DuanmuAttention(num_covariates, channels, hidden, offset=1.0 if init == "identity" else 0.0, init=init)
     for index, name in enumerate(names):
         set_submodule(network, name, DuanmuGate(network.get_submodule(name), attention, index, before))
     return names

@@ -1,7 +1,7 @@
 """The demo: a study of the six fusion methods on a synthetic twin with a planted interaction.
 
 The twin's target depends on a visible cue chosen by the invisible covariate Young (see
-covfuse.data.synth), so an image-only CNN is capped at the twin's image-only Bayes accuracy while a
+covfuse.data.twins.faces), so an image-only CNN is capped at the twin's image-only Bayes accuracy while a
 model that conditions its convolutions on Young can reach the image+covariates Bayes accuracy.
 ``--effect null`` writes a twin where covariates carry nothing: then no method may beat image-only.
 The demo is an ordinary study (:mod:`covfuse.studies.sweep` and :mod:`covfuse.studies.report`),
@@ -41,7 +41,7 @@ class DemoOptions:
     config: Path = CONFIG
     bootstrap: int = 1000
     overwrite: bool = False
-    volumes: bool = False  # the 3D study: the MNI152 twin (covfuse.data.synth3d), configs/volumes/demo.yaml
+    volumes: bool = False  # the 3D study: the MNI152 twin (covfuse.data.twins.brains), configs/volumes/demo.yaml
     size: int = 64  # volumes: cube side in voxels
     command: tuple[str, ...] = ()  # the command as typed (every option), printed to resume an interrupted demo
 
@@ -105,7 +105,7 @@ def ensure_twin(o: DemoOptions) -> Path:
         say(f"reusing the synthetic twin in {folder}")
         return folder
     if o.volumes:
-        from covfuse.data.synth3d import write_synth3d
+        from covfuse.data.twins.brains import write_synth3d
 
         say(f"writing a synthetic MRI twin ({o.n} subjects, effect {o.effect}, {o.size}^3 voxels) to {folder}")
         return write_synth3d(folder, n=o.n, seed=o.seed, effect=o.effect, size=o.size, overwrite=True, progress=True)
@@ -152,7 +152,7 @@ def plan(o: DemoOptions):
 def context_lines(synth: dict, config) -> list[str]:
     """The twin and the shared training settings, for the top of report.md."""
     bayes = synth.get("bayes_accuracy", {})
-    if "size" in synth:  # the MRI twin (covfuse.data.synth3d)
+    if "size" in synth:  # the MRI twin (covfuse.data.twins.brains)
         twin = [
             f"Synthetic brain-MRI twin on the MNI152 template: {synth.get('n')} subjects, {synth['size']}^3 voxels, "
             f"effect **{synth.get('effect')}**, seed {synth.get('seed')}. Rule: {synth.get('rule')}. "

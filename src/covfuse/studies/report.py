@@ -205,7 +205,7 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
                                    references=c.references)
         values = list(c.per_run.values())
         row = {"setting": name, "settings": c.settings, "n_runs": len(c.runs),
-               "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+               "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),  # one run: undefined
                "ci": pooled["ci"], "estimate": pooled["estimate"], "clusters": pooled["clusters"]}
         if name == baseline:
             row.update(difference=0.0, difference_ci=[0.0, 0.0], p_value=1.0, bootstrap_p=1.0, seed_test=None)
@@ -329,6 +329,36 @@ def _mean_gaps(runs: Sequence[Run], split: str, stat: str = "accuracy") -> dict[
 
 
 # -- output ----------------------------------------------------------------------------------------
+def sig(value, digits: int = 4) -> str:
+    """A setting or score to ``digits`` significant digits, trailing zeros kept (0.6940, 0.0007036); integers,
+    strings and booleans as they are. The markdown and the HTML report both write numbers with this."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if not math.isfinite(value):
+        return "–"
+    text = f"{value:#.{digits}g}"
+    return text[:-1] if text.endswith(".") else text
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|<>#"})
+
+
+def md_escape(value) -> str:
+    """User text (cell names, settings, covariate names) for a markdown table or line: markdown's own characters
+    and HTML's ``<``/``>`` escaped, so a name shows as written and cannot break the table or inject HTML."""
+    return " ".join(str(value).split()).translate(_MD_SPECIAL)
+
+
+def settings_text(settings: dict) -> str:
+    """``optim.lr=0.0007036, model.fusion=film``: a settings mapping, numbers via :func:`sig`."""
+    return ", ".join(f"{k}={sig(v)}" for k, v in settings.items())
+
+
+def sd_text(sd, digits: int = 3) -> str:
+    """The SD across runs, or — where it is undefined (a cell with one run)."""
+    return "—" if sd is None or (isinstance(sd, float) and not math.isfinite(sd)) else f"{sd:.{digits}f}"
+
+
 def _num(value, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
@@ -368,7 +398,8 @@ def to_csv(report: dict) -> str:
     w.writerow(["setting", "n_runs", "mean", "sd", "ci_lo", "ci_hi", "difference", "difference_ci_lo",
                 "difference_ci_hi", "p_value", "p_adjusted", "verdict"])
     for r in report["rows"]:
-        w.writerow([r["setting"], r["n_runs"], f"{r['mean']:.6f}", f"{r['sd']:.6f}", *r["ci"],
+        sd = r["sd"] if r["sd"] is not None and math.isfinite(r["sd"]) else None
+        w.writerow([r["setting"], r["n_runs"], f"{r['mean']:.6f}", "" if sd is None else f"{sd:.6f}", *r["ci"],
                     f"{r['difference']:.6f}", *r["difference_ci"], r["p_value"], r["p_adjusted"], r["verdict"]])
     return out.getvalue()
 
@@ -381,14 +412,15 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
              f"{study.kind.upper() if study.kind == 'cv' else 'Sweep'}: {len(study.cells)} cells, seeds "
              f"{', '.join(map(str, study.seeds))}" + (f", {study.folds} folds" if study.folds else "")
              + f"; {metric} on the {report['split']} split: {report['samples']} samples of {report['clusters']} people. "
-             f"Baseline: **{base}**. Base config: `{base_args}`.",
+             f"Baseline: **{md_escape(base)}**. Base config: `{base_args.replace('`', chr(39))}`.",
              "",
-             f"| setting | runs | mean ± sd | pooled {metric} [95% CI] | difference vs {base} [95% CI] | p | p (Holm) | verdict |",
+             f"| setting | runs | mean ± sd | pooled {metric} [95% CI] | difference vs {md_escape(base)} [95% CI] | p | "
+             "p (Holm) | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     lines = [x for x in lines if x is not None]
     for r in report["rows"]:
         diff = "–" if r["setting"] == base else f"{r['difference']:+.3f}{_ci(r['difference_ci'], sign=True)}"
-        lines.append(f"| {r['setting']} | {r['n_runs']} | {r['mean']:.3f} ± {r['sd']:.3f} | {_num(r['estimate'])}"
+        lines.append(f"| {md_escape(r['setting'])} | {r['n_runs']} | {r['mean']:.3f} ± {sd_text(r['sd'])} | {_num(r['estimate'])}"
                      f"{_ci(r['ci'])} | {diff} | {'–' if r['setting'] == base else _p(r['p_value'])} | "
                      f"{'–' if r['setting'] == base else _p(r['p_adjusted'])} | {r['verdict']} |")
     lines += ["", *survival_also_markdown(report)]
@@ -403,19 +435,18 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
         across = "–" if not st or st["t"] is None else f"{st['method']}: t = {st['t']:.2f}, p = {_p(st['p_value'])}"
         mc = r.get("mcnemar_clustered")
         mcn = f"{mc['a_only']} / {mc['b_only']}, p = {_p(mc['p_value'])}" if mc else "–"
-        lines.append(f"| {r['setting']} | {_p(r['bootstrap_p'])} | {across} | {mcn} |")
+        lines.append(f"| {md_escape(r['setting'])} | {_p(r['bootstrap_p'])} | {across} | {mcn} |")
     lines += ["", "What each number assumes:", "", *[f"- {a}" for a in ASSUMPTIONS], ""]
     tuned = [r for r in report["rows"] if r.get("tuned")]
     if tuned:
         lines += ["## Equal tuning budget", "",
-                  f"Every cell got the same search over {', '.join(f'`{k}` ∈ {v}' for k, v in study.tune.items())}; "
+                  f"Every cell got the same search over {md_escape(grid_words(study.tune))}; "
                   f"the value with the best mean valid {metric} was kept, and test was scored once.", "",
                   "| setting | chosen | valid " + metric + " per value |", "|---|---|---|"]
         for r in tuned:
-            chosen = ", ".join(f"{k}={v}" for k, v in r["tuned"]["chosen"].items())
-            per = "; ".join(", ".join(f"{a}={b}" for a, b in json.loads(k).items()) + f": {v:.3f}"
-                            for k, v in r["tuned"][f"valid_{metric}"].items())
-            lines.append(f"| {r['setting']} | {chosen} | {per} |")
+            chosen = settings_text(r["tuned"]["chosen"])
+            per = "; ".join(settings_text(json.loads(k)) + f": {v:.3f}" for k, v in r["tuned"][f"valid_{metric}"].items())
+            lines.append(f"| {md_escape(r['setting'])} | {md_escape(chosen)} | {md_escape(per)} |")
         lines.append("")
     if report.get("search"):  # issue 20
         from covfuse.studies.search import markdown as search_markdown
@@ -425,17 +456,24 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
     if gap_keys:
         stat = SUBGROUP_STATS[report.get("task", "binary")][0]
         lines += ["## Subgroup gaps", "", f"{stat} gap (largest minus smallest subgroup {stat}), mean over runs:", "",
-                  "| setting | " + " | ".join(gap_keys) + " |", "|---|" + "---|" * len(gap_keys)]
+                  "| setting | " + " | ".join(md_escape(k) for k in gap_keys) + " |", "|---|" + "---|" * len(gap_keys)]
         for r in report["rows"]:
-            lines.append(f"| {r['setting']} | " + " | ".join(_num(r["gaps"].get(k)) for k in gap_keys) + " |")
+            lines.append(f"| {md_escape(r['setting'])} | " + " | ".join(_num(r["gaps"].get(k)) for k in gap_keys) + " |")
         lines += ["", "Per-group statistics and CIs: each run's metrics.json.", ""]
     lines += ["## Training curves", "", "![loss curves](figures/loss_curves.png)", "", "## Runs", ""]
     root = Path(study.study_dir)
     for r in report["rows"]:
         cell_runs = [run for run in study.runs if run.cell == r["setting"]]
-        links = ", ".join(f"[{Path(run.dir).relative_to(root)}]({Path(run.dir).relative_to(root)}/metrics.json)" for run in cell_runs)
-        lines.append(f"- {r['setting']} (`{', '.join(f'{k}={v}' for k, v in r['settings'].items()) or 'base config'}`): {links}")
+        links = ", ".join(f"[{md_escape(Path(run.dir).relative_to(root))}]({Path(run.dir).relative_to(root)}/metrics.json)"
+                          for run in cell_runs)
+        lines.append(f"- {md_escape(r['setting'])} ({md_escape(settings_text(r['settings']) or 'base config')}): {links}")
     return "\n".join(lines) + "\n"
+
+
+def grid_words(tune: dict) -> str:
+    """A grid's tuning values in words: ``optim.lr one of 0.001, 0.003``."""
+    return "; ".join(f"{k} one of {', '.join(sig(v) for v in (values if isinstance(values, list) else [values]))}"
+                     for k, values in tune.items())
 
 
 def _plt():
@@ -487,13 +525,14 @@ def plot_metric(report: dict, out: Path, reference: dict[str, float] | None = No
         ax.legend(fontsize=7, loc="lower right")
     ax.set_xticks(range(len(rows)), names, rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center",
                   fontsize=8)
+    # bars start at zero (a bar's length is its value; a cut axis would exaggerate the differences)
     low = np.nanmin(ci[:, 0]) if np.isfinite(ci).any() else np.nanmin(est)
     if score_bounds(report["metric"]) == (0.0, 1.0):
-        ax.set_ylim(max(0.0, min(low, *(reference or {0: 1}).values()) - 0.1), 1.0)
+        ax.set_ylim(0.0, 1.05)
     else:  # MAE, RMSE (target units) and R^2 have no fixed top
         high = np.nanmax(ci[:, 1]) if np.isfinite(ci).any() else np.nanmax(est)
-        pad = 0.1 * (high - low) + 1e-6
-        ax.set_ylim(max(score_bounds(report["metric"])[0], low - pad), high + 3 * pad)
+        pad = 0.1 * (max(high, 0.0) - min(low, 0.0)) + 1e-6
+        ax.set_ylim(min(0.0, low - pad), max(0.0, high) + 3 * pad)
     ax.set_ylabel(f"{report['metric']} (95% CI, people resampled)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from covfuse.studies.report import ASSUMPTIONS, _p, survival_entry
+from covfuse.studies.report import ASSUMPTIONS, _p, sd_text, settings_text, sig, survival_entry
 from covfuse.studies.sweep import Study
 from covfuse.training.metrics import SUBGROUP_STATS
 
@@ -73,10 +73,11 @@ def esc(value: Any) -> str:
 
 
 def _md(text: str) -> str:
-    """The report's fixed prose (ASSUMPTIONS) with **bold** and `code`, escaped first."""
+    """The report's fixed prose (ASSUMPTIONS) with **bold**, *emphasis* and `code` rendered, escaped first."""
     text = esc(text)
+    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", text)
 
 
 def _num(value, digits: int = 3) -> tuple[str, str]:
@@ -123,7 +124,7 @@ def _figure(path: Path, name: str, caption: str) -> str:
 
 
 def _settings(settings: dict) -> str:
-    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items()) or "base config"
+    return settings_text(settings) or "base config"
 
 
 def survival_table(report: dict) -> str:
@@ -171,7 +172,7 @@ def render(report: dict, study: Study) -> str:
         diff, diff_v = ("–", "") if is_base else _num(r["difference"])
         p, p_v = ("–", "") if is_base else (_p(r["p_value"]), repr(float(r["p_value"])))
         padj, padj_v = ("–", "") if is_base else (_p(r["p_adjusted"]), repr(float(r["p_adjusted"])))
-        rows.append([r["setting"], (str(r["n_runs"]), str(r["n_runs"])), (f"{mean} ± {r['sd']:.3f}", mean_v),
+        rows.append([r["setting"], (str(r["n_runs"]), str(r["n_runs"])), (f"{mean} ± {sd_text(r['sd'])}", mean_v),
                      (est + _ci(r["ci"]), est_v), (diff if is_base else f"{r['difference']:+.3f}"
                                                     + _ci(r["difference_ci"], sign=True), diff_v),
                      (p, p_v), (padj, padj_v), r["verdict"] if r["verdict"] not in ("better", "worse")
@@ -196,18 +197,20 @@ def render(report: dict, study: Study) -> str:
     parts += ["<p>What each number assumes:</p><ul>", *[f"<li>{_md(a)}</li>" for a in ASSUMPTIONS], "</ul>"]
     search = report.get("search")
     if search:
+        from covfuse.studies.search import space_words
+
         parts += ['<h2 id="search">Search (equal budget per method)</h2>',
                   f"<p>Optuna {esc(search['sampler'])} (seed {esc(search['seed'])}), pruner {esc(search['pruner'])}; "
                   f"{esc(search['trials'])} trials per cell on the validation split ({esc(search['objective'])}, "
-                  f"{esc(search['direction'])}); space: <code>{esc(json.dumps(search['space']))}</code>. The best "
+                  f"{esc(search['direction'])}); space: {esc(space_words(search['space']))}. The best "
                   "trial's settings were scored once on test.</p>"]
         srows = []
         for cell, c in search["cells"].items():
             best, spread = c.get("best"), c.get("spread")
             srows.append([cell, (str(c["budget"]), str(c["budget"])), f"{c['complete']} / {c['pruned']} / {c['fail']}",
                           _settings(best["params"]) if best else "–",
-                          _num(best["value"], 4) if best else ("–", ""),
-                          "–" if not spread else f"{spread['min']:.4g} / {spread['median']:.4g} / {spread['max']:.4g}"])
+                          (sig(best["value"]), repr(float(best["value"]))) if best else ("–", ""),
+                          "–" if not spread else f"{sig(spread['min'])} / {sig(spread['median'])} / {sig(spread['max'])}"])
         parts.append(table(["setting", "budget", "complete / pruned / failed", "best settings",
                             f"best {search['objective']}", "min / median / max"], srows))
     tuned = [r for r in report["rows"] if r.get("tuned")]
@@ -215,7 +218,8 @@ def render(report: dict, study: Study) -> str:
         parts += ['<h2 id="tuning">Equal tuning budget</h2>',
                   table(["setting", "chosen", f"valid {metric} per value"],
                         [[r["setting"], _settings(r["tuned"]["chosen"]),
-                          "; ".join(f"{k}: {v:.3f}" for k, v in r["tuned"][f"valid_{metric}"].items())] for r in tuned])]
+                          "; ".join(f"{_settings(json.loads(k))}: {v:.3f}" for k, v in r["tuned"][f"valid_{metric}"].items())]
+                         for r in tuned])]
     gap_keys = sorted({k for r in report["rows"] for k in r.get("gaps", {})}, key=lambda k: ("&" in k, k))
     if gap_keys:
         stat = SUBGROUP_STATS[report.get("task", "binary")][0]

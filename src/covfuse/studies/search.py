@@ -9,6 +9,10 @@ training is deterministic). Trials live in ``<cell>/trials/t<NNN>/``; Optuna's r
 ``<study>/optuna.journal``, a journal file (append-only, file-locked) that SLURM array tasks share
 on a network disk where SQLite is unsafe. ``search.json`` holds what the report's tuning table shows.
 
+An interrupted search continues, never repeats: the cut-off trial stays failed in the journal and its settings
+are trained again as a new trial, and each fresh draw's sampler seed comes from the search's seed and the number
+of fresh draws already in the journal (see :func:`draw_seed`).
+
 Space syntax (``--tune`` or the study file's ``sweep: tune:``): ``KEY=V1,V2`` (a list of choices),
 ``KEY=LO..HI`` (uniform; integers if both ends are), ``KEY=log:LO..HI`` (log-uniform).
 """
@@ -24,13 +28,15 @@ from typing import Any
 from covfuse.errors import RunInterrupted, UserError
 from covfuse.io import atomic_write_text
 from covfuse.training import config as cfgmod
-from covfuse.studies.sweep import Run, Study, grown, parse_run, run_one, say, write_study
+from covfuse.studies.sweep import Run, Study, again, grown, parse_run, run_one, say, write_study
 
 JOURNAL = "optuna.journal"
 SUMMARY = "search.json"
 EVAL = ("valid",)
 OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize"),
              "val/c_index": ("c_index", "maximize"), "val/ibs": ("ibs", "minimize")}
+RETRY_OF = "retry_of"  # user attribute of a trial that repeats an interrupted one's settings
+INTERRUPTED = "interrupted"  # user attribute of a trial cut off by Ctrl-C, SIGTERM or a killed process
 MAX_ATTEMPTS = 3  # a cell stops with an error once failed trials push it past this many times its budget
 PRUNER_STARTUP = 2  # finished trials before pruning starts: the median of fewer says little
 _RANGE = re.compile(r"^(log:)?\s*([^.][^ ]*?)\s*\.\.\s*(\S+)$")
@@ -91,6 +97,32 @@ def _cell_study(study: Study, cell: str, seed: int, direction: str):
                           pruner=o.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=0))
 
 
+def draw_seed(seed: int, ostudy) -> int:
+    """The sampler seed of the next fresh draw: the search's seed mixed with the number of fresh draws already in
+    the journal. A sampler seeded once per process would replay its sequence after an interruption (the rerun's
+    first draw would repeat trial 0); this way draw k has the same seed whether or not the search was cut off,
+    and the sampler (TPE) still sees every trial already in the journal."""
+    from covfuse.training.resume import mix
+
+    fresh = [t for t in ostudy.get_trials(deepcopy=False) if RETRY_OF not in t.user_attrs]
+    return mix(seed, len(fresh)) % 2**32
+
+
+def retry_interrupted(ostudy) -> list[int]:
+    """Queue each interrupted trial's settings once more (a new trial with the same settings; the interrupted one
+    stays failed in the journal); returns the numbers of the trials queued again."""
+    o = optuna()
+    trials = ostudy.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    out = []
+    for t in trials:
+        if t.state == o.trial.TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.number not in retried \
+                and t.params:
+            ostudy.enqueue_trial(dict(t.params), user_attrs={RETRY_OF: t.number})
+            out.append(t.number)
+    return out
+
+
 def _counted(ostudy) -> list:
     """The trials that spend the budget: finished (complete or pruned) and still running."""
     states = optuna().trial.TrialState
@@ -129,27 +161,38 @@ def trial_dir(study: Study, cell: str, number: int) -> Path:
 def run_trial(study: Study, cell: str, ostudy, space: dict, monitor: str) -> str:
     """Ask for one trial, train it (valid only) and tell Optuna the result; returns its state."""
     from covfuse.training.run import fit_run
-    from covfuse.training.tracking import study_context
+    from covfuse.training.tracking import study_context, tag_run
 
     o = optuna()
     trial = ostudy.ask(space)
     folder = trial_dir(study, cell, trial.number)
     run = Run(-1, cell, study.seeds[0], str(folder), study.cells[cell], dict(trial.params))
     where = f"{cell} trial {trial.number}"
-    say(f"{where}: training ({', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in trial.params.items())})")
+    retry = trial.user_attrs.get(RETRY_OF)
+    say(f"{where}: training ({', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in trial.params.items())})"
+        + (f", the settings of interrupted trial {retry}" if retry is not None else ""))
+    context = study_context(study.name, study.study_dir, cell, {**run.settings, **run.tune}, trial=trial.number)
     try:
         config = parse_run(study.base, run)
         fit_run(config, overwrite=(folder / "config.yaml").is_file(), callbacks=[pruning_callback(trial, monitor)],
-                splits=EVAL, tracking=study_context(study.name, study.study_dir, cell, {**run.settings, **run.tune}))
+                splits=EVAL, tracking=context)
     except o.TrialPruned as exc:
         ostudy.tell(trial, state=o.trial.TrialState.PRUNED)
+        tag_run(folder, {"state": "pruned"})
         say(f"{where}: {exc}")
         return "pruned"
-    except RunInterrupted:
+    except (RunInterrupted, KeyboardInterrupt) as exc:  # Ctrl-C, SIGTERM: the rerun retries these settings
+        trial.set_user_attr(INTERRUPTED, True)
         ostudy.tell(trial, state=o.trial.TrialState.FAIL)
+        tag_run(folder, {"state": "interrupted"})
+        if isinstance(exc, RunInterrupted):
+            raise RunInterrupted(f"search of study {study.name} interrupted in {where} (Optuna counts it failed; "
+                                 f"the rerun trains its settings again as a new trial, finished trials are kept); "
+                                 f"continue with: {again(study)}", exc.code) from None
         raise
     except Exception as exc:  # noqa: BLE001 (a diverging trial may not even write its metrics: try another)
         ostudy.tell(trial, state=o.trial.TrialState.FAIL)
+        tag_run(folder, {"state": "failed"})
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         say(f"{where}: FAILED ({reason}); it does not count against the budget")
         return f"failed: {reason}"
@@ -157,9 +200,11 @@ def run_trial(study: Study, cell: str, ostudy, space: dict, monitor: str) -> str
     value = json.loads((folder / "metrics.json").read_text())["valid"].get(key)
     if value is None or not math.isfinite(value):
         ostudy.tell(trial, state=o.trial.TrialState.FAIL)
+        tag_run(folder, {"state": "failed"})
         say(f"{where}: FAILED (valid {key} is {value})")
         return f"failed: valid {key} is {value}"
     ostudy.tell(trial, float(value))
+    tag_run(folder, {"state": "complete"})
     say(f"{where}: valid {key} {value:.4f}")
     return "complete"
 
@@ -171,8 +216,14 @@ def search_cell(study: Study, cell: str, space: dict, trials: int, seed: int, mo
     ostudy = _cell_study(study, cell, seed, OBJECTIVE[monitor][1])
     if not one:  # in the finishing pass nobody else runs trials: a RUNNING one was cut off (kill, crash)
         for t in ostudy.get_trials(deepcopy=False, states=(o.trial.TrialState.RUNNING,)):
+            # Optuna has no public setter for another trial's attributes: the storage's own method, before the tell
+            ostudy._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)  # noqa: SLF001
             ostudy.tell(t.number, state=o.trial.TrialState.FAIL)
+        for number in retry_interrupted(ostudy):
+            say(f"{cell}: trial {number} was interrupted; its settings are trained again as a new trial")
     while len(_counted(ostudy)) < trials:
+        if not one:  # an array task keeps the seed it was given: tasks draw at once, from the same journal
+            ostudy.sampler = o.samplers.TPESampler(seed=draw_seed(seed, ostudy))
         outcome = run_trial(study, cell, ostudy, space, monitor)
         if one:
             return
@@ -191,7 +242,8 @@ def summarise(study: Study, space_text: dict, trials: int, seed: int, monitor: s
         rows = []
         for t in ostudy.get_trials(deepcopy=False):
             rows.append({"number": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value,
-                         "epochs": len(t.intermediate_values)})
+                         "epochs": len(t.intermediate_values), "interrupted": bool(t.user_attrs.get(INTERRUPTED)),
+                         "retry_of": t.user_attrs.get(RETRY_OF)})
         done = [r["value"] for r in rows if r["state"] == "complete"]
         best = None
         if done:
@@ -199,6 +251,7 @@ def summarise(study: Study, space_text: dict, trials: int, seed: int, monitor: s
             best = {"number": b.number, "params": b.params, "value": b.value,
                     "dir": str(trial_dir(study, cell, b.number).relative_to(study.study_dir))}
         counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
+        counts["interrupted"] = sum(r["interrupted"] for r in rows)  # of the failed ones; retried
         cells[cell] = {"budget": trials, **counts, "best": best, "trials": rows,
                        "spread": ({"min": min(done), "median": float(_median(done)), "max": max(done)} if done else None)}
     return {"sampler": "TPE", "seed": seed, "pruner": f"median (after {PRUNER_STARTUP} finished trials)",
@@ -249,6 +302,9 @@ def run_search(study: Study, space_text: dict[str, list], trials: int, *, seed: 
             raise UserError(f"cell {run.cell}: every trial of the search was pruned or failed; widen the --tune "
                             "space or raise --trials")
         run_one(study, replace(run, tune=dict(best["params"])))
+    from covfuse.training.tracking import finish_study
+
+    finish_study(root)  # the MLflow study and cell runs, once every trial and run has finished
     return summary
 
 
@@ -257,25 +313,40 @@ def read_summary(study: Study) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _value(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def space_words(space_text: dict[str, list]) -> str:
+    """The search space in words, its numbers as written: ``optim.lr log-uniform from 1e-4 to 1e-2; optim.weight_decay
+    one of 0, 0.01``."""
+    from covfuse.studies.report import sig
+
+    parts = []
+    for key, values in space_text.items():
+        values = [values] if not isinstance(values, list) else values
+        match = _RANGE.match(values[0]) if len(values) == 1 and isinstance(values[0], str) else None
+        if match:
+            lo, hi = _number(match.group(2)), _number(match.group(3))
+            kind = "log-uniform" if match.group(1) else ("integers" if isinstance(lo, int) and isinstance(hi, int)
+                                                         else "uniform")
+            parts.append(f"{key} {kind} from {match.group(2)} to {match.group(3)}")  # as the user wrote them
+        else:
+            parts.append(f"{key} one of {', '.join(v if isinstance(v, str) else sig(v) for v in values)}")
+    return "; ".join(parts)
 
 
 def markdown(summary: dict) -> list[str]:
     """The report's tuning table: each cell's budget, best settings and the spread of the valid score over trials."""
-    space = ", ".join(f"`{k}` ∈ {' | '.join(map(str, v))}" for k, v in summary["space"].items())
+    from covfuse.studies.report import md_escape, settings_text, sig
+
     lines = ["## Search (equal budget per method)", "",
-             f"Optuna {summary['sampler']} (seed {summary['seed']}), pruner {summary['pruner']}, over {space}; "
-             f"{summary['trials']} trials per cell on the validation split ({summary['objective']}, "
-             f"{summary['direction']}); the best trial's settings were scored once on test.", "",
+             f"Optuna {summary['sampler']} (seed {summary['seed']}), pruner {summary['pruner']}, over "
+             f"{md_escape(space_words(summary['space']))}; {summary['trials']} trials per cell on the validation split "
+             f"({summary['objective']}, {summary['direction']}); the best trial's settings were scored once on test.", "",
              f"| setting | budget | complete / pruned / failed | best settings | best {summary['objective']} | "
              "min / median / max over complete trials |", "|---|---|---|---|---|---|"]
     for cell, c in summary["cells"].items():
         best = c["best"]
-        settings = ", ".join(f"{k}={_value(v)}" for k, v in best["params"].items()) if best else "–"
         spread = c["spread"]
-        lines.append(f"| {cell} | {c['budget']} | {c['complete']} / {c['pruned']} / {c['fail']} | {settings} | "
-                     f"{_value(best['value']) if best else '–'} | "
-                     + (f"{_value(spread['min'])} / {_value(spread['median'])} / {_value(spread['max'])}" if spread else "–")
+        lines.append(f"| {md_escape(cell)} | {c['budget']} | {c['complete']} / {c['pruned']} / {c['fail']} | "
+                     f"{md_escape(settings_text(best['params'])) if best else '–'} | {sig(best['value']) if best else '–'} | "
+                     + (f"{sig(spread['min'])} / {sig(spread['median'])} / {sig(spread['max'])}" if spread else "–")
                      + " |")
     return lines + [""]

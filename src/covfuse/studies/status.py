@@ -1,4 +1,5 @@
-"""Where a study stands: each run done / running / interrupted / failed / pending, and the time left.
+"""Where a study stands: each run done / running / interrupted / failed / pending, and the time left; for an
+Optuna search also its trials (done / running / pending / pruned / failed, from the journal).
 
 Reads only the study folder (study.json, each run's metrics.json and checkpoints, the claims and
 failure notes a sweep leaves beside the run folders), so it is cheap and safe to call while
@@ -15,6 +16,54 @@ from pathlib import Path
 from covfuse.studies.sweep import Study, busy_with, failure_path, run_status
 
 STATES = ("done", "running", "interrupted", "failed", "pending")
+TRIAL_STATES = ("done", "running", "pending", "pruned", "failed")
+
+
+def _budget(argv) -> int | None:
+    """--trials N of the search's own command (study.json keeps it)."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--trials" and i + 1 < len(args) and args[i + 1].isdigit():
+            return int(args[i + 1])
+        if arg.startswith("--trials=") and arg[9:].isdigit():
+            return int(arg[9:])
+    return None
+
+
+def trial_counts(study: Study) -> dict | None:
+    """The search's trials over all cells: done (complete), running (a process holds the trial's folder), pending
+    (budget not spent yet), pruned and failed (an interrupted one included: the search retries its settings);
+    None when the study has no search journal (or optuna is not installed)."""
+    from covfuse.studies import search
+
+    if not (Path(study.study_dir) / search.JOURNAL).is_file():
+        return None
+    try:
+        o = search.optuna()
+    except Exception:  # noqa: BLE001 (status never fails for want of the search extra)
+        return None
+    from covfuse.training.lock import LOCK_NAME, holder
+
+    budget = _budget(study.argv)
+    states = o.trial.TrialState
+    counts = dict.fromkeys(TRIAL_STATES, 0)
+    storage = search.storage(study)
+    for cell in study.cells:
+        try:
+            trials = o.load_study(study_name=cell, storage=storage).get_trials(deepcopy=False)
+        except KeyError:  # no trial of this cell yet
+            trials = []
+        running = [t for t in trials if t.state == states.RUNNING]
+        alive = sum(holder(search.trial_dir(study, cell, t.number) / LOCK_NAME) is not None for t in running)
+        done = sum(t.state == states.COMPLETE for t in trials)
+        pruned = sum(t.state == states.PRUNED for t in trials)
+        counts["done"] += done
+        counts["pruned"] += pruned
+        counts["running"] += alive
+        counts["failed"] += sum(t.state == states.FAIL for t in trials) + len(running) - alive  # cut off: retried
+        if budget is not None:
+            counts["pending"] += max(0, budget - done - pruned - alive)
+    return {"budget": budget, "cells": len(study.cells), "counts": counts}
 
 
 def _since(owner: str) -> float | None:
@@ -63,7 +112,11 @@ def study_status(study: Study) -> dict:
         to_go = counts["pending"] + counts["interrupted"] + counts["failed"]
         running = sum(max(0.0, mean - (r["seconds"] or 0.0)) for r in runs if r["state"] == "running")
         left = round(mean * to_go + running, 1)
-    return {"study": study.name, "runs": runs, "counts": counts, "seconds_left": left}
+    out = {"study": study.name, "runs": runs, "counts": counts, "seconds_left": left}
+    trials = trial_counts(study)
+    if trials is not None:
+        out["trials"] = trials
+    return out
 
 
 def _clock(seconds: float | None) -> str:
@@ -76,6 +129,10 @@ def _clock(seconds: float | None) -> str:
 def to_text(status: dict, study: Study) -> str:
     lines = [f"study {status['study']} ({study.study_dir}): "
              + ", ".join(f"{n} {s}" for s, n in status["counts"].items() if n)]
+    if status.get("trials"):
+        t = status["trials"]
+        per = f" ({t['budget']} per cell x {t['cells']} cells)" if t["budget"] is not None else ""
+        lines.append("  search trials: " + ", ".join(f"{n} {s}" for s, n in t["counts"].items()) + per)
     for run, row in zip(study.runs, status["runs"]):
         where = Path(run.dir).relative_to(study.study_dir)
         extra = ""

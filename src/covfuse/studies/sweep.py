@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
@@ -333,6 +334,9 @@ def changed_settings(run_dir: Path, config: cfgmod.RunConfig) -> dict[str, tuple
     if not isinstance(saved, dict):
         return {"config.yaml": ("unreadable", "this study's settings")}
     old, defaults = _flat(saved), _flat(cfgmod.to_dict(cfgmod.RunConfig()))
+    if old.get("data.root") and new.get("data.root") and os.path.isabs(str(old["data.root"])):
+        # a run records data.root absolute: the same place given relative is no change
+        new["data.root"] = os.path.abspath(str(new["data.root"]))
     return {k: (old.get(k, defaults.get(k)), v) for k, v in new.items()
             if not k.startswith(RUNTIME_KEYS) and old.get(k, defaults.get(k)) != v}
 
@@ -551,12 +555,18 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
                                  f"continue it with: {again(study)}", exc.code) from None
         except Exception as exc:  # noqa: BLE001 (one broken run must not cost the study the others)
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            if not isinstance(exc, UserError):  # a bug, not a mistake: keep the traceback in the log
+            from covfuse.errors import RunDiverged
+
+            if not isinstance(exc, (UserError, RunDiverged)):  # a bug, not a mistake: keep the traceback in the log
                 logging.getLogger("covfuse.studies").error("run %s failed: %s", run.dir, reason, exc_info=True)
             say(f"{_where(study, run)}: FAILED ({reason})")
             failed.append((run, reason))
             counts["failed"] += 1
     counts["busy_runs"] = busy
+    if task is None and not busy and not failed:
+        from covfuse.training.tracking import finish_study
+
+        finish_study(Path(study.study_dir))  # the MLflow study and cell runs, once every run has finished
     if busy:
         say(f"{len(busy)} run(s) being trained by another process, not waited for: {', '.join(busy)}; "
             f"`covfuse status {study.study_dir}` shows them")

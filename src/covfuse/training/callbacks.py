@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+from covfuse.errors import RunDiverged
 from covfuse.training.curves import plot_losses, read_metrics_csv, smooth  # noqa: F401 (re-exported)
 
 
@@ -95,6 +96,41 @@ class LineProgress(Callback):
         self._say(f"evaluated in {_clock(time.monotonic() - self._epoch_start)}")
 
 
+class StopNonFinite(Callback):
+    """Stop the run at the first NaN/Inf training loss (after the batch) or validation loss (before that
+    epoch's checkpoints are written: Lightning runs checkpoint callbacks last), so the last good checkpoint
+    stays and nothing is predicted with NaN weights: :class:`~covfuse.errors.RunDiverged`, one line, exit 1."""
+
+    def __init__(self, last: Path):
+        self.last = Path(last)
+
+    def _stop(self, trainer, what: str, value: float) -> None:
+        kept = (f"the last good checkpoint is {self.last} (epoch {trainer.current_epoch})" if self.last.is_file()
+                else "no checkpoint had been written yet")
+        raise RunDiverged(
+            f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}: {what} became {value}; stopped, {kept}. "
+            "Check the inputs for NaN/Inf (`covfuse data info ROOT`, data.nonfinite), then lower optim.lr or set "
+            "trainer.gradient_clip_val")
+
+    def _bad(self, trainer, value: float | None) -> bool:
+        bad = value is not None and not math.isfinite(value)
+        if trainer.world_size > 1:  # every process stops at the same batch
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        return bad
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        value = None if loss is None else float(loss.detach().float().cpu())
+        if self._bad(trainer, value):
+            self._stop(trainer, "the training loss", value)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        # val/loss only: a score such as AUROC may be undefined on a one-class split without anything diverging
+        value = _value(trainer.callback_metrics, "val/loss")
+        if self._bad(trainer, value):
+            self._stop(trainer, "the validation loss", value)
+
+
 class LossPlot(Callback):
     """Write ``plots/loss.png`` from metrics.csv when training ends."""
 
@@ -110,7 +146,7 @@ class LossPlot(Callback):
 
 def trainer_callbacks(name: str, run_dir: Path, progress: str, every: float) -> list[L.Callback]:
     """The callbacks every run gets besides checkpointing."""
-    callbacks: list[L.Callback] = [LossPlot(run_dir, title=name)]
+    callbacks: list[L.Callback] = [StopNonFinite(run_dir / "checkpoints" / "last.ckpt"), LossPlot(run_dir, title=name)]
     if progress == "lines":
         callbacks.append(LineProgress(name, every))
     return callbacks

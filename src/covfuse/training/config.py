@@ -30,6 +30,7 @@ class DataConfig:
         eval_batch_size: Images per batch for valid/test/predict; None: same as batch_size.
         num_workers: Data-loading worker processes (0: load in the main process).
         cache: auto: read images from the uint8 memmap cache (`covfuse data cache`) when one exists; build: build it first if missing; off: decode the JPEGs every epoch.
+        cache_dir: Where caches are read and built (None: a .covfuse-cache folder beside the data); a folder filled by `covfuse data cache ROOT --cache_dir DIR` is used with data.cache_dir DIR.
         augment: Training-time augmentation of the dataset (random horizontal flips).
         covariates_mode: Controls: real covariates, all zeros, all ones, or shuffled within each split (seeded).
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
@@ -43,6 +44,7 @@ class DataConfig:
         spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
         event: Survival head: the 0/1 column saying whether the event was observed (1) or data.target's time is censored (0).
         eval_times: Survival head: the evaluation grid (times in data.target's unit) for survival.csv's S@<t> columns, td_auc, the integrated Brier score and calibration, e.g. [1,2,3]; None: the 25/50/75th percentiles of the training split's event times.
+        nonfinite: Volumes: what NaN/Inf voxels become (SPM/FSL mask the background with NaN): zero (set to 0 before normalisation, counted in the log) or refuse (stop, naming the first file).
     """
 
     root: str = ""
@@ -54,6 +56,7 @@ class DataConfig:
     eval_batch_size: Optional[int] = None
     num_workers: int = 0
     cache: Literal["auto", "build", "off"] = "auto"
+    cache_dir: Optional[str] = None
     augment: bool = False
     covariates_mode: CovariatesMode = "real"
     folds: int = 0
@@ -68,6 +71,7 @@ class DataConfig:
     spacing: Optional[float] = None
     event: Optional[str] = None
     eval_times: Optional[list[float]] = None
+    nonfinite: Literal["zero", "refuse"] = "zero"
 
 
 @dataclass
@@ -133,6 +137,7 @@ class TrainerConfig:
         strategy: auto, ddp, ddp_spawn, ...
         precision: 32-true, bf16-mixed, 16-mixed; None: bf16-mixed on a GPU that has it, else 32-true.
         channels_last: NHWC memory format; None: on for GPUs, off on CPU.
+        compile: torch.compile the model (inductor; recompiles when the batch or input size changes).
         gradient_clip_val: Clip the gradient norm to this (None: no clipping).
         accumulate_grad_batches: Batches per optimiser step.
         deterministic: True, False or warn; None: warn on GPU (VGG's pooling backward has no deterministic kernel), True on CPU.
@@ -144,7 +149,7 @@ class TrainerConfig:
         progress_every: Seconds between progress lines.
         summary: Print the model's layer table when training starts.
         logger: Experiment trackers, a list of csv (metrics.csv; always written), tensorboard (<run>/tensorboard/) and mlflow (see tracking_uri), e.g. [csv,mlflow].
-        tracking_uri: MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else a file store mlruns/ in the study folder (a lone run: in runs_dir).
+        tracking_uri: MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else a SQLite store mlflow.db in the study folder (a lone run: in runs_dir).
     """
 
     max_epochs: int = 1
@@ -155,6 +160,7 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: Optional[str] = None
     channels_last: Optional[bool] = None
+    compile: bool = False
     gradient_clip_val: Optional[float] = None
     accumulate_grad_batches: int = 1
     deterministic: Optional[Union[bool, Literal["warn"]]] = None
@@ -453,7 +459,7 @@ def check(config: RunConfig) -> RunConfig:
 
 
 # What --resume may change: how and where the run trains, not what it trains.
-RESUMABLE = ("trainer.", "data.root", "data.num_workers", "data.cache", "data.eval_batch_size", "bootstrap",
+RESUMABLE = ("trainer.", "data.root", "data.num_workers", "data.cache", "data.cache_dir", "data.eval_batch_size", "bootstrap",
              "runs_dir", "name")
 
 

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import json
+import os
 from pathlib import Path
 
 from covfuse.data.dataset import SampleBatch, collate, collate_grouped
@@ -191,6 +192,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         self.covariates_real: np.ndarray | None = None  # (N, K) float32, table order
         self.labels: np.ndarray | None = None  # (N,) float32
         self.skipped: list[str] = []  # files left out by skip_corrupt
+        self.nonfinite: tuple[int, int] = (0, 0)  # (files, voxels) with NaN/Inf set to 0 (data.nonfinite zero)
 
     # -- preparation -----------------------------------------------------------------------
     def _root(self) -> str:
@@ -208,24 +210,77 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
 
         return read_table(self._root())
 
+    def _run_table(self):
+        """The table; for a run's data (a saved state), data.root must still hold it: a root that is gone
+        says how to name its new place, and data at a new place must be the data the run recorded."""
+        recorded = (self.given_state or {}).get("root")
+        if not recorded:
+            return self.read_table()
+        root = self._root()
+        if not Path(root).exists():
+            raise UserError(f"{root}: the run's data is not there any more; if it moved, pass --data.root NEW "
+                            "(its new folder or manifest)")
+        table = self.read_table()
+        if os.path.abspath(root) != recorded.get("absolute"):
+            from covfuse.data.samples import fingerprint
+
+            if fingerprint(table) != recorded.get("fingerprint"):
+                raise UserError(f"{root}: other data than the run was trained on (its table's fingerprint differs "
+                                f"from the one recorded for {recorded.get('absolute')}); give --data.root the place "
+                                "the run's own data moved to")
+        return table
+
     def prepare_data(self) -> None:
-        """With ``cache: build``, decode every file into the memmap cache once (rank 0)."""
+        """With ``cache: build``, decode every file into the memmap cache once (rank 0), but only after
+        the table, target, splits and covariates validated: a bad selection costs no decoding."""
         if self.cfg.cache != "build":
             return
-        from covfuse.data.samples import build_cache
+        from covfuse.data.samples import build_cache, check_nonfinite, open_cache
 
-        build_cache(self.read_table(), self.settings())
+        self._validate()
+        table, settings = self.table, self.settings()
+        if table.kind == "volume" and open_cache(table, settings, self.cfg.cache_dir) is None:  # the build reads every file
+            self.nonfinite = check_nonfinite(table, np.arange(len(table)), self.cfg.nonfinite)
+        build_cache(table, settings, self.cfg.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        from covfuse.data.samples import check_nonfinite, make_dataset, open_cache
+
+        self._validate()
+        cfg, table, labels, real = self.cfg, self.table, self.labels, self.covariates_real
+        settings = self.settings()
+        cache = None if cfg.cache == "off" else open_cache(table, settings, cfg.cache_dir)
+        if cache is None:
+            self._check_files(table)
+            if table.kind == "volume":  # files are read as training goes: count NaN/Inf voxels now
+                rows = np.concatenate([self.indices[s] for s in SPLITS])
+                self.nonfinite = check_nonfinite(table, rows, cfg.nonfinite)
+        feeds = {}
+        for offset, split in enumerate(SPLITS):
+            idx = self.indices[split]
+            feed = real
+            if cfg.covariates_mode != "real":
+                feed = np.zeros_like(real)
+                feed[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
+            feeds[split] = feed
+            self.datasets[split] = make_dataset(table, idx, feed, labels, settings,
+                                                train=(split == "train" and cfg.augment), cache=cache)
+        if self.head == "survival":  # the training split without augmentation: its risks give the Breslow baseline
+            self.datasets[TRAIN_EVAL] = (make_dataset(table, self.indices["train"], feeds["train"], labels, settings,
+                                                      train=False, cache=cache) if cfg.augment else self.datasets["train"])
+
+    def _validate(self) -> None:
+        """Read the table and check and encode everything but the files: target, splits, covariates."""
         if self.table is not None:
             return
-        from covfuse.data.samples import check_files, make_dataset, open_cache
         from covfuse.data.table import CovariateEncoder, check_selection, encode_target
 
         cfg = self.cfg
         if cfg.covariates_mode not in MODES:
             raise UserError(f"unknown covariates_mode {cfg.covariates_mode!r}; choose from {', '.join(MODES)}")
-        table = self.read_table()
+        table = self._run_table()
         if table.binary_only and self.head not in ("binary", "two-class"):
             raise UserError(f"model.head {self.head} needs a target with several classes or numbers; {table.source} "
                             "holds binary attributes only: use head binary or two-class")
@@ -267,23 +322,6 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
             self.encoder = CovariateEncoder.fit(table, covariates, self.indices["train"], cfg.categorical)
         real = self.encoder.transform(table)
         self.covariates_real, self.covariate_names = real, self.encoder.feature_names
-        settings = self.settings()
-        cache = None if cfg.cache == "off" else open_cache(table, settings)
-        if cache is None:
-            self._check_files(table)
-        feeds = {}
-        for offset, split in enumerate(SPLITS):
-            idx = self.indices[split]
-            feed = real
-            if cfg.covariates_mode != "real":
-                feed = np.zeros_like(real)
-                feed[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
-            feeds[split] = feed
-            self.datasets[split] = make_dataset(table, idx, feed, labels, settings,
-                                                train=(split == "train" and cfg.augment), cache=cache)
-        if self.head == "survival":  # the training split without augmentation: its risks give the Breslow baseline
-            self.datasets[TRAIN_EVAL] = (make_dataset(table, self.indices["train"], feeds["train"], labels, settings,
-                                                      train=False, cache=cache) if cfg.augment else self.datasets["train"])
 
     def _check_files(self, table) -> None:
         import os
@@ -354,12 +392,15 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         return {"mean": float(y.mean()), "sd": sd if sd > 0 else 1.0}
 
     def state(self) -> dict:
-        """What evaluation must reuse: the fitted covariate encoder, the class order, the preprocessing."""
-        from covfuse.data.samples import describe
+        """What evaluation must reuse: the fitted covariate encoder, the class order, the preprocessing, and
+        where the data was (data.root as given and absolute, the table's fingerprint)."""
+        from covfuse.data.samples import describe, fingerprint
 
+        root = str(self.cfg.root)
         return {"encoder": self.encoder.to_dict(), "classes": self.classes, "target": self.target_name,
                 "kind": self.table.kind, "format": self.table.format,
-                "preprocessing": describe(self.table, self.settings())}
+                "preprocessing": describe(self.table, self.settings()),
+                "root": {"given": root, "absolute": os.path.abspath(root), "fingerprint": fingerprint(self.table)}}
 
     def filenames(self, index: np.ndarray) -> list[str]:
         """Each row's id in predictions.csv (the table's: a file name or the manifest's ``path``)."""

@@ -286,6 +286,15 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``trainer.compile``: torch.compile ``model`` in place (``nn.Module.compile``), so its parameters,
+    state-dict keys and checkpoints stay those of the eager model. The conditioned layers trace
+    without graph breaks (hybrid `auto` uses a back-end that needs no host sync); a new batch or
+    input size recompiles with dynamic shapes."""
+    model.compile()
+    return model
+
+
 def _warm(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 

@@ -42,7 +42,7 @@ from covfuse.training.config import RunConfig, TrainerConfig
 from covfuse.training.datamodule import CovfuseDataModule
 from covfuse.training.lock import LOCK_NAME, RunLock
 from covfuse.training.metrics import PRIMARY, log_loss, split_metrics, task_of_head
-from covfuse.training.module import CovfuseModule
+from covfuse.training.module import CovfuseModule, compile_model
 from covfuse.training.resume import AtomicCheckpointIO, Interruption
 from covfuse.training.datamodule import STATE_FILE, make_datamodule, read_state
 
@@ -197,13 +197,20 @@ class RunCSVLogger(CSVLogger):
 
 # -- fit -----------------------------------------------------------------------------------
 def covariate_values(data: CovfuseDataModule) -> dict[str, dict]:
-    """What the training split showed of each covariate (``predict`` refuses values outside it)."""
+    """What the training split showed of each encoded feature (``predict`` refuses values outside it): the
+    range of a number's feature, however few distinct values it had (age 55..90 in a small cohort
+    accepts 66), and the set of values of a 0/1 feature (binary columns, one-hot levels, missing
+    indicators). A number is a set only when the user declares it categorical (data.categorical, BIDS Levels)."""
     real = data.covariates_real[data.indices["train"]]
+    numeric = set()
+    encoder = getattr(data, "encoder", None)
+    if encoder is not None:
+        numeric = {cols[0] for spec, cols, _ in encoder.layout() if spec["kind"] == "numeric"}
     out = {}
     for k, name in enumerate(data.covariate_names):
         values = np.unique(real[:, k])
-        out[name] = ({"values": [float(v) for v in values]} if len(values) <= 10
-                     else {"min": float(values.min()), "max": float(values.max())})
+        out[name] = ({"min": float(values.min()), "max": float(values.max())} if k in numeric or len(values) > 10
+                     else {"values": [float(v) for v in values]})
     return out
 
 
@@ -344,6 +351,15 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
         raise UserError(f"trainer settings: {' '.join(str(exc).split())[:300]}") from None
 
 
+def recorded(config: RunConfig) -> RunConfig:
+    """The config as the run folder keeps it: data.root absolute, so test, explain and report work from
+    any directory (data_state.json keeps it as given, with the table's fingerprint)."""
+    if not config.data.root:
+        return config
+    data = dataclasses.replace(config.data, root=os.path.abspath(config.data.root))
+    return dataclasses.replace(config, data=data)
+
+
 def resume_hint(config: RunConfig) -> str:
     where = "" if config.runs_dir == "runs" else f" --runs_dir {shlex.quote(str(config.runs_dir))}"
     return f"covfuse fit --name {shlex.quote(config.name)}{where} --resume"
@@ -380,7 +396,7 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False,
         if rank0:
             created = not resume
             lock, backup = commit_run_dir(run_dir, lock, overwrite=overwrite, resume=resume, ckpt=ckpt_path)
-            write_text(run_dir / "config.yaml", cfgmod.dump(config))
+            write_text(run_dir / "config.yaml", cfgmod.dump(recorded(config)))
             if prepared.data.skipped:
                 write_text(run_dir / "skipped.txt", "".join(f"{name}\n" for name in prepared.data.skipped))
         with runlog.capture(run_dir / "log.txt", enabled=rank0):
@@ -420,11 +436,13 @@ def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False
         data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
     data.setup("fit")  # the module needs the covariate names
     module = build_module(config, data, hw)
+    if config.trainer.compile:
+        compile_model(module.model)
     steps = len(data.datasets["train"]) // config.data.batch_size // config.trainer.accumulate_grad_batches
     interruption = Interruption(config.seed, run_dir / CHECKPOINTS / "last.ckpt", resume_hint(config))
     loggers = trackmod.make_loggers(config, run_dir, tracking, resume=resume)
-    trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps, extra_callbacks=[interruption, *callbacks],
-                            loggers=loggers)
+    trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps,
+                            extra_callbacks=[interruption, *trackmod.callbacks(loggers), *callbacks], loggers=loggers)
     check_fill(config, data, trainer.world_size)
     return _Prepared(hw, data, module, trainer, interruption)
 
@@ -442,6 +460,9 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
     if data.skipped:
         log.warning("skipped %d image(s) that do not decode (listed in %s): %s%s", len(data.skipped),
                     run_dir / "skipped.txt", ", ".join(data.skipped[:5]), " ..." if len(data.skipped) > 5 else "")
+    if getattr(data, "nonfinite", (0, 0))[0]:
+        files, voxels = data.nonfinite
+        log.info("data.nonfinite zero: %d NaN/Inf voxel(s) in %d file(s) set to 0 before normalisation", voxels, files)
     if rank0:
         trackmod.start(trainer.loggers[1:], config, run_dir, tracking)
     p.interruption.install()
@@ -460,7 +481,7 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
         if data.skipped:
             extra["skipped_images"] = len(data.skipped)
         metrics = write_results(run_dir, config, data, module.outputs, extra)
-        trackmod.log_final(trainer.loggers[1:], metrics, run_dir, trainer.global_step)
+        trackmod.log_final(trainer.loggers[1:], metrics, run_dir, trainer.global_step, config, tracking)
         log.info("run %s done in %.1f s: %s", config.name, time.monotonic() - start, summary(run_dir))
 
 
@@ -511,6 +532,13 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
     for split, out in outputs.items():
         index = out["index"].numpy().astype(np.int64)
         value = out["output"].numpy().astype(np.float64)
+        bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+        if bad.any():  # never a predictions.csv with NaN (a checkpoint whose weights diverged)
+            from covfuse.errors import RunDiverged
+
+            raise RunDiverged(f"the model's output is NaN/Inf for {int(bad.sum())} of {len(value)} {split} sample(s) "
+                              f"(first: {data.filenames(index[bad][:1])[0]}); nothing written. Check the inputs for "
+                              "NaN/Inf (`covfuse data info ROOT`, data.nonfinite) and the checkpoint (--ckpt last|best)")
         label = data.labels[index].astype(np.float64 if task in ("regression", "survival") else np.int64)
         real = data.covariates_real[index]
         clusters = data.groups(index)  # identity / subject: intervals resample people, not images

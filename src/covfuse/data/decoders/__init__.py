@@ -9,8 +9,11 @@ Torch-free, like :mod:`covfuse.data.decode`, so the cache's worker processes sta
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -25,16 +28,51 @@ from covfuse.data.decoders.tiff import TiffDecoder
 from covfuse.errors import UserError
 
 FORMATS = "PNG, JPEG, BMP, TIFF or DICOM"
-DECODERS: list[Decoder] = [PilDecoder(), TiffDecoder(), DicomDecoder()]  # magic bytes are tried in this order
+# The order of evidence: DICOM's marker at byte 128 first (its 128-byte preamble may hold anything,
+# a TIFF header included: "dual-personality" files), then PNG/JPEG/BMP and TIFF signatures at byte 0,
+# then the suffix.
+DECODERS: list[Decoder] = [DicomDecoder(), PilDecoder(), TiffDecoder()]
+TRIED = "no DICOM marker at byte 128, no PNG, JPEG, BMP or TIFF signature, and {suffix}"
+log = logging.getLogger(__name__)
+LIBRARY_LOGGERS = ("tifffile", "pydicom", "PIL", "png")
 
 
 def decoder_for(path: str | os.PathLike, head: bytes) -> Decoder | None:
-    """The first decoder whose magic bytes match ``head``, else the first that claims the suffix, else None."""
+    """The first decoder whose magic bytes match ``head`` (in :data:`DECODERS` order), else the first that
+    claims the suffix, else None."""
     for decoder in DECODERS:
         if decoder.accepts(head):
             return decoder
     name = str(path).lower()
     return next((d for d in DECODERS if name.endswith(d.suffixes)), None)
+
+
+class _ToDebug(logging.Filter):
+    """A library's own log line about a file becomes a DEBUG record of covfuse's (kept in a run's log at
+    debug level, never printed raw on the terminal); the error, if any, reaches the user as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = f"{record.name} says: {record.getMessage()}", ()
+        record.levelno, record.levelname, record.name = logging.DEBUG, "DEBUG", log.name
+        return True
+
+
+@contextlib.contextmanager
+def _quiet(path: Path):
+    """Third-party warnings and log lines raised while reading ``path`` go to covfuse's log at debug level."""
+    quiet = _ToDebug()
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+    for w in caught:
+        log.debug("%s: %s says: %s", path, w.category.__name__, " ".join(str(w.message).split()))
 
 
 def _load(path: str | os.PathLike) -> tuple[Decoder, Path, bytes]:
@@ -52,14 +90,16 @@ def _load(path: str | os.PathLike) -> tuple[Decoder, Path, bytes]:
         raise CorruptImage(path, "empty file, 0 bytes")
     decoder = decoder_for(path, data[:132])
     if decoder is None:
-        raise CorruptImage(path, f"not an image file: none of {FORMATS}")
+        suffix = f"the suffix {path.suffix!r} is not one of theirs" if path.suffix else "no suffix"
+        raise CorruptImage(path, f"not an image file: none of {FORMATS}; tried: {TRIED.format(suffix=suffix)}")
     return decoder, path, data
 
 
 def _guard(decoder: Decoder, path: Path, call):
     """Run ``call``; a library's complaint about the file becomes one :class:`CorruptImage` line."""
     try:
-        return call()
+        with _quiet(path):
+            return call()
     except UserError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error,

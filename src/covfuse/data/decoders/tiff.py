@@ -84,8 +84,10 @@ def _to_standard(path: Path, pixels: np.ndarray, page) -> np.ndarray:
     if pixels.dtype == bool:
         pixels = pixels.astype(np.uint8) * 255
     if pixels.dtype not in (np.uint8, np.uint16):
-        raise UnsupportedImage(path, f"{pixels.dtype} samples; covfuse reads 8- and 16-bit unsigned images: "
-                                     "convert it (e.g. scaled into uint16)")
+        bad = int((~np.isfinite(pixels)).sum()) if pixels.dtype.kind in "fc" else 0
+        nonfinite = f", {bad:,} of them NaN/Inf" if bad else ""
+        raise UnsupportedImage(path, f"{pixels.dtype} samples{nonfinite}; covfuse reads 8- and 16-bit unsigned images: "
+                                     "convert it (e.g. scaled into uint16" + (", NaN/Inf set to 0)" if bad else ")"))
     photometric = page.photometric
     if photometric == PHOTOMETRIC.PALETTE and page.colormap is not None:
         colormap = np.asarray(page.colormap)  # (3, 2**bits), 16-bit entries

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from covfuse.data.celeba import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta, read_celeba
+from covfuse.data.readers.celeba_release import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta, read_celeba
 from covfuse.data.table import SampleTable
 
 

@@ -46,14 +46,52 @@ def is_dicom(file: Path) -> bool:
         return False
 
 
+DELIMITERS = (",", ";", "\t")
+
+
+def sniff_delimiter(header: str, path: Path) -> str:
+    """The header line's delimiter: whichever of ``,`` ``;`` and tab it holds most (a European spreadsheet
+    saves CSV with ``;``; a .tsv may hold commas in its names), else by suffix. By hand rather than
+    csv.Sniffer, which guesses from character frequencies over a few lines and picks letters or
+    spaces on a short header."""
+    counts = {d: header.count(d) for d in DELIMITERS}
+    best = max(DELIMITERS, key=lambda d: (counts[d], d == ("\t" if path.suffix.lower() == ".tsv" else ",")))
+    if counts[best]:
+        return best
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def row_ids(path: Path, columns: dict[str, list[str]], line: np.ndarray) -> list[str]:
+    """Each row's id in predictions.csv: the manifest's own ``id`` column when it has one (unique, not
+    empty), else the ``path``, with ``#L<line>`` added where one file sits in several rows."""
+    names = {h.lower(): h for h in columns}
+    if "id" in names:
+        ids = columns[names["id"]]
+        first: dict[str, int] = {}
+        for i, value in enumerate(ids):
+            if not value:
+                raise UserError(f"{path}, line {line[i]}: empty id; the id column names each row once")
+            j = first.setdefault(value, i)
+            if j != i:
+                raise UserError(f"{path}, line {line[i]}: id {value!r} is also on line {line[j]}; the id column names "
+                                "each row once (drop the column to use path and line)")
+        return list(ids)
+    paths = columns["path"]
+    seen: dict[str, int] = {}
+    for p in paths:
+        seen[p] = seen.get(p, 0) + 1
+    return [p if seen[p] == 1 else f"{p}#L{n}" for p, n in zip(paths, line)]
+
+
 def read_manifest(path: str | Path, *, check_files: bool = True) -> SampleTable:
     """Parse and validate a manifest (see the module docstring); files are not opened here."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: manifest not found (a CSV with columns subject, path, target and covariates)")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
+            delimiter = sniff_delimiter(f.readline(), path)
+            f.seek(0)
             reader = csv.reader(f, delimiter=delimiter)
             header = [h.strip() for h in next(reader, [])]
             body = [(reader.line_num, row) for row in reader]
@@ -112,7 +150,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> SampleTable:
             split[i] = SPLIT_NAMES.index(v)
         check_subject_splits(path, subjects, split, line)
     return SampleTable(path, header, columns, files, subjects, split, line, kind=kinds.pop(), format="manifest",
-                       sources=(path,))
+                       sources=(path,), ids=row_ids(path, columns, line))
 
 
 def check_subject_splits(path: Path, subjects: np.ndarray, split: np.ndarray, line: np.ndarray) -> None:

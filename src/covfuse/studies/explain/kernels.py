@@ -103,6 +103,8 @@ def per_sample_change(module: nn.Module, inputs: tuple) -> tuple[torch.Tensor, t
         base = module.weight.flatten(1).norm(dim=1).clamp_min(torch.finfo(module.weight.dtype).tiny)
         bias = codes @ module.hyper_bias if module.hyper_bias is not None else z.new_zeros(len(z), module.out_channels)
         return delta.norm(dim=2) / base, bias
+    if isinstance(module, ConditionalNorm):  # the norm's own affine plus the predicted change
+        return module.affine(z)
     if isinstance(module, TabAttention):
         x = inputs[0]
         gate = module.channel_gate(x, z)
@@ -119,11 +121,11 @@ class AffineRecorder:
         self.scale: dict[str, list[np.ndarray]] = {name: [] for name in self.layers}
         self.shift: dict[str, list[np.ndarray]] = {name: [] for name in self.layers}
 
-    def _hook(self, name: str, norm: nn.Module | None = None):
+    def _hook(self, name: str, norm: nn.Module | None = None, module_offset: float = 1.0):
         def hook(module, inputs, output):
             delta, shift = output.detach().float().chunk(2, dim=1)
-            if norm is None:  # FiLM, DAFT: scale = 1 + delta
-                scale = 1 + delta
+            if norm is None:  # FiLM, DAFT: scale = offset + delta (offset 1; 0 for the reference's variant)
+                scale = module_offset + delta
             else:  # conditional norm: the norm's own affine plus the predicted change
                 scale = delta + (1 if norm.weight is None else norm.weight.detach().float())
                 shift = shift + (0 if norm.bias is None else norm.bias.detach().float())
@@ -141,11 +143,9 @@ class AffineRecorder:
 
     def _register(self, name: str, m: nn.Module):
         if isinstance(m, FiLM):
-            return m.generator.register_forward_hook(self._hook(name))
+            return m.generator.register_forward_hook(self._hook(name, module_offset=m.offset))
         if isinstance(m, DAFT):
-            return m.mlp.register_forward_hook(self._hook(name))
-        if isinstance(m, ConditionalNorm):
-            return m.generator.register_forward_hook(self._hook(name, m.norm))
+            return m.mlp.register_forward_hook(self._hook(name, module_offset=m.offset))
         return m.register_forward_hook(self._layer_hook(name))
 
     @contextmanager

@@ -7,7 +7,7 @@ def _num(v, fmt: str = ".3f") -> str:
 
 
 def _ci(ci) -> str:
-    return "" if not ci or ci[0] is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return "" if not ci or ci[0] is None or ci[1] is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _rate(entry: dict) -> str:
@@ -24,7 +24,7 @@ def markdown(r: dict) -> str:
         f"# What the covariates change: {r['run']}",
         "",
         f"Split `{r['split']}`: {r['count']} samples from {r['clusters']} {people}; target {r['target']}, "
-        f"fusion `{r['fusion']}`, accuracy {r['accuracy']:.3f} with the real covariates. 95% intervals come "
+        f"fusion `{r['fusion']}`, accuracy {_num(r.get('accuracy'))} with the real covariates. 95% intervals come "
         f"from {r['n_boot']} bootstrap resamples of whole {people}, never of single images "
         "(bootstrap standard error, t with G − 1 degrees of freedom; covfuse.studies.stats).",
     ]
@@ -49,7 +49,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| {name} | {e['counterfactual']} | {_change(e)} | {_rate(e)} | {_num(e['mean_change'], '+.3f')} |")
     for name, why in r.get("not_changed", {}).items():
         lines.append(f"| {name} | none: {why} | — | — | — |")
-    lines += ["", f"![changes]({r['figures']['changes']})", "", "### By subgroup", ""]
+    lines += ["", f"![changes]({_link(r['figures']['changes'])})", "", "### By subgroup", ""]
     if r.get("twin"):
         t = r["twin"]
         lines += [f"This is a synthetic twin (`{t['effect']}`): {t['rule']}. "
@@ -68,7 +68,7 @@ def markdown(r: dict) -> str:
                   "explaining the log-odds of the target, computed with Captum. Each row: the image, then per method "
                   "the map with the real covariates, with the counterfactual, and the difference.", ""]
         for name, ex in a.get("examples", {}).items():
-            lines += [f"![maps {name}]({ex['figure']})" if "figure" in ex else f"No maps for {name}: {ex['skipped']}.", ""]
+            lines += [f"![maps {name}]({_link(ex['figure'])})" if "figure" in ex else f"No maps for {name}: {ex['skipped']}.", ""]
         if a.get("cue_mass"):
             lines += ["### Attribution inside the twin's cue boxes", "",
                       "Share of each map inside the mouth box and the eye box, with the covariate set to its low and "
@@ -86,7 +86,7 @@ def markdown(r: dict) -> str:
             area = next(iter(a["cue_mass"].values()))["area"]
             lines += ["", "A map spread evenly over the image would put " + " and ".join(
                 f"{v:.3f} in the {k} box" for k, v in area.items()) + ".", "",
-                f"![cue mass]({r['figures']['cue_mass']})", ""]
+                f"![cue mass]({_link(r['figures']['cue_mass'])})", ""]
     lines += ["## Inside the conditioning layers", ""]
     if not r["layers"]:
         lines += ["No conditioning layer with weights to summarise.", ""]
@@ -102,6 +102,14 @@ def markdown(r: dict) -> str:
             lines.append(f"- `{lname}` ({s['kind']}, {s['channels']} channels): mean |difference| of the per-channel "
                          f"mean {first} and {second} between the two values of {diffs or '—'}")
         if s.get("figure"):
-            lines.append(f"  ![{lname}]({s['figure']})")
+            lines.append(f"  ![{lname}]({_link(s['figure'])})")
     lines += ["", f"Written by `covfuse explain` in {r['seconds']} s.", ""]
     return "\n".join(lines)
+
+
+def _link(path: str) -> str:
+    """A relative file path as a markdown link target: spaces and brackets percent-encoded (a covariate
+    column named "body site" gives figures/maps_body%20site.png, which every renderer follows)."""
+    from urllib.parse import quote
+
+    return quote(str(path), safe="/")

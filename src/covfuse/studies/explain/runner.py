@@ -283,6 +283,14 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
     unchanged = cf.unchangeable(data.encoder, constant)
     recorder = AffineRecorder(network)
     scored = score_split(module, data, split, plan, device, recorder if recorder.layers else None, progress)
+    bad = ~np.isfinite(scored.prob)
+    if bad.any():  # weights that diverged: no report of NaN numbers (nor a crash formatting them)
+        from covfuse.errors import RunDiverged
+
+        raise RunDiverged(f"the model's output is NaN/Inf for {int(bad.sum())} of {len(bad)} {split} sample(s) "
+                          f"(first: {data.filenames(scored.index[bad][:1])[0]}); nothing written. The checkpoint "
+                          f"({ckpt}) holds NaN weights or the inputs NaN values: try --ckpt best or last, and "
+                          "`covfuse data info` on the inputs")
     log.info("scored %d %s samples (%d groups) with real and counterfactual covariates", len(scored.prob), split,
              len(np.unique(scored.groups)))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from covfuse.data.decode import crop_box
-from covfuse.data.synth import CUE_FILE, read_cue_boxes
+from covfuse.data.twins.faces import CUE_FILE, read_cue_boxes
 from covfuse.studies.explain.attribution import METHODS, box_share, input_boxes
 from covfuse.studies.stats import cluster_bootstrap_mean
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from covfuse.data._workers import run_chunks
-from covfuse.data.celeba import (
+from covfuse.data.readers.celeba_release import (
     ATTR_FILE, ATTR_NAMES, BBOX_FILE, IDENTITY_FILE, IMAGE_DIR, LANDMARKS_FILE, PARTITION_FILE,
 )
 from covfuse.errors import UserError

@@ -1,6 +1,6 @@
 """Time to conversion for the brain-MRI twin (``covfuse data synth3d OUT --survival``), with a planted hazard.
 
-Each subject of :mod:`covfuse.data.synth3d` gets a log hazard ``eta`` (per year, exponential times):
+Each subject of :mod:`covfuse.data.twins.brains` gets a log hazard ``eta`` (per year, exponential times):
 
     planted:  eta = 4 * e * (1 + 0.5 * APOE4)      e = atrophy - (age - 55) / 35 = 0.5 * stage
     null:     eta = (8 / 3) * atrophy

@@ -200,7 +200,7 @@ def data_card(info: dict) -> str:
         "lateral ventricles and weakly in all grey matter; ageing and disease produce the SAME change,",
         "so the image alone cannot tell a young patient from an old control with the same atrophy.",
         "",
-        "Exact Bayes accuracies (covfuse.data.synth3d.bayes_accuracies):",
+        "Exact Bayes accuracies (covfuse.data.twins.brains.bayes_accuracies):",
         f"  image + covariates  {b['image_and_covariates']:.3f}",
         f"  image only          {b['image_only']:.3f}",
         f"  covariates only     {b['covariates_only']:.3f}",
@@ -218,7 +218,7 @@ def data_card(info: dict) -> str:
             "",
             f"Survival (columns time, event; {s['events']} of {info['n']} converted): {s['rule']}.",
             "C-index (Harrell) from the generating model, Monte Carlo over "
-            f"{s['monte_carlo_pairs']:,} pairs of fresh subjects (covfuse.data.synth3d_survival), of E[eta | what a model sees]:",
+            f"{s['monte_carlo_pairs']:,} pairs of fresh subjects (covfuse.data.twins.survival), of E[eta | what a model sees]:",
             f"  true risk (ceiling)  {c['true_risk']:.3f}",
             f"  image + covariates   {c['image_and_covariates']:.3f}",
             f"  image only           {c['image_only']:.3f}",
@@ -256,7 +256,7 @@ def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str =
                   layout: str = "manifest", survival: bool = False) -> Path:
     """Write the twin to ``out`` (through a temporary sibling folder, renamed at the end), as ``manifest.csv``
     + ``volumes/`` (``layout="manifest"``) or as a BIDS dataset (``"bids"``, see :func:`_write_bids`);
-    ``survival`` adds ``time`` and ``event`` columns (:mod:`covfuse.data.synth3d_survival`)."""
+    ``survival`` adds ``time`` and ``event`` columns (:mod:`covfuse.data.twins.survival`)."""
     import nibabel as nib
     from tqdm import tqdm
 
@@ -281,7 +281,7 @@ def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str =
     classes = CLASSES[num_classes]
     times = None
     if survival:
-        from covfuse.data import synth3d_survival as surv
+        from covfuse.data.twins import survival as surv
 
         eta = surv.log_hazard(subjects, effect, DISEASE_STEP)
         times = surv.draw_times(eta, np.random.default_rng([seed, 4]))
