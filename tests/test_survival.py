@@ -185,6 +185,8 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
     assert metrics["task"] == "survival" and metrics["event"] == "event" and "classes" not in metrics
     table = list(csv.DictReader(open(run / "predictions.csv")))
     assert {"time", "event", "risk"} <= set(table[0]) and "label" not in table[0]
+    train = [r for r in csv.DictReader(open(twin / "manifest.csv")) if r["split"] == "train"]
+    y_train = Surv.from_arrays(np.asarray([r["event"] == "1" for r in train]), np.asarray([float(r["time"]) for r in train]))
     for split in ("valid", "test"):
         rows = [r for r in table if r["split"] == split]
         t = np.asarray([float(r["time"]) for r in rows])
@@ -192,13 +194,15 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
         risk = np.asarray([float(r["risk"]) for r in rows])
         assert metrics[split]["c_index"] == pytest.approx(concordance_index(t, -risk, e), abs=1e-12)
         y = Surv.from_arrays(e.astype(bool), t)
+        # Uno's C: censoring weights from the training split, one tau (the training split's) for every split
+        assert metrics[split]["uno_c_tau"] == metrics["survival"]["tau"]
         assert metrics[split]["uno_c"] == pytest.approx(
-            concordance_index_ipcw(y, y, risk, tau=metrics[split]["uno_c_tau"])[0], abs=1e-9)
+            concordance_index_ipcw(y_train, y, risk, tau=metrics[split]["uno_c_tau"])[0], abs=1e-9)
         assert metrics[split]["events"] == e.sum() and metrics[split]["clusters"] == len({r["group"] for r in rows})
         lo, hi = metrics[split]["c_index_ci"]
         assert lo is None or lo <= metrics[split]["c_index"] <= hi
     config = (run / "config.yaml").read_text()
-    assert "monitor: val/c_index" in config  # the head's own score picks the checkpoint
+    assert "monitor: val/c_index" in config  # no --monitor: the head's own score picks the checkpoint
     assert covfuse(["test", str(run)]) == 0  # re-evaluating the checkpoint gives the same C
     again = json.loads((run / "metrics.json").read_text())
     assert again["test"]["c_index"] == pytest.approx(metrics["test"]["c_index"], abs=1e-6)
@@ -206,6 +210,23 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
     assert covfuse(["predict", str(run), "--csv", str(twin / "manifest.csv"), "--extrapolate"]) == 0
     predicted = {Path(r["path"]).relative_to(twin).as_posix(): r for r in csv.DictReader(capsys.readouterr().out.splitlines())}
     assert all(abs(float(predicted[r["id"]]["risk"]) - float(r["risk"])) < 1e-4 for r in table)
+    # the report puts IBS and td-AUC beside C, each run scored against its own training-split baseline
+    assert covfuse(["report", str(study / "surv"), "--format", "json", "--bootstrap", "100"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for row in report["rows"]:
+        folder = next(p.parent for p in (study / "surv").glob(f"*{row['setting'].split('=')[-1]}*/s0/metrics.json"))
+        own = json.loads((folder / "metrics.json").read_text())["test"]
+        assert set(row["also"]) == {"ibs", "td_auc"}
+        for name in ("ibs", "td_auc"):
+            got = row["also"][name]["estimate"]
+            assert (got is None and own[name] is None) or got == pytest.approx(own[name], abs=1e-6)
+    assert covfuse(["report", str(study / "surv"), "--bootstrap", "100"]) == 0
+    markdown = (study / "surv" / "report.md").read_text()
+    assert "## C-index, integrated Brier score and time-dependent AUC" in markdown and "Δibs vs" in markdown
+    assert covfuse(["report", str(study / "surv"), "--bootstrap", "100", "--format", "html"]) == 0
+    page = (study / "surv" / "report.html").read_text()
+    assert '<h2 id="survival">' in page and "Δtd_auc vs" in page
+    capsys.readouterr()
     # concat ranks test perfectly (risk = -time), image-only backwards: the report must call higher C better
     baseline = next(p.parent for p in (study / "surv").glob("*image-only*/s0/metrics.json"))
     for folder, sign in ((run, -1.0), (baseline, 1.0)):

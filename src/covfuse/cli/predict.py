@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="--csv: refuse a table with a row outside the training range (default: predict every row, "
                         "mark those in the out_of_range column and say how many on stderr)")
+    p.add_argument("--times", default=None,
+                   help="survival runs: also S(t | x) at these times (data.target's unit), e.g. 1,2.5,4: one S@<t> "
+                        "column each beside risk (the run's Breslow baseline; docs/survival.md)")
     p.add_argument("--runs_dir", default="runs", help="folder holding run folders (default: runs)")
     p.add_argument("--ckpt", default="best", help="best, last, or a path to a .ckpt (default: best)")
     p.add_argument("--batch_size", type=int, default=64, help="images per batch (default: 64)")
@@ -150,6 +153,14 @@ def main(argv: list[str]) -> int:
     if state is None and str(config.data.root).lower().endswith((".csv", ".tsv")):
         raise UserError(f"{run_dir}: no {STATE_FILE} (the covariate encoder a run writes when training starts); "
                         "train the run again with `covfuse fit`")
+    times = reference = None
+    if args.times is not None:  # checked before any image is read
+        from covfuse.training.survival_curves import Reference, parse_times
+
+        times = parse_times(args.times)
+        if config.model.head != "survival":
+            raise UserError(f"--times gives survival probabilities; {run_dir} has head {config.model.head}, not survival")
+        reference = Reference.load(run_dir)
     module = load_module(checkpoint_path(run_dir, args.ckpt))
     # CelebA runs take raw 0/1 attributes and an image CSV; every other source goes through its
     # table: the saved encoder and preprocessing, as `covfuse test` reads the data.
@@ -157,6 +168,10 @@ def main(argv: list[str]) -> int:
     predict = _predict_images if celeba else _predict_volumes
     header, rows, marks = predict(args, run_dir, module, state, precision)
     check_finite(header, rows, args.ckpt)
+    if times is not None:
+        from covfuse.training.survival_curves import add_survival_columns
+
+        header, rows = add_survival_columns(reference, header, rows, times)
     if args.csv_file:  # a table: one row outside the training range must not cost the others
         header = [*header, "out_of_range"]
         rows = [[*row, "; ".join(marks.get(i, []))] for i, row in enumerate(rows)]

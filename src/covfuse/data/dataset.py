@@ -89,7 +89,8 @@ class ImageDataset(Dataset):
         if len(idx) and (idx.min() < 0 or idx.max() >= len(files)):
             raise UserError(f"indices must lie in 0..{len(files) - 1}, got {idx.min()}..{idx.max()}")
         self.indices = idx.astype(np.int64)
-        self._targets = torch.from_numpy(np.ascontiguousarray(np.asarray(targets, dtype=np.float32)[self.indices]))
+        kind = np.float64 if np.ndim(targets) == 2 else np.float32  # survival [time, event]: times stay float64
+        self._targets = torch.from_numpy(np.ascontiguousarray(np.asarray(targets, dtype=kind)[self.indices]))
         self._covariates = torch.from_numpy(np.ascontiguousarray(
             np.asarray(covariates, dtype=np.float32).reshape(len(files), -1)[self.indices]))
         self._rows = torch.from_numpy(self.indices)

@@ -272,7 +272,8 @@ class VolumeDataset(Dataset):
                  settings: Preprocessing, *, train: bool = False, cache: VolumeCache | None = None):
         self.files, self.rows = list(files), np.asarray(rows, dtype=np.int64)
         self.covariates = torch.from_numpy(np.ascontiguousarray(covariates, dtype=np.float32))
-        self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+        # (N, 2) survival [time, event] stays float64: float32 would tie 1000.00001 and 1000.00002
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float64 if np.ndim(targets) == 2 else np.float32))
         self.settings, self.train, self.cache = settings, train, cache
         self._pipeline = None
         self._augment = augmentation() if train else None

@@ -19,6 +19,7 @@ from covfuse.errors import UserError
 from covfuse.io import atomic_write_text
 from covfuse.studies.sweep import run_status
 from covfuse.training import runlog
+from covfuse.training.config import default_monitor
 
 METHODS = ("image-only", "covariates-only", "concat", "film", "daft", "hybrid")
 BASELINE = "image-only"
@@ -162,7 +163,7 @@ def context_lines(synth: dict, config) -> list[str]:
             f"Every method: {config.model.backbone} at {config.data.image_size}^3, {config.trainer.max_epochs} epoch(s), "
             f"batch {config.data.batch_size}, {config.optim.optimizer} lr {config.optim.lr:g} ({config.optim.schedule}); "
             f"hybrid convs at `{config.model.hybrid_layers}`, DAFT at the input of the last residual stage; best "
-            f"checkpoint by {config.monitor}. Intervals resample subjects.",
+            f"checkpoint by {default_monitor(config)}. Intervals resample subjects.",
         ]
         return twin + ["", _bayes_line(bayes)]
     return [
@@ -172,7 +173,7 @@ def context_lines(synth: dict, config) -> list[str]:
         "",
         f"Every method: {config.model.backbone} at {config.data.image_size} px, {config.trainer.max_epochs} epoch(s), "
         f"batch {config.data.batch_size}, {config.optim.optimizer} lr {config.optim.lr:g} ({config.optim.schedule}); "
-        f"hybrid convs at `{config.model.hybrid_layers}`; best checkpoint by {config.monitor}. These settings were "
+        f"hybrid convs at `{config.model.hybrid_layers}`; best checkpoint by {default_monitor(config)}. These settings were "
         "chosen by measuring hybrid; `covfuse sweep --tune` gives every method the same search (docs/studies.md).",
         "",
         _bayes_line(bayes),

@@ -60,6 +60,18 @@ class CellData:
     per_run: dict[tuple[int, int | None], float]  # (seed, fold) -> metric of that run on its own split
     per_run_sizes: dict[tuple[int, int | None], int]
     task: str = "binary"
+    references: list | None = None  # survival: each row's training-split reference (None: CV, or older runs)
+
+
+SURVIVAL_ALSO = ("c_index", "ibs", "td_auc")
+"""A survival report shows these beside its metric, each compared with the baseline."""
+
+
+def run_reference(run_dir: Path):
+    """A survival run's training-split reference (survival_baseline.json), or None for runs written before it."""
+    from covfuse.training.survival_curves import BASELINE_FILE, Reference
+
+    return Reference.load(run_dir) if (Path(run_dir) / BASELINE_FILE).is_file() else None
 
 
 def run_task(run_dir: Path) -> str:
@@ -89,8 +101,9 @@ def read_predictions(run_dir: Path, split: str, task: str = "binary") -> dict[st
             (("id", ids), ("group", groups), ("label", labels), ("output", outputs))}
 
 
-def _metric(labels, outputs, metric: str, task: str) -> float:
-    return float(task_scores(task, labels, outputs, auroc=metric == "auroc")[metric][0])
+def _metric(labels, outputs, metric: str, task: str, reference=None) -> float:
+    extra = {"reference": reference} if task == "survival" else {}
+    return float(task_scores(task, labels, outputs, auroc=metric == "auroc", **extra)[metric][0])
 
 
 def _metrics_json(run: Run) -> dict:
@@ -114,11 +127,14 @@ def load_cell(study: Study, cell: str, metric: str, task: str = "binary") -> Cel
     runs, tuned = select_tuned(study, cell, metric)
     split = "valid" if study.kind == "cv" else "test"
     by_seed: dict[int, list[dict]] = {}
+    refs: dict[int, list] = {}
     per_run, sizes = {}, {}
     for r in runs:
         pred = read_predictions(Path(r.dir), split, task)
         by_seed.setdefault(r.seed, []).append(pred)
-        per_run[(r.seed, r.fold)] = _metric(pred["label"], pred["output"], metric, task)
+        ref = run_reference(Path(r.dir)) if task == "survival" else None
+        refs.setdefault(r.seed, []).append(ref)
+        per_run[(r.seed, r.fold)] = _metric(pred["label"], pred["output"], metric, task, ref)
         sizes[(r.seed, r.fold)] = len(pred["id"])
     rows, reference = [], None
     for seed in sorted(by_seed):
@@ -133,8 +149,11 @@ def load_cell(study: Study, cell: str, metric: str, task: str = "binary") -> Cel
         elif not np.array_equal(reference["id"], merged["id"]):
             raise UserError(f"cell {cell}: seed {seed} was evaluated on other samples than seed {min(by_seed)}")
         rows.append(merged["output"])
+    # one reference per row; CV rows merge folds trained on different splits, so no single reference fits
+    references = ([refs[seed][0] for seed in sorted(by_seed)]
+                  if task == "survival" and all(len(v) == 1 and v[0] is not None for v in refs.values()) else None)
     return CellData(cell, study.cells[cell], runs, tuned, reference["id"], reference["group"], reference["label"],
-                    np.stack(rows), per_run, sizes, task)
+                    np.stack(rows), per_run, sizes, task, references)
 
 
 def check_finished(study: Study) -> None:
@@ -182,7 +201,8 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
     pool = len(base.ids)
     rows = []
     for name, c in cells.items():
-        pooled = cluster_bootstrap(c.labels, c.probs, c.groups, metric, n_boot=n_boot, seed=seed, task=task)
+        pooled = cluster_bootstrap(c.labels, c.probs, c.groups, metric, n_boot=n_boot, seed=seed, task=task,
+                                   references=c.references)
         values = list(c.per_run.values())
         row = {"setting": name, "settings": c.settings, "n_runs": len(c.runs),
                "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),  # one run: undefined
@@ -191,7 +211,7 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
             row.update(difference=0.0, difference_ci=[0.0, 0.0], p_value=1.0, bootstrap_p=1.0, seed_test=None)
         else:
             paired = paired_cluster_bootstrap(c.labels, c.probs, base.probs, c.groups, metric, n_boot=n_boot, seed=seed,
-                                              task=task)
+                                              task=task, references_a=c.references, references_b=base.references)
             common = sorted(set(c.per_run) & set(base.per_run), key=lambda k: (k[0], -1 if k[1] is None else k[1]))
             diffs = [c.per_run[k] - base.per_run[k] for k in common]
             if study.kind == "cv":
@@ -217,6 +237,8 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
         r["verdict"] = ("better" if improved else "worse") if adj < ALPHA else "no evidence"
     base_row = next(r for r in rows if r["setting"] == baseline)
     base_row.update(p_adjusted=1.0, verdict="baseline")
+    if task == "survival":
+        survival_also(rows, cells, baseline, metric, n_boot=n_boot, seed=seed)
     from covfuse.studies.search import read_summary  # issue 20: an Optuna search's tuning table
 
     search = read_summary(study)
@@ -224,6 +246,76 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
             "split": "out-of-fold (valid of each fold)" if study.kind == "cv" else "test",
             "samples": pool, "clusters": int(len(np.unique(base.groups))), "seeds": study.seeds, "folds": study.folds,
             "n_boot": n_boot, "rows": rows, **({"search": search} if search else {})}
+
+
+def survival_also(rows: list[dict], cells: dict[str, CellData], baseline: str, metric: str, *, n_boot: int,
+                  seed: int) -> None:
+    """Each row's ``also``: C-index, IBS and td-AUC (those of :data:`SURVIVAL_ALSO` other than the
+    report's metric) with a pooled CI and the paired difference from the baseline (CI, p, Holm over the
+    compared cells of that metric), people resampled as for the main metric. IBS and td-AUC need each
+    run's training-split reference: without one (CV, older runs) they are None."""
+    base = cells[baseline]
+    for name in SURVIVAL_ALSO:
+        if name == metric:
+            continue
+        usable = name == "c_index" or all(c.references is not None for c in cells.values())
+        entries = {}
+        for cell, c in cells.items():
+            if not usable:
+                entries[cell] = {"estimate": None, "ci": [None, None], "difference": None,
+                                 "difference_ci": [None, None], "p_value": None}
+                continue
+            pooled = cluster_bootstrap(c.labels, c.probs, c.groups, name, n_boot=n_boot, seed=seed, task="survival",
+                                       references=c.references)
+            entry = {"estimate": pooled["estimate"], "ci": pooled["ci"]}
+            if cell == baseline:
+                entry.update(difference=0.0, difference_ci=[0.0, 0.0], p_value=1.0)
+            else:
+                paired = paired_cluster_bootstrap(c.labels, c.probs, base.probs, c.groups, name, n_boot=n_boot,
+                                                  seed=seed, task="survival", references_a=c.references,
+                                                  references_b=base.references)
+                entry.update(difference=paired["difference"], difference_ci=paired["ci"], p_value=paired["p_value"])
+            entries[cell] = entry
+        compared = [cell for cell in cells if cell != baseline and entries[cell]["p_value"] is not None]
+        for cell, adj in zip(compared, holm([entries[cell]["p_value"] for cell in compared])):
+            entries[cell]["p_adjusted"] = adj
+        for r in rows:
+            r.setdefault("also", {})[name] = entries[r["setting"]]
+
+
+def survival_also_markdown(report: dict) -> list[str]:
+    """The survival table: each cell's C-index, IBS and td-AUC with CIs and the difference from the baseline."""
+    rows = report["rows"]
+    if not any(r.get("also") for r in rows):
+        return []
+    names = [report["metric"], *rows[0]["also"]]
+    lines = ["## C-index, integrated Brier score and time-dependent AUC", "",
+             "Each with a 95% CI that resamples people, and the paired difference from "
+             f"{report['baseline']} (95% CI; p Holm-adjusted over the compared cells of that metric). Higher C and "
+             "td-AUC are better, a lower IBS is better. IBS and td-AUC use each run's training-split Breslow baseline "
+             "and censoring distribution over its evaluation grid (docs/survival.md).", "",
+             "| setting | " + " | ".join(f"{n} [95% CI] | Δ{n} vs {report['baseline']} [95% CI], p (Holm)"
+                                         for n in names) + " |",
+             "|---|" + "---|---|" * len(names)]
+    for r in rows:
+        cells = []
+        for n in names:
+            e = survival_entry(report, r, n)
+            cells.append(f"{_num(e['estimate'])}{_ci(e['ci'])}")
+            if r["setting"] == report["baseline"] or e.get("difference") is None:
+                cells.append("–")
+            else:
+                cells.append(f"{e['difference']:+.3f}{_ci(e['difference_ci'], sign=True)}, {_p(e.get('p_adjusted'))}")
+        lines.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def survival_entry(report: dict, row: dict, name: str) -> dict:
+    """Estimate, CI, difference (CI) and Holm p of ``name`` for one report row (the main metric or an ``also``)."""
+    if name == report["metric"]:
+        return {"estimate": row["estimate"], "ci": row["ci"], "difference": row["difference"],
+                "difference_ci": row["difference_ci"], "p_adjusted": row.get("p_adjusted")}
+    return row["also"][name]
 
 
 def _mean_gaps(runs: Sequence[Run], split: str, stat: str = "accuracy") -> dict[str, float]:
@@ -331,7 +423,8 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
         lines.append(f"| {md_escape(r['setting'])} | {r['n_runs']} | {r['mean']:.3f} ± {sd_text(r['sd'])} | {_num(r['estimate'])}"
                      f"{_ci(r['ci'])} | {diff} | {'–' if r['setting'] == base else _p(r['p_value'])} | "
                      f"{'–' if r['setting'] == base else _p(r['p_adjusted'])} | {r['verdict']} |")
-    lines += ["", f"![differences](figures/forest{suffix}.png)", "", f"![{metric}](figures/metric{suffix}.png)", "",
+    lines += ["", *survival_also_markdown(report)]
+    lines += [f"![differences](figures/forest{suffix}.png)", "", f"![{metric}](figures/metric{suffix}.png)", "",
               "## Tests behind each row", "",
               "| setting | bootstrap p | across runs (method: t, p) | clustered McNemar (a only / b only, p) |",
               "|---|---|---|---|"]

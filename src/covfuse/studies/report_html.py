@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from covfuse.studies.report import ASSUMPTIONS, _p, sd_text, settings_text, sig
+from covfuse.studies.report import ASSUMPTIONS, _p, sd_text, settings_text, sig, survival_entry
 from covfuse.studies.sweep import Study
 from covfuse.training.metrics import SUBGROUP_STATS
 
@@ -127,6 +127,33 @@ def _settings(settings: dict) -> str:
     return settings_text(settings) or "base config"
 
 
+def survival_table(report: dict) -> str:
+    """A survival report's C-index, IBS and td-AUC per cell with CIs and differences from the baseline ('' otherwise)."""
+    rows = report["rows"]
+    if not any(r.get("also") for r in rows):
+        return ""
+    base = report["baseline"]
+    names = [report["metric"], *rows[0]["also"]]
+    body = []
+    for r in rows:
+        cells: list = [r["setting"]]
+        for n in names:
+            e = survival_entry(report, r, n)
+            est, est_v = _num(e["estimate"])
+            cells.append((est + _ci(e["ci"]), est_v))
+            if r["setting"] == base or e.get("difference") is None:
+                cells.append(("–", ""))
+            else:
+                cells.append((f"{e['difference']:+.3f}{_ci(e['difference_ci'], sign=True)}, p {_p(e.get('p_adjusted'))}",
+                              repr(float(e["difference"]))))
+        body.append(cells)
+    headers = ["setting"] + [h for n in names for h in (f"{n} [95% CI]", f"Δ{n} vs {base} [95% CI], p (Holm)")]
+    return ('<h2 id="survival">C-index, integrated Brier score and time-dependent AUC</h2>'
+            "<p>People resampled for every interval; higher C and td-AUC are better, a lower IBS is better; IBS and "
+            "td-AUC use each run's training-split Breslow baseline and censoring distribution (docs/survival.md).</p>"
+            + table(headers, body))
+
+
 def render(report: dict, study: Study) -> str:
     """The page as one string."""
     metric, base = report["metric"], report["baseline"]
@@ -153,6 +180,7 @@ def render(report: dict, study: Study) -> str:
     parts.append('<h2 id="results">Results</h2>')
     parts.append(table(["setting", "runs", "mean ± sd", f"pooled {metric} [95% CI]", f"difference vs {base} [95% CI]",
                         "p", "p (Holm)", "verdict"], rows))
+    parts.append(survival_table(report))
     for name, caption in FIGURES[:2]:
         parts.append(_figure(root / "figures" / f"{name}.png", name, caption))
     tests = []

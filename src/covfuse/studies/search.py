@@ -27,12 +27,14 @@ from typing import Any
 
 from covfuse.errors import RunInterrupted, UserError
 from covfuse.io import atomic_write_text
+from covfuse.training import config as cfgmod
 from covfuse.studies.sweep import Run, Study, again, grown, parse_run, run_one, say, write_study
 
 JOURNAL = "optuna.journal"
 SUMMARY = "search.json"
 EVAL = ("valid",)
-OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize")}
+OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize"),
+             "val/c_index": ("c_index", "maximize"), "val/ibs": ("ibs", "minimize")}
 RETRY_OF = "retry_of"  # user attribute of a trial that repeats an interrupted one's settings
 INTERRUPTED = "interrupted"  # user attribute of a trial cut off by Ctrl-C, SIGTERM or a killed process
 MAX_ATTEMPTS = 3  # a cell stops with an error once failed trials push it past this many times its budget
@@ -263,7 +265,7 @@ def _median(values: list[float]) -> float:
 
 
 def monitor_of(study: Study) -> str:
-    monitors = {study.run_config(r).monitor for r in study.runs}
+    monitors = {cfgmod.default_monitor(study.run_config(r)) for r in study.runs}
     if len(monitors) != 1:
         raise UserError(f"--search optuna: the cells monitor different metrics ({', '.join(sorted(monitors))}); "
                         "set one --monitor for the study")

@@ -51,10 +51,14 @@ def _check(metric: str, task: str, labels, *probs) -> tuple[np.ndarray, list[np.
 
 
 def _mean_score(y: np.ndarray, runs: np.ndarray, metric: str, threshold: float, weights=None,
-                task: str = "binary") -> np.ndarray:
-    """``metric`` averaged over the rows of ``runs`` (R, N): one value, or one per weighting."""
-    return np.mean([task_scores(task, y, p, weights=weights, threshold=threshold, auroc=metric == "auroc")[metric]
-                    for p in runs], axis=0)
+                task: str = "binary", references=None) -> np.ndarray:
+    """``metric`` averaged over the rows of ``runs`` (R, N): one value, or one per weighting. A survival
+    run's row is scored against its own training-split reference (``references[r]``; its Breslow
+    baseline gives the IBS)."""
+    refs = references if references is not None else [None] * len(runs)
+    extra = (lambda r: {"reference": r}) if task == "survival" else (lambda r: {})  # noqa: E731
+    return np.mean([task_scores(task, y, p, weights=weights, threshold=threshold, auroc=metric == "auroc",
+                                **extra(ref))[metric] for p, ref in zip(runs, refs)], axis=0)
 
 
 def check_n_boot(n_boot) -> int:
@@ -81,7 +85,7 @@ def _difference_test(observed: float, draws: np.ndarray, clusters: int, level: f
 
 
 def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95, threshold: float = 0.5, task: str = "binary") -> dict:
+                      level: float = 0.95, threshold: float = 0.5, task: str = "binary", references=None) -> dict:
     """``metric`` with a 95% CI that resamples whole groups (**contract**).
 
     ``probs`` is (N,) or (R, N): R runs (seeds) scored on the same samples, whose metric is averaged
@@ -93,8 +97,9 @@ def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot
     n_boot = check_n_boot(n_boot)
     y, (p,) = _check(metric, task, labels, probs)
     codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
-    estimate = float(_mean_score(y, p, metric, threshold, task=task)[0])
-    draws = np.concatenate([_mean_score(y, p, metric, threshold, w, task) for w in resample_weights(codes, n_boot, seed)])
+    estimate = float(_mean_score(y, p, metric, threshold, task=task, references=references)[0])
+    draws = np.concatenate([_mean_score(y, p, metric, threshold, w, task, references)
+                            for w in resample_weights(codes, n_boot, seed)])
     clusters = int(codes.max()) + 1
     ci = bootstrap_interval(estimate, draws, clusters, level, bounds=score_bounds(metric))[0]
     return {"estimate": estimate, "ci": ci, "clusters": clusters,
@@ -102,7 +107,8 @@ def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot
 
 
 def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "accuracy", *, n_boot: int = 2000,
-                             seed: int = 0, level: float = 0.95, threshold: float = 0.5, task: str = "binary") -> dict:
+                             seed: int = 0, level: float = 0.95, threshold: float = 0.5, task: str = "binary",
+                             references_a=None, references_b=None) -> dict:
     """Difference ``metric(a) - metric(b)`` on the same samples, resampling groups jointly for both
     models (**contract**): ``{"difference", "ci": [lo, hi], "p_value", "clusters", ...}``.
 
@@ -113,8 +119,10 @@ def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "ac
     n_boot = check_n_boot(n_boot)
     y, (pa, pb) = _check(metric, task, labels, probs_a, probs_b)
     codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
-    observed = float(_mean_score(y, pa, metric, threshold, task=task)[0] - _mean_score(y, pb, metric, threshold, task=task)[0])
-    draws = np.concatenate([_mean_score(y, pa, metric, threshold, w, task) - _mean_score(y, pb, metric, threshold, w, task)
+    observed = float(_mean_score(y, pa, metric, threshold, task=task, references=references_a)[0]
+                     - _mean_score(y, pb, metric, threshold, task=task, references=references_b)[0])
+    draws = np.concatenate([_mean_score(y, pa, metric, threshold, w, task, references_a)
+                            - _mean_score(y, pb, metric, threshold, w, task, references_b)
                             for w in resample_weights(codes, n_boot, seed)])
     clusters = int(codes.max()) + 1
     ci, p = _difference_test(observed, draws, clusters, level)

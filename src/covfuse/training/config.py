@@ -43,6 +43,7 @@ class DataConfig:
         geometry: Volumes: resize (whole field of view to image_size^3) or crop-pad (centre crop / zero pad).
         spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
         event: Survival head: the 0/1 column saying whether the event was observed (1) or data.target's time is censored (0).
+        eval_times: Survival head: the evaluation grid (times in data.target's unit) for survival.csv's S@<t> columns, td_auc, the integrated Brier score and calibration, e.g. [1,2,3]; None: the 25/50/75th percentiles of the training split's event times.
         nonfinite: Volumes: what NaN/Inf voxels become (SPM/FSL mask the background with NaN): zero (set to 0 before normalisation, counted in the log) or refuse (stop, naming the first file).
     """
 
@@ -69,6 +70,7 @@ class DataConfig:
     geometry: Literal["resize", "crop-pad"] = "resize"
     spacing: Optional[float] = None
     event: Optional[str] = None
+    eval_times: Optional[list[float]] = None
     nonfinite: Literal["zero", "refuse"] = "zero"
 
 
@@ -84,6 +86,7 @@ class ModelConfig:
         regime: finetune (train everything) or another regime covfuse.models.build accepts.
         head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes; volumes), regression (a numeric target, MSE on the standardised target; volumes) or survival (one risk score, Cox partial likelihood with Breslow ties over the batch; data.target is the time, data.event the 0/1 event column; volumes).
         options: Extra keyword arguments for covfuse.models.build.
+        ties: Survival head: how the Cox loss handles tied times, breslow or efron (docs/survival.md).
     """
 
     backbone: str = "vgg-mini"
@@ -93,6 +96,7 @@ class ModelConfig:
     regime: str = "finetune"
     head: Literal["binary", "two-class", "multiclass", "regression", "survival"] = "binary"
     options: dict[str, Any] = field(default_factory=dict)
+    ties: Literal["breslow", "efron"] = "breslow"
 
 
 @dataclass
@@ -172,6 +176,17 @@ class TrainerConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """How metrics.json scores a run (survival head; docs/survival.md).
+
+    Args:
+        tau: Uno's C is truncated at this time (data.target's unit); None: the 80th percentile of the training split's times, one tau for every split (and every run of a study on the same splits).
+    """
+
+    tau: Optional[float] = None
+
+
+@dataclass
 class RunConfig:
     """One named run: data, model, optimiser, trainer, and where its folder goes.
 
@@ -179,7 +194,7 @@ class RunConfig:
         name: Run name; the run folder is <runs_dir>/<name>.
         runs_dir: Folder holding run folders.
         seed: Seed for weights, shuffling, augmentation, shuffled covariates and bootstrap.
-        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest), val/acc (highest; classification), val/mae (lowest; regression) or val/c_index (highest; survival, where it is always used: a batch's Cox loss depends on who shares the batch).
+        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest), val/acc (highest; classification), val/mae (lowest; regression), val/c_index (highest; survival) or val/ibs (lowest; survival); None: val/loss, or val/c_index for a survival head (a batch's Cox loss depends on who shares the batch).
         bootstrap: Bootstrap resamples for the 95% CIs in metrics.json (0: no intervals).
         bootstrap_unit: What the bootstrap resamples: group (the person: CelebA identity, MRI subject; images of one person are not independent) or image (only for data without repeated people).
     """
@@ -187,13 +202,14 @@ class RunConfig:
     name: str = "run"
     runs_dir: str = "runs"
     seed: int = 0
-    monitor: Literal["val/loss", "val/acc", "val/mae", "val/c_index"] = "val/loss"
+    monitor: Optional[Literal["val/loss", "val/acc", "val/mae", "val/c_index", "val/ibs"]] = None
     bootstrap: int = 1000
     bootstrap_unit: Literal["group", "image"] = "group"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -349,6 +365,7 @@ def from_dict(values: dict) -> RunConfig:
         return cls(**kwargs)
 
     config = build(RunConfig, values, "")
+    config.monitor = default_monitor(config)  # resolved at once: a study compares planned and saved configs
     config.data.covariates = split_names(config.data.covariates)
     config.trainer.logger = split_names(config.trainer.logger) or ["csv"]
     return config
@@ -371,8 +388,20 @@ _NESTED = {
     (RunConfig, "model"): ModelConfig,
     (RunConfig, "optim"): OptimConfig,
     (RunConfig, "trainer"): TrainerConfig,
+    (RunConfig, "metrics"): MetricsConfig,
 }
-_NESTED_NAMES = ("data", "model", "optim", "trainer")
+_NESTED_NAMES = ("data", "model", "optim", "trainer", "metrics")
+
+
+SURVIVAL_MONITORS = ("val/c_index", "val/loss", "val/ibs")
+"""What a survival head logs per validation epoch (each may pick checkpoints/best.ckpt)."""
+
+
+def default_monitor(config: RunConfig) -> str:
+    """The monitor as given, or the head's default: val/c_index for survival, val/loss otherwise."""
+    if config.monitor:
+        return config.monitor
+    return "val/c_index" if config.model.head == "survival" else "val/loss"
 
 
 def check(config: RunConfig) -> RunConfig:
@@ -403,11 +432,17 @@ def check(config: RunConfig) -> RunConfig:
 
     t.logger = check_loggers(split_names(t.logger) or ["csv"])
     regression, survival = config.model.head == "regression", config.model.head == "survival"
-    if survival and config.monitor == "val/loss":  # the default; the head's own score is the one that ranks epochs
-        config.monitor = "val/c_index"
-    if survival and config.monitor != "val/c_index":
-        raise UserError(f"monitor {config.monitor} does not exist for head survival; use val/c_index")
-    if not survival and config.monitor != "val/loss" and (config.monitor == "val/mae") != regression:
+    config.monitor = default_monitor(config)
+    if survival and config.monitor not in SURVIVAL_MONITORS:
+        raise UserError(f"monitor {config.monitor} does not exist for head survival; use {', '.join(SURVIVAL_MONITORS)}")
+    if not survival and (d.eval_times or config.metrics.tau is not None):
+        raise UserError(f"data.eval_times and metrics.tau are for model.head survival; head {config.model.head} "
+                        "does not use them (drop them, or set --model.head survival)")
+    need(not d.eval_times or all(isinstance(v, (int, float)) and v >= 0 for v in d.eval_times), "data.eval_times",
+         "times >= 0 in data.target's unit (e.g. --data.eval_times [1,2,3])", d.eval_times)
+    need(config.metrics.tau is None or config.metrics.tau > 0, "metrics.tau", "a time > 0 (e.g. --metrics.tau 4)",
+         config.metrics.tau)
+    if not survival and config.monitor not in ("val/loss", "val/mae" if regression else "val/acc"):
         raise UserError(f"monitor {config.monitor} does not exist for head {config.model.head}; use val/loss or "
                         f"{'val/mae' if regression else 'val/acc'}")
     if d.event and not survival:

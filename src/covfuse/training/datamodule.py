@@ -29,6 +29,9 @@ from pathlib import Path
 
 from covfuse.data.dataset import SampleBatch, collate, collate_grouped
 from covfuse.errors import UserError
+
+TRAIN_EVAL = "train-eval"
+"""The training split scored like valid/test (no augmentation): a survival run's Breslow baseline comes from it."""
 from covfuse.training.config import DataConfig
 
 SPLITS = ("train", "valid", "test")
@@ -254,14 +257,19 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
             if table.kind == "volume":  # files are read as training goes: count NaN/Inf voxels now
                 rows = np.concatenate([self.indices[s] for s in SPLITS])
                 self.nonfinite = check_nonfinite(table, rows, cfg.nonfinite)
+        feeds = {}
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
             feed = real
             if cfg.covariates_mode != "real":
                 feed = np.zeros_like(real)
                 feed[idx] = control_covariates(real[idx], cfg.covariates_mode, seed=self.seed * 1000 + offset)
+            feeds[split] = feed
             self.datasets[split] = make_dataset(table, idx, feed, labels, settings,
                                                 train=(split == "train" and cfg.augment), cache=cache)
+        if self.head == "survival":  # the training split without augmentation: its risks give the Breslow baseline
+            self.datasets[TRAIN_EVAL] = (make_dataset(table, self.indices["train"], feeds["train"], labels, settings,
+                                                      train=False, cache=cache) if cfg.augment else self.datasets["train"])
 
     def _validate(self) -> None:
         """Read the table and check and encode everything but the files: target, splits, covariates."""

@@ -28,7 +28,7 @@ TASK_SCORES: dict[str, tuple[str, ...]] = {
     "binary": SCORES,
     "multiclass": ("accuracy", "balanced_accuracy", "f1_macro"),
     "regression": ("mae", "rmse", "r2"),
-    "survival": ("c_index", "uno_c"),
+    "survival": ("c_index", "uno_c", "ibs", "td_auc"),
 }
 """The scores of each task. Binary scores read P(positive); multi-class scores the predicted class
 (argmax); regression scores the predicted value; survival scores the risk against (time, event)
@@ -37,7 +37,7 @@ labels (:mod:`covfuse.training.survival_metrics`)."""
 PRIMARY = {"binary": "accuracy", "multiclass": "balanced_accuracy", "regression": "mae", "survival": "c_index"}
 """The score a task's summaries and reports use unless told otherwise."""
 
-LOWER_IS_BETTER = frozenset({"mae", "rmse"})
+LOWER_IS_BETTER = frozenset({"mae", "rmse", "ibs"})
 
 _BOUNDS = {"mae": (0.0, math.inf), "rmse": (0.0, math.inf), "r2": (-math.inf, 1.0)}
 
@@ -165,10 +165,12 @@ def regression_scores(targets: np.ndarray, predicted: np.ndarray, weights: np.nd
 
 
 def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: np.ndarray | None = None,
-                threshold: float = 0.5, auroc: bool = True, num_classes: int | None = None) -> dict[str, np.ndarray]:
+                threshold: float = 0.5, auroc: bool = True, num_classes: int | None = None,
+                reference=None) -> dict[str, np.ndarray]:
     """The scores of ``task`` for one set of per-sample ``outputs`` (binary: P(positive); multiclass:
-    predicted class; regression: predicted value; survival: risk, with (N, 2) [time, event] labels),
-    one value per row of ``weights``."""
+    predicted class; regression: predicted value; survival: risk, with (N, 2) [time, event] labels and
+    the training split's ``reference``, :class:`covfuse.training.survival_curves.Reference`), one
+    value per row of ``weights``."""
     if task == "binary":
         return scores(labels, outputs, threshold, weights=weights, auroc=auroc)
     if task == "multiclass":
@@ -178,7 +180,7 @@ def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: 
     if task == "survival":
         from covfuse.training.survival_metrics import survival_scores
 
-        return survival_scores(labels, outputs, weights)
+        return survival_scores(labels, outputs, weights, reference=reference)
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -254,6 +256,7 @@ def bootstrap_ci(
     threshold: float = 0.5,
     task: str = "binary",
     num_classes: int | None = None,
+    reference=None,
 ) -> dict[str, list[float | None]]:
     """Bootstrap intervals ``{name: [lo, hi]}`` of the named scores (seeded, vectorised; see
     :func:`bootstrap_interval`).
@@ -269,7 +272,8 @@ def bootstrap_ci(
     if len(y) == 0 or n_boot <= 0:
         return {name: [None, None] for name in names}
     codes = cluster_codes(groups, len(y))
-    kw = {"threshold": threshold, "auroc": "auroc" in names, "num_classes": num_classes}
+    kw = {"threshold": threshold, "auroc": "auroc" in names, "num_classes": num_classes,
+          **({"reference": reference} if task == "survival" else {})}
     point = task_scores(task, y, p, **kw)
     draws: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for w in resample_weights(codes, n_boot, seed):
@@ -305,6 +309,7 @@ def group_table(
     threshold: float = 0.5,
     task: str = "binary",
     num_classes: int | None = None,
+    reference=None,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """Per-subgroup metrics for every group of every covariate, and of every pair of covariates.
 
@@ -335,14 +340,14 @@ def group_table(
             mask = (columns == combo).all(axis=1)
             label = "&".join(discrete[name].key(name, c) for name, c in zip(key, combo))
             s = {k: float(v[0]) for k, v in task_scores(task, y[mask], p[mask], threshold=threshold,
-                                                         num_classes=num_classes).items()}
+                                                         num_classes=num_classes, reference=reference).items()}
             entry: dict = {"count": int(mask.sum())}
             if task == "binary":
                 entry["positives"] = int(y[mask].sum())
             entry[stats[0]] = _number(s[stats[0]])
             entry[f"{stats[0]}_ci"] = bootstrap_ci(
                 y[mask], p[mask], [stats[0]], groups=None if clusters is None else clusters[mask], n_boot=n_boot,
-                seed=seed, threshold=threshold, task=task, num_classes=num_classes)[stats[0]]
+                seed=seed, threshold=threshold, task=task, num_classes=num_classes, reference=reference)[stats[0]]
             for stat in stats[1:]:
                 entry[stat] = _number(s[stat])
             if task == "binary":
@@ -368,6 +373,7 @@ def split_metrics(
     seed: int = 0,
     threshold: float = 0.5,
     task: str = "binary",
+    reference=None,
 ) -> dict:
     """The metrics.json entry of one split: scores with CIs, counts, subgroup tables and gaps.
 
@@ -386,9 +392,10 @@ def split_metrics(
         p = p.argmax(1).astype(np.float64)
     names = TASK_SCORES[task]
     clusters = None if clusters is None else np.asarray(clusters)
-    point = {k: float(v[0]) for k, v in task_scores(task, y, p, threshold=threshold, num_classes=num_classes).items()}
+    point = {k: float(v[0]) for k, v in task_scores(task, y, p, threshold=threshold, num_classes=num_classes,
+                                                    reference=reference).items()}
     cis = bootstrap_ci(y, p, names, groups=clusters, n_boot=n_boot, seed=seed, threshold=threshold, task=task,
-                       num_classes=num_classes)
+                       num_classes=num_classes, reference=reference)
     out: dict = {"count": int(len(y)),
                  "ci_method": "image" if clusters is None else "cluster",
                  "clusters": int(len(np.unique(clusters))) if clusters is not None else int(len(y))}
@@ -397,11 +404,9 @@ def split_metrics(
     elif task == "multiclass":
         out["class_counts"] = np.bincount(y.astype(np.int64), minlength=num_classes).tolist()
     elif task == "survival":
-        from covfuse.training.survival_metrics import uno_tau
+        from covfuse.training.survival_metrics import survival_details
 
-        out["events"] = int((y[:, 1] > 0.5).sum())
-        out["median_time"] = _number(np.median(y[:, 0])) if len(y) else None
-        out["uno_c_tau"] = _number(uno_tau(y))
+        out.update(survival_details(y, p, reference))
     else:
         out["target_mean"], out["target_sd"] = _number(y.mean()), _number(y.std(ddof=1)) if len(y) > 1 else None
     if loss is not None:
@@ -412,7 +417,7 @@ def split_metrics(
     if task == "binary":
         out["tpr"], out["fpr"] = _number(point["tpr"]), _number(point["fpr"])
     groups, gaps = group_table(y, p, covariates or {}, clusters=clusters, n_boot=n_boot, seed=seed, threshold=threshold,
-                               task=task, num_classes=num_classes)
+                               task=task, num_classes=num_classes, reference=reference)
     out["groups"] = groups
     out["gaps"] = gaps
     return out

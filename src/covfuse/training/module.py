@@ -64,6 +64,7 @@ class CovfuseModule(L.LightningModule):
 
         options = dict(model)
         extra = options.pop("options", None) or {}
+        self.ties = options.pop("ties", None) or "breslow"  # survival: how the Cox loss handles tied times
         self.model = build(num_covariates=len(covariates), **options, **extra)
         self.head = options.get("head", "binary")
         self.task = task_of_head(self.head)
@@ -75,6 +76,10 @@ class CovfuseModule(L.LightningModule):
         # or val/c_index (survival).
         self.score_name = {"regression": "mae", "survival": "c_index"}.get(self.task, "acc")
         self.train_score, self.val_score = (self._running_metric() for _ in range(2))
+        if self.task == "survival":  # val/ibs, a monitor choice (survival_metrics.RunningIBS)
+            from covfuse.training.survival_metrics import RunningIBS
+
+            self.val_ibs = RunningIBS()
         self.eval_splits: list[str] = ["valid"]  # names of the test dataloaders, in order
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
         self._collect: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -134,7 +139,7 @@ class CovfuseModule(L.LightningModule):
         if self.task == "regression":
             return F.mse_loss(logits, (target.float() - self.target_mean) / self.target_sd)
         if self.task == "survival":
-            return cox_loss(logits, target[:, 0], target[:, 1])
+            return cox_loss(logits, target[:, 0], target[:, 1], ties=self.ties)
         return F.binary_cross_entropy_with_logits(logits, target.float())
 
     # -- steps -----------------------------------------------------------------------------
@@ -143,7 +148,8 @@ class CovfuseModule(L.LightningModule):
         target = batch["target"]
         loss = self.loss(logits, target)
         out = self.predictions(logits).detach()
-        score_target = target.float() if self.task in ("regression", "survival") else target.long()
+        score_target = (target.double() if self.task == "survival" else  # survival times stay float64
+                        target.float() if self.task == "regression" else target.long())
         n = len(target)
         if stage == "train":
             self.train_score(out, score_target)
@@ -153,10 +159,13 @@ class CovfuseModule(L.LightningModule):
             self.val_score(out, score_target)
             self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=n, sync_dist=True)
             self.log(f"val/{self.score_name}", self.val_score, prog_bar=True, on_epoch=True, batch_size=n)
+            if self.task == "survival":
+                self.val_ibs(out, score_target)
+                self.log("val/ibs", self.val_ibs, on_epoch=True, batch_size=n)
         else:
             self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True, add_dataloader_idx=False)
             self._collect.setdefault(stage, []).append(
-                {"index": batch["index"].detach(), "output": out, "target": target.detach().float()}
+                {"index": batch["index"].detach(), "output": out, "target": score_target.detach() if self.task == "survival" else target.detach().float()}
             )
         return loss
 
@@ -220,11 +229,13 @@ class CovfuseModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
-    """Negative Cox partial log-likelihood of ``risk`` (N,) over the batch with Breslow's handling of
-    tied times, divided by the number of events: ``-sum_{i: event} (risk_i - log sum_{j: time_j >=
-    time_i} exp(risk_j)) / events``. A batch without events has no term: its loss is a zero that keeps
-    the graph.
+def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor, ties: str = "breslow") -> torch.Tensor:
+    """Negative Cox partial log-likelihood of ``risk`` (N,) over the batch, divided by the number of
+    events. Breslow's ties: ``-sum_{i: event} (risk_i - log sum_{j: time_j >= time_i} exp(risk_j))``;
+    Efron's (``ties="efron"``): the l-th of the d events tied at one time (l = 0..d-1) has the risk set
+    minus l/d of the tied events' total, ``log(sum_{R} exp(r) - l/d sum_{D} exp(r))``. A batch without
+    events has no term: its loss is a zero that keeps the graph. Times are compared in float64 (as
+    given): a float32 cast would tie 1000.00001 and 1000.00002.
 
     Written here rather than taken from torchsurv (0.2.0, ``neg_partial_log_likelihood``): when no two
     events share a time it takes its no-ties path, which leaves a censored sample whose time equals an
@@ -233,15 +244,33 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
     here by ``searchsorted`` on the sorted times, where ties cannot be split.
     """
     risk = risk.float().reshape(-1)
-    time = time.float().reshape(-1)
+    time = time.reshape(-1)
+    if not time.is_floating_point():
+        time = time.double()
     event = event.reshape(-1) > 0.5
     events = event.sum()
     order = torch.argsort(time)
-    t, r = time[order], risk[order]
+    t, r, e = time[order], risk[order], event[order]
     # log sum_{k >= position} exp(r_k) on the ascending times; a tied block starts at its first position.
     tail = torch.logcumsumexp(r.flip(0), dim=0).flip(0)
     first = torch.searchsorted(t, t, right=False)
-    terms = (r - tail[first]) * event[order]
+    log_risk_set = tail[first]
+    if ties == "efron":
+        # tied events: D = the events at one time; the l-th of them (l = 0..d-1) leaves l/d of D's total out
+        block = first  # every sample of one time shares the block's first position
+        n = len(t)
+        ev = e.to(r.dtype)
+        d = torch.zeros(n, dtype=r.dtype, device=r.device).index_add_(0, block, ev)[block]  # events tied here
+        before = torch.cumsum(ev, 0) - ev  # events at earlier positions
+        rank = before - before[block]  # l: events before this one at the same time
+        peak = torch.full((n,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
+            0, block, torch.where(e, r, torch.full_like(r, -torch.inf)), reduce="amax")[block]
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        tied = torch.zeros(n, dtype=r.dtype, device=r.device).index_add_(0, block, torch.exp(r - peak) * ev)[block]
+        log_tied = torch.log(tied.clamp(min=torch.finfo(r.dtype).tiny)) + peak  # log sum_{D} exp(r)
+        share = (rank / d.clamp(min=1)) * torch.exp(log_tied - log_risk_set)
+        log_risk_set = log_risk_set + torch.log1p(-share.clamp(max=1 - 1e-7)) * e
+    terms = (r - log_risk_set) * e
     return -terms.sum() / events.clamp(min=1)
 
 

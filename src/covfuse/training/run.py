@@ -314,7 +314,7 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
         dirpath=run_dir / CHECKPOINTS,
         filename="best",
         monitor=config.monitor,
-        mode="min" if config.monitor.endswith(("loss", "mae")) else "max",
+        mode="min" if config.monitor.endswith(("loss", "mae", "ibs")) else "max",
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
@@ -472,8 +472,8 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
         p.interruption.uninstall()
     fit_seconds = time.monotonic() - start
     best = trainer.checkpoint_callback.best_model_path or str(run_dir / CHECKPOINTS / "last.ckpt")
-    module.eval_splits = list(splits)
-    trainer.test(module, dataloaders=data.eval_dataloaders(splits), ckpt_path=best, verbose=False)
+    module.eval_splits = scored_splits(config, splits)
+    trainer.test(module, dataloaders=data.eval_dataloaders(tuple(module.eval_splits)), ckpt_path=best, verbose=False)
     if rank0:
         extra = {"checkpoint": os.path.relpath(best, run_dir), **module.loaded_from,
                  "global_step": trainer.global_step, "epochs": trainer.current_epoch,
@@ -486,6 +486,14 @@ def _fit(config: RunConfig, run_dir: Path, ckpt_path: Path | None, rank0: bool, 
 
 
 # -- evaluation ----------------------------------------------------------------------------
+def scored_splits(config: RunConfig, splits: Sequence[str]) -> list[str]:
+    """The splits the best checkpoint scores: ``splits``, and for a survival head also the training
+    split without augmentation (its risks give the Breslow baseline, :mod:`covfuse.training.survival_run`)."""
+    from covfuse.training.datamodule import TRAIN_EVAL
+
+    return [*splits, TRAIN_EVAL] if config.model.head == "survival" else list(splits)
+
+
 def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
                   outputs: dict[str, dict[str, torch.Tensor]], extra: dict | None = None) -> dict:
     """predictions.csv and metrics.json from the per-sample outputs of valid and test.
@@ -494,8 +502,16 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
     multi-class head ``prediction`` (the argmax class index; names in metrics.json ``classes``) and
     one ``probability_<class>`` column per class; for regression ``prediction`` in target units; for
     survival ``time``, ``event`` and ``risk`` (higher = earlier event) in place of ``label`` (**contract**).
+    A survival run also writes survival_baseline.json, survival.csv and the plots of
+    :mod:`covfuse.training.survival_run`, and scores every split against the training split's reference.
     """
     task = task_of_head(config.model.head)
+    reference = None
+    if task == "survival":
+        from covfuse.training import survival_run
+
+        outputs = dict(outputs)
+        reference = survival_run.reference(config, data, outputs)
     classes = list(getattr(data, "classes", []) or [])
     columns = {"binary": ["probability"], "multiclass": ["prediction", *(f"probability_{c}" for c in classes)],
                "regression": ["prediction"], "survival": ["risk"]}[task]
@@ -542,7 +558,12 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         loss = None if task in ("regression", "survival") else log_loss(label, value)
         metrics[split] = split_metrics(label, value, subgroups, loss=loss,
                                        clusters=clusters if config.bootstrap_unit == "group" else None,
-                                       n_boot=config.bootstrap, seed=config.seed, task=task)
+                                       n_boot=config.bootstrap, seed=config.seed, task=task, reference=reference)
+    if reference is not None:
+        metrics["survival"] = {"eval_times": reference.grid, "tau": reference.tau, **reference.sources}
+        reference.save(run_dir)
+        write_text(run_dir / "survival.csv", survival_run.survival_table(reference, data, outputs))
+        survival_run.figures(run_dir, reference, data, outputs)
     write_text(run_dir / "predictions.csv", table.getvalue())
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics
@@ -627,7 +648,7 @@ def evaluate_run(run: str | Path, *, runs_dir: str | Path = "runs", which: str =
         if data.covariate_names != list(module.hparams.covariates):
             raise UserError(f"{ckpt} was trained with covariates {list(module.hparams.covariates)}, the run's config "
                             f"says {data.covariate_names}; give the checkpoint of this run")
-        module.eval_splits = list(splits)
+        module.eval_splits = scored_splits(config, splits)
         hw = resolve_hardware(dataclasses.replace(config.trainer, accelerator=accelerator))
         quiet_lightning()
         trainer = L.Trainer(accelerator=accelerator, devices=1, precision=hw.precision, logger=False,
@@ -635,7 +656,7 @@ def evaluate_run(run: str | Path, *, runs_dir: str | Path = "runs", which: str =
                             callbacks=[LineProgress(config.name)], deterministic=hw.deterministic)
         with runlog.capture(run_dir / "log.txt"):
             log.info("evaluating %s on %s", ckpt, ", ".join(splits))
-            trainer.test(module, dataloaders=data.eval_dataloaders(tuple(splits)), verbose=False)
+            trainer.test(module, dataloaders=data.eval_dataloaders(tuple(module.eval_splits)), verbose=False)
             previous = {}
             if (run_dir / "metrics.json").is_file():
                 previous = {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items()
