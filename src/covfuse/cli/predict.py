@@ -187,14 +187,22 @@ def main(argv: list[str]) -> int:
 
 def check_finite(header: list[str], rows: list[list[str]], ckpt: str) -> None:
     """Never print NaN predictions (weights that diverged): RunDiverged, one line, exit status 1."""
-    columns = [j for j, name in enumerate(header) if name.startswith(("P(", "predicted_")) or name == "risk"]
-    bad = [row for row in rows if any(not math.isfinite(float(row[j])) for j in columns if row[j] not in ("",))]
+    columns = [j for j, name in enumerate(header) if name.startswith(("P(", "predicted_", "S@")) or name == "risk"]
+    bad = [row for row in rows if any(_nonfinite(row[j]) for j in columns)]
     if bad:
         from covfuse.errors import RunDiverged
 
         raise RunDiverged(f"the model's output is NaN/Inf for {len(bad)} of {len(rows)} file(s) (first: {bad[0][0]}); "
                           f"nothing printed. The checkpoint ({ckpt}) holds NaN weights or the file NaN values: try "
                           "--ckpt best or last, and `covfuse data info` on the inputs")
+
+
+def _nonfinite(cell: str) -> bool:
+    """A number cell that is NaN/Inf; text (a multi-class head's predicted class name, an empty cell) is not."""
+    try:
+        return not math.isfinite(float(cell))
+    except ValueError:
+        return False
 
 
 def image_table(images: list[Path], rows: list[list[float]], names: list[str], fmt: str):
