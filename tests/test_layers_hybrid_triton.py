@@ -124,3 +124,16 @@ def test_triton_is_unavailable_on_cpu_without_the_interpreter(monkeypatch):
     layer = HybridConv2d(3, 4, 3, 2, backend="triton")
     with pytest.raises(RuntimeError, match="CUDA"):
         layer(torch.randn(2, 3, 5, 5), torch.randn(2, 2))
+
+
+def test_float64_is_refused_and_never_a_candidate(interpreter, monkeypatch):
+    """The kernels accumulate in float32 through tl.dot: float64 gave wrong outputs (not a rounding
+    difference), so the back-end refuses it and `auto` does not time it for float64 models on CUDA."""
+    layer = HybridConv2d(3, 4, 3, 2, padding=1, backend="triton", covariate_init="kaiming").double()
+    x, c = torch.randn(2, 3, 6, 6, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        layer(x, c)
+    monkeypatch.setattr(hybrid_triton, "_HAVE_TRITON", True)
+    cuda = torch.device("cuda")
+    assert "triton" in hybrid_functional.auto_candidates(cuda, 8, 8, dtype=torch.float32)
+    assert "triton" not in hybrid_functional.auto_candidates(cuda, 8, 8, dtype=torch.float64)

@@ -230,3 +230,28 @@ def test_an_interrupted_search_continues_with_new_settings_and_never_retrains_a_
     assert (counts["done"] + counts["pruned"], counts["pending"], counts["running"], counts["failed"]) == (6, 0, 0, 1)
     summary = json.loads((study / "search.json").read_text())["cells"]["fusion=image-only"]
     assert (summary["complete"] + summary["pruned"], summary["fail"], summary["interrupted"]) == (3, 1, 1)
+
+
+def test_status_counts_a_searchs_whole_budget_before_its_first_trial(base, tmp_path, capsys):
+    """A search study whose journal does not exist yet (stopped before its first trial) still shows its trials:
+    every cell's budget pending, not silence beside "2 pending" runs."""
+    from covfuse.studies.sweep import plan_study, write_study
+
+    runs = tmp_path / "runs"
+    argv = ["covfuse", "sweep", "--config", str(base), "--name", "early", "--runs-dir", str(runs),
+            "--grid", "model.fusion=image-only,film", "--search", "optuna", "--trials", "4"]
+    study = plan_study(name="early", configs=[str(base)], runs_dir=runs, grid=["model.fusion=image-only,film"],
+                       argv=argv, check_data=False)
+    write_study(study)
+    assert not (Path(study.study_dir) / "optuna.journal").exists()
+    assert covfuse(["status", study.study_dir, "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["trials"]["counts"] == {"done": 0, "running": 0, "pending": 8, "pruned": 0, "failed": 0}
+    assert covfuse(["status", study.study_dir]) == 0
+    assert "search trials: 0 done, 0 running, 8 pending, 0 pruned, 0 failed (4 per cell x 2 cells)" in capsys.readouterr().out
+    # a plain sweep (no --search optuna) has no trials line
+    plain = plan_study(name="plain", configs=[str(base)], runs_dir=runs, grid=["model.fusion=image-only,film"],
+                       argv=argv[:-4], check_data=False)
+    write_study(plain)
+    assert covfuse(["status", plain.study_dir, "--format", "json"]) == 0
+    assert "trials" not in json.loads(capsys.readouterr().out)

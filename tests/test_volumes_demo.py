@@ -48,3 +48,19 @@ def test_the_volume_study_plans_every_method_over_three_seeds(tmp_path):
     assert {c.split("/")[0] for c in study.cells} == set(list_fusions()) - {"hybrid+concat", "hybrid+film", "hybrid+daft"}
     config = study.run_config(study.runs[0])
     assert config.model.backbone == "resnet3d-compact" and config.data.classes == ["CN", "AD"]
+
+
+def test_the_demo_report_names_where_film_and_daft_sit_now():
+    """The 3D demo's report header named DAFT's place before issue 26 moved it (the input of the last stage);
+    it must name the place the built model uses."""
+    from covfuse.models.builder import build
+    from covfuse.studies.demo import context_lines
+    from covfuse.training.config import parse
+
+    config = parse(["--config", "configs/volumes/demo.yaml", "--data.root", "unused"])[0]
+    text = "\n".join(context_lines({"size": 32, "n": 10, "effect": "planted", "seed": 0, "rule": "r"}, config))
+    for fusion, key in (("daft", "daft_layer"), ("film", "film_layers")):
+        place = build(config.model.backbone, fusion, 2).config[key]
+        place = place[0] if isinstance(place, list) else place
+        assert f"`{place}`" in text, (place, text)
+    assert "input of the last residual stage" not in text

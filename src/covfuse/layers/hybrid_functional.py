@@ -276,12 +276,14 @@ def _signature(x: Tensor, w: Tensor, kwargs: dict, num_patterns: int, layer: str
     return text + ("" if torch.is_grad_enabled() else ", no grad")
 
 
-def auto_candidates(device: torch.device, batch: int, num_patterns: int, loop: bool = True) -> list[str]:
+def auto_candidates(device: torch.device, batch: int, num_patterns: int, loop: bool = True,
+                    dtype: torch.dtype = torch.float32) -> list[str]:
     """The back-ends `auto` times for a call: every exact one that runs natively on ``device``
     (`triton` only on CUDA), `pattern` only when rows repeat, and the per-sample loop unless the
     caller rules it out (``loop=False``), since batch-1 convs can win (small maps on CPU, the 3D stem
     on a GPU). Timing them all is what keeps `auto` within noise of the best."""
-    names = [b for b in available_backends(device) if b != "reference"]
+    names = [b for b in available_backends(device) if b != "reference"
+             and (b != "triton" or dtype in hybrid_triton.DTYPES)]  # float64 stays off triton
     if num_patterns >= batch:
         names.remove("pattern")
     return names + (["reference"] if loop else [])
@@ -335,7 +337,9 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer:
     if choice is None:
         signature = _signature(x, w, kwargs, num_patterns, layer)
         if autotune.autotune_enabled(x.device):
-            candidates = auto_candidates(x.device, x.shape[0], num_patterns, loop)
+            autocast = torch.is_autocast_enabled(x.device.type)
+            dtype = torch.get_autocast_dtype(x.device.type) if autocast else torch.promote_types(x.dtype, w.dtype)
+            candidates = auto_candidates(x.device, x.shape[0], num_patterns, loop, dtype)
             times = _tune(args, tuple(r.detach() for r in rows), candidates)
             choice = autotune.AutoChoice(min(times, key=times.get), "tuned", signature, times)
         else:

@@ -28,6 +28,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
 
 
+# tl.dot with the kernels' float32 accumulator: float64 inputs give wrong values (checked under the
+# interpreter), so the back-end refuses them and `auto` never times it for them.
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def available(device: torch.device) -> bool:
     """Whether the `triton` back-end can run on ``device``: CUDA with Triton, or the interpreter on CPU."""
     if not _HAVE_TRITON:
@@ -292,4 +297,8 @@ def per_sample_conv(x: Tensor, weights: Tensor, index: Tensor, stride, padding, 
         raise RuntimeError(
             "the 'triton' hybrid back-end runs on CUDA with Triton installed (or on the CPU under "
             "TRITON_INTERPRET=1, for tests); choose backend='auto' or another back-end")
+    if x.dtype not in DTYPES or weights.dtype not in DTYPES:
+        raise TypeError(
+            f"the 'triton' hybrid back-end computes in float32, float16 or bfloat16, got {x.dtype}; "
+            "choose backend='auto' or another back-end")
     return PerSampleConv.apply(x, weights, index, stride, padding, dilation, groups)

@@ -2,7 +2,7 @@
 
 Both use torchvision's ResNet module names (``conv1, bn1, ..., layer1..layer4, avgpool, fc``),
 so every fusion method, placement rule and regime that works on a 2D ResNet works here: DAFT's
-default place is the input of the last residual stage (``layer3``'s output), hybrid convs take
+default place is after conv1-BN of the last stage (``layer4.bn1``, as DAFT's scripts), hybrid convs take
 any ``Conv3d`` by name, index or first/last/all, FiLM goes behind a ``BatchNorm3d``.
 """
 from __future__ import annotations

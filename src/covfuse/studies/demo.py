@@ -162,7 +162,8 @@ def context_lines(synth: dict, config) -> list[str]:
             "",
             f"Every method: {config.model.backbone} at {config.data.image_size}^3, {config.trainer.max_epochs} epoch(s), "
             f"batch {config.data.batch_size}, {config.optim.optimizer} lr {config.optim.lr:g} ({config.optim.schedule}); "
-            f"hybrid convs at `{config.model.hybrid_layers}`, DAFT at the input of the last residual stage; best "
+            f"hybrid convs at `{config.model.hybrid_layers}`, FiLM and DAFT after conv1-BN of the last stage "
+            "(`layer4.bn1`, the DAFT scripts' place; docs/methods.md); best "
             f"checkpoint by {default_monitor(config)}. Intervals resample subjects.",
         ]
         return twin + ["", _bayes_line(bayes)]

@@ -30,21 +30,32 @@ def _budget(argv) -> int | None:
     return None
 
 
+def _searched(argv) -> bool:
+    """Whether the study's command ran an Optuna search (``--search optuna``)."""
+    args = list(argv)
+    return any(a == "--search" and args[i + 1:i + 2] == ["optuna"] or a == "--search=optuna" for i, a in enumerate(args))
+
+
 def trial_counts(study: Study) -> dict | None:
     """The search's trials over all cells: done (complete), running (a process holds the trial's folder), pending
     (budget not spent yet), pruned and failed (an interrupted one included: the search retries its settings);
-    None when the study has no search journal (or optuna is not installed)."""
+    None when the study ran no search (or optuna is not installed)."""
     from covfuse.studies import search
 
+    budget = _budget(study.argv)
     if not (Path(study.study_dir) / search.JOURNAL).is_file():
-        return None
+        if not _searched(study.argv):
+            return None
+        # a search whose first trial has not started yet: its whole budget is still to go
+        counts = dict.fromkeys(TRIAL_STATES, 0)
+        counts["pending"] = (budget or 0) * len(study.cells)
+        return {"budget": budget, "cells": len(study.cells), "counts": counts}
     try:
         o = search.optuna()
     except Exception:  # noqa: BLE001 (status never fails for want of the search extra)
         return None
     from covfuse.training.lock import LOCK_NAME, holder
 
-    budget = _budget(study.argv)
     states = o.trial.TrialState
     counts = dict.fromkeys(TRIAL_STATES, 0)
     storage = search.storage(study)
