@@ -185,6 +185,27 @@ def test_zero_trains_finite_and_says_so_in_the_log(nan_twin, tmp_path, small_mon
     assert rows and all(np.isfinite(float(r["probability"])) for r in rows)
 
 
+def test_a_reused_cache_keeps_the_nonfinite_rule_and_its_log_line(nan_twin, tmp_path, capsys, small_monai):
+    """A cache built under zero holds the files zeroed: a later refuse must still refuse, and a later zero
+    still logs the count (both from the cache's record, checked against nibabel's count)."""
+    from covfuse.cli.main import main as covfuse
+
+    twin, paths, counts = nan_twin
+    runs, cached = tmp_path / "runs", [*TINY[:4], "--data.cache", "build", "--data.cache_dir", str(tmp_path / "c"),
+                                       *TINY[6:]]
+    base = ["fit", "--config", str(CONFIG), "--data.root", str(twin / "manifest.csv"), *cached, "--runs_dir", str(runs)]
+    assert covfuse([*base, "--name", "a"]) == 0  # builds the cache
+    assert covfuse([*base, "--name", "b"]) == 0  # reuses it
+    log = (runs / "b" / "log.txt").read_text()
+    assert "using volume cache" in log
+    assert f"data.nonfinite zero: {sum(counts.values())} NaN/Inf voxel(s) in 2 file(s) set to 0" in log
+    capsys.readouterr()
+    assert covfuse([*base, "--name", "r", "--data.nonfinite", "refuse"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"has {counts[paths[0]]:,} NaN/Inf voxel(s)" in lines[0], lines
+    assert not (runs / "r").exists()
+
+
 def test_a_float_tiff_with_nan_is_refused_with_its_count(tmp_path):
     pixels = np.random.default_rng(1).random((12, 10)).astype(np.float32)
     pixels[:3] = np.nan

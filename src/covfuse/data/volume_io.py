@@ -225,9 +225,12 @@ def _build_volume_cache(files: Sequence[Path], settings: Preprocessing, data: Pa
     shape = (len(files), 1, *(settings.size,) * 3)
     array = np.memmap(partial, dtype=np.float16, mode="w+", shape=shape)
     pipeline = transform(settings)
+    nonfinite = {}  # row -> NaN/Inf voxels set to 0, so a later run's data.nonfinite applies without the files
     try:
         for i, f in enumerate(tqdm(files, desc="caching volumes", unit="vol", disable=not progress, mininterval=2)):
             array[i] = load_volume(Path(f), settings, pipeline).numpy().astype(np.float16)
+            if count := nonfinite_voxels(Path(f)):
+                nonfinite[str(i)] = count
         array.flush()
         del array
         os.replace(partial, data)
@@ -235,7 +238,7 @@ def _build_volume_cache(files: Sequence[Path], settings: Preprocessing, data: Pa
         if partial.exists():
             partial.unlink()
     info = {"format": FORMAT, "version": VERSION, "dtype": "float16", "shape": list(shape),
-            "preprocessing": asdict(settings), "files": [str(f) for f in files], "decoder": _reader()}
+            "preprocessing": asdict(settings), "files": [str(f) for f in files], "decoder": _reader(), "nonfinite": nonfinite}
     from covfuse.io import atomic_write_text
 
     atomic_write_text(meta, json.dumps(info, indent=1) + "\n")

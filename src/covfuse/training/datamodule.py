@@ -239,8 +239,9 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
 
         self._validate()
         table, settings = self.table, self.settings()
-        if table.kind == "volume" and open_cache(table, settings, self.cfg.cache_dir) is None:  # the build reads every file
-            self.nonfinite = check_nonfinite(table, np.arange(len(table)), self.cfg.nonfinite)
+        if table.kind == "volume":  # before a build reads every file; a built cache's own record otherwise
+            self.nonfinite = check_nonfinite(table, np.arange(len(table)), self.cfg.nonfinite,
+                                             open_cache(table, settings, self.cfg.cache_dir))
         build_cache(table, settings, self.cfg.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
@@ -254,9 +255,9 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         cache = None if cfg.cache == "off" else open_cache(table, settings, cfg.cache_dir)
         if cache is None:
             self._check_files(table)
-            if table.kind == "volume":  # files are read as training goes: count NaN/Inf voxels now
-                rows = np.concatenate([self.indices[s] for s in SPLITS])
-                self.nonfinite = check_nonfinite(table, rows, cfg.nonfinite)
+        if table.kind == "volume":  # files read as training goes, or a cache that holds them zeroed: count now
+            rows = np.concatenate([self.indices[s] for s in SPLITS])
+            self.nonfinite = check_nonfinite(table, rows, cfg.nonfinite, cache)
         feeds = {}
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
