@@ -308,6 +308,8 @@ CASES = [
          "unknown attribute 'Atractive' (did you mean 'Attractive'?)"),
     Case("covariate-typo", "a misspelt covariate", [*FIT, "--data.covariates", "Yuong"],
          "unknown attribute 'Yuong' (did you mean 'Young'?)"),
+    Case("categorical-typo", "a data.categorical name that is not a covariate", [*FIT, "--data.categorical", "[Yuong]"],
+         "data.categorical names 'Yuong', which is not in data.covariates (Young, Male) (did you mean 'Young'?)"),
     Case("target-is-covariate", "a covariate equal to the target", [*FIT, "--data.covariates", "Attractive,Male"],
          "data.target Attractive is also in data.covariates"),
     Case("head-celeba", "a multi-class head on CelebA's binary attributes", [*FIT, "--model.head", "multiclass"],

@@ -276,7 +276,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         """Read the table and check and encode everything but the files: target, splits, covariates."""
         if self.table is not None:
             return
-        from covfuse.data.table import CovariateEncoder, check_selection, encode_target
+        from covfuse.data.table import CovariateEncoder, check_categorical, check_selection, encode_target
 
         cfg = self.cfg
         if cfg.covariates_mode not in MODES:
@@ -288,6 +288,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         covariates = [c.strip() for c in cfg.covariates.split(",") if c.strip()] if isinstance(cfg.covariates, str) \
             else list(cfg.covariates)
         self.target_name, covariates = check_selection(table, cfg.target, covariates)
+        check_categorical(covariates, cfg.categorical)
         state = self.given_state or {}
         regression = self.head == "regression"
         if self.head == "survival":  # (time, event) per row; time-to-event is not a class or a plain number
