@@ -319,6 +319,8 @@ CASES = [
     Case("monitor-survival", "a monitor a survival head does not log",
          [*FIT, "--model.head", "survival", "--data.event", "Male", "--monitor", "val/acc"],
          "monitor val/acc does not exist for head survival; use val/c_index, val/loss, val/ibs"),
+    Case("ties-head", "Efron ties on a head without times", [*FIT, "--model.ties", "efron"],
+         "model.ties efron is for model.head survival; head binary has no tied times to handle"),
     Case("eval-times-head", "survival evaluation times on another head", [*FIT, "--data.eval_times", "[1,2]"],
          "data.eval_times and metrics.tau are for model.head survival; head binary does not use them"),
     Case("flag-typo", "a misspelt option", [*FIT, "--optim.lrr", "1"], "unknown option --optim.lrr (did you mean 'optim.lr'?)"),

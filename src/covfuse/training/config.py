@@ -84,7 +84,7 @@ class ModelConfig:
         hybrid_layers: Convs made hybrid: first, last, all, or a list of module names (e.g. [features.0, features.40]).
         weights: None (random init), imagenet (local torchvision cache only), or a path to a state dict.
         regime: finetune (train everything) or another regime covfuse.models.build accepts.
-        head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes; volumes), regression (a numeric target, MSE on the standardised target; volumes) or survival (one risk score, Cox partial likelihood with Breslow ties over the batch; data.target is the time, data.event the 0/1 event column; volumes).
+        head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes; volumes), regression (a numeric target, MSE on the standardised target; volumes) or survival (one risk score, Cox partial likelihood over the batch, Breslow or Efron ties as model.ties says; data.target is the time, data.event the 0/1 event column; volumes).
         options: Extra keyword arguments for covfuse.models.build.
         ties: Survival head: how the Cox loss handles tied times, breslow or efron (docs/survival.md).
     """
@@ -438,6 +438,9 @@ def check(config: RunConfig) -> RunConfig:
     if not survival and (d.eval_times or config.metrics.tau is not None):
         raise UserError(f"data.eval_times and metrics.tau are for model.head survival; head {config.model.head} "
                         "does not use them (drop them, or set --model.head survival)")
+    if not survival and config.model.ties != "breslow":
+        raise UserError(f"model.ties {config.model.ties} is for model.head survival; head {config.model.head} has no "
+                        "tied times to handle (drop it, or set --model.head survival)")
     need(not d.eval_times or all(isinstance(v, (int, float)) and v >= 0 for v in d.eval_times), "data.eval_times",
          "times >= 0 in data.target's unit (e.g. --data.eval_times [1,2,3])", d.eval_times)
     need(config.metrics.tau is None or config.metrics.tau > 0, "metrics.tau", "a time > 0 (e.g. --metrics.tau 4)",
