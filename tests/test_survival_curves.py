@@ -275,3 +275,17 @@ def test_monitors_the_head_does_not_log_are_refused():
         cfgmod.check(binary)
     default, _ = cfgmod.parse(["--model.head", "survival", "--data.event", "event"])
     assert cfgmod.check(default).monitor == "val/c_index"
+
+
+@pytest.mark.parametrize("given", ["1,2.5,4", "[1,2.5,4]"])
+def test_eval_times_read_as_predict_times_reads_them(given):
+    """--data.eval_times 1,2.5,4 (the form `covfuse predict --times` takes) means the same grid as [1,2.5,4]."""
+    from covfuse.training import config as cfgmod
+
+    config, _ = cfgmod.parse(["--model.head", "survival", "--data.event", "event", "--data.target", "time",
+                              "--data.eval_times", given])
+    assert cfgmod.check(config).data.eval_times == [1.0, 2.5, 4.0]
+    for bad, message in (("1,soon", "data.eval_times: 'soon' is not a number"), ("1,inf", "data.eval_times must be")):
+        config, _ = cfgmod.parse(["--model.head", "survival", "--data.event", "event", "--data.eval_times", bad])
+        with pytest.raises(UserError, match=message):
+            cfgmod.check(config)

@@ -43,7 +43,7 @@ class DataConfig:
         geometry: Volumes: resize (whole field of view to image_size^3) or crop-pad (centre crop / zero pad).
         spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
         event: Survival head: the 0/1 column saying whether the event was observed (1) or data.target's time is censored (0).
-        eval_times: Survival head: the evaluation grid (times in data.target's unit) for survival.csv's S@<t> columns, td_auc, the integrated Brier score and calibration, e.g. [1,2,3]; None: the 25/50/75th percentiles of the training split's event times.
+        eval_times: Survival head: the evaluation grid (times in data.target's unit) for survival.csv's S@<t> columns, td_auc, the integrated Brier score and calibration, e.g. [1,2,3] or 1,2,3; None: the 25/50/75th percentiles of the training split's event times.
         nonfinite: Volumes: what NaN/Inf voxels become (SPM/FSL mask the background with NaN): zero (set to 0 before normalisation, counted in the log) or refuse (stop, naming the first file).
     """
 
@@ -70,7 +70,7 @@ class DataConfig:
     geometry: Literal["resize", "crop-pad"] = "resize"
     spacing: Optional[float] = None
     event: Optional[str] = None
-    eval_times: Optional[list[float]] = None
+    eval_times: Union[list[float], str, None] = None  # "1,2,3" as predict --times takes it, or [1,2,3]
     nonfinite: Literal["zero", "refuse"] = "zero"
 
 
@@ -404,6 +404,18 @@ def default_monitor(config: RunConfig) -> str:
     return "val/c_index" if config.model.head == "survival" else "val/loss"
 
 
+def parse_times(text: str) -> list[float]:
+    """``"1,2.5,4"`` (or ``"[1,2.5,4]"``) as a list of times; a part that is not a number is one line."""
+    times = []
+    for part in text.strip().strip("[]").split(","):
+        try:
+            times.append(float(part))
+        except ValueError:
+            raise UserError(f"data.eval_times: {part.strip()!r} is not a number; give times in data.target's unit, "
+                            "e.g. --data.eval_times 1,2,3") from None
+    return times
+
+
 def check(config: RunConfig) -> RunConfig:
     """Refuse values that cannot make a run, each with the key and a valid example (before anything is written)."""
     d, o, t = config.data, config.optim, config.trainer
@@ -435,13 +447,15 @@ def check(config: RunConfig) -> RunConfig:
     config.monitor = default_monitor(config)
     if survival and config.monitor not in SURVIVAL_MONITORS:
         raise UserError(f"monitor {config.monitor} does not exist for head survival; use {', '.join(SURVIVAL_MONITORS)}")
+    if isinstance(d.eval_times, str):  # 1,2,3 as `covfuse predict --times` takes it
+        d.eval_times = parse_times(d.eval_times)
     if not survival and (d.eval_times or config.metrics.tau is not None):
         raise UserError(f"data.eval_times and metrics.tau are for model.head survival; head {config.model.head} "
                         "does not use them (drop them, or set --model.head survival)")
     if not survival and config.model.ties != "breslow":
         raise UserError(f"model.ties {config.model.ties} is for model.head survival; head {config.model.head} has no "
                         "tied times to handle (drop it, or set --model.head survival)")
-    need(not d.eval_times or all(isinstance(v, (int, float)) and v >= 0 for v in d.eval_times), "data.eval_times",
+    need(not d.eval_times or all(isinstance(v, (int, float)) and 0 <= v < float("inf") for v in d.eval_times), "data.eval_times",
          "times >= 0 in data.target's unit (e.g. --data.eval_times [1,2,3])", d.eval_times)
     need(config.metrics.tau is None or config.metrics.tau > 0, "metrics.tau", "a time > 0 (e.g. --metrics.tau 4)",
          config.metrics.tau)
