@@ -279,6 +279,18 @@ def test_skip_corrupt_leaves_out_a_broken_dicom_and_keeps_the_clean_ones(tmp_pat
     assert json.loads((tmp_path / "runs/k/metrics.json").read_text())["skipped_images"] == 1
 
 
+def test_skip_corrupt_works_with_a_cache_build_config(tmp_path, monkeypatch, capsys):
+    """`covfuse data verify` says `covfuse fit --skip_corrupt` trains without the bad files: it must, also where the
+    config says data.cache build (the build used to stop at the bad file with the same advice)."""
+    from covfuse.cli.main import main as covfuse
+
+    monkeypatch.chdir(tmp_path)
+    dicom_manifest(tmp_path, broken=4)
+    assert covfuse(["fit", "--data.root", "m.csv", *FIT2D, "--data.cache", "build", "--name", "k", "--skip_corrupt"]) == 0, \
+        capsys.readouterr().err[-2000:]
+    assert (tmp_path / "runs/k/skipped.txt").read_text().split() == ["IM0004.dcm"]
+
+
 # -------------------------------------------------------------------------- honest layouts, ids, delimiters
 def _rgb_dicom(path: Path, rgb: np.ndarray) -> None:
     _write_dicom(path, np.zeros(rgb.shape[:2]))

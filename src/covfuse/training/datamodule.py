@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from covfuse.errors import UserError
 TRAIN_EVAL = "train-eval"
 """The training split scored like valid/test (no augmentation): a survival run's Breslow baseline comes from it."""
 from covfuse.training.config import DataConfig
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 STATE_FILE = "data_state.json"
@@ -239,6 +242,11 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
 
         self._validate()
         table, settings = self.table, self.settings()
+        if self.cfg.skip_corrupt and table.kind == "image" and open_cache(table, settings, self.cfg.cache_dir) is None:
+            # the cache holds every file, so a build stops at the first bad one: read the files as training goes
+            log.warning("data.skip_corrupt: no image cache is built (it would stop at the first file that does not "
+                        "decode); the images are read as training goes")
+            return
         if table.kind == "volume":  # before a build reads every file; a built cache's own record otherwise
             self.nonfinite = check_nonfinite(table, np.arange(len(table)), self.cfg.nonfinite,
                                              open_cache(table, settings, self.cfg.cache_dir))
