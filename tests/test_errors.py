@@ -331,6 +331,10 @@ CASES = [
          "no data: set data.root in the config or pass --data.root (a CelebA folder, a manifest CSV or a BIDS folder)"),
     # -- the data folder --
     Case("root-missing", "data root missing", [*FIT, "--data.root", "nowhere"], "nowhere: no such folder"),
+    Case("root-manifest-folder", "the folder holding a manifest given instead of the manifest", ["data", "info", "mf"],
+         "mf: a folder holding manifests, not a dataset folder; give the manifest itself (mf/a.csv or mf/b.tsv)",
+         lambda work: [(work / "mf").mkdir(), (work / "mf/a.csv").write_text("subject,path\n"),
+                       (work / "mf/b.tsv").write_text("subject\tpath\n")]),
     Case("root-empty", "data root empty", [*FIT, "--data.root", "empty"], "empty: not a CelebA folder",
          lambda work: (work / "empty").mkdir()),
     Case("root-unreadable", "a release file that cannot be read", [*FIT],
