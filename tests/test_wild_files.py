@@ -15,6 +15,7 @@ import pytest
 import tifffile
 
 from covfuse.data.decode import CorruptImage
+from covfuse.errors import UserError
 from covfuse.data.decoders import UnsupportedImage, decode_file, read_pixels
 from test_data_decoders import _by_hand, _write_dicom
 
@@ -420,3 +421,29 @@ def test_the_dermoscopy_example_in_docs_runs_as_printed(tmp_path, monkeypatch, c
     rows = list(csv.DictReader(open(tmp_path / "runs/isic-hybrid/predictions.csv")))
     assert sorted(r["id"] for r in rows) == ["img/ISIC_0000003.jpg", "img/ISIC_0000004.jpg"]
     assert all(np.isfinite(float(r["probability"])) for r in rows)
+
+
+def test_a_truncated_float_nifti_is_one_line_not_a_traceback(tmp_path, capsys):
+    """A float NIfTI cut short (a copy that stopped): counting its NaN voxels read it, and a gzip EOFError
+    escaped as a traceback from `data info` and `fit`; preprocessing named MONAI's wrapper, not the cause."""
+    import gzip
+
+    import nibabel as nib
+
+    from covfuse.cli.main import main as covfuse
+    from covfuse.data.volume_io import Preprocessing, load_volume
+
+    data = np.random.default_rng(0).random((12, 12, 12)).astype(np.float32)
+    (tmp_path / "v").mkdir()
+    for name in ("a", "b", "c"):
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / f"v/{name}.nii.gz"))
+    whole = (tmp_path / "v/b.nii.gz").read_bytes()
+    (tmp_path / "v/b.nii.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(EOFError):  # the reference: gzip itself says the file ends early
+        gzip.decompress((tmp_path / "v/b.nii.gz").read_bytes())
+    (tmp_path / "m.csv").write_text("subject,path,age\ns1,v/a.nii.gz,60\ns2,v/b.nii.gz,70\ns3,v/c.nii.gz,80\n")
+    assert covfuse(["data", "info", str(tmp_path / "m.csv")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "v/b.nii.gz: cannot read the volume (EOFError" in lines[0], lines
+    with pytest.raises(UserError, match=r"cannot preprocess .*b\.nii\.gz \(EOFError: "):
+        load_volume(tmp_path / "v/b.nii.gz", Preprocessing(size=8))

@@ -116,7 +116,18 @@ def nonfinite_voxels(file: Path) -> int:
     scaled = any(v is not None and not np.isfinite(v) for v in (slope, inter))
     if dtype.kind not in "fc" and not scaled:
         return 0
-    return int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
+    try:
+        return int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
+    except Exception as exc:  # noqa: BLE001 - nibabel/gzip raise many types for a damaged file
+        raise UserError(f"{file}: cannot read the volume ({_reason(exc)}); `covfuse data verify ROOT` names every "
+                        "such file") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of ``exc`` in one short line (MONAI wraps a reader's error in "applying transform <...>")."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:160]
 
 
 def load_volume(file: Path, settings: Preprocessing, pipeline=None) -> torch.Tensor:
@@ -126,7 +137,7 @@ def load_volume(file: Path, settings: Preprocessing, pipeline=None) -> torch.Ten
     try:
         x = pipeline(str(file))
     except Exception as exc:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError
-        raise UserError(f"cannot preprocess {file} ({' '.join(str(exc).split())[:160]})") from None
+        raise UserError(f"cannot preprocess {file} ({_reason(exc)}); `covfuse data verify ROOT` names every such file") from None
     return torch.as_tensor(x, dtype=torch.float32).reshape(1, *(settings.size,) * 3)
 
 
