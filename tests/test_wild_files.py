@@ -447,3 +447,26 @@ def test_a_truncated_float_nifti_is_one_line_not_a_traceback(tmp_path, capsys):
     assert len(lines) == 1 and "v/b.nii.gz: cannot read the volume (EOFError" in lines[0], lines
     with pytest.raises(UserError, match=r"cannot preprocess .*b\.nii\.gz \(EOFError: "):
         load_volume(tmp_path / "v/b.nii.gz", Preprocessing(size=8))
+
+
+def test_skip_corrupt_leaves_out_a_truncated_volume(tmp_path, capsys, small_monai):
+    """`covfuse data verify` tells a volume manifest with a cut-short NIfTI that `fit --skip_corrupt` trains without
+    it: it must (volumes were never skipped; the run stopped at the file, also with the config's cache build)."""
+    import csv
+
+    from covfuse.cli.main import main as covfuse
+
+    twin = tmp_path / "t"
+    assert covfuse(["data", "synth3d", str(twin), "--n", "24", "--size", "16", "--seed", "4"]) == 0
+    rows = list(csv.DictReader(open(twin / "manifest.csv")))
+    bad = twin / next(r["path"] for r in rows if r["split"] == "train")
+    bad.write_bytes(bad.read_bytes()[:3000])
+    assert covfuse(["data", "verify", str(twin / "manifest.csv")]) == 2
+    assert "`covfuse fit --skip_corrupt` trains without it" in capsys.readouterr().err
+    runs = tmp_path / "runs"
+    cached = [*TINY[:4], "--data.cache", "build", *TINY[6:]]
+    assert covfuse(["fit", "--config", str(CONFIG), "--data.root", str(twin / "manifest.csv"), *cached,
+                    "--runs_dir", str(runs), "--name", "k", "--skip_corrupt"]) == 0, capsys.readouterr().err[-2000:]
+    assert (runs / "k/skipped.txt").read_text().split() == [bad.name]
+    predicted = [r["id"] for r in csv.DictReader(open(runs / "k/predictions.csv"))]
+    assert predicted and not any(bad.name in p for p in predicted)

@@ -137,8 +137,15 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
     image file is refused (a stat each); with ``skip_corrupt`` every image is decoded once and the
     paths of those that fail are returned (the caller leaves them out)."""
     if table.kind == "volume":
-        from covfuse.data.volume_io import volume_shape
+        from covfuse.data.volume_io import unreadable_volumes, volume_shape
 
+        if skip_corrupt:  # every voxel of every file read once, as `covfuse data verify` does
+            from covfuse.data._workers import default_workers, run_chunks
+
+            paths = [str(table.files[int(r)]) for r in rows]
+            chunks = [(paths[i: i + 64],) for i in range(0, len(paths), 64)]
+            return {p for _, found in run_chunks(unreadable_volumes, chunks, default_workers(len(paths)))
+                    for p, _ in found}
         volume_shape(table.files[int(rows[0])], table.where(int(rows[0])))
         return set()
     from covfuse.data.decode import CorruptImage

@@ -130,6 +130,20 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:160]
 
 
+def unreadable_volumes(files: list[str]) -> list[tuple[str, str]]:
+    """Worker (``covfuse data verify``, ``--skip_corrupt``): read every voxel of each NIfTI file (nibabel);
+    (file, reason) for those that fail."""
+    import nibabel as nib
+
+    bad = []
+    for file in files:
+        try:
+            np.asanyarray(nib.load(file).dataobj)
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
+            bad.append((file, _reason(exc)))
+    return bad
+
+
 def load_volume(file: Path, settings: Preprocessing, pipeline=None) -> torch.Tensor:
     """One preprocessed volume, float32 (1, S, S, S); an unreadable or non-3-D file is a UserError."""
     volume_shape(file)

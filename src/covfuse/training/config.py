@@ -36,7 +36,7 @@ class DataConfig:
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
         fold: Which fold is the validation fold when folds >= 2.
         split_seed: Seed of the folds and, for a manifest without a split column, of the train/valid/test split (not the run seed, so seeds vary the training and not the samples).
-        skip_corrupt: Leave out images that do not decode (counted, listed in the log and in skipped.txt) instead of stopping.
+        skip_corrupt: Leave out images or volumes that do not decode (counted, listed in the log and in skipped.txt) instead of stopping.
         categorical: Covariate columns to one-hot even if their values are numbers (others are inferred).
         classes: The target's class values in order (binary: [negative, positive]); None: sorted values (not needed for 0/1).
         intensity: Volumes: zscore (over the nonzero, in-brain voxels) or minmax (to [0, 1]).

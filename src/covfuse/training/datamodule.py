@@ -242,10 +242,10 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
 
         self._validate()
         table, settings = self.table, self.settings()
-        if self.cfg.skip_corrupt and table.kind == "image" and open_cache(table, settings, self.cfg.cache_dir) is None:
+        if self.cfg.skip_corrupt and open_cache(table, settings, self.cfg.cache_dir) is None:
             # the cache holds every file, so a build stops at the first bad one: read the files as training goes
-            log.warning("data.skip_corrupt: no image cache is built (it would stop at the first file that does not "
-                        "decode); the images are read as training goes")
+            log.warning("data.skip_corrupt: no cache is built (it would stop at the first file that does not "
+                        "decode); the files are read as training goes")
             return
         if table.kind == "volume":  # before a build reads every file; a built cache's own record otherwise
             self.nonfinite = check_nonfinite(table, np.arange(len(table)), self.cfg.nonfinite,
