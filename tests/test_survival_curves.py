@@ -285,7 +285,7 @@ def test_eval_times_read_as_predict_times_reads_them(given):
     config, _ = cfgmod.parse(["--model.head", "survival", "--data.event", "event", "--data.target", "time",
                               "--data.eval_times", given])
     assert cfgmod.check(config).data.eval_times == [1.0, 2.5, 4.0]
-    for bad, message in (("1,soon", "data.eval_times: 'soon' is not a number"), ("1,inf", "data.eval_times must be")):
+    for bad, message in (("1,soon", "data.eval_times: 'soon' is not a number"), ("1,inf", "--data.eval_times: inf must be a finite time")):
         config, _ = cfgmod.parse(["--model.head", "survival", "--data.event", "event", "--data.eval_times", bad])
         with pytest.raises(UserError, match=message):
             cfgmod.check(config)

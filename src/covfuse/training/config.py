@@ -404,18 +404,6 @@ def default_monitor(config: RunConfig) -> str:
     return "val/c_index" if config.model.head == "survival" else "val/loss"
 
 
-def parse_times(text: str) -> list[float]:
-    """``"1,2.5,4"`` (or ``"[1,2.5,4]"``) as a list of times; a part that is not a number is one line."""
-    times = []
-    for part in text.strip().strip("[]").split(","):
-        try:
-            times.append(float(part))
-        except ValueError:
-            raise UserError(f"data.eval_times: {part.strip()!r} is not a number; give times in data.target's unit, "
-                            "e.g. --data.eval_times 1,2,3") from None
-    return times
-
-
 def check(config: RunConfig) -> RunConfig:
     """Refuse values that cannot make a run, each with the key and a valid example (before anything is written)."""
     d, o, t = config.data, config.optim, config.trainer
@@ -448,7 +436,9 @@ def check(config: RunConfig) -> RunConfig:
     if survival and config.monitor not in SURVIVAL_MONITORS:
         raise UserError(f"monitor {config.monitor} does not exist for head survival; use {', '.join(SURVIVAL_MONITORS)}")
     if isinstance(d.eval_times, str):  # 1,2,3 as `covfuse predict --times` takes it
-        d.eval_times = parse_times(d.eval_times)
+        from covfuse.training.survival_curves import parse_times
+
+        d.eval_times = parse_times(d.eval_times, "--data.eval_times")
     if not survival and (d.eval_times or config.metrics.tau is not None):
         raise UserError(f"data.eval_times and metrics.tau are for model.head survival; head {config.model.head} "
                         "does not use them (drop them, or set --model.head survival)")
