@@ -30,12 +30,12 @@ from pathlib import Path
 
 from covfuse.data.dataset import SampleBatch, collate, collate_grouped
 from covfuse.errors import UserError
-
-TRAIN_EVAL = "train-eval"
-"""The training split scored like valid/test (no augmentation): a survival run's Breslow baseline comes from it."""
 from covfuse.training.config import DataConfig
 
 log = logging.getLogger(__name__)
+
+TRAIN_EVAL = "train-eval"
+"""The training split scored like valid/test (no augmentation): a survival run's Breslow baseline comes from it."""
 
 SPLITS = ("train", "valid", "test")
 STATE_FILE = "data_state.json"
