@@ -307,3 +307,20 @@ def test_folds_of_a_survival_table_balance_the_events(twin):
     pool = np.concatenate([data.indices["train"], data.indices["valid"]])
     share = events[data.indices["valid"]].mean()
     assert abs(share - events[pool].mean()) < 0.2  # stratified on the event indicator
+
+
+def test_the_survival_twin_as_bids_carries_time_and_event(tmp_path):
+    """`data synth3d --survival --format bids` crashed writing its data card (StopIteration) and dropped time and
+    event from participants.tsv; they must equal the manifest twin's of the same seed and read back as a table."""
+    from covfuse.data.readers import read_table
+
+    args = ["--n", "30", "--size", "8", "--seed", "2", "--survival"]
+    assert covfuse(["data", "synth3d", str(tmp_path / "m"), *args]) == 0
+    assert covfuse(["data", "synth3d", str(tmp_path / "b"), *args, "--format", "bids"]) == 0
+    manifest = {r["subject"]: r for r in csv.DictReader(open(tmp_path / "m/manifest.csv"))}
+    participants = list(csv.DictReader(open(tmp_path / "b/participants.tsv"), delimiter="\t"))
+    assert [(r["time"], r["event"]) for r in participants] == \
+        [(manifest[r["participant_id"]]["time"], manifest[r["participant_id"]]["event"]) for r in participants]
+    table = read_table(tmp_path / "b")
+    assert sorted(table.values("event")) == sorted(r["event"] for r in manifest.values())
+    assert "time, event" in (tmp_path / "b/README.txt").read_text()

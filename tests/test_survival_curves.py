@@ -275,3 +275,35 @@ def test_monitors_the_head_does_not_log_are_refused():
         cfgmod.check(binary)
     default, _ = cfgmod.parse(["--model.head", "survival", "--data.event", "event"])
     assert cfgmod.check(default).monitor == "val/c_index"
+
+
+@pytest.mark.parametrize("given", ["1,2.5,4", "[1,2.5,4]"])
+def test_eval_times_read_as_predict_times_reads_them(given):
+    """--data.eval_times 1,2.5,4 (the form `covfuse predict --times` takes) means the same grid as [1,2.5,4]."""
+    from covfuse.training import config as cfgmod
+
+    config, _ = cfgmod.parse(["--model.head", "survival", "--data.event", "event", "--data.target", "time",
+                              "--data.eval_times", given])
+    assert cfgmod.check(config).data.eval_times == [1.0, 2.5, 4.0]
+    for bad, message in (("1,soon", "data.eval_times: 'soon' is not a number"), ("1,inf", "--data.eval_times: inf must be a finite time")):
+        config, _ = cfgmod.parse(["--model.head", "survival", "--data.event", "event", "--data.eval_times", bad])
+        with pytest.raises(UserError, match=message):
+            cfgmod.check(config)
+
+
+def test_predict_times_after_the_last_training_event_are_flagged(run, capsys):
+    """Breslow's H0 stops at the training split's last event: a later --times is the value carried from there
+    said on stderr; the in-range times get no note."""
+    import json
+
+    run_dir, manifest = run
+    last = json.loads((run_dir / "survival_baseline.json").read_text())["baseline_times"][-1]
+    capsys.readouterr()
+    assert covfuse(["predict", str(run_dir), "--csv", str(manifest), "--extrapolate", "--times", f"{last},{last + 50}"]) == 0
+    captured = capsys.readouterr()
+    out = list(csv.DictReader(captured.out.splitlines()))
+    at, after = f"S@{np.format_float_positional(last, trim='-')}", f"S@{np.format_float_positional(last + 50, trim='-')}"
+    assert all(r[at] == r[after] for r in out)  # flat after the last event
+    assert f"--times {last + 50:g} lie(s) after the training split's last event ({last:g})" in captured.err
+    assert covfuse(["predict", str(run_dir), "--csv", str(manifest), "--extrapolate", "--times", f"{last / 2}"]) == 0
+    assert "after the training split's last event" not in capsys.readouterr().err

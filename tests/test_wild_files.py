@@ -15,6 +15,7 @@ import pytest
 import tifffile
 
 from covfuse.data.decode import CorruptImage
+from covfuse.errors import UserError
 from covfuse.data.decoders import UnsupportedImage, decode_file, read_pixels
 from test_data_decoders import _by_hand, _write_dicom
 
@@ -185,6 +186,27 @@ def test_zero_trains_finite_and_says_so_in_the_log(nan_twin, tmp_path, small_mon
     assert rows and all(np.isfinite(float(r["probability"])) for r in rows)
 
 
+def test_a_reused_cache_keeps_the_nonfinite_rule_and_its_log_line(nan_twin, tmp_path, capsys, small_monai):
+    """A cache built under zero holds the files zeroed: a later refuse must still refuse, and a later zero
+    still logs the count (both from the cache's record, checked against nibabel's count)."""
+    from covfuse.cli.main import main as covfuse
+
+    twin, paths, counts = nan_twin
+    runs, cached = tmp_path / "runs", [*TINY[:4], "--data.cache", "build", "--data.cache_dir", str(tmp_path / "c"),
+                                       *TINY[6:]]
+    base = ["fit", "--config", str(CONFIG), "--data.root", str(twin / "manifest.csv"), *cached, "--runs_dir", str(runs)]
+    assert covfuse([*base, "--name", "a"]) == 0  # builds the cache
+    assert covfuse([*base, "--name", "b"]) == 0  # reuses it
+    log = (runs / "b" / "log.txt").read_text()
+    assert "using volume cache" in log
+    assert f"data.nonfinite zero: {sum(counts.values())} NaN/Inf voxel(s) in 2 file(s) set to 0" in log
+    capsys.readouterr()
+    assert covfuse([*base, "--name", "r", "--data.nonfinite", "refuse"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"has {counts[paths[0]]:,} NaN/Inf voxel(s)" in lines[0], lines
+    assert not (runs / "r").exists()
+
+
 def test_a_float_tiff_with_nan_is_refused_with_its_count(tmp_path):
     pixels = np.random.default_rng(1).random((12, 10)).astype(np.float32)
     pixels[:3] = np.nan
@@ -256,6 +278,18 @@ def test_skip_corrupt_leaves_out_a_broken_dicom_and_keeps_the_clean_ones(tmp_pat
     import json
 
     assert json.loads((tmp_path / "runs/k/metrics.json").read_text())["skipped_images"] == 1
+
+
+def test_skip_corrupt_works_with_a_cache_build_config(tmp_path, monkeypatch, capsys):
+    """`covfuse data verify` says `covfuse fit --skip_corrupt` trains without the bad files: it must, also where the
+    config says data.cache build (the build used to stop at the bad file with the same advice)."""
+    from covfuse.cli.main import main as covfuse
+
+    monkeypatch.chdir(tmp_path)
+    dicom_manifest(tmp_path, broken=4)
+    assert covfuse(["fit", "--data.root", "m.csv", *FIT2D, "--data.cache", "build", "--name", "k", "--skip_corrupt"]) == 0, \
+        capsys.readouterr().err[-2000:]
+    assert (tmp_path / "runs/k/skipped.txt").read_text().split() == ["IM0004.dcm"]
 
 
 # -------------------------------------------------------------------------- honest layouts, ids, delimiters
@@ -387,3 +421,52 @@ def test_the_dermoscopy_example_in_docs_runs_as_printed(tmp_path, monkeypatch, c
     rows = list(csv.DictReader(open(tmp_path / "runs/isic-hybrid/predictions.csv")))
     assert sorted(r["id"] for r in rows) == ["img/ISIC_0000003.jpg", "img/ISIC_0000004.jpg"]
     assert all(np.isfinite(float(r["probability"])) for r in rows)
+
+
+def test_a_truncated_float_nifti_is_one_line_not_a_traceback(tmp_path, capsys):
+    """A float NIfTI cut short (a copy that stopped): counting its NaN voxels read it, and a gzip EOFError
+    escaped as a traceback from `data info` and `fit`; preprocessing named MONAI's wrapper, not the cause."""
+    import gzip
+
+    import nibabel as nib
+
+    from covfuse.cli.main import main as covfuse
+    from covfuse.data.volume_io import Preprocessing, load_volume
+
+    data = np.random.default_rng(0).random((12, 12, 12)).astype(np.float32)
+    (tmp_path / "v").mkdir()
+    for name in ("a", "b", "c"):
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / f"v/{name}.nii.gz"))
+    whole = (tmp_path / "v/b.nii.gz").read_bytes()
+    (tmp_path / "v/b.nii.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(EOFError):  # the reference: gzip itself says the file ends early
+        gzip.decompress((tmp_path / "v/b.nii.gz").read_bytes())
+    (tmp_path / "m.csv").write_text("subject,path,age\ns1,v/a.nii.gz,60\ns2,v/b.nii.gz,70\ns3,v/c.nii.gz,80\n")
+    assert covfuse(["data", "info", str(tmp_path / "m.csv")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "v/b.nii.gz: cannot read the volume (EOFError" in lines[0], lines
+    with pytest.raises(UserError, match=r"cannot preprocess .*b\.nii\.gz \(EOFError: "):
+        load_volume(tmp_path / "v/b.nii.gz", Preprocessing(size=8))
+
+
+def test_skip_corrupt_leaves_out_a_truncated_volume(tmp_path, capsys, small_monai):
+    """`covfuse data verify` tells a volume manifest with a cut-short NIfTI that `fit --skip_corrupt` trains without
+    it: it must (volumes were never skipped; the run stopped at the file, also with the config's cache build)."""
+    import csv
+
+    from covfuse.cli.main import main as covfuse
+
+    twin = tmp_path / "t"
+    assert covfuse(["data", "synth3d", str(twin), "--n", "24", "--size", "16", "--seed", "4"]) == 0
+    rows = list(csv.DictReader(open(twin / "manifest.csv")))
+    bad = twin / next(r["path"] for r in rows if r["split"] == "train")
+    bad.write_bytes(bad.read_bytes()[:3000])
+    assert covfuse(["data", "verify", str(twin / "manifest.csv")]) == 2
+    assert "`covfuse fit --skip_corrupt` trains without it" in capsys.readouterr().err
+    runs = tmp_path / "runs"
+    cached = [*TINY[:4], "--data.cache", "build", *TINY[6:]]
+    assert covfuse(["fit", "--config", str(CONFIG), "--data.root", str(twin / "manifest.csv"), *cached,
+                    "--runs_dir", str(runs), "--name", "k", "--skip_corrupt"]) == 0, capsys.readouterr().err[-2000:]
+    assert (runs / "k/skipped.txt").read_text().split() == [bad.name]
+    predicted = [r["id"] for r in csv.DictReader(open(runs / "k/predictions.csv"))]
+    assert predicted and not any(bad.name in p for p in predicted)

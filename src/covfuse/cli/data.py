@@ -411,19 +411,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_volumes(files: list[str]) -> list[tuple[str, str]]:
-    """Worker: read every voxel of each NIfTI file (nibabel); (file, reason) for those that fail."""
-    import nibabel as nib
-
-    bad = []
-    for file in files:
-        try:
-            np.asanyarray(nib.load(file).dataobj)
-        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
-            bad.append((file, f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"))
-    return bad
-
-
 def verify_table(args: argparse.Namespace) -> int:
     """`data verify` of a manifest or BIDS dataset: the table validates and every file decodes in full
     (2D: the decoder training uses; NIfTI: every voxel, and NaN/Inf voxels counted)."""
@@ -440,7 +427,9 @@ def verify_table(args: argparse.Namespace) -> int:
     chunk = 64 if table.kind == "volume" else 512
     tasks = [(files[i: i + chunk],) if table.kind == "volume" else (files[i: i + chunk], True)
              for i in range(0, len(files), chunk)]
-    work = _read_volumes if table.kind == "volume" else unreadable
+    from covfuse.data.volume_io import unreadable_volumes
+
+    work = unreadable_volumes if table.kind == "volume" else unreadable
     workers = default_workers(len(files)) if args.workers is None else args.workers
     bad: list[tuple[str, str]] = []
     with tqdm(total=len(files), desc=f"decoding {noun}", unit=noun[:3]) as bar:

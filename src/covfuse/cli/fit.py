@@ -15,7 +15,7 @@ def _flags(parser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue runs/<name>/ from checkpoints/last.ckpt with its saved config.yaml")
     parser.add_argument("--skip_corrupt", action="store_true",
-                        help="leave out images that do not decode (counted and listed in skipped.txt) instead of stopping")
+                        help="leave out images or volumes that do not decode (counted and listed in skipped.txt) instead of stopping")
 
 
 def resolve(argv: list[str]) -> tuple[cfgmod.RunConfig, dict]:

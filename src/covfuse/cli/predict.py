@@ -161,6 +161,11 @@ def main(argv: list[str]) -> int:
         if config.model.head != "survival":
             raise UserError(f"--times gives survival probabilities; {run_dir} has head {config.model.head}, not survival")
         reference = Reference.load(run_dir)
+        last = float(reference.baseline.times[-1]) if len(reference.baseline.times) else 0.0
+        beyond = [t for t in times if t > last]
+        if beyond:  # Breslow's H0 has no steps after the last training event: S(t | x) is carried, not estimated
+            print(f"covfuse predict: --times {', '.join(f'{t:g}' for t in beyond)} lie(s) after the training split's "
+                  f"last event ({last:g}); S(t | x) there is the value at {last:g}, not an estimate", file=sys.stderr)
     module = load_module(checkpoint_path(run_dir, args.ckpt))
     # CelebA runs take raw 0/1 attributes and an image CSV; every other source goes through its
     # table: the saved encoder and preprocessing, as `covfuse test` reads the data.

@@ -67,12 +67,6 @@ def as_table(source):
     return source
 
 
-def _layout(table, size: int, preset: str) -> tuple[int, str]:
-    """(channels, dtype) of the decoded images (:func:`image_layout`: read from the files' headers,
-    before anything is decoded)."""
-    return image_layout(table)
-
-
 def source_key(table, *settings) -> str:
     """The part of a cache's name that says whose it is: ``celeba`` for the release (one per folder),
     else the table file's stem plus 8 hex digits of the md5 of its absolute path and ``settings``, so
@@ -112,7 +106,7 @@ def _fingerprint(table) -> dict:
 
 def _description(source, size: int, preset: str, layout: tuple[int, str] | None = None) -> dict:
     table = as_table(source)
-    channels, dtype = layout or _layout(table, size, preset)
+    channels, dtype = layout or image_layout(table)  # from the files' headers, before any decoding
     crop = "central square of side min(W, H)" if PRESETS[preset]["crop"] == "square" else "none (whole image)"
     return {
         "format": FORMAT,

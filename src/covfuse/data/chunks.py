@@ -32,11 +32,10 @@ def conform(image: np.ndarray, channels: int, dtype: str) -> np.ndarray:
 
 
 def any_decoder():
-    """The decoder for a user's 2D files of any supported format and depth (PNG/JPEG/TIFF/DICOM)."""
-    try:
-        from covfuse.data.decoders import decode_file
-    except ImportError:  # pragma: no cover - a tree without the multi-format decoders
-        return decode_image
+    """The decoder for a user's 2D files of any supported format and depth (PNG/JPEG/TIFF/DICOM); imported
+    here, not at the top, so CelebA's JPEG workers never load pydicom or tifffile."""
+    from covfuse.data.decoders import decode_file
+
     return decode_file
 
 

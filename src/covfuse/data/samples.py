@@ -137,8 +137,15 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
     image file is refused (a stat each); with ``skip_corrupt`` every image is decoded once and the
     paths of those that fail are returned (the caller leaves them out)."""
     if table.kind == "volume":
-        from covfuse.data.volume_io import volume_shape
+        from covfuse.data.volume_io import unreadable_volumes, volume_shape
 
+        if skip_corrupt:  # every voxel of every file read once, as `covfuse data verify` does
+            from covfuse.data._workers import default_workers, run_chunks
+
+            paths = [str(table.files[int(r)]) for r in rows]
+            chunks = [(paths[i: i + 64],) for i in range(0, len(paths), 64)]
+            return {p for _, found in run_chunks(unreadable_volumes, chunks, default_workers(len(paths)))
+                    for p, _ in found}
         volume_shape(table.files[int(rows[0])], table.where(int(rows[0])))
         return set()
     from covfuse.data.decode import CorruptImage
@@ -162,21 +169,26 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
     return set()
 
 
-def nonfinite(table: SampleTable, rows: np.ndarray | None = None) -> list[tuple[int, int]]:
-    """(row, count) for each volume of ``rows`` (default all) holding NaN or Inf voxels; 2D images: none
-    (their decoders refuse float samples, naming the count)."""
+def nonfinite(table: SampleTable, rows: np.ndarray | None = None, cache=None) -> list[tuple[int, int]]:
+    """(row, count) for each volume of ``rows`` (default all) holding NaN or Inf voxels, as the volume
+    ``cache`` recorded them when it was built (else read from the files); 2D images: none (their decoders
+    refuse float samples, naming the count)."""
     if table.kind != "volume":
         return []
     from covfuse.data.volume_io import nonfinite_voxels
 
     rows = range(len(table)) if rows is None else [int(r) for r in rows]
+    recorded = (getattr(cache, "info", None) or {}).get("nonfinite")
+    if recorded is not None:  # a cache without the record (older) falls back to reading the files
+        return [(r, int(recorded[str(r)])) for r in rows if str(r) in recorded]
     return [(r, n) for r in rows if (n := nonfinite_voxels(table.files[r]))]
 
 
-def check_nonfinite(table: SampleTable, rows: np.ndarray, rule: str = "zero") -> tuple[int, int]:
+def check_nonfinite(table: SampleTable, rows: np.ndarray, rule: str = "zero", cache=None) -> tuple[int, int]:
     """data.nonfinite: ``refuse`` raises one line naming the first file with NaN/Inf voxels and its count;
-    ``zero`` returns (files, voxels) that preprocessing sets to 0."""
-    found = nonfinite(table, rows)
+    ``zero`` returns (files, voxels) that preprocessing sets to 0. A reused ``cache`` holds the files
+    zeroed, so its record is checked too: refuse stays refuse, and zero is still counted in the log."""
+    found = nonfinite(table, rows, cache)
     if found and rule == "refuse":
         row, count = min(found)
         more = f" (and {len(found) - 1} more file(s) have some)" if len(found) > 1 else ""

@@ -139,6 +139,17 @@ def check_selection(table: SampleTable, target: str | None, covariates: Sequence
     return t, names
 
 
+def check_categorical(covariates: Sequence[str], categorical: Sequence[str]) -> None:
+    """Every column declared in data.categorical is one of the covariates: a misspelt name would otherwise be
+    ignored and its column silently stay numeric."""
+    names = {c.lower() for c in covariates}
+    for name in categorical:
+        if str(name).lower() not in names:
+            listed = ", ".join(covariates) or "none"
+            raise UserError(f"data.categorical names {name!r}, which is not in data.covariates ({listed})"
+                            f"{suggest(str(name), covariates)}; declare only covariates there")
+
+
 # ------------------------------------------------------------------------------ column types
 def _numeric_array(values) -> bool:
     return isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.number)

@@ -116,7 +116,32 @@ def nonfinite_voxels(file: Path) -> int:
     scaled = any(v is not None and not np.isfinite(v) for v in (slope, inter))
     if dtype.kind not in "fc" and not scaled:
         return 0
-    return int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
+    try:
+        return int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
+    except Exception as exc:  # noqa: BLE001 - nibabel/gzip raise many types for a damaged file
+        raise UserError(f"{file}: cannot read the volume ({_reason(exc)}); `covfuse data verify ROOT` names every "
+                        "such file") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of ``exc`` in one short line (MONAI wraps a reader's error in "applying transform <...>")."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:160]
+
+
+def unreadable_volumes(files: list[str]) -> list[tuple[str, str]]:
+    """Worker (``covfuse data verify``, ``--skip_corrupt``): read every voxel of each NIfTI file (nibabel);
+    (file, reason) for those that fail."""
+    import nibabel as nib
+
+    bad = []
+    for file in files:
+        try:
+            np.asanyarray(nib.load(file).dataobj)
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
+            bad.append((file, _reason(exc)))
+    return bad
 
 
 def load_volume(file: Path, settings: Preprocessing, pipeline=None) -> torch.Tensor:
@@ -126,7 +151,7 @@ def load_volume(file: Path, settings: Preprocessing, pipeline=None) -> torch.Ten
     try:
         x = pipeline(str(file))
     except Exception as exc:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError
-        raise UserError(f"cannot preprocess {file} ({' '.join(str(exc).split())[:160]})") from None
+        raise UserError(f"cannot preprocess {file} ({_reason(exc)}); `covfuse data verify ROOT` names every such file") from None
     return torch.as_tensor(x, dtype=torch.float32).reshape(1, *(settings.size,) * 3)
 
 
@@ -225,9 +250,12 @@ def _build_volume_cache(files: Sequence[Path], settings: Preprocessing, data: Pa
     shape = (len(files), 1, *(settings.size,) * 3)
     array = np.memmap(partial, dtype=np.float16, mode="w+", shape=shape)
     pipeline = transform(settings)
+    nonfinite = {}  # row -> NaN/Inf voxels set to 0, so a later run's data.nonfinite applies without the files
     try:
         for i, f in enumerate(tqdm(files, desc="caching volumes", unit="vol", disable=not progress, mininterval=2)):
             array[i] = load_volume(Path(f), settings, pipeline).numpy().astype(np.float16)
+            if count := nonfinite_voxels(Path(f)):
+                nonfinite[str(i)] = count
         array.flush()
         del array
         os.replace(partial, data)
@@ -235,7 +263,7 @@ def _build_volume_cache(files: Sequence[Path], settings: Preprocessing, data: Pa
         if partial.exists():
             partial.unlink()
     info = {"format": FORMAT, "version": VERSION, "dtype": "float16", "shape": list(shape),
-            "preprocessing": asdict(settings), "files": [str(f) for f in files], "decoder": _reader()}
+            "preprocessing": asdict(settings), "files": [str(f) for f in files], "decoder": _reader(), "nonfinite": nonfinite}
     from covfuse.io import atomic_write_text
 
     atomic_write_text(meta, json.dumps(info, indent=1) + "\n")

@@ -36,14 +36,14 @@ class DataConfig:
         folds: 0 for the official train/valid/test split; k >= 2 for k-fold by identity on train+valid (test stays official).
         fold: Which fold is the validation fold when folds >= 2.
         split_seed: Seed of the folds and, for a manifest without a split column, of the train/valid/test split (not the run seed, so seeds vary the training and not the samples).
-        skip_corrupt: Leave out images that do not decode (counted, listed in the log and in skipped.txt) instead of stopping.
+        skip_corrupt: Leave out images or volumes that do not decode (counted, listed in the log and in skipped.txt) instead of stopping.
         categorical: Covariate columns to one-hot even if their values are numbers (others are inferred).
         classes: The target's class values in order (binary: [negative, positive]); None: sorted values (not needed for 0/1).
         intensity: Volumes: zscore (over the nonzero, in-brain voxels) or minmax (to [0, 1]).
         geometry: Volumes: resize (whole field of view to image_size^3) or crop-pad (centre crop / zero pad).
         spacing: Volumes: resample to this isotropic voxel size in mm before the geometry step (None: keep).
         event: Survival head: the 0/1 column saying whether the event was observed (1) or data.target's time is censored (0).
-        eval_times: Survival head: the evaluation grid (times in data.target's unit) for survival.csv's S@<t> columns, td_auc, the integrated Brier score and calibration, e.g. [1,2,3]; None: the 25/50/75th percentiles of the training split's event times.
+        eval_times: Survival head: the evaluation grid (times in data.target's unit) for survival.csv's S@<t> columns, td_auc, the integrated Brier score and calibration, e.g. [1,2,3] or 1,2,3; None: the 25/50/75th percentiles of the training split's event times.
         nonfinite: Volumes: what NaN/Inf voxels become (SPM/FSL mask the background with NaN): zero (set to 0 before normalisation, counted in the log) or refuse (stop, naming the first file).
     """
 
@@ -70,7 +70,7 @@ class DataConfig:
     geometry: Literal["resize", "crop-pad"] = "resize"
     spacing: Optional[float] = None
     event: Optional[str] = None
-    eval_times: Optional[list[float]] = None
+    eval_times: Union[list[float], str, None] = None  # "1,2,3" as predict --times takes it, or [1,2,3]
     nonfinite: Literal["zero", "refuse"] = "zero"
 
 
@@ -84,7 +84,7 @@ class ModelConfig:
         hybrid_layers: Convs made hybrid: first, last, all, or a list of module names (e.g. [features.0, features.40]).
         weights: None (random init), imagenet (local torchvision cache only), or a path to a state dict.
         regime: finetune (train everything) or another regime covfuse.models.build accepts.
-        head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes; volumes), regression (a numeric target, MSE on the standardised target; volumes) or survival (one risk score, Cox partial likelihood with Breslow ties over the batch; data.target is the time, data.event the 0/1 event column; volumes).
+        head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes; volumes), regression (a numeric target, MSE on the standardised target; volumes) or survival (one risk score, Cox partial likelihood over the batch, Breslow or Efron ties as model.ties says; data.target is the time, data.event the 0/1 event column; volumes).
         options: Extra keyword arguments for covfuse.models.build.
         ties: Survival head: how the Cox loss handles tied times, breslow or efron (docs/survival.md).
     """
@@ -435,10 +435,17 @@ def check(config: RunConfig) -> RunConfig:
     config.monitor = default_monitor(config)
     if survival and config.monitor not in SURVIVAL_MONITORS:
         raise UserError(f"monitor {config.monitor} does not exist for head survival; use {', '.join(SURVIVAL_MONITORS)}")
+    if isinstance(d.eval_times, str):  # 1,2,3 as `covfuse predict --times` takes it
+        from covfuse.training.survival_curves import parse_times
+
+        d.eval_times = parse_times(d.eval_times, "--data.eval_times")
     if not survival and (d.eval_times or config.metrics.tau is not None):
         raise UserError(f"data.eval_times and metrics.tau are for model.head survival; head {config.model.head} "
                         "does not use them (drop them, or set --model.head survival)")
-    need(not d.eval_times or all(isinstance(v, (int, float)) and v >= 0 for v in d.eval_times), "data.eval_times",
+    if not survival and config.model.ties != "breslow":
+        raise UserError(f"model.ties {config.model.ties} is for model.head survival; head {config.model.head} has no "
+                        "tied times to handle (drop it, or set --model.head survival)")
+    need(not d.eval_times or all(isinstance(v, (int, float)) and 0 <= v < float("inf") for v in d.eval_times), "data.eval_times",
          "times >= 0 in data.target's unit (e.g. --data.eval_times [1,2,3])", d.eval_times)
     need(config.metrics.tau is None or config.metrics.tau > 0, "metrics.tau", "a time > 0 (e.g. --metrics.tau 4)",
          config.metrics.tau)

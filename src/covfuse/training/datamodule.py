@@ -24,15 +24,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from covfuse.data.dataset import SampleBatch, collate, collate_grouped
 from covfuse.errors import UserError
+from covfuse.training.config import DataConfig
+
+log = logging.getLogger(__name__)
 
 TRAIN_EVAL = "train-eval"
 """The training split scored like valid/test (no augmentation): a survival run's Breslow baseline comes from it."""
-from covfuse.training.config import DataConfig
 
 SPLITS = ("train", "valid", "test")
 STATE_FILE = "data_state.json"
@@ -239,8 +242,14 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
 
         self._validate()
         table, settings = self.table, self.settings()
-        if table.kind == "volume" and open_cache(table, settings, self.cfg.cache_dir) is None:  # the build reads every file
-            self.nonfinite = check_nonfinite(table, np.arange(len(table)), self.cfg.nonfinite)
+        if self.cfg.skip_corrupt and open_cache(table, settings, self.cfg.cache_dir) is None:
+            # the cache holds every file, so a build stops at the first bad one: read the files as training goes
+            log.warning("data.skip_corrupt: no cache is built (it would stop at the first file that does not "
+                        "decode); the files are read as training goes")
+            return
+        if table.kind == "volume":  # before a build reads every file; a built cache's own record otherwise
+            self.nonfinite = check_nonfinite(table, np.arange(len(table)), self.cfg.nonfinite,
+                                             open_cache(table, settings, self.cfg.cache_dir))
         build_cache(table, settings, self.cfg.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
@@ -254,9 +263,9 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         cache = None if cfg.cache == "off" else open_cache(table, settings, cfg.cache_dir)
         if cache is None:
             self._check_files(table)
-            if table.kind == "volume":  # files are read as training goes: count NaN/Inf voxels now
-                rows = np.concatenate([self.indices[s] for s in SPLITS])
-                self.nonfinite = check_nonfinite(table, rows, cfg.nonfinite)
+        if table.kind == "volume":  # files read as training goes, or a cache that holds them zeroed: count now
+            rows = np.concatenate([self.indices[s] for s in SPLITS])
+            self.nonfinite = check_nonfinite(table, rows, cfg.nonfinite, cache)
         feeds = {}
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
@@ -275,7 +284,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         """Read the table and check and encode everything but the files: target, splits, covariates."""
         if self.table is not None:
             return
-        from covfuse.data.table import CovariateEncoder, check_selection, encode_target
+        from covfuse.data.table import CovariateEncoder, check_categorical, check_selection, encode_target
 
         cfg = self.cfg
         if cfg.covariates_mode not in MODES:
@@ -287,6 +296,7 @@ class CovfuseDataModule(SplitLoaders, L.LightningDataModule):
         covariates = [c.strip() for c in cfg.covariates.split(",") if c.strip()] if isinstance(cfg.covariates, str) \
             else list(cfg.covariates)
         self.target_name, covariates = check_selection(table, cfg.target, covariates)
+        check_categorical(covariates, cfg.categorical)
         state = self.given_state or {}
         regression = self.head == "regression"
         if self.head == "survival":  # (time, event) per row; time-to-event is not a class or a plain number

@@ -192,20 +192,21 @@ class Reference:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-def parse_times(text: str) -> list[float]:
-    """``"1,2.5,4"`` -> [1.0, 2.5, 4.0]: positive, finite numbers (``covfuse predict --times``)."""
+def parse_times(text: str, option: str = "--times") -> list[float]:
+    """``"1,2.5,4"`` -> [1.0, 2.5, 4.0]: positive, finite numbers (``covfuse predict --times``, and
+    ``--data.eval_times`` given the same way)."""
     out = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in filter(None, (p.strip() for p in text.strip().strip("[]").split(","))):
         try:
             t = float(part)
         except ValueError:
-            raise UserError(f"--times: {part!r} is not a number; give times in the unit of the time column, "
-                            "e.g. --times 1,2.5,4") from None
+            raise UserError(f"{option}: {part!r} is not a number; give times in the unit of the time column, "
+                            f"e.g. {option} 1,2.5,4") from None
         if not np.isfinite(t) or t < 0:
-            raise UserError(f"--times: {part} must be a finite time >= 0, e.g. --times 1,2.5,4")
+            raise UserError(f"{option}: {part} must be a finite time >= 0, e.g. {option} 1,2.5,4")
         out.append(t)
     if not out:
-        raise UserError("--times needs at least one time, e.g. --times 1,2.5,4")
+        raise UserError(f"{option} needs at least one time, e.g. {option} 1,2.5,4")
     return sorted(set(out))
 
 

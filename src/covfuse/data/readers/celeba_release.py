@@ -55,6 +55,10 @@ def find_root(root: str | os.PathLike) -> Path:
     for candidate in (root, root / "celeba"):
         if (candidate / ATTR_FILE).is_file():
             return candidate
+    manifests = sorted(p for p in root.iterdir() if p.suffix.lower() in (".csv", ".tsv") and p.is_file())
+    if manifests:  # the folder a twin or a lab keeps its manifests in: name them, not CelebA's files
+        names = " or ".join(p.as_posix() for p in manifests[:3]) + (" ..." if len(manifests) > 3 else "")
+        raise UserError(f"{root}: a folder holding manifests, not a dataset folder; give the manifest itself ({names})")
     raise UserError(
         f"{root}: not a CelebA folder: neither {root / ATTR_FILE} nor {root / 'celeba' / ATTR_FILE} exists"
     )

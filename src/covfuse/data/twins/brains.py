@@ -206,7 +206,8 @@ def data_card(info: dict) -> str:
         f"  covariates only     {b['covariates_only']:.3f}",
         "",
         f"Splits (by subject): train {info['splits']['train']}, valid {info['splits']['valid']}, test {info['splits']['test']}.",
-        ("Files (BIDS): dataset_description.json, participants.tsv/.json (diagnosis, age, sex, APOE4; no split:\n"
+        (f"Files (BIDS): dataset_description.json, participants.tsv/.json (diagnosis, age, sex, APOE4"
+         f"{', time, event' if 'survival' in info else ''}; no split:\n"
          "BIDS has none, covfuse splits subjects by seed), sub-*/anat/sub-*_T1w.nii.gz, synth.json."
          if info.get("format") == "bids" else
          "Files: manifest.csv (subject,path,split,diagnosis,age,sex,APOE4), volumes/*.nii.gz, synth.json."),
@@ -224,8 +225,10 @@ def data_card(info: dict) -> str:
             f"  image only           {c['image_only']:.3f}",
             f"  covariates only      {c['covariates_only']:.3f}",
         ]
-        lines[lines.index(next(x for x in lines if x.startswith("Files: manifest.csv")))] = (
-            "Files: manifest.csv (subject,path,split,diagnosis,age,sex,APOE4,time,event), volumes/*.nii.gz, synth.json.")
+        if info.get("format") != "bids":  # the BIDS card already names participants.tsv's columns
+            lines[lines.index(next(x for x in lines if x.startswith("Files: manifest.csv")))] = (
+                "Files: manifest.csv (subject,path,split,diagnosis,age,sex,APOE4,time,event), volumes/*.nii.gz, "
+                "synth.json.")
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +237,7 @@ def _write_bids(folder: Path, manifest_csv: str, classes: list[str]) -> None:
     column is dropped: BIDS has none), with participants.json declaring levels and units. The twin has
     one scan per subject, so there are no sessions."""
     rows = list(csv.DictReader(io.StringIO(manifest_csv)))
-    columns = ["diagnosis", "age", "sex", "APOE4"]
+    columns = ["diagnosis", "age", "sex", "APOE4", *(["time", "event"] if rows and "time" in rows[0] else [])]
     lines = ["\t".join(["participant_id", *columns])]
     lines += ["\t".join([r["subject"], *(r[c] or "n/a" for c in columns)]) for r in rows]
     (folder / "participants.tsv").write_text("\n".join(lines) + "\n")
@@ -244,6 +247,10 @@ def _write_bids(folder: Path, manifest_csv: str, classes: list[str]) -> None:
         "sex": {"Description": "sex", "Levels": {"F": "female", "M": "male"}},
         "APOE4": {"Description": "number of APOE e4 alleles (n/a: not genotyped)"},
     }
+    if "time" in columns:  # the survival twin: time to conversion and whether it was observed
+        sidecar["time"] = {"Description": "time from the scan to conversion, or to the last visit when censored",
+                           "Units": "years"}
+        sidecar["event"] = {"Description": "1: converted at time; 0: censored (event-free then)"}
     (folder / "participants.json").write_text(json.dumps(sidecar, indent=2) + "\n")
     description = {"Name": "covfuse synthetic brain-MRI twin", "BIDSVersion": "1.10.0", "DatasetType": "raw",
                    "GeneratedBy": [{"Name": "covfuse data synth3d"}]}
