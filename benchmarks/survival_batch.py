@@ -20,9 +20,9 @@ import argparse
 import numpy as np
 import torch
 
-from covfuse.data import synth3d as s3
-from covfuse.data import synth3d_survival as sv
-from covfuse.training.module import cox_loss
+from covfuse.data.twins import brains as s3
+from covfuse.data.twins import survival as sv
+from covfuse.survival.loss import cox_loss
 
 
 def epoch_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor, batch: int, rng: np.random.Generator,

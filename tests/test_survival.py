@@ -17,8 +17,9 @@ from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
 from sksurv.util import Surv
 
 from covfuse.cli.main import main as covfuse
-from covfuse.training.module import cox_loss
-from covfuse.training.survival_metrics import concordance, survival_scores, uno_tau
+from covfuse.survival import concordance, uno_tau
+from covfuse.survival.loss import cox_loss
+from covfuse.training.survival_reference import survival_scores
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "survival.yaml"
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -18,9 +18,9 @@ from sksurv.util import Surv
 
 from covfuse.cli.main import main as covfuse
 from covfuse.errors import UserError
-from covfuse.training.module import cox_loss
-from covfuse.training.survival_curves import Reference, breslow, km_median
-from covfuse.training.survival_metrics import RunningConcordance, survival_scores, usable_grid
+from covfuse.survival import breslow, km_median, usable_grid
+from covfuse.survival.loss import cox_loss
+from covfuse.training.survival_reference import Reference, RunningConcordance, survival_scores
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "survival.yaml"
 TINY = ["--data.image_size", "16", "--data.batch_size", "8", "--data.cache", "off", "--trainer.max_epochs", "2",

@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
                         "train the run again with `covfuse fit`")
     times = reference = None
     if args.times is not None:  # checked before any image is read
-        from covfuse.training.survival_curves import Reference, parse_times
+        from covfuse.training.survival_reference import Reference, parse_times
 
         times = parse_times(args.times)
         if config.model.head != "survival":
@@ -174,7 +174,7 @@ def main(argv: list[str]) -> int:
     header, rows, marks = predict(args, run_dir, module, state, precision)
     check_finite(header, rows, args.ckpt)
     if times is not None:
-        from covfuse.training.survival_curves import add_survival_columns
+        from covfuse.training.survival_reference import add_survival_columns
 
         header, rows = add_survival_columns(reference, header, rows, times)
     if args.csv_file:  # a table: one row outside the training range must not cost the others

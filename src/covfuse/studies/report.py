@@ -69,7 +69,7 @@ SURVIVAL_ALSO = ("c_index", "ibs", "td_auc")
 
 def run_reference(run_dir: Path):
     """A survival run's training-split reference (survival_baseline.json), or None for runs written before it."""
-    from covfuse.training.survival_curves import BASELINE_FILE, Reference
+    from covfuse.training.survival_reference import BASELINE_FILE, Reference
 
     return Reference.load(run_dir) if (Path(run_dir) / BASELINE_FILE).is_file() else None
 

@@ -436,7 +436,7 @@ def check(config: RunConfig) -> RunConfig:
     if survival and config.monitor not in SURVIVAL_MONITORS:
         raise UserError(f"monitor {config.monitor} does not exist for head survival; use {', '.join(SURVIVAL_MONITORS)}")
     if isinstance(d.eval_times, str):  # 1,2,3 as `covfuse predict --times` takes it
-        from covfuse.training.survival_curves import parse_times
+        from covfuse.training.survival_reference import parse_times
 
         d.eval_times = parse_times(d.eval_times, "--data.eval_times")
     if not survival and (d.eval_times or config.metrics.tau is not None):

@@ -20,6 +20,7 @@ from scipy.stats import rankdata
 from scipy.stats import t as t_dist
 
 from covfuse.data.groups import MAX_GROUP_VALUES, Grouping, as_groupings  # noqa: F401 (MAX_GROUP_VALUES: re-exported)
+from covfuse.survival.estimators import weight_rows
 
 SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")
 """The scores reported for every split of a binary run, each with a ``<name>_ci`` interval."""
@@ -32,7 +33,7 @@ TASK_SCORES: dict[str, tuple[str, ...]] = {
 }
 """The scores of each task. Binary scores read P(positive); multi-class scores the predicted class
 (argmax); regression scores the predicted value; survival scores the risk against (time, event)
-labels (:mod:`covfuse.training.survival_metrics`)."""
+labels (:mod:`covfuse.survival.scores`)."""
 
 PRIMARY = {"binary": "accuracy", "multiclass": "balanced_accuracy", "regression": "mae", "survival": "c_index"}
 """The score a task's summaries and reports use unless told otherwise."""
@@ -119,10 +120,6 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
     }
 
 
-def _weights(n: int, weights: np.ndarray | None) -> np.ndarray:
-    return np.ones((1, n)) if weights is None else np.atleast_2d(np.asarray(weights, dtype=np.float64))
-
-
 def multiclass_scores(labels: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None,
                       num_classes: int | None = None) -> dict[str, np.ndarray]:
     """Accuracy, balanced accuracy and macro-F1 of predicted class indices (N,), one value per row of
@@ -137,7 +134,7 @@ def multiclass_scores(labels: np.ndarray, predicted: np.ndarray, weights: np.nda
     y = np.asarray(labels).astype(np.int64).reshape(-1)
     p = np.asarray(predicted).astype(np.int64).reshape(-1)
     c = int(num_classes or (max(int(y.max(initial=0)), int(p.max(initial=0))) + 1))
-    w = _weights(len(y), weights)
+    w = weight_rows(len(y), weights)
     cell = csr_matrix((np.ones(len(y)), (np.arange(len(y)), y * c + p)), shape=(len(y), c * c))
     conf = np.asarray((cell.T @ w.T).T).reshape(len(w), c, c)  # (B, true, predicted)
     tp = np.diagonal(conf, axis1=1, axis2=2)
@@ -155,7 +152,7 @@ def regression_scores(targets: np.ndarray, predicted: np.ndarray, weights: np.nd
     definitions: R^2 = 1 - sum w e^2 / sum w (y - weighted mean y)^2)."""
     y = np.asarray(targets, dtype=np.float64).reshape(1, -1)
     e = np.asarray(predicted, dtype=np.float64).reshape(1, -1) - y
-    w = _weights(y.shape[1], weights)
+    w = weight_rows(y.shape[1], weights)
     total = w.sum(1)
     mean = _safe_div((w * y).sum(1), total)
     sse = (w * e ** 2).sum(1)
@@ -169,7 +166,7 @@ def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: 
                 reference=None) -> dict[str, np.ndarray]:
     """The scores of ``task`` for one set of per-sample ``outputs`` (binary: P(positive); multiclass:
     predicted class; regression: predicted value; survival: risk, with (N, 2) [time, event] labels and
-    the training split's ``reference``, :class:`covfuse.training.survival_curves.Reference`), one
+    the training split's ``reference``, :class:`covfuse.training.survival_reference.Reference`), one
     value per row of ``weights``."""
     if task == "binary":
         return scores(labels, outputs, threshold, weights=weights, auroc=auroc)
@@ -178,7 +175,7 @@ def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: 
     if task == "regression":
         return regression_scores(labels, outputs, weights)
     if task == "survival":
-        from covfuse.training.survival_metrics import survival_scores
+        from covfuse.training.survival_reference import survival_scores
 
         return survival_scores(labels, outputs, weights, reference=reference)
     raise ValueError(f"unknown task {task!r}")
@@ -404,7 +401,7 @@ def split_metrics(
     elif task == "multiclass":
         out["class_counts"] = np.bincount(y.astype(np.int64), minlength=num_classes).tolist()
     elif task == "survival":
-        from covfuse.training.survival_metrics import survival_details
+        from covfuse.training.survival_reference import survival_details
 
         out.update(survival_details(y, p, reference))
     else:

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from covfuse.training.survival_curves import Reference, column_name, kaplan_meier
+from covfuse.io import save_figure
+from covfuse.survival import kaplan_meier
+from covfuse.training.datamodule import TRAIN_EVAL
+from covfuse.training.survival_reference import Reference, column_name
 
 GROUPS = ("low", "middle", "high")
 """Risk groups: tertiles of the training split's predicted risk."""
@@ -27,8 +30,6 @@ CALIBRATION_BINS = 10
 def reference(config, data, outputs: dict) -> Reference:
     """The training split's :class:`Reference`, from the best checkpoint's risks on it (``outputs[TRAIN_EVAL]``,
     removed from ``outputs`` so only evaluated splits remain)."""
-    from covfuse.training.datamodule import TRAIN_EVAL
-
     out = outputs.pop(TRAIN_EVAL)
     index = out["index"].numpy().astype(np.int64)
     risk = out["output"].numpy().astype(np.float64)
@@ -86,8 +87,6 @@ def figures(run_dir: Path, ref: Reference, data, outputs: dict, split: str = "te
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from covfuse.io import save_figure
 
     if split not in outputs:
         return []

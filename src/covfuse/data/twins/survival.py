@@ -79,7 +79,7 @@ def draw_times(eta: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, n
 def pair_concordance(time: np.ndarray, event: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, float]:
     """Harrell's C of each score over the pairs (i, i + N/2): independent pairs of independent
     subjects, so the ratio estimates the population C-index (comparable and concordant as in
-    :mod:`covfuse.training.survival_metrics`: ties in risk count one half)."""
+    :func:`covfuse.survival.concordance`: ties in risk count one half)."""
     half = len(time) // 2
     a, b = slice(0, half), slice(half, 2 * half)
     out = {}
