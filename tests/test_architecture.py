@@ -13,10 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "covfuse"
 LEAVES = {"errors", "io"}
 ALLOWED = {
     "layers": set(),
-    "data": LEAVES,
-    "models": LEAVES | {"layers"},
-    "training": LEAVES | {"layers", "models", "data"},
-    "studies": LEAVES | {"layers", "models", "data", "training"},
+    "survival": set(),
+    "data": LEAVES | {"survival"},
+    "models": LEAVES | {"layers", "survival"},
+    "training": LEAVES | {"layers", "models", "data", "survival"},
+    "studies": LEAVES | {"layers", "models", "data", "training", "survival"},
 }
 
 
@@ -56,6 +57,31 @@ def test_layers_import_only_torch_from_third_parties():
             else:
                 continue
             assert roots <= allowed, f"{path.name} imports {roots - allowed}"
+
+
+def _third_party_roots(path: Path) -> set[str]:
+    """Top-level modules ``path`` imports (absolute imports, inside functions too)."""
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_survival_imports_no_other_covfuse_package_and_only_torch_numpy_scipy():
+    """covfuse.survival is the one home of the survival estimators, scores and Cox loss: every package may
+    import it, so it imports nothing of covfuse outside itself (no relative imports either), and of third
+    parties only torch, numpy and scipy."""
+    paths = sorted((PACKAGE / "survival").rglob("*.py"))
+    assert paths, "src/covfuse/survival/ is missing"
+    allowed = {"torch", "numpy", "scipy", "__future__", "dataclasses", "typing", "math", "covfuse"}
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level], f"{path.name}: relative import"
+        assert covfuse_imports(path) <= {"survival"}, f"{path.name} imports covfuse.{covfuse_imports(path) - {'survival'}}"
+        assert _third_party_roots(path) <= allowed, f"{path.name} imports {_third_party_roots(path) - allowed}"
 
 
 # What training code may use of covfuse.data: the format-blind table, the dataset/cache factory, the
@@ -161,6 +187,6 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
     assert import_cycles(["fake"]) == [["covfuse.fake.a", "covfuse.fake.b", "covfuse.fake.c"]]
 
 
-@pytest.mark.parametrize("package", ["data", "cli"])
+@pytest.mark.parametrize("package", ["data", "cli", "survival"])
 def test_no_import_cycles(package):
     assert import_cycles([package]) == []
