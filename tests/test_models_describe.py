@@ -1,7 +1,10 @@
-"""`covfuse describe`: the layer table against hand-computed shapes and counts, the JSON form, the diagram."""
+"""`covfuse describe`: the layer table against hand-computed shapes and counts, the JSON form, the diagram,
+and the parameter table of docs/methods.md (regenerated here, so the document cannot drift from the code)."""
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +12,11 @@ from PIL import Image
 
 from covfuse.cli.main import main as cli
 from covfuse.models import build
+from covfuse.models.describe import describe
+
+REPO = Path(__file__).resolve().parents[1]
+# The command whose output docs/methods.md holds between its <!-- params:begin/end --> markers.
+TABLE_COMMAND = "covfuse describe --parameter_table --backbone vgg-mini,resnet3d-compact,resnet18 --num_covariates 3"
 
 
 def _rows(text: str) -> dict[str, list[str]]:
@@ -94,6 +102,10 @@ def test_diagram_of_an_image_only_model_has_no_legend_to_crash_on(tmp_path, caps
     (["--backbone", "vgg-mini", "--input-size", "8"], "at least 16"),
     (["--backbone", "vgg-mini", "--diagram", "out.svg"], "png"),
     (["--backbone", "vgg-mini", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--backbone", "vgg-mini", "--update", "methods.md"], "add --parameter_table"),
+    (["--backbone", "vgg-mini", "--parameter_table", "--format", "json", "--input_size", "32"],
+     "leave out --input_size, --format"),
+    (["--backbone", "vgg-mini,resnet19", "--parameter_table"], "did you mean 'resnet18'"),
     ([], "--backbone"),
 ])
 def test_describe_user_errors(argv, message, capsys):
@@ -103,10 +115,50 @@ def test_describe_user_errors(argv, message, capsys):
 
 
 def test_describe_does_not_change_the_model():
-    from covfuse.models.describe import describe
-
     model = build("vgg-mini", "film", 1).train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     desc = describe(model, 32)
     assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert desc.total == sum(p.numel() for p in model.parameters())
+
+
+def test_methods_md_parameter_table_is_what_the_code_builds(tmp_path):
+    doc = (REPO / "docs" / "methods.md").read_text(encoding="utf-8")
+    copy = tmp_path / "methods.md"
+    copy.write_text(doc, encoding="utf-8")
+    assert cli([*shlex.split(TABLE_COMMAND)[1:], "--update", str(copy)]) == 0
+    assert copy.read_text(encoding="utf-8") == doc, (
+        f"docs/methods.md's parameter table differs from the models the code builds; regenerate it from the "
+        f"repository root with `{TABLE_COMMAND} --update docs/methods.md` and fix any prose that quotes it")
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    return {cells[1].strip(): [c.strip() for c in cells[2:-1]]
+            for cells in (line.split("|") for line in out.splitlines() if line.startswith("| "))}
+
+
+def test_parameter_table_counts_by_hand(capsys):
+    assert cli(["describe", "--parameter_table", "--backbone", "vgg-mini,resnet3d-compact",
+                "--fusion", "concat-2fc,hyper,film", "--num-covariates", "3"]) == 0
+    rows = _table(capsys.readouterr().out)
+    assert list(rows) == ["method", "image-only (its own total)", "concat-2fc", "hyper", "film"]
+    assert rows["image-only (its own total)"][0] == f"{97440 + 480 + 16512 + 129:,}"  # vgg-mini, as in the layer table
+    K, F, O = 3, 128, 1
+    # concat-2fc's new head (F + K) -> 64 -> O replaces the image head F -> O; its covariate columns are K x 64.
+    assert rows["concat-2fc"][0] == f"{(F + K + 1) * 64 + 65 * O - (F + 1) * O:,} ({K * 64:,})"
+    # resnet3d-compact's last shortcut conv (16 -> 32, 1x1x1, no bias): E (|W| + O) generators, the embedding
+    # Linear(K, E)-BatchNorm1d(E)-PReLU, and a new constant bias b_0 (O values) that is not covariate-specific.
+    E, W, O = 8, 32 * 16, 32
+    covariate = E * (W + O) + (K * E + E) + 2 * E + 1
+    assert rows["hyper"][1] == f"{covariate + O:,} ({covariate:,})"
+    # film: bias-free generator K -> int((C_in + K) / 7) -> 2C after layer4.bn1 (C_in 16, C 32); nothing in brackets.
+    hidden = (16 + K) // 7
+    assert rows["film"][1] == f"{K * hidden + hidden * 2 * 32:,}"
+
+
+def test_parameter_table_update_needs_the_markers(tmp_path):
+    path = tmp_path / "notes.md"
+    path.write_text("no markers here\n")
+    assert cli(["describe", "--parameter_table", "--backbone", "vgg-mini", "--fusion", "concat",
+                "--update", str(path)]) == 2
+    assert path.read_text() == "no markers here\n"

@@ -1,4 +1,5 @@
-"""`covfuse describe`: build a model by name, print its layer table and parameter counts, draw its diagram."""
+"""`covfuse describe`: build a model by name, print its layer table and parameter counts, draw its diagram;
+or (--parameter_table) tabulate what each fusion method adds to the image-only model."""
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ def parser() -> argparse.ArgumentParser:
     from covfuse.models.registry import HEADS, REGIMES, list_backbones, list_fusions
 
     p = Parser(prog="covfuse describe", description=__doc__)
-    p.add_argument("--backbone", required=True, help=f"one of {', '.join(list_backbones())}")
-    p.add_argument("--fusion", default="image-only", help=f"one of {', '.join(list_fusions())} (default image-only)")
+    p.add_argument("--backbone", required=True,
+                   help=f"one of {', '.join(list_backbones())}; with --parameter_table, several comma-separated")
+    p.add_argument("--fusion", default=None, help=f"one of {', '.join(list_fusions())} (default image-only); with "
+                   "--parameter_table, several comma-separated (default: every method that uses the image alone)")
     p.add_argument("--num_covariates", type=int, default=1, help="K, the number of covariates (default 1)")
     p.add_argument("--hybrid_layers", default="first",
                    help="conv names or indices, comma-separated (features.0,features.40 or 0,-1), or first/last/all "
@@ -40,11 +43,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--diagram", type=Path, default=None, help="write an architecture diagram to this PNG file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --diagram file")
     p.add_argument("--format", choices=("text", "json"), default="text", help="text table or JSON")
+    p.add_argument("--parameter_table", action="store_true",
+                   help="instead of one model's layers, a markdown table of the parameters each --fusion adds to "
+                        "the image-only model on each --backbone (the table of docs/methods.md)")
+    p.add_argument("--update", type=Path, default=None, metavar="FILE",
+                   help="with --parameter_table: write the table between FILE's <!-- params:begin --> and "
+                        "<!-- params:end --> lines instead of printing it")
     return p
+
+
+def print_parameter_table(args: argparse.Namespace) -> int:
+    """--parameter_table: print the table, or write it into --update's file."""
+    unused = [flag for flag, value, default in (("--weights", args.weights, None), ("--regime", args.regime, "finetune"),
+                                                ("--input_size", args.input_size, None), ("--diagram", args.diagram, None),
+                                                ("--format", args.format, "text")) if value != default]
+    if unused:
+        raise UserError(f"--parameter_table counts parameters of freshly built models; leave out {', '.join(unused)}")
+    from covfuse.models.describe import parameter_table, write_parameter_table
+
+    table = parameter_table(args.backbone.split(","), None if args.fusion is None else args.fusion.split(","),
+                            args.num_covariates, args.head, args.num_classes, args.hybrid_layers, **dict(args.option))
+    if args.update is None:
+        print(table)
+    else:
+        write_parameter_table(args.update, table)
+        print(f"updated the parameter table in {args.update}")
+    return 0
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.parameter_table:
+        return print_parameter_table(args)
+    if args.update is not None:
+        raise UserError("--update writes the table of --parameter_table; add --parameter_table")
     if args.input_size is not None and args.input_size < 16:
         raise UserError(f"--input_size must be at least 16 pixels, got {args.input_size}")
     if args.diagram is not None:
@@ -58,7 +90,7 @@ def main(argv: list[str]) -> int:
     from covfuse.models import build
     from covfuse.models.describe import describe, draw_diagram, format_table
 
-    model = build(args.backbone, args.fusion, args.num_covariates, hybrid_layers=args.hybrid_layers,
+    model = build(args.backbone, args.fusion or "image-only", args.num_covariates, hybrid_layers=args.hybrid_layers,
                   weights=args.weights, regime=args.regime, head=args.head,
                   num_classes=args.num_classes, **dict(args.option))
     try:

@@ -2,26 +2,34 @@
 
 :func:`describe` runs the model once on a zero image (eval mode, no gradients) with forward hooks to
 read each layer's output shape; :func:`format_table` prints it; :func:`draw_diagram` draws the
-network as a column of blocks with the conditioned layers coloured (matplotlib, imported lazily).
+network as a column of blocks with the conditioned layers coloured (matplotlib, imported lazily);
+:func:`parameter_table` counts what each fusion method adds to the image-only model, as the
+markdown table docs/methods.md holds between its ``params`` markers.
 """
 from __future__ import annotations
 
+import json
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from covfuse.io import save_figure
+from covfuse.errors import UserError
+from covfuse.io import atomic_write_text, save_figure
 from covfuse.layers.cond_norm import ConditionalNorm
 from covfuse.layers.daft import DAFT, DAFTAfter
 from covfuse.layers.duanmu import DuanmuFactor, DuanmuGate
 from covfuse.layers.film import FiLM, FiLMAfter
+from covfuse.layers.hybrid_functional import rule_backend
 from covfuse.layers.hyper import HYPER_TYPES
 from covfuse.layers.mlpcat import MLPCatHead
 from covfuse.layers.tab_attention import TabAttention, TabAttentionAfter
+from covfuse.models.builder import build
 from covfuse.models.fusion import CONDITIONING_KINDS, HYBRID_TYPES, ConcatHead, CovariateClassifier, FusionModel
+from covfuse.models.registry import BACKBONES, FUSIONS, head_outputs
 
 KIND_COLOURS = {"hybrid": "#f28e2b", "film": "#59a14f", "daft": "#b07aa1", "concat": "#4e79a7", "covariates": "#e15759",
                 "hyper": "#d37295", "cond-norm": "#8cd17d", "tab-attention": "#499894", "duanmu": "#9d7660",
@@ -64,8 +72,6 @@ def auto_backends(model: FusionModel, input_shape: tuple[int, ...], batch: int =
     """Per hybrid layer: its back-end setting and what the `auto` rule picks for a batch of ``batch``
     with binary covariates (min(2^K, batch) distinct rows) and continuous ones (all distinct). On
     CUDA, `auto` tunes on first use instead (see covfuse.layers.autotune); the run log says what."""
-    from covfuse.layers import rule_backend
-
     inputs: dict[str, tuple[int, ...]] = {}
     layers = [(name, m) for name, m in model.network.named_modules() if isinstance(m, HYBRID_TYPES)]
     handles = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, tuple(args[0].shape[1:])))
@@ -87,8 +93,11 @@ def auto_backends(model: FusionModel, input_shape: tuple[int, ...], batch: int =
 
 
 def covariate_parameters(module: nn.Module) -> int:
-    """Parameters that exist only because of the covariates (hybrid W_j and b_j, FiLM/DAFT generators,
-    the concat head's covariate columns, a covariates-only classifier)."""
+    """Parameters on the covariates' path ("covariate-specific"): hybrid W_j and b_j, a hyper conv's
+    generators and embedding, the FiLM/DAFT/cond-norm generators, the tab-attention and Duanmu modules,
+    a concat head's covariate columns, the MLP-concat head's covariate MLP and block, a covariates-only
+    classifier. Not counted: what a method adds to the image path (concat-2fc's fresh head apart from
+    its covariate columns, a hyper conv's constant bias b_0 where the wrapped conv had none)."""
     if isinstance(module, HYBRID_TYPES):
         return sum(p.numel() for p in (module.covariate_weight, module.covariate_bias) if p is not None)
     if isinstance(module, HYPER_TYPES):
@@ -142,8 +151,6 @@ def dry_run_shapes(model: FusionModel, modules: list[tuple[str, nn.Module]], inp
 
 def describe(model: FusionModel, input_size: int | None = None, in_channels: int | None = None) -> Description:
     """The layer table and parameter counts of ``model`` for a square (3D backbones: cubic) input of side ``input_size``."""
-    from covfuse.models.registry import BACKBONES
-
     backbone = model.config.get("backbone")
     spec = BACKBONES.get(backbone)
     size = input_size or (spec.input_size if spec else 224)
@@ -151,6 +158,7 @@ def describe(model: FusionModel, input_size: int | None = None, in_channels: int
     input_shape = (channels, *(size,) * (spec.spatial_dims if spec else 2))
     modules = atomic_modules(model.network)
     shapes = dry_run_shapes(model, modules, input_shape)
+    total, covariate = parameter_counts(model)
     rows = [
         LayerRow(name or "(covariates)", type(m).__name__, shapes.get(name),
                  sum(p.numel() for p in m.parameters()), sum(p.numel() for p in m.parameters() if p.requires_grad),
@@ -159,9 +167,9 @@ def describe(model: FusionModel, input_size: int | None = None, in_channels: int
     ]
     return Description(
         rows=rows,
-        total=sum(p.numel() for p in model.parameters()),
+        total=total,
         trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        covariate=sum(covariate_parameters(m) for m in model.modules()),
+        covariate=covariate,
         input_shape=input_shape,
         config=dict(model.config),
         backends=auto_backends(model, input_shape),
@@ -204,6 +212,86 @@ def format_table(desc: Description) -> str:
         out += [f"  {name}: {b['backend']}" + (f" -> {b['binary']} (binary covariates), {b['continuous']} (continuous)"
                                                if "binary" in b else "") for name, b in desc.backends.items()]
     return "\n".join(out)
+
+
+# ---- what each fusion method adds (the table of docs/methods.md) ---------------------------------
+
+TABLE_BEGIN, TABLE_END = "<!-- params:begin -->", "<!-- params:end -->"
+
+
+def table_methods() -> list[str]:
+    """The fusion methods of the parameter table: every registered one that uses the image, not a '+' combination."""
+    return [name for name, spec in FUSIONS.items() if spec.uses_image and spec.components and "+" not in name]
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(all parameters of ``model``, its covariate-specific ones: :func:`covariate_parameters` over its modules)."""
+    return sum(p.numel() for p in model.parameters()), sum(covariate_parameters(m) for m in model.modules())
+
+
+def parameter_table_command(backbones: list[str], fusions: list[str] | None = None, num_covariates: int = 3,
+                            head: str = "binary", num_classes: int | None = None, hybrid_layers="first",
+                            **options) -> str:
+    """The `covfuse describe` command that prints :func:`parameter_table` for these arguments."""
+    words = ["covfuse describe --parameter_table", f"--backbone {','.join(backbones)}"]
+    if fusions is not None:
+        words.append(f"--fusion {','.join(fusions)}")
+    words.append(f"--num_covariates {num_covariates}")
+    if hybrid_layers != "first":
+        words.append(f"--hybrid_layers {hybrid_layers if isinstance(hybrid_layers, str) else json.dumps(hybrid_layers)}")
+    if head != "binary":
+        words.append(f"--head {head}")
+    if num_classes is not None:
+        words.append(f"--num_classes {num_classes}")
+    words += [f"-o {key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in options.items()]
+    return " ".join(words)
+
+
+def parameter_table(backbones: list[str], fusions: list[str] | None = None, num_covariates: int = 3,
+                    head: str = "binary", num_classes: int | None = None, hybrid_layers="first", **options) -> str:
+    """Markdown: one row per fusion method (default :func:`table_methods`), one column per backbone,
+    each cell the parameters the method adds to the image-only model and, in brackets where it differs,
+    :func:`describe`'s covariate-specific count; the first row is the image-only model's own total."""
+    methods = table_methods() if fusions is None else fusions
+    outputs = head_outputs(head, num_classes)
+    command = parameter_table_command(backbones, fusions, num_covariates, head, num_classes, hybrid_layers, **options)
+    changed = ", the options of that command" if options or hybrid_layers != "first" else ", default options"
+    caption = (f"Parameters each method adds to the image-only model with the same backbone and head: "
+               f"K = {num_covariates} covariates, head {head} ({outputs} output{'s' * (outputs > 1)}){changed}; in "
+               "brackets, where it differs, the covariate-specific count of `describe` (the parameters on the "
+               "covariates' path). Generated by")
+    lines = [*textwrap.wrap(caption, 100, break_on_hyphens=False), "", f"    {command}", "",
+             f"| method | {' | '.join(backbones)} |", "|---|" + "---|" * len(backbones)]
+
+    def counts(backbone: str, fusion: str) -> tuple[int, int]:
+        return parameter_counts(build(backbone, fusion, num_covariates, head=head, num_classes=num_classes,
+                                      hybrid_layers=hybrid_layers, **options))
+
+    base = [counts(backbone, "image-only")[0] for backbone in backbones]
+    lines.append(f"| image-only (its own total) | {' | '.join(f'{n:,}' for n in base)} |")
+    for fusion in methods:
+        cells = []
+        for backbone, image_only in zip(backbones, base):
+            total, covariate = counts(backbone, fusion)
+            added = total - image_only
+            cells.append(f"{added:,}" + ("" if covariate == added else f" ({covariate:,})"))
+        lines.append(f"| {fusion} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def write_parameter_table(path: str | os.PathLike, table: str) -> Path:
+    """Replace what stands between the ``params`` markers of the text file ``path`` with ``table``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    if text.count(TABLE_BEGIN) != 1 or text.count(TABLE_END) != 1 or text.index(TABLE_BEGIN) > text.index(TABLE_END):
+        raise UserError(f"{str(path)!r} needs one {TABLE_BEGIN} line and, after it, one {TABLE_END} line "
+                        "around the table to replace")
+    before, rest = text.split(TABLE_BEGIN)
+    after = rest.split(TABLE_END)[1]
+    return atomic_write_text(path, f"{before}{TABLE_BEGIN}\n{table}\n{TABLE_END}{after}")
 
 
 # ---- diagram -------------------------------------------------------------------------------------
