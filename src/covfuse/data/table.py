@@ -12,11 +12,13 @@ sd, except 0/1 indicator columns, which stay 0/1 (so a hybrid kernel reads ``W_0
 ``W_0 + W_1`` for 1, and the discrete-pattern back-end applies); categorical ones one-hot over the
 training levels; a missing value imputed (training mean / no level) with a 0/1 ``<name>_missing``
 indicator column, as DAFT does. The encoder is saved with the run (``data_state.json``) and reused
-by test and predict.
+by test and predict. :func:`column_kind` and :func:`describe_columns` say what a column holds
+(``covfuse data info``).
 """
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -194,6 +196,25 @@ def numeric_values(table: SampleTable, name: str) -> np.ndarray:
     if _numeric_array(values):
         return values.astype(np.float64)
     return np.asarray([np.nan if is_missing(v) else float(v) for v in values], dtype=np.float64)
+
+
+def describe_columns(table: SampleTable, categorical: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per column, what ``covfuse data info`` shows: ``type`` (a reserved column's own name, else
+    :func:`column_kind`), ``missing`` (a count), and ``levels`` (value: count) of a categorical
+    column or ``min`` and ``max`` of a numeric one."""
+    out = {}
+    for name in table.header:
+        values = table.columns[name]
+        kind = name if name in RESERVED else column_kind(table, name, categorical)
+        present = [v for v in values if not is_missing(v)]
+        entry: dict[str, Any] = {"type": kind, "missing": len(values) - len(present)}
+        if kind == "categorical":
+            entry["levels"] = dict(sorted(Counter(present).items()))
+        elif kind == "numeric":
+            numbers = [float(v) for v in present]
+            entry.update({"min": min(numbers), "max": max(numbers)} if numbers else {})
+        out[name] = entry
+    return out
 
 
 def _strings(table: SampleTable, name: str, rows: np.ndarray) -> list[str]:
