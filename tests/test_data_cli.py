@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from torchvision.datasets import CelebA
 
-from covfuse.cli import data as data_cli
+from covfuse.data import inspect as data_inspect
 from covfuse.cli.main import main as cli
 
 try:
@@ -73,9 +73,9 @@ def test_verify_checks_checksums_and_decodes_every_image(tmp_path_factory, tmp_p
     out, err = capsys.readouterr()
     assert "list_attr_celeba.txt" in out and "MISMATCH" in out and "verification failed" in err
     # With the twin's own checksums as the reference, it verifies.
-    official = {name: _md5(base / name) for name in data_cli.OFFICIAL_MD5 if (base / name).exists()}
+    official = {name: _md5(base / name) for name in data_inspect.OFFICIAL_MD5 if (base / name).exists()}
     official["img_align_celeba.zip"] = "0" * 32
-    monkeypatch.setattr(data_cli, "OFFICIAL_MD5", official)
+    monkeypatch.setattr(data_inspect, "OFFICIAL_MD5", official)
     assert cli(["data", "verify", str(root)]) == 0
     out = capsys.readouterr().out
     assert "img_align_celeba.zip" in out and "absent (optional)" in out and "200 of 200 decode" in out
@@ -89,10 +89,10 @@ def test_verify_checks_checksums_and_decodes_every_image(tmp_path_factory, tmp_p
 
 def test_verify_explains_lf_copies(tmp_path, capsys, monkeypatch):
     write_handmade(tmp_path, newline="\r\n")
-    crlf = {name: _md5(tmp_path / name) for name in data_cli.OFFICIAL_MD5 if (tmp_path / name).exists()}
+    crlf = {name: _md5(tmp_path / name) for name in data_inspect.OFFICIAL_MD5 if (tmp_path / name).exists()}
     for name in crlf:
         (tmp_path / name).write_bytes((tmp_path / name).read_bytes().replace(b"\r\n", b"\n"))
-    monkeypatch.setattr(data_cli, "OFFICIAL_MD5", crlf)
+    monkeypatch.setattr(data_inspect, "OFFICIAL_MD5", crlf)
     assert cli(["data", "verify", str(tmp_path)]) == 2
     out = capsys.readouterr().out
     assert out.count("same content with LF line endings") == len(crlf)

@@ -1,4 +1,5 @@
-"""`covfuse data info|synth|synth3d|cache|verify`: inspect, synthesise, cache and verify any data source."""
+"""`covfuse data info|synth|synth3d|cache|verify`: parses the arguments and prints; covfuse.data does the work
+(inspecting: covfuse.data.inspect; decoding every file: covfuse.data.samples.undecodable)."""
 from __future__ import annotations
 
 import argparse
@@ -6,24 +7,9 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
-
-import numpy as np
 
 from covfuse.cli._common import Parser
 from covfuse.errors import UserError
-
-# The release's md5 checksums, as listed in torchvision's CelebA.file_list
-# (torchvision/datasets/celeba.py, torchvision 0.19-0.29); the text files are the CRLF originals.
-OFFICIAL_MD5 = {
-    "img_align_celeba.zip": "00d2c5bc6d35e252742224ab0c1e8fcb",
-    "list_attr_celeba.txt": "75e246fa4810816ffd6ee81facbd244c",
-    "identity_CelebA.txt": "32bd1bd63d3c78cd57e08160ec5ed1e2",
-    "list_bbox_celeba.txt": "00566efa6fedff7a56946cd1c10f1c16",
-    "list_landmarks_align_celeba.txt": "cc24ecafdb5b50baae59b03474781f8c",
-    "list_eval_partition.txt": "d32c9cbf5e040fd4025c592c306e6668",
-}
-OPTIONAL_MD5 = ("img_align_celeba.zip", "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt")
 
 
 def _setup_logging() -> None:
@@ -40,75 +26,20 @@ def _names(text: str | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------- info
-def info_summary(meta, target: str | None = None, covariates: list[str] | None = None) -> dict:
-    """The `data info` JSON: num_images, splits, attributes (+ target/covariates when asked)."""
-    from covfuse.data.readers.celeba_release import SPLIT_NAMES
-
-    counts = np.bincount(meta.split, minlength=3)
-    rates = meta.attrs.mean(axis=0) if len(meta) else np.zeros(len(meta.attr_names))
-    out: dict = {
-        "kind": "image",
-        "format": "celeba",
-        "num_images": len(meta),
-        "num_samples": len(meta),
-        "num_subjects": int(len(np.unique(meta.identity))),
-        "splits": {name: int(c) for name, c in zip(SPLIT_NAMES, counts)},
-        "attributes": {name: round(float(r), 6) for name, r in zip(meta.attr_names, rates)},
-        "columns": {name: {"type": "binary", "positive_rate": round(float(r), 6)}
-                    for name, r in zip(meta.attr_names, rates)},
-        "shape": None,
-    }
-    first = meta.image_dir / meta.filenames[0] if len(meta) else None
-    if first is not None and first.is_file():
-        from PIL import Image
-
-        try:
-            with Image.open(first) as img:
-                out["shape"] = [img.height, img.width, len(img.getbands())]
-        except OSError:
-            pass  # `covfuse data verify` reports unreadable images
-    if target is None and not covariates:
-        return out
-    if target is None:
-        raise UserError("--covariates needs --target (the covariates are summarised against the target)")
-    y, c, sel = meta.select(target, covariates or [])
-
-    def rate(values, mask=None):
-        values = values if mask is None else values[mask]
-        return round(float(values.mean()), 6) if len(values) else None
-
-    out["identities"] = int(len(np.unique(meta.identity)))
-    out["target"] = {
-        "name": sel.target,
-        "positive_rate": {"all": rate(y), **{s: rate(y, meta.split == i) for i, s in enumerate(SPLIT_NAMES)}},
-    }
-    out["covariates"] = {
-        name: {
-            "positive_rate": rate(c[:, j]),
-            "target_rate_given": {str(v): rate(y, c[:, j] == v) for v in (0, 1)},
-            "count_given": {str(v): int((c[:, j] == v).sum()) for v in (0, 1)},
-        }
-        for j, name in enumerate(sel.covariates)
-    }
-    return out
-
-
-def _print_info(meta, summary: dict) -> None:
-    from covfuse.data.readers.celeba_release import SPLIT_NAMES
-
+def _print_info(summary: dict, rates: dict[str, dict[str, float]], root) -> None:
+    """A CelebA folder's summary (:func:`covfuse.data.inspect.celeba_info`) and per-split rates as text."""
     n, sp = summary["num_images"], summary["splits"]
-    print(f"CelebA folder {meta.root}: {n:,} images, {len(np.unique(meta.identity)):,} identities")
-    print("splits: " + " | ".join(f"{s} {sp[s]:,} ({sp[s] / max(n, 1):.1%})" for s in SPLIT_NAMES))
+    print(f"CelebA folder {root}: {n:,} images, {summary['num_subjects']:,} identities")
+    print("splits: " + " | ".join(f"{s} {c:,} ({c / max(n, 1):.1%})" for s, c in sp.items()))
     role = {}
     if "target" in summary:
         role[summary["target"]["name"]] = "target"
         role.update({c: "covariate" for c in summary["covariates"]})
     print()
     print(f"{'attribute':<22}{'all':>7}{'train':>8}{'valid':>8}{'test':>8}")
-    for j, name in enumerate(meta.attr_names):
-        per = [meta.attrs[meta.split == i, j].mean() if sp[s] else float("nan") for i, s in enumerate(SPLIT_NAMES)]
+    for name, rate in summary["attributes"].items():
         mark = f"  <- {role[name]}" if name in role else ""
-        print(f"{name:<22}{summary['attributes'][name]:>7.3f}" + "".join(f"{p:>8.3f}" for p in per) + mark)
+        print(f"{name:<22}{rate:>7.3f}" + "".join(f"{p:>8.3f}" for p in rates[name].values()) + mark)
     if "target" in summary:
         t = summary["target"]
         print()
@@ -122,98 +53,8 @@ def _print_info(meta, summary: dict) -> None:
             print(f"  {t['name']} rate given {given}")
 
 
-def volume_info(path: str, target: str | None = None, covariates: list[str] | None = None,
-                categorical: list[str] | None = None, check_volumes: bool = True) -> dict:
-    """The `data info` JSON of a manifest or BIDS dataset: kind, format, num_subjects, num_samples
-    (num_volumes for volumes), splits, columns, shape.
-
-    Every file's header is read (NIfTI: nibabel, no voxels; 2D: the decoder's header read), so a
-    missing, unreadable or wrong-dimensional file is reported with its row.
-    """
-    from collections import Counter
-
-    from covfuse.data.readers import read_table
-    from covfuse.data.layout import layout_name
-    from covfuse.data.table import RESERVED, SPLIT_NAMES, column_kind, is_missing, subject_split
-
-    table = read_table(path, check_files=True) if str(path).lower().endswith((".csv", ".tsv")) else read_table(path)
-    for name in [*([target] if target else []), *(covariates or [])]:
-        table.column(name)  # unknown names: a UserError with a suggestion
-    split = subject_split(table, seed=0)
-    columns = {}
-    for name in table.header:
-        values = table.columns[name]
-        kind = name if name in RESERVED else column_kind(table, name, categorical or ())
-        entry = {"type": kind, "missing": sum(is_missing(v) for v in values)}
-        if kind == "categorical":
-            entry["levels"] = dict(sorted(Counter(v for v in values if not is_missing(v)).items()))
-        elif kind == "numeric":
-            numbers = [float(v) for v in values if not is_missing(v)]
-            entry.update({"min": min(numbers), "max": max(numbers)} if numbers else {})
-        columns[name] = entry
-    shapes: Counter = Counter()
-    layouts: Counter = Counter()
-    nonfinite: list = []
-    if check_volumes:
-        headers = [file_header(table, i) for i in range(len(table))]
-        shapes = Counter(shape for shape, _ in headers)
-        layouts = Counter((info["channels"], info["bits"]) for _, info in headers if info)
-        from covfuse.data.samples import nonfinite as find_nonfinite
-
-        nonfinite = find_nonfinite(table)
-    noun = "num_volumes" if table.kind == "volume" else "num_images"
-    return {
-        "kind": table.kind,
-        "format": table.format,
-        "manifest": str(table.path),
-        "num_subjects": int(len(set(table.subjects.tolist()))),
-        "num_samples": len(table),
-        noun: len(table),
-        "splits": {name: int((split == k).sum()) for k, name in enumerate(SPLIT_NAMES)},
-        "split_source": "split column" if table.has_split else
-                        "none in the data: subjects shuffled 70/15/15 by data.split_seed (default 0)",
-        "columns": columns,
-        "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
-        "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
-        "layouts": {layout_name(*k): v for k, v in sorted(layouts.items())},
-        "read_as": layout_name(3 if any(c == 3 for c, _ in layouts) else 1,
-                               16 if any(b == 16 for _, b in layouts) else 8) if layouts else None,
-        "nonfinite": {"files": len(nonfinite), "voxels": sum(n for _, n in nonfinite),
-                      "first": str(table.columns["path"][nonfinite[0][0]]) if nonfinite else None},
-    }
-
-
-def file_shape(table, row: int) -> tuple:
-    """A file's shape from its header: (X, Y, Z) for a volume, (H, W) or (H, W, C) for a 2D image."""
-    return file_header(table, row)[0]
-
-
-def file_header(table, row: int) -> tuple[tuple, dict | None]:
-    """(shape as :func:`file_shape`, the 2D decoder's info dict: format, bits, channels; None for volumes)."""
-    file = table.files[row]
-    if table.kind == "volume":
-        from covfuse.data.volume_io import volume_shape
-
-        return volume_shape(file, table.where(row)), None
-    from covfuse.data.decode import CorruptImage
-
-    try:
-        from covfuse.data.decoders import read_pixels
-    except ImportError:  # pragma: no cover - a tree without the multi-format decoders
-        from PIL import Image
-
-        def read_pixels(path):
-            with Image.open(path) as img:
-                return np.asarray(img), {}
-    try:
-        pixels, info = read_pixels(file)
-    except CorruptImage as exc:
-        raise UserError(f"{table.where(row)}: {table.columns['path'][row]}: cannot decode the image ({exc.reason}); "
-                        "replace the file or remove its row") from None
-    return tuple(int(v) for v in pixels.shape), info
-
-
-def _print_volume_info(summary: dict) -> None:
+def _print_table_info(summary: dict) -> None:
+    """A manifest's or BIDS dataset's summary (:func:`covfuse.data.inspect.table_info`) as text."""
     noun = "volumes" if summary["kind"] == "volume" else "images"
     print(f"{summary['format']} {summary['manifest']}: {summary['num_samples']:,} {noun} of "
           f"{summary['num_subjects']:,} subjects")
@@ -242,25 +83,25 @@ def _print_volume_info(summary: dict) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from covfuse.data.inspect import celeba_info, split_rates, table_info
+    from covfuse.data.readers import source_format
     from covfuse.data.readers.celeba_release import read_celeba
 
-    from covfuse.data.readers import source_format
-
     if source_format(args.root) != "celeba":
-        summary = volume_info(args.root, args.target, _names(args.covariates), _names(args.categorical),
-                              check_volumes=not args.skip_images)
+        summary = table_info(args.root, args.target, _names(args.covariates), _names(args.categorical),
+                             check_files=not args.skip_images)
         if args.format == "json":
             print(json.dumps(summary, indent=2))
         else:
-            _print_volume_info(summary)
+            _print_table_info(summary)
         return 0
 
     meta = read_celeba(args.root, check_images=not args.skip_images)
-    summary = info_summary(meta, args.target, _names(args.covariates))
+    summary = celeba_info(meta, args.target, _names(args.covariates))
     if args.format == "json":
         print(json.dumps(summary, indent=2))
     else:
-        _print_info(meta, summary)
+        _print_info(summary, split_rates(meta), meta.root)
     return 0
 
 
@@ -331,131 +172,51 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------- verify
-def _decode_chunk(files: list[str]) -> list[tuple[str, str]]:
-    """Worker: fully decode each file; return (file, error) for those that fail."""
-    from PIL import Image
-
-    bad = []
-    for file in files:
-        try:
-            with Image.open(file) as img:
-                img.load()
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a finding, not a crash
-            bad.append((file, f"{type(exc).__name__}: {exc}"))
-    return bad
-
-
-def verify_checksums(base: Path) -> list[str]:
-    """Compare the text files (and the zip, when present) with the release's md5; return problems."""
-    from covfuse.data.cache import md5sum
-
-    problems = []
-    for name, expected in OFFICIAL_MD5.items():
-        path = base / name
-        if not path.is_file():
-            if name in OPTIONAL_MD5:
-                print(f"  {name:<34} absent (optional)")
-                continue
-            problems.append(f"{path} is missing")
-            print(f"  {name:<34} MISSING")
-            continue
-        got = md5sum(path)
-        if got == expected:
-            print(f"  {name:<34} ok (md5 {got})")
-            continue
-        note = ""
-        if path.suffix == ".txt":
-            data = path.read_bytes()
-            import hashlib
-
-            if hashlib.md5(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")).hexdigest() == expected:
-                note = " (same content with LF line endings; torchvision rejects LF copies, covfuse accepts them)"
-        print(f"  {name:<34} MISMATCH (md5 {got}, official {expected}){note}")
-        problems.append(f"{path} differs from the official release{note}")
-    return problems
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
+    """Any source: the table validates and every file decodes (:func:`covfuse.data.samples.undecodable`, the
+    check `--skip_corrupt` uses); a CelebA folder's text files also match the release's md5 checksums."""
     from tqdm import tqdm
 
-    from covfuse.data._workers import default_workers, run_chunks
-    from covfuse.data.readers.celeba_release import read_celeba
-
-    from covfuse.data.readers import source_format
-
-    if source_format(args.root) != "celeba":
-        return verify_table(args)
-    meta = read_celeba(args.root)
-    print(f"{meta.root}: format ok ({len(meta):,} images listed, all present)")
-    print("checksums (official values from torchvision.datasets.CelebA.file_list):")
-    problems = verify_checksums(meta.root)
-    files = [str(meta.image_dir / f) for f in meta.filenames]
-    chunk = 512
-    tasks = [(files[i : i + chunk],) for i in range(0, len(files), chunk)]
-    workers = default_workers(len(files)) if args.workers is None else args.workers
-    bad: list[tuple[str, str]] = []
-    with tqdm(total=len(files), desc="decoding images", unit="img") as bar:
-        for i, failures in run_chunks(_decode_chunk, tasks, workers):
-            bad += failures
-            bar.update(len(tasks[i][0]))
-    for file, err in sorted(bad)[:20]:
-        print(f"  cannot decode {file}: {err}")
-    if len(bad) > 20:
-        print(f"  ... and {len(bad) - 20} more")
-    print(f"images: {len(files) - len(bad):,} of {len(files):,} decode")
-    if bad:
-        problems.append(f"{len(bad)} image(s) do not decode (first: {sorted(bad)[0][0]})")
-    if problems:
-        raise UserError(f"verification failed: {problems[0]}" + (f" (+{len(problems) - 1} more above)" if len(problems) > 1 else ""))
-    print("verified: the official release, intact")
-    return 0
-
-
-def verify_table(args: argparse.Namespace) -> int:
-    """`data verify` of a manifest or BIDS dataset: the table validates and every file decodes in full
-    (2D: the decoder training uses; NIfTI: every voxel, and NaN/Inf voxels counted)."""
-    from tqdm import tqdm
-
-    from covfuse.data._workers import default_workers, run_chunks
-    from covfuse.data.chunks import unreadable
+    from covfuse.data.inspect import check_checksums
     from covfuse.data.readers import read_table
+    from covfuse.data.samples import nonfinite, undecodable
 
     table = read_table(args.root)
     noun = "volumes" if table.kind == "volume" else "images"
-    print(f"{table.path}: format ok ({len(table):,} {noun} listed, all present)")
-    files = [str(f) for f in table.files]
-    chunk = 64 if table.kind == "volume" else 512
-    tasks = [(files[i: i + chunk],) if table.kind == "volume" else (files[i: i + chunk], True)
-             for i in range(0, len(files), chunk)]
-    from covfuse.data.volume_io import unreadable_volumes
-
-    work = unreadable_volumes if table.kind == "volume" else unreadable
-    workers = default_workers(len(files)) if args.workers is None else args.workers
-    bad: list[tuple[str, str]] = []
-    with tqdm(total=len(files), desc=f"decoding {noun}", unit=noun[:3]) as bar:
-        for i, failures in run_chunks(work, tasks, workers):
-            bad += failures
-            bar.update(len(tasks[i][0]))
-    row = {f: i for i, f in enumerate(files)}
-    bad.sort(key=lambda item: row[item[0]])
-    for file, reason in bad[:20]:
-        print(f"  {table.where(row[file])}: cannot decode {file}: {reason}")
+    print(f"{table.source}: format ok ({len(table):,} {noun} listed, all present)")
+    problems = []
+    celeba = table.format == "celeba"
+    if celeba:
+        print("checksums (official values from torchvision.datasets.CelebA.file_list):")
+        for c in check_checksums(table.root):
+            if c.status == "ok":
+                print(f"  {c.name:<34} ok (md5 {c.md5})")
+            elif c.status == "absent":
+                print(f"  {c.name:<34} absent (optional)")
+            elif c.status == "missing":
+                print(f"  {c.name:<34} MISSING")
+            else:
+                print(f"  {c.name:<34} MISMATCH (md5 {c.md5}, official {c.expected}){c.note}")
+            problems += [c.problem] if c.problem else []
+    with tqdm(total=len(table), desc=f"decoding {noun}", unit=noun[:3]) as bar:
+        bad = undecodable(table, workers=args.workers, progress=bar.update)
+    for row, reason in bad[:20]:
+        print(f"  {table.where(row)}: cannot decode {table.files[row]}: {reason}")
     if len(bad) > 20:
         print(f"  ... and {len(bad) - 20} more")
-    print(f"{noun}: {len(files) - len(bad):,} of {len(files):,} decode")
+    print(f"{noun}: {len(table) - len(bad):,} of {len(table):,} decode")
     if table.kind == "volume" and not bad:
-        from covfuse.data.samples import nonfinite
-
         found = nonfinite(table)
         if found:
             print(f"non-finite: {len(found):,} file(s) hold {sum(n for _, n in found):,} NaN/Inf voxel(s) (first: "
                   f"{table.files[found[0][0]]}); data.nonfinite zero (the default) sets them to 0, refuse stops")
-    if bad:
-        file, reason = bad[0]
-        more = f" (+{len(bad) - 1} more above)" if len(bad) > 1 else ""
-        raise UserError(f"verification failed: {table.where(row[file])}: {file} does not decode ({reason}){more}; "
-                        "replace the file or remove its row (`covfuse fit --skip_corrupt` trains without it)")
-    print(f"verified: every file of {table.path} decodes")
+    advice = "; replace the file or remove its row (`covfuse fit --skip_corrupt` trains without it)" \
+        if bad and not problems else ""  # the first problem is a file that does not decode
+    problems += [f"{table.where(row)}: {table.files[row]} does not decode ({reason})" for row, reason in bad]
+    if problems:
+        more = f" (+{len(problems) - 1} more above)" if len(problems) > 1 else ""
+        raise UserError(f"verification failed: {problems[0]}{more}{advice}")
+    print("verified: the official release, intact" if celeba else f"verified: every file of {table.path} decodes")
     return 0
 
 

@@ -1,11 +1,12 @@
 """`covfuse predict RUN FILE... --covariates A=1,B=0` (or `--csv FILE`): the run's prediction per file.
 
-One path for every source (covfuse.training.predict.predict_table): the files and their raw
-covariate values become a table, encoded by the run's saved encoder and read by the dataset
-`covfuse test` uses with the run's saved preprocessing, so a file gets the probability `covfuse
-test` wrote for it. CelebA runs take image files with 0/1 attribute values (or a CSV with columns
-image,<covariates>) and print `image,<covariates>,<prediction>`; runs on a manifest or BIDS take
-their files with raw values (or a manifest) and print `path,subject,<covariates>,<prediction>`.
+Parses the arguments into tables and prints; covfuse.training.predict.predict_rows does the work,
+one path for every source: the files and their raw covariate values, encoded by the run's saved
+encoder and read by the dataset `covfuse test` uses with the run's saved preprocessing, so a file
+gets the probability `covfuse test` wrote for it. CelebA runs take image files with 0/1 attribute
+values (or a CSV with columns image,<covariates>) and print `image,<covariates>,<prediction>`; runs
+on a manifest or BIDS take their files with raw values (or a manifest) and print
+`path,subject,<covariates>,<prediction>`.
 """
 from __future__ import annotations
 
@@ -47,38 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _value(name: str, text: str, where: str) -> float:
+def _number(name: str, text: str, where: str) -> str:
+    """``text``, a finite number (a CelebA run's 0/1 attribute values are numbers)."""
     try:
         value = float(text)
     except ValueError:
         raise UserError(f"{where}: covariate {name} must be a number, got {text!r}") from None
     if not math.isfinite(value):
         raise UserError(f"{where}: covariate {name} is {text}; give a finite number")
-    return value
-
-
-def check_seen(names: list[str], row: list[float], seen: dict | None, where: str,
-               marks: list[str] | None = None) -> None:
-    """Refuse a covariate value the training split never held (e.g. CelebA's -1 where training saw 0/1);
-    with ``marks`` (a table row), note it there instead."""
-    for name, value in zip(names, row):
-        info = (seen or {}).get(name)
-        if not info:
-            continue
-        if marks is not None:
-            if "values" in info and value not in info["values"]:
-                marks.append(f"{name}={value:g} (training had {'/'.join(f'{v:g}' for v in info['values'])})")
-            elif "min" in info and not info["min"] <= value <= info["max"]:
-                marks.append(f"{name}={value:g} (training range {info['min']:g}..{info['max']:g})")
-            continue
-        if "values" in info and value not in info["values"]:
-            allowed = ", ".join(f"{v:g}" for v in info["values"])
-            hint = " (covfuse maps CelebA's -1/1 to 0/1)" if value == -1 and set(info["values"]) <= {0.0, 1.0} else ""
-            raise UserError(f"{where}: {name}={value:g} was never seen in training, which had {name} in "
-                            f"{{{allowed}}}{hint}; give one of those values")
-        if "min" in info and not info["min"] <= value <= info["max"]:
-            raise UserError(f"{where}: {name}={value:g} lies outside the training range "
-                            f"[{info['min']:g}, {info['max']:g}]; the model would extrapolate")
+    return text
 
 
 def split_covariates(text: str, names: list[str]) -> dict[str, str]:
@@ -103,18 +81,19 @@ def split_covariates(text: str, names: list[str]) -> dict[str, str]:
     return given
 
 
-def parse_covariates(text: str, names: list[str]) -> list[float]:
-    """``"Male=1,Young=0"`` -> numbers in the order of ``names`` (all required)."""
+def parse_covariates(text: str, names: list[str]) -> list[str]:
+    """``"Male=1,Young=0"`` -> number texts in the order of ``names`` (all required)."""
     given = split_covariates(text, names)
     missing = [n for n in names if n not in given]
     if missing:
         example = ",".join(f"{n}=1" for n in names)
         raise UserError(f"--covariates: missing {', '.join(missing)} (the model takes {', '.join(names)}; e.g. --covariates {example})")
-    return [_value(n, given[n], "--covariates") for n in names]
+    return [_number(n, given[n], "--covariates") for n in names]
 
 
-def read_csv(path: Path, names: list[str]) -> tuple[list[Path], list[list[float]]]:
-    """Image paths and covariate rows from a CSV with columns image,<names> (any order, extra columns ignored)."""
+def read_csv(path: Path, names: list[str]) -> tuple[list[Path], list[list[str]]]:
+    """Image paths and covariate rows (number texts) from a CSV with columns image,<names> (any order, extra
+    columns ignored)."""
     if not path.is_file():
         raise UserError(f"{path}: no such CSV file")
     with open(path, newline="") as f:
@@ -128,7 +107,7 @@ def read_csv(path: Path, names: list[str]) -> tuple[list[Path], list[list[float]
         for line, row in enumerate(reader, start=2):
             image = Path(row[header["image"]].strip())
             images.append(image if image.is_absolute() else path.parent / image)
-            rows.append([_value(n, (row[header[n.lower()]] or "").strip(), f"{path}:{line}") for n in names])
+            rows.append([_number(n, (row[header[n.lower()]] or "").strip(), f"{path}:{line}") for n in names])
     if not images:
         raise UserError(f"{path}: no rows")
     return images, rows
@@ -143,8 +122,9 @@ def main(argv: list[str]) -> int:
     if args.covariates and not args.images:
         raise UserError("--covariates applies to IMAGE arguments; with --csv the covariates come from its columns")
     from covfuse.training import config as cfgmod
-    from covfuse.training.run import checkpoint_path, find_run, load_module
     from covfuse.training.datamodule import STATE_FILE, read_state
+    from covfuse.training.predict import predict_rows, run_state
+    from covfuse.training.run import checkpoint_path, find_run, load_module
 
     run_dir = find_run(args.run, args.runs_dir)
     config = cfgmod.load(run_dir / "config.yaml")
@@ -167,11 +147,18 @@ def main(argv: list[str]) -> int:
             print(f"covfuse predict: --times {', '.join(f'{t:g}' for t in beyond)} lie(s) after the training split's "
                   f"last event ({last:g}); S(t | x) there is the value at {last:g}, not an estimate", file=sys.stderr)
     module = load_module(checkpoint_path(run_dir, args.ckpt))
-    # CelebA runs take raw 0/1 attributes and an image CSV; every other source goes through its
-    # table: the saved encoder and preprocessing, as `covfuse test` reads the data.
-    celeba = state is None or state.get("format") == "celeba"
-    predict = _predict_images if celeba else _predict_volumes
-    header, rows, marks = predict(args, run_dir, module, state, precision)
+    state, encoder = run_state(module, state, run_dir)
+    names = [spec["name"] for spec in encoder.specs]  # raw columns, as the training data spelt them
+    # CelebA runs take 0/1 attribute values and an image CSV; every other source its raw values and a manifest.
+    celeba = state.get("format", "celeba") == "celeba"
+    files = _files(args, names, celeba) if args.images else None
+    table, where = _table(args, names, celeba) if args.csv_file else (None, None)
+    predicted, values, marks = predict_rows(module, state, encoder, files=files, table=table, where=where,
+                                            strict=args.strict, extrapolate=args.extrapolate,
+                                            batch_size=args.batch_size, accelerator=args.accelerator,
+                                            precision=precision)
+    header = ["image", *names, *predicted] if celeba else ["path", "subject", *names, *predicted]
+    rows = [given + p for given, p in zip(_given(files, names, celeba) + _given(table, names, celeba), values)]
     check_finite(header, rows, args.ckpt)
     if times is not None:
         from covfuse.training.survival_reference import add_survival_columns
@@ -210,99 +197,50 @@ def _nonfinite(cell: str) -> bool:
         return False
 
 
-def image_table(images: list[Path], rows: list[list[float]], names: list[str], fmt: str):
-    """A table of image files with a row of covariate values each (the run's ``fmt``, so they are read as
-    training read its files); a folder or a missing file is one line naming it."""
+def image_table(source: Path, images: list[Path], rows: list[list[str]], names: list[str]):
+    """A CelebA run's input as a table: image files with a row of covariate values each, read as the run
+    read its JPEGs."""
     import numpy as np
 
     from covfuse.data.table import SampleTable
 
-    folders = [p for p in images if p.is_dir()]
-    if folders:
-        raise UserError(f"{folders[0]}: a folder, not an image file; give image files (e.g. {folders[0]}/<name>)")
-    missing = [p for p in images if not p.is_file()]
-    if missing:
-        raise UserError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     ids = [str(p) for p in images]
-    columns = {"subject": ids, "path": ids, **{n: [repr(float(row[k])) for row in rows] for k, n in enumerate(names)}}
-    return SampleTable(Path("--covariates"), ["subject", "path", *names], columns, list(images),
-                       np.asarray(ids, dtype=object), np.full(len(images), -1, dtype=np.int8),
-                       np.arange(1, len(images) + 1, dtype=np.int64), kind="image", format=fmt)
+    columns = {"subject": ids, "path": ids, **{n: [row[k] for row in rows] for k, n in enumerate(names)}}
+    return SampleTable(source, ["subject", "path", *names], columns, list(images), np.asarray(ids, dtype=object),
+                       np.full(len(images), -1, dtype=np.int8), np.arange(1, len(images) + 1, dtype=np.int64),
+                       kind="image", format="celeba")
 
 
-def _predict_images(args, run_dir, module, state, precision) -> tuple[list[str], list[list[str]]]:
-    from covfuse.data.table import CovariateEncoder
-    from covfuse.training.predict import encoder_of, predict_table, prediction_columns
-
-    names = list(module.hparams.covariates)
-    images: list[Path] = []
-    rows: list[list[float]] = []
-    if args.images:
+def _files(args, names: list[str], celeba: bool):
+    """The FILE arguments with the --covariates values as a table (a CelebA run: every value a number)."""
+    if celeba:
         values = parse_covariates(args.covariates, names)
-        images += [Path(p) for p in args.images]
-        rows += [values] * len(args.images)
-    if args.csv_file:
-        more_images, more_rows = read_csv(Path(args.csv_file), names)
-        images += more_images
-        rows += more_rows
-    seen = module.hparams.get("covariate_values")
-    marks: dict[int, list[str]] = {}
-    for i, row in enumerate(rows):
-        table = i >= len(args.images)
-        if table and not args.strict:
-            marks[i] = []
-            check_seen(names, row, seen, "", marks[i])
-        elif not args.extrapolate:
-            check_seen(names, row, seen, "--covariates" if not table else f"{args.csv_file} row {i - len(args.images) + 2}")
-    if state is None:  # a run from before data_state.json: 0/1 attributes fed as they are, its size and preset
-        state = {"format": "celeba", "preprocessing": {"size": module.hparams.image_size, "preset": module.hparams.preset}}
-        encoder = CovariateEncoder([{"name": n, "kind": "binary", "mean": 0.0, "missing": False} for n in names])
-    else:
-        encoder = encoder_of(module, state, run_dir)
-    table = image_table(images, rows, names, state.get("format", "celeba"))
-    values = predict_table(module, state, table, encoder, batch_size=args.batch_size, accelerator=args.accelerator,
-                           precision=precision)
-    header, predicted = prediction_columns(module, values)
-    return (["image", *names, *header], [[str(image), *(f"{v:g}" for v in row), *p]
-                                         for image, row, p in zip(images, rows, predicted)],
-            {i: m for i, m in marks.items() if m})
+        return image_table(Path("--covariates"), [Path(p) for p in args.images], [values] * len(args.images), names)
+    from covfuse.data.readers.manifest import manifest_from_files
+
+    given = split_covariates(args.covariates, names)
+    return manifest_from_files(args.images, {n: given.get(n, "") for n in names})
 
 
-def _predict_volumes(args, run_dir, module, state, precision) -> tuple[list[str], list[list[str]]]:
-    """Volume files with --covariates and/or a manifest (--csv), checked completely before any volume is read."""
-    import numpy as np
+def _table(args, names: list[str], celeba: bool):
+    """The --csv table and how its rows are named in messages: a CelebA run's image CSV, or a manifest."""
+    path = Path(args.csv_file)
+    if celeba:
+        images, rows = read_csv(path, names)
+        return image_table(path, images, rows, names), lambda i: f"{path} row {i + 2}"
+    from covfuse.data.readers.manifest import read_manifest
 
-    from covfuse.data.readers.manifest import manifest_from_files, read_manifest
+    manifest = read_manifest(path)
+    return manifest, manifest.where
+
+
+def _given(table, names: list[str], celeba: bool) -> list[list[str]]:
+    """Per row of ``table`` (None: no rows) the cells printed before the prediction: the file (and its
+    subject), then the covariate values as given (empty where missing)."""
+    if table is None:
+        return []
     from covfuse.data.table import is_missing
-    from covfuse.training.predict import prediction_columns
-    from covfuse.training.predict import check_covariates, check_files, encoder_of, predict_table
 
-    encoder = encoder_of(module, state, run_dir)
-    names = [spec["name"] for spec in encoder.specs]  # raw columns, as the training manifest spelt them
-    seen = module.hparams.get("covariate_values")
-    parts = []  # (manifest, how its rows are named in errors)
-    if args.images:
-        given = split_covariates(args.covariates, names)
-        manifest = manifest_from_files(args.images, {n: given.get(n, "") for n in names})
-        check_covariates(manifest, encoder, seen, lambda i: "--covariates", extrapolate=args.extrapolate)
-        parts.append((manifest, lambda i: ""))  # volume_shape's messages name the file
-    marks: dict[int, list[str]] = {}
-    if args.csv_file:
-        manifest = read_manifest(args.csv_file)
-        table_marks: dict[int, list[str]] = {}
-        check_covariates(manifest, encoder, seen, manifest.where, extrapolate=args.extrapolate,
-                         marks=None if args.strict else table_marks)
-        offset = len(parts[0][0]) if parts else 0
-        marks = {offset + i: m for i, m in table_marks.items()}
-        parts.append((manifest, manifest.where))
-    for manifest, where in parts:
-        check_files(manifest, where)
-    rows, values = [], []
-    for manifest, _ in parts:
-        values.append(predict_table(module, state, manifest, encoder, batch_size=args.batch_size,
-                                      accelerator=args.accelerator, precision=precision))
-        columns = [manifest.columns[manifest.column(n)] for n in names]
-        rows += [[str(manifest.files[i]), str(manifest.subjects[i]), *("" if is_missing(c[i]) else c[i] for c in columns)]
-                 for i in range(len(manifest))]
-    header, predicted = prediction_columns(module, np.concatenate(values), state.get("classes"))
-    return ["path", "subject", *names, *header], [row + p for row, p in zip(rows, predicted)], marks
+    columns = [table.columns[table.column(n)] for n in names]
+    return [[str(table.files[i]), *([] if celeba else [str(table.subjects[i])]),
+             *("" if is_missing(c[i]) else str(c[i]) for c in columns)] for i in range(len(table))]

@@ -57,15 +57,11 @@ def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int,
     return len(files)
 
 
-def find_unreadable(paths: list[str], any_format: bool = False) -> list[str]:
-    """The files among ``paths`` that do not decode (worker for ``--skip-corrupt``): :func:`decode_image`
-    for CelebA's JPEGs, or with ``any_format`` the decoder of every supported format (PNG, TIFF, DICOM ...)."""
-    return [path for path, _ in unreadable(paths, any_format)]
-
-
 def unreadable(paths: list[str], any_format: bool = False) -> list[tuple[str, str]]:
-    """(file, reason) for each of ``paths`` that does not decode fully (worker for ``covfuse data verify``);
-    a file in a format covfuse cannot use (a stack, float samples) counts as not decoding."""
+    """(file, reason) for each of ``paths`` that does not decode (the worker of
+    :func:`covfuse.data.samples.undecodable`: ``covfuse data verify``, ``--skip_corrupt``): CelebA's JPEG
+    path, or with ``any_format`` the decoder of every supported format (PNG, TIFF, DICOM ...); a file in a
+    format covfuse cannot use (a stack, float samples) counts as not decoding."""
     decode = any_decoder() if any_format else decode_image
     bad = []
     for path in paths:

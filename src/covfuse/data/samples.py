@@ -2,9 +2,9 @@
 decoder, dataset class and cache a table's files need, so training code stays format-blind.
 
 ``settings(cfg)`` reads the preprocessing keys from a data config (image_size, preset, geometry,
-intensity, spacing); :func:`make_dataset`, :func:`open_cache`, :func:`build_cache` and
-:func:`check_files` dispatch on ``table.kind`` (``image``: 2D files; ``volume``: NIfTI) and, for
-images, ``table.format`` (the CelebA release keeps its own checksummed cache).
+intensity, spacing); :func:`make_dataset`, :func:`open_cache`, :func:`build_cache`, :func:`check_files`
+and :func:`undecodable` dispatch on ``table.kind`` (``image``: 2D files; ``volume``: NIfTI) and, for
+images, ``table.format`` (the CelebA release keeps its own checksummed cache and JPEG decoder).
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from covfuse.data._workers import default_workers, run_chunks
+from covfuse.data.chunks import unreadable
 from covfuse.data.table import SampleTable
 from covfuse.errors import UserError
 
@@ -133,30 +135,18 @@ def build_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | 
 
 def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False) -> set[str]:
     """Before training reads files lazily: a wrong kind of volume fails now, not in a worker; an empty
-    image file is refused (a stat each); with ``skip_corrupt`` every image is decoded once and the
-    paths of those that fail are returned (the caller leaves them out)."""
+    image file is refused (a stat each); with ``skip_corrupt`` every file is decoded once (:func:`undecodable`)
+    and the paths of those that fail are returned (the caller leaves them out)."""
+    if skip_corrupt:
+        return {str(table.files[row]) for row, _ in undecodable(table, rows)}
     if table.kind == "volume":
-        from covfuse.data.volume_io import unreadable_volumes, volume_shape
+        from covfuse.data.volume_io import volume_shape
 
-        if skip_corrupt:  # every voxel of every file read once, as `covfuse data verify` does
-            from covfuse.data._workers import default_workers, run_chunks
-
-            paths = [str(table.files[int(r)]) for r in rows]
-            chunks = [(paths[i: i + 64],) for i in range(0, len(paths), 64)]
-            return {p for _, found in run_chunks(unreadable_volumes, chunks, default_workers(len(paths)))
-                    for p, _ in found}
         volume_shape(table.files[int(rows[0])], table.where(int(rows[0])))
         return set()
     from covfuse.data.decode import CorruptImage
 
     paths = [str(table.files[int(r)]) for r in rows]
-    if skip_corrupt:
-        from covfuse.data._workers import default_workers, run_chunks
-        from covfuse.data.chunks import find_unreadable
-
-        any_format = table.format != "celeba"  # DICOM, TIFF, 16-bit PNG ...: the decoder training will use
-        chunks = [(paths[i: i + 256], any_format) for i in range(0, len(paths), 256)]
-        return {p for _, found in run_chunks(find_unreadable, chunks, default_workers(len(paths))) for p in found}
     empty = [p for p in paths if os.path.getsize(p) == 0]
     if empty:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
@@ -166,6 +156,31 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
         if decode is not None:
             decode(paths[0], 8, "research")
     return set()
+
+
+def undecodable(table: SampleTable, rows: np.ndarray | None = None, *, workers: int | None = None,
+                progress=None) -> list[tuple[int, str]]:
+    """(row, reason) for each file of ``rows`` (default all) that the decoder training uses cannot decode
+    (CelebA's JPEG path, any supported 2D format, every voxel of a NIfTI volume), in row order: the one
+    decode check of ``covfuse data verify`` and ``--skip_corrupt``. The files are read in
+    chunks by ``workers`` processes (default: :func:`default_workers`); ``progress(n)`` is told each
+    chunk's size as it finishes."""
+    rows = np.arange(len(table)) if rows is None else np.asarray(rows, dtype=np.int64)
+    paths = [str(table.files[int(r)]) for r in rows]
+    if table.kind == "volume":
+        from covfuse.data.volume_io import unreadable_volumes
+
+        work, size, extra = unreadable_volumes, 64, ()
+    else:
+        work, size, extra = unreadable, 256, (table.format != "celeba",)  # any_format: DICOM, TIFF, 16-bit PNG ...
+    tasks = [(paths[i: i + size], *extra) for i in range(0, len(paths), size)]
+    row_of = {path: int(row) for path, row in zip(paths, rows)}
+    bad = []
+    for i, found in run_chunks(work, tasks, default_workers(len(paths)) if workers is None else workers):
+        bad += [(row_of[path], reason) for path, reason in found]
+        if progress is not None:
+            progress(len(tasks[i][0]))
+    return sorted(bad)
 
 
 def nonfinite(table: SampleTable, rows: np.ndarray | None = None, cache=None) -> list[tuple[int, int]]:
@@ -198,17 +213,25 @@ def check_nonfinite(table: SampleTable, rows: np.ndarray, rule: str = "zero", ca
 
 
 def check_readable(table: SampleTable, where) -> None:
-    """Every file of ``table`` can be opened (volumes: a 3-D NIfTI header; images: a non-empty file),
-    the first bad row named by ``where(i)``, before any file is decoded."""
+    """Every file of ``table`` can be opened (volumes: a 3-D NIfTI header; images: a file, not empty), the
+    first bad row named by ``where(i)`` (or by its file alone where ``where(i)`` is empty), before any file
+    is decoded."""
     if table.kind == "volume":
         from covfuse.data.volume_io import volume_shape
 
         for i, file in enumerate(table.files):
             volume_shape(file, where(i))
         return
+    from covfuse.data.decode import CorruptImage
+
     for i, file in enumerate(table.files):
-        if not os.path.isfile(file) or os.path.getsize(file) == 0:
-            raise UserError(f"{where(i) or file}: {file} is missing or empty")
+        at = f"{where(i)}: " if where(i) else ""
+        if os.path.isdir(file):
+            raise UserError(f"{at}{file}: a folder, not an image file; give image files (e.g. {file}/<name>)")
+        if not os.path.isfile(file):
+            raise UserError(f"{at}{file}: no such image file")
+        if os.path.getsize(file) == 0:
+            raise UserError(f"{at}{CorruptImage(file, 'empty file, 0 bytes')}")
 
 
 def make_dataset(table: SampleTable, rows: np.ndarray, covariates: np.ndarray, targets: np.ndarray, s: Settings,

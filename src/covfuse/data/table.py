@@ -12,14 +12,17 @@ sd, except 0/1 indicator columns, which stay 0/1 (so a hybrid kernel reads ``W_0
 ``W_0 + W_1`` for 1, and the discrete-pattern back-end applies); categorical ones one-hot over the
 training levels; a missing value imputed (training mean / no level) with a 0/1 ``<name>_missing``
 indicator column, as DAFT does. The encoder is saved with the run (``data_state.json``) and reused
-by test and predict.
+by test and predict; predict checks new rows against the values training held with
+:func:`check_covariate_values` (the one such check). :func:`column_kind` and
+:func:`describe_columns` say what a column holds (``covfuse data info``).
 """
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -122,10 +125,6 @@ class SampleTable:
         return bool(len(self.split)) and bool((self.split >= 0).all())
 
 
-# Kept for code written against the volume reader's name.
-Manifest = SampleTable
-
-
 def check_selection(table: SampleTable, target: str | None, covariates: Sequence[str]) -> tuple[str | None, list[str]]:
     """(target, covariates) in the table's spelling; the target is not a covariate, none twice."""
     names = [table.column(c) for c in covariates]
@@ -194,6 +193,25 @@ def numeric_values(table: SampleTable, name: str) -> np.ndarray:
     if _numeric_array(values):
         return values.astype(np.float64)
     return np.asarray([np.nan if is_missing(v) else float(v) for v in values], dtype=np.float64)
+
+
+def describe_columns(table: SampleTable, categorical: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per column, what ``covfuse data info`` shows: ``type`` (a reserved column's own name, else
+    :func:`column_kind`), ``missing`` (a count), and ``levels`` (value: count) of a categorical
+    column or ``min`` and ``max`` of a numeric one."""
+    out = {}
+    for name in table.header:
+        values = table.columns[name]
+        kind = name if name in RESERVED else column_kind(table, name, categorical)
+        present = [v for v in values if not is_missing(v)]
+        entry: dict[str, Any] = {"type": kind, "missing": len(values) - len(present)}
+        if kind == "categorical":
+            entry["levels"] = dict(sorted(Counter(present).items()))
+        elif kind == "numeric":
+            numbers = [float(v) for v in present]
+            entry.update({"min": min(numbers), "max": max(numbers)} if numbers else {})
+        out[name] = entry
+    return out
 
 
 def _strings(table: SampleTable, name: str, rows: np.ndarray) -> list[str]:
@@ -294,6 +312,73 @@ class CovariateEncoder:
     @classmethod
     def from_dict(cls, data: dict) -> CovariateEncoder:
         return cls([dict(s) for s in data["specs"]])
+
+
+def _raw(x: float) -> str:
+    return f"{round(x, 6) + 0.0:g}"  # + 0.0 turns -0.0 into 0
+
+
+def check_covariate_values(table: SampleTable, encoder: CovariateEncoder, seen: dict | None,
+                           where: Callable[[int], str], *, extrapolate: bool = False,
+                           marks: dict[int, list[str]] | None = None) -> None:
+    """The one check of new rows against what training held (``covfuse predict``), each bad row named by
+    ``where(i)``: a covariate column the table lacks, a word in a numeric column or a missing value where
+    training had no missing indicator are refused; a value the training split never held (a level the
+    one-hot never saw, a number outside the training range or set of values) is noted in ``marks`` under
+    its row (a table: one bad row must not cost the others), else refused unless ``extrapolate``.
+
+    ``seen`` is the module's ``covariate_values``: per *encoded* feature, the training split's set of
+    values or its min..max. Numbers are compared after encoding (the float32 arithmetic of
+    :meth:`CovariateEncoder.transform`) and shown in raw units.
+    """
+    columns = [table.column(spec["name"]) for spec in encoder.specs]  # a missing column: the reader's line
+    for spec, name in zip(encoder.specs, columns):
+        info = (seen or {}).get(spec["name"]) or {}
+        if spec["kind"] == "numeric" and "values" in info:  # a run from before numbers kept their range
+            info = {"min": min(info["values"]), "max": max(info["values"])}
+        mean, std = (spec["mean"], spec["std"]) if spec["kind"] == "numeric" else (0.0, 1.0)
+        for i, value in enumerate(table.columns[name]):
+            value = str(value)
+            if is_missing(value):
+                if not spec["missing"]:
+                    raise UserError(f"{where(i)}: {name} is missing, but the run never saw it missing (it has no "
+                                    f"{name}_missing indicator); give a value")
+                continue
+            if spec["kind"] == "categorical":
+                if value not in spec["levels"]:
+                    _unseen(i, marks, extrapolate, f"{name}={value} (unseen level)",
+                            f"{where(i)}: {name}={value} was never seen in training, which had {name} in "
+                            f"{{{', '.join(spec['levels'])}}}; give one of those values (or pass --extrapolate to "
+                            "predict with no level set, as `covfuse test` encodes an unseen level)")
+                continue
+            number = parse_number(value)
+            if number is None:
+                raise UserError(f"{where(i)}: non-numeric value {value!r} for numeric covariate {name!r} "
+                                "(the run was trained on numbers; give a number, or leave it empty for missing)")
+            z = float(np.float32((number - mean) / std))  # as CovariateEncoder.transform
+            if "values" in info and z not in info["values"]:
+                # The training table also holds 0 (the imputed mean) when the covariate has missing
+                # values; it is accepted (the encoder maps the mean there) but not listed as a choice.
+                listed = [_raw(mean + std * v) for v in info["values"] if not (spec["missing"] and v == 0.0)]
+                hint = (" (covfuse maps CelebA's -1/1 to 0/1)" if table.format == "celeba" and number == -1
+                        and set(listed) <= {"0", "1"} else "")
+                _unseen(i, marks, extrapolate, f"{name}={value} (training had {'/'.join(listed)})",
+                        f"{where(i)}: {name}={value} was never seen in training, which had {name} in "
+                        f"{{{', '.join(listed)}}}{hint}; give one of those values (or pass --extrapolate to predict "
+                        "anyway)")
+            elif "min" in info and not info["min"] <= z <= info["max"]:
+                low, high = _raw(mean + std * info["min"]), _raw(mean + std * info["max"])
+                _unseen(i, marks, extrapolate, f"{name}={value} (training range {low}..{high})",
+                        f"{where(i)}: {name}={value} lies outside the training range [{low}, {high}]; the model "
+                        "would extrapolate (pass --extrapolate to predict anyway)")
+
+
+def _unseen(row: int, marks: dict[int, list[str]] | None, extrapolate: bool, mark: str, error: str) -> None:
+    """A value training never held: noted under its row in ``marks`` (a table), else refused unless ``extrapolate``."""
+    if marks is not None:
+        marks.setdefault(row, []).append(mark)
+    elif not extrapolate:
+        raise UserError(error)
 
 
 # --------------------------------------------------------------------------------- targets

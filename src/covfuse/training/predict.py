@@ -1,14 +1,15 @@
 """Predictions from a trained run (``covfuse predict``), one path for every source: a table of files.
 
-Files named on the command line with covariates become a table too, so a CelebA run, an image
-manifest run and a volume run are predicted alike (:func:`predict_table`); :func:`run_predict` is
-the one Lightning predict loop and :func:`prediction_columns` gives the output columns of the
-module's head. For a table, everything comes from the run
-folder, nothing is refitted: the covariate encoder fitted on the training split and the
-preprocessing (``data_state.json``), the model (the checkpoint). Raw covariate values are encoded
-by that encoder and files read by the same dataset ``covfuse test`` uses
-(:func:`covfuse.data.samples.make_dataset`), so a test file gets the probability
-``predictions.csv`` holds for it.
+:func:`predict_rows` is that path. Files named on the command line with covariate values and a
+``--csv`` table are both tables, checked against what training held
+(:func:`~covfuse.data.table.check_covariate_values`) and predicted alike (:func:`predict_table`),
+whether the run trained on CelebA, an image manifest, volumes or BIDS; :func:`run_predict` is the
+one Lightning predict loop and :func:`prediction_columns` gives the output columns of the module's
+head. Everything comes from the run folder, nothing is refitted (:func:`run_state`): the covariate
+encoder fitted on the training split and the preprocessing (``data_state.json``), the model (the
+checkpoint). Raw covariate values are encoded by that encoder and files read by the same dataset
+``covfuse test`` uses (:func:`covfuse.data.samples.make_dataset`), so a test file gets the
+probability ``predictions.csv`` holds for it.
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from covfuse.data.table import CovariateEncoder, Manifest, is_missing, parse_number
+from covfuse.data.samples import check_readable, make_dataset, settings_from_state
+from covfuse.data.table import CovariateEncoder, SampleTable, check_covariate_values
 from covfuse.errors import UserError
+from covfuse.training.config import TrainerConfig
+from covfuse.training.metrics import task_of_head
 from covfuse.training.module import CovfuseModule
 
 
@@ -42,7 +46,6 @@ def model_covariates(module: CovfuseModule, rows: np.ndarray) -> np.ndarray:
 def run_predict(module: CovfuseModule, dataset: Dataset, *, batch_size: int = 64, accelerator: str = "auto",
                 precision: str | None = None) -> np.ndarray:
     """``module.predict_step`` over ``dataset`` in order, on one device: (N,) or (N, C) float32."""
-    from covfuse.training.config import TrainerConfig
     from covfuse.training.run import quiet_lightning, resolve_hardware
 
     hw = resolve_hardware(TrainerConfig(accelerator=accelerator, precision=precision))
@@ -64,8 +67,6 @@ def prediction_columns(module: CovfuseModule, values: np.ndarray,
     head ``predicted_<target>`` in the target's units; a survival head ``risk`` (the log relative
     hazard: higher = earlier event; only the order between people means something).
     """
-    from covfuse.training.metrics import task_of_head
-
     task = task_of_head((module.hparams.model or {}).get("head", "binary"))
     target = module.hparams.target
     classes = list(classes or getattr(module.hparams, "classes", None) or [])
@@ -88,94 +89,60 @@ def prediction_columns(module: CovfuseModule, values: np.ndarray,
     raise UserError(f"covfuse predict does not know the task {task!r} (binary, multiclass, regression, survival)")
 
 
-def _raw(x: float) -> str:
-    return f"{round(x, 6) + 0.0:g}"  # + 0.0 turns -0.0 into 0
-
-
-def check_covariates(manifest: Manifest, encoder: CovariateEncoder, seen: dict | None,
-                     where: Callable[[int], str], *, extrapolate: bool = False,
-                     marks: dict[int, list[str]] | None = None) -> None:
-    """Refuse what the run cannot encode faithfully, naming the row (``where(i)``): a covariate column
-    the manifest lacks, a word in a numeric column, a missing value where training had no missing
-    indicator, and (unless ``extrapolate``) a value the training split never held: a level the
-    one-hot never saw, or a number outside the training range / set of values.
-
-    ``seen`` is the module's ``covariate_values``: per *encoded* feature, the training split's values
-    or range. Numbers are compared after encoding (the same float32 arithmetic as the table it came
-    from) and shown in raw units. With ``marks`` (a table: one bad row must not cost the others), a
-    value outside what training held is noted under its row index there instead of refused.
-    """
-    columns = [manifest.column(spec["name"]) for spec in encoder.specs]  # a missing column: the reader's line
-    hint = "; the model would extrapolate (pass --extrapolate to predict anyway)"
-    for spec, name in zip(encoder.specs, columns):
-        info = (seen or {}).get(spec["name"]) or {}
-        if spec["kind"] == "numeric" and "values" in info:  # a run from before numbers kept their range
-            info = {"min": min(info["values"]), "max": max(info["values"])}
-        for i, value in enumerate(manifest.columns[name]):
-            if is_missing(value):
-                if not spec["missing"]:
-                    raise UserError(f"{where(i)}: {name} is missing, but the run never saw it missing (it has no "
-                                    f"{name}_missing indicator); give a value")
-                continue
-            if spec["kind"] == "categorical":
-                if value not in spec["levels"] and marks is not None:
-                    marks.setdefault(i, []).append(f"{name}={value} (unseen level)")
-                elif value not in spec["levels"] and not extrapolate:
-                    raise UserError(f"{where(i)}: {name}={value} was never seen in training, which had {name} in "
-                                    f"{{{', '.join(spec['levels'])}}}; give one of those (or pass --extrapolate to "
-                                    "predict with no level set, as `covfuse test` encodes an unseen level)")
-                continue
-            number = parse_number(value)
-            if number is None:
-                raise UserError(f"{where(i)}: non-numeric value {value!r} for numeric covariate {name!r} "
-                                "(the run was trained on numbers; give a number, or leave it empty for missing)")
-            if extrapolate:
-                continue
-            mean, std = (0.0, 1.0) if spec["kind"] == "binary" else (spec["mean"], spec["std"])
-            z = float(np.float32((number - mean) / std))  # as CovariateEncoder.transform
-            raw = lambda v: mean + std * v  # noqa: E731
-            if "values" in info and z not in info["values"]:
-                # The training table also holds 0 (the imputed mean) when the covariate has missing
-                # values; it is accepted (the encoder maps the mean there) but not listed as a choice.
-                listed = [v for v in info["values"] if not (spec["missing"] and v == 0.0)]
-                if marks is not None:
-                    marks.setdefault(i, []).append(f"{name}={value} (training had {'/'.join(_raw(raw(v)) for v in listed)})")
-                    continue
-                raise UserError(f"{where(i)}: {name}={value} was never seen in training, which had {name} in "
-                                f"{{{', '.join(_raw(raw(v)) for v in listed)}}}{hint}")
-            if "min" in info and not info["min"] <= z <= info["max"]:
-                if marks is not None:
-                    marks.setdefault(i, []).append(f"{name}={value} (training range "
-                                                   f"{_raw(raw(info['min']))}..{_raw(raw(info['max']))})")
-                    continue
-                raise UserError(f"{where(i)}: {name}={value} lies outside the training range "
-                                f"[{_raw(raw(info['min']))}, {_raw(raw(info['max']))}]{hint}")
-
-
-def encoder_of(module: CovfuseModule, state: dict, run_dir: Path) -> CovariateEncoder:
-    """The run's fitted encoder; its features must be the ones the checkpoint was trained with."""
+def run_state(module: CovfuseModule, state: dict | None, run_dir: Path) -> tuple[dict, CovariateEncoder]:
+    """What the run saved to read new rows as it read its own: ``data_state.json`` (preprocessing, classes)
+    and its fitted encoder, whose features must be the ones the checkpoint was trained with. A run from
+    before ``data_state.json`` gets its size and preset, and its 0/1 covariates fed as they are."""
+    if state is None:
+        names = list(module.hparams.covariates)
+        return ({"preprocessing": {"size": module.hparams.image_size, "preset": module.hparams.preset}},
+                CovariateEncoder([{"name": n, "kind": "binary", "mean": 0.0, "missing": False} for n in names]))
     encoder = CovariateEncoder.from_dict(state["encoder"])
     if encoder.feature_names != list(module.hparams.covariates):
         raise UserError(f"{run_dir}: data_state.json encodes {encoder.feature_names} but the checkpoint was trained "
                         f"with {list(module.hparams.covariates)}; give the checkpoint of this run")
-    return encoder
+    return state, encoder
 
 
-def check_files(manifest: Manifest, where: Callable[[int], str]) -> None:
-    """Every file is readable before any is decoded, a bad row naming itself with ``where(i)``: volumes
-    by their NIfTI headers, 2D images by existing and not being empty (a decode error names the file)."""
-    from covfuse.data.samples import check_readable
+def predict_rows(module: CovfuseModule, state: dict, encoder: CovariateEncoder, *, files: SampleTable | None = None,
+                 table: SampleTable | None = None, where: Callable[[int], str] | None = None, strict: bool = False,
+                 extrapolate: bool = False, batch_size: int = 64, accelerator: str = "auto",
+                 precision: str | None = None) -> tuple[list[str], list[list[str]], dict[int, list[str]]]:
+    """``covfuse predict`` for any source: the rows of ``files`` (files named one by one, their values from
+    --covariates) then of ``table`` (a --csv table, row i named by ``where(i)``), every row checked before
+    any file is decoded, then predicted as ``covfuse test`` predicts (:func:`predict_table`).
 
-    check_readable(manifest, where)
+    A value training never held (:func:`~covfuse.data.table.check_covariate_values`) is refused in
+    ``files``, and in ``table`` with ``strict``; otherwise ``table`` marks it (one bad row must not cost
+    the others). ``extrapolate`` predicts what would be refused. Returns the prediction columns' header,
+    one row of cells per input row (:func:`prediction_columns`), and the marks by row index.
+    """
+    seen = module.hparams.get("covariate_values")
+    parts: list[tuple[SampleTable, Callable[[int], str]]] = []
+    marks: dict[int, list[str]] = {}
+    if files is not None:
+        check_covariate_values(files, encoder, seen, lambda i: "--covariates", extrapolate=extrapolate)
+        parts.append((files, lambda i: ""))  # a file's problems name the file
+    if table is not None:
+        where = where or table.where
+        found: dict[int, list[str]] = {}
+        check_covariate_values(table, encoder, seen, where, extrapolate=extrapolate, marks=None if strict else found)
+        offset = len(files) if files is not None else 0
+        marks = {offset + i: m for i, m in found.items()}
+        parts.append((table, where))
+    for part, named in parts:
+        check_readable(part, named)
+    values = [predict_table(module, state, part, encoder, batch_size=batch_size, accelerator=accelerator,
+                            precision=precision) for part, _ in parts]
+    header, rows = prediction_columns(module, np.concatenate(values), state.get("classes"))
+    return header, rows, marks
 
 
-def predict_table(module: CovfuseModule, state: dict, manifest: Manifest, encoder: CovariateEncoder, *,
-                    batch_size: int = 8, accelerator: str = "auto", precision: str | None = None) -> np.ndarray:
-    """The module's prediction per manifest row, in order ((N,) or (N, C); see ``run_predict``): the
+def predict_table(module: CovfuseModule, state: dict, table: SampleTable, encoder: CovariateEncoder, *,
+                  batch_size: int = 8, accelerator: str = "auto", precision: str | None = None) -> np.ndarray:
+    """The module's prediction per table row, in order ((N,) or (N, C); see ``run_predict``): the
     rows encoded by ``encoder`` and the files read as ``covfuse test`` reads its splits (the same dataset)."""
-    from covfuse.data.samples import make_dataset, settings_from_state
-
-    covariates = model_covariates(module, encoder.transform(manifest))
-    dataset = make_dataset(manifest, np.arange(len(manifest)), covariates, np.zeros(len(manifest)),
+    covariates = model_covariates(module, encoder.transform(table))
+    dataset = make_dataset(table, np.arange(len(table)), covariates, np.zeros(len(table)),
                            settings_from_state(state["preprocessing"]))
     return run_predict(module, dataset, batch_size=batch_size, accelerator=accelerator, precision=precision)

@@ -35,7 +35,7 @@ LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 @dataclass
 class BidsManifest(SampleTable):
-    """A :class:`~covfuse.data.table.Manifest` with what ``participants.json`` says about its columns.
+    """A :class:`~covfuse.data.table.SampleTable` with what ``participants.json`` says about its columns.
 
     ``levels[column]``: the declared ``Levels`` (value -> description); a column with levels is
     categorical even when its values look like numbers (``categorical`` lists them). ``units``:
