@@ -192,7 +192,7 @@ def file_header(table, row: int) -> tuple[tuple, dict | None]:
     """(shape as :func:`file_shape`, the 2D decoder's info dict: format, bits, channels; None for volumes)."""
     file = table.files[row]
     if table.kind == "volume":
-        from covfuse.data.volume_io import volume_shape
+        from covfuse.data.decoders.nifti import volume_shape
 
         return volume_shape(file, table.where(row)), None
     from covfuse.data.decode import CorruptImage
@@ -427,7 +427,7 @@ def verify_table(args: argparse.Namespace) -> int:
     chunk = 64 if table.kind == "volume" else 512
     tasks = [(files[i: i + chunk],) if table.kind == "volume" else (files[i: i + chunk], True)
              for i in range(0, len(files), chunk)]
-    from covfuse.data.volume_io import unreadable_volumes
+    from covfuse.data.decoders.nifti import unreadable_volumes
 
     work = unreadable_volumes if table.kind == "volume" else unreadable
     workers = default_workers(len(files)) if args.workers is None else args.workers
