@@ -18,6 +18,7 @@ from covfuse.layers.cond_norm import ConditionalNorm
 from covfuse.layers.daft import DAFT, DAFTAfter
 from covfuse.layers.duanmu import DuanmuFactor, DuanmuGate
 from covfuse.layers.film import FiLM, FiLMAfter
+from covfuse.layers.hybrid_functional import rule_backend
 from covfuse.layers.hyper import HYPER_TYPES
 from covfuse.layers.mlpcat import MLPCatHead
 from covfuse.layers.tab_attention import TabAttention, TabAttentionAfter
@@ -64,8 +65,6 @@ def auto_backends(model: FusionModel, input_shape: tuple[int, ...], batch: int =
     """Per hybrid layer: its back-end setting and what the `auto` rule picks for a batch of ``batch``
     with binary covariates (min(2^K, batch) distinct rows) and continuous ones (all distinct). On
     CUDA, `auto` tunes on first use instead (see covfuse.layers.autotune); the run log says what."""
-    from covfuse.layers import rule_backend
-
     inputs: dict[str, tuple[int, ...]] = {}
     layers = [(name, m) for name, m in model.network.named_modules() if isinstance(m, HYBRID_TYPES)]
     handles = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, tuple(args[0].shape[1:])))
