@@ -20,8 +20,8 @@ import argparse
 import numpy as np
 import torch
 
-from covfuse.data import synth3d as s3
-from covfuse.data import synth3d_survival as sv
+from covfuse.data.twins import brains as s3
+from covfuse.data.twins import survival as sv
 from covfuse.training.module import cox_loss
 
 
