@@ -4,10 +4,11 @@
 volume manifest, a BIDS dataset); from the table on, nothing here knows a file format: the target
 and covariates are encoded with the table's functions (statistics from the training split only),
 splits and folds keep each subject on one side and come from ``data.split_seed``'s shuffle when
-the source has no split, and :mod:`covfuse.data.samples` builds the datasets and caches. The
-encoder, the class list and the preprocessing are the module's :meth:`~CovfuseDataModule.state`,
-written to the run folder as ``data_state.json`` and passed back by ``covfuse test``/``predict``,
-so evaluation never refits them on other rows.
+the source has no split, and :mod:`covfuse.data.samples` answers for the table's kind: datasets,
+caches, file checks and the loaders' collate functions. The encoder, the class list and the
+preprocessing are the module's :meth:`~CovfuseDataModule.state`, written to the run folder as
+``data_state.json`` and passed back by ``covfuse test``/``predict``, so evaluation never refits
+them on other rows.
 
 ``covariates_mode`` replaces what the model sees as covariates, in every split, without touching
 the images or the labels: ``zeros`` / ``ones`` (constant covariates: the model cannot use them),
