@@ -22,7 +22,9 @@ def rate(fn, count: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    from covfuse.data.volume_io import Preprocessing, VolumeDataset, build_volume_cache, load_volume, transform
+    from covfuse.data.cache import build_volume_cache
+    from covfuse.data.dataset import VolumeDataset
+    from covfuse.data.decoders.nifti import Preprocessing, load_volume, transform
     from covfuse.data.readers.manifest import read_manifest
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

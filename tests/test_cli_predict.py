@@ -7,7 +7,7 @@ import json
 import pytest
 
 from covfuse.cli.main import main as covfuse
-from covfuse.data import write_synth
+from covfuse.data.twins.faces import write_synth
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Batched reads: CelebADataset.__getitems__ + `collate` give exactly what per-item reads + torch's
-default_collate give (JPEG and cache paths, flips, covariate controls); in-place normalisation."""
+default_collate give (JPEG and cache paths, flips); in-place normalisation."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from covfuse.data import read_celeba, write_synth
+from covfuse.data import read_celeba
 from covfuse.data.cache import build_cache
 from covfuse.data.dataset import CelebADataset, SampleBatch, collate, collate_grouped
 from covfuse.data.transforms import normalize
-from covfuse.training.datamodule import ControlledCovariates
+from covfuse.data.twins.faces import write_synth
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +52,6 @@ def test_training_flips_mirror_whole_images_in_the_jpeg_path(meta):
             assert torch.equal(s["image"], ref) or torch.equal(s["image"], ref.flip(-1))
             flips += not torch.equal(s["image"], ref)
     assert 12 < flips < 52
-
-
-def test_controlled_covariates_keep_the_batch_form(meta):
-    ds = CelebADataset(meta, np.arange(10, 20), "Smiling", ["Young"], image_size=16)
-    table = np.arange(len(meta), dtype=np.float32)[:, None] * 10
-    wrapped = ControlledCovariates(ds, table)
-    batch = wrapped.__getitems__([3, 1])
-    assert isinstance(batch, SampleBatch)
-    assert torch.equal(collate(batch)["covariates"], torch.tensor([[130.0], [110.0]]))
-    assert _equal(collate(batch), default_collate([wrapped[3], wrapped[1]]))
 
 
 def test_normalize_in_place_equals_the_formula_and_leaves_its_input_alone():

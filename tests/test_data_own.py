@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from covfuse.cli.main import main as covfuse
-from covfuse.data import write_synth
 from covfuse.data.cache import cache_paths
 from covfuse.data.readers import read_table
 from covfuse.data.table import CovariateEncoder, encode_target, subject_folds, subject_split
 from covfuse.data.transforms import normalize
+from covfuse.data.twins.faces import write_synth
 from covfuse.errors import UserError
 
 
@@ -315,7 +315,8 @@ def test_two_processes_building_one_volume_cache_both_get_it(tmp_path):
 
     import nibabel as nib
 
-    from covfuse.data.volume_io import Preprocessing, build_volume_cache, load_volume, transform
+    from covfuse.data.cache import build_volume_cache
+    from covfuse.data.decoders.nifti import Preprocessing, load_volume, transform
 
     files = []
     for i in range(4):

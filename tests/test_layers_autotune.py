@@ -7,8 +7,9 @@ import logging
 import pytest
 import torch
 
-from covfuse.layers import HybridConv2d, auto_choices, clear_choices, rule_backend, set_autotune
-from covfuse.layers import autotune
+from covfuse.layers import HybridConv2d, auto_choices, autotune, set_autotune
+from covfuse.layers.autotune import clear_choices
+from covfuse.layers.hybrid_functional import rule_backend
 
 try:
     from test_layers_hybrid import per_sample_reference

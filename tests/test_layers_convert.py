@@ -9,7 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
-from covfuse.layers import CovariateModel, HybridConv2d, conv_names, convert, hybrid_layers, resolve_layers
+from covfuse.layers import CovariateModel, HybridConv2d, convert
+from covfuse.layers.convert import conv_names, resolve_layers
+from covfuse.layers.hybrid import hybrid_layers
 from covfuse.layers.context import current_covariates
 
 

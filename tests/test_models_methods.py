@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from covfuse.cli.main import main as covfuse
-from covfuse.data import write_synth
+from covfuse.data.twins.faces import write_synth
 from covfuse.models import build, build_from_config
 
 METHODS = ["hyper", "mlpcatmlp", "duanmu", "tab-attention", "cond-norm"]

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from covfuse.data import read_celeba, write_synth
+from covfuse.data import read_celeba
+from covfuse.data.twins.faces import write_synth
 from covfuse.errors import UserError
 from covfuse.training.config import DataConfig
 from covfuse.training.datamodule import CovfuseDataModule

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from covfuse.data import read_celeba, write_synth
+from covfuse.data import read_celeba
+from covfuse.data.twins.faces import write_synth
 
 
 def test_ddp_on_two_cpu_processes_writes_one_complete_run(tmp_path):

@@ -12,7 +12,8 @@ import yaml
 from sklearn import metrics as skm
 
 from covfuse.cli.main import main as covfuse
-from covfuse.data import read_celeba, write_synth
+from covfuse.data import read_celeba
+from covfuse.data.twins.faces import write_synth
 from covfuse.studies.stats import cluster_bootstrap
 
 

@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from covfuse.bench.timing import interleaved, ratio
-from covfuse.data import read_celeba, write_synth
+from covfuse.data import read_celeba
 from covfuse.data.cache import build_cache
 from covfuse.data.dataset import CelebADataset, collate
 from covfuse.data.transforms import normalize
+from covfuse.data.twins.faces import write_synth
 
 BATCH = 64
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from covfuse.bench.timing import interleaved, median_ms, ratio
-from covfuse.layers import auto_choices, clear_choices
+from covfuse.layers import auto_choices
+from covfuse.layers.autotune import clear_choices
 from covfuse.layers.hybrid_functional import available_backends
 from covfuse.layers.hybrid import HYBRID_FOR_CONV
 from covfuse.layers.hyper import HYPER_FOR_CONV

@@ -1,12 +1,13 @@
-"""A memmap cache of decoded, cropped, resized 2D images: (N, C, S, S), one file per size and preset.
+"""Memmap caches of decoded files, one per source and settings: 2D images and NIfTI volumes.
 
-Any image table (:class:`~covfuse.data.table.SampleTable`) has one; a :class:`CelebAMeta` is read
-as its table. uint8 for 8-bit sources (``.u8``), uint16 for 16-bit ones (``.u16``: radiographs,
-DICOM; the cache keeps 16-bit data 16-bit); C is 3 (RGB) or 1 (greyscale).
-
+**2D images** (:func:`build_cache`, :func:`open_cache`, :class:`ImageCache`): decoded, cropped,
+resized, (N, C, S, S), one file per size and preset. Any image table
+(:class:`~covfuse.data.table.SampleTable`) has one; a :class:`CelebAMeta` is read as its table.
+uint8 for 8-bit sources (``.u8``), uint16 for 16-bit ones (``.u16``: radiographs, DICOM; the cache
+keeps 16-bit data 16-bit); C is 3 (RGB) or 1 (greyscale).
 
 Where: ``<folder holding the text files>/.covfuse-cache/`` by default (``ROOT/.covfuse-cache`` or
-``ROOT/celeba/.covfuse-cache``), or any ``cache_dir``. Files for size S and preset P:
+``ROOT/celeba/.covfuse-cache``), or any ``cache_dir`` (:func:`cache_folder`). Files for size S and preset P:
 
 * ``K-P-S.u8`` (K the source's key, :func:`source_key`: ``celeba`` for the release, else the
   manifest's name plus a short hash of its absolute path and the settings, e.g.
@@ -20,6 +21,11 @@ Building writes ``K-P-S.u8.partial`` plus ``K-P-S.progress.json`` (the chunks do
 far, rewritten atomically after each chunk), so an interrupted build resumes where it stopped;
 the final names appear only by rename once every chunk is done. A cache whose recorded
 checksums no longer match the text files is ignored (and rebuilt by ``covfuse data cache``).
+
+**Volumes** (:func:`build_volume_cache`, :func:`open_volume_cache`, :class:`VolumeCache`): float16
+(N, 1, S, S, S), row i = file i preprocessed by :mod:`covfuse.data.decoders.nifti`, in the same
+folder; its name holds a key of every file's path, size and mtime and the preprocessing, so a
+changed file or setting is a new cache (written to ``.partial``, renamed when complete).
 """
 from __future__ import annotations
 
@@ -27,24 +33,33 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import PIL
 import torch
 
 from covfuse.data._workers import default_workers, run_chunks
-from covfuse.data.readers.celeba_release import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
-from covfuse.data.decode import PRESETS, check_preset, check_size
-from covfuse.data.layout import image_layout
 from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level name: tests patch it
+from covfuse.data.decode import PRESETS, check_preset, check_size
+from covfuse.data.decoders import decoder_for
+from covfuse.data.decoders.nifti import Preprocessing, library, load_volume, nonfinite_voxels, transform
+from covfuse.data.layout import image_layout
+from covfuse.data.readers.celeba import table_from_meta
+from covfuse.data.readers.celeba_release import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
 from covfuse.errors import UserError
+from covfuse.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 CACHE_DIRNAME = ".covfuse-cache"
 FORMAT = "covfuse-image-cache"
 VERSION = 1
+VOLUME_FORMAT = "covfuse-volume-cache"
+VOLUME_VERSION = 1
 SOURCE_FILES = (ATTR_FILE, PARTITION_FILE, IDENTITY_FILE)
 
 
@@ -59,8 +74,6 @@ def md5sum(path: Path, block: int = 1 << 20) -> str:
 def as_table(source):
     """A :class:`SampleTable` of 2D images: ``source`` itself, or a :class:`CelebAMeta`'s table."""
     if isinstance(source, CelebAMeta):
-        from covfuse.data.readers.celeba import table_from_meta
-
         return table_from_meta(source)
     if getattr(source, "kind", "image") != "image":
         raise UserError(f"{source.path}: the image cache holds 2D images; volumes have their own cache")
@@ -79,11 +92,16 @@ def source_key(table, *settings) -> str:
     return f"{stem}-{digest}"
 
 
+def cache_folder(table, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where a table's caches go: ``cache_dir``, else ``.covfuse-cache`` in the folder of its source."""
+    return Path(cache_dir) if cache_dir is not None else table.root / CACHE_DIRNAME
+
+
 def cache_paths(source, size: int, preset: str, cache_dir: str | os.PathLike | None = None,
                 dtype: str = "uint8") -> tuple[Path, Path]:
     """(data file, metadata JSON) for this source, size and preset."""
     table = as_table(source)
-    folder = Path(cache_dir) if cache_dir is not None else table.root / CACHE_DIRNAME
+    folder = cache_folder(table, cache_dir)
     stem = f"{source_key(table, check_preset(preset), check_size(size))}-{preset}-{size}"
     return folder / f"{stem}.{SUFFIX[dtype]}", folder / f"{stem}.json"
 
@@ -131,12 +149,8 @@ def decoders_used(table) -> str:
     """The decoders that read the table's files, with their libraries' versions (e.g. ``DICOM (pydicom
     3.0.1), PIL (Pillow 11.0.0)``): each file's first bytes pick its decoder as the decode does.
     CelebA's JPEGs are read by simplejpeg with Pillow as fallback (covfuse.data.decode)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     if table.format == "celeba":
         return f"simplejpeg {version('simplejpeg')} (Pillow {PIL.__version__} fallback)"
-    from covfuse.data.decoders import decoder_for
-
     names = set()
     for file in table.files:
         with open(file, "rb") as f:
@@ -356,3 +370,115 @@ def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path
     marker.unlink(missing_ok=True)
     log.info("wrote image cache %s (%d images, %d px, %s)", data, n, size, preset)
     return ImageCache(data, desc)
+
+
+# ---------------------------------------------------------------------------------- volumes
+def _volume_key(files: Sequence[Path], settings: Preprocessing) -> str:
+    """Identifies the volume cache's content: every file's path, size and mtime, and the preprocessing."""
+    h = hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class VolumeCache:
+    """float16 memmap (N, 1, S, S, S), row i = files[i] preprocessed; ``cache[i]`` is a tensor."""
+
+    def __init__(self, path: Path, info: dict):
+        self.path, self.info = Path(path), info
+        self.shape = tuple(info["shape"])
+        self._array: np.memmap | None = None
+
+    def _data(self) -> np.memmap:
+        if self._array is None:
+            self._array = np.memmap(self.path, dtype=np.float16, mode="r", shape=self.shape)
+        return self._array
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self._data()[row]))
+
+    def __getstate__(self) -> dict:  # worker processes reopen the memmap; no voxels are pickled
+        return {"path": self.path, "info": self.info, "shape": self.shape, "_array": None}
+
+
+def volume_cache_paths(files: Sequence[Path], settings: Preprocessing, cache_dir: Path,
+                       name: str = "volumes") -> tuple[Path, Path]:
+    """(data, metadata) of the volume cache; ``name`` says whose it is (:func:`source_key`), the key
+    which files and settings it holds."""
+    stem = f"{name}-{settings.size}-{settings.geometry}-{settings.intensity}-{_volume_key(files, settings)}"
+    return cache_dir / f"{stem}.f16", cache_dir / f"{stem}.json"
+
+
+def open_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir: Path,
+                      name: str = "volumes") -> VolumeCache | None:
+    """The volume cache for exactly these files and settings, or None (the files are read instead)."""
+    data, meta = volume_cache_paths(files, settings, cache_dir, name)
+    if not meta.is_file() or not data.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    expected = len(files) * settings.size ** 3 * 2
+    if info.get("format") != VOLUME_FORMAT or data.stat().st_size != expected:
+        log.warning("ignoring volume cache %s: size or format does not match", data)
+        return None
+    log.info("using volume cache at %s", data)
+    return VolumeCache(data, info)
+
+
+def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir: Path, *, progress: bool = True,
+                       name: str = "volumes") -> VolumeCache:
+    """Preprocess every file once into the float16 memmap (written to ``.partial``, renamed when complete)."""
+    from filelock import FileLock
+
+    existing = open_volume_cache(files, settings, cache_dir, name)
+    if existing is not None:
+        return existing
+    data, meta = volume_cache_paths(files, settings, cache_dir, name)
+    made_folder = not cache_dir.exists()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Two processes (two runs of a study, two SLURM tasks) may want the same cache at once: one
+    # builds it, the other waits for the lock and then finds it built.
+    lock = data.with_suffix(".lock")
+    try:
+        with FileLock(str(lock)):
+            existing = open_volume_cache(files, settings, cache_dir, name)
+            if existing is not None:
+                return existing
+            return _build_volumes(files, settings, data, meta, progress)
+    except UserError:
+        if made_folder:  # a failed first build leaves no folder behind
+            remove_if_alone(lock)
+        elif not data.exists():
+            lock.unlink(missing_ok=True)  # nothing of this source to guard in a shared folder
+        raise
+
+
+def _build_volumes(files: Sequence[Path], settings: Preprocessing, data: Path, meta: Path,
+                   progress: bool) -> VolumeCache:
+    """The volume build itself, under the cache's lock."""
+    from tqdm import tqdm
+
+    partial = data.with_suffix(".f16.partial")
+    shape = (len(files), 1, *(settings.size,) * 3)
+    array = np.memmap(partial, dtype=np.float16, mode="w+", shape=shape)
+    pipeline = transform(settings)
+    nonfinite = {}  # row -> NaN/Inf voxels set to 0, so a later run's data.nonfinite applies without the files
+    try:
+        for i, f in enumerate(tqdm(files, desc="caching volumes", unit="vol", disable=not progress, mininterval=2)):
+            array[i] = load_volume(Path(f), settings, pipeline).numpy().astype(np.float16)
+            if count := nonfinite_voxels(Path(f)):
+                nonfinite[str(i)] = count
+        array.flush()
+        del array
+        os.replace(partial, data)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    info = {"format": VOLUME_FORMAT, "version": VOLUME_VERSION, "dtype": "float16", "shape": list(shape),
+            "preprocessing": asdict(settings), "files": [str(f) for f in files], "decoder": library(),
+            "nonfinite": nonfinite}
+    atomic_write_text(meta, json.dumps(info, indent=1) + "\n")
+    return VolumeCache(data, info)

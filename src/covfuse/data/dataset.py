@@ -1,15 +1,22 @@
-"""2D image datasets: uint8/uint16 images (from files or the memmap cache) with covariates and a target."""
+"""Datasets: samples ``{"image", "covariates", "target", "index"}`` from a table's files or its memmap cache.
+
+:class:`ImageDataset` (and :class:`CelebADataset`) for 2D images, uint8/uint16 as the files hold them,
+served a whole batch at a time; :class:`VolumeDataset` for NIfTI volumes, float16, one sample at a time.
+"""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from covfuse.data.cache import VolumeCache
+from covfuse.data.decode import DEFAULT_PRESET, check_preset, check_size, decode_image
+from covfuse.data.decoders.nifti import Preprocessing, load_volume, transform
 from covfuse.data.readers.celeba_release import CelebAMeta
-from covfuse.data.decode import decode_image
-from covfuse.data.transforms import DEFAULT_PRESET, check_preset, check_size, hflip
+from covfuse.data.transforms import hflip
 from covfuse.errors import UserError
 
 
@@ -195,3 +202,55 @@ class _CelebAFiles(Sequence):
 
     def __getitem__(self, i):  # type: ignore[override]
         return self.meta.image_dir / self.meta.filenames[i]
+
+
+def volume_augmentation():
+    """Light training augmentation of volumes (MONAI): left-right flip and a small random affine."""
+    from monai import transforms as T
+
+    return T.Compose([
+        T.RandFlip(prob=0.5, spatial_axis=0),
+        T.RandAffine(prob=0.5, rotate_range=(0.05,) * 3, translate_range=(2,) * 3, scale_range=(0.05,) * 3,
+                     padding_mode="zeros"),
+    ])
+
+
+class VolumeDataset(Dataset):
+    """Rows of a volume table as samples ``{"image": float16 (1, S, S, S), "covariates", "target", "index"}``.
+
+    ``index`` is the table row. With ``cache`` (built from all the table's files, in order) the
+    volume comes from the memmap; otherwise it is read and preprocessed from the file.
+    """
+
+    def __init__(self, files: Sequence[Path], rows: np.ndarray, covariates: np.ndarray, targets: np.ndarray,
+                 settings: Preprocessing, *, train: bool = False, cache: VolumeCache | None = None):
+        self.files, self.rows = list(files), np.asarray(rows, dtype=np.int64)
+        self.covariates = torch.from_numpy(np.ascontiguousarray(covariates, dtype=np.float32))
+        # (N, 2) survival [time, event] stays float64: float32 would tie 1000.00001 and 1000.00002
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float64 if np.ndim(targets) == 2 else np.float32))
+        self.settings, self.train, self.cache = settings, train, cache
+        self._pipeline = None
+        self._augment = volume_augmentation() if train else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        source = f"cache {self.cache.path}" if self.cache is not None else "NIfTI files"
+        return f"VolumeDataset({len(self)} volumes, size {self.settings.size}, train={self.train}, from {source})"
+
+    def volume(self, row: int) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache[row]
+        if self._pipeline is None:
+            self._pipeline = transform(self.settings)
+        return load_volume(self.files[row], self.settings, self._pipeline).half()
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = int(self.rows[i])
+        x = self.volume(row)
+        if self._augment is not None:
+            # torch's RNG is seeded per DataLoader worker; MONAI's own RNG is not, so seed it from torch.
+            self._augment.set_random_state(int(torch.randint(0, 2**31 - 1, ())))
+            x = torch.as_tensor(self._augment(x.float()), dtype=torch.float32).half()
+        return {"image": x, "covariates": self.covariates[row], "target": self.targets[row], "index": torch.tensor(row)}

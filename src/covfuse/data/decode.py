@@ -1,7 +1,19 @@
 """Presets and JPEG/PIL decoding into uint8 arrays, without torch: the command line and the cache's
 worker processes import this in a fraction of a second instead of ~3 s.
 
-See :mod:`covfuse.data.transforms` for what each preset does and why.
+Presets (both normalise with mean = std = 0.5 per channel, i.e. x / 127.5 - 1, on the device:
+:func:`covfuse.data.transforms.normalize`, whose module says why 0.5/0.5):
+
+* ``"center-crop"`` (default): the central square of side min(W, H) (178×178 for the release's
+  178×218 images, which keeps the whole aligned face and drops the background above and below),
+  resized to S×S. Square pixels: faces keep their proportions.
+* ``"research"``: the whole image resized to S×S without cropping, like the original research's
+  ``Resize((224, 224))``; faces are squeezed vertically by 178/218.
+
+Colour JPEGs are decoded by simplejpeg (libjpeg-turbo) at a reduced scale when the target is
+that much smaller, which is most of the cost saved at 64 px (see docs/performance.md); other
+images by PIL with ``Image.draft`` (1/2, 1/4 or 1/8 scale for JPEG). torchvision.io's JPEG decoder
+is deprecated in torchvision 0.29, so we do not use it.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ by the command line: the summary of a CelebA folder (:func:`celeba_info`) or of 
 release's md5 checksums (:func:`check_checksums`). Decoding every file is
 :func:`covfuse.data.samples.undecodable`, the check ``--skip_corrupt`` uses too.
 
-Two imports wait inside their functions: covfuse.data.cache (md5sum) and covfuse.data.volume_io
-(volume_shape) import torch (~3 s), which `data info` of a CelebA folder or of 2D images never needs.
+One import waits inside its function: covfuse.data.cache (md5sum) imports torch (~3 s), which
+`data info` and `data verify` of a CelebA folder never need.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from PIL import Image
 
 from covfuse.data.decode import CorruptImage
 from covfuse.data.decoders import read_pixels
+from covfuse.data.decoders.nifti import volume_shape
 from covfuse.data.layout import layout_name
 from covfuse.data.readers import read_table
 from covfuse.data.readers.celeba_release import SPLIT_NAMES as CELEBA_SPLITS
@@ -144,8 +145,6 @@ def file_header(table: SampleTable, row: int) -> tuple[tuple, dict | None]:
     the 2D decoder's info dict: format, bits, channels; None for volumes)."""
     file = table.files[row]
     if table.kind == "volume":
-        from covfuse.data.volume_io import volume_shape  # torch: only for volumes
-
         return volume_shape(file, table.where(row)), None
     try:
         pixels, info = read_pixels(file)

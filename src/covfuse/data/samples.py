@@ -1,23 +1,31 @@
-"""From a sample table to datasets and caches, whatever the source: the one place that knows which
-decoder, dataset class and cache a table's files need, so training code stays format-blind.
+"""From a sample table to datasets, caches and checks, whatever the source: the one place that knows
+what a table's ``kind`` (``image``: 2D files; ``volume``: NIfTI) and ``format`` (the CelebA release keeps
+its own checksummed cache and JPEG decoder) need, so training code only asks.
 
 ``settings(cfg)`` reads the preprocessing keys from a data config (image_size, preset, geometry,
-intensity, spacing); :func:`make_dataset`, :func:`open_cache`, :func:`build_cache`, :func:`check_files`
-and :func:`undecodable` dispatch on ``table.kind`` (``image``: 2D files; ``volume``: NIfTI) and, for
-images, ``table.format`` (the CelebA release keeps its own checksummed cache and JPEG decoder).
+intensity, spacing); :func:`make_dataset`, :func:`collate_functions`, :func:`open_cache`,
+:func:`build_cache`, :func:`check_files`, :func:`undecodable`, :func:`check_readable` and the NaN/Inf checks
+(:func:`nonfinite`, :func:`check_nonfinite`, :func:`check_nonfinite_before_build`) answer for any table.
+
+The cache and dataset modules are imported where they are used: they import torch, which
+``covfuse data info`` and ``covfuse data verify`` (using :func:`nonfinite`) never need.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from covfuse.data._workers import default_workers, run_chunks
-from covfuse.data.chunks import unreadable
+from covfuse.data.chunks import any_decoder, conform, unreadable
+from covfuse.data.decode import CorruptImage
+from covfuse.data.decoders.nifti import Preprocessing, nonfinite_voxels, unreadable_volumes, volume_shape
+from covfuse.data.layout import image_layout
 from covfuse.data.table import SampleTable
 from covfuse.errors import UserError
 
@@ -45,9 +53,7 @@ def settings_from_state(saved: dict) -> Settings:
     return Settings(**{k: v for k, v in saved.items() if k in Settings.__dataclass_fields__})
 
 
-def _volume_settings(s: Settings):
-    from covfuse.data.volume_io import Preprocessing
-
+def _volume_settings(s: Settings) -> Preprocessing:
     return Preprocessing(size=s.size, geometry=s.geometry, intensity=s.intensity, spacing=s.spacing)
 
 
@@ -62,8 +68,6 @@ def fingerprint(table: SampleTable) -> str:
     """What identifies a table's data wherever it lies: the md5 of its source files' bytes (manifest,
     participants.tsv, CelebA's text files) and of its files' paths relative to the source's folder.
     A run records it, so data that moved (``--data.root NEW``) is recognised and other data refused."""
-    import hashlib
-
     from covfuse.data.cache import md5sum
 
     h = hashlib.md5()
@@ -82,8 +86,6 @@ class _Conformed:
         self.channels, self.dtype = channels, dtype
 
     def __call__(self, path, size: int, preset: str):
-        from covfuse.data.chunks import any_decoder, conform
-
         return conform(any_decoder()(path, size, preset), self.channels, self.dtype)
 
 
@@ -91,45 +93,34 @@ def _decoder(table: SampleTable):
     """The 2D decoder for a table's files: JPEG/PIL for CelebA, any supported format for manifests."""
     if table.format == "celeba":
         return None  # ImageDataset's default: covfuse.data.decode.decode_image
-    from covfuse.data.layout import image_layout
-
     return _Conformed(*image_layout(table))
 
 
-def volume_cache_dir(table: SampleTable, cache_dir: str | os.PathLike | None = None) -> Path:
-    from covfuse.data.volume_io import CACHE_DIRNAME
-
-    return Path(cache_dir) if cache_dir else table.root / CACHE_DIRNAME
-
-
-def _volume_name(table: SampleTable, s: Settings) -> str:
-    from covfuse.data.cache import source_key
-
-    return source_key(table, *asdict(_volume_settings(s)).values())
+def _volume_cache_args(cache, table: SampleTable, s: Settings, cache_dir) -> tuple:
+    """(files, preprocessing, folder, name) that the volume cache functions of ``cache`` take for ``table``."""
+    settings = _volume_settings(s)
+    return (table.files, settings, cache.cache_folder(table, cache_dir or None),
+            cache.source_key(table, *asdict(settings).values()))
 
 
 def open_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
     """The table's cache at these settings (in ``cache_dir``, default beside the source) if one was
     built and still matches, else None."""
-    if table.kind == "volume":
-        from covfuse.data.volume_io import open_volume_cache
-
-        return open_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table, cache_dir),
-                                 name=_volume_name(table, s))
     from covfuse.data import cache
 
+    if table.kind == "volume":
+        files, settings, folder, name = _volume_cache_args(cache, table, s, cache_dir)
+        return cache.open_volume_cache(files, settings, folder, name=name)
     return cache.open_cache(table, s.size, s.preset, cache_dir or None)
 
 
 def build_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
     """Decode/preprocess every file of the table once into its memmap cache (resumable)."""
-    if table.kind == "volume":
-        from covfuse.data.volume_io import build_volume_cache
-
-        return build_volume_cache(table.files, _volume_settings(s), volume_cache_dir(table, cache_dir),
-                                  name=_volume_name(table, s))
     from covfuse.data import cache
 
+    if table.kind == "volume":
+        files, settings, folder, name = _volume_cache_args(cache, table, s, cache_dir)
+        return cache.build_volume_cache(files, settings, folder, name=name)
     return cache.build_cache(table, s.size, s.preset, cache_dir=cache_dir or None)
 
 
@@ -140,12 +131,8 @@ def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False
     if skip_corrupt:
         return {str(table.files[row]) for row, _ in undecodable(table, rows)}
     if table.kind == "volume":
-        from covfuse.data.volume_io import volume_shape
-
         volume_shape(table.files[int(rows[0])], table.where(int(rows[0])))
         return set()
-    from covfuse.data.decode import CorruptImage
-
     paths = [str(table.files[int(r)]) for r in rows]
     empty = [p for p in paths if os.path.getsize(p) == 0]
     if empty:
@@ -168,8 +155,6 @@ def undecodable(table: SampleTable, rows: np.ndarray | None = None, *, workers: 
     rows = np.arange(len(table)) if rows is None else np.asarray(rows, dtype=np.int64)
     paths = [str(table.files[int(r)]) for r in rows]
     if table.kind == "volume":
-        from covfuse.data.volume_io import unreadable_volumes
-
         work, size, extra = unreadable_volumes, 64, ()
     else:
         work, size, extra = unreadable, 256, (table.format != "celeba",)  # any_format: DICOM, TIFF, 16-bit PNG ...
@@ -189,8 +174,6 @@ def nonfinite(table: SampleTable, rows: np.ndarray | None = None, cache=None) ->
     refuse float samples, naming the count)."""
     if table.kind != "volume":
         return []
-    from covfuse.data.volume_io import nonfinite_voxels
-
     rows = range(len(table)) if rows is None else [int(r) for r in rows]
     recorded = (getattr(cache, "info", None) or {}).get("nonfinite")
     if recorded is not None:  # a cache without the record (older) falls back to reading the files
@@ -212,18 +195,23 @@ def check_nonfinite(table: SampleTable, rows: np.ndarray, rule: str = "zero", ca
     return len(found), sum(n for _, n in found)
 
 
+def check_nonfinite_before_build(table: SampleTable, s: Settings, rule: str = "zero",
+                                 cache_dir: str | os.PathLike | None = None) -> tuple[int, int]:
+    """:func:`check_nonfinite` over every row, before a build reads every file: from the record of a built
+    volume cache where there is one, else the files. 2D tables hold no NaN/Inf samples: (0, 0), no cache opened."""
+    if table.kind != "volume":
+        return 0, 0
+    return check_nonfinite(table, np.arange(len(table)), rule, open_cache(table, s, cache_dir))
+
+
 def check_readable(table: SampleTable, where) -> None:
     """Every file of ``table`` can be opened (volumes: a 3-D NIfTI header; images: a file, not empty), the
     first bad row named by ``where(i)`` (or by its file alone where ``where(i)`` is empty), before any file
     is decoded."""
     if table.kind == "volume":
-        from covfuse.data.volume_io import volume_shape
-
         for i, file in enumerate(table.files):
             volume_shape(file, where(i))
         return
-    from covfuse.data.decode import CorruptImage
-
     for i, file in enumerate(table.files):
         at = f"{where(i)}: " if where(i) else ""
         if os.path.isdir(file):
@@ -234,17 +222,27 @@ def check_readable(table: SampleTable, where) -> None:
             raise UserError(f"{at}{CorruptImage(file, 'empty file, 0 bytes')}")
 
 
+def collate_functions(table: SampleTable) -> tuple[Callable | None, Callable | None]:
+    """The DataLoader ``collate_fn`` of the table's (training, evaluation) batches. 2D batches come ready-made
+    from :meth:`ImageDataset.__getitems__ <covfuse.data.dataset.ImageDataset.__getitems__>`; training ones are
+    grouped by covariate row, which spares hybrid convs a copy of their input at every layer. Volumes are
+    served one sample at a time and take DataLoader's default (None)."""
+    if table.kind == "volume":
+        return None, None
+    from covfuse.data.dataset import collate, collate_grouped
+
+    return collate_grouped, collate
+
+
 def make_dataset(table: SampleTable, rows: np.ndarray, covariates: np.ndarray, targets: np.ndarray, s: Settings,
                  *, train: bool = False, cache=None):
     """The torch Dataset of ``rows``: samples ``{"image", "covariates", "target", "index"}`` with
     ``covariates`` (N, K) and ``targets`` (N,) indexed by table row."""
-    if table.kind == "volume":
-        from covfuse.data.volume_io import VolumeDataset
+    from covfuse.data.dataset import ImageDataset, VolumeDataset
 
+    if table.kind == "volume":
         return VolumeDataset(table.files, rows, covariates, targets, _volume_settings(s), train=train, cache=cache)
     if table.kind != "image":
         raise UserError(f"{table.path}: unknown kind of sample {table.kind!r}")
-    from covfuse.data.dataset import ImageDataset
-
     return ImageDataset(table.files, rows, targets, covariates, image_size=s.size, preset=s.preset, train=train,
                         cache=cache, decode=_decoder(table))

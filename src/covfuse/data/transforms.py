@@ -1,23 +1,12 @@
-"""Image presets: JPEG → uint8 (3, S, S) on the CPU, flips on uint8, normalisation on the device.
+"""Images as tensors: a decoded file as a uint8 tensor, flips on uint8, normalisation on the device.
 
-Presets (both normalise with mean = std = 0.5 per channel, i.e. x / 127.5 - 1):
-
-* ``"center-crop"`` (default): the central square of side min(W, H) (178×178 for the release's
-  178×218 images, which keeps the whole aligned face and drops the background above and below),
-  resized to S×S. Square pixels: faces keep their proportions.
-* ``"research"``: the whole image resized to S×S without cropping, like the original research's
-  ``Resize((224, 224))``; faces are squeezed vertically by 178/218.
-
-Why 0.5/0.5 rather than ImageNet's statistics for pretrained backbones: the original research
-used it (so its numbers stay comparable), CelebA's channel means (≈0.50/0.42/0.38) are no closer to
-ImageNet's (0.485/0.456/0.406) than 0.5 is in the ways that matter once fine-tuning with
-BatchNorm adapts the first layers, and one convention for every preset keeps cached uint8
-images independent of the backbone. Normalisation happens on the device, so changing it later
-costs nothing in the cache.
-
-Decoding uses PIL with ``Image.draft``: libjpeg decodes at 1/2, 1/4 or 1/8 scale when the target
-is that much smaller, which is most of the cost saved at 64 px (see docs/performance.md).
-torchvision.io's JPEG decoder is deprecated in torchvision 0.29, so we do not use it.
+Decoding and the presets live in :mod:`covfuse.data.decode`. Every preset normalises with
+mean = std = 0.5 per channel (x / 127.5 - 1). Why 0.5/0.5 rather than ImageNet's statistics for
+pretrained backbones: the original research used it (so its numbers stay comparable), CelebA's
+channel means (≈0.50/0.42/0.38) are no closer to ImageNet's (0.485/0.456/0.406) than 0.5 is in the
+ways that matter once fine-tuning with BatchNorm adapts the first layers, and one convention for
+every preset keeps cached uint8 images independent of the backbone. Normalisation happens on the
+device, so changing it later costs nothing in the cache.
 """
 from __future__ import annotations
 
@@ -25,12 +14,7 @@ import os
 
 import torch
 
-from covfuse.data.decode import DEFAULT_PRESET, PRESETS, check_preset, check_size, crop_box, decode_image
-
-__all__ = [
-    "DEFAULT_PRESET", "PRESETS", "check_preset", "check_size", "crop_box", "decode_image", "hflip", "load_image",
-    "normalize",
-]
+from covfuse.data.decode import DEFAULT_PRESET, PRESETS, check_preset, decode_image
 
 
 def load_image(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> torch.Tensor:

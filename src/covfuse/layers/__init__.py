@@ -1,21 +1,24 @@
 """Conditioned layers, usable on their own: hybrid and hyper convolutions, FiLM, DAFT, conditional norms,
-tabular attention, Duanmu gating, the MLP-concat head and the covariate threading."""
-from covfuse.layers.autotune import AutoChoice, auto_choices, clear_choices, set_autotune
+tabular attention, Duanmu gating and the MLP-concat head; their functional forms; :func:`convert`, which
+makes convs of any model hybrid and threads the covariates to them (:func:`use_covariates` does the same
+for a model built by hand); and the ``auto`` back-end's tuning switch and record.
+
+Internals (back-end rules, layer selection, the covariate context) stay in their modules."""
+from covfuse.layers.autotune import auto_choices, set_autotune
 from covfuse.layers.cond_norm import ConditionalNorm
-from covfuse.layers.context import current_covariates, use_covariates
-from covfuse.layers.convert import CovariateModel, conv_names, convert, resolve_layers
+from covfuse.layers.context import use_covariates
+from covfuse.layers.convert import CovariateModel, convert
 from covfuse.layers.daft import DAFT, DAFTAfter, daft
 from covfuse.layers.duanmu import DuanmuAttention, DuanmuFactor, DuanmuGate, channel_gate
 from covfuse.layers.film import FiLM, FiLMAfter, film
-from covfuse.layers.hybrid import HybridConv1d, HybridConv2d, HybridConv3d, hybrid_layers
-from covfuse.layers.hybrid_functional import BACKENDS, choose_backend, hybrid_conv, rule_backend
+from covfuse.layers.hybrid import HybridConv1d, HybridConv2d, HybridConv3d
+from covfuse.layers.hybrid_functional import hybrid_conv
 from covfuse.layers.hyper import HyperConv1d, HyperConv2d, HyperConv3d, hyper_conv
 from covfuse.layers.mlpcat import MLPCatHead
 from covfuse.layers.tab_attention import TabAttention, TabAttentionAfter
 
 __all__ = [
-    "AutoChoice",
-    "BACKENDS",
+    # layers
     "ConditionalNorm",
     "CovariateModel",
     "DAFT",
@@ -34,20 +37,16 @@ __all__ = [
     "MLPCatHead",
     "TabAttention",
     "TabAttentionAfter",
-    "auto_choices",
+    # functional forms
     "channel_gate",
-    "choose_backend",
-    "clear_choices",
-    "conv_names",
-    "convert",
-    "current_covariates",
     "daft",
     "film",
     "hybrid_conv",
-    "hybrid_layers",
     "hyper_conv",
-    "resolve_layers",
-    "rule_backend",
-    "set_autotune",
+    # any model made conditioned, and covariates for a model built by hand
+    "convert",
     "use_covariates",
+    # the auto back-end (docs/performance.md)
+    "auto_choices",
+    "set_autotune",
 ]

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from covfuse.errors import UserError, suggest
-from covfuse.layers import HybridConv1d, HybridConv2d, HybridConv3d, convert, resolve_layers
-from covfuse.layers.convert import select_names
+from covfuse.layers import HybridConv1d, HybridConv2d, HybridConv3d, convert
+from covfuse.layers.convert import resolve_layers, select_names
 from covfuse.layers.context import check_covariates, current_covariates, use_covariates
 from covfuse.layers.cond_norm import ConditionalNorm, is_norm
 from covfuse.layers.daft import DAFT, DAFTAfter

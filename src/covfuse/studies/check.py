@@ -30,7 +30,7 @@ def check_study(study: Study, runs: Sequence[Run] | None = None) -> dict[str, in
     from covfuse.training import config as cfgmod
     from covfuse.training.run import (build_module, build_trainer, check_fill, check_hardware, check_name,
                                       resolve_hardware)
-    from covfuse.training.datamodule import make_datamodule
+    from covfuse.training.datamodule import CovfuseDataModule
 
     runs = list(study.runs if runs is None else runs)
     datas: dict[str, object] = {}
@@ -46,7 +46,7 @@ def check_study(study: Study, runs: Sequence[Run] | None = None) -> dict[str, in
             check_hardware(config.trainer)
             dkey = _key([asdict(config.data), config.model.head])
             if dkey not in datas:
-                data = make_datamodule(config.data, seed=config.seed, head=config.model.head)
+                data = CovfuseDataModule(config.data, seed=config.seed, head=config.model.head)
                 data.setup("fit")
                 datas[dkey] = data
             data = datas[dkey]

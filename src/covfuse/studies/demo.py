@@ -97,7 +97,7 @@ def twin_reusable(o: DemoOptions) -> bool:
 
 def ensure_twin(o: DemoOptions) -> Path:
     """The twin for these options: reused when its synth.json matches, written otherwise."""
-    from covfuse.data import write_synth
+    from covfuse.data.twins.faces import write_synth
     from covfuse.data._workers import available_cpus
 
     folder = twin_folder(o)

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from covfuse.errors import RunDiverged
-from covfuse.training.curves import plot_losses, read_metrics_csv, smooth  # noqa: F401 (re-exported)
+from covfuse.training.curves import plot_losses
 
 
 def _clock(seconds: float) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import rankdata
 from scipy.stats import t as t_dist
 
-from covfuse.data.groups import MAX_GROUP_VALUES, Grouping, as_groupings  # noqa: F401 (MAX_GROUP_VALUES: re-exported)
+from covfuse.data.groups import Grouping, as_groupings
 from covfuse.survival.estimators import weight_rows
 
 SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")

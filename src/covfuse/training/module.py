@@ -92,7 +92,7 @@ class CovfuseModule(L.LightningModule):
         """uint8 (N, 3, S, S) on the device -> normalised float input; volumes come normalised (float16)."""
         from covfuse.data.transforms import normalize
 
-        if images.is_floating_point():  # covfuse.data.volume_io already normalised the intensities
+        if images.is_floating_point():  # covfuse.data.decoders.nifti already normalised the intensities
             return images.float()
         x = normalize(images, self.hparams.preset)
         if self.channels_last and x.dim() == 4:

@@ -44,7 +44,7 @@ from covfuse.training.lock import LOCK_NAME, RunLock
 from covfuse.training.metrics import PRIMARY, log_loss, split_metrics, task_of_head
 from covfuse.training.module import CovfuseModule, compile_model
 from covfuse.training.resume import AtomicCheckpointIO, Interruption
-from covfuse.training.datamodule import STATE_FILE, make_datamodule, read_state
+from covfuse.training.datamodule import STATE_FILE, read_state
 
 log = logging.getLogger("covfuse.training")
 
@@ -430,8 +430,8 @@ def _prepare(config: RunConfig, run_dir: Path, rank0: bool, resume: bool = False
     """Data, module and trainer, built and checked without writing into the run folder."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     hw = resolve_hardware(config.trainer)
-    data = make_datamodule(config.data, seed=config.seed, pin_memory=hw.gpu,
-                           state=read_state(run_dir) if resume else None, head=config.model.head)
+    data = CovfuseDataModule(config.data, seed=config.seed, pin_memory=hw.gpu,
+                             state=read_state(run_dir) if resume else None, head=config.model.head)
     if rank0:
         data.prepare_data()  # other ranks find the cache once it exists, or read the JPEGs meanwhile
     data.setup("fit")  # the module needs the covariate names
@@ -643,7 +643,7 @@ def evaluate_run(run: str | Path, *, runs_dir: str | Path = "runs", which: str =
     with RunLock(run_dir):
         start = time.monotonic()
         module = load_module(ckpt)
-        data = make_datamodule(config.data, seed=config.seed, state=read_state(run_dir), head=config.model.head)
+        data = CovfuseDataModule(config.data, seed=config.seed, state=read_state(run_dir), head=config.model.head)
         data.setup("test")
         if data.covariate_names != list(module.hparams.covariates):
             raise UserError(f"{ckpt} was trained with covariates {list(module.hparams.covariates)}, the run's config "

@@ -6,6 +6,9 @@ info dict) and ``decode(path, data, size, preset)`` (the (C, S, S) array the cac
 format is one new module and one line in :data:`DECODERS`; nothing downstream changes.
 
 Torch-free, like :mod:`covfuse.data.decode`, so the cache's worker processes start fast.
+
+NIfTI volumes have their own module here, :mod:`covfuse.data.decoders.nifti` (header, voxels and the
+MONAI preprocessing into a model input); a manifest's file names say which kind a table holds.
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def load(run: str, runs_dir: str | os.PathLike = "runs", ckpt: str = "best", roo
     """(run folder, module, data module) for an explainable run; a UserError says why a run is not."""
     from covfuse.training import config as cfgmod
     from covfuse.training.run import checkpoint_path, find_run, load_module
-    from covfuse.training.datamodule import make_datamodule, read_state
+    from covfuse.training.datamodule import CovfuseDataModule, read_state
 
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}{suggest(split, SPLITS)}")
@@ -87,7 +87,7 @@ def load(run: str, runs_dir: str | os.PathLike = "runs", ckpt: str = "best", roo
     if config.model.head not in ("binary", "two-class"):
         raise UserError(f"run {run_dir.name!r} has a {config.model.head} head; covfuse explain reads the log-odds of a "
                         "binary head (binary or two-class)")
-    data = make_datamodule(config.data, seed=config.seed, state=read_state(run_dir))
+    data = CovfuseDataModule(config.data, seed=config.seed, state=read_state(run_dir))
     data.setup("test")
     if data.covariate_names != list(module.hparams.covariates):
         raise UserError(f"{run_dir} was trained with covariates {module.hparams.covariates}, its config now says "
