@@ -143,7 +143,8 @@ def main(argv: list[str]) -> int:
     if args.covariates and not args.images:
         raise UserError("--covariates applies to IMAGE arguments; with --csv the covariates come from its columns")
     from covfuse.training import config as cfgmod
-    from covfuse.training.run import checkpoint_path, find_run, load_module
+    from covfuse.training.module import load_module
+    from covfuse.training.rundir import checkpoint_path, find_run
     from covfuse.training.datamodule import STATE_FILE, read_state
 
     run_dir = find_run(args.run, args.runs_dir)

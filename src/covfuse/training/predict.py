@@ -16,14 +16,17 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from covfuse.data.samples import check_readable, make_dataset, settings_from_state
 from covfuse.data.table import CovariateEncoder, Manifest, is_missing, parse_number
 from covfuse.errors import UserError
+from covfuse.training.config import TrainerConfig
 from covfuse.training.module import CovfuseModule
+from covfuse.training.tasks import task_of
+from covfuse.training.trainer import one_device_trainer, resolve_hardware
 
 
 def model_covariates(module: CovfuseModule, rows: np.ndarray) -> np.ndarray:
@@ -42,13 +45,8 @@ def model_covariates(module: CovfuseModule, rows: np.ndarray) -> np.ndarray:
 def run_predict(module: CovfuseModule, dataset: Dataset, *, batch_size: int = 64, accelerator: str = "auto",
                 precision: str | None = None) -> np.ndarray:
     """``module.predict_step`` over ``dataset`` in order, on one device: (N,) or (N, C) float32."""
-    from covfuse.training.config import TrainerConfig
-    from covfuse.training.run import quiet_lightning, resolve_hardware
-
     hw = resolve_hardware(TrainerConfig(accelerator=accelerator, precision=precision))
-    quiet_lightning()
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=hw.precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = one_device_trainer(accelerator, hw.precision)
     batches = trainer.predict(module, DataLoader(dataset, batch_size=batch_size, shuffle=False))
     return torch.cat(batches).float().numpy()
 
@@ -62,30 +60,12 @@ def prediction_columns(module: CovfuseModule, values: np.ndarray,
     give ``P(target)`` (``P(target=positive)`` when the classes are known); a multi-class head one
     ``P(target=class)`` per class and ``predicted_<target>``, the most probable class; a regression
     head ``predicted_<target>`` in the target's units; a survival head ``risk`` (the log relative
-    hazard: higher = earlier event; only the order between people means something).
+    hazard: higher = earlier event; only the order between people means something)
+    (:meth:`covfuse.training.tasks.Task.table`).
     """
-    from covfuse.training.metrics import task_of_head
-
-    task = task_of_head((module.hparams.model or {}).get("head", "binary"))
-    target = module.hparams.target
+    task = task_of((module.hparams.model or {}).get("head", "binary"))
     classes = list(classes or getattr(module.hparams, "classes", None) or [])
-    values = np.asarray(values, dtype=np.float64)
-    if task == "binary":
-        name = f"P({target}={classes[1]})" if len(classes) == 2 else f"P({target})"
-        return [name], [[f"{p:.6f}"] for p in values.reshape(-1)]
-    if task == "multiclass":
-        if values.ndim != 2:
-            raise ValueError(f"a multiclass head should predict (N, C) probabilities, got shape {values.shape}")
-        names = classes or [str(k) for k in range(values.shape[1])]
-        if len(names) != values.shape[1]:
-            raise ValueError(f"{values.shape[1]} class probabilities for {len(names)} classes {names}")
-        return ([*(f"P({target}={c})" for c in names), f"predicted_{target}"],
-                [[*(f"{p:.6f}" for p in row), names[int(row.argmax())]] for row in values])
-    if task == "regression":
-        return [f"predicted_{target}"], [[f"{v:.6g}"] for v in values.reshape(-1)]
-    if task == "survival":
-        return ["risk"], [[f"{v:.9g}"] for v in values.reshape(-1)]
-    raise UserError(f"covfuse predict does not know the task {task!r} (binary, multiclass, regression, survival)")
+    return task.table(module.hparams.target, classes, np.asarray(values, dtype=np.float64))
 
 
 def _raw(x: float) -> str:
@@ -164,8 +144,6 @@ def encoder_of(module: CovfuseModule, state: dict, run_dir: Path) -> CovariateEn
 def check_files(manifest: Manifest, where: Callable[[int], str]) -> None:
     """Every file is readable before any is decoded, a bad row naming itself with ``where(i)``: volumes
     by their NIfTI headers, 2D images by existing and not being empty (a decode error names the file)."""
-    from covfuse.data.samples import check_readable
-
     check_readable(manifest, where)
 
 
@@ -173,8 +151,6 @@ def predict_table(module: CovfuseModule, state: dict, manifest: Manifest, encode
                     batch_size: int = 8, accelerator: str = "auto", precision: str | None = None) -> np.ndarray:
     """The module's prediction per manifest row, in order ((N,) or (N, C); see ``run_predict``): the
     rows encoded by ``encoder`` and the files read as ``covfuse test`` reads its splits (the same dataset)."""
-    from covfuse.data.samples import make_dataset, settings_from_state
-
     covariates = model_covariates(module, encoder.transform(manifest))
     dataset = make_dataset(manifest, np.arange(len(manifest)), covariates, np.zeros(len(manifest)),
                            settings_from_state(state["preprocessing"]))
