@@ -30,7 +30,7 @@ class DataConfig:
         batch_size: Images per training batch (per device).
         eval_batch_size: Images per batch for valid/test/predict; None: same as batch_size.
         num_workers: Data-loading worker processes (0: load in the main process).
-        cache: auto: read images from the uint8 memmap cache (`covfuse data cache`) when one exists; build: build it first if missing; off: decode the JPEGs every epoch.
+        cache: auto: read the decoded images or volumes from their memmap cache when one exists (`covfuse data cache` builds an image cache); build: build it first if missing; off: decode the files every epoch.
         cache_dir: Where caches are read and built (None: a .covfuse-cache folder beside the data); a folder filled by `covfuse data cache ROOT --cache_dir DIR` is used with data.cache_dir DIR.
         augment: Training-time augmentation of the dataset (random horizontal flips).
         covariates_mode: Controls: real covariates, all zeros, all ones, or shuffled within each split (seeded).

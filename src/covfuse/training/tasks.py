@@ -1,11 +1,12 @@
 """One entry per model head: its loss, how its logits become predictions, its running scores, its
 columns and number formats, and the monitors that may choose its best checkpoint.
 
-Whatever differs between heads outside the network is read from :data:`TASKS` (the module, the
-config's checks, results.py, ``covfuse predict`` and the study report), so a new head is a new
-entry here. The table imports nothing heavy, so the config and the report read it without
-importing torch: it names its loss and running metrics, and :mod:`covfuse.training.module` holds
-them under those names (``LOSSES``, ``RUNNING_METRICS``); predictions use tensor methods only.
+The module, the config's monitor check, results.py, ``covfuse predict`` and the study report read
+a head's rules from :data:`TASKS` instead of asking for it by name (the data module keeps its own
+rules for each head's labels). The table imports nothing heavy, so the config and the report read
+it without importing torch: it names its loss and running metrics, and
+:mod:`covfuse.training.module` holds them under those names (``LOSSES``, ``RUNNING_METRICS``);
+predictions use tensor methods only.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class Task:
         raise NotImplementedError
 
     def monitor_help(self) -> str:
+        """The monitors, as an error message lists them."""
         names = list(self.monitors)
         return " or ".join(names) if len(names) == 2 else ", ".join(names)
 
