@@ -138,7 +138,8 @@ def test_a_number_with_few_values_is_a_range_for_predict_unless_declared_categor
     import torch
 
     from covfuse.training.datamodule import read_state
-    from covfuse.training.run import checkpoint_path, load_module
+    from covfuse.training.module import load_module
+    from covfuse.training.rundir import checkpoint_path
 
     files = _images(tmp_path, 24)
     m = _manifest(tmp_path / "m.csv", files, 1)

@@ -40,7 +40,8 @@ def _rows(path):
 
 def test_counterfactual_scores_equal_scoring_hand_edited_covariates(runs):
     from covfuse.data.transforms import load_image, normalize
-    from covfuse.training.run import checkpoint_path, load_module
+    from covfuse.training.module import load_module
+    from covfuse.training.rundir import checkpoint_path
 
     runs_dir, root, out = runs
     table = _rows(out / "counterfactuals.csv")
@@ -188,7 +189,8 @@ def test_covariate_gradients_of_a_run_model_match_the_reference_backend(runs):
     """Attribution to the covariates themselves: d log-odds / d covariates through the run's model, every back-end."""
     from covfuse.layers.hybrid import hybrid_layers
     from covfuse.studies.explain.attribution import LogOdds
-    from covfuse.training.run import checkpoint_path, load_module
+    from covfuse.training.module import load_module
+    from covfuse.training.rundir import checkpoint_path
 
     runs_dir, root, _ = runs
     module = load_module(checkpoint_path(runs_dir / "hyb")).eval()

@@ -37,7 +37,7 @@ def test_loss_and_probability_follow_the_head(head):
         assert logits.shape == (6, 2)
         ref_loss, ref_p = F.cross_entropy(logits, b["target"].long()), torch.softmax(logits, 1)[:, 1]
     assert torch.allclose(m.loss(logits, b["target"]), ref_loss)
-    assert torch.allclose(m.probability(logits), ref_p)
+    assert torch.allclose(m.predictions(logits), ref_p)
 
 
 @pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])

@@ -144,7 +144,7 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_before_anything_is_wri
     # Lightning raises only inside trainer.fit (after config.yaml was rewritten) when the restored
     # epoch exceeds max_epochs; the same rule is checked from the checkpoint's own counters first.
     from covfuse.errors import UserError
-    from covfuse.training.run import check_resume_epochs
+    from covfuse.training.rundir import check_resume_epochs
 
     ckpt = tmp_path / "last.ckpt"
     torch.save({"epoch": 28, "global_step": 203, "state_dict": {"w": torch.zeros(3)},

@@ -122,7 +122,7 @@ def test_predictions_and_metrics_agree_with_the_data_and_sklearn(run, twin):
 
 
 def test_checkpoints_carry_what_rebuilds_the_model(run):
-    from covfuse.training.run import load_module
+    from covfuse.training.module import load_module
 
     ckpt = torch.load(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
     hp = ckpt["hyper_parameters"]

@@ -34,7 +34,9 @@ def resolve(argv: list[str]) -> tuple[cfgmod.RunConfig, dict]:
 
 def main(argv: list[str]) -> int:
     config, flags = resolve(argv)
-    from covfuse.training.run import fit_run, global_rank, summary  # Lightning is imported only now
+    from covfuse.training.results import summary  # Lightning is imported only now
+    from covfuse.training.run import fit_run
+    from covfuse.training.trainer import global_rank
 
     run_dir = fit_run(config, overwrite=flags["overwrite"], resume=flags["resume"])
     if global_rank() == 0:

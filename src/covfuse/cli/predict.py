@@ -122,9 +122,10 @@ def main(argv: list[str]) -> int:
     if args.covariates and not args.images:
         raise UserError("--covariates applies to IMAGE arguments; with --csv the covariates come from its columns")
     from covfuse.training import config as cfgmod
+    from covfuse.training.module import load_module
+    from covfuse.training.rundir import checkpoint_path, find_run
     from covfuse.training.datamodule import STATE_FILE, read_state
     from covfuse.training.predict import predict_rows, run_state
-    from covfuse.training.run import checkpoint_path, find_run, load_module
 
     run_dir = find_run(args.run, args.runs_dir)
     config = cfgmod.load(run_dir / "config.yaml")

@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    from covfuse.training.run import evaluate_run, summary
+    from covfuse.training.results import summary
+    from covfuse.training.run import evaluate_run
 
     run_dir = evaluate_run(args.run, runs_dir=args.runs_dir, which=args.ckpt, accelerator=args.accelerator, root=args.root)
     print(f"{run_dir}: {summary(run_dir)}")

@@ -101,7 +101,7 @@ HEADS: dict[str, str] = {
     "two-class": "two logits, cross-entropy (as in the research)",
     "multiclass": "one logit per class (num_classes), cross-entropy",
     "regression": "one output, mean squared error on the standardised target",
-    "survival": "one risk score (log relative hazard), Cox partial likelihood with Breslow ties over the batch",
+    "survival": "one risk score (log relative hazard), Cox partial likelihood over the batch (Breslow or Efron ties)",
 }
 
 

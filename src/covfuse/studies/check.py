@@ -28,8 +28,9 @@ def _digest(names: Sequence[str]) -> str:
 def check_study(study: Study, runs: Sequence[Run] | None = None) -> dict[str, int]:
     """Raise the first problem of any run as a one-line UserError naming the run; returns what was checked."""
     from covfuse.training import config as cfgmod
-    from covfuse.training.run import (build_module, build_trainer, check_fill, check_hardware, check_name,
-                                      resolve_hardware)
+    from covfuse.training.run import build_module, check_fill
+    from covfuse.training.rundir import check_name
+    from covfuse.training.trainer import build_trainer, check_hardware, resolve_hardware
     from covfuse.training.datamodule import CovfuseDataModule
 
     runs = list(study.runs if runs is None else runs)

@@ -28,6 +28,7 @@ from covfuse.studies.sweep import Run, Study, run_status
 from covfuse.training.metrics import (
     LOWER_IS_BETTER, PRIMARY, SUBGROUP_STATS, check_metric, score_bounds, task_scores,
 )
+from covfuse.training.tasks import scored_as
 
 ALPHA = 0.05
 ASSUMPTIONS = [
@@ -75,7 +76,7 @@ def run_reference(run_dir: Path):
 
 
 def run_task(run_dir: Path) -> str:
-    """The task of a finished run (binary, multiclass, regression), from its metrics.json."""
+    """The task of a finished run (binary, multiclass, regression, survival), from its metrics.json."""
     path = Path(run_dir) / "metrics.json"
     return json.loads(path.read_text()).get("task", "binary") if path.is_file() else "binary"
 
@@ -83,27 +84,27 @@ def run_task(run_dir: Path) -> str:
 def read_predictions(run_dir: Path, split: str, task: str = "binary") -> dict[str, np.ndarray]:
     """ids, groups, labels and per-sample outputs of one split from a run's predictions.csv: the
     ``probability`` column of a binary run, ``risk`` with (time, event) labels of a survival run, the
-    ``prediction`` column (class index or value) otherwise."""
+    ``prediction`` column (class index or value) otherwise (:mod:`covfuse.training.tasks`)."""
     path = Path(run_dir) / "predictions.csv"
     if not path.is_file():
         raise UserError(f"{path}: missing; the run has not finished (run the study again to finish it)")
-    column = {"binary": "probability", "survival": "risk"}.get(task, "prediction")
+    entry = scored_as(task)
     ids, groups, labels, outputs = [], [], [], []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row["split"] == split:
                 ids.append(row["id"])
                 groups.append(row.get("group") or row["id"])  # older runs without groups: one per image
-                labels.append([float(row["time"]), float(row["event"])] if task == "survival" else float(row["label"]))
-                outputs.append(float(row[column]))
+                label = [float(row[column]) for column in entry.label_columns]
+                labels.append(label if len(label) > 1 else label[0])
+                outputs.append(float(row[entry.output_column]))
     order = np.argsort(ids, kind="stable")
     return {k: np.asarray(v)[order] for k, v in
             (("id", ids), ("group", groups), ("label", labels), ("output", outputs))}
 
 
 def _metric(labels, outputs, metric: str, task: str, reference=None) -> float:
-    extra = {"reference": reference} if task == "survival" else {}
-    return float(task_scores(task, labels, outputs, auroc=metric == "auroc", **extra)[metric][0])
+    return float(task_scores(task, labels, outputs, auroc=metric == "auroc", reference=reference)[metric][0])
 
 
 def _metrics_json(run: Run) -> dict:
@@ -124,6 +125,7 @@ def select_tuned(study: Study, cell: str, metric: str) -> tuple[list[Run], dict 
 
 
 def load_cell(study: Study, cell: str, metric: str, task: str = "binary") -> CellData:
+    with_reference = scored_as(task).reference  # survival: each run's training-split reference
     runs, tuned = select_tuned(study, cell, metric)
     split = "valid" if study.kind == "cv" else "test"
     by_seed: dict[int, list[dict]] = {}
@@ -132,7 +134,7 @@ def load_cell(study: Study, cell: str, metric: str, task: str = "binary") -> Cel
     for r in runs:
         pred = read_predictions(Path(r.dir), split, task)
         by_seed.setdefault(r.seed, []).append(pred)
-        ref = run_reference(Path(r.dir)) if task == "survival" else None
+        ref = run_reference(Path(r.dir)) if with_reference else None
         refs.setdefault(r.seed, []).append(ref)
         per_run[(r.seed, r.fold)] = _metric(pred["label"], pred["output"], metric, task, ref)
         sizes[(r.seed, r.fold)] = len(pred["id"])
@@ -151,7 +153,7 @@ def load_cell(study: Study, cell: str, metric: str, task: str = "binary") -> Cel
         rows.append(merged["output"])
     # one reference per row; CV rows merge folds trained on different splits, so no single reference fits
     references = ([refs[seed][0] for seed in sorted(by_seed)]
-                  if task == "survival" and all(len(v) == 1 and v[0] is not None for v in refs.values()) else None)
+                  if with_reference and all(len(v) == 1 and v[0] is not None for v in refs.values()) else None)
     return CellData(cell, study.cells[cell], runs, tuned, reference["id"], reference["group"], reference["label"],
                     np.stack(rows), per_run, sizes, task, references)
 
@@ -165,7 +167,7 @@ def check_finished(study: Study) -> None:
 
 
 def study_task(study: Study) -> str:
-    """The one task (binary, multiclass, regression) all runs of a finished study share."""
+    """The one task (binary, multiclass, regression, survival) all runs of a finished study share."""
     tasks = {run_task(Path(r.dir)) for r in study.runs}
     if len(tasks) > 1:
         raise UserError(f"study {study.name} mixes tasks ({', '.join(sorted(tasks))}); compare runs with the same head")

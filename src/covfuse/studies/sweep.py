@@ -465,7 +465,8 @@ def _where(study: Study, run: Run) -> str:
 def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
     """Claim one run, then train, resume or skip it as :func:`assess` says. Returns what was done."""
     from covfuse.training.lock import Claim, RunBusy
-    from covfuse.training.run import fit_run, summary
+    from covfuse.training.results import summary
+    from covfuse.training.run import fit_run
 
     where = _where(study, run)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from covfuse.errors import UserError, suggest
+from covfuse.training.tasks import MONITORS, TASKS, task_of
 
 CovariatesMode = Literal["real", "zeros", "ones", "shuffled"]
 
@@ -29,7 +30,7 @@ class DataConfig:
         batch_size: Images per training batch (per device).
         eval_batch_size: Images per batch for valid/test/predict; None: same as batch_size.
         num_workers: Data-loading worker processes (0: load in the main process).
-        cache: auto: read images from the uint8 memmap cache (`covfuse data cache`) when one exists; build: build it first if missing; off: decode the JPEGs every epoch.
+        cache: auto: read the decoded images or volumes from their memmap cache when one exists (`covfuse data cache` builds an image cache); build: build it first if missing; off: decode the files every epoch.
         cache_dir: Where caches are read and built (None: a .covfuse-cache folder beside the data); a folder filled by `covfuse data cache ROOT --cache_dir DIR` is used with data.cache_dir DIR.
         augment: Training-time augmentation of the dataset (random horizontal flips).
         covariates_mode: Controls: real covariates, all zeros, all ones, or shuffled within each split (seeded).
@@ -63,7 +64,6 @@ class DataConfig:
     fold: int = 0
     split_seed: int = 0
     skip_corrupt: bool = False
-    # Volumes only (data.root is a manifest CSV; see docs/volumes.md).
     categorical: list[str] = field(default_factory=list)
     classes: Optional[list[str]] = None
     intensity: Literal["zscore", "minmax"] = "zscore"
@@ -80,11 +80,11 @@ class ModelConfig:
 
     Args:
         backbone: torchvision name (vgg16_bn, resnet18, ...) or vgg-mini.
-        fusion: image-only, covariates-only, concat, film, daft or hybrid.
+        fusion: The fusion method: image-only, hybrid or another name `covfuse describe --help` lists (docs/methods.md), or a '+' combination of hybrid, film, daft and one concat variant.
         hybrid_layers: Convs made hybrid: first, last, all, or a list of module names (e.g. [features.0, features.40]).
         weights: None (random init), imagenet (local torchvision cache only), or a path to a state dict.
         regime: finetune (train everything) or another regime covfuse.models.build accepts.
-        head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes; volumes), regression (a numeric target, MSE on the standardised target; volumes) or survival (one risk score, Cox partial likelihood over the batch, Breslow or Efron ties as model.ties says; data.target is the time, data.event the 0/1 event column; volumes).
+        head: binary (one logit, BCE loss), two-class (two logits, cross-entropy, as in the research), multiclass (one logit per class of data.classes), regression (a numeric target, MSE on the standardised target) or survival (one risk score, Cox partial likelihood over the batch, Breslow or Efron ties as model.ties says; data.target is the time, data.event the 0/1 event column); a CelebA folder holds binary attributes only.
         options: Extra keyword arguments for covfuse.models.build.
         ties: Survival head: how the Cox loss handles tied times, breslow or efron (docs/survival.md).
     """
@@ -94,7 +94,7 @@ class ModelConfig:
     hybrid_layers: Union[str, list[str]] = "first"
     weights: Optional[str] = None
     regime: str = "finetune"
-    head: Literal["binary", "two-class", "multiclass", "regression", "survival"] = "binary"
+    head: Literal[tuple(TASKS)] = "binary"
     options: dict[str, Any] = field(default_factory=dict)
     ties: Literal["breslow", "efron"] = "breslow"
 
@@ -202,7 +202,7 @@ class RunConfig:
     name: str = "run"
     runs_dir: str = "runs"
     seed: int = 0
-    monitor: Optional[Literal["val/loss", "val/acc", "val/mae", "val/c_index", "val/ibs"]] = None
+    monitor: Optional[Literal[MONITORS]] = None
     bootstrap: int = 1000
     bootstrap_unit: Literal["group", "image"] = "group"
     data: DataConfig = field(default_factory=DataConfig)
@@ -393,15 +393,11 @@ _NESTED = {
 _NESTED_NAMES = ("data", "model", "optim", "trainer", "metrics")
 
 
-SURVIVAL_MONITORS = ("val/c_index", "val/loss", "val/ibs")
-"""What a survival head logs per validation epoch (each may pick checkpoints/best.ckpt)."""
-
-
 def default_monitor(config: RunConfig) -> str:
-    """The monitor as given, or the head's default: val/c_index for survival, val/loss otherwise."""
+    """The monitor as given, or the head's default (:mod:`covfuse.training.tasks`: val/c_index for survival, val/loss otherwise)."""
     if config.monitor:
         return config.monitor
-    return "val/c_index" if config.model.head == "survival" else "val/loss"
+    return next(iter(task_of(config.model.head).monitors))
 
 
 def check(config: RunConfig) -> RunConfig:
@@ -431,10 +427,11 @@ def check(config: RunConfig) -> RunConfig:
     from covfuse.training.tracking import check_loggers
 
     t.logger = check_loggers(split_names(t.logger) or ["csv"])
-    regression, survival = config.model.head == "regression", config.model.head == "survival"
+    survival = config.model.head == "survival"
     config.monitor = default_monitor(config)
-    if survival and config.monitor not in SURVIVAL_MONITORS:
-        raise UserError(f"monitor {config.monitor} does not exist for head survival; use {', '.join(SURVIVAL_MONITORS)}")
+    task = task_of(config.model.head)
+    if config.monitor not in task.monitors:
+        raise UserError(f"monitor {config.monitor} does not exist for head {task.head}; use {task.monitor_help()}")
     if isinstance(d.eval_times, str):  # 1,2,3 as `covfuse predict --times` takes it
         from covfuse.training.survival_reference import parse_times
 
@@ -449,9 +446,6 @@ def check(config: RunConfig) -> RunConfig:
          "times >= 0 in data.target's unit (e.g. --data.eval_times [1,2,3])", d.eval_times)
     need(config.metrics.tau is None or config.metrics.tau > 0, "metrics.tau", "a time > 0 (e.g. --metrics.tau 4)",
          config.metrics.tau)
-    if not survival and config.monitor not in ("val/loss", "val/mae" if regression else "val/acc"):
-        raise UserError(f"monitor {config.monitor} does not exist for head {config.model.head}; use val/loss or "
-                        f"{'val/mae' if regression else 'val/acc'}")
     if d.event and not survival:
         raise UserError(f"data.event {d.event} is for model.head survival; head {config.model.head} does not use it "
                         "(drop data.event, or set --model.head survival)")

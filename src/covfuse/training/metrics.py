@@ -43,11 +43,6 @@ LOWER_IS_BETTER = frozenset({"mae", "rmse", "ibs"})
 _BOUNDS = {"mae": (0.0, math.inf), "rmse": (0.0, math.inf), "r2": (-math.inf, 1.0)}
 
 
-def task_of_head(head: str) -> str:
-    """The task of a model head: binary and two-class heads are ``binary``."""
-    return "binary" if head in ("binary", "two-class") else head
-
-
 def score_bounds(name: str) -> tuple[float, float]:
     """The range a score can take (intervals are clipped to it)."""
     return _BOUNDS.get(name, (0.0, 1.0))

@@ -4,11 +4,12 @@ Training, validation and test share :meth:`CovfuseModule._common_step`. Images a
 are normalised on the device (a quarter of the host-to-device bytes of float32). The checkpoint
 carries everything needed to rebuild the model and feed it: the build arguments, the covariate
 names, the target, the image preset and size (``save_hyperparameters``), so ``covfuse test`` and
-``covfuse predict`` need nothing but the .ckpt file.
+``covfuse predict`` need nothing but the .ckpt file (:func:`load_module`).
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,9 +19,13 @@ import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
+from covfuse.data.transforms import normalize
+from covfuse.errors import UserError
+from covfuse.io import load_trusted
+from covfuse.models import build
 from covfuse.survival.loss import cox_loss
-from covfuse.training.metrics import task_of_head
 from covfuse.training.survival_reference import RunningConcordance, RunningIBS
+from covfuse.training.tasks import task_of
 
 
 class CovfuseModule(L.LightningModule):
@@ -42,8 +47,8 @@ class CovfuseModule(L.LightningModule):
             standardised target (so one learning rate suits targets of any scale) and
             :meth:`predictions` returns values in target units.
 
-    A survival head's target is (N, 2) ``[time, event]`` per sample and its output one risk score (the
-    log relative hazard: higher = earlier event), trained with the Cox partial likelihood over the batch.
+    What differs between heads (loss, predictions, running scores) comes from the head's entry in
+    :data:`covfuse.training.tasks.TASKS` (``self.task``).
     """
 
     def __init__(
@@ -62,24 +67,23 @@ class CovfuseModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        from covfuse.models import build  # imported here: training must not pull models in at import time
-
         options = dict(model)
         extra = options.pop("options", None) or {}
         self.ties = options.pop("ties", None) or "breslow"  # survival: how the Cox loss handles tied times
         self.model = build(num_covariates=len(covariates), **options, **extra)
         self.head = options.get("head", "binary")
-        self.task = task_of_head(self.head)
+        self.task = task_of(self.head)
         self.optim = dict(optim or {})
         self.channels_last = channels_last
         stats = target_stats or {"mean": 0.0, "sd": 1.0}
         self.target_mean, self.target_sd = float(stats["mean"]), float(stats["sd"]) or 1.0
-        # The running metric shown in the progress line and logged per epoch: val/acc, val/mae (regression)
-        # or val/c_index (survival).
-        self.score_name = {"regression": "mae", "survival": "c_index"}.get(self.task, "acc")
-        self.train_score, self.val_score = (self._running_metric() for _ in range(2))
-        if self.task == "survival":  # val/ibs, a monitor choice
-            self.val_ibs = RunningIBS()
+        # The head's running scores: the first (val/acc, val/mae or val/c_index) is also shown in the
+        # progress line and logged per training epoch; survival adds val/ibs, a monitor choice.
+        num_classes = int(model.get("num_classes") or 0)
+        self.score_name, first = next(iter(self.task.scores.items()))
+        self.train_score = RUNNING_METRICS[first](num_classes)
+        self.val_scores = torch.nn.ModuleDict({name: RUNNING_METRICS[key](num_classes)
+                                               for name, key in self.task.scores.items()})
         self.eval_splits: list[str] = ["valid"]  # names of the test dataloaders, in order
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
         self._collect: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -90,8 +94,6 @@ class CovfuseModule(L.LightningModule):
     # -- forward ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) on the device -> normalised float input; volumes come normalised (float16)."""
-        from covfuse.data.transforms import normalize
-
         if images.is_floating_point():  # covfuse.data.decoders.nifti already normalised the intensities
             return images.float()
         x = normalize(images, self.hparams.preset)
@@ -103,42 +105,15 @@ class CovfuseModule(L.LightningModule):
         """Logits for uint8 images and float covariates."""
         return self.model(self.prepare(images), covariates.float())
 
-    def _running_metric(self):
-        if self.task == "regression":
-            return MeanAbsoluteError()
-        if self.task == "survival":
-            return RunningConcordance()
-        if self.task == "multiclass":
-            return MulticlassAccuracy(num_classes=int(self.hparams.model["num_classes"]), average="micro")
-        return BinaryAccuracy()
-
-    def probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """P(target = 1) per sample (binary heads), in float32."""
-        logits = logits.float()
-        return torch.softmax(logits, dim=1)[:, 1] if self.head == "two-class" else torch.sigmoid(logits)
-
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        """What a prediction is, per task, in float32: P(target = 1) (N,) for binary heads, class
+        """What a prediction is, per head, in float32: P(target = 1) (N,) for binary heads, class
         probabilities (N, C) for multiclass, the predicted value (N,) in target units for regression,
         the risk score (N,) for survival."""
-        logits = logits.float()
-        if self.task == "survival":
-            return logits
-        if self.task == "multiclass":
-            return torch.softmax(logits, dim=1)
-        if self.task == "regression":
-            return logits * self.target_sd + self.target_mean
-        return self.probability(logits)
+        return self.task.predict(self, logits.float())
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.head in ("two-class", "multiclass"):
-            return F.cross_entropy(logits, target.long())
-        if self.task == "regression":
-            return F.mse_loss(logits, (target.float() - self.target_mean) / self.target_sd)
-        if self.task == "survival":
-            return cox_loss(logits, target[:, 0], target[:, 1], ties=self.ties)
-        return F.binary_cross_entropy_with_logits(logits, target.float())
+        """The head's training loss of a batch (:data:`LOSSES`)."""
+        return LOSSES[self.task.loss](self, logits.float(), target)
 
     # -- steps -----------------------------------------------------------------------------
     def _common_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
@@ -146,25 +121,21 @@ class CovfuseModule(L.LightningModule):
         target = batch["target"]
         loss = self.loss(logits, target)
         out = self.predictions(logits).detach()
-        score_target = (target.double() if self.task == "survival" else  # survival times stay float64
-                        target.float() if self.task == "regression" else target.long())
+        score_target = target.to(getattr(torch, self.task.target_dtype))  # survival times stay float64
         n = len(target)
         if stage == "train":
             self.train_score(out, score_target)
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
             self.log(f"train/{self.score_name}", self.train_score, on_step=False, on_epoch=True, batch_size=n)
         elif stage == "val":
-            self.val_score(out, score_target)
             self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=n, sync_dist=True)
-            self.log(f"val/{self.score_name}", self.val_score, prog_bar=True, on_epoch=True, batch_size=n)
-            if self.task == "survival":
-                self.val_ibs(out, score_target)
-                self.log("val/ibs", self.val_ibs, on_epoch=True, batch_size=n)
+            for k, (name, metric) in enumerate(self.val_scores.items()):
+                metric(out, score_target)
+                self.log(f"val/{name}", metric, prog_bar=k == 0, on_epoch=True, batch_size=n)
         else:
             self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True, add_dataloader_idx=False)
-            self._collect.setdefault(stage, []).append(
-                {"index": batch["index"].detach(), "output": out, "target": score_target.detach() if self.task == "survival" else target.detach().float()}
-            )
+            kept = score_target if score_target.dtype == torch.float64 else target.float()
+            self._collect.setdefault(stage, []).append({"index": batch["index"].detach(), "output": out, "target": kept.detach()})
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -225,6 +196,52 @@ class CovfuseModule(L.LightningModule):
             fn = lambda step: _warm(step, warmup) * (_cosine(step - warmup, total - warmup) if cosine else 1.0)  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+LOSSES = {
+    "binary cross-entropy": lambda m, logits, target: F.binary_cross_entropy_with_logits(logits, target.float()),
+    "cross-entropy": lambda m, logits, target: F.cross_entropy(logits, target.long()),
+    "mean squared error": lambda m, logits, target: F.mse_loss(logits, (target.float() - m.target_mean) / m.target_sd),
+    "cox": lambda m, logits, target: cox_loss(logits, target[:, 0], target[:, 1], ties=m.ties),
+}
+"""The losses :data:`covfuse.training.tasks.TASKS` names: ``(module, float32 logits, target) -> loss``."""
+
+RUNNING_METRICS = {
+    "binary accuracy": lambda num_classes: BinaryAccuracy(),
+    "multiclass accuracy": lambda num_classes: MulticlassAccuracy(num_classes=num_classes, average="micro"),
+    "mean absolute error": lambda num_classes: MeanAbsoluteError(),
+    "concordance": lambda num_classes: RunningConcordance(),
+    "integrated brier score": lambda num_classes: RunningIBS(),
+}
+"""The running scores :data:`covfuse.training.tasks.TASKS` names: ``num_classes -> torchmetrics.Metric``."""
+
+
+def load_module(path: Path, map_location: str | torch.device = "cpu") -> CovfuseModule:
+    """Rebuild the module from a checkpoint's hyper-parameters and load its weights.
+
+    The file is read with ``weights_only=True`` (:func:`covfuse.io.load_trusted`): a checkpoint
+    carrying pickled objects is refused before anything in it runs. The model is built with
+    ``weights=None``: the checkpoint holds the trained weights, and the ImageNet file the run may
+    have started from need not exist on this machine.
+    """
+    ckpt = load_trusted(path, what="checkpoint", map_location=map_location)
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise UserError(f"{path}: not a covfuse checkpoint (no hyper_parameters/state_dict); give a run's "
+                        "checkpoints/best.ckpt or last.ckpt")
+    try:
+        hparams = dict(ckpt["hyper_parameters"])
+        hparams["model"] = {**hparams["model"], "weights": None}
+        module = CovfuseModule(**hparams)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a covfuse checkpoint ({' '.join(str(exc).split())[:160]})") from None
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise UserError(f"{path}: its weights do not fit the model its hyper-parameters describe ({first}); "
+                        "the file was edited or comes from another model") from None
+    module.on_load_checkpoint(ckpt)
+    return module
 
 
 def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:

@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -26,8 +25,9 @@ from covfuse.data.samples import check_readable, make_dataset, settings_from_sta
 from covfuse.data.table import CovariateEncoder, SampleTable, check_covariate_values
 from covfuse.errors import UserError
 from covfuse.training.config import TrainerConfig
-from covfuse.training.metrics import task_of_head
 from covfuse.training.module import CovfuseModule
+from covfuse.training.tasks import task_of
+from covfuse.training.trainer import one_device_trainer, resolve_hardware
 
 
 def model_covariates(module: CovfuseModule, rows: np.ndarray) -> np.ndarray:
@@ -46,12 +46,8 @@ def model_covariates(module: CovfuseModule, rows: np.ndarray) -> np.ndarray:
 def run_predict(module: CovfuseModule, dataset: Dataset, *, batch_size: int = 64, accelerator: str = "auto",
                 precision: str | None = None) -> np.ndarray:
     """``module.predict_step`` over ``dataset`` in order, on one device: (N,) or (N, C) float32."""
-    from covfuse.training.run import quiet_lightning, resolve_hardware
-
     hw = resolve_hardware(TrainerConfig(accelerator=accelerator, precision=precision))
-    quiet_lightning()
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=hw.precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = one_device_trainer(accelerator, hw.precision)
     batches = trainer.predict(module, DataLoader(dataset, batch_size=batch_size, shuffle=False))
     return torch.cat(batches).float().numpy()
 
@@ -65,28 +61,13 @@ def prediction_columns(module: CovfuseModule, values: np.ndarray,
     give ``P(target)`` (``P(target=positive)`` when the classes are known); a multi-class head one
     ``P(target=class)`` per class and ``predicted_<target>``, the most probable class; a regression
     head ``predicted_<target>`` in the target's units; a survival head ``risk`` (the log relative
-    hazard: higher = earlier event; only the order between people means something).
+    hazard: higher = earlier event; only the order between people means something)
+    (:meth:`covfuse.training.tasks.Task.table`).
     """
-    task = task_of_head((module.hparams.model or {}).get("head", "binary"))
+    task = task_of((module.hparams.model or {}).get("head", "binary"))
     target = module.hparams.target
     classes = list(classes or getattr(module.hparams, "classes", None) or [])
-    values = np.asarray(values, dtype=np.float64)
-    if task == "binary":
-        name = f"P({target}={classes[1]})" if len(classes) == 2 else f"P({target})"
-        return [name], [[f"{p:.6f}"] for p in values.reshape(-1)]
-    if task == "multiclass":
-        if values.ndim != 2:
-            raise ValueError(f"a multiclass head should predict (N, C) probabilities, got shape {values.shape}")
-        names = classes or [str(k) for k in range(values.shape[1])]
-        if len(names) != values.shape[1]:
-            raise ValueError(f"{values.shape[1]} class probabilities for {len(names)} classes {names}")
-        return ([*(f"P({target}={c})" for c in names), f"predicted_{target}"],
-                [[*(f"{p:.6f}" for p in row), names[int(row.argmax())]] for row in values])
-    if task == "regression":
-        return [f"predicted_{target}"], [[f"{v:.6g}"] for v in values.reshape(-1)]
-    if task == "survival":
-        return ["risk"], [[f"{v:.9g}"] for v in values.reshape(-1)]
-    raise UserError(f"covfuse predict does not know the task {task!r} (binary, multiclass, regression, survival)")
+    return task.table(module.hparams.target, classes, np.asarray(values, dtype=np.float64))
 
 
 def run_state(module: CovfuseModule, state: dict | None, run_dir: Path) -> tuple[dict, CovariateEncoder]:

@@ -70,7 +70,8 @@ def _device(accelerator: str) -> torch.device:
 def load(run: str, runs_dir: str | os.PathLike = "runs", ckpt: str = "best", root: str | None = None, split: str = "test"):
     """(run folder, module, data module) for an explainable run; a UserError says why a run is not."""
     from covfuse.training import config as cfgmod
-    from covfuse.training.run import checkpoint_path, find_run, load_module
+    from covfuse.training.module import load_module
+    from covfuse.training.rundir import checkpoint_path, find_run
     from covfuse.training.datamodule import CovfuseDataModule, read_state
 
     if split not in SPLITS:
@@ -103,7 +104,7 @@ def score_split(module, data, split: str, plan: dict[str, list[cf.Change]], devi
     from covfuse.training.predict import model_covariates
 
     def forward(images, covariates):
-        return module.probability(module(images, covariates))
+        return module.predictions(module(images, covariates))
 
     loader = data.eval_dataloaders((split,))[0]
     parts: dict[str, list] = {"index": [], "prob": []}
@@ -252,7 +253,7 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
     if examples < 0 or mass_images < 0 or n_boot < 1 or n_steps < 1:
         raise UserError("--examples and --mass-images must be >= 0, --n-boot and --steps >= 1")
     start = time.monotonic()
-    from covfuse.training.run import find_run
+    from covfuse.training.rundir import find_run
 
     out_dir = Path(out) if out else find_run(str(run), runs_dir) / "explain"
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:  # before any loading

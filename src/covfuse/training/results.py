@@ -1,0 +1,105 @@
+"""What the best checkpoint of a run scored, as files: predictions.csv and metrics.json (plus, for a
+head scored against the training split, the files of :mod:`covfuse.training.survival_run`), and
+the one-line summary of metrics.json.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from covfuse.errors import RunDiverged
+from covfuse.training import survival_run
+from covfuse.training.config import RunConfig
+from covfuse.training.datamodule import TRAIN_EVAL, CovfuseDataModule
+from covfuse.training.metrics import PRIMARY, log_loss, split_metrics
+from covfuse.training.rundir import write_text
+from covfuse.training.tasks import task_of
+
+EVAL_SPLITS = ("valid", "test")
+"""The splits a run's best checkpoint is scored on unless told otherwise."""
+
+
+def scored_splits(config: RunConfig, splits: Sequence[str]) -> list[str]:
+    """The splits the best checkpoint scores: ``splits``, and for a head whose scores need the training
+    split (survival: the Breslow baseline) also the training split without augmentation (``TRAIN_EVAL``)."""
+    return [*splits, TRAIN_EVAL] if task_of(config.model.head).reference else list(splits)
+
+
+def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
+                  outputs: dict[str, dict[str, torch.Tensor]], extra: dict | None = None) -> dict:
+    """predictions.csv and metrics.json from the per-sample outputs of the scored splits; returns metrics.json's content.
+
+    predictions.csv has ``id, group, split``, the label columns, the prediction columns and the raw
+    covariates (**contract**): ``label`` and, for binary heads, ``probability`` (P(target = 1)); for a
+    multi-class head ``prediction`` (the argmax class index; names in metrics.json ``classes``) and
+    one ``probability_<class>`` column per class; for regression ``prediction`` in target units; for
+    survival ``time``, ``event`` and ``risk`` (higher = earlier event) in place of ``label``
+    (:mod:`covfuse.training.tasks`). A survival run also writes survival_baseline.json, survival.csv
+    and the plots of :mod:`covfuse.training.survival_run`, and scores every split against the
+    training split's reference.
+    """
+    task = task_of(config.model.head)
+    reference = None
+    if task.reference:
+        outputs = dict(outputs)
+        reference = survival_run.reference(config, data, outputs)
+    classes = list(getattr(data, "classes", []) or [])
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["id", "group", "split", *task.label_columns, *task.columns(classes), *data.covariate_names])
+    known = {"classes": classes, "event": config.data.event}
+    metrics: dict[str, Any] = {
+        "run": config.name,
+        "task": task.name,
+        "target": data.target_name,
+        **{key: known[key] for key in task.recorded},
+        "covariates": data.covariate_names,
+        "covariates_mode": config.data.covariates_mode,
+        **(extra or {}),
+    }
+    for split, out in outputs.items():
+        index = out["index"].numpy().astype(np.int64)
+        value = out["output"].numpy().astype(np.float64)
+        bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+        if bad.any():  # never a predictions.csv with NaN (a checkpoint whose weights diverged)
+            raise RunDiverged(f"the model's output is NaN/Inf for {int(bad.sum())} of {len(value)} {split} sample(s) "
+                              f"(first: {data.filenames(index[bad][:1])[0]}); nothing written. Check the inputs for "
+                              "NaN/Inf (`covfuse data info ROOT`, data.nonfinite) and the checkpoint (--ckpt last|best)")
+        label = data.labels[index].astype(task.label_dtype)
+        real = data.covariates_real[index]
+        clusters = data.groups(index)  # identity / subject: intervals resample people, not images
+        for name, group, y, v, covs in zip(data.filenames(index), clusters, label, value, real):
+            writer.writerow([name, group, split, *task.label_cells(y), *task.cells(v), *(f"{c:g}" for c in covs)])
+        subgroups = data.covariate_groups(index)  # in the table's units: age bins, levels, "missing"
+        metrics[split] = split_metrics(label, value, subgroups, loss=log_loss(label, value) if task.log_loss else None,
+                                       clusters=clusters if config.bootstrap_unit == "group" else None,
+                                       n_boot=config.bootstrap, seed=config.seed, task=task.name, reference=reference)
+    if reference is not None:
+        metrics["survival"] = {"eval_times": reference.grid, "tau": reference.tau, **reference.sources}
+        reference.save(run_dir)
+        write_text(run_dir / "survival.csv", survival_run.survival_table(reference, data, outputs))
+        survival_run.figures(run_dir, reference, data, outputs)
+    write_text(run_dir / "predictions.csv", table.getvalue())
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    return metrics
+
+
+def summary(run_dir: Path) -> str:
+    """One line: the task's primary score with CI per split (and AUROC for binary runs), from metrics.json."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    name = PRIMARY[m.get("task", "binary")]
+    parts = []
+    for split in EVAL_SPLITS:
+        if split in m:
+            s = m[split]
+            lo, hi = s[f"{name}_ci"]
+            ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+            auroc = f", auroc {s['auroc']:.3f}" if s.get("auroc") is not None else ""
+            parts.append(f"{split} {name.replace('_', ' ')} {s[name]:.3f}{ci}{auroc}")
+    return "; ".join(parts)
