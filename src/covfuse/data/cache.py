@@ -6,21 +6,22 @@ resized, (N, C, S, S), one file per size and preset. Any image table
 uint8 for 8-bit sources (``.u8``), uint16 for 16-bit ones (``.u16``: radiographs, DICOM; the cache
 keeps 16-bit data 16-bit); C is 3 (RGB) or 1 (greyscale).
 
-Where: ``<folder holding the text files>/.covfuse-cache/`` by default (``ROOT/.covfuse-cache`` or
-``ROOT/celeba/.covfuse-cache``), or any ``cache_dir`` (:func:`cache_folder`). Files for size S and preset P:
+Where: ``.covfuse-cache/`` in the source's folder by default (the table's ``root``: the folder
+holding CelebA's text files, a manifest's folder, a BIDS dataset), or any ``cache_dir``
+(:func:`cache_folder`). Files for size S and preset P:
 
-* ``K-P-S.u8`` (K the source's key, :func:`source_key`: ``celeba`` for the release, else the
-  manifest's name plus a short hash of its absolute path and the settings, e.g.
-  ``train-3f2a9c01``): raw uint8, C order, shape (N, C, S, S), row i = the table's file i. Any
+* ``K-P-S.u8`` (or ``.u16``; K the source's key, :func:`source_key`: ``celeba`` for the release, else
+  the manifest's name plus a short hash of its absolute path and the settings, e.g.
+  ``train-3f2a9c01``): raw pixels, C order, shape (N, C, S, S), row i = the table's file i. Any
   number of manifests share one folder, each with its own files;
-* ``K-P-S.json``: what it holds (shape, size, preset, crop, count, the md5 of the source files it was
-  built from — CelebA's three text files, or the manifest plus every image's size and mtime — the
-  decoders that really read the files). Written last: a cache without it is not a cache.
+* ``K-P-S.json``: what it holds (shape, dtype, size, preset, crop, count, the md5 of the source files it
+  was built from — CelebA's three text files, or the manifest plus every image's path, size and mtime —
+  the decoders that really read the files). Written last: a cache without it is not a cache.
 
 Building writes ``K-P-S.u8.partial`` plus ``K-P-S.progress.json`` (the chunks done so
 far, rewritten atomically after each chunk), so an interrupted build resumes where it stopped;
-the final names appear only by rename once every chunk is done. A cache whose recorded
-checksums no longer match the text files is ignored (and rebuilt by ``covfuse data cache``).
+the final names appear only by rename once every chunk is done. A cache whose record no longer
+matches its sources or settings is ignored (and rebuilt by ``covfuse data cache``).
 
 **Volumes** (:func:`build_volume_cache`, :func:`open_volume_cache`, :class:`VolumeCache`): float16
 (N, 1, S, S, S), row i = file i preprocessed by :mod:`covfuse.data.decoders.nifti`, in the same
@@ -41,6 +42,8 @@ from typing import Sequence
 import numpy as np
 import PIL
 import torch
+from filelock import FileLock
+from tqdm import tqdm
 
 from covfuse.data._workers import default_workers, run_chunks
 from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level name: tests patch it
@@ -49,7 +52,8 @@ from covfuse.data.decoders import decoder_for
 from covfuse.data.decoders.nifti import Preprocessing, library, load_volume, nonfinite_voxels, transform
 from covfuse.data.layout import image_layout
 from covfuse.data.readers.celeba import table_from_meta
-from covfuse.data.readers.celeba_release import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta
+from covfuse.data.readers.celeba_release import CelebAMeta
+from covfuse.data.table import SampleTable, md5sum
 from covfuse.errors import UserError
 from covfuse.io import atomic_write_text
 
@@ -60,15 +64,6 @@ FORMAT = "covfuse-image-cache"
 VERSION = 1
 VOLUME_FORMAT = "covfuse-volume-cache"
 VOLUME_VERSION = 1
-SOURCE_FILES = (ATTR_FILE, PARTITION_FILE, IDENTITY_FILE)
-
-
-def md5sum(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def as_table(source):
@@ -166,7 +161,8 @@ def decoders_used(table) -> str:
 
 
 class ImageCache:
-    """Read-only view of a built cache; ``cache[row]`` and ``cache.get_batch(rows)`` give uint8 tensors."""
+    """Read-only view of a built cache; ``cache[row]`` and ``cache.get_batch(rows)`` give uint8 or uint16
+    tensors, as the cache holds them."""
 
     def __init__(self, path: Path, info: dict):
         self.path = Path(path)
@@ -196,7 +192,8 @@ class ImageCache:
         return torch.from_numpy(np.array(self.array[row]))
 
     def get_batch(self, rows: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
-        """uint8 (B, 3, S, S) for ``rows`` in the given order; rows where ``flip`` is true are mirrored.
+        """(B, C, S, S) in the cache's dtype for ``rows`` in the given order; rows where ``flip`` is true
+        are mirrored.
 
         One copy per image straight from the memmap, visited in file order (sequential reads when
         the file is not in the page cache); mirroring happens in that same copy. A plain loop of
@@ -250,13 +247,11 @@ def open_cache(
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def build_cache(
-    meta: CelebAMeta,
+    meta: SampleTable | CelebAMeta,
     size: int,
     preset: str = "center-crop",
     *,
@@ -277,8 +272,6 @@ def build_cache(
     existing = None if rebuild else open_cache(meta, size, preset, cache_dir)
     if existing is not None:
         return existing
-    from filelock import FileLock
-
     desc = _description(meta, size, preset)
     data, info_path = cache_paths(meta, size, preset, cache_dir, desc["dtype"])
     made_folder = not data.parent.exists()
@@ -314,8 +307,6 @@ def remove_if_alone(lock: Path) -> None:
 def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path,
            workers: int | None, chunk: int, progress: bool) -> ImageCache:
     """The build itself, under the cache's lock: resume ``.partial`` chunks, decode the rest, rename."""
-    from tqdm import tqdm
-
     partial = data.with_name(data.name + ".partial")
     marker = data.with_name(data.stem + ".progress.json")
     shape, n = tuple(desc["shape"]), len(meta)
@@ -431,8 +422,6 @@ def open_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir:
 def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir: Path, *, progress: bool = True,
                        name: str = "volumes") -> VolumeCache:
     """Preprocess every file once into the float16 memmap (written to ``.partial``, renamed when complete)."""
-    from filelock import FileLock
-
     existing = open_volume_cache(files, settings, cache_dir, name)
     if existing is not None:
         return existing
@@ -459,8 +448,6 @@ def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir
 def _build_volumes(files: Sequence[Path], settings: Preprocessing, data: Path, meta: Path,
                    progress: bool) -> VolumeCache:
     """The volume build itself, under the cache's lock."""
-    from tqdm import tqdm
-
     partial = data.with_suffix(".f16.partial")
     shape = (len(files), 1, *(settings.size,) * 3)
     array = np.memmap(partial, dtype=np.float16, mode="w+", shape=shape)

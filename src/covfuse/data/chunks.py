@@ -1,15 +1,18 @@
-"""Cache workers, torch-free so worker processes start fast: every 2D file decoded by the decoder of its
-format (:mod:`covfuse.data.decoders`) and put in its table's layout (:func:`conform`), a chunk at a time
-into the cache's memmap (:func:`fill_chunk`).
+"""Cache and verify workers, torch-free so worker processes start fast: every 2D file decoded (CelebA's
+JPEG path, or the decoder of its format, :mod:`covfuse.data.decoders`) and put in its table's layout
+(:func:`conform`), a chunk at a time into the cache's memmap (:func:`fill_chunk`) or checked
+(:func:`unreadable`).
 
 Kept apart from :mod:`covfuse.data.decode` (presets, the CelebA JPEG path), which the decoders build on:
-this module sits above both, so neither imports the other in a circle.
+this module sits above both, so neither imports the other in a circle. pydicom and tifffile load only
+when a DICOM or TIFF file is read.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from covfuse.data.decode import CorruptImage, decode_image
+from covfuse.data.decoders import decode_file
 from covfuse.errors import UserError
 
 
@@ -31,19 +34,11 @@ def conform(image: np.ndarray, channels: int, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def any_decoder():
-    """The decoder for a user's 2D files of any supported format and depth (PNG/JPEG/TIFF/DICOM); imported
-    here, not at the top, so CelebA's JPEG workers never load pydicom or tifffile."""
-    from covfuse.data.decoders import decode_file
-
-    return decode_file
-
-
 def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int, preset: str,
                dtype: str = "uint8", any_format: bool = False) -> int:
     """Cache worker: decode ``files`` into rows ``start...`` of the memmap at ``path`` (JPEG/PIL decoding,
     or with ``any_format`` covfuse.data.decoders for PNG/TIFF/DICOM of any depth)."""
-    decode = any_decoder() if any_format else decode_image
+    decode = decode_file if any_format else decode_image
     array = np.memmap(path, dtype=np.dtype(dtype), mode="r+", shape=shape)
     for i, file in enumerate(files):
         try:
@@ -62,7 +57,7 @@ def unreadable(paths: list[str], any_format: bool = False) -> list[tuple[str, st
     :func:`covfuse.data.samples.undecodable`: ``covfuse data verify``, ``--skip_corrupt``): CelebA's JPEG
     path, or with ``any_format`` the decoder of every supported format (PNG, TIFF, DICOM ...); a file in a
     format covfuse cannot use (a stack, float samples) counts as not decoding."""
-    decode = any_decoder() if any_format else decode_image
+    decode = decode_file if any_format else decode_image
     bad = []
     for path in paths:
         try:

@@ -20,6 +20,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from covfuse.data.table import _strings, is_missing, numeric_values, parse_number
+
 MAX_GROUP_VALUES = 10
 """Numbers with more distinct training values than this are continuous: grouped in quantile bins."""
 CONTINUOUS_BINS = 3
@@ -38,8 +40,6 @@ def format_number(value: float, digits: int | None = None) -> str:
 def level_name(level: str, described: dict[str, str] | None = None) -> str:
     """A category's level as the table spells it, with its meaning where the source describes a coded
     level (BIDS ``participants.json`` ``Levels``: ``0 (control)``); a level that is a word already stays as it is."""
-    from covfuse.data.table import parse_number
-
     meaning = (described or {}).get(level)
     return f"{level} ({meaning})" if meaning and meaning != level and parse_number(level) is not None else level
 
@@ -136,8 +136,6 @@ def _binned(values: np.ndarray, train: np.ndarray) -> Grouping:
 def _levels(raw: Sequence[str], levels: Sequence[str], described: dict[str, str] | None = None) -> Grouping:
     """A categorical column: the training levels in their order, levels only seen outside training after them;
     the missing group is "missing", or "(missing)" where a level is literally called "missing"."""
-    from covfuse.data.table import is_missing
-
     known = [str(v) for v in raw if not is_missing(v)]
     found = list(levels) + sorted(set(known) - set(levels))
     index = {level: k for k, level in enumerate(found)}
@@ -154,8 +152,6 @@ def _levels(raw: Sequence[str], levels: Sequence[str], described: dict[str, str]
 def covariate_groups(encoder, table, rows: np.ndarray, train_rows: np.ndarray) -> dict[str, Grouping]:
     """{covariate: its groups for the samples at table ``rows``}. Whether a number is grouped by value or
     in bins, and the bins' edges, come from the training rows alone, so every split and fold groups alike."""
-    from covfuse.data.table import _strings, numeric_values
-
     rows = np.asarray(rows, dtype=np.int64)
     out: dict[str, Grouping] = {}
     for spec in encoder.specs:
@@ -176,9 +172,8 @@ def covariate_groups(encoder, table, rows: np.ndarray, train_rows: np.ndarray) -
 
 
 def covariate_values(encoder, table, rows: np.ndarray) -> dict[str, list[str]]:
-    """{covariate: each sample's value as the table has it} (numbers printed with %g, missing as "")."""
-    from covfuse.data.table import _strings, is_missing, numeric_values
-
+    """{covariate: each sample's value as the table has it} (numbers as :func:`format_number` writes them,
+    levels as the table spells them, missing as "")."""
     rows = np.asarray(rows, dtype=np.int64)
     out: dict[str, list[str]] = {}
     for spec in encoder.specs:

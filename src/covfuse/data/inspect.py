@@ -4,8 +4,8 @@ by the command line: the summary of a CelebA folder (:func:`celeba_info`) or of 
 release's md5 checksums (:func:`check_checksums`). Decoding every file is
 :func:`covfuse.data.samples.undecodable`, the check ``--skip_corrupt`` uses too.
 
-One import waits inside its function: covfuse.data.cache (md5sum) imports torch (~3 s), which
-`data info` and `data verify` of a CelebA folder never need.
+Torch-free, so neither command imports torch (``covfuse.data.samples`` keeps its torch imports inside the
+functions that need them).
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from covfuse.data.decoders import read_pixels
 from covfuse.data.decoders.nifti import volume_shape
 from covfuse.data.layout import layout_name
 from covfuse.data.readers import read_table
+from covfuse.data.readers.celeba_release import OPTIONAL_FILES, CelebAMeta
 from covfuse.data.readers.celeba_release import SPLIT_NAMES as CELEBA_SPLITS
-from covfuse.data.readers.celeba_release import CelebAMeta
 from covfuse.data.samples import nonfinite
-from covfuse.data.table import SPLIT_NAMES, SampleTable, describe_columns, subject_split
+from covfuse.data.table import SPLIT_NAMES, SampleTable, describe_columns, md5sum, subject_split
 from covfuse.errors import UserError
 
 # The release's md5 checksums, as listed in torchvision's CelebA.file_list
@@ -38,7 +38,7 @@ OFFICIAL_MD5 = {
     "list_landmarks_align_celeba.txt": "cc24ecafdb5b50baae59b03474781f8c",
     "list_eval_partition.txt": "d32c9cbf5e040fd4025c592c306e6668",
 }
-OPTIONAL_MD5 = ("img_align_celeba.zip", "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt")
+OPTIONAL_MD5 = ("img_align_celeba.zip", *OPTIONAL_FILES)  # absent: reported, not a failure
 
 
 # ---------------------------------------------------------------------------------------- info
@@ -184,8 +184,6 @@ class Checksum:
 
 def check_checksums(base: Path) -> list[Checksum]:
     """The text files (and the zip, when present) of the CelebA folder ``base`` against the release's md5."""
-    from covfuse.data.cache import md5sum  # imports torch, which `data info` never needs
-
     out = []
     for name, expected in OFFICIAL_MD5.items():
         path = base / name

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
+from covfuse.data._workers import default_workers, run_chunks
+from covfuse.data.decoders import probe
+from covfuse.data.table import SampleTable
 from covfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -19,8 +23,6 @@ def layout_name(channels: int, bits: int) -> str:
 
 def _probe_chunk(files: list[str]) -> list[tuple[int, int] | None]:
     """Worker: (channels, bits) from each file's header, None where the header does not read."""
-    from covfuse.data.decoders import probe
-
     out = []
     for file in files:
         try:
@@ -44,17 +46,11 @@ def image_layout(table: SampleTable) -> tuple[int, str]:
     if key in _LAYOUTS:  # the same manifest read again (a fit's cache build, then its datasets): one warning
         table.extra["layout"] = _LAYOUTS[key]
         return _LAYOUTS[key]
-    from collections import Counter
-
-    from covfuse.data._workers import default_workers, run_chunks
-
     files = [str(f) for f in table.files]
     tasks = [(files[i: i + 512],) for i in range(0, len(files), 512)]
     counts = Counter(found for _, chunk in run_chunks(_probe_chunk, tasks, default_workers(len(files)))
                      for found in chunk if found is not None)
     if not counts:  # not one header reads: the first file's own error names it
-        from covfuse.data.decoders import probe
-
         probe(files[0])
     channels = 3 if any(c == 3 for c, _ in counts) else 1
     bits = 16 if any(b == 16 for _, b in counts) else 8

@@ -7,8 +7,8 @@ intensity, spacing); :func:`make_dataset`, :func:`collate_functions`, :func:`ope
 :func:`build_cache`, :func:`check_files`, :func:`undecodable`, :func:`check_readable` and the NaN/Inf checks
 (:func:`nonfinite`, :func:`check_nonfinite`, :func:`check_nonfinite_before_build`) answer for any table.
 
-The cache and dataset modules are imported where they are used: they import torch, which
-``covfuse data info`` and ``covfuse data verify`` (using :func:`nonfinite`) never need.
+The cache and dataset modules are imported inside the functions that use them: they import torch,
+which ``covfuse data info`` and ``covfuse data verify`` (using :func:`nonfinite`) never need.
 """
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ from typing import Any, Callable
 import numpy as np
 
 from covfuse.data._workers import default_workers, run_chunks
-from covfuse.data.chunks import any_decoder, conform, unreadable
+from covfuse.data.chunks import conform, unreadable
 from covfuse.data.decode import CorruptImage
+from covfuse.data.decoders import decode_file
 from covfuse.data.decoders.nifti import Preprocessing, nonfinite_voxels, unreadable_volumes, volume_shape
 from covfuse.data.layout import image_layout
-from covfuse.data.table import SampleTable
+from covfuse.data.table import SampleTable, md5sum
 from covfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,6 @@ def fingerprint(table: SampleTable) -> str:
     """What identifies a table's data wherever it lies: the md5 of its source files' bytes (manifest,
     participants.tsv, CelebA's text files) and of its files' paths relative to the source's folder.
     A run records it, so data that moved (``--data.root NEW``) is recognised and other data refused."""
-    from covfuse.data.cache import md5sum
-
     h = hashlib.md5()
     for source in table.sources:
         h.update(f"{Path(source).name}\0{md5sum(Path(source))}\n".encode())
@@ -86,7 +85,7 @@ class _Conformed:
         self.channels, self.dtype = channels, dtype
 
     def __call__(self, path, size: int, preset: str):
-        return conform(any_decoder()(path, size, preset), self.channels, self.dtype)
+        return conform(decode_file(path, size, preset), self.channels, self.dtype)
 
 
 def _decoder(table: SampleTable):
@@ -106,7 +105,7 @@ def _volume_cache_args(cache, table: SampleTable, s: Settings, cache_dir) -> tup
 def open_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
     """The table's cache at these settings (in ``cache_dir``, default beside the source) if one was
     built and still matches, else None."""
-    from covfuse.data import cache
+    from covfuse.data import cache  # lazy: imports torch, which `covfuse data info` never needs
 
     if table.kind == "volume":
         files, settings, folder, name = _volume_cache_args(cache, table, s, cache_dir)
@@ -116,7 +115,7 @@ def open_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | N
 
 def build_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | None = None):
     """Decode/preprocess every file of the table once into its memmap cache (resumable)."""
-    from covfuse.data import cache
+    from covfuse.data import cache  # lazy: imports torch, which `covfuse data info` never needs
 
     if table.kind == "volume":
         files, settings, folder, name = _volume_cache_args(cache, table, s, cache_dir)
@@ -229,7 +228,7 @@ def collate_functions(table: SampleTable) -> tuple[Callable | None, Callable | N
     served one sample at a time and take DataLoader's default (None)."""
     if table.kind == "volume":
         return None, None
-    from covfuse.data.dataset import collate, collate_grouped
+    from covfuse.data.dataset import collate, collate_grouped  # lazy: imports torch
 
     return collate_grouped, collate
 
@@ -238,7 +237,7 @@ def make_dataset(table: SampleTable, rows: np.ndarray, covariates: np.ndarray, t
                  *, train: bool = False, cache=None):
     """The torch Dataset of ``rows``: samples ``{"image", "covariates", "target", "index"}`` with
     ``covariates`` (N, K) and ``targets`` (N,) indexed by table row."""
-    from covfuse.data.dataset import ImageDataset, VolumeDataset
+    from covfuse.data.dataset import ImageDataset, VolumeDataset  # lazy: imports torch
 
     if table.kind == "volume":
         return VolumeDataset(table.files, rows, covariates, targets, _volume_settings(s), train=train, cache=cache)

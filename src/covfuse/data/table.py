@@ -18,6 +18,7 @@ by test and predict; predict checks new rows against the values training held wi
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +36,16 @@ MISSING = {"", "na", "nan", "n/a", "none", "null", "?"}
 
 def is_missing(value) -> bool:
     return str(value).strip().lower() in MISSING
+
+
+def md5sum(path: Path, block: int = 1 << 20) -> str:
+    """The md5 of a file's bytes, read in blocks: what identifies a table's ``sources`` (the run's data
+    fingerprint, a cache's record) and what CelebA's release files are checked against."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def parse_number(value: str) -> float | None:
@@ -56,7 +67,7 @@ class SampleTable:
     ``path`` (for error messages). ``kind`` is ``image`` (2D files) or ``volume`` (NIfTI);
     ``format`` names the reader. ``ids`` is each row's id in predictions.csv (default: the ``path``
     column). ``categorical`` lists columns the source declares categorical (BIDS ``Levels``).
-    ``sources`` are the files whose content identifies the table (for cache keys). ``binary_only``:
+    ``sources`` are the files whose content identifies the table (a run's data fingerprint, cache records). ``binary_only``:
     every column is a 0/1 attribute (CelebA), so only binary heads apply.
     """
 
@@ -442,7 +453,7 @@ def subject_split(table: SampleTable, seed: int = 0, fractions: tuple[float, flo
 def subject_folds(table: SampleTable, split: np.ndarray, k: int, seed: int,
                   stratify: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` (train rows, validation rows) over train+valid, grouped by subject (sklearn's
-    StratifiedGroupKFold when ``stratify`` is given, GroupKFold-like shuffled otherwise); test is never used."""
+    StratifiedGroupKFold when ``stratify`` is given, else GroupKFold, both shuffled by ``seed``); test is never used."""
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     pool = np.flatnonzero(split <= 1) if (split >= 0).all() else np.arange(len(split))

@@ -67,7 +67,7 @@ class PilDecoder(Decoder):
 
     def probe(self, path: Path, data: bytes) -> dict:
         fmt = _format(data) or path.suffix.lstrip(".").upper()
-        with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
+        with Image.open(io.BytesIO(data)) as img:  # Pillow reads the header only, pixels on load()
             width, height = img.size
             if _png16_colour(data):
                 return info(fmt, 16, 1 if data[25] == 4 else 3, height, width)
@@ -79,7 +79,7 @@ class PilDecoder(Decoder):
 
     def decode(self, path: Path, data: bytes, size: int, preset: str) -> np.ndarray:
         if not _png16_colour(data):
-            with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
+            with Image.open(io.BytesIO(data)) as img:  # Pillow reads the header only, pixels on load()
                 mode = img.mode
                 if mode in COLOUR_MODES:
                     return decode_image(path, size, preset)

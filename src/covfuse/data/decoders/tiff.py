@@ -5,8 +5,10 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from covfuse.data.decoders.base import Decoder, UnsupportedImage, info, pixel_info
+from covfuse.data.decoders.pil import PilDecoder
 
 MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
@@ -61,10 +63,6 @@ class TiffDecoder(Decoder):
     @staticmethod
     def _pillow(path: Path, data: bytes, why: str) -> tuple[np.ndarray, dict]:
         """LZW, PackBits, JPEG-in-TIFF ...: Pillow decodes these itself (8-bit, 16-bit grey)."""
-        from PIL import Image
-
-        from covfuse.data.decoders.pil import PilDecoder
-
         try:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()

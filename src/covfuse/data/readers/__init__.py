@@ -10,41 +10,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from covfuse.data.readers.bids import is_bids, read_bids
+from covfuse.data.readers.celeba import read_celeba_table
+from covfuse.data.readers.manifest import MANIFEST_SUFFIXES, read_manifest
 from covfuse.data.table import SampleTable
 from covfuse.errors import UserError
 
 
 def _is_manifest(root: Path) -> bool:
-    return root.suffix.lower() in (".csv", ".tsv")
-
-
-def _is_bids(root: Path) -> bool:
-    return root.is_dir() and (root / "dataset_description.json").is_file()
-
-
-def _read_manifest(root: Path, **options) -> SampleTable:
-    from covfuse.data.readers.manifest import read_manifest
-
-    return read_manifest(root, **options)
+    return root.suffix.lower() in MANIFEST_SUFFIXES
 
 
 def _read_bids(root: Path, **options) -> SampleTable:
-    from covfuse.data.readers.bids import read_bids
-
     return read_bids(root)
 
 
 def _read_celeba(root: Path, **options) -> SampleTable:
-    from covfuse.data.readers.celeba import read_celeba_table
-
     return read_celeba_table(root, check_images=options.get("check_files", True))
 
 
 #: (name, does this reader take root?, reader), tried in order; CelebA is the fallback, and its
-#: error says what else data.root may be.
+#: error says what else data.root may be. ``read_table``'s options go to the reader (``check_files``:
+#: the manifest's files and CelebA's images must exist, default True).
 READERS: list[tuple[str, Callable[[Path], bool], Callable[..., SampleTable]]] = [
-    ("manifest", _is_manifest, _read_manifest),
-    ("bids", _is_bids, _read_bids),
+    ("manifest", _is_manifest, read_manifest),
+    ("bids", is_bids, _read_bids),
     ("celeba", lambda root: True, _read_celeba),
 ]
 

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from covfuse.data.readers.celeba_release import ATTR_FILE, IDENTITY_FILE, PARTITION_FILE, CelebAMeta, read_celeba
+from covfuse.data.readers.celeba_release import ATTR_FILE, REQUIRED_FILES, CelebAMeta, read_celeba
 from covfuse.data.table import SampleTable
 
 
@@ -18,9 +18,10 @@ def table_from_meta(meta: CelebAMeta) -> SampleTable:
     columns = {name: meta.attrs[:, k] for k, name in enumerate(meta.attr_names)}
     return SampleTable(meta.root / ATTR_FILE, list(meta.attr_names), columns, files, meta.identity,
                        meta.split.astype(np.int8), np.arange(3, n + 3, dtype=np.int64), kind="image", format="celeba",
-                       ids=list(meta.filenames), sources=tuple(meta.root / f for f in (ATTR_FILE, PARTITION_FILE, IDENTITY_FILE)),
+                       ids=list(meta.filenames), sources=tuple(meta.root / f for f in REQUIRED_FILES),
                        root_dir=meta.root, binary_only=True, extra={"meta": meta})
 
 
 def read_celeba_table(root, *, check_images: bool = True) -> SampleTable:
+    """The table of the CelebA folder ``root`` (:func:`read_celeba`, then :func:`table_from_meta`)."""
     return table_from_meta(read_celeba(root, check_images=check_images))

@@ -19,6 +19,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from covfuse.data.readers.manifest import MANIFEST_SUFFIXES
 from covfuse.errors import UserError, suggest
 
 ATTR_FILE = "list_attr_celeba.txt"
@@ -55,7 +56,7 @@ def find_root(root: str | os.PathLike) -> Path:
     for candidate in (root, root / "celeba"):
         if (candidate / ATTR_FILE).is_file():
             return candidate
-    manifests = sorted(p for p in root.iterdir() if p.suffix.lower() in (".csv", ".tsv") and p.is_file())
+    manifests = sorted(p for p in root.iterdir() if p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file())
     if manifests:  # the folder a twin or a lab keeps its manifests in: name them, not CelebA's files
         names = " or ".join(p.as_posix() for p in manifests[:3]) + (" ..." if len(manifests) > 3 else "")
         raise UserError(f"{root}: a folder holding manifests, not a dataset folder; give the manifest itself ({names})")

@@ -18,6 +18,7 @@ exactly. Labels are then flipped with probability ``noise``. Age ~ U(55, 90), se
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covfuse.data.twins import survival as surv
 from covfuse.errors import UserError
 
 EFFECTS = ("planted", "null")
@@ -43,8 +45,6 @@ WEIGHTS = {"hippocampi": 0.5, "ventricles": 0.4, "grey_matter": 0.3}
 
 def template_dir() -> Path:
     """nilearn's bundled data folder, found without importing nilearn (its import takes seconds)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise UserError("nilearn is not installed; it ships the MNI152 template the twin is built on (pip install nilearn)")
@@ -162,7 +162,7 @@ def draw_subjects(n: int, seed: int, effect: str, num_classes: int, noise: float
     rng = np.random.default_rng([seed, 1])
     age = np.round(rng.uniform(*AGE_RANGE, size=n), 1)
     sex = rng.choice(np.array(["F", "M"]), size=n)
-    apoe4 = rng.choice(3, size=n, p=[0.6, 0.3, 0.1]).astype(float)
+    apoe4 = rng.choice(3, size=n, p=surv.APOE4_P).astype(float)
     apoe4_true = apoe4.copy()  # the survival twin's hazard uses the allele count the manifest may hide
     apoe4[rng.random(n) < APOE4_MISSING] = np.nan
     stage = rng.integers(0, num_classes, size=n)
@@ -288,8 +288,6 @@ def write_synth3d(out: str | Path, *, n: int = 600, seed: int = 0, effect: str =
     classes = CLASSES[num_classes]
     times = None
     if survival:
-        from covfuse.data.twins import survival as surv
-
         eta = surv.log_hazard(subjects, effect, DISEASE_STEP)
         times = surv.draw_times(eta, np.random.default_rng([seed, 4]))
         if not all(times[1][splits == s].any() for s in ("train", "valid", "test")):

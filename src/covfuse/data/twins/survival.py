@@ -22,7 +22,7 @@ import numpy as np
 BASE_HAZARD = 0.05  # conversions per year at eta = 0
 FOLLOW_UP = 5.0     # administrative censoring: the study ends after 5 years
 DROPOUT = 0.1       # random censoring: people leave the study at this rate per year
-APOE4_P = np.array([0.6, 0.3, 0.1])  # as synth3d draws it: P(0, 1, 2 alleles)
+APOE4_P = np.array([0.6, 0.3, 0.1])  # P(0, 1, 2 alleles): the brain twin draws APOE4 from it
 MONTE_CARLO_PAIRS = 1_000_000
 RULES = {"planted": "eta = 4 * (atrophy - (age - 55) / 35) * (1 + 0.5 * APOE4)",
          "null": "eta = (8 / 3) * atrophy"}
