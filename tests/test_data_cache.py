@@ -14,7 +14,7 @@ from covfuse.data import cache as cache_mod
 from covfuse.data.cache import build_cache, cache_paths, open_cache
 from covfuse.data.readers.celeba_release import read_celeba
 from covfuse.data.dataset import CelebADataset
-from covfuse.data.transforms import load_image
+from covfuse.data.decode import decode_image
 from covfuse.errors import UserError
 
 try:
@@ -35,7 +35,7 @@ def test_cache_equals_decoding_and_feeds_the_dataset(twin, caplog):
     data, info = cache_paths(meta, 32, "research")
     assert data.parent == meta.root / ".covfuse-cache" and built.path == data
     assert data.stat().st_size == len(meta) * 3 * 32 * 32
-    decoded = torch.stack([load_image(meta.image_dir / f, 32, "research") for f in meta.filenames])
+    decoded = torch.stack([torch.from_numpy(decode_image(meta.image_dir / f, 32, "research")) for f in meta.filenames])
     assert torch.equal(built.get_batch(np.arange(len(meta))), decoded)
     with caplog.at_level(logging.INFO, logger="covfuse.data.cache"):
         cache = open_cache(meta, 32, "research")
@@ -106,7 +106,7 @@ def test_interrupted_build_leaves_no_cache_and_resumes(twin, monkeypatch):
     resumed = build_cache(meta, 20, chunk=50, workers=0, progress=False)
     assert calls == [100, 150]  # only the chunks not done before
     assert not data.with_name("celeba-center-crop-20.progress.json").exists()
-    decoded = torch.stack([load_image(meta.image_dir / f, 20) for f in meta.filenames])
+    decoded = torch.stack([torch.from_numpy(decode_image(meta.image_dir / f, 20)) for f in meta.filenames])
     assert torch.equal(resumed.get_batch(np.arange(len(meta))), decoded)
 
 
@@ -157,7 +157,7 @@ def test_two_builders_at_once_decode_every_chunk_once(twin, monkeypatch):
         t.join()
     assert errors == [] and len(results) == 2
     assert sorted(calls) == list(range(0, len(meta), 25))  # each chunk decoded once, not once per builder
-    decoded = torch.stack([load_image(meta.image_dir / f, 16) for f in meta.filenames])
+    decoded = torch.stack([torch.from_numpy(decode_image(meta.image_dir / f, 16)) for f in meta.filenames])
     for cache in results:
         assert torch.equal(cache.get_batch(np.arange(len(meta))), decoded)
     assert not list(results[0].path.parent.glob("*.partial"))

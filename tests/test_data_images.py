@@ -10,7 +10,8 @@ from torchvision.transforms import v2
 
 from covfuse.data.readers.celeba_release import read_celeba
 from covfuse.data.dataset import CelebADataset
-from covfuse.data.transforms import hflip, load_image, normalize
+from covfuse.data.decode import decode_image
+from covfuse.data.transforms import hflip, normalize
 from covfuse.errors import UserError
 
 try:
@@ -43,7 +44,7 @@ def _reference(path, size, crop: bool) -> torch.Tensor:
 @pytest.mark.parametrize("preset", ["center-crop", "research"])
 def test_presets_match_torchvision_transforms(tmp_path, shape, size, preset):
     path = _photo(tmp_path / "x.jpg", shape)
-    out = load_image(path, size, preset)
+    out = torch.from_numpy(decode_image(path, size, preset))
     assert out.dtype == torch.uint8 and out.shape == (3, size, size) and out.is_contiguous()
     ref = _reference(path, size, crop=preset == "center-crop")
     diff = (out.float() - ref.float()).abs()
@@ -55,7 +56,7 @@ def test_presets_match_torchvision_transforms(tmp_path, shape, size, preset):
 
 def test_grayscale_and_png_become_rgb(tmp_path):
     path = _photo(tmp_path / "g.png", (50, 60), mode="L")
-    out = load_image(path, 16)
+    out = torch.from_numpy(decode_image(path, 16))
     assert out.shape == (3, 16, 16) and torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
 
 
@@ -93,7 +94,7 @@ def test_samples_have_the_documented_format(meta):
     assert sample["index"].dtype == torch.int64 and sample["index"].shape == ()
     row = int(sample["index"])
     assert row == idx[3]
-    assert torch.equal(sample["image"], load_image(meta.image_dir / meta.filenames[row], 32))
+    assert torch.equal(sample["image"], torch.from_numpy(decode_image(meta.image_dir / meta.filenames[row], 32)))
     cols = [meta.column("Young"), meta.column("Male")]
     assert sample["covariates"].tolist() == meta.attrs[row, cols].tolist()
     assert float(sample["target"]) == meta.attrs[row, meta.column("Attractive")]
@@ -104,7 +105,7 @@ def test_samples_have_the_documented_format(meta):
 
 def test_training_flips_about_half_the_images(meta):
     ds = CelebADataset(meta, np.arange(4), "Smiling", [], image_size=24, train=True)
-    plain = [load_image(meta.image_dir / meta.filenames[i], 24) for i in range(4)]
+    plain = [torch.from_numpy(decode_image(meta.image_dir / meta.filenames[i], 24)) for i in range(4)]
     torch.manual_seed(0)
     flips = 0
     for _ in range(25):

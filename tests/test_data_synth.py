@@ -118,11 +118,11 @@ def one_blas_thread():
 
 def test_cues_are_learnable_from_pixels(tmp_path_factory, one_blas_thread):
     """A linear model on 16x16 crops, evaluated on unseen people, reads Smiling, Eyeglasses and Male."""
-    from covfuse.data.transforms import load_image
+    from covfuse.data.decode import decode_image
 
     root = make_twin(tmp_path_factory, n=400, size=(44, 54), seed=2)
     meta = read_celeba(root)
-    x = np.stack([load_image(meta.image_dir / f, 16).numpy().ravel() / 255 for f in meta.filenames])
+    x = np.stack([decode_image(meta.image_dir / f, 16).ravel() / 255 for f in meta.filenames])
     for name, floor in (("Smiling", 0.9), ("Eyeglasses", 0.9), ("Male", 0.75)):
         y = meta.attrs[:, meta.column(name)]
         acc = cross_val_score(RidgeClassifier(alpha=10.0), x, y, groups=meta.identity, cv=GroupKFold(3)).mean()

@@ -39,7 +39,8 @@ def _rows(path):
 
 
 def test_counterfactual_scores_equal_scoring_hand_edited_covariates(runs):
-    from covfuse.data.transforms import load_image, normalize
+    from covfuse.data.decode import decode_image
+    from covfuse.data.transforms import normalize
     from covfuse.training.module import load_module
     from covfuse.training.rundir import checkpoint_path
 
@@ -48,7 +49,7 @@ def test_counterfactual_scores_equal_scoring_hand_edited_covariates(runs):
     module = load_module(checkpoint_path(runs_dir / "hyb")).eval()
     images = [root / "celeba" / "img_align_celeba" / r["id"] for r in table]
     size, preset = module.hparams.image_size, module.hparams.preset
-    x = normalize(torch.stack([load_image(p, size, preset) for p in images]), preset)
+    x = normalize(torch.stack([torch.from_numpy(decode_image(p, size, preset)) for p in images]), preset)
     real = [[float(r["Young"]), float(r["Male"])] for r in table]
     young_flipped = [[1.0 - y, m] for y, m in real]  # edited by hand, not by the code under test
     male_flipped = [[y, 1.0 - m] for y, m in real]

@@ -12,10 +12,11 @@
    and for volumes.
 5. ``dataset.py``: the image and volume datasets; ``samples.py`` picks the dataset, cache and checks
    for any table; ``transforms.py`` normalises 2D images on the device.
+6. ``inspect.py``: what ``covfuse data info`` and ``covfuse data verify`` report about a source.
 
 ``twins/`` holds the synthetic data with planted effects (faces, brains, survival).
 
-This package exports what a user calls: the table and its readers. Nothing here imports torch,
+This package exports what a user calls: the table and its readers. Importing it loads no torch,
 so ``covfuse data info`` stays fast.
 """
 from __future__ import annotations

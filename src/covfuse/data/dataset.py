@@ -21,7 +21,7 @@ from covfuse.errors import UserError
 
 
 class SampleBatch(Sequence):
-    """A batch of samples stored as batched tensors (``{"image": (B, 3, S, S), ...}``).
+    """A batch of samples stored as batched tensors (``{"image": (B, C, S, S), ...}``).
 
     Indexing gives sample dicts (views), so it is a drop-in list of samples; :func:`collate`
     returns ``tensors`` as they are instead of stacking B dicts again (a second copy of every image).
@@ -72,8 +72,8 @@ class ImageDataset(Dataset):
     """Rows ``indices`` of a list of 2D image ``files`` as samples ``{"image", "covariates", "target", "index"}``.
 
     ``image`` is uint8 or uint16 (C, S, S) as the files hold them (normalise on the device with
-    :func:`covfuse.data.transforms.normalize`), ``covariates`` float32 (K,), ``target`` float32 (),
-    ``index`` int64 () — the row in ``files``. ``targets`` (N,) and ``covariates`` (N, K) are indexed
+    :func:`covfuse.data.transforms.normalize`), ``covariates`` float32 (K,), ``target`` float32 () (a
+    survival head's float64 (2,) ``[time, event]``), ``index`` int64 () — the row in ``files``. ``targets`` (N,) and ``covariates`` (N, K) are indexed
     by row. With ``train=True`` each image is mirrored left-right with probability 1/2 (torch's RNG,
     which DataLoader seeds per worker). With ``cache`` (an :class:`~covfuse.data.cache.ImageCache` of
     the same size and preset, row i = ``files[i]``) images come from the memmap instead of the files.

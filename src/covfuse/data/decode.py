@@ -1,5 +1,6 @@
-"""Presets and JPEG/PIL decoding into uint8 arrays, without torch: the command line and the cache's
-worker processes import this in a fraction of a second instead of ~3 s.
+"""Presets and JPEG/PIL decoding into uint8 arrays, without importing torch: the command line and the
+cache's worker processes import this in a fraction of a second instead of ~3 s (only enlarging an
+image, :func:`_upsample`, loads torch).
 
 Presets (both normalise with mean = std = 0.5 per channel, i.e. x / 127.5 - 1, on the device:
 :func:`covfuse.data.transforms.normalize`, whose module says why 0.5/0.5):

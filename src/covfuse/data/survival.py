@@ -1,11 +1,12 @@
 """Time-to-event targets from a sample table: a time column and a 0/1 event column, validated up front.
 
 A survival head (``model.head: survival``) reads ``data.target`` as the time (to the event, or to
-the last visit when censored) and ``data.event`` as 1 = event observed, 0 = censored. Written
-against the volume manifest's interface (``.columns`` dict of string lists, ``.column(name)``,
-``.where(row)``, ``.path``), so any reader that offers it gets the same checks. Labels are one
-float64 array (N, 2) of ``[time, event]`` (float64 so that predictions.csv writes the times back
-exactly as read, and its C-index equals metrics.json's): training passes them around like any target.
+the last visit when censored) and ``data.event`` as 1 = event observed, 0 = censored, from the
+string columns of a :class:`~covfuse.data.table.SampleTable` (a manifest or BIDS dataset, 2D or
+volumes; CelebA's 0/1 attributes take binary heads only), so every such source gets the same checks.
+Labels are one float64 array (N, 2) of ``[time, event]`` (float64 so that predictions.csv writes the
+times back exactly as read, and its C-index equals metrics.json's): training passes them around like
+any target.
 """
 from __future__ import annotations
 

@@ -1,29 +1,23 @@
-"""Images as tensors: a decoded file as a uint8 tensor, flips on uint8, normalisation on the device.
+"""Image tensors as the datasets serve them (uint8 or uint16): left-right flips before normalising, and
+normalisation on the device.
 
 Decoding and the presets live in :mod:`covfuse.data.decode`. Every preset normalises with
-mean = std = 0.5 per channel (x / 127.5 - 1). Why 0.5/0.5 rather than ImageNet's statistics for
-pretrained backbones: the original research used it (so its numbers stay comparable), CelebA's
-channel means (≈0.50/0.42/0.38) are no closer to ImageNet's (0.485/0.456/0.406) than 0.5 is in the
-ways that matter once fine-tuning with BatchNorm adapts the first layers, and one convention for
-every preset keeps cached uint8 images independent of the backbone. Normalisation happens on the
-device, so changing it later costs nothing in the cache.
+mean = std = 0.5 per channel (x / 127.5 - 1 for 8-bit images, x / 32767.5 - 1 for 16-bit ones).
+Why 0.5/0.5 rather than ImageNet's statistics for pretrained backbones: the original research used
+it (so its numbers stay comparable), CelebA's channel means (≈0.50/0.42/0.38) are no closer to
+ImageNet's (0.485/0.456/0.406) than 0.5 is in the ways that matter once fine-tuning with BatchNorm
+adapts the first layers, and one convention for every preset keeps cached images independent of
+the backbone. Normalisation happens on the device, so changing it later costs nothing in the cache.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from covfuse.data.decode import DEFAULT_PRESET, PRESETS, check_preset, decode_image
-
-
-def load_image(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET) -> torch.Tensor:
-    """Decode a JPEG (or any PIL image) into a uint8 tensor (3, size, size) per ``preset``."""
-    return torch.from_numpy(decode_image(path, size, preset))
+from covfuse.data.decode import DEFAULT_PRESET, PRESETS, check_preset
 
 
 def hflip(images: torch.Tensor) -> torch.Tensor:
-    """Mirror uint8 images (…, H, W) left-right (training augmentation, before normalising)."""
+    """Mirror images (…, H, W) left-right (training augmentation, on the stored integers before normalising)."""
     return images.flip(-1)
 
 

@@ -1,11 +1,14 @@
 """2D image files into arrays: one small decoder class per format, picked by magic bytes, then suffix.
 
-As MONAI's ``ImageReader`` family (docs STYLE.md): every decoder answers ``accepts(head)`` (do
-the first bytes look like my format?), ``read(path, data)`` (the full-resolution pixels plus an
-info dict) and ``decode(path, data, size, preset)`` (the (C, S, S) array the cache stores). A new
-format is one new module and one line in :data:`DECODERS`; nothing downstream changes.
+One interface for every format, in the manner of MONAI's ``ImageReader`` classes: every decoder
+(:class:`~covfuse.data.decoders.base.Decoder`) answers ``accepts(head)`` (do the first bytes look like
+my format?), ``read(path, data)`` (the full-resolution pixels plus an info dict), ``probe(path, data)``
+(that info dict from the header, where the format allows) and ``decode(path, data, size, preset)`` (the
+(C, S, S) array the cache stores). A new format is one new module and one line in :data:`DECODERS`;
+nothing downstream changes.
 
-Torch-free, like :mod:`covfuse.data.decode`, so the cache's worker processes start fast.
+Torch-free to import, like :mod:`covfuse.data.decode`, so the cache's worker processes start fast;
+pydicom and tifffile load only when a DICOM or TIFF file is read.
 
 NIfTI volumes have their own module here, :mod:`covfuse.data.decoders.nifti` (header, voxels and the
 MONAI preprocessing into a model input); a manifest's file names say which kind a table holds.
@@ -24,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from covfuse.data.decode import DEFAULT_PRESET, CorruptImage, check_preset, check_size
-from covfuse.data.decoders.base import Decoder, UnsupportedImage, pixel_info, resize_pixels
+from covfuse.data.decoders.base import Decoder, UnsupportedImage
 from covfuse.data.decoders.dicom import DicomDecoder
 from covfuse.data.decoders.pil import PilDecoder
 from covfuse.data.decoders.tiff import TiffDecoder
@@ -145,5 +148,4 @@ def decode_file(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET
     return _guard(decoder, path, lambda: decoder.decode(path, data, size, preset))
 
 
-__all__ = ["DECODERS", "Decoder", "UnsupportedImage", "decode_file", "decoder_for", "pixel_info", "probe",
-           "read_pixels", "resize_pixels"]
+__all__ = ["DECODERS", "Decoder", "UnsupportedImage", "decode_file", "decoder_for", "probe", "read_pixels"]
