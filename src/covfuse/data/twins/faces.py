@@ -578,7 +578,8 @@ def write_synth(
     progress: bool = True,
     format: str = "celeba",
 ) -> Path:
-    """Write a twin to ``out`` (``out/celeba/...`` plus ``out/README.txt`` and ``out/synth.json``).
+    """Write a twin to ``out`` (``out/celeba/...`` plus ``out/README.txt``, ``out/synth.json`` and the cue boxes,
+    ``out/cues.csv``).
 
     ``format="manifest"`` writes the same images to ``out/images/`` and, instead of the release's
     text files, ``out/manifest.csv`` (subject = identity, path, split, the 40 attributes as 0/1):
