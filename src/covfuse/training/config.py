@@ -141,7 +141,7 @@ class TrainerConfig:
         devices: Number of devices, a list of ids, or auto.
         num_nodes: Machines (SLURM: the allocation's node count).
         strategy: auto, ddp, ddp_spawn, ...
-        precision: 32-true, bf16-mixed, 16-mixed; None: bf16-mixed on a GPU that has it, else 32-true.
+        precision: 32-true, bf16-mixed, 16-mixed; None: bf16-mixed on a GPU that has it, 16-mixed on one that does not, 32-true on CPU.
         channels_last: NHWC memory format; None: on for GPUs, off on CPU.
         compile: torch.compile the model (inductor; recompiles when the batch or input size changes).
         gradient_clip_val: Clip the gradient norm to this (None: no clipping).
@@ -430,7 +430,7 @@ _NESTED = {
     (RunConfig, "trainer"): TrainerConfig,
     (RunConfig, "metrics"): MetricsConfig,
 }
-_NESTED_NAMES = ("data", "model", "optim", "trainer", "metrics")
+_NESTED_NAMES = tuple(key for _, key in _NESTED)
 
 
 def default_monitor(config: RunConfig) -> str:

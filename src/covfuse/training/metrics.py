@@ -3,7 +3,7 @@ tables, from saved predictions.
 
 Everything is computed from per-sample arrays (label, probability, covariate values) after the
 run, never accumulated batch by batch: torchmetrics' group-stat metrics mis-assign groups when a
-batch lacks a group id and give AUROC 0.0 for single-class groups (see ARCHITECTURE.md).
+batch lacks a group id and give AUROC 0.0 for single-class groups (docs/architecture.md).
 
 The scores are written by hand on (B, N) arrays because the bootstrap needs them for B resamples at
 once: sklearn, called once per resample, is ~100x slower. ``tests/test_metrics.py`` checks every
@@ -301,7 +301,7 @@ def group_table(
 
     ``covariates`` maps a name to its :class:`~covfuse.data.groups.Grouping` (groups in the data's
     units: :func:`covfuse.data.groups.covariate_groups`) or to plain values, grouped one group per
-    value (an array with more than MAX_GROUP_VALUES values is left out).
+    value (an array with more than :data:`covfuse.data.groups.MAX_GROUP_VALUES` values is left out).
 
     Returns ``(groups, gaps)``. ``groups`` maps ``"Male=1"`` or ``"Male=1&Young=0"`` to the group's
     ``count`` and :data:`SUBGROUP_STATS` of the task, the first with a ``<name>_ci`` (resampling
