@@ -75,9 +75,6 @@ class ResumableLoader(DataLoader):
 
     consumed: int = 0
 
-    def position(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "consumed": int(self.consumed)}
-
     def resume_at(self, state: dict[str, int]) -> None:
         consumed = int(state["consumed"])
         if consumed >= len(self):  # saved at the end of an epoch: the next one starts from its beginning
