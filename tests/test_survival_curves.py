@@ -18,9 +18,11 @@ from sksurv.util import Surv
 
 from covfuse.cli.main import main as covfuse
 from covfuse.errors import UserError
-from covfuse.survival import breslow, km_median, usable_grid
+from covfuse.survival import breslow, km_median
+from covfuse.survival.estimators import usable_grid
 from covfuse.survival.loss import cox_loss
-from covfuse.training.survival_reference import Reference, RunningConcordance, survival_scores
+from covfuse.training.module import RunningConcordance
+from covfuse.training.survival_reference import Reference, survival_scores
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "survival.yaml"
 TINY = ["--data.image_size", "16", "--data.batch_size", "8", "--data.cache", "off", "--trainer.max_epochs", "2",

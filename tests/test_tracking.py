@@ -184,7 +184,7 @@ def test_a_searched_study_nests_study_cell_trial_and_seed_runs_in_the_default_sq
 def test_a_missing_tracker_package_or_unknown_logger_is_one_line(monkeypatch):
     import importlib.util
 
-    from covfuse.training.tracking import check_loggers
+    from covfuse.training.config import check_loggers
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))

@@ -136,9 +136,9 @@ def main(argv: list[str]) -> int:
                         "train the run again with `covfuse fit`")
     times = reference = None
     if args.times is not None:  # checked before any image is read
-        from covfuse.training.survival_reference import Reference, parse_times
+        from covfuse.training.survival_reference import Reference
 
-        times = parse_times(args.times)
+        times = cfgmod.parse_times(args.times)
         if config.model.head != "survival":
             raise UserError(f"--times gives survival probabilities; {run_dir} has head {config.model.head}, not survival")
         reference = Reference.load(run_dir)

@@ -5,18 +5,8 @@ the weighted scores built on them (as scikit-survival's metrics import its nonpa
 and :mod:`covfuse.survival.loss` the Cox partial likelihood a survival head trains with (imported
 from there: it needs torch, the rest does not). This package imports no other part of covfuse.
 """
-from covfuse.survival.estimators import (
-    Baseline,
-    Censoring,
-    breslow,
-    censoring_km,
-    default_grid,
-    kaplan_meier,
-    km_median,
-    uno_tau,
-    usable_grid,
-)
+from covfuse.survival.estimators import Censoring, breslow, censoring_km, kaplan_meier, km_median, uno_tau
 from covfuse.survival.scores import brier, concordance, cumulative_dynamic_auc, integrated_brier
 
-__all__ = ["Baseline", "Censoring", "breslow", "brier", "censoring_km", "concordance", "cumulative_dynamic_auc",
-           "default_grid", "integrated_brier", "kaplan_meier", "km_median", "uno_tau", "usable_grid"]
+__all__ = ["Censoring", "breslow", "brier", "censoring_km", "concordance", "cumulative_dynamic_auc", "integrated_brier",
+           "kaplan_meier", "km_median", "uno_tau"]

@@ -4,8 +4,8 @@ Labels are (N, 2) ``[time, event]`` (event 1 = observed, 0 = censored); risk sco
 relative hazard of a Cox model (higher = earlier event). Breslow's baseline cumulative hazard
 ``H0(t) = sum_{event times s <= t} d_s / sum_{j: T_j >= s} exp(r_j)`` gives ``S(t | x) =
 exp(-H0(t) exp(r(x)))``; ``tests/test_survival_curves.py`` checks it against lifelines'
-``CoxPHFitter`` (whose baseline is Breslow's) and the Kaplan-Meier estimates against lifelines'
-and scikit-survival's.
+``CoxPHFitter`` (whose baseline is Breslow's), the Kaplan-Meier median against lifelines', and the
+censoring Kaplan-Meier, through the IPCW scores built on it, against scikit-survival's.
 
 Written on numpy because the estimates must be weighted (a cluster bootstrap scores B resamples as
 B weightings of one sample) and float64 throughout; the libraries offer neither weights per

@@ -1,4 +1,5 @@
-"""Callbacks: line-based progress (readable in log files and SLURM output) and the loss plot of a run."""
+"""Callbacks of every run: line-based progress (readable in log files and SLURM output), a stop at the first
+NaN/Inf loss, and the loss plot."""
 from __future__ import annotations
 
 import math

@@ -7,14 +7,20 @@ to ``runs/<name>/config.yaml`` and is enough to rebuild the run.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 from covfuse.errors import UserError, suggest
 from covfuse.training.tasks import MONITORS, TASKS, task_of
 
 CovariatesMode = Literal["real", "zeros", "ones", "shuffled"]
+
+LOGGERS = ("csv", "tensorboard", "mlflow")
+"""``trainer.logger``'s choices (:mod:`covfuse.training.tracking` builds them)."""
+_LOGGER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger -> module it needs (and the extra's name)
 
 
 @dataclass
@@ -135,7 +141,7 @@ class TrainerConfig:
         devices: Number of devices, a list of ids, or auto.
         num_nodes: Machines (SLURM: the allocation's node count).
         strategy: auto, ddp, ddp_spawn, ...
-        precision: 32-true, bf16-mixed, 16-mixed; None: bf16-mixed on a GPU that has it, else 32-true.
+        precision: 32-true, bf16-mixed, 16-mixed; None: bf16-mixed on a GPU that has it, 16-mixed on one that does not, 32-true on CPU.
         channels_last: NHWC memory format; None: on for GPUs, off on CPU.
         compile: torch.compile the model (inductor; recompiles when the batch or input size changes).
         gradient_clip_val: Clip the gradient norm to this (None: no clipping).
@@ -383,6 +389,40 @@ def split_names(value: Union[str, list, None]) -> list[str]:
     return [str(n).strip() for n in value]
 
 
+def parse_times(text: str, option: str = "--times") -> list[float]:
+    """``"1,2.5,4"`` -> [1.0, 2.5, 4.0]: finite times >= 0, sorted and distinct (``covfuse predict
+    --times``, and ``--data.eval_times`` given the same way); anything else is a UserError naming ``option``."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.strip().strip("[]").split(","))):
+        try:
+            t = float(part)
+        except ValueError:
+            raise UserError(f"{option}: {part!r} is not a number; give times in the unit of the time column, "
+                            f"e.g. {option} 1,2.5,4") from None
+        if not math.isfinite(t) or t < 0:
+            raise UserError(f"{option}: {part} must be a finite time >= 0, e.g. {option} 1,2.5,4")
+        out.append(t)
+    if not out:
+        raise UserError(f"{option} needs at least one time, e.g. {option} 1,2.5,4")
+    return sorted(set(out))
+
+
+def check_loggers(names: Sequence[str]) -> list[str]:
+    """``trainer.logger``'s names, each known and its package installed (one line naming the extra otherwise)."""
+    out = []
+    for name in names:
+        key = str(name).strip().lower()
+        if key not in LOGGERS:
+            raise UserError(f"trainer.logger: unknown logger {name!r}{suggest(key, LOGGERS)}; choose from "
+                            f"{', '.join(LOGGERS)} (e.g. --trainer.logger [csv,tensorboard])")
+        module = _LOGGER_PACKAGES.get(key)
+        if module and importlib.util.find_spec(module) is None:
+            raise UserError(f"trainer.logger {key} needs the {module} package: pip install 'covfuse[{key}]'")
+        if key not in out:
+            out.append(key)
+    return out
+
+
 _NESTED = {
     (RunConfig, "data"): DataConfig,
     (RunConfig, "model"): ModelConfig,
@@ -390,7 +430,7 @@ _NESTED = {
     (RunConfig, "trainer"): TrainerConfig,
     (RunConfig, "metrics"): MetricsConfig,
 }
-_NESTED_NAMES = ("data", "model", "optim", "trainer", "metrics")
+_NESTED_NAMES = tuple(key for _, key in _NESTED)
 
 
 def default_monitor(config: RunConfig) -> str:
@@ -424,8 +464,6 @@ def check(config: RunConfig) -> RunConfig:
     need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "at least 1", t.accumulate_grad_batches)
     need(t.num_nodes >= 1, "trainer.num_nodes", "at least 1", t.num_nodes)
     need(config.bootstrap >= 0, "bootstrap", ">= 0 (0: no intervals)", config.bootstrap)
-    from covfuse.training.tracking import check_loggers
-
     t.logger = check_loggers(split_names(t.logger) or ["csv"])
     survival = config.model.head == "survival"
     config.monitor = default_monitor(config)
@@ -433,8 +471,6 @@ def check(config: RunConfig) -> RunConfig:
     if config.monitor not in task.monitors:
         raise UserError(f"monitor {config.monitor} does not exist for head {task.head}; use {task.monitor_help()}")
     if isinstance(d.eval_times, str):  # 1,2,3 as `covfuse predict --times` takes it
-        from covfuse.training.survival_reference import parse_times
-
         d.eval_times = parse_times(d.eval_times, "--data.eval_times")
     if not survival and (d.eval_times or config.metrics.tau is not None):
         raise UserError(f"data.eval_times and metrics.tau are for model.head survival; head {config.model.head} "
@@ -465,6 +501,7 @@ RESUMABLE = ("trainer.", "data.root", "data.num_workers", "data.cache", "data.ca
 
 
 def flatten(config: RunConfig) -> dict[str, Any]:
+    """The config's values by dotted key (``seed``, ``data.batch_size``, ...), as flags spell them."""
     out = {}
     for key, value in to_dict(config).items():
         if isinstance(value, dict) and key in _NESTED_NAMES:

@@ -71,8 +71,8 @@ class CovfuseDataModule(L.LightningDataModule):
         seed: the run seed (the training order, augmentation and the covariate controls). Splits and
             folds do not depend on it.
         state: a previous :meth:`state` (encoder + classes) to reuse instead of fitting.
-        head: the model's head: binary/two-class (two classes), multiclass (three or more) or
-            regression (a numeric target).
+        head: the model's head: binary/two-class (two classes), multiclass (three or more),
+            regression (a numeric target) or survival (a time and data.event).
     """
 
     def __init__(self, data: DataConfig | dict[str, Any], seed: int = 0, pin_memory: bool = False,
@@ -89,7 +89,7 @@ class CovfuseDataModule(L.LightningDataModule):
         self.classes: list[str] = []
         self.encoder = None
         self.covariates_real: np.ndarray | None = None  # (N, K) float32, table order
-        self.labels: np.ndarray | None = None  # (N,) float32
+        self.labels: np.ndarray | None = None  # (N,) per row; survival: (N, 2) time, event
         self.skipped: list[str] = []  # files left out by skip_corrupt
         self.nonfinite: tuple[int, int] = (0, 0)  # (files, voxels) with NaN/Inf set to 0 (data.nonfinite zero)
         self.train_collate = self.eval_collate = None  # the loaders' collate_fn, as the table's kind needs (_validate)

@@ -3,7 +3,7 @@ tables, from saved predictions.
 
 Everything is computed from per-sample arrays (label, probability, covariate values) after the
 run, never accumulated batch by batch: torchmetrics' group-stat metrics mis-assign groups when a
-batch lacks a group id and give AUROC 0.0 for single-class groups (see ARCHITECTURE.md).
+batch lacks a group id and give AUROC 0.0 for single-class groups (docs/architecture.md).
 
 The scores are written by hand on (B, N) arrays because the bootstrap needs them for B resamples at
 once: sklearn, called once per resample, is ~100x slower. ``tests/test_metrics.py`` checks every
@@ -16,11 +16,14 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy.sparse import csr_matrix
 from scipy.stats import rankdata
 from scipy.stats import t as t_dist
 
 from covfuse.data.groups import Grouping, as_groupings
+from covfuse.errors import UserError, suggest
 from covfuse.survival.estimators import weight_rows
+from covfuse.training.survival_reference import survival_details, survival_scores
 
 SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")
 """The scores reported for every split of a binary run, each with a ``<name>_ci`` interval."""
@@ -50,15 +53,12 @@ def score_bounds(name: str) -> tuple[float, float]:
 
 def check_metric(metric: str, task: str = "binary") -> str:
     """``metric`` if the task has it, else a UserError naming the task's scores."""
-    from covfuse.errors import UserError, suggest
-
     if task not in TASK_SCORES:
         raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASK_SCORES)}")
     names = TASK_SCORES[task]
     if metric not in names:
         raise UserError(f"unknown metric {metric!r} for a {task} run{suggest(metric, names)}; choose one of {', '.join(names)}")
     return metric
-
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -124,8 +124,6 @@ def multiclass_scores(labels: np.ndarray, predicted: np.ndarray, weights: np.nda
     ``labels``; macro-F1 averages F1 over the classes that occur in ``labels`` or ``predicted``.
     One weighted confusion matrix per row gives all three.
     """
-    from scipy.sparse import csr_matrix
-
     y = np.asarray(labels).astype(np.int64).reshape(-1)
     p = np.asarray(predicted).astype(np.int64).reshape(-1)
     c = int(num_classes or (max(int(y.max(initial=0)), int(p.max(initial=0))) + 1))
@@ -170,8 +168,6 @@ def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: 
     if task == "regression":
         return regression_scores(labels, outputs, weights)
     if task == "survival":
-        from covfuse.training.survival_reference import survival_scores
-
         return survival_scores(labels, outputs, weights, reference=reference)
     raise ValueError(f"unknown task {task!r}")
 
@@ -179,8 +175,6 @@ def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: 
 def _weighted_mann_whitney(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Mann-Whitney U of one prediction set under B weightings: sum over positives of the weight of
     negatives scored lower (ties count half). The scores are sorted once and shared by all rows."""
-    from scipy.sparse import csr_matrix
-
     values, block = np.unique(p, return_inverse=True)
     member = csr_matrix((np.ones(len(p)), (np.arange(len(p)), block)), shape=(len(p), len(values)))
     pos_w = np.asarray((member.T @ (w * y).T).T)  # (B, distinct scores): positive weight per score
@@ -307,7 +301,7 @@ def group_table(
 
     ``covariates`` maps a name to its :class:`~covfuse.data.groups.Grouping` (groups in the data's
     units: :func:`covfuse.data.groups.covariate_groups`) or to plain values, grouped one group per
-    value (an array with more than MAX_GROUP_VALUES values is left out).
+    value (an array with more than :data:`covfuse.data.groups.MAX_GROUP_VALUES` values is left out).
 
     Returns ``(groups, gaps)``. ``groups`` maps ``"Male=1"`` or ``"Male=1&Young=0"`` to the group's
     ``count`` and :data:`SUBGROUP_STATS` of the task, the first with a ``<name>_ci`` (resampling
@@ -396,8 +390,6 @@ def split_metrics(
     elif task == "multiclass":
         out["class_counts"] = np.bincount(y.astype(np.int64), minlength=num_classes).tolist()
     elif task == "survival":
-        from covfuse.training.survival_reference import survival_details
-
         out.update(survival_details(y, p, reference))
     else:
         out["target_mean"], out["target_sd"] = _number(y.mean()), _number(y.std(ddof=1)) if len(y) > 1 else None

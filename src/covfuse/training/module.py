@@ -1,4 +1,5 @@
-"""The LightningModule: a model built by covfuse.models.build, its loss, optimiser and per-sample outputs.
+"""The LightningModule: a model built by covfuse.models.build, its loss, optimiser and per-sample outputs,
+and the losses and running scores the heads of :mod:`covfuse.training.tasks` name.
 
 Training, validation and test share :meth:`CovfuseModule._common_step`. Images arrive as uint8 and
 are normalised on the device (a quarter of the host-to-device bytes of float32). The checkpoint
@@ -16,15 +17,17 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanAbsoluteError
+from torchmetrics import MeanAbsoluteError, Metric
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+from torchmetrics.utilities import dim_zero_cat
 
 from covfuse.data.transforms import normalize
 from covfuse.errors import UserError
 from covfuse.io import load_trusted
 from covfuse.models import build
 from covfuse.survival.loss import cox_loss
-from covfuse.training.survival_reference import RunningConcordance, RunningIBS
+from covfuse.survival.scores import concordance
+from covfuse.training.survival_reference import Reference, survival_scores
 from covfuse.training.tasks import task_of
 
 
@@ -196,6 +199,52 @@ class CovfuseModule(L.LightningModule):
             fn = lambda step: _warm(step, warmup) * (_cosine(step - warmup, total - warmup) if cosine else 1.0)  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class RunningConcordance(Metric):
+    """Harrell's C over an epoch (``update(risk, target)`` with (N, 2) targets): the per-epoch
+    ``train/c_index`` and ``val/c_index``, computed once from every sample the epoch saw."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("risk", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+
+    def update(self, risk: torch.Tensor, target: torch.Tensor) -> None:
+        self.risk.append(risk.detach().float().reshape(-1))
+        self.target.append(target.detach().double().reshape(-1, 2))  # times stay float64
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        risk, target = dim_zero_cat(self.risk), dim_zero_cat(self.target)
+        return target.cpu().double().numpy(), risk.cpu().double().numpy()
+
+    def compute(self) -> torch.Tensor:
+        if not self.risk:
+            return torch.tensor(float("nan"))
+        target, risk = self._arrays()
+        return torch.tensor(float(concordance(target, risk)[0]))
+
+
+class RunningIBS(RunningConcordance):
+    """The validation epoch's integrated Brier score (``val/ibs``, lower is better), from that epoch's
+    outputs alone: the Breslow baseline, the censoring distribution and the grid (quartiles of its
+    event times) are estimated on the validation samples themselves, because the training split's
+    risks are not recomputed every epoch. metrics.json's ``ibs`` is the one with the training split's
+    baseline and censoring."""
+
+    higher_is_better = False
+
+    def compute(self) -> torch.Tensor:
+        if not self.risk:
+            return torch.tensor(float("nan"))
+        target, risk = self._arrays()
+        if not (target[:, 1] > 0.5).any():
+            return torch.tensor(float("nan"))
+        reference = Reference.from_training(target, risk)
+        return torch.tensor(float(survival_scores(target, risk, reference=reference)["ibs"][0]))
 
 
 LOSSES = {

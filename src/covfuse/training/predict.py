@@ -65,7 +65,6 @@ def prediction_columns(module: CovfuseModule, values: np.ndarray,
     (:meth:`covfuse.training.tasks.Task.table`).
     """
     task = task_of((module.hparams.model or {}).get("head", "binary"))
-    target = module.hparams.target
     classes = list(classes or getattr(module.hparams, "classes", None) or [])
     return task.table(module.hparams.target, classes, np.asarray(values, dtype=np.float64))
 

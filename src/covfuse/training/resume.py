@@ -11,7 +11,7 @@ how the process got to a step:
   ``configure_optimizers`` (the cosine schedule) does);
 * augmentation draws come from a generator seeded by the batch's own sample indices
   (:class:`SeededBatches`), not from the process-wide stream that loader start-up also draws from;
-* the process-wide RNG (dropout) is re-seeded from ``(seed, global_step)`` before every step.
+* the process-wide RNG (dropout) is re-seeded from ``(seed, global_step, batch index)`` before every step.
 
 SIGINT/SIGTERM (Ctrl-C, ``scancel``, a cluster's pre-emption) set a flag; after the current
 training batch :class:`Interruption` saves ``checkpoints/last.ckpt`` (mid-epoch) and stops with
@@ -74,9 +74,6 @@ class ResumableLoader(DataLoader):
     """
 
     consumed: int = 0
-
-    def position(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "consumed": int(self.consumed)}
 
     def resume_at(self, state: dict[str, int]) -> None:
         consumed = int(state["consumed"])

@@ -24,8 +24,9 @@ from covfuse.errors import UserError
 from covfuse.training import config as cfgmod
 from covfuse.training import runlog
 from covfuse.training import tracking as trackmod
-from covfuse.training.callbacks import LineProgress, plot_losses
+from covfuse.training.callbacks import LineProgress
 from covfuse.training.config import RunConfig
+from covfuse.training.curves import plot_losses
 from covfuse.training.datamodule import STATE_FILE, CovfuseDataModule, read_state
 from covfuse.training.lock import RunLock
 from covfuse.training.module import CovfuseModule, compile_model, load_module

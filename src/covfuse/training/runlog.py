@@ -1,7 +1,7 @@
 """A run's log.txt: a timestamped copy of everything the run prints, progress and warnings included.
 
-Two routes reach the file: a logging FileHandler (on the root logger and on Lightning's loggers,
-which do not propagate) catches log records, and a tee on ``sys.stdout``/``sys.stderr`` catches
+Two routes reach the file: a logging handler on the same file object (on the root logger and on
+Lightning's loggers, which do not propagate) catches log records, and a tee on ``sys.stdout``/``sys.stderr`` catches
 ``print`` and warnings. Lightning's console handler holds the original stderr, so no line is
 written twice. Carriage-return updates (tqdm bars) are collapsed to their last state per line.
 """

@@ -4,9 +4,9 @@ After training, the best checkpoint's risks on the training split give the :clas
 Breslow baseline, the censoring distribution, the evaluation grid and Uno's tau (saved in the run
 folder as :data:`BASELINE_FILE`). Every split's scores are computed against it
 (:func:`survival_scores`, :func:`survival_details`), and ``covfuse predict --times`` reads it back
-for anyone's S(t | x) (:func:`add_survival_columns`). The running per-epoch scores of a survival
-head (:class:`RunningConcordance`, :class:`RunningIBS`) live here too. The estimators and scores
-themselves are :mod:`covfuse.survival`.
+for anyone's S(t | x) (:func:`add_survival_columns`). The estimators and scores themselves are
+:mod:`covfuse.survival`. No torch here, so metrics.py and the study report load it cheaply; the
+head's running per-epoch scores (torchmetrics) are in :mod:`covfuse.training.module`.
 """
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from covfuse.errors import UserError
 from covfuse.io import atomic_write_text
@@ -138,24 +135,6 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def parse_times(text: str, option: str = "--times") -> list[float]:
-    """``"1,2.5,4"`` -> [1.0, 2.5, 4.0]: finite times >= 0, sorted and distinct (``covfuse predict
-    --times``, and ``--data.eval_times`` given the same way); anything else is a UserError naming ``option``."""
-    out = []
-    for part in filter(None, (p.strip() for p in text.strip().strip("[]").split(","))):
-        try:
-            t = float(part)
-        except ValueError:
-            raise UserError(f"{option}: {part!r} is not a number; give times in the unit of the time column, "
-                            f"e.g. {option} 1,2.5,4") from None
-        if not np.isfinite(t) or t < 0:
-            raise UserError(f"{option}: {part} must be a finite time >= 0, e.g. {option} 1,2.5,4")
-        out.append(t)
-    if not out:
-        raise UserError(f"{option} needs at least one time, e.g. {option} 1,2.5,4")
-    return sorted(set(out))
-
-
 def survival_cells(reference: Reference, risk, times: Sequence[float]) -> tuple[list[str], list[list[str]]]:
     """(``S@<t>`` header, formatted rows) of S(t | x) for risks (N,) at ``times``."""
     s = reference.baseline.survival(risk, times)
@@ -170,49 +149,3 @@ def add_survival_columns(reference: Reference, header: list[str], rows: list[lis
     names, cells = survival_cells(reference, [float(row[at - 1]) for row in rows], times)
     return ([*header[:at], *names, *header[at:]],
             [[*row[:at], *extra, *row[at:]] for row, extra in zip(rows, cells)])
-
-
-class RunningConcordance(Metric):
-    """Harrell's C over an epoch (``update(risk, target)`` with (N, 2) targets): the per-epoch
-    ``train/c_index`` and ``val/c_index``, computed once from every sample the epoch saw."""
-
-    full_state_update = False
-    higher_is_better = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("risk", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
-
-    def update(self, risk: torch.Tensor, target: torch.Tensor) -> None:
-        self.risk.append(risk.detach().float().reshape(-1))
-        self.target.append(target.detach().double().reshape(-1, 2))  # times stay float64
-
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        risk, target = dim_zero_cat(self.risk), dim_zero_cat(self.target)
-        return target.cpu().double().numpy(), risk.cpu().double().numpy()
-
-    def compute(self) -> torch.Tensor:
-        if not self.risk:
-            return torch.tensor(float("nan"))
-        target, risk = self._arrays()
-        return torch.tensor(float(concordance(target, risk)[0]))
-
-
-class RunningIBS(RunningConcordance):
-    """The validation epoch's integrated Brier score (``val/ibs``, lower is better), from that epoch's
-    outputs alone: the Breslow baseline, the censoring distribution and the grid (quartiles of its
-    event times) are estimated on the validation samples themselves, because the training split's
-    risks are not recomputed every epoch. metrics.json's ``ibs`` is the one with the training split's
-    baseline and censoring."""
-
-    higher_is_better = False
-
-    def compute(self) -> torch.Tensor:
-        if not self.risk:
-            return torch.tensor(float("nan"))
-        target, risk = self._arrays()
-        if not (target[:, 1] > 0.5).any():
-            return torch.tensor(float("nan"))
-        reference = Reference.from_training(target, risk)
-        return torch.tensor(float(survival_scores(target, risk, reference=reference)["ibs"][0]))

@@ -13,18 +13,17 @@ metrics.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from covfuse.errors import UserError, suggest
+from covfuse.io import atomic_write_text
+from covfuse.training.config import check_loggers, flatten
 
-LOGGERS = ("csv", "tensorboard", "mlflow")
-_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger -> module it needs (and the extra's name)
 STATE = "tracking.json"
 STORE = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -56,22 +55,6 @@ def study_context(study: str, study_dir: str | Path, cell: str, settings: dict[s
     return Context(study, str(study_dir), cell, dict(settings), trial)
 
 
-def check_loggers(names: Sequence[str]) -> list[str]:
-    """The logger names, each known and its package installed (one line naming the extra otherwise)."""
-    out = []
-    for name in names:
-        key = str(name).strip().lower()
-        if key not in LOGGERS:
-            raise UserError(f"trainer.logger: unknown logger {name!r}{suggest(key, LOGGERS)}; choose from "
-                            f"{', '.join(LOGGERS)} (e.g. --trainer.logger [csv,tensorboard])")
-        module = _PACKAGES.get(key)
-        if module and importlib.util.find_spec(module) is None:
-            raise UserError(f"trainer.logger {key} needs the {module} package: pip install 'covfuse[{key}]'")
-        if key not in out:
-            out.append(key)
-    return out
-
-
 def tags(config, context: Context | None) -> dict[str, str]:
     """The tags every tracker gets, only those that apply: run, seed; study, cell and settings (JSON) for a study
     run; fold for a k-fold run; trial and kind (trial / run) for a study's runs."""
@@ -90,14 +73,7 @@ def tags(config, context: Context | None) -> dict[str, str]:
 def params(config, context: Context | None) -> dict[str, Any]:
     """The run's settings by dotted key: batch size, epochs, seed, data root ... and the cell's (search's) own;
     numbers stay numbers (TensorBoard's HParams filters on them), anything else is a string."""
-    from covfuse.training.config import to_dict
-
-    flat: dict[str, Any] = {}
-    for key, value in to_dict(config).items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
+    flat = flatten(config)
     keys = [*PARAMS, *(k for k in (context.settings if context else {}) if k not in PARAMS)]
     out = {}
     for key in keys:
@@ -227,8 +203,6 @@ def study_parents(client, experiment_id: str, context: Context, uri: str) -> str
                                     tags={"study": context.study, "cell": context.cell, "kind": "cell",
                                           PARENT: state["mlflow_run_id"]})
             cells[context.cell] = run.info.run_id
-        from covfuse.io import atomic_write_text
-
         atomic_write_text(folder / STATE, json.dumps(state, indent=1) + "\n")
         return cells[context.cell]
 
@@ -261,8 +235,6 @@ def start(loggers: Sequence, config, run_dir: Path, context: Context | None) -> 
                 if key != "state":  # a trial's state is written once known (tag_run)
                     logger.experiment.add_text(f"tags/{key}", value, 0)
     if state:
-        from covfuse.io import atomic_write_text
-
         atomic_write_text(Path(run_dir) / STATE, json.dumps(state, indent=1) + "\n")
 
 
@@ -285,8 +257,6 @@ def _client(state: dict):
 def tag_run(run_dir: Path, values: dict[str, str]) -> None:
     """Tags set on a run after it ended (a search trial's state), in the trackers it logged to. A tracker that
     cannot be reached now only warns: the trial's outcome is already in Optuna's journal."""
-    import logging
-
     try:
         state = read_state(run_dir)
         if state.get("mlflow_run_id") and state.get("mlflow_tracking_uri"):

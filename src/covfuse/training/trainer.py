@@ -152,7 +152,8 @@ def quiet_lightning() -> None:
 def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoch: int | None = None,
                   extra_callbacks: Sequence[L.Callback] = (), loggers: Sequence = ()) -> L.Trainer:
     """The Trainer that fits a run into ``run_dir``: checkpoints/best.ckpt by ``config.monitor``, last.ckpt
-    every epoch, metrics.csv plus ``loggers``, the progress callbacks, then ``extra_callbacks`` first."""
+    every epoch, metrics.csv plus ``loggers``; callbacks ``extra_callbacks`` first, then the checkpoints, then
+    every run's (:func:`covfuse.training.callbacks.trainer_callbacks`)."""
     t = config.trainer
     quiet_lightning()
     checkpoint = ModelCheckpoint(
