@@ -13,10 +13,7 @@ from covfuse.data.dataset import CelebADataset
 from covfuse.data.transforms import hflip, load_image, normalize
 from covfuse.errors import UserError
 
-try:
-    from data_fixtures import make_twin
-except ImportError:  # tests/ imported as a package
-    from tests.data_fixtures import make_twin
+from data_fixtures import make_twin
 
 
 def _photo(path, size, mode="RGB"):
