@@ -86,7 +86,7 @@ def write_handmade(root: Path, newline: str = "\r\n", spacing: str = "release", 
     return root
 
 
-# A study config small enough for the suite: one epoch of vgg-mini at 32 px (tests/test_studies*.py).
+# A study config small enough for the suite: one epoch of vgg-mini at 32 px (tests/studies/test_sweep*.py).
 TINY_STUDY = {
     "data": {"covariates": ["Young", "Male"], "image_size": 32, "batch_size": 32, "cache": "off"},
     "model": {"backbone": "vgg-mini"},

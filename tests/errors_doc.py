@@ -1,6 +1,6 @@
 """Rebuild the table of docs/errors.md from the rows test_errors.py wrote (COVFUSE_WRITE_ERRORS_DOC=DIR).
 
-    COVFUSE_WRITE_ERRORS_DOC=/tmp/rows pytest tests/test_errors.py && python tests/errors_doc.py /tmp/rows
+    COVFUSE_WRITE_ERRORS_DOC=/tmp/rows pytest tests/cli/test_errors.py && python tests/errors_doc.py /tmp/rows
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ START, END = "<!-- catalogue -->", "<!-- /catalogue -->"
 
 
 def command(argv: list[str]) -> str:
-    from test_errors import FIT
+    from cli.test_errors import FIT
 
     if argv[: len(FIT)] == FIT:
         argv = ["fit", "--data.root", "twin/celeba", "…", *argv[len(FIT):]]

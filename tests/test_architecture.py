@@ -1,4 +1,6 @@
-"""The dependency direction of ARCHITECTURE.md, checked on the source: cli -> studies -> training -> models -> layers."""
+"""The layout of docs/architecture.md, checked on the source: imports point one way (cli -> studies -> training ->
+models -> layers, training -> data, survival a leaf), no import circle anywhere in src, covfuse imports at the top
+of modules outside cli/ but for the lazy ones docs/developing.md lists, and cli/ uses only public names."""
 from __future__ import annotations
 
 import ast
@@ -190,3 +192,64 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
 @pytest.mark.parametrize("package", ["data", "cli", "survival"])
 def test_no_import_cycles(package):
     assert import_cycles([package]) == []
+
+
+SRC_PACKAGES = ["layers", "models", "data", "survival", "training", "studies", "bench"]
+DEVELOPING = PACKAGE.parents[1] / "docs" / "developing.md"
+
+
+def test_no_import_cycles_anywhere_in_src():
+    """Tarjan over every module of src (cli included), imports inside functions counted."""
+    assert import_cycles([*SRC_PACKAGES, "cli"]) == []
+
+
+def listed_lazy_imports() -> set[tuple[str, str]]:
+    """(module, imported module) pairs of docs/developing.md's table of imports kept inside functions."""
+    text = DEVELOPING.read_text()
+    section = text.split("## Imports inside functions", 1)[1].split("\n## ", 1)[0]
+    pairs = set()
+    for line in section.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("covfuse."):
+            pairs.add((cells[0], cells[1]))
+    return pairs
+
+
+def function_level_imports() -> set[tuple[str, str]]:
+    """(module, imported covfuse module) for every import of a covfuse module inside a function, outside cli/."""
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        if "cli" in path.relative_to(PACKAGE).parts:
+            continue
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("covfuse"):
+                    found.add((_module_name(path), node.module))
+                elif isinstance(node, ast.Import):
+                    found |= {(_module_name(path), a.name) for a in node.names if a.name.startswith("covfuse")}
+    return found
+
+
+def test_imports_inside_functions_are_the_listed_lazy_ones():
+    """Outside cli/, a covfuse import sits at the top of its module unless docs/developing.md lists it
+    (each one keeps a heavy dependency off a path that must stay light)."""
+    found = function_level_imports()
+    listed = listed_lazy_imports()
+    assert found - listed == set(), "import these at the top, or list them with a reason in docs/developing.md"
+    assert listed - found == set(), "docs/developing.md lists lazy imports that no longer exist"
+
+
+def test_cli_imports_no_private_name_of_another_package():
+    offenders = []
+    for path in (PACKAGE / "cli").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("covfuse.") \
+                    and not node.module.startswith("covfuse.cli"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                module_private = [p for p in node.module.split(".") if p.startswith("_")]
+                if private or module_private:
+                    offenders.append(f"{path.name}: from {node.module} import {', '.join(a.name for a in node.names)}")
+    assert offenders == []

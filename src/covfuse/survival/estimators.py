@@ -3,7 +3,7 @@
 Labels are (N, 2) ``[time, event]`` (event 1 = observed, 0 = censored); risk scores are the log
 relative hazard of a Cox model (higher = earlier event). Breslow's baseline cumulative hazard
 ``H0(t) = sum_{event times s <= t} d_s / sum_{j: T_j >= s} exp(r_j)`` gives ``S(t | x) =
-exp(-H0(t) exp(r(x)))``; ``tests/test_survival_curves.py`` checks it against lifelines'
+exp(-H0(t) exp(r(x)))``; ``tests/survival/test_estimators_and_scores.py`` checks it against lifelines'
 ``CoxPHFitter`` (whose baseline is Breslow's), the Kaplan-Meier median against lifelines', and the
 censoring Kaplan-Meier, through the IPCW scores built on it, against scikit-survival's.
 

@@ -14,7 +14,7 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor, ties: 
 
     Written here rather than taken from torchsurv (0.2.0, ``neg_partial_log_likelihood``): when no two
     events share a time it takes its no-ties path, which leaves a censored sample whose time equals an
-    event's out of that event's risk set whenever the unstable sort puts it first (tests/test_survival.py
+    event's out of that event's risk set whenever the unstable sort puts it first (tests/training/test_survival_head.py
     has the case). Tied times are common (times in whole months or visits), so the risk set is found
     here by ``searchsorted`` on the sorted times, where ties cannot be split.
     """

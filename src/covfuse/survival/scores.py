@@ -8,8 +8,8 @@ convention); it is concordant when ``risk_i > risk_j``, and a tie in risk counts
 Written by hand, not taken from lifelines/scikit-survival, for the same reason as
 :mod:`covfuse.training.metrics`: the bootstrap scores B resamples as B weightings of one set of
 predictions, so every sum over pairs is a weighted sum, done for all B rows by one matrix product;
-the libraries score one unweighted sample per call. ``tests/test_survival.py`` and
-``tests/test_survival_curves.py`` check them against lifelines' ``concordance_index`` and
+the libraries score one unweighted sample per call. ``tests/training/test_survival_head.py`` and
+``tests/survival/test_estimators_and_scores.py`` check them against lifelines' ``concordance_index`` and
 scikit-survival's ``concordance_index_censored``, ``concordance_index_ipcw``,
 ``integrated_brier_score`` and ``cumulative_dynamic_auc`` (also under bootstrap weights).
 """

@@ -6,7 +6,7 @@ run, never accumulated batch by batch: torchmetrics' group-stat metrics mis-assi
 batch lacks a group id and give AUROC 0.0 for single-class groups (docs/architecture.md).
 
 The scores are written by hand on (B, N) arrays because the bootstrap needs them for B resamples at
-once: sklearn, called once per resample, is ~100x slower. ``tests/test_metrics.py`` checks every
+once: sklearn, called once per resample, is ~100x slower. ``tests/training/test_metrics.py`` checks every
 score against sklearn on fixed predictions.
 """
 from __future__ import annotations
@@ -215,7 +215,7 @@ def bootstrap_interval(estimate: float, draws: np.ndarray, clusters: int, level:
     """``([lo, hi], se)``: ``estimate ± t(G-1) * se`` with ``se`` the bootstrap standard error times
     sqrt(G/(G-1)), clipped to ``bounds``. The corrections are those of cluster-robust errors with
     G clusters: with ~40 people the plain percentile interval covered the truth 91.8-92.4% of the
-    time in tests/test_stats.py's simulation, this one 93.4-93.6%; with one cluster per image
+    time in tests/studies/test_stats.py's simulation, this one 93.4-93.6%; with one cluster per image
     (G large) it is the usual normal interval. Undefined draws (a one-class resample's AUROC) are
     left out."""
     draws = np.asarray(draws, dtype=np.float64)

@@ -12,10 +12,7 @@ from covfuse.layers import FiLM, HybridConv2d, convert
 from covfuse.training.config import TrainerConfig
 from covfuse.training.module import compile_model
 
-try:
-    from test_layers_hybrid import per_sample_reference
-except ImportError:  # tests/ imported as a package
-    from tests.test_layers_hybrid import per_sample_reference
+from layers.test_hybrid import per_sample_reference
 
 
 class Tiny(nn.Module):

@@ -15,10 +15,7 @@ from covfuse.data.readers.celeba_release import ATTR_NAMES, find_root, read_cele
 from covfuse.data.table import SPLIT_NAMES
 from covfuse.errors import UserError
 
-try:
-    from data_fixtures import ROWS, expected_attrs, make_twin, write_handmade
-except ImportError:  # tests/ imported as a package
-    from tests.data_fixtures import ROWS, expected_attrs, make_twin, write_handmade
+from data_fixtures import ROWS, expected_attrs, make_twin, write_handmade
 
 
 @pytest.fixture

@@ -190,7 +190,7 @@ def test_a_run_another_process_trains_is_skipped_said_and_listed_and_status_show
 def test_two_sweep_processes_on_one_study_train_each_run_once_and_both_succeed(base, tmp_path):
     runs = tmp_path / "runs"
     args = sweep(base, runs, "two", "--grid", "model.fusion=image-only,concat", "--seeds", "0,1")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).parents[1] / "src"),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).parents[2] / "src"),
                                                                     os.environ.get("PYTHONPATH", "")] if p)}
     procs = [subprocess.Popen([sys.executable, "-m", "covfuse.cli", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]

@@ -18,7 +18,7 @@ import pytest
 from covfuse.cli.main import COMMANDS
 from covfuse.cli.main import main as covfuse
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_COMMANDS = ("info", "synth", "synth3d", "cache", "verify")
 CONFIG_COMMANDS = ("fit", "sweep", "cv")  # take every config key as --section.key
 # options of other programs that messages quote (pip, python); never covfuse's

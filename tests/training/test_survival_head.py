@@ -21,8 +21,8 @@ from covfuse.survival import concordance, uno_tau
 from covfuse.survival.loss import cox_loss
 from covfuse.training.survival_reference import survival_scores
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "survival.yaml"
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "volumes" / "survival.yaml"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 TINY = ["--data.image_size", "16", "--data.batch_size", "8", "--data.cache", "off", "--trainer.max_epochs", "1",
         "--trainer.summary", "false", "--trainer.progress", "none", "--bootstrap", "50"]
 

@@ -14,7 +14,7 @@ from covfuse.cli.main import main as cli
 from covfuse.models import build
 from covfuse.models.describe import describe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The command whose output docs/methods.md holds between its <!-- params:begin/end --> markers.
 TABLE_COMMAND = "covfuse describe --parameter_table --backbone vgg-mini,resnet3d-compact,resnet18 --num_covariates 3"
 

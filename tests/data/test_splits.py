@@ -8,10 +8,7 @@ from covfuse.data.readers.celeba import read_celeba_table
 from covfuse.data.table import subject_folds, subject_split
 from covfuse.errors import UserError
 
-try:
-    from data_fixtures import make_twin
-except ImportError:  # tests/ imported as a package
-    from tests.data_fixtures import make_twin
+from data_fixtures import make_twin
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import yaml
 from covfuse.cli.main import main as covfuse
 from covfuse.training import config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_print_config_shows_the_resolved_config(tmp_path, capsys):

@@ -14,10 +14,7 @@ from covfuse.data.decode import decode_image
 from covfuse.data.transforms import hflip, normalize
 from covfuse.errors import UserError
 
-try:
-    from data_fixtures import make_twin
-except ImportError:  # tests/ imported as a package
-    from tests.data_fixtures import make_twin
+from data_fixtures import make_twin
 
 
 def _photo(path, size, mode="RGB"):

@@ -12,10 +12,7 @@ from torchvision.datasets import CelebA
 from covfuse.data import inspect as data_inspect
 from covfuse.cli.main import main as cli
 
-try:
-    from data_fixtures import copy_twin, make_twin, write_handmade
-except ImportError:  # tests/ imported as a package
-    from tests.data_fixtures import copy_twin, make_twin, write_handmade
+from data_fixtures import copy_twin, make_twin, write_handmade
 
 
 def test_info_json_matches_torchvision(tmp_path_factory, capsys, monkeypatch):

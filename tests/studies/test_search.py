@@ -176,7 +176,7 @@ def test_an_interrupted_search_continues_with_new_settings_and_never_retrains_a_
     args = ["sweep", "--config", str(base), "--name", "cut", "--runs-dir", str(runs), "--search", "optuna",
             "--trials", "3", "--tune", "optim.lr=log:1e-4..3e-2", "--grid", "model.fusion=image-only,hybrid",
             "--trainer.max_epochs", "1"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen([sys.executable, "-c", INTERRUPTING, *args], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)

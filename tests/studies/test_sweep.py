@@ -86,7 +86,7 @@ def test_a_study_file_holds_cells_grid_seeds_tune_and_baseline(base, tmp_path):
     (["demo.yaml", "studies/twin.yaml"], 12, 36),  # every method of docs/methods.md, three rates each
 ])
 def test_the_shipped_studies_plan(files, cells, runs, tmp_path):
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     study = plan_study(name="s", configs=[str(configs / f) for f in files], runs_dir=tmp_path,
                        overrides=["--data.root", str(tmp_path)])
     assert (len(study.cells), len(study.runs)) == (cells, runs)

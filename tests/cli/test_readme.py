@@ -16,7 +16,7 @@ import pytest
 
 from covfuse.cli.main import main as covfuse
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 SMALL = {
     "synth": ["--n", "60", "--image_size", "24x28"],

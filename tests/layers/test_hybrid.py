@@ -21,7 +21,7 @@ OPTIONS = {
     "groups2": dict(groups=2, padding=1),
     "all": dict(stride=2, padding=2, dilation=2, groups=2),
 }
-BACKENDS = ["reference", "expand", "grouped", "pattern", "unfold", "auto"]  # triton: tests/test_layers_hybrid_triton.py
+BACKENDS = ["reference", "expand", "grouped", "pattern", "unfold", "auto"]  # triton: tests/layers/test_hybrid_triton.py
 
 
 def per_sample_reference(layer, x, c):

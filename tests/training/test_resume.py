@@ -119,7 +119,7 @@ def test_a_volume_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_run(tmp
 
     twin = tmp_path_factory.mktemp("mri") / "t"
     assert covfuse(["data", "synth3d", str(twin), "--n", "24", "--size", "16", "--seed", "3"]) == 0
-    config = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "demo.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs" / "volumes" / "demo.yaml"
 
     def fit(runs, name):
         return ["fit", "--config", str(config), "--data.root", str(twin / "manifest.csv"), "--data.image_size", "16",

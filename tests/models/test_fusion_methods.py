@@ -110,7 +110,7 @@ def test_every_method_trains_on_both_twins(method, twin2d, twin3d, tmp_path, cap
               "--bootstrap", "20", "--runs_dir", str(runs), "--model.fusion", method]
     args2d = ["fit", "--data.root", str(twin2d), "--data.image_size", "32", "--data.covariates", "[Young,Male]",
               "--data.batch_size", "16", "--name", "img", *common]
-    volumes = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "demo.yaml"
+    volumes = Path(__file__).resolve().parents[2] / "configs" / "volumes" / "demo.yaml"
     args3d = ["fit", "--config", str(volumes), "--data.root", str(twin3d), "--data.image_size", "16",
               "--data.batch_size", "4", "--data.cache", "off", "--name", "vol", *common]
     for args, name in ((args2d, "img"), (args3d, "vol")):

@@ -39,7 +39,7 @@ def test_the_volume_study_plans_every_method_over_three_seeds(tmp_path):
 
     from covfuse.studies.sweep import plan_study
 
-    configs = Path(__file__).resolve().parents[1] / "configs" / "volumes"
+    configs = Path(__file__).resolve().parents[2] / "configs" / "volumes"
     study = plan_study(name="s", configs=[str(configs / "demo.yaml"), str(configs / "study.yaml")], runs_dir=tmp_path,
                        overrides=["--data.root", str(tmp_path / "manifest.csv")], check_data=False)
     assert (len(study.cells), len(study.runs)) == (12, 36)

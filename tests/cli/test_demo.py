@@ -8,7 +8,7 @@ import pytest
 
 from covfuse.cli.main import main as covfuse
 
-DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO_YAML = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")

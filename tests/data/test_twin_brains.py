@@ -12,7 +12,7 @@ import pytest
 from covfuse.cli.main import main as covfuse
 from covfuse.data.twins.brains import base_template, bayes_accuracies, draw_subjects
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "volumes" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from covfuse.cli.main import main as covfuse
 from covfuse.training.predict import prediction_columns
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "volumes" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,7 @@ from covfuse.data.twins import faces as synth
 from covfuse.data.readers.celeba_release import ATTR_NAMES, read_celeba
 from covfuse.data.twins.faces import bayes_accuracies, draw_face, generate_labels, split_sizes, write_synth
 
-try:
-    from data_fixtures import make_twin
-except ImportError:  # tests/ imported as a package
-    from tests.data_fixtures import make_twin
+from data_fixtures import make_twin
 
 
 def test_files_have_the_release_format(tmp_path_factory):

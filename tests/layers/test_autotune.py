@@ -11,10 +11,7 @@ from covfuse.layers import HybridConv2d, auto_choices, autotune, set_autotune
 from covfuse.layers.autotune import clear_choices
 from covfuse.layers.hybrid_functional import rule_backend
 
-try:
-    from test_layers_hybrid import per_sample_reference
-except ImportError:  # tests/ imported as a package
-    from tests.test_layers_hybrid import per_sample_reference
+from layers.test_hybrid import per_sample_reference
 
 
 @pytest.fixture(autouse=True)

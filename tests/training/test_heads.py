@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 from covfuse.cli.main import main as covfuse
 from covfuse.training.metrics import multiclass_scores, regression_scores, split_metrics
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "volumes" / "demo.yaml"
 TINY = ["--data.image_size", "16", "--data.batch_size", "4", "--data.cache", "off", "--trainer.max_epochs", "1",
         "--trainer.summary", "false", "--bootstrap", "50"]
 

@@ -20,7 +20,7 @@ import torch
 
 from covfuse.cli.main import main as covfuse
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 ROOT = "twin/celeba"
 FIT = ["fit", "--data.root", ROOT, "--data.image_size", "16", "--data.batch_size", "8", "--data.covariates",
        "Young,Male", "--bootstrap", "0", "--trainer.summary", "false", "--trainer.progress", "none",
@@ -173,8 +173,8 @@ def truncated_png(work: Path) -> None:
 
 
 def bids(work: Path, damage: str) -> None:
-    """``study/``: a small BIDS dataset (tests/test_data_bids.py) with one thing wrong."""
-    from test_data_bids import _damage, make_bids
+    """``study/``: a small BIDS dataset (tests/data/test_bids.py) with one thing wrong."""
+    from data.test_bids import _damage, make_bids
 
     make_bids(work / "study")
     _damage(damage, work / "study")
@@ -182,7 +182,7 @@ def bids(work: Path, damage: str) -> None:
 
 def truncated_dicom(work: Path) -> None:
     """A manifest whose second DICOM file lost its second half (a broken PACS transfer)."""
-    from test_data_decoders import _write_dicom as write_dicom
+    from data.test_decoders import _write_dicom as write_dicom
 
     (work / "img").mkdir()
     for name in ("a", "b", "c"):

@@ -17,7 +17,7 @@ import tifffile
 from covfuse.data.decode import CorruptImage
 from covfuse.errors import UserError
 from covfuse.data.decoders import UnsupportedImage, decode_file, read_pixels
-from test_data_decoders import _by_hand, _write_dicom
+from data.test_decoders import _by_hand, _write_dicom
 
 
 def _tiff_header() -> bytes:
@@ -91,7 +91,7 @@ def test_a_file_no_decoder_reads_names_what_was_tried(tmp_path):
 
 
 # ------------------------------------------------------------------------------ non-finite values
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "volumes" / "demo.yaml"
 TINY = ["--data.image_size", "16", "--data.batch_size", "4", "--data.cache", "off", "--trainer.max_epochs", "1",
         "--trainer.summary", "false", "--bootstrap", "20", "--trainer.progress", "none"]
 
@@ -258,7 +258,7 @@ def test_data_verify_takes_a_dicom_manifest_and_names_the_bad_file(tmp_path, mon
 
 
 def test_data_verify_takes_a_bids_dataset(tmp_path, capsys):
-    from test_data_bids import make_bids
+    from data.test_bids import make_bids
 
     from covfuse.cli.main import main as covfuse
 
@@ -383,7 +383,7 @@ def test_ids_are_unique_per_row(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------- docs/data.md's dermoscopy example, verbatim
-DATA_MD = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+DATA_MD = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 
 
 def dermoscopy_example() -> tuple[list[str], list[list[str]]]:
@@ -409,7 +409,7 @@ def test_the_dermoscopy_example_in_docs_runs_as_printed(tmp_path, monkeypatch, c
     manifest, commands = dermoscopy_example()
     assert manifest[0] == "subject,path,split,melanoma,age,sex,site" and len(commands) == 2
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[2] / "configs")
     (tmp_path / "photos/img").mkdir(parents=True)
     (tmp_path / "photos/manifest.csv").write_text("\n".join(manifest) + "\n")
     rng = np.random.default_rng(0)

@@ -24,7 +24,7 @@ from covfuse.survival.loss import cox_loss
 from covfuse.training.module import RunningConcordance
 from covfuse.training.survival_reference import Reference, survival_scores
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "volumes" / "survival.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "volumes" / "survival.yaml"
 TINY = ["--data.image_size", "16", "--data.batch_size", "8", "--data.cache", "off", "--trainer.max_epochs", "2",
         "--trainer.summary", "false", "--trainer.progress", "none", "--bootstrap", "50"]
 

@@ -17,10 +17,7 @@ from covfuse.data.dataset import CelebADataset
 from covfuse.data.decode import decode_image
 from covfuse.errors import UserError
 
-try:
-    from data_fixtures import copy_twin
-except ImportError:  # tests/ imported as a package
-    from tests.data_fixtures import copy_twin
+from data_fixtures import copy_twin
 
 
 @pytest.fixture

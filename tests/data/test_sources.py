@@ -107,7 +107,7 @@ def test_a_cache_built_by_data_cache_in_its_own_folder_is_used_by_fit(tmp_path, 
 
 def test_the_cache_names_the_decoder_that_read_the_files(tmp_path):
     import pydicom
-    from test_data_decoders import _write_dicom
+    from data.test_decoders import _write_dicom
 
     (tmp_path / "img").mkdir()
     rng = np.random.default_rng(0)
