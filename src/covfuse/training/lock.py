@@ -5,8 +5,14 @@ run folder, so a new run's folder stays empty until training writes it): another
 meets a claimed run skips it, and ``covfuse status`` reads who holds it.
 
 The operating system drops the lock when the process ends, however it ends (SIGKILL included), so
-a stale lock never blocks the next ``--resume``. The file holds the owner's pid for the message.
-Where ``fcntl`` does not exist (Windows) runs are not locked.
+a stale lock never blocks the next ``--resume``. The file holds the owner's line (pid, host, since) while
+the lock is held and is emptied when the owner lets go; a line left in a file nobody holds is the mark
+of an owner that died (SIGKILL, a crash, a lost node): the next taker finds it in ``previous``, and
+:func:`left_by_dead` tells who without taking anything. Where ``fcntl`` does not exist (Windows) runs are
+not locked.
+
+Short critical sections shared by processes on one study (writing study.json, creating the tracking
+store, claiming a search's next trial) use :func:`folder_lock`, a blocking lock file in a folder.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import os
 import socket
 import time
 from pathlib import Path
+
+from filelock import FileLock
 
 from covfuse.errors import UserError
 from covfuse.io import file_mode
@@ -64,9 +72,32 @@ class _Held(Exception):
         self.owner = owner
 
 
-def _take(path: Path, attempts: int) -> int:
+def left_by_dead(path: str | os.PathLike) -> str | None:
+    """The owner line of a lock file whose owner died holding it (nobody holds it now, yet the line is still
+    there), or None: free and released cleanly, held now, or no such file."""
+    path = Path(path)
+    if fcntl is None:
+        return None
+    try:
+        if path.stat().st_size == 0:
+            return None
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return None  # held: alive
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or None
+    finally:
+        os.close(fd)
+
+
+def _take(path: Path, attempts: int) -> tuple[int, str | None]:
     """An exclusive ``flock`` on ``path`` (created if missing), tried ``attempts`` times 0.2 s apart; returns the
-    open descriptor with this process's owner line written, or raises :class:`_Held`."""
+    open descriptor with this process's owner line written and the line a dead owner left (None when the last
+    owner let go), or raises :class:`_Held`."""
     for attempt in range(attempts):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
         try:
@@ -78,18 +109,25 @@ def _take(path: Path, attempts: int) -> int:
             if attempt == attempts - 1:
                 raise _Held(owner) from None
             time.sleep(0.2)
+    previous = os.pread(fd, 200, 0).decode(errors="replace").strip() or None
     os.ftruncate(fd, 0)
     os.pwrite(fd, _owner_line().encode(), 0)
-    return fd
+    return fd, previous
 
 
 class _Lock:
     """Release and context-manager protocol of a lock held through ``self._fd``."""
 
     _fd: int | None = None
+    previous: str | None = None  # the owner line of a previous owner that died holding the lock, else None
 
     def release(self) -> None:
+        """Let go: the owner line is emptied first, so nobody takes this owner for a dead one."""
         if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
             os.close(self._fd)
             self._fd = None
 
@@ -101,16 +139,17 @@ class _Lock:
 
 
 class Claim(_Lock):
-    """An exclusive claim on ``path`` for as long as it is held; RunBusy when another process holds it."""
+    """An exclusive claim on ``path`` for as long as it is held; RunBusy when another process holds it.
+    ``attempts``: how often to try, 0.2 s apart (`covfuse status` peeks with a shared lock for an instant)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, attempts: int = 3):
         self.path = Path(path)
         self._fd = None
         if fcntl is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # `covfuse status` peeks with a shared lock for an instant: try again
-            self._fd = _take(self.path, attempts=3)
+        try:
+            self._fd, self.previous = _take(self.path, attempts=attempts)
         except _Held as held:
             raise RunBusy(f"{self.path} is held by another covfuse process ({held.owner})", held.owner) from None
 
@@ -124,7 +163,16 @@ class RunLock(_Lock):
         if fcntl is None:
             return
         try:
-            self._fd = _take(self.path, attempts=1)
+            self._fd, self.previous = _take(self.path, attempts=1)
         except _Held as held:
             raise RunBusy(f"{self.path.parent} is in use by another covfuse process ({held.owner}); wait for it to "
                           "finish or stop it, or choose another --name", held.owner) from None
+
+
+def folder_lock(folder: str | os.PathLike, name: str):
+    """A blocking lock file ``folder/name`` (the folder is created) for a short critical section shared by
+    processes (``with folder_lock(...):``). It waits as long as another process holds it: the operating system
+    releases it when that process ends, however it ends."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / name))
