@@ -17,6 +17,16 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {lower[match[0]]!r}?)" if match else ""
 
 
+def brief(error: BaseException | str, limit: int = 600) -> str:
+    """An error as one line: its words on one line (the exception's type when it has none), cut at a word boundary
+    with " ..." when longer than ``limit`` characters, never inside a word (a path, a number) it names."""
+    text = " ".join(str(error).split()) or (type(error).__name__ if isinstance(error, BaseException) else "")
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit - 4)
+    return text[:cut if cut > 0 else limit - 4].rstrip(" ,;:") + " ..."
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``scancel``, a cluster's pre-emption) raised as an exception, so the
     ``finally``/``except`` blocks that remove half-written output run, as they do for Ctrl-C;

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from covfuse.errors import UserError
+from covfuse.errors import UserError, brief
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -116,4 +116,4 @@ def load_trusted(path: str | os.PathLike, what: str = "file", map_location="cpu"
 
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split("\n")[0].split())
-    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:160]
+    return brief(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, 160)

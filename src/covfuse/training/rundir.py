@@ -74,8 +74,12 @@ def resume_hint(config: RunConfig) -> str:
 
 def check_resume_epochs(ckpt: Path, max_epochs: int) -> None:
     """Refuse a --resume whose max_epochs is already behind the checkpoint, as Lightning would, but
-    before config.yaml is rewritten (Lightning finds out only once training starts)."""
-    state = load_trusted(ckpt, what="checkpoint", mmap=True)  # counters only: tensors stay on disk
+    before config.yaml is rewritten (Lightning finds out only once training starts). An unreadable checkpoint is
+    refused saying how to train the run again without it."""
+    try:
+        state = load_trusted(ckpt, what="checkpoint", mmap=True)  # counters only: tensors stay on disk
+    except UserError as exc:
+        raise UserError(f"{exc}, or delete it to train the run from its beginning") from None
     progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
     epoch = int(progress.get("completed", state.get("epoch", 0)))
     if max_epochs not in (-1, None) and epoch > max_epochs:
