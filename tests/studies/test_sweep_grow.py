@@ -1,13 +1,12 @@
 """The life of a study, driven through the CLI: check first, grow, refuse changed settings, --overwrite
-only what changed, --dry-run's truth, processes sharing a study, `covfuse status`, split seeds."""
+only what changed, --dry-run's truth, a run another process holds, `covfuse status`, split seeds (two real
+processes on one study: test_processes.py)."""
 from __future__ import annotations
 
 import csv
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -185,26 +184,6 @@ def test_a_run_another_process_trains_is_skipped_said_and_listed_and_status_show
     assert covfuse(["status", "co", "--runs-dir", str(runs)]) == 0
     text = capsys.readouterr().out
     assert "3 done, 1 interrupted, 1 failed, 1 pending" in text and "CUDA out of memory" in text and "time left" in text
-
-
-def test_two_sweep_processes_on_one_study_train_each_run_once_and_both_succeed(base, tmp_path):
-    runs = tmp_path / "runs"
-    args = sweep(base, runs, "two", "--grid", "model.fusion=image-only,concat", "--seeds", "0,1")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).parents[2] / "src"),
-                                                                    os.environ.get("PYTHONPATH", "")] if p)}
-    procs = [subprocess.Popen([sys.executable, "-m", "covfuse.cli", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-500:] for o in outs]
-    trained = [line for out, _ in outs for line in out.splitlines() if line.endswith(": training")]
-    names = sorted(re.search(r"\] (\S+): training", line).group(1) for line in trained)
-    assert names == ["fusion=concat/s0", "fusion=concat/s1", "fusion=image-only/s0", "fusion=image-only/s1"]
-    for out, _ in outs:  # whatever one process did not train, it found done or being trained
-        summary = out.strip().splitlines()[-1]
-        n = [int(x) for x in re.search(r"(\d+) trained, (\d+) resumed, (\d+) already done", summary).groups()]
-        busy = int(m.group(1)) if (m := re.search(r"(\d+) being trained by another process", summary)) else 0
-        assert sum(n) + busy == 4
-    assert all((Path(r.dir) / "metrics.json").is_file() for r in load_study(runs / "two").runs)
 
 
 # -- 7. splits come from data.split_seed, not the run seed ---------------------------------------------

@@ -192,3 +192,34 @@ def test_a_missing_tracker_package_or_unknown_logger_is_one_line(monkeypatch):
         check_loggers(["csv", "mlflow"])
     with pytest.raises(UserError, match="did you mean 'tensorboard'"):
         check_loggers(["tensorbord"])
+
+
+def test_a_trials_hparams_record_says_how_it_ended_and_is_replaced_when_that_changes(tmp_path):
+    """Pruned and interrupted trials get an HParams record too (not only finished runs), with their state; a new
+    state replaces the record, since TensorBoard shows the first record it finds for a run."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    from covfuse.training import config as cfgmod
+    from covfuse.training import tracking
+
+    config = cfgmod.parse(["--data.root", str(tmp_path), "--name", "t003", "--runs_dir", str(tmp_path),
+                           "--optim.lr", "0.01"], prog="covfuse fit")[0]
+    run = tmp_path / "t003"
+    (run / "tensorboard").mkdir(parents=True)
+    context = tracking.study_context("s", tmp_path, "base", {"optim.lr": 0.01}, trial=3)
+    for state, status in [("pruned", api_pb2.STATUS_SUCCESS), ("interrupted", api_pb2.STATUS_FAILURE)]:
+        tracking.end_run(run, state, config, context)
+        acc = _events(run / "tensorboard")
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+        end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
+        settings = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+        assert (settings["state"], settings["trial"], settings["optim.lr"], end.status) == (state, 3, 0.01, status)
+        assert len(list((run / "tensorboard").glob("*.hparams"))) == 1
+    assert {_text_at(acc, "tags/state", i) for i in range(2)} == {"pruned", "interrupted"}
+
+
+def _text_at(acc, tag: str, i: int) -> str:
+    from tensorboard.util import tensor_util
+
+    return tensor_util.make_ndarray(acc.Tensors(f"{tag}/text_summary")[i].tensor_proto).item().decode()

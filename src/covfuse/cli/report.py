@@ -37,9 +37,11 @@ def main(argv: list[str]) -> int:
     import sys
 
     from covfuse.studies.report import build_report, report_files, to_csv, to_json, to_markdown, write_report
+    from covfuse.studies.status import settle
     from covfuse.studies.sweep import load_study
 
     study = load_study(args.study, args.runs_dir)
+    settle(study)  # runs and trials whose process died are marked killed first
     report = build_report(study, baseline=args.baseline, metric=args.metric, n_boot=args.bootstrap, unit=args.unit)
     write_report(study, report)
     files = report_files(report)

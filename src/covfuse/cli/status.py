@@ -1,6 +1,6 @@
 """`covfuse status STUDY [--format text|json]`: where a study stands, run by run: done, running
-(host, pid, since), interrupted (resumable), failed (its error line) or pending, with durations
-and an estimate of the time left. Reads the study folder only; safe while sweeps run.
+(host, pid, since), interrupted (resumable), failed (its error line; "killed" when its process died)
+or pending, with durations and an estimate of the time left. Safe while sweeps run.
 """
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", default="runs", help="folder of studies (default: runs)")
     p.add_argument("--format", default="text", choices=["text", "json"], help="what to print (default: text)")
     args = p.parse_args(argv)
-    from covfuse.studies.status import study_status, to_text
+    from covfuse.studies.status import settle, study_status, to_text
     from covfuse.studies.sweep import load_study
 
     study = load_study(args.study, args.runs_dir)
+    settle(study)  # runs and trials whose process died are marked killed first
     status = study_status(study)
     print(json.dumps(status, indent=2) if args.format == "json" else to_text(status, study), end="\n" if args.format == "json" else "")
     return 0

@@ -13,6 +13,13 @@ An interrupted search continues, never repeats: the cut-off trial stays failed i
 are trained again as a new trial, and each fresh draw's sampler seed comes from the search's seed and the number
 of fresh draws already in the journal (see :func:`draw_seed`).
 
+Several processes (SLURM tasks) may run one search: a process claims its next trial under ``<study>/.search.lock``
+(asks Optuna for it and takes the trial's claim ``<cell>/trials/.tNNN.claim`` in one step), so no trial is trained
+twice and a live one is never taken over; a trial whose process died (its claim free, the journal still saying
+running) is failed in the journal and marked killed in its trackers by the next process that looks
+(:func:`reap_trials`), and its settings are trained again. A cell's study runs wait for its last trial: the
+process that finishes it trains them.
+
 Space syntax (``--tune`` or the study file's ``sweep: tune:``): ``KEY=V1,V2`` (a list of choices),
 ``KEY=LO..HI`` (uniform; integers if both ends are), ``KEY=log:LO..HI`` (log-uniform).
 """
@@ -25,12 +32,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from covfuse.errors import RunInterrupted, UserError
+from covfuse.errors import RunInterrupted, UserError, brief
 from covfuse.io import atomic_write_text
 from covfuse.training import config as cfgmod
-from covfuse.studies.sweep import Run, Study, again, grown, parse_run, run_one, say, write_study
+from covfuse.training import tracking
+from covfuse.training.lock import Claim, folder_lock
+from covfuse.studies.sweep import (
+    Run, Study, again, busy_with, claim_path, end_parents, grown, mark_killed, parse_run, prepare_tracking, reap,
+    run_one, say, take_dead, write_study,
+)
 
 JOURNAL = "optuna.journal"
+SEARCH_LOCK = ".search.lock"  # held while a process claims its next trial, finds dead ones or writes search.json
 SUMMARY = "search.json"
 EVAL = ("valid",)
 OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize"),
@@ -158,33 +171,110 @@ def trial_dir(study: Study, cell: str, number: int) -> Path:
     return Path(study.study_dir) / cell / "trials" / f"t{number:03d}"
 
 
-def run_trial(study: Study, cell: str, ostudy, space: dict, monitor: str) -> str:
-    """Ask for one trial, train it (valid only) and tell Optuna the result; returns its state."""
+def trial_run(study: Study, cell: str, number: int, params: dict | None = None) -> Run:
+    """A trial as a run of the study (its folder, the cell's settings, the trial's as tuning values)."""
+    return Run(-1, cell, study.seeds[0], str(trial_dir(study, cell, number)), study.cells[cell], dict(params or {}))
+
+
+def search_lock(study: Study):
+    return folder_lock(study.study_dir, SEARCH_LOCK)
+
+
+def _reap_cell(study: Study, cell: str, ostudy) -> list[int]:
+    """The cell's trials whose process died (the journal says running, nobody holds the trial's claim), failed in
+    the journal as interrupted (the search trains their settings again) and marked killed in their trackers;
+    returns their numbers. Call under :func:`search_lock`, which a process holds from asking for a trial until it
+    has claimed it."""
+    o = optuna()
+    out = []
+    for t in ostudy.get_trials(deepcopy=False, states=(o.trial.TrialState.RUNNING,)):
+        run = trial_run(study, cell, t.number, t.params)
+        taken = take_dead(claim_path(run), Path(run.dir))
+        if taken is None:  # alive
+            continue
+        claim, lock, owner = taken
+        try:
+            # Optuna has no public setter for another trial's attributes: the storage's own method, before the tell
+            ostudy._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)  # noqa: SLF001
+            ostudy.tell(t.number, state=o.trial.TrialState.FAIL)
+            mark_killed(study, run, owner or "unknown", trial=t.number)
+            out.append(t.number)
+        finally:
+            if lock is not None:
+                lock.release()
+            claim.release()
+    return out
+
+
+def reap_trials(study: Study) -> list[tuple[str, int]]:
+    """Every cell's trials whose process died (:func:`_reap_cell`), as (cell, number); nothing without a journal."""
+    if not (Path(study.study_dir) / JOURNAL).is_file():
+        return []
+    o = optuna()
+    out = []
+    with search_lock(study):
+        for cell in study.cells:
+            try:
+                ostudy = o.load_study(study_name=cell, storage=storage(study))
+            except KeyError:  # no trial of this cell yet
+                continue
+            out += [(cell, n) for n in _reap_cell(study, cell, ostudy)]
+    return out
+
+
+def live_trials(study: Study, cell: str, ostudy) -> list[int]:
+    """The cell's trials a live process is training now (running in the journal, their claim held)."""
+    o = optuna()
+    return [t.number for t in ostudy.get_trials(deepcopy=False, states=(o.trial.TrialState.RUNNING,))
+            if busy_with(trial_run(study, cell, t.number))]
+
+
+def claim_trial(study: Study, cell: str, ostudy, space: dict, trials: int, seed: int, one: bool):
+    """The cell's next trial and its claim, or None once its budget is spent (finished and live trials). Under
+    :func:`search_lock`: trials of dead processes are failed first and their settings queued again, then Optuna is
+    asked and the new trial claimed before any other process can look at it."""
+    o = optuna()
+    with search_lock(study):
+        for number in _reap_cell(study, cell, ostudy):
+            say(f"{cell}: trial {number} was left running by a process that died; marked killed")
+        for number in retry_interrupted(ostudy):
+            say(f"{cell}: trial {number} was interrupted; its settings are trained again as a new trial")
+        if len(_counted(ostudy)) >= trials:
+            return None
+        if not one:  # an array task keeps the seed it was given: tasks draw at once, from the same journal
+            ostudy.sampler = o.samplers.TPESampler(seed=draw_seed(seed, ostudy))
+        trial = ostudy.ask(space)
+        return trial, Claim(claim_path(trial_run(study, cell, trial.number)), attempts=50)
+
+
+def run_trial(study: Study, cell: str, ostudy, trial, monitor: str) -> str:
+    """Train one claimed trial (valid only), tell Optuna the result and the trackers how it ended; returns its
+    state."""
     from covfuse.training.run import fit_run
-    from covfuse.training.tracking import study_context, tag_run
 
     o = optuna()
-    trial = ostudy.ask(space)
-    folder = trial_dir(study, cell, trial.number)
-    run = Run(-1, cell, study.seeds[0], str(folder), study.cells[cell], dict(trial.params))
+    run = trial_run(study, cell, trial.number, trial.params)
+    folder = Path(run.dir)
     where = f"{cell} trial {trial.number}"
     retry = trial.user_attrs.get(RETRY_OF)
     say(f"{where}: training ({', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in trial.params.items())})"
         + (f", the settings of interrupted trial {retry}" if retry is not None else ""))
-    context = study_context(study.name, study.study_dir, cell, {**run.settings, **run.tune}, trial=trial.number)
+    context = tracking.study_context(study.name, study.study_dir, cell, {**run.settings, **run.tune},
+                                     trial=trial.number)
+    config = None
     try:
         config = parse_run(study.base, run)
         fit_run(config, overwrite=(folder / "config.yaml").is_file(), callbacks=[pruning_callback(trial, monitor)],
                 splits=EVAL, tracking=context)
     except o.TrialPruned as exc:
         ostudy.tell(trial, state=o.trial.TrialState.PRUNED)
-        tag_run(folder, {"state": "pruned"})
+        tracking.end_run(folder, "pruned", config, context)
         say(f"{where}: {exc}")
         return "pruned"
     except (RunInterrupted, KeyboardInterrupt) as exc:  # Ctrl-C, SIGTERM: the rerun retries these settings
         trial.set_user_attr(INTERRUPTED, True)
         ostudy.tell(trial, state=o.trial.TrialState.FAIL)
-        tag_run(folder, {"state": "interrupted"})
+        tracking.end_run(folder, "interrupted", config, context)
         if isinstance(exc, RunInterrupted):
             raise RunInterrupted(f"search of study {study.name} interrupted in {where} (Optuna counts it failed; "
                                  f"the rerun trains its settings again as a new trial, finished trials are kept); "
@@ -192,41 +282,45 @@ def run_trial(study: Study, cell: str, ostudy, space: dict, monitor: str) -> str
         raise
     except Exception as exc:  # noqa: BLE001 (a diverging trial may not even write its metrics: try another)
         ostudy.tell(trial, state=o.trial.TrialState.FAIL)
-        tag_run(folder, {"state": "failed"})
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        tracking.end_run(folder, "failed", config, context)
+        reason = brief(exc, 300)
         say(f"{where}: FAILED ({reason}); it does not count against the budget")
         return f"failed: {reason}"
     key = OBJECTIVE[monitor][0]
     value = json.loads((folder / "metrics.json").read_text())["valid"].get(key)
     if value is None or not math.isfinite(value):
         ostudy.tell(trial, state=o.trial.TrialState.FAIL)
-        tag_run(folder, {"state": "failed"})
+        tracking.end_run(folder, "failed", config, context)
         say(f"{where}: FAILED (valid {key} is {value})")
         return f"failed: valid {key} is {value}"
     ostudy.tell(trial, float(value))
-    tag_run(folder, {"state": "complete"})
+    tracking.end_run(folder, "complete", config, context)
     say(f"{where}: valid {key} {value:.4f}")
     return "complete"
 
 
 def search_cell(study: Study, cell: str, space: dict, trials: int, seed: int, monitor: str, *,
-                one: bool = False) -> None:
-    """Run the cell's trials until ``trials`` are finished (``one``: at most one, as a SLURM array task does)."""
+                one: bool = False) -> bool:
+    """Claim and train the cell's trials until its budget is spent (``one``: at most one, as a SLURM array task
+    does); returns whether the search of the cell is over (no live trial left, here or in another process)."""
     o = optuna()
     ostudy = _cell_study(study, cell, seed, OBJECTIVE[monitor][1])
-    if not one:  # in the finishing pass nobody else runs trials: a RUNNING one was cut off (kill, crash)
-        for t in ostudy.get_trials(deepcopy=False, states=(o.trial.TrialState.RUNNING,)):
-            # Optuna has no public setter for another trial's attributes: the storage's own method, before the tell
-            ostudy._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)  # noqa: SLF001
-            ostudy.tell(t.number, state=o.trial.TrialState.FAIL)
-        for number in retry_interrupted(ostudy):
-            say(f"{cell}: trial {number} was interrupted; its settings are trained again as a new trial")
-    while len(_counted(ostudy)) < trials:
-        if not one:  # an array task keeps the seed it was given: tasks draw at once, from the same journal
-            ostudy.sampler = o.samplers.TPESampler(seed=draw_seed(seed, ostudy))
-        outcome = run_trial(study, cell, ostudy, space, monitor)
+    while True:
+        claimed = claim_trial(study, cell, ostudy, space, trials, seed, one)
+        if claimed is None:
+            with search_lock(study):  # spent: over once no other process trains one of its trials
+                for number in _reap_cell(study, cell, ostudy):
+                    say(f"{cell}: trial {number} was left running by a process that died; marked killed")
+                if live_trials(study, cell, ostudy):
+                    return False
+                if len(_counted(ostudy)) >= trials:
+                    return True
+            continue  # a trial of another process failed meanwhile: its budget is free again
+        trial, claim = claimed
+        with claim:
+            outcome = run_trial(study, cell, ostudy, trial, monitor)
         if one:
-            return
+            return False
         if outcome.startswith("failed") and len(ostudy.get_trials(deepcopy=False)) >= MAX_ATTEMPTS * trials:
             raise UserError(f"cell {cell}: {MAX_ATTEMPTS * trials} trials were tried and too many failed (last: "
                             f"{outcome[8:]}); check the --tune space and the base config with a plain covfuse fit")
@@ -286,25 +380,44 @@ def run_search(study: Study, space_text: dict[str, list], trials: int, *, seed: 
                         f"({len(study.cells)} cells x {trials} trials)")
     if task is None or not (root / "study.json").is_file():
         write_study(grown(study))  # a study grows; finished runs are never dropped
-    if task is not None:  # array tasks start at once: each needs its own seed, or all would draw the same first
-        # settings; trial k of every cell shares one, so the methods still see the same random start
-        search_cell(study, list(study.cells)[task // trials], space, trials, seed * 1_000_003 + task % trials + 1,
-                    monitor, one=True)
-        return {}
-    for cell in study.cells:
-        search_cell(study, cell, space, trials, seed, monitor)
-        atomic_write_text(root / SUMMARY, json.dumps(summarise(study, space_text, trials, seed, monitor), indent=1) + "\n")
-    summary = summarise(study, space_text, trials, seed, monitor)
-    atomic_write_text(root / SUMMARY, json.dumps(summary, indent=1) + "\n")
-    for run in study.runs:
-        best = summary["cells"][run.cell]["best"]
-        if best is None:
-            raise UserError(f"cell {run.cell}: every trial of the search was pruned or failed; widen the --tune "
-                            "space or raise --trials")
-        run_one(study, replace(run, tune=dict(best["params"])))
-    from covfuse.training.tracking import finish_study
+    reap(study)  # study runs and trials whose process died: marked killed before anything else happens
+    reap_trials(study)
+    prepare_tracking(study, study.runs)
+    try:
+        if task is not None:  # array tasks start at once: each needs its own seed, or all would draw the same first
+            # settings; trial k of every cell shares one, so the methods still see the same random start
+            search_cell(study, list(study.cells)[task // trials], space, trials,
+                        seed * 1_000_003 + task % trials + 1, monitor, one=True)
+            return {}
+        over = {}
+        for cell in study.cells:
+            over[cell] = search_cell(study, cell, space, trials, seed, monitor)
+            summary = write_summary(study, space_text, trials, seed, monitor)
+        busy = []
+        for run in study.runs:
+            if not over[run.cell]:  # the process training its last trial trains the cell's runs after it
+                busy.append(str(Path(run.dir).relative_to(root)))
+                continue
+            best = summary["cells"][run.cell]["best"]
+            if best is None:
+                raise UserError(f"cell {run.cell}: every trial of the search was pruned or failed; widen the --tune "
+                                "space or raise --trials")
+            if run_one(study, replace(run, tune=dict(best["params"]))) == "busy":
+                busy.append(str(Path(run.dir).relative_to(root)))
+        if busy:
+            say(f"{len(busy)} run(s) left to the other process(es) searching or training them, not waited for: "
+                f"{', '.join(busy)}; `covfuse status {study.study_dir}` shows them")
+    finally:
+        end_parents(study)  # the MLflow study and cell runs end once no run or trial of theirs is left running
+    return summary
 
-    finish_study(root)  # the MLflow study and cell runs, once every trial and run has finished
+
+def write_summary(study: Study, space_text: dict, trials: int, seed: int, monitor: str) -> dict:
+    """search.json from the journal as it is now, under the search lock (so the last process to write it writes
+    the newest); returns it."""
+    with search_lock(study):
+        summary = summarise(study, space_text, trials, seed, monitor)
+        atomic_write_text(Path(study.study_dir) / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return summary
 
 

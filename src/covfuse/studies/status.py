@@ -1,10 +1,12 @@
 """Where a study stands: each run done / running / interrupted / failed / pending, and the time left; for an
 Optuna search also its trials (done / running / pending / pruned / failed, from the journal).
 
-Reads only the study folder (study.json, each run's metrics.json and checkpoints, the claims and
-failure notes a sweep leaves beside the run folders), so it is cheap and safe to call while
-other processes train. ``running`` means a process holds the run's lock now (the operating system
-drops it when that process dies, so a killed run shows as interrupted or pending, never running).
+Reads the study folder (study.json, each run's metrics.json and checkpoints, the claims and failure
+records a sweep leaves beside the run folders), so it is cheap and safe to call while other processes
+train. ``running`` means a process holds the run's claim or lock now (the operating system drops it
+when that process dies). Like every command on a study it first settles what dead processes left
+(:func:`settle`): a run or trial whose process died is marked failed ("killed"), and the study's
+MLflow parents end when nothing of theirs runs any more.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import re
 import time
 from pathlib import Path
 
-from covfuse.studies.sweep import Study, busy_with, failure_path, run_status
+from covfuse.errors import UserError
+from covfuse.studies import search
+from covfuse.studies.sweep import Study, busy_with, end_parents, failure, reap, run_status
 
 STATES = ("done", "running", "interrupted", "failed", "pending")
 TRIAL_STATES = ("done", "running", "pending", "pruned", "failed")
@@ -36,12 +40,22 @@ def _searched(argv) -> bool:
     return any(a == "--search" and args[i + 1:i + 2] == ["optuna"] or a == "--search=optuna" for i, a in enumerate(args))
 
 
+def settle(study: Study) -> None:
+    """What any command on a study does first: runs and search trials whose process died are marked killed (the
+    study's failure records, the search's journal, the trackers), then the study's MLflow parents get the status
+    their runs say."""
+    reap(study)
+    try:
+        search.reap_trials(study)
+    except UserError:  # a search's journal, but no optuna here: its trials are left to a command that has it
+        pass
+    end_parents(study)
+
+
 def trial_counts(study: Study) -> dict | None:
     """The search's trials over all cells: done (complete), running (a process holds the trial's folder), pending
     (budget not spent yet), pruned and failed (an interrupted one included: the search retries its settings);
     None when the study ran no search (or optuna is not installed)."""
-    from covfuse.studies import search
-
     budget = _budget(study.argv)
     if not (Path(study.study_dir) / search.JOURNAL).is_file():
         if not _searched(study.argv):
@@ -54,18 +68,17 @@ def trial_counts(study: Study) -> dict | None:
         o = search.optuna()
     except Exception:  # noqa: BLE001 (status never fails for want of the search extra)
         return None
-    from covfuse.training.lock import LOCK_NAME, holder
-
     states = o.trial.TrialState
     counts = dict.fromkeys(TRIAL_STATES, 0)
     storage = search.storage(study)
     for cell in study.cells:
-        try:
-            trials = o.load_study(study_name=cell, storage=storage).get_trials(deepcopy=False)
-        except KeyError:  # no trial of this cell yet
-            trials = []
-        running = [t for t in trials if t.state == states.RUNNING]
-        alive = sum(holder(search.trial_dir(study, cell, t.number) / LOCK_NAME) is not None for t in running)
+        with search.search_lock(study):  # not between a trial's ask and its claim
+            try:
+                trials = o.load_study(study_name=cell, storage=storage).get_trials(deepcopy=False)
+            except KeyError:  # no trial of this cell yet
+                trials = []
+            running = [t for t in trials if t.state == states.RUNNING]
+            alive = sum(busy_with(search.trial_run(study, cell, t.number)) is not None for t in running)
         done = sum(t.state == states.COMPLETE for t in trials)
         pruned = sum(t.state == states.PRUNED for t in trials)
         counts["done"] += done
@@ -103,8 +116,8 @@ def run_state(run) -> dict:
             row.update(state="done", seconds=json.loads((folder / "metrics.json").read_text()).get("fit_seconds"))
         except (OSError, ValueError):
             row.update(state="done")
-    elif failure_path(run).is_file():
-        row.update(state="failed", error=failure_path(run).read_text().strip())
+    elif (failed := failure(run)) is not None:
+        row.update(state="failed", error=failed["error"])
     elif status == "interrupted":
         row["state"] = "interrupted"
     return row

@@ -6,6 +6,12 @@ trains them one after the other in this process, skipping finished runs and resu
 ones, so running a sweep twice costs nothing. ``study.json`` records cells, settings and runs; the
 report (:mod:`covfuse.studies.report`) reads only that file and the run folders. A SLURM array task
 (:mod:`covfuse.studies.slurm`) re-plans the same study from the same arguments and runs one run.
+
+Any number of processes may work on one study: each run is claimed (``<cell>/.<run>.claim``) by the process
+that trains it, study.json is grown under ``<study>/.study.lock``, and the trackers' shared store is created
+before the first run. A run whose process died is found by the next command (:func:`reap`): its claim still
+holds the dead owner's line. It is then marked failed ("killed") in the study and in its trackers, and the
+study's and cells' MLflow runs end when no run of theirs is left running (:func:`end_parents`).
 """
 from __future__ import annotations
 
@@ -20,11 +26,15 @@ from typing import Any, Sequence
 
 import yaml
 
-from covfuse.errors import UserError
+from covfuse.errors import RunInterrupted, UserError, brief
 from covfuse.io import atomic_write_text
 from covfuse.training import config as cfgmod
+from covfuse.training import tracking
+from covfuse.training.lock import LOCK_NAME, Claim, RunBusy, RunLock, folder_lock, holder, left_by_dead
+from covfuse.training.rundir import last_checkpoint
 
 STUDY_FILE = "study.json"
+STUDY_LOCK = ".study.lock"  # held while study.json is grown
 STUDY_SECTION = "sweep"
 """Top-level key of a config file that holds the study itself (grid, cells, seeds, tune, baseline)."""
 
@@ -380,11 +390,15 @@ def grown(study: Study) -> Study:
     return study
 
 
-def write_study(study: Study) -> None:
-    """Write study.json (the grown study: see :func:`grown`)."""
+def write_study(study: Study) -> Study:
+    """Write study.json (the grown study: see :func:`grown`) under the study's lock, merged once more with the
+    file as it is now, so two processes growing one study at once lose neither's runs; returns what was written."""
     folder = Path(study.study_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / STUDY_FILE, json.dumps(_record(study), indent=2) + "\n")
+    with folder_lock(folder, STUDY_LOCK):
+        if (folder / STUDY_FILE).is_file():
+            study = merge_study(load_study(folder), study)
+        atomic_write_text(folder / STUDY_FILE, json.dumps(_record(study), indent=2) + "\n")
+    return study
 
 
 # -- what each run needs ---------------------------------------------------------------------------
@@ -399,11 +413,131 @@ def failure_path(run: Run) -> Path:
     return folder.parent / f".{folder.name}.failed"
 
 
+def write_failure(run: Run, error: BaseException | str, *, killed: bool = False) -> None:
+    """Record why ``run`` failed (its whole message on one line; ``killed``: its process died), beside its folder;
+    the record also says whether the folder existed, so deleting the folder afterwards clears it (:func:`failure`)."""
+    record = {"error": brief(error, 2000), "folder": Path(run.dir).is_dir(), "killed": killed}
+    atomic_write_text(failure_path(run), json.dumps(record) + "\n")
+
+
+def failure(run: Run) -> dict | None:
+    """Why ``run``'s last attempt failed (``{"error", "killed"}``), or None. A record of a run whose folder existed
+    when it failed and has been deleted since is out of date: it is removed (the run is to train again)."""
+    path = failure_path(run)
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = {"error": text}  # a plain line, as covfuse wrote before the record said more
+    if not isinstance(record, dict):
+        record = {"error": text}
+    if record.get("folder") and not Path(run.dir).exists():
+        path.unlink(missing_ok=True)
+        return None
+    return {"error": str(record.get("error") or "failed"), "killed": bool(record.get("killed"))}
+
+
 def busy_with(run: Run) -> str | None:
     """Who trains ``run`` now (a sweep's claim, or any command's run lock), or None."""
-    from covfuse.training.lock import LOCK_NAME, holder
-
     return holder(claim_path(run)) or holder(Path(run.dir) / LOCK_NAME)
+
+
+def _context(study: Study, run: Run, trial: int | None = None) -> tracking.Context:
+    return tracking.study_context(study.name, study.study_dir, run.cell, {**run.settings, **run.tune}, trial=trial)
+
+
+def _saved_config(run_dir: Path) -> cfgmod.RunConfig | None:
+    try:
+        return cfgmod.load(Path(run_dir) / "config.yaml")
+    except Exception:  # noqa: BLE001 (a run killed before it wrote its config: trackers get no settings)
+        return None
+
+
+def mark_killed(study: Study, run: Run, owner: str, trial: int | None = None) -> None:
+    """Mark ``run`` (or a search trial's folder) killed: its process (``owner``: pid, host, since) ended without
+    finishing it. A study run gets a failure record naming how it continues; its trackers get state ``killed``."""
+    folder = Path(run.dir)
+    if trial is None:
+        then = ("resumes it from its last checkpoint" if last_checkpoint(folder).is_file() else "trains it again")
+        write_failure(run, f"killed: its process ({owner}) ended without finishing it (SIGKILL, a crash or a lost "
+                           f"node); the study's command {then}", killed=True)
+    if folder.is_dir():
+        tracking.end_run(folder, "killed", _saved_config(folder), _context(study, run, trial))
+
+
+def take_dead(claim: Path, folder: Path) -> tuple[Claim, RunLock | None, str | None] | None:
+    """Take the claim ``claim`` and the run lock of ``folder`` (if it exists) when no live process holds either;
+    returns them with the owner line a dead holder left (None when both were let go cleanly), or None: alive."""
+    try:
+        taken = Claim(claim, attempts=1)
+    except RunBusy:
+        return None
+    try:
+        lock = RunLock(folder) if folder.is_dir() else None
+    except RunBusy:
+        taken.release()
+        return None
+    return taken, lock, taken.previous or (lock.previous if lock is not None else None)
+
+
+def reap(study: Study, runs: Sequence[Run] | None = None) -> list[Run]:
+    """Find the runs whose process died while it trained them (a claim or run lock nobody holds, still holding
+    its owner's line) and mark them killed (:func:`mark_killed`); returns them. A finished run is only cleaned.
+    Cheap when nothing died: two file sizes per run."""
+    out = []
+    for run in study.runs if runs is None else runs:
+        folder = Path(run.dir)
+        if not (left_by_dead(claim_path(run)) or left_by_dead(folder / LOCK_NAME)):
+            continue
+        taken = take_dead(claim_path(run), folder)
+        if taken is None:
+            continue
+        claim, lock, owner = taken
+        try:
+            if owner and run_status(folder) != "done":
+                mark_killed(study, run, owner)
+                out.append(run)
+        finally:
+            if lock is not None:
+                lock.release()
+            claim.release()
+    return out
+
+
+def cell_states(study: Study) -> dict[str, str]:
+    """Each cell's MLflow status as its runs and trials stand: RUNNING while a process holds one of them (a claim or
+    a run lock under the cell's folder), FINISHED once all its runs are done, FAILED when one of them failed (its
+    process did not die), else KILLED (stopped before its end: interrupted, killed, or not run yet)."""
+    out = {}
+    for cell in study.cells:
+        folder = Path(study.study_dir) / cell
+        runs = [r for r in study.runs if r.cell == cell]
+        locks = [*folder.rglob(".*.claim"), *folder.rglob(LOCK_NAME)] if folder.is_dir() else []
+        if any(holder(path) for path in locks):
+            out[cell] = "RUNNING"
+        elif all(run_status(Path(r.dir)) == "done" for r in runs):
+            out[cell] = "FINISHED"
+        else:
+            failures = [f for f in map(failure, runs) if f is not None]
+            out[cell] = "FAILED" if any(not f["killed"] for f in failures) else "KILLED"
+    return out
+
+
+def end_parents(study: Study) -> None:
+    """Give the study's MLflow study and cell runs the status their runs say (:func:`cell_states`); nothing when the
+    study logged nothing to MLflow."""
+    if tracking.read_state(Path(study.study_dir)).get("mlflow_run_id"):
+        tracking.end_parents(Path(study.study_dir), cell_states(study))
+
+
+def prepare_tracking(study: Study, runs: Sequence[Run]) -> None:
+    """Create what the trackers of ``runs`` share with other processes (MLflow's store and experiment, the study's
+    and cells' runs) once, under their locks, before any of them starts."""
+    for run in {r.cell: r for r in reversed(list(runs))}.values():  # the first run of each cell
+        tracking.prepare(study.run_config(run), _context(study, run))
 
 
 @dataclass
@@ -463,8 +597,8 @@ def _where(study: Study, run: Run) -> str:
 
 
 def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
-    """Claim one run, then train, resume or skip it as :func:`assess` says. Returns what was done."""
-    from covfuse.training.lock import Claim, RunBusy
+    """Claim one run, then train, resume or skip it as :func:`assess` says, and say how it ended in its trackers.
+    Returns what was done."""
     from covfuse.training.results import summary
     from covfuse.training.run import fit_run
 
@@ -476,8 +610,9 @@ def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
         return "busy"
     with claim:
         config = study.run_config(run)
-        from covfuse.training.tracking import study_context  # trackers tag the run with its study and cell
-        context = study_context(study.name, study.study_dir, run.cell, {**run.settings, **run.tune})
+        context = _context(study, run)  # trackers tag the run with its study and cell
+        if claim.previous and run_status(Path(run.dir)) != "done":  # the last process to claim it died
+            mark_killed(study, run, claim.previous)
         action = assess(study, run, overwrite=overwrite, config=config, check_busy=False)  # again, under our claim
         if action.what in ("skip", "busy"):
             say(f"{where}: {action.reason}")
@@ -495,12 +630,14 @@ def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
         except RunBusy as exc:  # a `covfuse fit --resume` by hand holds the run
             say(f"{where}: being trained by another process ({exc.owner}); skipped")
             return "busy"
-        except Exception as exc:
-            from covfuse.errors import RunInterrupted
-
-            if not isinstance(exc, RunInterrupted):  # interrupted is resumable, not failed
-                atomic_write_text(failure_path(run), (" ".join(str(exc).split())[:300] or type(exc).__name__) + "\n")
+        except (RunInterrupted, KeyboardInterrupt):  # resumable, not failed
+            tracking.end_run(Path(run.dir), "interrupted", config, context)
             raise
+        except Exception as exc:
+            write_failure(run, exc)
+            tracking.end_run(Path(run.dir), "failed", config, context)
+            raise
+        tracking.end_run(Path(run.dir), "complete", config, context)
         say(f"{where}: {summary(Path(run.dir))}")
         return {"resume": "resumed", "replace": "replaced"}.get(action.what, "trained")
 
@@ -536,38 +673,37 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
     """
     import logging
 
-    from covfuse.errors import RunInterrupted
+    from covfuse.errors import RunDiverged
 
     study, actions = prepare_study(study, overwrite=overwrite, task=task, other=other)
     if task is None or not (Path(study.study_dir) / STUDY_FILE).is_file():
         write_study(study)
+    reap(study)  # runs whose process died: marked killed before anything else happens
+    prepare_tracking(study, [a.run for a in actions if a.what in ("train", "resume", "replace")])
     counts: dict[str, Any] = {"trained": 0, "resumed": 0, "replaced": 0, "skipped": 0, "busy": 0, "failed": 0}
     busy: list[str] = []
     failed: list[tuple[Run, str]] = []
-    for action in actions:
-        run = action.run
-        try:
-            outcome = run_one(study, run, overwrite=overwrite)
-            counts[outcome] += 1
-            if outcome == "busy":
-                busy.append(str(Path(run.dir).relative_to(study.study_dir)))
-        except RunInterrupted as exc:
-            raise RunInterrupted(f"study {study.name} interrupted in {run.dir} (checkpoint saved); "
-                                 f"continue it with: {again(study)}", exc.code) from None
-        except Exception as exc:  # noqa: BLE001 (one broken run must not cost the study the others)
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            from covfuse.errors import RunDiverged
-
-            if not isinstance(exc, (UserError, RunDiverged)):  # a bug, not a mistake: keep the traceback in the log
-                logging.getLogger("covfuse.studies").error("run %s failed: %s", run.dir, reason, exc_info=True)
-            say(f"{_where(study, run)}: FAILED ({reason})")
-            failed.append((run, reason))
-            counts["failed"] += 1
+    try:
+        for action in actions:
+            run = action.run
+            try:
+                outcome = run_one(study, run, overwrite=overwrite)
+                counts[outcome] += 1
+                if outcome == "busy":
+                    busy.append(str(Path(run.dir).relative_to(study.study_dir)))
+            except RunInterrupted as exc:
+                raise RunInterrupted(f"study {study.name} interrupted in {run.dir} (checkpoint saved); "
+                                     f"continue it with: {again(study)}", exc.code) from None
+            except Exception as exc:  # noqa: BLE001 (one broken run must not cost the study the others)
+                reason = brief(exc, 300)
+                if not isinstance(exc, (UserError, RunDiverged)):  # a bug, not a mistake: keep the traceback in the log
+                    logging.getLogger("covfuse.studies").error("run %s failed: %s", run.dir, reason, exc_info=True)
+                say(f"{_where(study, run)}: FAILED ({reason})")
+                failed.append((run, reason))
+                counts["failed"] += 1
+    finally:
+        end_parents(study)  # the MLflow study and cell runs end once no run of theirs is left running
     counts["busy_runs"] = busy
-    if task is None and not busy and not failed:
-        from covfuse.training.tracking import finish_study
-
-        finish_study(Path(study.study_dir))  # the MLflow study and cell runs, once every run has finished
     if busy:
         say(f"{len(busy)} run(s) being trained by another process, not waited for: {', '.join(busy)}; "
             f"`covfuse status {study.study_dir}` shows them")
