@@ -207,18 +207,21 @@ def _reap_cell(study: Study, cell: str, ostudy) -> list[int]:
 
 
 def reap_trials(study: Study) -> list[tuple[str, int]]:
-    """Every cell's trials whose process died (:func:`_reap_cell`), as (cell, number); nothing without a journal."""
+    """Every cell's trials whose process died (:func:`_reap_cell`), as (cell, number); nothing without a journal.
+    Writes nothing (takes no lock) when every running trial is held by a live process."""
     if not (Path(study.study_dir) / JOURNAL).is_file():
         return []
     o = optuna()
     out = []
-    with search_lock(study):
-        for cell in study.cells:
-            try:
-                ostudy = o.load_study(study_name=cell, storage=storage(study))
-            except KeyError:  # no trial of this cell yet
-                continue
-            out += [(cell, n) for n in _reap_cell(study, cell, ostudy)]
+    for cell in study.cells:
+        try:
+            ostudy = o.load_study(study_name=cell, storage=storage(study))
+        except KeyError:  # no trial of this cell yet
+            continue
+        running = ostudy.get_trials(deepcopy=False, states=(o.trial.TrialState.RUNNING,))
+        if len(live_trials(study, cell, ostudy)) < len(running):
+            with search_lock(study):
+                out += [(cell, n) for n in _reap_cell(study, cell, ostudy)]
     return out
 
 
@@ -369,7 +372,9 @@ def monitor_of(study: Study) -> str:
 def run_search(study: Study, space_text: dict[str, list], trials: int, *, seed: int = 0, task: int | None = None,
                overwrite: bool = False) -> dict:
     """Write study.json, run every cell's trials (or only task ``task``: one trial of cell task // trials), then
-    train each cell's study runs with its best settings; returns search.json's content."""
+    train each cell's study runs with its best settings (a cell whose last trial another process still trains is
+    left to that process); returns search.json's content. Runs and trials whose process died are marked killed
+    first; the MLflow study and cell runs end with the command."""
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     space = parse_space(space_text)

@@ -53,9 +53,10 @@ def settle(study: Study) -> None:
 
 
 def trial_counts(study: Study) -> dict | None:
-    """The search's trials over all cells: done (complete), running (a process holds the trial's folder), pending
-    (budget not spent yet), pruned and failed (an interrupted one included: the search retries its settings);
-    None when the study ran no search (or optuna is not installed)."""
+    """The search's trials over all cells: done (complete), running, pending (budget not spent yet), pruned and
+    failed (an interrupted or killed one included: the search retries its settings); None when the study ran no
+    search (or optuna is not installed). Call :func:`settle` first: a trial the journal says is running is then
+    held by a live process (or was asked for a moment ago and is being claimed)."""
     budget = _budget(study.argv)
     if not (Path(study.study_dir) / search.JOURNAL).is_file():
         if not _searched(study.argv):
@@ -72,19 +73,17 @@ def trial_counts(study: Study) -> dict | None:
     counts = dict.fromkeys(TRIAL_STATES, 0)
     storage = search.storage(study)
     for cell in study.cells:
-        with search.search_lock(study):  # not between a trial's ask and its claim
-            try:
-                trials = o.load_study(study_name=cell, storage=storage).get_trials(deepcopy=False)
-            except KeyError:  # no trial of this cell yet
-                trials = []
-            running = [t for t in trials if t.state == states.RUNNING]
-            alive = sum(busy_with(search.trial_run(study, cell, t.number)) is not None for t in running)
+        try:
+            trials = o.load_study(study_name=cell, storage=storage).get_trials(deepcopy=False)
+        except KeyError:  # no trial of this cell yet
+            trials = []
+        alive = sum(t.state == states.RUNNING for t in trials)
         done = sum(t.state == states.COMPLETE for t in trials)
         pruned = sum(t.state == states.PRUNED for t in trials)
         counts["done"] += done
         counts["pruned"] += pruned
         counts["running"] += alive
-        counts["failed"] += sum(t.state == states.FAIL for t in trials) + len(running) - alive  # cut off: retried
+        counts["failed"] += sum(t.state == states.FAIL for t in trials)  # an interrupted or killed one: retried
         if budget is not None:
             counts["pending"] += max(0, budget - done - pruned - alive)
     return {"budget": budget, "cells": len(study.cells), "counts": counts}

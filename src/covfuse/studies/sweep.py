@@ -510,19 +510,25 @@ def reap(study: Study, runs: Sequence[Run] | None = None) -> list[Run]:
 def cell_states(study: Study) -> dict[str, str]:
     """Each cell's MLflow status as its runs and trials stand: RUNNING while a process holds one of them (a claim or
     a run lock under the cell's folder), FINISHED once all its runs are done, FAILED when one of them failed (its
-    process did not die), else KILLED (stopped before its end: interrupted, killed, or not run yet)."""
-    out = {}
+    process did not die); a cell with unfinished runs is otherwise RUNNING while the study runs (a process is on
+    another cell: it comes to this one), KILLED once nothing runs (interrupted, killed, or not started)."""
+    live, out = set(), {}
     for cell in study.cells:
         folder = Path(study.study_dir) / cell
-        runs = [r for r in study.runs if r.cell == cell]
         locks = [*folder.rglob(".*.claim"), *folder.rglob(LOCK_NAME)] if folder.is_dir() else []
         if any(holder(path) for path in locks):
+            live.add(cell)
+    for cell in study.cells:
+        runs = [r for r in study.runs if r.cell == cell]
+        failures = [f for f in map(failure, runs) if f is not None]
+        if cell in live:
             out[cell] = "RUNNING"
         elif all(run_status(Path(r.dir)) == "done" for r in runs):
             out[cell] = "FINISHED"
+        elif any(not f["killed"] for f in failures):
+            out[cell] = "FAILED"
         else:
-            failures = [f for f in map(failure, runs) if f is not None]
-            out[cell] = "FAILED" if any(not f["killed"] for f in failures) else "KILLED"
+            out[cell] = "RUNNING" if live else "KILLED"
     return out
 
 
@@ -535,9 +541,16 @@ def end_parents(study: Study) -> None:
 
 def prepare_tracking(study: Study, runs: Sequence[Run]) -> None:
     """Create what the trackers of ``runs`` share with other processes (MLflow's store and experiment, the study's
-    and cells' runs) once, under their locks, before any of them starts."""
-    for run in {r.cell: r for r in reversed(list(runs))}.values():  # the first run of each cell
-        tracking.prepare(study.run_config(run), _context(study, run))
+    and cells' runs) once, under their locks, before any of them starts. A store that cannot be opened now only
+    warns: each run opens it again (under the same lock) and fails on its own, as the study's failures say."""
+    import logging
+
+    try:
+        for run in {r.cell: r for r in reversed(list(runs))}.values():  # the first run of each cell
+            tracking.prepare(study.run_config(run), _context(study, run))
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("covfuse.studies").warning("could not prepare the trackers of study %s: %s", study.name,
+                                                     brief(exc, 300))
 
 
 @dataclass

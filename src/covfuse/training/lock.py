@@ -162,8 +162,8 @@ class RunLock(_Lock):
         self._fd = None
         if fcntl is None:
             return
-        try:
-            self._fd, self.previous = _take(self.path, attempts=1)
+        try:  # `covfuse status` peeks with a shared lock for an instant: try again
+            self._fd, self.previous = _take(self.path, attempts=3)
         except _Held as held:
             raise RunBusy(f"{self.path.parent} is in use by another covfuse process ({held.owner}); wait for it to "
                           "finish or stop it, or choose another --name", held.owner) from None

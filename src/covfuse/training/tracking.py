@@ -171,7 +171,7 @@ def prepare(config, context: Context | None) -> None:
     if context and context.study_dir and context.study:
         from mlflow.tracking import MlflowClient
 
-        study_parents(MlflowClient(uri), experiment_id, context, uri)
+        study_parents(MlflowClient(uri), experiment_id, context, uri, reopen=False)
 
 
 def read_state(run_dir: Path) -> dict:
@@ -252,10 +252,10 @@ def callbacks(loggers: Sequence) -> list:
     return [LearningRate()]
 
 
-def study_parents(client, experiment_id: str, context: Context, uri: str) -> str:
+def study_parents(client, experiment_id: str, context: Context, uri: str, *, reopen: bool = True) -> str:
     """The MLflow run id of the context's cell (a child of the study's run), created once per study and store;
     ids are kept in ``<study>/tracking.json`` under the study's tracking lock (SLURM array tasks start together).
-    A cell (and the study) that had ended runs again: one of its runs is starting."""
+    ``reopen``: a cell (and the study) that had ended runs again, as one of its runs is starting."""
     folder = Path(context.study_dir)
     with folder_lock(folder, TRACKING_LOCK):
         state = read_state(folder)
@@ -273,7 +273,7 @@ def study_parents(client, experiment_id: str, context: Context, uri: str) -> str
                                           PARENT: state["mlflow_run_id"]})
             cells[context.cell] = run.info.run_id
             status[run.info.run_id] = "RUNNING"
-        for run_id in (state["mlflow_run_id"], cells[context.cell]):
+        for run_id in (state["mlflow_run_id"], cells[context.cell]) if reopen else ():
             if status.get(run_id, "RUNNING") != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
                 status[run_id] = "RUNNING"
