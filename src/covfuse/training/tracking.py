@@ -116,9 +116,6 @@ def artifact_location(config, context: Context | None) -> str | None:
     return (store_root(config, context) / ARTIFACTS).as_uri()
 
 
-_OPENED: dict[tuple[str, str], str] = {}  # (tracking uri, experiment) -> experiment id, opened by this process
-
-
 def _store_lock(uri: str):
     """The lock of a SQLite store: ``.<file>.lock`` beside the database file; None for other stores (a server
     migrates its own database)."""
@@ -130,12 +127,9 @@ def _store_lock(uri: str):
 
 def open_store(uri: str, experiment: str, artifact_location: str | None) -> str:
     """The id of ``experiment`` in the store at ``uri``, creating the store's tables and the experiment if they do
-    not exist, once per process and store. Opening a new SQLite store runs MLflow's schema migration, which two
-    processes must not run at once (the second fails: "table ... already exists"), so it happens under the store's
-    lock; the experiment is created there too."""
-    key = (uri, experiment)
-    if key in _OPENED:
-        return _OPENED[key]
+    not exist. Opening a new SQLite store runs MLflow's schema migration, which two processes must not run at once
+    (the second fails: "table ... already exists"), so it happens under the store's lock; the experiment is created
+    there too. Cheap once both exist: a study calls it before its first run, and every run before its logger."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -152,7 +146,6 @@ def open_store(uri: str, experiment: str, artifact_location: str | None) -> str:
                 experiment_id = found.experiment_id
         else:
             experiment_id = found.experiment_id
-    _OPENED[key] = experiment_id
     return experiment_id
 
 
