@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -97,8 +98,41 @@ def _env(**hooks) -> dict:
 
 
 def _start(args, **hooks) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    """A covfuse child process, its stderr merged into its stdout."""
+    return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=_env(**hooks))
+
+
+class Output:
+    """The lines of several children, read as they come (threads), so none blocks on a full pipe."""
+
+    def __init__(self, children):
+        self.lines: list[list[str]] = [[] for _ in children]
+        self.queue: queue.Queue = queue.Queue()
+        self.threads = [threading.Thread(target=self._read, args=(i, c), daemon=True) for i, c in enumerate(children)]
+        for thread in self.threads:
+            thread.start()
+
+    def _read(self, i: int, child: subprocess.Popen) -> None:
+        for line in child.stdout:
+            self.lines[i].append(line)
+            self.queue.put((i, line))
+        self.queue.put((i, None))
+
+    def wait_for(self, text: str, timeout: float = 600) -> int:
+        """The index of the first child to print a line starting with ``text``; fails if all end before."""
+        ended = set()
+        while len(ended) < len(self.lines):
+            i, line = self.queue.get(timeout=timeout)
+            if line is None:
+                ended.add(i)
+            elif line.startswith(text):
+                return i
+        pytest.fail(f"no child printed {text!r}: " + " | ".join("".join(out)[-3000:] for out in self.lines))
+
+    def text(self, i: int) -> str:
+        self.threads[i].join(timeout=600)
+        return "".join(self.lines[i])
 
 
 def _held(child: subprocess.Popen) -> str:
@@ -108,8 +142,8 @@ def _held(child: subprocess.Popen) -> str:
         seen.append(line)
         if line.startswith("HELD "):
             return "".join(seen)
-    out, err = child.communicate(timeout=60)
-    pytest.fail(f"the child ended (status {child.returncode}) before it was held: {''.join(seen)}{out}{err[-3000:]}")
+    child.wait(timeout=60)
+    pytest.fail(f"the child ended (status {child.returncode}) before it was held: {''.join(seen)[-3000:]}")
 
 
 def _fits(folder: Path) -> int:
@@ -145,62 +179,46 @@ def _search(base, runs, name, trials, loggers):
             "--trials", str(trials), "--tune", "optim.lr=log:1e-4..1e-2", "--trainer.logger", loggers]
 
 
-def test_two_processes_start_one_new_study_with_mlflow_and_train_each_run_once(base, tmp_path):
-    runs, barrier = tmp_path / "runs", tmp_path / "barrier"
+def test_two_processes_share_one_new_study_with_mlflow_and_one_search_and_train_each_trial_and_run_once(
+        base, tmp_path, capsys):
+    runs, barrier, go = tmp_path / "runs", tmp_path / "barrier", tmp_path / "go"
     barrier.mkdir()
-    args = ["sweep", "--config", str(base), "--name", "pair", "--runs-dir", str(runs), "--seeds", "0,1",
-            "--trainer.logger", "[csv,mlflow]"]
-    children = [_start(args, barrier=barrier) for _ in range(2)]  # both open the new store at the same moment
-    outs = [child.communicate(timeout=600) for child in children]
-    assert [c.returncode for c in children] == [0, 0], [err[-3000:] for _, err in outs]
-    assert not any("already exists" in out + err for out, err in outs)
-    study = runs / "pair"
-    assert [_fits(study / "base" / f"s{seed}") for seed in (0, 1)] == [1, 1]  # each run trained once, by one of them
-    trained = sorted(re.search(r"\] (\S+): training$", line).group(1)
-                     for out, _ in outs for line in out.splitlines() if line.endswith(": training"))
-    assert trained == ["base/s0", "base/s1"]
-    for out, _ in outs:  # whatever one process did not train, it found done or being trained
-        summary = out.strip().splitlines()[-1]
-        n = [int(x) for x in re.search(r"(\d+) trained, (\d+) resumed, (\d+) already done", summary).groups()]
-        busy = int(m.group(1)) if (m := re.search(r"(\d+) being trained by another process", summary)) else 0
-        assert sum(n) + busy == 2
+    args = _search(base, runs, "hunt", 2, "[csv,mlflow]")
+    study = runs / "hunt"
+    # both open the new MLflow store at the same moment; whichever trains trial 0 is held in it until `go` exists
+    children = [_start(args, barrier=barrier, hold="t000", go=go) for _ in range(2)]
+    output = Output(children)
+    try:
+        held = output.wait_for("HELD t000")
+        other = 1 - held  # it claims trial 1, never the live trial 0
+        status = _status(study, capsys)
+        assert status["trials"]["counts"]["running"] >= 1 and status["trials"]["counts"]["failed"] == 0
+        assert children[other].wait(timeout=600) == 0, output.text(other)[-3000:]
+        out = output.text(other)
+        assert "trial 1: training" in out and "trial 0" not in out
+        assert "left to the other process(es) searching or training them, not waited for: base/s0" in out
+        status = _status(study, capsys)  # trial 1 done, trial 0 still training in the held process
+        assert status["trials"]["counts"] == {"done": 1, "running": 1, "pending": 0, "pruned": 0, "failed": 0}
+        assert status["counts"]["done"] == 0
+        go.touch()
+        assert children[held].wait(timeout=600) == 0, output.text(held)[-3000:]
+    finally:
+        for child in children:
+            child.kill()
+    out = output.text(held)
+    assert "trial 0: valid loss" in out and "trial 1" not in out and "base/s0: training" in out
+    assert not any("already exists" in output.text(i) for i in (0, 1))  # no race over MLflow's schema
     with sqlite3.connect(study / "mlflow.db") as db:
         tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
     assert "runs" in tables and not [t for t in tables if t.startswith("_alembic_tmp")]
-    found = _mlflow(study)
-    assert set(found) == {"pair", "base", "base/s0", "base/s1"}
-    assert {name: r.info.status for name, r in found.items()} == dict.fromkeys(found, "FINISHED")
-    assert found["base/s0"].data.tags["state"] == found["base/s1"].data.tags["state"] == "complete"
-
-
-def test_two_processes_share_one_search_and_status_counts_the_trial_that_trains(base, tmp_path, capsys):
-    runs, go = tmp_path / "runs", tmp_path / "go"
-    args = _search(base, runs, "hunt", 2, "[csv,mlflow]")
-    first = _start(args, hold="t000", go=go)
-    try:
-        _held(first)  # trial 0 is training in the first process
-        second = _start(args)  # the second claims trial 1, never the first one's live trial 0
-        study = runs / "hunt"
-        status = _status(study, capsys)
-        assert status["trials"]["counts"]["running"] >= 1 and status["trials"]["counts"]["failed"] == 0
-        out, err = second.communicate(timeout=600)
-        assert second.returncode == 0, err[-3000:]
-        assert "trial 1: training" in out and "trial 0" not in out
-        assert "left to the other process(es) searching or training them, not waited for: base/s0" in out
-        status = _status(study, capsys)  # trial 1 done, trial 0 still training in the first process
-        assert status["trials"]["counts"] == {"done": 1, "running": 1, "pending": 0, "pruned": 0, "failed": 0}
-        go.touch()
-        out, err = first.communicate(timeout=600)
-    finally:
-        first.kill()
-    assert first.returncode == 0, err[-3000:]
-    assert "trial 0: valid loss" in out and "trial 1" not in out and "base/s0: training" in out
+    # each trial and run trained once (the line a fit writes first into its log), by one of the two
     assert [(t.number, t.state.name) for t in _trials(study)] == [(0, "COMPLETE"), (1, "COMPLETE")]
     assert [_fits(study / "base" / "trials" / t) for t in ("t000", "t001")] == [1, 1]
     assert _fits(study / "base" / "s0") == 1
     found = _mlflow(study)
     assert set(found) == {"hunt", "base", "base/t000", "base/t001", "base/s0"}
     assert {name: r.info.status for name, r in found.items()} == dict.fromkeys(found, "FINISHED")
+    assert {found[n].data.tags["state"] for n in ("base/t000", "base/t001", "base/s0")} == {"complete"}
     assert _status(study, capsys)["counts"] == {"done": 1, "running": 0, "interrupted": 0, "failed": 0, "pending": 0}
 
 
@@ -225,6 +243,16 @@ def _kill(child: subprocess.Popen) -> int:
     return child.pid
 
 
+# A process that claims a study run as a sweep does, then waits (until the test kills it)
+CLAIMER = """
+import sys
+from covfuse.training.lock import Claim
+claim = Claim(sys.argv[1])
+print("HELD s0", flush=True)
+sys.stdin.readline()
+"""
+
+
 def test_a_killed_trial_and_a_killed_run_are_marked_killed_by_the_next_command_and_their_parents_end(
         base, tmp_path, capsys):
     pytest.importorskip("tensorboard", reason="covfuse[tensorboard] is not installed")
@@ -246,21 +274,24 @@ def test_a_killed_trial_and_a_killed_run_are_marked_killed_by_the_next_command_a
     settings, end = _hparams(study / "base" / "trials" / "t000" / "tensorboard")
     assert (settings["state"], settings["trial"], end) == ("killed", 0, api_pb2.STATUS_FAILURE)
 
-    pid = _kill(_start(args, hold="s0"))  # the rerun retrains trial 0's settings, then is killed in the study run
-    status = _status(study, capsys)
-    [row] = status["runs"]
+    # a process that claimed the study run s0 (as a sweep does before it trains it) is killed too
+    claimer = subprocess.Popen([sys.executable, "-c", CLAIMER, str(study / "base" / ".s0.claim")], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    pid = _kill(claimer)
+    [row] = _status(study, capsys)["runs"]
     assert row["state"] == "failed" and row["error"].startswith(f"killed: its process (pid {pid} on ")
-    assert row["error"].endswith("the study's command trains it again")
+    assert row["error"].endswith("ended without finishing it (SIGKILL, a crash or a lost node); the study's command "
+                                 "trains it again")
+
+    assert covfuse(args) == 0  # the same command finishes the study: trial 0's settings again, then s0
+    status = _status(study, capsys)
+    assert status["counts"] == {"done": 1, "running": 0, "interrupted": 0, "failed": 0, "pending": 0}
     assert status["trials"]["counts"] == {"done": 1, "running": 0, "pending": 0, "pruned": 0, "failed": 1}
+    assert _trials(study)[1].user_attrs["retry_of"] == 0
     found = _mlflow(study)
     assert found["base/t001"].info.status == "FINISHED" and found["base/t001"].data.tags["state"] == "complete"
-    assert (found["base/s0"].info.status, found["base/s0"].data.tags["state"]) == ("KILLED", "killed")
-    assert found["base"].info.status == found["cut"].info.status == "KILLED"
-
-    assert covfuse(args) == 0  # the same command finishes the study
-    assert _status(study, capsys)["counts"] == {"done": 1, "running": 0, "interrupted": 0, "failed": 0, "pending": 0}
-    found = _mlflow(study)
     assert found["base"].info.status == found["cut"].info.status == "FINISHED"
+    assert found["base/t000"].info.status == "KILLED"  # the killed trial keeps its state
     settings, end = _hparams(study / "base" / "s0" / "tensorboard")  # the run's record says how it ended now
     assert (settings["state"], end) == ("complete", api_pb2.STATUS_SUCCESS)
     assert len(list((study / "base" / "s0" / "tensorboard").glob("*.hparams"))) == 1

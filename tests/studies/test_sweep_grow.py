@@ -1,12 +1,14 @@
 """The life of a study, driven through the CLI: check first, grow, refuse changed settings, --overwrite
-only what changed, --dry-run's truth, a run another process holds, `covfuse status`, split seeds (two real
-processes on one study: test_processes.py)."""
+only what changed, --dry-run's truth, processes sharing a study, `covfuse status`, split seeds (a shared search
+and killed processes: test_processes.py)."""
 from __future__ import annotations
 
 import csv
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,6 +186,34 @@ def test_a_run_another_process_trains_is_skipped_said_and_listed_and_status_show
     assert covfuse(["status", "co", "--runs-dir", str(runs)]) == 0
     text = capsys.readouterr().out
     assert "3 done, 1 interrupted, 1 failed, 1 pending" in text and "CUDA out of memory" in text and "time left" in text
+
+
+def test_two_sweep_processes_on_one_new_study_with_mlflow_train_each_run_once_and_both_succeed(base, tmp_path):
+    """Both start together on a new study whose runs log to MLflow's default SQLite store: the store is created
+    once (MLflow's schema migration, which two processes must not run at once), each run trained by one of them."""
+    MlflowClient = pytest.importorskip("mlflow.tracking", reason="covfuse[mlflow] is not installed").MlflowClient
+    runs = tmp_path / "runs"
+    args = sweep(base, runs, "two", "--seeds", "0,1", "--trainer.logger", "[csv,mlflow]")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+           "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).parents[2] / "src"),
+                                                     os.environ.get("PYTHONPATH", "")] if p)}
+    procs = [subprocess.Popen([sys.executable, "-m", "covfuse.cli", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert not any("already exists" in out + err for out, err in outs)
+    trained = [line for out, _ in outs for line in out.splitlines() if line.endswith(": training")]
+    assert sorted(re.search(r"\] (\S+): training", line).group(1) for line in trained) == ["base/s0", "base/s1"]
+    for out, _ in outs:  # whatever one process did not train, it found done or being trained
+        summary = out.strip().splitlines()[-1]
+        n = [int(x) for x in re.search(r"(\d+) trained, (\d+) resumed, (\d+) already done", summary).groups()]
+        busy = int(m.group(1)) if (m := re.search(r"(\d+) being trained by another process", summary)) else 0
+        assert sum(n) + busy == 2
+    assert all((Path(r.dir) / "metrics.json").is_file() for r in load_study(runs / "two").runs)
+    client = MlflowClient(f"sqlite:///{runs / 'two' / 'mlflow.db'}")  # MLflow's own reader
+    found = client.search_runs([client.get_experiment_by_name("two").experiment_id])
+    assert sorted(r.info.run_name for r in found) == ["base", "base/s0", "base/s1", "two"]
+    assert {r.info.status for r in found} == {"FINISHED"}
 
 
 # -- 7. splits come from data.split_seed, not the run seed ---------------------------------------------
