@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -81,7 +82,7 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, **options)
     finally:
-        import matplotlib.pyplot as plt  # only here: io stays importable without matplotlib
+        import matplotlib.pyplot as plt  # lazy: io stays matplotlib-free
 
         plt.close(fig)
     return path
@@ -94,9 +95,7 @@ def load_trusted(path: str | os.PathLike, what: str = "file", map_location="cpu"
     A file that carries other pickled objects (which could execute code when unpickled) is refused
     with one line; so is a truncated or non-torch file.
     """
-    import pickle
-
-    import torch  # here, not at module level: io stays importable without torch
+    import torch  # lazy: io stays torch-free (data and report commands import it)
 
     path = Path(path)
     if not path.is_file():

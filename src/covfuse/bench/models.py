@@ -15,6 +15,7 @@ from covfuse.layers import auto_choices
 from covfuse.layers.autotune import clear_choices
 from covfuse.layers.hybrid import hybrid_layers
 from covfuse.models import build
+from covfuse.models.registry import backbone_spec
 from covfuse.training.module import to_channels_last
 
 # (label, fusion, hybrid_layers, K)
@@ -65,8 +66,6 @@ def run(backbones: list[str], size: int, batch2d: int, device: str, rounds: int,
         size3d: int | None = None, batch3d: int | None = None) -> list[dict]:
     """One row per (backbone, variant); 3D backbones (resnet3d-compact, monai-*) take volumes of side
     ``size3d`` in batches of ``batch3d`` (default: ``size`` and ``batch2d``)."""
-    from covfuse.models.registry import backbone_spec
-
     dev = torch.device(device)
     chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
     rows = []

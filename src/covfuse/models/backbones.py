@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from covfuse.errors import UserError
 from covfuse.io import load_trusted
 from covfuse.models.registry import BackboneSpec, backbone_spec, head_outputs
+from covfuse.models.volumetric import instantiate_3d
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -62,12 +63,10 @@ class VGGMini(nn.Module):
 def instantiate(spec: BackboneSpec) -> nn.Module:
     """The backbone with random weights and its original 1000-class head."""
     if spec.spatial_dims == 3:
-        from covfuse.models.volumetric import instantiate_3d
-
         return instantiate_3d(spec.name)
     if spec.torchvision is None:
         return VGGMini()
-    import torchvision
+    import torchvision  # lazy: only torchvision backbones need it (vgg-mini and 3D runs never do)
 
     return torchvision.models.get_model(spec.torchvision, weights=None)
 
@@ -76,7 +75,7 @@ def imagenet_checkpoint(spec: BackboneSpec) -> tuple[Path, str]:
     """(expected path in the torch hub cache, URL) of torchvision's default ImageNet weights."""
     if not spec.imagenet:
         raise UserError(f"there are no ImageNet weights for {spec.name}; use weights=None or a state-dict path")
-    import torchvision
+    import torchvision  # lazy: only torchvision backbones need it (vgg-mini and 3D runs never do)
 
     url = torchvision.models.get_model_weights(spec.torchvision).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path), url

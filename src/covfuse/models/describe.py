@@ -384,11 +384,11 @@ def diagram_blocks(model: FusionModel, desc: Description) -> list[dict]:
 
 def draw_diagram(model: FusionModel, desc: Description, path: str | os.PathLike) -> Path:
     """Draw ``model`` as a column of blocks (conditioned ones coloured, covariates wired in) into a PNG."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only for the diagram (describe --diagram)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
+    import matplotlib.pyplot as plt  # lazy: as above
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch  # lazy: as above
 
     blocks = diagram_blocks(model, desc)
     step = 1.0

@@ -88,7 +88,7 @@ class CompactResNet3d(nn.Module):
 
 
 def _monai_resnet(depth: int) -> nn.Module:
-    from monai.networks.nets import resnet
+    from monai.networks.nets import resnet  # lazy: MONAI only for the monai-* backbones
 
     builder = getattr(resnet, f"resnet{depth}")
     return builder(spatial_dims=3, n_input_channels=1, num_classes=1000)
