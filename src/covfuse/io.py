@@ -1,4 +1,5 @@
-"""Atomic writes: a file appears whole under its name or not at all (write a temp name, then rename).
+"""File helpers: atomic writes (a file appears whole under its name or not at all: write a temp
+name, then rename), figures saved that way, and ``torch.load`` of weights only.
 
 The finished file gets the permissions a plain ``open(path, "w")`` would give (0666 minus the
 user's umask): ``tempfile.mkstemp`` creates 0600 files, which collaborators could not read.

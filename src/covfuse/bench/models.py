@@ -1,5 +1,5 @@
-"""Model benchmark: one optimiser step (forward, BCE loss, backward, AdamW) of a whole network, each
-fusion variant relative to image-only, plus its peak memory.
+"""Model benchmark: one optimiser step (forward, BCE loss, backward, AdamW on CUDA, SGD on a CPU) of a
+whole network, each fusion variant relative to image-only, plus its peak memory.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the step; on CPU (no allocator
 statistics), the bytes of the distinct tensors autograd saves for backward (activation memory,

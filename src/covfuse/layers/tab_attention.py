@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from covfuse.layers.context import current_covariates, layer_covariates
+from covfuse.layers.helpers import check_init
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -55,8 +56,7 @@ class TabAttention(nn.Module):
         if num_channels < 1 or num_covariates < 1 or dims not in _CONV or grid < 1:
             raise ValueError(f"need num_channels, num_covariates, grid >= 1 and dims in 1..3, got "
                              f"{num_channels}, {num_covariates}, {grid}, {dims}")
-        if init not in ("identity", "reference"):
-            raise ValueError(f"init must be 'identity' or 'reference', got {init!r}")
+        check_init(init)
         gain = (1.0 if init == "reference" else 2.0) if gain is None else gain  # None: the init's own gate
         factory = {"device": device, "dtype": dtype}
         self.num_channels, self.num_covariates, self.dims, self.grid, self.gain = num_channels, num_covariates, dims, grid, gain

@@ -1,4 +1,5 @@
-"""Backbones: torchvision VGG/ResNet and a CPU-sized ``vgg-mini``, their weights, heads and regimes.
+"""Backbones: torchvision VGG/ResNet, a CPU-sized ``vgg-mini`` and the 3D ResNets of
+:mod:`covfuse.models.volumetric`; their weights, heads and regimes.
 
 Weights are resolved in one place, :func:`load_weights`: ``None`` (random init), ``"imagenet"``
 (torchvision's published weights, read only from the torch hub cache, never downloaded here) or a
@@ -137,8 +138,8 @@ def replace_head(model: nn.Module, spec: BackboneSpec, out_features: int) -> Non
 
 def build_backbone(name: str, *, weights: str | os.PathLike | None = None, head: str = "binary",
                    num_classes: int | None = None) -> nn.Module:
-    """A backbone with ``weights`` loaded and its head replaced by ``head`` ("binary"/"regression": 1 output,
-    "two-class": 2 outputs, as the research's ``classifier[6] = Linear(4096, 2)``, "multiclass": ``num_classes``)."""
+    """A backbone with ``weights`` loaded and its head replaced by ``head`` ("binary"/"regression"/"survival":
+    1 output, "two-class": 2 outputs, as the research's ``classifier[6] = Linear(4096, 2)``, "multiclass": ``num_classes``)."""
     spec = backbone_spec(name)
     out_features = head_outputs(head, num_classes)
     if weights is None:

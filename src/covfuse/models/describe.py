@@ -300,7 +300,8 @@ _SECONDARY = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.Dropout, nn.Flatten, 
 
 
 def _units(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
-    """Blocks to draw: children of Sequentials and of FiLM/DAFT wrappers are opened one level."""
+    """Blocks to draw: Sequentials are opened, and each wrapper of :data:`WRAPPERS` (FiLM, DAFT,
+    tab-attention, Duanmu) becomes its module and its conditioning layer, in data-flow order."""
     if type(module) in CONDITIONING_KINDS or not any(True for _ in module.children()):
         return [(prefix, module)]
     out: list[tuple[str, nn.Module]] = []
@@ -358,7 +359,8 @@ def _label(m: nn.Module) -> str:
 
 
 def diagram_blocks(model: FusionModel, desc: Description) -> list[dict]:
-    """Blocks of the diagram: a main layer with the BN / ReLU / FiLM / Dropout after it folded in."""
+    """Blocks of the diagram: a main layer with the secondary layers after it (:data:`_SECONDARY`: norms,
+    ReLU, Dropout, Flatten, FiLM, conditional norms, tab-attention) folded in."""
     shapes = {r.name: r.output for r in desc.rows}
     blocks: list[dict] = []
     for name, m in _units(model.network, ""):
