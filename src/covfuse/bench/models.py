@@ -91,9 +91,9 @@ def run(backbones: list[str], size: int, batch2d: int, device: str, rounds: int,
             if channels_last and not volumes:
                 # not model.to(memory_format=...): that fails on the 5-D covariate weights of hybrid convs
                 model = to_channels_last(model)
-            # AdamW (what training uses) on a GPU; plain SGD on a CPU, where nine vgg16_bn copies with
-            # two AdamW state tensors each would need ~20 GB of RAM (the step's arithmetic is the same
-            # for every variant; the optimiser's share is small either way).
+            # AdamW (what training uses) on a GPU; plain SGD on a CPU, where a vgg16_bn per variant (17)
+            # with two AdamW state tensors each would need ~38 GB of RAM (the step's arithmetic is the
+            # same for every variant; the optimiser's share is small either way).
             opt = (torch.optim.AdamW(model.parameters(), lr=1e-5) if dev.type == "cuda"
                    else torch.optim.SGD(model.parameters(), lr=1e-5))
             c = c3[:, :k] if k else torch.zeros(batch, 0, device=dev)

@@ -14,8 +14,8 @@ Where covfuse differs from the reference (SanoScience/Tab-Attention, ``src/model
   and shift start at zero, so both gates start at exactly 1 and a model starts as its image-only
   form; the reference's ``sigmoid`` halves every feature at initialisation and its network
   initialises every Linear N(0, 0.01), bias 0 (``init="reference"``: that init, ``gain=1``);
-- the tabular spatial map is predicted on a fixed ``grid`` (P = grid^dims positions, default 7, the
-  reference's map in its last stage) and resized to the feature map (bilinear / trilinear); the
+- the tabular spatial map is predicted on a fixed ``grid`` (P = grid^2 positions, default 7, the
+  reference's map in its last stage; 1D: grid) and resized to the feature map (bilinear; 1D: linear); the
   reference predicts every position of its fixed input size, so its layer works at one input size
   only and its parameter count grows with the resolution. On a grid-sized map both are the same;
 - the reduced width is at least 1 (the reference's C // 16 is 0 for fewer than 16 channels);
@@ -39,7 +39,7 @@ from covfuse.layers.helpers import check_init
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_MODE = {1: "linear", 2: "bilinear"}  # the tabular map is 1D or 2D
 
 
 def _mlp(n_in: int, hidden: int, n_out: int, **factory) -> nn.Sequential:

@@ -37,7 +37,8 @@ KIND_COLOURS = {"hybrid": "#f28e2b", "film": "#59a14f", "daft": "#b07aa1", "conc
 KIND_LABELS = {"hybrid": "hybrid conv", "film": "FiLM", "daft": "DAFT", "concat": "concat head", "covariates": "covariates only",
                "hyper": "hyper conv", "cond-norm": "cond. norm", "tab-attention": "tab-attention", "duanmu": "Duanmu gate",
                "mlpcatmlp": "MLP-concat head"}
-# Wrappers that put a conditioning layer next to a module of the unmodified network: (wrapped, conditioning) attributes.
+# Wrappers that put a conditioning layer next to a module of the unmodified network (kept as ``.module``):
+# the attribute that holds the conditioning layer.
 WRAPPERS = {FiLMAfter: "film", DAFTAfter: "daft", TabAttentionAfter: "attention", DuanmuGate: "factor"}
 
 

@@ -16,7 +16,7 @@ class BackboneSpec:
 
     name: str
     family: str                   # "vgg", "resnet" or "vgg-mini"
-    torchvision: str | None       # builder name in torchvision.models (None: ours)
+    torchvision: str | None       # builder name in torchvision.models (None: covfuse's own or MONAI's)
     head: str                     # the last Linear, replaced by the task head
     classifier: str               # trained under the features-frozen regime
     input_size: int               # default input side for describe / dry runs
