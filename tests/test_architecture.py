@@ -210,7 +210,7 @@ def listed_lazy_imports() -> set[tuple[str, str]]:
     pairs = set()
     for line in section.splitlines():
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and cells[0].startswith("covfuse."):
+        if len(cells) >= 3 and (cells[0] == "covfuse" or cells[0].startswith("covfuse.")):
             pairs.add((cells[0], cells[1]))
     return pairs
 
@@ -226,7 +226,9 @@ def function_level_imports() -> set[tuple[str, str]]:
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(fn):
-                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("covfuse"):
+                if isinstance(node, ast.ImportFrom) and node.module == "covfuse":  # from covfuse import layers
+                    found |= {(_module_name(path), f"covfuse.{a.name}") for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("covfuse."):
                     found.add((_module_name(path), node.module))
                 elif isinstance(node, ast.Import):
                     found |= {(_module_name(path), a.name) for a in node.names if a.name.startswith("covfuse")}
