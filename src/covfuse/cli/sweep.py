@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from covfuse.cli._common import Parser, parse_seeds  # noqa: F401 (parse_seeds: used here and by search)
+from covfuse.cli._common import Parser, parse_seeds
 from covfuse.errors import UserError
 
 
