@@ -39,7 +39,7 @@ class DemoOptions:
     effect: str = "planted"
     n: int = 8000
     seed: int = 0
-    epochs: int | None = None  # None: configs/demo.yaml's trainer.max_epochs
+    epochs: int | None = None  # None: the config's trainer.max_epochs
     image_size: tuple[int, int] = (89, 109)
     data: Path | None = None  # None: the user cache folder (see twin_folder)
     methods: tuple[str, ...] = METHODS
