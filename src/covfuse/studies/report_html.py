@@ -17,7 +17,10 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from covfuse.studies.report import ASSUMPTIONS, _p, sd_text, settings_text, sig, survival_entry
+from covfuse.io import atomic_write_text
+from covfuse.studies.format import ci_text, p_text, sd_text, settings_text, sig
+from covfuse.studies.report import ASSUMPTIONS, survival_entry
+from covfuse.studies.search import space_words
 from covfuse.studies.sweep import Study
 from covfuse.training.metrics import SUBGROUP_STATS
 
@@ -87,14 +90,6 @@ def _num(value, digits: int = 3) -> tuple[str, str]:
     return f"{value:.{digits}f}", repr(float(value))
 
 
-def _ci(lo_hi, digits: int = 3, sign: bool = False) -> str:
-    lo, hi = lo_hi or (None, None)
-    if lo is None:
-        return ""
-    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
-    return f" [{f.format(lo)}, {f.format(hi)}]"
-
-
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> str:
     """A sortable table; a cell is text, or (text, sort value) for numbers, or (text, sort value, css class)."""
     out = ['<div class="wrap"><table class="sortable">']
@@ -140,11 +135,11 @@ def survival_table(report: dict) -> str:
         for n in names:
             e = survival_entry(report, r, n)
             est, est_v = _num(e["estimate"])
-            cells.append((est + _ci(e["ci"]), est_v))
+            cells.append((est + ci_text(e["ci"]), est_v))
             if r["setting"] == base or e.get("difference") is None:
                 cells.append(("–", ""))
             else:
-                cells.append((f"{e['difference']:+.3f}{_ci(e['difference_ci'], sign=True)}, p {_p(e.get('p_adjusted'))}",
+                cells.append((f"{e['difference']:+.3f}{ci_text(e['difference_ci'], sign=True)}, p {p_text(e.get('p_adjusted'))}",
                               repr(float(e["difference"]))))
         body.append(cells)
     headers = ["setting"] + [h for n in names for h in (f"{n} [95% CI]", f"Δ{n} vs {base} [95% CI], p (Holm)")]
@@ -170,11 +165,11 @@ def render(report: dict, study: Study) -> str:
         mean, mean_v = _num(r["mean"])
         est, est_v = _num(r.get("estimate"))
         diff, diff_v = ("–", "") if is_base else _num(r["difference"])
-        p, p_v = ("–", "") if is_base else (_p(r["p_value"]), repr(float(r["p_value"])))
-        padj, padj_v = ("–", "") if is_base else (_p(r["p_adjusted"]), repr(float(r["p_adjusted"])))
+        p, p_v = ("–", "") if is_base else (p_text(r["p_value"]), repr(float(r["p_value"])))
+        padj, padj_v = ("–", "") if is_base else (p_text(r["p_adjusted"]), repr(float(r["p_adjusted"])))
         rows.append([r["setting"], (str(r["n_runs"]), str(r["n_runs"])), (f"{mean} ± {sd_text(r['sd'])}", mean_v),
-                     (est + _ci(r["ci"]), est_v), (diff if is_base else f"{r['difference']:+.3f}"
-                                                    + _ci(r["difference_ci"], sign=True), diff_v),
+                     (est + ci_text(r["ci"]), est_v), (diff if is_base else f"{r['difference']:+.3f}"
+                                                    + ci_text(r["difference_ci"], sign=True), diff_v),
                      (p, p_v), (padj, padj_v), r["verdict"] if r["verdict"] not in ("better", "worse")
                      else (r["verdict"], r["verdict"], r["verdict"])])
     parts.append('<h2 id="results">Results</h2>')
@@ -188,17 +183,15 @@ def render(report: dict, study: Study) -> str:
         if r["setting"] == base:
             continue
         st, mc = r.get("seed_test"), r.get("mcnemar_clustered")
-        across = "–" if not st or st.get("t") is None else f"{st['method']}: t = {st['t']:.2f}, p = {_p(st['p_value'])}"
-        tests.append([r["setting"], (_p(r["bootstrap_p"]), repr(float(r["bootstrap_p"]))), across,
-                      f"{mc['a_only']} / {mc['b_only']}, p = {_p(mc['p_value'])}" if mc else "–"])
+        across = "–" if not st or st.get("t") is None else f"{st['method']}: t = {st['t']:.2f}, p = {p_text(st['p_value'])}"
+        tests.append([r["setting"], (p_text(r["bootstrap_p"]), repr(float(r["bootstrap_p"]))), across,
+                      f"{mc['a_only']} / {mc['b_only']}, p = {p_text(mc['p_value'])}" if mc else "–"])
     if tests:
         parts += ['<h2 id="tests">Tests behind each row</h2>',
                   table(["setting", "bootstrap p", "across runs (method: t, p)", "clustered McNemar"], tests)]
     parts += ["<p>What each number assumes:</p><ul>", *[f"<li>{_md(a)}</li>" for a in ASSUMPTIONS], "</ul>"]
     search = report.get("search")
     if search:
-        from covfuse.studies.search import space_words
-
         parts += ['<h2 id="search">Search (equal budget per method)</h2>',
                   f"<p>Optuna {esc(search['sampler'])} (seed {esc(search['seed'])}), pruner {esc(search['pruner'])}; "
                   f"{esc(search['trials'])} trials per cell on the validation split ({esc(search['objective'])}, "
@@ -250,6 +243,4 @@ def page(title: str, body: str) -> str:
 
 def write_html(report: dict, study: Study) -> Path:
     """``<study>/report.html`` (call after :func:`covfuse.studies.report.write_report`, which draws the figures)."""
-    from covfuse.io import atomic_write_text
-
     return atomic_write_text(Path(study.study_dir) / "report.html", render(report, study))
