@@ -3,6 +3,7 @@ wrote the files (PIL, nibabel), and its refusals (exit 2, one line, nothing writ
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -121,15 +122,26 @@ def test_refusals_are_one_line_and_write_nothing(twins, tmp_path, capsys, monkey
         _refused(["data", "show", manifest, *extra], tmp_path, capsys, expect)
     (tmp_path / "taken.png").write_bytes(b"mine")
     _refused(["data", "show", manifest, "--out", "taken.png"], tmp_path, capsys, "taken.png exists; pass --overwrite")
-    locked = tmp_path / "locked"
+    locked = (tmp_path / "locked").resolve()
     locked.mkdir()
     locked.chmod(0o555)
     try:
         if os.geteuid() == 0:  # root writes anywhere: let the folder read as unwritable, as it does for a user
             real = os.access
-            monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if str(p) == str(locked) else
+            monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p).resolve() == locked else
                                 real(p, mode, *a, **k))
         _refused(["data", "show", manifest, "--out", "locked/s.png"], tmp_path, capsys,
-                 f"cannot write into {locked} (permission denied)")
+                 "--out locked/s.png: cannot write into locked (permission denied)")
     finally:
         locked.chmod(0o755)
+
+
+def test_the_preprocessing_comes_from_a_run_config_then_the_flags(twins, tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("data:\n  image_size: 12\n  preset: research\n")
+    out = tmp_path / "cfg.png"
+    assert covfuse(["data", "show", str(twins["manifest"]), "--config", str(tmp_path / "run.yaml"), "--rows", "1",
+                    "--out", str(out)]) == 0
+    assert "(12x12 px, preset research;" in capsys.readouterr().out
+    assert covfuse(["data", "show", str(twins["manifest"]), "--config", str(tmp_path / "run.yaml"), "--rows", "1",
+                    "--image_size", "20", "--out", str(out), "--overwrite"]) == 0
+    assert "(20x20 px, preset research;" in capsys.readouterr().out

@@ -100,7 +100,10 @@ def one_line(capsys, code: int, command: str, names: list[str]) -> str:
 
 
 def names_of(action) -> list[str]:
-    return [*action.option_strings, action.dest, action.dest.replace("_", "-")]
+    """How a message may name the option: its flags (a positional: its name); --config: the config file."""
+    if action.option_strings == ["--config"]:
+        return ["config file"]
+    return list(action.option_strings) or [action.dest]
 
 
 def test_the_parsers_were_found():
@@ -175,3 +178,12 @@ def test_text_options_are_only_those_whose_type_is_text():
             assert str in (hint, *getattr(hint, "__args__", ())) or action.dest == "config", (command, action.dest)
         else:
             assert action.choices is None and action.type in (None, str, Path), (command, path, action.dest)
+
+
+def test_the_quoted_spelling_the_message_gives_is_accepted(tmp_path):
+    """The hint for class names that YAML reads as numbers or booleans works, on the command line and in a file."""
+    from covfuse.training.config import parse
+
+    assert parse(["--data.classes", '["0","1"]'])[0].data.classes == ["0", "1"]
+    (tmp_path / "q.yaml").write_text('data:\n  classes: ["no", "yes"]\n')
+    assert parse(["--config", str(tmp_path / "q.yaml")])[0].data.classes == ["no", "yes"]
