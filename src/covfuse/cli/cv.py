@@ -8,5 +8,10 @@ from __future__ import annotations
 from covfuse.cli import sweep
 
 
+def parser():
+    """cv's own options; every other flag is a config key (:func:`covfuse.cli.fit.parser` lists them)."""
+    return sweep.parser("covfuse cv", __doc__, cv=True)
+
+
 def main(argv: list[str]) -> int:
     return sweep.main(argv, cv=True, prog="covfuse cv", doc=__doc__)

@@ -10,7 +10,7 @@ import logging
 from covfuse.cli._common import Parser
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = Parser(prog="covfuse explain", description="Explain what each covariate changes in a trained run.")
     p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
     p.add_argument("--split", default="test", help="split to explain: train, valid or test (default: test)")
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     from covfuse.studies.explain import explain_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -12,6 +12,13 @@ def _flags(parser) -> None:
                         help="leave out images or volumes that do not decode (counted and listed in skipped.txt) instead of stopping")
 
 
+def parser():
+    """fit's parser: every config key (``--data.root``, ...; jsonargparse) and fit's own flags."""
+    p = cfgmod.parser("covfuse fit", DESCRIPTION)
+    _flags(p)
+    return p
+
+
 def resolve(argv: list[str]) -> tuple[cfgmod.RunConfig, dict]:
     """The run's config: the command line alone, or with --resume the run's saved config.yaml under it."""
     config, flags = cfgmod.parse(argv, _flags, prog="covfuse fit")

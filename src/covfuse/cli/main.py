@@ -1,6 +1,7 @@
 """The `covfuse` command: dispatches to one module per sub-command, imported lazily.
 
-Each sub-command module exposes ``main(argv: list[str]) -> int``. Any :class:`UserError`
+Each sub-command module exposes ``main(argv: list[str]) -> int`` and ``parser()``, the parser of its
+options (``fit``'s holds every config key; ``sweep`` and ``cv`` pass unknown flags on as config keys). Any :class:`UserError`
 (or ``FileNotFoundError``) that escapes becomes one line on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from covfuse.errors import RunDiverged, RunInterrupted, Terminated, UserError, s
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `covfuse --help` and `covfuse data info` start without importing Lightning.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("covfuse.cli.data", "inspect, verify, cache or synthesise data (manifests, BIDS, CelebA folders)"),
+    "data": ("covfuse.cli.data", "inspect, show, verify, cache or synthesise data (manifests, BIDS, CelebA folders)"),
     "describe": ("covfuse.cli.describe", "print a model's layer table and draw its diagram"),
     "fit": ("covfuse.cli.fit", "train a model from a YAML config into runs/<name>/"),
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
