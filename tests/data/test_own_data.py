@@ -316,7 +316,7 @@ def test_two_processes_building_one_volume_cache_both_get_it(tmp_path):
     import nibabel as nib
 
     from covfuse.data.cache import build_volume_cache
-    from covfuse.data.decoders.nifti import Preprocessing, load_volume, transform
+    from covfuse.data.decoders.volume import Preprocessing, load_volume, transform
 
     files = []
     for i in range(4):

@@ -97,7 +97,7 @@ class CovfuseModule(L.LightningModule):
     # -- forward ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) on the device -> normalised float input; volumes come normalised (float16)."""
-        if images.is_floating_point():  # covfuse.data.decoders.nifti already normalised the intensities
+        if images.is_floating_point():  # covfuse.data.decoders.volume already normalised the intensities
             return images.float()
         x = normalize(images, self.hparams.preset)
         if self.channels_last and x.dim() == 4:
