@@ -123,7 +123,7 @@ def test_normalize_any_depth_and_grey_to_three_channels(dtype, scale):
 @pytest.mark.parametrize("rows,expect", [
     ([["s1", "img/a.png", "train"], ["s1", "img/b.png", "test"]], "subject s1 is in split test but line 2 puts it in train"),
     ([["s1", "img/a.png", "train"], ["s2", "img/v.nii.gz", "test"]], "one manifest holds one kind of file"),
-    ([["s1", "img/a.png", "train"], ["s2", "img/v.txt", "test"]], "is neither a NIfTI volume"),
+    ([["s1", "img/a.png", "train"], ["s2", "img/v.txt", "test"]], "is neither a volume"),
 ])
 def test_bad_manifests_are_one_line_naming_the_row(tmp_path, rows, expect):
     (tmp_path / "img").mkdir()

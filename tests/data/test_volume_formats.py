@@ -154,7 +154,8 @@ def _damaged(folder, damage: str):
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("gap", r"uneven slice spacing: 5\.000 mm from IM\d+ to IM\d+, 2\.500 mm elsewhere \(a missing slice\?\)"),
+    ("gap", r"uneven slice spacing: 5\.000 mm from IM\d+ to IM\d+, 2\.500 mm between other neighbours \(a missing "
+            r"slice\?\)"),
     ("orientation", r"mixed orientations: IM\d+ has ImageOrientationPatient \[.*\], IM\d+ \[.*\] \(a localizer in "
                     r"the series\?\); keep the slices of one orientation in the folder"),
     ("position", r"IM\d+ and IM\d+ lie at one position .*several volumes in one series"),
@@ -262,3 +263,51 @@ def test_a_bids_entry_may_be_a_dicom_series_folder(tmp_path):
     table = read_bids(root)
     assert table.columns["path"] == ["sub-01/anat/sub-01_T1w.nii.gz", "sub-02/anat/sub-02_T1w"]
     assert [volume_shape(f) for f in table.files] == [(11, 9, 7)] * 2
+
+
+def test_fit_and_test_read_series_folders_and_4d_files_as_chosen_and_reuse_one_cache(tmp_path, capsys):
+    """A study as a hospital sends it: each subject a folder holding the T1 series beside a localizer, or a 4-D
+    NIfTI; data.series and data.volume_index pick the volumes, fit builds their cache once and test reuses it."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "volumes" / "demo.yaml"
+    rng = np.random.default_rng(0)
+    lines = ["subject,path,split,diagnosis,age,sex,APOE4"]
+    for i in range(12):
+        data = volume(50 + i, (8, 8, 6))
+        name = f"sub-{i:02d}"
+        if i % 3:
+            _two_series(tmp_path / name, data)
+        else:
+            nib.save(nib.Nifti1Image(np.stack([data, data // 2], axis=-1), PERMUTED), str(tmp_path / f"{name}.nii.gz"))
+            name += ".nii.gz"
+        split = ("train",) * 6 + ("valid", "valid", "valid", "test", "test", "test")
+        lines.append(f"s{i},{name},{split[i]},{('CN', 'AD')[i % 2]},{60 + rng.integers(0, 30)},{'FM'[i % 2]},{i % 3}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    runs = tmp_path / "runs"
+    tiny = ["--data.image_size", "8", "--data.batch_size", "4", "--trainer.max_epochs", "1", "--trainer.summary",
+            "false", "--bootstrap", "20", "--trainer.progress", "none", "--runs_dir", str(runs)]
+    fit = ["fit", "--config", str(config), "--data.root", str(tmp_path / "m.csv"), *tiny, "--name", "dicom"]
+    assert covfuse(fit) == 2  # a 4-D file, then folders of two series: refused, naming the option that chooses
+    assert "m.csv, line 2 (subject s0): " in (err := capsys.readouterr().err) and "choose one with data.volume_index" in err
+    assert covfuse([*fit, "--data.volume_index", "0"]) == 2
+    assert "m.csv, line 3 (subject s1): " in (err := capsys.readouterr().err) and "choose one with data.series" in err
+    assert covfuse([*fit, "--data.series", "T1 MPRAGE", "--data.volume_index", "0"]) == 0, capsys.readouterr().err[-2000:]
+    caches = list((tmp_path / ".covfuse-cache").glob("*.f16"))
+    assert len(caches) == 1
+    built = caches[0].stat().st_mtime_ns
+    capsys.readouterr()
+    assert covfuse(["test", str(runs / "dicom")]) == 0
+    out = capsys.readouterr()
+    assert "ignoring" not in out.out + out.err and caches[0].stat().st_mtime_ns == built
+    import csv
+
+    predicted = {row["id"]: row for row in csv.DictReader(open(runs / "dicom" / "predictions.csv"))}
+    assert sorted(predicted) == ["sub-06.nii.gz", "sub-07", "sub-08", "sub-09.nii.gz", "sub-10", "sub-11"]
+    # predict reads a series folder with the run's data.series, as test read it: the same probability
+    _, _, _, _, age, sex, apoe4 = lines[11].split(",")
+    assert covfuse(["predict", str(runs / "dicom"), str(tmp_path / "sub-10"), "--covariates",
+                    f"age={age},sex={sex},APOE4={apoe4}"]) == 0
+    out = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert len(out) == 2 and out[1][:2] == [str(tmp_path / "sub-10"), "sub-10"]
+    assert float(out[1][-1]) == pytest.approx(float(predicted["sub-10"]["probability"]), abs=2e-6)

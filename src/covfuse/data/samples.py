@@ -190,7 +190,7 @@ def nonfinite(table: SampleTable, rows: np.ndarray | None = None, cache=None, s:
     recorded = (getattr(cache, "info", None) or {}).get("nonfinite")
     if recorded is not None:  # a cache without the record (older) falls back to reading the files
         return [(r, int(recorded[str(r)])) for r in rows if str(r) in recorded]
-    return [(r, n) for r in rows if (n := nonfinite_voxels(table.files[r], _choice(s)))]
+    return [(r, n) for r in rows if (n := nonfinite_voxels(table.files[r], _choice(s), table.where(r)))]
 
 
 def check_nonfinite(table: SampleTable, rows: np.ndarray, rule: str = "zero", cache=None,

@@ -174,10 +174,10 @@ def geometry(frames: list[Frame], where: Path) -> tuple[list[Frame], np.ndarray]
     median = np.median(steps, axis=0)
     uneven = [k for k, step in enumerate(steps) if not np.allclose(step, median, rtol=0.05, atol=0.1)]
     if uneven:
-        k = uneven[0]
+        k = int(np.argmax(lengths))  # a missing slice leaves the longest step
         raise UnreadableVolume(where, f"uneven slice spacing: {lengths[k]:.3f} mm from {frames[k].file.name} to "
-                                      f"{frames[k + 1].file.name}, {float(np.median(lengths)):.3f} mm elsewhere (a missing "
-                                      "slice?); a volume needs evenly spaced slices: export the whole series again")
+                                      f"{frames[k + 1].file.name}, {lengths.min():.3f} mm between other neighbours (a "
+                                      "missing slice?); a volume needs evenly spaced slices: export the whole series again")
     mean = (positions[-1] - positions[0]) / (len(frames) - 1)
     direction = mean / np.linalg.norm(mean)
     if not np.allclose(direction, normal / np.linalg.norm(normal), rtol=0.05, atol=0.05):

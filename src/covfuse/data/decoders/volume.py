@@ -221,10 +221,10 @@ def finite(x):
     return torch.nan_to_num(torch.as_tensor(x), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def nonfinite_voxels(file: Path, choice: Choice = Choice()) -> int:
+def nonfinite_voxels(file: Path, choice: Choice = Choice(), where: str = "") -> int:
     """How many voxels of the volume are NaN or +-Inf (as stored after scaling); only floating-point
-    volumes are read, since integer voxels are finite by construction."""
-    source, index = open_volume(file, "", choice)
+    volumes are read, since integer voxels are finite by construction. Errors as :func:`open_volume`."""
+    source, index = open_volume(file, where, choice)
     if not source.floating:
         return 0
     try:
