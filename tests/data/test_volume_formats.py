@@ -232,7 +232,9 @@ def test_data_info_and_verify_read_every_kind_and_name_the_options(tmp_path, cap
     assert covfuse(["data", "info", manifest, "--volume_index", "1"]) == 0
     assert "formats: Analyze (1), DICOM multi-frame (1), DICOM series (1)" in capsys.readouterr().out
     assert covfuse(["data", "verify", manifest, "--volume_index", "-1"]) == 0
-    assert "volumes: 6 of 6 decode" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "volumes: 6 of 6 decode" in out and "formats: Analyze (1), DICOM multi-frame (1), DICOM series (1), MGH (1), " \
+        "NIfTI (1), NIfTI 4-D (2 volumes, index 1) (1)" in out
     # a folder of two series: data info names them and --series picks one, as data.series does for a run
     shutil.rmtree(tmp_path / "series")
     _two_series(tmp_path / "series", volume(10))

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 
 from covfuse.cli._common import Parser
 from covfuse.errors import UserError
@@ -187,7 +188,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     check `--skip_corrupt` uses); a CelebA folder's text files also match the release's md5 checksums."""
     from tqdm import tqdm
 
-    from covfuse.data.inspect import check_checksums
+    from covfuse.data.inspect import check_checksums, file_header
     from covfuse.data.readers import read_table
     from covfuse.data.samples import nonfinite, undecodable
 
@@ -217,6 +218,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"  ... and {len(bad) - 20} more")
     print(f"{noun}: {len(table) - len(bad):,} of {len(table):,} decode")
     if table.kind == "volume" and not bad:
+        formats = Counter(file_header(table, row, choice)[1]["format"] for row in range(len(table)))
+        print("formats: " + ", ".join(f"{k} ({v})" for k, v in sorted(formats.items())))
         found = nonfinite(table, s=choice)
         if found:
             print(f"non-finite: {len(found):,} file(s) hold {sum(n for _, n in found):,} NaN/Inf voxel(s) (first: "

@@ -1,7 +1,7 @@
 """Datasets: samples ``{"image", "covariates", "target", "index"}`` from a table's files or its memmap cache.
 
 :class:`ImageDataset` (and :class:`CelebADataset`) for 2D images, uint8/uint16 as the files hold them,
-served a whole batch at a time; :class:`VolumeDataset` for volumes (NIfTI, MGH, Analyze, DICOM), float16, one sample at a time.
+served a whole batch at a time; :class:`VolumeDataset` for volumes (NIfTI, MGH, DICOM ...), float16, one sample at a time.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """From a sample table to datasets, caches and checks, whatever the source: the one place that knows
-what a table's ``kind`` (``image``: 2D files; ``volume``: NIfTI, MGH, Analyze, DICOM series) and ``format`` (the CelebA release keeps
-its own checksummed cache and JPEG decoder) need, so training code only asks.
+what a table's ``kind`` (``image``: 2D files; ``volume``: NIfTI, MGH, Analyze, DICOM) and ``format``
+(the CelebA release keeps its own checksummed cache and JPEG decoder) need, so training code only asks.
 
 ``settings(cfg)`` reads the preprocessing keys from a data config (image_size, preset, geometry,
-intensity, spacing, and the choice of volume: series, volume_index); :func:`make_dataset`, :func:`collate_functions`, :func:`open_cache`,
-:func:`build_cache`, :func:`check_files`, :func:`undecodable`, :func:`check_readable` and the NaN/Inf checks
+intensity, spacing, and the choice of volume: series, volume_index); :func:`make_dataset`,
+:func:`collate_functions`, :func:`open_cache`, :func:`build_cache`, :func:`check_files`, :func:`undecodable`, :func:`check_readable` and the NaN/Inf checks
 (:func:`nonfinite`, :func:`check_nonfinite`, :func:`check_nonfinite_before_build`) answer for any table.
 
 The cache and dataset modules are imported inside the functions that use them: they import torch,
@@ -135,7 +135,8 @@ def build_cache(table: SampleTable, s: Settings, cache_dir: str | os.PathLike | 
     return cache.build_cache(table, s.size, s.preset, cache_dir=cache_dir or None)
 
 
-def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False, s: Settings | Choice | None = None) -> set[str]:
+def check_files(table: SampleTable, rows: np.ndarray, skip_corrupt: bool = False,
+                s: Settings | Choice | None = None) -> set[str]:
     """Before training reads files lazily: a wrong kind of volume fails now, not in a worker; an empty
     image file is refused (a stat each); with ``skip_corrupt`` every file is decoded once (:func:`undecodable`)
     and the paths of those that fail are returned (the caller leaves them out). ``s``: the settings, whose
@@ -180,7 +181,8 @@ def undecodable(table: SampleTable, rows: np.ndarray | None = None, *, workers: 
     return sorted(bad)
 
 
-def nonfinite(table: SampleTable, rows: np.ndarray | None = None, cache=None, s: Settings | Choice | None = None) -> list[tuple[int, int]]:
+def nonfinite(table: SampleTable, rows: np.ndarray | None = None, cache=None,
+              s: Settings | Choice | None = None) -> list[tuple[int, int]]:
     """(row, count) for each volume of ``rows`` (default all) holding NaN or Inf voxels, as the volume
     ``cache`` recorded them when it was built (else read from the files); 2D images: none (their decoders
     refuse float samples, naming the count)."""

@@ -15,8 +15,8 @@ As :mod:`covfuse.data.decoders` does for a 2D file, this module answers: the hea
 counts NaN/Inf), and the model input (:func:`load_volume`, as ``decode_file``), each failure one
 :class:`~covfuse.errors.UserError` line.
 
-Preprocessing (:func:`transform`, MONAI): the volume with channel first and its affine, reoriented to
-RAS, optionally resampled to an isotropic spacing, brought to S x S x S (``resize``: trilinear/area
+Preprocessing (:func:`transform`, MONAI): the volume with channel first and its affine (:func:`as_tensor`),
+reoriented to RAS, optionally resampled to an isotropic spacing, brought to S x S x S (``resize``: trilinear/area
 resize of the whole field of view; ``crop-pad``: centre crop or zero pad, keeping the voxel size), then
 intensities normalised (``zscore`` over the nonzero voxels, i.e. inside the brain of a skull-stripped
 image, or ``minmax`` to [0, 1]). Samples carry the volume as float16 (1, S, S, S): half the bytes of
@@ -62,7 +62,8 @@ class Choice:
     def __post_init__(self) -> None:
         if self.series is not None and (not isinstance(self.series, str) or not self.series.strip()):
             raise UserError(f"data.series must be a SeriesInstanceUID or a series description, got {self.series!r}")
-        if self.volume_index is not None and (isinstance(self.volume_index, bool) or not isinstance(self.volume_index, int)):
+        index = self.volume_index
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
             raise UserError(f"data.volume_index must be an integer (0 the first volume, -1 the last), got "
                             f"{self.volume_index!r}")
 
@@ -119,8 +120,10 @@ def open_volume(file: Path, where: str = "", choice: Choice = Choice()) -> tuple
     volumes without a :class:`Choice`: one UserError line, prefixed by ``where`` (a manifest line)."""
     file = Path(file)
     prefix = f"{where}: " if where else ""
+    kind = "a volume"
     try:
         reader = reader_for(file)
+        kind = reader.kind
         source = reader.open(file, choice.series)
     except FileNotFoundError:
         raise UserError(f"{prefix}volume file {file} not found") from None
@@ -129,7 +132,7 @@ def open_volume(file: Path, where: str = "", choice: Choice = Choice()) -> tuple
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - nibabel and pydicom raise many types for a damaged file
-        raise UserError(f"{prefix}cannot read {file} as {reader.kind} ({_reason(exc)[:140]}); covfuse reads {KINDS}") from None
+        raise UserError(f"{prefix}cannot read {file} as {kind} ({_reason(exc)[:140]}); covfuse reads {KINDS}") from None
     shape = source.shape
     if len(shape) == 4 and shape[3] == 1:
         return source, 0
@@ -178,10 +181,10 @@ def volume_files(path: Path) -> list[Path]:
 
 
 def transform(settings: Preprocessing):
-    """The MONAI pipeline: volume path -> float32 tensor (1, S, S, S)."""
+    """The MONAI pipeline: a volume as :func:`as_tensor` gives it -> float32 tensor (1, S, S, S)."""
     from monai import transforms as T
 
-    steps = [Load(settings.choice), T.Lambda(finite),  # NaN/Inf -> 0 before anything mixes voxels (data.nonfinite)
+    steps = [T.Lambda(finite),  # NaN/Inf -> 0 before anything mixes voxels (data.nonfinite)
              T.Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if settings.spacing is not None:
         steps.append(T.Spacing(pixdim=settings.spacing, mode="bilinear"))
@@ -195,22 +198,16 @@ def transform(settings: Preprocessing):
     return T.Compose(steps)
 
 
-class Load:
-    """The pipeline's first step: a path -> a MONAI MetaTensor (1, X, Y, Z) float32 carrying the RAS affine,
-    what MONAI's LoadImage(ensure_channel_first=True) gives for a NIfTI file, for every kind of volume (LoadImage
-    reads one path per reader and would stack a DICOM folder by InstanceNumber; see dicom_volumes)."""
+def as_tensor(voxels: np.ndarray, affine: np.ndarray, file: Path):
+    """A MONAI MetaTensor (1, X, Y, Z) float32 carrying the RAS affine: what MONAI's
+    ``LoadImage(ensure_channel_first=True)`` gives for a NIfTI file, for every kind of volume (LoadImage
+    would stack a DICOM folder in InstanceNumber order; see dicom_volumes)."""
+    import torch
+    from monai.data import MetaTensor
 
-    def __init__(self, choice: Choice = Choice()):
-        self.choice = choice
-
-    def __call__(self, path):
-        import torch
-        from monai.data import MetaTensor
-
-        voxels, affine = read_volume(Path(path), self.choice)
-        return MetaTensor(torch.from_numpy(np.ascontiguousarray(voxels)[None]),
-                          affine=torch.as_tensor(affine, dtype=torch.float64),
-                          meta={"space": "RAS", "filename_or_obj": str(path)})
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(voxels, dtype=np.float32)[None]),
+                      affine=torch.as_tensor(affine, dtype=torch.float64),
+                      meta={"space": "RAS", "filename_or_obj": str(file)})
 
 
 def finite(x):
@@ -260,14 +257,17 @@ def unreadable_volumes(files: list[str], choice: Choice = Choice()) -> list[tupl
 
 
 def load_volume(file: Path, settings: Preprocessing, pipeline=None) -> torch.Tensor:
-    """One preprocessed volume, a float32 tensor (1, S, S, S); an unreadable or non-3-D file is a UserError."""
+    """One preprocessed volume, a float32 tensor (1, S, S, S): read once (its header(s), then its voxels),
+    then ``pipeline`` (:func:`transform`); an unreadable or non-3-D file is a UserError."""
     import torch
 
-    volume_shape(file, "", settings.choice)
+    source, index = open_volume(file, "", settings.choice)
     pipeline = pipeline or transform(settings)
     try:
-        x = pipeline(str(file))
-    except Exception as exc:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError
+        x = pipeline(as_tensor(source.voxels(index), source.affine, file))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - nibabel/pydicom/gzip errors, or MONAI's wrapper around a step's
         raise UserError(f"cannot preprocess {file} ({_reason(exc)}); `covfuse data verify ROOT` names every such file") from None
     return torch.as_tensor(x, dtype=torch.float32).reshape(1, *(settings.size,) * 3)
 
