@@ -313,3 +313,46 @@ def test_fit_and_test_read_series_folders_and_4d_files_as_chosen_and_reuse_one_c
     out = list(csv.reader(capsys.readouterr().out.splitlines()))
     assert len(out) == 2 and out[1][:2] == [str(tmp_path / "sub-10"), "sub-10"]
     assert float(out[1][-1]) == pytest.approx(float(predicted["sub-10"]["probability"]), abs=2e-6)
+
+
+
+def _refusal(make, target: str, choice: Choice = Choice()) -> str:
+    """What covfuse says of ``target`` (a path in the current folder) once ``make()`` has written it."""
+    from pathlib import Path
+
+    make()
+    with pytest.raises(UserError) as caught:
+        volume_shape(Path(target), "m.csv, line 2 (subject s1)", choice)
+    return str(caught.value)
+
+
+def test_docs_errors_lists_each_volume_refusal_as_covfuse_says_it(tmp_path, monkeypatch):
+    """docs/errors.md, "Volumes as they come": each row's message is what covfuse says of files written here."""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    said = {}
+    for damage in ("orientation", "position", "tilt", "empty", "one slice"):
+        folder = f"s-{damage.replace(' ', '-')}"
+        said[f"volume-series-{damage.replace(' ', '-')}"] = _refusal(lambda: _damaged(Path(folder), damage), folder)
+    said["volume-multiframe-positions"] = _refusal(
+        lambda: write_multiframe(Path("enhanced.dcm"), volume(1), PERMUTED, positions=False), "enhanced.dcm")
+
+    def three_series():
+        _two_series(Path("MR700"), volume(2))
+        write_dicom_series(Path("MR700"), volume(3)[:, :, :2], PERMUTED, uid="1.2.826.0.1.3", description="localizer",
+                           seed=2)
+
+    said["volume-series-none"] = _refusal(three_series, "MR700", Choice(series="T2"))
+    said["volume-series-ambiguous"] = _refusal(lambda: None, "MR700", Choice(series="localizer"))
+    said["volume-index-range"] = _refusal(
+        lambda: nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.int16), np.eye(4)), "bold.nii.gz"), "bold.nii.gz",
+        Choice(volume_index=3))
+    text = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
+    section = text.split("## Volumes as they come", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("| `"):
+            rows[cells[0].strip("`")] = cells[2]
+    assert rows == {case: message.replace("|", "\\|") for case, message in said.items()}
