@@ -213,6 +213,26 @@ def nan_volumes(work: Path) -> None:
                                 "s1,vol/v1.nii.gz,valid,1,50\ns2,vol/v2.nii.gz,test,1,60\n")
 
 
+def volume_files(work: Path, damage: str) -> None:
+    """``m.csv`` naming three volumes as scanners deliver them (a DICOM series folder, NIfTI files), one of them as
+    ``damage`` says: a folder of two series, a series missing a slice, a 4-D NIfTI."""
+    import nibabel as nib
+    from data_fixtures import write_dicom_series
+
+    affine = np.array([[0.0, 0.0, -2.5, 40.0], [1.25, 0.0, 0.0, -30.0], [0.0, -1.0, 0.0, 20.0], [0, 0, 0, 1]])
+    data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    files = write_dicom_series(work / "MR700", data, affine, uid="1.2.826.0.1.1", description="T1 MPRAGE")
+    nib.save(nib.Nifti1Image(np.stack([data] * 3, axis=-1) if damage == "4-D" else data, affine), str(work / "v.nii.gz"))
+    if damage == "two series":
+        write_dicom_series(work / "MR700", data[:, :, :2], affine, uid="1.2.826.0.1.2", description="localizer", seed=1)
+    if damage == "gap":
+        import pydicom
+
+        sorted(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[0]))[1].unlink()
+    nib.save(nib.Nifti1Image(data, affine), str(work / "w.nii.gz"))
+    (work / "m.csv").write_text("subject,path,label,age\ns1,MR700,0,40\ns2,v.nii.gz,1,50\ns3,w.nii.gz,1,60\n")
+
+
 def float_tiff(work: Path) -> None:
     import tifffile
 
@@ -271,6 +291,15 @@ CASES = [
          ["fit", "--data.root", "m.csv", "--data.target", "label", "--data.covariates", "age", "--data.image_size",
           "8", "--data.nonfinite", "refuse", "--trainer.accelerator", "cpu"],
          "m.csv, line 3 (subject s1): vol/v1.nii.gz has 128 NaN/Inf voxel(s); set data.nonfinite zero", nan_volumes),
+    Case("volume-series-several", "a folder holding two DICOM series", ["data", "info", "m.csv"],
+         "m.csv, line 2 (subject s1): MR700: holds 2 DICOM series: 1.2.826.0.1.1 'T1 MPRAGE' (4 files); 1.2.826.0.1.2 "
+         "'localizer' (2 files); choose one with data.series (its SeriesInstanceUID or description; "
+         "`covfuse data info --series`)", lambda work: volume_files(work, "two series")),
+    Case("volume-series-gap", "a DICOM series missing a slice", ["data", "info", "m.csv"],
+         "m.csv, line 2 (subject s1): MR700: uneven slice spacing: 5.000 mm from", lambda work: volume_files(work, "gap")),
+    Case("volume-4d", "a 4-D NIfTI without data.volume_index", ["data", "info", "m.csv"],
+         "m.csv, line 3 (subject s2): v.nii.gz holds 3 volumes (4-D, 6x5x4x3); choose one with data.volume_index (0 to 2, "
+         "-1 the last; `covfuse data info --volume_index N`)", lambda work: volume_files(work, "4-D")),
     Case("bids-no-participants", "a BIDS dataset without participants.tsv", ["data", "info", "study"],
          "participants.tsv: not found; a BIDS dataset lists its subjects there",
          lambda work: bids(work, "no participants.tsv")),

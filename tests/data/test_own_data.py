@@ -123,7 +123,7 @@ def test_normalize_any_depth_and_grey_to_three_channels(dtype, scale):
 @pytest.mark.parametrize("rows,expect", [
     ([["s1", "img/a.png", "train"], ["s1", "img/b.png", "test"]], "subject s1 is in split test but line 2 puts it in train"),
     ([["s1", "img/a.png", "train"], ["s2", "img/v.nii.gz", "test"]], "one manifest holds one kind of file"),
-    ([["s1", "img/a.png", "train"], ["s2", "img/v.txt", "test"]], "is neither a NIfTI volume"),
+    ([["s1", "img/a.png", "train"], ["s2", "img/v.txt", "test"]], "is neither a volume"),
 ])
 def test_bad_manifests_are_one_line_naming_the_row(tmp_path, rows, expect):
     (tmp_path / "img").mkdir()
@@ -316,7 +316,7 @@ def test_two_processes_building_one_volume_cache_both_get_it(tmp_path):
     import nibabel as nib
 
     from covfuse.data.cache import build_volume_cache
-    from covfuse.data.decoders.nifti import Preprocessing, load_volume, transform
+    from covfuse.data.decoders.volume import Preprocessing, load_volume, transform
 
     files = []
     for i in range(4):

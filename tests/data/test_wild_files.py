@@ -125,7 +125,7 @@ def nan_twin(tmp_path_factory):
 def test_nan_and_inf_voxels_become_zero_before_normalisation(nan_twin):
     import nibabel as nib
 
-    from covfuse.data.decoders.nifti import Preprocessing, load_volume
+    from covfuse.data.decoders.volume import Preprocessing, load_volume
 
     _, paths, counts = nan_twin
     settings = Preprocessing(size=16)
@@ -431,7 +431,7 @@ def test_a_truncated_float_nifti_is_one_line_not_a_traceback(tmp_path, capsys):
     import nibabel as nib
 
     from covfuse.cli.main import main as covfuse
-    from covfuse.data.decoders.nifti import Preprocessing, load_volume
+    from covfuse.data.decoders.volume import Preprocessing, load_volume
 
     data = np.random.default_rng(0).random((12, 12, 12)).astype(np.float32)
     (tmp_path / "v").mkdir()

@@ -128,7 +128,7 @@ def test_bad_input_is_one_line_naming_the_row(run, capsys, tmp_path):
     assert "sex=X was never seen" in error(capsys, str(run_dir), volume, "--covariates", "age=70,sex=X")
     # APOE4 (0, 1 or 2 alleles) is a number with few values: a range, not a set (data.categorical makes it a set)
     assert "APOE4=3 lies outside the training range [0, 2]" in error(capsys, str(run_dir), volume, "--covariates", "age=70,sex=F,APOE4=3")
-    assert "not a NIfTI volume or a 2D image file" in error(capsys, str(run_dir), str(twin / "README.txt"), "--covariates", "age=70,sex=F")
+    assert "not a volume or a 2D image file" in error(capsys, str(run_dir), str(twin / "README.txt"), "--covariates", "age=70,sex=F")
     (run_dir / "data_state.json").rename(tmp_path / "state.json")
     try:
         assert "no data_state.json" in error(capsys, str(run_dir), volume, "--covariates", "age=70,sex=F")

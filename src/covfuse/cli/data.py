@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 
 from covfuse.cli._common import Parser
 from covfuse.errors import UserError
@@ -16,6 +17,14 @@ from covfuse.errors import UserError
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def _choice(args: argparse.Namespace):
+    """--series and --volume_index: which volume a path means where it holds several (data.series and
+    data.volume_index of a run)."""
+    from covfuse.data.decoders.volume import Choice
+
+    return Choice(args.series, args.volume_index)
 
 
 def _names(text: str | None) -> list[str]:
@@ -67,6 +76,8 @@ def _print_table_info(summary: dict) -> None:
     if layouts:
         mixed = f"; mixed: all are read as {summary['read_as']}, losing nothing" if len(layouts) > 1 else ""
         print("layouts: " + ", ".join(f"{k} ({v})" for k, v in layouts.items()) + mixed)
+    if summary.get("formats"):
+        print("formats: " + ", ".join(f"{k} ({v})" for k, v in summary["formats"].items()))
     bad = summary.get("nonfinite") or {}
     if bad.get("files"):
         print(f"non-finite: {bad['files']:,} file(s) hold {bad['voxels']:,} NaN/Inf voxel(s) (first: {bad['first']}); "
@@ -90,7 +101,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if source_format(args.root) != "celeba":
         summary = table_info(args.root, args.target, _names(args.covariates), _names(args.categorical),
-                             check_files=not args.skip_images)
+                             check_files=not args.skip_images, choice=_choice(args))
         if args.format == "json":
             print(json.dumps(summary, indent=2))
         else:
@@ -209,11 +220,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     check `--skip_corrupt` uses); a CelebA folder's text files also match the release's md5 checksums."""
     from tqdm import tqdm
 
-    from covfuse.data.inspect import check_checksums
+    from covfuse.data.inspect import check_checksums, file_header
     from covfuse.data.readers import read_table
     from covfuse.data.samples import nonfinite, undecodable
 
     table = read_table(args.root)
+    choice = _choice(args)
     noun = "volumes" if table.kind == "volume" else "images"
     print(f"{table.source}: format ok ({len(table):,} {noun} listed, all present)")
     problems = []
@@ -231,14 +243,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(f"  {c.name:<34} MISMATCH (md5 {c.md5}, official {c.expected}){c.note}")
             problems += [c.problem] if c.problem else []
     with tqdm(total=len(table), desc=f"decoding {noun}", unit=noun[:3]) as bar:
-        bad = undecodable(table, workers=args.workers, progress=bar.update)
+        bad = undecodable(table, workers=args.workers, progress=bar.update, s=choice)
     for row, reason in bad[:20]:
         print(f"  {table.where(row)}: cannot decode {table.files[row]}: {reason}")
     if len(bad) > 20:
         print(f"  ... and {len(bad) - 20} more")
     print(f"{noun}: {len(table) - len(bad):,} of {len(table):,} decode")
     if table.kind == "volume" and not bad:
-        found = nonfinite(table)
+        formats = Counter(file_header(table, row, choice)[1]["format"] for row in range(len(table)))
+        print("formats: " + ", ".join(f"{k} ({v})" for k, v in sorted(formats.items())))
+        found = nonfinite(table, s=choice)
         if found:
             print(f"non-finite: {len(found):,} file(s) hold {sum(n for _, n in found):,} NaN/Inf voxel(s) (first: "
                   f"{table.files[found[0][0]]}); data.nonfinite zero (the default) sets them to 0, refuse stops")
@@ -256,12 +270,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     from covfuse.data.twins.faces import EFFECTS
     from covfuse.data.decode import DEFAULT_PRESET, PRESETS
-    from covfuse.data.decoders.nifti import GEOMETRIES, INTENSITIES
+    from covfuse.data.decoders.volume import GEOMETRIES, INTENSITIES
 
     parser = Parser(
         prog="covfuse data",
-        description="Inspect, show, verify, cache or synthesise data. ROOT is a manifest CSV/TSV (2D images or NIfTI "
-        "volumes), a BIDS folder (dataset_description.json), or a CelebA folder (img_align_celeba/ and the text "
+        description="Inspect, show, verify, cache or synthesise data. ROOT is a manifest CSV/TSV (2D images, or volumes: "
+        "NIfTI, MGH, Analyze, DICOM series folders, multi-frame DICOM), a BIDS folder (dataset_description.json), or a CelebA folder (img_align_celeba/ and the text "
         "files, or celeba/ holding them). Formats: docs/data.md.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -277,6 +291,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
     p.add_argument("--skip_images", action="store_true", help="do not require every listed image to exist "
                    "(manifest: do not open every volume's header)")
+    _volume_options(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("show", help="draw what the network sees for the first rows (or given ids) of a source",
@@ -359,13 +374,23 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check that every file decodes (CelebA: also the official md5 checksums)",
                        description="Validate the source and fully decode every file it lists: a manifest or BIDS "
-                       "dataset with the decoder training uses (PNG, JPEG, TIFF, DICOM, NIfTI), naming each bad file "
+                       "dataset with the decoder training uses (PNG, JPEG, TIFF, DICOM, NIfTI, MGH, Analyze, DICOM "
+                       "series), naming each bad file "
                        "and its row; a CelebA folder also against the official release's md5 checksums (as listed "
                        "by torchvision).")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
+    _volume_options(p)
     p.set_defaults(func=cmd_verify)
     return parser
+
+
+def _volume_options(p: argparse.ArgumentParser) -> None:
+    """The choice of volume, as a run's data.series and data.volume_index make it (docs/volumes.md)."""
+    p.add_argument("--series", metavar="UID|DESCRIPTION", help="volumes: the DICOM series to read where a folder holds "
+                   "several, by SeriesInstanceUID or SeriesDescription (a run's data.series)")
+    p.add_argument("--volume_index", type=int, metavar="N", help="volumes: which volume of a 4-D file to read, 0 the "
+                   "first, -1 the last (a run's data.volume_index)")
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""Memmap caches of decoded files, one per source and settings: 2D images and NIfTI volumes.
+"""Memmap caches of decoded files, one per source and settings: 2D images and volumes.
 
 **2D images** (:func:`build_cache`, :func:`open_cache`, :class:`ImageCache`): decoded, cropped,
 resized, (N, C, S, S), one file per size and preset. Any image table
@@ -24,9 +24,10 @@ the final names appear only by rename once every chunk is done. A cache whose re
 matches its sources or settings is ignored (and rebuilt by ``covfuse data cache``).
 
 **Volumes** (:func:`build_volume_cache`, :func:`open_volume_cache`, :class:`VolumeCache`): float16
-(N, 1, S, S, S), row i = file i preprocessed by :mod:`covfuse.data.decoders.nifti`, in the same
-folder; its name holds a key of every file's path, size and mtime and the preprocessing, so a
-changed file or setting is a new cache (written to ``.partial``, renamed when complete).
+(N, 1, S, S, S), row i = file i preprocessed by :mod:`covfuse.data.decoders.volume`, in the same
+folder; its name holds a key of the path, size and mtime of every file the volumes are read from (each
+slice of a DICOM folder, both files of an Analyze pair) and the preprocessing, so a changed file or
+setting is a new cache (written to ``.partial``, renamed when complete).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from covfuse.data._workers import default_workers, run_chunks
 from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level name: tests patch it
 from covfuse.data.decode import PRESETS, check_preset, check_size
 from covfuse.data.decoders import decoder_for
-from covfuse.data.decoders.nifti import Preprocessing, library, load_volume, nonfinite_voxels, transform
+from covfuse.data.decoders.volume import Preprocessing, library, load_volume, nonfinite_voxels, transform, volume_files
 from covfuse.data.layout import image_layout
 from covfuse.data.readers.celeba import table_from_meta
 from covfuse.data.readers.celeba_release import CelebAMeta
@@ -365,11 +366,13 @@ def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path
 
 # ---------------------------------------------------------------------------------- volumes
 def _volume_key(files: Sequence[Path], settings: Preprocessing) -> str:
-    """Identifies the volume cache's content: every file's path, size and mtime, and the preprocessing."""
-    h = hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode())
+    """Identifies the volume cache's content: the path, size and mtime of every file each volume is read from,
+    and the preprocessing."""
+    h = hashlib.sha1(json.dumps(settings.record(), sort_keys=True).encode())
     for f in files:
-        st = os.stat(f)
-        h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        for member in volume_files(Path(f)):
+            st = os.stat(member)
+            h.update(f"{Path(member).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -456,7 +459,7 @@ def _build_volumes(files: Sequence[Path], settings: Preprocessing, data: Path, m
     try:
         for i, f in enumerate(tqdm(files, desc="caching volumes", unit="vol", disable=not progress, mininterval=2)):
             array[i] = load_volume(Path(f), settings, pipeline).numpy().astype(np.float16)
-            if count := nonfinite_voxels(Path(f)):
+            if count := nonfinite_voxels(Path(f), settings.choice):
                 nonfinite[str(i)] = count
         array.flush()
         del array

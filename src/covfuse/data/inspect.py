@@ -19,7 +19,7 @@ from PIL import Image
 
 from covfuse.data.decode import CorruptImage
 from covfuse.data.decoders import read_pixels
-from covfuse.data.decoders.nifti import volume_shape
+from covfuse.data.decoders.volume import Choice, open_volume
 from covfuse.data.layout import layout_name
 from covfuse.data.readers import read_table
 from covfuse.data.readers.celeba_release import OPTIONAL_FILES, CelebAMeta
@@ -99,12 +99,14 @@ def split_rates(meta: CelebAMeta) -> dict[str, dict[str, float]]:
 
 
 def table_info(path: str | Path, target: str | None = None, covariates: list[str] | None = None,
-               categorical: list[str] | None = None, check_files: bool = True) -> dict:
+               categorical: list[str] | None = None, check_files: bool = True, choice: Choice = Choice()) -> dict:
     """The `data info` JSON of a manifest or BIDS dataset: kind, format, num_subjects, num_samples
-    (num_volumes for volumes, num_images for 2D images), splits, columns, shape, layouts, non-finite voxels.
+    (num_volumes for volumes, num_images for 2D images), splits, columns, shape, layouts (2D images) or
+    formats (volumes: NIfTI, MGH, Analyze, DICOM series, DICOM multi-frame), non-finite voxels.
 
-    With ``check_files`` every file's header is read (NIfTI: nibabel, no voxels; 2D: the decoder's
-    header read), so a missing, unreadable or wrong-dimensional file is reported with its row.
+    With ``check_files`` every file's header is read (volumes: nibabel's or every DICOM slice's header, no
+    voxels, the volume ``choice`` picks where a path holds several; 2D: the decoder's header read), so a
+    missing, unreadable or wrong-dimensional file is reported with its row.
     """
     table = read_table(path)
     for name in [*([target] if target else []), *(covariates or [])]:
@@ -112,12 +114,14 @@ def table_info(path: str | Path, target: str | None = None, covariates: list[str
     split = subject_split(table, seed=0)
     shapes: Counter = Counter()
     layouts: Counter = Counter()
+    formats: Counter = Counter()
     found: list = []
     if check_files:
-        headers = [file_header(table, i) for i in range(len(table))]
+        headers = [file_header(table, i, choice) for i in range(len(table))]
         shapes = Counter(shape for shape, _ in headers)
-        layouts = Counter((info["channels"], info["bits"]) for _, info in headers if info)
-        found = nonfinite(table)
+        layouts = Counter((info["channels"], info["bits"]) for _, info in headers if "channels" in info)
+        formats = Counter(info["format"] for _, info in headers if table.kind == "volume")
+        found = nonfinite(table, s=choice)
     noun = "num_volumes" if table.kind == "volume" else "num_images"
     return {
         "kind": table.kind,
@@ -135,17 +139,22 @@ def table_info(path: str | Path, target: str | None = None, covariates: list[str
         "layouts": {layout_name(*k): v for k, v in sorted(layouts.items())},
         "read_as": layout_name(3 if any(c == 3 for c, _ in layouts) else 1,
                                16 if any(b == 16 for _, b in layouts) else 8) if layouts else None,
+        **({"formats": dict(sorted(formats.items()))} if table.kind == "volume" else {}),
         "nonfinite": {"files": len(found), "voxels": sum(n for _, n in found),
                       "first": str(table.columns["path"][found[0][0]]) if found else None},
     }
 
 
-def file_header(table: SampleTable, row: int) -> tuple[tuple, dict | None]:
+def file_header(table: SampleTable, row: int, choice: Choice = Choice()) -> tuple[tuple, dict]:
     """(a file's shape from its header: (X, Y, Z) for a volume, (H, W) or (H, W, C) for a 2D image;
-    the 2D decoder's info dict: format, bits, channels; None for volumes)."""
+    the 2D decoder's info dict: format, bits, channels; for a volume ``{"format"}``: what it is read from,
+    e.g. ``NIfTI``, ``DICOM series``, ``MGH 4-D (3 volumes, index 1)``)."""
     file = table.files[row]
     if table.kind == "volume":
-        return volume_shape(file, table.where(row)), None
+        source, index = open_volume(file, table.where(row), choice)
+        count = source.shape[3] if len(source.shape) == 4 else 1
+        label = source.format + (f" 4-D ({count} volumes, index {index})" if count > 1 else "")
+        return tuple(int(v) for v in source.shape[:3]), {"format": label}
     try:
         pixels, info = read_pixels(file)
     except CorruptImage as exc:

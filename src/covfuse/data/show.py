@@ -13,7 +13,7 @@ them, or writes one row's decoded array:
 * an array (``.npy``): one row's file as the decoder returns it, before any resizing, as float32:
   a 2D image (H, W) or (H, W, 3) as :func:`covfuse.data.decoders.read_pixels` reads it, a volume
   (X, Y, Z) in RAS as the volume pipeline has it just before it resamples (loaded, NaN/Inf set to 0,
-  reoriented: :func:`covfuse.data.decoders.nifti.transform`'s first steps).
+  reoriented: :func:`covfuse.data.decoders.volume.transform`'s first steps).
 
 Nothing is written unless everything was read: the output is checked first (:func:`check_out`), and
 written through a temporary name (:func:`covfuse.io.atomic_path`).
@@ -32,11 +32,11 @@ import torch
 
 from covfuse.data.decode import PRESETS
 from covfuse.data.decoders import probe, read_pixels
-from covfuse.data.decoders.nifti import transform
+from covfuse.data.decoders.volume import as_tensor, read_volume, transform
 from covfuse.data.layout import image_layout, layout_name
 from covfuse.data.readers import read_table
 from covfuse.data.readers.manifest import MANIFEST_SUFFIXES, file_kind, manifest_from_files
-from covfuse.data.samples import Settings, _volume_settings, make_dataset
+from covfuse.data.samples import Settings, volume_settings, make_dataset
 from covfuse.data.table import RESERVED, SPLIT_NAMES, SampleTable
 from covfuse.data.transforms import model_input
 from covfuse.errors import UserError, suggest
@@ -109,10 +109,10 @@ def check_out(out: str | Path, overwrite: bool = False) -> Path:
 
 # ---------------------------------------------------------------------------------- arrays
 def _native_steps(settings: Settings):
-    """The volume pipeline's steps before it resamples: loading, NaN/Inf to 0, reorientation to RAS."""
+    """The volume pipeline's steps before it resamples: NaN/Inf to 0, reorientation to RAS."""
     from monai import transforms as T
 
-    pipeline = transform(_volume_settings(settings))
+    pipeline = transform(volume_settings(settings))
     steps = []
     for step in pipeline.transforms:
         if isinstance(step, (T.Spacing, T.Resize, T.ResizeWithPadOrCrop)):
@@ -125,8 +125,8 @@ def _native_volume(file, settings: Settings):
     """(voxels (X, Y, Z) float32 in RAS, the file's own axis codes, its voxel sizes along X, Y, Z in mm)."""
     import nibabel as nib
 
-    x = _native_steps(settings)(str(file))
-    original = np.asarray(x.meta.get("original_affine", x.affine))
+    voxels, original = read_volume(file, volume_settings(settings).choice)
+    x = _native_steps(settings)(as_tensor(voxels, original, file))
     zooms = np.sqrt((np.asarray(x.affine)[:3, :3] ** 2).sum(axis=0))
     return np.asarray(x[0], dtype=np.float32), "".join(nib.aff2axcodes(original)), zooms
 

@@ -64,7 +64,7 @@ class SampleTable:
     ``columns`` maps a column name to one value per row: a list of strings as the source spells
     them (manifests, BIDS) or a numeric array (CelebA's 0/1 attributes, 200k rows). ``split`` is
     int8 per row (0 train, 1 valid, 2 test, -1 not given); ``line[i]`` is row i's 1-based line in
-    ``path`` (for error messages). ``kind`` is ``image`` (2D files) or ``volume`` (NIfTI);
+    ``path`` (for error messages). ``kind`` is ``image`` (2D files) or ``volume`` (NIfTI, MGH, DICOM ...);
     ``format`` names the reader. ``ids`` is each row's id in predictions.csv (default: the ``path``
     column). ``categorical`` lists columns the source declares categorical (BIDS ``Levels``).
     ``sources`` are the files whose content identifies the table (a run's data fingerprint, cache records). ``binary_only``:

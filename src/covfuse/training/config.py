@@ -31,7 +31,7 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        root: The data: a manifest CSV/TSV (2D images or NIfTI volumes), a BIDS folder, or a CelebA folder (docs/data.md).
+        root: The data: a manifest CSV/TSV (2D images, or volumes: NIfTI, MGH, Analyze, DICOM series), a BIDS folder, or a CelebA folder (docs/data.md).
         target: Column (CelebA attribute) to predict, by name (survival head: the time column).
         covariates: Columns fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
         image_size: Side of the square model input, in pixels.
@@ -55,6 +55,8 @@ class DataConfig:
         event: Survival head: the 0/1 column saying whether the event was observed (1) or data.target's time is censored (0).
         eval_times: Survival head: the evaluation grid (times in data.target's unit) for survival.csv's S@<t> columns, td_auc, the integrated Brier score and calibration, e.g. [1,2,3] or 1,2,3; None: the 25/50/75th percentiles of the training split's event times.
         nonfinite: Volumes: what NaN/Inf voxels become (SPM/FSL mask the background with NaN): zero (set to 0 before normalisation, counted in the log) or refuse (stop, naming the first file).
+        series: Volumes: the DICOM series to read where a folder holds several, by SeriesInstanceUID or SeriesDescription (None: a folder must hold one series; docs/volumes.md).
+        volume_index: Volumes: which volume of a 4-D file (NIfTI, MGH) to read, 0 the first, -1 the last (None: 4-D files are refused).
     """
 
     root: str = ""
@@ -81,6 +83,8 @@ class DataConfig:
     event: Optional[str] = None
     eval_times: Union[list[float], str, None] = None  # "1,2,3" as predict --times takes it, or [1,2,3]
     nonfinite: Literal["zero", "refuse"] = "zero"
+    series: Optional[str] = None
+    volume_index: Optional[int] = None
 
 
 @dataclass

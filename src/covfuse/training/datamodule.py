@@ -148,7 +148,7 @@ class CovfuseDataModule(L.LightningDataModule):
             self._check_files(table)
         # files read as training goes, or a cache that holds them zeroed: count what data.nonfinite covers now
         rows = np.concatenate([self.indices[s] for s in SPLITS])
-        self.nonfinite = samples.check_nonfinite(table, rows, cfg.nonfinite, cache)
+        self.nonfinite = samples.check_nonfinite(table, rows, cfg.nonfinite, cache, settings)
         feeds = {}
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
@@ -212,7 +212,7 @@ class CovfuseDataModule(L.LightningDataModule):
 
     def _check_files(self, table) -> None:
         rows = np.concatenate([self.indices[s] for s in SPLITS])
-        bad = samples.check_files(table, rows, self.cfg.skip_corrupt)
+        bad = samples.check_files(table, rows, self.cfg.skip_corrupt, self.settings())
         if bad:
             keep = {s: np.array([r for r in idx if str(table.files[int(r)]) not in bad], dtype=np.int64)
                     for s, idx in self.indices.items()}

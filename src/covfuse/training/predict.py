@@ -111,7 +111,7 @@ def predict_rows(module: CovfuseModule, state: dict, encoder: CovariateEncoder, 
         marks = {offset + i: m for i, m in found.items()}
         parts.append((table, where))
     for part, named in parts:
-        check_readable(part, named)
+        check_readable(part, named, settings_from_state(state["preprocessing"]))
     values = [predict_table(module, state, part, encoder, batch_size=batch_size, accelerator=accelerator,
                             precision=precision) for part, _ in parts]
     header, rows = prediction_columns(module, np.concatenate(values), state.get("classes"))

@@ -10,8 +10,9 @@ nothing downstream changes.
 Torch-free to import, like :mod:`covfuse.data.decode`, so the cache's worker processes start fast;
 pydicom and tifffile load only when a DICOM or TIFF file is read.
 
-NIfTI volumes have their own module here, :mod:`covfuse.data.decoders.nifti` (header, voxels and the
-MONAI preprocessing into a model input); a manifest's file names say which kind a table holds.
+Volumes have their own interface here, :mod:`covfuse.data.decoders.volume` (header, voxels and the MONAI
+preprocessing into a model input) with one reader per kind (``nibabel_volumes``: NIfTI, MGH, Analyze;
+``dicom_volumes``: DICOM series folders and multi-frame files); a manifest's paths say which kind a table holds.
 """
 from __future__ import annotations
 

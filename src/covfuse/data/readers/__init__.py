@@ -1,7 +1,7 @@
 """Readers: each data source becomes a :class:`~covfuse.data.table.SampleTable`.
 
 ``read_table(root)`` picks the reader from what ``root`` is: a ``.csv``/``.tsv`` manifest (2D
-images or NIfTI volumes), a BIDS dataset (a folder with ``dataset_description.json``), or a CelebA
+images or volumes), a BIDS dataset (a folder with ``dataset_description.json``), or a CelebA
 release folder. A new source is one module here plus a line in :data:`READERS`; nothing after the
 table changes.
 """

@@ -2,9 +2,10 @@
 
 The manifest is the dataset (docs/data.md, "Your own data"): ``subject`` and ``path`` (relative to
 the manifest's folder) are required, ``split`` (train / valid / test) and ``session`` optional, any
-other column usable as target or covariate by name. ``path`` names NIfTI volumes (``.nii``,
-``.nii.gz``) or 2D image files (PNG, JPEG, TIFF, DICOM, BMP); one manifest holds one kind. Every
-problem is a :class:`~covfuse.errors.UserError` naming the manifest and its line.
+other column usable as target or covariate by name. ``path`` names volumes (NIfTI ``.nii``/``.nii.gz``,
+FreeSurfer ``.mgz``/``.mgh``, Analyze ``.hdr``/``.img``, a folder of DICOM slices, a multi-frame DICOM
+file) or 2D image files (PNG, JPEG, TIFF, DICOM, BMP); one manifest holds one kind (:func:`table_kind`).
+Every problem is a :class:`~covfuse.errors.UserError` naming the manifest and its line.
 """
 from __future__ import annotations
 
@@ -14,27 +15,44 @@ from typing import Sequence
 
 import numpy as np
 
+from covfuse.data.decoders.dicom_volumes import holds_volume
+from covfuse.data.decoders.nibabel_volumes import SUFFIXES as VOLUME_SUFFIXES
 from covfuse.data.table import RESERVED, SPLIT_NAMES, SampleTable
 from covfuse.errors import UserError, suggest
 
 REQUIRED = ("subject", "path")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", *DICOM_SUFFIXES, ".bmp")
 MANIFEST_SUFFIXES = (".csv", ".tsv")
+KINDS = (f"neither a volume ({', '.join(VOLUME_SUFFIXES[:6])}, or a folder of DICOM slices) nor a 2D image "
+         f"({', '.join(IMAGE_SUFFIXES)}, or DICOM without a suffix)")
 
 
 def file_kind(name: str, file: Path | None = None) -> str | None:
-    """"volume", "image" or None (not a file type covfuse reads), from the file name; a name without
-    a known suffix is a DICOM image when the file carries DICOM's ``DICM`` marker (PACS exports
+    """"volume", "image", "dicom" (a 2D image or a multi-frame volume: the table decides, :func:`table_kind`)
+    or None (not a file type covfuse reads), from the name; a folder is a volume (a DICOM series), and a
+    name without a known suffix is DICOM when the file carries DICOM's ``DICM`` marker (PACS exports
     often name files ``IM0001`` or by UID)."""
-    lower = name.lower()
-    if lower.endswith(NIFTI_SUFFIXES):
+    lower = name.lower().rstrip("/\\")
+    if lower.endswith(VOLUME_SUFFIXES) or (file is not None and file.is_dir()):
         return "volume"
+    if lower.endswith(DICOM_SUFFIXES) or (file is not None and not lower.endswith(IMAGE_SUFFIXES) and is_dicom(file)):
+        return "dicom"
     if lower.endswith(IMAGE_SUFFIXES):
         return "image"
-    if file is not None and is_dicom(file):
-        return "image"
     return None
+
+
+def table_kind(kinds: list[str], files: list[Path]) -> tuple[str, int | None]:
+    """The kind of a table whose rows have ``kinds`` (:func:`file_kind`): the first row's that says it (a volume
+    or a 2D image); DICOM rows follow it, and a table of DICOM files only is a volume table when its first file
+    is a multi-frame volume. Also the first row of the other kind (None if none): one table holds one kind."""
+    decided = next((k for k in kinds if k != "dicom"), None)
+    if decided is None:
+        return ("volume" if files and holds_volume(files[0]) else "image"), None
+    other = "image" if decided == "volume" else "volume"
+    return decided, next((i for i, k in enumerate(kinds) if k == other), None)
 
 
 def is_dicom(file: Path) -> bool:
@@ -120,7 +138,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> SampleTable:
         lines.append(n)
     line = np.asarray(lines, dtype=np.int64)
     subjects = np.asarray(columns["subject"], dtype=object)
-    files, kinds = [], set()
+    files, kinds, decided = [], [], None
     for i, (rel, subject) in enumerate(zip(columns["path"], subjects)):
         where = f"{path}, line {line[i]}"
         if not subject:
@@ -131,15 +149,18 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> SampleTable:
         kind = file_kind(rel, file)
         if kind is None:
             missing = "" if file.exists() else f" (and {file} does not exist)"
-            raise UserError(f"{where}: {rel!r} is neither a NIfTI volume (.nii, .nii.gz) nor a 2D image "
-                            f"({', '.join(IMAGE_SUFFIXES)}, or DICOM without a suffix){missing}")
-        kinds.add(kind)
-        if len(kinds) > 1:
-            raise UserError(f"{where}: {rel!r} is a {kind} but earlier rows name "
-                            f"{'volumes' if kind == 'image' else '2D images'}; one manifest holds one kind of file")
-        if check_files and not file.is_file():
-            raise UserError(f"{where}: {kind} file {file} not found (paths are relative to the manifest's folder)")
+            raise UserError(f"{where}: {rel!r} is {KINDS}{missing}")
+        kinds.append(kind)
+        if kind != "dicom":  # DICOM rows follow the table (table_kind)
+            decided = decided or kind
+            if kind != decided:
+                raise UserError(f"{where}: {rel!r} is a {kind} but earlier rows name "
+                                f"{'volumes' if decided == 'volume' else '2D images'}; one manifest holds one kind of file")
+        if check_files and not file.exists():
+            noun = "volume" if kind == "volume" else "image"
+            raise UserError(f"{where}: {noun} file {file} not found (paths are relative to the manifest's folder)")
         files.append(file)
+    kind, _ = table_kind(kinds, files)
     split = np.full(len(files), -1, dtype=np.int8)
     if "split" in columns:
         for i, value in enumerate(columns["split"]):
@@ -149,7 +170,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> SampleTable:
                 raise UserError(f"{path}, line {line[i]}: split {value!r} is not one of {', '.join(SPLIT_NAMES)}")
             split[i] = SPLIT_NAMES.index(v)
         check_subject_splits(path, subjects, split, line)
-    return SampleTable(path, header, columns, files, subjects, split, line, kind=kinds.pop(), format="manifest",
+    return SampleTable(path, header, columns, files, subjects, split, line, kind=kind, format="manifest",
                        sources=(path,), ids=row_ids(path, columns, line))
 
 
@@ -167,19 +188,20 @@ def manifest_from_files(files: Sequence[str | Path], values: dict[str, str]) -> 
     """A table for files named one by one (``covfuse predict RUN A.nii.gz ...``), each with the same
     raw covariate ``values``; the subject is the file name without its suffix."""
     files = [Path(f) for f in files]
-    kinds = set()
+    kinds = []
     for f in files:
         kind = file_kind(f.name, f)
         if kind is None:
-            raise UserError(f"{f}: not a NIfTI volume or a 2D image file; give the files the run was trained on")
-        if not f.is_file():
+            raise UserError(f"{f}: not a volume or a 2D image file; give the files the run was trained on")
+        if not f.exists():
             raise UserError(f"{f}: file not found")
-        kinds.add(kind)
-    if len(kinds) > 1:
+        kinds.append(kind)
+    kind, other = table_kind(kinds, files)
+    if other is not None:
         raise UserError("give either volumes or 2D images, not both")
     subjects = [f.name[: -len(".nii.gz")] if f.name.lower().endswith(".nii.gz") else f.stem for f in files]
     header = ["subject", "path", *values]
     columns = {"subject": subjects, "path": [str(f) for f in files], **{k: [v] * len(files) for k, v in values.items()}}
     return SampleTable(Path("--covariates"), header, columns, files, np.asarray(subjects, dtype=object),
                        np.full(len(files), -1, dtype=np.int8), np.arange(1, len(files) + 1, dtype=np.int64),
-                       kind=kinds.pop() if kinds else "volume", format="files")
+                       kind=kind if files else "volume", format="files")
