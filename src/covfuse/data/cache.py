@@ -11,11 +11,11 @@ holding CelebA's text files, a manifest's folder, a BIDS dataset), or any ``cach
 (:func:`cache_folder`). Files for size S and preset P:
 
 * ``K-P-S.u8`` (or ``.u16``; K the source's key, :func:`source_key`: ``celeba`` for the release, else
-  the manifest's name plus a short hash of its absolute path and the settings, e.g.
+  the manifest's name plus a short hash of its resolved absolute path and the settings, e.g.
   ``train-3f2a9c01``): raw pixels, C order, shape (N, C, S, S), row i = the table's file i. Any
   number of manifests share one folder, each with its own files;
 * ``K-P-S.json``: what it holds (shape, dtype, size, preset, crop, count, the md5 of the source files it
-  was built from — CelebA's three text files, or the manifest plus every image's path, size and mtime —
+  was built from — CelebA's three text files, or the manifest plus every image's resolved absolute path, size and mtime —
   the decoders that really read the files). Written last: a cache without it is not a cache.
 
 Building writes ``K-P-S.u8.partial`` plus ``K-P-S.progress.json`` (the chunks done so
@@ -25,7 +25,7 @@ matches its sources or settings is ignored (and rebuilt by ``covfuse data cache`
 
 **Volumes** (:func:`build_volume_cache`, :func:`open_volume_cache`, :class:`VolumeCache`): float16
 (N, 1, S, S, S), row i = file i preprocessed by :mod:`covfuse.data.decoders.nifti`, in the same
-folder; its name holds a key of every file's path, size and mtime and the preprocessing, so a
+folder; its name holds a key of every file's resolved absolute path, size and mtime and the preprocessing, so a
 changed file or setting is a new cache (written to ``.partial``, renamed when complete).
 """
 from __future__ import annotations
@@ -77,11 +77,12 @@ def as_table(source):
 
 def source_key(table, *settings) -> str:
     """The part of a cache's name that says whose it is: ``celeba`` for the release (one per folder),
-    else the table file's stem plus 8 hex digits of the md5 of its absolute path and ``settings``, so
-    two manifests in one folder (or one manifest at two settings) never share a file name."""
+    else the table file's stem plus 8 hex digits of the md5 of its resolved absolute path (symbolic
+    links followed: a relative and an absolute ``data.root`` to one file give one name) and
+    ``settings``, so two manifests in one folder (or one manifest at two settings) never share a file name."""
     if table.format == "celeba":
         return "celeba"
-    where = os.path.abspath(table.path)
+    where = str(Path(table.path).resolve())
     digest = hashlib.md5("|".join([where, *map(str, settings)]).encode()).hexdigest()[:8]
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(where).stem) or table.format
     return f"{stem}-{digest}"
@@ -106,15 +107,22 @@ SUFFIX = {"uint8": "u8", "uint16": "u16"}
 
 def _fingerprint(table) -> dict:
     """The md5 of what identifies the table's content: its source files, and for tables other than the
-    checksummed CelebA release every image's size and modification time."""
+    checksummed CelebA release every image's resolved absolute path, size and modification time (what the
+    files are, not how a path to them was typed: ``data.root`` relative or absolute, the same cache)."""
     out = {Path(p).name: md5sum(Path(p)) for p in table.sources}
     if table.format != "celeba":
         h = hashlib.md5()
         for f in table.files:
-            st = os.stat(f)
-            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(file_stamp(f).encode())
         out["files"] = h.hexdigest()
     return out
+
+
+def file_stamp(file: str | os.PathLike) -> str:
+    """One line naming a file by what it is: its resolved absolute path, size and modification time (ns).
+    The one stamp both caches key on."""
+    st = os.stat(file)
+    return f"{Path(file).resolve()}|{st.st_size}|{st.st_mtime_ns}\n"
 
 
 def _description(source, size: int, preset: str, layout: tuple[int, str] | None = None) -> dict:
@@ -368,8 +376,7 @@ def _volume_key(files: Sequence[Path], settings: Preprocessing) -> str:
     """Identifies the volume cache's content: every file's path, size and mtime, and the preprocessing."""
     h = hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode())
     for f in files:
-        st = os.stat(f)
-        h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(file_stamp(f).encode())
     return h.hexdigest()[:16]
 
 
