@@ -70,6 +70,8 @@ def _print_table_info(summary: dict) -> None:
     if bad.get("files"):
         print(f"non-finite: {bad['files']:,} file(s) hold {bad['voxels']:,} NaN/Inf voxel(s) (first: {bad['first']}); "
               "data.nonfinite zero (the default) sets them to 0 before normalisation, refuse stops")
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
     print()
     print(f"{'column':<20}{'type':<13}{'missing':>8}  values")
     for name, c in summary["columns"].items():
@@ -77,6 +79,8 @@ def _print_table_info(summary: dict) -> None:
             values = ", ".join(f"{k} {v}" for k, v in list(c["levels"].items())[:6])
         elif c["type"] == "numeric" and "min" in c:
             values = f"{c['min']:g} .. {c['max']:g}"
+        elif c["type"] == "date":
+            values = f"{c['distinct']} dates, e.g. {c['example']} (no covariate as it is)"
         else:
             values = ""
         print(f"{name:<20}{c['type']:<13}{c['missing']:>8}  {values}")
@@ -89,7 +93,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if source_format(args.root) != "celeba":
         summary = table_info(args.root, args.target, _names(args.covariates), _names(args.categorical),
-                             check_files=not args.skip_images)
+                             check_files=not args.skip_images, sheet=args.sheet)
         if args.format == "json":
             print(json.dumps(summary, indent=2))
         else:
@@ -159,7 +163,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from covfuse.data.readers import read_table
 
     _setup_logging()
-    meta = read_table(args.root)
+    meta = read_table(args.root, sheet=args.sheet)
     if meta.kind != "image":
         raise UserError(f"{args.root}: `covfuse data cache` builds the 2D image cache; volumes are cached by the first "
                         "run with data.cache: build (it knows the preprocessing)")
@@ -181,7 +185,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from covfuse.data.readers import read_table
     from covfuse.data.samples import nonfinite, undecodable
 
-    table = read_table(args.root)
+    table = read_table(args.root, sheet=args.sheet)
     noun = "volumes" if table.kind == "volume" else "images"
     print(f"{table.source}: format ok ({len(table):,} {noun} listed, all present)")
     problems = []
@@ -244,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
     p.add_argument("--skip_images", action="store_true", help="do not require every listed image to exist "
                    "(manifest: do not open every volume's header)")
+    p.add_argument("--sheet", metavar="NAME", help="an .xlsx manifest's sheet (default: the first; data.sheet in a config)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("synth", help="write a synthetic CelebA twin with a planted effect",
@@ -292,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", metavar="DIR", help="where to write the cache (default: ROOT/.covfuse-cache)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
+    p.add_argument("--sheet", metavar="NAME", help="an .xlsx manifest's sheet (default: the first; data.sheet in a config)")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("verify", help="check that every file decodes (CelebA: also the official md5 checksums)",
@@ -301,6 +307,7 @@ def _parser() -> argparse.ArgumentParser:
                        "by torchvision).")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
+    p.add_argument("--sheet", metavar="NAME", help="an .xlsx manifest's sheet (default: the first; data.sheet in a config)")
     p.set_defaults(func=cmd_verify)
     return parser
 

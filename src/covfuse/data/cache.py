@@ -16,7 +16,8 @@ holding CelebA's text files, a manifest's folder, a BIDS dataset), or any ``cach
   number of manifests share one folder, each with its own files;
 * ``K-P-S.json``: what it holds (shape, dtype, size, preset, crop, count, the md5 of the source files it
   was built from — CelebA's three text files, or the manifest plus every image's resolved absolute path, size and mtime —
-  the decoders that really read the files). Written last: a cache without it is not a cache.
+  the decoders that really read the files, and how many files each decoder rule touched, ``rules``).
+  Written last: a cache without it is not a cache.
 
 Building writes ``K-P-S.u8.partial`` plus ``K-P-S.progress.json`` (the chunks done so
 far, rewritten atomically after each chunk), so an interrupted build resumes where it stopped;
@@ -50,7 +51,7 @@ from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level name: 
 from covfuse.data.decode import PRESETS, check_preset, check_size
 from covfuse.data.decoders import decoder_for
 from covfuse.data.decoders.nifti import Preprocessing, library, load_volume, nonfinite_voxels, transform
-from covfuse.data.layout import image_layout
+from covfuse.data.layout import image_layout, image_rules
 from covfuse.data.readers.celeba import table_from_meta
 from covfuse.data.readers.celeba_release import CelebAMeta
 from covfuse.data.table import SampleTable, md5sum
@@ -83,7 +84,8 @@ def source_key(table, *settings) -> str:
     if table.format == "celeba":
         return "celeba"
     where = str(Path(table.path).resolve())
-    digest = hashlib.md5("|".join([where, *map(str, settings)]).encode()).hexdigest()[:8]
+    sheet = [f"sheet={table.extra['sheet']}"] if "sheet" in table.extra else []  # two sheets of one workbook
+    digest = hashlib.md5("|".join([where, *sheet, *map(str, settings)]).encode()).hexdigest()[:8]
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(where).stem) or table.format
     return f"{stem}-{digest}"
 
@@ -356,7 +358,7 @@ def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path
             # The chunks already decoded stay valid: say so, rather than leave an unexplained file.
             raise UserError(f"{exc} (the {len(done)} finished chunks stay in {partial.name}; the next "
                             "`covfuse data cache` resumes from them)") from None
-    desc = {**desc, "decoder": decoders_used(meta)}
+    desc = {**desc, "decoder": decoders_used(meta), "rules": image_rules(meta)}
     # Replace this source's own cache only now that the new one is complete: a failed build leaves
     # the previous cache (and every other source's) as it was.
     info_path.unlink(missing_ok=True)

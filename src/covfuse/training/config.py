@@ -52,6 +52,7 @@ class DataConfig:
         event: Survival head: the 0/1 column saying whether the event was observed (1) or data.target's time is censored (0).
         eval_times: Survival head: the evaluation grid (times in data.target's unit) for survival.csv's S@<t> columns, td_auc, the integrated Brier score and calibration, e.g. [1,2,3] or 1,2,3; None: the 25/50/75th percentiles of the training split's event times.
         nonfinite: Volumes: what NaN/Inf voxels become (SPM/FSL mask the background with NaN): zero (set to 0 before normalisation, counted in the log) or refuse (stop, naming the first file).
+        sheet: An .xlsx manifest's sheet to read, by name (None: the first sheet).
     """
 
     root: str = ""
@@ -78,6 +79,7 @@ class DataConfig:
     event: Optional[str] = None
     eval_times: Union[list[float], str, None] = None  # "1,2,3" as predict --times takes it, or [1,2,3]
     nonfinite: Literal["zero", "refuse"] = "zero"
+    sheet: Optional[str] = None
 
 
 @dataclass
