@@ -364,7 +364,10 @@ class CovariateEncoder:
                     specs.append({"name": name, "kind": kind, "mean": mean, "std": std if std > 0 else 1.0,
                                   "missing": has_missing})
             else:
-                levels = sorted(merged_levels(_strings(table, name, train_rows)))
+                # the training split's levels, each named as the whole column spells it most (spelling_note's names)
+                trained = {level_key(v) for v in _strings(table, name, train_rows) if not is_missing(v)}
+                levels = sorted(level for level in merged_levels(_strings(table, name, np.arange(len(table))))
+                                if level_key(level) in trained)
                 if not levels:
                     raise UserError(f"{table.path}: covariate {name!r} has no value in the training split")
                 specs.append({"name": name, "kind": kind, "levels": levels, "missing": has_missing, "fold": True})
