@@ -77,7 +77,7 @@ def test_an_xlsx_reads_its_first_sheet_or_data_sheet(tmp_path):
     assert table.notes == ["m.xlsx: read sheet 'first', the first of 2 (data.sheet picks another)"]
     assert read_table(path, sheet="second").columns["subject"] == [r[0] for r in ROWS[1:]]
     with pytest.raises(UserError, match=r"m\.xlsx: no sheet 'secnd' \(did you mean 'second'\?\); its sheets: first, "
-                                        r"second \(set data.sheet to one of them\)"):
+                                        r"second \(set data.sheet, or --sheet, to one of them\)"):
         read_table(path, sheet="secnd")
     with pytest.raises(UserError, match=r"data.sheet 'x' picks a sheet of an .xlsx workbook; m.csv is a text table"):
         read_table(_text(tmp_path / "m.csv"), sheet="x")
@@ -87,7 +87,7 @@ def test_old_and_broken_workbooks_say_what_to_do(tmp_path, capsys):
     (tmp_path / "m.xls").write_bytes(b"\xd0\xcf\x11\xe0" + b"\0" * 60)
     (tmp_path / "bad.xlsx").write_bytes(b"not a zip")
     assert covfuse(["data", "info", str(tmp_path / "m.xls")]) == 2
-    assert "a .xls spreadsheet; covfuse reads .xlsx workbooks and CSV/TSV: save it as .xlsx" in capsys.readouterr().err
+    assert "m.xls: covfuse reads .xlsx workbooks and CSV/TSV, not .xls files: save it as .xlsx" in capsys.readouterr().err
     assert covfuse(["data", "info", str(tmp_path / "bad.xlsx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a readable .xlsx workbook" in err[0] and "save it again" in err[0]

@@ -175,7 +175,7 @@ def _sheet_rows(path: Path, sheet: str | None) -> Rows:
             name = str(sheet)
         else:
             raise UserError(f"{path}: no sheet {sheet!r}{suggest(str(sheet), names)}; its sheets: {', '.join(names)} "
-                            "(set data.sheet to one of them)")
+                            "(set data.sheet, or --sheet, to one of them)")
         rows = [[_cell(v) for v in row] for row in book[name].iter_rows(values_only=True)]
     finally:
         book.close()
@@ -195,7 +195,7 @@ def _sheet_rows(path: Path, sheet: str | None) -> Rows:
 
 
 def _old_sheet(path: Path, sheet: str | None) -> Rows:
-    raise UserError(f"{path}: a {path.suffix} spreadsheet; covfuse reads .xlsx workbooks and CSV/TSV: save it as .xlsx "
+    raise UserError(f"{path}: covfuse reads .xlsx workbooks and CSV/TSV, not {path.suffix} files: save it as .xlsx "
                     "or as CSV (UTF-8) and point data.root there")
 
 
