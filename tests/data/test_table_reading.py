@@ -69,13 +69,25 @@ def test_an_xlsx_reads_as_the_same_table_written_as_csv(tmp_path):
     assert book.columns["scan_date"] == [c.value.date().isoformat() for c in loaded["G"][1:]]
 
 
-def test_an_xlsx_reads_its_first_sheet_or_data_sheet(tmp_path):
+def test_an_xlsx_reads_its_first_sheet_or_data_sheet(tmp_path, capsys):
+    from covfuse.training.datamodule import CovfuseDataModule
+
     _images(tmp_path)
     path = _xlsx(tmp_path / "m.xlsx", sheets=("first", "second"))
     table = read_table(path)
     assert table.columns["subject"] == [r[0] for r in ROWS]
     assert table.notes == ["m.xlsx: read sheet 'first', the first of 2 (data.sheet picks another)"]
     assert read_table(path, sheet="second").columns["subject"] == [r[0] for r in ROWS[1:]]
+    # as docs/data.md runs it: `covfuse data info clinic.xlsx --sheet visits`, and data.sheet in a fit
+    assert covfuse(["data", "info", str(path), "--sheet", "second", "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["num_images"] == len(ROWS) - 1
+    assert summary["notes"] == ["sex: spellings that differ only in case or surrounding spaces are one level: "
+                                "F ('F' = 'f'); Male ('Male' = 'male')"]  # no sheet note: data.sheet chose it
+    data = CovfuseDataModule({"root": str(path), "sheet": "second", "target": "sex", "covariates": ["age"]},
+                             head="multiclass")
+    data._validate()
+    assert data.table.columns["subject"] == [r[0] for r in ROWS[1:]]
     with pytest.raises(UserError, match=r"m\.xlsx: no sheet 'secnd' \(did you mean 'second'\?\); its sheets: first, "
                                         r"second \(set data.sheet, or --sheet, to one of them\)"):
         read_table(path, sheet="secnd")

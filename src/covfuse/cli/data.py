@@ -231,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = Parser(
         prog="covfuse data",
-        description="Inspect, verify, cache or synthesise data. ROOT is a manifest CSV/TSV (2D images or NIfTI "
+        description="Inspect, verify, cache or synthesise data. ROOT is a manifest CSV/TSV/.xlsx (2D images or NIfTI "
         "volumes), a BIDS folder (dataset_description.json), or a CelebA folder (img_align_celeba/ and the text "
         "files, or celeba/ holding them). Formats: docs/data.md.",
     )

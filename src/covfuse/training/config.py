@@ -28,7 +28,7 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        root: The data: a manifest CSV/TSV (2D images or NIfTI volumes), a BIDS folder, or a CelebA folder (docs/data.md).
+        root: The data: a manifest CSV/TSV/.xlsx (2D images or NIfTI volumes), a BIDS folder, or a CelebA folder (docs/data.md).
         target: Column (CelebA attribute) to predict, by name (survival head: the time column).
         covariates: Columns fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
         image_size: Side of the square model input, in pixels.

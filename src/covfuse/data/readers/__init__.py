@@ -43,8 +43,8 @@ READERS: list[tuple[str, Callable[[Path], bool], Callable[..., SampleTable]]] = 
 def _existing(root: str | Path) -> Path:
     root = Path(check_root(root))
     if not root.exists():
-        raise UserError(f"{root}: no such folder or file (data.root is a manifest CSV/TSV, a BIDS folder, or a CelebA "
-                        "folder holding list_attr_celeba.txt)")
+        raise UserError(f"{root}: no such folder or file (data.root is a manifest CSV/TSV/.xlsx, a BIDS folder, or a "
+                        "CelebA folder holding list_attr_celeba.txt)")
     return root
 
 

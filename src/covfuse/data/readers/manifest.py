@@ -1,4 +1,4 @@
-"""Manifest reader: a CSV/TSV with one row per image or volume file (``subject``, ``path``, columns).
+"""Manifest reader: a CSV/TSV/.xlsx table with one row per image or volume file (``subject``, ``path``, columns).
 
 The manifest is the dataset (docs/data.md, "Your own data"): ``subject`` and ``path`` (relative to
 the manifest's folder) are required, ``split`` (train / valid / test) and ``session`` optional, any
