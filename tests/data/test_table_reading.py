@@ -103,6 +103,13 @@ def test_old_and_broken_workbooks_say_what_to_do(tmp_path, capsys):
     assert covfuse(["data", "info", str(tmp_path / "bad.xlsx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a readable .xlsx workbook" in err[0] and "save it again" in err[0]
+    book = openpyxl.Workbook()
+    book.active.append(["subject", "path"])
+    book.active.append(["s1", "a.png", "a stray note"])  # a cell right of the last named column
+    book.save(tmp_path / "stray.xlsx")
+    with pytest.raises(UserError, match=r"stray\.xlsx, row 2: 3 cells, the header has 2; name every column in the "
+                                        r"first row, or clear the cells beyond it"):
+        read_table(tmp_path / "stray.xlsx")
 
 
 @pytest.mark.parametrize("encoding,note", [("utf-8", False), ("utf-8-sig", False), ("utf-16", False),

@@ -234,7 +234,10 @@ def read_manifest(path: str | Path, *, check_files: bool = True, sheet: str | No
     lines = []
     for n, row in body:
         if len(row) != len(header):
-            raise UserError(f"{path}, line {n}: {len(row)} fields, the header has {len(header)}")
+            raise UserError(f"{path}, line {n}: {len(row)} fields, the header has {len(header)}; quote cells that hold "
+                            f"the delimiter {delimiter!r}, or fix the row" if path.suffix.lower() not in SHEETS else
+                            f"{path}, row {n}: {len(row)} cells, the header has {len(header)}; name every column "
+                            "in the first row, or clear the cells beyond it")
         for h, cell in zip(header, row):
             columns[h].append(cell.strip())
         lines.append(n)
@@ -244,9 +247,9 @@ def read_manifest(path: str | Path, *, check_files: bool = True, sheet: str | No
     for i, (rel, subject) in enumerate(zip(columns["path"], subjects)):
         where = f"{path}, line {line[i]}"
         if not subject:
-            raise UserError(f"{where}: empty subject")
+            raise UserError(f"{where}: empty subject; fill in the person the file belongs to, or remove the row")
         if not rel:
-            raise UserError(f"{where}: empty path")
+            raise UserError(f"{where}: empty path; name the row's file, or remove the row")
         file = local_path(path, rel)
         kind = file_kind(rel, file)
         if kind is None:
