@@ -137,7 +137,7 @@ def test_decimal_commas_in_a_semicolon_table_are_numbers(tmp_path, capsys):
     assert describe_columns(table)["age"]["type"] == "numeric"
     assert covfuse(["data", "info", str(path), "--format", "json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert "age: numbers written with a decimal comma (in a semicolon-separated table), read as numbers (63,5 = 63.5)" \
+    assert "age: numbers written with a decimal comma (in a semicolon-separated table), read as numbers (age 63,5 = 63.5)" \
         in summary["notes"]
     assert summary["columns"]["age"]["min"] == 45.75
     # a comma-separated file keeps a quoted "63,5" as a word: there the comma is the delimiter

@@ -177,19 +177,20 @@ def _numeric_array(values) -> bool:
 DECIMAL_COMMA = re.compile(r"[+-]?(\d+(,\d+)?|,\d+)([eE][+-]?\d+)?")
 
 
-def decimal_comma_columns(columns: dict[str, list[str]]) -> list[str]:
+def decimal_comma_columns(columns: dict[str, list[str]]) -> dict[str, str]:
     """The columns (reserved ones aside) whose every present value is a number written with a decimal
     comma, at least one of them with a comma (``63,5``), as a ``;`` or tab table from a European spreadsheet
-    holds them: their values are rewritten in place with a point; the names are returned. A column
-    mixing ``63,5`` and ``63.5`` is left as it is (and is an error if used as a number)."""
-    out = []
+    holds them: their values are rewritten in place with a point; returned: {name: its first value
+    with a comma, as written}. A column mixing ``63,5`` and ``63.5`` is left as it is (and is an
+    error if used as a number)."""
+    out = {}
     for name, values in columns.items():
         if name in RESERVED or _numeric_array(values):
             continue
         present = [v for v in values if not is_missing(v)]
         if any("," in v for v in present) and all(DECIMAL_COMMA.fullmatch(v) for v in present):
             columns[name] = [v.replace(",", ".") for v in values]
-            out.append(name)
+            out[name] = next(v for v in present if "," in v)
     return out
 
 

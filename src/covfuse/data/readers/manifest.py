@@ -277,8 +277,10 @@ def read_manifest(path: str | Path, *, check_files: bool = True, sheet: str | No
     if delimiter in (";", "\t"):
         commas = decimal_comma_columns(columns)
         if commas:
+            name, example = next(iter(commas.items()))
             notes.append(f"{', '.join(commas)}: numbers written with a decimal comma (in a "
-                         f"{'semicolon' if delimiter == ';' else 'tab'}-separated table), read as numbers (63,5 = 63.5)")
+                         f"{'semicolon' if delimiter == ';' else 'tab'}-separated table), read as numbers "
+                         f"({name} {example} = {example.replace(',', '.')})")
     extra = {"sheet": delimiter} if path.suffix.lower() in SHEETS else {}
     return SampleTable(path, header, columns, files, subjects, split, line, kind=kinds.pop(), format="manifest",
                        sources=(path,), ids=row_ids(path, columns, line), notes=notes, extra=extra)
