@@ -98,11 +98,12 @@ def row_ids(path: Path, columns: dict[str, list[str]], line: np.ndarray) -> list
 
 class Rows(NamedTuple):
     """A table file's cells as strings: the header, (line, cells) per row, the delimiter of a text
-    file (the sheet's name for a workbook) and one note per reading rule that applied."""
+    file or the sheet read of a workbook (the other None), and one note per reading rule that applied."""
 
     header: list[str]
     body: list[tuple[int, list[str]]]
-    delimiter: str
+    delimiter: str | None
+    sheet: str | None
     notes: list[str]
 
 
@@ -139,7 +140,7 @@ def _text_rows(path: Path, sheet: str | None) -> Rows:
     except csv.Error as exc:
         raise UserError(f"{path}: not a readable CSV ({exc}); save it from a spreadsheet as CSV (UTF-8) "
                         "and try again") from None
-    return Rows(header, body, delimiter, [note] if note else [])
+    return Rows(header, body, delimiter, None, [note] if note else [])
 
 
 def _cell(value) -> str:
@@ -191,7 +192,7 @@ def _sheet_rows(path: Path, sheet: str | None) -> Rows:
         body.append((n, row + extra))
     notes = [f"{path.name}: read sheet {name!r}, the first of {len(names)} (data.sheet picks another)"] \
         if sheet is None and len(names) > 1 else []
-    return Rows(header, body, name, notes)
+    return Rows(header, body, None, name, notes)
 
 
 def _old_sheet(path: Path, sheet: str | None) -> Rows:
@@ -216,7 +217,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True, sheet: str | No
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: manifest not found (a CSV with columns subject, path, target and covariates)")
-    header, body, delimiter, notes = read_rows(path, sheet)
+    header, body, delimiter, sheet, notes = read_rows(path, sheet)
     if not header or header == [""]:
         raise UserError(f"{path}: empty manifest; the first line must name the columns (subject, path, ...)")
     lower = [h.lower() for h in header]
@@ -235,7 +236,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True, sheet: str | No
     for n, row in body:
         if len(row) != len(header):
             raise UserError(f"{path}, line {n}: {len(row)} fields, the header has {len(header)}; quote cells that hold "
-                            f"the delimiter {delimiter!r}, or fix the row" if path.suffix.lower() not in SHEETS else
+                            f"the delimiter {delimiter!r}, or fix the row" if sheet is None else
                             f"{path}, row {n}: {len(row)} cells, the header has {len(header)}; name every column "
                             "in the first row, or clear the cells beyond it")
         for h, cell in zip(header, row):
@@ -281,7 +282,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True, sheet: str | No
             notes.append(f"{', '.join(commas)}: numbers written with a decimal comma (in a "
                          f"{'semicolon' if delimiter == ';' else 'tab'}-separated table), read as numbers "
                          f"({name} {example} = {example.replace(',', '.')})")
-    extra = {"sheet": delimiter} if path.suffix.lower() in SHEETS else {}
+    extra = {"sheet": sheet} if sheet is not None else {}
     return SampleTable(path, header, columns, files, subjects, split, line, kind=kinds.pop(), format="manifest",
                        sources=(path,), ids=row_ids(path, columns, line), notes=notes, extra=extra)
 
