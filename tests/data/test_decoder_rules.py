@@ -26,7 +26,7 @@ def _photo(path: Path, orientation: int, size=(45, 30)) -> Path:
     rgb = np.stack([x * 255 // size[0], y * 255 // size[1], (x + y) % 64 * 4], axis=-1).astype(np.uint8)
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
-    Image.fromarray(rgb).save(path, quality=95, exif=exif)
+    Image.fromarray(rgb).save(path, exif=exif, **({"quality": 95} if path.suffix == ".jpg" else {}))
     return path
 
 
@@ -54,6 +54,17 @@ def test_an_exif_turned_jpeg_is_read_upright_as_pil_and_torchvision_show_it(tmp_
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
     want = np.asarray(Image.fromarray(upright).resize((S, S), Image.BILINEAR, box=box)).transpose(2, 0, 1)
     assert np.array_equal(decode_file(path, S, "center-crop"), want)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_png_with_an_exif_chunk_is_turned_too(tmp_path, orientation):
+    path = _photo(tmp_path / "p.png", orientation)
+    assert b"eXIf" in path.read_bytes()  # Pillow writes PNG's EXIF chunk
+    with Image.open(path) as img:
+        upright = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    pixels, info = read_pixels(path)
+    assert np.array_equal(pixels, upright) and probe(path) == info
+    assert info.get("rule") == ("exif-orientation" if orientation != 1 else None)
 
 
 def test_data_info_counts_the_turned_files(tmp_path, capsys):

@@ -26,8 +26,12 @@ ROTATED = {5, 6, 7, 8}  # orientations that swap width and height
 EXIF_RULE = "exif-orientation"
 
 
-def orientation(img: Image.Image) -> int:
-    """The EXIF Orientation of an opened image (1: as stored; 2-8: turned or mirrored), from its header."""
+def orientation(img: Image.Image, data: bytes) -> int:
+    """The EXIF Orientation of an opened image (1: as stored; 2-8: turned or mirrored), from its header.
+    Files without an EXIF block (JPEG's ``Exif`` APP1 segment, PNG's ``eXIf`` chunk) are not asked:
+    Pillow would decode a whole PNG to look for one."""
+    if b"Exif\x00" not in data[:1 << 17] and b"eXIf" not in data:
+        return 1
     try:
         value = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
     except (ValueError, TypeError, OSError, SyntaxError):  # a damaged EXIF block: the pixels as stored
@@ -84,7 +88,7 @@ class PilDecoder(Decoder):
             return pixels, pixel_info(fmt, pixels)
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            turned = orientation(img) != 1
+            turned = orientation(img, data) != 1
             pixels = self._array(path, ImageOps.exif_transpose(img) if turned else img)
         return pixels, _oriented(pixel_info(fmt, pixels), turned)
 
@@ -92,7 +96,7 @@ class PilDecoder(Decoder):
         fmt = _format(data) or path.suffix.lstrip(".").upper()
         with Image.open(io.BytesIO(data)) as img:  # Pillow reads the header only, pixels on load()
             width, height = img.size
-            turn = orientation(img) if not _png16_colour(data) else 1
+            turn = orientation(img, data) if not _png16_colour(data) else 1
             if turn in ROTATED:
                 width, height = height, width
             if _png16_colour(data):
@@ -107,7 +111,7 @@ class PilDecoder(Decoder):
         if not _png16_colour(data):
             with Image.open(io.BytesIO(data)) as img:  # Pillow reads the header only, pixels on load()
                 mode = img.mode
-                if orientation(img) != 1:  # turned upright at full size, then cropped and resized
+                if orientation(img, data) != 1:  # turned upright at full size, then cropped and resized
                     return resize_pixels(self.read(path, data)[0], size, preset)
                 if mode in COLOUR_MODES:
                     return decode_image(path, size, preset)
