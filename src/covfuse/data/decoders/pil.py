@@ -30,7 +30,8 @@ def orientation(img: Image.Image, data: bytes) -> int:
     """The EXIF Orientation of an opened image (1: as stored; 2-8: turned or mirrored), from its header.
     Files without an EXIF block (JPEG's ``Exif`` APP1 segment, PNG's ``eXIf`` chunk) are not asked:
     Pillow would decode a whole PNG to look for one."""
-    if b"Exif\x00" not in data[:1 << 17] and b"eXIf" not in data:
+    block = data.find(b"eXIf") if data.startswith(PNG_MAGIC) else data.find(b"Exif\x00", 0, 1 << 17)
+    if block < 0:
         return 1
     try:
         value = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
