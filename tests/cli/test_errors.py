@@ -242,6 +242,48 @@ def float_tiff(work: Path) -> None:
     tifffile.imwrite(work / "img/b.tif", pixels)
 
 
+def old_workbook(work: Path) -> None:
+    """An Excel 97-2003 workbook (what "Save as Excel 97" writes: an OLE2 container)."""
+    (work / "m.xls").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 504)
+
+
+def workbook(work: Path) -> None:
+    """m.xlsx (openpyxl) with the sheets baseline and visits, naming three PNGs."""
+    import openpyxl
+
+    image_manifest(work, ["s1,img/a.png,train,0,40", "s2,img/b.png,valid,1,50", "s3,img/c.png,test,0,60"])
+    book = openpyxl.Workbook()
+    book.active.title = "baseline"
+    book.create_sheet("visits")
+    for sheet in book.worksheets:
+        for line in (work / "m.csv").read_text().splitlines():
+            sheet.append(line.split(","))
+    book.save(work / "m.xlsx")
+
+
+def date_column(work: Path) -> None:
+    image_manifest(work, ["s1,img/a.png,train,0,2021-03-04", "s2,img/b.png,valid,1,2021-05-17",
+                          "s3,img/c.png,test,0,2022-01-09"], header="subject,path,split,label,scan_date")
+
+
+def dicomdir(work: Path) -> None:
+    """A manifest row naming the DICOMDIR pydicom's FileSet writes beside a disc's images."""
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    from data.test_decoders import _write_dicom as write_dicom
+
+    image_manifest(work, ["s1,img/a.png,train,0,40", "s2,disc/DICOMDIR,valid,1,50", "s3,img/c.png,test,0,60"])
+    write_dicom(work / "x.dcm", np.full((8, 8), 300, dtype=np.uint16))
+    ds = pydicom.dcmread(work / "x.dcm")
+    ds.PatientID, ds.PatientName, ds.StudyInstanceUID, ds.SeriesInstanceUID = "p1", "A^B", "1.2.3", "1.2.3.4"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "20240101", "120000", "1", 1, 1
+    fs = FileSet()
+    fs.add(ds)
+    fs.write(work / "disc")
+    (work / "x.dcm").unlink()
+
+
 def without_module(name: str, then: Callable | None = None):
     """A setup that makes ``import name`` (and importlib's find_spec) fail, as on a machine without the extra."""
     def setup(work, monkeypatch):
@@ -287,6 +329,18 @@ CASES = [
          "verification failed: m.csv, line 3 (subject s2): img/b.dcm does not decode (DICOM:", truncated_dicom),
     Case("image-float-nan", "a float TIFF with NaN pixels in a manifest", ["data", "info", "m.csv"],
          "img/b.tif: cannot read the image (float32 samples, 8 of them NaN/Inf", float_tiff),
+    Case("manifest-xls", "an Excel 97-2003 workbook as data.root", ["data", "info", "m.xls"],
+         "m.xls: covfuse reads .xlsx workbooks and CSV/TSV, not .xls files: save it as .xlsx", old_workbook),
+    Case("manifest-sheet", "an .xlsx manifest and a sheet it does not have", ["data", "info", "m.xlsx", "--sheet", "visit"],
+         "m.xlsx: no sheet 'visit' (did you mean 'visits'?); its sheets: baseline, visits (set data.sheet", workbook),
+    Case("covariate-date", "a date column as a covariate",
+         ["fit", "--data.root", "m.csv", "--data.target", "label", "--data.covariates", "scan_date", "--data.image_size",
+          "16", "--trainer.accelerator", "cpu"],
+         "m.csv: column 'scan_date' holds dates (e.g. '2021-03-04'); a date is no covariate as it is: convert it to a "
+         "number", date_column),
+    Case("manifest-dicomdir", "a manifest row naming a DICOMDIR", ["data", "info", "m.csv"],
+         "disc/DICOMDIR: cannot read the image (a DICOMDIR: the index of a DICOM disc or folder, not an image; list the "
+         "image files it indexes", dicomdir),
     Case("volume-nonfinite-refuse", "NaN voxels with data.nonfinite refuse",
          ["fit", "--data.root", "m.csv", "--data.target", "label", "--data.covariates", "age", "--data.image_size",
           "8", "--data.nonfinite", "refuse", "--trainer.accelerator", "cpu"],

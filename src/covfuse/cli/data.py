@@ -82,6 +82,8 @@ def _print_table_info(summary: dict) -> None:
     if bad.get("files"):
         print(f"non-finite: {bad['files']:,} file(s) hold {bad['voxels']:,} NaN/Inf voxel(s) (first: {bad['first']}); "
               "data.nonfinite zero (the default) sets them to 0 before normalisation, refuse stops")
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
     print()
     print(f"{'column':<20}{'type':<13}{'missing':>8}  values")
     for name, c in summary["columns"].items():
@@ -89,6 +91,8 @@ def _print_table_info(summary: dict) -> None:
             values = ", ".join(f"{k} {v}" for k, v in list(c["levels"].items())[:6])
         elif c["type"] == "numeric" and "min" in c:
             values = f"{c['min']:g} .. {c['max']:g}"
+        elif c["type"] == "date":
+            values = f"{c['distinct']} dates, e.g. {c['example']} (no covariate as it is)"
         else:
             values = ""
         print(f"{name:<20}{c['type']:<13}{c['missing']:>8}  {values}")
@@ -101,7 +105,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if source_format(args.root) != "celeba":
         summary = table_info(args.root, args.target, _names(args.covariates), _names(args.categorical),
-                             check_files=not args.skip_images, choice=_choice(args))
+                             check_files=not args.skip_images, choice=_choice(args), sheet=args.sheet)
         if args.format == "json":
             print(json.dumps(summary, indent=2))
         else:
@@ -202,7 +206,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from covfuse.data.readers import read_table
 
     _setup_logging()
-    meta = read_table(args.root)
+    meta = read_table(args.root, sheet=args.sheet)
     if meta.kind != "image":
         raise UserError(f"{args.root}: `covfuse data cache` builds the 2D image cache; volumes are cached by the first "
                         "run with data.cache: build (it knows the preprocessing)")
@@ -224,7 +228,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from covfuse.data.readers import read_table
     from covfuse.data.samples import nonfinite, undecodable
 
-    table = read_table(args.root)
+    table = read_table(args.root, sheet=args.sheet)
     choice = _choice(args)
     noun = "volumes" if table.kind == "volume" else "images"
     print(f"{table.source}: format ok ({len(table):,} {noun} listed, all present)")
@@ -274,7 +278,7 @@ def parser() -> argparse.ArgumentParser:
 
     parser = Parser(
         prog="covfuse data",
-        description="Inspect, show, verify, cache or synthesise data. ROOT is a manifest CSV/TSV (2D images, or volumes: "
+        description="Inspect, show, verify, cache or synthesise data. ROOT is a manifest CSV/TSV/.xlsx (2D images, or volumes: "
         "NIfTI, MGH, Analyze, DICOM series folders, multi-frame DICOM), a BIDS folder (dataset_description.json), or a CelebA folder (img_align_celeba/ and the text "
         "files, or celeba/ holding them). Formats: docs/data.md.",
     )
@@ -292,6 +296,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_images", action="store_true", help="do not require every listed image to exist "
                    "(manifest: do not open every volume's header)")
     _volume_options(p)
+    p.add_argument("--sheet", metavar="NAME", help="an .xlsx manifest's sheet (default: the first; data.sheet in a config)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("show", help="draw what the network sees for the first rows (or given ids) of a source",
@@ -370,6 +375,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", metavar="DIR", help="where to write the cache (default: ROOT/.covfuse-cache)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
+    p.add_argument("--sheet", metavar="NAME", help="an .xlsx manifest's sheet (default: the first; data.sheet in a config)")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("verify", help="check that every file decodes (CelebA: also the official md5 checksums)",
@@ -381,6 +387,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
     _volume_options(p)
+    p.add_argument("--sheet", metavar="NAME", help="an .xlsx manifest's sheet (default: the first; data.sheet in a config)")
     p.set_defaults(func=cmd_verify)
     return parser
 

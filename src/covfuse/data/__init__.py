@@ -4,7 +4,7 @@
    split, columns), covariate encoding fitted on the training split, targets, subject splits/folds;
    ``survival.py`` (time, event) and ``groups.py`` (subgroups in the table's units) build on it.
 2. ``readers/``: each source becomes a table (:func:`read_table` picks the reader): ``celeba`` (the
-   release; its text files in ``celeba_release``), ``manifest`` (2D images or volumes + CSV/TSV),
+   release; its text files in ``celeba_release``), ``manifest`` (2D images or volumes + CSV/TSV/.xlsx),
    ``bids``.
 3. ``decoders/``: a file into pixels or voxels, one module per format (PIL, TIFF, DICOM; ``volume``
    with ``nibabel_volumes`` and ``dicom_volumes`` for volumes), on top of ``decode.py`` (presets, crop

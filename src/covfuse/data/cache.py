@@ -11,12 +11,13 @@ holding CelebA's text files, a manifest's folder, a BIDS dataset), or any ``cach
 (:func:`cache_folder`). Files for size S and preset P:
 
 * ``K-P-S.u8`` (or ``.u16``; K the source's key, :func:`source_key`: ``celeba`` for the release, else
-  the manifest's name plus a short hash of its absolute path and the settings, e.g.
+  the manifest's name plus a short hash of its resolved absolute path and the settings, e.g.
   ``train-3f2a9c01``): raw pixels, C order, shape (N, C, S, S), row i = the table's file i. Any
   number of manifests share one folder, each with its own files;
 * ``K-P-S.json``: what it holds (shape, dtype, size, preset, crop, count, the md5 of the source files it
-  was built from — CelebA's three text files, or the manifest plus every image's path, size and mtime —
-  the decoders that really read the files). Written last: a cache without it is not a cache.
+  was built from — CelebA's three text files, or the manifest plus every image's resolved absolute path, size and mtime —
+  the decoders that really read the files, and how many files each decoder rule touched, ``rules``).
+  Written last: a cache without it is not a cache.
 
 Building writes ``K-P-S.u8.partial`` plus ``K-P-S.progress.json`` (the chunks done so
 far, rewritten atomically after each chunk), so an interrupted build resumes where it stopped;
@@ -25,7 +26,7 @@ matches its sources or settings is ignored (and rebuilt by ``covfuse data cache`
 
 **Volumes** (:func:`build_volume_cache`, :func:`open_volume_cache`, :class:`VolumeCache`): float16
 (N, 1, S, S, S), row i = file i preprocessed by :mod:`covfuse.data.decoders.volume`, in the same
-folder; its name holds a key of the path, size and mtime of every file the volumes are read from (each
+folder; its name holds a key of the resolved absolute path, size and mtime of every file the volumes are read from (each
 slice of a DICOM folder, both files of an Analyze pair) and the preprocessing, so a changed file or
 setting is a new cache (written to ``.partial``, renamed when complete).
 """
@@ -51,7 +52,7 @@ from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level name: 
 from covfuse.data.decode import PRESETS, check_preset, check_size
 from covfuse.data.decoders import decoder_for
 from covfuse.data.decoders.volume import Preprocessing, library, load_volume, nonfinite_voxels, transform, volume_files
-from covfuse.data.layout import image_layout
+from covfuse.data.layout import image_layout, image_rules
 from covfuse.data.readers.celeba import table_from_meta
 from covfuse.data.readers.celeba_release import CelebAMeta
 from covfuse.data.table import SampleTable, md5sum
@@ -78,12 +79,14 @@ def as_table(source):
 
 def source_key(table, *settings) -> str:
     """The part of a cache's name that says whose it is: ``celeba`` for the release (one per folder),
-    else the table file's stem plus 8 hex digits of the md5 of its absolute path and ``settings``, so
-    two manifests in one folder (or one manifest at two settings) never share a file name."""
+    else the table file's stem plus 8 hex digits of the md5 of its resolved absolute path (symbolic
+    links followed: a relative and an absolute ``data.root`` to one file give one name) and
+    ``settings``, so two manifests in one folder (or one manifest at two settings) never share a file name."""
     if table.format == "celeba":
         return "celeba"
-    where = os.path.abspath(table.path)
-    digest = hashlib.md5("|".join([where, *map(str, settings)]).encode()).hexdigest()[:8]
+    where = str(Path(table.path).resolve())
+    sheet = [f"sheet={table.extra['sheet']}"] if "sheet" in table.extra else []  # two sheets of one workbook
+    digest = hashlib.md5("|".join([where, *sheet, *map(str, settings)]).encode()).hexdigest()[:8]
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(where).stem) or table.format
     return f"{stem}-{digest}"
 
@@ -107,15 +110,22 @@ SUFFIX = {"uint8": "u8", "uint16": "u16"}
 
 def _fingerprint(table) -> dict:
     """The md5 of what identifies the table's content: its source files, and for tables other than the
-    checksummed CelebA release every image's size and modification time."""
+    checksummed CelebA release every image's resolved absolute path, size and modification time (what the
+    files are, not how a path to them was typed: ``data.root`` relative or absolute, the same cache)."""
     out = {Path(p).name: md5sum(Path(p)) for p in table.sources}
     if table.format != "celeba":
         h = hashlib.md5()
         for f in table.files:
-            st = os.stat(f)
-            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(file_stamp(f).encode())
         out["files"] = h.hexdigest()
     return out
+
+
+def file_stamp(file: str | os.PathLike) -> str:
+    """One line naming a file by what it is: its resolved absolute path, size and modification time (ns).
+    The one stamp both caches key on."""
+    st = os.stat(file)
+    return f"{Path(file).resolve()}|{st.st_size}|{st.st_mtime_ns}\n"
 
 
 def _description(source, size: int, preset: str, layout: tuple[int, str] | None = None) -> dict:
@@ -349,7 +359,7 @@ def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path
             # The chunks already decoded stay valid: say so, rather than leave an unexplained file.
             raise UserError(f"{exc} (the {len(done)} finished chunks stay in {partial.name}; the next "
                             "`covfuse data cache` resumes from them)") from None
-    desc = {**desc, "decoder": decoders_used(meta)}
+    desc = {**desc, "decoder": decoders_used(meta), "rules": image_rules(meta)}
     # Replace this source's own cache only now that the new one is complete: a failed build leaves
     # the previous cache (and every other source's) as it was.
     info_path.unlink(missing_ok=True)
@@ -371,8 +381,7 @@ def _volume_key(files: Sequence[Path], settings: Preprocessing) -> str:
     h = hashlib.sha1(json.dumps(settings.record(), sort_keys=True).encode())
     for f in files:
         for member in volume_files(Path(f)):
-            st = os.stat(member)
-            h.update(f"{Path(member).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(file_stamp(member).encode())
     return h.hexdigest()[:16]
 
 

@@ -18,14 +18,14 @@ import numpy as np
 from PIL import Image
 
 from covfuse.data.decode import CorruptImage
-from covfuse.data.decoders import read_pixels
+from covfuse.data.decoders import read_pixels, rule_notes
 from covfuse.data.decoders.volume import Choice, open_volume
 from covfuse.data.layout import layout_name
 from covfuse.data.readers import read_table
 from covfuse.data.readers.celeba_release import OPTIONAL_FILES, CelebAMeta
 from covfuse.data.readers.celeba_release import SPLIT_NAMES as CELEBA_SPLITS
 from covfuse.data.samples import nonfinite
-from covfuse.data.table import SPLIT_NAMES, SampleTable, describe_columns, md5sum, subject_split
+from covfuse.data.table import SPLIT_NAMES, SampleTable, describe_columns, md5sum, spelling_note, subject_split
 from covfuse.errors import UserError
 
 # The release's md5 checksums, as listed in torchvision's CelebA.file_list
@@ -99,16 +99,19 @@ def split_rates(meta: CelebAMeta) -> dict[str, dict[str, float]]:
 
 
 def table_info(path: str | Path, target: str | None = None, covariates: list[str] | None = None,
-               categorical: list[str] | None = None, check_files: bool = True, choice: Choice = Choice()) -> dict:
+               categorical: list[str] | None = None, check_files: bool = True, choice: Choice = Choice(),
+               sheet: str | None = None) -> dict:
     """The `data info` JSON of a manifest or BIDS dataset: kind, format, num_subjects, num_samples
     (num_volumes for volumes, num_images for 2D images), splits, columns, shape, layouts (2D images) or
-    formats (volumes: NIfTI, MGH, Analyze, DICOM series, DICOM multi-frame), non-finite voxels.
+    formats (volumes: NIfTI, MGH, Analyze, DICOM series, DICOM multi-frame), non-finite voxels,
+    ``rules`` (files each decoder rule touched: EXIF orientation, DICOM windowing) and ``notes`` (one line
+    per rule that applied in reading, :func:`covfuse.data.samples.reading_notes`'s lines).
 
     With ``check_files`` every file's header is read (volumes: nibabel's or every DICOM slice's header, no
-    voxels, the volume ``choice`` picks where a path holds several; 2D: the decoder's header read), so a
+    voxels, the volume ``choice`` picks where a path holds several; 2D: decoded), so a
     missing, unreadable or wrong-dimensional file is reported with its row.
     """
-    table = read_table(path)
+    table = read_table(path, sheet=sheet)
     for name in [*([target] if target else []), *(covariates or [])]:
         table.column(name)  # unknown names: a UserError with a suggestion
     split = subject_split(table, seed=0)
@@ -116,12 +119,17 @@ def table_info(path: str | Path, target: str | None = None, covariates: list[str
     layouts: Counter = Counter()
     formats: Counter = Counter()
     found: list = []
+    rules: Counter = Counter()
     if check_files:
         headers = [file_header(table, i, choice) for i in range(len(table))]
         shapes = Counter(shape for shape, _ in headers)
         layouts = Counter((info["channels"], info["bits"]) for _, info in headers if "channels" in info)
         formats = Counter(info["format"] for _, info in headers if table.kind == "volume")
+        rules = Counter(info["rule"] for _, info in headers if info and info.get("rule"))
         found = nonfinite(table, s=choice)
+    columns = describe_columns(table, categorical or ())
+    merged = [name for name, c in columns.items() if c.get("merged")]
+    notes = [*table.notes, *(spelling_note(table, name) for name in merged), *rule_notes(rules, len(table))]
     noun = "num_volumes" if table.kind == "volume" else "num_images"
     return {
         "kind": table.kind,
@@ -133,7 +141,7 @@ def table_info(path: str | Path, target: str | None = None, covariates: list[str
         "splits": {name: int((split == k).sum()) for k, name in enumerate(SPLIT_NAMES)},
         "split_source": "split column" if table.has_split else
                         "none in the data: subjects shuffled 70/15/15 by data.split_seed (default 0)",
-        "columns": describe_columns(table, categorical or ()),
+        "columns": columns,
         "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
         "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
         "layouts": {layout_name(*k): v for k, v in sorted(layouts.items())},
@@ -142,6 +150,8 @@ def table_info(path: str | Path, target: str | None = None, covariates: list[str
         **({"formats": dict(sorted(formats.items()))} if table.kind == "volume" else {}),
         "nonfinite": {"files": len(found), "voxels": sum(n for _, n in found),
                       "first": str(table.columns["path"][found[0][0]]) if found else None},
+        "rules": dict(sorted(rules.items())),
+        "notes": notes,
     }
 
 

@@ -4,8 +4,9 @@ what a table's ``kind`` (``image``: 2D files; ``volume``: NIfTI, MGH, Analyze, D
 
 ``settings(cfg)`` reads the preprocessing keys from a data config (image_size, preset, geometry,
 intensity, spacing, and the choice of volume: series, volume_index); :func:`make_dataset`,
-:func:`collate_functions`, :func:`open_cache`, :func:`build_cache`, :func:`check_files`, :func:`undecodable`, :func:`check_readable` and the NaN/Inf checks
-(:func:`nonfinite`, :func:`check_nonfinite`, :func:`check_nonfinite_before_build`) answer for any table.
+:func:`collate_functions`, :func:`open_cache`, :func:`build_cache`, :func:`check_files`, :func:`undecodable`,
+:func:`check_readable`, the NaN/Inf checks (:func:`nonfinite`, :func:`check_nonfinite`,
+:func:`check_nonfinite_before_build`) and :func:`reading_notes` answer for any table.
 
 The cache and dataset modules are imported inside the functions that use them: they import torch,
 which ``covfuse data info`` and ``covfuse data verify`` (using :func:`nonfinite`) never need.
@@ -24,10 +25,10 @@ import numpy as np
 from covfuse.data._workers import default_workers, run_chunks
 from covfuse.data.chunks import conform, unreadable
 from covfuse.data.decode import CorruptImage
-from covfuse.data.decoders import decode_file
+from covfuse.data.decoders import decode_file, rule_notes
 from covfuse.data.decoders.volume import Choice, Preprocessing, nonfinite_voxels, unreadable_volumes, volume_shape
-from covfuse.data.layout import image_layout
-from covfuse.data.table import SampleTable, md5sum
+from covfuse.data.layout import image_layout, image_rules
+from covfuse.data.table import SampleTable, md5sum, spelling_note
 from covfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,18 @@ def describe(table: SampleTable, s: Settings) -> dict:
     if table.kind == "volume":
         return asdict(volume_settings(s))
     return {"size": s.size, "preset": s.preset}
+
+
+def reading_notes(table: SampleTable, columns=(), cache=None) -> list[str]:
+    """Every rule that applied in reading the table, one line each (docs/data.md, "Nothing silent"): the
+    reader's (encoding, decimal commas, sheet), merged spellings of the categorical ``columns``, and the
+    decoders' file rules (EXIF orientation, DICOM windowing) counted over the 2D files: from the
+    cache's record when a cache holds them, else from the files' headers."""
+    notes = [*table.notes, *(note for note in (spelling_note(table, c) for c in columns) if note)]
+    if table.kind == "image" and table.format != "celeba":
+        rules = cache.info["rules"] if cache is not None and "rules" in cache.info else image_rules(table)
+        notes += rule_notes(rules, len(table))
+    return notes
 
 
 def fingerprint(table: SampleTable) -> str:

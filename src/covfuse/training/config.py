@@ -31,7 +31,7 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        root: The data: a manifest CSV/TSV (2D images, or volumes: NIfTI, MGH, Analyze, DICOM series), a BIDS folder, or a CelebA folder (docs/data.md).
+        root: The data: a manifest CSV/TSV/.xlsx (2D images, or volumes: NIfTI, MGH, Analyze, DICOM series), a BIDS folder, or a CelebA folder (docs/data.md).
         target: Column (CelebA attribute) to predict, by name (survival head: the time column).
         covariates: Columns fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
         image_size: Side of the square model input, in pixels.
@@ -57,6 +57,7 @@ class DataConfig:
         nonfinite: Volumes: what NaN/Inf voxels become (SPM/FSL mask the background with NaN): zero (set to 0 before normalisation, counted in the log) or refuse (stop, naming the first file).
         series: Volumes: the DICOM series to read where a folder holds several, by SeriesInstanceUID or SeriesDescription (None: a folder must hold one series; docs/volumes.md).
         volume_index: Volumes: which volume of a 4-D file (NIfTI, MGH) to read, 0 the first, -1 the last (None: 4-D files are refused).
+        sheet: An .xlsx manifest's sheet to read, by name (None: the first sheet).
     """
 
     root: str = ""
@@ -85,6 +86,7 @@ class DataConfig:
     nonfinite: Literal["zero", "refuse"] = "zero"
     series: Optional[str] = None
     volume_index: Optional[int] = None
+    sheet: Optional[str] = None
 
 
 @dataclass

@@ -44,6 +44,22 @@ log = logging.getLogger(__name__)
 LIBRARY_LOGGERS = ("tifffile", "pydicom", "PIL", "png")
 
 
+#: The rules a decoder may apply to a file (its info dict's ``"rule"``), each said in one line by
+#: :func:`rule_notes`: ``covfuse data info`` and the fit log count the files each rule touched.
+RULES = {
+    "exif-orientation": "{n} of {total} image files carry an EXIF orientation: turned upright as viewers show "
+                        "them (Pillow's ImageOps.exif_transpose) before cropping and resizing",
+    "dicom-percentile-window": "{n} of {total} DICOM files hold float or over-16-bit grey values without a VOI "
+                               "window: their modality values are windowed to each file's 0.5-99.5 percentile "
+                               "range (or its WindowCenter/Width) onto 16 bits (docs/data.md, 'DICOM')",
+}
+
+
+def rule_notes(counts: dict[str, int], total: int) -> list[str]:
+    """One line per rule in ``counts`` (rule: files), in :data:`RULES` order."""
+    return [RULES[rule].format(n=counts[rule], total=total) for rule in RULES if counts.get(rule)]
+
+
 def decoder_for(path: str | os.PathLike, head: bytes) -> Decoder | None:
     """The first decoder whose magic bytes match ``head`` (in :data:`DECODERS` order), else the first that
     claims the suffix, else None."""
@@ -119,7 +135,7 @@ def _guard(decoder: Decoder, path: Path, call):
 
 def read_pixels(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """The whole image at full resolution: (H, W) grey or (H, W, 3) RGB, uint8 or uint16, and
-    ``{"format", "bits", "channels", "height", "width"}``.
+    ``{"format", "bits", "channels", "height", "width"}`` (plus ``"rule"`` where one of :data:`RULES` applied).
 
     8- and 16-bit files keep their values; DICOM is the displayed image (modality LUT or rescale,
     then VOI LUT or window, MONOCHROME1 inverted) mapped linearly onto 0..65535 over its display
@@ -149,4 +165,5 @@ def decode_file(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET
     return _guard(decoder, path, lambda: decoder.decode(path, data, size, preset))
 
 
-__all__ = ["DECODERS", "Decoder", "UnsupportedImage", "decode_file", "decoder_for", "probe", "read_pixels"]
+__all__ = ["DECODERS", "RULES", "Decoder", "UnsupportedImage", "decode_file", "decoder_for", "probe", "read_pixels",
+           "rule_notes"]
