@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
     "predict": ("covfuse.cli.predict", "predict for images or volumes with covariates"),
     "sweep": ("covfuse.cli.sweep", "train a study: a grid of settings x seeds, locally or as a SLURM array"),
-    "cv": ("covfuse.cli.cv", "k-fold cross-validation by identity, one run per fold"),
+    "cv": ("covfuse.cli.cv", "k-fold cross-validation grouped by person (identity, subject), one run per fold"),
     "status": ("covfuse.cli.status", "where a study stands: done, running, interrupted, failed, pending; time left"),
     "report": ("covfuse.cli.report", "compare a study's cells with a baseline: CIs, paired tests, figures"),
     "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),

@@ -21,12 +21,16 @@ import numpy as np
 
 from covfuse.errors import UserError, suggest
 from covfuse.io import atomic_write_text, save_figure
+from covfuse.studies.format import ci_text, json_safe, md_escape, num_text, p_text, sd_text, settings_text, sig
+from covfuse.studies.search import markdown as search_markdown
+from covfuse.studies.search import read_summary
 from covfuse.studies.stats import (
     cluster_bootstrap, clustered_mcnemar, holm, paired_cluster_bootstrap, paired_difference, pooled_interval,
     score_draws, seed_test,
 )
 from covfuse.studies.sweep import Run, Study, run_status
 from covfuse.training import clinical_plots
+from covfuse.training.curves import read_metrics_csv, smooth
 from covfuse.training.metrics import (
     CLINICAL_SCORES, MULTICLASS_PROBABILITY_SCORES, PRIMARY, SUBGROUP_STATS, THRESHOLD_SCORES, check_metric,
     score_bounds, task_scores,
@@ -78,7 +82,7 @@ ALSO = {"survival": ("c_index", "ibs", "td_auc"), "binary": ("auroc", *CLINICAL_
 
 def run_reference(run_dir: Path):
     """A survival run's training-split reference (survival_baseline.json), or None for runs written before it."""
-    from covfuse.training.survival_reference import BASELINE_FILE, Reference
+    from covfuse.training.survival_reference import BASELINE_FILE, Reference  # lazy: torch (survival studies only)
 
     return Reference.load(run_dir) if (Path(run_dir) / BASELINE_FILE).is_file() else None
 
@@ -209,8 +213,8 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
     """The report as a dict: the **contract** keys (baseline, metric, rows) plus details.
 
     ``metric`` defaults to the task's primary score (accuracy; balanced accuracy for multi-class; MAE
-    for regression, where lower is better). ``unit="image"`` resamples images instead of people:
-    only for data without repeated people.
+    for regression, where lower is better; C-index for survival). ``unit="image"`` resamples images
+    instead of people: only for data without repeated people.
     """
     if unit not in ("group", "image"):
         raise UserError(f"unknown resampling unit {unit!r}; choose group or image")
@@ -273,9 +277,7 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
     base_row = next(r for r in rows if r["setting"] == baseline)
     base_row.update(p_adjusted=1.0, verdict="baseline")
     also_scores(rows, cells, baseline, metric, task, n_boot=n_boot, seed=seed)
-    from covfuse.studies.search import read_summary  # issue 20: an Optuna search's tuning table
-
-    search = read_summary(study)
+    search = read_summary(study)  # an Optuna search's tuning table
     curves = clinical_plots.study_curves({name: (c.labels, c.probs, c.thresholds) for name, c in cells.items()}, task)
     return {"study": study.name, "kind": study.kind, "baseline": baseline, "metric": metric, "task": task, "unit": unit,
             "split": "out-of-fold (valid of each fold)" if study.kind == "cv" else "test",
@@ -386,8 +388,8 @@ def also_markdown(report: dict) -> list[str]:
             if r["setting"] == base or e.get("difference") is None:
                 diff, p = "–", "–"
             else:
-                diff, p = f"{e['difference']:+.3f}{_ci(e['difference_ci'], sign=True)}", _p(e.get("p_adjusted"))
-            lines.append(f"| {n} | {md_escape(r['setting'])} | {_num(e['estimate'])}{_ci(e['ci'])} | {diff} | {p} |")
+                diff, p = f"{e['difference']:+.3f}{ci_text(e['difference_ci'], sign=True)}", p_text(e.get("p_adjusted"))
+            lines.append(f"| {n} | {md_escape(r['setting'])} | {num_text(e['estimate'])}{ci_text(e['ci'])} | {diff} | {p} |")
     words = threshold_words(report)
     return lines + ["", *([md_escape(words).replace("\\`", "`"), ""] if words else [])]
 
@@ -411,65 +413,6 @@ def _mean_gaps(runs: Sequence[Run], split: str, stat: str = "accuracy") -> dict[
 
 
 # -- output ----------------------------------------------------------------------------------------
-def sig(value, digits: int = 4) -> str:
-    """A setting or score to ``digits`` significant digits, trailing zeros kept (0.6940, 0.0007036); integers,
-    strings and booleans as they are. The markdown and the HTML report both write numbers with this."""
-    if isinstance(value, bool) or not isinstance(value, float):
-        return str(value)
-    if not math.isfinite(value):
-        return "–"
-    text = f"{value:#.{digits}g}"
-    return text[:-1] if text.endswith(".") else text
-
-
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|<>#"})
-
-
-def md_escape(value) -> str:
-    """User text (cell names, settings, covariate names) for a markdown table or line: markdown's own characters
-    and HTML's ``<``/``>`` escaped, so a name shows as written and cannot break the table or inject HTML."""
-    return " ".join(str(value).split()).translate(_MD_SPECIAL)
-
-
-def settings_text(settings: dict) -> str:
-    """``optim.lr=0.0007036, model.fusion=film``: a settings mapping, numbers via :func:`sig`."""
-    return ", ".join(f"{k}={sig(v)}" for k, v in settings.items())
-
-
-def sd_text(sd, digits: int = 3) -> str:
-    """The SD across runs, or — where it is undefined (a cell with one run)."""
-    return "—" if sd is None or (isinstance(sd, float) and not math.isfinite(sd)) else f"{sd:.{digits}f}"
-
-
-def _num(value, digits: int = 3) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
-
-
-def _ci(lo_hi, digits: int = 3, sign: bool = False) -> str:
-    lo, hi = lo_hi
-    if lo is None:
-        return ""
-    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
-    return f" [{f.format(lo)}, {f.format(hi)}]"
-
-
-def _p(p) -> str:
-    if p is None or not math.isfinite(p):
-        return "–"
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
-
-
-def json_safe(value):
-    """NaN/inf (an undefined test, e.g. across one run) become null; strict JSON otherwise."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def to_json(report: dict) -> str:
     return json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n"
 
@@ -501,10 +444,10 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
              "|---|---|---|---|---|---|---|---|"]
     lines = [x for x in lines if x is not None]
     for r in report["rows"]:
-        diff = "–" if r["setting"] == base else f"{r['difference']:+.3f}{_ci(r['difference_ci'], sign=True)}"
-        lines.append(f"| {md_escape(r['setting'])} | {r['n_runs']} | {r['mean']:.3f} ± {sd_text(r['sd'])} | {_num(r['estimate'])}"
-                     f"{_ci(r['ci'])} | {diff} | {'–' if r['setting'] == base else _p(r['p_value'])} | "
-                     f"{'–' if r['setting'] == base else _p(r['p_adjusted'])} | {r['verdict']} |")
+        diff = "–" if r["setting"] == base else f"{r['difference']:+.3f}{ci_text(r['difference_ci'], sign=True)}"
+        lines.append(f"| {md_escape(r['setting'])} | {r['n_runs']} | {r['mean']:.3f} ± {sd_text(r['sd'])} | {num_text(r['estimate'])}"
+                     f"{ci_text(r['ci'])} | {diff} | {'–' if r['setting'] == base else p_text(r['p_value'])} | "
+                     f"{'–' if r['setting'] == base else p_text(r['p_adjusted'])} | {r['verdict']} |")
     lines += ["", *also_markdown(report)]
     lines += [f"![differences](figures/forest{suffix}.png)", "", f"![{metric}](figures/metric{suffix}.png)", "",
               *clinical_markdown(report),
@@ -515,10 +458,10 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
         if r["setting"] == base:
             continue
         st = r["seed_test"]
-        across = "–" if not st or st["t"] is None else f"{st['method']}: t = {st['t']:.2f}, p = {_p(st['p_value'])}"
+        across = "–" if not st or st["t"] is None else f"{st['method']}: t = {st['t']:.2f}, p = {p_text(st['p_value'])}"
         mc = r.get("mcnemar_clustered")
-        mcn = f"{mc['a_only']} / {mc['b_only']}, p = {_p(mc['p_value'])}" if mc else "–"
-        lines.append(f"| {md_escape(r['setting'])} | {_p(r['bootstrap_p'])} | {across} | {mcn} |")
+        mcn = f"{mc['a_only']} / {mc['b_only']}, p = {p_text(mc['p_value'])}" if mc else "–"
+        lines.append(f"| {md_escape(r['setting'])} | {p_text(r['bootstrap_p'])} | {across} | {mcn} |")
     lines += ["", "What each number assumes:", "", *[f"- {a}" for a in ASSUMPTIONS], ""]
     tuned = [r for r in report["rows"] if r.get("tuned")]
     if tuned:
@@ -531,9 +474,7 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
             per = "; ".join(settings_text(json.loads(k)) + f": {v:.3f}" for k, v in r["tuned"][f"valid_{metric}"].items())
             lines.append(f"| {md_escape(r['setting'])} | {md_escape(chosen)} | {md_escape(per)} |")
         lines.append("")
-    if report.get("search"):  # issue 20
-        from covfuse.studies.search import markdown as search_markdown
-
+    if report.get("search"):
         lines += search_markdown(report["search"])
     gap_keys = sorted({k for r in report["rows"] for k in r["gaps"]}, key=lambda k: ("&" in k, k))
     if gap_keys:
@@ -541,7 +482,7 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
         lines += ["## Subgroup gaps", "", f"{stat} gap (largest minus smallest subgroup {stat}), mean over runs:", "",
                   "| setting | " + " | ".join(md_escape(k) for k in gap_keys) + " |", "|---|" + "---|" * len(gap_keys)]
         for r in report["rows"]:
-            lines.append(f"| {md_escape(r['setting'])} | " + " | ".join(_num(r["gaps"].get(k)) for k in gap_keys) + " |")
+            lines.append(f"| {md_escape(r['setting'])} | " + " | ".join(num_text(r["gaps"].get(k)) for k in gap_keys) + " |")
         lines += ["", "Per-group statistics and CIs: each run's metrics.json.", ""]
     lines += ["## Training curves", "", "![loss curves](figures/loss_curves.png)", "", "## Runs", ""]
     root = Path(study.study_dir)
@@ -600,7 +541,7 @@ def plot_forest(report: dict, out: Path) -> Path:
         if lo is not None:
             ax.plot([lo, hi], [i, i], color=colour[r["verdict"]], lw=2.5)
         ax.plot(r["difference"], i, "o", color=colour[r["verdict"]], ms=7)
-        ax.text(1.01, i, f"{r['verdict']} (p_Holm {_p(r['p_adjusted'])})", transform=ax.get_yaxis_transform(),
+        ax.text(1.01, i, f"{r['verdict']} (p_Holm {p_text(r['p_adjusted'])})", transform=ax.get_yaxis_transform(),
                 va="center", fontsize=8)
     ax.axvline(0, color="k", lw=1)
     ax.set_yticks(range(len(rows)), [r["setting"] for r in rows])
@@ -649,8 +590,6 @@ def plot_metric(report: dict, out: Path, reference: dict[str, float] | None = No
 
 def plot_loss_curves(study: Study, out: Path) -> Path:
     """Smoothed training loss and validation loss of each cell's first run, one colour per cell."""
-    from covfuse.training.curves import read_metrics_csv, smooth
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, cell in enumerate(study.cells):
