@@ -112,54 +112,68 @@ def _both_classes(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return ((w * y).sum(1) > 0) & ((w * (1 - y)).sum(1) > 0)
 
 
-def calibration_intercept(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Calibration-in-the-large per weighting: the weighted maximum-likelihood ``a`` of
-    ``logit P(y=1) = a + logit(p)`` (Newton's method); NaN where one class is missing or the fit diverges."""
-    y = np.asarray(y, dtype=np.float64)
-    z = logit(p)
-    a = np.zeros(len(w))
-    active = np.flatnonzero(_both_classes(y, w))
-    out = np.full(len(w), np.nan)
-    for _ in range(MAX_ITER):
-        if not len(active):
-            break
-        mu = expit(a[active, None] + z)
-        ww = w[active]
-        step = _ratio((ww * (y - mu)).sum(1), (ww * mu * (1 - mu)).sum(1))
-        a[active] += step
-        done = np.abs(step) < 1e-10
-        out[active[done]] = a[active[done]]
-        active = active[~done & np.isfinite(step) & (np.abs(a[active]) < 1e4)]
-    return out
+def _log_likelihood(y: np.ndarray, z: np.ndarray, w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    eta = a[:, None] + b[:, None] * z
+    return (w * (y * eta - np.logaddexp(0.0, eta))).sum(1)
 
 
-def calibration_slope(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The calibration slope per weighting: the weighted maximum-likelihood ``b`` of
-    ``logit P(y=1) = a + b logit(p)`` (Newton's method from a = 0, b = 1); NaN where one class is missing
-    or the fit diverges (the classes separated perfectly)."""
+def logistic_recalibration(y: np.ndarray, p: np.ndarray, w: np.ndarray, slope: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted maximum-likelihood ``(a, b)`` of ``logit P(y=1) = a + b logit(p)`` per weighting (``slope``
+    False: ``b`` fixed at 1, ``logit(p)`` an offset). Newton's method from a = 0, b = 1, each step halved until the
+    likelihood does not fall (so it cannot overshoot), until the step is below 1e-10; NaN where one class is
+    missing or the fit does not converge in :data:`MAX_ITER` steps (the classes separated: the maximum lies at
+    infinity)."""
     y = np.asarray(y, dtype=np.float64)
     z = logit(p)
     a, b = np.zeros(len(w)), np.ones(len(w))
+    out_a, out_b = np.full(len(w), np.nan), np.full(len(w), np.nan)
     active = np.flatnonzero(_both_classes(y, w))
-    out = np.full(len(w), np.nan)
+    current = _log_likelihood(y, z, w[active], a[active], b[active])
     for _ in range(MAX_ITER):
         if not len(active):
             break
         ww = w[active]
         mu = expit(a[active, None] + b[active, None] * z)
         r, h = ww * (y - mu), ww * mu * (1 - mu)
-        ga, gb = r.sum(1), r @ z
-        haa, hab, hbb = h.sum(1), h @ z, h @ (z * z)
-        det = haa * hbb - hab * hab
-        with np.errstate(divide="ignore", invalid="ignore"):
-            da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
-        a[active] += da
-        b[active] += db
-        done = (np.abs(da) < 1e-10) & (np.abs(db) < 1e-10)
-        out[active[done]] = b[active[done]]
-        ok = np.isfinite(da) & np.isfinite(db) & (np.abs(a[active]) < 1e4) & (np.abs(b[active]) < 1e4)
-        active = active[~done & ok]
-    return out
+        if slope:
+            ga, gb = r.sum(1), r @ z
+            haa, hab, hbb = h.sum(1), h @ z, h @ (z * z)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                det = haa * hbb - hab * hab
+                da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                da, db = r.sum(1) / h.sum(1), np.zeros(len(active))
+        ok = np.isfinite(da) & np.isfinite(db)
+        da, db = np.where(ok, da, 0.0), np.where(ok, db, 0.0)
+        step = np.ones(len(active))
+        new = _log_likelihood(y, z, ww, a[active] + da, b[active] + db)
+        for _ in range(40):  # halve the steps that lowered the likelihood
+            worse = ~(new >= current - 1e-12 * (1 + np.abs(current)))
+            if not worse.any():
+                break
+            step[worse] /= 2
+            new[worse] = _log_likelihood(y, z, ww[worse], a[active][worse] + step[worse] * da[worse],
+                                         b[active][worse] + step[worse] * db[worse])
+        a[active] += step * da
+        b[active] += step * db
+        current = new
+        done = ok & (np.abs(da) < 1e-10) & (np.abs(db) < 1e-10)
+        out_a[active[done]], out_b[active[done]] = a[active[done]], b[active[done]]
+        keep = ~done & ok & (np.abs(a[active]) < 1e4) & (np.abs(b[active]) < 1e4)
+        active, current = active[keep], current[keep]
+    return out_a, out_b
+
+
+def calibration_intercept(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Calibration-in-the-large per weighting: ``a`` of ``logit P(y=1) = a + logit(p)``
+    (:func:`logistic_recalibration` with the model's logit as an offset)."""
+    return logistic_recalibration(y, p, w, slope=False)[0]
+
+
+def calibration_slope(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The calibration slope per weighting: ``b`` of ``logit P(y=1) = a + b logit(p)`` (:func:`logistic_recalibration`)."""
+    return logistic_recalibration(y, p, w, slope=True)[1]
 
 
 def reliability(outcome: np.ndarray, confidence: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
