@@ -30,6 +30,7 @@ from covfuse.studies.stats import (
 )
 from covfuse.studies.sweep import Run, Study, run_status
 from covfuse.training import clinical_plots
+from covfuse.training.clinical import parse_threshold
 from covfuse.training.curves import read_metrics_csv, smooth
 from covfuse.training.metrics import (
     CLINICAL_SCORES, MULTICLASS_PROBABILITY_SCORES, PRIMARY, SUBGROUP_STATS, THRESHOLD_SCORES, check_metric,
@@ -350,11 +351,11 @@ def threshold_words(report: dict) -> str:
     rows = [r for r in report["rows"] if r.get("threshold")]
     if not rows:
         return ""
-    parts = [f"{r['setting']} {', '.join(f'{v:.4g}' for v in r['threshold']['values'])} "
-             f"({r['threshold']['rule']})" for r in rows]
+    parts = [f"{r['setting']} {', '.join(f'{v:.4g}' for v in r['threshold']['values'])}"
+             + ("" if _fixed(r["threshold"]["rule"]) else f" ({r['threshold']['rule']})") for r in rows]
     chosen = any(not _fixed(r["threshold"]["rule"]) for r in rows)
-    text = ("Threshold-dependent scores (" + ", ".join(THRESHOLD_SCORES) + ") use each run's `metrics.threshold` "
-            + ("chosen on its validation split" if chosen else "") + ": " + "; ".join(parts) + ".")
+    text = ("Threshold-dependent scores (" + ", ".join(THRESHOLD_SCORES) + ") use each run's `metrics.threshold`"
+            + (", chosen on its validation split" if chosen else "") + ": " + "; ".join(parts) + ".")
     if chosen and report.get("kind") == "cv":
         text += (" In a CV study the reported split is each fold's validation part, where the threshold was also "
                  "chosen: these scores are optimistic; use a fixed metrics.threshold to compare them.")
@@ -362,11 +363,8 @@ def threshold_words(report: dict) -> str:
 
 
 def _fixed(rule: str) -> bool:
-    try:
-        float(rule)
-    except ValueError:
-        return False
-    return True
+    """Whether a cell's ``metrics.threshold`` (its runs' rules, comma-separated) is a fixed probability."""
+    return all(parse_threshold(part)[0] == "fixed" for part in rule.split(", "))
 
 
 def also_markdown(report: dict) -> list[str]:
@@ -552,8 +550,7 @@ def plot_forest(report: dict, out: Path) -> Path:
                "higher is better: right of 0 favours the method")
     ax.set_xlabel(f"{report['metric']} difference vs {report['baseline']} (95% CI, people resampled)\n{reading}")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, out)
+    return clinical_plots.save(fig, out)  # its texts in the PNG's Description too
 
 
 def plot_metric(report: dict, out: Path, reference: dict[str, float] | None = None) -> Path:
