@@ -36,7 +36,7 @@ from covfuse.training.metrics import (
     CLINICAL_SCORES, MULTICLASS_PROBABILITY_SCORES, PRIMARY, SUBGROUP_STATS, THRESHOLD_SCORES, check_metric,
     score_bounds, task_scores,
 )
-from covfuse.training.tasks import IDEAL, direction, distance_from_best, scored_as
+from covfuse.training.tasks import IDEAL, LOWER_IS_BETTER, direction, distance_from_best, scored_as
 
 ALPHA = 0.05
 ASSUMPTIONS = [
@@ -48,8 +48,8 @@ ASSUMPTIONS = [
     "Nadeau-Bengio correction, because the folds' training sets overlap. It reflects training randomness.",
     "**p** (the column Holm adjusts): with 3 or more runs per cell, the larger of the bootstrap p and the "
     "across-run p (a difference must hold over people *and* over training runs); with fewer runs, the bootstrap p.",
-    "**Verdict**: `better` / `worse` (for Brier, ECE, MAE, RMSE and IBS, lower is better) when the Holm-adjusted p < 0.05 (over all cells compared with the baseline), "
-    "else `no evidence`; for the calibration intercept and slope, whose best values are 0 and 1, `differs`. "
+    f"**Verdict**: `better` / `worse` (for {', '.join(sorted(LOWER_IS_BETTER - {'loss'}))}, lower is better) when the Holm-adjusted p < 0.05 (over all cells compared with the baseline), "
+    f"else `no evidence`; for {' and '.join(f'{k} (best at {v:g})' for k, v in IDEAL.items())}, `differs`. "
     "McNemar counts, where shown, assume independent images and are descriptive; the "
     "clustered McNemar (Durkalski 2003) does not.",
 ]
