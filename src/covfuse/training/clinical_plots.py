@@ -106,9 +106,11 @@ def _n_text(n: int, people: int | None, runs: int = 1) -> str:
 
 
 def run_figures(run_dir: Path, task: str, labels: np.ndarray, probs: np.ndarray, *, split: str,
-                groups: np.ndarray | None = None, threshold: float | None = None) -> list[Path]:
+                groups: np.ndarray | None = None, threshold: float | None = None,
+                classes: Sequence[str] = ()) -> list[Path]:
     """``plots/reliability.png``, ``plots/precision_recall.png`` and (binary) ``plots/decision_curve.png``
-    of one split of a run (:data:`RUN_FIGURES`); nothing for other tasks or an empty split."""
+    of one split of a run (:data:`RUN_FIGURES`; ``classes``: a multi-class head's class names, for the
+    legend); nothing for other tasks or an empty split."""
     if task not in RUN_FIGURES or len(labels) == 0:
         return []
     plt = _plt()
@@ -138,11 +140,12 @@ def run_figures(run_dir: Path, task: str, labels: np.ndarray, probs: np.ndarray,
             continue
         precision, recall, _ = precision_recall_curve(positive, score)
         ap = float(clinical.average_precision(positive, score, np.ones((1, len(score))))[0])
-        name = "model" if k is None else f"class {k} vs rest"
+        label = str(classes[k]) if k is not None and k < len(classes) else str(k)
+        name = "model" if k is None else f"{label} vs rest"
         ax.step(recall, precision, where="post", color=f"C{i % 10}", lw=1.5,
                 label=f"{name}: AUPRC {ap:.3f} ({int(positive.sum())} positives)")
         ax.axhline(positive.mean(), color=f"C{i % 10}", ls=":", lw=1,
-                   label=f"{'no skill' if k is None else f'class {k}'}: prevalence {positive.mean():.3f}")
+                   label=f"{'no skill' if k is None else label}: prevalence {positive.mean():.3f}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall (sensitivity): share of positives found")

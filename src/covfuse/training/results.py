@@ -131,7 +131,7 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
     if shown is not None:
         label, value, clusters = scored[shown]
         clinical_plots.run_figures(run_dir, task.name, label, value, split=shown, groups=clusters,
-                                   threshold=metrics.get("threshold", {}).get("value"))
+                                   threshold=metrics.get("threshold", {}).get("value"), classes=classes)
     return metrics
 
 
