@@ -27,7 +27,6 @@ from covfuse.errors import UserError, suggest
 from covfuse.survival.estimators import weight_rows
 from covfuse.training import clinical
 from covfuse.training.survival_reference import survival_details, survival_scores
-from covfuse.training.tasks import IDEAL, LOWER_IS_BETTER, direction  # noqa: F401 (the direction rule, re-exported)
 
 THRESHOLD_SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "sensitivity", "specificity", "ppv", "npv")
 """The binary scores that depend on the decision threshold (``metrics.threshold``; metrics.json's ``threshold``)."""
