@@ -137,6 +137,16 @@ def data_moved(work: Path) -> None:
     (work / "twin").rename(work / "moved")
 
 
+def threshold_unscored(work: Path) -> None:
+    """runs/tiny as if its metrics.threshold were youden and it had not been scored yet (no metrics.json)."""
+    import yaml
+
+    config = yaml.safe_load((work / "runs/tiny/config.yaml").read_text())
+    config["metrics"]["threshold"] = "youden"
+    (work / "runs/tiny/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (work / "runs/tiny/metrics.json").unlink()
+
+
 def other_data(work: Path) -> None:
     """``other``: the twin with one attribute of one image flipped (another data set, same layout)."""
     shutil.copytree(work / ROOT, work / "other")
@@ -398,7 +408,7 @@ CASES = [
     Case("head-celeba", "a multi-class head on CelebA's binary attributes", [*FIT, "--model.head", "multiclass"],
          "model.head multiclass needs a target with several classes or numbers; twin/celeba holds binary attributes only"),
     Case("monitor-head", "a monitor the head does not log", [*FIT, "--monitor", "val/mae"],
-         "monitor val/mae does not exist for head binary; use val/loss or val/acc"),
+         "monitor val/mae does not exist for head binary; use val/loss, val/acc, val/brier"),
     Case("monitor-survival", "a monitor a survival head does not log",
          [*FIT, "--model.head", "survival", "--data.event", "Male", "--monitor", "val/acc"],
          "monitor val/acc does not exist for head survival; use val/c_index, val/loss, val/ibs"),
@@ -406,6 +416,12 @@ CASES = [
          "model.ties efron is for model.head survival; head binary has no tied times to handle"),
     Case("eval-times-head", "survival evaluation times on another head", [*FIT, "--data.eval_times", "[1,2]"],
          "data.eval_times and metrics.tau are for model.head survival; head binary does not use them"),
+    Case("threshold-rule", "a decision threshold that is no rule", [*FIT, "--metrics.threshold", "sensitivity=1.5"],
+         "metrics.threshold must be a probability in (0, 1) (e.g. 0.5), youden, sensitivity=S or specificity=S with S "
+         "in (0, 1] (e.g. --metrics.threshold sensitivity=0.9); got 'sensitivity=1.5'"),
+    Case("threshold-head", "a decision threshold on a head without one",
+         [*FIT, "--model.head", "multiclass", "--metrics.threshold", "youden"],
+         "metrics.threshold is for binary heads (binary, two-class); head multiclass predicts the most probable class"),
     Case("flag-typo", "a misspelt option", [*FIT, "--optim.lrr", "1"], "unknown option --optim.lrr (did you mean 'optim.lr'?)"),
     Case("config-key-typo", "a misspelt key in a config file", ["fit", "--config", "my.yaml"],
          "my.yaml: unknown config key optim.learning_rat",
@@ -475,6 +491,10 @@ CASES = [
     Case("predict-times-head", "predict --times on a run without a survival head",
          ["predict", "tiny", "x.jpg", "--covariates", "Young=1,Male=0", "--times", "1,2"],
          "--times gives survival probabilities; runs/tiny has head binary, not survival"),
+    Case("predict-threshold-unscored", "predict from a run whose threshold was never chosen",
+         ["predict", "tiny", "x.jpg", "--covariates", "Young=1,Male=0"],
+         "runs/tiny: no metrics.json, so metrics.threshold youden has not been chosen on the valid split yet; score "
+         "the run first: covfuse test runs/tiny", lambda work: threshold_unscored(work)),
     Case("predict-times-word", "predict --times with a word", ["predict", "tiny", "x.jpg", "--covariates",
                                                                 "Young=1,Male=0", "--times", "1,soon"],
          "--times: 'soon' is not a number"),

@@ -64,7 +64,8 @@ def test_the_readme_commands_chain_in_order(tmp_path, monkeypatch, capsys):
             assert (tmp_path / "data/show.png").is_file() and "8 row(s) as the network sees them" in out
         if key == "predict":
             header, row = out.strip().splitlines()
-            assert header == "image,Young,Male,P(Attractive)" and 0 <= float(row.split(",")[-1]) <= 1
+            assert header == "image,Young,Male,P(Attractive),predicted_Attractive"
+            assert 0 <= float(row.split(",")[-2]) <= 1 and row.split(",")[-1] in ("0", "1")
     assert (tmp_path / "runs/my-run/metrics.json").is_file() and (tmp_path / "demo-out/results.json").is_file()
     assert (tmp_path / "runs/my-run/explain/explain.json").is_file()
 

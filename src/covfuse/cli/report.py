@@ -15,6 +15,7 @@ from covfuse.errors import UserError
 
 def parser() -> argparse.ArgumentParser:
     from covfuse.training.metrics import TASK_SCORES
+    from covfuse.training.tasks import direction
 
     names = list(dict.fromkeys(n for task in TASK_SCORES.values() for n in task))
     p = Parser(prog="covfuse report", description=__doc__.split(": ", 1)[1],
@@ -24,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="cell to compare with (default: the study's baseline)")
     p.add_argument("--metric", default=None, choices=names,
                    help="score to compare (default: accuracy; multi-class: balanced_accuracy; regression: mae; "
-                   "survival: c_index)")
+                   f"survival: c_index); lower is better for {', '.join(n for n in names if direction(n) == 'min')}")
     p.add_argument("--format", default="md", choices=["md", "json", "csv", "html"],
                    help="what to print (default: md; html writes report.html and prints its path)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")

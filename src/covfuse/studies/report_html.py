@@ -19,7 +19,9 @@ from typing import Any, Sequence
 
 from covfuse.io import atomic_write_text
 from covfuse.studies.format import ci_text, p_text, sd_text, settings_text, sig
-from covfuse.studies.report import ASSUMPTIONS, survival_entry
+from covfuse.studies.report import (
+    ALSO_TITLES, ASSUMPTIONS, CLINICAL_FIGURES, also_entry, also_names, clinical_figures, threshold_words,
+)
 from covfuse.studies.search import space_words
 from covfuse.studies.sweep import Study
 from covfuse.training.metrics import SUBGROUP_STATS
@@ -122,31 +124,31 @@ def _settings(settings: dict) -> str:
     return settings_text(settings) or "base config"
 
 
-def survival_table(report: dict) -> str:
-    """A survival report's C-index, IBS and td-AUC per cell with CIs and differences from the baseline ('' otherwise)."""
-    rows = report["rows"]
-    if not any(r.get("also") for r in rows):
+def also_table(report: dict) -> str:
+    """The report's other scores (:data:`covfuse.studies.report.ALSO`), one row per score and cell, with CIs,
+    differences from the baseline and Holm-adjusted p ('' when the report has none)."""
+    names = also_names(report)
+    if not names:
         return ""
     base = report["baseline"]
-    names = [report["metric"], *rows[0]["also"]]
     body = []
-    for r in rows:
-        cells: list = [r["setting"]]
-        for n in names:
-            e = survival_entry(report, r, n)
+    for n in names:
+        for r in report["rows"]:
+            e = also_entry(report, r, n)
             est, est_v = _num(e["estimate"])
-            cells.append((est + ci_text(e["ci"]), est_v))
             if r["setting"] == base or e.get("difference") is None:
-                cells.append(("–", ""))
+                diff, p = ("–", ""), ("–", "")
             else:
-                cells.append((f"{e['difference']:+.3f}{ci_text(e['difference_ci'], sign=True)}, p {p_text(e.get('p_adjusted'))}",
-                              repr(float(e["difference"]))))
-        body.append(cells)
-    headers = ["setting"] + [h for n in names for h in (f"{n} [95% CI]", f"Δ{n} vs {base} [95% CI], p (Holm)")]
-    return ('<h2 id="survival">C-index, integrated Brier score and time-dependent AUC</h2>'
-            "<p>People resampled for every interval; higher C and td-AUC are better, a lower IBS is better; IBS and "
-            "td-AUC use each run's training-split Breslow baseline and censoring distribution (docs/survival.md).</p>"
-            + table(headers, body))
+                diff = (f"{e['difference']:+.3f}{ci_text(e['difference_ci'], sign=True)}", repr(float(e["difference"])))
+                adj = e.get("p_adjusted")
+                p = (p_text(adj), "" if adj is None else repr(float(adj)))
+            body.append([n, r["setting"], (est + ci_text(e["ci"]), est_v), diff, p])
+    title, reading = ALSO_TITLES[report.get("task", "binary")]
+    words = threshold_words(report)
+    return (f'<h2 id="also">{esc(title)}</h2><p>People resampled for every interval; p Holm-adjusted over the compared '
+            f"cells of that score. {_md(reading)}</p>"
+            + table(["score", "setting", "estimate [95% CI]", f"difference vs {base} [95% CI]", "p (Holm)"], body)
+            + (f"<p>{_md(words)}</p>" if words else ""))
 
 
 def render(report: dict, study: Study) -> str:
@@ -175,9 +177,11 @@ def render(report: dict, study: Study) -> str:
     parts.append('<h2 id="results">Results</h2>')
     parts.append(table(["setting", "runs", "mean ± sd", f"pooled {metric} [95% CI]", f"difference vs {base} [95% CI]",
                         "p", "p (Holm)", "verdict"], rows))
-    parts.append(survival_table(report))
+    parts.append(also_table(report))
     for name, caption in FIGURES[:2]:
         parts.append(_figure(root / "figures" / f"{name}.png", name, caption))
+    for name in clinical_figures(report):
+        parts.append(_figure(root / "figures" / f"{name}.png", name, CLINICAL_FIGURES[name]))
     tests = []
     for r in report["rows"]:
         if r["setting"] == base:

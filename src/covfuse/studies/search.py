@@ -30,13 +30,15 @@ from covfuse.io import atomic_write_text
 from covfuse.studies.format import md_escape, settings_text, sig
 from covfuse.studies.sweep import Run, Study, again, grown, parse_run, run_one, say, write_study
 from covfuse.training import config as cfgmod
+from covfuse.training.tasks import MONITOR_SCORES, direction
 from covfuse.training.tracking import finish_study, study_context, tag_run
 
 JOURNAL = "optuna.journal"
 SUMMARY = "search.json"
 EVAL = ("valid",)
-OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize"),
-             "val/c_index": ("c_index", "maximize"), "val/ibs": ("ibs", "minimize")}
+OBJECTIVE = {monitor: (score, "minimize" if direction(score) == "min" else "maximize")
+             for monitor, score in MONITOR_SCORES.items()}
+"""Each monitor's objective: the metrics.json score of the valid split and Optuna's direction (covfuse.training.tasks)."""
 RETRY_OF = "retry_of"  # user attribute of a trial that repeats an interrupted one's settings
 INTERRUPTED = "interrupted"  # user attribute of a trial cut off by Ctrl-C, SIGTERM or a killed process
 MAX_ATTEMPTS = 3  # a cell stops with an error once failed trials push it past this many times its budget

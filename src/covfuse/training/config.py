@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
 from covfuse.errors import UserError, suggest
+from covfuse.training.clinical import parse_threshold
 from covfuse.training.tasks import MONITORS, TASKS, task_of
 
 CovariatesMode = Literal["real", "zeros", "ones", "shuffled"]
@@ -192,13 +193,15 @@ class TrainerConfig:
 
 @dataclass
 class MetricsConfig:
-    """How metrics.json scores a run (survival head; docs/survival.md).
+    """How metrics.json scores a run (docs/training.md; survival: docs/survival.md).
 
     Args:
-        tau: Uno's C is truncated at this time (data.target's unit); None: the 80th percentile of the training split's times, one tau for every split (and every run of a study on the same splits).
+        tau: Survival head: Uno's C is truncated at this time (data.target's unit); None: the 80th percentile of the training split's times, one tau for every split (and every run of a study on the same splits).
+        threshold: Binary heads: the decision threshold of accuracy, F1, sensitivity, specificity, PPV and NPV (positive at P >= threshold) and of covfuse predict: a probability such as 0.5, or chosen on the valid split before test is scored: youden (max sensitivity + specificity - 1), sensitivity=0.9 (the highest threshold with that sensitivity) or specificity=0.9 (the lowest with that specificity).
     """
 
     tau: Optional[float] = None
+    threshold: Union[float, str] = 0.5
 
 
 @dataclass
@@ -209,7 +212,7 @@ class RunConfig:
         name: Run name; the run folder is <runs_dir>/<name>.
         runs_dir: Folder holding run folders.
         seed: Seed for weights, shuffling, augmentation, shuffled covariates and bootstrap.
-        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest), val/acc (highest; classification), val/mae (lowest; regression), val/c_index (highest; survival) or val/ibs (lowest; survival); None: val/loss, or val/c_index for a survival head (a batch's Cox loss depends on who shares the batch).
+        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest), val/acc (highest; classification), val/brier (lowest; classification), val/mae (lowest; regression), val/c_index (highest; survival) or val/ibs (lowest; survival); None: val/loss, or val/c_index for a survival head (a batch's Cox loss depends on who shares the batch).
         bootstrap: Bootstrap resamples for the 95% CIs in metrics.json (0: no intervals).
         bootstrap_unit: What the bootstrap resamples: group (the person: CelebA identity, MRI subject; images of one person are not independent) or image (only for data without repeated people).
     """
@@ -651,6 +654,11 @@ def check(config: RunConfig) -> RunConfig:
          "times >= 0 in data.target's unit (e.g. --data.eval_times [1,2,3])", d.eval_times)
     need(config.metrics.tau is None or config.metrics.tau > 0, "metrics.tau", "a time > 0 (e.g. --metrics.tau 4)",
          config.metrics.tau)
+    rule = parse_threshold(config.metrics.threshold)
+    if rule != ("fixed", 0.5) and task.name != "binary":
+        raise UserError(f"metrics.threshold is for binary heads (binary, two-class); head {config.model.head} "
+                        f"{'predicts the most probable class' if task.per_class else 'has no decision threshold'} "
+                        "(drop metrics.threshold)")
     if d.event and not survival:
         raise UserError(f"data.event {d.event} is for model.head survival; head {config.model.head} does not use it "
                         "(drop data.event, or set --model.head survival)")

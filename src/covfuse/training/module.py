@@ -81,7 +81,7 @@ class CovfuseModule(L.LightningModule):
         stats = target_stats or {"mean": 0.0, "sd": 1.0}
         self.target_mean, self.target_sd = float(stats["mean"]), float(stats["sd"]) or 1.0
         # The head's running scores: the first (val/acc, val/mae or val/c_index) is also shown in the
-        # progress line and logged per training epoch; survival adds val/ibs, a monitor choice.
+        # progress line and logged per training epoch; classifiers add val/brier, survival val/ibs (monitor choices).
         num_classes = int(model.get("num_classes") or 0)
         self.score_name, first = next(iter(self.task.scores.items()))
         self.train_score = RUNNING_METRICS[first](num_classes)
@@ -199,6 +199,32 @@ class CovfuseModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class RunningBrier(Metric):
+    """The Brier score over an epoch (``val/brier``, lower is better): the mean squared difference between
+    the predicted probabilities and the outcome, summed over the classes for a multi-class head ((N, C)
+    probabilities against class indices), as metrics.json's ``brier`` (:mod:`covfuse.training.clinical`)."""
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        p = probs.detach().double()
+        if p.dim() == 2:  # multi-class: one row of class probabilities per sample
+            truth = F.one_hot(target.long(), p.shape[1]).double()
+            self.total += ((p - truth) ** 2).sum()
+        else:
+            self.total += ((p - target.double()) ** 2).sum()
+        self.count += p.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count if self.count > 0 else torch.tensor(float("nan"))
+
+
 class RunningConcordance(Metric):
     """Harrell's C over an epoch (``update(risk, target)`` with (N, 2) targets): the per-epoch
     ``train/c_index`` and ``val/c_index``, computed once from every sample the epoch saw."""
@@ -257,6 +283,7 @@ RUNNING_METRICS = {
     "binary accuracy": lambda num_classes: BinaryAccuracy(),
     "multiclass accuracy": lambda num_classes: MulticlassAccuracy(num_classes=num_classes, average="micro"),
     "mean absolute error": lambda num_classes: MeanAbsoluteError(),
+    "brier score": lambda num_classes: RunningBrier(),
     "concordance": lambda num_classes: RunningConcordance(),
     "integrated brier score": lambda num_classes: RunningIBS(),
 }
