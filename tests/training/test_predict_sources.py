@@ -60,7 +60,7 @@ def test_a_manifest_gets_the_probabilities_test_wrote(run, capsys):
                        [[r["APOE4"], "x", r["path"], r["sex"], r["age"], r["subject"]] for r in test])
     # Test subjects may lie outside the training ages; --extrapolate predicts them as `covfuse test` does.
     header, out = predict(capsys, str(run_dir), "--csv", str(table), "--extrapolate", "--batch_size", "3")
-    assert header == ["path", "subject", "age", "sex", "APOE4", "P(diagnosis=AD)", "out_of_range"]
+    assert header == ["path", "subject", "age", "sex", "APOE4", "P(diagnosis=AD)", "predicted_diagnosis", "out_of_range"]
     assert len(out) == len(test)
     for r, o in zip(test, out):
         assert Path(o[0]) == twin / r["path"] and o[1:5] == [r["subject"], r["age"], r["sex"], r["APOE4"]]
@@ -84,7 +84,9 @@ def test_a_table_with_rows_outside_the_training_range_is_predicted_and_those_row
     assert marked == outside
     assert all(r["out_of_range"].startswith(f"age={manifest[Path(r['path']).relative_to(twin).as_posix()]['age']} (training range")
                for r in rows if r["out_of_range"])
-    assert err.strip().splitlines() == [err.strip()] and f"{len(outside)} of {len(manifest)} row(s)" in err
+    lines = err.strip().splitlines()  # the decision threshold's line (issue 34), then one line for the marked rows
+    assert len(lines) == 2 and lines[0].startswith("covfuse predict: predicted_diagnosis is the positive class")
+    assert f"{len(outside)} of {len(manifest)} row(s)" in lines[1]
     for r in rows:  # marked or not, the prediction is the one `covfuse test` wrote
         key = Path(r["path"]).relative_to(twin).as_posix()
         if key in tested:
