@@ -203,3 +203,27 @@ def test_seed_test_is_the_paired_t_test_and_nadeau_bengio_inflates_the_variance(
 def test_holm_by_hand():
     assert holm([0.01, 0.04, 0.03, float("nan")])[:3] == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.2]) == pytest.approx([0.5, 0.4])
+
+
+def test_threshold_scores_of_all_resamples_at_once_equal_the_per_resample_paths():
+    """The report's path (confusion counts summed per person, one product for every resample) gives the
+    draws of the sample-weighting path it replaced and of an explicit loop of sklearn scores over
+    resampled people, two runs averaged, to 1e-12."""
+    from covfuse.studies.stats import _mean_score, resample_scores
+    from covfuse.training.metrics import cluster_codes, resample_weights
+
+    rng = np.random.default_rng(3)
+    y, groups, rate = _clustered(rng, clusters=20)
+    runs = np.stack([_probs(rng, y, groups, rate) for _ in range(2)])
+    refs = {"accuracy": lambda t, q: skm.accuracy_score(t, q),
+            "balanced_accuracy": lambda t, q: skm.balanced_accuracy_score(t, q),
+            "f1": lambda t, q: skm.f1_score(t, q, zero_division=0.0),
+            "f1_macro": lambda t, q: skm.f1_score(t, q, average="macro", labels=[0, 1], zero_division=0.0)}
+    codes = cluster_codes(groups, len(y))
+    for metric, ref in refs.items():
+        fast = resample_scores(y, runs, groups, metric, n_boot=150, seed=4)["draws"]
+        weighted = np.concatenate([_mean_score(y.astype(bool), runs, metric, 0.5, w)
+                                   for w in resample_weights(codes, 150, 4)])
+        loop = [np.mean([ref(y[i], (p[i] >= 0.5).astype(int)) for p in runs]) for i in _loop_draws(groups, 150, 4)]
+        np.testing.assert_allclose(fast, weighted, rtol=0, atol=1e-12, err_msg=metric)
+        np.testing.assert_allclose(fast, loop, rtol=0, atol=1e-12, err_msg=metric)

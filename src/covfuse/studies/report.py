@@ -25,7 +25,8 @@ from covfuse.studies.format import ci_text, json_safe, md_escape, num_text, p_te
 from covfuse.studies.search import markdown as search_markdown
 from covfuse.studies.search import read_summary
 from covfuse.studies.stats import (
-    cluster_bootstrap, clustered_mcnemar, holm, paired_cluster_bootstrap, seed_test,
+    cluster_bootstrap, clustered_mcnemar, difference_from, holm, interval_from, paired_cluster_bootstrap,
+    resample_scores, seed_test,
 )
 from covfuse.studies.sweep import Run, Study, run_status
 from covfuse.training.curves import read_metrics_csv, smooth
@@ -205,10 +206,13 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
             raise UserError(f"cells {c.name} and {baseline} were evaluated on different samples; "
                             "compare cells of one study on one data folder")
     pool = len(base.ids)
+    # Every cell is scored once on the resamples (the same for all cells: same people, n_boot and seed);
+    # its interval and its paired difference from the baseline both come from those draws.
+    scored = {name: resample_scores(c.labels, c.probs, c.groups, metric, n_boot=n_boot, seed=seed, task=task,
+                                    references=c.references) for name, c in cells.items()}
     rows = []
     for name, c in cells.items():
-        pooled = cluster_bootstrap(c.labels, c.probs, c.groups, metric, n_boot=n_boot, seed=seed, task=task,
-                                   references=c.references)
+        pooled = interval_from(scored[name], metric)
         values = list(c.per_run.values())
         row = {"setting": name, "settings": c.settings, "n_runs": len(c.runs),
                "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),  # one run: undefined
@@ -216,8 +220,9 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
         if name == baseline:
             row.update(difference=0.0, difference_ci=[0.0, 0.0], p_value=1.0, bootstrap_p=1.0, seed_test=None)
         else:
-            paired = paired_cluster_bootstrap(c.labels, c.probs, base.probs, c.groups, metric, n_boot=n_boot, seed=seed,
-                                              task=task, references_a=c.references, references_b=base.references)
+            against = scored[baseline] if np.array_equal(c.groups, base.groups) else resample_scores(
+                c.labels, base.probs, c.groups, metric, n_boot=n_boot, seed=seed, task=task, references=base.references)
+            paired = difference_from(scored[name], against, metric)
             common = sorted(set(c.per_run) & set(base.per_run), key=lambda k: (k[0], -1 if k[1] is None else k[1]))
             diffs = [c.per_run[k] - base.per_run[k] for k in common]
             if study.kind == "cv":

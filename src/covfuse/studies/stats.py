@@ -23,7 +23,8 @@ from scipy import stats as sps
 
 from covfuse.errors import UserError
 from covfuse.training.metrics import (
-    bootstrap_interval, check_metric, cluster_codes, resample_weights, score_bounds, task_scores,
+    bootstrap_interval, check_metric, cluster_codes, confusion_scores, resample_counts, resample_weights, score_bounds,
+    task_scores,
 )
 
 __all__ = [
@@ -74,6 +75,64 @@ def _difference_test(observed: float, draws: np.ndarray, clusters: int, level: f
     return ci, max(floor, float(2 * sps.t.sf(abs(observed) / se, clusters - 1)))
 
 
+def resample_scores(labels, probs, groups, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
+                    threshold: float = 0.5, task: str = "binary", references=None) -> dict:
+    """``metric`` of ``probs`` ((N,) or (R, N): R runs averaged) on the data and on every resample of
+    whole groups: ``{"estimate", "draws" (n_boot,), "clusters"}``. Resamples depend only on ``groups``,
+    ``n_boot`` and ``seed``, so two calls with the same ones score the same resamples: a report scores
+    each cell once and pairs the draws (:func:`interval_from`, :func:`difference_from`)."""
+    n_boot = check_n_boot(n_boot)
+    y, (p,) = _check(metric, task, labels, probs)
+    codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
+    estimate = float(_mean_score(y, p, metric, threshold, task=task, references=references)[0])
+    if task == "binary" and metric != "auroc":
+        draws = _confusion_draws(y, p, codes, metric, threshold, n_boot, seed)
+    else:
+        draws = np.concatenate([_mean_score(y, p, metric, threshold, w, task, references)
+                                for w in resample_weights(codes, n_boot, seed)])
+    return {"estimate": estimate, "draws": draws, "clusters": int(codes.max()) + 1}
+
+
+def _confusion_draws(y: np.ndarray, runs: np.ndarray, codes: np.ndarray, metric: str, threshold: float,
+                     n_boot: int, seed: int) -> np.ndarray:
+    """A threshold score of a binary task (accuracy, balanced accuracy, F1 ...) on every resample at
+    once: its confusion counts are sums, so each run's counts are summed per cluster once and each
+    resample's counts are (draws per cluster) @ (counts per cluster), one matrix product for all
+    resamples, instead of weighting every sample of every resample (same draws as
+    :func:`resample_weights`; equal to that path up to rounding)."""
+    clusters = int(codes.max()) + 1
+    per_cluster = []
+    for p in runs:
+        pred = p >= threshold
+        per_cluster.append(np.stack([np.bincount(codes, weights=cell, minlength=clusters)
+                                     for cell in (pred & y, pred & ~y, ~pred & y, ~pred & ~y)], axis=1))
+    sums = np.concatenate(per_cluster, axis=1)  # (G, 4R): every run's counts in one product
+    draws = []
+    for counts in resample_counts(codes, n_boot, seed):
+        totals = counts.astype(np.float64) @ sums
+        draws.append(np.mean([confusion_scores(*totals[:, 4 * r: 4 * r + 4].T)[metric] for r in range(len(runs))],
+                             axis=0))
+    return np.concatenate(draws)
+
+
+def interval_from(scored: dict, metric: str, level: float = 0.95) -> dict:
+    """:func:`cluster_bootstrap`'s result from :func:`resample_scores`."""
+    draws, clusters = scored["draws"], scored["clusters"]
+    ci = bootstrap_interval(scored["estimate"], draws, clusters, level, bounds=score_bounds(metric))[0]
+    return {"estimate": scored["estimate"], "ci": ci, "clusters": clusters,
+            "metric": metric, "n_boot": int(np.isfinite(draws).sum())}
+
+
+def difference_from(scored_a: dict, scored_b: dict, metric: str, level: float = 0.95) -> dict:
+    """:func:`paired_cluster_bootstrap`'s result from the :func:`resample_scores` of a and b (same
+    labels, groups, ``n_boot`` and seed: the same resamples)."""
+    observed = scored_a["estimate"] - scored_b["estimate"]
+    draws, clusters = scored_a["draws"] - scored_b["draws"], scored_a["clusters"]
+    ci, p = _difference_test(observed, draws, clusters, level)
+    return {"difference": observed, "ci": ci, "p_value": p, "clusters": clusters, "metric": metric,
+            "n_boot": int(np.isfinite(draws).sum())}
+
+
 def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
                       level: float = 0.95, threshold: float = 0.5, task: str = "binary", references=None) -> dict:
     """``metric`` with a 95% CI that resamples whole groups (**contract**).
@@ -84,16 +143,9 @@ def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot
     "regression") says what ``probs`` holds: P(positive), the predicted class, the predicted value.
     Returns ``{"estimate", "ci": [lo, hi], "clusters", "metric", "n_boot"}``.
     """
-    n_boot = check_n_boot(n_boot)
-    y, (p,) = _check(metric, task, labels, probs)
-    codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
-    estimate = float(_mean_score(y, p, metric, threshold, task=task, references=references)[0])
-    draws = np.concatenate([_mean_score(y, p, metric, threshold, w, task, references)
-                            for w in resample_weights(codes, n_boot, seed)])
-    clusters = int(codes.max()) + 1
-    ci = bootstrap_interval(estimate, draws, clusters, level, bounds=score_bounds(metric))[0]
-    return {"estimate": estimate, "ci": ci, "clusters": clusters,
-            "metric": metric, "n_boot": int(np.isfinite(draws).sum())}
+    scored = resample_scores(labels, probs, groups, metric, n_boot=n_boot, seed=seed, threshold=threshold,
+                             task=task, references=references)
+    return interval_from(scored, metric, level)
 
 
 def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "accuracy", *, n_boot: int = 2000,
@@ -106,18 +158,11 @@ def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "ac
     Interval and two-sided p-value come from the bootstrap standard error (:func:`_difference_test`),
     so the interval excludes zero exactly when p < 1 - level. ``task`` as in :func:`cluster_bootstrap`.
     """
-    n_boot = check_n_boot(n_boot)
-    y, (pa, pb) = _check(metric, task, labels, probs_a, probs_b)
-    codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
-    observed = float(_mean_score(y, pa, metric, threshold, task=task, references=references_a)[0]
-                     - _mean_score(y, pb, metric, threshold, task=task, references=references_b)[0])
-    draws = np.concatenate([_mean_score(y, pa, metric, threshold, w, task, references_a)
-                            - _mean_score(y, pb, metric, threshold, w, task, references_b)
-                            for w in resample_weights(codes, n_boot, seed)])
-    clusters = int(codes.max()) + 1
-    ci, p = _difference_test(observed, draws, clusters, level)
-    return {"difference": observed, "ci": ci, "p_value": p, "clusters": clusters, "metric": metric,
-            "n_boot": int(np.isfinite(draws).sum())}
+    kw = dict(n_boot=n_boot, seed=seed, threshold=threshold, task=task)
+    _check(metric, task, labels, probs_a, probs_b)
+    return difference_from(resample_scores(labels, probs_a, groups, metric, references=references_a, **kw),
+                           resample_scores(labels, probs_b, groups, metric, references=references_b, **kw),
+                           metric, level)
 
 
 def cluster_bootstrap_mean(values, groups, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:

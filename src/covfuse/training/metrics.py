@@ -91,19 +91,30 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
     fp = (w * (pred & ~y)).sum(1)
     fn = (w * (~pred & y)).sum(1)
     tn = (w * (~pred & ~y)).sum(1)
-    pos, neg = tp + fn, tn + fp
-    tpr, tnr = _safe_div(tp, pos), _safe_div(tn, neg)
-    f1_pos = np.nan_to_num(_safe_div(2 * tp, 2 * tp + fp + fn), nan=0.0)
-    f1_neg = np.nan_to_num(_safe_div(2 * tn, 2 * tn + fn + fp), nan=0.0)
-    with np.errstate(invalid="ignore"):
-        balanced = np.nanmean(np.stack([tpr, tnr]), axis=0) if y.shape[1] else np.full(len(tp), np.nan)
     if not auroc:
         u = np.full(len(tp), np.nan)
     elif weights is not None:
         u = _weighted_mann_whitney(y[0], p[0], w)
     else:
         ranks = rankdata(p, axis=1)  # average ranks for ties, as the Mann-Whitney U needs
-        u = (ranks * y).sum(1) - pos * (pos + 1) / 2
+        u = (ranks * y).sum(1) - (tp + fn) * (tp + fn + 1) / 2
+    return confusion_scores(tp, fp, fn, tn, u)
+
+
+def confusion_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray,
+                     u: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """:func:`scores` from the (weighted) confusion counts of each row, and the Mann-Whitney U for
+    AUROC (None: NaN). A cluster bootstrap of a threshold score sums counts per cluster and needs
+    only these (:func:`covfuse.studies.stats.resample_scores`)."""
+    pos, neg = tp + fn, tn + fp
+    u = np.full(len(tp), np.nan) if u is None else u
+    tpr, tnr = _safe_div(tp, pos), _safe_div(tn, neg)
+    f1_pos = np.nan_to_num(_safe_div(2 * tp, 2 * tp + fp + fn), nan=0.0)
+    f1_neg = np.nan_to_num(_safe_div(2 * tn, 2 * tn + fn + fp), nan=0.0)
+    recalls = np.stack([tpr, tnr])
+    present = np.isfinite(recalls).sum(0)  # the recalls of the classes present (none: NaN)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        balanced = np.where(present > 0, np.nansum(recalls, axis=0) / present, np.nan)
     return {
         "accuracy": _safe_div(tp + tn, pos + neg),
         "balanced_accuracy": balanced,
@@ -199,6 +210,15 @@ def resample_weights(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int
     the ordinary bootstrap). Draws come from ``default_rng(seed).integers(0, G, (n_boot, G))``,
     chunk by chunk, so an independent loop over the same draws reproduces every resample."""
     codes = np.asarray(codes)
+    for counts in resample_counts(codes, n_boot, seed, chunk_cells):
+        yield counts[:, codes].astype(np.float64)
+
+
+def resample_counts(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int = 4_000_000):
+    """Yield (b, G) chunks of how often each cluster is drawn in each resample: the draws of
+    :func:`resample_weights` (the same chunks of the same generator) before they are spread over the
+    samples, for scores that are sums over clusters."""
+    codes = np.asarray(codes)
     num_clusters = int(codes.max()) + 1 if len(codes) else 0
     rng = np.random.default_rng(seed)
     chunk = max(1, chunk_cells // max(len(codes), num_clusters, 1))
@@ -206,8 +226,7 @@ def resample_weights(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int
         b = min(chunk, n_boot - start)
         drawn = rng.integers(0, num_clusters, size=(b, num_clusters))
         flat = (drawn + num_clusters * np.arange(b)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=b * num_clusters).reshape(b, num_clusters)
-        yield counts[:, codes].astype(np.float64)
+        yield np.bincount(flat, minlength=b * num_clusters).reshape(b, num_clusters)
 
 
 def bootstrap_interval(estimate: float, draws: np.ndarray, clusters: int, level: float = 0.95,
