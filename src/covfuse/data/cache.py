@@ -476,7 +476,7 @@ def _build_volumes(files: Sequence[Path], settings: Preprocessing, data: Path, m
     done = _fill_in_chunks(
         _fill_volumes, lambda s: (str(partial), shape, s, [str(f) for f in files[s : s + chunk]], settings),
         partial, marker, int(np.prod(shape)) * 2, desc, len(files), chunk, workers, 200, progress, "volumes", "vol",
-        "the next run with data.cache build")
+        "the next run with --data.cache build")
     # row -> NaN/Inf voxels set to 0, so a later run's data.nonfinite applies without the files
     nonfinite = {row: count for s in sorted(done) for row, count in (done[s] or {}).items()}
     os.replace(partial, data)
