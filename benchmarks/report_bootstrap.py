@@ -1,7 +1,8 @@
 """Time the report's bootstrap: 10 cells x 5 runs x 20,000 rows (4,000 people), 2,000 resamples (50 runs).
 
     python benchmarks/report_bootstrap.py new   # what the report does: each cell scored once, all resamples at once
-    python benchmarks/report_bootstrap.py old   # cluster_bootstrap + paired_cluster_bootstrap per cell
+    python benchmarks/report_bootstrap.py old   # cluster_bootstrap + paired_cluster_bootstrap per cell (the
+                                                # previous path when run against a checkout before issue 35)
 """
 import sys, time
 import numpy as np
