@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 
 from covfuse.data.cache import build_volume_cache
-from covfuse.data.decoders.nifti import Preprocessing
+from covfuse.data.decoders.volume import Preprocessing
 
 
 def status(field: str) -> float:

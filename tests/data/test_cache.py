@@ -177,7 +177,7 @@ def test_interrupted_volume_build_resumes_to_the_same_bytes(tmp_path, monkeypatc
     """The volume cache shares the image cache's chunked build: an interrupted build keeps its finished
     chunks, the next build fills only the rest, and the file equals an uninterrupted build byte for byte
     (and each row equals the volume preprocessed on its own)."""
-    from covfuse.data.decoders.nifti import Preprocessing, load_volume, transform
+    from covfuse.data.decoders.volume import Preprocessing, load_volume, transform
 
     files, settings = _volumes(tmp_path, 7), Preprocessing(size=8)
     whole = cache_mod.build_volume_cache(files, settings, tmp_path / "whole", chunk=2, workers=0, progress=False)

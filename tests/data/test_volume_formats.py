@@ -312,7 +312,8 @@ def test_fit_and_test_read_series_folders_and_4d_files_as_chosen_and_reuse_one_c
                     f"age={age},sex={sex},APOE4={apoe4}"]) == 0
     out = list(csv.reader(capsys.readouterr().out.splitlines()))
     assert len(out) == 2 and out[1][:2] == [str(tmp_path / "sub-10"), "sub-10"]
-    assert float(out[1][-1]) == pytest.approx(float(predicted["sub-10"]["probability"]), abs=2e-6)
+    probability = out[0].index(next(c for c in out[0] if c.startswith("P(")))  # then predicted_<target> (issue 34)
+    assert float(out[1][probability]) == pytest.approx(float(predicted["sub-10"]["probability"]), abs=2e-6)
 
 
 
