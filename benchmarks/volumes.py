@@ -24,7 +24,7 @@ def rate(fn, count: int) -> tuple[float, float]:
 def main() -> None:
     from covfuse.data.cache import build_volume_cache
     from covfuse.data.dataset import VolumeDataset
-    from covfuse.data.decoders.nifti import Preprocessing, load_volume, transform
+    from covfuse.data.decoders.volume import Preprocessing, load_volume, transform
     from covfuse.data.readers.manifest import read_manifest
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -93,3 +93,94 @@ TINY_STUDY = {
     "trainer": {"max_epochs": 1, "summary": False, "progress": "none"},
     "bootstrap": 50,
 }
+
+
+# ------------------------------------------------------------------------- DICOM volumes from NIfTI
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (DICOM's patient space)
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+MR = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+
+
+def _dicom_dataset(sop_class: str, rows: int, columns: int, uid: str, description: str):
+    """A pydicom dataset with the file meta, patient/series identity and 16-bit unsigned grey pixel layout."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "MR", "p1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesDescription, ds.SeriesNumber = "1.2.3", uid, description, 1
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    return ds
+
+
+def slice_geometry(affine: np.ndarray, k: int) -> tuple[list, list, list]:
+    """(ImagePositionPatient, ImageOrientationPatient, PixelSpacing) of slice k of a volume whose voxel -> RAS
+    affine is ``affine``, with the volume's x the DICOM column index and y the row index (what dcm2niix inverts)."""
+    lps = LPS @ affine
+    dc, dr = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    row, column = lps[:3, 0] / dc, lps[:3, 1] / dr
+    position = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
+    return [f"{v:.6f}" for v in position], [f"{v:.6f}" for v in (*row, *column)], [f"{dr:.6f}", f"{dc:.6f}"]
+
+
+def write_dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, uid: str = "1.2.826.0.1.1",
+                       description: str = "T1 MPRAGE", intercept: float = -1024.0, seed: int = 0) -> list[Path]:
+    """Write ``data`` (X, Y, Z integers, as a NIfTI holds them with ``affine``) as one classic DICOM file per
+    slice (pydicom): stored = value - intercept (RescaleIntercept), files named and numbered in shuffled order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(seed).permutation(data.shape[2])
+    files = []
+    for n, k in enumerate(order):
+        ds = _dicom_dataset(MR, data.shape[1], data.shape[0], uid, description)
+        ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = slice_geometry(affine, int(k))
+        ds.InstanceNumber, ds.RescaleSlope, ds.RescaleIntercept = int(n) + 1, 1, intercept
+        ds.PixelData = (data[:, :, k].T - intercept).astype("<u2").tobytes()
+        files.append(folder / f"IM{seed:02d}{n:04d}")
+        ds.save_as(files[-1], enforce_file_format=True)
+    return files
+
+
+def write_multiframe(path: Path, data: np.ndarray, affine: np.ndarray, *, slope: float = 0.5,
+                     intercept: float = -1024.0, positions: bool = True, seed: int = 0) -> Path:
+    """Write ``data`` (X, Y, Z) as one enhanced multi-frame MR file (pydicom): frames in shuffled order, each with
+    its own PlanePositionSequence (unless ``positions`` is False: only a shared one), orientation, spacing and
+    the rescale in the shared functional groups; stored = (value - intercept) / slope."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    order = np.random.default_rng(seed).permutation(data.shape[2])
+    ds = _dicom_dataset(ENHANCED_MR, data.shape[1], data.shape[0], "1.2.826.0.1.9", "enhanced T1")
+    ds.NumberOfFrames = len(order)
+    _, orientation, spacing = slice_geometry(affine, 0)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = orientation
+    shared.PixelMeasuresSequence = Sequence([Dataset()])
+    shared.PixelMeasuresSequence[0].PixelSpacing = spacing
+    shared.PixelValueTransformationSequence = Sequence([Dataset()])
+    shared.PixelValueTransformationSequence[0].RescaleSlope = slope
+    shared.PixelValueTransformationSequence[0].RescaleIntercept = intercept
+    shared.PixelValueTransformationSequence[0].RescaleType = "US"
+    if not positions:
+        shared.PlanePositionSequence = Sequence([Dataset()])
+        shared.PlanePositionSequence[0].ImagePositionPatient = slice_geometry(affine, 0)[0]
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for k in order:
+        frame = Dataset()
+        if positions:
+            frame.PlanePositionSequence = Sequence([Dataset()])
+            frame.PlanePositionSequence[0].ImagePositionPatient = slice_geometry(affine, int(k))[0]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    stored = np.stack([(data[:, :, k].T - intercept) / slope for k in order])
+    ds.PixelData = np.rint(stored).astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

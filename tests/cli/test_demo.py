@@ -98,6 +98,26 @@ def test_report_figures_and_comparisons(demo):
     assert "[sweep] [6/6] hybrid/s0" in (out / "log.txt").read_text()
 
 
+def test_the_report_shows_calibration_and_decision_curves_of_the_six_methods_naming_n(demo):
+    """The overlaid reliability diagram and decision curve exist, are in report.md, and say (their PNG texts)
+    every method's name and n: the test split's samples and people."""
+    from PIL import Image
+
+    out = demo / "out"
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    for name in ("reliability", "decision_curve"):
+        assert f"(figures/{name}.png)" in markdown, name
+        with Image.open(out / "figures" / f"{name}.png") as image:
+            text = image.text["Description"]
+        assert f"n = {report['samples']} samples of {report['clusters']} people" in text, text
+        for method in ("image-only", "covariates-only", "concat", "film", "daft", "hybrid"):
+            assert method in text, (name, method)
+    for name in ("brier", "calibration_slope", "auprc", "sensitivity"):
+        assert all(name in row["also"] for row in report["rows"]), name
+    assert (out / "hybrid" / "s0" / "plots" / "decision_curve.png").is_file()
+
+
 def test_demo_keeps_its_finished_methods_and_reuses_the_twin(demo, small_config, capsys):
     out = demo / "out"
     (out / "notes.txt").write_text("mine")
@@ -158,7 +178,7 @@ def test_demo_refuses_a_foreign_folder_and_bad_options(tmp_path, small_config, c
     assert covfuse(demo_args(tmp_path / "o", tmp_path / "twin", small_config, "--methods", "hybrid,resnet")) == 2
     assert "unknown demo method 'resnet'" in capsys.readouterr().err
     assert covfuse(["demo", "--effect", "strong"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert "--effect strong: choose from planted, null" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", ["missing", "unknown-key"])

@@ -137,6 +137,16 @@ def data_moved(work: Path) -> None:
     (work / "twin").rename(work / "moved")
 
 
+def threshold_unscored(work: Path) -> None:
+    """runs/tiny as if its metrics.threshold were youden and it had not been scored yet (no metrics.json)."""
+    import yaml
+
+    config = yaml.safe_load((work / "runs/tiny/config.yaml").read_text())
+    config["metrics"]["threshold"] = "youden"
+    (work / "runs/tiny/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (work / "runs/tiny/metrics.json").unlink()
+
+
 def other_data(work: Path) -> None:
     """``other``: the twin with one attribute of one image flipped (another data set, same layout)."""
     shutil.copytree(work / ROOT, work / "other")
@@ -213,6 +223,26 @@ def nan_volumes(work: Path) -> None:
                                 "s1,vol/v1.nii.gz,valid,1,50\ns2,vol/v2.nii.gz,test,1,60\n")
 
 
+def volume_files(work: Path, damage: str) -> None:
+    """``m.csv`` naming three volumes as scanners deliver them (a DICOM series folder, NIfTI files), one of them as
+    ``damage`` says: a folder of two series, a series missing a slice, a 4-D NIfTI."""
+    import nibabel as nib
+    from data_fixtures import write_dicom_series
+
+    affine = np.array([[0.0, 0.0, -2.5, 40.0], [1.25, 0.0, 0.0, -30.0], [0.0, -1.0, 0.0, 20.0], [0, 0, 0, 1]])
+    data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    files = write_dicom_series(work / "MR700", data, affine, uid="1.2.826.0.1.1", description="T1 MPRAGE")
+    nib.save(nib.Nifti1Image(np.stack([data] * 3, axis=-1) if damage == "4-D" else data, affine), str(work / "v.nii.gz"))
+    if damage == "two series":
+        write_dicom_series(work / "MR700", data[:, :, :2], affine, uid="1.2.826.0.1.2", description="localizer", seed=1)
+    if damage == "gap":
+        import pydicom
+
+        sorted(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[0]))[1].unlink()
+    nib.save(nib.Nifti1Image(data, affine), str(work / "w.nii.gz"))
+    (work / "m.csv").write_text("subject,path,label,age\ns1,MR700,0,40\ns2,v.nii.gz,1,50\ns3,w.nii.gz,1,60\n")
+
+
 def float_tiff(work: Path) -> None:
     import tifffile
 
@@ -220,6 +250,48 @@ def float_tiff(work: Path) -> None:
     pixels = np.ones((8, 8), np.float32)
     pixels[0] = np.nan
     tifffile.imwrite(work / "img/b.tif", pixels)
+
+
+def old_workbook(work: Path) -> None:
+    """An Excel 97-2003 workbook (what "Save as Excel 97" writes: an OLE2 container)."""
+    (work / "m.xls").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 504)
+
+
+def workbook(work: Path) -> None:
+    """m.xlsx (openpyxl) with the sheets baseline and visits, naming three PNGs."""
+    import openpyxl
+
+    image_manifest(work, ["s1,img/a.png,train,0,40", "s2,img/b.png,valid,1,50", "s3,img/c.png,test,0,60"])
+    book = openpyxl.Workbook()
+    book.active.title = "baseline"
+    book.create_sheet("visits")
+    for sheet in book.worksheets:
+        for line in (work / "m.csv").read_text().splitlines():
+            sheet.append(line.split(","))
+    book.save(work / "m.xlsx")
+
+
+def date_column(work: Path) -> None:
+    image_manifest(work, ["s1,img/a.png,train,0,2021-03-04", "s2,img/b.png,valid,1,2021-05-17",
+                          "s3,img/c.png,test,0,2022-01-09"], header="subject,path,split,label,scan_date")
+
+
+def dicomdir(work: Path) -> None:
+    """A manifest row naming the DICOMDIR pydicom's FileSet writes beside a disc's images."""
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    from data.test_decoders import _write_dicom as write_dicom
+
+    image_manifest(work, ["s1,img/a.png,train,0,40", "s2,disc/DICOMDIR,valid,1,50", "s3,img/c.png,test,0,60"])
+    write_dicom(work / "x.dcm", np.full((8, 8), 300, dtype=np.uint16))
+    ds = pydicom.dcmread(work / "x.dcm")
+    ds.PatientID, ds.PatientName, ds.StudyInstanceUID, ds.SeriesInstanceUID = "p1", "A^B", "1.2.3", "1.2.3.4"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "20240101", "120000", "1", 1, 1
+    fs = FileSet()
+    fs.add(ds)
+    fs.write(work / "disc")
+    (work / "x.dcm").unlink()
 
 
 def without_module(name: str, then: Callable | None = None):
@@ -267,10 +339,31 @@ CASES = [
          "verification failed: m.csv, line 3 (subject s2): img/b.dcm does not decode (DICOM:", truncated_dicom),
     Case("image-float-nan", "a float TIFF with NaN pixels in a manifest", ["data", "info", "m.csv"],
          "img/b.tif: cannot read the image (float32 samples, 8 of them NaN/Inf", float_tiff),
+    Case("manifest-xls", "an Excel 97-2003 workbook as data.root", ["data", "info", "m.xls"],
+         "m.xls: covfuse reads .xlsx workbooks and CSV/TSV, not .xls files: save it as .xlsx", old_workbook),
+    Case("manifest-sheet", "an .xlsx manifest and a sheet it does not have", ["data", "info", "m.xlsx", "--sheet", "visit"],
+         "m.xlsx: no sheet 'visit' (did you mean 'visits'?); its sheets: baseline, visits (set data.sheet", workbook),
+    Case("covariate-date", "a date column as a covariate",
+         ["fit", "--data.root", "m.csv", "--data.target", "label", "--data.covariates", "scan_date", "--data.image_size",
+          "16", "--trainer.accelerator", "cpu"],
+         "m.csv: column 'scan_date' holds dates (e.g. '2021-03-04'); a date is no covariate as it is: convert it to a "
+         "number", date_column),
+    Case("manifest-dicomdir", "a manifest row naming a DICOMDIR", ["data", "info", "m.csv"],
+         "disc/DICOMDIR: cannot read the image (a DICOMDIR: the index of a DICOM disc or folder, not an image; list the "
+         "image files it indexes", dicomdir),
     Case("volume-nonfinite-refuse", "NaN voxels with data.nonfinite refuse",
          ["fit", "--data.root", "m.csv", "--data.target", "label", "--data.covariates", "age", "--data.image_size",
           "8", "--data.nonfinite", "refuse", "--trainer.accelerator", "cpu"],
          "m.csv, line 3 (subject s1): vol/v1.nii.gz has 128 NaN/Inf voxel(s); set data.nonfinite zero", nan_volumes),
+    Case("volume-series-several", "a folder holding two DICOM series", ["data", "info", "m.csv"],
+         "m.csv, line 2 (subject s1): MR700: holds 2 DICOM series: 1.2.826.0.1.1 'T1 MPRAGE' (4 files); 1.2.826.0.1.2 "
+         "'localizer' (2 files); choose one with data.series (its SeriesInstanceUID or description; "
+         "`covfuse data info --series`)", lambda work: volume_files(work, "two series")),
+    Case("volume-series-gap", "a DICOM series missing a slice", ["data", "info", "m.csv"],
+         "m.csv, line 2 (subject s1): MR700: uneven slice spacing: 5.000 mm from", lambda work: volume_files(work, "gap")),
+    Case("volume-4d", "a 4-D NIfTI without data.volume_index", ["data", "info", "m.csv"],
+         "m.csv, line 3 (subject s2): v.nii.gz holds 3 volumes (4-D, 6x5x4x3); choose one with data.volume_index (0 to 2, "
+         "-1 the last; `covfuse data info --volume_index N`)", lambda work: volume_files(work, "4-D")),
     Case("bids-no-participants", "a BIDS dataset without participants.tsv", ["data", "info", "study"],
          "participants.tsv: not found; a BIDS dataset lists its subjects there",
          lambda work: bids(work, "no participants.tsv")),
@@ -318,7 +411,7 @@ CASES = [
     Case("head-celeba", "a multi-class head on CelebA's binary attributes", [*FIT, "--model.head", "multiclass"],
          "model.head multiclass needs a target with several classes or numbers; twin/celeba holds binary attributes only"),
     Case("monitor-head", "a monitor the head does not log", [*FIT, "--monitor", "val/mae"],
-         "monitor val/mae does not exist for head binary; use val/loss or val/acc"),
+         "monitor val/mae does not exist for head binary; use val/loss, val/acc, val/brier"),
     Case("monitor-survival", "a monitor a survival head does not log",
          [*FIT, "--model.head", "survival", "--data.event", "Male", "--monitor", "val/acc"],
          "monitor val/acc does not exist for head survival; use val/c_index, val/loss, val/ibs"),
@@ -326,6 +419,12 @@ CASES = [
          "model.ties efron is for model.head survival; head binary has no tied times to handle"),
     Case("eval-times-head", "survival evaluation times on another head", [*FIT, "--data.eval_times", "[1,2]"],
          "data.eval_times and metrics.tau are for model.head survival; head binary does not use them"),
+    Case("threshold-rule", "a decision threshold that is no rule", [*FIT, "--metrics.threshold", "sensitivity=1.5"],
+         "metrics.threshold must be a probability in (0, 1) (e.g. 0.5), youden, sensitivity=S or specificity=S with S "
+         "in (0, 1] (e.g. --metrics.threshold sensitivity=0.9); got 'sensitivity=1.5'"),
+    Case("threshold-head", "a decision threshold on a head without one",
+         [*FIT, "--model.head", "multiclass", "--metrics.threshold", "youden"],
+         "metrics.threshold is for binary heads (binary, two-class); head multiclass predicts the most probable class"),
     Case("flag-typo", "a misspelt option", [*FIT, "--optim.lrr", "1"], "unknown option --optim.lrr (did you mean 'optim.lr'?)"),
     Case("config-key-typo", "a misspelt key in a config file", ["fit", "--config", "my.yaml"],
          "my.yaml: unknown config key optim.learning_rat",
@@ -395,6 +494,10 @@ CASES = [
     Case("predict-times-head", "predict --times on a run without a survival head",
          ["predict", "tiny", "x.jpg", "--covariates", "Young=1,Male=0", "--times", "1,2"],
          "--times gives survival probabilities; runs/tiny has head binary, not survival"),
+    Case("predict-threshold-unscored", "predict from a run whose threshold was never chosen",
+         ["predict", "tiny", "x.jpg", "--covariates", "Young=1,Male=0"],
+         "runs/tiny: no metrics.json, so metrics.threshold youden has not been chosen on the valid split yet; score "
+         "the run first: covfuse test runs/tiny", lambda work: threshold_unscored(work)),
     Case("predict-times-word", "predict --times with a word", ["predict", "tiny", "x.jpg", "--covariates",
                                                                 "Young=1,Male=0", "--times", "1,soon"],
          "--times: 'soon' is not a number"),
@@ -438,6 +541,32 @@ CASES = [
          "--tune optim.lr=log:1e-2..0: a range is LO..HI with numbers LO < HI", SEARCH_CONFIG),
     Case("search-no-space", "--search optuna without a space", SEARCH,
          "--search optuna needs a space: --tune KEY=V1,V2 | KEY=LO..HI | KEY=log:LO..HI", SEARCH_CONFIG),
+    # -- values of the wrong type (issue 32; every option: tests/cli/test_option_values.py) --
+    Case("option-type", "a word where a number belongs", [*FIT, "--data.image_size", "big"],
+         "--data.image_size big: data.image_size takes an integer, e.g. --data.image_size 224"),
+    Case("option-choice", "a value outside an option's choices", [*FIT, "--monitor", "val/auc"],
+         "--monitor val/auc: monitor takes one of val/loss, val/acc, val/mae, val/c_index, val/ibs, null, "
+         "e.g. --monitor val/loss"),
+    Case("option-numbers-as-names", "class names that YAML reads as numbers", [*FIT, "--data.classes", "[0,1]"],
+         "--data.classes [0,1]: data.classes takes a list of names such as [a,b] or null, e.g. --data.classes [a,b]; "
+         "numbers and yes/no are read as numbers and booleans: quote them, e.g. --data.classes '[\"0\",\"1\"]'"),
+    Case("config-value-type", "a value of the wrong type in a config file", ["fit", "--config", "my.yaml"],
+         "my.yaml: optim.lr: fast is not allowed; optim.lr takes a number (e.g. lr: 0.001 under optim:)",
+         lambda work: (work / "my.yaml").write_text("optim:\n  lr: fast\n")),
+    Case("argparse-type", "a word where a command's number belongs", ["data", "synth", "out", "--n", "many"],
+         "--n many: expected an integer; see `covfuse data synth --help`"),
+    # -- covfuse data show (issue 32) --
+    Case("show-unknown-id", "data show with an id no row has", ["data", "show", ROOT, "--ids", "000999.jpg",
+                                                                 "--out", "s.png"],
+         "--ids: no row of twin/celeba has the id '000999.jpg'"),
+    Case("show-out-suffix", "data show --out neither .png nor .npy", ["data", "show", ROOT, "--out", "s.jpg"],
+         "--out s.jpg: name a .png (the montage) or a .npy (one row's decoded array), e.g. --out s.png"),
+    Case("show-out-folder", "data show --out in a folder that is a file", ["data", "show", ROOT, "--out", "afile/s.png"],
+         "--out afile/s.png: afile is a file, not a folder; choose another --out",
+         lambda work: (work / "afile").write_text("not a folder")),
+    Case("show-npy-rows", "data show --out FILE.npy for several rows", ["data", "show", ROOT, "--rows", "4", "--out",
+                                                                       "s.npy"],
+         "--out s.npy: a .npy holds one row's array; give --rows 1 or --ids ID (a .png shows several)"),
 ]
 
 

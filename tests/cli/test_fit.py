@@ -89,3 +89,32 @@ def test_missing_data_root_and_bad_run_name(tmp_path, capsys):
     assert covfuse(["fit", "--runs_dir", str(tmp_path), "--name", "../escape"]) == 2
     assert "plain folder name" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_relative_root_cache_is_built_once_for_fit_test_and_explain(tmp_path, monkeypatch, caplog, capsys):
+    """A fit with a relative data.root builds the image cache; `test` and `explain` of that run use it as it
+    is (same file, same mtime, no "ignoring" line), and the manifest named by its absolute path finds it too."""
+    import logging
+
+    from covfuse.data.cache import open_cache
+    from covfuse.data.readers import read_table
+    from covfuse.data.twins.faces import write_synth
+
+    write_synth(tmp_path / "twin", n=40, seed=1, image_size=(16, 16), format="manifest", progress=False)
+    monkeypatch.chdir(tmp_path)
+    fit = ["fit", "--data.target", "Attractive", "--data.covariates", "Young,Male", "--data.image_size", "16",
+           "--data.batch_size", "8", "--data.cache", "build", "--trainer.max_epochs", "1", "--bootstrap", "0",
+           "--trainer.accelerator", "cpu", "--trainer.progress", "none", "--trainer.summary", "false"]
+    caplog.set_level(logging.INFO)
+    assert covfuse([*fit, "--data.root", "twin/manifest.csv", "--name", "rel"]) == 0
+    built = sorted((tmp_path / "twin/.covfuse-cache").glob("*.u8"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert covfuse(["test", "runs/rel"]) == 0
+    assert covfuse(["explain", "rel", "--examples", "2", "--n-boot", "20", "--steps", "2", "--mass-images", "8"]) == 0
+    assert open_cache(read_table(tmp_path / "twin/manifest.csv"), 16).path == built[0]
+    assert sorted((tmp_path / "twin/.covfuse-cache").glob("*.u8")) == built
+    assert built[0].stat().st_mtime_ns == stamp
+    said = caplog.text + "".join(capsys.readouterr())
+    assert "ignoring" not in said
+    assert said.count("using image cache") >= 3  # test, explain and the absolute path each opened it

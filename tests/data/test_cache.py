@@ -158,3 +158,54 @@ def test_two_builders_at_once_decode_every_chunk_once(twin, monkeypatch):
     for cache in results:
         assert torch.equal(cache.get_batch(np.arange(len(meta))), decoded)
     assert not list(results[0].path.parent.glob("*.partial"))
+
+
+def _volumes(folder, n: int) -> list:
+    import nibabel as nib
+
+    files = []
+    for i in range(n):
+        data = np.random.default_rng(i).normal(size=(9, 10, 11)).astype(np.float32)
+        if i == 3:
+            data[0, 0, :2] = np.nan  # counted in the cache's record (data.nonfinite)
+        files.append(folder / f"v{i}.nii")
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(files[-1]))
+    return files
+
+
+def test_interrupted_volume_build_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    """The volume cache shares the image cache's chunked build: an interrupted build keeps its finished
+    chunks, the next build fills only the rest, and the file equals an uninterrupted build byte for byte
+    (and each row equals the volume preprocessed on its own)."""
+    from covfuse.data.decoders.volume import Preprocessing, load_volume, transform
+
+    files, settings = _volumes(tmp_path, 7), Preprocessing(size=8)
+    whole = cache_mod.build_volume_cache(files, settings, tmp_path / "whole", chunk=2, workers=0, progress=False)
+    real_fill = cache_mod._fill_volumes
+    calls: list[int] = []
+
+    def failing_fill(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args[2])
+        return real_fill(*args)
+
+    monkeypatch.setattr(cache_mod, "_fill_volumes", failing_fill)
+    with pytest.raises(KeyboardInterrupt):
+        cache_mod.build_volume_cache(files, settings, tmp_path / "resumed", chunk=2, workers=0, progress=False)
+    data, info = cache_mod.volume_cache_paths(files, settings, tmp_path / "resumed")
+    assert not data.exists() and not info.exists()
+    assert cache_mod.open_volume_cache(files, settings, tmp_path / "resumed") is None
+    assert json.loads(data.with_suffix(".progress.json").read_text())["done"] == [0, 2]
+
+    calls.clear()
+    monkeypatch.setattr(cache_mod, "_fill_volumes", lambda *a: (calls.append(a[2]), real_fill(*a))[1])
+    resumed = cache_mod.build_volume_cache(files, settings, tmp_path / "resumed", chunk=2, workers=0, progress=False)
+    assert calls == [4, 6]  # only the chunks not done before
+    assert resumed.path.read_bytes() == whole.path.read_bytes()
+    assert not list((tmp_path / "resumed").glob("*.progress.json")) and not list((tmp_path / "resumed").glob("*.partial"))
+    assert resumed.info["nonfinite"] == whole.info["nonfinite"] == {"3": 2}
+    pipeline = transform(settings)
+    for i, f in enumerate(files):
+        assert torch.equal(resumed[i], load_volume(f, settings, pipeline).half())
+

@@ -123,7 +123,7 @@ def test_normalize_any_depth_and_grey_to_three_channels(dtype, scale):
 @pytest.mark.parametrize("rows,expect", [
     ([["s1", "img/a.png", "train"], ["s1", "img/b.png", "test"]], "subject s1 is in split test but line 2 puts it in train"),
     ([["s1", "img/a.png", "train"], ["s2", "img/v.nii.gz", "test"]], "one manifest holds one kind of file"),
-    ([["s1", "img/a.png", "train"], ["s2", "img/v.txt", "test"]], "is neither a NIfTI volume"),
+    ([["s1", "img/a.png", "train"], ["s2", "img/v.txt", "test"]], "is neither a volume"),
 ])
 def test_bad_manifests_are_one_line_naming_the_row(tmp_path, rows, expect):
     (tmp_path / "img").mkdir()
@@ -316,7 +316,7 @@ def test_two_processes_building_one_volume_cache_both_get_it(tmp_path):
     import nibabel as nib
 
     from covfuse.data.cache import build_volume_cache
-    from covfuse.data.decoders.nifti import Preprocessing, load_volume, transform
+    from covfuse.data.decoders.volume import Preprocessing, load_volume, transform
 
     files = []
     for i in range(4):
@@ -344,3 +344,28 @@ def test_two_processes_building_one_volume_cache_both_get_it(tmp_path):
         for i, f in enumerate(files):
             want = load_volume(f, settings, pipeline).half()
             assert torch.equal(cache[i], want)
+
+
+def test_a_volume_cache_built_from_a_relative_root_is_found_from_an_absolute_one(tmp_path, monkeypatch):
+    """The volume cache's name comes from what the files are (resolved paths, sizes, mtimes), not from how
+    data.root was typed: built through a relative path, it is the one an absolute path (or a symlink) opens."""
+    import nibabel as nib
+
+    from covfuse.data import samples
+
+    (tmp_path / "v").mkdir()
+    lines = ["subject,path,split,label"]
+    for i, split in enumerate(["train", "train", "valid", "test"]):
+        nib.save(nib.Nifti1Image(np.random.default_rng(i).normal(size=(6, 6, 6)).astype(np.float32), np.eye(4)),
+                 str(tmp_path / f"v/s{i}.nii.gz"))
+        lines.append(f"s{i},v/s{i}.nii.gz,{split},{i % 2}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "link").symlink_to(tmp_path)
+    s = samples.Settings(size=8)
+    monkeypatch.chdir(tmp_path)
+    built = samples.build_cache(read_table("m.csv"), s)
+    stamp = built.path.stat().st_mtime_ns
+    for root in (tmp_path / "m.csv", tmp_path / "link" / "m.csv"):
+        found = samples.open_cache(read_table(root), s, cache_dir=tmp_path / ".covfuse-cache")
+        assert found is not None and found.path.resolve() == built.path.resolve()
+        assert found.path.stat().st_mtime_ns == stamp

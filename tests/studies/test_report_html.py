@@ -51,7 +51,7 @@ def test_the_page_is_self_contained_and_escapes_everything_from_the_data(study):
     assert page.count("<script>") == 1  # the page's own sorting script, nothing else
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing loads from a network
     images = re.findall(r'<img id="(\w+)" alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
-    assert [name for name, _ in images] == ["forest", "metric", "loss_curves"]
+    assert [name for name, _ in images] == ["forest", "metric", "reliability", "decision_curve", "loss_curves"]
     forest = dict(images)["forest"]
     assert base64.b64decode(forest) == (study / "figures" / "forest.png").read_bytes()
 

@@ -80,6 +80,22 @@ def test_a_seeded_search_is_reproducible_gives_every_cell_the_same_budget_and_sc
     assert report["search"]["cells"]["fusion=hybrid"]["budget"] == 3
 
 
+def test_a_search_for_the_lowest_validation_brier_score_minimises_it(base, tmp_path):
+    """--monitor val/brier: Optuna minimises each trial's valid Brier score (metrics.json's), lower being better."""
+    runs = tmp_path / "runs"
+    assert covfuse(["sweep", "--config", str(base), "--name", "b", "--runs-dir", str(runs), "--search", "optuna",
+                    "--trials", "2", "--tune", "optim.lr=1e-4,3e-2", "--trainer.max_epochs", "1",
+                    "--monitor", "val/brier"]) == 0
+    summary = json.loads((runs / "b" / "search.json").read_text())
+    assert (summary["objective"], summary["direction"]) == ("valid brier", "minimize")
+    cell = next(iter(summary["cells"]))
+    trials = _journal_trials(runs / "b", cell)
+    valid = {t.number: json.loads((runs / "b" / cell / "trials" / f"t{t.number:03d}" / "metrics.json").read_text())
+             ["valid"]["brier"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert valid and {t.number: t.value for t in trials if t.number in valid} == pytest.approx(valid, rel=1e-6)
+    assert summary["cells"][cell]["best"]["number"] == min(valid, key=valid.get)
+
+
 def test_pruning_stops_a_diverging_trial_after_its_first_validation(base, tmp_path):
     from covfuse.studies import search
     from covfuse.studies.sweep import plan_study, write_study

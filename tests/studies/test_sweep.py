@@ -63,6 +63,26 @@ def test_grid_expands_to_named_cells_seeds_and_parsed_configs(base, tmp_path):
         "model.fusion": "fusion", "optim.lr": "lr", "a.x": "a.x", "b.x": "b.x"}
 
 
+def test_planning_with_one_parser_gives_the_plan_of_a_fresh_parser_per_run(base, tmp_path, monkeypatch):
+    """The sweep parses every run with one parser built once; the plan equals building a new parser for
+    each run (parsing leaves the shared parser unchanged)."""
+    import dataclasses
+
+    kwargs = dict(name="grid", configs=[str(base)], runs_dir=tmp_path, seeds=[0, 1], overrides=["--optim.lr", "3e-3"],
+                  grid=["model.fusion=image-only,hybrid", "data.covariates=[Young],[Young,Male]"])
+    shared = plan_study(**kwargs)
+    shared_configs = [dataclasses.asdict(shared.run_config(r)) for r in shared.runs]
+
+    def fresh(prog):
+        p = cfgmod.parser(prog)
+        return p, cfgmod._known_flags(p)
+
+    monkeypatch.setattr(cfgmod, "_plain_parser", fresh)
+    study = plan_study(**kwargs)
+    assert [dataclasses.asdict(study.run_config(r)) for r in reversed(study.runs)] == shared_configs[::-1]
+    assert len({str(c) for c in shared_configs}) == len(shared_configs) == 8
+
+
 def test_a_study_file_holds_cells_grid_seeds_tune_and_baseline(base, tmp_path):
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump({"optim": {"lr": 0.01}, "sweep": {

@@ -60,7 +60,7 @@ def test_a_manifest_gets_the_probabilities_test_wrote(run, capsys):
                        [[r["APOE4"], "x", r["path"], r["sex"], r["age"], r["subject"]] for r in test])
     # Test subjects may lie outside the training ages; --extrapolate predicts them as `covfuse test` does.
     header, out = predict(capsys, str(run_dir), "--csv", str(table), "--extrapolate", "--batch_size", "3")
-    assert header == ["path", "subject", "age", "sex", "APOE4", "P(diagnosis=AD)", "out_of_range"]
+    assert header == ["path", "subject", "age", "sex", "APOE4", "P(diagnosis=AD)", "predicted_diagnosis", "out_of_range"]
     assert len(out) == len(test)
     for r, o in zip(test, out):
         assert Path(o[0]) == twin / r["path"] and o[1:5] == [r["subject"], r["age"], r["sex"], r["APOE4"]]
@@ -84,7 +84,9 @@ def test_a_table_with_rows_outside_the_training_range_is_predicted_and_those_row
     assert marked == outside
     assert all(r["out_of_range"].startswith(f"age={manifest[Path(r['path']).relative_to(twin).as_posix()]['age']} (training range")
                for r in rows if r["out_of_range"])
-    assert err.strip().splitlines() == [err.strip()] and f"{len(outside)} of {len(manifest)} row(s)" in err
+    lines = err.strip().splitlines()  # the decision threshold's line (issue 34), then one line for the marked rows
+    assert len(lines) == 2 and lines[0].startswith("covfuse predict: predicted_diagnosis is the positive class")
+    assert f"{len(outside)} of {len(manifest)} row(s)" in lines[1]
     for r in rows:  # marked or not, the prediction is the one `covfuse test` wrote
         key = Path(r["path"]).relative_to(twin).as_posix()
         if key in tested:
@@ -128,7 +130,7 @@ def test_bad_input_is_one_line_naming_the_row(run, capsys, tmp_path):
     assert "sex=X was never seen" in error(capsys, str(run_dir), volume, "--covariates", "age=70,sex=X")
     # APOE4 (0, 1 or 2 alleles) is a number with few values: a range, not a set (data.categorical makes it a set)
     assert "APOE4=3 lies outside the training range [0, 2]" in error(capsys, str(run_dir), volume, "--covariates", "age=70,sex=F,APOE4=3")
-    assert "not a NIfTI volume or a 2D image file" in error(capsys, str(run_dir), str(twin / "README.txt"), "--covariates", "age=70,sex=F")
+    assert "not a volume or a 2D image file" in error(capsys, str(run_dir), str(twin / "README.txt"), "--covariates", "age=70,sex=F")
     (run_dir / "data_state.json").rename(tmp_path / "state.json")
     try:
         assert "no data_state.json" in error(capsys, str(run_dir), volume, "--covariates", "age=70,sex=F")

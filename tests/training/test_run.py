@@ -44,7 +44,8 @@ def _rows(path):
 
 def test_run_folder_has_every_file(run):
     for name in ("config.yaml", "log.txt", "metrics.csv", "metrics.json", "predictions.csv",
-                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "plots/loss.png"):
+                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "plots/loss.png", "plots/reliability.png",
+                 "plots/precision_recall.png", "plots/decision_curve.png"):
         assert (run / name).is_file(), name
     assert (run / "plots/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(run.glob("*.tmp")) and not (run / "hparams.yaml").exists()
@@ -119,6 +120,58 @@ def test_predictions_and_metrics_agree_with_the_data_and_sklearn(run, twin):
         expected = {f"Young={a}" for a in meta.attrs[idx, young]} | {f"Male={a}" for a in meta.attrs[idx, male]}
         expected |= {f"Young={a}&Male={b}" for a, b in zip(meta.attrs[idx, young], meta.attrs[idx, male])}
         assert set(m["groups"]) == expected and set(m["gaps"]) == {"Young", "Male", "Young&Male"}
+
+
+def _png_text(path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.text.get("Description", "")
+
+
+def test_clinical_scores_equal_sklearn_and_statsmodels_on_the_runs_predictions_csv(run):
+    """Brier, AUPRC, ECE (sklearn's calibration curve), calibration intercept and slope (statsmodels' logistic
+    fits) of the probabilities predictions.csv holds equal the libraries to 1e-9; metrics.json holds them for the
+    unrounded probabilities (the file has six decimals)."""
+    import statsmodels.api as sm
+    from sklearn.calibration import calibration_curve
+
+    from covfuse.training.clinical import bin_index, logit
+    from covfuse.training.metrics import scores
+
+    rows = _rows(run / "predictions.csv")
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        part = [r for r in rows if r["split"] == split]
+        y = np.array([int(r["label"]) for r in part])
+        p = np.array([float(r["probability"]) for r in part])
+        ours = {k: float(v[0]) for k, v in scores(y, p, metrics[split]["threshold"]).items()}
+        z = logit(p)
+        slope = sm.GLM(y, sm.add_constant(z), family=sm.families.Binomial()).fit(tol=1e-14, maxiter=200).params[1]
+        intercept = sm.GLM(y, np.ones((len(y), 1)), family=sm.families.Binomial(), offset=z).fit(
+            tol=1e-14, maxiter=200).params[0]
+        observed, predicted = calibration_curve(y, p, n_bins=10)
+        counts = np.bincount(bin_index(p), minlength=10)
+        expected = {"brier": skm.brier_score_loss(y, p), "auprc": skm.average_precision_score(y, p),
+                    "ece": float(np.sum(counts[counts > 0] / len(y) * np.abs(observed - predicted))),
+                    "calibration_slope": slope, "calibration_intercept": intercept}
+        for name, value in expected.items():
+            assert ours[name] == pytest.approx(value, rel=1e-9, abs=1e-9), (split, name)
+            assert metrics[split][name] == pytest.approx(value, rel=1e-3, abs=1e-4), (split, name)
+            lo, hi = metrics[split][f"{name}_ci"]
+            assert lo <= metrics[split][name] <= hi, (split, name)
+        assert metrics[split]["threshold"] == metrics["threshold"]["value"] == 0.5  # the default rule: 0.5 as given
+
+
+def test_the_run_draws_reliability_precision_recall_and_decision_curves_naming_n(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    n, people = metrics["test"]["count"], metrics["test"]["clusters"]
+    for name, words in (("reliability", "ideal (perfect calibration)"), ("precision_recall", "AUPRC"),
+                        ("decision_curve", "treat all")):
+        path = run / "plots" / f"{name}.png"
+        assert path.read_bytes()[:4] == b"\x89PNG", name
+        text = _png_text(path)
+        assert f"test split: n = {n} samples of {people} people" in text and words in text, (name, text)
 
 
 def test_checkpoints_carry_what_rebuilds_the_model(run):

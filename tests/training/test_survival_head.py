@@ -223,10 +223,12 @@ def test_a_survival_study_scores_c_as_lifelines_does_on_its_predictions_and_repo
             assert (got is None and own[name] is None) or got == pytest.approx(own[name], abs=1e-6)
     assert covfuse(["report", str(study / "surv"), "--bootstrap", "100"]) == 0
     markdown = (study / "surv" / "report.md").read_text()
-    assert "## C-index, integrated Brier score and time-dependent AUC" in markdown and "Δibs vs" in markdown
+    assert "## C-index, integrated Brier score and time-dependent AUC" in markdown
+    assert "| ibs | fusion=concat |" in markdown and "| td_auc | fusion=concat |" in markdown  # one row per score and cell
     assert covfuse(["report", str(study / "surv"), "--bootstrap", "100", "--format", "html"]) == 0
     page = (study / "surv" / "report.html").read_text()
-    assert '<h2 id="survival">' in page and "Δtd_auc vs" in page
+    assert '<h2 id="also">C-index, integrated Brier score and time-dependent AUC</h2>' in page
+    assert "<td>td_auc</td><td>fusion=concat</td>" in page
     capsys.readouterr()
     # concat ranks test perfectly (risk = -time), image-only backwards: the report must call higher C better
     baseline = next(p.parent for p in (study / "surv").glob("*image-only*/s0/metrics.json"))

@@ -1,5 +1,6 @@
-"""`covfuse data info|synth|synth3d|cache|verify`: parses the arguments and prints; covfuse.data does the work
-(inspecting: covfuse.data.inspect; decoding every file: covfuse.data.samples.undecodable)."""
+"""`covfuse data info|show|synth|synth3d|cache|verify`: parses the arguments and prints; covfuse.data does the work
+(inspecting: covfuse.data.inspect; what the network sees: covfuse.data.show; decoding every file:
+covfuse.data.samples.undecodable)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 
 from covfuse.cli._common import Parser
 from covfuse.errors import UserError
@@ -15,6 +17,14 @@ from covfuse.errors import UserError
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def _choice(args: argparse.Namespace):
+    """--series and --volume_index: which volume a path means where it holds several (data.series and
+    data.volume_index of a run)."""
+    from covfuse.data.decoders.volume import Choice
+
+    return Choice(args.series, args.volume_index)
 
 
 def _names(text: str | None) -> list[str]:
@@ -66,10 +76,14 @@ def _print_table_info(summary: dict) -> None:
     if layouts:
         mixed = f"; mixed: all are read as {summary['read_as']}, losing nothing" if len(layouts) > 1 else ""
         print("layouts: " + ", ".join(f"{k} ({v})" for k, v in layouts.items()) + mixed)
+    if summary.get("formats"):
+        print("formats: " + ", ".join(f"{k} ({v})" for k, v in summary["formats"].items()))
     bad = summary.get("nonfinite") or {}
     if bad.get("files"):
         print(f"non-finite: {bad['files']:,} file(s) hold {bad['voxels']:,} NaN/Inf voxel(s) (first: {bad['first']}); "
               "data.nonfinite zero (the default) sets them to 0 before normalisation, refuse stops")
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
     print()
     print(f"{'column':<20}{'type':<13}{'missing':>8}  values")
     for name, c in summary["columns"].items():
@@ -77,6 +91,8 @@ def _print_table_info(summary: dict) -> None:
             values = ", ".join(f"{k} {v}" for k, v in list(c["levels"].items())[:6])
         elif c["type"] == "numeric" and "min" in c:
             values = f"{c['min']:g} .. {c['max']:g}"
+        elif c["type"] == "date":
+            values = f"{c['distinct']} dates, e.g. {c['example']} (no covariate as it is)"
         else:
             values = ""
         print(f"{name:<20}{c['type']:<13}{c['missing']:>8}  {values}")
@@ -89,7 +105,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if source_format(args.root) != "celeba":
         summary = table_info(args.root, args.target, _names(args.covariates), _names(args.categorical),
-                             check_files=not args.skip_images)
+                             check_files=not args.skip_images, choice=_choice(args), sheet=args.sheet)
         if args.format == "json":
             print(json.dumps(summary, indent=2))
         else:
@@ -102,6 +118,37 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         _print_info(summary, split_rates(meta), meta.root)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- show
+def show_settings(args: argparse.Namespace):
+    """The preprocessing `data show` applies: a run config's data section (--config; default: fit's defaults),
+    then the flags given."""
+    from covfuse.data.samples import settings
+    from covfuse.training import config as cfgmod
+
+    data = cfgmod.load(args.config).data if args.config else cfgmod.DataConfig()
+    for key in ("image_size", "preset", "geometry", "intensity", "spacing"):
+        if getattr(args, key) is not None:
+            setattr(data, key, getattr(args, key))
+    return settings(data)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from covfuse.data.show import show
+
+    s = show_settings(args)
+    done = show(args.source, args.out, s, rows=args.rows, ids=_names(args.ids) or None,
+                columns=_names(args.covariates) or None, overwrite=args.overwrite)
+    if done["out"].lower().endswith(".npy"):
+        print(f"wrote {done['out']}: the decoded array of {done['ids'][0]} (float32, shape "
+              f"{'x'.join(map(str, done['shape']))}{', RAS' if done['kind'] == 'volume' else ''}, before resizing)")
+    else:
+        what = (f"{s.size}^3 voxels, {s.geometry}, {s.intensity}" if done["kind"] == "volume"
+                else f"{s.size}x{s.size} px, preset {s.preset}")
+        print(f"wrote {done['out']}: {len(done['rows'])} row(s) as the network sees them ({what}; "
+              f"{done['shape'][0]}x{done['shape'][1]} px)")
     return 0
 
 
@@ -159,7 +206,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from covfuse.data.readers import read_table
 
     _setup_logging()
-    meta = read_table(args.root)
+    meta = read_table(args.root, sheet=args.sheet)
     if meta.kind != "image":
         raise UserError(f"{args.root}: `covfuse data cache` builds the 2D image cache; volumes are cached by the first "
                         "run with data.cache: build (it knows the preprocessing)")
@@ -177,11 +224,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     check `--skip_corrupt` uses); a CelebA folder's text files also match the release's md5 checksums."""
     from tqdm import tqdm
 
-    from covfuse.data.inspect import check_checksums
+    from covfuse.data.inspect import check_checksums, file_header
     from covfuse.data.readers import read_table
     from covfuse.data.samples import nonfinite, undecodable
 
-    table = read_table(args.root)
+    table = read_table(args.root, sheet=args.sheet)
+    choice = _choice(args)
     noun = "volumes" if table.kind == "volume" else "images"
     print(f"{table.source}: format ok ({len(table):,} {noun} listed, all present)")
     problems = []
@@ -199,14 +247,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(f"  {c.name:<34} MISMATCH (md5 {c.md5}, official {c.expected}){c.note}")
             problems += [c.problem] if c.problem else []
     with tqdm(total=len(table), desc=f"decoding {noun}", unit=noun[:3]) as bar:
-        bad = undecodable(table, workers=args.workers, progress=bar.update)
+        bad = undecodable(table, workers=args.workers, progress=bar.update, s=choice)
     for row, reason in bad[:20]:
         print(f"  {table.where(row)}: cannot decode {table.files[row]}: {reason}")
     if len(bad) > 20:
         print(f"  ... and {len(bad) - 20} more")
     print(f"{noun}: {len(table) - len(bad):,} of {len(table):,} decode")
     if table.kind == "volume" and not bad:
-        found = nonfinite(table)
+        formats = Counter(file_header(table, row, choice)[1]["format"] for row in range(len(table)))
+        print("formats: " + ", ".join(f"{k} ({v})" for k, v in sorted(formats.items())))
+        found = nonfinite(table, s=choice)
         if found:
             print(f"non-finite: {len(found):,} file(s) hold {sum(n for _, n in found):,} NaN/Inf voxel(s) (first: "
                   f"{table.files[found[0][0]]}); data.nonfinite zero (the default) sets them to 0, refuse stops")
@@ -221,14 +271,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------- parser
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     from covfuse.data.twins.faces import EFFECTS
     from covfuse.data.decode import DEFAULT_PRESET, PRESETS
+    from covfuse.data.decoders.volume import GEOMETRIES, INTENSITIES
 
     parser = Parser(
         prog="covfuse data",
-        description="Inspect, verify, cache or synthesise data. ROOT is a manifest CSV/TSV (2D images or NIfTI "
-        "volumes), a BIDS folder (dataset_description.json), or a CelebA folder (img_align_celeba/ and the text "
+        description="Inspect, show, verify, cache or synthesise data. ROOT is a manifest CSV/TSV/.xlsx (2D images, or volumes: "
+        "NIfTI, MGH, Analyze, DICOM series folders, multi-frame DICOM), a BIDS folder (dataset_description.json), or a CelebA folder (img_align_celeba/ and the text "
         "files, or celeba/ holding them). Formats: docs/data.md.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -244,7 +295,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
     p.add_argument("--skip_images", action="store_true", help="do not require every listed image to exist "
                    "(manifest: do not open every volume's header)")
+    _volume_options(p)
+    p.add_argument("--sheet", metavar="NAME", help="an .xlsx manifest's sheet (default: the first; data.sheet in a config)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("show", help="draw what the network sees for the first rows (or given ids) of a source",
+                       description="Draw a labelled montage (--out FILE.png) of what the network is fed for the "
+                       "first N rows of a source, or the rows with given ids: each file decoded, windowed, oriented "
+                       "and preprocessed by the dataset training uses, then normalised; 2D images as tiles, volumes "
+                       "as three orthogonal mid-slices; each labelled with its id, file, layout and column values. "
+                       "--out FILE.npy writes one row's (or one file's) decoded array instead: float32, before "
+                       "resizing, volumes in RAS. The first thing to run on a new folder (docs/data.md).")
+    p.add_argument("source", metavar="SOURCE", help="a manifest, BIDS or CelebA folder (as data.root), or one image "
+                   "or volume file")
+    p.add_argument("--out", required=True, metavar="FILE.png|FILE.npy", help="where to write the montage (.png) or "
+                   "one row's decoded array (.npy)")
+    p.add_argument("--rows", type=int, default=None, help="show the first N rows (default: 8 for a .png, 1 for "
+                   "a .npy)")
+    p.add_argument("--ids", metavar="A,B", help="show the rows with these ids (as predictions.csv names them: the "
+                   "manifest's id or path column, CelebA's file names) instead of the first rows")
+    p.add_argument("--covariates", metavar="A,B", help="columns to label each row with (default: all but subject, "
+                   "path, split, session)")
+    p.add_argument("--config", metavar="FILE.yaml", help="take the preprocessing (data.image_size, preset, geometry, "
+                   "intensity, spacing) from a run config or a run's config.yaml (default: fit's defaults)")
+    p.add_argument("--image_size", type=int, default=None, help="side of the model input (default: data.image_size)")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None, help="2D image preset (default: data.preset)")
+    p.add_argument("--geometry", choices=GEOMETRIES, default=None, help="volumes: resize or crop-pad (default: "
+                   "data.geometry)")
+    p.add_argument("--intensity", choices=INTENSITIES, default=None, help="volumes: zscore or minmax (default: "
+                   "data.intensity)")
+    p.add_argument("--spacing", type=float, default=None, help="volumes: resample to this isotropic voxel size in mm "
+                   "first (default: data.spacing)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("synth", help="write a synthetic CelebA twin with a planted effect",
                        description="Write a synthetic twin in the release's exact format to OUT/celeba/, with a "
@@ -292,23 +375,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", metavar="DIR", help="where to write the cache (default: ROOT/.covfuse-cache)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
+    p.add_argument("--sheet", metavar="NAME", help="an .xlsx manifest's sheet (default: the first; data.sheet in a config)")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("verify", help="check that every file decodes (CelebA: also the official md5 checksums)",
                        description="Validate the source and fully decode every file it lists: a manifest or BIDS "
-                       "dataset with the decoder training uses (PNG, JPEG, TIFF, DICOM, NIfTI), naming each bad file "
+                       "dataset with the decoder training uses (PNG, JPEG, TIFF, DICOM, NIfTI, MGH, Analyze, DICOM "
+                       "series), naming each bad file "
                        "and its row; a CelebA folder also against the official release's md5 checksums (as listed "
                        "by torchvision).")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per 5,000 images, up to the available CPUs)")
+    _volume_options(p)
+    p.add_argument("--sheet", metavar="NAME", help="an .xlsx manifest's sheet (default: the first; data.sheet in a config)")
     p.set_defaults(func=cmd_verify)
     return parser
 
 
+def _volume_options(p: argparse.ArgumentParser) -> None:
+    """The choice of volume, as a run's data.series and data.volume_index make it (docs/volumes.md)."""
+    p.add_argument("--series", metavar="UID|DESCRIPTION", help="volumes: the DICOM series to read where a folder holds "
+                   "several, by SeriesInstanceUID or SeriesDescription (a run's data.series)")
+    p.add_argument("--volume_index", type=int, metavar="N", help="volumes: which volume of a 4-D file to read, 0 the "
+                   "first, -1 the last (a run's data.volume_index)")
+
+
 def main(argv: list[str]) -> int:
-    parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed the message
         return int(exc.code or 0)
     return int(args.func(args) or 0)

@@ -20,7 +20,7 @@ from covfuse.cli._common import Parser
 from covfuse.errors import UserError, suggest
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = Parser(prog="covfuse predict", description="Print the run's prediction (e.g. P(target = 1)) for images or "
                "volumes with given covariates.")
     p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
@@ -114,7 +114,7 @@ def read_csv(path: Path, names: list[str]) -> tuple[list[Path], list[list[str]]]
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_intermixed_args(argv)  # options may come between RUN and the images
+    args = parser().parse_intermixed_args(argv)  # options may come between RUN and the images
     if not args.images and not args.csv_file:
         raise UserError("give IMAGE files (with --covariates) or --csv FILE; see `covfuse predict --help`")
     if args.batch_size < 1:
@@ -126,6 +126,7 @@ def main(argv: list[str]) -> int:
     from covfuse.training.rundir import checkpoint_path, find_run
     from covfuse.training.datamodule import STATE_FILE, read_state
     from covfuse.training.predict import predict_rows, run_state
+    from covfuse.training.tasks import task_of
 
     run_dir = find_run(args.run, args.runs_dir)
     config = cfgmod.load(run_dir / "config.yaml")
@@ -147,6 +148,11 @@ def main(argv: list[str]) -> int:
         if beyond:  # Breslow's H0 has no steps after the last training event: S(t | x) is carried, not estimated
             print(f"covfuse predict: --times {', '.join(f'{t:g}' for t in beyond)} lie(s) after the training split's "
                   f"last event ({last:g}); S(t | x) there is the value at {last:g}, not an estimate", file=sys.stderr)
+    threshold = None
+    if task_of(config.model.head).name == "binary":  # the run's decision threshold, chosen on its valid split
+        from covfuse.training.results import recorded_threshold
+
+        threshold = recorded_threshold(run_dir, config)
     module = load_module(checkpoint_path(run_dir, args.ckpt))
     state, encoder = run_state(module, state, run_dir)
     names = [spec["name"] for spec in encoder.specs]  # raw columns, as the training data spelt them
@@ -157,7 +163,11 @@ def main(argv: list[str]) -> int:
     predicted, values, marks = predict_rows(module, state, encoder, files=files, table=table, where=where,
                                             strict=args.strict, extrapolate=args.extrapolate,
                                             batch_size=args.batch_size, accelerator=args.accelerator,
-                                            precision=precision)
+                                            precision=precision, threshold=None if threshold is None else threshold["value"])
+    if threshold is not None:
+        print(f"covfuse predict: {predicted[-1]} is the positive class where {predicted[0]} >= {threshold['value']:.6g} "
+              f"(metrics.threshold {threshold['rule']}" + (f", chosen on the {threshold['split']} split" if
+                                                           threshold.get("split") else "") + ")", file=sys.stderr)
     header = ["image", *names, *predicted] if celeba else ["path", "subject", *names, *predicted]
     rows = [given + p for given, p in zip(_given(files, names, celeba) + _given(table, names, celeba), values)]
     check_finite(header, rows, args.ckpt)

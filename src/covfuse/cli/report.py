@@ -13,11 +13,11 @@ from covfuse.cli._common import Parser
 from covfuse.errors import UserError
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     from covfuse.training.metrics import TASK_SCORES
+    from covfuse.training.tasks import direction
 
     names = list(dict.fromkeys(n for task in TASK_SCORES.values() for n in task))
-
     p = Parser(prog="covfuse report", description=__doc__.split(": ", 1)[1],
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study folder, or its name under --runs-dir")
@@ -25,13 +25,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--baseline", default=None, help="cell to compare with (default: the study's baseline)")
     p.add_argument("--metric", default=None, choices=names,
                    help="score to compare (default: accuracy; multi-class: balanced_accuracy; regression: mae; "
-                   "survival: c_index)")
+                   f"survival: c_index); lower is better for {', '.join(n for n in names if direction(n) == 'min')}")
     p.add_argument("--format", default="md", choices=["md", "json", "csv", "html"],
                    help="what to print (default: md; html writes report.html and prints its path)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--unit", default="group", choices=["group", "image"],
                    help="what the bootstrap resamples: group (people; default) or image (data without repeated people)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     if args.bootstrap < 100:
         raise UserError(f"--bootstrap must be at least 100, got {args.bootstrap}")
     import sys

@@ -1,4 +1,4 @@
-"""Memmap caches of decoded files, one per source and settings: 2D images and NIfTI volumes.
+"""Memmap caches of decoded files, one per source and settings: 2D images and volumes.
 
 **2D images** (:func:`build_cache`, :func:`open_cache`, :class:`ImageCache`): decoded, cropped,
 resized, (N, C, S, S), one file per size and preset. Any image table
@@ -11,12 +11,13 @@ holding CelebA's text files, a manifest's folder, a BIDS dataset), or any ``cach
 (:func:`cache_folder`). Files for size S and preset P:
 
 * ``K-P-S.u8`` (or ``.u16``; K the source's key, :func:`source_key`: ``celeba`` for the release, else
-  the manifest's name plus a short hash of its absolute path and the settings, e.g.
+  the manifest's name plus a short hash of its resolved absolute path and the settings, e.g.
   ``train-3f2a9c01``): raw pixels, C order, shape (N, C, S, S), row i = the table's file i. Any
   number of manifests share one folder, each with its own files;
 * ``K-P-S.json``: what it holds (shape, dtype, size, preset, crop, count, the md5 of the source files it
-  was built from — CelebA's three text files, or the manifest plus every image's path, size and mtime —
-  the decoders that really read the files). Written last: a cache without it is not a cache.
+  was built from — CelebA's three text files, or the manifest plus every image's resolved absolute path, size and mtime —
+  the decoders that really read the files, and how many files each decoder rule touched, ``rules``).
+  Written last: a cache without it is not a cache.
 
 Building writes ``K-P-S.u8.partial`` plus ``K-P-S.progress.json`` (the chunks done so
 far, rewritten atomically after each chunk), so an interrupted build resumes where it stopped;
@@ -24,9 +25,12 @@ the final names appear only by rename once every chunk is done. A cache whose re
 matches its sources or settings is ignored (and rebuilt by ``covfuse data cache``).
 
 **Volumes** (:func:`build_volume_cache`, :func:`open_volume_cache`, :class:`VolumeCache`): float16
-(N, 1, S, S, S), row i = file i preprocessed by :mod:`covfuse.data.decoders.nifti`, in the same
-folder; its name holds a key of every file's path, size and mtime and the preprocessing, so a
-changed file or setting is a new cache (written to ``.partial``, renamed when complete).
+(N, 1, S, S, S), row i = file i preprocessed by :mod:`covfuse.data.decoders.volume`, in the same
+folder; its name holds a key of the resolved absolute path, size and mtime of every file the volumes are read from (each
+slice of a DICOM folder, both files of an Analyze pair) and the preprocessing, so a changed file or
+setting is a new cache. Built like the images, by the same chunked, resumable machinery
+(``.f16.partial`` plus ``.progress.json``, worker processes, renamed when complete); each volume is
+written to the file as it is done, so the build's memory does not grow with the cohort.
 """
 from __future__ import annotations
 
@@ -46,11 +50,12 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from covfuse.data._workers import default_workers, run_chunks
-from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level name: tests patch it
+from covfuse.data.chunks import fill_chunk as _fill_chunk  # module-level names: tests patch them
+from covfuse.data.chunks import fill_volumes as _fill_volumes
 from covfuse.data.decode import PRESETS, check_preset, check_size
 from covfuse.data.decoders import decoder_for
-from covfuse.data.decoders.nifti import Preprocessing, library, load_volume, nonfinite_voxels, transform
-from covfuse.data.layout import image_layout
+from covfuse.data.decoders.volume import Preprocessing, library, volume_files
+from covfuse.data.layout import image_layout, image_rules
 from covfuse.data.readers.celeba import table_from_meta
 from covfuse.data.readers.celeba_release import CelebAMeta
 from covfuse.data.table import SampleTable, md5sum
@@ -77,12 +82,14 @@ def as_table(source):
 
 def source_key(table, *settings) -> str:
     """The part of a cache's name that says whose it is: ``celeba`` for the release (one per folder),
-    else the table file's stem plus 8 hex digits of the md5 of its absolute path and ``settings``, so
-    two manifests in one folder (or one manifest at two settings) never share a file name."""
+    else the table file's stem plus 8 hex digits of the md5 of its resolved absolute path (symbolic
+    links followed: a relative and an absolute ``data.root`` to one file give one name) and
+    ``settings``, so two manifests in one folder (or one manifest at two settings) never share a file name."""
     if table.format == "celeba":
         return "celeba"
-    where = os.path.abspath(table.path)
-    digest = hashlib.md5("|".join([where, *map(str, settings)]).encode()).hexdigest()[:8]
+    where = str(Path(table.path).resolve())
+    sheet = [f"sheet={table.extra['sheet']}"] if "sheet" in table.extra else []  # two sheets of one workbook
+    digest = hashlib.md5("|".join([where, *sheet, *map(str, settings)]).encode()).hexdigest()[:8]
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(where).stem) or table.format
     return f"{stem}-{digest}"
 
@@ -106,15 +113,22 @@ SUFFIX = {"uint8": "u8", "uint16": "u16"}
 
 def _fingerprint(table) -> dict:
     """The md5 of what identifies the table's content: its source files, and for tables other than the
-    checksummed CelebA release every image's size and modification time."""
+    checksummed CelebA release every image's resolved absolute path, size and modification time (what the
+    files are, not how a path to them was typed: ``data.root`` relative or absolute, the same cache)."""
     out = {Path(p).name: md5sum(Path(p)) for p in table.sources}
     if table.format != "celeba":
         h = hashlib.md5()
         for f in table.files:
-            st = os.stat(f)
-            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(file_stamp(f).encode())
         out["files"] = h.hexdigest()
     return out
+
+
+def file_stamp(file: str | os.PathLike) -> str:
+    """One line naming a file by what it is: its resolved absolute path, size and modification time (ns).
+    The one stamp both caches key on."""
+    st = os.stat(file)
+    return f"{Path(file).resolve()}|{st.st_size}|{st.st_mtime_ns}\n"
 
 
 def _description(source, size: int, preset: str, layout: tuple[int, str] | None = None) -> dict:
@@ -304,51 +318,65 @@ def remove_if_alone(lock: Path) -> None:
         lock.parent.rmdir()
 
 
+def _fill_in_chunks(fill, task, partial: Path, marker: Path, nbytes: int, desc: dict, n: int, chunk: int,
+                    workers: int | None, per_worker: int, progress: bool, what: str, unit: str,
+                    resume_hint: str) -> dict[int, object]:
+    """The chunked, resumable build both caches share: ``fill(*task(start))`` writes rows
+    ``start...start+chunk`` of ``partial`` (a file of ``nbytes``) in worker processes (or in this
+    one), and ``marker`` records after each chunk which are done and what each returned, so an
+    interrupted build resumes with only the missing chunks. Returns {start: fill's result} for
+    every chunk. A failure with chunks done keeps them and says ``resume_hint`` resumes them."""
+    starts = list(range(0, n, chunk))
+    done: dict[int, object] = {}
+    if partial.is_file() and marker.is_file():
+        try:
+            state = json.loads(marker.read_text())
+            if state.get("description") == desc and state.get("chunk") == chunk:
+                results = state.get("results", {})
+                done = {int(s): results.get(str(s)) for s in state["done"]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            done = {}
+        if done:
+            log.info("resuming %s build at %s: %d of %d chunks done", what, partial, len(done), len(starts))
+    if not done:
+        with open(partial, "wb") as f:  # sparse file of the final size
+            f.truncate(nbytes)
+
+    todo = [s for s in starts if s not in done]
+    workers = default_workers(len(todo) * chunk, per_worker) if workers is None else workers
+    with tqdm(total=n, initial=sum(min(chunk, n - s) for s in done), desc=f"caching {what}", unit=unit,
+              disable=not progress, mininterval=2) as bar:
+        try:
+            for i, result in run_chunks(fill, [task(s) for s in todo], workers):
+                done[todo[i]] = result
+                _write_json(marker, {"description": desc, "chunk": chunk, "done": sorted(done),
+                                     "results": {str(s): r for s, r in sorted(done.items())}})
+                bar.update(min(chunk, n - todo[i]))
+        except UserError as exc:
+            if not done:  # nothing worth resuming: leave nothing behind
+                partial.unlink(missing_ok=True)
+                marker.unlink(missing_ok=True)
+                raise
+            # The chunks already done stay valid: say so, rather than leave an unexplained file.
+            raise UserError(f"{exc} (the {len(done)} finished chunks stay in {partial.name}; {resume_hint} "
+                            "resumes from them)") from None
+    return done
+
+
 def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path,
            workers: int | None, chunk: int, progress: bool) -> ImageCache:
     """The build itself, under the cache's lock: resume ``.partial`` chunks, decode the rest, rename."""
     partial = data.with_name(data.name + ".partial")
     marker = data.with_name(data.stem + ".progress.json")
     shape, n = tuple(desc["shape"]), len(meta)
-    starts = list(range(0, n, chunk))
-
-    done: set[int] = set()
-    if partial.is_file() and marker.is_file():
-        try:
-            state = json.loads(marker.read_text())
-            if state.get("description") == desc and state.get("chunk") == chunk:
-                done = {int(s) for s in state["done"]}
-        except (OSError, ValueError, KeyError):
-            done = set()
-        if done:
-            log.info("resuming image cache build at %s: %d of %d chunks done", data, len(done), len(starts))
-    if not done:
-        with open(partial, "wb") as f:  # sparse file of the final size
-            f.truncate(int(np.prod(shape)) * np.dtype(desc["dtype"]).itemsize)
-
-    todo = [s for s in starts if s not in done]
-    tasks = [
-        (str(partial), shape, s, [str(f) for f in meta.files[s : s + chunk]], size, preset, desc["dtype"],
-         meta.format != "celeba")
-        for s in todo
-    ]
-    workers = default_workers(len(todo) * chunk) if workers is None else workers
-    with tqdm(total=n, initial=sum(min(chunk, n - s) for s in done), desc=f"caching {size}px", unit="img",
-              disable=not progress) as bar:
-        try:
-            for i, count in run_chunks(_fill_chunk, tasks, workers):
-                done.add(todo[i])
-                _write_json(marker, {"description": desc, "chunk": chunk, "done": sorted(done)})
-                bar.update(count)
-        except UserError as exc:
-            if not done:  # nothing worth resuming: leave nothing behind
-                partial.unlink(missing_ok=True)
-                marker.unlink(missing_ok=True)
-                raise
-            # The chunks already decoded stay valid: say so, rather than leave an unexplained file.
-            raise UserError(f"{exc} (the {len(done)} finished chunks stay in {partial.name}; the next "
-                            "`covfuse data cache` resumes from them)") from None
-    desc = {**desc, "decoder": decoders_used(meta)}
+    any_format = meta.format != "celeba"
+    _fill_in_chunks(
+        _fill_chunk,
+        lambda s: (str(partial), shape, s, [str(f) for f in meta.files[s : s + chunk]], size, preset, desc["dtype"],
+                   any_format),
+        partial, marker, int(np.prod(shape)) * np.dtype(desc["dtype"]).itemsize, desc, n, chunk, workers, 5_000,
+        progress, f"{size}px", "img", "the next `covfuse data cache`")
+    desc = {**desc, "decoder": decoders_used(meta), "rules": image_rules(meta)}
     # Replace this source's own cache only now that the new one is complete: a failed build leaves
     # the previous cache (and every other source's) as it was.
     info_path.unlink(missing_ok=True)
@@ -365,11 +393,12 @@ def _build(meta, size: int, preset: str, desc: dict, data: Path, info_path: Path
 
 # ---------------------------------------------------------------------------------- volumes
 def _volume_key(files: Sequence[Path], settings: Preprocessing) -> str:
-    """Identifies the volume cache's content: every file's path, size and mtime, and the preprocessing."""
-    h = hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode())
+    """Identifies the volume cache's content: the path, size and mtime of every file each volume is read from,
+    and the preprocessing."""
+    h = hashlib.sha1(json.dumps(settings.record(), sort_keys=True).encode())
     for f in files:
-        st = os.stat(f)
-        h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        for member in volume_files(Path(f)):
+            h.update(file_stamp(member).encode())
     return h.hexdigest()[:16]
 
 
@@ -420,8 +449,11 @@ def open_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir:
 
 
 def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir: Path, *, progress: bool = True,
-                       name: str = "volumes") -> VolumeCache:
-    """Preprocess every file once into the float16 memmap (written to ``.partial``, renamed when complete)."""
+                       name: str = "volumes", workers: int | None = None, chunk: int = 32) -> VolumeCache:
+    """Preprocess every file once into the float16 memmap, as the image cache is built: ``workers``
+    processes fill chunks of ``chunk`` volumes (default: one per 200 volumes up to the available CPUs;
+    0 or 1: in this process), each row written straight to ``.partial`` (never mapped, so memory
+    stays one chunk's worth whatever the cohort), resumable after an interruption, renamed when complete."""
     existing = open_volume_cache(files, settings, cache_dir, name)
     if existing is not None:
         return existing
@@ -436,36 +468,32 @@ def build_volume_cache(files: Sequence[Path], settings: Preprocessing, cache_dir
             existing = open_volume_cache(files, settings, cache_dir, name)
             if existing is not None:
                 return existing
-            return _build_volumes(files, settings, data, meta, progress)
+            return _build_volumes(files, settings, data, meta, progress, workers, chunk)
     except UserError:
         if made_folder:  # a failed first build leaves no folder behind
             remove_if_alone(lock)
-        elif not data.exists():
+        elif not data.with_suffix(".f16.partial").exists() and not data.exists():
             lock.unlink(missing_ok=True)  # nothing of this source to guard in a shared folder
         raise
 
 
 def _build_volumes(files: Sequence[Path], settings: Preprocessing, data: Path, meta: Path,
-                   progress: bool) -> VolumeCache:
-    """The volume build itself, under the cache's lock."""
+                   progress: bool, workers: int | None, chunk: int) -> VolumeCache:
+    """The volume build itself, under the cache's lock (:func:`_fill_in_chunks`, as the image cache)."""
     partial = data.with_suffix(".f16.partial")
+    marker = data.with_suffix(".progress.json")
     shape = (len(files), 1, *(settings.size,) * 3)
-    array = np.memmap(partial, dtype=np.float16, mode="w+", shape=shape)
-    pipeline = transform(settings)
-    nonfinite = {}  # row -> NaN/Inf voxels set to 0, so a later run's data.nonfinite applies without the files
-    try:
-        for i, f in enumerate(tqdm(files, desc="caching volumes", unit="vol", disable=not progress, mininterval=2)):
-            array[i] = load_volume(Path(f), settings, pipeline).numpy().astype(np.float16)
-            if count := nonfinite_voxels(Path(f)):
-                nonfinite[str(i)] = count
-        array.flush()
-        del array
-        os.replace(partial, data)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    info = {"format": VOLUME_FORMAT, "version": VOLUME_VERSION, "dtype": "float16", "shape": list(shape),
-            "preprocessing": asdict(settings), "files": [str(f) for f in files], "decoder": library(),
-            "nonfinite": nonfinite}
+    desc = {"format": VOLUME_FORMAT, "version": VOLUME_VERSION, "shape": list(shape), "preprocessing": asdict(settings)}
+    chunk = max(1, int(chunk))
+    done = _fill_in_chunks(
+        _fill_volumes, lambda s: (str(partial), shape, s, [str(f) for f in files[s : s + chunk]], settings),
+        partial, marker, int(np.prod(shape)) * 2, desc, len(files), chunk, workers, 200, progress, "volumes", "vol",
+        "the next run with --data.cache build")
+    # row -> NaN/Inf voxels set to 0, so a later run's data.nonfinite applies without the files
+    nonfinite = {row: count for s in sorted(done) for row, count in (done[s] or {}).items()}
+    os.replace(partial, data)
+    info = {**desc, "dtype": "float16", "files": [str(f) for f in files], "decoder": library(), "nonfinite": nonfinite}
     atomic_write_text(meta, json.dumps(info, indent=1) + "\n")
+    marker.unlink(missing_ok=True)
+    log.info("wrote volume cache %s (%d volumes, %d^3)", data, len(files), settings.size)
     return VolumeCache(data, info)

@@ -1,7 +1,8 @@
 """Cache and verify workers, torch-free so worker processes start fast: every 2D file decoded (CelebA's
 JPEG path, or the decoder of its format, :mod:`covfuse.data.decoders`) and put in its table's layout
 (:func:`conform`), a chunk at a time into the cache's memmap (:func:`fill_chunk`) or checked
-(:func:`unreadable`).
+(:func:`unreadable`); NIfTI volumes preprocessed a chunk at a time into the volume cache
+(:func:`fill_volumes`; torch and MONAI load in the worker when the first volume is read).
 
 Kept apart from :mod:`covfuse.data.decode` (presets, the CelebA JPEG path), which the decoders build on:
 this module sits above both, so neither imports the other in a circle. pydicom and tifffile load only
@@ -13,6 +14,7 @@ import numpy as np
 
 from covfuse.data.decode import CorruptImage, decode_image
 from covfuse.data.decoders import decode_file
+from covfuse.data.decoders.volume import Preprocessing, load_volume, nonfinite_voxels, transform
 from covfuse.errors import UserError
 
 
@@ -50,6 +52,23 @@ def fill_chunk(path: str, shape: tuple, start: int, files: list[str], size: int,
     array.flush()
     del array
     return len(files)
+
+
+def fill_volumes(path: str, shape: tuple, start: int, files: list[str], settings: Preprocessing) -> dict[str, int]:
+    """Volume cache worker: preprocess ``files`` (:func:`~covfuse.data.decoders.volume.load_volume`) into
+    rows ``start...`` of the float16 file at ``path``, each row written as soon as it is made (the file
+    is never mapped, so the worker holds one volume at a time); returns {row: NaN/Inf voxels set to 0}."""
+    pipeline = transform(settings)
+    row_bytes = int(np.prod(shape[1:])) * 2
+    nonfinite = {}
+    with open(path, "r+b") as out:
+        for i, file in enumerate(files):
+            volume = load_volume(file, settings, pipeline).numpy().astype(np.float16)
+            out.seek((start + i) * row_bytes)
+            out.write(volume.tobytes())
+            if count := nonfinite_voxels(file, settings.choice):
+                nonfinite[str(start + i)] = count
+    return nonfinite
 
 
 def unreadable(paths: list[str], any_format: bool = False) -> list[tuple[str, str]]:

@@ -1,7 +1,7 @@
 """Datasets: samples ``{"image", "covariates", "target", "index"}`` from a table's files or its memmap cache.
 
 :class:`ImageDataset` (and :class:`CelebADataset`) for 2D images, uint8/uint16 as the files hold them,
-served a whole batch at a time; :class:`VolumeDataset` for NIfTI volumes, float16, one sample at a time.
+served a whole batch at a time; :class:`VolumeDataset` for volumes (NIfTI, MGH, DICOM ...), float16, one sample at a time.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, default_collate
 
 from covfuse.data.cache import VolumeCache
 from covfuse.data.decode import DEFAULT_PRESET, check_preset, check_size, decode_image
-from covfuse.data.decoders.nifti import Preprocessing, load_volume, transform
+from covfuse.data.decoders.volume import Preprocessing, load_volume, transform
 from covfuse.data.readers.celeba_release import CelebAMeta
 from covfuse.data.transforms import hflip
 from covfuse.errors import UserError
@@ -236,7 +236,7 @@ class VolumeDataset(Dataset):
         return len(self.rows)
 
     def __repr__(self) -> str:
-        source = f"cache {self.cache.path}" if self.cache is not None else "NIfTI files"
+        source = f"cache {self.cache.path}" if self.cache is not None else "volume files"
         return f"VolumeDataset({len(self)} volumes, size {self.settings.size}, train={self.train}, from {source})"
 
     def volume(self, row: int) -> torch.Tensor:

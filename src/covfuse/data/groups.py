@@ -10,7 +10,7 @@ one grouping per covariate:
   split): one group per value, named as the number (``APOE4=2``);
 * a continuous number: :data:`CONTINUOUS_BINS` bins at the training split's tertiles, edges
   rounded (``age<67``, ``age=[67, 78)``, ``age>=78``; :func:`_edges`);
-* a categorical column: one group per level as the table spells it (``sex=F``);
+* a categorical column: one group per level as training spelt it (``sex=F``; ``f`` and `` F `` join it);
 * a missing value: its own group, ``<name>=missing``.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from covfuse.data.table import _strings, is_missing, numeric_values, parse_number
+from covfuse.data.table import _strings, as_levels, is_missing, numeric_values, parse_number
 
 MAX_GROUP_VALUES = 10
 """Numbers with more distinct training values than this are continuous: grouped in quantile bins."""
@@ -157,7 +157,8 @@ def covariate_groups(encoder, table, rows: np.ndarray, train_rows: np.ndarray) -
     for spec in encoder.specs:
         name = table.column(spec["name"])
         if spec["kind"] == "categorical":
-            out[spec["name"]] = _levels(_strings(table, name, rows), spec["levels"], getattr(table, "levels", {}).get(name))
+            out[spec["name"]] = _levels(as_levels(spec, _strings(table, name, rows)), spec["levels"],
+                                        getattr(table, "levels", {}).get(name))
             continue
         values = numeric_values(table, name)
         train = values[np.asarray(train_rows, dtype=np.int64)]

@@ -18,14 +18,14 @@ import numpy as np
 from PIL import Image
 
 from covfuse.data.decode import CorruptImage
-from covfuse.data.decoders import read_pixels
-from covfuse.data.decoders.nifti import volume_shape
+from covfuse.data.decoders import read_pixels, rule_notes
+from covfuse.data.decoders.volume import Choice, open_volume
 from covfuse.data.layout import layout_name
 from covfuse.data.readers import read_table
 from covfuse.data.readers.celeba_release import OPTIONAL_FILES, CelebAMeta
 from covfuse.data.readers.celeba_release import SPLIT_NAMES as CELEBA_SPLITS
 from covfuse.data.samples import nonfinite
-from covfuse.data.table import SPLIT_NAMES, SampleTable, describe_columns, md5sum, subject_split
+from covfuse.data.table import SPLIT_NAMES, SampleTable, describe_columns, md5sum, spelling_note, subject_split
 from covfuse.errors import UserError
 
 # The release's md5 checksums, as listed in torchvision's CelebA.file_list
@@ -99,25 +99,37 @@ def split_rates(meta: CelebAMeta) -> dict[str, dict[str, float]]:
 
 
 def table_info(path: str | Path, target: str | None = None, covariates: list[str] | None = None,
-               categorical: list[str] | None = None, check_files: bool = True) -> dict:
+               categorical: list[str] | None = None, check_files: bool = True, choice: Choice = Choice(),
+               sheet: str | None = None) -> dict:
     """The `data info` JSON of a manifest or BIDS dataset: kind, format, num_subjects, num_samples
-    (num_volumes for volumes, num_images for 2D images), splits, columns, shape, layouts, non-finite voxels.
+    (num_volumes for volumes, num_images for 2D images), splits, columns, shape, layouts (2D images) or
+    formats (volumes: NIfTI, MGH, Analyze, DICOM series, DICOM multi-frame), non-finite voxels,
+    ``rules`` (files each decoder rule touched: EXIF orientation, DICOM windowing) and ``notes`` (one line
+    per rule that applied in reading, :func:`covfuse.data.samples.reading_notes`'s lines).
 
-    With ``check_files`` every file's header is read (NIfTI: nibabel, no voxels; 2D: the decoder's
-    header read), so a missing, unreadable or wrong-dimensional file is reported with its row.
+    With ``check_files`` every file's header is read (volumes: nibabel's or every DICOM slice's header, no
+    voxels, the volume ``choice`` picks where a path holds several; 2D: decoded), so a
+    missing, unreadable or wrong-dimensional file is reported with its row.
     """
-    table = read_table(path)
+    table = read_table(path, sheet=sheet)
     for name in [*([target] if target else []), *(covariates or [])]:
         table.column(name)  # unknown names: a UserError with a suggestion
     split = subject_split(table, seed=0)
     shapes: Counter = Counter()
     layouts: Counter = Counter()
+    formats: Counter = Counter()
     found: list = []
+    rules: Counter = Counter()
     if check_files:
-        headers = [file_header(table, i) for i in range(len(table))]
+        headers = [file_header(table, i, choice) for i in range(len(table))]
         shapes = Counter(shape for shape, _ in headers)
-        layouts = Counter((info["channels"], info["bits"]) for _, info in headers if info)
-        found = nonfinite(table)
+        layouts = Counter((info["channels"], info["bits"]) for _, info in headers if "channels" in info)
+        formats = Counter(info["format"] for _, info in headers if table.kind == "volume")
+        rules = Counter(info["rule"] for _, info in headers if info and info.get("rule"))
+        found = nonfinite(table, s=choice)
+    columns = describe_columns(table, categorical or ())
+    merged = [name for name, c in columns.items() if c.get("merged")]
+    notes = [*table.notes, *(spelling_note(table, name) for name in merged), *rule_notes(rules, len(table))]
     noun = "num_volumes" if table.kind == "volume" else "num_images"
     return {
         "kind": table.kind,
@@ -129,23 +141,30 @@ def table_info(path: str | Path, target: str | None = None, covariates: list[str
         "splits": {name: int((split == k).sum()) for k, name in enumerate(SPLIT_NAMES)},
         "split_source": "split column" if table.has_split else
                         "none in the data: subjects shuffled 70/15/15 by data.split_seed (default 0)",
-        "columns": describe_columns(table, categorical or ()),
+        "columns": columns,
         "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
         "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
         "layouts": {layout_name(*k): v for k, v in sorted(layouts.items())},
         "read_as": layout_name(3 if any(c == 3 for c, _ in layouts) else 1,
                                16 if any(b == 16 for _, b in layouts) else 8) if layouts else None,
+        **({"formats": dict(sorted(formats.items()))} if table.kind == "volume" else {}),
         "nonfinite": {"files": len(found), "voxels": sum(n for _, n in found),
                       "first": str(table.columns["path"][found[0][0]]) if found else None},
+        "rules": dict(sorted(rules.items())),
+        "notes": notes,
     }
 
 
-def file_header(table: SampleTable, row: int) -> tuple[tuple, dict | None]:
+def file_header(table: SampleTable, row: int, choice: Choice = Choice()) -> tuple[tuple, dict]:
     """(a file's shape from its header: (X, Y, Z) for a volume, (H, W) or (H, W, C) for a 2D image;
-    the 2D decoder's info dict: format, bits, channels; None for volumes)."""
+    the 2D decoder's info dict: format, bits, channels; for a volume ``{"format"}``: what it is read from,
+    e.g. ``NIfTI``, ``DICOM series``, ``MGH 4-D (3 volumes, index 1)``)."""
     file = table.files[row]
     if table.kind == "volume":
-        return volume_shape(file, table.where(row)), None
+        source, index = open_volume(file, table.where(row), choice)
+        count = source.shape[3] if len(source.shape) == 4 else 1
+        label = source.format + (f" 4-D ({count} volumes, index {index})" if count > 1 else "")
+        return tuple(int(v) for v in source.shape[:3]), {"format": label}
     try:
         pixels, info = read_pixels(file)
     except CorruptImage as exc:

@@ -21,16 +21,23 @@ def layout_name(channels: int, bits: int) -> str:
     return f"{'RGB' if channels == 3 else 'grey'} {bits}-bit"
 
 
-def _probe_chunk(files: list[str]) -> list[tuple[int, int] | None]:
-    """Worker: (channels, bits) from each file's header, None where the header does not read."""
+def _probe_chunk(files: list[str]) -> list[tuple[int, int, str | None] | None]:
+    """Worker: (channels, bits, rule) from each file's header, None where the header does not read."""
     out = []
     for file in files:
         try:
             info = probe(file)
-            out.append((int(info["channels"]), int(info["bits"])))
+            out.append((int(info["channels"]), int(info["bits"]), info.get("rule")))
         except UserError:  # a bad file is reported when decoded (or left out by --skip_corrupt)
             out.append(None)
     return out
+
+
+def image_rules(table: SampleTable) -> dict[str, int]:
+    """{rule: files} of the decoders' rules (covfuse.data.decoders.RULES) over the table's files, from the
+    same header pass as :func:`image_layout`; {} for CelebA."""
+    image_layout(table)
+    return dict(table.extra.get("rules", {}))
 
 
 def image_layout(table: SampleTable) -> tuple[int, str]:
@@ -44,12 +51,13 @@ def image_layout(table: SampleTable) -> tuple[int, str]:
         return table.extra["layout"]
     key = _layout_key(table)
     if key in _LAYOUTS:  # the same manifest read again (a fit's cache build, then its datasets): one warning
-        table.extra["layout"] = _LAYOUTS[key]
-        return _LAYOUTS[key]
+        table.extra["layout"], table.extra["rules"] = _LAYOUTS[key]
+        return table.extra["layout"]
     files = [str(f) for f in table.files]
     tasks = [(files[i: i + 512],) for i in range(0, len(files), 512)]
-    counts = Counter(found for _, chunk in run_chunks(_probe_chunk, tasks, default_workers(len(files)))
-                     for found in chunk if found is not None)
+    found = [f for _, chunk in run_chunks(_probe_chunk, tasks, default_workers(len(files))) for f in chunk if f is not None]
+    counts = Counter((c, b) for c, b, _ in found)
+    table.extra["rules"] = dict(Counter(rule for _, _, rule in found if rule))
     if not counts:  # not one header reads: the first file's own error names it
         probe(files[0])
     channels = 3 if any(c == 3 for c, _ in counts) else 1
@@ -62,11 +70,11 @@ def image_layout(table: SampleTable) -> tuple[int, str]:
                     layout_name(channels, bits), ", ".join(how))
     table.extra["layout"] = (channels, "uint16" if bits == 16 else "uint8")
     if key is not None:
-        _LAYOUTS[key] = table.extra["layout"]
+        _LAYOUTS[key] = table.extra["layout"], table.extra["rules"]
     return table.extra["layout"]
 
 
-_LAYOUTS: dict[tuple, tuple[int, str]] = {}
+_LAYOUTS: dict[tuple, tuple[tuple[int, str], dict[str, int]]] = {}
 
 
 def _layout_key(table: SampleTable) -> tuple | None:

@@ -15,11 +15,18 @@ indicator column, as DAFT does. The encoder is saved with the run (``data_state.
 by test and predict; predict checks new rows against the values training held with
 :func:`check_covariate_values` (the one such check). :func:`column_kind` and
 :func:`describe_columns` say what a column holds (``covfuse data info``).
+
+Nothing silent (docs/data.md, "How covfuse reads a table"): spellings of a category that differ
+only in case or surrounding spaces are one level (:func:`merged_levels`, said by
+:func:`spelling_note`); a column of dates is a kind of its own, refused as a covariate unless
+declared in data.categorical; a ``;`` or tab table's decimal commas are read as numbers by its
+reader (:func:`decimal_comma_columns`). The rules that applied to a table are its ``notes``.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,11 +71,12 @@ class SampleTable:
     ``columns`` maps a column name to one value per row: a list of strings as the source spells
     them (manifests, BIDS) or a numeric array (CelebA's 0/1 attributes, 200k rows). ``split`` is
     int8 per row (0 train, 1 valid, 2 test, -1 not given); ``line[i]`` is row i's 1-based line in
-    ``path`` (for error messages). ``kind`` is ``image`` (2D files) or ``volume`` (NIfTI);
+    ``path`` (for error messages). ``kind`` is ``image`` (2D files) or ``volume`` (NIfTI, MGH, DICOM ...);
     ``format`` names the reader. ``ids`` is each row's id in predictions.csv (default: the ``path``
     column). ``categorical`` lists columns the source declares categorical (BIDS ``Levels``).
     ``sources`` are the files whose content identifies the table (a run's data fingerprint, cache records). ``binary_only``:
-    every column is a 0/1 attribute (CelebA), so only binary heads apply.
+    every column is a 0/1 attribute (CelebA), so only binary heads apply. ``notes``: one line per reading
+    rule that applied (a text encoding fallback, decimal commas, the sheet read), for data info and the fit log.
     """
 
     path: Path
@@ -86,6 +94,7 @@ class SampleTable:
     root_dir: Path | None = None
     binary_only: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -165,10 +174,41 @@ def _numeric_array(values) -> bool:
     return isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.number)
 
 
+DECIMAL_COMMA = re.compile(r"[+-]?(\d+(,\d+)?|,\d+)([eE][+-]?\d+)?")
+
+
+def decimal_comma_columns(columns: dict[str, list[str]]) -> dict[str, str]:
+    """The columns (reserved ones aside) whose every present value is a number written with a decimal
+    comma, at least one of them with a comma (``63,5``), as a ``;`` or tab table from a European spreadsheet
+    holds them: their values are rewritten in place with a point; returned: {name: its first value
+    with a comma, as written}. A column mixing ``63,5`` and ``63.5`` is left as it is (and is an
+    error if used as a number)."""
+    out = {}
+    for name, values in columns.items():
+        if name in RESERVED or _numeric_array(values):
+            continue
+        present = [v for v in values if not is_missing(v)]
+        if any("," in v for v in present) and all(DECIMAL_COMMA.fullmatch(v) for v in present):
+            columns[name] = [v.replace(",", ".") for v in values]
+            out[name] = next(v for v in present if "," in v)
+    return out
+
+
+DATE = re.compile(r"(\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{4}|\d{1,2}/\d{1,2}/\d{2})"
+                  r"([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?")
+
+
+def is_date(value) -> bool:
+    """Whether a cell is written as a date (2021-03-04, 2021/03/04, 04.03.2021, 3/4/2021, 3/4/21), a time
+    of day allowed after it."""
+    return bool(DATE.fullmatch(str(value).strip()))
+
+
 def column_kind(table: SampleTable, name: str, categorical: Sequence[str] = ()) -> str:
-    """"numeric" or "categorical": declared categorical (by the config or the source), else numeric
-    unless no value parses as a number. A column where some values are numbers and others are not
-    is an error naming the first bad row."""
+    """"numeric", "categorical" or "date": declared categorical (by the config or the source), else
+    numeric unless no value parses as a number; a column of words every one of which is a date is
+    "date" (no covariate as it is: :meth:`CovariateEncoder.fit` refuses it). A column where some
+    values are numbers and others are not is an error naming the first bad row."""
     name = table.column(name)
     values = table.columns[name]
     if name.lower() in {c.lower() for c in (*categorical, *table.categorical)}:
@@ -178,12 +218,59 @@ def column_kind(table: SampleTable, name: str, categorical: Sequence[str] = ()) 
     present = [(i, v) for i, v in enumerate(values) if not is_missing(v)]
     numbers = [(i, v) for i, v in present if parse_number(v) is not None]
     if not numbers and present:
-        return "categorical"
+        return "date" if all(is_date(v) for _, v in present) else "categorical"
     for i, v in present:
         if parse_number(v) is None:
+            comma = " (numbers with a decimal comma are read as such only when every value of the column is one, " \
+                    "in a ';' or tab-separated table)" if DECIMAL_COMMA.fullmatch(str(v)) else ""
             raise UserError(f"{table.where(i)}: non-numeric value {v!r} in numeric column {name!r} "
-                            f"(fix the value, leave it empty for missing, or declare {name!r} in data.categorical)")
+                            f"(fix the value, leave it empty for missing, or declare {name!r} in data.categorical){comma}")
     return "numeric"
+
+
+def check_not_date(table: SampleTable, name: str, kind: str) -> None:
+    """A date column is no covariate as it is: one line saying how to make it one."""
+    if kind == "date":
+        example = next(v for v in table.columns[name] if not is_missing(v))
+        raise UserError(f"{table.path}: column {name!r} holds dates (e.g. {example!r}); a date is no covariate as it is: "
+                        f"convert it to a number in a new column (such as age at scan, or days since baseline), or "
+                        f"declare {name!r} in data.categorical to use each date as a level")
+
+
+def level_key(value) -> str:
+    """What makes two spellings one level of a category: case and surrounding spaces do not count."""
+    return str(value).strip().casefold()
+
+
+def merged_levels(values) -> dict[str, list[str]]:
+    """{level: its spellings} over the present ``values``: spellings with one :func:`level_key` are one level,
+    named by its most frequent spelling (a tie: the first in sorted order)."""
+    counts = Counter(str(v) for v in values if not is_missing(v))
+    groups: dict[str, list[str]] = {}
+    for spelling in sorted(counts):
+        groups.setdefault(level_key(spelling), []).append(spelling)
+    return {max(spellings, key=lambda s: counts[s]): spellings for spellings in groups.values()}
+
+
+def spelling_note(table: SampleTable, name: str) -> str | None:
+    """The one line saying which spellings of a categorical column became one level, or None."""
+    values = table.columns[name]
+    if _numeric_array(values):
+        return None
+    merged = {level: s for level, s in merged_levels(values).items() if len(s) > 1}
+    if not merged:
+        return None
+    return (f"{name}: spellings that differ only in case or surrounding spaces are one level: "
+            + "; ".join(f"{level} ({' = '.join(repr(v) for v in s)})" for level, s in merged.items()))
+
+
+def as_levels(spec: dict[str, Any], raw: Sequence[str]) -> list[str]:
+    """Each raw value of a categorical covariate as the level of ``spec`` it spells (:func:`level_key`), else
+    unchanged; runs from before spellings were merged (no ``fold`` in the spec) match exactly."""
+    if not spec.get("fold"):
+        return list(raw)
+    index = {level_key(level): level for level in spec["levels"]}
+    return [index.get(level_key(v), v) for v in raw]
 
 
 def check_numeric(table: SampleTable, name: str) -> None:
@@ -208,8 +295,9 @@ def numeric_values(table: SampleTable, name: str) -> np.ndarray:
 
 def describe_columns(table: SampleTable, categorical: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Per column, what ``covfuse data info`` shows: ``type`` (a reserved column's own name, else
-    :func:`column_kind`), ``missing`` (a count), and ``levels`` (value: count) of a categorical
-    column or ``min`` and ``max`` of a numeric one."""
+    :func:`column_kind`), ``missing`` (a count), and ``levels`` (level: count, spellings merged as
+    :func:`merged_levels` does, and ``merged``: level: spellings where that applied) of a categorical
+    column, ``min`` and ``max`` of a numeric one, ``distinct`` and an ``example`` of a date column."""
     out = {}
     for name in table.header:
         values = table.columns[name]
@@ -217,7 +305,13 @@ def describe_columns(table: SampleTable, categorical: Sequence[str] = ()) -> dic
         present = [v for v in values if not is_missing(v)]
         entry: dict[str, Any] = {"type": kind, "missing": len(values) - len(present)}
         if kind == "categorical":
-            entry["levels"] = dict(sorted(Counter(present).items()))
+            counts = Counter(str(v) for v in present)
+            merged = merged_levels(present)
+            entry["levels"] = {level: sum(counts[v] for v in merged[level]) for level in sorted(merged)}
+            if any(len(s) > 1 for s in merged.values()):
+                entry["merged"] = {level: s for level, s in merged.items() if len(s) > 1}
+        elif kind == "date":
+            entry.update({"distinct": len(set(present)), "example": str(present[0])})
         elif kind == "numeric":
             numbers = [float(v) for v in present]
             entry.update({"min": min(numbers), "max": max(numbers)} if numbers else {})
@@ -238,7 +332,8 @@ class CovariateEncoder:
 
     ``specs``: one dict per covariate: ``{"name", "kind": "numeric", "mean", "std", "missing"}``,
     ``{"name", "kind": "binary", "mean", "missing"}`` (a 0/1 column, kept 0/1; ``mean`` imputes) or
-    ``{"name", "kind": "categorical", "levels": [...], "missing"}``; ``missing`` says whether a
+    ``{"name", "kind": "categorical", "levels": [...], "missing", "fold"}`` (``fold``: a value matches its
+    level whatever its case and surrounding spaces, :func:`as_levels`); ``missing`` says whether a
     ``<name>_missing`` indicator column follows. Feature order: per covariate, its value (numeric,
     binary) or one column per level (``name=level``), then its indicator.
     """
@@ -253,6 +348,7 @@ class CovariateEncoder:
         for raw in names:
             name = table.column(raw)
             kind = column_kind(table, name, categorical)
+            check_not_date(table, name, kind)
             # Whether an indicator exists is decided from every row (a pattern, not a statistic),
             # so the feature layout is the same for every split.
             values_all = table.columns[name]
@@ -269,10 +365,13 @@ class CovariateEncoder:
                     specs.append({"name": name, "kind": kind, "mean": mean, "std": std if std > 0 else 1.0,
                                   "missing": has_missing})
             else:
-                levels = sorted({v for v in _strings(table, name, train_rows) if not is_missing(v)})
+                # the training split's levels, each named as the whole column spells it most (spelling_note's names)
+                trained = {level_key(v) for v in _strings(table, name, train_rows) if not is_missing(v)}
+                levels = sorted(level for level in merged_levels(_strings(table, name, np.arange(len(table))))
+                                if level_key(level) in trained)
                 if not levels:
                     raise UserError(f"{table.path}: covariate {name!r} has no value in the training split")
-                specs.append({"name": name, "kind": kind, "levels": levels, "missing": has_missing})
+                specs.append({"name": name, "kind": kind, "levels": levels, "missing": has_missing, "fold": True})
         return cls(specs)
 
     @property
@@ -308,7 +407,7 @@ class CovariateEncoder:
                 fill = s["mean"] if s["kind"] == "binary" else 0.0  # the training mean, in feature units
                 parts.append(np.where(missing, fill, z)[:, None])
             else:
-                raw = _strings(table, name, rows)
+                raw = as_levels(s, _strings(table, name, rows))
                 missing = np.asarray([is_missing(v) for v in raw], dtype=bool)
                 parts.append(np.asarray([[float(v == level) for level in s["levels"]] for v in raw]).reshape(len(rows), -1))
             if s["missing"]:
@@ -356,7 +455,7 @@ def check_covariate_values(table: SampleTable, encoder: CovariateEncoder, seen: 
                                     f"{name}_missing indicator); give a value")
                 continue
             if spec["kind"] == "categorical":
-                if value not in spec["levels"]:
+                if as_levels(spec, [value])[0] not in spec["levels"]:
                     _unseen(i, marks, extrapolate, f"{name}={value} (unseen level)",
                             f"{where(i)}: {name}={value} was never seen in training, which had {name} in "
                             f"{{{', '.join(spec['levels'])}}}; give one of those values (or pass --extrapolate to "
@@ -418,17 +517,18 @@ def encode_target(table: SampleTable, name: str, task: str = "classification",
         return numeric_values(table, name).astype(np.float32), []
     if classes:
         classes = [str(c) for c in classes]
-        for i, v in enumerate(raw):
-            if v not in classes:
-                raise UserError(f"{table.where(i)}: target value {v!r} is not one of data.classes {classes}")
-    else:
-        found = set(raw)
+    else:  # spellings differing in case or spaces are one class (merged_levels), as for a covariate
+        found = list(merged_levels(raw))
         numeric = all(parse_number(v) is not None for v in found)
         classes = sorted(found, key=(lambda v: float(v)) if numeric else None)
+    fold = len({level_key(c) for c in classes}) == len(classes)  # classes given as "M" and "m": exact match
+    index = {level_key(c) if fold else c: k for k, c in enumerate(classes)}
+    for i, v in enumerate(raw):
+        if (level_key(v) if fold else v) not in index:
+            raise UserError(f"{table.where(i)}: target value {v!r} is not one of data.classes {classes}")
     if len(classes) < 2:
         raise UserError(f"{table.path}: the target {name!r} has a single value {classes}; a classifier needs two or more")
-    index = {c: k for k, c in enumerate(classes)}
-    return np.asarray([index[v] for v in raw], dtype=np.float32), list(classes)
+    return np.asarray([index[level_key(v) if fold else v] for v in raw], dtype=np.float32), list(classes)
 
 
 # ---------------------------------------------------------------------------------- splits

@@ -17,7 +17,12 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from covfuse.studies.report import ASSUMPTIONS, _p, sd_text, settings_text, sig, survival_entry
+from covfuse.io import atomic_write_text
+from covfuse.studies.format import ci_text, p_text, sd_text, settings_text, sig
+from covfuse.studies.report import (
+    ALSO_TITLES, ASSUMPTIONS, CLINICAL_FIGURES, also_entry, also_names, clinical_figures, threshold_words,
+)
+from covfuse.studies.search import space_words
 from covfuse.studies.sweep import Study
 from covfuse.training.metrics import SUBGROUP_STATS
 
@@ -87,14 +92,6 @@ def _num(value, digits: int = 3) -> tuple[str, str]:
     return f"{value:.{digits}f}", repr(float(value))
 
 
-def _ci(lo_hi, digits: int = 3, sign: bool = False) -> str:
-    lo, hi = lo_hi or (None, None)
-    if lo is None:
-        return ""
-    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
-    return f" [{f.format(lo)}, {f.format(hi)}]"
-
-
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> str:
     """A sortable table; a cell is text, or (text, sort value) for numbers, or (text, sort value, css class)."""
     out = ['<div class="wrap"><table class="sortable">']
@@ -127,31 +124,31 @@ def _settings(settings: dict) -> str:
     return settings_text(settings) or "base config"
 
 
-def survival_table(report: dict) -> str:
-    """A survival report's C-index, IBS and td-AUC per cell with CIs and differences from the baseline ('' otherwise)."""
-    rows = report["rows"]
-    if not any(r.get("also") for r in rows):
+def also_table(report: dict) -> str:
+    """The report's other scores (:data:`covfuse.studies.report.ALSO`), one row per score and cell, with CIs,
+    differences from the baseline and Holm-adjusted p ('' when the report has none)."""
+    names = also_names(report)
+    if not names:
         return ""
     base = report["baseline"]
-    names = [report["metric"], *rows[0]["also"]]
     body = []
-    for r in rows:
-        cells: list = [r["setting"]]
-        for n in names:
-            e = survival_entry(report, r, n)
+    for n in names:
+        for r in report["rows"]:
+            e = also_entry(report, r, n)
             est, est_v = _num(e["estimate"])
-            cells.append((est + _ci(e["ci"]), est_v))
             if r["setting"] == base or e.get("difference") is None:
-                cells.append(("–", ""))
+                diff, p = ("–", ""), ("–", "")
             else:
-                cells.append((f"{e['difference']:+.3f}{_ci(e['difference_ci'], sign=True)}, p {_p(e.get('p_adjusted'))}",
-                              repr(float(e["difference"]))))
-        body.append(cells)
-    headers = ["setting"] + [h for n in names for h in (f"{n} [95% CI]", f"Δ{n} vs {base} [95% CI], p (Holm)")]
-    return ('<h2 id="survival">C-index, integrated Brier score and time-dependent AUC</h2>'
-            "<p>People resampled for every interval; higher C and td-AUC are better, a lower IBS is better; IBS and "
-            "td-AUC use each run's training-split Breslow baseline and censoring distribution (docs/survival.md).</p>"
-            + table(headers, body))
+                diff = (f"{e['difference']:+.3f}{ci_text(e['difference_ci'], sign=True)}", repr(float(e["difference"])))
+                adj = e.get("p_adjusted")
+                p = (p_text(adj), "" if adj is None else repr(float(adj)))
+            body.append([n, r["setting"], (est + ci_text(e["ci"]), est_v), diff, p])
+    title, reading = ALSO_TITLES[report.get("task", "binary")]
+    words = threshold_words(report)
+    return (f'<h2 id="also">{esc(title)}</h2><p>People resampled for every interval; p Holm-adjusted over the compared '
+            f"cells of that score. {_md(reading)}</p>"
+            + table(["score", "setting", "estimate [95% CI]", f"difference vs {base} [95% CI]", "p (Holm)"], body)
+            + (f"<p>{_md(words)}</p>" if words else ""))
 
 
 def render(report: dict, study: Study) -> str:
@@ -170,35 +167,35 @@ def render(report: dict, study: Study) -> str:
         mean, mean_v = _num(r["mean"])
         est, est_v = _num(r.get("estimate"))
         diff, diff_v = ("–", "") if is_base else _num(r["difference"])
-        p, p_v = ("–", "") if is_base else (_p(r["p_value"]), repr(float(r["p_value"])))
-        padj, padj_v = ("–", "") if is_base else (_p(r["p_adjusted"]), repr(float(r["p_adjusted"])))
+        p, p_v = ("–", "") if is_base else (p_text(r["p_value"]), repr(float(r["p_value"])))
+        padj, padj_v = ("–", "") if is_base else (p_text(r["p_adjusted"]), repr(float(r["p_adjusted"])))
         rows.append([r["setting"], (str(r["n_runs"]), str(r["n_runs"])), (f"{mean} ± {sd_text(r['sd'])}", mean_v),
-                     (est + _ci(r["ci"]), est_v), (diff if is_base else f"{r['difference']:+.3f}"
-                                                    + _ci(r["difference_ci"], sign=True), diff_v),
+                     (est + ci_text(r["ci"]), est_v), (diff if is_base else f"{r['difference']:+.3f}"
+                                                    + ci_text(r["difference_ci"], sign=True), diff_v),
                      (p, p_v), (padj, padj_v), r["verdict"] if r["verdict"] not in ("better", "worse")
                      else (r["verdict"], r["verdict"], r["verdict"])])
     parts.append('<h2 id="results">Results</h2>')
     parts.append(table(["setting", "runs", "mean ± sd", f"pooled {metric} [95% CI]", f"difference vs {base} [95% CI]",
                         "p", "p (Holm)", "verdict"], rows))
-    parts.append(survival_table(report))
+    parts.append(also_table(report))
     for name, caption in FIGURES[:2]:
         parts.append(_figure(root / "figures" / f"{name}.png", name, caption))
+    for name in clinical_figures(report):
+        parts.append(_figure(root / "figures" / f"{name}.png", name, CLINICAL_FIGURES[name]))
     tests = []
     for r in report["rows"]:
         if r["setting"] == base:
             continue
         st, mc = r.get("seed_test"), r.get("mcnemar_clustered")
-        across = "–" if not st or st.get("t") is None else f"{st['method']}: t = {st['t']:.2f}, p = {_p(st['p_value'])}"
-        tests.append([r["setting"], (_p(r["bootstrap_p"]), repr(float(r["bootstrap_p"]))), across,
-                      f"{mc['a_only']} / {mc['b_only']}, p = {_p(mc['p_value'])}" if mc else "–"])
+        across = "–" if not st or st.get("t") is None else f"{st['method']}: t = {st['t']:.2f}, p = {p_text(st['p_value'])}"
+        tests.append([r["setting"], (p_text(r["bootstrap_p"]), repr(float(r["bootstrap_p"]))), across,
+                      f"{mc['a_only']} / {mc['b_only']}, p = {p_text(mc['p_value'])}" if mc else "–"])
     if tests:
         parts += ['<h2 id="tests">Tests behind each row</h2>',
                   table(["setting", "bootstrap p", "across runs (method: t, p)", "clustered McNemar"], tests)]
     parts += ["<p>What each number assumes:</p><ul>", *[f"<li>{_md(a)}</li>" for a in ASSUMPTIONS], "</ul>"]
     search = report.get("search")
     if search:
-        from covfuse.studies.search import space_words
-
         parts += ['<h2 id="search">Search (equal budget per method)</h2>',
                   f"<p>Optuna {esc(search['sampler'])} (seed {esc(search['seed'])}), pruner {esc(search['pruner'])}; "
                   f"{esc(search['trials'])} trials per cell on the validation split ({esc(search['objective'])}, "
@@ -250,6 +247,4 @@ def page(title: str, body: str) -> str:
 
 def write_html(report: dict, study: Study) -> Path:
     """``<study>/report.html`` (call after :func:`covfuse.studies.report.write_report`, which draws the figures)."""
-    from covfuse.io import atomic_write_text
-
     return atomic_write_text(Path(study.study_dir) / "report.html", render(report, study))

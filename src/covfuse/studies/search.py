@@ -34,20 +34,23 @@ from typing import Any
 
 from covfuse.errors import RunInterrupted, UserError, brief
 from covfuse.io import atomic_write_text
-from covfuse.training import config as cfgmod
-from covfuse.training import tracking
-from covfuse.training.lock import Claim, folder_lock
+from covfuse.studies.format import md_escape, settings_text, sig
 from covfuse.studies.sweep import (
     Run, Study, again, busy_with, claim_path, end_parents, grown, mark_killed, parse_run, prepare_tracking, reap,
     run_one, say, take_dead, write_study,
 )
+from covfuse.training import config as cfgmod
+from covfuse.training import tracking
+from covfuse.training.lock import Claim, folder_lock
+from covfuse.training.tasks import MONITOR_SCORES, direction
 
 JOURNAL = "optuna.journal"
 SEARCH_LOCK = ".search.lock"  # held while a process claims its next trial, finds dead ones or writes search.json
 SUMMARY = "search.json"
 EVAL = ("valid",)
-OBJECTIVE = {"val/loss": ("loss", "minimize"), "val/acc": ("accuracy", "maximize"), "val/mae": ("mae", "minimize"),
-             "val/c_index": ("c_index", "maximize"), "val/ibs": ("ibs", "minimize")}
+OBJECTIVE = {monitor: (score, "minimize" if direction(score) == "min" else "maximize")
+             for monitor, score in MONITOR_SCORES.items()}
+"""Each monitor's objective: the metrics.json score of the valid split and Optuna's direction (covfuse.training.tasks)."""
 RETRY_OF = "retry_of"  # user attribute of a trial that repeats an interrupted one's settings
 INTERRUPTED = "interrupted"  # user attribute of a trial cut off by Ctrl-C, SIGTERM or a killed process
 MAX_ATTEMPTS = 3  # a cell stops with an error once failed trials push it past this many times its budget
@@ -115,7 +118,7 @@ def draw_seed(seed: int, ostudy) -> int:
     the journal. A sampler seeded once per process would replay its sequence after an interruption (the rerun's
     first draw would repeat trial 0); this way draw k has the same seed whether or not the search was cut off,
     and the sampler (TPE) still sees every trial already in the journal."""
-    from covfuse.training.resume import mix
+    from covfuse.training.resume import mix  # lazy: resume imports torch (report and status import this module)
 
     fresh = [t for t in ostudy.get_trials(deepcopy=False) if RETRY_OF not in t.user_attrs]
     return mix(seed, len(fresh)) % 2**32
@@ -146,7 +149,7 @@ def pruning_callback(trial, monitor: str):
     """A Lightning callback reporting the monitored validation metric after each validation; when the pruner
     says the trial is behind, the next epoch raises TrialPruned instead of starting (so that epoch's
     checkpoints and curve are kept, as evidence of why)."""
-    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.callbacks import Callback  # lazy: Lightning (report and status import this module)
 
     class Pruning(Callback):
         reason: str | None = None
@@ -253,7 +256,7 @@ def claim_trial(study: Study, cell: str, ostudy, space: dict, trials: int, seed:
 def run_trial(study: Study, cell: str, ostudy, trial, monitor: str) -> str:
     """Train one claimed trial (valid only), tell Optuna the result and the trackers how it ended; returns its
     state."""
-    from covfuse.training.run import fit_run
+    from covfuse.training.run import fit_run  # lazy: Lightning and torch (report and status import this module)
 
     o = optuna()
     run = trial_run(study, cell, trial.number, trial.params)
@@ -434,8 +437,6 @@ def read_summary(study: Study) -> dict | None:
 def space_words(space_text: dict[str, list]) -> str:
     """The search space in words, its numbers as written: ``optim.lr log-uniform from 1e-4 to 1e-2; optim.weight_decay
     one of 0, 0.01``."""
-    from covfuse.studies.report import sig
-
     parts = []
     for key, values in space_text.items():
         values = [values] if not isinstance(values, list) else values
@@ -452,8 +453,6 @@ def space_words(space_text: dict[str, list]) -> str:
 
 def markdown(summary: dict) -> list[str]:
     """The report's tuning table: each cell's budget, best settings and the spread of the valid score over trials."""
-    from covfuse.studies.report import md_escape, settings_text, sig
-
     lines = ["## Search (equal budget per method)", "",
              f"Optuna {summary['sampler']} (seed {summary['seed']}), pruner {summary['pruner']}, over "
              f"{md_escape(space_words(summary['space']))}; {summary['trials']} trials per cell on the validation split "

@@ -11,11 +11,12 @@ What each test assumes (the report repeats it):
   the same samples; uncertainty from the test sample only (the trained models are held fixed).
 - :func:`seed_test`: runs (seeds or folds) are independent replications; with ``n_train`` and
   ``n_test`` it applies the Nadeau–Bengio correction for the overlap of k-fold training sets.
-- :func:`mcnemar`: images independent (descriptive only for grouped data);
-  :func:`clustered_mcnemar` (Durkalski et al. 2003) lets the discordant pairs of one group correlate.
+- :func:`clustered_mcnemar` (Durkalski et al. 2003): groups independent of each other; the discordant
+  pairs of one group may correlate (with one sample per group it is McNemar's test).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -23,42 +24,49 @@ from scipy import stats as sps
 
 from covfuse.errors import UserError
 from covfuse.training.metrics import (
-    bootstrap_ci, bootstrap_interval, check_metric, cluster_codes, resample_weights, score_bounds, task_scores,
+    bootstrap_interval, check_metric, cluster_codes, resample_weights, score_bounds, task_scores,
 )
 
 __all__ = [
-    "cluster_bootstrap", "paired_cluster_bootstrap", "cluster_bootstrap_mean", "bootstrap_ci",
-    "paired_bootstrap", "seed_test", "holm", "mcnemar", "clustered_mcnemar", "align",
+    "cluster_bootstrap", "paired_cluster_bootstrap", "score_draws", "pooled_interval", "paired_difference",
+    "cluster_bootstrap_mean", "seed_test", "holm", "clustered_mcnemar",
 ]
 
 
-def align(ids_a, ids_b) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``(ia, ib)`` such that ``ids_a[ia] == ids_b[ib]``; both must hold the same ids."""
-    ids_a, ids_b = np.asarray(ids_a), np.asarray(ids_b)
-    if len(ids_a) != len(ids_b) or len(np.unique(ids_a)) != len(ids_a) or set(ids_a.tolist()) != set(ids_b.tolist()):
-        raise UserError("the two prediction sets do not hold the same samples; compare runs evaluated on the same split")
-    ia, ib = np.argsort(ids_a, kind="stable"), np.argsort(ids_b, kind="stable")
-    return ia, ib
-
-
-def _check(metric: str, task: str, labels, *probs) -> tuple[np.ndarray, list[np.ndarray]]:
-    check_metric(metric, task)
+def _check(metric: str | Sequence[str], task: str, labels, *probs) -> tuple[np.ndarray, list[np.ndarray]]:
+    for name in [metric] if isinstance(metric, str) else metric:
+        check_metric(name, task)
     y = np.asarray(labels).astype(bool) if task == "binary" else np.asarray(labels, dtype=np.float64)
-    out = [np.atleast_2d(np.asarray(p, dtype=np.float64)) for p in probs]
+    # (N,) or (R, N) per run; a multi-class run's outputs are class probabilities: (N, C) or (R, N, C)
+    per_run = 2 if task == "multiclass" else 1
+    out = [np.asarray(p, dtype=np.float64) for p in probs]
+    out = [p[None] if p.ndim == per_run else p for p in out]
     if len(y) == 0 or any(p.shape[1] != len(y) for p in out):
         raise UserError("labels and probabilities must be non-empty and equally long")
     return y, out
 
 
-def _mean_score(y: np.ndarray, runs: np.ndarray, metric: str, threshold: float, weights=None,
-                task: str = "binary", references=None) -> np.ndarray:
-    """``metric`` averaged over the rows of ``runs`` (R, N): one value, or one per weighting. A survival
-    run's row is scored against its own training-split reference (``references[r]``; its Breslow
-    baseline gives the IBS)."""
+def _thresholds(threshold, runs: np.ndarray) -> np.ndarray:
+    """One threshold per run and sample (R, N): a float, one per sample (N,), or one per run and sample."""
+    return np.broadcast_to(np.asarray(threshold, dtype=np.float64), runs.shape[:2])
+
+
+def _mean_scores(y: np.ndarray, runs: np.ndarray, names: Sequence[str], threshold, weights=None,
+                 task: str = "binary", references=None) -> dict[str, np.ndarray]:
+    """Each of ``names`` averaged over the rows of ``runs`` (R, N): one value, or one per weighting. Run r's
+    binary decisions use its own threshold (``threshold``: see :func:`_thresholds`); a survival run's row is
+    scored against its own training-split reference (``references[r]``; its Breslow baseline gives the IBS)."""
     refs = references if references is not None else [None] * len(runs)
     extra = (lambda r: {"reference": r}) if task == "survival" else (lambda r: {})  # noqa: E731
-    return np.mean([task_scores(task, y, p, weights=weights, threshold=threshold, auroc=metric == "auroc",
-                                **extra(ref))[metric] for p, ref in zip(runs, refs)], axis=0)
+    per_run = [task_scores(task, y, p, weights=weights, threshold=t, names=names, **extra(ref))
+               for p, t, ref in zip(runs, _thresholds(threshold, runs), refs)]
+    return {name: np.mean([s[name] for s in per_run], axis=0) for name in names}
+
+
+def _mean_score(y: np.ndarray, runs: np.ndarray, metric: str, threshold, weights=None,
+                task: str = "binary", references=None) -> np.ndarray:
+    """``metric`` averaged over the rows of ``runs`` (:func:`_mean_scores`)."""
+    return _mean_scores(y, runs, [metric], threshold, weights, task, references)[metric]
 
 
 def check_n_boot(n_boot) -> int:
@@ -85,13 +93,15 @@ def _difference_test(observed: float, draws: np.ndarray, clusters: int, level: f
 
 
 def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95, threshold: float = 0.5, task: str = "binary", references=None) -> dict:
+                      level: float = 0.95, threshold=0.5, task: str = "binary", references=None) -> dict:
     """``metric`` with a 95% CI that resamples whole groups (**contract**).
 
     ``probs`` is (N,) or (R, N): R runs (seeds) scored on the same samples, whose metric is averaged
     (each resample scores every run on the same groups). The interval is the bootstrap-SE t
     interval of :func:`covfuse.training.metrics.bootstrap_interval`. ``task`` ("binary", "multiclass",
-    "regression") says what ``probs`` holds: P(positive), the predicted class, the predicted value.
+    "regression") says what ``probs`` holds: P(positive), the class probabilities (N, C) or (R, N, C)
+    (or the predicted class), the predicted value. ``threshold``: a binary sample is positive at
+    ``probs >= threshold`` (a float, one per sample (N,) or per run and sample (R, N)).
     Returns ``{"estimate", "ci": [lo, hi], "clusters", "metric", "n_boot"}``.
     """
     n_boot = check_n_boot(n_boot)
@@ -107,22 +117,24 @@ def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot
 
 
 def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "accuracy", *, n_boot: int = 2000,
-                             seed: int = 0, level: float = 0.95, threshold: float = 0.5, task: str = "binary",
-                             references_a=None, references_b=None) -> dict:
+                             seed: int = 0, level: float = 0.95, threshold=0.5, task: str = "binary",
+                             references_a=None, references_b=None, threshold_b=None) -> dict:
     """Difference ``metric(a) - metric(b)`` on the same samples, resampling groups jointly for both
     models (**contract**): ``{"difference", "ci": [lo, hi], "p_value", "clusters", ...}``.
 
     ``probs_a``/``probs_b`` are (N,) or (R, N) (R runs each, e.g. seeds; metrics averaged over runs).
     Interval and two-sided p-value come from the bootstrap standard error (:func:`_difference_test`),
-    so the interval excludes zero exactly when p < 1 - level. ``task`` as in :func:`cluster_bootstrap`.
+    so the interval excludes zero exactly when p < 1 - level. ``task`` and ``threshold`` as in
+    :func:`cluster_bootstrap` (``threshold_b``: b's, when it differs from a's).
     """
     n_boot = check_n_boot(n_boot)
     y, (pa, pb) = _check(metric, task, labels, probs_a, probs_b)
+    tb = threshold if threshold_b is None else threshold_b
     codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
     observed = float(_mean_score(y, pa, metric, threshold, task=task, references=references_a)[0]
-                     - _mean_score(y, pb, metric, threshold, task=task, references=references_b)[0])
+                     - _mean_score(y, pb, metric, tb, task=task, references=references_b)[0])
     draws = np.concatenate([_mean_score(y, pa, metric, threshold, w, task, references_a)
-                            - _mean_score(y, pb, metric, threshold, w, task, references_b)
+                            - _mean_score(y, pb, metric, tb, w, task, references_b)
                             for w in resample_weights(codes, n_boot, seed)])
     clusters = int(codes.max()) + 1
     ci, p = _difference_test(observed, draws, clusters, level)
@@ -130,12 +142,43 @@ def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "ac
             "n_boot": int(np.isfinite(draws).sum())}
 
 
-def paired_bootstrap(labels, probs_a, probs_b, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
-                     threshold: float = 0.5) -> dict:
-    """Image-level paired bootstrap: :func:`paired_cluster_bootstrap` with one group per sample.
-    Only for data without groups; it understates the uncertainty when samples are grouped."""
-    return paired_cluster_bootstrap(labels, probs_a, probs_b, None, metric, n_boot=n_boot, seed=seed,
-                                    threshold=threshold)
+@dataclass
+class Draws:
+    """Several metrics of one cell (runs averaged) with their bootstrap draws, from :func:`score_draws`."""
+
+    estimate: dict[str, float]
+    draws: dict[str, np.ndarray]  # (n_boot,) per metric, resample b the same people for every cell
+    clusters: int
+
+
+def score_draws(labels, probs, groups, metrics: Sequence[str], *, n_boot: int = 2000, seed: int = 0,
+                threshold=0.5, task: str = "binary", references=None) -> Draws:
+    """Every metric of ``metrics`` on the same cluster-bootstrap resamples, scored once per resample: the
+    engine :func:`cluster_bootstrap` and :func:`paired_cluster_bootstrap` run metric by metric. Two cells
+    drawn with the same ``groups``, ``n_boot`` and ``seed`` share their resamples, so
+    :func:`paired_difference` of their draws is :func:`paired_cluster_bootstrap`'s answer."""
+    n_boot = check_n_boot(n_boot)
+    y, (p,) = _check(list(metrics), task, labels, probs)
+    codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
+    point = _mean_scores(y, p, metrics, threshold, task=task, references=references)
+    parts = [_mean_scores(y, p, metrics, threshold, w, task, references) for w in resample_weights(codes, n_boot, seed)]
+    return Draws({name: float(point[name][0]) for name in metrics},
+                 {name: np.concatenate([part[name] for part in parts]) for name in metrics}, int(codes.max()) + 1)
+
+
+def pooled_interval(d: Draws, metric: str, level: float = 0.95) -> dict:
+    """``{"estimate", "ci"}`` of one metric of :func:`score_draws` (as :func:`cluster_bootstrap` gives it)."""
+    return {"estimate": d.estimate[metric],
+            "ci": bootstrap_interval(d.estimate[metric], d.draws[metric], d.clusters, level,
+                                     bounds=score_bounds(metric))[0]}
+
+
+def paired_difference(a: Draws, b: Draws, metric: str, level: float = 0.95) -> dict:
+    """``{"difference", "ci", "p_value"}`` of ``metric(a) - metric(b)`` from two cells' draws on the same
+    resamples (as :func:`paired_cluster_bootstrap` gives it)."""
+    observed = a.estimate[metric] - b.estimate[metric]
+    ci, p = _difference_test(observed, a.draws[metric] - b.draws[metric], a.clusters, level)
+    return {"difference": observed, "ci": ci, "p_value": p}
 
 
 def cluster_bootstrap_mean(values, groups, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
@@ -189,30 +232,14 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(v) for v in out]
 
 
-def mcnemar(labels, probs_a, probs_b, *, threshold: float = 0.5) -> dict:
-    """Exact McNemar test on the discordant pairs: ``a_only`` right only for a, ``b_only`` only for b.
-
-    Assumes independent images: with grouped data read its counts as descriptive and use
-    :func:`clustered_mcnemar` or :func:`paired_cluster_bootstrap` for inference.
-    """
-    from scipy.stats import binomtest
-
-    y = np.asarray(labels).astype(bool)
-    right_a = (np.asarray(probs_a) >= threshold) == y
-    right_b = (np.asarray(probs_b) >= threshold) == y
-    a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    n = a_only + b_only
-    p = binomtest(a_only, n, 0.5).pvalue if n else 1.0
-    return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
-
-
-def clustered_mcnemar(labels, probs_a, probs_b, groups, *, threshold: float = 0.5) -> dict:
+def clustered_mcnemar(labels, probs_a, probs_b, groups, *, threshold=0.5, threshold_b=None) -> dict:
     """McNemar's test for clustered matched pairs (Durkalski et al., Stat Med 2003):
     ``X2 = (sum_k (b_k - c_k))^2 / sum_k (b_k - c_k)^2`` with b_k, c_k the discordant counts of
-    group k, chi-square with 1 df. With one sample per group it is McNemar's (b - c)^2 / (b + c)."""
+    group k, chi-square with 1 df. With one sample per group it is McNemar's (b - c)^2 / (b + c).
+    A sample is positive at ``probs >= threshold`` (a float or one per sample; ``threshold_b``: b's own)."""
     y = np.asarray(labels).astype(bool)
-    right_a = (np.asarray(probs_a) >= threshold) == y
-    right_b = (np.asarray(probs_b) >= threshold) == y
+    right_a = (np.asarray(probs_a) >= np.asarray(threshold)) == y
+    right_b = (np.asarray(probs_b) >= np.asarray(threshold if threshold_b is None else threshold_b)) == y
     codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
     g = int(codes.max()) + 1 if len(codes) else 0
     b = np.bincount(codes, weights=(right_a & ~right_b), minlength=g)

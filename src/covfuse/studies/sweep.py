@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import shlex
@@ -26,7 +27,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from covfuse.errors import RunInterrupted, UserError, brief
+from covfuse.errors import RunDiverged, RunInterrupted, UserError, brief, suggest
 from covfuse.io import atomic_write_text
 from covfuse.training import config as cfgmod
 from covfuse.training import tracking
@@ -246,8 +247,6 @@ def plan_study(*, name: str, configs: Sequence[str], runs_dir: str | Path = "run
     if baseline is None:
         baseline = section.get("baseline") or next(iter(study_cells))
     if baseline not in study_cells:
-        from covfuse.errors import suggest
-
         raise UserError(f"baseline {baseline!r} is not a cell of this study{suggest(baseline, study_cells)}; "
                         f"cells: {', '.join(study_cells)}")
 
@@ -319,7 +318,8 @@ RUNTIME_KEYS = ("name", "runs_dir", "bootstrap", "data.num_workers", "data.cache
                 "trainer.accelerator", "trainer.progress", "trainer.progress_every", "trainer.summary")
 
 
-def _flat(mapping: dict) -> dict[str, Any]:
+def dotted_config(mapping: dict) -> dict[str, Any]:
+    """A run config mapping with its sections' keys dotted: ``{"data": {"root": x}}`` -> ``{"data.root": x}``."""
     out = {}
     for key, value in mapping.items():
         if isinstance(value, dict) and key in ("data", "model", "optim", "trainer"):
@@ -340,10 +340,10 @@ def changed_settings(run_dir: Path, config: cfgmod.RunConfig) -> dict[str, tuple
         saved = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         saved = None
-    new = _flat(cfgmod.to_dict(config))
+    new = dotted_config(cfgmod.to_dict(config))
     if not isinstance(saved, dict):
         return {"config.yaml": ("unreadable", "this study's settings")}
-    old, defaults = _flat(saved), _flat(cfgmod.to_dict(cfgmod.RunConfig()))
+    old, defaults = dotted_config(saved), dotted_config(cfgmod.to_dict(cfgmod.RunConfig()))
     if old.get("data.root") and new.get("data.root") and os.path.isabs(str(old["data.root"])):
         # a run records data.root absolute: the same place given relative is no change
         new["data.root"] = os.path.abspath(str(new["data.root"]))
@@ -543,8 +543,6 @@ def prepare_tracking(study: Study, runs: Sequence[Run]) -> None:
     """Create what the trackers of ``runs`` share with other processes (MLflow's store and experiment, the study's
     and cells' runs) once, under their locks, before any of them starts. A store that cannot be opened now only
     warns: each run opens it again (under the same lock) and fails on its own, as the study's failures say."""
-    import logging
-
     try:
         for run in {r.cell: r for r in reversed(list(runs))}.values():  # the first run of each cell
             tracking.prepare(study.run_config(run), _context(study, run))
@@ -612,8 +610,8 @@ def _where(study: Study, run: Run) -> str:
 def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
     """Claim one run, then train, resume or skip it as :func:`assess` says, and say how it ended in its trackers.
     Returns what was done."""
-    from covfuse.training.results import summary
-    from covfuse.training.run import fit_run
+    from covfuse.training.results import summary  # lazy: torch and Lightning (report and status import sweep)
+    from covfuse.training.run import fit_run  # lazy: torch and Lightning (report and status import sweep)
 
     where = _where(study, run)
     try:
@@ -684,10 +682,6 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
     An interrupt (Ctrl-C, SIGTERM) stops the study after the current run saved its checkpoint; the
     same command continues it.
     """
-    import logging
-
-    from covfuse.errors import RunDiverged
-
     study, actions = prepare_study(study, overwrite=overwrite, task=task, other=other)
     if task is None or not (Path(study.study_dir) / STUDY_FILE).is_file():
         write_study(study)

@@ -7,13 +7,17 @@ to ``runs/<name>/config.yaml`` and is enough to rebuild the run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
 from covfuse.errors import UserError, suggest
+from covfuse.training.clinical import parse_threshold
 from covfuse.training.tasks import MONITORS, TASKS, task_of
 
 CovariatesMode = Literal["real", "zeros", "ones", "shuffled"]
@@ -28,7 +32,7 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        root: The data: a manifest CSV/TSV (2D images or NIfTI volumes), a BIDS folder, or a CelebA folder (docs/data.md).
+        root: The data: a manifest CSV/TSV/.xlsx (2D images, or volumes: NIfTI, MGH, Analyze, DICOM series), a BIDS folder, or a CelebA folder (docs/data.md).
         target: Column (CelebA attribute) to predict, by name (survival head: the time column).
         covariates: Columns fed to the model as per-sample covariates, by name ([Young, Male] or Young,Male).
         image_size: Side of the square model input, in pixels.
@@ -52,6 +56,9 @@ class DataConfig:
         event: Survival head: the 0/1 column saying whether the event was observed (1) or data.target's time is censored (0).
         eval_times: Survival head: the evaluation grid (times in data.target's unit) for survival.csv's S@<t> columns, td_auc, the integrated Brier score and calibration, e.g. [1,2,3] or 1,2,3; None: the 25/50/75th percentiles of the training split's event times.
         nonfinite: Volumes: what NaN/Inf voxels become (SPM/FSL mask the background with NaN): zero (set to 0 before normalisation, counted in the log) or refuse (stop, naming the first file).
+        series: Volumes: the DICOM series to read where a folder holds several, by SeriesInstanceUID or SeriesDescription (None: a folder must hold one series; docs/volumes.md).
+        volume_index: Volumes: which volume of a 4-D file (NIfTI, MGH) to read, 0 the first, -1 the last (None: 4-D files are refused).
+        sheet: An .xlsx manifest's sheet to read, by name (None: the first sheet).
     """
 
     root: str = ""
@@ -78,6 +85,9 @@ class DataConfig:
     event: Optional[str] = None
     eval_times: Union[list[float], str, None] = None  # "1,2,3" as predict --times takes it, or [1,2,3]
     nonfinite: Literal["zero", "refuse"] = "zero"
+    series: Optional[str] = None
+    volume_index: Optional[int] = None
+    sheet: Optional[str] = None
 
 
 @dataclass
@@ -183,13 +193,15 @@ class TrainerConfig:
 
 @dataclass
 class MetricsConfig:
-    """How metrics.json scores a run (survival head; docs/survival.md).
+    """How metrics.json scores a run (docs/training.md; survival: docs/survival.md).
 
     Args:
-        tau: Uno's C is truncated at this time (data.target's unit); None: the 80th percentile of the training split's times, one tau for every split (and every run of a study on the same splits).
+        tau: Survival head: Uno's C is truncated at this time (data.target's unit); None: the 80th percentile of the training split's times, one tau for every split (and every run of a study on the same splits).
+        threshold: Binary heads: the decision threshold of accuracy, F1, sensitivity, specificity, PPV and NPV (positive at P >= threshold) and of covfuse predict: a probability such as 0.5, or chosen on the valid split before test is scored: youden (max sensitivity + specificity - 1), sensitivity=0.9 (the highest threshold with that sensitivity) or specificity=0.9 (the lowest with that specificity).
     """
 
     tau: Optional[float] = None
+    threshold: Union[float, str] = 0.5
 
 
 @dataclass
@@ -200,7 +212,7 @@ class RunConfig:
         name: Run name; the run folder is <runs_dir>/<name>.
         runs_dir: Folder holding run folders.
         seed: Seed for weights, shuffling, augmentation, shuffled covariates and bootstrap.
-        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest), val/acc (highest; classification), val/mae (lowest; regression), val/c_index (highest; survival) or val/ibs (lowest; survival); None: val/loss, or val/c_index for a survival head (a batch's Cox loss depends on who shares the batch).
+        monitor: Metric that picks checkpoints/best.ckpt: val/loss (lowest), val/acc (highest; classification), val/brier (lowest; classification), val/mae (lowest; regression), val/c_index (highest; survival) or val/ibs (lowest; survival); None: val/loss, or val/c_index for a survival head (a batch's Cox loss depends on who shares the batch).
         bootstrap: Bootstrap resamples for the 95% CIs in metrics.json (0: no intervals).
         bootstrap_unit: What the bootstrap resamples: group (the person: CelebA identity, MRI subject; images of one person are not independent) or image (only for data without repeated people).
     """
@@ -229,6 +241,16 @@ def parser(prog: str = "covfuse fit", description: str | None = None):
     p = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
     p.add_argument("--config", action="config", help="YAML file of overrides (may be given more than once)")
     p.add_class_arguments(RunConfig, nested_key=None, as_group=False)
+    return p
+
+
+@functools.lru_cache(maxsize=8)
+def _parser_with(prog: str, extra=None):
+    """:func:`parser` plus the flags ``extra(parser)`` adds, built once per (prog, extra): building it takes
+    ~0.1 s, parsing with it a fiftieth of that, and a study parses one config per run."""
+    p = parser(prog)
+    if extra is not None:
+        extra(p)
     return p
 
 
@@ -330,11 +352,11 @@ def parse(argv: list[str], extra=None, prog: str = "covfuse fit") -> tuple[RunCo
     Before jsonargparse sees them, flags are normalised (dashes accepted, unknown ones named with a
     suggestion) and every ``--config`` file is checked for unknown keys (naming the file).
     """
-    p = parser(prog)
-    if extra is not None:
-        extra(p)
-    known = {a.dest for a in p._actions if a.dest} | set(config_keys()) | {"help", "config", "print_config"}
-    known |= set(_NESTED_NAMES)
+    if extra is None:
+        p, known = _plain_parser(prog)  # built once: a sweep plans hundreds of runs with it
+    else:
+        p = _parser_with(prog, extra)
+        known = _known_flags(p)
     argv = normalise_flags(list(argv), known)
     counts: dict[str, int] = {}
     for file in _config_files(argv):
@@ -342,8 +364,8 @@ def parse(argv: list[str], extra=None, prog: str = "covfuse fit") -> tuple[RunCo
     counts.update(_integer_flags(argv))
     try:
         values = p.parse_args(argv).clone(with_meta=False).as_dict()
-    except Exception as exc:  # jsonargparse raises ArgumentError/TypeError/ValueError with a readable message
-        raise UserError(" ".join(str(exc).split())) from None
+    except Exception as exc:  # jsonargparse's ArgumentError/TypeError/ValueError: one line of ours
+        raise parse_error(exc, argv, prog) from None
     for key, value in counts.items():  # "1" means one batch, not 100% (jsonargparse reads 1.0 once Lightning is loaded)
         section, name = key.split(".")
         if isinstance(values.get(section), dict) and values[section].get(name) == value:
@@ -354,6 +376,172 @@ def parse(argv: list[str], extra=None, prog: str = "covfuse fit") -> tuple[RunCo
 
 
 _CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+# -- a value of the wrong type: one line naming the option, the value and what it takes --------------
+def parse_error(exc: BaseException, argv: Sequence[str], prog: str = "covfuse fit") -> UserError:
+    """jsonargparse's complaint about ``argv`` (or a ``--config`` file in it) as one line of covfuse's: the
+    option, the value given (and the file that gave it), what the key takes and an example, never
+    jsonargparse's dump of Union subtypes."""
+    text = " ".join(str(exc).split())
+    found = re.search(r'Parser key "([^"]+)"', text)
+    key = found.group(1) if found else None
+    if key in _NESTED_NAMES:
+        value, file = _given(key, argv)
+        first = dataclasses.fields(_NESTED[(RunConfig, key)])[0].name
+        return UserError(f"{f'{file}: {key}: ' if file else f'--{key} '}{value}: not a section of {key} keys; give "
+                         f"them one by one (e.g. --{key}.{first} ...) or in a config file under `{key}:`")
+    fields = field_types()
+    if key not in fields:  # not a type error (an unknown or incomplete flag): jsonargparse's line, without dumps
+        return UserError(re.split(r" (?:Subtypes|Errors|Given value type):", text)[0] + f"; see `{prog} --help`"
+                         if "Union" in text else text)
+    hint, default = fields[key]
+    value, file = _given(key, argv)
+    advice = f"{key} takes {allowed(hint)}"
+    quote = _quote_hint(key, hint, value, file)
+    if file:
+        section, _, name = key.rpartition(".")
+        spelled = f"{name}: {example(hint, default)} under {section}:" if section else f"{key}: {example(hint, default)}"
+        return UserError(f"{file}: {key}: {value} is not allowed; {advice} (e.g. {spelled})" + quote)
+    return UserError(f"--{key} {value}: {advice}, e.g. --{key} {example(hint, default)}" + quote)
+
+
+@functools.lru_cache(maxsize=1)
+def field_types() -> dict[str, tuple[Any, Any]]:
+    """Each dotted config key's type (resolved) and default: what its values must be."""
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def walk(cls, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            sub = _NESTED.get((cls, f.name))
+            if sub is not None:
+                walk(sub, f"{f.name}.")
+            else:
+                out[prefix + f.name] = (hints[f.name], getattr(defaults, f.name))
+
+    walk(RunConfig, "")
+    return out
+
+
+def allowed(hint) -> str:
+    """What a config key of type ``hint`` takes, in words (``one of adam, adamw, sgd``, ``an integer or null``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(_words(hint))
+    if origin is Union:
+        if int in args and float in args:  # an integer is a number too
+            args = tuple(a for a in args if a is not int)
+        words = [w for a in args if a is bool or typing.get_origin(a) is Literal for w in _words(a)]
+        kinds = [allowed(a) for a in args if a is not bool and typing.get_origin(a) is not Literal and a is not type(None)]
+        words += ["null"] if type(None) in args else []
+        if len(words) > 1 or not kinds:
+            words = ["one of " + ", ".join(words)] if len(words) > 1 else words
+        parts = kinds + words
+        return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0]
+    if origin in (list, tuple, Sequence):
+        return f"a list of {_plural(args[0]) if args else 'values'} such as {_list_example(args[0] if args else str)}"
+    if origin is dict or hint is dict:
+        return "a mapping such as {key: value}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(hint, "any value")
+
+
+def _words(hint) -> list[str]:
+    """The values a bool or a Literal type takes, as a flag spells them."""
+    values = (True, False) if hint is bool else typing.get_args(hint)
+    return [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+
+
+def _plural(hint) -> str:
+    return {int: "integers", float: "numbers", str: "names"}.get(hint, "values")
+
+
+def _list_example(hint) -> str:
+    return {int: "[0,1]", float: "[1,2.5]"}.get(hint, "[a,b]")
+
+
+def example(hint, default) -> str:
+    """A value a key of type ``hint`` takes, as a flag spells it: its default where that says something."""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, (int, float, str)) and default != "" and not isinstance(default, (list, dict)):
+        return str(default)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return str(args[0])
+    if origin is Union:
+        return example(next(a for a in args if a is not type(None)), None)
+    if origin in (list, tuple, Sequence):
+        return _list_example(args[0] if args else str)
+    if origin is dict or hint is dict:
+        return "'{key: value}'"
+    return {int: "3", float: "0.5", bool: "true", str: "name"}.get(hint, "...")
+
+
+def _given(key: str, argv: Sequence[str]) -> tuple[str, str | None]:
+    """(the value ``key`` was given, as typed; the config file that gave it, or None for a flag): the last one wins,
+    as in jsonargparse (flags after the files that they override)."""
+    import yaml
+
+    value, file = None, None
+    for i, token in enumerate(argv):
+        if token in (f"--{key}", "--config") and i + 1 < len(argv):
+            given = argv[i + 1]
+        elif token.startswith((f"--{key}=", "--config=")):
+            given = token.split("=", 1)[1]
+        else:
+            continue
+        if token.startswith(f"--{key}"):
+            value, file = given, None
+            continue
+        try:
+            data = yaml.safe_load(Path(given).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        for part in key.split("."):
+            data = data.get(part, _ABSENT) if isinstance(data, dict) else _ABSENT
+        if data is not _ABSENT:
+            value, file = yaml.safe_dump(data, default_flow_style=True, width=1000).strip().removesuffix("\n..."), given
+    return ("(none)" if value is None else str(value)), file
+
+
+_ABSENT = object()
+
+
+def _quote_hint(key: str, hint, value: str, file: str | None) -> str:
+    """For a list of names given numbers or yes/no (YAML reads those as numbers and booleans): how to quote them."""
+    import yaml
+
+    names = [a for a in typing.get_args(hint) if typing.get_origin(a) is list and typing.get_args(a) == (str,)]
+    if not names and not (typing.get_origin(hint) is list and typing.get_args(hint) == (str,)):
+        return ""
+    try:
+        items = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return ""
+    if not isinstance(items, list) or all(isinstance(v, str) for v in items):
+        return ""
+    words = [w.strip().strip("'\"") for w in value.strip().strip("[]").split(",")]
+    quoted = "[" + ",".join(f'"{w}"' for w in words) + "]"
+    spelled = f"{key.rpartition('.')[2]}: {quoted}" if file else f"--{key} '{quoted}'"
+    return f"; numbers and yes/no are read as numbers and booleans: quote them, e.g. {spelled}"
+
+
+def _known_flags(p) -> set[str]:
+    """Every flag name ``p`` accepts, as :func:`normalise_flags` checks them."""
+    known = {a.dest for a in p._actions if a.dest} | set(config_keys()) | {"help", "config", "print_config"}
+    return known | set(_NESTED_NAMES)
+
+
+@functools.lru_cache(maxsize=4)
+def _plain_parser(prog: str):
+    """(parser, known flags) of :func:`parse` without extra flags, built once per ``prog`` (building it
+    takes ~0.05 s; parsing with it leaves it unchanged)."""
+    p = parser(prog)
+    return p, _known_flags(p)
 
 
 def from_dict(values: dict) -> RunConfig:
@@ -482,6 +670,11 @@ def check(config: RunConfig) -> RunConfig:
          "times >= 0 in data.target's unit (e.g. --data.eval_times [1,2,3])", d.eval_times)
     need(config.metrics.tau is None or config.metrics.tau > 0, "metrics.tau", "a time > 0 (e.g. --metrics.tau 4)",
          config.metrics.tau)
+    rule = parse_threshold(config.metrics.threshold)
+    if rule != ("fixed", 0.5) and task.name != "binary":
+        raise UserError(f"metrics.threshold is for binary heads (binary, two-class); head {config.model.head} "
+                        f"{'predicts the most probable class' if task.per_class else 'has no decision threshold'} "
+                        "(drop metrics.threshold)")
     if d.event and not survival:
         raise UserError(f"data.event {d.event} is for model.head survival; head {config.model.head} does not use it "
                         "(drop data.event, or set --model.head survival)")

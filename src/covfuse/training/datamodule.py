@@ -93,6 +93,7 @@ class CovfuseDataModule(L.LightningDataModule):
         self.skipped: list[str] = []  # files left out by skip_corrupt
         self.nonfinite: tuple[int, int] = (0, 0)  # (files, voxels) with NaN/Inf set to 0 (data.nonfinite zero)
         self.train_collate = self.eval_collate = None  # the loaders' collate_fn, as the table's kind needs (_validate)
+        self.cache = None  # the cache setup opened, if any
 
     # -- preparation -----------------------------------------------------------------------
     def _root(self) -> str:
@@ -102,7 +103,7 @@ class CovfuseDataModule(L.LightningDataModule):
         return samples.settings(self.cfg)
 
     def read_table(self):
-        return readers.read_table(self._root())
+        return readers.read_table(self._root(), sheet=self.cfg.sheet)
 
     def _run_table(self):
         """The table; for a run's data (a saved state), data.root must still hold it: a root that is gone
@@ -144,11 +145,12 @@ class CovfuseDataModule(L.LightningDataModule):
         cfg, table, labels, real = self.cfg, self.table, self.labels, self.covariates_real
         settings = self.settings()
         cache = None if cfg.cache == "off" else samples.open_cache(table, settings, cfg.cache_dir)
+        self.cache = cache
         if cache is None:
             self._check_files(table)
         # files read as training goes, or a cache that holds them zeroed: count what data.nonfinite covers now
         rows = np.concatenate([self.indices[s] for s in SPLITS])
-        self.nonfinite = samples.check_nonfinite(table, rows, cfg.nonfinite, cache)
+        self.nonfinite = samples.check_nonfinite(table, rows, cfg.nonfinite, cache, settings)
         feeds = {}
         for offset, split in enumerate(SPLITS):
             idx = self.indices[split]
@@ -212,7 +214,7 @@ class CovfuseDataModule(L.LightningDataModule):
 
     def _check_files(self, table) -> None:
         rows = np.concatenate([self.indices[s] for s in SPLITS])
-        bad = samples.check_files(table, rows, self.cfg.skip_corrupt)
+        bad = samples.check_files(table, rows, self.cfg.skip_corrupt, self.settings())
         if bad:
             keep = {s: np.array([r for r in idx if str(table.files[int(r)]) not in bad], dtype=np.int64)
                     for s, idx in self.indices.items()}
@@ -255,6 +257,14 @@ class CovfuseDataModule(L.LightningDataModule):
                 if len(np.unique(values[np.isfinite(values)])) == 1:
                     out.append(spec["name"])
         return out
+
+    def notes(self) -> list[str]:
+        """The rules that applied in reading the data, one line each (the fit log says them): see
+        :func:`covfuse.data.samples.reading_notes`; merged spellings for a class target and categorical covariates."""
+        columns = [s["name"] for s in self.encoder.specs if s["kind"] == "categorical"]
+        if self.classes and self.head != "survival":
+            columns.insert(0, self.target_name)
+        return samples.reading_notes(self.table, [self.table.column(c) for c in columns], self.cache)
 
     def covariate_values(self, rows: np.ndarray) -> dict[str, list[str]]:
         """{covariate: its value per row as the table has it ("" where missing)}."""

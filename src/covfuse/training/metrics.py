@@ -7,13 +7,15 @@ batch lacks a group id and give AUROC 0.0 for single-class groups (docs/architec
 
 The scores are written by hand on (B, N) arrays because the bootstrap needs them for B resamples at
 once: sklearn, called once per resample, is ~100x slower. ``tests/training/test_metrics.py`` checks every
-score against sklearn on fixed predictions.
+score against sklearn on fixed predictions; the calibration, precision-recall and net-benefit scores
+live in :mod:`covfuse.training.clinical` (checked against sklearn and statsmodels).
 """
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Mapping, Sequence
+import warnings
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -23,14 +25,25 @@ from scipy.stats import t as t_dist
 from covfuse.data.groups import Grouping, as_groupings
 from covfuse.errors import UserError, suggest
 from covfuse.survival.estimators import weight_rows
+from covfuse.training import clinical
 from covfuse.training.survival_reference import survival_details, survival_scores
 
-SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")
+THRESHOLD_SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "sensitivity", "specificity", "ppv", "npv")
+"""The binary scores that depend on the decision threshold (``metrics.threshold``; metrics.json's ``threshold``)."""
+
+CLINICAL_SCORES = ("auprc", "brier", "calibration_intercept", "calibration_slope", "ece", "sensitivity",
+                   "specificity", "ppv", "npv")
+"""Calibration, precision-recall and the threshold's sensitivity, specificity, PPV and NPV (:mod:`covfuse.training.clinical`)."""
+
+SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc", *CLINICAL_SCORES)
 """The scores reported for every split of a binary run, each with a ``<name>_ci`` interval."""
+
+MULTICLASS_PROBABILITY_SCORES = ("auprc", "brier", "ece")
+"""The multi-class scores read from the class probabilities (one-vs-rest AUPRC, multi-class Brier, top-class ECE)."""
 
 TASK_SCORES: dict[str, tuple[str, ...]] = {
     "binary": SCORES,
-    "multiclass": ("accuracy", "balanced_accuracy", "f1_macro"),
+    "multiclass": ("accuracy", "balanced_accuracy", "f1_macro", *MULTICLASS_PROBABILITY_SCORES),
     "regression": ("mae", "rmse", "r2"),
     "survival": ("c_index", "uno_c", "ibs", "td_auc"),
 }
@@ -41,9 +54,8 @@ labels (:mod:`covfuse.survival.scores`)."""
 PRIMARY = {"binary": "accuracy", "multiclass": "balanced_accuracy", "regression": "mae", "survival": "c_index"}
 """The score a task's summaries and reports use unless told otherwise."""
 
-LOWER_IS_BETTER = frozenset({"mae", "rmse", "ibs"})
-
-_BOUNDS = {"mae": (0.0, math.inf), "rmse": (0.0, math.inf), "r2": (-math.inf, 1.0)}
+_BOUNDS = {"mae": (0.0, math.inf), "rmse": (0.0, math.inf), "r2": (-math.inf, 1.0), "brier": (0.0, 2.0),
+           "calibration_intercept": (-math.inf, math.inf), "calibration_slope": (-math.inf, math.inf)}
 
 
 def score_bounds(name: str) -> tuple[float, float]:
@@ -66,17 +78,19 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
-           weights: np.ndarray | None = None, auroc: bool = True) -> dict[str, np.ndarray]:
+def scores(labels: np.ndarray, probs: np.ndarray, threshold: float | np.ndarray = 0.5,
+           weights: np.ndarray | None = None, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """Every score for each row of ``labels``/``probs`` (shape (B, N) or (N,)); one value per row.
 
     With ``weights`` (B, N) (how often each sample occurs in each of B resamples), ``labels`` and
     ``probs`` are one (N,) set of predictions and row b is scored as if sample i occurred
     ``weights[b, i]`` times: the bootstrap scores every resample without copying the samples.
+    A sample is positive at ``probs >= threshold`` (one threshold, or one per sample (N,)).
     Conventions follow sklearn: F1 is 0 when it is undefined (no predicted and no true positives),
     balanced accuracy averages the recalls of the classes present, AUROC (ties averaged, as the
-    Mann-Whitney U) is NaN when only one class occurs. ``auroc=False`` skips the one costly score
-    (it is then NaN) when a bootstrap needs only the others.
+    Mann-Whitney U) is NaN when only one class occurs, as are PPV / NPV without predicted positives /
+    negatives. ``names``: the scores wanted (default: all); the costly ones not named (AUROC, AUPRC,
+    ECE, the calibration fits) are skipped and NaN, as when a bootstrap needs only the others.
     """
     if weights is not None:
         y = np.asarray(labels).astype(bool).reshape(1, -1)
@@ -86,7 +100,8 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
         y = np.atleast_2d(np.asarray(labels)).astype(bool)
         p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
         w = np.ones(y.shape)
-    pred = p >= threshold
+    want = set(SCORES if names is None else names)
+    pred = p >= np.asarray(threshold, dtype=np.float64)
     tp = (w * (pred & y)).sum(1)
     fp = (w * (pred & ~y)).sum(1)
     fn = (w * (~pred & y)).sum(1)
@@ -97,13 +112,17 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
     f1_neg = np.nan_to_num(_safe_div(2 * tn, 2 * tn + fn + fp), nan=0.0)
     with np.errstate(invalid="ignore"):
         balanced = np.nanmean(np.stack([tpr, tnr]), axis=0) if y.shape[1] else np.full(len(tp), np.nan)
-    if not auroc:
+    if "auroc" not in want:
         u = np.full(len(tp), np.nan)
     elif weights is not None:
         u = _weighted_mann_whitney(y[0], p[0], w)
     else:
         ranks = rankdata(p, axis=1)  # average ranks for ties, as the Mann-Whitney U needs
         u = (ranks * y).sum(1) - pos * (pos + 1) / 2
+    costly = {"auprc": clinical.average_precision, "ece": clinical.ece,
+              "calibration_intercept": clinical.calibration_intercept, "calibration_slope": clinical.calibration_slope}
+    extra = {name: _rows(fn, y, p, w if weights is not None else None) if name in want else np.full(len(tp), np.nan)
+             for name, fn in costly.items()}
     return {
         "accuracy": _safe_div(tp + tn, pos + neg),
         "balanced_accuracy": balanced,
@@ -112,20 +131,40 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
         "auroc": _safe_div(u, pos * neg),
         "tpr": tpr,
         "fpr": _safe_div(fp, neg),
+        "sensitivity": tpr,
+        "specificity": tnr,
+        "ppv": _safe_div(tp, tp + fp),
+        "npv": _safe_div(tn, tn + fn),
+        "brier": _safe_div((w * (p - y) ** 2).sum(1), w.sum(1)),
+        **extra,
     }
 
 
+def _rows(score, y: np.ndarray, p: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """A :mod:`covfuse.training.clinical` score (one prediction set, B weightings) of each weighting ``w``
+    of ``y[0]``/``p[0]``; without weights, of each row of ``y``/``p`` on its own."""
+    if w is not None:
+        return score(y[0], p[0], w)
+    return np.concatenate([score(yy, pp, np.ones((1, len(yy)))) for yy, pp in zip(y, p)]) if len(y) else np.zeros(0)
+
+
 def multiclass_scores(labels: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None,
-                      num_classes: int | None = None) -> dict[str, np.ndarray]:
-    """Accuracy, balanced accuracy and macro-F1 of predicted class indices (N,), one value per row of
-    ``weights`` (B, N) (see :func:`scores`; None: one unweighted row).
+                      num_classes: int | None = None, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 of the predicted classes, one value per row of ``weights``
+    (B, N) (see :func:`scores`; None: one unweighted row). ``predicted`` holds class probabilities (N, C)
+    (the predicted class is the most probable; AUPRC, Brier and ECE are read from the probabilities) or
+    class indices (N,) (those three are then NaN). ``names`` as in :func:`scores`.
 
     Conventions follow sklearn: balanced accuracy averages the recall of the classes that occur in
     ``labels``; macro-F1 averages F1 over the classes that occur in ``labels`` or ``predicted``.
-    One weighted confusion matrix per row gives all three.
+    One weighted confusion matrix per row gives all three. AUPRC is the mean over the classes that
+    occur of each class's average precision against the rest; ECE is the top class's
+    (:mod:`covfuse.training.clinical`).
     """
+    want = set(TASK_SCORES["multiclass"] if names is None else names)
     y = np.asarray(labels).astype(np.int64).reshape(-1)
-    p = np.asarray(predicted).astype(np.int64).reshape(-1)
+    probs = np.asarray(predicted, dtype=np.float64)
+    p = (probs.argmax(1) if probs.ndim == 2 else probs).astype(np.int64).reshape(-1)
     c = int(num_classes or (max(int(y.max(initial=0)), int(p.max(initial=0))) + 1))
     w = weight_rows(len(y), weights)
     cell = csr_matrix((np.ones(len(y)), (np.arange(len(y)), y * c + p)), shape=(len(y), c * c))
@@ -137,7 +176,20 @@ def multiclass_scores(labels: np.ndarray, predicted: np.ndarray, weights: np.nda
         f1 = np.where(true + pred > 0, 2 * tp / np.where(true + pred > 0, true + pred, 1), np.nan)
         balanced = np.nanmean(recall, axis=1) if c else np.full(len(w), np.nan)
         f1_macro = np.nanmean(f1, axis=1)
-    return {"accuracy": _safe_div(tp.sum(1), conf.sum((1, 2))), "balanced_accuracy": balanced, "f1_macro": f1_macro}
+    out = {"accuracy": _safe_div(tp.sum(1), conf.sum((1, 2))), "balanced_accuracy": balanced, "f1_macro": f1_macro}
+    for name in MULTICLASS_PROBABILITY_SCORES:
+        out[name] = np.full(len(w), np.nan)
+    if probs.ndim == 2:
+        if "brier" in want:
+            out["brier"] = clinical.brier(y, probs, w)
+        if "ece" in want:
+            out["ece"] = clinical.ece(*clinical.top_class(y, probs), w)
+        if "auprc" in want:
+            per_class = [clinical.average_precision(y == k, probs[:, k], w) for k in range(probs.shape[1])]
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any class: NaN
+                out["auprc"] = np.nanmean(np.stack(per_class), axis=0) if per_class else out["auprc"]
+    return out
 
 
 def regression_scores(targets: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -155,16 +207,17 @@ def regression_scores(targets: np.ndarray, predicted: np.ndarray, weights: np.nd
 
 
 def task_scores(task: str, labels: np.ndarray, outputs: np.ndarray, *, weights: np.ndarray | None = None,
-                threshold: float = 0.5, auroc: bool = True, num_classes: int | None = None,
-                reference=None) -> dict[str, np.ndarray]:
-    """The scores of ``task`` for one set of per-sample ``outputs`` (binary: P(positive); multiclass:
-    predicted class; regression: predicted value; survival: risk, with (N, 2) [time, event] labels and
-    the training split's ``reference``, :class:`covfuse.training.survival_reference.Reference`), one
-    value per row of ``weights``."""
+                threshold: float | np.ndarray = 0.5, names: Collection[str] | None = None,
+                num_classes: int | None = None, reference=None) -> dict[str, np.ndarray]:
+    """The scores of ``task`` for one set of per-sample ``outputs`` (binary: P(positive), positive at
+    ``>= threshold``; multiclass: class probabilities (N, C) or predicted class; regression: predicted
+    value; survival: risk, with (N, 2) [time, event] labels and the training split's ``reference``,
+    :class:`covfuse.training.survival_reference.Reference`), one value per row of ``weights``.
+    ``names``: the scores needed (default: all; see :func:`scores`)."""
     if task == "binary":
-        return scores(labels, outputs, threshold, weights=weights, auroc=auroc)
+        return scores(labels, outputs, threshold, weights=weights, names=names)
     if task == "multiclass":
-        return multiclass_scores(labels, outputs, weights, num_classes)
+        return multiclass_scores(labels, outputs, weights, num_classes, names)
     if task == "regression":
         return regression_scores(labels, outputs, weights)
     if task == "survival":
@@ -258,7 +311,7 @@ def bootstrap_ci(
     if len(y) == 0 or n_boot <= 0:
         return {name: [None, None] for name in names}
     codes = cluster_codes(groups, len(y))
-    kw = {"threshold": threshold, "auroc": "auroc" in names, "num_classes": num_classes,
+    kw = {"threshold": threshold, "names": names, "num_classes": num_classes,
           **({"reference": reference} if task == "survival" else {})}
     point = task_scores(task, y, p, **kw)
     draws: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -326,7 +379,8 @@ def group_table(
             mask = (columns == combo).all(axis=1)
             label = "&".join(discrete[name].key(name, c) for name, c in zip(key, combo))
             s = {k: float(v[0]) for k, v in task_scores(task, y[mask], p[mask], threshold=threshold,
-                                                         num_classes=num_classes, reference=reference).items()}
+                                                         names=(*stats, "auroc"), num_classes=num_classes,
+                                                         reference=reference).items()}
             entry: dict = {"count": int(mask.sum())}
             if task == "binary":
                 entry["positives"] = int(y[mask].sum())
@@ -363,8 +417,9 @@ def split_metrics(
 ) -> dict:
     """The metrics.json entry of one split: scores with CIs, counts, subgroup tables and gaps.
 
-    ``probs``: P(positive) (N,) for a binary run, class probabilities (N, C) for a multi-class run
-    (scored on the argmax), predicted values (N,) for regression, risk scores (N,) against (N, 2)
+    ``probs``: P(positive) (N,) for a binary run (positive at ``>= threshold``, recorded as the split's
+    ``threshold``), class probabilities (N, C) for a multi-class run (the predicted class is the argmax),
+    predicted values (N,) for regression, risk scores (N,) against (N, 2)
     ``[time, event]`` labels for survival. ``clusters`` (one label per
     sample: identity, subject) makes every interval a cluster bootstrap, recorded as
     ``ci_method: cluster`` with the number of clusters; without it the samples are resampled one by
@@ -372,10 +427,7 @@ def split_metrics(
     """
     y = np.asarray(labels) if task != "binary" else np.asarray(labels).astype(bool)
     p = np.asarray(probs, dtype=np.float64)
-    num_classes = None
-    if task == "multiclass":
-        num_classes = p.shape[1]
-        p = p.argmax(1).astype(np.float64)
+    num_classes = p.shape[1] if task == "multiclass" else None
     names = TASK_SCORES[task]
     clusters = None if clusters is None else np.asarray(clusters)
     point = {k: float(v[0]) for k, v in task_scores(task, y, p, threshold=threshold, num_classes=num_classes,
@@ -387,6 +439,7 @@ def split_metrics(
                  "clusters": int(len(np.unique(clusters))) if clusters is not None else int(len(y))}
     if task == "binary":
         out["positive_rate"] = _number(y.mean()) if len(y) else None
+        out["threshold"] = float(threshold)
     elif task == "multiclass":
         out["class_counts"] = np.bincount(y.astype(np.int64), minlength=num_classes).tolist()
     elif task == "survival":

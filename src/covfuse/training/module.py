@@ -21,7 +21,7 @@ from torchmetrics import MeanAbsoluteError, Metric
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 from torchmetrics.utilities import dim_zero_cat
 
-from covfuse.data.transforms import normalize
+from covfuse.data.transforms import model_input
 from covfuse.errors import UserError
 from covfuse.io import load_trusted
 from covfuse.models import build
@@ -81,7 +81,7 @@ class CovfuseModule(L.LightningModule):
         stats = target_stats or {"mean": 0.0, "sd": 1.0}
         self.target_mean, self.target_sd = float(stats["mean"]), float(stats["sd"]) or 1.0
         # The head's running scores: the first (val/acc, val/mae or val/c_index) is also shown in the
-        # progress line and logged per training epoch; survival adds val/ibs, a monitor choice.
+        # progress line and logged per training epoch; classifiers add val/brier, survival val/ibs (monitor choices).
         num_classes = int(model.get("num_classes") or 0)
         self.score_name, first = next(iter(self.task.scores.items()))
         self.train_score = RUNNING_METRICS[first](num_classes)
@@ -97,9 +97,7 @@ class CovfuseModule(L.LightningModule):
     # -- forward ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) on the device -> normalised float input; volumes come normalised (float16)."""
-        if images.is_floating_point():  # covfuse.data.decoders.nifti already normalised the intensities
-            return images.float()
-        x = normalize(images, self.hparams.preset)
+        x = model_input(images, self.hparams.preset)  # volumes come normalised by their preprocessing
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -201,6 +199,32 @@ class CovfuseModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class RunningBrier(Metric):
+    """The Brier score over an epoch (``val/brier``, lower is better): the mean squared difference between
+    the predicted probabilities and the outcome, summed over the classes for a multi-class head ((N, C)
+    probabilities against class indices), as metrics.json's ``brier`` (:mod:`covfuse.training.clinical`)."""
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        p = probs.detach().double()
+        if p.dim() == 2:  # multi-class: one row of class probabilities per sample
+            truth = F.one_hot(target.long(), p.shape[1]).double()
+            self.total += ((p - truth) ** 2).sum()
+        else:
+            self.total += ((p - target.double()) ** 2).sum()
+        self.count += p.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count if self.count > 0 else torch.tensor(float("nan"))
+
+
 class RunningConcordance(Metric):
     """Harrell's C over an epoch (``update(risk, target)`` with (N, 2) targets): the per-epoch
     ``train/c_index`` and ``val/c_index``, computed once from every sample the epoch saw."""
@@ -259,6 +283,7 @@ RUNNING_METRICS = {
     "binary accuracy": lambda num_classes: BinaryAccuracy(),
     "multiclass accuracy": lambda num_classes: MulticlassAccuracy(num_classes=num_classes, average="micro"),
     "mean absolute error": lambda num_classes: MeanAbsoluteError(),
+    "brier score": lambda num_classes: RunningBrier(),
     "concordance": lambda num_classes: RunningConcordance(),
     "integrated brier score": lambda num_classes: RunningIBS(),
 }

@@ -52,13 +52,14 @@ def run_predict(module: CovfuseModule, dataset: Dataset, *, batch_size: int = 64
     return torch.cat(batches).float().numpy()
 
 
-def prediction_columns(module: CovfuseModule, values: np.ndarray,
-                       classes: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
+def prediction_columns(module: CovfuseModule, values: np.ndarray, classes: Sequence[str] | None = None,
+                       threshold: float | None = None) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the prediction part of ``covfuse predict``'s CSV, for the module's head.
 
     ``values`` is what :func:`run_predict` returned (``module.predict_step``); ``classes`` the class
     order (default: the module's; image runs predict one attribute and have none). Binary heads
-    give ``P(target)`` (``P(target=positive)`` when the classes are known); a multi-class head one
+    give ``P(target)`` (``P(target=positive)`` when the classes are known) and, with the run's decision
+    ``threshold``, ``predicted_<target>``: the positive class where P >= threshold; a multi-class head one
     ``P(target=class)`` per class and ``predicted_<target>``, the most probable class; a regression
     head ``predicted_<target>`` in the target's units; a survival head ``risk`` (the log relative
     hazard: higher = earlier event; only the order between people means something)
@@ -66,7 +67,7 @@ def prediction_columns(module: CovfuseModule, values: np.ndarray,
     """
     task = task_of((module.hparams.model or {}).get("head", "binary"))
     classes = list(classes or getattr(module.hparams, "classes", None) or [])
-    return task.table(module.hparams.target, classes, np.asarray(values, dtype=np.float64))
+    return task.table(module.hparams.target, classes, np.asarray(values, dtype=np.float64), threshold)
 
 
 def run_state(module: CovfuseModule, state: dict | None, run_dir: Path) -> tuple[dict, CovariateEncoder]:
@@ -87,7 +88,8 @@ def run_state(module: CovfuseModule, state: dict | None, run_dir: Path) -> tuple
 def predict_rows(module: CovfuseModule, state: dict, encoder: CovariateEncoder, *, files: SampleTable | None = None,
                  table: SampleTable | None = None, where: Callable[[int], str] | None = None, strict: bool = False,
                  extrapolate: bool = False, batch_size: int = 64, accelerator: str = "auto",
-                 precision: str | None = None) -> tuple[list[str], list[list[str]], dict[int, list[str]]]:
+                 precision: str | None = None,
+                 threshold: float | None = None) -> tuple[list[str], list[list[str]], dict[int, list[str]]]:
     """``covfuse predict`` for any source: the rows of ``files`` (files named one by one, their values from
     --covariates) then of ``table`` (a --csv table, row i named by ``where(i)``), every row checked before
     any file is decoded, then predicted as ``covfuse test`` predicts (:func:`predict_table`).
@@ -95,7 +97,8 @@ def predict_rows(module: CovfuseModule, state: dict, encoder: CovariateEncoder, 
     A value training never held (:func:`~covfuse.data.table.check_covariate_values`) is refused in
     ``files``, and in ``table`` with ``strict``; otherwise ``table`` marks it (one bad row must not cost
     the others). ``extrapolate`` predicts what would be refused. Returns the prediction columns' header,
-    one row of cells per input row (:func:`prediction_columns`), and the marks by row index.
+    one row of cells per input row (:func:`prediction_columns`; ``threshold``: a binary run's decision
+    threshold), and the marks by row index.
     """
     seen = module.hparams.get("covariate_values")
     parts: list[tuple[SampleTable, Callable[[int], str]]] = []
@@ -111,10 +114,10 @@ def predict_rows(module: CovfuseModule, state: dict, encoder: CovariateEncoder, 
         marks = {offset + i: m for i, m in found.items()}
         parts.append((table, where))
     for part, named in parts:
-        check_readable(part, named)
+        check_readable(part, named, settings_from_state(state["preprocessing"]))
     values = [predict_table(module, state, part, encoder, batch_size=batch_size, accelerator=accelerator,
                             precision=precision) for part, _ in parts]
-    header, rows = prediction_columns(module, np.concatenate(values), state.get("classes"))
+    header, rows = prediction_columns(module, np.concatenate(values), state.get("classes"), threshold)
     return header, rows, marks
 
 

@@ -1,20 +1,22 @@
 """What the best checkpoint of a run scored, as files: predictions.csv and metrics.json (plus, for a
-head scored against the training split, the files of :mod:`covfuse.training.survival_run`), and
-the one-line summary of metrics.json.
+head scored against the training split, the files of :mod:`covfuse.training.survival_run`; for a
+classifier, the calibration, precision-recall and decision-curve plots of
+:mod:`covfuse.training.clinical_plots`), and the one-line summary of metrics.json.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from covfuse.errors import RunDiverged
-from covfuse.training import survival_run
+from covfuse.errors import RunDiverged, UserError
+from covfuse.training import clinical, clinical_plots, survival_run
 from covfuse.training.config import RunConfig
 from covfuse.training.datamodule import TRAIN_EVAL, CovfuseDataModule
 from covfuse.training.metrics import PRIMARY, log_loss, split_metrics
@@ -23,6 +25,33 @@ from covfuse.training.tasks import task_of
 
 EVAL_SPLITS = ("valid", "test")
 """The splits a run's best checkpoint is scored on unless told otherwise."""
+
+THRESHOLD_SPLIT = "valid"
+"""The split a binary run's decision threshold is chosen on (``metrics.threshold``), before test is scored."""
+
+log = logging.getLogger("covfuse.training")
+
+
+def decision_threshold(config: RunConfig, labels, probs) -> dict:
+    """metrics.json's ``threshold`` of a binary run: ``metrics.threshold`` chosen on the validation split's
+    labels and P(positive) (:func:`covfuse.training.clinical.choose_threshold`), with the split it came from."""
+    choice = clinical.choose_threshold(clinical.parse_threshold(config.metrics.threshold), labels, probs)
+    if choice.get("note"):
+        log.warning("metrics.threshold: %s", choice["note"])
+    return {**choice, "split": THRESHOLD_SPLIT}
+
+
+def recorded_threshold(run_dir: Path, config: RunConfig) -> dict:
+    """The decision threshold a binary run chose (metrics.json's ``threshold``), for ``covfuse predict``;
+    a run scored before thresholds were recorded used 0.5. A rule not yet applied (no metrics.json) is a UserError."""
+    path = Path(run_dir) / "metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text()).get("threshold") or {"rule": "0.5", "value": 0.5}
+    rule = clinical.parse_threshold(config.metrics.threshold)
+    if rule[0] != "fixed":
+        raise UserError(f"{run_dir}: no metrics.json, so metrics.threshold {clinical.threshold_text(rule)} has not been "
+                        f"chosen on the valid split yet; score the run first: covfuse test {run_dir}")
+    return {"rule": clinical.threshold_text(rule), "value": rule[1]}
 
 
 def scored_splits(config: RunConfig, splits: Sequence[str]) -> list[str]:
@@ -63,6 +92,15 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         "covariates_mode": config.data.covariates_mode,
         **(extra or {}),
     }
+    threshold = 0.5
+    if task.name == "binary":  # chosen on valid before any other split is scored, then applied unchanged
+        if THRESHOLD_SPLIT not in outputs:
+            raise UserError(f"metrics.threshold is chosen on the {THRESHOLD_SPLIT} split, which was not scored")
+        out = outputs[THRESHOLD_SPLIT]
+        index = out["index"].numpy().astype(np.int64)
+        metrics["threshold"] = decision_threshold(config, data.labels[index], out["output"].numpy().astype(np.float64))
+        threshold = metrics["threshold"]["value"]
+    scored = {}
     for split, out in outputs.items():
         index = out["index"].numpy().astype(np.int64)
         value = out["output"].numpy().astype(np.float64)
@@ -79,7 +117,9 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         subgroups = data.covariate_groups(index)  # in the table's units: age bins, levels, "missing"
         metrics[split] = split_metrics(label, value, subgroups, loss=log_loss(label, value) if task.log_loss else None,
                                        clusters=clusters if config.bootstrap_unit == "group" else None,
-                                       n_boot=config.bootstrap, seed=config.seed, task=task.name, reference=reference)
+                                       n_boot=config.bootstrap, seed=config.seed, task=task.name, reference=reference,
+                                       threshold=threshold)
+        scored[split] = (label, value, clusters)
     if reference is not None:
         metrics["survival"] = {"eval_times": reference.grid, "tau": reference.tau, **reference.sources}
         reference.save(run_dir)
@@ -87,11 +127,17 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         survival_run.figures(run_dir, reference, data, outputs)
     write_text(run_dir / "predictions.csv", table.getvalue())
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    shown = "test" if "test" in scored else next(iter(scored), None)  # a search trial scores valid only
+    if shown is not None:
+        label, value, clusters = scored[shown]
+        clinical_plots.run_figures(run_dir, task.name, label, value, split=shown, groups=clusters,
+                                   threshold=metrics.get("threshold", {}).get("value"), classes=classes)
     return metrics
 
 
 def summary(run_dir: Path) -> str:
-    """One line: the task's primary score with CI per split (and AUROC for binary runs), from metrics.json."""
+    """One line: the task's primary score with CI per split (and AUROC for binary runs), and a chosen
+    decision threshold, from metrics.json."""
     m = json.loads((run_dir / "metrics.json").read_text())
     name = PRIMARY[m.get("task", "binary")]
     parts = []
@@ -102,4 +148,7 @@ def summary(run_dir: Path) -> str:
             ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
             auroc = f", auroc {s['auroc']:.3f}" if s.get("auroc") is not None else ""
             parts.append(f"{split} {name.replace('_', ' ')} {s[name]:.3f}{ci}{auroc}")
+    rule = m.get("threshold") or {}
+    if rule and rule.get("rule") != f"{rule.get('value'):g}":
+        parts.append(f"threshold {rule['value']:.4g} ({rule['rule']} on {rule.get('split', 'valid')})")
     return "; ".join(parts)

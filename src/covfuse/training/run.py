@@ -108,6 +108,8 @@ def _log_data(config: RunConfig, run_dir: Path, data: CovfuseDataModule) -> None
     if data.nonfinite[0]:
         files, voxels = data.nonfinite
         log.info("data.nonfinite zero: %d NaN/Inf voxel(s) in %d file(s) set to 0 before normalisation", voxels, files)
+    for note in data.notes():  # encodings, decimal commas, merged spellings, EXIF turns, DICOM windows
+        log.info("data: %s", note)
 
 
 # -- covfuse fit -----------------------------------------------------------------------------

@@ -14,6 +14,37 @@ from typing import Any, Sequence
 
 from covfuse.errors import UserError, suggest
 
+LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse", "ibs", "brier", "ece"})
+"""Scores where lower is better (errors, losses, miscalibration); every other score is better higher,
+except those of :data:`IDEAL`."""
+
+IDEAL = {"calibration_intercept": 0.0, "calibration_slope": 1.0}
+"""Scores whose best value lies inside their range: nearest to it is best, and a difference between
+two methods says that they differ, not which is better."""
+
+
+def direction(score: str) -> str:
+    """``"min"`` (lower is better), ``"max"`` (higher is better) or ``"ideal"`` (nearest :data:`IDEAL` is best):
+    the one rule that checkpoint monitors, the search's objective, the report's verdicts, forest plots and
+    tuning choices read."""
+    return "ideal" if score in IDEAL else "min" if score in LOWER_IS_BETTER else "max"
+
+
+def distance_from_best(score: str, value: float) -> float:
+    """How far ``value`` is from the best a score can be, in the score's direction (smaller is better):
+    ``value`` for lower-is-better scores, ``-value`` for higher-is-better ones, ``|value - ideal|`` otherwise."""
+    rule = direction(score)
+    return abs(value - IDEAL[score]) if rule == "ideal" else value if rule == "min" else -value
+
+
+MONITOR_SCORES = {"val/loss": "loss", "val/acc": "accuracy", "val/brier": "brier", "val/mae": "mae",
+                  "val/c_index": "c_index", "val/ibs": "ibs"}
+"""The metrics.json score each monitor is the running version of (a search's objective on valid)."""
+
+
+def _modes(*monitors: str) -> dict[str, str]:
+    return {m: direction(MONITOR_SCORES[m]) for m in monitors}
+
 
 class Task:
     """What one head means (the base: a classifier of integer labels, one output column)."""
@@ -36,7 +67,7 @@ class Task:
     label_columns: tuple[str, ...] = ("label",)
     """predictions.csv's label columns."""
     output_column: str
-    """The predictions.csv column scores read back (the study report)."""
+    """The predictions.csv column that holds the prediction (scores read it back: :meth:`output_columns`)."""
     log_loss = False
     """metrics.json gives each split's cross-entropy of the predicted probabilities."""
     standardised = False
@@ -57,6 +88,10 @@ class Task:
         """predictions.csv's prediction columns."""
         return [self.output_column]
 
+    def output_columns(self, classes: Sequence[str]) -> list[str]:
+        """The predictions.csv columns scores read back (the study report): :attr:`output_column`."""
+        return [self.output_column]
+
     def cells(self, value) -> list[str]:
         """One sample's prediction columns, written (``value``: its row of :meth:`predict`)."""
         return [f"{value:.6f}"]
@@ -65,8 +100,10 @@ class Task:
         """One sample's label columns, written."""
         return [int(label)]
 
-    def table(self, target: str, classes: list[str], values) -> tuple[list[str], list[list[str]]]:
-        """(header, rows) of ``covfuse predict``'s prediction columns for float64 ``values`` of :meth:`predict`."""
+    def table(self, target: str, classes: list[str], values,
+              threshold: float | None = None) -> tuple[list[str], list[list[str]]]:
+        """(header, rows) of ``covfuse predict``'s prediction columns for float64 ``values`` of :meth:`predict`
+        (``threshold``: a binary head's decision threshold, metrics.json's)."""
         raise NotImplementedError
 
     def monitor_help(self) -> str:
@@ -80,17 +117,22 @@ class Binary(Task):
 
     head = name = "binary"
     loss = "binary cross-entropy"
-    scores = {"acc": "binary accuracy"}
-    monitors = {"val/loss": "min", "val/acc": "max"}
+    scores = {"acc": "binary accuracy", "brier": "brier score"}
+    monitors = _modes("val/loss", "val/acc", "val/brier")
     output_column = "probability"
     log_loss = True
 
     def predict(self, m, logits):
         return logits.sigmoid()
 
-    def table(self, target, classes, values):
+    def table(self, target, classes, values, threshold=None):
         name = f"P({target}={classes[1]})" if len(classes) == 2 else f"P({target})"
-        return [name], [[f"{p:.6f}"] for p in values.reshape(-1)]
+        probs = values.reshape(-1)
+        if threshold is None:
+            return [name], [[f"{p:.6f}"] for p in probs]
+        negative, positive = classes if len(classes) == 2 else ("0", "1")
+        return ([name, f"predicted_{target}"],  # the class at the run's threshold, applied as metrics.json applied it
+                [[f"{p:.6f}", positive if p >= threshold else negative] for p in probs])
 
 
 class TwoClass(Binary):
@@ -108,8 +150,8 @@ class Multiclass(Task):
 
     head = name = "multiclass"
     loss = "cross-entropy"
-    scores = {"acc": "multiclass accuracy"}
-    monitors = {"val/loss": "min", "val/acc": "max"}
+    scores = {"acc": "multiclass accuracy", "brier": "brier score"}
+    monitors = _modes("val/loss", "val/acc", "val/brier")
     output_column = "prediction"
     log_loss = per_class = True
     recorded = ("classes",)
@@ -118,12 +160,15 @@ class Multiclass(Task):
         return logits.softmax(dim=1)
 
     def columns(self, classes):
-        return ["prediction", *(f"probability_{c}" for c in classes)]  # the argmax class index, then each class
+        return ["prediction", *self.output_columns(classes)]  # the argmax class index, then each class
+
+    def output_columns(self, classes):
+        return [f"probability_{c}" for c in classes]  # the class probabilities: calibration needs them
 
     def cells(self, value):
         return [str(int(value.argmax())), *(f"{q:.6f}" for q in value)]
 
-    def table(self, target, classes, values):
+    def table(self, target, classes, values, threshold=None):
         if values.ndim != 2:
             raise ValueError(f"a multiclass head should predict (N, C) probabilities, got shape {values.shape}")
         names = classes or [str(k) for k in range(values.shape[1])]
@@ -139,7 +184,7 @@ class Regression(Task):
     head = name = "regression"
     loss = "mean squared error"
     scores = {"mae": "mean absolute error"}
-    monitors = {"val/loss": "min", "val/mae": "min"}
+    monitors = _modes("val/loss", "val/mae")
     target_dtype = "float32"
     label_dtype = "float64"
     output_column = "prediction"
@@ -154,7 +199,7 @@ class Regression(Task):
     def label_cells(self, label):
         return [f"{label:.6g}"]
 
-    def table(self, target, classes, values):
+    def table(self, target, classes, values, threshold=None):
         return [f"predicted_{target}"], [[f"{v:.6g}"] for v in values.reshape(-1)]
 
 
@@ -165,7 +210,7 @@ class Survival(Task):
     head = name = "survival"
     loss = "cox"
     scores = {"c_index": "concordance", "ibs": "integrated brier score"}
-    monitors = {"val/c_index": "max", "val/loss": "min", "val/ibs": "min"}
+    monitors = _modes("val/c_index", "val/loss", "val/ibs")
     target_dtype = "float64"  # times compared in float64, as given
     label_dtype = "float64"
     label_columns = ("time", "event")
@@ -182,7 +227,7 @@ class Survival(Task):
     def label_cells(self, label):
         return [f"{label[0]:.12g}", int(label[1])]
 
-    def table(self, target, classes, values):
+    def table(self, target, classes, values, threshold=None):
         return ["risk"], [[f"{v:.9g}"] for v in values.reshape(-1)]  # only the order between people means something
 
 

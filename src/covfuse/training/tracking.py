@@ -130,8 +130,8 @@ def open_store(uri: str, experiment: str, artifact_location: str | None) -> str:
     not exist. Opening a new SQLite store runs MLflow's schema migration, which two processes must not run at once
     (the second fails: "table ... already exists"), so it happens under the store's lock; the experiment is created
     there too. Cheap once both exist: a study calls it before its first run, and every run before its logger."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from mlflow.exceptions import MlflowException  # lazy: covfuse[mlflow], only where a run logs to it
+    from mlflow.tracking import MlflowClient  # lazy: as above
 
     with _store_lock(uri) or nullcontext():
         client = MlflowClient(uri)  # opens the store: a new one is created and migrated here
@@ -162,7 +162,7 @@ def prepare(config, context: Context | None) -> None:
     uri = tracking_uri(config, context)
     experiment_id = open_store(uri, experiment_name(context), artifact_location(config, context))
     if context and context.study_dir and context.study:
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # lazy: covfuse[mlflow], only where a run logs to it
 
         study_parents(MlflowClient(uri), experiment_id, context, uri, reopen=False)
 
@@ -376,7 +376,7 @@ def end_run(run_dir: Path, state: str, config=None, context: Context | None = No
         board = run_dir / "tensorboard"
         if board.is_dir():
             if context is not None and context.trial is not None:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # lazy: covfuse[tensorboard], where a run logs to it
 
                 with SummaryWriter(str(board)) as writer:
                     writer.add_text("tags/state", state, 0)
@@ -470,14 +470,14 @@ def hparams_record(board: Path, settings: dict[str, Any], values: dict[str, floa
     a run killed and then resumed must not keep its old one): its settings and ``state`` -> the final metrics,
     whose values the dashboard reads from the ``final/...`` scalars logged beside it. The session ends in success
     when the run completed or was pruned, else in failure."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
+    from torch.utils.tensorboard import SummaryWriter  # lazy: covfuse[tensorboard], where a run logs to it
+    from torch.utils.tensorboard.summary import hparams  # lazy: as above
 
     old = list(board.glob(f"*{HPARAMS}"))
     metric_names = {k: v for k, v in values.items() if not k.endswith(("_ci_lo", "_ci_hi"))}
     experiment, start, end = hparams({**settings, "state": state}, metric_names)
     if END_STATUS.get(state) != "FINISHED":  # torch writes every session as a success
-        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2  # lazy: as above
 
         value = end.value[0]
         data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)

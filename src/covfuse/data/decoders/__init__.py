@@ -10,8 +10,9 @@ nothing downstream changes.
 Torch-free to import, like :mod:`covfuse.data.decode`, so the cache's worker processes start fast;
 pydicom and tifffile load only when a DICOM or TIFF file is read.
 
-NIfTI volumes have their own module here, :mod:`covfuse.data.decoders.nifti` (header, voxels and the
-MONAI preprocessing into a model input); a manifest's file names say which kind a table holds.
+Volumes have their own interface here, :mod:`covfuse.data.decoders.volume` (header, voxels and the MONAI
+preprocessing into a model input) with one reader per kind (``nibabel_volumes``: NIfTI, MGH, Analyze;
+``dicom_volumes``: DICOM series folders and multi-frame files); a manifest's paths say which kind a table holds.
 """
 from __future__ import annotations
 
@@ -41,6 +42,22 @@ DECODERS: list[Decoder] = [DicomDecoder(), PilDecoder(), TiffDecoder()]
 TRIED = "no DICOM marker at byte 128, no PNG, JPEG, BMP or TIFF signature, and {suffix}"
 log = logging.getLogger(__name__)
 LIBRARY_LOGGERS = ("tifffile", "pydicom", "PIL", "png")
+
+
+#: The rules a decoder may apply to a file (its info dict's ``"rule"``), each said in one line by
+#: :func:`rule_notes`: ``covfuse data info`` and the fit log count the files each rule touched.
+RULES = {
+    "exif-orientation": "{n} of {total} image files carry an EXIF orientation: turned upright as viewers show "
+                        "them (Pillow's ImageOps.exif_transpose) before cropping and resizing",
+    "dicom-percentile-window": "{n} of {total} DICOM files hold float or over-16-bit grey values without a VOI "
+                               "window: their modality values are windowed to each file's 0.5-99.5 percentile "
+                               "range (or its WindowCenter/Width) onto 16 bits (docs/data.md, 'DICOM')",
+}
+
+
+def rule_notes(counts: dict[str, int], total: int) -> list[str]:
+    """One line per rule in ``counts`` (rule: files), in :data:`RULES` order."""
+    return [RULES[rule].format(n=counts[rule], total=total) for rule in RULES if counts.get(rule)]
 
 
 def decoder_for(path: str | os.PathLike, head: bytes) -> Decoder | None:
@@ -118,7 +135,7 @@ def _guard(decoder: Decoder, path: Path, call):
 
 def read_pixels(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """The whole image at full resolution: (H, W) grey or (H, W, 3) RGB, uint8 or uint16, and
-    ``{"format", "bits", "channels", "height", "width"}``.
+    ``{"format", "bits", "channels", "height", "width"}`` (plus ``"rule"`` where one of :data:`RULES` applied).
 
     8- and 16-bit files keep their values; DICOM is the displayed image (modality LUT or rescale,
     then VOI LUT or window, MONOCHROME1 inverted) mapped linearly onto 0..65535 over its display
@@ -148,4 +165,5 @@ def decode_file(path: str | os.PathLike, size: int, preset: str = DEFAULT_PRESET
     return _guard(decoder, path, lambda: decoder.decode(path, data, size, preset))
 
 
-__all__ = ["DECODERS", "Decoder", "UnsupportedImage", "decode_file", "decoder_for", "probe", "read_pixels"]
+__all__ = ["DECODERS", "RULES", "Decoder", "UnsupportedImage", "decode_file", "decoder_for", "probe", "read_pixels",
+           "rule_notes"]

@@ -1,4 +1,5 @@
-"""The decoder interface, the errors and the shared resize (see :mod:`covfuse.data.decoders`)."""
+"""The decoder interfaces, the errors and the shared resize: 2D files (see :mod:`covfuse.data.decoders`) and
+volumes (:class:`VolumeReader`, see :mod:`covfuse.data.decoders.volume`)."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,15 @@ class UnsupportedImage(UserError):
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path, self.reason = str(path), reason
         super().__init__(f"{path}: cannot read the image ({reason})")
+
+
+class UnreadableVolume(UserError):
+    """A file or folder that does not hold one volume covfuse can read as it is (several DICOM series, a gap
+    between slices, a 4-D file without data.volume_index ...); the message names it and says what to do."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
 
 
 class Decoder:
@@ -66,3 +76,34 @@ def resize_pixels(pixels: np.ndarray, size: int, preset: str = DEFAULT_PRESET) -
         plane = Image.fromarray(np.ascontiguousarray(channels[..., c], dtype=np.float32), "F")
         out[c] = np.clip(np.rint(np.asarray(plane.resize((size, size), Image.BILINEAR, box=box))), 0, 65535)
     return out
+
+
+class VolumeSource:
+    """One volume opened from its header: ``format``, ``shape`` (3-D, or 4-D with the volumes last), ``affine`` (voxel
+    indices -> RAS mm, as nibabel gives it), ``files`` (every file it is read from, for the cache's stamps),
+    ``floating`` (whether voxels can be NaN/Inf) and :meth:`voxels` (the values as stored after the file's
+    scaling, (X, Y, Z); ``index`` picks one volume of a 4-D file)."""
+
+    format = ""  # what it is read from, as `covfuse data info` counts it: NIfTI, MGH, Analyze, DICOM series ...
+    shape: tuple[int, ...] = ()
+    affine: np.ndarray
+    files: list[Path]
+    floating: bool = False
+
+    def voxels(self, index: int | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+
+class VolumeReader:
+    """One kind of volume: ``accepts(path, head)`` (a folder has an empty ``head``; a file its first 132
+    bytes) and ``open(path, series)`` (a :class:`VolumeSource`; ``series`` is data.series, for a folder
+    holding several DICOM series)."""
+
+    name = ""
+    kind = ""  # what a file it cannot read is called in the message ("DICOM", "NIfTI, MGH or Analyze")
+
+    def accepts(self, path: Path, head: bytes) -> bool:
+        raise NotImplementedError
+
+    def open(self, path: Path, series: str | None = None) -> VolumeSource:
+        raise NotImplementedError

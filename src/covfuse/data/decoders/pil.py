@@ -1,4 +1,10 @@
-"""PNG, JPEG and BMP through Pillow (and 16-bit colour PNG through pypng, which Pillow reads as 8-bit)."""
+"""PNG, JPEG and BMP through Pillow (and 16-bit colour PNG through pypng, which Pillow reads as 8-bit).
+
+A file whose EXIF Orientation tag (0x0112) says it is stored turned or mirrored (2-8: phones,
+dermoscopes) is turned upright first, as image viewers and torchvision's decoders show it, by
+Pillow's ``ImageOps.exif_transpose``; its info dict says so (``"rule": "exif-orientation"``), so
+``covfuse data info`` counts such files and the fit log says how many there were.
+"""
 from __future__ import annotations
 
 import io
@@ -6,7 +12,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from covfuse.data.decode import crop_box, decode_image
 from covfuse.data.decoders.base import Decoder, UnsupportedImage, info, pixel_info, resize_pixels
@@ -15,6 +21,27 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COLOUR_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "P", "PA", "LAB", "HSV"}  # -> 8-bit RGB
 GREY_MODES = {"1", "L", "LA", "La"}  # -> 8-bit grey (alpha dropped)
 GREY16_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}  # -> 16-bit grey
+EXIF_ORIENTATION = 0x0112
+ROTATED = {5, 6, 7, 8}  # orientations that swap width and height
+EXIF_RULE = "exif-orientation"
+
+
+def orientation(img: Image.Image, data: bytes) -> int:
+    """The EXIF Orientation of an opened image (1: as stored; 2-8: turned or mirrored), from its header.
+    Files without an EXIF block (JPEG's ``Exif`` APP1 segment, PNG's ``eXIf`` chunk) are not asked:
+    Pillow would decode a whole PNG to look for one."""
+    block = data.find(b"eXIf") if data.startswith(PNG_MAGIC) else data.find(b"Exif\x00", 0, 1 << 17)
+    if block < 0:
+        return 1
+    try:
+        value = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except (ValueError, TypeError, OSError, SyntaxError):  # a damaged EXIF block: the pixels as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _oriented(info_: dict, turned: bool) -> dict:
+    return {**info_, "rule": EXIF_RULE} if turned else info_
 
 
 def _format(head: bytes) -> str:
@@ -62,25 +89,31 @@ class PilDecoder(Decoder):
             return pixels, pixel_info(fmt, pixels)
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            pixels = self._array(path, img)
-        return pixels, pixel_info(fmt, pixels)
+            turned = orientation(img, data) != 1
+            pixels = self._array(path, ImageOps.exif_transpose(img) if turned else img)
+        return pixels, _oriented(pixel_info(fmt, pixels), turned)
 
     def probe(self, path: Path, data: bytes) -> dict:
         fmt = _format(data) or path.suffix.lstrip(".").upper()
         with Image.open(io.BytesIO(data)) as img:  # Pillow reads the header only, pixels on load()
             width, height = img.size
+            turn = orientation(img, data) if not _png16_colour(data) else 1
+            if turn in ROTATED:
+                width, height = height, width
             if _png16_colour(data):
                 return info(fmt, 16, 1 if data[25] == 4 else 3, height, width)
             if img.mode in COLOUR_MODES:
-                return info(fmt, 8, 3, height, width)
+                return _oriented(info(fmt, 8, 3, height, width), turn != 1)
             if img.mode in GREY_MODES:
-                return info(fmt, 8, 1, height, width)
+                return _oriented(info(fmt, 8, 1, height, width), turn != 1)
         return self.read(path, data)[1]  # 16-bit grey or a mode read() refuses
 
     def decode(self, path: Path, data: bytes, size: int, preset: str) -> np.ndarray:
         if not _png16_colour(data):
             with Image.open(io.BytesIO(data)) as img:  # Pillow reads the header only, pixels on load()
                 mode = img.mode
+                if orientation(img, data) != 1:  # turned upright at full size, then cropped and resized
+                    return resize_pixels(self.read(path, data)[0], size, preset)
                 if mode in COLOUR_MODES:
                     return decode_image(path, size, preset)
                 if mode == "L" and img.format == "JPEG":

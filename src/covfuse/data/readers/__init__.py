@@ -1,7 +1,7 @@
 """Readers: each data source becomes a :class:`~covfuse.data.table.SampleTable`.
 
-``read_table(root)`` picks the reader from what ``root`` is: a ``.csv``/``.tsv`` manifest (2D
-images or NIfTI volumes), a BIDS dataset (a folder with ``dataset_description.json``), or a CelebA
+``read_table(root)`` picks the reader from what ``root`` is: a ``.csv``/``.tsv``/``.xlsx`` manifest (2D
+images or volumes), a BIDS dataset (a folder with ``dataset_description.json``), or a CelebA
 release folder. A new source is one module here plus a line in :data:`READERS`; nothing after the
 table changes.
 """
@@ -12,13 +12,13 @@ from typing import Callable
 
 from covfuse.data.readers.bids import is_bids, read_bids
 from covfuse.data.readers.celeba import read_celeba_table
-from covfuse.data.readers.manifest import MANIFEST_SUFFIXES, read_manifest
+from covfuse.data.readers.manifest import MANIFEST_SUFFIXES, UNREAD_SHEETS, read_manifest
 from covfuse.data.table import SampleTable
 from covfuse.errors import UserError
 
 
 def _is_manifest(root: Path) -> bool:
-    return root.suffix.lower() in MANIFEST_SUFFIXES
+    return root.suffix.lower() in (*MANIFEST_SUFFIXES, *UNREAD_SHEETS)  # an .xls: refused by the reader, with the fix
 
 
 def _read_bids(root: Path, **options) -> SampleTable:
@@ -31,7 +31,8 @@ def _read_celeba(root: Path, **options) -> SampleTable:
 
 #: (name, does this reader take root?, reader), tried in order; CelebA is the fallback, and its
 #: error says what else data.root may be. ``read_table``'s options go to the reader (``check_files``:
-#: the manifest's files and CelebA's images must exist, default True).
+#: the manifest's files and CelebA's images must exist, default True; ``sheet``: an .xlsx manifest's
+#: sheet, data.sheet).
 READERS: list[tuple[str, Callable[[Path], bool], Callable[..., SampleTable]]] = [
     ("manifest", _is_manifest, read_manifest),
     ("bids", is_bids, _read_bids),
@@ -42,8 +43,8 @@ READERS: list[tuple[str, Callable[[Path], bool], Callable[..., SampleTable]]] = 
 def _existing(root: str | Path) -> Path:
     root = Path(check_root(root))
     if not root.exists():
-        raise UserError(f"{root}: no such folder or file (data.root is a manifest CSV/TSV, a BIDS folder, or a CelebA "
-                        "folder holding list_attr_celeba.txt)")
+        raise UserError(f"{root}: no such folder or file (data.root is a manifest CSV/TSV/.xlsx, a BIDS folder, or a "
+                        "CelebA folder holding list_attr_celeba.txt)")
     return root
 
 
@@ -64,7 +65,12 @@ def check_root(root: str | Path | None) -> str:
 def read_table(root: str | Path, **options) -> SampleTable:
     """The sample table of ``root`` (see the module docstring); any problem is one UserError line."""
     root = _existing(root)
+    if options.get("sheet") is None:
+        options.pop("sheet", None)
     for name, accepts, reader in READERS:
         if accepts(root):
+            if "sheet" in options and name != "manifest":
+                raise UserError(f"{root}: data.sheet {options['sheet']!r} picks a sheet of an .xlsx manifest; this is a "
+                                f"{name} source: leave data.sheet unset")
             return reader(root, **options)
     raise AssertionError("unreachable: celeba accepts everything")

@@ -11,7 +11,9 @@ used, and nothing else:
   (``sub-<label>``), ``n/a`` for a missing value; ``participants.json`` describes its columns
   (``Levels`` for a categorical column, ``Units``, ``Description``);
 - images: ``sub-<label>/[ses-<label>/]<datatype>/sub-<label>[_ses-<label>][_<key>-<value>...]_<suffix>.nii[.gz]``,
-  so a subject with sessions gives one row per session (and per run);
+  so a subject with sessions gives one row per session (and per run); beyond the specification, an entry
+  of that name without a suffix may be a folder of DICOM slices (a series not yet converted, read as the
+  manifest reads one: docs/volumes.md);
 - ``sub-<label>/sub-<label>_sessions.tsv`` (first column ``session_id``, ``ses-<label>``): per-session
   columns, joined to that session's rows (for a column also in participants.tsv, the session's value wins);
 - folders other than ``sub-*`` (``derivatives/``, ``sourcedata/``, ``code/``) are not read.
@@ -97,7 +99,8 @@ def _sidecar(path: Path) -> dict:
 
 
 def _images(root: Path, subject: str, session: str | None, datatype: str, suffix: str) -> list[Path]:
-    """The ``*_<suffix>.nii[.gz]`` files of one subject (and session), their names checked against the folders."""
+    """The ``*_<suffix>.nii[.gz]`` files (and ``*_<suffix>/`` DICOM series folders) of one subject (and session),
+    their names checked against the folders."""
     folder = root / f"sub-{subject}" / (f"ses-{session}" if session else "") / datatype
     if not folder.is_dir():
         return []
@@ -105,10 +108,10 @@ def _images(root: Path, subject: str, session: str | None, datatype: str, suffix
     found = []
     for path in sorted(folder.iterdir()):
         name = path.name
-        ext = next((e for e in NIFTI_SUFFIXES[::-1] if name.endswith(e)), None)
-        if ext is None or not name[: -len(ext)].endswith(f"_{suffix}") or not path.is_file():
+        ext = "" if path.is_dir() else next((e for e in NIFTI_SUFFIXES[::-1] if name.endswith(e)), None)
+        if ext is None or not name[: len(name) - len(ext)].endswith(f"_{suffix}"):
             continue
-        entities = name[: -len(ext) - len(suffix) - 1].split("_")
+        entities = name[: len(name) - len(ext) - len(suffix) - 1].split("_")
         if not name.startswith(stem) or not all(re.match(r"^[a-zA-Z]+-[A-Za-z0-9]+$", e) for e in entities):
             raise UserError(f"{path}: the name does not follow BIDS in this folder "
                             f"({stem}[<key>-<value>_...]{suffix}{ext}); rename it")
@@ -161,7 +164,8 @@ def read_bids(root: str | Path, *, suffix: str = "T1w", datatype: str = "anat") 
         found += [(ses, p) for ses in labels for p in _images(root, subject, ses, datatype, suffix)]
         if not found:
             raise UserError(f"{table}, line {n}: {row[0]} has no image {row[0]}/[ses-<label>/]{datatype}/"
-                            f"{row[0]}[_ses-<label>]_..._{suffix}.nii[.gz]; add it or remove the line")
+                            f"{row[0]}[_ses-<label>]_..._{suffix}.nii[.gz] (or a folder of that name holding its "
+                            "DICOM slices); add it or remove the line")
         for session, path in found:
             values = {"subject": subject, "path": path.relative_to(root).as_posix(), "session": session or "n/a"}
             values.update(zip(header[1:], row[1:]))
