@@ -542,7 +542,7 @@ CASES = [
     Case("option-type", "a word where a number belongs", [*FIT, "--data.image_size", "big"],
          "--data.image_size big: data.image_size takes an integer, e.g. --data.image_size 224"),
     Case("option-choice", "a value outside an option's choices", [*FIT, "--monitor", "val/auc"],
-         "--monitor val/auc: monitor takes one of val/loss, val/acc, val/mae, val/c_index, val/ibs, null, "
+         "--monitor val/auc: monitor takes one of val/loss, val/acc, val/brier, val/mae, val/c_index, val/ibs, null, "
          "e.g. --monitor val/loss"),
     Case("option-numbers-as-names", "class names that YAML reads as numbers", [*FIT, "--data.classes", "[0,1]"],
          "--data.classes [0,1]: data.classes takes a list of names such as [a,b] or null, e.g. --data.classes [a,b]; "

@@ -108,7 +108,7 @@ def test_a_run_logs_curves_tags_final_metrics_and_figures_to_tensorboard_and_mlf
     history = client.get_metric_history(found.info.run_id, "val/loss")
     assert [h.value for h in sorted(history, key=lambda h: h.step)] == pytest.approx(csv_val, rel=1e-6)
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "plots")}
-    assert artifacts == {"plots/loss.png"}
+    assert artifacts == {"plots/loss.png", "plots/reliability.png", "plots/precision_recall.png", "plots/decision_curve.png"}
 
 
 READ_STORE = """
