@@ -23,6 +23,7 @@ from scipy.stats import t as t_dist
 from covfuse.data.groups import Grouping, as_groupings
 from covfuse.errors import UserError, suggest
 from covfuse.survival.estimators import weight_rows
+from covfuse.training.survival_reference import missing_reason as survival_missing_reason
 from covfuse.training.survival_reference import survival_details, survival_scores
 
 SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "auroc")
@@ -272,6 +273,42 @@ def bootstrap_ci(
             for name in names}
 
 
+def missing_reason(task: str, name: str, labels: np.ndarray, reference=None) -> str:
+    """Why score ``name`` of ``task`` is undefined (NaN) on these labels, in words: metrics.json writes
+    it as ``<name>_reason`` beside the null, the log and the study report repeat it."""
+    if task == "survival":
+        return survival_missing_reason(name, labels, reference)
+    y = np.asarray(labels)
+    if not len(y):
+        return "no samples"
+    if name in ("auroc", "tpr", "fpr"):
+        present = "positive" if y.astype(bool).all() else "negative"
+        return f"only {present} samples here ({name} needs both classes)"
+    if name == "r2":
+        return "the target is constant here (R² divides by its variance)"
+    return f"{name} is undefined on these predictions"
+
+
+def interval_reason(n_boot: int, clusters: int) -> str:
+    """Why a finite score has no bootstrap interval (``<name>_ci`` is [null, null])."""
+    if n_boot <= 0:
+        return "no bootstrap asked for (bootstrap: 0)"
+    if clusters < 2:
+        return f"{clusters} {'person' if clusters == 1 else 'people'} (cluster): an interval needs two"
+    return "fewer than two bootstrap resamples where the score is defined"
+
+
+def explain_missing(entry: dict, names: Sequence[str], why, n_boot: int, clusters: int) -> dict:
+    """``entry`` with ``<name>_reason`` beside every null score (``why(name)`` says it) and
+    ``<name>_ci_reason`` beside a finite score's null interval: a missing number always has a reason."""
+    for name in names:
+        if name in entry and entry[name] is None:
+            entry[f"{name}_reason"] = why(name)
+        elif entry.get(f"{name}_ci", [0, 0])[0] is None:
+            entry[f"{name}_ci_reason"] = interval_reason(n_boot, clusters)
+    return entry
+
+
 def _number(value: float) -> float | None:
     """A JSON-safe float: NaN/inf become None."""
     value = float(value)
@@ -338,12 +375,16 @@ def group_table(
                 entry[stat] = _number(s[stat])
             if task == "binary":
                 entry["auroc"] = _number(s["auroc"])  # None unless both classes occur in the group
-            groups[label] = entry
+            size = len(np.unique(clusters[mask])) if clusters is not None else int(mask.sum())
+            groups[label] = explain_missing(entry, [*stats, "auroc"],
+                                            lambda name: missing_reason(task, name, y[mask], reference), n_boot, size)
             members.append(entry)
         gap: dict[str, float | None] = {}
         for stat in stats:
             values = [m[stat] for m in members if m[stat] is not None]
             gap[stat] = float(max(values) - min(values)) if len(values) >= 2 else None
+            if gap[stat] is None:
+                gap[f"{stat}_reason"] = f"{stat} is defined in {len(values)} of its subgroups; a gap needs two"
         gaps["&".join(key)] = gap
     return groups, gaps
 
@@ -400,6 +441,8 @@ def split_metrics(
         out[f"{name}_ci"] = cis[name]
     if task == "binary":
         out["tpr"], out["fpr"] = _number(point["tpr"]), _number(point["fpr"])
+    explain_missing(out, [*names, "tpr", "fpr", "loss"], lambda name: missing_reason(task, name, y, reference), n_boot,
+                    out["clusters"])
     groups, gaps = group_table(y, p, covariates or {}, clusters=clusters, n_boot=n_boot, seed=seed, threshold=threshold,
                                task=task, num_classes=num_classes, reference=reference)
     out["groups"] = groups
