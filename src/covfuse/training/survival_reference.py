@@ -143,19 +143,18 @@ def check_times(train_labels, grid: Sequence[float] | None = None, tau: float | 
     if given and not times["grid"]:
         raise UserError(f"data.eval_times [{_times(times['left_out'])}] lie outside the training split's follow-up "
                         f"({first:g} <= t < {last:g}), where no S(t), Brier score or AUC is defined; give times "
-                        f"{inside}, e.g. --data.eval_times [{_times(example)}]")
+                        f"inside it, e.g. --data.eval_times [{','.join(f'{t:g}' for t in example)}]")
     if not given and len(times["grid"]) < 2:
         time, event = split_labels(train_labels if scale_labels is None else scale_labels)
         distinct = len(np.unique(time[event]))
         raise UserError(f"the default evaluation grid (quartiles of the training event times) needs at least two "
-                        f"distinct times {inside}, the training split's {int(event.sum())} event(s) give "
-                        f"{len(times['grid'])} (events at {distinct} distinct time(s)); give --data.eval_times "
-                        f"[{_times(example)}] or other times {inside}")
+                        f"distinct times: the training split's {int(event.sum())} event(s) fall at {distinct} distinct "
+                        f"time(s); give --data.eval_times [{','.join(f'{t:g}' for t in example)}] or other times "
+                        f"{inside}")
     if tau is not None and not first < float(tau) <= last:
         raise UserError(f"metrics.tau {float(tau):g} lies outside the training split's follow-up ({first:g} < τ <= "
-                        f"{last:g}): Uno's C weights each event before τ by the training censoring curve, which "
-                        f"nobody is observed beyond; give a τ inside it, e.g. --metrics.tau {uno_tau(train_labels):g} "
-                        "(the default)")
+                        f"{last:g}): Uno's C weights the events before τ by the training censoring curve, which ends "
+                        f"at {last:g}; give a τ inside it, e.g. --metrics.tau {uno_tau(train_labels):g} (the default)")
     return times["left_out"]
 
 
