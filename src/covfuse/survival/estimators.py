@@ -136,7 +136,7 @@ class Baseline:
         exp(-exp(log H0(t) + risk))."""
         r = np.asarray(risk, dtype=np.float64).reshape(-1, 1)
         log_h = self.log_at(np.asarray(times, dtype=np.float64).reshape(1, -1))
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             return np.exp(-np.exp(log_h + r))
 
 
@@ -156,7 +156,7 @@ def breslow(labels, risk) -> Baseline:
     deaths = np.bincount(code, weights=event.astype(np.float64), minlength=len(values))
     has = deaths > 0
     log_h = np.logaddexp.accumulate(np.log(deaths[has]) - log_at_risk[has]) if has.any() else np.zeros(0)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):  # H0 itself only for show: the log is what S(t | x) uses
         return Baseline(values[has], np.exp(log_h), log_h)
 
 

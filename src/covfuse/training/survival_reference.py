@@ -76,7 +76,7 @@ class Reference:
     @classmethod
     def from_dict(cls, d: dict) -> "Reference":
         log_h = d.get("baseline_log_cumulative_hazard")  # absent in files written before it
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             h = (np.asarray(d["baseline_cumulative_hazard"], dtype=np.float64) if log_h is None
                  else np.exp(np.asarray(log_h, dtype=np.float64)))
         return cls(Baseline(np.asarray(d["baseline_times"], dtype=np.float64), h,
