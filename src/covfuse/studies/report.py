@@ -345,7 +345,8 @@ def cell_row(c: CellData, metric: str, split: str, *, n_boot: int, seed: int) ->
         row["estimate_reason"] = null_reason(c, metric, split)
     if not complete:
         missing = sum(not math.isfinite(v) for v in values)
-        row["mean_reason"] = f"{plural(missing, 'run')} of {len(values)} without {metric}: {null_reason(c, metric, split)}"
+        row["mean_reason"] = (null_reason(c, metric, split) if missing == len(values) else
+                              f"{plural(missing, 'run')} of {len(values)} without {metric}: {null_reason(c, metric, split)}")
     if row["sd"] is None:
         row["sd_reason"] = row.get("mean_reason", "one run: a spread across runs needs two")
     if c.tuned:
@@ -361,11 +362,11 @@ def compare(study: Study, row: dict, c: CellData, base_row: dict, base: CellData
     if row is base_row:
         row["difference_reason"] = "the baseline"
         return
+    if row["estimate"] is None:
+        row["difference_reason"] = row["estimate_reason"]
+        return
     if base is None or base_row["estimate"] is None:
         row["difference_reason"] = f"no {metric} for the baseline: {base_row.get('estimate_reason')}"
-        return
-    if row["estimate"] is None:
-        row["difference_reason"] = f"no {metric} here: {row['estimate_reason']}"
         return
     paired = paired_cluster_bootstrap(c.labels, c.probs, base.probs, c.groups, metric, n_boot=n_boot, seed=seed,
                                       task=c.task, references_a=c.references, references_b=base.references)
@@ -420,7 +421,7 @@ def survival_also(rows: list[dict], cells: dict[str, CellData | None], baseline:
             elif "difference_reason" in entry:
                 pass
             elif entry["estimate"] is None:
-                entry["difference_reason"] = f"no {name} here: {entry['estimate_reason']}"
+                entry["difference_reason"] = entry["estimate_reason"]
             elif base_entry["estimate"] is None:
                 entry["difference_reason"] = f"no {name} for the baseline: {base_entry.get('estimate_reason')}"
             else:
