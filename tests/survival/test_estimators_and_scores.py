@@ -337,3 +337,25 @@ def test_true_half_precision_casts_images_but_keeps_survival_times_float64(preci
 
     tied = HalfPrecision(precision).convert_input(batch)["target"]
     assert tied[0, 0] == tied[1, 0]
+
+
+def test_metrics_json_gives_each_split_its_cox_loss_so_a_search_can_monitor_val_loss(run):
+    """A survival search monitored by val/loss ranks trials by metrics.json's valid ``loss``: the Cox partial
+    likelihood of the whole split with the run's ties (efron here), per event, as scikit-survival computes it."""
+    import json
+
+    from covfuse.studies.search import OBJECTIVE
+
+    run_dir, _ = run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(run_dir / "predictions.csv")))
+    for split in ("valid", "test"):
+        part = [r for r in rows if r["split"] == split]
+        time = np.asarray([float(r["time"]) for r in part])
+        event = np.asarray([r["event"] == "1" for r in part])
+        risk = np.asarray([float(r["risk"]) for r in part])
+        opt = CoxPHOptimizer(risk[:, None], event, time, alpha=np.zeros(1), ties="efron")
+        expected = opt.nlog_likelihood(np.ones(1)) * len(time) / event.sum()
+        assert metrics[split]["loss"] == pytest.approx(expected, rel=1e-5)
+    value = metrics["valid"][OBJECTIVE["val/loss"][0]]
+    assert isinstance(value, float) and np.isfinite(value)
