@@ -210,7 +210,7 @@ def listed_lazy_imports() -> set[tuple[str, str]]:
     pairs = set()
     for line in section.splitlines():
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and cells[0].startswith("covfuse."):
+        if len(cells) >= 3 and (cells[0] == "covfuse" or cells[0].startswith("covfuse.")):
             pairs.add((cells[0], cells[1]))
     return pairs
 
@@ -218,6 +218,7 @@ def listed_lazy_imports() -> set[tuple[str, str]]:
 def function_level_imports() -> set[tuple[str, str]]:
     """(module, imported covfuse module) for every import of a covfuse module inside a function, outside cli/."""
     found = set()
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
     for path in PACKAGE.rglob("*.py"):
         if "cli" in path.relative_to(PACKAGE).parts:
             continue
@@ -226,8 +227,10 @@ def function_level_imports() -> set[tuple[str, str]]:
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(fn):
-                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("covfuse"):
-                    found.add((_module_name(path), node.module))
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "covfuse":
+                    # `from covfuse.data import cache` imports the module covfuse.data.cache
+                    subs = {f"{node.module}.{a.name}" for a in node.names} & modules
+                    found |= {(_module_name(path), m) for m in (subs or {node.module})}
                 elif isinstance(node, ast.Import):
                     found |= {(_module_name(path), a.name) for a in node.names if a.name.startswith("covfuse")}
     return found

@@ -1,4 +1,5 @@
-"""User-facing errors: the CLI turns these into one line on stderr and exit status 2."""
+"""Errors the CLI turns into one line on stderr and an exit status (UserError 2, Terminated 143,
+RunInterrupted 128 + the signal, RunDiverged 1), and the spelling hint their messages carry."""
 from __future__ import annotations
 
 import difflib

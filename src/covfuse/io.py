@@ -1,4 +1,5 @@
-"""Atomic writes: a file appears whole under its name or not at all (write a temp name, then rename).
+"""File helpers: atomic writes (a file appears whole under its name or not at all: write a temp
+name, then rename), figures saved that way, and ``torch.load`` of weights only.
 
 The finished file gets the permissions a plain ``open(path, "w")`` would give (0666 minus the
 user's umask): ``tempfile.mkstemp`` creates 0600 files, which collaborators could not read.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -81,7 +83,7 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, **options)
     finally:
-        import matplotlib.pyplot as plt  # only here: io stays importable without matplotlib
+        import matplotlib.pyplot as plt  # lazy: io stays matplotlib-free
 
         plt.close(fig)
     return path
@@ -94,9 +96,7 @@ def load_trusted(path: str | os.PathLike, what: str = "file", map_location="cpu"
     A file that carries other pickled objects (which could execute code when unpickled) is refused
     with one line; so is a truncated or non-torch file.
     """
-    import pickle
-
-    import torch  # here, not at module level: io stays importable without torch
+    import torch  # lazy: io stays torch-free (data and report commands import it)
 
     path = Path(path)
     if not path.is_file():

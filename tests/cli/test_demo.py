@@ -158,7 +158,7 @@ def test_demo_refuses_a_foreign_folder_and_bad_options(tmp_path, small_config, c
     assert covfuse(demo_args(tmp_path / "o", tmp_path / "twin", small_config, "--methods", "hybrid,resnet")) == 2
     assert "unknown demo method 'resnet'" in capsys.readouterr().err
     assert covfuse(["demo", "--effect", "strong"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert "--effect strong: choose from planted, null" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", ["missing", "unknown-key"])

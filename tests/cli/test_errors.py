@@ -474,6 +474,32 @@ CASES = [
          "--tune optim.lr=log:1e-2..0: a range is LO..HI with numbers LO < HI", SEARCH_CONFIG),
     Case("search-no-space", "--search optuna without a space", SEARCH,
          "--search optuna needs a space: --tune KEY=V1,V2 | KEY=LO..HI | KEY=log:LO..HI", SEARCH_CONFIG),
+    # -- values of the wrong type (issue 32; every option: tests/cli/test_option_values.py) --
+    Case("option-type", "a word where a number belongs", [*FIT, "--data.image_size", "big"],
+         "--data.image_size big: data.image_size takes an integer, e.g. --data.image_size 224"),
+    Case("option-choice", "a value outside an option's choices", [*FIT, "--monitor", "val/auc"],
+         "--monitor val/auc: monitor takes one of val/loss, val/acc, val/mae, val/c_index, val/ibs, null, "
+         "e.g. --monitor val/loss"),
+    Case("option-numbers-as-names", "class names that YAML reads as numbers", [*FIT, "--data.classes", "[0,1]"],
+         "--data.classes [0,1]: data.classes takes a list of names such as [a,b] or null, e.g. --data.classes [a,b]; "
+         "numbers and yes/no are read as numbers and booleans: quote them, e.g. --data.classes '[\"0\",\"1\"]'"),
+    Case("config-value-type", "a value of the wrong type in a config file", ["fit", "--config", "my.yaml"],
+         "my.yaml: optim.lr: fast is not allowed; optim.lr takes a number (e.g. lr: 0.001 under optim:)",
+         lambda work: (work / "my.yaml").write_text("optim:\n  lr: fast\n")),
+    Case("argparse-type", "a word where a command's number belongs", ["data", "synth", "out", "--n", "many"],
+         "--n many: expected an integer; see `covfuse data synth --help`"),
+    # -- covfuse data show (issue 32) --
+    Case("show-unknown-id", "data show with an id no row has", ["data", "show", ROOT, "--ids", "000999.jpg",
+                                                                 "--out", "s.png"],
+         "--ids: no row of twin/celeba has the id '000999.jpg'"),
+    Case("show-out-suffix", "data show --out neither .png nor .npy", ["data", "show", ROOT, "--out", "s.jpg"],
+         "--out s.jpg: name a .png (the montage) or a .npy (one row's decoded array), e.g. --out s.png"),
+    Case("show-out-folder", "data show --out in a folder that is a file", ["data", "show", ROOT, "--out", "afile/s.png"],
+         "--out afile/s.png: afile is a file, not a folder; choose another --out",
+         lambda work: (work / "afile").write_text("not a folder")),
+    Case("show-npy-rows", "data show --out FILE.npy for several rows", ["data", "show", ROOT, "--rows", "4", "--out",
+                                                                       "s.npy"],
+         "--out s.npy: a .npy holds one row's array; give --rows 1 or --ids ID (a .png shows several)"),
 ]
 
 

@@ -19,7 +19,7 @@ from covfuse.cli.main import COMMANDS
 from covfuse.cli.main import main as covfuse
 
 REPO = Path(__file__).resolve().parents[2]
-DATA_COMMANDS = ("info", "synth", "synth3d", "cache", "verify")
+DATA_COMMANDS = ("info", "show", "synth", "synth3d", "cache", "verify")
 CONFIG_COMMANDS = ("fit", "sweep", "cv")  # take every config key as --section.key
 # options of other programs that messages quote (pip, python); never covfuse's
 FOREIGN = {"--upgrade", "--index-url", "--extra-index-url", "--user", "--no-deps", "--force-reinstall"}

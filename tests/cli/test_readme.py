@@ -45,7 +45,7 @@ def python_snippets() -> list[str]:
 
 def test_the_readme_commands_chain_in_order(tmp_path, monkeypatch, capsys):
     commands = readme_commands()
-    assert [c[0] for c in commands] == ["data", "data", "describe", "fit", "test", "predict", "explain", "demo"]
+    assert [c[0] for c in commands] == ["data", "data", "data", "describe", "fit", "test", "predict", "explain", "demo"]
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     small = (REPO / "configs/demo.yaml").read_text().replace("image_size: 64", "image_size: 16")
     (tmp_path / "small-demo.yaml").write_text(small)
@@ -60,6 +60,8 @@ def test_the_readme_commands_chain_in_order(tmp_path, monkeypatch, capsys):
         assert code == 0, f"covfuse {shlex.join(argv)} failed: {err[-1500:]}"
         if key == "info":
             assert json.loads(out)["num_images"] == 60
+        if key == "show":
+            assert (tmp_path / "data/show.png").is_file() and "8 row(s) as the network sees them" in out
         if key == "predict":
             header, row = out.strip().splitlines()
             assert header == "image,Young,Male,P(Attractive)" and 0 <= float(row.split(",")[-1]) <= 1

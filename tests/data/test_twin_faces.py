@@ -86,7 +86,7 @@ def test_refuses_to_overwrite_and_leaves_nothing_on_error(tmp_path, capsys, monk
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--image-size", "178"], "WIDTHxHEIGHT"), (["--effect", "strong"], "invalid choice"),
+    (["--image-size", "178"], "WIDTHxHEIGHT"), (["--effect", "strong"], "--effect strong: choose from planted, null"),
     (["--n", "2"], "at least 3"), (["--noise", "0.6"], "noise must be in"),
 ])
 def test_bad_synth_options_exit_2(tmp_path, capsys, args, message):

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import t as t_dist
 from sklearn import metrics as skm
 
-from covfuse.studies.stats import align, mcnemar, paired_bootstrap
+from covfuse.studies.stats import paired_cluster_bootstrap
 from covfuse.training.metrics import bootstrap_ci, group_table, log_loss, scores, split_metrics
 
 
@@ -136,32 +136,11 @@ def test_split_metrics_is_strict_json_and_consistent():
     assert {"Male=0", "Male=1"} <= set(m["groups"]) and "Male" in m["gaps"]
 
 
-def test_paired_bootstrap_difference_and_null():
+def test_image_level_paired_bootstrap_difference_and_null():
     y, p = _fixed(300)
     worse = np.where(np.arange(300) % 3 == 0, 1 - p, p)  # flips a third of the predictions
-    r = paired_bootstrap(y, p, worse, n_boot=500, seed=0)
+    r = paired_cluster_bootstrap(y, p, worse, None, n_boot=500, seed=0)  # groups None: one per image
     assert r["difference"] == pytest.approx(skm.accuracy_score(y, p >= .5) - skm.accuracy_score(y, worse >= .5))
     assert r["ci"][0] > 0 and r["p_value"] < 0.01
-    same = paired_bootstrap(y, p, p, n_boot=200)
+    same = paired_cluster_bootstrap(y, p, p, None, n_boot=200)
     assert same["difference"] == 0 and same["ci"] == [0.0, 0.0] and same["p_value"] == 1.0
-
-
-def test_mcnemar_matches_the_exact_binomial_by_hand():
-    y = np.array([1] * 20)
-    pa = np.array([0.9] * 14 + [0.1] * 6)  # right on 0-13
-    pb = np.array([0.1] * 4 + [0.9] * 12 + [0.1] * 4)  # right on 4-15
-    r = mcnemar(y, pa, pb)
-    a_only, b_only = 4, 2  # a right only on 0-3; b right only on 14-15
-    n = a_only + b_only
-    tail = sum(math.comb(n, k) for k in range(0, min(a_only, b_only) + 1)) / 2**n
-    assert (r["a_only"], r["b_only"]) == (a_only, b_only)
-    assert r["p_value"] == pytest.approx(min(1.0, 2 * tail))
-
-
-def test_align_pairs_ids_and_rejects_different_sets():
-    ia, ib = align(["c", "a", "b"], ["b", "c", "a"])
-    assert list(np.array(["c", "a", "b"])[ia]) == list(np.array(["b", "c", "a"])[ib])
-    from covfuse.errors import UserError
-
-    with pytest.raises(UserError):
-        align(["a", "b"], ["a", "c"])

@@ -33,7 +33,7 @@ def _drain(loader, normalise: bool) -> None:
 
 
 def _torchvision(root: Path, size: int):
-    from torchvision import datasets, transforms
+    from torchvision import datasets, transforms  # lazy: torchvision only for the baseline path
 
     class TwinCelebA(datasets.CelebA):
         def _check_integrity(self) -> bool:  # the twin's text files are not the release's (md5)

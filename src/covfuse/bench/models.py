@@ -1,5 +1,5 @@
-"""Model benchmark: one optimiser step (forward, BCE loss, backward, AdamW) of a whole network, each
-fusion variant relative to image-only, plus its peak memory.
+"""Model benchmark: one optimiser step (forward, BCE loss, backward, AdamW on CUDA, SGD on a CPU) of a
+whole network, each fusion variant relative to image-only, plus its peak memory.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the step; on CPU (no allocator
 statistics), the bytes of the distinct tensors autograd saves for backward (activation memory,
@@ -15,6 +15,7 @@ from covfuse.layers import auto_choices
 from covfuse.layers.autotune import clear_choices
 from covfuse.layers.hybrid import hybrid_layers
 from covfuse.models import build
+from covfuse.models.registry import backbone_spec
 from covfuse.training.module import to_channels_last
 
 # (label, fusion, hybrid_layers, K)
@@ -65,8 +66,6 @@ def run(backbones: list[str], size: int, batch2d: int, device: str, rounds: int,
         size3d: int | None = None, batch3d: int | None = None) -> list[dict]:
     """One row per (backbone, variant); 3D backbones (resnet3d-compact, monai-*) take volumes of side
     ``size3d`` in batches of ``batch3d`` (default: ``size`` and ``batch2d``)."""
-    from covfuse.models.registry import backbone_spec
-
     dev = torch.device(device)
     chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
     rows = []
@@ -92,9 +91,9 @@ def run(backbones: list[str], size: int, batch2d: int, device: str, rounds: int,
             if channels_last and not volumes:
                 # not model.to(memory_format=...): that fails on the 5-D covariate weights of hybrid convs
                 model = to_channels_last(model)
-            # AdamW (what training uses) on a GPU; plain SGD on a CPU, where nine vgg16_bn copies with
-            # two AdamW state tensors each would need ~20 GB of RAM (the step's arithmetic is the same
-            # for every variant; the optimiser's share is small either way).
+            # AdamW (what training uses) on a GPU; plain SGD on a CPU, where a vgg16_bn per variant (17)
+            # with two AdamW state tensors each would need ~38 GB of RAM (the step's arithmetic is the
+            # same for every variant; the optimiser's share is small either way).
             opt = (torch.optim.AdamW(model.parameters(), lr=1e-5) if dev.type == "cuda"
                    else torch.optim.SGD(model.parameters(), lr=1e-5))
             c = c3[:, :k] if k else torch.zeros(batch, 0, device=dev)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 
-from covfuse.errors import UserError
+from covfuse.errors import UserError, suggest
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,7 +20,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        raise UserError(f"{message}; see `{self.prog} --help`")
+        raise UserError(f"{_reworded(message)}; see `{self.prog} --help`")
 
     def parse_known_args(self, args=None, namespace=None):
         if args is not None:
@@ -36,6 +37,24 @@ class Parser(argparse.ArgumentParser):
             if candidate in self._option_string_actions:
                 return candidate + sep + value
         return token
+
+
+_INVALID = re.compile(r"argument (?P<name>[^:/ ]+)(?:/\S+)?: invalid (?P<kind>int|float) value: '(?P<value>.*)'")
+_CHOICE = re.compile(r"argument (?P<name>[^:/ ]+)(?:/\S+)?: invalid choice: '(?P<value>.*)' \(choose from (?P<choices>.*)\)")
+
+
+def _reworded(message: str) -> str:
+    """argparse's complaint about a value, in the words of covfuse's other messages: the option, the value,
+    what it takes (``--n x: expected an integer``; ``--format xml: choose from text, json``)."""
+    found = _INVALID.fullmatch(message)
+    if found:
+        kind = "an integer" if found["kind"] == "int" else "a number"
+        return f"{found['name']} {found['value']}: expected {kind}"
+    found = _CHOICE.fullmatch(message)
+    if found:
+        choices = [c.strip().strip("'") for c in found["choices"].split(",")]
+        return f"{found['name']} {found['value']}: choose from {', '.join(choices)}{suggest(found['value'], choices)}"
+    return message
 
 
 def parse_seeds(text: str | None) -> list[int] | None:

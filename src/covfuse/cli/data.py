@@ -1,5 +1,6 @@
-"""`covfuse data info|synth|synth3d|cache|verify`: parses the arguments and prints; covfuse.data does the work
-(inspecting: covfuse.data.inspect; decoding every file: covfuse.data.samples.undecodable)."""
+"""`covfuse data info|show|synth|synth3d|cache|verify`: parses the arguments and prints; covfuse.data does the work
+(inspecting: covfuse.data.inspect; what the network sees: covfuse.data.show; decoding every file:
+covfuse.data.samples.undecodable)."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +103,37 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         _print_info(summary, split_rates(meta), meta.root)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- show
+def show_settings(args: argparse.Namespace):
+    """The preprocessing `data show` applies: a run config's data section (--config; default: fit's defaults),
+    then the flags given."""
+    from covfuse.data.samples import settings
+    from covfuse.training import config as cfgmod
+
+    data = cfgmod.load(args.config).data if args.config else cfgmod.DataConfig()
+    for key in ("image_size", "preset", "geometry", "intensity", "spacing"):
+        if getattr(args, key) is not None:
+            setattr(data, key, getattr(args, key))
+    return settings(data)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from covfuse.data.show import show
+
+    s = show_settings(args)
+    done = show(args.source, args.out, s, rows=args.rows, ids=_names(args.ids) or None,
+                columns=_names(args.covariates) or None, overwrite=args.overwrite)
+    if done["out"].lower().endswith(".npy"):
+        print(f"wrote {done['out']}: the decoded array of {done['ids'][0]} (float32, shape "
+              f"{'x'.join(map(str, done['shape']))}{', RAS' if done['kind'] == 'volume' else ''}, before resizing)")
+    else:
+        what = (f"{s.size}^3 voxels, {s.geometry}, {s.intensity}" if done["kind"] == "volume"
+                else f"{s.size}x{s.size} px, preset {s.preset}")
+        print(f"wrote {done['out']}: {len(done['rows'])} row(s) as the network sees them ({what}; "
+              f"{done['shape'][0]}x{done['shape'][1]} px)")
     return 0
 
 
@@ -221,13 +253,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------- parser
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     from covfuse.data.twins.faces import EFFECTS
     from covfuse.data.decode import DEFAULT_PRESET, PRESETS
+    from covfuse.data.decoders.nifti import GEOMETRIES, INTENSITIES
 
     parser = Parser(
         prog="covfuse data",
-        description="Inspect, verify, cache or synthesise data. ROOT is a manifest CSV/TSV (2D images or NIfTI "
+        description="Inspect, show, verify, cache or synthesise data. ROOT is a manifest CSV/TSV (2D images or NIfTI "
         "volumes), a BIDS folder (dataset_description.json), or a CelebA folder (img_align_celeba/ and the text "
         "files, or celeba/ holding them). Formats: docs/data.md.",
     )
@@ -245,6 +278,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_images", action="store_true", help="do not require every listed image to exist "
                    "(manifest: do not open every volume's header)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("show", help="draw what the network sees for the first rows (or given ids) of a source",
+                       description="Draw a labelled montage (--out FILE.png) of what the network is fed for the "
+                       "first N rows of a source, or the rows with given ids: each file decoded, windowed, oriented "
+                       "and preprocessed by the dataset training uses, then normalised; 2D images as tiles, volumes "
+                       "as three orthogonal mid-slices; each labelled with its id, file, layout and column values. "
+                       "--out FILE.npy writes one row's (or one file's) decoded array instead: float32, before "
+                       "resizing, volumes in RAS. The first thing to run on a new folder (docs/data.md).")
+    p.add_argument("source", metavar="SOURCE", help="a manifest, BIDS or CelebA folder (as data.root), or one image "
+                   "or volume file")
+    p.add_argument("--out", required=True, metavar="FILE.png|FILE.npy", help="where to write the montage (.png) or "
+                   "one row's decoded array (.npy)")
+    p.add_argument("--rows", type=int, default=None, help="show the first N rows (default: 8 for a .png, 1 for "
+                   "a .npy)")
+    p.add_argument("--ids", metavar="A,B", help="show the rows with these ids (as predictions.csv names them: the "
+                   "manifest's id or path column, CelebA's file names) instead of the first rows")
+    p.add_argument("--covariates", metavar="A,B", help="columns to label each row with (default: all but subject, "
+                   "path, split, session)")
+    p.add_argument("--config", metavar="FILE.yaml", help="take the preprocessing (data.image_size, preset, geometry, "
+                   "intensity, spacing) from a run config or a run's config.yaml (default: fit's defaults)")
+    p.add_argument("--image_size", type=int, default=None, help="side of the model input (default: data.image_size)")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None, help="2D image preset (default: data.preset)")
+    p.add_argument("--geometry", choices=GEOMETRIES, default=None, help="volumes: resize or crop-pad (default: "
+                   "data.geometry)")
+    p.add_argument("--intensity", choices=INTENSITIES, default=None, help="volumes: zscore or minmax (default: "
+                   "data.intensity)")
+    p.add_argument("--spacing", type=float, default=None, help="volumes: resample to this isotropic voxel size in mm "
+                   "first (default: data.spacing)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("synth", help="write a synthetic CelebA twin with a planted effect",
                        description="Write a synthetic twin in the release's exact format to OUT/celeba/, with a "
@@ -306,9 +369,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed the message
         return int(exc.code or 0)
     return int(args.func(args) or 0)

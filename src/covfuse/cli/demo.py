@@ -21,7 +21,7 @@ from covfuse.cli._common import Parser
 from covfuse.errors import UserError
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     from covfuse.studies.demo import METHODS
 
     p = Parser(prog="covfuse demo", description=__doc__.split(": ", 1)[1],
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     from covfuse.data.twins.faces import parse_image_size
     from covfuse.studies.demo import CONFIG, VOLUME_CONFIG, DemoOptions, run_demo
 

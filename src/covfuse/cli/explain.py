@@ -10,7 +10,7 @@ import logging
 from covfuse.cli._common import Parser
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = Parser(prog="covfuse explain", description="Explain what each covariate changes in a trained run.")
     p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
     p.add_argument("--split", default="test", help="split to explain: train, valid or test (default: test)")
@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs_dir", default="runs", help="folder holding run folders (default: runs)")
     p.add_argument("--ckpt", default="best", help="best, last, or a path to a .ckpt (default: best)")
     p.add_argument("--layer", default=None, help="module for Grad-CAM, e.g. features.12 (default: the last conv)")
-    p.add_argument("--by", default="", help="more subgroups: attribute names from the data, e.g. Smiling,Eyeglasses")
+    p.add_argument("--by", default="", help="more subgroups (CelebA runs): attribute names from the data, e.g. Smiling,Eyeglasses")
     p.add_argument("--n-boot", dest="n_boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed for examples and bootstrap (default: 0)")
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps (default: 32)")
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     from covfuse.studies.explain import explain_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

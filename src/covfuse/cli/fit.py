@@ -3,12 +3,6 @@ from __future__ import annotations
 
 from covfuse.training import config as cfgmod
 
-DESCRIPTION = """Train one run from a YAML config (see configs/README.md and docs/training.md).
-Command-line values override the file (e.g. --model.fusion hybrid --optim.lr 1e-4 --name x);
-unknown keys are an error; --print_config shows the resolved config and exits.
---resume continues runs/<name>/ with its own saved config.yaml (only trainer settings, data.root
-and a few runtime keys may be overridden)."""
-
 
 def _flags(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
@@ -16,6 +10,13 @@ def _flags(parser) -> None:
                         help="continue runs/<name>/ from checkpoints/last.ckpt with its saved config.yaml")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="leave out images or volumes that do not decode (counted and listed in skipped.txt) instead of stopping")
+
+
+def parser():
+    """fit's parser: every config key (``--data.root``, ...; jsonargparse) and fit's own flags."""
+    p = cfgmod.parser("covfuse fit", DESCRIPTION)
+    _flags(p)
+    return p
 
 
 def resolve(argv: list[str]) -> tuple[cfgmod.RunConfig, dict]:

@@ -1,6 +1,7 @@
 """The `covfuse` command: dispatches to one module per sub-command, imported lazily.
 
-Each sub-command module exposes ``main(argv: list[str]) -> int``. Any :class:`UserError`
+Each sub-command module exposes ``main(argv: list[str]) -> int`` and ``parser()``, the parser of its
+options (``fit``'s holds every config key; ``sweep`` and ``cv`` pass unknown flags on as config keys). Any :class:`UserError`
 (or ``FileNotFoundError``) that escapes becomes one line on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -17,13 +18,13 @@ from covfuse.errors import RunDiverged, RunInterrupted, Terminated, UserError, s
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `covfuse --help` and `covfuse data info` start without importing Lightning.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("covfuse.cli.data", "inspect, verify, cache or synthesise data (manifests, BIDS, CelebA folders)"),
+    "data": ("covfuse.cli.data", "inspect, show, verify, cache or synthesise data (manifests, BIDS, CelebA folders)"),
     "describe": ("covfuse.cli.describe", "print a model's layer table and draw its diagram"),
     "fit": ("covfuse.cli.fit", "train a model from a YAML config into runs/<name>/"),
     "test": ("covfuse.cli.test", "evaluate a finished run on valid and test"),
     "predict": ("covfuse.cli.predict", "predict for images or volumes with covariates"),
     "sweep": ("covfuse.cli.sweep", "train a study: a grid of settings x seeds, locally or as a SLURM array"),
-    "cv": ("covfuse.cli.cv", "k-fold cross-validation by identity, one run per fold"),
+    "cv": ("covfuse.cli.cv", "k-fold cross-validation grouped by person (identity, subject), one run per fold"),
     "status": ("covfuse.cli.status", "where a study stands: done, running, interrupted, failed, pending; time left"),
     "report": ("covfuse.cli.report", "compare a study's cells with a baseline: CIs, paired tests, figures"),
     "demo": ("covfuse.cli.demo", "the main job on built-in synthetic data (CPU-friendly)"),

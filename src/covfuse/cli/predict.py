@@ -20,7 +20,7 @@ from covfuse.cli._common import Parser
 from covfuse.errors import UserError, suggest
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = Parser(prog="covfuse predict", description="Print the run's prediction (e.g. P(target = 1)) for images or "
                "volumes with given covariates.")
     p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
@@ -114,7 +114,7 @@ def read_csv(path: Path, names: list[str]) -> tuple[list[Path], list[list[str]]]
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_intermixed_args(argv)  # options may come between RUN and the images
+    args = parser().parse_intermixed_args(argv)  # options may come between RUN and the images
     if not args.images and not args.csv_file:
         raise UserError("give IMAGE files (with --covariates) or --csv FILE; see `covfuse predict --help`")
     if args.batch_size < 1:

@@ -13,11 +13,10 @@ from covfuse.cli._common import Parser
 from covfuse.errors import UserError
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     from covfuse.training.metrics import TASK_SCORES
 
     names = list(dict.fromkeys(n for task in TASK_SCORES.values() for n in task))
-
     p = Parser(prog="covfuse report", description=__doc__.split(": ", 1)[1],
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study folder, or its name under --runs-dir")
@@ -31,7 +30,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--unit", default="group", choices=["group", "image"],
                    help="what the bootstrap resamples: group (people; default) or image (data without repeated people)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     if args.bootstrap < 100:
         raise UserError(f"--bootstrap must be at least 100, got {args.bootstrap}")
     import sys

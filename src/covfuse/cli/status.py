@@ -10,13 +10,17 @@ import json
 from covfuse.cli._common import Parser
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     p = Parser(prog="covfuse status", description=__doc__.split(": ", 1)[1],
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study folder, or its name under --runs-dir")
     p.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", default="runs", help="folder of studies (default: runs)")
     p.add_argument("--format", default="text", choices=["text", "json"], help="what to print (default: text)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     from covfuse.studies.status import study_status, to_text
     from covfuse.studies.sweep import load_study
 

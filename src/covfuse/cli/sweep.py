@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from covfuse.cli._common import Parser, parse_seeds  # noqa: F401 (parse_seeds: used here and by search)
+from covfuse.cli._common import Parser, parse_seeds
 from covfuse.errors import UserError
 
 
@@ -28,7 +28,8 @@ def parser(prog: str = "covfuse sweep", doc: str = __doc__, cv: bool = False) ->
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the study file's, else 0)")
     p.add_argument("--baseline", default=None, help="the cell every other cell is compared with (default: the first)")
     if cv:
-        p.add_argument("--folds", type=int, required=True, help="k: identity-grouped stratified folds of train+valid")
+        p.add_argument("--folds", type=int, required=True, help="k: folds of train+valid grouped by person (identity, subject), "
+                       "stratified by the target (classes, events; not for regression)")
     else:
         p.add_argument("--tune", action="append", default=[], metavar="KEY=V1,V2",
                        help="give every cell the same search over these values; the best by valid metric counts")

@@ -6,7 +6,7 @@ import argparse
 from covfuse.cli._common import Parser
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = Parser(prog="covfuse test", description=__doc__.split(": ", 1)[1])
     p.add_argument("run", help="run name (under --runs_dir) or path to a run folder")
     p.add_argument("--runs_dir", default="runs", help="folder holding run folders (default: runs)")
@@ -19,8 +19,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     from covfuse.training.results import summary
     from covfuse.training.run import evaluate_run
 

@@ -13,6 +13,8 @@
 5. ``dataset.py``: the image and volume datasets; ``samples.py`` picks the dataset, cache and checks
    for any table; ``transforms.py`` normalises 2D images on the device.
 6. ``inspect.py``: what ``covfuse data info`` and ``covfuse data verify`` report about a source.
+7. ``show.py``: what ``covfuse data show`` draws, the network's inputs read by the dataset training
+   builds (or one row's decoded array).
 
 ``twins/`` holds the synthetic data with planted effects (faces, brains, survival).
 

@@ -16,6 +16,14 @@ import torch
 from covfuse.data.decode import DEFAULT_PRESET, PRESETS, check_preset
 
 
+def model_input(images: torch.Tensor, preset: str = DEFAULT_PRESET, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """What the model is fed for a batch as a dataset serves it: 2D integer images normalised by :func:`normalize`;
+    volumes as they come (float16, their intensities normalised by the volume preprocessing), cast to ``dtype``."""
+    if images.is_floating_point():
+        return images.to(dtype)
+    return normalize(images, preset, dtype)
+
+
 def hflip(images: torch.Tensor) -> torch.Tensor:
     """Mirror images (…, H, W) left-right (training augmentation, on the stored integers before normalising)."""
     return images.flip(-1)

@@ -5,8 +5,8 @@ input normalised exactly as the wrapped ``BatchNorm*d`` / ``InstanceNorm*d`` nor
 statistics, running averages, momentum and eps, train or eval as the norm is) and gamma, beta are
 its own affine parameters (1 and 0 when it has none). As the reference, delta_gamma and delta_beta
 come from two separate MLPs (Linear-ReLU-Linear, ``hidden`` units), delta_beta's output layer
-without a bias. Computed as one batch norm without affine plus one per-sample affine (one
-``addcmul``); in eval mode the two fold into that single affine pass.
+without a bias. Computed as the norm without its affine plus one per-sample affine (one
+``addcmul``); a BatchNorm in eval mode with running statistics folds the two into that single pass.
 
 Where covfuse differs from the reference (GuessWhatGame/neural_toolbox ``cbn_pluggin.py``,
 ``CBNfromLSTM`` at commit 81a2331, the version of the paper's experiments): the reference predicts
@@ -24,9 +24,9 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from covfuse.layers.context import layer_covariates
 from covfuse.layers.film import film
+from covfuse.layers.helpers import check_init
 
 NORMS = (_BatchNorm, _InstanceNorm)
-INITS = ("identity", "reference")
 
 
 def normalize(norm: nn.Module, x: Tensor) -> Tensor:
@@ -68,8 +68,7 @@ class ConditionalNorm(nn.Module):
             raise TypeError(f"ConditionalNorm wraps a BatchNorm or InstanceNorm, got {type(norm).__name__}")
         if num_covariates < 1:
             raise ValueError(f"num_covariates must be >= 1, got {num_covariates}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        check_init(init)
         self.norm, self.num_covariates, self.hidden = norm, num_covariates, hidden
         self.num_channels = norm.num_features
         param = norm.weight if norm.weight is not None else norm.running_mean

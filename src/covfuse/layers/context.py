@@ -1,8 +1,8 @@
 """Covariate threading: hand per-sample covariates to conditioned layers deep inside an unmodified model.
 
 A converted model's ``forward(x, covariates)`` opens :func:`use_covariates` around the original
-``forward(x)``; conditioned layers (hybrid convs, FiLM, DAFT) read the covariates with
-:func:`current_covariates`. A :class:`contextvars.ContextVar` is per thread and per task, so
+``forward(x)``; every conditioned layer of :mod:`covfuse.layers` reads the covariates with
+:func:`current_covariates` when it is called without them. A :class:`contextvars.ContextVar` is per thread and per task, so
 DataParallel replicas (one thread each) and DDP processes never see each other's covariates, and
 the value is reset when the call returns, so nothing leaks from one call into the next.
 """

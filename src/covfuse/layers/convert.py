@@ -27,7 +27,7 @@ def conv_names(model: nn.Module) -> list[str]:
 def select_names(candidates: Sequence[str], layers: LayerSpec, what: str, owner: str) -> list[str]:
     """Resolve "first"/"last"/"all", a name, or a list of names / indices against ``candidates``.
 
-    Shared by :func:`convert` (convs) and the model builder (BatchNorm layers, stages); a
+    Shared by :func:`convert` (convs) and :mod:`covfuse.models.fusion` (norms, convs, stage ends); a
     ``ValueError`` says what is wrong and suggests the closest name.
     """
     if not candidates:

@@ -1,9 +1,11 @@
 """DAFT, the dynamic affine feature map transform (Pölsterl et al., MICCAI 2021).
 
 Scale and shift for each channel are predicted from the globally average-pooled feature map
-concatenated with the covariates, through a bottleneck MLP (Linear, ReLU, Linear; the bottleneck
-width is (C + K) / reduction, reduction 7 as in the paper's code), then applied as in FiLM. The
-paper predicts the scale directly; we predict ``scale = 1 + delta`` with a zero last layer, so a
+concatenated with the covariates, through a bottleneck MLP (Linear, ReLU, Linear), then applied as
+in FiLM. The layer's own bottleneck width is int((C + K) / reduction) for the C channels it
+transforms; DAFT's code uses int((4·n_basefilters + K) / 7), where 4·n_basefilters is the channels
+*entering* its last block (half the C it transforms there), and the model builder passes that width
+as ``hidden`` (``daft_hidden: daft``). The paper predicts the scale directly; we predict ``scale = 1 + delta`` with a zero last layer, so a
 fresh DAFT block is exactly the identity and the model starts as its image-only form. DAFT's own
 scripts (``--film_location 3``) place it inside the last residual block, after conv1 and a BatchNorm
 and before the ReLU; :class:`DAFTAfter` puts it behind any module (that BatchNorm, a stage, a
@@ -15,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from covfuse.layers.context import current_covariates, layer_covariates
-from covfuse.layers.film import check_init, film, zero_last_linear
+from covfuse.layers.film import film, zero_last_linear
+from covfuse.layers.helpers import check_init
 
 
 def daft(x: Tensor, covariates: Tensor, mlp: nn.Module, offset: float = 1.0) -> Tensor:
@@ -28,7 +31,7 @@ def daft(x: Tensor, covariates: Tensor, mlp: nn.Module, offset: float = 1.0) -> 
 
 
 def bottleneck_width(num_channels: int, num_covariates: int, reduction: float) -> int:
-    """Hidden width of the DAFT MLP: (C + K) / reduction, at least 1."""
+    """The DAFT MLP's hidden width when ``hidden`` is not given: int((C + K) / reduction), at least 1."""
     if reduction <= 0:
         raise ValueError(f"reduction must be > 0, got {reduction}")
     return max(1, int((num_channels + num_covariates) / reduction))

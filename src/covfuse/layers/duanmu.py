@@ -1,17 +1,18 @@
-"""Duanmu et al. (MICCAI 2020) channel gating: covariates reweight the feature maps before every stage.
+"""Duanmu et al. (MICCAI 2020) channel gating: covariates reweight the feature maps entering the stages.
 
 A chain of linear maps turns the covariates into one per-channel factor per stage:
 ``a_1 = A_1 ReLU(A_0 z)``, ``a_s = A_s a_{s-1}`` (no biases), and the input of stage s is multiplied
 by ``offset + a_s`` channel-wise. :class:`DuanmuAttention` holds the chain; :class:`DuanmuGate`
-applies factor s to the input (or output) of one module of an unmodified network.
+applies factor s to the input (or output) of one module of an unmodified network (the model builder
+gates the input of every ResNet stage, and in VGGs the output of every stage but the last).
 
 Where covfuse differs from the reference (ai-med/DAFT, ``InteractiveHNN`` in
 ``daft/networks/vol_networks.py``, which the DAFT paper uses as the Duanmu baseline): the reference
 multiplies by ``a_s`` itself (``offset=0``), so its network is never the image-only one and starts
 from near-zero features; covfuse multiplies by ``1 + a_s`` with ``A_1`` zero at initialisation, so
 every factor starts at 1 and the model starts as its image-only form (``offset=0`` and
-``init="reference"`` give the reference's function). The chain is computed once per gate call (a
-few tiny matmuls), so gates need no shared state beyond the parameters.
+``init="reference"`` give the reference's function). Each gate computes the chain up to its own
+stage on every call (a few tiny matmuls), so gates share nothing but the parameters.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from covfuse.layers.context import layer_covariates
+from covfuse.layers.helpers import check_init
 
 
 class DuanmuAttention(nn.Module):
@@ -33,8 +35,7 @@ class DuanmuAttention(nn.Module):
         if num_covariates < 1 or hidden < 1 or not channels or min(channels) < 1:
             raise ValueError(f"need num_covariates, hidden >= 1 and channels of positive ints, got "
                              f"{num_covariates}, {hidden}, {channels!r}")
-        if init not in ("identity", "reference"):
-            raise ValueError(f"init must be 'identity' or 'reference', got {init!r}")
+        check_init(init)
         factory = {"device": device, "dtype": dtype}
         self.num_covariates, self.channels, self.hidden, self.offset = num_covariates, channels, hidden, offset
         self.base = nn.Linear(num_covariates, hidden, bias=False, **factory)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from covfuse.layers.context import current_covariates, layer_covariates
+from covfuse.layers.helpers import check_init
 
 
 def film(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
@@ -33,16 +34,6 @@ def affine_generator(in_features: int, num_channels: int, hidden: int | None, bi
         nn.Linear(in_features, hidden, bias=bias, **factory), nn.ReLU(inplace=True),
         nn.Linear(hidden, 2 * num_channels, bias=bias, **factory)
     )
-
-
-INITS = ("identity", "reference")
-
-
-def check_init(init: str) -> float:
-    """The scale offset of ``init``: ``identity`` predicts 1 + delta (zero last layer), ``reference`` the scale itself."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    return 1.0 if init == "identity" else 0.0
 
 
 def zero_last_linear(generator: nn.Module) -> None:

@@ -1,9 +1,20 @@
-"""Tiny option normalisers shared by the conditioned conv layers (timm's `to_2tuple` idea)."""
+"""Tiny option checks shared by the conditioned layers: conv sizes and padding (timm's `to_2tuple` idea)
+and the ``init`` choice."""
 from __future__ import annotations
 
 from typing import Sequence, Union
 
 IntOrTuple = Union[int, Sequence[int]]
+INITS = ("identity", "reference")
+
+
+def check_init(init: str) -> float:
+    """Check ``init`` is one of :data:`INITS`; return the offset of a predicted scale: 1 for ``identity``
+    (the layer predicts 1 + delta with a zero last layer, so it starts as the identity), 0 for
+    ``reference`` (the scale itself, as the method's authors)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return 1.0 if init == "identity" else 0.0
 
 
 def to_ntuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:

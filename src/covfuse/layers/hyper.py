@@ -6,11 +6,11 @@ code of E values and (W_e, b_e) is the hypernetwork's last, linear layer. With `
 is z itself and the layer is exactly :class:`covfuse.layers.HybridConv2d` (its linear special case).
 
 Kernels are applied by the hybrid back-ends (:mod:`covfuse.layers.hybrid_functional`) with the
-code in place of the covariates: ``expand`` and ``grouped`` with no loop over the batch, and
-``pattern`` (one conv per distinct covariate row) runs the MLP on the distinct rows only. ``auto``
-picks among those three, never the per-sample loop (``reference``, kept for tests) that hybrid's
-rule uses for some CPU shapes. Cost: the code width E plays the part of K, so a hyper conv costs
-about what a hybrid conv with E covariates costs (docs/performance.md).
+code in place of the covariates; ``pattern`` (one conv per distinct covariate row) runs the MLP on
+the whole batch and takes each distinct row's code. ``auto`` chooses as it does for a hybrid conv,
+but never the per-sample loop (``reference``; where hybrid's rule would pick it, ``grouped``).
+Cost: the code width E plays the part of K, so a hyper conv costs about what a hybrid conv with E
+covariates costs (docs/performance.md).
 
 Where covfuse differs from the reference (daniel4725/HyperFusion, ``models/Hyperfusion/hyper_base.py``):
 - the reference loops over the batch in Python; here the batch is one (grouped or dense) conv;
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from covfuse.layers import autotune
 from covfuse.layers.context import layer_covariates
-from covfuse.layers.helpers import IntOrTuple, normalize_padding, to_ntuple
+from covfuse.layers.helpers import IntOrTuple, check_init, normalize_padding, to_ntuple
 from covfuse.layers.hybrid_functional import _CONV, _IMPLEMENTATIONS, BACKENDS, _auto, _call, _pattern, rule_backend, traced_backend, unique_rows
 
 
@@ -85,7 +85,6 @@ class BatchNorm1dAnyBatch(nn.BatchNorm1d):
 
 
 EMBEDDINGS = ("reference", "relu")
-INITS = ("identity", "reference")
 
 
 def code_mlp(num_covariates: int, width: int, depth: int, embedding: str = "relu", **factory) -> nn.Module:
@@ -127,8 +126,7 @@ class _HyperConvNd(nn.Module):
         self.stride = to_ntuple(stride, n, "stride")
         self.padding = normalize_padding(padding, n, self.stride)
         self.dilation = to_ntuple(dilation, n, "dilation")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        check_init(init)
         self.groups, self.backend, self.width, self.depth = groups, backend, width, depth
         self.embedding, self.init = embedding, init
         factory = {"device": device, "dtype": dtype}

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from covfuse.layers.context import current_covariates
+from covfuse.layers.helpers import check_init
 
 
 class MLPCatHead(nn.Module):
@@ -31,8 +32,7 @@ class MLPCatHead(nn.Module):
         self.image = image if image is not None else nn.Linear(in_features, out_features)
         self.mlp = nn.Linear(num_covariates, hidden)
         self.covariates = nn.Linear(hidden, out_features, bias=False)
-        if init not in ("identity", "reference"):
-            raise ValueError(f"init must be 'identity' or 'reference', got {init!r}")
+        check_init(init)
         if init == "identity":
             nn.init.zeros_(self.covariates.weight)
         else:  # the block of the reference's Linear(F + hidden, out): its fan-in is F + hidden

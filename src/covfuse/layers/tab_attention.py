@@ -14,8 +14,8 @@ Where covfuse differs from the reference (SanoScience/Tab-Attention, ``src/model
   and shift start at zero, so both gates start at exactly 1 and a model starts as its image-only
   form; the reference's ``sigmoid`` halves every feature at initialisation and its network
   initialises every Linear N(0, 0.01), bias 0 (``init="reference"``: that init, ``gain=1``);
-- the tabular spatial map is predicted on a fixed ``grid`` (P = grid^dims positions, default 7, the
-  reference's map in its last stage) and resized to the feature map (bilinear / trilinear); the
+- the tabular spatial map is predicted on a fixed ``grid`` (P = grid^2 positions, default 7, the
+  reference's map in its last stage; 1D: grid) and resized to the feature map (bilinear; 1D: linear); the
   reference predicts every position of its fixed input size, so its layer works at one input size
   only and its parameter count grows with the resolution. On a grid-sized map both are the same;
 - the reduced width is at least 1 (the reference's C // 16 is 0 for fewer than 16 channels);
@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from covfuse.layers.context import current_covariates, layer_covariates
+from covfuse.layers.helpers import check_init
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_MODE = {1: "linear", 2: "bilinear"}  # the tabular map is 1D or 2D
 
 
 def _mlp(n_in: int, hidden: int, n_out: int, **factory) -> nn.Sequential:
@@ -55,8 +56,7 @@ class TabAttention(nn.Module):
         if num_channels < 1 or num_covariates < 1 or dims not in _CONV or grid < 1:
             raise ValueError(f"need num_channels, num_covariates, grid >= 1 and dims in 1..3, got "
                              f"{num_channels}, {num_covariates}, {grid}, {dims}")
-        if init not in ("identity", "reference"):
-            raise ValueError(f"init must be 'identity' or 'reference', got {init!r}")
+        check_init(init)
         gain = (1.0 if init == "reference" else 2.0) if gain is None else gain  # None: the init's own gate
         factory = {"device": device, "dtype": dtype}
         self.num_channels, self.num_covariates, self.dims, self.grid, self.gain = num_channels, num_covariates, dims, grid, gain

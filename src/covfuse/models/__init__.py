@@ -1,19 +1,14 @@
-"""Models: torchvision backbones plus a fusion method, built by name with :func:`build`."""
-from covfuse.models.backbones import VGGMini, build_backbone
+"""Models: a backbone (torchvision VGG/ResNet, vgg-mini, 3D ResNets) plus a fusion method, built by
+name with :func:`build` and rebuilt from a checkpoint's config with :func:`build_from_config`."""
 from covfuse.models.builder import OPTIONS, build, build_from_config
-from covfuse.models.fusion import ConcatHead, CovariateClassifier, FusionModel, conditioned_layers
+from covfuse.models.fusion import FusionModel
 from covfuse.models.registry import list_backbones, list_fusions
 
 __all__ = [
     "OPTIONS",
-    "ConcatHead",
-    "CovariateClassifier",
     "FusionModel",
-    "VGGMini",
     "build",
-    "build_backbone",
     "build_from_config",
-    "conditioned_layers",
     "list_backbones",
     "list_fusions",
 ]

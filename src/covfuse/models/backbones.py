@@ -1,4 +1,5 @@
-"""Backbones: torchvision VGG/ResNet and a CPU-sized ``vgg-mini``, their weights, heads and regimes.
+"""Backbones: torchvision VGG/ResNet, a CPU-sized ``vgg-mini`` and the 3D ResNets of
+:mod:`covfuse.models.volumetric`; their weights, heads and regimes.
 
 Weights are resolved in one place, :func:`load_weights`: ``None`` (random init), ``"imagenet"``
 (torchvision's published weights, read only from the torch hub cache, never downloaded here) or a
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from covfuse.errors import UserError
 from covfuse.io import load_trusted
 from covfuse.models.registry import BackboneSpec, backbone_spec, head_outputs
+from covfuse.models.volumetric import instantiate_3d
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -62,12 +64,10 @@ class VGGMini(nn.Module):
 def instantiate(spec: BackboneSpec) -> nn.Module:
     """The backbone with random weights and its original 1000-class head."""
     if spec.spatial_dims == 3:
-        from covfuse.models.volumetric import instantiate_3d
-
         return instantiate_3d(spec.name)
     if spec.torchvision is None:
         return VGGMini()
-    import torchvision
+    import torchvision  # lazy: only torchvision backbones need it (vgg-mini and 3D runs never do)
 
     return torchvision.models.get_model(spec.torchvision, weights=None)
 
@@ -76,7 +76,7 @@ def imagenet_checkpoint(spec: BackboneSpec) -> tuple[Path, str]:
     """(expected path in the torch hub cache, URL) of torchvision's default ImageNet weights."""
     if not spec.imagenet:
         raise UserError(f"there are no ImageNet weights for {spec.name}; use weights=None or a state-dict path")
-    import torchvision
+    import torchvision  # lazy: only torchvision backbones need it (vgg-mini and 3D runs never do)
 
     url = torchvision.models.get_model_weights(spec.torchvision).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path), url
@@ -138,8 +138,8 @@ def replace_head(model: nn.Module, spec: BackboneSpec, out_features: int) -> Non
 
 def build_backbone(name: str, *, weights: str | os.PathLike | None = None, head: str = "binary",
                    num_classes: int | None = None) -> nn.Module:
-    """A backbone with ``weights`` loaded and its head replaced by ``head`` ("binary"/"regression": 1 output,
-    "two-class": 2 outputs, as the research's ``classifier[6] = Linear(4096, 2)``, "multiclass": ``num_classes``)."""
+    """A backbone with ``weights`` loaded and its head replaced by ``head`` ("binary"/"regression"/"survival":
+    1 output, "two-class": 2 outputs, as the research's ``classifier[6] = Linear(4096, 2)``, "multiclass": ``num_classes``)."""
     spec = backbone_spec(name)
     out_features = head_outputs(head, num_classes)
     if weights is None:

@@ -5,6 +5,8 @@ import os
 from typing import Any
 
 from covfuse.errors import UserError, suggest
+from covfuse.layers.helpers import INITS
+from covfuse.layers.hyper import EMBEDDINGS
 from covfuse.models.backbones import apply_regime, build_backbone
 from covfuse.models.fusion import (
     CovariateClassifier,
@@ -25,13 +27,15 @@ from covfuse.models.registry import REGIMES, backbone_spec, check_choice, fusion
 
 # Options of `build(**options)`, with their defaults; anything else is an error.
 OPTIONS: dict[str, Any] = {
-    "film_layers": None,        # BatchNorm names / indices / first|last|all; None = DAFT's scripts' place (layer4.0.bn1)
+    "film_layers": None,        # BatchNorm names / indices / first|last|all; None = covfuse's choice, daft's place
+                                # (after the last stage's first conv1-BN, layer4.0.bn1; no DAFT script trains FiLM)
     "film_hidden": "daft",      # "daft": DAFT's bottleneck width; None: gamma, beta linear in z; int: hidden width
     "film_bias": False,         # biases in the FiLM generator (DAFT's FilmBlock has none)
     "daft_layer": None,         # module name or stage index; None = DAFT's scripts' place (layer4.0.bn1)
-    "daft_reduction": 7.0,      # DAFT's bottleneck_factor: int((channels entering the last stage + K) / it) units
+    "daft_reduction": 7.0,      # DAFT's bottleneck_factor: "daft" widths are int((channels entering the last stage + K) / it)
     "daft_bias": False,         # biases in the DAFT MLP (DAFT's DAFTBlock has none)
-    "daft_hidden": "daft",      # "daft": DAFT's bottleneck width (as film); None: (C + K) / daft_reduction; int
+    "daft_hidden": "daft",      # "daft": DAFT's bottleneck width (as film); None: (C + K) / daft_reduction of the C
+                                # channels DAFT transforms; int: hidden width
     "fusion_init": "identity",  # "identity": every method starts as image-only; "reference": the authors' init
     "concat_hidden": 64,        # hidden width of concat-2fc
     "covariates_hidden": None,  # covariates-only: None = logistic regression, int = MLP width
@@ -45,15 +49,16 @@ OPTIONS: dict[str, Any] = {
     "hyper_bias": True,         # generate a bias even where the conv has none (as HyperFusion always does)
     "mlpcat_hidden": None,      # mlpcatmlp: width of the covariates' Linear-ReLU; None = DAFT's bottleneck width
     "duanmu_hidden": 8,         # duanmu: width of the first covariate layer (as in DAFT's InteractiveHNN)
-    "tab_attention_layers": None,  # norm names / indices / first|last|all; None = every residual block's bn1 (VGG: every BN)
+    "tab_attention_layers": None,  # norm names / indices / first|last|all; None = every residual block's bn1
+                                   # (VGG: every BN but the first)
     "tab_attention_reduction": 16,  # CBAM's channel reduction
     "tab_attention_grid": 7,    # side of the grid the tabular spatial map is predicted on
     "tab_attention_relu": True,  # gate post-ReLU features (the reference's place); False: the norm's output
     "cond_norm_layers": None,   # norm names / indices / first|last|all; None = all
     "cond_norm_hidden": 16,     # None: delta gamma, beta linear in z; int: hidden width of the generator
 }
-_CHOICES = {"hybrid_init": ("zeros", "kaiming"), "frozen_norm": ("eval", "train"),
-            "fusion_init": ("identity", "reference"), "hyper_embedding": ("reference", "relu")}
+_CHOICES = {"hybrid_init": ("zeros", "kaiming"), "frozen_norm": ("eval", "train"), "fusion_init": INITS,
+            "hyper_embedding": EMBEDDINGS}
 _BOOLS = ("film_bias", "daft_bias", "hyper_bias", "tab_attention_relu")
 _OPTIONAL_INTS = ("film_hidden", "covariates_hidden", "cond_norm_hidden", "mlpcat_hidden", "daft_hidden")
 _POSITIVE_INTS = ("concat_hidden", "hyper_width", "duanmu_hidden", "tab_attention_reduction",
@@ -107,7 +112,8 @@ def build(
     ``features.40``). ``weights``: None, "imagenet" (from the torch hub cache only) or a state-dict
     path. ``regime``: finetune, features-frozen, linear-probe, scratch (weights must be None).
     ``options``: see :data:`OPTIONS`; options of fusion components not used are ignored.
-    The conditioning starts at zero: the model equals its image-only form. ``model.config`` holds
+    With the default inits the conditioning starts at zero: the model equals its image-only form
+    (``fusion_init="reference"`` and ``hybrid_init="kaiming"`` start elsewhere). ``model.config`` holds
     the arguments, with placements resolved to module names, for :func:`build_from_config`.
     """
     spec = backbone_spec(backbone)

@@ -37,7 +37,8 @@ KIND_COLOURS = {"hybrid": "#f28e2b", "film": "#59a14f", "daft": "#b07aa1", "conc
 KIND_LABELS = {"hybrid": "hybrid conv", "film": "FiLM", "daft": "DAFT", "concat": "concat head", "covariates": "covariates only",
                "hyper": "hyper conv", "cond-norm": "cond. norm", "tab-attention": "tab-attention", "duanmu": "Duanmu gate",
                "mlpcatmlp": "MLP-concat head"}
-# Wrappers that put a conditioning layer next to a module of the unmodified network: (wrapped, conditioning) attributes.
+# Wrappers that put a conditioning layer next to a module of the unmodified network (kept as ``.module``):
+# the attribute that holds the conditioning layer.
 WRAPPERS = {FiLMAfter: "film", DAFTAfter: "daft", TabAttentionAfter: "attention", DuanmuGate: "factor"}
 
 
@@ -300,7 +301,8 @@ _SECONDARY = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.Dropout, nn.Flatten, 
 
 
 def _units(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
-    """Blocks to draw: children of Sequentials and of FiLM/DAFT wrappers are opened one level."""
+    """Blocks to draw: Sequentials are opened, and each wrapper of :data:`WRAPPERS` (FiLM, DAFT,
+    tab-attention, Duanmu) becomes its module and its conditioning layer, in data-flow order."""
     if type(module) in CONDITIONING_KINDS or not any(True for _ in module.children()):
         return [(prefix, module)]
     out: list[tuple[str, nn.Module]] = []
@@ -358,7 +360,8 @@ def _label(m: nn.Module) -> str:
 
 
 def diagram_blocks(model: FusionModel, desc: Description) -> list[dict]:
-    """Blocks of the diagram: a main layer with the BN / ReLU / FiLM / Dropout after it folded in."""
+    """Blocks of the diagram: a main layer with the secondary layers after it (:data:`_SECONDARY`: norms,
+    ReLU, Dropout, Flatten, FiLM, conditional norms, tab-attention) folded in."""
     shapes = {r.name: r.output for r in desc.rows}
     blocks: list[dict] = []
     for name, m in _units(model.network, ""):
@@ -384,11 +387,11 @@ def diagram_blocks(model: FusionModel, desc: Description) -> list[dict]:
 
 def draw_diagram(model: FusionModel, desc: Description, path: str | os.PathLike) -> Path:
     """Draw ``model`` as a column of blocks (conditioned ones coloured, covariates wired in) into a PNG."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only for the diagram (describe --diagram)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
+    import matplotlib.pyplot as plt  # lazy: as above
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch  # lazy: as above
 
     blocks = diagram_blocks(model, desc)
     step = 1.0

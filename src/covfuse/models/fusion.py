@@ -1,10 +1,11 @@
 """Fusion methods: where and how covariates enter a backbone, each starting as the image-only model.
 
 Every method edits an unmodified backbone in place (hybrid convs via :func:`covfuse.layers.convert`,
-:class:`FiLMAfter` behind BatchNorm layers, :class:`DAFTAfter` behind a stage, a
+:class:`FiLMAfter` behind BatchNorm layers, :class:`DAFTAfter` behind one module, a
 :class:`ConcatHead` instead of the last Linear; for the methods of docs/methods.md hyper convs,
-conditional norms, tab-attention behind norms, Duanmu gates around stages, an MLP-concat head) and :class:`FusionModel` runs the edited backbone's
-own ``forward(x)`` with the covariates visible to those layers through the covariate context.
+conditional norms, tab-attention behind norms, Duanmu gates around stages, an MLP-concat head), and
+:class:`FusionModel` runs the edited backbone's own ``forward(x)`` with the covariates visible to
+those layers through the covariate context.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from covfuse.errors import UserError, suggest
 from covfuse.layers import HybridConv1d, HybridConv2d, HybridConv3d, convert
-from covfuse.layers.convert import resolve_layers, select_names
+from covfuse.layers.convert import SELECTORS, resolve_layers, select_names
 from covfuse.layers.context import check_covariates, current_covariates, use_covariates
 from covfuse.layers.cond_norm import ConditionalNorm, is_norm
 from covfuse.layers.daft import DAFT, DAFTAfter
@@ -26,7 +27,6 @@ from covfuse.models.backbones import CONV_TYPES, norm_names, set_submodule, stag
 from covfuse.models.registry import BackboneSpec
 
 HYBRID_TYPES = (HybridConv1d, HybridConv2d, HybridConv3d)
-SELECTORS = ("first", "last", "all")
 
 
 class ConcatHead(nn.Module):
@@ -203,32 +203,38 @@ def film_candidates(network: nn.Module) -> list[str]:
     return norm_names(network) or [n for n, m in network.named_modules() if isinstance(m, CONV_TYPES + HYBRID_TYPES)]
 
 
-def last_block_norm(network: nn.Module, spec: BackboneSpec) -> str:
-    """DAFT's ``--film_location 3``: the norm after conv1 of the last stage's first block (ResNets:
-    ``layer4.0.bn1``); VGGs: the first norm of the last conv stage."""
-    stages, norms = stage_ends(network, spec), film_candidates(network)
+def in_last_stage(names: list[str], network: nn.Module, spec: BackboneSpec) -> list[str]:
+    """Those of ``names`` inside the last stage: ResNets under ``layer4``, VGGs after the last max-pool
+    but one."""
+    stages = stage_ends(network, spec)
     if spec.family == "resnet":
-        inside = [n for n in norms if n.startswith(stages[-1] + ".")]
-    else:
-        start = int(stages[-2].rsplit(".", 1)[1])
-        inside = [n for n in norms if n.startswith("features.") and int(n.split(".")[1]) > start]
-    return (inside or norms)[0]
+        return [n for n in names if n.startswith(stages[-1] + ".")]
+    start = int(stages[-2].rsplit(".", 1)[1])
+    return [n for n in names if n.startswith("features.") and int(n.split(".")[1]) > start]
+
+
+def probe_size(spec: BackboneSpec) -> int:
+    """Input side of the dry runs that read channel counts: 64 px for images, a volume backbone's own size."""
+    return spec.input_size if spec.spatial_dims == 3 else 64
+
+
+def last_block_norm(network: nn.Module, spec: BackboneSpec) -> str:
+    """The default place of DAFT and FiLM: the norm after conv1 of the last stage's first block (ResNets
+    ``layer4.0.bn1``, resnet3d-compact ``layer4.bn1``; VGGs: the first norm of the last conv stage, the
+    first conv there without norms), where DAFT's scripts put DAFT (``--film_location 3``)."""
+    norms = film_candidates(network)
+    return (in_last_stage(norms, network, spec) or norms)[0]
 
 
 def last_stage_input_channels(network: nn.Module, spec: BackboneSpec, num_covariates: int) -> int:
     """Channels entering the last stage (DAFT's 4 * n_basefilters, the in_channels of its last block):
-    the in_channels of the last stage's first conv, read without a dry run."""
-    stages = stage_ends(network, spec)
-    convs = [(n, m) for n, m in network.named_modules() if isinstance(m, CONV_TYPES + HYBRID_TYPES)]
-    if spec.family == "resnet":
-        inside = [m for n, m in convs if n.startswith(stages[-1] + ".")]
-    else:
-        start = int(stages[-2].rsplit(".", 1)[1])
-        inside = [m for n, m in convs if n.startswith("features.") and int(n.split(".")[1]) > start]
+    the in_channels of the last stage's first conv (a dry run only where the stage has no conv)."""
+    convs = [n for n, m in network.named_modules() if isinstance(m, CONV_TYPES + HYBRID_TYPES)]
+    inside = in_last_stage(convs, network, spec)
     if inside:
-        return inside[0].in_channels
-    size = spec.input_size if spec.spatial_dims == 3 else 64
-    return output_channels(network, stages[-2], num_covariates, size, spec.in_channels, spec.spatial_dims)
+        return network.get_submodule(inside[0]).in_channels
+    return output_channels(network, stage_ends(network, spec)[-2], num_covariates, probe_size(spec), spec.in_channels,
+                           spec.spatial_dims)
 
 
 def daft_bottleneck(network: nn.Module, spec: BackboneSpec, num_covariates: int, reduction: float) -> int:
@@ -239,8 +245,10 @@ def daft_bottleneck(network: nn.Module, spec: BackboneSpec, num_covariates: int,
 
 def apply_film(network: nn.Module, spec: BackboneSpec, layers, num_covariates: int, hidden: int | None = None,
                **options) -> list[str]:
-    """Wrap each chosen BatchNorm (default: :func:`last_block_norm`, DAFT's scripts' place) in
-    :class:`FiLMAfter`; their names. ``options``: ``bias``, ``init`` of :class:`FiLM`."""
+    """Wrap each chosen BatchNorm in :class:`FiLMAfter`; their names. The default, :func:`last_block_norm`,
+    is covfuse's choice: where DAFT's scripts put DAFT (no DAFT script trains FiLM, and DAFT's CLI
+    default for it, ``--film_location 0``, is a block's input, not a norm). ``options``: ``bias``,
+    ``init`` of :class:`FiLM`."""
     layers = as_layer_list(layers)
     names = ([last_block_norm(network, spec)] if layers is None
              else pick(film_candidates(network), layers, "film layers (BatchNorm layers)", spec.name))
@@ -305,8 +313,7 @@ def apply_daft(network: nn.Module, spec: BackboneSpec, layer, num_covariates: in
             raise UserError(f"daft_layer {layer!r} is not a module of {spec.name}{suggest(layer, stages)}; "
                             f"stage ends: {', '.join(stages)}")
         name = layer
-    size = spec.input_size if spec.spatial_dims == 3 else 64
-    channels = output_channels(network, name, num_covariates, size, spec.in_channels, spec.spatial_dims)
+    channels = output_channels(network, name, num_covariates, probe_size(spec), spec.in_channels, spec.spatial_dims)
     set_submodule(network, name, DAFTAfter(network.get_submodule(name), channels, num_covariates, reduction, **options))
     return name
 
@@ -407,9 +414,8 @@ def apply_duanmu(network: nn.Module, spec: BackboneSpec, num_covariates: int, hi
                  init: str = "identity") -> list[str]:
     """Gate the feature maps entering every stage with the Duanmu chain; the gated modules' names."""
     names, before = duanmu_points(network, spec)
-    size = spec.input_size if spec.spatial_dims == 3 else 64
-    channels = [(input_channels if before else output_channels)(network, name, num_covariates, size, spec.in_channels,
-                                                                 spec.spatial_dims) for name in names]
+    channels = [(input_channels if before else output_channels)(network, name, num_covariates, probe_size(spec),
+                                                                 spec.in_channels, spec.spatial_dims) for name in names]
     attention = DuanmuAttention(num_covariates, channels, hidden, offset=1.0 if init == "identity" else 0.0, init=init)
     for index, name in enumerate(names):
         set_submodule(network, name, DuanmuGate(network.get_submodule(name), attention, index, before))

@@ -16,7 +16,7 @@ class BackboneSpec:
 
     name: str
     family: str                   # "vgg", "resnet" or "vgg-mini"
-    torchvision: str | None       # builder name in torchvision.models (None: ours)
+    torchvision: str | None       # builder name in torchvision.models (None: covfuse's own or MONAI's)
     head: str                     # the last Linear, replaced by the task head
     classifier: str               # trained under the features-frozen regime
     input_size: int               # default input side for describe / dry runs
@@ -49,13 +49,14 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-# Components a fusion method is made of, in the order they are applied to the backbone.
+# Components a '+' combination may join, in the order they are applied to the backbone (the methods
+# from the literature, docs/methods.md, are single components used alone).
 CONDITIONING = ("hybrid", "film", "daft", "concat", "concat-2fc")
 
 
 @dataclass(frozen=True)
 class FusionSpec:
-    """A fusion method: which conditioning components it applies (none: image-only)."""
+    """A fusion method: which conditioning components it applies (none: image-only, covariates-only)."""
 
     name: str
     components: tuple[str, ...]
@@ -72,7 +73,7 @@ FUSIONS: dict[str, FusionSpec] = {
         FusionSpec("concat", ("concat",), "covariates concatenated to the penultimate features, 1 FC layer"),
         FusionSpec("concat-2fc", ("concat-2fc",), "covariates concatenated to the penultimate features, 2 FC layers"),
         FusionSpec("film", ("film",), "FiLM (Perez et al. 2018) after chosen BatchNorm layers"),
-        FusionSpec("daft", ("daft",), "DAFT (Pölsterl et al. 2021) behind a chosen stage"),
+        FusionSpec("daft", ("daft",), "DAFT (Pölsterl et al. 2021) behind a chosen module"),
         FusionSpec("hybrid", ("hybrid",), "hybrid convolutions at chosen conv layers (covfuse.layers.convert)"),
         FusionSpec("hybrid+concat", ("hybrid", "concat"), "hybrid convolutions and a concat head"),
         FusionSpec("hybrid+film", ("hybrid", "film"), "hybrid convolutions and FiLM"),
@@ -128,6 +129,7 @@ def list_fusions() -> list[str]:
 
 
 def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of backbone ``name``, or a UserError with a suggestion."""
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}{suggest(name, BACKBONES)}; choose from {', '.join(BACKBONES)}")
     return BACKBONES[name]

@@ -1,9 +1,10 @@
 """3D backbones for volumes: MONAI's 3D ResNets and a compact DAFT-sized 3D ResNet.
 
 Both use torchvision's ResNet module names (``conv1, bn1, ..., layer1..layer4, avgpool, fc``),
-so every fusion method, placement rule and regime that works on a 2D ResNet works here: DAFT's
-default place is after conv1-BN of the last stage (``layer4.bn1``, as DAFT's scripts), hybrid convs take
-any ``Conv3d`` by name, index or first/last/all, FiLM goes behind a ``BatchNorm3d``.
+so every fusion method, placement rule and regime that works on a 2D ResNet works here: DAFT's and
+FiLM's default place is after conv1-BN of the last stage (the compact net's ``layer4.bn1``, where DAFT's
+scripts put DAFT), hybrid convs take any ``Conv3d`` by name, index or first/last/all, FiLM goes behind
+a ``BatchNorm3d``.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ class CompactResNet3d(nn.Module):
 
 
 def _monai_resnet(depth: int) -> nn.Module:
-    from monai.networks.nets import resnet
+    from monai.networks.nets import resnet  # lazy: MONAI only for the monai-* backbones
 
     builder = getattr(resnet, f"resnet{depth}")
     return builder(spatial_dims=3, n_input_channels=1, num_classes=1000)

@@ -1,1 +1,2 @@
-"""Studies across runs: statistics (bootstrap CIs, paired tests), reports, the demo."""
+"""Studies across runs: sweeps, k-fold CV and Optuna searches (locally or as SLURM arrays), their status,
+statistics (cluster-bootstrap CIs, paired tests), reports, the demo, and explaining a trained run (explain/)."""

@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Sequence
 
 from covfuse.errors import UserError
-from covfuse.studies.sweep import Run, Study, _flat
+from covfuse.studies.sweep import Run, Study, dotted_config
+from covfuse.training import config as cfgmod
+from covfuse.training.datamodule import CovfuseDataModule
+from covfuse.training.run import build_module, check_fill
+from covfuse.training.rundir import check_name
+from covfuse.training.trainer import build_trainer, check_hardware, resolve_hardware
 
 
 def _key(value) -> str:
@@ -27,12 +32,6 @@ def _digest(names: Sequence[str]) -> str:
 
 def check_study(study: Study, runs: Sequence[Run] | None = None) -> dict[str, int]:
     """Raise the first problem of any run as a one-line UserError naming the run; returns what was checked."""
-    from covfuse.training import config as cfgmod
-    from covfuse.training.run import build_module, check_fill
-    from covfuse.training.rundir import check_name
-    from covfuse.training.trainer import build_trainer, check_hardware, resolve_hardware
-    from covfuse.training.datamodule import CovfuseDataModule
-
     runs = list(study.runs if runs is None else runs)
     datas: dict[str, object] = {}
     models: set[str] = set()
@@ -70,8 +69,8 @@ def check_study(study: Study, runs: Sequence[Run] | None = None) -> dict[str, in
         first = samples.setdefault(run.fold, (signature, run, config))
         if first[0] != signature:
             other = first[2]
-            keys = [k for k, v in _flat(cfgmod.to_dict(config)).items()
-                    if k.startswith("data.") and _flat(cfgmod.to_dict(other)).get(k) != v]
+            keys = [k for k, v in dotted_config(cfgmod.to_dict(config)).items()
+                    if k.startswith("data.") and dotted_config(cfgmod.to_dict(other)).get(k) != v]
             raise UserError(f"runs {Path(first[1].dir).relative_to(study.study_dir)} and {where} would be scored on "
                             f"different samples ({', '.join(keys) or 'the data'} differ); a study compares runs on the "
                             "same valid/test samples: keep data.root, data.split_seed and the split settings equal across cells")

@@ -15,9 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from covfuse.data._workers import available_cpus
+from covfuse.data.twins.brains import write_synth3d
+from covfuse.data.twins.faces import write_synth
 from covfuse.errors import UserError
 from covfuse.io import atomic_write_text
-from covfuse.studies.sweep import run_status
+from covfuse.studies.format import json_safe
+from covfuse.studies.report import build_report, write_report
+from covfuse.studies.sweep import grown, plan_study, prepare_study, run_status, run_study, write_study
 from covfuse.training import runlog
 from covfuse.training.config import default_monitor
 
@@ -34,7 +39,7 @@ class DemoOptions:
     effect: str = "planted"
     n: int = 8000
     seed: int = 0
-    epochs: int | None = None  # None: configs/demo.yaml's trainer.max_epochs
+    epochs: int | None = None  # None: the config's trainer.max_epochs
     image_size: tuple[int, int] = (89, 109)
     data: Path | None = None  # None: the user cache folder (see twin_folder)
     methods: tuple[str, ...] = METHODS
@@ -97,16 +102,11 @@ def twin_reusable(o: DemoOptions) -> bool:
 
 def ensure_twin(o: DemoOptions) -> Path:
     """The twin for these options: reused when its synth.json matches, written otherwise."""
-    from covfuse.data.twins.faces import write_synth
-    from covfuse.data._workers import available_cpus
-
     folder = twin_folder(o)
     if twin_reusable(o):
         say(f"reusing the synthetic twin in {folder}")
         return folder
     if o.volumes:
-        from covfuse.data.twins.brains import write_synth3d
-
         say(f"writing a synthetic MRI twin ({o.n} subjects, effect {o.effect}, {o.size}^3 voxels) to {folder}")
         return write_synth3d(folder, n=o.n, seed=o.seed, effect=o.effect, size=o.size, overwrite=True, progress=True)
     say(f"writing a synthetic twin ({o.n} images, effect {o.effect}, {o.image_size[0]}x{o.image_size[1]} px) to {folder}")
@@ -133,8 +133,6 @@ def prepare_out(out: Path) -> None:
 
 def plan(o: DemoOptions):
     """The demo's study: one cell per method, all on the same twin, seed and settings."""
-    from covfuse.studies.sweep import plan_study
-
     if not o.config.is_file():
         raise UserError(f"{o.config}: the demo config is missing (it ships in configs/ of a source checkout); "
                         "pass --config FILE")
@@ -163,7 +161,7 @@ def context_lines(synth: dict, config) -> list[str]:
             f"Every method: {config.model.backbone} at {config.data.image_size}^3, {config.trainer.max_epochs} epoch(s), "
             f"batch {config.data.batch_size}, {config.optim.optimizer} lr {config.optim.lr:g} ({config.optim.schedule}); "
             f"hybrid convs at `{config.model.hybrid_layers}`, FiLM and DAFT after conv1-BN of the last stage "
-            "(`layer4.bn1`, the DAFT scripts' place; docs/methods.md); best "
+            "(`layer4.bn1`: where DAFT's scripts put DAFT, and covfuse's default for FiLM too; docs/methods.md); best "
             f"checkpoint by {default_monitor(config)}. Intervals resample subjects.",
         ]
         return twin + ["", _bayes_line(bayes)]
@@ -190,9 +188,7 @@ def _bayes_line(bayes: dict) -> str:
 
 def run_demo(o: DemoOptions) -> dict:
     """Write the twin (if needed), run the study, write results.json, report.md and figures."""
-    from covfuse.studies.check import check_study
-    from covfuse.studies.report import build_report, write_report
-    from covfuse.studies.sweep import grown, prepare_study, run_study, write_study
+    from covfuse.studies.check import check_study  # lazy: torch and Lightning (`covfuse demo --help` reads METHODS)
 
     unknown = [m for m in o.methods if m not in METHODS]
     if unknown:
@@ -243,8 +239,6 @@ def run_demo(o: DemoOptions) -> dict:
 def results_json(study, report: dict) -> tuple[dict, dict[str, float]]:
     """results.json (**contract**): each method's valid/test metrics and its comparison with image-only;
     and the seconds each method trained."""
-    from covfuse.studies.report import json_safe
-
     methods: dict = {}
     seconds: dict[str, float] = {}
     for run in study.runs:

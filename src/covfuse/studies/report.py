@@ -21,11 +21,17 @@ import numpy as np
 
 from covfuse.errors import UserError, suggest
 from covfuse.io import atomic_write_text, save_figure
+from covfuse.studies.format import (
+    DASH, Notes, ci_text, csv_number, json_safe, md_escape, num_text, p_text, plural, sd_text, settings_text, shown, sig,
+)
+from covfuse.studies.search import markdown as search_markdown
+from covfuse.studies.search import read_summary
 from covfuse.studies.stats import (
     cluster_bootstrap, clustered_mcnemar, holm, paired_cluster_bootstrap, seed_test,
 )
 from covfuse.studies.status import run_state
 from covfuse.studies.sweep import Run, Study, run_status
+from covfuse.training.curves import read_metrics_csv, smooth
 from covfuse.training.metrics import (
     LOWER_IS_BETTER, PRIMARY, SUBGROUP_STATS, check_metric, missing_reason, score_bounds, task_scores,
 )
@@ -43,7 +49,7 @@ ASSUMPTIONS = [
     "Nadeau-Bengio correction, because the folds' training sets overlap. It reflects training randomness.",
     "**p** (the column Holm adjusts): with 3 or more runs per cell, the larger of the bootstrap p and the "
     "across-run p (a difference must hold over people *and* over training runs); with fewer runs, the bootstrap p.",
-    "**Verdict**: `better` / `worse` (for MAE and RMSE, lower is better) when the Holm-adjusted p < 0.05 (over all cells compared with the baseline), "
+    "**Verdict**: `better` / `worse` (for MAE, RMSE and IBS, lower is better) when the Holm-adjusted p < 0.05 (over all cells compared with the baseline), "
     "else `no evidence`; no verdict where a number is missing. McNemar counts, where shown, assume independent "
     "images and are descriptive; the clustered McNemar (Durkalski 2003) does not.",
     "**—**: a number that cannot be computed (its footnote says why; report.json has it as null with a "
@@ -77,7 +83,7 @@ SURVIVAL_ALSO = ("c_index", "ibs", "td_auc")
 
 def run_reference(run_dir: Path):
     """A survival run's training-split reference (survival_baseline.json), or None for runs written before it."""
-    from covfuse.training.survival_reference import BASELINE_FILE, Reference
+    from covfuse.training.survival_reference import BASELINE_FILE, Reference  # lazy: torch (survival studies only)
 
     return Reference.load(run_dir) if (Path(run_dir) / BASELINE_FILE).is_file() else None
 
@@ -263,8 +269,8 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
     """The report as a dict: the **contract** keys (baseline, metric, rows) plus details.
 
     ``metric`` defaults to the task's primary score (accuracy; balanced accuracy for multi-class; MAE
-    for regression, where lower is better). ``unit="image"`` resamples images instead of people:
-    only for data without repeated people. Made of the runs that finished: the others are listed in
+    for regression, where lower is better; C-index for survival). ``unit="image"`` resamples images
+    instead of people: only for data without repeated people. Made of the runs that finished: the others are listed in
     ``missing`` (and each row's ``missing_runs``); a number that cannot be computed is null with a
     ``<key>_reason``, and gets no verdict.
     """
@@ -314,9 +320,7 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
     base_row.update(verdict="baseline")
     if task == "survival":
         survival_also(rows, cells, baseline, metric, split, n_boot=n_boot, seed=seed)
-    from covfuse.studies.search import read_summary  # issue 20: an Optuna search's tuning table
-
-    search = read_summary(study)
+    search = read_summary(study)  # an Optuna search's tuning table
     out = {"study": study.name, "kind": study.kind, "baseline": baseline, "metric": metric, "task": task, "unit": unit,
            "split": "out-of-fold (valid of each fold)" if study.kind == "cv" else "test",
            "samples": pool, "clusters": int(len(np.unique(first.groups))), "seeds": study.seeds, "folds": study.folds,
@@ -437,7 +441,7 @@ def survival_also(rows: list[dict], cells: dict[str, CellData | None], baseline:
             r.setdefault("also", {})[name] = entries[r["setting"]]
 
 
-def survival_also_markdown(report: dict, notes: "Notes") -> list[str]:
+def survival_also_markdown(report: dict, notes: Notes) -> list[str]:
     """The survival table: each cell's C-index, IBS and td-AUC with CIs and the difference from the baseline."""
     rows = report["rows"]
     if not any(r.get("also") for r in rows):
@@ -482,97 +486,6 @@ def _mean_gaps(runs: Sequence[Run], split: str, stat: str = "accuracy") -> dict[
 
 
 # -- output ----------------------------------------------------------------------------------------
-def sig(value, digits: int = 4) -> str:
-    """A setting or score to ``digits`` significant digits, trailing zeros kept (0.6940, 0.0007036); integers,
-    strings and booleans as they are. The markdown and the HTML report both write numbers with this."""
-    if isinstance(value, bool) or not isinstance(value, float):
-        return str(value)
-    if not math.isfinite(value):
-        return DASH
-    text = f"{value:#.{digits}g}"
-    return text[:-1] if text.endswith(".") else text
-
-
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|<>#"})
-
-
-def md_escape(value) -> str:
-    """User text (cell names, settings, covariate names) for a markdown table or line: markdown's own characters
-    and HTML's ``<``/``>`` escaped, so a name shows as written and cannot break the table or inject HTML."""
-    return " ".join(str(value).split()).translate(_MD_SPECIAL)
-
-
-def settings_text(settings: dict) -> str:
-    """``optim.lr=0.0007036, model.fusion=film``: a settings mapping, numbers via :func:`sig`."""
-    return ", ".join(f"{k}={sig(v)}" for k, v in settings.items())
-
-
-def sd_text(sd, digits: int = 3) -> str:
-    """The SD across runs, or — where it is undefined (a cell with one run)."""
-    return num(sd, digits)
-
-
-DASH = "—"
-"""What every report format shows for a number that is missing (its reason in a footnote, or in JSON a
-``<key>_reason`` beside the null)."""
-
-_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``1 cell``, ``2 cells`` (``many`` for irregular plurals: ``plural(1, "person", "people")``)."""
-    return f"{n} {word if n == 1 else many or word + 's'}"
-
-
-def num(value, digits: int = 3, sign: bool = False) -> str:
-    """A number as the markdown and the HTML report show it (fixed decimals); — where it is missing."""
-    if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
-        return DASH
-    return f"{float(value):+.{digits}f}" if sign else f"{float(value):.{digits}f}"
-
-
-def ci_text(lo_hi, digits: int = 3, sign: bool = False) -> str:
-    """`` [lo, hi]`` after a number, or nothing where the interval is missing."""
-    lo, hi = lo_hi or (None, None)
-    if lo is None or hi is None:
-        return ""
-    return f" [{num(lo, digits, sign)}, {num(hi, digits, sign)}]"
-
-
-def p_text(p) -> str:
-    """A p-value as the reports show it: 3 decimals, 2 significant digits below 0.001; — where missing."""
-    if p is None or not math.isfinite(p):
-        return DASH
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
-
-
-class Notes:
-    """The footnotes of one document: every distinct reason gets a number the first time it is used; a
-    missing number shows as — with that number (¹, ², ...), the same in the markdown and the HTML report."""
-
-    def __init__(self) -> None:
-        self.reasons: list[str] = []
-        self.shown = 0
-
-    def dash(self, reason: str | None) -> str:
-        if not reason:
-            return DASH
-        if reason not in self.reasons:
-            self.reasons.append(reason)
-        return DASH + str(self.reasons.index(reason) + 1).translate(_SUPERSCRIPT)
-
-    def flush(self) -> list[tuple[str, str]]:
-        """(marker, reason) of the notes not listed yet."""
-        out = [(str(i + 1).translate(_SUPERSCRIPT), r) for i, r in enumerate(self.reasons) if i >= self.shown]
-        self.shown = len(self.reasons)
-        return out
-
-
-def shown(value, reason: str | None, notes: Notes, digits: int = 3, sign: bool = False) -> str:
-    """``value`` as a report shows it, or — with a footnote for ``reason`` where it is missing."""
-    return num(value, digits, sign) if num(value) != DASH else notes.dash(reason)
-
-
 def estimate_text(entry: dict, notes: Notes, name: str = "") -> str:
     """An estimate with its CI, or — with the reason's footnote."""
     return shown(entry.get("estimate"), entry.get("estimate_reason"), notes) + ci_text(entry.get("ci"))
@@ -584,7 +497,7 @@ def difference_text(entry: dict, notes: Notes, name: str = "", is_base: bool = F
         return DASH
     if entry.get("difference") is None:
         return notes.dash(entry.get("difference_reason"))
-    return num(entry["difference"], sign=True) + ci_text(entry.get("difference_ci"), sign=True)
+    return num_text(entry["difference"], sign=True) + ci_text(entry.get("difference_ci"), sign=True)
 
 
 def verdict_text(row: dict, notes: Notes) -> str:
@@ -605,24 +518,6 @@ def missing_lines(report: dict) -> list[str]:
     for r in report["rows"]:
         out += [f"{r['setting']}: {note}" for note in r.get("notes", [])]
     return out
-
-
-def csv_number(value) -> str:
-    """A number in report.csv: the shortest text that reads back as the float report.json holds; empty when null."""
-    if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
-        return ""
-    return repr(float(value)) if isinstance(value, float) else str(value)
-
-
-def json_safe(value):
-    """NaN/inf (an undefined test, e.g. across one run) become null; strict JSON otherwise."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def to_json(report: dict) -> str:
@@ -714,12 +609,10 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
                   "| setting | chosen | valid " + metric + " per value |", "|---|---|---|"]
         for r in tuned:
             chosen = settings_text(r["tuned"]["chosen"])
-            per = "; ".join(settings_text(json.loads(k)) + f": {num(v)}" for k, v in r["tuned"][f"valid_{metric}"].items())
+            per = "; ".join(settings_text(json.loads(k)) + f": {num_text(v)}" for k, v in r["tuned"][f"valid_{metric}"].items())
             lines.append(f"| {md_escape(r['setting'])} | {md_escape(chosen)} | {md_escape(per)} |")
         lines.append("")
-    if report.get("search"):  # issue 20
-        from covfuse.studies.search import markdown as search_markdown
-
+    if report.get("search"):
         lines += search_markdown(report["search"])
     gap_keys = sorted({k for r in report["rows"] for k in r["gaps"]}, key=lambda k: ("&" in k, k))
     if gap_keys:
@@ -727,7 +620,7 @@ def to_markdown(report: dict, study: Study, *, context: Sequence[str] = ()) -> s
         lines += ["## Subgroup gaps", "", f"{stat} gap (largest minus smallest subgroup {stat}), mean over runs:", "",
                   "| setting | " + " | ".join(md_escape(k) for k in gap_keys) + " |", "|---|" + "---|" * len(gap_keys)]
         for r in report["rows"]:
-            lines.append(f"| {md_escape(r['setting'])} | " + " | ".join(num(r["gaps"].get(k)) for k in gap_keys) + " |")
+            lines.append(f"| {md_escape(r['setting'])} | " + " | ".join(num_text(r["gaps"].get(k)) for k in gap_keys) + " |")
         lines += ["", "Per-group statistics and CIs: each run's metrics.json.", ""]
     if "loss_curves" in figures:
         lines += ["## Training curves", "", "![loss curves](figures/loss_curves.png)", ""]
@@ -811,12 +704,12 @@ def plot_metric(report: dict, out: Path, reference: dict[str, float] | None = No
     names = [r["setting"] for r in rows]
     est = np.array([np.nan if r["estimate"] is None else r["estimate"] for r in rows], dtype=float)
     ci = np.array([[np.nan, np.nan] if r["ci"][0] is None else r["ci"] for r in rows], dtype=float)
-    err = np.nan_to_num(np.stack([est - ci[:, 0], ci[:, 1] - est]))
+    err = np.nan_to_num_text(np.stack([est - ci[:, 0], ci[:, 1] - est]))
     fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(rows)), 3.8))
-    ax.bar(range(len(rows)), np.nan_to_num(est), yerr=err, capsize=5, color=[f"C{i % 10}" for i in range(len(rows))],
+    ax.bar(range(len(rows)), np.nan_to_num_text(est), yerr=err, capsize=5, color=[f"C{i % 10}" for i in range(len(rows))],
            alpha=0.85)
     for i, v in enumerate(est):
-        ax.text(i, (v if math.isfinite(v) else 0.0) + err[1, i] + 0.01, num(v), ha="center", va="bottom", fontsize=8)
+        ax.text(i, (v if math.isfinite(v) else 0.0) + err[1, i] + 0.01, num_text(v), ha="center", va="bottom", fontsize=8)
     for j, (label, value) in enumerate((reference or {}).items()):
         ax.axhline(value, ls="--", lw=1, color=f"C{(j + 6) % 10}", label=f"{label} ({value:.3f})")
     if reference:
@@ -839,8 +732,6 @@ def plot_metric(report: dict, out: Path, reference: dict[str, float] | None = No
 
 def plot_loss_curves(study: Study, out: Path) -> Path:
     """Smoothed training loss and validation loss of each cell's first run with a metrics.csv, one colour per cell."""
-    from covfuse.training.curves import read_metrics_csv, smooth
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, cell in enumerate(study.cells):

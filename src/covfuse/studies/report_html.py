@@ -17,10 +17,13 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from covfuse.io import atomic_write_text
+from covfuse.studies.format import DASH, Notes, num_text, p_text, sd_text, settings_text, shown, sig
 from covfuse.studies.report import (
-    ASSUMPTIONS, DASH, Notes, affected, difference_text, estimate_text, figure_files, headline, missing_lines, num,
-    p_text, sd_text, settings_text, shown, sig, survival_entry, verdict_text,
+    ASSUMPTIONS, affected, difference_text, estimate_text, figure_files, headline, missing_lines, survival_entry,
+    verdict_text,
 )
+from covfuse.studies.search import space_words
 from covfuse.studies.sweep import Study
 from covfuse.training.metrics import SUBGROUP_STATS
 
@@ -83,15 +86,15 @@ def _md(text: str) -> str:
     return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", text)
 
 
-def _num(value, digits: int = 3) -> tuple[str, str]:
+def _num_text(value, digits: int = 3) -> tuple[str, str]:
     """(shown text, data-value for sorting) of a number that may be missing (shown as the markdown shows it)."""
-    text = num(value, digits)
+    text = num_text(value, digits)
     return text, ("" if text == DASH else repr(float(value)))
 
 
 def _value(value) -> str:
     """A sort key (data-value): the number, or empty for a missing one (sorted last)."""
-    return "" if num(value) == DASH else repr(float(value))
+    return "" if num_text(value) == DASH else repr(float(value))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> str:
@@ -207,8 +210,6 @@ def render(report: dict, study: Study) -> str:
     parts += ["<p>What each number assumes:</p><ul>", *[f"<li>{_md(a)}</li>" for a in ASSUMPTIONS], "</ul>"]
     search = report.get("search")
     if search:
-        from covfuse.studies.search import space_words
-
         parts += ['<h2 id="search">Search (equal budget per method)</h2>',
                   f"<p>Optuna {esc(search['sampler'])} (seed {esc(search['seed'])}), pruner {esc(search['pruner'])}; "
                   f"{esc(search['trials'])} trials per cell on the validation split ({esc(search['objective'])}, "
@@ -228,14 +229,14 @@ def render(report: dict, study: Study) -> str:
         parts += ['<h2 id="tuning">Equal tuning budget</h2>',
                   table(["setting", "chosen", f"valid {metric} per value"],
                         [[r["setting"], _settings(r["tuned"]["chosen"]),
-                          "; ".join(f"{_settings(json.loads(k))}: {num(v)}" for k, v in r["tuned"][f"valid_{metric}"].items())]
+                          "; ".join(f"{_settings(json.loads(k))}: {num_text(v)}" for k, v in r["tuned"][f"valid_{metric}"].items())]
                          for r in tuned])]
     gap_keys = sorted({k for r in report["rows"] for k in r.get("gaps", {})}, key=lambda k: ("&" in k, k))
     if gap_keys:
         stat = SUBGROUP_STATS[report.get("task", "binary")][0]
         parts += ['<h2 id="gaps">Subgroup gaps</h2>',
                   f"<p>{esc(stat)} gap (largest minus smallest subgroup {esc(stat)}), mean over runs.</p>",
-                  table(["setting", *gap_keys], [[r["setting"], *(_num(r["gaps"].get(k)) for k in gap_keys)]
+                  table(["setting", *gap_keys], [[r["setting"], *(_num_text(r["gaps"].get(k)) for k in gap_keys)]
                                                  for r in report["rows"]])]
     if "loss_curves" in drawn:
         parts += ['<h2 id="curves">Training curves</h2>', _figure(root / figures["loss_curves"], "loss_curves",
@@ -268,6 +269,4 @@ def page(title: str, body: str) -> str:
 
 def write_html(report: dict, study: Study) -> Path:
     """``<study>/report.html`` (call after :func:`covfuse.studies.report.write_report`, which draws the figures)."""
-    from covfuse.io import atomic_write_text
-
     return atomic_write_text(Path(study.study_dir) / "report.html", render(report, study))

@@ -27,8 +27,10 @@ from typing import Any
 
 from covfuse.errors import RunInterrupted, UserError
 from covfuse.io import atomic_write_text
-from covfuse.training import config as cfgmod
+from covfuse.studies.format import md_escape, settings_text, sig
 from covfuse.studies.sweep import Run, Study, again, grown, parse_run, run_one, say, write_study
+from covfuse.training import config as cfgmod
+from covfuse.training.tracking import finish_study, study_context, tag_run
 
 JOURNAL = "optuna.journal"
 SUMMARY = "search.json"
@@ -102,7 +104,7 @@ def draw_seed(seed: int, ostudy) -> int:
     the journal. A sampler seeded once per process would replay its sequence after an interruption (the rerun's
     first draw would repeat trial 0); this way draw k has the same seed whether or not the search was cut off,
     and the sampler (TPE) still sees every trial already in the journal."""
-    from covfuse.training.resume import mix
+    from covfuse.training.resume import mix  # lazy: resume imports torch (report and status import this module)
 
     fresh = [t for t in ostudy.get_trials(deepcopy=False) if RETRY_OF not in t.user_attrs]
     return mix(seed, len(fresh)) % 2**32
@@ -133,7 +135,7 @@ def pruning_callback(trial, monitor: str):
     """A Lightning callback reporting the monitored validation metric after each validation; when the pruner
     says the trial is behind, the next epoch raises TrialPruned instead of starting (so that epoch's
     checkpoints and curve are kept, as evidence of why)."""
-    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.callbacks import Callback  # lazy: Lightning (report and status import this module)
 
     class Pruning(Callback):
         reason: str | None = None
@@ -160,8 +162,7 @@ def trial_dir(study: Study, cell: str, number: int) -> Path:
 
 def run_trial(study: Study, cell: str, ostudy, space: dict, monitor: str) -> str:
     """Ask for one trial, train it (valid only) and tell Optuna the result; returns its state."""
-    from covfuse.training.run import fit_run
-    from covfuse.training.tracking import study_context, tag_run
+    from covfuse.training.run import fit_run  # lazy: Lightning and torch (report and status import this module)
 
     o = optuna()
     trial = ostudy.ask(space)
@@ -302,8 +303,6 @@ def run_search(study: Study, space_text: dict[str, list], trials: int, *, seed: 
             raise UserError(f"cell {run.cell}: every trial of the search was pruned or failed; widen the --tune "
                             "space or raise --trials")
         run_one(study, replace(run, tune=dict(best["params"])))
-    from covfuse.training.tracking import finish_study
-
     finish_study(root)  # the MLflow study and cell runs, once every trial and run has finished
     return summary
 
@@ -316,8 +315,6 @@ def read_summary(study: Study) -> dict | None:
 def space_words(space_text: dict[str, list]) -> str:
     """The search space in words, its numbers as written: ``optim.lr log-uniform from 1e-4 to 1e-2; optim.weight_decay
     one of 0, 0.01``."""
-    from covfuse.studies.report import sig
-
     parts = []
     for key, values in space_text.items():
         values = [values] if not isinstance(values, list) else values
@@ -334,8 +331,6 @@ def space_words(space_text: dict[str, list]) -> str:
 
 def markdown(summary: dict) -> list[str]:
     """The report's tuning table: each cell's budget, best settings and the spread of the valid score over trials."""
-    from covfuse.studies.report import md_escape, settings_text, sig
-
     lines = ["## Search (equal budget per method)", "",
              f"Optuna {summary['sampler']} (seed {summary['seed']}), pruner {summary['pruner']}, over "
              f"{md_escape(space_words(summary['space']))}; {summary['trials']} trials per cell on the validation split "

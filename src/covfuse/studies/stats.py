@@ -11,8 +11,8 @@ What each test assumes (the report repeats it):
   the same samples; uncertainty from the test sample only (the trained models are held fixed).
 - :func:`seed_test`: runs (seeds or folds) are independent replications; with ``n_train`` and
   ``n_test`` it applies the Nadeau–Bengio correction for the overlap of k-fold training sets.
-- :func:`mcnemar`: images independent (descriptive only for grouped data);
-  :func:`clustered_mcnemar` (Durkalski et al. 2003) lets the discordant pairs of one group correlate.
+- :func:`clustered_mcnemar` (Durkalski et al. 2003): groups independent of each other; the discordant
+  pairs of one group may correlate (with one sample per group it is McNemar's test).
 """
 from __future__ import annotations
 
@@ -23,22 +23,12 @@ from scipy import stats as sps
 
 from covfuse.errors import UserError
 from covfuse.training.metrics import (
-    bootstrap_ci, bootstrap_interval, check_metric, cluster_codes, resample_weights, score_bounds, task_scores,
+    bootstrap_interval, check_metric, cluster_codes, resample_weights, score_bounds, task_scores,
 )
 
 __all__ = [
-    "cluster_bootstrap", "paired_cluster_bootstrap", "cluster_bootstrap_mean", "bootstrap_ci",
-    "paired_bootstrap", "seed_test", "holm", "mcnemar", "clustered_mcnemar", "align",
+    "cluster_bootstrap", "paired_cluster_bootstrap", "cluster_bootstrap_mean", "seed_test", "holm", "clustered_mcnemar",
 ]
-
-
-def align(ids_a, ids_b) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``(ia, ib)`` such that ``ids_a[ia] == ids_b[ib]``; both must hold the same ids."""
-    ids_a, ids_b = np.asarray(ids_a), np.asarray(ids_b)
-    if len(ids_a) != len(ids_b) or len(np.unique(ids_a)) != len(ids_a) or set(ids_a.tolist()) != set(ids_b.tolist()):
-        raise UserError("the two prediction sets do not hold the same samples; compare runs evaluated on the same split")
-    ia, ib = np.argsort(ids_a, kind="stable"), np.argsort(ids_b, kind="stable")
-    return ia, ib
 
 
 def _check(metric: str, task: str, labels, *probs) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -130,14 +120,6 @@ def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "ac
             "n_boot": int(np.isfinite(draws).sum())}
 
 
-def paired_bootstrap(labels, probs_a, probs_b, metric: str = "accuracy", *, n_boot: int = 2000, seed: int = 0,
-                     threshold: float = 0.5) -> dict:
-    """Image-level paired bootstrap: :func:`paired_cluster_bootstrap` with one group per sample.
-    Only for data without groups; it understates the uncertainty when samples are grouped."""
-    return paired_cluster_bootstrap(labels, probs_a, probs_b, None, metric, n_boot=n_boot, seed=seed,
-                                    threshold=threshold)
-
-
 def cluster_bootstrap_mean(values, groups, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Mean of per-sample ``values`` (e.g. |change of probability|, a 0/1 flip) with a cluster
     bootstrap CI: ``{"estimate", "ci", "clusters"}``."""
@@ -187,23 +169,6 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return [float(v) for v in out]
-
-
-def mcnemar(labels, probs_a, probs_b, *, threshold: float = 0.5) -> dict:
-    """Exact McNemar test on the discordant pairs: ``a_only`` right only for a, ``b_only`` only for b.
-
-    Assumes independent images: with grouped data read its counts as descriptive and use
-    :func:`clustered_mcnemar` or :func:`paired_cluster_bootstrap` for inference.
-    """
-    from scipy.stats import binomtest
-
-    y = np.asarray(labels).astype(bool)
-    right_a = (np.asarray(probs_a) >= threshold) == y
-    right_b = (np.asarray(probs_b) >= threshold) == y
-    a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    n = a_only + b_only
-    p = binomtest(a_only, n, 0.5).pvalue if n else 1.0
-    return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
 
 
 def clustered_mcnemar(labels, probs_a, probs_b, groups, *, threshold: float = 0.5) -> dict:

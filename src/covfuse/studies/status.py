@@ -13,7 +13,9 @@ import re
 import time
 from pathlib import Path
 
+from covfuse.studies import search
 from covfuse.studies.sweep import Study, busy_with, failure_path, run_status
+from covfuse.training.lock import LOCK_NAME, holder
 
 STATES = ("done", "running", "interrupted", "failed", "pending")
 TRIAL_STATES = ("done", "running", "pending", "pruned", "failed")
@@ -40,8 +42,6 @@ def trial_counts(study: Study) -> dict | None:
     """The search's trials over all cells: done (complete), running (a process holds the trial's folder), pending
     (budget not spent yet), pruned and failed (an interrupted one included: the search retries its settings);
     None when the study ran no search (or optuna is not installed)."""
-    from covfuse.studies import search
-
     budget = _budget(study.argv)
     if not (Path(study.study_dir) / search.JOURNAL).is_file():
         if not _searched(study.argv):
@@ -54,8 +54,6 @@ def trial_counts(study: Study) -> dict | None:
         o = search.optuna()
     except Exception:  # noqa: BLE001 (status never fails for want of the search extra)
         return None
-    from covfuse.training.lock import LOCK_NAME, holder
-
     states = o.trial.TrialState
     counts = dict.fromkeys(TRIAL_STATES, 0)
     storage = search.storage(study)

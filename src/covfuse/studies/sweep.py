@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import shlex
@@ -20,9 +21,11 @@ from typing import Any, Sequence
 
 import yaml
 
-from covfuse.errors import UserError
+from covfuse.errors import RunDiverged, RunInterrupted, UserError, suggest
 from covfuse.io import atomic_write_text
 from covfuse.training import config as cfgmod
+from covfuse.training.lock import LOCK_NAME, Claim, RunBusy, holder
+from covfuse.training.tracking import finish_study, study_context
 
 STUDY_FILE = "study.json"
 STUDY_SECTION = "sweep"
@@ -236,8 +239,6 @@ def plan_study(*, name: str, configs: Sequence[str], runs_dir: str | Path = "run
     if baseline is None:
         baseline = section.get("baseline") or next(iter(study_cells))
     if baseline not in study_cells:
-        from covfuse.errors import suggest
-
         raise UserError(f"baseline {baseline!r} is not a cell of this study{suggest(baseline, study_cells)}; "
                         f"cells: {', '.join(study_cells)}")
 
@@ -309,7 +310,8 @@ RUNTIME_KEYS = ("name", "runs_dir", "bootstrap", "data.num_workers", "data.cache
                 "trainer.accelerator", "trainer.progress", "trainer.progress_every", "trainer.summary")
 
 
-def _flat(mapping: dict) -> dict[str, Any]:
+def dotted_config(mapping: dict) -> dict[str, Any]:
+    """A run config mapping with its sections' keys dotted: ``{"data": {"root": x}}`` -> ``{"data.root": x}``."""
     out = {}
     for key, value in mapping.items():
         if isinstance(value, dict) and key in ("data", "model", "optim", "trainer"):
@@ -330,10 +332,10 @@ def changed_settings(run_dir: Path, config: cfgmod.RunConfig) -> dict[str, tuple
         saved = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         saved = None
-    new = _flat(cfgmod.to_dict(config))
+    new = dotted_config(cfgmod.to_dict(config))
     if not isinstance(saved, dict):
         return {"config.yaml": ("unreadable", "this study's settings")}
-    old, defaults = _flat(saved), _flat(cfgmod.to_dict(cfgmod.RunConfig()))
+    old, defaults = dotted_config(saved), dotted_config(cfgmod.to_dict(cfgmod.RunConfig()))
     if old.get("data.root") and new.get("data.root") and os.path.isabs(str(old["data.root"])):
         # a run records data.root absolute: the same place given relative is no change
         new["data.root"] = os.path.abspath(str(new["data.root"]))
@@ -401,8 +403,6 @@ def failure_path(run: Run) -> Path:
 
 def busy_with(run: Run) -> str | None:
     """Who trains ``run`` now (a sweep's claim, or any command's run lock), or None."""
-    from covfuse.training.lock import LOCK_NAME, holder
-
     return holder(claim_path(run)) or holder(Path(run.dir) / LOCK_NAME)
 
 
@@ -464,9 +464,8 @@ def _where(study: Study, run: Run) -> str:
 
 def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
     """Claim one run, then train, resume or skip it as :func:`assess` says. Returns what was done."""
-    from covfuse.training.lock import Claim, RunBusy
-    from covfuse.training.results import summary
-    from covfuse.training.run import fit_run
+    from covfuse.training.results import summary  # lazy: torch and Lightning (report and status import sweep)
+    from covfuse.training.run import fit_run  # lazy: torch and Lightning (report and status import sweep)
 
     where = _where(study, run)
     try:
@@ -476,7 +475,7 @@ def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
         return "busy"
     with claim:
         config = study.run_config(run)
-        from covfuse.training.tracking import study_context  # trackers tag the run with its study and cell
+        # trackers tag the run with its study and cell
         context = study_context(study.name, study.study_dir, run.cell, {**run.settings, **run.tune})
         action = assess(study, run, overwrite=overwrite, config=config, check_busy=False)  # again, under our claim
         if action.what in ("skip", "busy"):
@@ -496,8 +495,6 @@ def run_one(study: Study, run: Run, *, overwrite: bool = False) -> str:
             say(f"{where}: being trained by another process ({exc.owner}); skipped")
             return "busy"
         except Exception as exc:
-            from covfuse.errors import RunInterrupted
-
             if not isinstance(exc, RunInterrupted):  # interrupted is resumable, not failed
                 atomic_write_text(failure_path(run), (" ".join(str(exc).split())[:300] or type(exc).__name__) + "\n")
             raise
@@ -534,10 +531,6 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
     An interrupt (Ctrl-C, SIGTERM) stops the study after the current run saved its checkpoint; the
     same command continues it.
     """
-    import logging
-
-    from covfuse.errors import RunInterrupted
-
     study, actions = prepare_study(study, overwrite=overwrite, task=task, other=other)
     if task is None or not (Path(study.study_dir) / STUDY_FILE).is_file():
         write_study(study)
@@ -556,8 +549,6 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
                                  f"continue it with: {again(study)}", exc.code) from None
         except Exception as exc:  # noqa: BLE001 (one broken run must not cost the study the others)
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            from covfuse.errors import RunDiverged
-
             if not isinstance(exc, (UserError, RunDiverged)):  # a bug, not a mistake: keep the traceback in the log
                 logging.getLogger("covfuse.studies").error("run %s failed: %s", run.dir, reason, exc_info=True)
             say(f"{_where(study, run)}: FAILED ({reason})")
@@ -565,8 +556,6 @@ def run_study(study: Study, *, task: int | None = None, overwrite: bool = False,
             counts["failed"] += 1
     counts["busy_runs"] = busy
     if task is None and not busy and not failed:
-        from covfuse.training.tracking import finish_study
-
         finish_study(Path(study.study_dir))  # the MLflow study and cell runs, once every run has finished
     if busy:
         say(f"{len(busy)} run(s) being trained by another process, not waited for: {', '.join(busy)}; "

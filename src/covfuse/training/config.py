@@ -7,8 +7,11 @@ to ``runs/<name>/config.yaml`` and is enough to rebuild the run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
@@ -232,6 +235,16 @@ def parser(prog: str = "covfuse fit", description: str | None = None):
     return p
 
 
+@functools.lru_cache(maxsize=8)
+def _parser_with(prog: str, extra=None):
+    """:func:`parser` plus the flags ``extra(parser)`` adds, built once per (prog, extra): building it takes
+    ~0.1 s, parsing with it a fiftieth of that, and a study parses one config per run."""
+    p = parser(prog)
+    if extra is not None:
+        extra(p)
+    return p
+
+
 def config_keys() -> list[str]:
     """Every dotted key of the config (``name``, ``data.root``, ...), the spelling flags and YAML files use."""
     keys = []
@@ -330,9 +343,7 @@ def parse(argv: list[str], extra=None, prog: str = "covfuse fit") -> tuple[RunCo
     Before jsonargparse sees them, flags are normalised (dashes accepted, unknown ones named with a
     suggestion) and every ``--config`` file is checked for unknown keys (naming the file).
     """
-    p = parser(prog)
-    if extra is not None:
-        extra(p)
+    p = _parser_with(prog, extra)
     known = {a.dest for a in p._actions if a.dest} | set(config_keys()) | {"help", "config", "print_config"}
     known |= set(_NESTED_NAMES)
     argv = normalise_flags(list(argv), known)
@@ -342,8 +353,8 @@ def parse(argv: list[str], extra=None, prog: str = "covfuse fit") -> tuple[RunCo
     counts.update(_integer_flags(argv))
     try:
         values = p.parse_args(argv).clone(with_meta=False).as_dict()
-    except Exception as exc:  # jsonargparse raises ArgumentError/TypeError/ValueError with a readable message
-        raise UserError(" ".join(str(exc).split())) from None
+    except Exception as exc:  # jsonargparse's ArgumentError/TypeError/ValueError: one line of ours
+        raise parse_error(exc, argv, prog) from None
     for key, value in counts.items():  # "1" means one batch, not 100% (jsonargparse reads 1.0 once Lightning is loaded)
         section, name = key.split(".")
         if isinstance(values.get(section), dict) and values[section].get(name) == value:
@@ -354,6 +365,158 @@ def parse(argv: list[str], extra=None, prog: str = "covfuse fit") -> tuple[RunCo
 
 
 _CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+# -- a value of the wrong type: one line naming the option, the value and what it takes --------------
+def parse_error(exc: BaseException, argv: Sequence[str], prog: str = "covfuse fit") -> UserError:
+    """jsonargparse's complaint about ``argv`` (or a ``--config`` file in it) as one line of covfuse's: the
+    option, the value given (and the file that gave it), what the key takes and an example, never
+    jsonargparse's dump of Union subtypes."""
+    text = " ".join(str(exc).split())
+    found = re.search(r'Parser key "([^"]+)"', text)
+    key = found.group(1) if found else None
+    if key in _NESTED_NAMES:
+        value, file = _given(key, argv)
+        first = dataclasses.fields(_NESTED[(RunConfig, key)])[0].name
+        return UserError(f"{f'{file}: {key}: ' if file else f'--{key} '}{value}: not a section of {key} keys; give "
+                         f"them one by one (e.g. --{key}.{first} ...) or in a config file under `{key}:`")
+    fields = field_types()
+    if key not in fields:  # not a type error (an unknown or incomplete flag): jsonargparse's line, without dumps
+        return UserError(re.split(r" (?:Subtypes|Errors|Given value type):", text)[0] + f"; see `{prog} --help`"
+                         if "Union" in text else text)
+    hint, default = fields[key]
+    value, file = _given(key, argv)
+    advice = f"{key} takes {allowed(hint)}"
+    quote = _quote_hint(key, hint, value, file)
+    if file:
+        section, _, name = key.rpartition(".")
+        spelled = f"{name}: {example(hint, default)} under {section}:" if section else f"{key}: {example(hint, default)}"
+        return UserError(f"{file}: {key}: {value} is not allowed; {advice} (e.g. {spelled})" + quote)
+    return UserError(f"--{key} {value}: {advice}, e.g. --{key} {example(hint, default)}" + quote)
+
+
+@functools.lru_cache(maxsize=1)
+def field_types() -> dict[str, tuple[Any, Any]]:
+    """Each dotted config key's type (resolved) and default: what its values must be."""
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def walk(cls, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            sub = _NESTED.get((cls, f.name))
+            if sub is not None:
+                walk(sub, f"{f.name}.")
+            else:
+                out[prefix + f.name] = (hints[f.name], getattr(defaults, f.name))
+
+    walk(RunConfig, "")
+    return out
+
+
+def allowed(hint) -> str:
+    """What a config key of type ``hint`` takes, in words (``one of adam, adamw, sgd``, ``an integer or null``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(_words(hint))
+    if origin is Union:
+        if int in args and float in args:  # an integer is a number too
+            args = tuple(a for a in args if a is not int)
+        words = [w for a in args if a is bool or typing.get_origin(a) is Literal for w in _words(a)]
+        kinds = [allowed(a) for a in args if a is not bool and typing.get_origin(a) is not Literal and a is not type(None)]
+        words += ["null"] if type(None) in args else []
+        if len(words) > 1 or not kinds:
+            words = ["one of " + ", ".join(words)] if len(words) > 1 else words
+        parts = kinds + words
+        return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0]
+    if origin in (list, tuple, Sequence):
+        return f"a list of {_plural(args[0]) if args else 'values'} such as {_list_example(args[0] if args else str)}"
+    if origin is dict or hint is dict:
+        return "a mapping such as {key: value}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(hint, "any value")
+
+
+def _words(hint) -> list[str]:
+    """The values a bool or a Literal type takes, as a flag spells them."""
+    values = (True, False) if hint is bool else typing.get_args(hint)
+    return [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+
+
+def _plural(hint) -> str:
+    return {int: "integers", float: "numbers", str: "names"}.get(hint, "values")
+
+
+def _list_example(hint) -> str:
+    return {int: "[0,1]", float: "[1,2.5]"}.get(hint, "[a,b]")
+
+
+def example(hint, default) -> str:
+    """A value a key of type ``hint`` takes, as a flag spells it: its default where that says something."""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, (int, float, str)) and default != "" and not isinstance(default, (list, dict)):
+        return str(default)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return str(args[0])
+    if origin is Union:
+        return example(next(a for a in args if a is not type(None)), None)
+    if origin in (list, tuple, Sequence):
+        return _list_example(args[0] if args else str)
+    if origin is dict or hint is dict:
+        return "'{key: value}'"
+    return {int: "3", float: "0.5", bool: "true", str: "name"}.get(hint, "...")
+
+
+def _given(key: str, argv: Sequence[str]) -> tuple[str, str | None]:
+    """(the value ``key`` was given, as typed; the config file that gave it, or None for a flag): the last one wins,
+    as in jsonargparse (flags after the files that they override)."""
+    import yaml
+
+    value, file = None, None
+    for i, token in enumerate(argv):
+        if token in (f"--{key}", "--config") and i + 1 < len(argv):
+            given = argv[i + 1]
+        elif token.startswith((f"--{key}=", "--config=")):
+            given = token.split("=", 1)[1]
+        else:
+            continue
+        if token.startswith(f"--{key}"):
+            value, file = given, None
+            continue
+        try:
+            data = yaml.safe_load(Path(given).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        for part in key.split("."):
+            data = data.get(part, _ABSENT) if isinstance(data, dict) else _ABSENT
+        if data is not _ABSENT:
+            value, file = yaml.safe_dump(data, default_flow_style=True, width=1000).strip().removesuffix("\n..."), given
+    return ("(none)" if value is None else str(value)), file
+
+
+_ABSENT = object()
+
+
+def _quote_hint(key: str, hint, value: str, file: str | None) -> str:
+    """For a list of names given numbers or yes/no (YAML reads those as numbers and booleans): how to quote them."""
+    import yaml
+
+    names = [a for a in typing.get_args(hint) if typing.get_origin(a) is list and typing.get_args(a) == (str,)]
+    if not names and not (typing.get_origin(hint) is list and typing.get_args(hint) == (str,)):
+        return ""
+    try:
+        items = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return ""
+    if not isinstance(items, list) or all(isinstance(v, str) for v in items):
+        return ""
+    words = [w.strip().strip("'\"") for w in value.strip().strip("[]").split(",")]
+    quoted = "[" + ",".join(f'"{w}"' for w in words) + "]"
+    spelled = f"{key.rpartition('.')[2]}: {quoted}" if file else f"--{key} '{quoted}'"
+    return f"; numbers and yes/no are read as numbers and booleans: quote them, e.g. {spelled}"
 
 
 def from_dict(values: dict) -> RunConfig:

@@ -185,12 +185,10 @@ def _weighted_mann_whitney(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.nd
 
 
 def cluster_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
-    """Integer cluster codes 0..G-1 for ``groups`` (any labels), numbered in the order of the labels as
-    text, so a run (subject ids as the table has them) and the study report (the same ids read back from
-    predictions.csv) number the people alike and draw the same resamples; None: every sample its own."""
+    """Integer cluster codes 0..G-1 for ``groups`` (any hashable labels); None: every sample its own."""
     if groups is None:
         return np.arange(n)
-    groups = np.asarray(groups).astype(str)
+    groups = np.asarray(groups)
     if len(groups) != n:
         raise ValueError(f"groups has {len(groups)} entries for {n} samples")
     return np.unique(groups, return_inverse=True)[1].reshape(-1)

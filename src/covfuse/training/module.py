@@ -21,7 +21,7 @@ from torchmetrics import MeanAbsoluteError, Metric
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 from torchmetrics.utilities import dim_zero_cat
 
-from covfuse.data.transforms import normalize
+from covfuse.data.transforms import model_input
 from covfuse.errors import UserError
 from covfuse.io import load_trusted
 from covfuse.models import build
@@ -97,9 +97,7 @@ class CovfuseModule(L.LightningModule):
     # -- forward ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) on the device -> normalised float input; volumes come normalised (float16)."""
-        if images.is_floating_point():  # covfuse.data.decoders.nifti already normalised the intensities
-            return images.float()
-        x = normalize(images, self.hparams.preset)
+        x = model_input(images, self.hparams.preset)  # volumes come normalised by their preprocessing
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covfuse.data.groups import as_groupings
 from covfuse.layers.cond_norm import ConditionalNorm
 from covfuse.layers.context import current_covariates
 from covfuse.layers.daft import DAFT
@@ -162,8 +163,6 @@ class AffineRecorder:
         (``groupings``: covariate -> :class:`covfuse.data.groups.Grouping` of the recorded samples, or
         plain values grouped one group per value), and for a covariate with two values (0/1, two
         levels), both present, the mean |difference| between them."""
-        from covfuse.data.groups import as_groupings
-
         groupings = as_groupings(groupings)
         out = {}
         for layer, parts in self.scale.items():

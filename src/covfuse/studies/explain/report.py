@@ -1,6 +1,8 @@
 """``explain.md``: the numbers of explain.json as tables a person reads, with links to the figures."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 
 def _num(v, fmt: str = ".3f") -> str:
     return "—" if v is None else format(v, fmt)
@@ -110,6 +112,4 @@ def markdown(r: dict) -> str:
 def _link(path: str) -> str:
     """A relative file path as a markdown link target: spaces and brackets percent-encoded (a covariate
     column named "body site" gives figures/maps_body%20site.png, which every renderer follows)."""
-    from urllib.parse import quote
-
     return quote(str(path), safe="/")

@@ -8,6 +8,8 @@ ones ``predictions.csv`` holds for the real covariates.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -19,13 +21,20 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from covfuse.errors import UserError, suggest
+from covfuse.errors import RunDiverged, UserError, suggest
 from covfuse.io import atomic_write_text
 from covfuse.studies.explain import attribution as attr
 from covfuse.studies.explain import counterfactual as cf
 from covfuse.studies.explain import figures, report, twin
 from covfuse.studies.explain.kernels import AffineRecorder, weight_summaries
+from covfuse.studies.format import json_safe
+from covfuse.training import config as cfgmod
+from covfuse.training.datamodule import CovfuseDataModule, read_state
+from covfuse.training.module import load_module
+from covfuse.training.predict import model_covariates
+from covfuse.training.rundir import checkpoint_path, find_run
 
 log = logging.getLogger("covfuse.explain")
 SPLITS = ("train", "valid", "test")
@@ -48,17 +57,6 @@ class Scored:
         return cf.pooled(self.prob, self.changed[name], self.applies[name], self.groups)
 
 
-def finite(value):
-    """``value`` with every NaN / infinite float replaced by None (undefined: e.g. an all-zero map has no shares)."""
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    return value
-
-
 def _device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
@@ -69,11 +67,6 @@ def _device(accelerator: str) -> torch.device:
 
 def load(run: str, runs_dir: str | os.PathLike = "runs", ckpt: str = "best", root: str | None = None, split: str = "test"):
     """(run folder, module, data module) for an explainable run; a UserError says why a run is not."""
-    from covfuse.training import config as cfgmod
-    from covfuse.training.module import load_module
-    from covfuse.training.rundir import checkpoint_path, find_run
-    from covfuse.training.datamodule import CovfuseDataModule, read_state
-
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}{suggest(split, SPLITS)}")
     run_dir = find_run(str(run), runs_dir)
@@ -99,10 +92,6 @@ def load(run: str, runs_dir: str | os.PathLike = "runs", ckpt: str = "best", roo
 def score_split(module, data, split: str, plan: dict[str, list[cf.Change]], device: torch.device,
                 recorder: AffineRecorder | None = None, progress: bool = True) -> Scored:
     """P(target) for every sample of ``split`` with its real covariates and with each planned edit."""
-    from tqdm import tqdm
-
-    from covfuse.training.predict import model_covariates
-
     def forward(images, covariates):
         return module.predictions(module(images, covariates))
 
@@ -137,9 +126,6 @@ def counterfactual_table(scored: Scored, plan: dict[str, list[cf.Change]], value
                          ids: list[str], split: str) -> str:
     """counterfactuals.csv: per sample its id, group, label, its covariates as the table has them, P with the
     real covariates and with each edit (empty where the edit does not apply: a missing value)."""
-    import csv
-    import io
-
     edits = [(e, scored.changed[name][k], scored.applies[name][k]) for name, per in plan.items() for k, e in enumerate(per)]
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
@@ -179,8 +165,6 @@ def _images(data, split: str, index: np.ndarray) -> torch.Tensor:
 
 def _maps(module, layer, images: torch.Tensor, rows: np.ndarray, device, n_steps: int, chunk: int = 64):
     """Attribution maps (method -> (n, *spatial)) for ``images`` (uint8 photos or float volumes) fed ``rows``."""
-    from covfuse.training.predict import model_covariates
-
     f = attr.LogOdds(module.model, module.head)
     out: dict[str, list[np.ndarray]] = {m: [] for m in attr.METHODS}
     fed = model_covariates(module, rows)
@@ -253,8 +237,6 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
     if examples < 0 or mass_images < 0 or n_boot < 1 or n_steps < 1:
         raise UserError("--examples and --mass-images must be >= 0, --n-boot and --steps >= 1")
     start = time.monotonic()
-    from covfuse.training.rundir import find_run
-
     out_dir = Path(out) if out else find_run(str(run), runs_dir) / "explain"
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:  # before any loading
         raise UserError(f"{out_dir} already exists; pass --overwrite to replace it or --out to write elsewhere")
@@ -286,8 +268,6 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
     scored = score_split(module, data, split, plan, device, recorder if recorder.layers else None, progress)
     bad = ~np.isfinite(scored.prob)
     if bad.any():  # weights that diverged: no report of NaN numbers (nor a crash formatting them)
-        from covfuse.errors import RunDiverged
-
         raise RunDiverged(f"the model's output is NaN/Inf for {int(bad.sum())} of {len(bad)} {split} sample(s) "
                           f"(first: {data.filenames(scored.index[bad][:1])[0]}); nothing written. The checkpoint "
                           f"({ckpt}) holds NaN weights or the inputs NaN values: try --ckpt best or last, and "
@@ -347,7 +327,7 @@ def explain_run(run: str, *, runs_dir: str | os.PathLike = "runs", split: str = 
         }
         atomic_write_text(tmp / "counterfactuals.csv",
                           counterfactual_table(scored, plan, values, data.filenames(scored.index), split))
-        result = finite(result)
+        result = json_safe(result)  # undefined numbers (e.g. an all-zero map has no shares) become null
         atomic_write_text(tmp / "explain.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
         atomic_write_text(tmp / "explain.md", report.markdown(result))
         if out_dir.exists():
