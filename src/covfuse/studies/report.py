@@ -164,13 +164,13 @@ def load_cell(study: Study, cell: str, metric: str, task: str = "binary", runs: 
     runs = [r for r in (study.runs if runs is None else runs) if r.cell == cell]
     notes: list[str] = []
     if study.kind == "cv" and study.folds:
-        by_fold: dict[int, list[Run]] = {}
+        folds_of: dict[int, list[Run]] = {}  # seed -> its finished folds
         for r in runs:
-            by_fold.setdefault(r.seed, []).append(r)
-        for seed, rs in sorted(by_fold.items()):
+            folds_of.setdefault(r.seed, []).append(r)
+        for seed, rs in sorted(folds_of.items()):
             if len(rs) < study.folds:
                 notes.append(f"seed {seed}: {plural(len(rs), 'fold')} of {study.folds} finished, left out")
-        runs = [r for r in runs if len(by_fold[r.seed]) >= study.folds]
+        runs = [r for r in runs if len(folds_of[r.seed]) >= study.folds]
     runs, tuned = select_tuned(runs, study.tune, metric)
     if not runs:
         return None
@@ -704,9 +704,9 @@ def plot_metric(report: dict, out: Path, reference: dict[str, float] | None = No
     names = [r["setting"] for r in rows]
     est = np.array([np.nan if r["estimate"] is None else r["estimate"] for r in rows], dtype=float)
     ci = np.array([[np.nan, np.nan] if r["ci"][0] is None else r["ci"] for r in rows], dtype=float)
-    err = np.nan_to_num_text(np.stack([est - ci[:, 0], ci[:, 1] - est]))
+    err = np.nan_to_num(np.stack([est - ci[:, 0], ci[:, 1] - est]))
     fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(rows)), 3.8))
-    ax.bar(range(len(rows)), np.nan_to_num_text(est), yerr=err, capsize=5, color=[f"C{i % 10}" for i in range(len(rows))],
+    ax.bar(range(len(rows)), np.nan_to_num(est), yerr=err, capsize=5, color=[f"C{i % 10}" for i in range(len(rows))],
            alpha=0.85)
     for i, v in enumerate(est):
         ax.text(i, (v if math.isfinite(v) else 0.0) + err[1, i] + 0.01, num_text(v), ha="center", va="bottom", fontsize=8)

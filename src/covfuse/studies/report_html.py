@@ -86,7 +86,7 @@ def _md(text: str) -> str:
     return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", text)
 
 
-def _num_text(value, digits: int = 3) -> tuple[str, str]:
+def _num(value, digits: int = 3) -> tuple[str, str]:
     """(shown text, data-value for sorting) of a number that may be missing (shown as the markdown shows it)."""
     text = num_text(value, digits)
     return text, ("" if text == DASH else repr(float(value)))
@@ -236,7 +236,7 @@ def render(report: dict, study: Study) -> str:
         stat = SUBGROUP_STATS[report.get("task", "binary")][0]
         parts += ['<h2 id="gaps">Subgroup gaps</h2>',
                   f"<p>{esc(stat)} gap (largest minus smallest subgroup {esc(stat)}), mean over runs.</p>",
-                  table(["setting", *gap_keys], [[r["setting"], *(_num_text(r["gaps"].get(k)) for k in gap_keys)]
+                  table(["setting", *gap_keys], [[r["setting"], *(_num(r["gaps"].get(k)) for k in gap_keys)]
                                                  for r in report["rows"]])]
     if "loss_curves" in drawn:
         parts += ['<h2 id="curves">Training curves</h2>', _figure(root / figures["loss_curves"], "loss_curves",

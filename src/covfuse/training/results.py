@@ -123,7 +123,8 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
 
 
 def summary(run_dir: Path) -> str:
-    """One line: the task's primary score with CI per split (and AUROC for binary runs), from metrics.json."""
+    """One line: the task's primary score with CI per split (and AUROC for binary runs), from metrics.json; a
+    score that could not be computed as — with its reason."""
     m = json.loads((run_dir / "metrics.json").read_text())
     name = PRIMARY[m.get("task", "binary")]
     parts = []
@@ -133,5 +134,6 @@ def summary(run_dir: Path) -> str:
             lo, hi = s[f"{name}_ci"]
             ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
             auroc = f", auroc {s['auroc']:.3f}" if s.get("auroc") is not None else ""
-            parts.append(f"{split} {name.replace('_', ' ')} {s[name]:.3f}{ci}{auroc}")
+            value = f"{s[name]:.3f}" if s[name] is not None else f"— ({s.get(f'{name}_reason', 'undefined')})"
+            parts.append(f"{split} {name.replace('_', ' ')} {value}{ci}{auroc}")
     return "; ".join(parts)

@@ -113,7 +113,7 @@ def calibration(ref: Reference, labels: np.ndarray, risk: np.ndarray, t: float,
 def round_ticks(end: float) -> list[float]:
     """Time-axis ticks at round numbers from 0 to ``end`` (matplotlib's MaxNLocator: steps of 1, 2, 2.5
     or 5 times a power of ten), where the Kaplan-Meier figure also counts the numbers at risk."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib, only where a run draws its figures
 
     end = float(end) if end > 0 else 1.0
     ticks = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3).tick_values(0.0, end)
@@ -129,7 +129,7 @@ def at_risk(time: np.ndarray, ticks) -> list[int]:
 def km_figure(labels: np.ndarray, group: np.ndarray, split: str, target: str):
     """Kaplan-Meier curves per risk group: censoring marked (+), round time ticks with the numbers at
     risk at them underneath, the legend outside the plot so it hides no curve."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, only where a run draws its figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -170,7 +170,7 @@ def km_figure(labels: np.ndarray, group: np.ndarray, split: str, target: str):
 def calibration_figure(ref: Reference, labels: np.ndarray, risk: np.ndarray, split: str):
     """Predicted against observed S(t) per bin of predicted risk at each grid time: every point drawn
     (no clipping at 0 or 1) with its bin size beside it, the number of bins in the titles."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, only where a run draws its figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
