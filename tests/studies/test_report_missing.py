@@ -57,7 +57,7 @@ def test_a_study_with_a_failed_run_gets_the_report_of_what_finished_naming_the_f
     rows = {r["setting"]: r for r in report["rows"]}
     concat = rows["fusion=concat"]
     assert concat["n_runs"] == 0 and concat["estimate"] is None and concat["verdict"] is None
-    assert concat["estimate_reason"] == "this cell has no finished run" and concat["missing_runs"] == ["fusion=concat/s0"]
+    assert concat["estimate_reason"] == "no finished run in this cell" and concat["missing_runs"] == ["fusion=concat/s0"]
     assert rows["fusion=covariates-only"]["estimate"] is not None and rows["fusion=covariates-only"]["verdict"]
     md = (study / "report.md").read_text()
     assert "fusion=concat/s0: failed (CUDA error: an illegal memory access was encountered)" in md

@@ -5,7 +5,9 @@ resamples people (cluster bootstrap over identities/subjects of the run-averaged
 difference from the baseline with a paired cluster-bootstrap CI and p-value, a test across runs
 (paired t over seeds; Nadeau-Bengio corrected over k folds), Holm-adjusted p-values and a verdict.
 Written to ``<study>/report.md``, ``report.json`` (**contract** shape), ``report.csv`` and
-``figures/``.
+``figures/``. Made of the runs that finished (the others are named, their cells marked); a number that
+cannot be computed is null with its reason (— and a footnote in the markdown and HTML) and gets no
+verdict; the numbers' formats live in :mod:`covfuse.studies.format`.
 """
 from __future__ import annotations
 
@@ -232,13 +234,12 @@ def study_task(runs: Sequence[Run], name: str) -> str:
     return tasks.pop() if tasks else "binary"
 
 
-def null_reason(c: CellData | None, name: str, split: str, *, baseline: bool = False) -> str:
+def null_reason(c: CellData | None, name: str, split: str) -> str:
     """Why a cell has no value of score ``name``: no finished run, a cross-validation without one training
     reference (IBS, td-AUC), or what its runs' metrics.json say; the words of
     :func:`covfuse.training.metrics.missing_reason` otherwise."""
-    whose = "the baseline" if baseline else "this cell"
     if c is None:
-        return f"{whose} has no finished run"
+        return "no finished run in this cell"
     if c.task == "survival" and name in ("ibs", "td_auc") and c.references is None:
         return ("scored against each run's training-split baseline, and the pooled predictions merge runs trained "
                 "on different training splits (cross-validation folds) or written before survival_baseline.json")

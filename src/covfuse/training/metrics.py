@@ -185,13 +185,24 @@ def _weighted_mann_whitney(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.nd
 
 
 def cluster_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
-    """Integer cluster codes 0..G-1 for ``groups`` (any hashable labels); None: every sample its own."""
+    """Integer cluster codes 0..G-1 for ``groups`` (any labels); None: every sample its own.
+
+    The clusters are numbered in the labels' natural order, numbers by value, whether they come as numbers
+    (a run's CelebA identities) or as the text predictions.csv holds ("2880"): a run and the study report
+    then number the people alike and draw the same resamples, so a run has one interval."""
     if groups is None:
         return np.arange(n)
     groups = np.asarray(groups)
     if len(groups) != n:
         raise ValueError(f"groups has {len(groups)} entries for {n} samples")
-    return np.unique(groups, return_inverse=True)[1].reshape(-1)
+    values, codes = np.unique(groups.astype(str), return_inverse=True)
+    try:
+        number = np.array([float(v) for v in values])
+    except ValueError:  # names (sub-01, s1): their text order
+        return codes.reshape(-1)
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[np.lexsort((values, number))] = np.arange(len(values))
+    return rank[codes.reshape(-1)]
 
 
 def resample_weights(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int = 4_000_000):

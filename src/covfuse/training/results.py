@@ -102,9 +102,7 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
                               "NaN/Inf (`covfuse data info ROOT`, data.nonfinite) and the checkpoint (--ckpt last|best)")
         label = data.labels[index].astype(task.label_dtype)
         real = data.covariates_real[index]
-        # identity / subject: intervals resample people, not images; as text, the ids predictions.csv holds, so the
-        # study report numbers the people alike and draws the same resamples (one interval per run)
-        clusters = np.asarray(data.groups(index)).astype(str)
+        clusters = data.groups(index)  # identity / subject: intervals resample people, not images
         for name, group, y, v, covs in zip(data.filenames(index), clusters, label, value, real):
             writer.writerow([name, group, split, *task.label_cells(y), *task.cells(v), *(f"{c:g}" for c in covs)])
         subgroups = data.covariate_groups(index)  # in the table's units: age bins, levels, "missing"
