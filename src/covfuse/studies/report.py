@@ -35,6 +35,7 @@ from covfuse.studies.stats import (
 from covfuse.studies.status import run_state
 from covfuse.studies.sweep import Run, Study, run_status
 from covfuse.training import clinical_plots
+from covfuse.training.config import load as load_config
 from covfuse.training.clinical import parse_threshold
 from covfuse.training.curves import read_metrics_csv, smooth
 from covfuse.training.metrics import (
@@ -178,7 +179,8 @@ def own_resamples(study: Study, runs: Sequence[Run], unit: str) -> tuple[int, in
     shown. None for cells of several runs (their pooled interval is the report's own)."""
     if len(runs) != 1:
         return None
-    config = study.run_config(runs[0])
+    saved = Path(runs[0].dir) / "config.yaml"  # the run's own resolved config: the report may run from anywhere
+    config = load_config(saved) if saved.is_file() else study.run_config(runs[0])
     if config.bootstrap < 2 or (config.bootstrap_unit == "group") != (unit == "group"):
         return None
     return int(config.bootstrap), int(config.seed)
