@@ -243,6 +243,29 @@ def volume_files(work: Path, damage: str) -> None:
     (work / "m.csv").write_text("subject,path,label,age\ns1,MR700,0,40\ns2,v.nii.gz,1,50\ns3,w.nii.gz,1,60\n")
 
 
+def survival_volumes(work: Path, event_times=(1.0, 2.0, 3.0, 4.0)) -> None:
+    """A survival manifest of 12 tiny volumes followed up to week 52 (age, time, event), the training
+    split's events at ``event_times``."""
+    import nibabel as nib
+
+    (work / "vol").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    train = [(t, 1) for t in event_times] + [(52.0, 0)] * (6 - len(event_times))
+    for i, (split, (time, event)) in enumerate([*(("train", te) for te in train), ("valid", (3.0, 1)),
+                                                ("valid", (52.0, 0)), ("valid", (20.0, 1)), ("test", (5.0, 1)),
+                                                ("test", (52.0, 0)), ("test", (30.0, 1))]):
+        nib.save(nib.Nifti1Image(rng.normal(100, 10, (8, 8, 8)).astype(np.float32), np.eye(4)),
+                 str(work / f"vol/v{i}.nii.gz"))
+        rows.append(f"s{i},vol/v{i}.nii.gz,{split},{time},{event},{40 + i}")
+    (work / "m.csv").write_text("subject,path,split,time,event,age\n" + "\n".join(rows) + "\n")
+
+
+SURVIVAL = ["fit", "--data.root", "m.csv", "--data.target", "time", "--data.event", "event", "--data.covariates",
+            "age", "--model.head", "survival", "--model.backbone", "resnet3d-compact", "--data.image_size", "8",
+            "--data.batch_size", "2", "--data.cache", "off", "--trainer.accelerator", "cpu"]
+
+
 def float_tiff(work: Path) -> None:
     import tifffile
 
@@ -501,6 +524,22 @@ CASES = [
     Case("predict-times-word", "predict --times with a word", ["predict", "tiny", "x.jpg", "--covariates",
                                                                 "Young=1,Male=0", "--times", "1,soon"],
          "--times: 'soon' is not a number"),
+    Case("predict-times-empty", "predict --times with an empty item", ["predict", "tiny", "x.jpg", "--covariates",
+                                                                      "Young=1,Male=0", "--times", "1,,2"],
+         "--times: '1,,2' has an empty item"),
+    Case("predict-times-separator", "predict --times with a digit separator",
+         ["predict", "tiny", "x.jpg", "--covariates", "Young=1,Male=0", "--times", "1_000"],
+         "--times: '1_000' is not a number"),
+    Case("fit-eval-times-outside", "survival evaluation times after the end of follow-up",
+         [*SURVIVAL, "--data.eval_times", "[60,100]"],
+         "data.eval_times [60, 100] lie outside the training split's follow-up (1 <= t < 52)",
+         lambda work: survival_volumes(work)),
+    Case("fit-tau-outside", "Uno's tau after the end of follow-up", [*SURVIVAL, "--metrics.tau", "1000"],
+         "metrics.tau 1000 lies outside the training split's follow-up (1 < τ <= 52)",
+         lambda work: survival_volumes(work)),
+    Case("fit-grid-one-time", "every training event at one time, no evaluation grid given", SURVIVAL,
+         "the default evaluation grid (quartiles of the training event times) needs at least two distinct times",
+         lambda work: survival_volumes(work, (0.0, 0.0, 0.0))),
     Case("predict-folder", "predict given a folder", ["predict", "tiny", "twin", "--covariates", "Young=1,Male=0"],
          "twin: a folder, not an image file"),
     Case("predict-missing-cov", "predict with a covariate missing", ["predict", "tiny", "x.jpg", "--covariates",
@@ -545,7 +584,7 @@ CASES = [
     Case("option-type", "a word where a number belongs", [*FIT, "--data.image_size", "big"],
          "--data.image_size big: data.image_size takes an integer, e.g. --data.image_size 224"),
     Case("option-choice", "a value outside an option's choices", [*FIT, "--monitor", "val/auc"],
-         "--monitor val/auc: monitor takes one of val/loss, val/acc, val/mae, val/c_index, val/ibs, null, "
+         "--monitor val/auc: monitor takes one of val/loss, val/acc, val/brier, val/mae, val/c_index, val/ibs, null, "
          "e.g. --monitor val/loss"),
     Case("option-numbers-as-names", "class names that YAML reads as numbers", [*FIT, "--data.classes", "[0,1]"],
          "--data.classes [0,1]: data.classes takes a list of names such as [a,b] or null, e.g. --data.classes [a,b]; "

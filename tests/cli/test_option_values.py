@@ -155,7 +155,7 @@ def test_the_messages_say_what_is_allowed(capsys):
         (["fit", "--data.classes", "[0,1]"], "--data.classes [0,1]: data.classes takes a list of names such as [a,b] "
          "or null, e.g. --data.classes [a,b]; numbers and yes/no are read as numbers and booleans: quote them, e.g. "
          "--data.classes '[\"0\",\"1\"]'"),
-        (["fit", "--monitor", "val/auc"], "--monitor val/auc: monitor takes one of val/loss, val/acc, val/mae, "
+        (["fit", "--monitor", "val/auc"], "--monitor val/auc: monitor takes one of val/loss, val/acc, val/brier, val/mae, "
          "val/c_index, val/ibs, null, e.g. --monitor val/loss"),
         (["fit", "--trainer.deterministic", "maybe"], "takes one of true, false, warn, null"),
         (["fit", "--data.spacing", "abc"], "--data.spacing abc: data.spacing takes a number or null"),

@@ -162,7 +162,8 @@ def test_a_number_with_few_values_is_a_range_for_predict_unless_declared_categor
     z = torch.tensor([[(66 - spec["mean"]) / spec["std"]]], dtype=torch.float32)
     with torch.no_grad():
         expected = torch.sigmoid(module.model(x, z)).item()
-    assert float(out[1].split(",")[-1]) == pytest.approx(expected, abs=1e-5)
+    column = next(i for i, name in enumerate(out[0].split(",")) if name.startswith("P("))  # then predicted_<target>
+    assert float(out[1].split(",")[column]) == pytest.approx(expected, abs=1e-5)
     assert covfuse([*argv, "--covariates", "age=95"]) == 2
     assert "age=95 lies outside the training range [55, 90]" in capsys.readouterr().err
 

@@ -280,7 +280,7 @@ def test_skip_corrupt_leaves_out_a_broken_dicom_and_keeps_the_clean_ones(tmp_pat
     assert json.loads((tmp_path / "runs/k/metrics.json").read_text())["skipped_images"] == 1
 
 
-def test_skip_corrupt_works_with_a_cache_build_config(tmp_path, monkeypatch, capsys):
+def test_skip_corrupt_works_with_a_cache_build_config(tmp_path, monkeypatch, capsys, caplog):
     """`covfuse data verify` says `covfuse fit --skip_corrupt` trains without the bad files: it must, also where the
     config says data.cache build (the build used to stop at the bad file with the same advice)."""
     from covfuse.cli.main import main as covfuse
@@ -290,6 +290,28 @@ def test_skip_corrupt_works_with_a_cache_build_config(tmp_path, monkeypatch, cap
     assert covfuse(["fit", "--data.root", "m.csv", *FIT2D, "--data.cache", "build", "--name", "k", "--skip_corrupt"]) == 0, \
         capsys.readouterr().err[-2000:]
     assert (tmp_path / "runs/k/skipped.txt").read_text().split() == ["IM0004.dcm"]
+    said = [r.getMessage() for r in caplog.records if "data.skip_corrupt" in r.getMessage()]
+    assert said == ["data.skip_corrupt: 1 file(s) do not decode, so no cache is built (it holds every file); the "
+                    "others are read as training goes"]  # once, though Lightning prepares the data twice
+
+
+def test_skip_corrupt_with_nothing_to_skip_builds_the_cache_and_says_nothing(tmp_path, caplog):
+    """With every file decoding, --skip_corrupt changes nothing: the cache is built, no warning is logged."""
+    import logging
+
+    from covfuse.data import samples
+    from covfuse.training.config import DataConfig
+    from covfuse.training.datamodule import CovfuseDataModule
+
+    dicom_manifest(tmp_path)
+    data = CovfuseDataModule(DataConfig(root=str(tmp_path / "m.csv"), target="label", covariates=["age"],
+                                        image_size=16, cache="build", skip_corrupt=True))
+    with caplog.at_level(logging.INFO, logger="covfuse"):
+        data.prepare_data()
+        data.setup("fit")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert samples.open_cache(data.table, data.settings(), data.cfg.cache_dir) is not None
+    assert data.skipped == []
 
 
 # -------------------------------------------------------------------------- honest layouts, ids, delimiters

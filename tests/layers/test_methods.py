@@ -147,6 +147,34 @@ def test_hyper_from_conv_starts_as_the_conv_and_learns(dims):
     assert layer.hyper_weight.grad.abs().sum() > 0
 
 
+def test_hyper_with_the_reference_embedding_trains_on_a_batch_of_one():
+    """HyperFusion's embedding (Linear-BatchNorm1d-PReLU) in training mode: one sample has no batch variance,
+    so it is normalised with the running statistics (what eval mode does) instead of raising; a batch of
+    several is torch's BatchNorm1d unchanged."""
+    seed("hyper-one")
+    layer = HyperConv2d(3, 4, 3, 2, padding=1, width=4, embedding="reference").double()
+    randomize(layer)
+    norm = layer.embed[1]
+    x, z = torch.randn(6, 3, 5, 5, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    layer.train()
+    layer(x, z)  # running statistics from a batch of six
+    plain = nn.BatchNorm1d(4).double().train()
+    plain.load_state_dict(norm.state_dict())
+    h = layer.embed[0](z)
+    running = norm.running_mean.clone(), norm.running_var.clone()
+    torch.testing.assert_close(norm(h), plain(h))  # several samples: BatchNorm1d itself
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        plain(h[:1])
+    norm.running_mean.copy_(running[0])
+    norm.running_var.copy_(running[1])
+    one = layer(x[:1], z[:1])
+    one.sum().backward()  # trains
+    assert layer.hyper_weight.grad is not None
+    torch.testing.assert_close(norm.running_mean, running[0], rtol=0, atol=0)  # left as they are
+    layer.eval()
+    torch.testing.assert_close(one, layer(x[:1], z[:1]))
+
+
 # ---- conditional norm -----------------------------------------------------------------------------
 
 def cond_norm_reference(cn: ConditionalNorm, x, z, running: tuple | None):

@@ -91,8 +91,10 @@ def test_each_clinical_score_equals_the_libraries_and_the_stats_engine(tmp_path,
     for name, value in expected.items():
         assert also[name]["estimate"] == pytest.approx(value, abs=1e-9), name
     assert 0.4 < slope < 0.6  # twice the logit: a slope near one half, as the data was made
+    own = rows["overconfident"]["resamples"]  # a one-run cell's interval: its run's own resamples (one interval per run)
+    assert own["from"] == "the run's own (as in its metrics.json)"
     for name in ("brier", "sensitivity", "calibration_intercept"):  # pooled and paired intervals: the stats engine's
-        pooled = cluster_bootstrap(y, over, groups, name, n_boot=200, threshold=t)
+        pooled = cluster_bootstrap(y, over, groups, name, n_boot=own["n_boot"], seed=own["seed"], threshold=t)
         assert also[name]["ci"] == pytest.approx(pooled["ci"], abs=1e-12), name
         paired = paired_cluster_bootstrap(y, over, base, groups, name, n_boot=200, threshold=t, threshold_b=0.5)
         assert also[name]["difference_ci"] == pytest.approx(paired["ci"], abs=1e-12), name

@@ -309,3 +309,53 @@ def test_predict_times_after_the_last_training_event_are_flagged(run, capsys):
     assert f"--times {last + 50:g} lie(s) after the training split's last event ({last:g})" in captured.err
     assert covfuse(["predict", str(run_dir), "--csv", str(manifest), "--extrapolate", "--times", f"{last / 2}"]) == 0
     assert "after the training split's last event" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_true_half_precision_casts_images_but_keeps_survival_times_float64(precision, tmp_path):
+    """Lightning casts every floating-point tensor of a batch to the half type under *-true precision
+    (bf16: 1000.00002 and 1000.00001 both become 1000); the trainers covfuse builds keep float64 tensors."""
+    from covfuse.training import config as cfgmod
+    from covfuse.training.trainer import build_trainer, one_device_trainer, resolve_hardware
+
+    batch = {"image": torch.rand(2, 3, 4, 4), "covariates": torch.rand(2, 1),
+             "target": torch.tensor([[1000.00001, 0.0], [1000.00002, 1.0]], dtype=torch.float64),
+             "index": torch.tensor([0, 1])}
+    config, _ = cfgmod.parse(["--trainer.precision", precision, "--trainer.accelerator", "cpu"])
+    config = cfgmod.check(config)
+    for trainer in (one_device_trainer("cpu", precision),
+                    build_trainer(config, tmp_path, resolve_hardware(config.trainer))):
+        assert trainer.precision == precision
+        out = trainer.precision_plugin.convert_input(batch)  # what Lightning's loops call on every batch
+        assert out["image"].dtype == out["covariates"].dtype == (torch.bfloat16 if precision == "bf16-true"
+                                                                  else torch.float16)
+        assert out["target"].dtype == torch.float64 and torch.equal(out["target"], batch["target"])
+        assert out["index"].dtype == torch.int64
+        assert float(cox_loss(torch.tensor([0.3, -0.2]), out["target"][:, 0], out["target"][:, 1])) == 0.0
+    # Lightning's own plugin would have tied them
+    from lightning.pytorch.plugins.precision import HalfPrecision
+
+    tied = HalfPrecision(precision).convert_input(batch)["target"]
+    assert tied[0, 0] == tied[1, 0]
+
+
+def test_metrics_json_gives_each_split_its_cox_loss_so_a_search_can_monitor_val_loss(run):
+    """A survival search monitored by val/loss ranks trials by metrics.json's valid ``loss``: the Cox partial
+    likelihood of the whole split with the run's ties (efron here), per event, as scikit-survival computes it."""
+    import json
+
+    from covfuse.studies.search import OBJECTIVE
+
+    run_dir, _ = run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(run_dir / "predictions.csv")))
+    for split in ("valid", "test"):
+        part = [r for r in rows if r["split"] == split]
+        time = np.asarray([float(r["time"]) for r in part])
+        event = np.asarray([r["event"] == "1" for r in part])
+        risk = np.asarray([float(r["risk"]) for r in part])
+        opt = CoxPHOptimizer(risk[:, None], event, time, alpha=np.zeros(1), ties="efron")
+        expected = opt.nlog_likelihood(np.ones(1)) * len(time) / event.sum()
+        assert metrics[split]["loss"] == pytest.approx(expected, rel=1e-5)
+    value = metrics["valid"][OBJECTIVE["val/loss"][0]]
+    assert isinstance(value, float) and np.isfinite(value)

@@ -11,7 +11,7 @@ from scipy.stats import t as t_dist
 from sklearn import metrics as skm
 
 from covfuse.studies.stats import paired_cluster_bootstrap
-from covfuse.training.metrics import bootstrap_ci, group_table, log_loss, scores, split_metrics
+from covfuse.training.metrics import bootstrap_ci, cluster_codes, group_table, log_loss, scores, split_metrics
 
 
 def _fixed(n=257, seed=3):
@@ -144,3 +144,17 @@ def test_image_level_paired_bootstrap_difference_and_null():
     assert r["ci"][0] > 0 and r["p_value"] < 0.01
     same = paired_cluster_bootstrap(y, p, p, None, n_boot=200)
     assert same["difference"] == 0 and same["ci"] == [0.0, 0.0] and same["p_value"] == 1.0
+
+
+def test_a_run_and_the_report_draw_the_same_resamples_whether_ids_are_numbers_or_text():
+    """A run resamples CelebA identities as numbers, the study report reads them back from predictions.csv as
+    text ("2880"); both must number the people alike, or the same run gets two intervals."""
+    rng = np.random.default_rng(5)
+    ids = rng.choice([2, 10, 33, 101, 2880, 7, 64], 60)
+    y = rng.random(60) < 0.5
+    p = np.clip(y * 0.3 + rng.random(60) * 0.7, 0, 1)
+    as_numbers = bootstrap_ci(y, p, ["accuracy", "auroc"], groups=ids, n_boot=200, seed=1)
+    as_text = bootstrap_ci(y, p, ["accuracy", "auroc"], groups=ids.astype(str), n_boot=200, seed=1)
+    assert as_numbers == as_text
+    names = np.array(["sub-10", "sub-2", "sub-10", "s1"])  # names keep their text order
+    assert (cluster_codes(names, 4) == np.unique(names, return_inverse=True)[1]).all()

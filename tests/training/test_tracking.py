@@ -108,7 +108,7 @@ def test_a_run_logs_curves_tags_final_metrics_and_figures_to_tensorboard_and_mlf
     history = client.get_metric_history(found.info.run_id, "val/loss")
     assert [h.value for h in sorted(history, key=lambda h: h.step)] == pytest.approx(csv_val, rel=1e-6)
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "plots")}
-    assert artifacts == {"plots/loss.png"}
+    assert artifacts == {"plots/loss.png", "plots/reliability.png", "plots/precision_recall.png", "plots/decision_curve.png"}
 
 
 READ_STORE = """
@@ -223,3 +223,25 @@ def _text_at(acc, tag: str, i: int) -> str:
     from tensorboard.util import tensor_util
 
     return tensor_util.make_ndarray(acc.Tensors(f"{tag}/text_summary")[i].tensor_proto).item().decode()
+
+
+def test_the_mlflow_ui_extra_installs_the_mlflow_covfuse_logs_with():
+    """`pip install covfuse[mlflow-ui]` must not resolve an MLflow older than the client that wrote the store (an older
+    MLflow refuses a newer store's schema): the UI extra takes mlflow in the logging extra's range, mlflow X pins
+    mlflow-skinny X, and the range starts at the mlflow-skinny requirements.lock pins (the one the tests log with)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    logging_ = {Requirement(r).name: Requirement(r).specifier for r in extras["mlflow"]}
+    ui = {Requirement(r).name: Requirement(r).specifier for r in extras["mlflow-ui"]}
+    test = {Requirement(r).name: Requirement(r).specifier for r in extras["test"]}
+    assert ui["mlflow"] == ui["mlflow-skinny"] == logging_["mlflow-skinny"] == test["mlflow-skinny"]
+    pinned = next(line.split("==")[1] for line in (root / "requirements.lock").read_text().splitlines()
+                  if line.startswith("mlflow-skinny=="))
+    lowest = min(Version(s.version) for s in ui["mlflow"] if s.operator == ">=")
+    assert lowest == Version(pinned) and Version(pinned) in ui["mlflow"]
+    assert not ui["mlflow"].contains("3.0.0")  # what `mlflow>=3.0` let pip pick under a 3.18 store

@@ -3,6 +3,12 @@ from __future__ import annotations
 
 from covfuse.training import config as cfgmod
 
+DESCRIPTION = """Train one run from a YAML config (see configs/README.md and docs/training.md).
+Command-line values override the file (e.g. --model.fusion hybrid --optim.lr 1e-4 --name x);
+unknown keys are an error; --print_config shows the resolved config and exits.
+--resume continues runs/<name>/ with its own saved config.yaml (only trainer settings, data.root
+and a few runtime keys may be overridden)."""
+
 
 def _flags(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")

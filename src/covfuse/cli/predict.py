@@ -164,13 +164,13 @@ def main(argv: list[str]) -> int:
                                             strict=args.strict, extrapolate=args.extrapolate,
                                             batch_size=args.batch_size, accelerator=args.accelerator,
                                             precision=precision, threshold=None if threshold is None else threshold["value"])
+    header = ["image", *names, *predicted] if celeba else ["path", "subject", *names, *predicted]
+    rows = [given + p for given, p in zip(_given(files, names, celeba) + _given(table, names, celeba), values)]
+    check_finite(header, rows, args.ckpt)
     if threshold is not None:
         print(f"covfuse predict: {predicted[-1]} is the positive class where {predicted[0]} >= {threshold['value']:.6g} "
               f"(metrics.threshold {threshold['rule']}" + (f", chosen on the {threshold['split']} split" if
                                                            threshold.get("split") else "") + ")", file=sys.stderr)
-    header = ["image", *names, *predicted] if celeba else ["path", "subject", *names, *predicted]
-    rows = [given + p for given, p in zip(_given(files, names, celeba) + _given(table, names, celeba), values)]
-    check_finite(header, rows, args.ckpt)
     if times is not None:
         from covfuse.training.survival_reference import add_survival_columns
 

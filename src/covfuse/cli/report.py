@@ -3,7 +3,9 @@ study's cells with its baseline (pooled CIs and paired tests that resample peopl
 seeds/folds, Holm-adjusted p-values, verdicts) and write STUDY/report.md, report.json, report.csv
 and figures/ (with --metric other than the default: report-METRIC.* beside them); prints the report
 in the chosen format on stdout and the files it wrote on stderr (html: writes STUDY/report.html, one
-self-contained page with the figures embedded, and prints its path).
+self-contained page with the figures embedded, and prints its path). Made of the runs that finished: runs
+that failed or are not done yet are named in it, and a number that cannot be computed shows as — with its
+reason.
 """
 from __future__ import annotations
 

@@ -72,6 +72,18 @@ def hyper_conv(x: Tensor, covariates: Tensor, embed: nn.Module, weight: Tensor, 
     return _IMPLEMENTATIONS[backend](x, embed(z), weight, hyper_weight, bias, hyper_bias, conv, kwargs)
 
 
+class BatchNorm1dAnyBatch(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that also takes a batch of one sample in training mode: one sample has no batch
+    variance (torch raises "Expected more than 1 value per channel"), so it is normalised with the running
+    statistics, as in evaluation, and they are left as they are. Larger batches: exactly BatchNorm1d."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1 and self.running_mean is not None:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            training=False, eps=self.eps)
+        return super().forward(x)
+
+
 EMBEDDINGS = ("reference", "relu")
 
 
@@ -86,7 +98,7 @@ def code_mlp(num_covariates: int, width: int, depth: int, embedding: str = "relu
     layers: list[nn.Module] = []
     for i in range(depth):
         layers.append(nn.Linear(num_covariates if i == 0 else width, width, **factory))
-        layers += [nn.BatchNorm1d(width, **factory), nn.PReLU(**factory)] if embedding == "reference" else [nn.ReLU()]
+        layers += [BatchNorm1dAnyBatch(width, **factory), nn.PReLU(**factory)] if embedding == "reference" else [nn.ReLU()]
     return nn.Sequential(*layers)
 
 

@@ -13,7 +13,7 @@ def sig(value, digits: int = 4) -> str:
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
     if not math.isfinite(value):
-        return "–"
+        return DASH
     text = f"{value:#.{digits}g}"
     return text[:-1] if text.endswith(".") else text
 
@@ -32,30 +32,78 @@ def settings_text(settings: dict) -> str:
     return ", ".join(f"{k}={sig(v)}" for k, v in settings.items())
 
 
+DASH = "—"
+"""What every report format shows for a number that is missing (its reason in a footnote, or in JSON a
+``<key>_reason`` beside the null)."""
+
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 cell``, ``2 cells`` (``many`` for irregular plurals: ``plural(1, "person", "people")``)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def num_text(value, digits: int = 3, sign: bool = False) -> str:
+    """A score as the markdown and the HTML report show it (``digits`` decimals, signed for a difference);
+    — where it is missing or not finite."""
+    if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
+        return DASH
+    return f"{float(value):+.{digits}f}" if sign else f"{float(value):.{digits}f}"
+
+
 def sd_text(sd, digits: int = 3) -> str:
     """The SD across runs, or — where it is undefined (a cell with one run)."""
-    return "—" if sd is None or (isinstance(sd, float) and not math.isfinite(sd)) else f"{sd:.{digits}f}"
-
-
-def num_text(value, digits: int = 3) -> str:
-    """A score to ``digits`` decimals, or – where it is missing or not finite."""
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+    return num_text(sd, digits)
 
 
 def ci_text(lo_hi, digits: int = 3, sign: bool = False) -> str:
     """`` [lo, hi]`` after an estimate (signed for a difference), or '' where the interval is missing."""
     lo, hi = lo_hi or (None, None)
-    if lo is None:
+    if lo is None or hi is None:
         return ""
-    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
-    return f" [{f.format(lo)}, {f.format(hi)}]"
+    return f" [{num_text(lo, digits, sign)}, {num_text(hi, digits, sign)}]"
 
 
 def p_text(p) -> str:
-    """A p-value: three decimals, two significant digits below 0.001, – where it is missing or not finite."""
+    """A p-value: three decimals, two significant digits below 0.001, — where it is missing or not finite."""
     if p is None or not math.isfinite(p):
-        return "–"
+        return DASH
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+class Notes:
+    """The footnotes of one document: every distinct reason gets a number the first time it is used; a
+    missing number shows as — with that number (¹, ², ...), the same in the markdown and the HTML report."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.shown = 0
+
+    def dash(self, reason: str | None) -> str:
+        if not reason:
+            return DASH
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return DASH + str(self.reasons.index(reason) + 1).translate(_SUPERSCRIPT)
+
+    def flush(self) -> list[tuple[str, str]]:
+        """(marker, reason) of the notes not listed yet."""
+        out = [(str(i + 1).translate(_SUPERSCRIPT), r) for i, r in enumerate(self.reasons) if i >= self.shown]
+        self.shown = len(self.reasons)
+        return out
+
+
+def shown(value, reason: str | None, notes: Notes, digits: int = 3, sign: bool = False) -> str:
+    """``value`` as a report shows it, or — with a footnote for ``reason`` where it is missing."""
+    return num_text(value, digits, sign) if num_text(value) != DASH else notes.dash(reason)
+
+
+def csv_number(value) -> str:
+    """A number in report.csv: the shortest text that reads back as the float report.json holds; empty when null."""
+    if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
+        return ""
+    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def json_safe(value):

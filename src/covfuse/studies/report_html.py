@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from covfuse.io import atomic_write_text
-from covfuse.studies.format import ci_text, p_text, sd_text, settings_text, sig
+from covfuse.studies.format import DASH, Notes, num_text, p_text, sd_text, settings_text, shown, sig
 from covfuse.studies.report import (
-    ALSO_TITLES, ASSUMPTIONS, CLINICAL_FIGURES, also_entry, also_names, clinical_figures, threshold_words,
+    ALSO_TITLES, ASSUMPTIONS, CLINICAL_FIGURES, affected, also_entry, also_names, clinical_figures, difference_text,
+    estimate_text, figure_files, headline, missing_lines, threshold_words, verdict_text,
 )
 from covfuse.studies.search import space_words
 from covfuse.studies.sweep import Study
@@ -68,7 +69,7 @@ td.num { text-align: right; }
 .better { color: #1a7f37; font-weight: 600; } .worse { color: #c62828; font-weight: 600; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: #555; font-size: 0.9em; } code { background: #f5f5f7; padding: 0 0.2em; word-break: break-all; }
-.wrap { overflow-x: auto; }
+.wrap { overflow-x: auto; } .notes { color: #555; font-size: 0.9em; }
 """
 
 
@@ -86,10 +87,14 @@ def _md(text: str) -> str:
 
 
 def _num(value, digits: int = 3) -> tuple[str, str]:
-    """(shown text, data-value for sorting) of a number that may be missing."""
-    if value is None or (isinstance(value, float) and value != value):
-        return "–", ""
-    return f"{value:.{digits}f}", repr(float(value))
+    """(shown text, data-value for sorting) of a number that may be missing (shown as the markdown shows it)."""
+    text = num_text(value, digits)
+    return text, ("" if text == DASH else repr(float(value)))
+
+
+def _value(value) -> str:
+    """A sort key (data-value): the number, or empty for a missing one (sorted last)."""
+    return "" if num_text(value) == DASH else repr(float(value))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> str:
@@ -124,9 +129,18 @@ def _settings(settings: dict) -> str:
     return settings_text(settings) or "base config"
 
 
-def also_table(report: dict) -> str:
+def notes_list(notes: Notes) -> str:
+    """The footnotes not listed yet, under the table that used them."""
+    items = notes.flush()
+    if not items:
+        return ""
+    return '<p class="notes">' + "<br>".join(f"{esc(mark)} {esc(reason)}" for mark, reason in items) + "</p>"
+
+
+def also_table(report: dict, notes: Notes) -> str:
     """The report's other scores (:data:`covfuse.studies.report.ALSO`), one row per score and cell, with CIs,
-    differences from the baseline and Holm-adjusted p ('' when the report has none)."""
+    differences from the baseline and Holm-adjusted p ('' when the report has none); — with a footnote
+    where a number cannot be computed."""
     names = also_names(report)
     if not names:
         return ""
@@ -135,61 +149,66 @@ def also_table(report: dict) -> str:
     for n in names:
         for r in report["rows"]:
             e = also_entry(report, r, n)
-            est, est_v = _num(e["estimate"])
-            if r["setting"] == base or e.get("difference") is None:
-                diff, p = ("–", ""), ("–", "")
+            is_base = r["setting"] == base
+            diff = (difference_text(e, notes, n, is_base), _value(None if is_base else e.get("difference")))
+            if is_base or e.get("difference") is None:
+                p = (DASH, "")
             else:
-                diff = (f"{e['difference']:+.3f}{ci_text(e['difference_ci'], sign=True)}", repr(float(e["difference"])))
-                adj = e.get("p_adjusted")
-                p = (p_text(adj), "" if adj is None else repr(float(adj)))
-            body.append([n, r["setting"], (est + ci_text(e["ci"]), est_v), diff, p])
+                p = (p_text(e.get("p_adjusted")), _value(e.get("p_adjusted")))
+            body.append([n, r["setting"], (estimate_text(e, notes, n), _value(e.get("estimate"))), diff, p])
     title, reading = ALSO_TITLES[report.get("task", "binary")]
     words = threshold_words(report)
     return (f'<h2 id="also">{esc(title)}</h2><p>People resampled for every interval; p Holm-adjusted over the compared '
             f"cells of that score. {_md(reading)}</p>"
             + table(["score", "setting", "estimate [95% CI]", f"difference vs {base} [95% CI]", "p (Holm)"], body)
-            + (f"<p>{_md(words)}</p>" if words else ""))
+            + notes_list(notes) + (f"<p>{_md(words)}</p>" if words else ""))
 
 
 def render(report: dict, study: Study) -> str:
     """The page as one string."""
     metric, base = report["metric"], report["baseline"]
     root = Path(study.study_dir)
+    notes = Notes()
+    figures = figure_files(report)
+    drawn = report.get("figures", [])
     parts = [f"<h1>Study {esc(study.name)}</h1>",
-             f"<p>{esc('CV' if study.kind == 'cv' else 'Sweep')}: {len(study.cells)} cells, seeds "
-             f"{esc(', '.join(map(str, study.seeds)))}{esc(f', {study.folds} folds' if study.folds else '')}; "
-             f"<strong>{esc(metric)}</strong> on the {esc(report['split'])} split: {report['samples']} samples of "
-             f"{report['clusters']} people. Baseline: <strong>{esc(base)}</strong>.</p>",
+             f"<p>{esc(headline(report, study))} Baseline: <strong>{esc(base)}</strong>.</p>",
              f"<p>Base config: <code>{esc(' '.join(study.base))}</code></p>"]
+    if report.get("missing"):
+        parts.append(f"<p><strong>Made of the runs that finished</strong>: {esc(len(report['missing']))} of "
+                     f"{esc(len(study.runs))} missing (†: cells without all their runs; listed under "
+                     '<a href="#missing">Runs missing</a>).</p>')
     rows = []
     for r in report["rows"]:
         is_base = r["setting"] == base
-        mean, mean_v = _num(r["mean"])
-        est, est_v = _num(r.get("estimate"))
-        diff, diff_v = ("–", "") if is_base else _num(r["difference"])
-        p, p_v = ("–", "") if is_base else (p_text(r["p_value"]), repr(float(r["p_value"])))
-        padj, padj_v = ("–", "") if is_base else (p_text(r["p_adjusted"]), repr(float(r["p_adjusted"])))
-        rows.append([r["setting"], (str(r["n_runs"]), str(r["n_runs"])), (f"{mean} ± {sd_text(r['sd'])}", mean_v),
-                     (est + ci_text(r["ci"]), est_v), (diff if is_base else f"{r['difference']:+.3f}"
-                                                    + ci_text(r["difference_ci"], sign=True), diff_v),
-                     (p, p_v), (padj, padj_v), r["verdict"] if r["verdict"] not in ("better", "worse")
+        mean = shown(r["mean"], r.get("mean_reason"), notes)
+        diff = difference_text(r, notes, is_base=is_base)
+        rows.append([r["setting"] + (" †" if affected(r) else ""), (str(r["n_runs"]), str(r["n_runs"])),
+                     (f"{mean} ± {sd_text(r['sd'])}", _value(r["mean"])),
+                     (estimate_text(r, notes), _value(r.get("estimate"))), (diff, _value(r["difference"])),
+                     (DASH if is_base else p_text(r["p_value"]), _value(r["p_value"])),
+                     (DASH if is_base else p_text(r["p_adjusted"]), _value(r["p_adjusted"])),
+                     verdict_text(r, notes) if r["verdict"] not in ("better", "worse")
                      else (r["verdict"], r["verdict"], r["verdict"])])
     parts.append('<h2 id="results">Results</h2>')
     parts.append(table(["setting", "runs", "mean ± sd", f"pooled {metric} [95% CI]", f"difference vs {base} [95% CI]",
                         "p", "p (Holm)", "verdict"], rows))
-    parts.append(also_table(report))
+    parts.append(notes_list(notes))
+    parts.append(also_table(report, notes))
     for name, caption in FIGURES[:2]:
-        parts.append(_figure(root / "figures" / f"{name}.png", name, caption))
+        if name in drawn:
+            parts.append(_figure(root / figures[name], name, caption))
     for name in clinical_figures(report):
-        parts.append(_figure(root / "figures" / f"{name}.png", name, CLINICAL_FIGURES[name]))
+        if name in drawn:
+            parts.append(_figure(root / figures[name], name, CLINICAL_FIGURES[name]))
     tests = []
     for r in report["rows"]:
-        if r["setting"] == base:
+        if r["setting"] == base or not r["n_runs"]:
             continue
         st, mc = r.get("seed_test"), r.get("mcnemar_clustered")
-        across = "–" if not st or st.get("t") is None else f"{st['method']}: t = {st['t']:.2f}, p = {p_text(st['p_value'])}"
-        tests.append([r["setting"], (p_text(r["bootstrap_p"]), repr(float(r["bootstrap_p"]))), across,
-                      f"{mc['a_only']} / {mc['b_only']}, p = {p_text(mc['p_value'])}" if mc else "–"])
+        across = DASH if not st or st.get("t") is None else f"{st['method']}: t = {st['t']:.2f}, p = {p_text(st['p_value'])}"
+        tests.append([r["setting"], (p_text(r["bootstrap_p"]), _value(r["bootstrap_p"])), across,
+                      f"{mc['a_only']} / {mc['b_only']}, p = {p_text(mc['p_value'])}" if mc else DASH])
     if tests:
         parts += ['<h2 id="tests">Tests behind each row</h2>',
                   table(["setting", "bootstrap p", "across runs (method: t, p)", "clustered McNemar"], tests)]
@@ -205,9 +224,9 @@ def render(report: dict, study: Study) -> str:
         for cell, c in search["cells"].items():
             best, spread = c.get("best"), c.get("spread")
             srows.append([cell, (str(c["budget"]), str(c["budget"])), f"{c['complete']} / {c['pruned']} / {c['fail']}",
-                          _settings(best["params"]) if best else "–",
-                          (sig(best["value"]), repr(float(best["value"]))) if best else ("–", ""),
-                          "–" if not spread else f"{sig(spread['min'])} / {sig(spread['median'])} / {sig(spread['max'])}"])
+                          _settings(best["params"]) if best else DASH,
+                          (sig(best["value"]), repr(float(best["value"]))) if best else (DASH, ""),
+                          DASH if not spread else f"{sig(spread['min'])} / {sig(spread['median'])} / {sig(spread['max'])}"])
         parts.append(table(["setting", "budget", "complete / pruned / failed", "best settings",
                             f"best {search['objective']}", "min / median / max"], srows))
     tuned = [r for r in report["rows"] if r.get("tuned")]
@@ -215,7 +234,7 @@ def render(report: dict, study: Study) -> str:
         parts += ['<h2 id="tuning">Equal tuning budget</h2>',
                   table(["setting", "chosen", f"valid {metric} per value"],
                         [[r["setting"], _settings(r["tuned"]["chosen"]),
-                          "; ".join(f"{_settings(json.loads(k))}: {v:.3f}" for k, v in r["tuned"][f"valid_{metric}"].items())]
+                          "; ".join(f"{_settings(json.loads(k))}: {num_text(v)}" for k, v in r["tuned"][f"valid_{metric}"].items())]
                          for r in tuned])]
     gap_keys = sorted({k for r in report["rows"] for k in r.get("gaps", {})}, key=lambda k: ("&" in k, k))
     if gap_keys:
@@ -224,10 +243,18 @@ def render(report: dict, study: Study) -> str:
                   f"<p>{esc(stat)} gap (largest minus smallest subgroup {esc(stat)}), mean over runs.</p>",
                   table(["setting", *gap_keys], [[r["setting"], *(_num(r["gaps"].get(k)) for k in gap_keys)]
                                                  for r in report["rows"]])]
-    parts += ['<h2 id="curves">Training curves</h2>', _figure(root / "figures" / "loss_curves.png", "loss_curves",
-                                                             FIGURES[2][1])]
+    if "loss_curves" in drawn:
+        parts += ['<h2 id="curves">Training curves</h2>', _figure(root / figures["loss_curves"], "loss_curves",
+                                                                 FIGURES[2][1])]
+    lines = missing_lines(report)
+    if lines:
+        parts += ['<h2 id="missing">Runs missing</h2>',
+                  f"<p>The report is made of the finished runs; these are not in it (<code>covfuse status "
+                  f"{esc(study.study_dir)}</code>; rerun the study's command to finish them):</p><ul>",
+                  *[f"<li>{esc(line)}</li>" for line in lines], "</ul>"]
     runs = [[r["setting"], _settings(r["settings"]),
-             ", ".join(str(Path(run.dir).relative_to(root)) for run in study.runs if run.cell == r["setting"])]
+             ", ".join(str(Path(run.dir).relative_to(root)) for run in study.runs if run.cell == r["setting"]
+                       and str(Path(run.dir).relative_to(root)) not in r.get("missing_runs", [])) or DASH]
             for r in report["rows"]]
     parts += ['<h2 id="runs">Runs</h2>', table(["setting", "settings", "run folders"], runs)]
     return page(f"Study {study.name}", "\n".join(p for p in parts if p))

@@ -34,7 +34,7 @@ from typing import Any
 
 from covfuse.errors import RunInterrupted, UserError, brief
 from covfuse.io import atomic_write_text
-from covfuse.studies.format import md_escape, settings_text, sig
+from covfuse.studies.format import DASH, md_escape, settings_text, sig
 from covfuse.studies.sweep import (
     Run, Study, again, busy_with, claim_path, end_parents, grown, mark_killed, parse_run, prepare_tracking, reap,
     run_one, say, take_dead, write_study,
@@ -463,7 +463,7 @@ def markdown(summary: dict) -> list[str]:
         best = c["best"]
         spread = c["spread"]
         lines.append(f"| {md_escape(cell)} | {c['budget']} | {c['complete']} / {c['pruned']} / {c['fail']} | "
-                     f"{md_escape(settings_text(best['params'])) if best else '–'} | {sig(best['value']) if best else '–'} | "
-                     + (f"{sig(spread['min'])} / {sig(spread['median'])} / {sig(spread['max'])}" if spread else "–")
+                     f"{md_escape(settings_text(best['params'])) if best else DASH} | {sig(best['value']) if best else DASH} | "
+                     + (f"{sig(spread['min'])} / {sig(spread['median'])} / {sig(spread['max'])}" if spread else DASH)
                      + " |")
     return lines + [""]

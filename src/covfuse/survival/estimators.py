@@ -111,34 +111,53 @@ class Censoring:
 
 @dataclass
 class Baseline:
-    """Breslow's baseline cumulative hazard H0 at the distinct event times of the training split."""
+    """Breslow's baseline cumulative hazard H0 at the distinct event times of the training split, kept
+    as log H0 too: S(t | x) = exp(-exp(log H0(t) + r(x))) stays finite for any risk score, where
+    ``H0(t) * exp(r)`` would overflow (r above ~709) or multiply an underflowed H0 by an infinite exp(r)."""
 
     times: np.ndarray
     cumulative_hazard: np.ndarray
+    log_cumulative_hazard: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_cumulative_hazard is None:
+            with np.errstate(divide="ignore"):
+                self.log_cumulative_hazard = np.log(np.asarray(self.cumulative_hazard, dtype=np.float64))
 
     def at(self, t) -> np.ndarray:
         return step_at(self.times, self.cumulative_hazard, t, 0.0)
 
+    def log_at(self, t) -> np.ndarray:
+        """log H0(t); -inf before the first event time."""
+        return step_at(self.times, self.log_cumulative_hazard, t, -np.inf)
+
     def survival(self, risk, times) -> np.ndarray:
-        """S(t | x) = exp(-H0(t) exp(risk)), (N, T) for risks (N,) and times (T,)."""
+        """S(t | x) = exp(-H0(t) exp(risk)), (N, T) for risks (N,) and times (T,), computed as
+        exp(-exp(log H0(t) + risk))."""
         r = np.asarray(risk, dtype=np.float64).reshape(-1, 1)
-        return np.exp(-self.at(np.asarray(times, dtype=np.float64).reshape(1, -1)) * np.exp(r))
+        log_h = self.log_at(np.asarray(times, dtype=np.float64).reshape(1, -1))
+        with np.errstate(over="ignore", under="ignore"):
+            return np.exp(-np.exp(log_h + r))
 
 
 def breslow(labels, risk) -> Baseline:
     """Breslow's estimator from (N, 2) ``[time, event]`` labels and risk scores of the same samples:
     at each distinct event time s, ``d_s / sum_{T_j >= s} exp(r_j)`` (the risk set of all N samples,
-    tied times all at risk); the max risk is factored out so exp never overflows."""
+    tied times all at risk). Summed in logs (log-sum-exp over each risk set, then over the event
+    times), so no risk score is too large or too small: shifting every risk by c shifts log H0 by -c
+    and leaves S(t | x) as it is."""
     time, event = split_labels(labels)
     r = np.asarray(risk, dtype=np.float64).reshape(-1)
-    shift = r.max() if len(r) else 0.0
     values, code = np.unique(time, return_inverse=True)
-    mass = np.bincount(code.reshape(-1), weights=np.exp(r - shift), minlength=len(values))
-    deaths = np.bincount(code.reshape(-1), weights=event.astype(np.float64), minlength=len(values))
-    at_risk = np.cumsum(mass[::-1])[::-1]
+    code = code.reshape(-1)
+    log_mass = np.full(len(values), -np.inf)
+    np.logaddexp.at(log_mass, code, r)  # log sum exp(r) of the samples at each distinct time
+    log_at_risk = np.logaddexp.accumulate(log_mass[::-1])[::-1]  # ... of everyone with T_j >= that time
+    deaths = np.bincount(code, weights=event.astype(np.float64), minlength=len(values))
     has = deaths > 0
-    increments = deaths[has] / at_risk[has] * np.exp(-shift)
-    return Baseline(values[has], np.cumsum(increments))
+    log_h = np.logaddexp.accumulate(np.log(deaths[has]) - log_at_risk[has]) if has.any() else np.zeros(0)
+    with np.errstate(over="ignore", under="ignore"):  # H0 itself only for show: the log is what S(t | x) uses
+        return Baseline(values[has], np.exp(log_h), log_h)
 
 
 def uno_tau(labels) -> float:
@@ -148,12 +167,16 @@ def uno_tau(labels) -> float:
 
 
 def default_grid(train_labels) -> list[float]:
-    """:data:`GRID_QUANTILES` of the training event times, 4 significant digits, distinct (empty without events)."""
+    """:data:`GRID_QUANTILES` of the training event times, 4 significant digits, distinct; empty when they
+    give fewer than two distinct times (events at one time, or nearly all at one: one point has no
+    integral for the IBS and no curve to average; the caller says so and asks for a grid,
+    :func:`covfuse.training.survival_reference.check_times`)."""
     time, event = split_labels(train_labels)
     if not event.any():
         return []
     q = np.quantile(time[event], GRID_QUANTILES)
-    return sorted({float(f"{v:.4g}") for v in q})
+    grid = sorted({float(f"{v:.4g}") for v in q})
+    return grid if len(grid) >= 2 else []
 
 
 def usable_grid(labels, grid) -> np.ndarray:

@@ -73,7 +73,9 @@ def brier(labels: np.ndarray, survival: np.ndarray, times: np.ndarray, censoring
     """IPCW Brier score (B, T) of predicted S(t | x) (N, T) at ``times`` (Graf et al. 1999, as
     scikit-survival's ``brier_score``): an event by t contributes S^2 / G(T_i), someone still
     event-free after t contributes (1 - S)^2 / G(t), a person censored before t nothing; G from the
-    training split (``censoring``), a zero G an infinite weight's zero term, as scikit-survival."""
+    training split (``censoring``). A weight enters only where it is used: NaN at a time where a
+    sample in the score needs 1 / G with G = 0 (an event at or after the training split's last time
+    by t, or t itself there); scikit-survival drops such a sample's term instead."""
     time, event = split_labels(labels)
     w = weight_rows(len(time), weights)
     s = np.asarray(survival, dtype=np.float64).reshape(len(time), len(times))
@@ -84,10 +86,13 @@ def brier(labels: np.ndarray, survival: np.ndarray, times: np.ndarray, censoring
         inv_t = np.where(g_t > 0, 1.0 / np.where(g_t > 0, g_t, 1.0), 0.0)
     case = (time[:, None] <= t) & event[:, None]
     control = time[:, None] > t
+    infinite = (case & (g_y[:, None] <= 0)) | (control & (g_t[None, :] <= 0))  # (N, T): a weight 1/0 used
     terms = s ** 2 * case * inv_y[:, None] + (1.0 - s) ** 2 * control * inv_t[None, :]
     total = w.sum(1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, (w @ terms) / np.where(total > 0, total, 1.0), np.nan)
+        out = np.where(total > 0, (w @ terms) / np.where(total > 0, total, 1.0), np.nan)
+    out[(w @ infinite) > 0] = np.nan
+    return out
 
 
 def integrated_brier(labels: np.ndarray, survival: np.ndarray, times: np.ndarray, censoring: Censoring,
@@ -107,7 +112,14 @@ def cumulative_dynamic_auc(labels: np.ndarray, risk: np.ndarray, times: np.ndarr
     """Cumulative/dynamic AUC at each time (B, T) and their mean (B,), as scikit-survival's
     ``cumulative_dynamic_auc``: cases are events by t weighted 1 / G(T_i) (G from the training split),
     controls those still event-free after t; a tie in risk counts one half; the mean integrates the
-    AUC over this split's Kaplan-Meier S(t) (``sum AUC(t_k) (S(t_k-1) - S(t_k)) / (1 - S(t_last))``)."""
+    AUC over this split's Kaplan-Meier S(t) (``sum AUC(t_k) (S(t_k-1) - S(t_k)) / (1 - S(t_last))``).
+
+    A sample's weight enters only where it is used: an event where the training censoring curve is 0
+    (at or after the training split's last time) makes the AUC undefined (NaN) at the times where it
+    is a case, and nowhere else; at earlier times it is a control and its weight is never read.
+    scikit-survival refuses the whole call instead; with that event recoded as censored it gives
+    these values (tests/survival/test_estimators_and_scores.py, the Rossi case). NaN at a time
+    without a case or a control, and a NaN at any time makes the mean NaN."""
     time, event = split_labels(labels)
     r = np.asarray(risk, dtype=np.float64).reshape(-1)
     w = weight_rows(len(time), weights)
@@ -117,7 +129,7 @@ def cumulative_dynamic_auc(labels: np.ndarray, risk: np.ndarray, times: np.ndarr
     g = censoring.at(time)
     with np.errstate(divide="ignore"):
         ipcw = np.where(event & (g > 0), 1.0 / np.where(g > 0, g, 1.0), 0.0)
-    bad = (event & (g <= 0)).any()  # scikit-survival refuses a zero censoring survival at an event
+    infinite = event & (g <= 0)  # a case weight 1/0, wherever it is a case
     values, block = np.unique(r, return_inverse=True)
     member = csr_matrix((np.ones(len(r)), (np.arange(len(r)), block.reshape(-1))), shape=(len(r), len(values)))
     auc = np.empty((len(w), len(times)))
@@ -131,8 +143,7 @@ def cumulative_dynamic_auc(labels: np.ndarray, risk: np.ndarray, times: np.ndarr
         den = case_w.sum(1) * ctrl_w.sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
             auc[:, k] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    if bad:
-        auc[:] = np.nan
+        auc[(w[:, case & infinite] > 0).any(1), k] = np.nan
     if len(times) == 1:
         return auc, auc[:, 0].copy()
     uniq, km = kaplan_meier(time, event, w)  # this split's S(t) under each weighting

@@ -579,19 +579,27 @@ def split_names(value: Union[str, list, None]) -> list[str]:
 
 def parse_times(text: str, option: str = "--times") -> list[float]:
     """``"1,2.5,4"`` -> [1.0, 2.5, 4.0]: finite times >= 0, sorted and distinct (``covfuse predict
-    --times``, and ``--data.eval_times`` given the same way); anything else is a UserError naming ``option``."""
+    --times``, and ``--data.eval_times`` given the same way); anything else, an empty item (``1,,2``)
+    and a digit separator (``1_000``, which Python's float() would take) included, is a UserError naming
+    ``option``."""
     out = []
-    for part in filter(None, (p.strip() for p in text.strip().strip("[]").split(","))):
+    parts = [p.strip() for p in text.strip().strip("[]").split(",")]
+    if parts == [""]:
+        raise UserError(f"{option} needs at least one time, e.g. {option} 1,2.5,4")
+    for part in parts:
+        if not part:
+            raise UserError(f"{option}: {text.strip()!r} has an empty item; separate the times by single commas, "
+                            f"e.g. {option} 1,2.5,4")
         try:
+            if "_" in part:
+                raise ValueError(part)
             t = float(part)
         except ValueError:
             raise UserError(f"{option}: {part!r} is not a number; give times in the unit of the time column, "
-                            f"e.g. {option} 1,2.5,4") from None
+                            f"digits without separators, e.g. {option} 1,2.5,4") from None
         if not math.isfinite(t) or t < 0:
             raise UserError(f"{option}: {part} must be a finite time >= 0, e.g. {option} 1,2.5,4")
         out.append(t)
-    if not out:
-        raise UserError(f"{option} needs at least one time, e.g. {option} 1,2.5,4")
     return sorted(set(out))
 
 

@@ -91,6 +91,7 @@ class CovfuseDataModule(L.LightningDataModule):
         self.covariates_real: np.ndarray | None = None  # (N, K) float32, table order
         self.labels: np.ndarray | None = None  # (N,) per row; survival: (N, 2) time, event
         self.skipped: list[str] = []  # files left out by skip_corrupt
+        self._undecodable: set[str] | None = None  # skip_corrupt: the files found not to decode (prepare_data)
         self.nonfinite: tuple[int, int] = (0, 0)  # (files, voxels) with NaN/Inf set to 0 (data.nonfinite zero)
         self.train_collate = self.eval_collate = None  # the loaders' collate_fn, as the table's kind needs (_validate)
         self.cache = None  # the cache setup opened, if any
@@ -131,10 +132,15 @@ class CovfuseDataModule(L.LightningDataModule):
         self._validate()
         table, settings = self.table, self.settings()
         if self.cfg.skip_corrupt and samples.open_cache(table, settings, self.cfg.cache_dir) is None:
-            # the cache holds every file, so a build stops at the first bad one: read the files as training goes
-            log.warning("data.skip_corrupt: no cache is built (it would stop at the first file that does not "
-                        "decode); the files are read as training goes")
-            return
+            # the cache holds every file, so a build would stop at the first bad one: decode each file once first
+            # (setup reuses the answer); with none bad the cache is built as without skip_corrupt, silently
+            if self._undecodable is None:  # once: Lightning calls prepare_data again after setup left files out
+                self._undecodable = self._decode_check(table)
+                if self._undecodable:
+                    log.warning("data.skip_corrupt: %d file(s) do not decode, so no cache is built (it holds every "
+                                "file); the others are read as training goes", len(self._undecodable))
+            if self._undecodable:
+                return
         self.nonfinite = samples.check_nonfinite_before_build(table, settings, self.cfg.nonfinite, self.cfg.cache_dir)
         samples.build_cache(table, settings, self.cfg.cache_dir)
 
@@ -212,9 +218,16 @@ class CovfuseDataModule(L.LightningDataModule):
         real = self.encoder.transform(table)
         self.covariates_real, self.covariate_names = real, self.encoder.feature_names
 
+    def _decode_check(self, table) -> set[str]:
+        """The files of the splits that do not decode (every file decoded once; ``skip_corrupt``)."""
+        return samples.check_files(table, np.concatenate([self.indices[s] for s in SPLITS]), True)
+
     def _check_files(self, table) -> None:
         rows = np.concatenate([self.indices[s] for s in SPLITS])
-        bad = samples.check_files(table, rows, self.cfg.skip_corrupt, self.settings())
+        if self.cfg.skip_corrupt and self._undecodable is not None:  # prepare_data decoded them already
+            bad = self._undecodable
+        else:
+            bad = samples.check_files(table, rows, self.cfg.skip_corrupt, self.settings())
         if bad:
             keep = {s: np.array([r for r in idx if str(table.files[int(r)]) not in bad], dtype=np.int64)
                     for s, idx in self.indices.items()}

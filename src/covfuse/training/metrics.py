@@ -26,6 +26,7 @@ from covfuse.data.groups import Grouping, as_groupings
 from covfuse.errors import UserError, suggest
 from covfuse.survival.estimators import weight_rows
 from covfuse.training import clinical
+from covfuse.training.survival_reference import missing_reason as survival_missing_reason
 from covfuse.training.survival_reference import survival_details, survival_scores
 
 THRESHOLD_SCORES = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "sensitivity", "specificity", "ppv", "npv")
@@ -237,13 +238,24 @@ def _weighted_mann_whitney(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.nd
 
 
 def cluster_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
-    """Integer cluster codes 0..G-1 for ``groups`` (any hashable labels); None: every sample its own."""
+    """Integer cluster codes 0..G-1 for ``groups`` (any labels); None: every sample its own.
+
+    The clusters are numbered in the labels' natural order, numbers by value, whether they come as numbers
+    (a run's CelebA identities) or as the text predictions.csv holds ("2880"): a run and the study report
+    then number the people alike and draw the same resamples, so a run has one interval."""
     if groups is None:
         return np.arange(n)
     groups = np.asarray(groups)
     if len(groups) != n:
         raise ValueError(f"groups has {len(groups)} entries for {n} samples")
-    return np.unique(groups, return_inverse=True)[1].reshape(-1)
+    values, codes = np.unique(groups.astype(str), return_inverse=True)
+    try:
+        number = np.array([float(v) for v in values])
+    except ValueError:  # names (sub-01, s1): their text order
+        return codes.reshape(-1)
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[np.lexsort((values, number))] = np.arange(len(values))
+    return rank[codes.reshape(-1)]
 
 
 def resample_weights(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int = 4_000_000):
@@ -325,6 +337,50 @@ def bootstrap_ci(
             for name in names}
 
 
+def missing_reason(task: str, name: str, labels: np.ndarray, reference=None) -> str:
+    """Why score ``name`` of ``task`` is undefined (NaN) on these labels, in words: metrics.json writes
+    it as ``<name>_reason`` beside the null, the log and the study report repeat it."""
+    if task == "survival":
+        return survival_missing_reason(name, labels, reference)
+    y = np.asarray(labels)
+    if not len(y):
+        return "no samples"
+    if name in ("auroc", "tpr", "fpr", "calibration_intercept", "calibration_slope") and y.ndim == 1 \
+            and len(np.unique(y)) < 2:
+        present = "positive" if y.astype(bool).all() else "negative"
+        return f"only {present} samples here ({name} needs both classes)"
+    if task == "binary" and y.ndim == 1 and name in ("auprc", "sensitivity") and not y.astype(bool).any():
+        return f"no positive samples here ({name} needs one)"
+    if task == "binary" and y.ndim == 1 and name == "specificity" and y.astype(bool).all():
+        return "no negative samples here (specificity needs one)"
+    if name in ("ppv", "npv"):
+        side = "positive" if name == "ppv" else "negative"
+        return f"no sample predicted {side} at the threshold ({name} divides by them)"
+    if name == "r2":
+        return "the target is constant here (R² divides by its variance)"
+    return f"{name} is undefined on these predictions"
+
+
+def interval_reason(n_boot: int, clusters: int) -> str:
+    """Why a finite score has no bootstrap interval (``<name>_ci`` is [null, null])."""
+    if n_boot <= 0:
+        return "no bootstrap asked for (bootstrap: 0)"
+    if clusters < 2:
+        return f"{clusters} {'person' if clusters == 1 else 'people'} (cluster): an interval needs two"
+    return "fewer than two bootstrap resamples where the score is defined"
+
+
+def explain_missing(entry: dict, names: Sequence[str], why, n_boot: int, clusters: int) -> dict:
+    """``entry`` with ``<name>_reason`` beside every null score (``why(name)`` says it) and
+    ``<name>_ci_reason`` beside a finite score's null interval: a missing number always has a reason."""
+    for name in names:
+        if name in entry and entry[name] is None:
+            entry[f"{name}_reason"] = why(name)
+        elif entry.get(f"{name}_ci", [0, 0])[0] is None:
+            entry[f"{name}_ci_reason"] = interval_reason(n_boot, clusters)
+    return entry
+
+
 def _number(value: float) -> float | None:
     """A JSON-safe float: NaN/inf become None."""
     value = float(value)
@@ -392,12 +448,16 @@ def group_table(
                 entry[stat] = _number(s[stat])
             if task == "binary":
                 entry["auroc"] = _number(s["auroc"])  # None unless both classes occur in the group
-            groups[label] = entry
+            size = len(np.unique(clusters[mask])) if clusters is not None else int(mask.sum())
+            groups[label] = explain_missing(entry, [*stats, "auroc"],
+                                            lambda name: missing_reason(task, name, y[mask], reference), n_boot, size)
             members.append(entry)
         gap: dict[str, float | None] = {}
         for stat in stats:
             values = [m[stat] for m in members if m[stat] is not None]
             gap[stat] = float(max(values) - min(values)) if len(values) >= 2 else None
+            if gap[stat] is None:
+                gap[f"{stat}_reason"] = f"{stat} is defined in {len(values)} of its subgroups; a gap needs two"
         gaps["&".join(key)] = gap
     return groups, gaps
 
@@ -453,6 +513,8 @@ def split_metrics(
         out[f"{name}_ci"] = cis[name]
     if task == "binary":
         out["tpr"], out["fpr"] = _number(point["tpr"]), _number(point["fpr"])
+    explain_missing(out, [*names, "tpr", "fpr", "loss"], lambda name: missing_reason(task, name, y, reference), n_boot,
+                    out["clusters"])
     groups, gaps = group_table(y, p, covariates or {}, clusters=clusters, n_boot=n_boot, seed=seed, threshold=threshold,
                                task=task, num_classes=num_classes, reference=reference)
     out["groups"] = groups

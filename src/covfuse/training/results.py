@@ -16,12 +16,15 @@ import numpy as np
 import torch
 
 from covfuse.errors import RunDiverged, UserError
+from covfuse.survival.loss import cox_loss
 from covfuse.training import clinical, clinical_plots, survival_run
 from covfuse.training.config import RunConfig
 from covfuse.training.datamodule import TRAIN_EVAL, CovfuseDataModule
 from covfuse.training.metrics import PRIMARY, log_loss, split_metrics
 from covfuse.training.rundir import write_text
-from covfuse.training.tasks import task_of
+from covfuse.training.tasks import Task, task_of
+
+log = logging.getLogger("covfuse.training")
 
 EVAL_SPLITS = ("valid", "test")
 """The splits a run's best checkpoint is scored on unless told otherwise."""
@@ -58,6 +61,31 @@ def scored_splits(config: RunConfig, splits: Sequence[str]) -> list[str]:
     """The splits the best checkpoint scores: ``splits``, and for a head whose scores need the training
     split (survival: the Breslow baseline) also the training split without augmentation (``TRAIN_EVAL``)."""
     return [*splits, TRAIN_EVAL] if task_of(config.model.head).reference else list(splits)
+
+
+def split_loss(task: Task, config: RunConfig, labels: np.ndarray, outputs: np.ndarray) -> float | None:
+    """metrics.json's ``loss`` of one split, the head's training loss over the whole split at once: the
+    cross-entropy of the probabilities (binary, multi-class), the Cox partial likelihood per event with
+    one risk set for the split and the run's tie rule (survival; NaN without an event); None for
+    regression (its loss is on the standardised target). A search monitoring ``val/loss`` ranks trials
+    by it."""
+    if task.log_loss:
+        return log_loss(labels, outputs)
+    if task.loss == "cox":
+        y = torch.from_numpy(np.asarray(labels, dtype=np.float64).reshape(-1, 2))
+        if not (y[:, 1] > 0.5).any():
+            return float("nan")
+        return float(cox_loss(torch.from_numpy(np.asarray(outputs, dtype=np.float64)), y[:, 0], y[:, 1],
+                              ties=config.model.ties))
+    return None
+
+
+def log_missing(split: str, entry: dict) -> None:
+    """One line naming the scores of a split metrics.json writes as null, each with its reason."""
+    missing = [f"{key[:-len('_reason')]} ({why})" for key, why in entry.items()
+               if key.endswith("_reason") and not key.endswith("_ci_reason")]
+    if missing:
+        log.warning("%s: no %s", split, "; no ".join(missing))
 
 
 def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
@@ -115,10 +143,11 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
         for name, group, y, v, covs in zip(data.filenames(index), clusters, label, value, real):
             writer.writerow([name, group, split, *task.label_cells(y), *task.cells(v), *(f"{c:g}" for c in covs)])
         subgroups = data.covariate_groups(index)  # in the table's units: age bins, levels, "missing"
-        metrics[split] = split_metrics(label, value, subgroups, loss=log_loss(label, value) if task.log_loss else None,
+        metrics[split] = split_metrics(label, value, subgroups, loss=split_loss(task, config, label, value),
                                        clusters=clusters if config.bootstrap_unit == "group" else None,
                                        n_boot=config.bootstrap, seed=config.seed, task=task.name, reference=reference,
                                        threshold=threshold)
+        log_missing(split, metrics[split])
         scored[split] = (label, value, clusters)
     if reference is not None:
         metrics["survival"] = {"eval_times": reference.grid, "tau": reference.tau, **reference.sources}
@@ -137,7 +166,7 @@ def write_results(run_dir: Path, config: RunConfig, data: CovfuseDataModule,
 
 def summary(run_dir: Path) -> str:
     """One line: the task's primary score with CI per split (and AUROC for binary runs), and a chosen
-    decision threshold, from metrics.json."""
+    decision threshold, from metrics.json; a score that could not be computed as — with its reason."""
     m = json.loads((run_dir / "metrics.json").read_text())
     name = PRIMARY[m.get("task", "binary")]
     parts = []
@@ -147,7 +176,8 @@ def summary(run_dir: Path) -> str:
             lo, hi = s[f"{name}_ci"]
             ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
             auroc = f", auroc {s['auroc']:.3f}" if s.get("auroc") is not None else ""
-            parts.append(f"{split} {name.replace('_', ' ')} {s[name]:.3f}{ci}{auroc}")
+            value = f"{s[name]:.3f}" if s[name] is not None else f"— ({s.get(f'{name}_reason', 'undefined')})"
+            parts.append(f"{split} {name.replace('_', ' ')} {value}{ci}{auroc}")
     rule = m.get("threshold") or {}
     if rule and rule.get("rule") != f"{rule.get('value'):g}":
         parts.append(f"threshold {rule['value']:.4g} ({rule['rule']} on {rule.get('split', 'valid')})")

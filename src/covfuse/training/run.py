@@ -22,7 +22,7 @@ import numpy as np
 
 from covfuse.errors import UserError
 from covfuse.training import config as cfgmod
-from covfuse.training import runlog
+from covfuse.training import runlog, survival_run
 from covfuse.training import tracking as trackmod
 from covfuse.training.callbacks import LineProgress
 from covfuse.training.config import RunConfig
@@ -151,6 +151,8 @@ def fit_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False,
         trainer = build_trainer(config, run_dir, hw, steps_per_epoch=steps, loggers=loggers,
                                 extra_callbacks=[interruption, *trackmod.callbacks(loggers), *callbacks])
         check_fill(config, data, trainer.world_size)
+        if task_of(config.model.head).reference:
+            survival_run.check_times(config, data)  # the grid and tau inside the training follow-up
 
         # 2. the folder: created (or cleared, or the previous run put aside), config.yaml written
         if rank0:

@@ -14,10 +14,13 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
+from torch import Tensor
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.plugins.precision import HalfPrecision
+from lightning_utilities import apply_to_collection
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from covfuse.errors import UserError
@@ -148,6 +151,27 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+# -- precision -----------------------------------------------------------------------------
+class HalfKeepingFloat64(HalfPrecision):
+    """Lightning's ``bf16-true`` / ``16-true``, except that a batch's float64 tensors stay float64: Lightning
+    casts every floating-point input to the half type, which would round survival times (bf16 keeps 3
+    significant digits: 1000 and 1001 become one time, and the Cox risk sets change). Images and
+    covariates are float32 or lower and are cast as before."""
+
+    def convert_input(self, data: Any) -> Any:
+        dtype = self._desired_input_dtype
+        return apply_to_collection(data, Tensor, lambda t: t if t.dtype == torch.float64 or not t.is_floating_point()
+                                   else t.to(dtype))
+
+
+def precision_args(precision: str, strategy: Any = "auto") -> tuple[str | None, list]:
+    """(the Trainer's ``precision``, precision plugins): :class:`HalfKeepingFloat64` for the true half
+    precisions on the strategies whose precision plugin is Lightning's plain one, else ``precision`` as given."""
+    if precision in ("bf16-true", "16-true") and str(strategy).split("_")[0] in ("auto", "ddp", "single", "dp"):
+        return None, [HalfKeepingFloat64(precision)]
+    return precision, []
+
+
 # -- trainers ------------------------------------------------------------------------------
 def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoch: int | None = None,
                   extra_callbacks: Sequence[L.Callback] = (), loggers: Sequence = ()) -> L.Trainer:
@@ -169,6 +193,7 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
     # resume could go back several epochs; a second, unmonitored checkpoint is written every epoch.
     last = ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
                            every_n_epochs=1, auto_insert_metric_name=False, enable_version_counter=False)
+    precision, plugins = precision_args(hw.precision, t.strategy)
     optional = {k: v for k, v in {"limit_train_batches": t.limit_train_batches,
                                   "limit_val_batches": t.limit_val_batches}.items() if v is not None}
     try:
@@ -178,7 +203,6 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
             devices=t.devices,
             num_nodes=t.num_nodes,
             strategy=t.strategy,
-            precision=hw.precision,
             max_epochs=t.max_epochs,
             max_steps=t.max_steps,
             gradient_clip_val=t.gradient_clip_val,
@@ -188,7 +212,8 @@ def build_trainer(config: RunConfig, run_dir: Path, hw: Hardware, steps_per_epoc
             val_check_interval=t.val_check_interval,
             logger=[RunCSVLogger(run_dir), *loggers],
             callbacks=[*extra_callbacks, checkpoint, last, *trainer_callbacks(config.name, run_dir, t.progress, t.progress_every)],
-            plugins=[AtomicCheckpointIO()],
+            precision=precision,
+            plugins=[AtomicCheckpointIO(), *plugins],
             enable_progress_bar=t.progress == "bar",
             enable_model_summary=t.summary,
             **optional,
@@ -201,6 +226,7 @@ def one_device_trainer(accelerator: str, precision: str, *, callbacks: Sequence[
                        deterministic: bool | str | None = None) -> L.Trainer:
     """A Trainer for ``covfuse test`` and ``covfuse predict``: one device, no logger, no checkpoints, no bar."""
     quiet_lightning()
-    return L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+    precision, plugins = precision_args(precision)
+    return L.Trainer(accelerator=accelerator, devices=1, precision=precision, plugins=plugins, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                      callbacks=list(callbacks), deterministic=deterministic)
