@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from covfuse.bench.timing import interleaved, median_ms, ratio
-from covfuse.layers import auto_choices, clear_choices, hybrid_layers
+from covfuse.layers import hybrid_layers
+from covfuse.layers.autotune import auto_choices, clear_choices
 from covfuse.models import build
 from covfuse.training.module import to_channels_last
 

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from covfuse.layers.autotune import cpu_name
+
 
 @dataclass
 class Ratio:
@@ -40,10 +42,23 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+_CPU_TIME: bool | None = None  # `covfuse bench --clock`: None = CPU time with one torch thread only
+
+
+def use_cpu_time(enabled: bool | None) -> None:
+    """Time CPU runs by this process's CPU time (True), wall time (False), or by :func:`cpu_clock`'s default (None)."""
+    global _CPU_TIME
+    _CPU_TIME = enabled
+
+
 def cpu_clock(device: torch.device | str) -> bool:
-    """Whether to time with this process's CPU time: on a CPU with one torch thread, CPU time is the
-    work done and leaves out the time other jobs on a shared machine hold the core."""
-    return torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+    """Whether to time with this process's CPU time: by default on a CPU with one torch thread, where
+    CPU time is the work done and leaves out the time other jobs on a shared machine hold the core.
+    With more threads CPU time adds up every thread's time, OpenMP's spin-waits included, which
+    :func:`use_cpu_time` can ask for (steadier than wall time on a shared machine)."""
+    if torch.device(device).type != "cpu":
+        return False
+    return torch.get_num_threads() == 1 if _CPU_TIME is None else _CPU_TIME
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: torch.device | str = "cpu",
@@ -84,7 +99,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_time": cpu_clock(device),
@@ -100,4 +115,5 @@ def header(env: dict) -> str:
     load = env.get("load_average")
     return (f"{env['device']}, torch {env['torch']}, {env['torch_threads']} threads of {env['cpu_cores']} cores"
             + (f", load average {load[0]:.1f} at start" if load else "")
-            + ("; layer/model times are this process's CPU time (1 thread)" if env.get("cpu_time") else ""))
+            + (f"; layer/model times are this process's CPU time ({env['torch_threads']} thread"
+               f"{'s' * (env['torch_threads'] != 1)})" if env.get("cpu_time") else ""))

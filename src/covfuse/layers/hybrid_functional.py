@@ -15,9 +15,9 @@ Six exact back-ends compute the same function (outputs and gradients):
 - ``triton``: an implicit-GEMM Triton kernel whose weight pointer follows the sample or its
   distinct row (:mod:`covfuse.layers.hybrid_triton`). 1x FLOPs, no copies; CUDA only.
 
-``auto`` times the candidates once per call signature and keeps the fastest
-(:mod:`covfuse.layers.autotune`; on by default on CUDA), or else follows the measured rule in
-:func:`rule_backend` (docs/performance.md). Row grouping has no derivative in the covariates, so
+``auto`` times the candidates once per call signature and machine and keeps the fastest
+(:mod:`covfuse.layers.autotune`: on by default on every device, remembered on disk), or, with
+tuning off, follows the rule in :func:`rule_backend` (docs/performance.md). Row grouping has no derivative in the covariates, so
 when they require grad (attribution to covariates) `pattern` and `auto` compute the same function
 with a per-row back-end; while tracing for torch.compile or capturing a CUDA graph `auto` does
 too, since grouping rows needs a host sync.
@@ -289,8 +289,13 @@ def auto_candidates(device: torch.device, batch: int, num_patterns: int, loop: b
     return names + (["reference"] if loop else [])
 
 
-def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str]) -> dict[str, float]:
-    """Milliseconds per call (forward, + backward under grad mode) of each candidate on detached copies."""
+# Back-ends that split the batch into several convs (slow where small batches are): timed last,
+# and dropped after their warm-up when that is already far behind (autotune.measure).
+SPLITS_BATCH = frozenset({"pattern", "reference"})
+
+
+def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str]) -> autotune.Timing:
+    """Each candidate's time per call (forward, + backward under grad mode) on detached copies."""
     x, c, w, cw, b, cb, conv, kwargs = args
     grad = torch.is_grad_enabled()
     leaves = [t.detach().requires_grad_(grad and t.requires_grad) for t in (x, w, cw, b, cb) if t is not None]
@@ -309,14 +314,18 @@ def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str
                 torch.autograd.grad(out, wanted, grad_out[0])
         return run
 
-    steps = {}
-    for name in candidates:
-        try:  # a candidate that cannot run here (out of memory, unsupported dtype) is not a choice
-            step(name)()
-            steps[name] = step(name)
-        except (RuntimeError, torch.OutOfMemoryError):
-            continue
-    return autotune.time_candidates(steps, x.device)
+    # 1x-FLOP back-ends first, so the early drops can save the (K+1)x-FLOP expand and the splitters
+    order = sorted(candidates, key=lambda n: (n in SPLITS_BATCH, n == "expand"))
+    return autotune.measure({name: step(name) for name in order}, x.device, SPLITS_BATCH)
+
+
+def _layout(x: Tensor) -> str:
+    if x.is_contiguous():
+        return "contiguous"
+    for fmt, name in ((torch.channels_last, "channels_last"), (torch.channels_last_3d, "channels_last_3d")):
+        if x.dim() == (4 if name == "channels_last" else 5) and x.is_contiguous(memory_format=fmt):
+            return name
+    return "strided"
 
 
 def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer: str = "HybridConv",
@@ -330,21 +339,26 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer:
         return traced_backend(x, w, groups), None
     rows = unique_rows(c) if rows is None else rows
     num_patterns = rows[0].shape[0]
-    key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), cw.shape[0], loop, w.dtype, repr(kwargs), b is not None,
-           num_patterns, torch.is_grad_enabled(), torch.is_autocast_enabled(x.device.type),
+    key = (conv, tuple(x.shape), x.dtype, x.device, x.is_contiguous(), tuple(w.shape), cw.shape[0], loop, w.dtype,
+           repr(kwargs), b is not None, num_patterns, torch.is_grad_enabled(), torch.is_autocast_enabled(x.device.type),
            torch.get_autocast_dtype(x.device.type))
     choice = autotune.lookup(key)
     if choice is None:
         signature = _signature(x, w, kwargs, num_patterns, layer)
+        note = "tuning off"
         if autotune.autotune_enabled(x.device):
             autocast = torch.is_autocast_enabled(x.device.type)
             dtype = torch.get_autocast_dtype(x.device.type) if autocast else torch.promote_types(x.dtype, w.dtype)
             candidates = auto_candidates(x.device, x.shape[0], num_patterns, loop, dtype)
-            times = _tune(args, tuple(r.detach() for r in rows), candidates)
-            choice = autotune.AutoChoice(min(times, key=times.get), "tuned", signature, times)
-        else:
+            disk_key = (f"{signature} | {_layout(x)} | K {cw.shape[0]} | {sorted(kwargs.items())} | "
+                        f"bias {b is not None} | weight {str(w.dtype).removeprefix('torch.')} | loop {loop}")
+            rows_d = tuple(r.detach() for r in rows)
+            choice = autotune.decide(x.device, disk_key, signature, candidates, lambda: _tune(args, rows_d, candidates))
+            note = "every candidate failed"
+        if choice is None:
             backend = rule_backend(x, num_patterns, w, groups)
-            choice = autotune.AutoChoice("grouped" if backend == "reference" and not loop else backend, "rule", signature)
+            choice = autotune.AutoChoice("grouped" if backend == "reference" and not loop else backend, "rule", signature,
+                                         note=note)
         autotune.remember(key, choice)
     return choice.backend, rows
 
