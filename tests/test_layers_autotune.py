@@ -154,7 +154,23 @@ def test_measure_warms_up_each_candidate_drops_laggards_early_and_failures(monke
     fake = FakeClock(cost)
     monkeypatch.setattr(autotune, "clock", lambda device: lambda: fake.now)
     timing = autotune.measure({name: fake.step(name) for name in cost}, torch.device("cpu"), frozenset({"pattern", "reference"}))
-    assert fake.ran["expand"] == 1 and timing.best == "grouped"
+    assert fake.ran["expand"] == 1 and timing.best == "grouped" and timing.steady
+    # a leader whose runs disagree (a busy machine) is still the choice, but not a steady one
+    fake = FakeClock({"grouped": [10, 10, 16, 16], "unfold": [11, 11]})
+    monkeypatch.setattr(autotune, "clock", lambda device: lambda: fake.now)
+    timing = autotune.measure({name: fake.step(name) for name in fake.cost}, torch.device("cpu"))
+    assert timing.best == "grouped" and not timing.steady
+
+
+def test_unsteady_timings_are_used_but_not_stored(monkeypatch):
+    set_autotune(True)
+    monkeypatch.setattr(autotune, "measure", lambda steps, device, splits=frozenset(): Timing(
+        {"grouped": 1.0, "expand": 2.0}, {"grouped": 4, "expand": 1}, "grouped", {}, steady=False))
+    layer, x, c = _layer_and_batch()
+    layer(x, c)
+    (choice,) = auto_choices()
+    assert choice.how == "tuned" and choice.backend == "grouped" and "not stored" in choice.note
+    assert not os.path.exists(autotune.cache_dir())
 
 
 def test_cache_is_reused_on_this_machine_only(monkeypatch, caplog):

@@ -38,9 +38,11 @@ PROTOCOL = 2
 # A candidate whose warm-up (on CUDA, where a warm-up may compile: only a batch-splitting one) or
 # first timed run takes FAR times the best first run so far is dropped without further runs.
 FAR = 2.0
-# After each round, a candidate whose fastest run is CLOSE times slower than the leader's median is dropped.
-CLOSE = 1.2
+# After each round, a candidate whose fastest run is CLOSE times the leader's fastest is dropped.
+CLOSE = 1.15
 MIN_RUNS, MAX_RUNS = 3, 4  # timed runs of the leader before it is trusted; the most any candidate gets
+# The leader's slowest run over its fastest above this: the machine was busy, the choice is not stored.
+STEADY = 1.3
 
 _ENABLED: bool | None = None  # None: COVFUSE_AUTOTUNE, else on
 _REFRESH = False  # True: tune even where the disk holds a choice, and replace it
@@ -51,7 +53,7 @@ _DISK_OK = True  # False once the cache folder proved unwritable (warned once; m
 class AutoChoice:
     """What `auto` picked for one signature and why: ``how`` is "tuned" (measured now), "cached"
     (measured earlier on this machine) or "rule"; ``times_ms`` (empty for a rule choice) holds each
-    candidate's median time and ``runs`` its number of timed runs (1: dropped early)."""
+    candidate's fastest run and ``runs`` its number of timed runs (1: dropped early)."""
 
     backend: str
     how: str
@@ -218,7 +220,8 @@ def store_choice(device: torch.device, key: str, candidates: list[str], choice: 
 def decide(device: torch.device, key: str, signature: str, candidates: list[str],
            tune: Callable[[], "Timing"]) -> AutoChoice | None:
     """The choice for ``key``: the disk entry of this machine if there is a valid one (unless
-    refreshing), else ``tune()``'s winner, stored. None when every candidate failed."""
+    refreshing), else ``tune()``'s winner, stored when its timings were steady. None when every
+    candidate failed."""
     if not _REFRESH:
         entry = load_choice(device, key, candidates)
         if entry is not None:
@@ -227,9 +230,12 @@ def decide(device: torch.device, key: str, signature: str, candidates: list[str]
     timing = tune()
     if timing.best is None:
         return None
-    note = "; ".join(f"{name} failed ({why})" for name, why in timing.failed.items())
-    choice = AutoChoice(timing.best, "tuned", signature, timing.ms, timing.runs, note=note)
-    store_choice(device, key, candidates, choice)
+    notes = [f"{name} failed ({why})" for name, why in timing.failed.items()]
+    if not timing.steady:
+        notes.append("timings unsteady (a busy machine?): not stored, measured again by the next process")
+    choice = AutoChoice(timing.best, "tuned", signature, timing.ms, timing.runs, note="; ".join(notes))
+    if timing.steady:
+        store_choice(device, key, candidates, choice)
     return choice
 
 
@@ -238,13 +244,14 @@ def decide(device: torch.device, key: str, signature: str, candidates: list[str]
 
 @dataclass
 class Timing:
-    """Result of :func:`measure`: each candidate's median ms and number of timed runs, the winner
-    (None when all failed) and why any candidate failed."""
+    """Result of :func:`measure`: each candidate's fastest run (ms) and number of timed runs, the
+    winner (None when all failed), whether the winner's runs agreed, and why any candidate failed."""
 
     ms: dict[str, float]
     runs: dict[str, int]
     best: str | None
     failed: dict[str, str]
+    steady: bool = True
 
 
 def clock(device: torch.device) -> Callable[[], float]:
@@ -267,11 +274,13 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
     order given except that those in ``splits`` (back-ends that split the batch, several times
     slower where small batches are slow) go last. One whose warm-up already took :data:`FAR` times
     the best first run so far is dropped untimed (on CUDA only those in ``splits``: elsewhere a
-    warm-up may include compiling a kernel), and so is one whose first run took that long. The rest are timed in
-    interleaved rounds (each round in another order); after each, a candidate whose fastest run is
-    :data:`CLOSE` times the leader's median is dropped. It stops once the leader has
-    :data:`MIN_RUNS` runs and every other survivor's fastest run is slower than the leader's
-    median, or after :data:`MAX_RUNS`. A candidate that raises is dropped.
+    warm-up may include compiling a kernel), and so is one whose first run took that long. The
+    rest are timed in interleaved rounds (each round in another order) and ranked by their fastest
+    run (load on a shared machine only adds time); after each round a candidate :data:`CLOSE`
+    times slower than the leader is dropped. It stops once the leader has :data:`MIN_RUNS` runs
+    and every other survivor's fastest run is slower than the leader's median, or after
+    :data:`MAX_RUNS`. A candidate that raises is dropped. The result is ``steady`` unless the
+    leader's runs spread by more than :data:`STEADY`.
     """
     tick = clock(device)
     early = set(steps) if device.type == "cpu" else set(splits)
@@ -282,6 +291,9 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
         step()
         _sync(device)
         return (tick() - start) * 1e3
+
+    def failure(exc: Exception) -> str:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
 
     samples: dict[str, list[float]] = {}
     failed: dict[str, str] = {}
@@ -297,7 +309,7 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
             samples[name] = [timed(steps[name])]
         except Exception as exc:  # noqa: BLE001 - a candidate that cannot run here is not a choice
             samples.pop(name, None)
-            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
+            failed[name] = failure(exc)
             continue
         best = min(best, samples[name][0])
     alive = [n for n in samples if n not in dropped and samples[n][0] <= FAR * best]
@@ -309,18 +321,19 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
             try:
                 samples[name].append(timed(steps[name]))
             except Exception as exc:  # noqa: BLE001
-                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
+                failed[name] = failure(exc)
         alive = [n for n in alive if n not in failed]
         if not alive:
             lead = None
             break
-        median = {n: statistics.median(samples[n]) for n in alive}
-        lead = min(alive, key=median.get)
-        alive = [n for n in alive if n == lead or min(samples[n]) <= CLOSE * median[lead]]
-        if r + 1 >= MIN_RUNS and all(min(samples[n]) > median[lead] for n in alive if n != lead):
+        lead = min(alive, key=lambda n: min(samples[n]))
+        alive = [n for n in alive if n == lead or min(samples[n]) <= CLOSE * min(samples[lead])]
+        typical = statistics.median(samples[lead])
+        if r + 1 >= MIN_RUNS and all(min(samples[n]) > typical for n in alive if n != lead):
             break
-    ms = {n: statistics.median(v) for n, v in samples.items() if n not in failed}
-    return Timing(ms, {n: len(samples[n]) for n in ms}, lead, failed)
+    ms = {n: min(v) for n, v in samples.items() if n not in failed}
+    steady = lead is None or max(samples[lead]) <= STEADY * min(samples[lead])
+    return Timing(ms, {n: len(samples[n]) for n in ms}, lead, failed, steady)
 
 
 def can_tune() -> bool:

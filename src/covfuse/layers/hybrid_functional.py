@@ -223,28 +223,39 @@ def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int = 
 
 
 def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> str:
-    """The `auto` rule when tuning is off, from CPU measurements (benchmarks/, docs/performance.md).
+    """`auto`'s fallback when it cannot time (tuning off, covariates that need gradients), from CPU
+    measurements: float32 fwd+bwd, batch 32, K=3, VGG16 shapes (docs/performance.md). Measured at
+    1 thread on the 2-core development VM of earlier sessions (CPU model not recorded) and checked
+    at 2 threads (torch's default there, as in training) on an AMD EPYC with AVX-512, 2 cores,
+    2026-12, where it matched the tuned choice at every shape down to 256@14 but the 3-channel
+    input. It does not know the machine's load: on busy cores, or CPUs where batch-1 convs are slow
+    (another EPYC, AVX2, issue 35), the back-ends that split the batch (pattern, the loop) lose by
+    up to 5x, which is why `auto` tunes by default.
 
     With few distinct covariate rows (binary covariates, K <= 3) the pattern form is about 1x a
     plain conv down to 14x14 maps. With continuous covariates every row is distinct; then on CPU
-    the grouped conv (CondConv's trick) is fastest at mid-sized layers and the per-sample loop at
-    narrow inputs and at wide layers on small maps. On GPUs grouped convs with thousands of groups
-    are known to be slow in cuDNN for wide layers, so there the rule uses expand (dense, (K+1)x
-    FLOPs) beyond narrow inputs; on CUDA `auto` tunes by default instead of trusting this.
+    the grouped conv (CondConv's trick) is fastest at mid-sized layers, the per-sample loop at wide
+    layers on small maps and im2col + one batched GEMM (`unfold`) at narrow inputs. On GPUs grouped
+    convs with thousands of groups are known to be slow in cuDNN for wide layers, so there the rule
+    uses expand (dense, (K+1)x FLOPs) beyond narrow inputs.
     """
     n = x.shape[0]
     if n > 1 and num_patterns <= min(MAX_AUTO_PATTERNS, max(1, n // 2)):
         return "pattern"
     in_channels = weight.shape[1] * groups
     if x.device.type == "cpu":
-        # Every row distinct, 2D: oneDNN runs batch-1 convs well, so the plain per-sample loop beats
-        # its many-group conv at narrow inputs (0.6x vs 0.9x a plain conv at 3->64) and at wide layers
-        # on small maps (1.8x vs 2.4x at 256@14, 2.8x vs 3.6x at 512@7); grouped wins in between.
-        # On maps of at most 4x4 both lose to dense expand (4.8x vs 8.5-9.7x at 512@3, K=3).
+        # Every row distinct, 2D: the per-sample loop beats the many-group conv at wide layers on
+        # small maps (old VM, 1 thread: 1.8x vs 2.4x a plain conv at 256@14, 2.8x vs 3.6x at 512@7;
+        # EPYC, 2 threads: 1.9x vs 2.7x at 256@14); at the 3-channel input `unfold` is fastest on the
+        # EPYC at 2 threads (1.1x vs grouped 1.3x and the loop 1.7x; the old VM's loop: 0.6x at 1
+        # thread); grouped wins in between. On maps of at most 4x4 all lose to dense expand (4.8x vs
+        # 8.5-9.7x at 512@3, old VM).
         positions = x.shape[2] * x.shape[3] if x.dim() == 4 else None
         if positions is not None and positions <= 16 and in_channels > 16:
             return "expand"
-        if positions is not None and (in_channels <= 16 or (in_channels >= 256 and positions <= 196)):
+        if positions is not None and in_channels <= 16:
+            return "unfold"
+        if positions is not None and in_channels >= 256 and positions <= 196:
             return "reference"
         return "grouped"
     return "grouped" if in_channels <= 16 else "expand"

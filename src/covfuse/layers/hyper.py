@@ -8,8 +8,8 @@ is z itself and the layer is exactly :class:`covfuse.layers.HybridConv2d` (its l
 Kernels are applied by the hybrid back-ends (:mod:`covfuse.layers.hybrid_functional`) with the
 code in place of the covariates: ``expand`` and ``grouped`` with no loop over the batch, and
 ``pattern`` (one conv per distinct covariate row) runs the MLP on the distinct rows only. ``auto``
-picks among those three, never the per-sample loop (``reference``, kept for tests) that hybrid's
-rule uses for some CPU shapes. Cost: the code width E plays the part of K, so a hyper conv costs
+tunes among those and the other batch-wide back-ends (``unfold``; ``triton`` on CUDA), never the
+per-sample loop (``reference``, kept for tests) that hybrid's tuning and rule may pick. Cost: the code width E plays the part of K, so a hyper conv costs
 about what a hybrid conv with E covariates costs (docs/performance.md).
 
 Where covfuse differs from the reference (daniel4725/HyperFusion, ``models/Hyperfusion/hyper_base.py``):
