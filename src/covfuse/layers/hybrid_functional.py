@@ -320,8 +320,8 @@ def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str
         def run() -> None:
             out = _call(name, targs, rows)
             if wanted:
-                if not grad_out:
-                    grad_out.append(torch.randn_like(out))
+                if not grad_out:  # not random: tuning must leave the caller's random stream alone
+                    grad_out.append(torch.ones_like(out))
                 torch.autograd.grad(out, wanted, grad_out[0])
         return run
 
