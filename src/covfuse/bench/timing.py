@@ -113,7 +113,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
 
 def header(env: dict) -> str:
     load = env.get("load_average")
-    return (f"{env['device']}, torch {env['torch']}, {env['torch_threads']} threads of {env['cpu_cores']} cores"
+    threads = f"{env['torch_threads']} thread{'s' * (env['torch_threads'] != 1)}"
+    return (f"{env['device']}, torch {env['torch']}, {threads} of {env['cpu_cores']} cores"
             + (f", load average {load[0]:.1f} at start" if load else "")
-            + (f"; layer/model times are this process's CPU time ({env['torch_threads']} thread"
-               f"{'s' * (env['torch_threads'] != 1)})" if env.get("cpu_time") else ""))
+            + (f"; layer/model times are this process's CPU time ({threads})" if env.get("cpu_time") else ""))

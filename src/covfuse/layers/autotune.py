@@ -6,8 +6,8 @@ A signature is (layer shape and options, batch, number of distinct covariate row
 memory layout, autocast and grad mode). The first call with a new signature looks for a choice
 made earlier on this machine (:func:`cache_dir`), and else measures the candidates (:func:`measure`:
 forward, plus backward when grad is enabled, on detached copies, so the caller's graph and
-``.grad`` are untouched) and stores the winner. Later calls in the process look the choice up in
-memory. When tuning is off (``COVFUSE_AUTOTUNE=0`` or :func:`set_autotune`), and while tracing for
+``.grad`` are untouched) and stores the winner when its runs agreed. Later calls in the process
+look the choice up in memory. When tuning is off (``COVFUSE_AUTOTUNE=0`` or :func:`set_autotune`), and while tracing for
 torch.compile, ``auto`` follows the rule in :func:`covfuse.layers.hybrid_functional.rule_backend`.
 
 Every choice is logged on the ``covfuse.layers`` logger with why it was made (tuned, cached or
@@ -38,9 +38,9 @@ PROTOCOL = 2
 # A candidate whose warm-up (on CUDA, where a warm-up may compile: only a batch-splitting one) or
 # first timed run takes FAR times the best first run so far is dropped without further runs.
 FAR = 2.0
-# After each round, a candidate whose fastest run is CLOSE times the leader's fastest is dropped.
+# After each round, a candidate whose fastest run is over CLOSE times the leader's fastest is dropped.
 CLOSE = 1.15
-MIN_RUNS, MAX_RUNS = 3, 4  # timed runs of the leader before it is trusted; the most any candidate gets
+MIN_RUNS, MAX_RUNS = 3, 6  # timed runs of the leader before it is trusted; the most any candidate gets
 # The leader's slowest run over its fastest above this: the machine was busy, the choice is not stored.
 STEADY = 1.3
 

@@ -17,10 +17,10 @@ Six exact back-ends compute the same function (outputs and gradients):
 
 ``auto`` times the candidates once per call signature and machine and keeps the fastest
 (:mod:`covfuse.layers.autotune`: on by default on every device, remembered on disk), or, with
-tuning off, follows the rule in :func:`rule_backend` (docs/performance.md). Row grouping has no derivative in the covariates, so
-when they require grad (attribution to covariates) `pattern` and `auto` compute the same function
-with a per-row back-end; while tracing for torch.compile or capturing a CUDA graph `auto` does
-too, since grouping rows needs a host sync.
+tuning off, follows the rule in :func:`rule_backend` (docs/performance.md). Row grouping has no
+derivative in the covariates, so when they require grad (attribution to covariates) `pattern`
+and `auto` compute the same function with a per-row back-end; while tracing for torch.compile or
+capturing a CUDA graph `auto` does too, since grouping rows needs a host sync.
 """
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int = 
 
 
 def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> str:
-    """`auto`'s fallback when it cannot time (tuning off, covariates that need gradients), from CPU
+    """`auto`'s fallback where it does not time (tuning off, tracing, covariates that need gradients), from CPU
     measurements: float32 fwd+bwd, batch 32, K=3, VGG16 shapes (docs/performance.md). Measured at
     1 thread on the 2-core development VM of earlier sessions (CPU model not recorded) and checked
     at 2 threads (torch's default there, as in training) on an AMD EPYC with AVX-512, 2 cores,
