@@ -160,7 +160,7 @@ def test_measure_warms_up_each_candidate_drops_laggards_early_and_failures(monke
     steps = {name: fake.step(name) for name in cost}
     timing = autotune.measure(steps, torch.device("cuda"), frozenset({"pattern", "reference"}))
     assert timing.best == "grouped" and set(timing.failed) == {"failing"}
-    # expand: warm-up + 1 run, then out (40 > 2 x 10); reference: its warm-up only (100 > 2 x 10)
+    # expand: warm-up + 1 run, then out (40 > 2 x 10); reference: its warm-up only (100 > 3 x 10)
     assert fake.ran["expand"] == 2 and timing.runs["expand"] == 1 and timing.ms["expand"] == pytest.approx(40)
     assert fake.ran["reference"] == 1 and timing.runs["reference"] == 1
     # the close ones: warm-up + MIN_RUNS timed runs each (unfold out after a round: 11 > 1.2 x 10 is false,

@@ -35,9 +35,10 @@ log = logging.getLogger("covfuse.layers")
 
 # Version of the tuning protocol and the back-ends' code: a disk entry of another version is stale.
 PROTOCOL = 2
-# A candidate whose warm-up (on CUDA, where a warm-up may compile: only a batch-splitting one) or
-# first timed run takes FAR times the best first run so far is dropped without further runs.
-FAR = 2.0
+# A candidate whose first timed run takes FAR times the best first run so far, or whose warm-up
+# (one-off plans included; on CUDA, where a warm-up may compile, only a batch-splitting one's)
+# takes FAR_WARM times, is dropped without further runs.
+FAR, FAR_WARM = 2.0, 3.0
 # After each round, a candidate whose fastest run is over CLOSE times the leader's fastest is dropped.
 CLOSE = 1.15
 MIN_RUNS, MAX_RUNS = 3, 6  # timed runs of the leader before it is trusted; the most any candidate gets
@@ -272,9 +273,9 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
 
     Each candidate is warmed up on its own (plans, allocator) and timed once right after, in the
     order given except that those in ``splits`` (back-ends that split the batch, several times
-    slower where small batches are slow) go last. One whose warm-up already took :data:`FAR` times
-    the best first run so far is dropped untimed (on CUDA only those in ``splits``: elsewhere a
-    warm-up may include compiling a kernel), and so is one whose first run took that long. The
+    slower where small batches are slow) go last. One whose warm-up already took :data:`FAR_WARM`
+    times the best first run so far is dropped untimed (on CUDA only those in ``splits``: there a
+    warm-up may include compiling a kernel), and so is one whose first run took :data:`FAR` times. The
     rest are timed in interleaved rounds (each round in another order) and ranked by their fastest
     run (load on a shared machine only adds time); after each round a candidate :data:`CLOSE`
     times slower than the leader is dropped. It stops once the leader has :data:`MIN_RUNS` runs
@@ -302,7 +303,7 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
     for name in sorted(steps, key=lambda n: n in splits):  # stable: the order given, splitters last
         try:
             warm = timed(steps[name])
-            if name in early and warm > FAR * best:
+            if name in early and warm > FAR_WARM * best:
                 samples[name] = [warm]
                 dropped.add(name)
                 continue
