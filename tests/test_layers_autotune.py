@@ -163,7 +163,7 @@ def test_measure_warms_up_each_candidate_drops_laggards_early_and_failures(monke
     # expand: warm-up + 1 run, then out (40 > 2 x 10); reference: its warm-up only (100 > 3 x 10)
     assert fake.ran["expand"] == 2 and timing.runs["expand"] == 1 and timing.ms["expand"] == pytest.approx(40)
     assert fake.ran["reference"] == 1 and timing.runs["reference"] == 1
-    # the close ones: warm-up + MIN_RUNS timed runs each (unfold out after a round: 11 > 1.2 x 10 is false,
+    # the close ones: warm-up + MIN_RUNS timed runs each (unfold is not out after a round: 11 > 1.15 x 10 is false,
     # so it stays until the leader is clear)
     assert timing.runs["grouped"] >= autotune.MIN_RUNS and fake.ran["grouped"] == timing.runs["grouped"] + 1
     assert timing.ms["grouped"] == pytest.approx(10) and timing.runs["pattern"] <= autotune.MAX_RUNS

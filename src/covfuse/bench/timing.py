@@ -63,7 +63,8 @@ def cpu_clock(device: torch.device | str) -> bool:
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: torch.device | str = "cpu",
                 warmup: int = 1, cpu_time: bool | None = None) -> dict[str, list[float]]:
-    """Seconds per call of each variant, one sample per round, the variants interleaved.
+    """Seconds per call of each variant, one sample per round, the variants interleaved (each round
+    in another rotation of the order).
 
     ``cpu_time`` (default: :func:`cpu_clock`) measures process CPU time instead of wall time; never
     use it when work happens in other processes (DataLoader workers)."""
@@ -72,8 +73,12 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: 
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
+    names = list(variants)
+    for r in range(rounds):
+        # each round starts one variant later: what a variant leaves behind (allocator and cache
+        # state; it can move a small CPU layer's time by 1.5x) falls on every variant in turn
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn = variants[name]
             sync(device)
             start = clock()
             fn()
