@@ -179,6 +179,19 @@ def test_measure_warms_up_each_candidate_drops_laggards_early_and_failures(monke
     assert timing.best == "grouped" and not timing.steady
 
 
+def test_measure_stops_when_its_time_budget_is_spent(monkeypatch):
+    """A tuning that has run past max(BUDGET_S, BUDGET_STEPS x the best first run) tries no further
+    candidate and times no further round; its choice is the best so far, not to be stored."""
+    fake = FakeClock({"grouped": [10, 10], "unfold": [30, 12], "expand": [40, 40], "reference": [20, 9]})
+    monkeypatch.setattr(autotune, "clock", lambda device: lambda: fake.now)
+    monkeypatch.setattr(autotune, "_wall", lambda: fake.now * 50)  # wall runs 50x the fake CPU clock
+    # the budget is max(1 s, 30 x 10 ms) = 1 s; after grouped (20 ms) and unfold (42 ms) of fake CPU time
+    # the wall clock reads 3.1 s, so expand and the loop are never tried
+    timing = autotune.measure({n: fake.step(n) for n in fake.cost}, torch.device("cpu"), frozenset({"reference"}))
+    assert timing.best == "grouped" and timing.skipped == ["expand", "reference"] and not timing.steady
+    assert fake.ran["expand"] == fake.ran["reference"] == 0 and fake.ran["grouped"] == 2
+
+
 def test_unsteady_timings_are_used_but_not_stored(monkeypatch):
     set_autotune(True)
     monkeypatch.setattr(autotune, "measure", lambda steps, device, splits=frozenset(): Timing(

@@ -44,6 +44,10 @@ CLOSE = 1.15
 MIN_RUNS, MAX_RUNS = 3, 6  # timed runs of the leader before it is trusted; the most any candidate gets
 # The leader's slowest run over its fastest above this: the machine was busy, the choice is not stored.
 STEADY = 1.3
+# Wall-clock cap of one tuning: the larger of BUDGET_S and BUDGET_STEPS times the best first run.
+# Past it, candidates not yet tried are skipped and the choice is not stored (a tiny layer on a busy
+# machine, where one-off kernel generation and waiting threads dwarf the layer itself).
+BUDGET_S, BUDGET_STEPS = 1.0, 30
 
 _ENABLED: bool | None = None  # None: COVFUSE_AUTOTUNE, else on
 _REFRESH = False  # True: tune even where the disk holds a choice, and replace it
@@ -232,7 +236,9 @@ def decide(device: torch.device, key: str, signature: str, candidates: list[str]
     if timing.best is None:
         return None
     notes = [f"{name} failed ({why})" for name, why in timing.failed.items()]
-    if not timing.steady:
+    if timing.skipped:
+        notes.append(f"time budget spent, not tried: {', '.join(timing.skipped)}; not stored")
+    elif not timing.steady:
         notes.append("timings unsteady (a busy machine?): not stored, measured again by the next process")
     choice = AutoChoice(timing.best, "tuned", signature, timing.ms, timing.runs, note="; ".join(notes))
     if timing.steady:
@@ -246,13 +252,15 @@ def decide(device: torch.device, key: str, signature: str, candidates: list[str]
 @dataclass
 class Timing:
     """Result of :func:`measure`: each candidate's fastest run (ms) and number of timed runs, the
-    winner (None when all failed), whether the winner's runs agreed, and why any candidate failed."""
+    winner (None when all failed), whether the winner's runs agreed, why any candidate failed and
+    which were skipped for time."""
 
     ms: dict[str, float]
     runs: dict[str, int]
     best: str | None
     failed: dict[str, str]
     steady: bool = True
+    skipped: list[str] = field(default_factory=list)  # not tried: the budget was spent
 
 
 def clock(device: torch.device) -> Callable[[], float]:
@@ -260,6 +268,9 @@ def clock(device: torch.device) -> Callable[[], float]:
     OpenMP's spin-waits, and not the time other jobs hold the cores of a shared machine), wall time
     elsewhere (with a device sync around each run)."""
     return time.process_time if device.type == "cpu" else time.perf_counter
+
+
+_wall = time.perf_counter  # the budget's clock (wall time: what the user waits)
 
 
 def _sync(device: torch.device) -> None:
@@ -280,11 +291,16 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
     run (load on a shared machine only adds time); after each round a candidate :data:`CLOSE`
     times slower than the leader is dropped. It stops once the leader has :data:`MIN_RUNS` runs
     and every other survivor's fastest run is slower than the leader's median, or after
-    :data:`MAX_RUNS`. A candidate that raises is dropped. The result is ``steady`` unless the
-    leader's runs spread by more than :data:`STEADY`.
+    :data:`MAX_RUNS`, or when the wall-clock budget (:data:`BUDGET_S`, :data:`BUDGET_STEPS`) is
+    spent. A candidate that raises is dropped. The result is ``steady`` unless the leader's runs
+    spread by more than :data:`STEADY` or the budget left candidates untried.
     """
     tick = clock(device)
     early = set(steps) if device.type == "cpu" else set(splits)
+    began = _wall()
+
+    def spent() -> bool:
+        return best < float("inf") and _wall() - began > max(BUDGET_S, BUDGET_STEPS * best / 1e3)
 
     def timed(step: Callable[[], object]) -> float:
         _sync(device)
@@ -300,7 +316,11 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
     failed: dict[str, str] = {}
     dropped: set[str] = set()
     best = float("inf")
+    skipped: list[str] = []
     for name in sorted(steps, key=lambda n: n in splits):  # stable: the order given, splitters last
+        if spent():
+            skipped.append(name)
+            continue
         try:
             warm = timed(steps[name])
             if name in early and warm > FAR_WARM * best:
@@ -316,7 +336,7 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
     alive = [n for n in samples if n not in dropped and samples[n][0] <= FAR * best]
     lead = min(alive, key=lambda n: samples[n][0]) if alive else None
     for r in range(1, MAX_RUNS):
-        if len(alive) < 2:
+        if len(alive) < 2 or spent():
             break
         for name in alive[r % len(alive):] + alive[: r % len(alive)]:
             try:
@@ -333,8 +353,8 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
         if r + 1 >= MIN_RUNS and all(min(samples[n]) > typical for n in alive if n != lead):
             break
     ms = {n: min(v) for n, v in samples.items() if n not in failed}
-    steady = lead is None or max(samples[lead]) <= STEADY * min(samples[lead])
-    return Timing(ms, {n: len(samples[n]) for n in ms}, lead, failed, steady)
+    steady = not skipped and (lead is None or max(samples[lead]) <= STEADY * min(samples[lead]))
+    return Timing(ms, {n: len(samples[n]) for n in ms}, lead, failed, steady, skipped)
 
 
 def can_tune() -> bool:
