@@ -6,8 +6,8 @@ A signature is (layer shape and options, batch, number of distinct covariate row
 memory layout, autocast and grad mode). The first call with a new signature looks for a choice
 made earlier on this machine (:func:`cache_dir`), and else measures the candidates (:func:`measure`:
 forward, plus backward when grad is enabled, on detached copies, so the caller's graph and
-``.grad`` are untouched) and stores the winner when its runs agreed. Later calls in the process
-look the choice up in memory. When tuning is off (``COVFUSE_AUTOTUNE=0`` or :func:`set_autotune`), and while tracing for
+``.grad`` are untouched) and stores the winner (as provisional when its runs disagreed or its
+time budget ran out: a busy machine). Later calls in the process look the choice up in memory. When tuning is off (``COVFUSE_AUTOTUNE=0`` or :func:`set_autotune`), and while tracing for
 torch.compile, ``auto`` follows the rule in :func:`covfuse.layers.hybrid_functional.rule_backend`.
 
 Every choice is logged on the ``covfuse.layers`` logger with why it was made (tuned, cached or
@@ -42,10 +42,10 @@ FAR, FAR_WARM = 2.0, 3.0
 # After each round, a candidate whose fastest run is over CLOSE times the leader's fastest is dropped.
 CLOSE = 1.15
 MIN_RUNS, MAX_RUNS = 3, 6  # timed runs of the leader before it is trusted; the most any candidate gets
-# The leader's slowest run over its fastest above this: the machine was busy, the choice is not stored.
+# The leader's slowest run over its fastest above this: the machine was busy, the choice is provisional.
 STEADY = 1.3
 # Wall-clock cap of one tuning: the larger of BUDGET_S and BUDGET_STEPS times the best first run.
-# Past it, candidates not yet tried are skipped and the choice is not stored (a tiny layer on a busy
+# Past it, candidates not yet tried are skipped and the choice is provisional (a tiny layer on a busy
 # machine, where one-off kernel generation and waiting threads dwarf the layer itself).
 BUDGET_S, BUDGET_STEPS = 1.0, 30
 
@@ -194,17 +194,19 @@ def load_choice(device: torch.device, key: str, candidates: list[str]) -> dict |
     return entry
 
 
-def store_choice(device: torch.device, key: str, candidates: list[str], choice: AutoChoice) -> None:
+def store_choice(device: torch.device, key: str, candidates: list[str], choice: AutoChoice,
+                 steady: bool = True) -> None:
     """Write ``choice`` for ``key`` on this machine (a temporary file renamed over the entry, so a
-    reader or a second writer never sees half a file). An unwritable folder is warned about once;
-    choices then stay in memory."""
+    reader or a second writer never sees half a file); ``steady=False`` marks one measured on a busy
+    machine, which a later process on a quiet one measures again. An unwritable folder is warned
+    about once; choices then stay in memory."""
     global _DISK_OK
     if not _DISK_OK:
         return
     path, info = _entry_path(device, key)
     entry = {"machine": info, "key": key, "candidates": sorted(candidates), "backend": choice.backend,
              "times_ms": choice.times_ms, "runs": choice.runs, "signature": choice.signature,
-             "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+             "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "steady": steady}
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -222,27 +224,38 @@ def store_choice(device: torch.device, key: str, candidates: list[str], choice: 
                     exc.strerror or exc)
 
 
+def quiet() -> bool:
+    """Whether this machine looks idle now: a 1-minute load average under half its cores (False
+    where the load is unknown)."""
+    try:
+        return os.getloadavg()[0] < 0.5 * (os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return False
+
+
 def decide(device: torch.device, key: str, signature: str, candidates: list[str],
            tune: Callable[[], "Timing"]) -> AutoChoice | None:
     """The choice for ``key``: the disk entry of this machine if there is a valid one (unless
-    refreshing), else ``tune()``'s winner, stored when its timings were steady. None when every
-    candidate failed."""
+    refreshing, or it was measured on a busy machine and this one is :func:`quiet` now), else
+    ``tune()``'s winner, stored. None when every candidate failed."""
     if not _REFRESH:
         entry = load_choice(device, key, candidates)
-        if entry is not None:
+        if entry is not None and (entry.get("steady", True) or not quiet()):
+            busy = "" if entry.get("steady", True) else " on a busy machine"
             return AutoChoice(entry["backend"], "cached", signature, entry["times_ms"], entry["runs"],
-                              note=f"measured {entry.get('measured', '?')}")
+                              note=f"measured {entry.get('measured', '?')}{busy}")
     timing = tune()
     if timing.best is None:
         return None
     notes = [f"{name} failed ({why})" for name, why in timing.failed.items()]
     if timing.skipped:
-        notes.append(f"time budget spent, not tried: {', '.join(timing.skipped)}; not stored")
+        notes.append(f"time budget spent, not tried: {', '.join(timing.skipped)}")
     elif not timing.steady:
-        notes.append("timings unsteady (a busy machine?): not stored, measured again by the next process")
+        notes.append("timings unsteady (a busy machine?)")
+    if not timing.steady:
+        notes[-1] += "; stored as provisional: measured again by a process that starts on a quiet machine"
     choice = AutoChoice(timing.best, "tuned", signature, timing.ms, timing.runs, note="; ".join(notes))
-    if timing.steady:
-        store_choice(device, key, candidates, choice)
+    store_choice(device, key, candidates, choice, steady=timing.steady)
     return choice
 
 
