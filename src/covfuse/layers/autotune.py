@@ -44,10 +44,10 @@ CLOSE = 1.15
 MIN_RUNS, MAX_RUNS = 3, 6  # timed runs of the leader before it is trusted; the most any candidate gets
 # The leader's slowest run over its fastest above this: the machine was busy, the choice is provisional.
 STEADY = 1.3
-# Wall-clock cap of one tuning: the larger of BUDGET_S and BUDGET_STEPS times the best first run.
-# Past it, candidates not yet tried are skipped and the choice is provisional (a tiny layer on a busy
-# machine, where one-off kernel generation and waiting threads dwarf the layer itself).
-BUDGET_S, BUDGET_STEPS = 1.0, 30
+# Cap of one tuning, on the timing clock: the larger of BUDGET_S and BUDGET_STEPS times the best
+# first run. Past it, candidates not yet tried are skipped and the choice is provisional (a tiny
+# layer, where one-off kernel generation and waiting threads can dwarf the layer itself).
+BUDGET_S, BUDGET_STEPS = 2.0, 30
 
 _ENABLED: bool | None = None  # None: COVFUSE_AUTOTUNE, else on
 _REFRESH = False  # True: tune even where the disk holds a choice, and replace it
@@ -283,9 +283,6 @@ def clock(device: torch.device) -> Callable[[], float]:
     return time.process_time if device.type == "cpu" else time.perf_counter
 
 
-_wall = time.perf_counter  # the budget's clock (wall time: what the user waits)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -304,16 +301,16 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
     run (load on a shared machine only adds time); after each round a candidate :data:`CLOSE`
     times slower than the leader is dropped. It stops once the leader has :data:`MIN_RUNS` runs
     and every other survivor's fastest run is slower than the leader's median, or after
-    :data:`MAX_RUNS`, or when the wall-clock budget (:data:`BUDGET_S`, :data:`BUDGET_STEPS`) is
+    :data:`MAX_RUNS`, or when the budget (:data:`BUDGET_S`, :data:`BUDGET_STEPS`; same clock) is
     spent. A candidate that raises is dropped. The result is ``steady`` unless the leader's runs
     spread by more than :data:`STEADY` or the budget left candidates untried.
     """
     tick = clock(device)
     early = set(steps) if device.type == "cpu" else set(splits)
-    began = _wall()
+    began = tick()
 
     def spent() -> bool:
-        return best < float("inf") and _wall() - began > max(BUDGET_S, BUDGET_STEPS * best / 1e3)
+        return best < float("inf") and tick() - began > max(BUDGET_S, BUDGET_STEPS * best / 1e3)
 
     def timed(step: Callable[[], object]) -> float:
         _sync(device)
