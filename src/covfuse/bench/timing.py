@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ def cpu_clock(device: torch.device | str) -> bool:
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: torch.device | str = "cpu",
                 warmup: int = 1, cpu_time: bool | None = None) -> dict[str, list[float]]:
     """Seconds per call of each variant, one sample per round, the variants interleaved (each round
-    in another rotation of the order).
+    in another order, shuffled by a generator of its own).
 
     ``cpu_time`` (default: :func:`cpu_clock`) measures process CPU time instead of wall time; never
     use it when work happens in other processes (DataLoader workers)."""
@@ -75,9 +76,12 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: 
     samples: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(rounds):
-        # each round starts one variant later: what a variant leaves behind (allocator and cache
-        # state; it can move a small CPU layer's time by 1.5x) falls on every variant in turn
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        # a new order each round (shuffled, with its own seeded generator): what a variant leaves
+        # behind (allocator and cache state; it moved a small CPU layer's time by 1.6x) does not
+        # always fall on the same successor
+        order = names[:]
+        random.Random(r).shuffle(order)
+        for name in order:
             fn = variants[name]
             sync(device)
             start = clock()

@@ -297,7 +297,8 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
     slower where small batches are slow) go last. One whose warm-up already took :data:`FAR_WARM`
     times the best first run so far is dropped untimed (on CUDA only those in ``splits``: there a
     warm-up may include compiling a kernel), and so is one whose first run took :data:`FAR` times. The
-    rest are timed in interleaved rounds (each round in another order) and ranked by their fastest
+    rest are timed in interleaved rounds (each in another order: what a candidate leaves behind in
+    the allocator can slow the next one) and ranked by their fastest
     run (load on a shared machine only adds time); after each round a candidate :data:`CLOSE`
     times slower than the leader is dropped. It stops once the leader has :data:`MIN_RUNS` runs
     and every other survivor's fastest run is slower than the leader's median, or after
@@ -348,7 +349,8 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
     for r in range(1, MAX_RUNS):
         if len(alive) < 2 or spent():
             break
-        for name in alive[r % len(alive):] + alive[: r % len(alive)]:
+        order = alive[r % len(alive):] + alive[: r % len(alive)]
+        for name in (order[::-1] if r % 2 else order):  # not always after the same predecessor
             try:
                 samples[name].append(timed(steps[name]))
             except Exception as exc:  # noqa: BLE001
