@@ -58,7 +58,7 @@ _DISK_OK = True  # False once the cache folder proved unwritable (warned once; m
 class AutoChoice:
     """What `auto` picked for one signature and why: ``how`` is "tuned" (measured now), "cached"
     (measured earlier on this machine) or "rule"; ``times_ms`` (empty for a rule choice) holds each
-    candidate's fastest run and ``runs`` its number of timed runs (1: dropped early)."""
+    candidate's fastest run and ``runs`` its number of timed runs (1: dropped early, or left alone)."""
 
     backend: str
     how: str
