@@ -227,8 +227,8 @@ def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> s
     measurements: float32 fwd+bwd, batch 32, K=3, VGG16 shapes (docs/performance.md). Measured at
     1 thread on the 2-core development VM of earlier sessions (CPU model not recorded) and checked
     at 2 threads (torch's default there, as in training) on an AMD EPYC with AVX-512, 2 cores,
-    2026-12, where it matched the tuned choice at every shape down to 256@14 but the 3-channel
-    input. It does not know the machine's load: on busy cores, or CPUs where batch-1 convs are slow
+    2026-12, where it matched the tuned choice at every shape down to 256@14 except, in some runs,
+    the 3-channel input. It does not know the machine's load: on busy cores, or CPUs where batch-1 convs are slow
     (another EPYC, AVX2, issue 35), the back-ends that split the batch (pattern, the loop) lose by
     up to 5x, which is why `auto` tunes by default.
 
@@ -246,10 +246,11 @@ def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> s
     if x.device.type == "cpu":
         # Every row distinct, 2D: the per-sample loop beats the many-group conv at wide layers on
         # small maps (old VM, 1 thread: 1.8x vs 2.4x a plain conv at 256@14, 2.8x vs 3.6x at 512@7;
-        # EPYC, 2 threads: 1.9x vs 2.7x at 256@14); at the 3-channel input `unfold` is fastest on the
-        # EPYC at 2 threads (1.1x vs grouped 1.3x and the loop 1.7x; the old VM's loop: 0.6x at 1
-        # thread); grouped wins in between. On maps of at most 4x4 all lose to dense expand (4.8x vs
-        # 8.5-9.7x at 512@3, old VM).
+        # EPYC, 2 threads: 1.9-2.0x vs 2.7-2.9x at 256@14). At the 3-channel input `unfold` and the
+        # loop trade places from run to run on the EPYC at 2 threads (1.1x vs 1.7x, then 0.7x vs
+        # 0.6x; the old VM's loop: 0.6x at 1 thread), and on issue 35's AVX2 EPYC the loop lost
+        # 4.7x to unfold's 0.63x, so the rule takes `unfold`, never far from the best. Grouped wins
+        # in between. On maps of at most 4x4 all lose to dense expand (4.8x vs 8.5-9.7x at 512@3, old VM).
         positions = x.shape[2] * x.shape[3] if x.dim() == 4 else None
         if positions is not None and positions <= 16 and in_channels > 16:
             return "expand"
