@@ -152,26 +152,32 @@ def test_measure_warms_up_each_candidate_drops_laggards_early_and_failures(monke
     """The protocol on fake costs: every candidate warmed up before it is timed; a batch-splitting
     candidate far behind is dropped after its warm-up, a dense one after its first run, one that
     raises at once; the rest are timed in rounds until the leader is clear."""
-    cost = {"grouped": [30, 10], "unfold": [12, 11], "expand": [80, 40], "failing": None,
-            "pattern": [12, 10.5, 10.4, 10.6], "reference": [100, 90]}
+    cost = {"grouped": [300, 100], "unfold": [120, 110], "expand": [800, 400], "failing": None,
+            "pattern": [120, 105, 104, 106], "reference": [1000, 900]}
     fake = FakeClock(cost)
     monkeypatch.setattr(autotune, "clock", lambda device: lambda: fake.now)
     monkeypatch.setattr(autotune, "_sync", lambda device: None)  # no GPU here: the protocol's CUDA rules only
+    monkeypatch.setattr(autotune, "BUDGET_S", 100.0)  # the budget has a test of its own
     steps = {name: fake.step(name) for name in cost}
     timing = autotune.measure(steps, torch.device("cuda"), frozenset({"pattern", "reference"}))
     assert timing.best == "grouped" and set(timing.failed) == {"failing"}
-    # expand: warm-up + 1 run, then out (40 > 2 x 10); reference: its warm-up only (100 > 3 x 10)
-    assert fake.ran["expand"] == 2 and timing.runs["expand"] == 1 and timing.ms["expand"] == pytest.approx(40)
+    # expand: warm-up + 1 run, then out (400 > 2 x 100); reference: its warm-up only (1000 > 3 x 100)
+    assert fake.ran["expand"] == 2 and timing.runs["expand"] == 1 and timing.ms["expand"] == pytest.approx(400)
     assert fake.ran["reference"] == 1 and timing.runs["reference"] == 1
-    # the close ones: warm-up + MIN_RUNS timed runs each (unfold is not out after a round: 11 > 1.15 x 10 is false,
-    # so it stays until the leader is clear)
+    # the close ones: warm-up + MIN_RUNS timed runs each (unfold is not out after a round: 110 > 1.15 x 100
+    # is false, so it stays until the leader is clear)
     assert timing.runs["grouped"] >= autotune.MIN_RUNS and fake.ran["grouped"] == timing.runs["grouped"] + 1
-    assert timing.ms["grouped"] == pytest.approx(10) and timing.runs["pattern"] <= autotune.MAX_RUNS
+    assert timing.ms["grouped"] == pytest.approx(100) and timing.runs["pattern"] <= autotune.MAX_RUNS
     # on a CPU a dense candidate's warm-up alone can drop it (no kernel compiles there)
     fake = FakeClock(cost)
     monkeypatch.setattr(autotune, "clock", lambda device: lambda: fake.now)
     timing = autotune.measure({name: fake.step(name) for name in cost}, torch.device("cpu"), frozenset({"pattern", "reference"}))
     assert fake.ran["expand"] == 1 and timing.best == "grouped" and timing.steady
+    # runs under CHEAP_MS drop nothing early: 45 ms is over 2 x 20 ms but stays for the rounds
+    fake = FakeClock({"grouped": [20, 20], "unfold": [45, 45], "reference": [60, 18]})
+    monkeypatch.setattr(autotune, "clock", lambda device: lambda: fake.now)
+    timing = autotune.measure({name: fake.step(name) for name in fake.cost}, torch.device("cpu"), frozenset({"reference"}))
+    assert timing.best == "reference" and timing.runs["unfold"] >= 2 and timing.runs["reference"] >= autotune.MIN_RUNS
     # a leader whose runs disagree (a busy machine) is still the choice, but not a steady one
     fake = FakeClock({"grouped": [10, 10, 16, 16], "unfold": [11, 11]})
     monkeypatch.setattr(autotune, "clock", lambda device: lambda: fake.now)

@@ -39,6 +39,9 @@ PROTOCOL = 2
 # (one-off plans included; on CUDA, where a warm-up may compile, only a batch-splitting one's)
 # takes FAR_WARM times, is dropped without further runs.
 FAR, FAR_WARM = 2.0, 3.0
+# A run shorter than this (ms) never drops its candidate early: cheap to time again, and the
+# noisiest (a 20-40 ms step at 2 threads varies by 2x from run to run).
+CHEAP_MS = 50.0
 # After each round, a candidate whose fastest run is over CLOSE times the leader's fastest is dropped.
 CLOSE = 1.15
 MIN_RUNS, MAX_RUNS = 3, 6  # timed runs of the leader before it is trusted; the most any candidate gets
@@ -296,7 +299,8 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
     order given except that those in ``splits`` (back-ends that split the batch, several times
     slower where small batches are slow) go last. One whose warm-up already took :data:`FAR_WARM`
     times the best first run so far is dropped untimed (on CUDA only those in ``splits``: there a
-    warm-up may include compiling a kernel), and so is one whose first run took :data:`FAR` times. The
+    warm-up may include compiling a kernel), and so is one whose first run took :data:`FAR` times;
+    a run under :data:`CHEAP_MS` drops nothing. The
     rest are timed in interleaved rounds (each in another order: what a candidate leaves behind in
     the allocator can slow the next one) and ranked by their fastest
     run (load on a shared machine only adds time); after each round a candidate :data:`CLOSE`
@@ -334,7 +338,7 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
             continue
         try:
             warm = timed(steps[name])
-            if name in early and warm > FAR_WARM * best:
+            if name in early and warm > max(FAR_WARM * best, CHEAP_MS):
                 samples[name] = [warm]
                 dropped.add(name)
                 continue
@@ -344,7 +348,7 @@ def measure(steps: dict[str, Callable[[], object]], device: torch.device,
             failed[name] = failure(exc)
             continue
         best = min(best, samples[name][0])
-    alive = [n for n in samples if n not in dropped and samples[n][0] <= FAR * best]
+    alive = [n for n in samples if n not in dropped and samples[n][0] <= max(FAR * best, CHEAP_MS)]
     lead = min(alive, key=lambda n: samples[n][0]) if alive else None
     for r in range(1, MAX_RUNS):
         if len(alive) < 2 or spent():
