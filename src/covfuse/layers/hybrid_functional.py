@@ -247,8 +247,8 @@ def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> s
         # Every row distinct, 2D: the per-sample loop beats the many-group conv at wide layers on
         # small maps (old VM, 1 thread: 1.8x vs 2.4x a plain conv at 256@14, 2.8x vs 3.6x at 512@7;
         # EPYC, 2 threads: 1.9-2.0x vs 2.7-2.9x at 256@14). At the 3-channel input `unfold` and the
-        # loop trade places from run to run on the EPYC at 2 threads (1.1x vs 1.7x, then 0.7x vs
-        # 0.6x; the old VM's loop: 0.6x at 1 thread), and on issue 35's AVX2 EPYC the loop lost
+        # loop trade places from run to run on the EPYC at 2 threads (1.1x vs 1.7x, then 0.6-0.7x vs
+        # 0.55-0.6x; the old VM's loop: 0.6x at 1 thread), and on issue 35's AVX2 EPYC the loop lost
         # 4.7x to unfold's 0.63x, so the rule takes `unfold`, never far from the best. Grouped wins
         # in between. On maps of at most 4x4 all lose to dense expand (4.8x vs 8.5-9.7x at 512@3, old VM).
         positions = x.shape[2] * x.shape[3] if x.dim() == 4 else None
