@@ -1,5 +1,9 @@
-"""Suite-wide settings: one torch thread per pytest-xdist worker (the CI machine has 2 cores)."""
+"""Suite-wide settings: one torch thread per pytest-xdist worker (the CI machine has 2 cores), `auto` by
+its rule unless a test tunes, and a throw-away tuning cache."""
+import atexit
 import os
+import shutil
+import tempfile
 
 import matplotlib
 import pytest
@@ -10,6 +14,13 @@ matplotlib.use("Agg")
 # reads this when it is first imported (torch.compile imports it too), so it is set before any test runs;
 # `auto` never picks `triton` off CUDA, and inductor's CPU code generation does not use Triton.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# `auto` tunes hybrid convs on first use by default; the suite follows the rule (cheap and the same on
+# every machine) except where a test turns tuning on, and never reads or writes the user's tuning cache
+# (~/.cache/covfuse): each test process uses a fresh folder, which its subprocesses inherit.
+os.environ.setdefault("COVFUSE_AUTOTUNE", "0")
+os.environ["COVFUSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="covfuse-test-cache-")
+atexit.register(shutil.rmtree, os.environ["COVFUSE_CACHE_DIR"], ignore_errors=True)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch

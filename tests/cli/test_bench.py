@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from covfuse.bench.timing import use_cpu_time
 from covfuse.cli.main import main as cli
-from covfuse.layers import set_autotune
+from covfuse.layers.autotune import set_autotune
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +19,7 @@ def restore_threads():
     yield
     torch.set_num_threads(threads)
     set_autotune(None)
+    use_cpu_time(None)
 
 
 def test_bad_options_are_one_line_user_errors(tmp_path, capsys):
@@ -44,6 +46,31 @@ def test_tiny_layer_run_writes_the_record(tmp_path, capsys):
     assert set(row["ratio_to_plain"]) == {"expand", "grouped", "pattern", "unfold", "auto", "reference"}  # no triton off CUDA
     assert all(r["min"] <= r["median"] <= r["max"] for r in row["ratio_to_plain"].values())
     assert row["auto_choice"] in {"expand", "grouped", "pattern", "reference"} and row["auto_how"] == "rule"
+    assert row["best"] in row["ratio_to_plain"] and row["best"] != "auto"
+    assert row["auto_over_best"]["min"] <= row["auto_over_best"]["median"] <= row["auto_over_best"]["max"]
+    assert "| auto picks | best | auto/best |" in table
+
+
+def test_tune_fills_this_machines_cache_at_the_training_thread_count(tmp_path, monkeypatch, capsys):
+    """`--tune` measures `auto` anew for each shape at torch's default thread count (what training
+    uses) and stores the choices; a later run reads them back as `cached`."""
+    monkeypatch.setenv("COVFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    torch.set_num_threads(2)  # stands for the process's default here
+    out = tmp_path / "bench.json"
+    argv = ["bench", "layers", "--device", "cpu", "--nets", "vgg16", "--size", "8", "--batch", "4", "--rounds", "1",
+            "--shapes", "64->64", "--kinds", "binary", "--k", "1", "--no-loop", "--tune", "--clock", "cpu", "--json", str(out)]
+    assert cli(argv) == 0
+    assert "CPU time (2 threads)" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["environment"]["torch_threads"] == 2 and record["environment"]["cpu_time"]
+    assert record["layers"][0]["auto_how"] == "tuned"
+    entries = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "autotune").glob("*.json")]
+    assert entries and all(e["machine"]["threads"] == 2 for e in entries)
+    set_autotune(None)
+    again = [a for a in argv if a != "--tune"] + ["--autotune", "on", "--threads", "2", "--overwrite"]
+    assert cli(again) == 0
+    assert json.loads(out.read_text())["layers"][0]["auto_how"] == "cached"
+    assert cli(["bench", "layers", "--tune", "--autotune", "off"]) == 2
 
 
 def test_models_bench_channels_last_on_cpu_has_loop_rows(tmp_path, capsys):

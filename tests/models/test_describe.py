@@ -37,7 +37,7 @@ def test_describe_vgg_mini_hybrid_table(capsys):
     total = 97440 + 480 + 16512 + 129 + 448 * 3
     assert f"total {total:,}; trainable {total:,}; covariate-specific {448 * 3:,}" in out
     assert "conditioned layers: features.0 (hybrid)" in out
-    assert "  features.0: auto -> pattern (binary covariates), reference (continuous)" in out
+    assert "  features.0: auto -> pattern (binary covariates), unfold (continuous)" in out
 
 
 def test_describe_research_placements_on_vgg16_bn_json(capsys):
@@ -55,9 +55,9 @@ def test_describe_research_placements_on_vgg16_bn_json(capsys):
     assert info["parameters"]["trainable"] == 4 * (first + last) + 4096 * 2 + 2
     assert info["config"]["hybrid_layers"] == ["features.0", "features.40"]
     # What `auto` picks at batch 32 on this CPU, by the rule: binary K=3 -> 8 patterns -> pattern;
-    # continuous -> the per-sample loop at the 3-channel input, dense expand at 512 channels on 2x2 maps.
+    # continuous -> im2col + batched GEMM at the 3-channel input, dense expand at 512 channels on 2x2 maps.
     assert info["hybrid_backends"] == {
-        "features.0": {"backend": "auto", "binary": "pattern", "continuous": "reference"},
+        "features.0": {"backend": "auto", "binary": "pattern", "continuous": "unfold"},
         "features.40": {"backend": "auto", "binary": "pattern", "continuous": "expand"},
     }
 

@@ -71,6 +71,8 @@ def test_log_is_timestamped_and_holds_progress_and_lightning_messages(run):
     assert "Restoring states from the checkpoint" not in text  # Lightning's per-evaluation notice is dropped as noise
     assert "GPU available" not in text  # the hardware banner is quiet
     assert "run tiny done" in text
+    # which back-end each hybrid conv uses and why (the suite turns tuning off: the rule)
+    assert re.search(r"INFO covfuse\.layers: auto back-end for HybridConv2d .*: \w+ \(rule: tuning off\)", text)
 
 
 def test_progress_shows_each_epochs_own_train_loss(run):

@@ -1,4 +1,5 @@
-"""Layer benchmark: each hybrid back-end vs a plain conv and vs the per-sample loop, forward + backward.
+"""Layer benchmark: each hybrid back-end vs a plain conv and vs the per-sample loop, forward + backward,
+and `auto` against the best of them on this machine (``auto/best``: above 1, `auto` chose badly).
 
 Shapes are the conv layers of VGG16, ResNet-50 (3x3 and 1x1 bottleneck convs, the 7x7 stem) and a
 3D ResNet, at an input side ``size`` (224 on a GPU; smaller on a CPU so one run stays short).
@@ -75,8 +76,9 @@ def run(nets: list[str], size: int, batch: int, ks: list[int], kinds: list[str],
                 backends.append("auto")
                 echo(f"\n{kind} covariates, K={k}, {dtype_name}{' (autocast)' if autocast else ''}, fwd+bwd, "
                      f"ratio to the plain conv: median [min-max] of {rounds} interleaved rounds\n")
-                echo("| shape | batch | plain ms | " + " | ".join(backends) + " | auto picks | loop / auto | hyper / hybrid |")
-                echo("|---|---|---|" + "---|" * len(backends) + "---|---|---|")
+                echo("| shape | batch | plain ms | " + " | ".join(backends)
+                     + " | auto picks | best | auto/best | loop / auto | hyper / hybrid |")
+                echo("|---|---|---|" + "---|" * len(backends) + "---|---|---|---|---|")
                 chosen = [s for net in nets for s in shapes(net, size3d if net == "resnet3d" else size)
                           if not only or any(part in s.label for part in only)]
                 for shape in chosen:
@@ -117,13 +119,17 @@ def _measure(shape: Shape, n: int, k: int, kind: str, dtype_name: str, autocast,
     auto = picked[-1].backend if picked else "?"
     how = picked[-1].how if picked else "?"
     ratios = {b: ratio(samples, b, "plain") for b in names}
+    # the fastest explicit back-end here (the loop included when timed), and auto against it
+    best = min((b for b in names if b != "auto"), key=lambda b: ratios[b].median)
+    auto_over_best = ratio(samples, "auto", best)
     loop_over_auto = ratio(samples, "reference", "auto") if loop and "reference" in samples else None
     hyper_over_hybrid = ratio(samples, "hyper", "auto")
     hyper_picks = [ch.backend for ch in auto_choices() if ch.signature.startswith("HyperConv")]
     cells = " | ".join(ratios[b].spread() if b in ratios else "failed" for b in backends)
     for b, why in failed.items():
         echo(f"  ({b} failed at {shape.label}: {why})")
-    echo(f"| {shape.label} | {n} | {median_ms(samples['plain']):.1f} | {cells} | {auto} ({how}) | "
+    echo(f"| {shape.label} | {n} | {median_ms(samples['plain']):.1f} | {cells} | {auto} ({how}) | {best} | "
+         f"{auto_over_best.spread()} | "
          f"{'' if loop_over_auto is None else loop_over_auto.spread()} | {hyper_over_hybrid.spread()} "
          f"({hyper_picks[-1] if hyper_picks else '?'}) |")
     return {
@@ -131,7 +137,7 @@ def _measure(shape: Shape, n: int, k: int, kind: str, dtype_name: str, autocast,
         "stride": shape.stride, "spatial": shape.spatial, "dims": shape.dims, "batch": n, "k": k, "kind": kind,
         "dtype": dtype_name, "plain_ms": round(median_ms(samples["plain"]), 3),
         "ratio_to_plain": {b: r.as_dict() for b, r in ratios.items()}, "failed": failed,
-        "auto_choice": auto, "auto_how": how,
+        "auto_choice": auto, "auto_how": how, "best": best, "auto_over_best": auto_over_best.as_dict(),
         "loop_over_auto": None if loop_over_auto is None else loop_over_auto.as_dict(),
         "hyper_over_hybrid": hyper_over_hybrid.as_dict(), "hyper_choice": hyper_picks[-1] if hyper_picks else None,
     }

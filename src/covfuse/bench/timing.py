@@ -9,12 +9,15 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from covfuse.layers.autotune import cpu_name
 
 
 @dataclass
@@ -40,15 +43,29 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+_CPU_TIME: bool | None = None  # `covfuse bench --clock`: None = CPU time with one torch thread only
+
+
+def use_cpu_time(enabled: bool | None) -> None:
+    """Time CPU runs by this process's CPU time (True), wall time (False), or by :func:`cpu_clock`'s default (None)."""
+    global _CPU_TIME
+    _CPU_TIME = enabled
+
+
 def cpu_clock(device: torch.device | str) -> bool:
-    """Whether to time with this process's CPU time: on a CPU with one torch thread, CPU time is the
-    work done and leaves out the time other jobs on a shared machine hold the core."""
-    return torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+    """Whether to time with this process's CPU time: by default on a CPU with one torch thread, where
+    CPU time is the work done and leaves out the time other jobs on a shared machine hold the core.
+    With more threads CPU time adds up every thread's time, OpenMP's spin-waits included, which
+    :func:`use_cpu_time` can ask for (steadier than wall time on a shared machine)."""
+    if torch.device(device).type != "cpu":
+        return False
+    return torch.get_num_threads() == 1 if _CPU_TIME is None else _CPU_TIME
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: torch.device | str = "cpu",
                 warmup: int = 1, cpu_time: bool | None = None) -> dict[str, list[float]]:
-    """Seconds per call of each variant, one sample per round, the variants interleaved.
+    """Seconds per call of each variant, one sample per round, the variants interleaved (each round
+    in another order, shuffled by a generator of its own).
 
     ``cpu_time`` (default: :func:`cpu_clock`) measures process CPU time instead of wall time; never
     use it when work happens in other processes (DataLoader workers)."""
@@ -57,8 +74,15 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, device: 
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
+    names = list(variants)
+    for r in range(rounds):
+        # a new order each round (shuffled, with its own seeded generator): what a variant leaves
+        # behind (allocator and cache state; it moved a small CPU layer's time by 1.6x) does not
+        # always fall on the same successor
+        order = names[:]
+        random.Random(r).shuffle(order)
+        for name in order:
+            fn = variants[name]
             sync(device)
             start = clock()
             fn()
@@ -84,7 +108,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_time": cpu_clock(device),
@@ -98,6 +122,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
 
 def header(env: dict) -> str:
     load = env.get("load_average")
-    return (f"{env['device']}, torch {env['torch']}, {env['torch_threads']} threads of {env['cpu_cores']} cores"
+    threads = f"{env['torch_threads']} thread{'s' * (env['torch_threads'] != 1)}"
+    return (f"{env['device']}, torch {env['torch']}, {threads} of {env['cpu_cores']} cores"
             + (f", load average {load[0]:.1f} at start" if load else "")
-            + ("; layer/model times are this process's CPU time (1 thread)" if env.get("cpu_time") else ""))
+            + (f"; layer/model times are this process's CPU time ({threads})" if env.get("cpu_time") else ""))

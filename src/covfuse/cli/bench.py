@@ -25,7 +25,11 @@ def parser() -> Parser:
     p.add_argument("what", nargs="?", default="all", choices=WHAT, help="which benchmark (default all)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default 1 on CPU: steadier on a shared machine)")
+                   help="torch CPU threads (default 1 on CPU: steadier on a shared machine; with --tune "
+                        "torch's default, the count training uses)")
+    p.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
+                   help="how CPU runs are timed: this process's CPU time (cpu: steady on a shared machine, "
+                        "every thread's time added up), wall time, or auto (CPU time with 1 thread, else wall)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5 on CPU layers, 3 otherwise)")
     p.add_argument("--json", type=Path, default=None, help="also write the record to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -41,7 +45,11 @@ def parser() -> Parser:
     g.add_argument("--shapes", default=None, help="keep shapes whose label contains one of these, e.g. '512->512 k3x3 @14'")
     g.add_argument("--no-loop", action="store_true", help="skip the per-sample loop (slow on large shapes)")
     g.add_argument("--autotune", choices=("default", "on", "off"), default="default",
-                   help="how `auto` chooses: default (tunes on CUDA, rule on CPU), on, off")
+                   help="how `auto` chooses: by tuning, or this machine's earlier tuning from the cache "
+                        "(default; COVFUSE_AUTOTUNE=0 switches it off), on, or off (the rule)")
+    g.add_argument("--tune", action="store_true",
+                   help="measure `auto`'s choice for every shape anew and store it in this machine's tuning "
+                        "cache (for the thread count of the run), replacing what it held")
     g = p.add_argument_group("models")
     g.add_argument("--backbones", default="vgg16_bn,resnet50", help="torchvision backbones")
     g.add_argument("--model-size", type=int, default=None, help="input side (default 224 GPU, 112 CPU)")
@@ -69,17 +77,22 @@ def main(argv: list[str]) -> int:
         raise UserError(f"{args.json} exists; pass --overwrite to replace it or choose another --json path")
     import torch
 
-    from covfuse.bench.timing import environment, header
-    from covfuse.layers import set_autotune
+    from covfuse.bench.timing import environment, header, use_cpu_time
+    from covfuse.layers.autotune import set_autotune
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     gpu = device.startswith("cuda")
-    if args.threads is not None or not gpu:
+    if args.tune and args.autotune == "off":
+        raise UserError("--tune measures `auto`'s choices; it cannot go with --autotune off")
+    if args.clock == "cpu" and gpu:
+        raise UserError("--clock cpu times CPU runs; on a GPU the benchmark uses wall time")
+    if args.threads is not None or not (gpu or args.tune):
         torch.set_num_threads(args.threads or 1)
-    if args.autotune != "default":
-        set_autotune(args.autotune == "on")
+    use_cpu_time({"auto": None, "cpu": True, "wall": False}[args.clock])
+    if args.autotune != "default" or args.tune:
+        set_autotune(args.autotune != "off", refresh=args.tune)
     env = environment(device)
     print(f"covfuse bench {args.what}: {header(env)}", flush=True)
     record: dict = {"environment": env, "command": "covfuse bench " + " ".join(argv)}

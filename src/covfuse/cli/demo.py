@@ -9,8 +9,8 @@ and configs/volumes/demo.yaml.
 Rerunning the same command continues DIR (default demo-out/): finished methods are kept and
 skipped, an interrupted one resumes from its checkpoint; a method trained with other settings is
 refused (the keys named) unless --overwrite, which retrains only those. Nothing is ever deleted;
-a foreign non-empty DIR is refused. The twin is written once into ~/.cache/covfuse/ (or --data
-DIR) and reused.
+a foreign non-empty DIR is refused. The twin is written once into ~/.cache/covfuse/
+($COVFUSE_CACHE_DIR if set; or --data DIR) and reused.
 """
 from __future__ import annotations
 

@@ -15,12 +15,12 @@ Six exact back-ends compute the same function (outputs and gradients):
 - ``triton``: an implicit-GEMM Triton kernel whose weight pointer follows the sample or its
   distinct row (:mod:`covfuse.layers.hybrid_triton`). 1x FLOPs, no copies; CUDA only.
 
-``auto`` times the candidates once per call signature and keeps the fastest
-(:mod:`covfuse.layers.autotune`; on by default on CUDA), or else follows the measured rule in
-:func:`rule_backend` (docs/performance.md). Row grouping has no derivative in the covariates, so
-when they require grad (attribution to covariates) `pattern` and `auto` compute the same function
-with a per-row back-end; while tracing for torch.compile or capturing a CUDA graph `auto` does
-too, since grouping rows needs a host sync.
+``auto`` times the candidates once per call signature and machine and keeps the fastest
+(:mod:`covfuse.layers.autotune`: on by default on every device, remembered on disk), or, with
+tuning off, follows the rule in :func:`rule_backend` (docs/performance.md). Row grouping has no
+derivative in the covariates, so when they require grad (attribution to covariates) `pattern`
+and `auto` compute the same function with a per-row back-end; while tracing for torch.compile or
+capturing a CUDA graph `auto` does too, since grouping rows needs a host sync.
 """
 from __future__ import annotations
 
@@ -223,28 +223,40 @@ def choose_backend(x: Tensor, covariates: Tensor, weight: Tensor, groups: int = 
 
 
 def rule_backend(x: Tensor, num_patterns: int, weight: Tensor, groups: int) -> str:
-    """The `auto` rule when tuning is off, from CPU measurements (benchmarks/, docs/performance.md).
+    """`auto`'s fallback where it does not time (tuning off, tracing, covariates that need gradients), from CPU
+    measurements: float32 fwd+bwd, batch 32, K=3, VGG16 shapes (docs/performance.md). Measured at
+    1 thread on the 2-core development VM of earlier sessions (CPU model not recorded) and checked
+    at 2 threads (torch's default there, as in training) on an AMD EPYC with AVX-512, 2 cores,
+    2026-12, where it matched the tuned choice at every shape down to 256@14 except, in some runs,
+    the 3-channel input. It does not know the machine's load: on busy cores, or CPUs where batch-1 convs are slow
+    (another EPYC, AVX2, issue 35), the back-ends that split the batch (pattern, the loop) lose by
+    up to 5x, which is why `auto` tunes by default.
 
     With few distinct covariate rows (binary covariates, K <= 3) the pattern form is about 1x a
     plain conv down to 14x14 maps. With continuous covariates every row is distinct; then on CPU
-    the grouped conv (CondConv's trick) is fastest at mid-sized layers and the per-sample loop at
-    narrow inputs and at wide layers on small maps. On GPUs grouped convs with thousands of groups
-    are known to be slow in cuDNN for wide layers, so there the rule uses expand (dense, (K+1)x
-    FLOPs) beyond narrow inputs; on CUDA `auto` tunes by default instead of trusting this.
+    the grouped conv (CondConv's trick) is fastest at mid-sized layers, the per-sample loop at wide
+    layers on small maps and im2col + one batched GEMM (`unfold`) at narrow inputs. On GPUs grouped
+    convs with thousands of groups are known to be slow in cuDNN for wide layers, so there the rule
+    uses expand (dense, (K+1)x FLOPs) beyond narrow inputs.
     """
     n = x.shape[0]
     if n > 1 and num_patterns <= min(MAX_AUTO_PATTERNS, max(1, n // 2)):
         return "pattern"
     in_channels = weight.shape[1] * groups
     if x.device.type == "cpu":
-        # Every row distinct, 2D: oneDNN runs batch-1 convs well, so the plain per-sample loop beats
-        # its many-group conv at narrow inputs (0.6x vs 0.9x a plain conv at 3->64) and at wide layers
-        # on small maps (1.8x vs 2.4x at 256@14, 2.8x vs 3.6x at 512@7); grouped wins in between.
-        # On maps of at most 4x4 both lose to dense expand (4.8x vs 8.5-9.7x at 512@3, K=3).
+        # Every row distinct, 2D: the per-sample loop beats the many-group conv at wide layers on
+        # small maps (old VM, 1 thread: 1.8x vs 2.4x a plain conv at 256@14, 2.8x vs 3.6x at 512@7;
+        # EPYC, 2 threads: 1.9-2.0x vs 2.7-2.9x at 256@14). At the 3-channel input `unfold` and the
+        # loop trade places from run to run on the EPYC at 2 threads (1.1x vs 1.7x, then 0.6-0.7x vs
+        # 0.55-0.6x; the old VM's loop: 0.6x at 1 thread), and on issue 35's AVX2 EPYC the loop lost
+        # 4.7x to unfold's 0.63x, so the rule takes `unfold`, never far from the best. Grouped wins
+        # in between. On maps of at most 4x4 all lose to dense expand (4.8x vs 8.5-9.7x at 512@3, old VM).
         positions = x.shape[2] * x.shape[3] if x.dim() == 4 else None
         if positions is not None and positions <= 16 and in_channels > 16:
             return "expand"
-        if positions is not None and (in_channels <= 16 or (in_channels >= 256 and positions <= 196)):
+        if positions is not None and in_channels <= 16:
+            return "unfold"
+        if positions is not None and in_channels >= 256 and positions <= 196:
             return "reference"
         return "grouped"
     return "grouped" if in_channels <= 16 else "expand"
@@ -289,8 +301,13 @@ def auto_candidates(device: torch.device, batch: int, num_patterns: int, loop: b
     return names + (["reference"] if loop else [])
 
 
-def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str]) -> dict[str, float]:
-    """Milliseconds per call (forward, + backward under grad mode) of each candidate on detached copies."""
+# Back-ends that split the batch into several convs (slow where small batches are): timed last,
+# and dropped after their warm-up when that is already far behind (autotune.measure).
+SPLITS_BATCH = frozenset({"pattern", "reference"})
+
+
+def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str]) -> autotune.Timing:
+    """Each candidate's time per call (forward, + backward under grad mode) on detached copies."""
     x, c, w, cw, b, cb, conv, kwargs = args
     grad = torch.is_grad_enabled()
     leaves = [t.detach().requires_grad_(grad and t.requires_grad) for t in (x, w, cw, b, cb) if t is not None]
@@ -304,19 +321,23 @@ def _tune(args: tuple, rows: tuple[Tensor, Tensor, Tensor], candidates: list[str
         def run() -> None:
             out = _call(name, targs, rows)
             if wanted:
-                if not grad_out:
-                    grad_out.append(torch.randn_like(out))
+                if not grad_out:  # not random: tuning must leave the caller's random stream alone
+                    grad_out.append(torch.ones_like(out))
                 torch.autograd.grad(out, wanted, grad_out[0])
         return run
 
-    steps = {}
-    for name in candidates:
-        try:  # a candidate that cannot run here (out of memory, unsupported dtype) is not a choice
-            step(name)()
-            steps[name] = step(name)
-        except (RuntimeError, torch.OutOfMemoryError):
-            continue
-    return autotune.time_candidates(steps, x.device)
+    # 1x-FLOP back-ends first, so the early drops can save the (K+1)x-FLOP expand and the splitters
+    order = sorted(candidates, key=lambda n: (n in SPLITS_BATCH, n == "expand"))
+    return autotune.measure({name: step(name) for name in order}, x.device, SPLITS_BATCH)
+
+
+def _layout(x: Tensor) -> str:
+    if x.is_contiguous():
+        return "contiguous"
+    for fmt, name in ((torch.channels_last, "channels_last"), (torch.channels_last_3d, "channels_last_3d")):
+        if x.dim() == (4 if name == "channels_last" else 5) and x.is_contiguous(memory_format=fmt):
+            return name
+    return "strided"
 
 
 def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer: str = "HybridConv",
@@ -330,21 +351,26 @@ def _auto(args: tuple, rows: tuple[Tensor, Tensor, Tensor] | None = None, layer:
         return traced_backend(x, w, groups), None
     rows = unique_rows(c) if rows is None else rows
     num_patterns = rows[0].shape[0]
-    key = (conv, tuple(x.shape), x.dtype, x.device, tuple(w.shape), cw.shape[0], loop, w.dtype, repr(kwargs), b is not None,
-           num_patterns, torch.is_grad_enabled(), torch.is_autocast_enabled(x.device.type),
+    key = (conv, tuple(x.shape), x.dtype, x.device, x.is_contiguous(), tuple(w.shape), cw.shape[0], loop, w.dtype,
+           repr(kwargs), b is not None, num_patterns, torch.is_grad_enabled(), torch.is_autocast_enabled(x.device.type),
            torch.get_autocast_dtype(x.device.type))
     choice = autotune.lookup(key)
     if choice is None:
         signature = _signature(x, w, kwargs, num_patterns, layer)
+        note = "tuning off"
         if autotune.autotune_enabled(x.device):
             autocast = torch.is_autocast_enabled(x.device.type)
             dtype = torch.get_autocast_dtype(x.device.type) if autocast else torch.promote_types(x.dtype, w.dtype)
             candidates = auto_candidates(x.device, x.shape[0], num_patterns, loop, dtype)
-            times = _tune(args, tuple(r.detach() for r in rows), candidates)
-            choice = autotune.AutoChoice(min(times, key=times.get), "tuned", signature, times)
-        else:
+            disk_key = (f"{signature} | {_layout(x)} | K {cw.shape[0]} | {sorted(kwargs.items())} | "
+                        f"bias {b is not None} | weight {str(w.dtype).removeprefix('torch.')} | loop {loop}")
+            rows_d = tuple(r.detach() for r in rows)
+            choice = autotune.decide(x.device, disk_key, signature, candidates, lambda: _tune(args, rows_d, candidates))
+            note = "every candidate failed"
+        if choice is None:
             backend = rule_backend(x, num_patterns, w, groups)
-            choice = autotune.AutoChoice("grouped" if backend == "reference" and not loop else backend, "rule", signature)
+            choice = autotune.AutoChoice("grouped" if backend == "reference" and not loop else backend, "rule", signature,
+                                         note=note)
         autotune.remember(key, choice)
     return choice.backend, rows
 

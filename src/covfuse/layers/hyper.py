@@ -6,11 +6,11 @@ code of E values and (W_e, b_e) is the hypernetwork's last, linear layer. With `
 is z itself and the layer is exactly :class:`covfuse.layers.HybridConv2d` (its linear special case).
 
 Kernels are applied by the hybrid back-ends (:mod:`covfuse.layers.hybrid_functional`) with the
-code in place of the covariates; ``pattern`` (one conv per distinct covariate row) runs the MLP on
-the whole batch and takes each distinct row's code. ``auto`` chooses as it does for a hybrid conv,
-but never the per-sample loop (``reference``; where hybrid's rule would pick it, ``grouped``).
-Cost: the code width E plays the part of K, so a hyper conv costs about what a hybrid conv with E
-covariates costs (docs/performance.md).
+code in place of the covariates: ``expand`` and ``grouped`` with no loop over the batch, and
+``pattern`` (one conv per distinct covariate row) runs the MLP on the distinct rows only. ``auto``
+tunes among those and the other batch-wide back-ends (``unfold``; ``triton`` on CUDA), never the
+per-sample loop (``reference``, kept for tests) that hybrid's tuning and rule may pick. Cost: the code width E plays the part of K, so a hyper conv costs
+about what a hybrid conv with E covariates costs (docs/performance.md).
 
 Where covfuse differs from the reference (daniel4725/HyperFusion, ``models/Hyperfusion/hyper_base.py``):
 - the reference loops over the batch in Python; here the batch is one (grouped or dense) conv;

@@ -71,8 +71,8 @@ AUTO_BATCH = 32  # the batch `describe` assumes when it says what `auto` picks
 
 def auto_backends(model: FusionModel, input_shape: tuple[int, ...], batch: int = AUTO_BATCH) -> dict[str, dict[str, str]]:
     """Per hybrid layer: its back-end setting and what the `auto` rule picks for a batch of ``batch``
-    with binary covariates (min(2^K, batch) distinct rows) and continuous ones (all distinct). On
-    CUDA, `auto` tunes on first use instead (see covfuse.layers.autotune); the run log says what."""
+    with binary covariates (min(2^K, batch) distinct rows) and continuous ones (all distinct). By
+    default `auto` tunes on first use instead (see covfuse.layers.autotune); the run log says what."""
     inputs: dict[str, tuple[int, ...]] = {}
     layers = [(name, m) for name, m in model.network.named_modules() if isinstance(m, HYBRID_TYPES)]
     handles = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, tuple(args[0].shape[1:])))
@@ -208,8 +208,8 @@ def format_table(desc: Description) -> str:
         f"parameters: total {desc.total:,}; trainable {desc.trainable:,}; covariate-specific {desc.covariate:,}",
     ]
     if desc.backends:
-        out.append(f"hybrid back-ends (what `auto` picks at batch {AUTO_BATCH} by its rule; on CUDA it tunes "
-                   "on first use and logs its choice):")
+        out.append(f"hybrid back-ends (what `auto`'s fallback rule picks at batch {AUTO_BATCH}; by default it tunes "
+                   "on first use, or reuses this machine's earlier tuning, and logs its choice):")
         out += [f"  {name}: {b['backend']}" + (f" -> {b['binary']} (binary covariates), {b['continuous']} (continuous)"
                                                if "binary" in b else "") for name, b in desc.backends.items()]
     return "\n".join(out)

@@ -20,6 +20,7 @@ from covfuse.data.twins.brains import write_synth3d
 from covfuse.data.twins.faces import write_synth
 from covfuse.errors import UserError
 from covfuse.io import atomic_write_text
+from covfuse.layers.autotune import cache_home
 from covfuse.studies.format import json_safe
 from covfuse.studies.report import build_report, write_report
 from covfuse.studies.sweep import grown, plan_study, prepare_study, run_status, run_study, write_study
@@ -56,19 +57,13 @@ def say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def cache_home() -> Path:
-    """``$XDG_CACHE_HOME/covfuse`` or ``~/.cache/covfuse``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "covfuse"
-
-
 def twin_folder(o: DemoOptions) -> Path:
     if o.data is not None:
         return o.data
     if o.volumes:
-        return cache_home() / f"synth3d-{o.effect}-n{o.n}-s{o.seed}-{o.size}"
+        return Path(cache_home()) / f"synth3d-{o.effect}-n{o.n}-s{o.seed}-{o.size}"
     w, h = o.image_size
-    return cache_home() / f"synth-{o.effect}-n{o.n}-s{o.seed}-{w}x{h}"
+    return Path(cache_home()) / f"synth-{o.effect}-n{o.n}-s{o.seed}-{w}x{h}"
 
 
 def data_root(o: DemoOptions) -> Path:

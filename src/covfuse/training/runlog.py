@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
+from covfuse.layers import autotune
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LOGGERS = ("", "lightning.pytorch", "lightning.fabric")  # the last two do not propagate to the root
 
@@ -76,6 +78,7 @@ def capture(path: str | Path, enabled: bool = True) -> Iterator[None]:
     ours = logging.getLogger("covfuse")  # propagates to the root's handler
     old_level = ours.level
     ours.setLevel(logging.INFO)
+    autotune.log_again()  # each run's log names the hybrid back-ends it uses, even those chosen before
     out, err = sys.stdout, sys.stderr
     tee_out, tee_err = _Tee(out, log, lock, "|"), _Tee(err, log, lock, "!")
     sys.stdout, sys.stderr = tee_out, tee_err
