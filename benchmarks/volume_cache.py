@@ -3,10 +3,13 @@ build's time, the cache's size and the peak resident memory of the build (this p
 largest worker, from the kernel's high-water marks), so a cache bigger than the machine's memory
 can be checked to build in bounded memory.
 
-    python benchmarks/volume_cache.py [--count 6000] [--size 128] [--workers 2] [--input 48] [--geometry resize] [--max-rss-gib 2] [--dir DIR]
+    python benchmarks/volume_cache.py [--count 6000] [--size 128] [--workers 2] [--input 48] [--geometry resize] [--max-rss-gib 2] [--cgroup-gib 2] [--dir DIR]
 
 ``--max-rss-gib``: exit 1 if the build's peak proportional set size (this process and its workers,
 sampled every 0.2 s; shared library pages divided among the processes using them) exceeds it.
+``--cgroup-gib``: build inside a memory cgroup of that size (needs root and cgroup v1 or v2 mounted
+writable at /sys/fs/cgroup): the kernel then counts the cache file's pages in page cache too, so a
+cache larger than the limit cannot stay resident, and a build that needed more would be killed.
 The cohort and the cache are written under ``--dir`` (default: a temporary folder, removed after).
 """
 from __future__ import annotations
@@ -70,6 +73,35 @@ class Peak(threading.Thread):
                 self.peak[field] = max(self.peak[field], sum(_kib(p, name, field) for p in pids))
 
 
+def enter_cgroup(gib: float) -> Path:
+    """Move this process (and so the workers it starts) into a new memory cgroup limited to ``gib``; its folder."""
+    limit = str(int(gib * 2**30))
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    base = Path("/sys/fs/cgroup") if v2.exists() else Path("/sys/fs/cgroup/memory")
+    group = base / f"covfuse-volume-bench-{os.getpid()}"
+    group.mkdir()
+    (group / ("memory.max" if v2.exists() else "memory.limit_in_bytes")).write_text(limit)
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+    return group
+
+
+def cgroup_peak(group: Path) -> float:
+    """The cgroup's peak charge in GiB (anonymous memory and page cache): v1's max_usage, v2's memory.peak."""
+    for name in ("memory.max_usage_in_bytes", "memory.peak"):
+        if (group / name).exists():
+            return int((group / name).read_text()) / 2**30
+    return float("nan")
+
+
+def leave_cgroup(group: Path) -> None:
+    """Back to the parent cgroup, and the benchmark's cgroup removed."""
+    (group.parent / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        group.rmdir()
+    except OSError:  # a worker still exiting; the empty cgroup goes with the next boot
+        pass
+
+
 def cohort(folder: Path, count: int, side: int) -> list[Path]:
     """``count`` int16 NIfTI files of ``side``^3 voxels: a bright ball in noise, a different one each."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,6 +124,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="build processes (default 2)")
     p.add_argument("--chunk", type=int, default=32, help="volumes per chunk (default 32)")
     p.add_argument("--max-rss-gib", type=float, default=None, help="fail if the build's peak memory exceeds this")
+    p.add_argument("--cgroup-gib", type=float, default=None,
+                   help="build inside a memory cgroup of this many GiB (root; page cache counted)")
     p.add_argument("--dir", type=Path, default=None, help="where to write the cohort and cache (default: a temporary folder)")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="covfuse-volume-bench-", dir=args.dir))
@@ -100,6 +134,7 @@ def main() -> int:
         files = cohort(root / "cohort", args.count, args.input)
         print(f"wrote {args.count:,} NIfTI files ({args.input}^3) in {time.perf_counter() - start:.1f} s")
         before = status("VmHWM")
+        group = enter_cgroup(args.cgroup_gib) if args.cgroup_gib else None
         monitor = Peak()
         monitor.start()
         start = time.perf_counter()
@@ -108,6 +143,11 @@ def main() -> int:
         took = time.perf_counter() - start
         monitor.stop.set()
         monitor.join()
+        if group is not None:
+            charged = cgroup_peak(group)
+            leave_cgroup(group)
+            print(f"built inside a memory cgroup limited to {args.cgroup_gib:g} GiB: its peak charge (processes "
+                  f"and page cache) {charged:.2f} GiB")
         peak = {k: v / 2**20 for k, v in monitor.peak.items()}
         gib = cache.path.stat().st_size / 2**30
         worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB, largest child

@@ -29,8 +29,7 @@ from covfuse.studies.format import (
 from covfuse.studies.search import markdown as search_markdown
 from covfuse.studies.search import read_summary
 from covfuse.studies.stats import (
-    cluster_bootstrap, clustered_mcnemar, holm, paired_cluster_bootstrap, paired_difference, pooled_interval,
-    score_draws, seed_test,
+    Draws, clustered_mcnemar, holm, paired_difference, pooled_interval, score_draws, seed_test,
 )
 from covfuse.studies.status import run_state
 from covfuse.studies.sweep import Run, Study, run_status
@@ -334,12 +333,13 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
             raise UserError(f"cells {c.name} and {first.name} were evaluated on different samples; "
                             "compare cells of one study on one data folder")
     pool = len(first.ids)
+    shared, own = draw_cells(cells, [metric, *(n for n in ALSO.get(task, ()) if n != metric)], n_boot=n_boot, seed=seed)
     rows = [empty_row(name, study.cells[name], null_reason(None, metric, split)) if c is None
-            else cell_row(c, metric, split, n_boot=n_boot, seed=seed) for name, c in cells.items()]
+            else cell_row(c, own[name], metric, split, n_boot=n_boot, seed=seed) for name, c in cells.items()]
     base_row = rows[list(cells).index(baseline)]
     for row, c in zip(rows, cells.values()):
         if c is not None:
-            compare(study, row, c, base_row, base, metric, split, n_boot=n_boot, seed=seed, pool=pool)
+            compare(study, row, c, base_row, base, shared, metric, split, pool=pool)
         row["missing_runs"] = [m["run"] for m in missing if m["cell"] == row["setting"]]
         if c is not None and c.notes:
             row["notes"] = c.notes
@@ -352,7 +352,7 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
             r["verdict_reason"] = r.get("difference_reason", "no difference to test")
     base_row = next(r for r in rows if r["setting"] == baseline)
     base_row.update(verdict="baseline")
-    also_scores(rows, cells, baseline, metric, task, split, n_boot=n_boot, seed=seed)
+    also_scores(rows, cells, baseline, metric, task, split, shared, own)
     search = read_summary(study)  # an Optuna search's tuning table
     curves = clinical_plots.study_curves({name: (c.labels, c.probs, c.thresholds) for name, c in cells.items()
                                           if c is not None}, task)
@@ -365,13 +365,33 @@ def build_report(study: Study, *, baseline: str | None = None, metric: str | Non
     return out
 
 
-def cell_row(c: CellData, metric: str, split: str, *, n_boot: int, seed: int) -> dict:
+def _usable(c: CellData, name: str) -> bool:
+    """Whether score ``name`` can be drawn for cell ``c``: a survival run's IBS and td-AUC need its reference."""
+    return not (c.task == "survival" and name in ("ibs", "td_auc") and c.references is None)
+
+
+def draw_cells(cells: dict[str, CellData | None], names: Sequence[str], *, n_boot: int, seed: int
+               ) -> tuple[dict[str, Draws], dict[str, Draws]]:
+    """Each cell's ``names`` (the first, the report's metric, and those others it can score, :func:`_usable`) on the report's resamples, scored once
+    (:func:`score_draws`): ``shared`` pairs every cell with the baseline on the same people; ``own`` gives
+    each cell's interval, from a one-run cell's own resamples when it has them (:func:`own_resamples`)."""
+    def draw(c: CellData, boots: int, draw_seed: int) -> Draws:
+        usable = [names[0], *(n for n in names[1:] if _usable(c, n))]  # the report's metric, always (null: why)
+        return score_draws(c.labels, c.probs, c.groups, usable, n_boot=boots, seed=draw_seed, task=c.task,
+                           references=c.references, threshold=c.thresholds)
+
+    shared = {cell: draw(c, n_boot, seed) for cell, c in cells.items() if c is not None}
+    own = {cell: shared[cell] if c.own in (None, (n_boot, seed)) else draw(c, *c.own)
+           for cell, c in cells.items() if c is not None}
+    return shared, own
+
+
+def cell_row(c: CellData, drawn: Draws, metric: str, split: str, *, n_boot: int, seed: int) -> dict:
     """One cell's row before the comparison: mean ± sd over its runs and the pooled estimate with its CI
-    (a one-run cell: that run's own resamples, :func:`own_resamples`); nulls with their reasons; a binary
-    cell's decision thresholds."""
+    from ``drawn`` (a one-run cell: that run's own resamples, :func:`own_resamples`); nulls with their
+    reasons; a binary cell's decision thresholds."""
     boots, draw_seed = c.own or (n_boot, seed)
-    pooled = cluster_bootstrap(c.labels, c.probs, c.groups, metric, n_boot=boots, seed=draw_seed, task=c.task,
-                               references=c.references, threshold=c.thresholds)
+    pooled = {**pooled_interval(drawn, metric), "clusters": drawn.clusters}
     values = list(c.per_run.values())
     complete = all(math.isfinite(v) for v in values)
     row: dict = {"setting": c.name, "settings": c.settings, "n_runs": len(c.runs),
@@ -398,10 +418,10 @@ def cell_row(c: CellData, metric: str, split: str, *, n_boot: int, seed: int) ->
     return row
 
 
-def compare(study: Study, row: dict, c: CellData, base_row: dict, base: CellData | None, metric: str, split: str, *,
-            n_boot: int, seed: int, pool: int) -> None:
-    """``row`` gets the paired difference from the baseline (CI, bootstrap and across-run tests, p), or
-    null with the reason: it is the baseline, or either side has no value."""
+def compare(study: Study, row: dict, c: CellData, base_row: dict, base: CellData | None, shared: dict[str, Draws],
+            metric: str, split: str, *, pool: int) -> None:
+    """``row`` gets the paired difference from the baseline (CI, bootstrap and across-run tests, p; the draws of
+    :func:`draw_cells` on the same people), or null with the reason: it is the baseline, or either side has no value."""
     if row is base_row:
         row["difference_reason"] = "the baseline"
         return
@@ -411,9 +431,7 @@ def compare(study: Study, row: dict, c: CellData, base_row: dict, base: CellData
     if base is None or base_row["estimate"] is None:
         row["difference_reason"] = f"no {metric} for the baseline: {base_row.get('estimate_reason')}"
         return
-    paired = paired_cluster_bootstrap(c.labels, c.probs, base.probs, c.groups, metric, n_boot=n_boot, seed=seed,
-                                      task=c.task, references_a=c.references, references_b=base.references,
-                                      threshold=c.thresholds, threshold_b=base.thresholds)
+    paired = paired_difference(shared[c.name], shared[base.name], metric)
     common = sorted(set(c.per_run) & set(base.per_run), key=lambda k: (k[0], -1 if k[1] is None else k[1]))
     diffs = [c.per_run[k] - base.per_run[k] for k in common]
     if study.kind == "cv" and common:
@@ -433,13 +451,8 @@ def compare(study: Study, row: dict, c: CellData, base_row: dict, base: CellData
                                                      threshold=c.thresholds[0], threshold_b=base.thresholds[0])
 
 
-def _usable(c: CellData, name: str) -> bool:
-    """Whether score ``name`` can be drawn for cell ``c``: a survival run's IBS and td-AUC need its reference."""
-    return not (c.task == "survival" and name in ("ibs", "td_auc") and c.references is None)
-
-
 def also_scores(rows: list[dict], cells: dict[str, CellData | None], baseline: str, metric: str, task: str,
-                split: str, *, n_boot: int, seed: int) -> None:
+                split: str, shared: dict[str, Draws], own: dict[str, Draws]) -> None:
     """Each row's ``also``: the task's :data:`ALSO` scores other than the report's metric, each with a pooled CI
     and the paired difference from the baseline (CI, p, Holm over the compared cells of that score), people
     resampled as for the main metric and every score drawn from the same resamples (:func:`score_draws`; a
@@ -447,17 +460,6 @@ def also_scores(rows: list[dict], cells: dict[str, CellData | None], baseline: s
     (a cell without a finished run; a survival run's IBS and td-AUC without its training-split reference:
     CV, older runs)."""
     names = [n for n in ALSO.get(task, ()) if n != metric]
-    if not names:
-        return
-
-    def draw(c: CellData, boots: int, draw_seed: int):
-        usable = [n for n in names if _usable(c, n)]
-        return score_draws(c.labels, c.probs, c.groups, usable, n_boot=boots, seed=draw_seed, task=task,
-                           references=c.references, threshold=c.thresholds) if usable else None
-
-    shared = {cell: draw(c, n_boot, seed) for cell, c in cells.items() if c is not None}
-    own = {cell: shared[cell] if c.own in (None, (n_boot, seed)) else draw(c, *c.own)
-           for cell, c in cells.items() if c is not None}
     for name in names:
         entries = {}
         for cell, c in cells.items():

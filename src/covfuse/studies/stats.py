@@ -3,7 +3,7 @@
 Samples are grouped (CelebA identity, MRI subject): ~20 photos of one person share the person's
 covariates and look alike, so they are not independent. Every interval here resamples whole
 groups (a cluster bootstrap); passing one group per sample gives the image-level versions. The
-resampling engine (:func:`covfuse.training.metrics.resample_weights`) lives in ``training``
+resampling engine (:func:`covfuse.training.metrics.draw_scores`) lives in ``training``
 because a run writes its own metrics.json and ``training`` must not import ``studies``.
 
 What each test assumes (the report repeats it):
@@ -24,7 +24,7 @@ from scipy import stats as sps
 
 from covfuse.errors import UserError
 from covfuse.training.metrics import (
-    bootstrap_interval, check_metric, cluster_codes, resample_weights, score_bounds, task_scores,
+    bootstrap_interval, check_metric, cluster_codes, draw_scores, resample_weights, score_bounds, task_scores,
 )
 
 __all__ = [
@@ -63,12 +63,6 @@ def _mean_scores(y: np.ndarray, runs: np.ndarray, names: Sequence[str], threshol
     return {name: np.mean([s[name] for s in per_run], axis=0) for name in names}
 
 
-def _mean_score(y: np.ndarray, runs: np.ndarray, metric: str, threshold, weights=None,
-                task: str = "binary", references=None) -> np.ndarray:
-    """``metric`` averaged over the rows of ``runs`` (:func:`_mean_scores`)."""
-    return _mean_scores(y, runs, [metric], threshold, weights, task, references)[metric]
-
-
 def check_n_boot(n_boot) -> int:
     """``n_boot`` as an int >= 2 (a standard error needs two resamples), else a UserError."""
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
@@ -104,16 +98,10 @@ def cluster_bootstrap(labels, probs, groups, metric: str = "accuracy", *, n_boot
     ``probs >= threshold`` (a float, one per sample (N,) or per run and sample (R, N)).
     Returns ``{"estimate", "ci": [lo, hi], "clusters", "metric", "n_boot"}``.
     """
-    n_boot = check_n_boot(n_boot)
-    y, (p,) = _check(metric, task, labels, probs)
-    codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
-    estimate = float(_mean_score(y, p, metric, threshold, task=task, references=references)[0])
-    draws = np.concatenate([_mean_score(y, p, metric, threshold, w, task, references)
-                            for w in resample_weights(codes, n_boot, seed)])
-    clusters = int(codes.max()) + 1
-    ci = bootstrap_interval(estimate, draws, clusters, level, bounds=score_bounds(metric))[0]
-    return {"estimate": estimate, "ci": ci, "clusters": clusters,
-            "metric": metric, "n_boot": int(np.isfinite(draws).sum())}
+    d = score_draws(labels, probs, groups, [metric], n_boot=n_boot, seed=seed, threshold=threshold, task=task,
+                    references=references)
+    return {**pooled_interval(d, metric, level), "clusters": d.clusters, "metric": metric,
+            "n_boot": int(np.isfinite(d.draws[metric]).sum())}
 
 
 def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "accuracy", *, n_boot: int = 2000,
@@ -127,18 +115,13 @@ def paired_cluster_bootstrap(labels, probs_a, probs_b, groups, metric: str = "ac
     so the interval excludes zero exactly when p < 1 - level. ``task`` and ``threshold`` as in
     :func:`cluster_bootstrap` (``threshold_b``: b's, when it differs from a's).
     """
-    n_boot = check_n_boot(n_boot)
-    y, (pa, pb) = _check(metric, task, labels, probs_a, probs_b)
-    tb = threshold if threshold_b is None else threshold_b
-    codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
-    observed = float(_mean_score(y, pa, metric, threshold, task=task, references=references_a)[0]
-                     - _mean_score(y, pb, metric, tb, task=task, references=references_b)[0])
-    draws = np.concatenate([_mean_score(y, pa, metric, threshold, w, task, references_a)
-                            - _mean_score(y, pb, metric, tb, w, task, references_b)
-                            for w in resample_weights(codes, n_boot, seed)])
-    clusters = int(codes.max()) + 1
-    ci, p = _difference_test(observed, draws, clusters, level)
-    return {"difference": observed, "ci": ci, "p_value": p, "clusters": clusters, "metric": metric,
+    _check(metric, task, labels, probs_a, probs_b)
+    kw = dict(n_boot=n_boot, seed=seed, task=task)
+    a = score_draws(labels, probs_a, groups, [metric], threshold=threshold, references=references_a, **kw)
+    b = score_draws(labels, probs_b, groups, [metric], threshold=threshold if threshold_b is None else threshold_b,
+                    references=references_b, **kw)
+    draws = a.draws[metric] - b.draws[metric]
+    return {**paired_difference(a, b, metric, level), "clusters": a.clusters, "metric": metric,
             "n_boot": int(np.isfinite(draws).sum())}
 
 
@@ -153,17 +136,19 @@ class Draws:
 
 def score_draws(labels, probs, groups, metrics: Sequence[str], *, n_boot: int = 2000, seed: int = 0,
                 threshold=0.5, task: str = "binary", references=None) -> Draws:
-    """Every metric of ``metrics`` on the same cluster-bootstrap resamples, scored once per resample: the
-    engine :func:`cluster_bootstrap` and :func:`paired_cluster_bootstrap` run metric by metric. Two cells
-    drawn with the same ``groups``, ``n_boot`` and ``seed`` share their resamples, so
-    :func:`paired_difference` of their draws is :func:`paired_cluster_bootstrap`'s answer."""
+    """Every metric of ``metrics`` on the same cluster-bootstrap resamples
+    (:func:`covfuse.training.metrics.draw_scores`: a score that is a sum over samples from per-person sums,
+    one matrix product for all resamples), runs averaged: the engine of :func:`cluster_bootstrap` and
+    :func:`paired_cluster_bootstrap`. Two cells drawn with the same ``groups``, ``n_boot`` and ``seed``
+    share their resamples, so :func:`paired_difference` of their draws is :func:`paired_cluster_bootstrap`'s
+    answer: a report scores each cell once."""
     n_boot = check_n_boot(n_boot)
     y, (p,) = _check(list(metrics), task, labels, probs)
     codes = cluster_codes(None if groups is None else np.asarray(groups), len(y))
     point = _mean_scores(y, p, metrics, threshold, task=task, references=references)
-    parts = [_mean_scores(y, p, metrics, threshold, w, task, references) for w in resample_weights(codes, n_boot, seed)]
-    return Draws({name: float(point[name][0]) for name in metrics},
-                 {name: np.concatenate([part[name] for part in parts]) for name in metrics}, int(codes.max()) + 1)
+    draws = draw_scores(task, y, list(p), codes, list(metrics), n_boot=n_boot, seed=seed,
+                        thresholds=list(_thresholds(threshold, p)), references=references)
+    return Draws({name: float(point[name][0]) for name in metrics}, draws, int(codes.max()) + 1)
 
 
 def pooled_interval(d: Draws, metric: str, level: float = 0.95) -> dict:

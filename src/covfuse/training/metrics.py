@@ -108,11 +108,6 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float | np.ndarray 
     fn = (w * (~pred & y)).sum(1)
     tn = (w * (~pred & ~y)).sum(1)
     pos, neg = tp + fn, tn + fp
-    tpr, tnr = _safe_div(tp, pos), _safe_div(tn, neg)
-    f1_pos = np.nan_to_num(_safe_div(2 * tp, 2 * tp + fp + fn), nan=0.0)
-    f1_neg = np.nan_to_num(_safe_div(2 * tn, 2 * tn + fn + fp), nan=0.0)
-    with np.errstate(invalid="ignore"):
-        balanced = np.nanmean(np.stack([tpr, tnr]), axis=0) if y.shape[1] else np.full(len(tp), np.nan)
     if "auroc" not in want:
         u = np.full(len(tp), np.nan)
     elif weights is not None:
@@ -124,20 +119,32 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float | np.ndarray 
               "calibration_intercept": clinical.calibration_intercept, "calibration_slope": clinical.calibration_slope}
     extra = {name: _rows(fn, y, p, w if weights is not None else None) if name in want else np.full(len(tp), np.nan)
              for name, fn in costly.items()}
+    return {**confusion_scores(tp, fp, fn, tn), "auroc": _safe_div(u, pos * neg),
+            "brier": _safe_div((w * (p - y) ** 2).sum(1), w.sum(1)), **extra}
+
+
+def confusion_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> dict[str, np.ndarray]:
+    """The threshold scores of :func:`scores` from each row's (weighted) confusion counts: a cluster bootstrap
+    sums the counts per person once and each resample's counts are a product (:func:`draw_scores`)."""
+    pos, neg = tp + fn, tn + fp
+    tpr, tnr = _safe_div(tp, pos), _safe_div(tn, neg)
+    f1_pos = np.nan_to_num(_safe_div(2 * tp, 2 * tp + fp + fn), nan=0.0)
+    f1_neg = np.nan_to_num(_safe_div(2 * tn, 2 * tn + fn + fp), nan=0.0)
+    recalls = np.stack([tpr, tnr])
+    present = np.isfinite(recalls).sum(0)  # the recalls of the classes present (none: NaN)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        balanced = np.where(present > 0, np.nansum(recalls, axis=0) / np.maximum(present, 1), np.nan)
     return {
         "accuracy": _safe_div(tp + tn, pos + neg),
         "balanced_accuracy": balanced,
         "f1": f1_pos,
         "f1_macro": (f1_pos + f1_neg) / 2,
-        "auroc": _safe_div(u, pos * neg),
         "tpr": tpr,
         "fpr": _safe_div(fp, neg),
         "sensitivity": tpr,
         "specificity": tnr,
         "ppv": _safe_div(tp, tp + fp),
         "npv": _safe_div(tn, tn + fn),
-        "brier": _safe_div((w * (p - y) ** 2).sum(1), w.sum(1)),
-        **extra,
     }
 
 
@@ -169,15 +176,7 @@ def multiclass_scores(labels: np.ndarray, predicted: np.ndarray, weights: np.nda
     c = int(num_classes or (max(int(y.max(initial=0)), int(p.max(initial=0))) + 1))
     w = weight_rows(len(y), weights)
     cell = csr_matrix((np.ones(len(y)), (np.arange(len(y)), y * c + p)), shape=(len(y), c * c))
-    conf = np.asarray((cell.T @ w.T).T).reshape(len(w), c, c)  # (B, true, predicted)
-    tp = np.diagonal(conf, axis1=1, axis2=2)
-    true, pred = conf.sum(2), conf.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(true > 0, tp / np.where(true > 0, true, 1), np.nan)
-        f1 = np.where(true + pred > 0, 2 * tp / np.where(true + pred > 0, true + pred, 1), np.nan)
-        balanced = np.nanmean(recall, axis=1) if c else np.full(len(w), np.nan)
-        f1_macro = np.nanmean(f1, axis=1)
-    out = {"accuracy": _safe_div(tp.sum(1), conf.sum((1, 2))), "balanced_accuracy": balanced, "f1_macro": f1_macro}
+    out = class_confusion_scores(np.asarray((cell.T @ w.T).T).reshape(len(w), c, c))
     for name in MULTICLASS_PROBABILITY_SCORES:
         out[name] = np.full(len(w), np.nan)
     if probs.ndim == 2:
@@ -191,6 +190,20 @@ def multiclass_scores(labels: np.ndarray, predicted: np.ndarray, weights: np.nda
                 warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any class: NaN
                 out["auprc"] = np.nanmean(np.stack(per_class), axis=0) if per_class else out["auprc"]
     return out
+
+
+def class_confusion_scores(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 of :func:`multiclass_scores` from each row's (weighted)
+    confusion matrix (B, true, predicted)."""
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    true, pred = conf.sum(2), conf.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row without any class: NaN
+        recall = np.where(true > 0, tp / np.where(true > 0, true, 1), np.nan)
+        f1 = np.where(true + pred > 0, 2 * tp / np.where(true + pred > 0, true + pred, 1), np.nan)
+        balanced = np.nanmean(recall, axis=1) if conf.shape[1] else np.full(len(conf), np.nan)
+        f1_macro = np.nanmean(f1, axis=1)
+    return {"accuracy": _safe_div(tp.sum(1), conf.sum((1, 2))), "balanced_accuracy": balanced, "f1_macro": f1_macro}
 
 
 def regression_scores(targets: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -264,6 +277,15 @@ def resample_weights(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int
     the ordinary bootstrap). Draws come from ``default_rng(seed).integers(0, G, (n_boot, G))``,
     chunk by chunk, so an independent loop over the same draws reproduces every resample."""
     codes = np.asarray(codes)
+    for counts in resample_counts(codes, n_boot, seed, chunk_cells):
+        yield counts[:, codes].astype(np.float64)
+
+
+def resample_counts(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int = 4_000_000):
+    """Yield (b, G) chunks of how often each cluster is drawn in each resample: the draws of
+    :func:`resample_weights` (the same chunks of the same generator) before they are spread over the
+    samples, for scores that are sums over people (:func:`draw_scores`)."""
+    codes = np.asarray(codes)
     num_clusters = int(codes.max()) + 1 if len(codes) else 0
     rng = np.random.default_rng(seed)
     chunk = max(1, chunk_cells // max(len(codes), num_clusters, 1))
@@ -271,8 +293,115 @@ def resample_weights(codes: np.ndarray, n_boot: int, seed: int, chunk_cells: int
         b = min(chunk, n_boot - start)
         drawn = rng.integers(0, num_clusters, size=(b, num_clusters))
         flat = (drawn + num_clusters * np.arange(b)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=b * num_clusters).reshape(b, num_clusters)
-        yield counts[:, codes].astype(np.float64)
+        yield np.bincount(flat, minlength=b * num_clusters).reshape(b, num_clusters)
+
+
+SUMMED = {
+    "binary": frozenset({*THRESHOLD_SCORES, "tpr", "fpr", "brier", "ece"}),
+    "multiclass": frozenset({"accuracy", "balanced_accuracy", "f1_macro", "brier", "ece"}),
+    "regression": frozenset({"mae", "rmse", "r2"}),
+}
+"""The scores that are functions of sums over the samples: a resample's value needs only each person's sums
+and how often the person was drawn (:func:`draw_scores`). The others (ranks: AUROC, AUPRC; fits: the
+calibration intercept and slope; survival scores) weight every sample of every resample."""
+
+
+def _onehot_sums(codes: np.ndarray, clusters: int, slot: np.ndarray, k: int, values=None) -> np.ndarray:
+    """Per person, the sum of ``values`` (default 1) of their samples in each of ``k`` slots: (G, k)."""
+    flat = np.bincount(codes * k + slot, weights=values, minlength=clusters * k)
+    return flat.reshape(clusters, k)
+
+
+def _per_person(task: str, y: np.ndarray, out: np.ndarray, threshold, codes: np.ndarray, clusters: int,
+                num_classes: int | None) -> tuple[np.ndarray, object]:
+    """Per person, the sums whose totals give the :data:`SUMMED` scores (G, k), and what :func:`_from_sums`
+    needs to read them back."""
+    def summed(col):
+        return np.bincount(codes, weights=col, minlength=clusters)[:, None]
+
+    if task == "binary":
+        p = np.asarray(out, dtype=np.float64)
+        pred = p >= np.asarray(threshold, dtype=np.float64)
+        cell = 2 * (~pred) + (~y)  # tp, fp, fn, tn
+        return np.hstack([_onehot_sums(codes, clusters, cell.astype(np.int64), 4), summed((p - y) ** 2),
+                          _onehot_sums(codes, clusters, clinical.bin_index(p), clinical.ECE_BINS, y - p)]), None
+    if task == "multiclass":
+        probs = np.asarray(out, dtype=np.float64)
+        truth = y.astype(np.int64)
+        pred = probs.argmax(1) if probs.ndim == 2 else probs.astype(np.int64)
+        c = int(num_classes or (probs.shape[1] if probs.ndim == 2 else max(truth.max(initial=0), pred.max(initial=0)) + 1))
+        parts = [_onehot_sums(codes, clusters, truth * c + pred, c * c)]
+        if probs.ndim == 2:
+            outcome, confidence = clinical.top_class(truth, probs)
+            sq = (probs ** 2).sum(1) - 2 * probs[np.arange(len(truth)), truth] + 1  # sum over classes of (p - onehot)^2
+            parts += [summed(sq), _onehot_sums(codes, clusters, clinical.bin_index(confidence), clinical.ECE_BINS,
+                                               outcome - confidence)]
+        return np.hstack(parts), (c, probs.ndim == 2)
+    centre = float(np.mean(y))  # sums of (y - mean)^2 taken around the data's own mean, for their precision
+    e = np.asarray(out, dtype=np.float64) - y
+    return np.hstack([summed(np.ones(len(y))), summed(np.abs(e)), summed(e ** 2), summed(y - centre),
+                      summed((y - centre) ** 2)]), None
+
+
+def _from_sums(task: str, t: np.ndarray, layout) -> dict[str, np.ndarray]:
+    """The :data:`SUMMED` scores of each row of totals ``t`` (B, k) of :func:`_per_person`."""
+    if task == "binary":
+        n = t[:, :4].sum(1)
+        return {**confusion_scores(*t[:, :4].T), "brier": _safe_div(t[:, 4], n),
+                "ece": _safe_div(np.abs(t[:, 5:]).sum(1), n)}
+    if task == "multiclass":
+        c, probabilities = layout
+        conf = t[:, :c * c].reshape(len(t), c, c)
+        out = class_confusion_scores(conf)
+        n = conf.sum((1, 2))
+        nan = np.full(len(t), np.nan)
+        out["brier"] = _safe_div(t[:, c * c], n) if probabilities else nan
+        out["ece"] = _safe_div(np.abs(t[:, c * c + 1:]).sum(1), n) if probabilities else nan
+        return out
+    n, abs_e, sq_e, y, y2 = t.T
+    sst = y2 - _safe_div(y * y, n)
+    sst = np.where(sst > 1e-12 * y2, sst, 0.0)  # all drawn targets equal: rounding, not spread
+    return {"mae": _safe_div(abs_e, n), "rmse": np.sqrt(_safe_div(sq_e, n)), "r2": 1 - _safe_div(sq_e, sst)}
+
+
+def draw_scores(task: str, labels: np.ndarray, runs: Sequence[np.ndarray], codes: np.ndarray, names: Sequence[str], *,
+                n_boot: int, seed: int, thresholds: Sequence | None = None, references: Sequence | None = None,
+                num_classes: int | None = None) -> dict[str, np.ndarray]:
+    """Each of ``names`` on ``n_boot`` cluster-bootstrap resamples (:func:`resample_counts`), averaged over
+    the ``runs`` (per-sample outputs of runs scored on the same samples; run r with ``thresholds[r]`` and
+    ``references[r]``): ``{name: (n_boot,)}``.
+
+    A :data:`SUMMED` score sums each run's per-sample quantities per person once, and every resample's sums
+    are one matrix product of the draw counts (B, G) with them: no sample is touched per resample. The other
+    scores weight every sample of every resample (:func:`task_scores`). Both give what scoring each resample
+    on its own would (tests/training/test_resampling.py)."""
+    y = np.asarray(labels)
+    runs = list(runs)
+    thresholds = list(thresholds) if thresholds is not None else [0.5] * len(runs)
+    references = list(references) if references is not None else [None] * len(runs)
+    summed = [n for n in names if n in SUMMED.get(task, ())]
+    rest = [n for n in names if n not in summed]
+    clusters = int(codes.max()) + 1 if len(codes) else 0
+    if summed:
+        parts = [_per_person(task, y, out, t, codes, clusters, num_classes) for out, t in zip(runs, thresholds)]
+        per_person = [sums for sums, _ in parts]
+        widths = np.cumsum([0] + [m.shape[1] for m in per_person])
+        stacked = np.concatenate(per_person, axis=1)  # (G, sum of k): every run in one product
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    extra = (lambda r: {"reference": r}) if task == "survival" else (lambda r: {})  # noqa: E731
+    for counts in resample_counts(codes, n_boot, seed):
+        if summed:
+            totals = counts.astype(np.float64) @ stacked
+            scored = [_from_sums(task, totals[:, widths[r]:widths[r + 1]], parts[r][1]) for r in range(len(runs))]
+            for name in summed:
+                draws[name].append(np.mean([s[name] for s in scored], axis=0))
+        if rest:
+            w = counts[:, codes].astype(np.float64)
+            scored = [task_scores(task, y, out, weights=w, threshold=t, names=rest, num_classes=num_classes, **extra(ref))
+                      for out, t, ref in zip(runs, thresholds, references)]
+            for name in rest:
+                draws[name].append(np.mean([s[name] for s in scored], axis=0))
+    return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in draws.items()}
 
 
 def bootstrap_interval(estimate: float, draws: np.ndarray, clusters: int, level: float = 0.95,
@@ -326,14 +455,10 @@ def bootstrap_ci(
     kw = {"threshold": threshold, "names": names, "num_classes": num_classes,
           **({"reference": reference} if task == "survival" else {})}
     point = task_scores(task, y, p, **kw)
-    draws: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for w in resample_weights(codes, n_boot, seed):
-        values = task_scores(task, y, p, weights=w, **kw)
-        for name in names:
-            draws[name].append(values[name])
+    draws = draw_scores(task, y, [p], codes, names, n_boot=n_boot, seed=seed, thresholds=[threshold],
+                        references=[reference], num_classes=num_classes)
     clusters = int(codes.max()) + 1
-    return {name: bootstrap_interval(float(point[name][0]), np.concatenate(draws[name]), clusters, level,
-                                     bounds=score_bounds(name))[0]
+    return {name: bootstrap_interval(float(point[name][0]), draws[name], clusters, level, bounds=score_bounds(name))[0]
             for name in names}
 
 
