@@ -96,10 +96,13 @@ def cgroup_peak(group: Path) -> float:
 def leave_cgroup(group: Path) -> None:
     """Back to the parent cgroup, and the benchmark's cgroup removed."""
     (group.parent / "cgroup.procs").write_text(str(os.getpid()))
-    try:
-        group.rmdir()
-    except OSError:  # a worker still exiting; the empty cgroup goes with the next boot
-        pass
+    for _ in range(100):  # the workers may still be exiting
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+    print(f"note: could not remove {group} (still in use); rmdir it once empty", file=sys.stderr)
 
 
 def cohort(folder: Path, count: int, side: int) -> list[Path]:
