@@ -180,3 +180,24 @@ def test_running_brier_equals_sklearn_over_batches():
     metric = RunningBrier()
     metric.update(torch.tensor(probs), torch.tensor(labels))
     assert float(metric.compute()) == pytest.approx(skm.brier_score_loss(labels, probs), abs=1e-12)
+
+
+@pytest.mark.parametrize("spread", [0.15, 6.0])
+def test_calibration_far_from_the_start_equals_statsmodels(spread, monkeypatch):
+    """Predictions far too timid (slope ~6.7) or far too extreme (~0.17): the first Newton steps are long
+    (they move linear predictors by more than clinical.SAFE_STEP) and go through the halving line search;
+    every weighting still ends at statsmodels' fit."""
+    rng = np.random.default_rng(8)
+    truth = rng.normal(0, 1.5, 300)
+    y = (rng.uniform(size=300) < 1 / (1 + np.exp(-truth))).astype(int)
+    p = 1 / (1 + np.exp(-(spread * truth - 1.0)))
+    w = np.vstack([np.ones(300), rng.integers(0, 3, (3, 300))]).astype(float)
+    checked = []
+    likelihood = clinical._log_likelihood
+    monkeypatch.setattr(clinical, "_log_likelihood", lambda *a: checked.append(1) or likelihood(*a))
+    got = scores(y, p, weights=w)
+    assert checked  # the long steps were checked
+    for b in range(len(w)):
+        intercept, slope = _statsmodels(np.repeat(y, w[b].astype(int)), np.repeat(p, w[b].astype(int)))
+        assert got["calibration_intercept"][b] == pytest.approx(intercept, abs=1e-9)
+        assert got["calibration_slope"][b] == pytest.approx(slope, abs=1e-9)

@@ -119,27 +119,37 @@ def _log_likelihood(y: np.ndarray, z: np.ndarray, w: np.ndarray, a: np.ndarray, 
 
 def _newton_sums(w: np.ndarray, y: np.ndarray, z: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, ...]:
     """Per weighting, the gradient (ga, gb) and information (haa, hab, hbb) of the logistic log-likelihood at
-    probabilities ``mu``: (N,) shared by every weighting (one product of ``w`` with five columns) or (B, N)."""
-    h = mu * (1 - mu)
+    probabilities ``mu``: (N,) shared by every weighting (one product of ``w`` with five columns) or (B, N)
+    (two products)."""
     if mu.ndim == 1:
+        h = mu * (1 - mu)
         ga, gb, haa, hab, hbb = (w @ np.column_stack([y - mu, (y - mu) * z, h, h * z, h * z * z])).T
         return ga, gb, haa, hab, hbb
-    r, h = w * (y - mu), w * h
-    return r.sum(1), r @ z, h.sum(1), h @ z, h @ (z * z)
+    ga, gb = ((w * (y - mu)) @ np.column_stack([np.ones_like(z), z])).T
+    haa, hab, hbb = ((w * (mu * (1 - mu))) @ np.column_stack([np.ones_like(z), z, z * z])).T
+    return ga, gb, haa, hab, hbb
+
+
+SAFE_STEP = math.log(2)
+"""A Newton step that moves no sample's linear predictor by more than this raises the logistic likelihood:
+each sample's curvature mu (1 - mu) changes along the step by at most a factor exp(change), so the likelihood
+gains at least (1 - exp(change) / 2) d'Hd > 0. Only longer steps need their likelihood checked."""
 
 
 def logistic_recalibration(y: np.ndarray, p: np.ndarray, w: np.ndarray, slope: bool) -> tuple[np.ndarray, np.ndarray]:
     """The weighted maximum-likelihood ``(a, b)`` of ``logit P(y=1) = a + b logit(p)`` per weighting (``slope``
-    False: ``b`` fixed at 1, ``logit(p)`` an offset). Newton's method, each step halved until the likelihood does
-    not fall (so it cannot overshoot), until a full step is below 1e-8 (Newton converges quadratically there: the
-    error left is of the order of its square); NaN where one class is missing or the fit does not converge in
-    :data:`MAX_ITER` steps (the classes separated: the maximum lies at infinity).
+    False: ``b`` fixed at 1, ``logit(p)`` an offset). Newton's method; a step longer than :data:`SAFE_STEP` is
+    halved until the likelihood does not fall (so it cannot overshoot); it stops when a full step is below 1e-8
+    (Newton converges quadratically there: the error left is of the order of its square). NaN where one class
+    is missing or the fit does not converge in :data:`MAX_ITER` steps (the classes separated: the maximum lies
+    at infinity).
 
     Several weightings (bootstrap resamples) start from the fit of the data itself, where their fits lie, and
     their first step is one product of the weights with five columns (the fitted probabilities are the same for
-    every weighting there), so a resample usually needs one or two passes over its samples instead of four."""
+    every weighting there), so a resample usually needs two passes over its samples."""
     y = np.asarray(y, dtype=np.float64)
     z = logit(p)
+    reach = float(np.abs(z).max(initial=0.0))
     start = (0.0, 1.0)
     if len(w) > 1:
         pooled = logistic_recalibration(y, p, np.ones((1, len(y))), slope)
@@ -148,8 +158,6 @@ def logistic_recalibration(y: np.ndarray, p: np.ndarray, w: np.ndarray, slope: b
     a, b = np.full(len(w), start[0]), np.full(len(w), start[1])
     out_a, out_b = np.full(len(w), np.nan), np.full(len(w), np.nan)
     active = np.flatnonzero(_both_classes(y, w))
-    eta = start[0] + start[1] * z
-    current = w[active] @ (y * eta - np.logaddexp(0.0, eta))  # the likelihood at the common start: one product
     shared = True  # every active weighting at the common start
     for _ in range(MAX_ITER):
         if not len(active):
@@ -158,31 +166,34 @@ def logistic_recalibration(y: np.ndarray, p: np.ndarray, w: np.ndarray, slope: b
         mu = expit(start[0] + start[1] * z) if shared else expit(a[active, None] + b[active, None] * z)
         ga, gb, haa, hab, hbb = _newton_sums(ww, y, z, mu)
         shared = False
-        if slope:
-            with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if slope:
                 det = haa * hbb - hab * hab
                 da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
+            else:
                 da, db = ga / haa, np.zeros(len(active))
         ok = np.isfinite(da) & np.isfinite(db)
         da, db = np.where(ok, da, 0.0), np.where(ok, db, 0.0)
         step = np.ones(len(active))
-        new = _log_likelihood(y, z, ww, a[active] + da, b[active] + db)
-        for _ in range(40):  # halve the steps that lowered the likelihood
-            worse = ~(new >= current - 1e-12 * (1 + np.abs(current)))
-            if not worse.any():
-                break
-            step[worse] /= 2
-            new[worse] = _log_likelihood(y, z, ww[worse], a[active][worse] + step[worse] * da[worse],
-                                         b[active][worse] + step[worse] * db[worse])
+        check = np.flatnonzero(np.abs(da) + reach * np.abs(db) >= SAFE_STEP)
+        if len(check):  # long steps: halve those that lowered the likelihood
+            a0, b0, wc = a[active[check]], b[active[check]], ww[check]
+            before = _log_likelihood(y, z, wc, a0, b0)
+            new = _log_likelihood(y, z, wc, a0 + da[check], b0 + db[check])
+            for _ in range(40):
+                worse = ~(new >= before - 1e-12 * (1 + np.abs(before)))
+                if not worse.any():
+                    break
+                step[check[worse]] /= 2
+                t = step[check[worse]]
+                new[worse] = _log_likelihood(y, z, wc[worse], a0[worse] + t * da[check[worse]],
+                                             b0[worse] + t * db[check[worse]])
         a[active] += step * da
         b[active] += step * db
-        current = new
         done = ok & (step == 1) & (np.abs(da) < 1e-8) & (np.abs(db) < 1e-8)
         out_a[active[done]], out_b[active[done]] = a[active[done]], b[active[done]]
         keep = ~done & ok & (np.abs(a[active]) < 1e4) & (np.abs(b[active]) < 1e4)
-        active, current = active[keep], current[keep]
+        active = active[keep]
     return out_a, out_b
 
 
