@@ -15,10 +15,9 @@ import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
 from covfuse.cli.main import main as covfuse
-from data_fixtures import make_twin
+from data_fixtures import tiny_study_config
 
 pytest.importorskip("mlflow", reason="covfuse[mlflow] is not installed")
 optuna = pytest.importorskip("optuna", reason="covfuse[search] is not installed")
@@ -80,14 +79,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    twin = make_twin(tmp_path_factory, n=96, size=(24, 28)) / "celeba"
-    path = tmp_path_factory.mktemp("cfg") / "base.yaml"
-    path.write_text(yaml.safe_dump({"data": {"root": str(twin), "covariates": ["Young", "Male"], "image_size": 16,
-                                             "batch_size": 16, "cache": "off"},
-                                    "trainer": {"max_epochs": 1, "summary": False, "progress": "none",
-                                                "accelerator": "cpu"},
-                                    "bootstrap": 50}))
-    return path
+    return tiny_study_config(tmp_path_factory, max_epochs=1)
 
 
 def _env(**hooks) -> dict:

@@ -10,21 +10,14 @@ import yaml
 
 from covfuse.cli.main import main as covfuse
 from covfuse.errors import UserError
-from data_fixtures import make_twin
+from data_fixtures import tiny_study_config
 
 optuna = pytest.importorskip("optuna", reason="covfuse[search] is not installed")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    twin = make_twin(tmp_path_factory, n=96, size=(24, 28)) / "celeba"
-    path = tmp_path_factory.mktemp("cfg") / "base.yaml"
-    path.write_text(yaml.safe_dump({"data": {"root": str(twin), "covariates": ["Young", "Male"], "image_size": 16,
-                                             "batch_size": 16, "cache": "off"},
-                                    "trainer": {"max_epochs": 2, "summary": False, "progress": "none",
-                                                "accelerator": "cpu"},
-                                    "bootstrap": 50}))
-    return path
+    return tiny_study_config(tmp_path_factory, max_epochs=2)
 
 
 def _journal_trials(study_dir: Path, cell: str):

@@ -46,10 +46,11 @@ def _owner_line() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
 
 
-def holder(path: str | os.PathLike) -> str | None:
-    """Who holds the lock file ``path`` (its owner line), or None when nobody does (or no fcntl)."""
+def _probe(path: str | os.PathLike) -> tuple[bool, str] | None:
+    """(whether a process holds the lock file ``path`` now, the owner line in it), or None when there is no
+    such file to read (or no fcntl). A shared, non-blocking ``flock`` fails exactly while someone holds it."""
     path = Path(path)
-    if fcntl is None or not path.is_file():
+    if fcntl is None:
         return None
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -58,11 +59,20 @@ def holder(path: str | os.PathLike) -> str | None:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            held = False
         except OSError:
-            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-        return None
+            held = True
+        return held, os.pread(fd, 200, 0).decode(errors="replace").strip()
     finally:
         os.close(fd)
+
+
+def holder(path: str | os.PathLike) -> str | None:
+    """Who holds the lock file ``path`` (its owner line), or None when nobody does (or no fcntl)."""
+    probe = _probe(path) if Path(path).is_file() else None
+    if probe is None or not probe[0]:
+        return None
+    return probe[1] or "unknown"
 
 
 class _Held(Exception):
@@ -75,23 +85,10 @@ class _Held(Exception):
 def left_by_dead(path: str | os.PathLike) -> str | None:
     """The owner line of a lock file whose owner died holding it (nobody holds it now, yet the line is still
     there), or None: free and released cleanly, held now, or no such file."""
-    path = Path(path)
-    if fcntl is None:
+    probe = _probe(path)
+    if probe is None or probe[0]:
         return None
-    try:
-        if path.stat().st_size == 0:
-            return None
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return None  # held: alive
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or None
-    finally:
-        os.close(fd)
+    return probe[1] or None
 
 
 def _take(path: Path, attempts: int) -> tuple[int, str | None]:
