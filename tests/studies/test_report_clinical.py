@@ -134,3 +134,22 @@ def test_a_tuned_cell_keeps_the_setting_with_the_lower_valid_brier(tmp_path, cap
     assert rows["calibrated"]["tuned"]["chosen"] == {"optim.lr": 0.01}
     y, p, _ = _csv(study, "calibrated", "lr0.01/s0")  # the report scores the kept runs only
     assert rows["calibrated"]["estimate"] == pytest.approx(skm.brier_score_loss(y, p), abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", ""])
+def test_a_damaged_prediction_is_refused_and_the_earlier_report_kept(tmp_path, capsys, bad):
+    """A predictions.csv edited by hand (NaN, Inf, an empty cell) stops the report with one line naming the
+    file, line and column, exit 2, and the report written before stays as it was."""
+    study = _study(tmp_path)
+    _report(capsys, study)
+    assert covfuse(["report", study.study_dir, "--bootstrap", "200"]) == 0
+    before = {p.name: p.read_bytes() for p in Path(study.study_dir).glob("report.*")}
+    path = Path(study.study_dir) / "overconfident" / "s0" / "predictions.csv"
+    lines = path.read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:4] + [bad])
+    path.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert covfuse(["report", study.study_dir, "--bootstrap", "200"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "predictions.csv line 4: probability" in err and "not a finite number" in err
+    assert {p.name: p.read_bytes() for p in Path(study.study_dir).glob("report.*")} == before

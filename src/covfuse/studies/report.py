@@ -117,14 +117,25 @@ def read_predictions(run_dir: Path, split: str, task: str = "binary") -> dict[st
     columns = entry.output_columns(json.loads((Path(run_dir) / "metrics.json").read_text()).get("classes") or []
                                    if entry.per_class else [])
     ids, groups, labels, outputs = [], [], [], []
+
+    def number(row: dict, column: str, line: int) -> float:
+        try:
+            value = float(row[column])
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise UserError(f"{path} line {line}: {column} is {row[column]!r}, not a finite number; covfuse writes only "
+                            "finite predictions, so the file was changed or damaged: restore it or rerun that run")
+        return value
+
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+        for line, row in enumerate(csv.DictReader(f), start=2):
             if row["split"] == split:
                 ids.append(row["id"])
                 groups.append(row.get("group") or row["id"])  # older runs without groups: one per image
-                label = [float(row[column]) for column in entry.label_columns]
+                label = [number(row, column, line) for column in entry.label_columns]
                 labels.append(label if len(label) > 1 else label[0])
-                values = [float(row[column]) for column in columns]
+                values = [number(row, column, line) for column in columns]
                 outputs.append(values if entry.per_class else values[0])
     order = np.argsort(ids, kind="stable")
     return {k: np.asarray(v)[order] for k, v in
