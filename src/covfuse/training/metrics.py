@@ -375,7 +375,7 @@ def draw_scores(task: str, labels: np.ndarray, runs: Sequence[np.ndarray], codes
     are one matrix product of the draw counts (B, G) with them: no sample is touched per resample. The other
     scores weight every sample of every resample (:func:`task_scores`). Both give what scoring each resample
     on its own would (tests/training/test_resampling.py)."""
-    y = np.asarray(labels)
+    y = np.asarray(labels).astype(bool) if task == "binary" else np.asarray(labels)
     runs = list(runs)
     thresholds = list(thresholds) if thresholds is not None else [0.5] * len(runs)
     references = list(references) if references is not None else [None] * len(runs)
